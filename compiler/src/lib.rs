@@ -6,7 +6,11 @@
 //! This file fixes the public API that the CLI codes against. The implementation behind it is
 //! filled in by the front-end work.
 
+pub mod ast;
 pub mod diagnostic;
+pub mod parse;
+
+pub use parse::parse;
 
 pub use diagnostic::{line_col, Diagnostic, Label, Severity, Span};
 
