@@ -293,3 +293,52 @@ pub enum StrPart {
     Text(String),
     Placeholder(Ident),
 }
+
+/// Writes an expression back as recap source (for signatures in docs and help lines).
+pub fn render_expr(e: &Expr) -> String {
+    fn args(a: &Args) -> String {
+        let mut parts: Vec<String> = a.positional.iter().map(render_expr).collect();
+        parts.extend(
+            a.named
+                .iter()
+                .map(|n| format!("{} = {}", n.name.name, render_expr(&n.value))),
+        );
+        parts.join(", ")
+    }
+    match &e.kind {
+        ExprKind::Int(i) => i.to_string(),
+        ExprKind::Float(f) => {
+            let s = f.to_string();
+            if s.contains(['.', 'e', 'E']) || !f.is_finite() {
+                s
+            } else {
+                format!("{s}.0")
+            }
+        }
+        ExprKind::Percent(p) => format!("{p}%"),
+        ExprKind::Str(s) => {
+            if s.raw {
+                format!("r\"{}\"", s.text())
+            } else {
+                format!("{:?}", s.text())
+            }
+        }
+        ExprKind::Bool(b) => b.to_string(),
+        ExprKind::List(items) => {
+            let parts: Vec<String> = items.iter().map(render_expr).collect();
+            format!("[{}]", parts.join(", "))
+        }
+        ExprKind::Name(id) => id.name.clone(),
+        ExprKind::Member { base, name } => format!("{}.{}", render_expr(base), name.name),
+        ExprKind::Call { func, args: a } => format!("{}({})", func.name, args(a)),
+        ExprKind::Method {
+            receiver,
+            name,
+            args: a,
+        } => format!("{}.{}({})", render_expr(receiver), name.name, args(a)),
+        ExprKind::Neg(inner) => format!("-{}", render_expr(inner)),
+        ExprKind::Binary { op, lhs, rhs } => {
+            format!("{} {} {}", render_expr(lhs), op.symbol(), render_expr(rhs))
+        }
+    }
+}

@@ -9,6 +9,9 @@
 pub mod ast;
 pub mod diagnostic;
 pub mod parse;
+pub mod resolve;
+pub mod stdlib;
+pub mod types;
 
 pub use parse::parse;
 
