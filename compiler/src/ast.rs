@@ -342,3 +342,16 @@ pub fn render_expr(e: &Expr) -> String {
         }
     }
 }
+
+/// Writes a type expression back as recap source.
+pub fn render_type(t: &TypeExpr) -> String {
+    let parts: Vec<String> = t
+        .alternatives
+        .iter()
+        .map(|a| match &a.arg {
+            Some(inner) => format!("{}[{}]", a.name.name, render_type(inner)),
+            None => a.name.name.clone(),
+        })
+        .collect();
+    format!("{}{}", parts.join(" | "), if t.optional { "?" } else { "" })
+}

@@ -11,6 +11,7 @@ pub mod diagnostic;
 pub mod parse;
 pub mod resolve;
 pub mod stdlib;
+pub mod typecheck;
 pub mod types;
 
 pub use parse::parse;
