@@ -133,14 +133,20 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
             let src = b.node(format!("source.{}", e.source), NodeKind::Source, format!("source {}", e.source), None);
             b.edge(&src, &pr);
             b.edge(&opt, &pr);
+            // A probe scores its own greedy completions, so its verifiers are nodes of their
+            // own rather than the ones fed by the training rollouts.
             for t in &e.rewards {
                 for part in &t.parts {
-                    let v = b.node(format!("{s}.verifier.{}", part.verifier), NodeKind::Verifier, format!("verifier {}", part.verifier), Some(s));
+                    let v = b.node(
+                        format!("{s}.probe.{}.verifier.{}", e.name, part.verifier),
+                        NodeKind::Verifier,
+                        format!("verifier {}", part.verifier),
+                        Some(s),
+                    );
                     b.edge(&pr, &v);
-                    let _ = v;
+                    b.edge(&v, &metrics);
                 }
             }
-            b.edge(&pr, &metrics);
         }
         prev_opt = Some(opt);
     }
