@@ -84,7 +84,7 @@ pub fn check(file_name: &str, source: &str, options: &CheckOptions, host: &dyn H
     diagnostics.extend(parse_diags);
     // The items that did parse are still resolved and checked, so one run reports as much as
     // it can; unknown-name errors caused by items lost to a syntax error are the price.
-    let resolved = resolve::resolve(&file, &options.overrides, &mut diagnostics);
+    let resolved = resolve::resolve(&file, &options.overrides, !parse_failed, &mut diagnostics);
     let typed = typecheck::typecheck(&resolved, &mut diagnostics);
     let has_errors = |d: &[Diagnostic]| d.iter().any(|x| x.severity == Severity::Error);
     let mut plan = None;

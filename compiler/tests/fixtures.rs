@@ -11,7 +11,8 @@
 //! ```
 //!
 //! The carets cover the primary span exactly; `^+` means the span starts at the caret and
-//! runs past the end of the line. `# error[code]` without carets (on its own line) expects a
+//! runs past the end of the line. `# <^^^` marks a span that starts at column 0 (where the
+//! `#` itself stands), as long as the carets. `# error[code]` without carets (on its own line) expects a
 //! diagnostic without a label (about the whole file). Header comments configure the run:
 //! `# set: name=value` adds a `--set` override, `# missing: path` makes the host report that
 //! file as missing, and `# mode: run` turns missing files into errors.
@@ -73,7 +74,8 @@ fn read_fixture(source: &str) -> Fixture {
         let mut is_annotation = false;
         if let Some(after) = content.strip_prefix('#') {
             let body = after.trim_start();
-            if body.starts_with('^') {
+            let at_zero = body.starts_with("<^");
+            if body.starts_with('^') || at_zero {
                 let caret_col = line.find('^').unwrap_or(0);
                 let carets = line[caret_col..].chars().take_while(|c| *c == '^').count();
                 let rest = &line[caret_col + carets..];
@@ -86,11 +88,12 @@ fn read_fixture(source: &str) -> Fixture {
                 let (tstart, tlen, tline) =
                     target.unwrap_or_else(|| panic!("annotation on line {} has no line above", i + 1));
                 assert!(caret_col < tlen.max(1) + 1, "annotation on line {} points past its line", i + 1);
+                let col = if at_zero { 0 } else { caret_col };
                 expects.push(Expect {
                     severity: sev,
                     code,
-                    start: tstart + caret_col,
-                    end: (!open).then_some(tstart + caret_col + carets),
+                    start: tstart + col,
+                    end: (!open).then_some(tstart + col + carets),
                     line: tline,
                 });
                 is_annotation = true;
@@ -228,6 +231,22 @@ fn error_fixtures_produce_exactly_their_annotated_diagnostics() {
         assert!(known.contains(c), "code {c} is not listed in all_codes()");
     }
     assert!(codes.len() >= 40, "only {} distinct codes covered: {codes:?}", codes.len());
+}
+
+#[test]
+fn warning_fixtures_produce_exactly_their_annotated_warnings() {
+    let files = fixtures("warnings");
+    let mut failures = Vec::new();
+    for f in &files {
+        let (problems, out, expects) = run_fixture(f);
+        assert!(expects.iter().all(|e| e.severity == "warning"), "{}: only warnings here", f.display());
+        assert!(!expects.is_empty(), "{}: expects no warning", f.display());
+        assert!(out.plan.is_some(), "{}: warnings do not prevent a plan", f.display());
+        if !problems.is_empty() {
+            failures.push(format!("{}:\n  {}", f.display(), problems.join("\n  ")));
+        }
+    }
+    assert!(failures.is_empty(), "fixture mismatches:\n{}", failures.join("\n"));
 }
 
 #[test]
