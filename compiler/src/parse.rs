@@ -36,6 +36,15 @@ pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
     DETAIL.get_or_init(|| pest::set_error_detail(true));
     let mut items = Vec::new();
     let mut diags = Vec::new();
+    if let Some(d) = too_deep(source) {
+        return (
+            File {
+                items,
+                span: Span::new(0, source.len()),
+            },
+            vec![d],
+        );
+    }
     let mut pos = 0usize;
     while let Some(rest) = source.get(pos..) {
         if RecapParser::parse(Rule::blank_rest, rest).is_ok() {
@@ -74,6 +83,67 @@ pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
         },
         diags,
     )
+}
+
+/// How deeply brackets and prefix minus signs may nest. The parser and the checker recurse
+/// once per level; real pipelines nest a handful of levels, and the limit keeps hostile input
+/// from overflowing the stack.
+pub const MAX_NESTING: usize = 100;
+
+/// A `recap::parse::too_deep` error when brackets or `-` prefixes nest beyond `MAX_NESTING`.
+/// Strings and comments are skipped; the scan is linear.
+fn too_deep(source: &str) -> Option<Diagnostic> {
+    let bytes = source.as_bytes();
+    let mut depth = 0usize;
+    let mut minus_run = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes.get(i).copied().unwrap_or(b' ');
+        match b {
+            b'#' => {
+                while i < bytes.len() && bytes.get(i) != Some(&b'\n') {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes.get(i) != Some(&b'"') {
+                    if bytes.get(i) == Some(&b'\\') {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                minus_run = 0;
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                minus_run = 0;
+            }
+            b')' | b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                minus_run = 0;
+            }
+            b'-' => minus_run += 1,
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            _ => minus_run = 0,
+        }
+        if depth + minus_run > MAX_NESTING {
+            let at = if source.is_char_boundary(i) { i } else { 0 };
+            return Some(Diagnostic {
+                code: "recap::parse::too_deep".into(),
+                severity: Severity::Error,
+                message: format!("expressions nest more than {MAX_NESTING} levels deep"),
+                labels: vec![Label {
+                    span: Span::new(at, (at + 1).min(source.len())),
+                    message: "too deep here".into(),
+                }],
+                help: Some("split the expression with `let` declarations".into()),
+            });
+        }
+        i += 1;
+    }
+    None
 }
 
 const ITEM_KEYWORDS: &[&str] = &[
