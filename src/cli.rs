@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// recapc: check, plan, graph and run recap pipelines (RLVR training jobs that do not forget).
 #[derive(Debug, Parser)]
 #[command(name = "recapc", version, about, long_about = None)]
-#[command(after_help = "Exit codes: 0 success (warnings allowed), 1 errors in a pipeline, \
-2 bad usage or a file that cannot be read or written, 3 the runtime is not built yet.")]
+#[command(
+    after_help = "Exit codes: 0 success (warnings allowed), 1 errors in a pipeline, \
+2 bad usage or a file that cannot be read or written, 3 the runtime is not built yet."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -77,7 +79,9 @@ pub fn parse_override(s: &str) -> Result<Override, String> {
         .ok_or_else(|| format!("`{s}` is not of the form key=value (e.g. --set steps=20)"))?;
     let key = key.trim();
     if key.is_empty() {
-        return Err(format!("`{s}` has an empty key (write e.g. --set steps=20)"));
+        return Err(format!(
+            "`{s}` has an empty key (write e.g. --set steps=20)"
+        ));
     }
     Ok(Override {
         key: key.to_string(),

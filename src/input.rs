@@ -49,7 +49,9 @@ pub fn read_source(path: &Path) -> Result<SourceFile, InputError> {
     let bytes = std::fs::read(path).map_err(|e| fail(describe_io_error(&e)))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
-        fail(format!("the file is not valid UTF-8 (first bad byte at offset {at})"))
+        fail(format!(
+            "the file is not valid UTF-8 (first bad byte at offset {at})"
+        ))
     })?;
     Ok(SourceFile {
         path: path.to_path_buf(),

@@ -100,7 +100,10 @@ fn check_with_errors_exits_1_in_every_format() {
     let o = recapc(&["check", "bad.recap"], dir.path());
     let err = stderr(&o);
     assert!(err.contains("corect"), "{err}");
-    assert!(err.contains("╭─[bad.recap:4:"), "unicode snippet with file:line:col: {err}");
+    assert!(
+        err.contains("╭─[bad.recap:4:"),
+        "unicode snippet with file:line:col: {err}"
+    );
     assert!(!err.contains('\u{1b}'), "NO_COLOR means no escapes: {err}");
     assert!(stdout(&o).is_empty(), "human output goes to stderr");
 }
@@ -113,7 +116,11 @@ fn check_json_schema() {
         &["check", "bad.recap", "gone.recap", "--format", "json"],
         dir.path(),
     );
-    assert_eq!(o.status.code(), Some(2), "an unreadable file outranks errors");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an unreadable file outranks errors"
+    );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
     assert_eq!(v["schema"], "recap-diagnostics");
     assert_eq!(v["version"], 1);
@@ -139,7 +146,10 @@ fn check_json_schema() {
     assert!(start <= end && end <= BAD.len());
     assert_eq!(&BAD[start..end], "corect");
     assert_eq!(label["start"]["line"], 4);
-    assert_eq!(label["start"]["column"], start - BAD[..start].rfind('\n').unwrap());
+    assert_eq!(
+        label["start"]["column"],
+        start - BAD[..start].rfind('\n').unwrap()
+    );
 }
 
 #[test]
@@ -172,7 +182,12 @@ fn set_overrides_are_checked() {
     );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let o = recapc(
-        &["check", "pipelines/quickstart.recap", "--set", "rl_steps=20"],
+        &[
+            "check",
+            "pipelines/quickstart.recap",
+            "--set",
+            "rl_steps=20",
+        ],
         &repo(),
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -207,7 +222,10 @@ fn graph_formats() {
         assert_eq!(o.status.code(), Some(0), "{format}: {}", stderr(&o));
         let out = stdout(&o);
         assert!(out.contains(marker), "{format}: {out}");
-        assert!(out.contains("sharpen"), "{format} names the objectives: {out}");
+        assert!(
+            out.contains("sharpen"),
+            "{format} names the objectives: {out}"
+        );
     }
 }
 
@@ -248,7 +266,10 @@ fn templates_and_new() {
         "keep me"
     );
 
-    let o = recapc(&["new", "proj", "--dir", "--template", "gsm8k-recap"], dir.path());
+    let o = recapc(
+        &["new", "proj", "--dir", "--template", "gsm8k-recap"],
+        dir.path(),
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(dir.path().join("proj/main.recap").is_file());
     assert!(dir.path().join("proj/data").is_dir());

@@ -5,14 +5,14 @@
 //! - a code block with info string `recap,error=CODE` (or a file with a line
 //!   `# recap-test: error CODE`) must give an error with that code (repeat for several codes);
 //! - `recap,fragment` marks an excerpt (a few items, not a whole job): it must parse without
-//!   syntax errors, but is not checked as a complete pipeline.
+//!   syntax errors (no `recap::parse::*` code), but is not checked as a complete pipeline.
 //!
 //! Files are checked against the real file system relative to their own directory, so a
 //! missing data file is a warning, as with `recapc check`.
 
 use std::path::{Path, PathBuf};
 
-use recap_compiler::{CheckOptions, Diagnostic, Severity};
+use recap_compiler::{AssumeFilesExist, CheckOptions, Diagnostic, Severity};
 use recapc::host::FsHost;
 
 fn repo() -> PathBuf {
@@ -44,8 +44,12 @@ fn describe(diagnostics: &[&Diagnostic]) -> String {
 /// Checks one pipeline text; returns a failure message or `None`.
 fn verify(what: &str, base: &Path, text: &str, expect: &Expect) -> Option<String> {
     if *expect == Expect::Fragment {
-        let (_, diagnostics) = recap_compiler::parse(text);
-        let errs = errors(&diagnostics);
+        // Only the fixed API is used: a fragment may fail later stages, never parsing.
+        let out = recap_compiler::check(what, text, &CheckOptions::default(), &AssumeFilesExist);
+        let errs: Vec<&Diagnostic> = errors(&out.diagnostics)
+            .into_iter()
+            .filter(|d| d.code.starts_with("recap::parse::"))
+            .collect();
         return (!errs.is_empty())
             .then(|| format!("{what}: fragment does not parse: {}", describe(&errs)));
     }
@@ -78,7 +82,10 @@ fn file_expectation(text: &str) -> Expect {
         .filter_map(|l| l.trim().strip_prefix("# recap-test: error"))
         .flat_map(|rest| rest.split_whitespace().map(str::to_string))
         .collect();
-    if text.lines().any(|l| l.trim().starts_with("# recap-test: error")) {
+    if text
+        .lines()
+        .any(|l| l.trim().starts_with("# recap-test: error"))
+    {
         Expect::Errors(codes)
     } else {
         Expect::Clean
@@ -156,7 +163,12 @@ fn every_example_and_pipeline_checks() {
         .filter_map(|path| {
             let text = std::fs::read_to_string(path).unwrap();
             let shown = path.strip_prefix(&root).unwrap().display().to_string();
-            verify(&shown, path.parent().unwrap(), &text, &file_expectation(&text))
+            verify(
+                &shown,
+                path.parent().unwrap(),
+                &text,
+                &file_expectation(&text),
+            )
         })
         .collect();
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
@@ -181,7 +193,10 @@ fn every_recap_block_in_the_docs_checks() {
             }
         }
     }
-    assert!(checked >= 10, "only {checked} recap blocks found in the docs");
+    assert!(
+        checked >= 10,
+        "only {checked} recap blocks found in the docs"
+    );
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
@@ -191,7 +206,10 @@ fn the_block_scanner_reads_info_strings() {
               ```recap,error=recap::a::b,error=recap::c::d\nbad\n```\n```recap,fragment\nf\n```\n";
     let blocks = recap_blocks(md);
     assert_eq!(blocks.len(), 3);
-    assert_eq!(blocks[0], (3, Expect::Clean, "model a = tiny()\n".to_string()));
+    assert_eq!(
+        blocks[0],
+        (3, Expect::Clean, "model a = tiny()\n".to_string())
+    );
     assert_eq!(
         blocks[1].1,
         Expect::Errors(vec!["recap::a::b".into(), "recap::c::d".into()])

@@ -162,7 +162,10 @@ fn json_schema_fields() {
     let start = SOURCE.find("1\n}").unwrap();
     assert_eq!(primary["span"]["start"], start);
     assert_eq!(primary["span"]["end"], start + 3);
-    assert_eq!(primary["start"], serde_json::json!({"line": 5, "column": 11}));
+    assert_eq!(
+        primary["start"],
+        serde_json::json!({"line": 5, "column": 11})
+    );
     assert_eq!(primary["end"], serde_json::json!({"line": 6, "column": 2}));
     assert_eq!(d["labels"][1]["primary"], false);
     assert_eq!(v["diagnostics"][1]["severity"], "warning");

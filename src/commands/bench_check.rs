@@ -20,7 +20,8 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         let source = generate(lines);
         if let Some(dir) = &args.keep {
             let path = dir.join(format!("bench-{lines}.recap"));
-            if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, &source))
+            if let Err(e) =
+                std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, &source))
             {
                 error_line(&format!("cannot write `{}`: {e}", path.display()));
                 return ExitCode::Usage;

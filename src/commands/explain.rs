@@ -95,8 +95,14 @@ mod tests {
             resolve("recap::resolve::unknown_name", CODES),
             Some("recap::resolve::unknown_name")
         );
-        assert_eq!(resolve("out_of_range", CODES), Some("recap::validate::out_of_range"));
-        assert_eq!(resolve("validate::out_of_range", CODES), Some("recap::validate::out_of_range"));
+        assert_eq!(
+            resolve("out_of_range", CODES),
+            Some("recap::validate::out_of_range")
+        );
+        assert_eq!(
+            resolve("validate::out_of_range", CODES),
+            Some("recap::validate::out_of_range")
+        );
         assert_eq!(resolve("nope", CODES), None);
     }
 

@@ -92,9 +92,18 @@ fn create_new_file(path: &Path, text: &str) -> Result<(), String> {
                     path.display()
                 )
             } else {
-                format!("cannot create `{}`: {}", path.display(), describe_io_error(&e))
+                format!(
+                    "cannot create `{}`: {}",
+                    path.display(),
+                    describe_io_error(&e)
+                )
             }
         })?;
-    file.write_all(text.as_bytes())
-        .map_err(|e| format!("cannot write `{}`: {}", path.display(), describe_io_error(&e)))
+    file.write_all(text.as_bytes()).map_err(|e| {
+        format!(
+            "cannot write `{}`: {}",
+            path.display(),
+            describe_io_error(&e)
+        )
+    })
 }

@@ -33,7 +33,9 @@ pub fn run(args: &PlanArgs) -> ExitCode {
     let mut value = match serde_json::to_value(&plan) {
         Ok(v) => v,
         Err(e) => {
-            error_line(&format!("internal error, please report: the plan does not serialise: {e}"));
+            error_line(&format!(
+                "internal error, please report: the plan does not serialise: {e}"
+            ));
             return ExitCode::Usage;
         }
     };

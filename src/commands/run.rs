@@ -12,10 +12,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         Ok((compiled, _plan)) => compiled,
         Err(code) => return code,
     };
-    eprintln!(
-        "`{}` compiled without errors.",
-        compiled.source.name()
-    );
+    eprintln!("`{}` compiled without errors.", compiled.source.name());
     error_line(
         "the recap runtime is not built yet, so `recapc run` cannot execute the plan; \
          `recapc plan FILE` prints the plan it would run (exit code 3 means exactly this)",
