@@ -1,13 +1,523 @@
 //! The serialisable, versioned Plan: the contract between the recap compiler and runtime.
-//! The compiler produces it; the runtime executes it without the compiler. Takes nothing in.
+//! Takes nothing in; gives the types the compiler fills and the runtime executes without the
+//! compiler. Every stdlib built-in appears here as an enum variant with all of its parameters
+//! resolved (defaults filled, percentages turned into step counts), so the runtime can match
+//! on it. `Plan::with_hash` seals a plan with a sha256 over its canonical JSON.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// Bumped on every incompatible change of the plan's shape.
 pub const PLAN_VERSION: u32 = 1;
 
-/// The resolved job (filled in by the front-end work).
+/// The resolved job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub version: u32,
+    /// The pipeline file the plan came from (provenance only).
+    pub source_file: String,
+    /// Hex sha256 of the canonical JSON of this plan with `content_hash` set to "".
+    pub content_hash: String,
+    /// Every `param` with its final value (after `--set` overrides).
+    pub params: BTreeMap<String, ParamValue>,
+    /// The model being trained.
+    pub policy: String,
+    pub models: Vec<Model>,
+    pub sources: Vec<Source>,
+    pub verifiers: Vec<Verifier>,
+    /// Stages in execution order; a file without `stage` items has one stage named `main`.
+    pub stages: Vec<Stage>,
+    /// The dataflow graph of the whole job.
+    pub graph: Graph,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "lowercase")]
+pub enum ParamValue {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    String(String),
+    /// A percentage as written (`10%` is 10.0).
+    Percent(f64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    pub name: String,
+    pub spec: ModelSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ModelSpec {
+    /// A Hugging Face directory (config.json, safetensors, tokenizer.json).
+    Hf { dir: String, dtype: Dtype },
+    /// A GGUF file, dequantised on load.
+    Gguf {
+        file: String,
+        tokenizer: Option<String>,
+        dtype: Dtype,
+    },
+    /// A seeded random model of the given shape.
+    Tiny {
+        vocab: u64,
+        hidden: u64,
+        layers: u64,
+        heads: u64,
+        kv_heads: u64,
+        intermediate: u64,
+        seed: u64,
+        tokenizer: Option<String>,
+    },
+    /// A frozen copy of another model's initial weights.
+    Frozen { of: String },
+}
+
+/// A value taken from a data row (sources) or from a completion (verifiers): the steps apply
+/// in order; an extractor without a `Field` step starts from the whole text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Extractor {
+    pub steps: Vec<ExtractStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ExtractStep {
+    /// The value of a field of the data row.
+    Field { name: String },
+    /// The text after the last occurrence of `marker`, trimmed.
+    After { marker: String },
+    /// The text before the first occurrence of `marker`, trimmed.
+    Before { marker: String },
+    /// The text inside the last `<name>...</name>`.
+    Tag { name: String },
+    /// The last number in the text.
+    LastNumber,
+    /// The first number in the text.
+    FirstNumber,
+    /// Leading and trailing whitespace removed.
+    Trim,
+}
+
+/// A prompt template: literal text and `{field}` placeholders.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Template {
+    /// The template as written, placeholders as `{name}`.
+    pub text: String,
+    /// The placeholder names in order of appearance.
+    pub placeholders: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    pub name: String,
+    pub spec: SourceSpec,
+    /// Named fields the objectives and verifiers read, e.g. `answer`, `target`.
+    pub fields: BTreeMap<String, Extractor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceSpec {
+    Jsonl {
+        file: String,
+        prompt: Template,
+        limit: Option<u64>,
+        shuffle: bool,
+    },
+    /// Generated arithmetic problems; fields `prompt` and `answer`.
+    Arithmetic {
+        count: u64,
+        digits: u64,
+        ops: String,
+        seed: u64,
+    },
+    /// Generated "sort these numbers" problems; fields `prompt` and `answer`.
+    Sorting {
+        count: u64,
+        length: u64,
+        seed: u64,
+    },
+    /// Generated "repeat this text" tasks for replay; fields `prompt`, `target`, `answer`.
+    Copying {
+        count: u64,
+        length: u64,
+        seed: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verifier {
+    pub name: String,
+    pub spec: VerifierSpec,
+}
+
+/// Where a verifier finds the expected answer: a named field of the row of the source being
+/// verified.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Expected {
+    pub field: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum VerifierSpec {
+    Regex {
+        pattern: String,
+        extract: Extractor,
+    },
+    Exact {
+        expected: Expected,
+        extract: Extractor,
+        ignore_case: bool,
+    },
+    Numeric {
+        expected: Expected,
+        extract: Extractor,
+        tolerance: f64,
+    },
+    MathEqual {
+        expected: Expected,
+        extract: Extractor,
+    },
+    Choice {
+        expected: Expected,
+        extract: Extractor,
+        options: String,
+    },
+    Iou {
+        expected: Expected,
+        extract: Extractor,
+        threshold: Option<f64>,
+    },
+    LengthPenalty {
+        max_tokens: u64,
+        target: Option<u64>,
+    },
+}
+
+/// One reward term of an RL objective (one RECAP key): a linear combination of verifiers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RewardTerm {
+    /// The key's name: the verifier's name, or the `let` that names the combination, or
+    /// `reward<i>` for an unnamed expression.
+    pub name: String,
+    pub parts: Vec<WeightedVerifier>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightedVerifier {
+    pub weight: f64,
+    pub verifier: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossAggregation {
+    TokenMean,
+    SeqMeanTokenMean,
+    SeqMeanTokenSumNorm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdvantageScale {
+    Group,
+    Batch,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KlEstimator {
+    K1,
+    K2,
+    K3,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Kl {
+    /// A frozen model.
+    pub reference: String,
+    pub coef: f64,
+    pub estimator: KlEstimator,
+}
+
+/// Sampling of completions for one source: shared by every objective of a stage that reads
+/// the same source with the same settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: String,
+    pub source: String,
+    pub group: u64,
+    pub max_tokens: u64,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Objective {
+    pub name: String,
+    pub spec: ObjectiveSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ObjectiveSpec {
+    Grpo {
+        source: String,
+        /// The id of the stage's rollout this objective reads.
+        rollout: String,
+        rewards: Vec<RewardTerm>,
+        clip_low: f64,
+        clip_high: f64,
+        loss: LossAggregation,
+        scale: AdvantageScale,
+        kl: Option<Kl>,
+        drop_equal_groups: bool,
+    },
+    Sft {
+        source: String,
+        max_tokens: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecapCombine {
+    Mixture,
+    Sum,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecapDirection {
+    Regress,
+    Paper,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reweight {
+    Recap {
+        window: u64,
+        temperature: f64,
+        alpha: f64,
+        combine: RecapCombine,
+        direction: RecapDirection,
+        warmup: bool,
+    },
+    Uniform,
+    /// Fixed weights per objective name; objectives not named weigh 1.
+    Static { weights: BTreeMap<String, f64> },
+    Dwa { temperature: f64 },
+    Rlw { seed: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Mix {
+    RoundRobin,
+    Uniform { seed: u64 },
+    Proportional,
+    /// Draw probabilities per source name.
+    Weights { weights: BTreeMap<String, f64> },
+    /// Replay (SFT) volume capped at `cap` times the RL volume, drawing with `base` otherwise.
+    Coreset { cap: f64, base: Box<Mix> },
+    /// Every source every step, losses summed with their weights.
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Optimizer {
+    Adamw {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
+    Sgd {
+        lr: f64,
+        momentum: f64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+/// Learning-rate schedule: linear warm-up over `warmup_steps`, then `kind` decay to
+/// `final_fraction` of the peak rate at the last step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub kind: ScheduleKind,
+    pub warmup_steps: u64,
+    pub final_fraction: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub every: u64,
+    pub keep: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Train {
+    pub steps: u64,
+    pub prompts_per_step: u64,
+    /// Completions per forward/backward chunk; `None` means the whole batch at once.
+    pub micro_batch: Option<u64>,
+    pub optimizer: Optimizer,
+    pub schedule: Schedule,
+    /// Gradient-norm clipping; 0 turns it off.
+    pub grad_clip: f64,
+    pub seed: u64,
+    pub checkpoint: Option<Checkpoint>,
+    pub out: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Eval {
+    pub name: String,
+    pub source: String,
+    pub every: u64,
+    pub rewards: Vec<RewardTerm>,
+    pub limit: Option<u64>,
+    pub greedy: bool,
+    pub max_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    pub name: String,
+    pub rollouts: Vec<Rollout>,
+    pub objectives: Vec<Objective>,
+    pub reweight: Reweight,
+    pub mix: Mix,
+    pub train: Train,
+    pub evals: Vec<Eval>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Graph {
+    pub nodes: Vec<Node>,
+    pub edges: Vec<Edge>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Unique, stable id such as `model.policy` or `rl.rollout.math`.
+    pub id: String,
+    pub kind: NodeKind,
+    pub label: String,
+    /// The stage the node belongs to; `None` for nodes shared by all stages.
+    pub stage: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    Model,
+    Reference,
+    Source,
+    Mixer,
+    Rollout,
+    Verifier,
+    Reward,
+    Loss,
+    Reweighter,
+    Optimizer,
+    Probe,
+    Checkpoint,
+    Metrics,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Edge {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanError {
+    Json(String),
+    Version { found: u32, expected: u32 },
+    Hash { found: String, computed: String },
+}
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlanError::Json(e) => write!(f, "the plan is not valid JSON of the plan schema: {e}"),
+            PlanError::Version { found, expected } => write!(
+                f,
+                "the plan has version {found}, this build reads version {expected}"
+            ),
+            PlanError::Hash { found, computed } => write!(
+                f,
+                "the plan's content_hash {found} does not match its content ({computed}); it was edited"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+impl Plan {
+    /// The sha256 (hex) of the canonical JSON of the plan with an empty `content_hash`.
+    /// Canonical: serde_json's compact output of these types, whose maps are BTreeMaps and
+    /// whose lists keep the compiler's deterministic order.
+    pub fn compute_hash(&self) -> String {
+        let mut copy = self.clone();
+        copy.content_hash = String::new();
+        let json = serde_json::to_vec(&copy).unwrap_or_default();
+        let digest = Sha256::digest(&json);
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The plan with its `content_hash` filled in.
+    pub fn with_hash(mut self) -> Self {
+        self.content_hash = self.compute_hash();
+        self
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Reads a plan, checking its version and content hash.
+    pub fn from_json(text: &str) -> Result<Plan, PlanError> {
+        let plan: Plan = serde_json::from_str(text).map_err(|e| PlanError::Json(e.to_string()))?;
+        if plan.version != PLAN_VERSION {
+            return Err(PlanError::Version {
+                found: plan.version,
+                expected: PLAN_VERSION,
+            });
+        }
+        let computed = plan.compute_hash();
+        if computed != plan.content_hash {
+            return Err(PlanError::Hash {
+                found: plan.content_hash,
+                computed,
+            });
+        }
+        Ok(plan)
+    }
 }

@@ -1,0 +1,849 @@
+//! Parse: takes the text of a `.recap` file and gives its typed AST (`ast::File`) plus syntax
+//! diagnostics. pest (grammar/recap.pest) does the reading; this module turns pest's pairs into
+//! the AST and pest's errors into plain words. It reads one item at a time, so after a syntax
+//! error it resynchronises at the next line that starts with an item keyword and reports the
+//! errors of later items in the same run. It never panics: unexpected tree shapes become
+//! `recap::internal::parse_tree` diagnostics.
+
+use crate::ast::*;
+use crate::diagnostic::{Diagnostic, Label, Severity, Span};
+use pest::iterators::Pair;
+use pest::pratt_parser::{Assoc, Op, PrattParser};
+use pest::Parser;
+use std::sync::OnceLock;
+
+#[derive(pest_derive::Parser)]
+#[grammar = "../grammar/recap.pest"]
+struct RecapParser;
+
+type PResult<T> = Result<T, Box<Diagnostic>>;
+
+/// Parses a whole file. Returns the AST when the file has no syntax errors (the items that did
+/// parse are still checked for later diagnostics by `parse_partial`).
+pub fn parse(source: &str) -> (Option<File>, Vec<Diagnostic>) {
+    let (file, diags) = parse_partial(source);
+    if diags.iter().any(|d| d.severity == Severity::Error) {
+        (None, diags)
+    } else {
+        (Some(file), diags)
+    }
+}
+
+/// Parses every item that can be parsed; the file holds those, the diagnostics the rest.
+pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
+    static DETAIL: OnceLock<()> = OnceLock::new();
+    // Error detail lets syntax errors name the literal tokens that were expected (`=`, `)`).
+    DETAIL.get_or_init(|| pest::set_error_detail(true));
+    let mut items = Vec::new();
+    let mut diags = Vec::new();
+    let mut pos = 0usize;
+    while let Some(rest) = source.get(pos..) {
+        if RecapParser::parse(Rule::blank_rest, rest).is_ok() {
+            break;
+        }
+        match RecapParser::parse(Rule::next_item, rest) {
+            Ok(mut pairs) => {
+                let Some(pair) = pairs.next() else {
+                    diags.push(internal(pos, "the parser read an empty item"));
+                    break;
+                };
+                let end = pair.as_span().end();
+                match build_item(pair, pos, source) {
+                    Ok(item) => items.push(item),
+                    Err(d) => diags.push(*d),
+                }
+                if end == 0 {
+                    diags.push(internal(pos, "the parser made no progress"));
+                    break;
+                }
+                pos += end;
+            }
+            Err(e) => {
+                diags.push(syntax_error(&e, pos, source));
+                match resync(source, pos) {
+                    Some(next) => pos = next,
+                    None => break,
+                }
+            }
+        }
+    }
+    (
+        File {
+            items,
+            span: Span::new(0, source.len()),
+        },
+        diags,
+    )
+}
+
+const ITEM_KEYWORDS: &[&str] = &[
+    "use", "param", "let", "model", "source", "verifier", "objective", "eval", "reweight", "mix",
+    "train", "stage", "fn", "enum",
+];
+
+/// The start of the first line after `from`'s line that begins (at column 0) with an item
+/// keyword: where reading resumes after a syntax error.
+fn resync(source: &str, from: usize) -> Option<usize> {
+    let mut at = from;
+    loop {
+        let nl = source.get(at..)?.find('\n')?;
+        at += nl + 1;
+        let line = source.get(at..)?;
+        for kw in ITEM_KEYWORDS {
+            if let Some(after) = line.strip_prefix(kw) {
+                let boundary = after
+                    .chars()
+                    .next()
+                    .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+                if boundary {
+                    return Some(at);
+                }
+            }
+        }
+    }
+}
+
+fn internal(at: usize, what: &str) -> Diagnostic {
+    Diagnostic {
+        code: "recap::internal::parse_tree".into(),
+        severity: Severity::Error,
+        message: format!("internal error, please report: {what}"),
+        labels: vec![Label {
+            span: Span::new(at, at),
+            message: "here".into(),
+        }],
+        help: Some("this is a bug in recapc; please report it with the file".into()),
+    }
+}
+
+fn err(code: &str, span: Span, message: String, label: &str, help: &str) -> Box<Diagnostic> {
+    Box::new(Diagnostic {
+        code: code.into(),
+        severity: Severity::Error,
+        message,
+        labels: vec![Label {
+            span,
+            message: label.into(),
+        }],
+        help: Some(help.into()),
+    })
+}
+
+/// What a rule means to a person, for "expected ..." messages. `None` hides the rule.
+fn rule_words(rule: Rule) -> Option<&'static str> {
+    Some(match rule {
+        Rule::EOI => "the end of the file",
+        Rule::use_item | Rule::kw_use => "`use`",
+        Rule::param_item | Rule::kw_param => "`param`",
+        Rule::let_item | Rule::kw_let => "`let`",
+        Rule::decl_item | Rule::decl_kind => {
+            "a declaration (`model`, `source`, `verifier`, `objective`, `eval`)"
+        }
+        Rule::setting_item | Rule::setting_kind => "a setting (`reweight`, `mix`, `train`)",
+        Rule::stage_item | Rule::kw_stage => "`stage`",
+        Rule::fn_item | Rule::kw_fn => "`fn`",
+        Rule::enum_item | Rule::kw_enum => "`enum`",
+        Rule::kw_in => "`in`",
+        Rule::expr
+        | Rule::int
+        | Rule::float
+        | Rule::percent
+        | Rule::string
+        | Rule::raw_string
+        | Rule::boolean
+        | Rule::list
+        | Rule::paren
+        | Rule::neg => "an expression",
+        Rule::ident | Rule::path => "a name",
+        Rule::call_args => "`(`",
+        Rule::member => "`.`",
+        Rule::add | Rule::sub | Rule::mul | Rule::div => "an operator",
+        Rule::block => "a block `{ ... }`",
+        Rule::field | Rule::named_arg => "`name = value`",
+        Rule::type_expr | Rule::type_atom => "a type",
+        Rule::optional => "`?`",
+        Rule::range => "a range `in [lo, hi]`",
+        Rule::range_open => "`[` or `(`",
+        Rule::range_close => "`]` or `)`",
+        Rule::bound => "a number or `inf`",
+        Rule::param_sig | Rule::variadic => "a parameter",
+        Rule::ret_type => "a kind",
+        _ => return None,
+    })
+}
+
+/// What is at `at`: a word, a character, or the end of the file.
+fn found_at(source: &str, at: usize) -> String {
+    let rest = source.get(at..).unwrap_or("");
+    let mut chars = rest.chars();
+    match chars.next() {
+        None => "the end of the file".into(),
+        Some(c) if c.is_ascii_alphanumeric() || c == '_' => {
+            let word: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+                .take(40)
+                .collect();
+            format!("`{word}`")
+        }
+        Some('\n') => "the end of the line".into(),
+        Some(c) => format!("`{c}`"),
+    }
+}
+
+fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diagnostic {
+    let mut rel = match e.location {
+        pest::error::InputLocation::Pos(p) => p,
+        pest::error::InputLocation::Span((s, _)) => s,
+    };
+    let mut expected: Vec<String> = Vec::new();
+    let mut push = |w: String| {
+        if !expected.contains(&w) {
+            expected.push(w);
+        }
+    };
+    let mut use_rules = true;
+    if let Some(attempts) = e.parse_attempts() {
+        // Literal tokens (`=`, `)`) are tracked only as attempts; when they got further than
+        // any rule, the error is where they were expected.
+        if attempts.max_position > rel {
+            rel = attempts.max_position;
+            use_rules = false;
+        }
+        for t in attempts.expected_tokens() {
+            let t = t.to_string();
+            let t = t.trim();
+            if t == "#" || t.is_empty() {
+                continue;
+            }
+            if t.contains("..") {
+                if t.starts_with('0') {
+                    push("a number".into());
+                } else {
+                    push("a name".into());
+                }
+            } else if t.len() <= 2 && !t.chars().any(|c| c.is_ascii_alphanumeric()) {
+                push(format!("`{t}`"));
+            }
+        }
+    }
+    if use_rules {
+        if let pest::error::ErrorVariant::ParsingError { positives, .. } = &e.variant {
+            for r in positives {
+                if let Some(w) = rule_words(*r) {
+                    push(w.to_string());
+                }
+            }
+        }
+    }
+    let at = base + rel;
+    if expected.iter().any(|w| w == "an expression") {
+        // Every way an expression can start is summed up by "an expression".
+        let starts = ["a name", "a number", "`\"`", "`(`", "`-`", "`[`"];
+        expected.retain(|w| !starts.contains(&w.as_str()));
+    }
+    expected.retain(|w| w != "`_`");
+    if expected.iter().any(|w| w == "an operator") {
+        let ops = ["`+`", "`-`", "`*`", "`/`"];
+        expected.retain(|w| !ops.contains(&w.as_str()));
+    }
+    expected.sort_by_key(|w| (w.starts_with('`'), w.clone()));
+    let found = found_at(source, at);
+    let message = if expected.is_empty() {
+        format!("unexpected {found}")
+    } else if expected.len() == 1 {
+        format!("expected {}, found {found}", expected[0])
+    } else {
+        let (last, init) = expected
+            .split_last()
+            .map(|(l, i)| (l.clone(), i.to_vec()))
+            .unwrap_or_default();
+        format!("expected {} or {last}, found {found}", init.join(", "))
+    };
+    let end = source
+        .get(at..)
+        .and_then(|r| r.chars().next())
+        .map(|c| at + c.len_utf8())
+        .unwrap_or(at);
+    let help = if found == "the end of the file" {
+        "something is not closed: check for a missing `)`, `]`, `}` or `\"`"
+    } else {
+        "items start with a keyword (model, source, verifier, objective, eval, param, let, use, \
+         stage, reweight, mix, train); blocks hold `name = value` fields"
+    };
+    Diagnostic {
+        code: "recap::parse::syntax".into(),
+        severity: Severity::Error,
+        message,
+        labels: vec![Label {
+            span: Span::new(at, end),
+            message: "unexpected here".into(),
+        }],
+        help: Some(help.into()),
+    }
+}
+
+fn span_of(pair: &Pair<Rule>, base: usize) -> Span {
+    let s = pair.as_span();
+    // A safety net: a rule never ends in the whitespace before an absent optional part.
+    let trimmed = pair.as_str().trim_end().len();
+    Span::new(base + s.start(), base + s.start() + trimmed)
+}
+
+/// The text of the `##` lines directly above byte offset `start`.
+fn doc_above(source: &str, start: usize) -> Option<String> {
+    let line_start = source.get(..start)?.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    // Only items that begin their line can have a doc comment.
+    if !source.get(line_start..start)?.trim().is_empty() {
+        return None;
+    }
+    let mut lines = Vec::new();
+    let mut end = line_start;
+    while end > 0 {
+        let prev_end = end - 1; // the '\n' ending the previous line
+        let prev_start = source.get(..prev_end)?.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let line = source.get(prev_start..prev_end)?.trim();
+        match line.strip_prefix("##") {
+            Some(text) => lines.push(text.strip_prefix(' ').unwrap_or(text).trim_end().to_string()),
+            None => break,
+        }
+        end = prev_start;
+    }
+    if lines.is_empty() {
+        return None;
+    }
+    lines.reverse();
+    Some(lines.join("\n"))
+}
+
+struct Children<'i> {
+    inner: pest::iterators::Pairs<'i, Rule>,
+    parent: Span,
+}
+
+impl<'i> Children<'i> {
+    fn new(pair: Pair<'i, Rule>, base: usize) -> Self {
+        let parent = span_of(&pair, base);
+        Children {
+            inner: pair.into_inner(),
+            parent,
+        }
+    }
+    fn next(&mut self) -> PResult<Pair<'i, Rule>> {
+        self.inner.next().ok_or_else(|| {
+            Box::new(internal(
+                self.parent.start,
+                "a syntax node is missing a part",
+            ))
+        })
+    }
+    fn peek_rule(&self) -> Option<Rule> {
+        self.inner.peek().map(|p| p.as_rule())
+    }
+    fn next_if(&mut self, rule: Rule) -> Option<Pair<'i, Rule>> {
+        if self.peek_rule() == Some(rule) {
+            self.inner.next()
+        } else {
+            None
+        }
+    }
+}
+
+fn ident(pair: Pair<Rule>, base: usize) -> Ident {
+    Ident {
+        span: span_of(&pair, base),
+        name: pair.as_str().to_string(),
+    }
+}
+
+fn build_item(pair: Pair<Rule>, base: usize, source: &str) -> PResult<Item> {
+    let span = span_of(&pair, base);
+    let rule = pair.as_rule();
+    let mut c = Children::new(pair, base);
+    let kind = match rule {
+        Rule::use_item => {
+            let _kw = c.next()?;
+            let path = c.next()?;
+            ItemKind::Use {
+                path: path.into_inner().map(|p| ident(p, base)).collect(),
+            }
+        }
+        Rule::param_item => {
+            let _kw = c.next()?;
+            let name = ident(c.next()?, base);
+            let ty = build_type(c.next()?, base)?;
+            let value = build_expr(c.next()?, base)?;
+            let range = match c.next_if(Rule::range) {
+                Some(r) => Some(build_range(r, base)?),
+                None => None,
+            };
+            if let Some(extra) = c.next_if(Rule::range) {
+                return Err(once_only(&extra, base, "range"));
+            }
+            ItemKind::Param {
+                name,
+                ty,
+                value,
+                range,
+            }
+        }
+        Rule::let_item => {
+            let _kw = c.next()?;
+            let name = ident(c.next()?, base);
+            let value = build_expr(c.next()?, base)?;
+            ItemKind::Let { name, value }
+        }
+        Rule::decl_item => {
+            let kw = c.next()?;
+            let kind_span = span_of(&kw, base);
+            let kind = match kw.as_str() {
+                "model" => DeclKind::Model,
+                "source" => DeclKind::Source,
+                "verifier" => DeclKind::Verifier,
+                "objective" => DeclKind::Objective,
+                _ => DeclKind::Eval,
+            };
+            let name = ident(c.next()?, base);
+            let value = build_expr(c.next()?, base)?;
+            let block = match c.next_if(Rule::block) {
+                Some(b) => Some(build_block(b, base)?),
+                None => None,
+            };
+            if let Some(extra) = c.next_if(Rule::block) {
+                return Err(once_only(&extra, base, "block"));
+            }
+            ItemKind::Decl {
+                kind,
+                kind_span,
+                name,
+                value,
+                block,
+            }
+        }
+        Rule::setting_item => {
+            let kw = c.next()?;
+            let kind_span = span_of(&kw, base);
+            let kind = match kw.as_str() {
+                "reweight" => SettingKind::Reweight,
+                "mix" => SettingKind::Mix,
+                _ => SettingKind::Train,
+            };
+            let value = match c.next_if(Rule::expr) {
+                Some(e) => Some(build_expr(e, base)?),
+                None => None,
+            };
+            let block = match c.next_if(Rule::block) {
+                Some(b) => Some(build_block(b, base)?),
+                None => None,
+            };
+            if let Some(extra) = c.inner.next() {
+                let what = if extra.as_rule() == Rule::block { "block" } else { "value" };
+                return Err(once_only(&extra, base, what));
+            }
+            ItemKind::Setting {
+                kind,
+                kind_span,
+                value,
+                block,
+            }
+        }
+        Rule::stage_item => {
+            let _kw = c.next()?;
+            let name = ident(c.next()?, base);
+            let mut items = Vec::new();
+            for p in c.inner.by_ref() {
+                items.push(build_item(p, base, source)?);
+            }
+            ItemKind::Stage { name, items }
+        }
+        Rule::fn_item => {
+            let _kw = c.next()?;
+            let name = ident(c.next()?, base);
+            let mut params = Vec::new();
+            while let Some(p) = c.next_if(Rule::param_sig) {
+                params.push(build_param_sig(p, base)?);
+            }
+            let ret = c.next()?;
+            let mut rc = Children::new(ret, base);
+            let ret = ident(rc.next()?, base);
+            let ret_fields = rc.inner.map(|p| ident(p, base)).collect();
+            ItemKind::Fn(FnSig {
+                name,
+                params,
+                ret,
+                ret_fields,
+            })
+        }
+        Rule::enum_item => {
+            let _kw = c.next()?;
+            let name = ident(c.next()?, base);
+            let members = c.inner.map(|p| ident(p, base)).collect();
+            ItemKind::Enum { name, members }
+        }
+        _ => return Err(Box::new(internal(span.start, "an unknown item rule"))),
+    };
+    Ok(Item {
+        kind,
+        span,
+        doc: doc_above(source, span.start),
+    })
+}
+
+fn once_only(pair: &Pair<Rule>, base: usize, what: &str) -> Box<Diagnostic> {
+    err(
+        "recap::parse::syntax",
+        span_of(pair, base),
+        format!("a second {what} here"),
+        "one too many",
+        "an item takes at most one value, one block and one range, in that order",
+    )
+}
+
+fn build_param_sig(pair: Pair<Rule>, base: usize) -> PResult<ParamSig> {
+    let span = span_of(&pair, base);
+    let mut c = Children::new(pair, base);
+    let variadic = c.next_if(Rule::variadic).is_some();
+    let name = ident(c.next()?, base);
+    let ty = build_type(c.next()?, base)?;
+    let mut default = None;
+    let mut range = None;
+    for part in c.inner.by_ref() {
+        match part.as_rule() {
+            Rule::default_value if default.is_none() && range.is_none() => {
+                let mut d = Children::new(part, base);
+                default = Some(build_expr(d.next()?, base)?);
+            }
+            Rule::range if range.is_none() => range = Some(build_range(part, base)?),
+            _ => return Err(once_only(&part, base, "default or range")),
+        }
+    }
+    Ok(ParamSig {
+        name,
+        variadic,
+        ty,
+        default,
+        range,
+        span,
+    })
+}
+
+fn build_type(pair: Pair<Rule>, base: usize) -> PResult<TypeExpr> {
+    let span = span_of(&pair, base);
+    let mut alternatives = Vec::new();
+    let mut optional = false;
+    for p in pair.into_inner() {
+        match p.as_rule() {
+            Rule::type_atom => {
+                let mut c = Children::new(p, base);
+                let name = ident(c.next()?, base);
+                let arg = match c.next_if(Rule::type_expr) {
+                    Some(t) => Some(Box::new(build_type(t, base)?)),
+                    None => None,
+                };
+                alternatives.push(TypeAtom { name, arg });
+            }
+            Rule::optional => optional = true,
+            _ => return Err(Box::new(internal(span.start, "an unknown type part"))),
+        }
+    }
+    Ok(TypeExpr {
+        alternatives,
+        optional,
+        span,
+    })
+}
+
+fn build_range(pair: Pair<Rule>, base: usize) -> PResult<Range> {
+    let span = span_of(&pair, base);
+    let mut c = Children::new(pair, base);
+    let _kw = c.next()?;
+    let open = c.next()?;
+    let lo = c.next()?;
+    let hi = c.next()?;
+    let close = c.next()?;
+    let bound = |p: Pair<Rule>| -> PResult<f64> {
+        let text = p.as_str().replace('_', "");
+        let sp = span_of(&p, base);
+        match text.as_str() {
+            "inf" => Ok(f64::INFINITY),
+            "-inf" => Ok(f64::NEG_INFINITY),
+            t => t.parse::<f64>().map_err(|_| {
+                err(
+                    "recap::parse::bad_number",
+                    sp,
+                    format!("`{t}` is not a number"),
+                    "not a number",
+                    "write a number such as 2, 0.5 or inf",
+                )
+            }),
+        }
+    };
+    let lo_v = bound(lo)?;
+    let hi_v = bound(hi)?;
+    Ok(Range {
+        lo: lo_v,
+        lo_inclusive: open.as_str() == "[" && lo_v.is_finite(),
+        hi: hi_v,
+        hi_inclusive: close.as_str() == "]" && hi_v.is_finite(),
+        span,
+    })
+}
+
+fn build_block(pair: Pair<Rule>, base: usize) -> PResult<Block> {
+    let span = span_of(&pair, base);
+    let mut fields = Vec::new();
+    for f in pair.into_inner() {
+        let mut c = Children::new(f, base);
+        let name = ident(c.next()?, base);
+        let value = build_expr(c.next()?, base)?;
+        fields.push(NamedArg { name, value });
+    }
+    Ok(Block { fields, span })
+}
+
+fn pratt() -> &'static PrattParser<Rule> {
+    static PRATT: OnceLock<PrattParser<Rule>> = OnceLock::new();
+    PRATT.get_or_init(|| {
+        PrattParser::new()
+            .op(Op::infix(Rule::add, Assoc::Left) | Op::infix(Rule::sub, Assoc::Left))
+            .op(Op::infix(Rule::mul, Assoc::Left) | Op::infix(Rule::div, Assoc::Left))
+            .op(Op::prefix(Rule::neg))
+            .op(Op::postfix(Rule::call_args) | Op::postfix(Rule::member))
+    })
+}
+
+fn build_expr(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
+    pratt()
+        .map_primary(|p| build_primary(p, base))
+        .map_prefix(|op, rhs| {
+            let rhs = rhs?;
+            let start = base + op.as_span().start();
+            Ok(Expr {
+                span: Span::new(start, rhs.span.end),
+                kind: ExprKind::Neg(Box::new(rhs)),
+            })
+        })
+        .map_postfix(|lhs, op| {
+            let lhs = lhs?;
+            let op_span = span_of(&op, base);
+            let span = Span::new(lhs.span.start, op_span.end);
+            match op.as_rule() {
+                Rule::member => {
+                    let mut c = Children::new(op, base);
+                    let name = ident(c.next()?, base);
+                    Ok(Expr {
+                        span,
+                        kind: ExprKind::Member {
+                            base: Box::new(lhs),
+                            name,
+                        },
+                    })
+                }
+                _ => {
+                    let args = build_args(op, base)?;
+                    match lhs.kind {
+                        ExprKind::Name(func) => Ok(Expr {
+                            span,
+                            kind: ExprKind::Call { func, args },
+                        }),
+                        ExprKind::Member { base: recv, name } => Ok(Expr {
+                            span,
+                            kind: ExprKind::Method {
+                                receiver: recv,
+                                name,
+                                args,
+                            },
+                        }),
+                        _ => Err(err(
+                            "recap::parse::not_callable",
+                            lhs.span,
+                            "only a name can be called".into(),
+                            "this is not a function name",
+                            "call a stdlib function by name, e.g. `hf(\"dir\")`, or a method with `value.name(...)`",
+                        )),
+                    }
+                }
+            }
+        })
+        .map_infix(|lhs, op, rhs| {
+            let lhs = lhs?;
+            let rhs = rhs?;
+            let op = match op.as_rule() {
+                Rule::add => BinOp::Add,
+                Rule::sub => BinOp::Sub,
+                Rule::mul => BinOp::Mul,
+                _ => BinOp::Div,
+            };
+            Ok(Expr {
+                span: Span::new(lhs.span.start, rhs.span.end),
+                kind: ExprKind::Binary {
+                    op,
+                    lhs: Box::new(lhs),
+                    rhs: Box::new(rhs),
+                },
+            })
+        })
+        .parse(pair.into_inner())
+}
+
+fn build_args(pair: Pair<Rule>, base: usize) -> PResult<Args> {
+    let span = span_of(&pair, base);
+    let mut args = Args {
+        span,
+        ..Args::default()
+    };
+    for a in pair.into_inner() {
+        match a.as_rule() {
+            Rule::named_arg => {
+                let mut c = Children::new(a, base);
+                let name = ident(c.next()?, base);
+                let value = build_expr(c.next()?, base)?;
+                args.named.push(NamedArg { name, value });
+            }
+            _ => {
+                let e = build_expr(a, base)?;
+                if let Some(first_named) = args.named.first() {
+                    return Err(Box::new(Diagnostic {
+                        code: "recap::parse::positional_after_named".into(),
+                        severity: Severity::Error,
+                        message: "a positional argument follows a named one".into(),
+                        labels: vec![
+                            Label {
+                                span: e.span,
+                                message: "positional argument".into(),
+                            },
+                            Label {
+                                span: first_named.name.span,
+                                message: "after this named argument".into(),
+                            },
+                        ],
+                        help: Some(
+                            "put positional arguments first, or name this one too".into(),
+                        ),
+                    }));
+                }
+                args.positional.push(e);
+            }
+        }
+    }
+    Ok(args)
+}
+
+fn number_text(p: &Pair<Rule>) -> String {
+    p.as_str().replace('_', "")
+}
+
+fn parse_int(p: &Pair<Rule>, base: usize) -> PResult<i64> {
+    number_text(p).parse::<i64>().map_err(|_| {
+        err(
+            "recap::parse::number_too_large",
+            span_of(p, base),
+            format!("the number `{}` is too large", p.as_str()),
+            "does not fit in 64 bits",
+            "integers must lie between -9223372036854775808 and 9223372036854775807",
+        )
+    })
+}
+
+fn parse_float(p: &Pair<Rule>, base: usize) -> PResult<f64> {
+    match number_text(p).parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(err(
+            "recap::parse::number_too_large",
+            span_of(p, base),
+            format!("the number `{}` is too large", p.as_str()),
+            "not a finite number",
+            "floating-point numbers must be below about 1.8e308",
+        )),
+    }
+}
+
+fn build_primary(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
+    let span = span_of(&pair, base);
+    let kind = match pair.as_rule() {
+        Rule::int => ExprKind::Int(parse_int(&pair, base)?),
+        Rule::float => ExprKind::Float(parse_float(&pair, base)?),
+        Rule::percent => {
+            let mut c = Children::new(pair, base);
+            let n = c.next()?;
+            ExprKind::Percent(parse_float(&n, base)?)
+        }
+        Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
+        Rule::ident => ExprKind::Name(ident(pair, base)),
+        Rule::paren => {
+            let mut c = Children::new(pair, base);
+            let inner = build_expr(c.next()?, base)?;
+            // The parentheses belong to the expression's span, so labels cover them.
+            return Ok(Expr {
+                kind: inner.kind,
+                span,
+            });
+        }
+        Rule::list => {
+            let mut items = Vec::new();
+            for e in pair.into_inner() {
+                items.push(build_expr(e, base)?);
+            }
+            ExprKind::List(items)
+        }
+        Rule::raw_string => {
+            let mut text = String::new();
+            for p in pair.into_inner() {
+                if p.as_rule() == Rule::raw_text {
+                    text.push_str(p.as_str());
+                }
+            }
+            ExprKind::Str(StrLit {
+                parts: vec![StrPart::Text(text)],
+                raw: true,
+            })
+        }
+        Rule::string => ExprKind::Str(build_string(pair, base)?),
+        _ => return Err(Box::new(internal(span.start, "an unknown expression rule"))),
+    };
+    Ok(Expr { kind, span })
+}
+
+fn build_string(pair: Pair<Rule>, base: usize) -> PResult<StrLit> {
+    let mut parts: Vec<StrPart> = Vec::new();
+    let mut text = String::new();
+    for p in pair.into_inner() {
+        match p.as_rule() {
+            Rule::str_text | Rule::lone_brace => text.push_str(p.as_str()),
+            Rule::escape => {
+                let c = match p.as_str() {
+                    "\\n" => '\n',
+                    "\\t" => '\t',
+                    "\\r" => '\r',
+                    "\\0" => '\0',
+                    "\\\\" => '\\',
+                    "\\\"" => '"',
+                    "\\{" => '{',
+                    "\\}" => '}',
+                    other => {
+                        return Err(err(
+                            "recap::parse::bad_escape",
+                            span_of(&p, base),
+                            format!("unknown escape `{other}`"),
+                            "unknown escape",
+                            "known escapes are \\n \\t \\r \\0 \\\\ \\\" \\{ \\}; for regular expressions use a raw string r\"...\"",
+                        ))
+                    }
+                };
+                text.push(c);
+            }
+            Rule::placeholder => {
+                if !text.is_empty() {
+                    parts.push(StrPart::Text(std::mem::take(&mut text)));
+                }
+                let mut c = Children::new(p, base);
+                parts.push(StrPart::Placeholder(ident(c.next()?, base)));
+            }
+            _ => {}
+        }
+    }
+    if !text.is_empty() || parts.is_empty() {
+        parts.push(StrPart::Text(text));
+    }
+    Ok(StrLit { parts, raw: false })
+}

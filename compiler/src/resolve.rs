@@ -1,0 +1,660 @@
+//! Resolve: takes the parsed file and the `--set` overrides; gives `Resolved`, the table of
+//! every named entity (params, lets, declarations) with its scope (top level or one stage),
+//! the settings of each scope, the stages, and an evaluation order in which every entity comes
+//! after the entities it references. Reports unknown names (with "did you mean"), duplicate
+//! names and settings, items in the wrong place, unknown `use` modules, calls of names that
+//! are not functions, reference cycles (with the whole path), overrides of unknown params and
+//! unused declarations (warnings).
+
+use crate::ast::*;
+use crate::diagnostic::{did_you_mean, Diagnostic, Span};
+use crate::stdlib::Stdlib;
+use petgraph::graph::{DiGraph, NodeIndex};
+use std::collections::{HashMap, VecDeque};
+
+pub type EntityId = usize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntityKind {
+    Param,
+    Let,
+    Decl(DeclKind),
+}
+
+#[derive(Debug)]
+pub struct Entity<'a> {
+    pub name: &'a Ident,
+    pub kind: EntityKind,
+    /// The stage that declares it; `None` at the top level.
+    pub stage: Option<usize>,
+    pub item: &'a Item,
+    pub value: &'a Expr,
+    pub block: Option<&'a Block>,
+    /// For params: the `--set` text that replaces the value.
+    pub override_text: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Setting<'a> {
+    pub kind: SettingKind,
+    pub item: &'a Item,
+    pub kind_span: Span,
+    pub value: Option<&'a Expr>,
+    pub block: Option<&'a Block>,
+}
+
+#[derive(Debug)]
+pub struct StageScope<'a> {
+    /// `None` for the implicit stage `main` of a file without stages.
+    pub name: Option<&'a Ident>,
+    pub span: Span,
+    pub settings: Vec<Setting<'a>>,
+    /// Objectives and evals of the stage in declaration order.
+    pub members: Vec<EntityId>,
+}
+
+#[derive(Debug)]
+pub struct Resolved<'a> {
+    pub entities: Vec<Entity<'a>>,
+    pub top_settings: Vec<Setting<'a>>,
+    pub stages: Vec<StageScope<'a>>,
+    /// Entity ids, each after everything it references; entities on a cycle are left out.
+    pub order: Vec<EntityId>,
+    names: HashMap<&'a str, EntityId>,
+}
+
+impl<'a> Resolved<'a> {
+    /// The entity a name refers to from `stage` (top-level names are visible everywhere, stage
+    /// names only inside their stage).
+    pub fn lookup(&self, name: &str, stage: Option<usize>) -> Option<EntityId> {
+        let id = *self.names.get(name)?;
+        let e = self.entities.get(id)?;
+        match e.stage {
+            None => Some(id),
+            s if s == stage => Some(id),
+            _ => None,
+        }
+    }
+
+    pub fn setting(&self, stage: usize, kind: SettingKind) -> Option<Setting<'a>> {
+        let own = self
+            .stages
+            .get(stage)
+            .and_then(|s| s.settings.iter().find(|x| x.kind == kind).copied());
+        own.or_else(|| self.top_settings.iter().find(|x| x.kind == kind).copied())
+    }
+}
+
+struct Resolver<'a, 'd> {
+    std: &'static Stdlib,
+    diags: &'d mut Vec<Diagnostic>,
+    entities: Vec<Entity<'a>>,
+    names: HashMap<&'a str, EntityId>,
+    top_settings: Vec<Setting<'a>>,
+    stages: Vec<StageScope<'a>>,
+    staged: bool,
+}
+
+/// `report_unused` is off when items were lost to syntax errors (their uses are unknown).
+pub fn resolve<'a>(
+    file: &'a File,
+    overrides: &[(String, String)],
+    report_unused: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> Resolved<'a> {
+    let staged = file
+        .items
+        .iter()
+        .any(|i| matches!(i.kind, ItemKind::Stage { .. }));
+    let mut r = Resolver {
+        std: crate::stdlib::stdlib(),
+        diags,
+        entities: Vec::new(),
+        names: HashMap::new(),
+        top_settings: Vec::new(),
+        stages: Vec::new(),
+        staged,
+    };
+    if !staged {
+        r.stages.push(StageScope {
+            name: None,
+            span: file.span,
+            settings: Vec::new(),
+            members: Vec::new(),
+        });
+    }
+    for item in &file.items {
+        r.collect(item, None);
+    }
+    // Overrides name params of the top level.
+    for (key, value) in overrides {
+        match r.names.get(key.as_str()).copied() {
+            Some(id) if r.entities.get(id).map(|e| e.kind) == Some(EntityKind::Param) => {
+                if let Some(e) = r.entities.get_mut(id) {
+                    e.override_text = Some(value.clone());
+                }
+            }
+            _ => {
+                let params: Vec<&str> = r
+                    .entities
+                    .iter()
+                    .filter(|e| e.kind == EntityKind::Param)
+                    .map(|e| e.name.name.as_str())
+                    .collect();
+                let mut d = Diagnostic::error(
+                    "recap::resolve::unknown_param",
+                    format!("`--set {key}={value}` names no `param` of this file"),
+                );
+                d = match did_you_mean(key, params.iter().copied()) {
+                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                    None if params.is_empty() => {
+                        d.with_help("declare it first: `param NAME: TYPE = VALUE`")
+                    }
+                    None => d.with_help(format!("the params are: {}", params.join(", "))),
+                };
+                r.diags.push(d);
+            }
+        }
+    }
+    let (order, uses) = r.dependencies();
+    if report_unused {
+        r.unused(&uses);
+    }
+    Resolved {
+        entities: r.entities,
+        top_settings: r.top_settings,
+        stages: r.stages,
+        order,
+        names: r.names,
+    }
+}
+
+impl<'a> Resolver<'a, '_> {
+    fn misplaced(&mut self, span: Span, what: &str, help: &str) {
+        self.diags.push(
+            Diagnostic::error("recap::resolve::misplaced_item", format!("{what} is not allowed here"))
+                .label(span, "not allowed here")
+                .with_help(help),
+        );
+    }
+
+    fn add_entity(&mut self, e: Entity<'a>) -> Option<EntityId> {
+        if let Some(&prev) = self.names.get(e.name.name.as_str()) {
+            let prev_span = self.entities.get(prev).map(|p| p.name.span).unwrap_or_default();
+            self.diags.push(
+                Diagnostic::error(
+                    "recap::resolve::duplicate_name",
+                    format!("`{}` is declared twice", e.name.name),
+                )
+                .label(e.name.span, "declared again here")
+                .label(prev_span, "first declared here")
+                .with_help("names are unique in the whole file; rename one of them"),
+            );
+            return None;
+        }
+        let id = self.entities.len();
+        self.names.insert(e.name.name.as_str(), id);
+        self.entities.push(e);
+        Some(id)
+    }
+
+    fn collect(&mut self, item: &'a Item, stage: Option<usize>) {
+        match &item.kind {
+            ItemKind::Use { path } => {
+                if stage.is_some() {
+                    return self.misplaced(item.span, "`use`", "put `use` at the top of the file");
+                }
+                let names: Vec<&str> = path.iter().map(|p| p.name.as_str()).collect();
+                let module = match names.as_slice() {
+                    ["std", m] => Some(*m),
+                    [m] => Some(*m),
+                    _ => None,
+                };
+                let known = module.is_some_and(|m| self.std.is_module(m));
+                if !known {
+                    let span = Span::new(
+                        path.first().map(|p| p.span.start).unwrap_or(item.span.start),
+                        path.last().map(|p| p.span.end).unwrap_or(item.span.end),
+                    );
+                    let modules: Vec<&str> = crate::stdlib::MODULES.iter().map(|(m, _)| *m).collect();
+                    let guess = module.and_then(|m| did_you_mean(m, modules.iter().copied()));
+                    self.diags.push(
+                        Diagnostic::error(
+                            "recap::resolve::unknown_module",
+                            format!("there is no stdlib module `{}`", names.join(".")),
+                        )
+                        .label(span, "unknown module")
+                        .with_help(match guess {
+                            Some(g) => format!("did you mean `{g}`?"),
+                            None => format!("the stdlib modules are: {}", modules.join(", ")),
+                        }),
+                    );
+                }
+            }
+            ItemKind::Param { name, value, .. } => {
+                if stage.is_some() {
+                    return self.misplaced(
+                        item.span,
+                        "`param`",
+                        "params are declared at the top level; stages read them from there",
+                    );
+                }
+                self.add_entity(Entity {
+                    name,
+                    kind: EntityKind::Param,
+                    stage,
+                    item,
+                    value,
+                    block: None,
+                    override_text: None,
+                });
+            }
+            ItemKind::Let { name, value } => {
+                self.add_entity(Entity {
+                    name,
+                    kind: EntityKind::Let,
+                    stage,
+                    item,
+                    value,
+                    block: None,
+                    override_text: None,
+                });
+            }
+            ItemKind::Decl {
+                kind,
+                kind_span,
+                name,
+                value,
+                block,
+            } => {
+                let in_stage_kind = matches!(kind, DeclKind::Objective | DeclKind::Eval);
+                if stage.is_some() && !in_stage_kind {
+                    return self.misplaced(
+                        *kind_span,
+                        &format!("a `{}` declaration inside a stage", kind.keyword()),
+                        "declare models, sources and verifiers at the top level; stages share them",
+                    );
+                }
+                if stage.is_none() && in_stage_kind && self.staged {
+                    return self.misplaced(
+                        *kind_span,
+                        &format!("a top-level `{}` in a file with stages", kind.keyword()),
+                        "move it into the `stage { ... }` that trains it",
+                    );
+                }
+                let id = self.add_entity(Entity {
+                    name,
+                    kind: EntityKind::Decl(*kind),
+                    stage,
+                    item,
+                    value,
+                    block: block.as_ref(),
+                    override_text: None,
+                });
+                if let (Some(id), true) = (id, in_stage_kind) {
+                    let idx = stage.unwrap_or(0);
+                    if let Some(s) = self.stages.get_mut(idx) {
+                        s.members.push(id);
+                    }
+                }
+            }
+            ItemKind::Setting {
+                kind,
+                kind_span,
+                value,
+                block,
+            } => {
+                let setting = Setting {
+                    kind: *kind,
+                    item,
+                    kind_span: *kind_span,
+                    value: value.as_ref(),
+                    block: block.as_ref(),
+                };
+                let list = match stage {
+                    // In a file without stages the top-level settings are the main stage's.
+                    None => &mut self.top_settings,
+                    Some(s) => match self.stages.get_mut(s) {
+                        Some(st) => &mut st.settings,
+                        None => return,
+                    },
+                };
+                if let Some(prev) = list.iter().find(|s| s.kind == *kind) {
+                    let prev_span = prev.kind_span;
+                    self.diags.push(
+                        Diagnostic::error(
+                            "recap::resolve::duplicate_setting",
+                            format!("`{}` is set twice in the same scope", kind.keyword()),
+                        )
+                        .label(*kind_span, "set again here")
+                        .label(prev_span, "first set here")
+                        .with_help("keep one; a stage's setting overrides the top-level one"),
+                    );
+                    return;
+                }
+                list.push(setting);
+            }
+            ItemKind::Stage { name, items } => {
+                if stage.is_some() {
+                    return self.misplaced(name.span, "a stage inside a stage", "stages are not nested; write them one after another");
+                }
+                if let Some(prev) = self
+                    .stages
+                    .iter()
+                    .find(|s| s.name.is_some_and(|n| n.name == name.name))
+                {
+                    let prev_span = prev.name.map(|n| n.span).unwrap_or_default();
+                    self.diags.push(
+                        Diagnostic::error(
+                            "recap::resolve::duplicate_name",
+                            format!("stage `{}` is declared twice", name.name),
+                        )
+                        .label(name.span, "declared again here")
+                        .label(prev_span, "first declared here")
+                        .with_help("give every stage its own name"),
+                    );
+                }
+                let idx = self.stages.len();
+                self.stages.push(StageScope {
+                    name: Some(name),
+                    span: item.span,
+                    settings: Vec::new(),
+                    members: Vec::new(),
+                });
+                for inner in items {
+                    self.collect(inner, Some(idx));
+                }
+            }
+            ItemKind::Fn(sig) => self.misplaced(
+                sig.name.span,
+                "`fn`",
+                "functions are declared only in the standard library (stdlib/*.recap)",
+            ),
+            ItemKind::Enum { name, .. } => self.misplaced(
+                name.span,
+                "`enum`",
+                "enums are declared only in the standard library (stdlib/*.recap)",
+            ),
+        }
+    }
+
+    fn lookup(&self, name: &str, stage: Option<usize>) -> Option<EntityId> {
+        let id = *self.names.get(name)?;
+        match self.entities.get(id)?.stage {
+            None => Some(id),
+            s if s == stage => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Walks every expression; reports unknown names; returns the evaluation order and, per
+    /// entity, how often it is referenced.
+    fn dependencies(&mut self) -> (Vec<EntityId>, Vec<usize>) {
+        let n = self.entities.len();
+        let mut graph: DiGraph<EntityId, Span> = DiGraph::with_capacity(n, n);
+        let nodes: Vec<NodeIndex> = (0..n).map(|i| graph.add_node(i)).collect();
+        let mut uses = vec![0usize; n];
+        for id in 0..n {
+            let (stage, value, block) = match self.entities.get(id) {
+                Some(e) => (e.stage, e.value, e.block),
+                None => continue,
+            };
+            let mut refs = Vec::new();
+            self.walk(value, stage, &mut refs);
+            if let Some(b) = block {
+                for f in &b.fields {
+                    self.walk(&f.value, stage, &mut refs);
+                }
+            }
+            for (dep, span) in refs {
+                if let (Some(&a), Some(&b)) = (nodes.get(id), nodes.get(dep)) {
+                    graph.add_edge(a, b, span);
+                }
+                if let Some(u) = uses.get_mut(dep) {
+                    *u += 1;
+                }
+            }
+        }
+        let mut settings: Vec<(Option<usize>, Setting<'a>)> =
+            self.top_settings.iter().map(|s| (None, *s)).collect();
+        for (i, st) in self.stages.iter().enumerate() {
+            settings.extend(st.settings.iter().map(|s| (Some(i), *s)));
+        }
+        for (stage, s) in settings {
+            // Top-level settings are evaluated inside every stage; names they use are looked
+            // up from the first stage, or the top level.
+            let scope = if stage.is_none() && !self.stages.is_empty() && self.stages.iter().all(|s| s.name.is_none()) {
+                Some(0)
+            } else {
+                stage
+            };
+            let mut refs = Vec::new();
+            if let Some(v) = s.value {
+                self.walk(v, scope, &mut refs);
+            }
+            if let Some(b) = s.block {
+                for f in &b.fields {
+                    self.walk(&f.value, scope, &mut refs);
+                }
+            }
+            for (dep, _) in refs {
+                if let Some(u) = uses.get_mut(dep) {
+                    *u += 1;
+                }
+            }
+        }
+        // Tarjan gives strongly connected components dependencies first.
+        let sccs = petgraph::algo::tarjan_scc(&graph);
+        let mut order = Vec::with_capacity(n);
+        for scc in sccs {
+            let cyclic = scc.len() > 1
+                || scc
+                    .first()
+                    .is_some_and(|&x| graph.find_edge(x, x).is_some());
+            if !cyclic {
+                order.extend(scc.iter().filter_map(|ix| graph.node_weight(*ix).copied()));
+                continue;
+            }
+            self.report_cycle(&graph, &scc);
+        }
+        (order, uses)
+    }
+
+    fn report_cycle(&mut self, graph: &DiGraph<EntityId, Span>, scc: &[NodeIndex]) {
+        let Some(&start) = scc.iter().min_by_key(|ix| graph.node_weight(**ix).copied()) else {
+            return;
+        };
+        // Breadth-first search inside the component from `start` back to itself gives the
+        // shortest cycle through it.
+        let mut parent: HashMap<NodeIndex, (NodeIndex, Span)> = HashMap::new();
+        let mut queue = VecDeque::new();
+        queue.push_back(start);
+        let mut closing = None;
+        'search: while let Some(x) = queue.pop_front() {
+            let mut edges: Vec<_> = graph
+                .edges(x)
+                .map(|e| (petgraph::visit::EdgeRef::target(&e), *e.weight()))
+                .collect();
+            edges.sort_by_key(|(t, _)| t.index());
+            for (t, span) in edges {
+                if !scc.contains(&t) {
+                    continue;
+                }
+                if t == start {
+                    closing = Some((x, span));
+                    break 'search;
+                }
+                if let std::collections::hash_map::Entry::Vacant(v) = parent.entry(t) {
+                    v.insert((x, span));
+                    queue.push_back(t);
+                }
+            }
+        }
+        let Some((last, last_span)) = closing else {
+            return;
+        };
+        let mut path = vec![(last, last_span)];
+        let mut at = last;
+        while at != start {
+            match parent.get(&at) {
+                Some(&(p, span)) => {
+                    path.push((p, span));
+                    at = p;
+                }
+                None => break,
+            }
+        }
+        path.reverse();
+        // path[i] = (node, span of its reference to the next node)
+        let name = |ix: NodeIndex| {
+            graph
+                .node_weight(ix)
+                .and_then(|id| self.entities.get(*id))
+                .map(|e| e.name.name.clone())
+                .unwrap_or_default()
+        };
+        let mut names: Vec<String> = path.iter().map(|(ix, _)| name(*ix)).collect();
+        names.push(name(start));
+        let start_span = graph
+            .node_weight(start)
+            .and_then(|id| self.entities.get(*id))
+            .map(|e| e.name.span)
+            .unwrap_or_default();
+        let mut d = Diagnostic::error(
+            "recap::resolve::cycle",
+            format!("`{}` depends on itself: {}", name(start), names.join(" -> ")),
+        )
+        .label(start_span, "this declaration is on a cycle");
+        for (i, (_, span)) in path.iter().enumerate() {
+            let to = names.get(i + 1).cloned().unwrap_or_default();
+            d = d.label(*span, format!("uses `{to}`"));
+        }
+        self.diags.push(d.with_help(
+            "break the cycle: a declaration may only use declarations that do not use it back",
+        ));
+    }
+
+    fn unknown(&mut self, id: &Ident, stage: Option<usize>, functions_only: bool) {
+        let mut candidates: Vec<&str> = Vec::new();
+        if !functions_only {
+            for e in &self.entities {
+                if e.stage.is_none() || e.stage == stage {
+                    candidates.push(e.name.name.as_str());
+                }
+            }
+            for en in self.std.enums.values() {
+                candidates.extend(en.members.iter().map(|m| m.as_str()));
+            }
+        }
+        candidates.extend(self.std.fns.keys().map(|k| k.as_str()));
+        let guess = did_you_mean(&id.name, candidates.iter().copied());
+        let what = if functions_only { "function" } else { "name" };
+        let mut d = Diagnostic::error(
+            "recap::resolve::unknown_name",
+            format!("unknown {what} `{}`", id.name),
+        )
+        .label(id.span, format!("not a declared {what}"));
+        d = match guess {
+            Some(g) => d.with_help(format!("did you mean `{g}`?")),
+            None if functions_only => d.with_help("see `recapc explain recap::resolve::unknown_name` and docs/language.md for the stdlib functions"),
+            None => d.with_help("declare it before use (model, source, verifier, let, param ...), or check the spelling"),
+        };
+        self.diags.push(d);
+    }
+
+    fn walk(&mut self, e: &'a Expr, stage: Option<usize>, refs: &mut Vec<(EntityId, Span)>) {
+        match &e.kind {
+            ExprKind::Int(_)
+            | ExprKind::Float(_)
+            | ExprKind::Percent(_)
+            | ExprKind::Str(_)
+            | ExprKind::Bool(_) => {}
+            ExprKind::List(items) => {
+                for i in items {
+                    self.walk(i, stage, refs);
+                }
+            }
+            ExprKind::Name(id) => {
+                if let Some(t) = self.lookup(&id.name, stage) {
+                    refs.push((t, id.span));
+                } else if !self.std.fns.contains_key(&id.name) && !self.std.is_enum_member(&id.name) {
+                    self.unknown(id, stage, false);
+                }
+            }
+            ExprKind::Member { base, .. } => self.walk(base, stage, refs),
+            ExprKind::Call { func, args } => {
+                if let Some(t) = self.lookup(&func.name, stage) {
+                    let kind = self.entities.get(t).map(|e| e.kind);
+                    let what = match kind {
+                        Some(EntityKind::Decl(k)) => format!("a {}", k.keyword()),
+                        Some(EntityKind::Param) => "a param".to_string(),
+                        _ => "a `let`".to_string(),
+                    };
+                    self.diags.push(
+                        Diagnostic::error(
+                            "recap::resolve::not_a_function",
+                            format!("`{}` is {what}, not a function", func.name),
+                        )
+                        .label(func.span, "cannot be called")
+                        .with_help(format!("use it without parentheses: `{}`", func.name)),
+                    );
+                } else if !self.std.fns.contains_key(&func.name) {
+                    self.unknown(func, stage, true);
+                }
+                self.walk_args(args, stage, refs);
+            }
+            ExprKind::Method {
+                receiver,
+                name,
+                args,
+            } => {
+                self.walk(receiver, stage, refs);
+                if !self.std.fns.contains_key(&name.name) {
+                    self.unknown(name, stage, true);
+                }
+                self.walk_args(args, stage, refs);
+            }
+            ExprKind::Neg(inner) => self.walk(inner, stage, refs),
+            ExprKind::Binary { lhs, rhs, .. } => {
+                self.walk(lhs, stage, refs);
+                self.walk(rhs, stage, refs);
+            }
+        }
+    }
+
+    fn walk_args(&mut self, args: &'a Args, stage: Option<usize>, refs: &mut Vec<(EntityId, Span)>) {
+        for a in &args.positional {
+            self.walk(a, stage, refs);
+        }
+        for a in &args.named {
+            self.walk(&a.value, stage, refs);
+        }
+    }
+
+    fn unused(&mut self, uses: &[usize]) {
+        for (id, e) in self.entities.iter().enumerate() {
+            let what = match e.kind {
+                EntityKind::Param => "param",
+                EntityKind::Let => "let",
+                EntityKind::Decl(DeclKind::Source) => "source",
+                EntityKind::Decl(DeclKind::Verifier) => "verifier",
+                // Models are used by being trained or frozen; objectives and evals are what
+                // a job runs, so they are used by being declared.
+                _ => continue,
+            };
+            if uses.get(id).copied().unwrap_or(0) == 0 && !e.name.name.starts_with('_') {
+                self.diags.push(
+                    Diagnostic::warning(
+                        "recap::resolve::unused",
+                        format!("{what} `{}` is never used", e.name.name),
+                    )
+                    .label(e.name.span, "declared here, used nowhere")
+                    .with_help(format!(
+                        "remove it, or prefix its name with `_` to keep it: `_{}`",
+                        e.name.name
+                    )),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,1295 @@
+//! Typecheck: takes `Resolved` (entities in evaluation order, stages, settings) and gives
+//! `Typed`: the value of every entity and every stage's reweight, mix and train settings,
+//! with stdlib calls matched against their signatures (overloads picked by the expected kind,
+//! arguments bound, defaults filled, ranges checked), constants folded and reward
+//! arithmetic reduced to linear combinations of verifiers. Reports wrong kinds, type and unit
+//! mismatches, out-of-range values, missing, unknown, duplicate and surplus arguments, bad
+//! `--set` values, and arithmetic that means nothing.
+
+use crate::ast::*;
+use crate::diagnostic::{did_you_mean, Diagnostic, Span};
+use crate::resolve::{EntityId, EntityKind, Resolved, Setting};
+use crate::stdlib::{ParamDef, Signature, Stdlib};
+use crate::types::{Kind, Ty};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Int(i64),
+    Float(f64),
+    Percent(f64),
+    Bool(bool),
+    Str {
+        text: String,
+        placeholders: Vec<String>,
+    },
+    List(Vec<Val>),
+    Enum(String),
+    /// A declared model, source, verifier, objective or eval.
+    Decl(EntityId, Kind),
+    /// `source.field`.
+    Field {
+        source: EntityId,
+        name: String,
+    },
+    /// A linear combination of verifiers: (weight, verifier entity).
+    Reward(Vec<(f64, EntityId)>),
+    Call(Box<CallVal>),
+    /// An optional parameter left out.
+    Absent,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Val {
+    pub v: Value,
+    pub span: Span,
+    /// The `let` or `param` the value came from, when it came from one.
+    pub origin: Option<String>,
+}
+
+impl Val {
+    fn new(v: Value, span: Span) -> Self {
+        Val {
+            v,
+            span,
+            origin: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CallVal {
+    pub sig: &'static Signature,
+    /// Every non-variadic parameter: given, defaulted, or `Absent`.
+    pub args: BTreeMap<String, Val>,
+    /// Named arguments collected by the variadic parameter, in source order, with the span
+    /// of their name.
+    pub extra: Vec<(String, Span, Val)>,
+    pub span: Span,
+}
+
+impl PartialEq for CallVal {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.sig, other.sig) && self.args == other.args && self.extra == other.extra
+    }
+}
+
+impl CallVal {
+    pub fn name(&self) -> &str {
+        &self.sig.name
+    }
+    pub fn get(&self, name: &str) -> Option<&Val> {
+        self.args.get(name).filter(|v| v.v != Value::Absent)
+    }
+    pub fn int(&self, name: &str) -> Option<i64> {
+        match self.get(name)?.v {
+            Value::Int(i) => Some(i),
+            _ => None,
+        }
+    }
+    pub fn float(&self, name: &str) -> Option<f64> {
+        match self.get(name)?.v {
+            Value::Float(f) => Some(f),
+            Value::Int(i) => Some(i as f64),
+            _ => None,
+        }
+    }
+    pub fn bool(&self, name: &str) -> Option<bool> {
+        match self.get(name)?.v {
+            Value::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+    pub fn str(&self, name: &str) -> Option<&str> {
+        match &self.get(name)?.v {
+            Value::Str { text, .. } => Some(text),
+            _ => None,
+        }
+    }
+    pub fn enum_(&self, name: &str) -> Option<&str> {
+        match &self.get(name)?.v {
+            Value::Enum(m) => Some(m),
+            _ => None,
+        }
+    }
+    pub fn call(&self, name: &str) -> Option<&CallVal> {
+        match &self.get(name)?.v {
+            Value::Call(c) => Some(c),
+            _ => None,
+        }
+    }
+    pub fn decl(&self, name: &str) -> Option<EntityId> {
+        match &self.get(name)?.v {
+            Value::Decl(id, _) => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct StageValues {
+    pub reweight: Option<Val>,
+    pub mix: Option<Val>,
+    pub train: Option<Val>,
+    /// Where the train setting is written (for labels); the stage name when absent.
+    pub train_span: Span,
+}
+
+#[derive(Debug, Default)]
+pub struct Typed {
+    /// The value of each entity; `None` after an error.
+    pub values: Vec<Option<Val>>,
+    pub stages: Vec<StageValues>,
+    /// Every string used as a `path`, with its span.
+    pub paths: Vec<(String, Span)>,
+}
+
+impl Typed {
+    pub fn call(&self, id: EntityId) -> Option<&CallVal> {
+        match &self.values.get(id)?.as_ref()?.v {
+            Value::Call(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+pub fn typecheck(res: &Resolved, diags: &mut Vec<Diagnostic>) -> Typed {
+    let mut t = Checker {
+        res,
+        std: crate::stdlib::stdlib(),
+        diags,
+        values: vec![None; res.entities.len()],
+        paths: Vec::new(),
+        stage: None,
+        in_stdlib: false,
+    };
+    for &id in &res.order {
+        let v = t.entity(id);
+        if let Some(slot) = t.values.get_mut(id) {
+            *slot = v;
+        }
+    }
+    let mut stages = Vec::new();
+    for (i, st) in res.stages.iter().enumerate() {
+        t.stage = Some(i);
+        let mut sv = StageValues {
+            train_span: st.name.map(|n| n.span).unwrap_or_default(),
+            ..StageValues::default()
+        };
+        if let Some(s) = res.setting(i, SettingKind::Reweight) {
+            sv.reweight = t.setting(s, Kind::Reweighter);
+        }
+        if let Some(s) = res.setting(i, SettingKind::Mix) {
+            sv.mix = t.setting(s, Kind::Mixer);
+        }
+        sv.train = t.train(i, &mut sv.train_span);
+        stages.push(sv);
+    }
+    Typed {
+        values: t.values,
+        stages,
+        paths: t.paths,
+    }
+}
+
+struct Checker<'r, 'a, 'd> {
+    res: &'r Resolved<'a>,
+    std: &'static Stdlib,
+    diags: &'d mut Vec<Diagnostic>,
+    values: Vec<Option<Val>>,
+    paths: Vec<(String, Span)>,
+    stage: Option<usize>,
+    /// Evaluating a stdlib default: user names are not in scope.
+    in_stdlib: bool,
+}
+
+fn decl_kind(k: DeclKind) -> Kind {
+    match k {
+        DeclKind::Model => Kind::Model,
+        DeclKind::Source => Kind::Source,
+        DeclKind::Verifier => Kind::Verifier,
+        DeclKind::Objective => Kind::Objective,
+        DeclKind::Eval => Kind::Eval,
+    }
+}
+
+/// "an int", "a verifier `format`": what a value is, for messages.
+fn describe(v: &Value, res: &Resolved) -> String {
+    match v {
+        Value::Int(i) => format!("the int {i}"),
+        Value::Float(f) => format!("the float {f}"),
+        Value::Percent(p) => format!("the percentage {p}%"),
+        Value::Bool(b) => format!("the bool {b}"),
+        Value::Str { .. } => "a string".into(),
+        Value::List(_) => "a list".into(),
+        Value::Enum(m) => format!("`{m}`"),
+        Value::Decl(id, k) => format!(
+            "{} `{}`",
+            k.article(),
+            res.entities.get(*id).map(|e| e.name.name.as_str()).unwrap_or("?")
+        ),
+        Value::Field { name, .. } => format!("the field `{name}`"),
+        Value::Reward(_) => "a reward combination".into(),
+        Value::Call(c) => format!("{} (`{}(...)`)", c.sig.ret.article(), c.sig.name),
+        Value::Absent => "nothing".into(),
+    }
+}
+
+fn is_number(v: &Value) -> bool {
+    matches!(v, Value::Int(_) | Value::Float(_))
+}
+
+fn num(v: &Value) -> Option<f64> {
+    match v {
+        Value::Int(i) => Some(*i as f64),
+        Value::Float(f) => Some(*f),
+        _ => None,
+    }
+}
+
+impl Checker<'_, '_, '_> {
+    fn err(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+
+    fn entity(&mut self, id: EntityId) -> Option<Val> {
+        let e = self.res.entities.get(id)?;
+        self.stage = e.stage;
+        match e.kind {
+            EntityKind::Param => self.param(id),
+            EntityKind::Let => self.eval(e.value, None),
+            EntityKind::Decl(k) => {
+                let kind = decl_kind(k);
+                let fields: Vec<&NamedArg> =
+                    e.block.map(|b| b.fields.iter().collect()).unwrap_or_default();
+                let v = self.eval_head(Some(e.value), &fields, e.block.map(|b| b.span), kind, e.name.span)?;
+                let ok = match &v.v {
+                    Value::Call(c) => c.sig.ret == kind,
+                    Value::Decl(_, k2) => *k2 == kind,
+                    _ => false,
+                };
+                if !ok {
+                    let mut d = Diagnostic::error(
+                        "recap::typecheck::wrong_kind",
+                        format!(
+                            "`{} {}` must be {}, found {}",
+                            k.keyword(),
+                            e.name.name,
+                            kind.article(),
+                            describe(&v.v, self.res)
+                        ),
+                    )
+                    .label(v.span, format!("not {}", kind.article()));
+                    d = if matches!(v.v, Value::Reward(_)) && kind == Kind::Verifier {
+                        d.with_help("name a combination of verifiers with `let`, e.g. `let total = 0.1 * format + accuracy`")
+                    } else {
+                        d.with_help(format!(
+                            "use a stdlib function that gives {} here",
+                            kind.article()
+                        ))
+                    };
+                    self.err(d);
+                    return None;
+                }
+                // A declaration that merely names another one (`model b = a`) would make two
+                // names for one thing; keep the value of the original.
+                Some(v)
+            }
+        }
+    }
+
+    fn param(&mut self, id: EntityId) -> Option<Val> {
+        let e = self.res.entities.get(id)?;
+        let ItemKind::Param { ty, range, .. } = &e.item.kind else {
+            return None;
+        };
+        let std = self.std;
+        let ty_v = match Ty::from_ast(ty, &|n| std.enums.contains_key(n)) {
+            Ok(t @ (Ty::Int | Ty::Float | Ty::Bool | Ty::Str | Ty::Path | Ty::Percent)) => t,
+            _ => {
+                self.err(
+                    Diagnostic::error(
+                        "recap::typecheck::bad_param_type",
+                        format!("a param cannot have the type `{}`", crate::ast::render_type(ty)),
+                    )
+                    .label(ty.span, "not a param type")
+                    .with_help("params are int, float, bool, string, percent or path"),
+                );
+                return None;
+            }
+        };
+        let value = self.eval(e.value, Some(&ty_v))?;
+        let mut value = self.accept(value, &ty_v, &format!("param `{}`", e.name.name))?;
+        self.check_range(&value, range.as_ref(), &e.name.name);
+        if let Some(text) = &e.override_text {
+            let parsed = match &ty_v {
+                Ty::Int => text.replace('_', "").parse::<i64>().ok().map(Value::Int),
+                Ty::Float => text.parse::<f64>().ok().filter(|f| f.is_finite()).map(Value::Float),
+                Ty::Bool => match text.as_str() {
+                    "true" => Some(Value::Bool(true)),
+                    "false" => Some(Value::Bool(false)),
+                    _ => None,
+                },
+                Ty::Percent => text
+                    .strip_suffix('%')
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .filter(|f| f.is_finite())
+                    .map(Value::Percent),
+                _ => Some(Value::Str {
+                    text: text.clone(),
+                    placeholders: Vec::new(),
+                }),
+            };
+            match parsed {
+                Some(v) => {
+                    let span = e.name.span;
+                    value = Val::new(v, span);
+                    if let Some(r) = range {
+                        if let Some(x) = num(&value.v) {
+                            if !r.contains(x) {
+                                self.err(
+                                    Diagnostic::error(
+                                        "recap::typecheck::out_of_range",
+                                        format!(
+                                            "`--set {}={text}` is out of range: `{}` must be in {}",
+                                            e.name.name,
+                                            e.name.name,
+                                            r.describe()
+                                        ),
+                                    )
+                                    .label(r.span, "allowed range")
+                                    .with_help(format!("pass a value in {}", r.describe())),
+                                );
+                                return None;
+                            }
+                        }
+                    }
+                    if ty_v == Ty::Path {
+                        self.paths.push((text.clone(), span));
+                    }
+                }
+                None => {
+                    self.err(
+                        Diagnostic::error(
+                            "recap::resolve::bad_override",
+                            format!(
+                                "`--set {}={text}`: `{text}` is not a valid {ty_v}",
+                                e.name.name
+                            ),
+                        )
+                        .label(e.name.span, format!("declared as {ty_v} here"))
+                        .with_help(match ty_v {
+                            Ty::Percent => "write a percentage such as 10%".to_string(),
+                            Ty::Bool => "write true or false".to_string(),
+                            _ => format!("write a {ty_v}"),
+                        }),
+                    );
+                    return None;
+                }
+            }
+        }
+        value.origin = Some(e.name.name.clone());
+        Some(value)
+    }
+
+    fn check_range(&mut self, v: &Val, range: Option<&Range>, name: &str) -> bool {
+        if let Value::Percent(p) = v.v {
+            if !(0.0..=100.0).contains(&p) {
+                self.err(
+                    Diagnostic::error(
+                        "recap::typecheck::out_of_range",
+                        format!("`{name}` is {p}%, a percentage must lie in [0%, 100%]"),
+                    )
+                    .label(v.span, "out of range")
+                    .with_help("write a percentage between 0% and 100%"),
+                );
+                return false;
+            }
+            return true;
+        }
+        let (Some(r), Some(x)) = (range, num(&v.v)) else {
+            return true;
+        };
+        if r.contains(x) {
+            return true;
+        }
+        self.err(
+            Diagnostic::error(
+                "recap::typecheck::out_of_range",
+                format!("`{name}` must be in {}, found {x}", r.describe()),
+            )
+            .label(v.span, format!("outside {}", r.describe()))
+            .with_help(format!("use a value in {}", r.describe())),
+        );
+        false
+    }
+
+    /// Converts `v` to type `ty`, or reports why it cannot be one.
+    fn accept(&mut self, v: Val, ty: &Ty, what: &str) -> Option<Val> {
+        for alt in ty.alternatives() {
+            if let Some(c) = self.convert(&v, alt) {
+                return Some(c);
+            }
+        }
+        let wants_number = ty
+            .alternatives()
+            .iter()
+            .any(|t| matches!(t, Ty::Int | Ty::Float));
+        let wants_percent = ty.alternatives().iter().any(|t| matches!(t, Ty::Percent));
+        let (code, help) = if matches!(v.v, Value::Percent(_)) && wants_number {
+            (
+                "recap::typecheck::unit_mismatch",
+                "a percentage is not a plain number here; write the number itself (10% -> 0.1)"
+                    .to_string(),
+            )
+        } else if (is_number(&v.v) && wants_percent && !wants_number)
+            || (matches!(v.v, Value::Float(_))
+                && wants_percent
+                && !ty.alternatives().iter().any(|t| matches!(t, Ty::Float)))
+        {
+            (
+                "recap::typecheck::unit_mismatch",
+                "write a percentage with `%` (10%), or a whole number of steps".to_string(),
+            )
+        } else if matches!(v.v, Value::Decl(..) | Value::Call(_) | Value::Reward(_))
+            && ty.alternatives().iter().any(|t| matches!(t, Ty::Kind(_)))
+        {
+            (
+                "recap::typecheck::wrong_kind",
+                format!("pass {} here", {
+                    let k: Vec<String> = ty
+                        .alternatives()
+                        .iter()
+                        .filter_map(|t| t.kind())
+                        .map(|k| k.article())
+                        .collect();
+                    k.join(" or ")
+                }),
+            )
+        } else if let (Value::Float(f), true) = (&v.v, matches!(ty, Ty::Int)) {
+            (
+                "recap::typecheck::type_mismatch",
+                format!("write a whole number, e.g. {}", f.round()),
+            )
+        } else if let Ty::Enum(e) = ty {
+            let members = self
+                .std
+                .enums
+                .get(e)
+                .map(|d| d.members.join(", "))
+                .unwrap_or_default();
+            (
+                "recap::typecheck::type_mismatch",
+                format!("`{e}` is one of: {members}"),
+            )
+        } else {
+            (
+                "recap::typecheck::type_mismatch",
+                format!("pass a value of type {ty}"),
+            )
+        };
+        let found = describe(&v.v, self.res);
+        self.err(
+            Diagnostic::error(code, format!("{what} expects {ty}, found {found}"))
+                .label(v.span, format!("expected {ty}"))
+                .with_help(help),
+        );
+        None
+    }
+
+    fn convert(&mut self, v: &Val, ty: &Ty) -> Option<Val> {
+        let out = |x: Value| {
+            Some(Val {
+                v: x,
+                span: v.span,
+                origin: v.origin.clone(),
+            })
+        };
+        match (ty, &v.v) {
+            (Ty::Int, Value::Int(_))
+            | (Ty::Float, Value::Float(_))
+            | (Ty::Percent, Value::Percent(_))
+            | (Ty::Bool, Value::Bool(_))
+            | (Ty::Str, Value::Str { .. })
+            | (Ty::Template, Value::Str { .. })
+            | (Ty::Field, Value::Field { .. }) => Some(v.clone()),
+            (Ty::Float, Value::Int(i)) => out(Value::Float(*i as f64)),
+            (Ty::Path, Value::Str { text, .. }) => {
+                self.paths.push((text.clone(), v.span));
+                Some(v.clone())
+            }
+            (Ty::Kind(k), Value::Decl(_, k2)) if k2.fits(*k) => Some(v.clone()),
+            (Ty::Kind(k), Value::Call(c)) if c.sig.ret.fits(*k) => Some(v.clone()),
+            (Ty::Kind(Kind::Reward), Value::Reward(_)) => Some(v.clone()),
+            (Ty::Enum(e), Value::Enum(m)) if self.std.enum_has(e, m) => Some(v.clone()),
+            (Ty::List(inner), Value::List(items)) => {
+                let mut conv = Vec::new();
+                for i in items {
+                    conv.push(self.convert(i, inner)?);
+                }
+                out(Value::List(conv))
+            }
+            _ => None,
+        }
+    }
+
+    /// Evaluates a list element by element so every bad element is reported.
+    fn accept_list(&mut self, v: Val, ty: &Ty, what: &str) -> Option<Val> {
+        if let (Ty::List(inner), Value::List(items)) = (ty, &v.v) {
+            let mut out = Vec::new();
+            let mut ok = true;
+            for i in items.clone() {
+                match self.accept(i, inner, what) {
+                    Some(x) => out.push(x),
+                    None => ok = false,
+                }
+            }
+            return ok.then_some(Val {
+                v: Value::List(out),
+                span: v.span,
+                origin: v.origin,
+            });
+        }
+        self.accept(v, ty, what)
+    }
+
+    fn eval(&mut self, e: &Expr, expected: Option<&Ty>) -> Option<Val> {
+        let span = e.span;
+        match &e.kind {
+            ExprKind::Int(i) => Some(Val::new(Value::Int(*i), span)),
+            ExprKind::Float(f) => Some(Val::new(Value::Float(*f), span)),
+            ExprKind::Percent(p) => Some(Val::new(Value::Percent(*p), span)),
+            ExprKind::Bool(b) => Some(Val::new(Value::Bool(*b), span)),
+            ExprKind::Str(s) => Some(Val::new(
+                Value::Str {
+                    text: s.text(),
+                    placeholders: s
+                        .parts
+                        .iter()
+                        .filter_map(|p| match p {
+                            StrPart::Placeholder(id) => Some(id.name.clone()),
+                            StrPart::Text(_) => None,
+                        })
+                        .collect(),
+                },
+                span,
+            )),
+            ExprKind::List(items) => {
+                let inner = match expected {
+                    Some(Ty::List(t)) => Some(t.as_ref()),
+                    _ => None,
+                };
+                let mut out = Vec::new();
+                let mut ok = true;
+                for i in items {
+                    match self.eval(i, inner) {
+                        Some(v) => out.push(v),
+                        None => ok = false,
+                    }
+                }
+                ok.then(|| Val::new(Value::List(out), span))
+            }
+            ExprKind::Name(id) => self.name(id, expected),
+            ExprKind::Member { base, name } => {
+                let b = self.eval(base, None)?;
+                self.member(b, name, span)
+            }
+            ExprKind::Call { func, args } => {
+                if !self.in_stdlib && self.res.lookup(&func.name, self.stage).is_some() {
+                    return None; // reported by resolve
+                }
+                let sig = self.pick(func, expected, false)?;
+                self.call(sig, func, Some(args), &[], None, span)
+            }
+            ExprKind::Method {
+                receiver,
+                name,
+                args,
+            } => {
+                let sig = self.pick(name, expected, true)?;
+                let self_ty = sig
+                    .param("self")
+                    .map(|p| p.ty.clone())
+                    .unwrap_or(Ty::Kind(Kind::Extractor));
+                let recv = self.eval(receiver, Some(&self_ty))?;
+                self.call(sig, name, Some(args), &[], Some(recv), span)
+            }
+            ExprKind::Neg(inner) => {
+                let v = self.eval(inner, expected)?;
+                let r = match v.v {
+                    Value::Int(i) => Value::Int(i.checked_neg().unwrap_or(i64::MAX)),
+                    Value::Float(f) => Value::Float(-f),
+                    Value::Percent(p) => Value::Percent(-p),
+                    Value::Reward(terms) => {
+                        Value::Reward(terms.into_iter().map(|(w, id)| (-w, id)).collect())
+                    }
+                    Value::Decl(id, Kind::Verifier) => Value::Reward(vec![(-1.0, id)]),
+                    other => {
+                        let found = describe(&other, self.res);
+                        self.err(
+                            Diagnostic::error(
+                                "recap::typecheck::invalid_operands",
+                                format!("cannot negate {found}"),
+                            )
+                            .label(span, "not a number or reward")
+                            .with_help("`-` applies to numbers, percentages and rewards"),
+                        );
+                        return None;
+                    }
+                };
+                Some(Val::new(r, span))
+            }
+            ExprKind::Binary { op, lhs, rhs } => {
+                let num_expect = expected.filter(|t| matches!(t, Ty::Int | Ty::Float | Ty::Percent));
+                let l = self.eval(lhs, num_expect);
+                let r = self.eval(rhs, num_expect);
+                let (l, r) = (l?, r?);
+                self.binary(*op, l, r, span)
+            }
+        }
+    }
+
+    fn name(&mut self, id: &Ident, expected: Option<&Ty>) -> Option<Val> {
+        if !self.in_stdlib {
+            if let Some(ent) = self.res.lookup(&id.name, self.stage) {
+                let e = self.res.entities.get(ent)?;
+                return match e.kind {
+                    EntityKind::Decl(k) => {
+                        Some(Val::new(Value::Decl(ent, decl_kind(k)), id.span))
+                    }
+                    _ => {
+                        let mut v = self.values.get(ent)?.clone()?;
+                        v.span = id.span;
+                        v.origin = Some(id.name.clone());
+                        Some(v)
+                    }
+                };
+            }
+        }
+        let expected_enum = expected.and_then(|t| {
+            t.alternatives().into_iter().find_map(|a| match a {
+                Ty::Enum(e) if self.std.enum_has(e, &id.name) => Some(e.clone()),
+                _ => None,
+            })
+        });
+        if expected_enum.is_some() {
+            return Some(Val::new(Value::Enum(id.name.clone()), id.span));
+        }
+        if self.std.fns.contains_key(&id.name) {
+            let sig = self.pick(id, expected, false)?;
+            return self.call(sig, id, None, &[], None, id.span);
+        }
+        if self.std.is_enum_member(&id.name) {
+            return Some(Val::new(Value::Enum(id.name.clone()), id.span));
+        }
+        // Unknown names were reported by resolve.
+        None
+    }
+
+    fn member(&mut self, base: Val, name: &Ident, span: Span) -> Option<Val> {
+        let Value::Decl(src, Kind::Source) = base.v else {
+            let found = describe(&base.v, self.res);
+            self.err(
+                Diagnostic::error(
+                    "recap::typecheck::no_fields",
+                    format!("{found} has no fields"),
+                )
+                .label(base.span, "not a source")
+                .with_help("only sources have fields: `math.answer`"),
+            );
+            return None;
+        };
+        let fields = self.source_fields(src);
+        // A source whose own declaration failed has unknown fields: stay quiet.
+        let fields = fields?;
+        if fields.iter().any(|f| f == &name.name) {
+            return Some(Val::new(
+                Value::Field {
+                    source: src,
+                    name: name.name.clone(),
+                },
+                span,
+            ));
+        }
+        let sname = self
+            .res
+            .entities
+            .get(src)
+            .map(|e| e.name.name.clone())
+            .unwrap_or_default();
+        let guess = did_you_mean(&name.name, fields.iter().map(|s| s.as_str()));
+        self.err(
+            Diagnostic::error(
+                "recap::typecheck::unknown_field",
+                format!("source `{sname}` has no field `{}`", name.name),
+            )
+            .label(name.span, "no such field")
+            .with_help(match guess {
+                Some(g) => format!("did you mean `{g}`?"),
+                None => format!(
+                    "`{sname}` provides: {}; map more fields in its block, e.g. `{} = field(\"...\")`",
+                    fields.join(", "),
+                    name.name
+                ),
+            }),
+        );
+        None
+    }
+
+    /// The fields a source provides: `prompt`, what its stdlib function always gives, and the
+    /// fields its block maps.
+    pub fn source_fields(&self, src: EntityId) -> Option<Vec<String>> {
+        let v = self.values.get(src)?.as_ref()?;
+        let Value::Call(c) = &v.v else { return None };
+        Some(fields_of(c))
+    }
+
+    fn pick(&mut self, name: &Ident, expected: Option<&Ty>, method: bool) -> Option<&'static Signature> {
+        let std = self.std;
+        let cands = std.fns.get(&name.name)?;
+        let cands: Vec<&'static Signature> = cands
+            .iter()
+            .filter(|s| !method || s.has_self())
+            .collect();
+        if cands.is_empty() {
+            self.err(
+                Diagnostic::error(
+                    "recap::typecheck::not_a_method",
+                    format!("`{}` cannot be called as a method", name.name),
+                )
+                .label(name.span, "not a method")
+                .with_help(format!("call it as `{}(...)`", name.name)),
+            );
+            return None;
+        }
+        if cands.len() == 1 {
+            return cands.first().copied();
+        }
+        let kinds: Vec<Kind> = expected
+            .map(|t| t.alternatives().into_iter().filter_map(|a| a.kind()).collect())
+            .unwrap_or_default();
+        let fitting: Vec<&'static Signature> = cands
+            .iter()
+            .copied()
+            .filter(|s| kinds.iter().any(|k| s.ret.fits(*k)))
+            .collect();
+        match fitting.as_slice() {
+            [one] => Some(*one),
+            [] if !kinds.is_empty() => cands.first().copied(),
+            _ => {
+                let ks: Vec<&str> = cands.iter().map(|s| s.ret.name()).collect();
+                self.err(
+                    Diagnostic::error(
+                        "recap::typecheck::ambiguous_name",
+                        format!("`{}` is ambiguous: it is a {}", name.name, ks.join(" and a ")),
+                    )
+                    .label(name.span, "which one?")
+                    .with_help("use it where the kind is known, e.g. in `mix` or `reweight`"),
+                );
+                None
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn call(
+        &mut self,
+        sig: &'static Signature,
+        func: &Ident,
+        args: Option<&Args>,
+        block: &[&NamedArg],
+        receiver: Option<Val>,
+        span: Span,
+    ) -> Option<Val> {
+        let mut vals: BTreeMap<String, Val> = BTreeMap::new();
+        let mut name_spans: BTreeMap<String, Span> = BTreeMap::new();
+        let mut extra: Vec<(String, Span, Val)> = Vec::new();
+        let mut ok = true;
+        let positional: Vec<&ParamDef> = sig
+            .params
+            .iter()
+            .filter(|p| !p.variadic && p.name != "self")
+            .collect();
+        let empty = Args::default();
+        let args = args.unwrap_or(&empty);
+        for (i, e) in args.positional.iter().enumerate() {
+            let Some(p) = positional.get(i).copied() else {
+                self.err(
+                    Diagnostic::error(
+                        "recap::typecheck::too_many_arguments",
+                        format!(
+                            "`{}` takes {} positional argument{}, this is argument {}",
+                            sig.name,
+                            positional.len(),
+                            if positional.len() == 1 { "" } else { "s" },
+                            i + 1
+                        ),
+                    )
+                    .label(e.span, "one too many")
+                    .with_help(format!("the signature is `{}`", sig.describe())),
+                );
+                ok = false;
+                continue;
+            };
+            name_spans.insert(p.name.clone(), e.span);
+            match self.arg(sig, p, e) {
+                Some(v) => {
+                    vals.insert(p.name.clone(), v);
+                }
+                None => ok = false,
+            }
+        }
+        let named = args.named.iter().chain(block.iter().copied());
+        for na in named {
+            let key = na.name.name.as_str();
+            let param = sig.param(key).filter(|p| p.name != "self");
+            if let Some(p) = param {
+                if let Some(prev) = name_spans.get(key) {
+                    self.err(
+                        Diagnostic::error(
+                            "recap::typecheck::duplicate_argument",
+                            format!("`{key}` is given twice to `{}`", sig.name),
+                        )
+                        .label(na.name.span, "given again here")
+                        .label(*prev, "first given here")
+                        .with_help("give each argument once"),
+                    );
+                    ok = false;
+                    continue;
+                }
+                name_spans.insert(key.to_string(), na.name.span);
+                match self.arg(sig, p, &na.value) {
+                    Some(v) => {
+                        vals.insert(p.name.clone(), v);
+                    }
+                    None => ok = false,
+                }
+            } else if let Some(vp) = sig.variadic() {
+                if let Some((_, prev, _)) = extra.iter().find(|(n, _, _)| n == key) {
+                    let prev = *prev;
+                    self.err(
+                        Diagnostic::error(
+                            "recap::typecheck::duplicate_argument",
+                            format!("`{key}` is given twice to `{}`", sig.name),
+                        )
+                        .label(na.name.span, "given again here")
+                        .label(prev, "first given here")
+                        .with_help("give each argument once"),
+                    );
+                    ok = false;
+                    continue;
+                }
+                match self.arg(sig, vp, &na.value) {
+                    Some(v) => extra.push((key.to_string(), na.name.span, v)),
+                    None => ok = false,
+                }
+            } else {
+                let names: Vec<&str> = sig
+                    .params
+                    .iter()
+                    .filter(|p| p.name != "self")
+                    .map(|p| p.name.as_str())
+                    .collect();
+                let guess = did_you_mean(key, names.iter().copied());
+                self.err(
+                    Diagnostic::error(
+                        "recap::typecheck::unknown_argument",
+                        format!("`{}` has no parameter `{key}`", sig.name),
+                    )
+                    .label(na.name.span, "unknown parameter")
+                    .with_help(match guess {
+                        Some(g) => format!("did you mean `{g}`?"),
+                        None => format!("the parameters are: {}", names.join(", ")),
+                    }),
+                );
+                ok = false;
+            }
+        }
+        match (receiver, sig.param("self")) {
+            (Some(r), Some(p)) => {
+                let ty = p.ty.clone();
+                match self.accept(r, &ty, &format!("the receiver of `{}`", sig.name)) {
+                    Some(v) => {
+                        vals.insert("self".into(), v);
+                    }
+                    None => ok = false,
+                }
+            }
+            (Some(r), None) => {
+                self.err(
+                    Diagnostic::error(
+                        "recap::typecheck::not_a_method",
+                        format!("`{}` cannot be called as a method", sig.name),
+                    )
+                    .label(r.span, "receiver")
+                    .with_help(format!("call it as `{}(...)`", sig.name)),
+                );
+                ok = false;
+            }
+            _ => {}
+        }
+        for p in &sig.params {
+            if p.variadic || vals.contains_key(&p.name) {
+                continue;
+            }
+            if p.required() {
+                if ok || !name_spans.contains_key(&p.name) {
+                    self.err(
+                        Diagnostic::error(
+                            "recap::typecheck::missing_argument",
+                            format!("`{}` needs the argument `{}`", sig.name, p.name),
+                        )
+                        .label(func.span, format!("`{}` is missing", p.name))
+                        .with_help(format!("add `{} = ...` ({})", p.name, p.describe())),
+                    );
+                }
+                ok = false;
+                continue;
+            }
+            if !ok {
+                continue;
+            }
+            match &p.default {
+                Some(d) => {
+                    let saved = (self.in_stdlib, self.stage);
+                    self.in_stdlib = true;
+                    let v = self.eval(d, Some(&p.ty));
+                    let v = v.and_then(|v| self.accept(v, &p.ty, &format!("the default of `{}`", p.name)));
+                    (self.in_stdlib, self.stage) = saved;
+                    match v {
+                        Some(mut v) => {
+                            v.span = span;
+                            vals.insert(p.name.clone(), v);
+                        }
+                        None => {
+                            self.err(
+                                Diagnostic::error(
+                                    "recap::internal::stdlib",
+                                    format!(
+                                        "internal error, please report: the stdlib default of `{}.{}` does not check",
+                                        sig.name, p.name
+                                    ),
+                                )
+                                .label(span, "while checking this call")
+                                .with_help("this is a bug in recapc's stdlib; please report it"),
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+                None => {
+                    vals.insert(p.name.clone(), Val::new(Value::Absent, span));
+                }
+            }
+        }
+        ok.then(|| {
+            Val::new(
+                Value::Call(Box::new(CallVal {
+                    sig,
+                    args: vals,
+                    extra,
+                    span,
+                })),
+                span,
+            )
+        })
+    }
+
+    fn arg(&mut self, sig: &Signature, p: &ParamDef, e: &Expr) -> Option<Val> {
+        let v = self.eval(e, Some(&p.ty))?;
+        let what = format!("`{}` of `{}`", p.name, sig.name);
+        let v = self.accept_list(v, &p.ty, &what)?;
+        self.check_range(&v, p.range.as_ref(), &p.name).then_some(v)
+    }
+
+    fn binary(&mut self, op: BinOp, l: Val, r: Val, span: Span) -> Option<Val> {
+        use Value::*;
+        let as_reward = |v: &Value| -> Option<Vec<(f64, EntityId)>> {
+            match v {
+                Reward(t) => Some(t.clone()),
+                Decl(id, Kind::Verifier) => Some(vec![(1.0, *id)]),
+                _ => None,
+            }
+        };
+        let out = match (op, &l.v, &r.v) {
+            (_, Int(a), Int(b)) => {
+                let (a, b) = (*a, *b);
+                match op {
+                    BinOp::Add => a.checked_add(b).map(Int),
+                    BinOp::Sub => a.checked_sub(b).map(Int),
+                    BinOp::Mul => a.checked_mul(b).map(Int),
+                    BinOp::Div => {
+                        if b == 0 {
+                            return self.div_zero(&r);
+                        }
+                        if a % b == 0 {
+                            Some(Int(a / b))
+                        } else {
+                            Some(Float(a as f64 / b as f64))
+                        }
+                    }
+                }
+            }
+            (_, a, b) if is_number(a) && is_number(b) => {
+                let (a, b) = (num(a).unwrap_or(0.0), num(b).unwrap_or(0.0));
+                if op == BinOp::Div && b == 0.0 {
+                    return self.div_zero(&r);
+                }
+                let x = match op {
+                    BinOp::Add => a + b,
+                    BinOp::Sub => a - b,
+                    BinOp::Mul => a * b,
+                    BinOp::Div => a / b,
+                };
+                x.is_finite().then_some(Float(x))
+            }
+            (BinOp::Add | BinOp::Sub, Percent(a), Percent(b)) => Some(Percent(if op == BinOp::Add {
+                a + b
+            } else {
+                a - b
+            })),
+            (BinOp::Mul, Percent(a), b) if is_number(b) => Some(Percent(a * num(b).unwrap_or(0.0))),
+            (BinOp::Mul, a, Percent(b)) if is_number(a) => Some(Percent(num(a).unwrap_or(0.0) * b)),
+            (BinOp::Div, Percent(a), b) if is_number(b) => {
+                let b = num(b).unwrap_or(0.0);
+                if b == 0.0 {
+                    return self.div_zero(&r);
+                }
+                Some(Percent(a / b))
+            }
+            (_, Percent(_), _) | (_, _, Percent(_))
+                if is_number(&l.v) || is_number(&r.v) =>
+            {
+                self.err(
+                    Diagnostic::error(
+                        "recap::typecheck::unit_mismatch",
+                        format!("cannot {} a percentage and a plain number", verb(op)),
+                    )
+                    .label(l.span, "this")
+                    .label(r.span, "and this")
+                    .with_help("write both as percentages, or both as numbers (10% is 0.1)"),
+                );
+                return None;
+            }
+            (BinOp::Add | BinOp::Sub, a, b) if as_reward(a).is_some() && as_reward(b).is_some() => {
+                let mut t = as_reward(a).unwrap_or_default();
+                let sign = if op == BinOp::Sub { -1.0 } else { 1.0 };
+                t.extend(as_reward(b).unwrap_or_default().into_iter().map(|(w, id)| (sign * w, id)));
+                Some(Reward(t))
+            }
+            (BinOp::Mul, a, b) if is_number(a) && as_reward(b).is_some() => {
+                let k = num(a).unwrap_or(0.0);
+                Some(Reward(as_reward(b).unwrap_or_default().into_iter().map(|(w, id)| (k * w, id)).collect()))
+            }
+            (BinOp::Mul | BinOp::Div, a, b) if as_reward(a).is_some() && is_number(b) => {
+                let k = num(b).unwrap_or(0.0);
+                if op == BinOp::Div && k == 0.0 {
+                    return self.div_zero(&r);
+                }
+                let k = if op == BinOp::Div { 1.0 / k } else { k };
+                Some(Reward(as_reward(a).unwrap_or_default().into_iter().map(|(w, id)| (k * w, id)).collect()))
+            }
+            (BinOp::Mul | BinOp::Div, a, b) if as_reward(a).is_some() && as_reward(b).is_some() => {
+                self.err(
+                    Diagnostic::error(
+                        "recap::typecheck::nonlinear_reward",
+                        format!("cannot {} two rewards", verb(op)),
+                    )
+                    .label(span, "not a linear combination")
+                    .with_help("rewards combine linearly: scale verifiers by numbers and add them, e.g. `0.1 * format + accuracy`"),
+                );
+                return None;
+            }
+            _ => {
+                let (a, b) = (describe(&l.v, self.res), describe(&r.v, self.res));
+                self.err(
+                    Diagnostic::error(
+                        "recap::typecheck::invalid_operands",
+                        format!("cannot {} {a} and {b}", verb(op)),
+                    )
+                    .label(l.span, "this")
+                    .label(r.span, "and this")
+                    .with_help("arithmetic works on numbers, on percentages, and on verifiers scaled by numbers"),
+                );
+                return None;
+            }
+        };
+        match out {
+            Some(v) => Some(Val::new(v, span)),
+            None => {
+                self.err(
+                    Diagnostic::error(
+                        "recap::typecheck::overflow",
+                        "the result of this arithmetic is too large",
+                    )
+                    .label(span, "overflows")
+                    .with_help("use smaller numbers"),
+                );
+                None
+            }
+        }
+    }
+
+    fn div_zero(&mut self, r: &Val) -> Option<Val> {
+        self.err(
+            Diagnostic::error("recap::typecheck::division_by_zero", "division by zero")
+                .label(r.span, "this is zero")
+                .with_help("divide by a number that is not zero"),
+        );
+        None
+    }
+
+    /// The value of an item whose head expression may be followed by a block of named
+    /// arguments (`grpo(math) { group = 8 }`, `reweight recap { window = 20 }`).
+    fn eval_head(
+        &mut self,
+        head: Option<&Expr>,
+        block: &[&NamedArg],
+        block_span: Option<Span>,
+        kind: Kind,
+        at: Span,
+    ) -> Option<Val> {
+        let ty = Ty::Kind(kind);
+        let Some(head) = head else {
+            self.err(
+                Diagnostic::error(
+                    "recap::typecheck::missing_value",
+                    format!("this setting needs {}", kind.article()),
+                )
+                .label(at, "nothing given")
+                .with_help(match kind {
+                    Kind::Reweighter => "e.g. `reweight recap` or `reweight uniform`",
+                    Kind::Mixer => "e.g. `mix uniform` or `mix round_robin`",
+                    _ => "give a value after the keyword",
+                }),
+            );
+            return None;
+        };
+        if block.is_empty() {
+            return self.eval(head, Some(&ty));
+        }
+        match &head.kind {
+            ExprKind::Call { func, args } if self.res.lookup(&func.name, self.stage).is_none() => {
+                let sig = self.pick(func, Some(&ty), false)?;
+                self.call(sig, func, Some(args), block, None, head.span)
+            }
+            ExprKind::Name(func)
+                if self.res.lookup(&func.name, self.stage).is_none()
+                    && self.std.fns.contains_key(&func.name) =>
+            {
+                let sig = self.pick(func, Some(&ty), false)?;
+                self.call(sig, func, None, block, None, head.span)
+            }
+            ExprKind::Method {
+                receiver,
+                name,
+                args,
+            } => {
+                let sig = self.pick(name, Some(&ty), true)?;
+                let self_ty = sig.param("self").map(|p| p.ty.clone()).unwrap_or(ty.clone());
+                let recv = self.eval(receiver, Some(&self_ty))?;
+                self.call(sig, name, Some(args), block, Some(recv), head.span)
+            }
+            _ => {
+                self.err(
+                    Diagnostic::error(
+                        "recap::typecheck::block_not_allowed",
+                        "a block `{ ... }` needs a function call before it",
+                    )
+                    .label(block_span.unwrap_or(head.span), "block of arguments")
+                    .label(head.span, "not a stdlib call")
+                    .with_help("a block holds named arguments of the call before it, e.g. `grpo(math) { group = 8 }`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn setting(&mut self, s: Setting, kind: Kind) -> Option<Val> {
+        let fields: Vec<&NamedArg> = s.block.map(|b| b.fields.iter().collect()).unwrap_or_default();
+        let v = self.eval_head(s.value, &fields, s.block.map(|b| b.span), kind, s.kind_span)?;
+        self.accept(v, &Ty::Kind(kind), &format!("`{}`", s.kind.keyword()))
+    }
+
+    /// The stage's train setting: the top-level `train` fields overridden by the stage's own.
+    fn train(&mut self, stage: usize, span_out: &mut Span) -> Option<Val> {
+        let top = self
+            .res
+            .top_settings
+            .iter()
+            .find(|s| s.kind == SettingKind::Train)
+            .copied();
+        let own = self
+            .res
+            .stages
+            .get(stage)
+            .and_then(|s| s.settings.iter().find(|x| x.kind == SettingKind::Train).copied());
+        let any = own.or(top)?;
+        *span_out = any.kind_span;
+        for s in [top, own].into_iter().flatten() {
+            if let Some(v) = s.value {
+                self.err(
+                    Diagnostic::error(
+                        "recap::typecheck::block_not_allowed",
+                        "`train` takes a block of fields, not a value",
+                    )
+                    .label(v.span, "not allowed here")
+                    .with_help("write `train { steps = 500 ... }`"),
+                );
+                return None;
+            }
+        }
+        let mut fields: Vec<&NamedArg> = Vec::new();
+        let own_fields: Vec<&NamedArg> = own
+            .and_then(|s| s.block)
+            .map(|b| b.fields.iter().collect())
+            .unwrap_or_default();
+        if let (Some(t), Some(_)) = (top, own) {
+            if let Some(b) = t.block {
+                for f in &b.fields {
+                    if !own_fields.iter().any(|o| o.name.name == f.name.name) {
+                        fields.push(f);
+                    }
+                }
+            }
+        }
+        fields.extend(own_fields);
+        if own.is_none() {
+            if let Some(b) = top.and_then(|t| t.block) {
+                fields.extend(b.fields.iter());
+            }
+        }
+        let sig = self.std.fns.get("train").and_then(|v| v.first())?;
+        let func = Ident {
+            name: "train".into(),
+            span: any.kind_span,
+        };
+        self.call(sig, &func, None, &fields, None, any.kind_span)
+    }
+}
+
+fn verb(op: BinOp) -> &'static str {
+    match op {
+        BinOp::Add => "add",
+        BinOp::Sub => "subtract",
+        BinOp::Mul => "multiply",
+        BinOp::Div => "divide",
+    }
+}
+
+/// The fields a source call provides: `prompt`, its stdlib function's fixed fields, and the
+/// fields its variadic arguments map.
+pub fn fields_of(c: &CallVal) -> Vec<String> {
+    let mut f: Vec<String> = vec!["prompt".to_string()];
+    for x in &c.sig.ret_fields {
+        if !f.contains(x) {
+            f.push(x.clone());
+        }
+    }
+    for (n, _, _) in &c.extra {
+        if !f.contains(n) {
+            f.push(n.clone());
+        }
+    }
+    f
+}
