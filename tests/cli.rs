@@ -298,8 +298,7 @@ fn explain_codes() {
 
     // A typo of a real code gets a suggestion.
     let mut typo = codes[0].to_string();
-    typo.pop();
-    typo.push('x');
+    typo.insert(typo.len() - 1, 'z');
     let o = recapc(&["explain", &typo], dir.path());
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("did you mean"), "{}", stderr(&o));
