@@ -312,3 +312,41 @@ fn completions_for_bash() {
     assert!(stdout(&o).contains("recapc"));
     assert!(stdout(&o).contains("templates"));
 }
+
+#[test]
+fn plan_hashes_the_data_files_relative_to_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("job/data")).unwrap();
+    std::fs::write(dir.path().join("job/data/rows.jsonl"), "abc").unwrap();
+    write(
+        &dir.path().join("job"),
+        "p.recap",
+        "model policy = tiny(seed = 1)
+source rows = jsonl(\"data/rows.jsonl\") { prompt = \"{q}\", target = field(\"t\") }
+objective o = sft(rows)
+train { steps = 5 }
+",
+    );
+    // Started from the parent directory: paths still resolve against the pipeline's folder.
+    let o = recapc(&["plan", "job/p.recap"], dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["file_hashes"][0]["path"], "data/rows.jsonl");
+    assert_eq!(v["file_hashes"][0]["bytes"], 3);
+    assert_eq!(
+        v["file_hashes"][0]["sha256"],
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    let first = v["inputs_hash"].as_str().unwrap().to_string();
+    assert_eq!(first.len(), 64);
+    // The plan itself reads back without the CLI's extra fields getting in the way.
+    let plan: recap_plan::Plan = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(plan.content_hash, v["content_hash"].as_str().unwrap());
+
+    // Same plan, other data: the inputs hash changes, the plan's content hash does not.
+    std::fs::write(dir.path().join("job/data/rows.jsonl"), "abd").unwrap();
+    let o = recapc(&["plan", "job/p.recap"], dir.path());
+    let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_ne!(w["inputs_hash"].as_str().unwrap(), first);
+    assert_eq!(w["content_hash"], v["content_hash"]);
+}

@@ -1,12 +1,16 @@
 //! `recapc plan FILE [--set k=v]`: takes a pipeline, gives its checked plan as JSON on stdout,
 //! with the sha256 and size of every data and weight file the plan names that exists. The
-//! compiler is pure and never reads those files, so hashing them is the CLI's part; with the
-//! hashes two runs can be compared and a run reproduced.
+//! compiler is pure and never reads those files, so hashing them is the CLI's part. The output
+//! is the plan with two more top-level fields: `file_hashes` (path, bytes, sha256 of each file;
+//! a model directory contributes each file directly inside it) and `inputs_hash` (one sha256
+//! over the plan's `content_hash` and every file hash), so two runs can be compared and a run
+//! reproduced.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use recap_plan::{ModelSpec, Plan, SourceSpec};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -30,6 +34,14 @@ pub fn run(args: &PlanArgs) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
+    let hashes = match hash_files(&compiled.host, &named_files(&plan)) {
+        Ok(h) => h,
+        Err(message) => {
+            error_line(&message);
+            return ExitCode::Usage;
+        }
+    };
+    let inputs_hash = inputs_hash(&plan.content_hash, &hashes);
     let mut value = match serde_json::to_value(&plan) {
         Ok(v) => v,
         Err(e) => {
@@ -39,18 +51,10 @@ pub fn run(args: &PlanArgs) -> ExitCode {
             return ExitCode::Usage;
         }
     };
-    let mut named = Vec::new();
-    collect_paths(&value, &mut named);
-    named.sort();
-    named.dedup();
-    let hashes = match hash_files(&compiled.host, &named) {
-        Ok(h) => h,
-        Err(message) => {
-            error_line(&message);
-            return ExitCode::Usage;
-        }
-    };
+    // Extra top-level fields: the plan crate ignores unknown fields when reading, so the
+    // runtime reads this document as the plan itself.
     if let Value::Object(map) = &mut value {
+        map.insert("inputs_hash".to_string(), Value::String(inputs_hash));
         map.insert(
             "file_hashes".to_string(),
             serde_json::to_value(&hashes).unwrap_or(Value::Null),
@@ -68,23 +72,46 @@ pub fn run(args: &PlanArgs) -> ExitCode {
     }
 }
 
-/// Every string held under a key named `path` (or ending in `_path`) anywhere in the plan: the
-/// plan's way of naming data files and model directories.
-pub fn collect_paths(value: &Value, out: &mut Vec<String>) {
-    match value {
-        Value::Object(map) => {
-            for (key, v) in map {
-                match v {
-                    Value::String(s) if key == "path" || key.ends_with("_path") => {
-                        out.push(s.clone())
-                    }
-                    _ => collect_paths(v, out),
-                }
+/// Every file or directory the plan reads, as written in the pipeline, sorted and without
+/// repeats: model directories and files, tokenizers, data files.
+pub fn named_files(plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    for model in &plan.models {
+        match &model.spec {
+            ModelSpec::Hf { dir, .. } => out.push(dir.clone()),
+            ModelSpec::Gguf {
+                file, tokenizer, ..
+            } => {
+                out.push(file.clone());
+                out.extend(tokenizer.clone());
             }
+            ModelSpec::Tiny { tokenizer, .. } => out.extend(tokenizer.clone()),
+            ModelSpec::Frozen { .. } => {}
         }
-        Value::Array(items) => items.iter().for_each(|v| collect_paths(v, out)),
-        _ => {}
     }
+    for source in &plan.sources {
+        if let SourceSpec::Jsonl { file, .. } = &source.spec {
+            out.push(file.clone());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// One hash over the plan and the contents of every file it reads: equal inputs hashes mean
+/// the same job on the same data and weights.
+pub fn inputs_hash(content_hash: &str, files: &[FileHash]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(content_hash.as_bytes());
+    for f in files {
+        hasher.update(format!("\n{}\t{}\t{}", f.path, f.bytes, f.sha256).as_bytes());
+    }
+    hex(&hasher.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Hashes each named path that exists: a file itself, or every file directly inside a
@@ -118,8 +145,7 @@ fn hash_one(shown: String, path: &Path) -> Result<FileHash, String> {
     let mut file = std::fs::File::open(path).map_err(fail)?;
     let mut hasher = Sha256::new();
     let bytes = io::copy(&mut file, &mut hasher).map_err(fail)?;
-    let digest = hasher.finalize();
-    let sha256 = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = hex(&hasher.finalize());
     Ok(FileHash {
         path: shown,
         bytes,
@@ -153,17 +179,5 @@ mod tests {
             hashes[1].sha256,
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
-    }
-
-    #[test]
-    fn collects_strings_under_path_keys_only() {
-        let v = serde_json::json!({
-            "models": [{"path": "m", "name": "policy"}],
-            "sources": {"math": {"data_path": "d.jsonl", "prompt": "x.jsonl"}},
-        });
-        let mut out = Vec::new();
-        collect_paths(&v, &mut out);
-        out.sort();
-        assert_eq!(out, vec!["d.jsonl".to_string(), "m".to_string()]);
     }
 }
