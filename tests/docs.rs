@@ -221,3 +221,32 @@ fn the_block_scanner_reads_info_strings() {
     );
     assert_eq!(file_expectation("model a = b"), Expect::Clean);
 }
+
+#[test]
+fn every_diagnostic_code_is_in_docs_diagnostics() {
+    let text = std::fs::read_to_string(repo().join("docs/diagnostics.md")).unwrap();
+    let missing: Vec<&str> = recap_compiler::all_codes()
+        .into_iter()
+        .filter(|code| !text.contains(&format!("`{code}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/diagnostics.md does not list: {missing:?}"
+    );
+}
+
+#[test]
+fn every_stdlib_entry_is_in_docs_language() {
+    let text = std::fs::read_to_string(repo().join("docs/language.md")).unwrap();
+    let entries = recap_compiler::stdlib_docs();
+    assert!(entries.len() >= 40, "the stdlib lists its entries");
+    let missing: Vec<String> = entries
+        .iter()
+        .filter(|e| !text.contains(&format!("#### `{}`", e.name)))
+        .map(|e| format!("{} ({})", e.name, e.module))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/language.md has no section for: {missing:?}"
+    );
+}
