@@ -192,3 +192,28 @@ fn json_columns_count_characters_not_bytes() {
     assert_eq!(j.labels[0].start.line, 2);
     assert_eq!(j.labels[0].start.column, 12);
 }
+
+/// The real checker's diagnostics for the teaching file of common mistakes, rendered as a user
+/// sees them: this pins both the wording and the rendering.
+#[test]
+fn human_rendering_of_the_common_mistakes_example() {
+    let name = "examples/mistakes/common.recap";
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/mistakes/common.recap"
+    ))
+    .unwrap();
+    let out = recap_compiler::check(
+        name,
+        &text,
+        &recap_compiler::CheckOptions::default(),
+        &recap_compiler::AssumeFilesExist,
+    );
+    assert!(out.has_errors());
+    let rendered: Vec<String> = out
+        .diagnostics
+        .iter()
+        .map(|d| human::render(name, &text, d, HumanOptions::default()))
+        .collect();
+    insta::assert_snapshot!(rendered.join("\n"));
+}

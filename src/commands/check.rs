@@ -53,7 +53,10 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     }
     let printed = match args.format {
         CheckFormat::Human => {
-            eprintln!("{}", render::human::summary(checked, errors, warnings));
+            // With no file read there is nothing to sum up; the IO errors said it all.
+            if checked > 0 {
+                eprintln!("{}", render::human::summary(checked, errors, warnings));
+            }
             ExitCode::Success
         }
         CheckFormat::Short => write_stdout(&short),
