@@ -9,8 +9,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use recap_plan::{ModelSpec, Plan, SourceSpec};
+use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
