@@ -1,0 +1,188 @@
+//! The command-line interface of `recapc` as clap types: takes the process arguments, gives a
+//! `Cli` value that `commands::run` dispatches on. Only parsing lives here; behaviour lives in
+//! one file per command under `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// recapc: check, plan, graph and run recap pipelines (RLVR training jobs that do not forget).
+#[derive(Debug, Parser)]
+#[command(name = "recapc", version, about, long_about = None)]
+#[command(
+    after_help = "Exit codes: 0 success (warnings allowed), 1 errors in a pipeline, \
+2 bad usage or a file that cannot be read or written, 3 the runtime is not built yet."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check pipeline files and report every problem they contain.
+    Check(CheckArgs),
+    /// Print the checked plan of a pipeline as JSON (with sha256 of the files it names).
+    Plan(PlanArgs),
+    /// Print the dataflow graph of a pipeline.
+    Graph(GraphArgs),
+    /// Compile a pipeline and run it as a training job.
+    Run(RunArgs),
+    /// Create a new pipeline from a template.
+    New(NewArgs),
+    /// List the templates that `recapc new` can use.
+    Templates,
+    /// Explain a diagnostic code (without CODE: list every code).
+    Explain(ExplainArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Time the checker on generated pipelines of 1k, 10k and 100k lines.
+    #[command(hide = true)]
+    BenchCheck(BenchArgs),
+}
+
+/// How `recapc check` prints diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum CheckFormat {
+    /// Rendered with source snippets, for people (to stderr).
+    #[default]
+    Human,
+    /// One `file:line:col: severity[code]: message` line per diagnostic (to stdout).
+    Short,
+    /// One JSON document, schema `recap-diagnostics` version 1 (to stdout).
+    Json,
+}
+
+/// How `recapc graph` prints the dataflow graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum GraphFormat {
+    /// Graphviz DOT.
+    Dot,
+    /// A Mermaid flowchart (renders on GitHub).
+    Mermaid,
+    /// Plain text, one node per line with its inputs.
+    #[default]
+    Text,
+}
+
+/// One `--set key=value` override of a `param`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    pub key: String,
+    pub value: String,
+}
+
+/// Parses `key=value`; the value may itself contain `=`.
+pub fn parse_override(s: &str) -> Result<Override, String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not of the form key=value (e.g. --set steps=20)"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!(
+            "`{s}` has an empty key (write e.g. --set steps=20)"
+        ));
+    }
+    Ok(Override {
+        key: key.to_string(),
+        value: value.to_string(),
+    })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SetArgs {
+    /// Override a `param` of the pipeline, e.g. `--set steps=20` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_override)]
+    pub overrides: Vec<Override>,
+}
+
+impl SetArgs {
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.overrides
+            .iter()
+            .map(|o| (o.key.clone(), o.value.clone()))
+            .collect()
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Pipeline files to check.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = CheckFormat::Human)]
+    pub format: CheckFormat,
+    #[command(flatten)]
+    pub set: SetArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// The pipeline file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub set: SetArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GraphArgs {
+    /// The pipeline file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+    pub format: GraphFormat,
+    #[command(flatten)]
+    pub set: SetArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The pipeline file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub set: SetArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NewArgs {
+    /// Name of the new pipeline: writes NAME.recap (or NAME/main.recap with --dir).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Template to start from (see `recapc templates`).
+    #[arg(long, short, default_value = "quickstart", value_name = "T")]
+    pub template: String,
+    /// Create a project directory NAME/ holding main.recap and a data/ folder.
+    #[arg(long)]
+    pub dir: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// A diagnostic code such as `recap::resolve::unknown_name`, or just its last part.
+    #[arg(value_name = "CODE")]
+    pub code: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell to generate completions for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Sizes to generate, in lines.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1_000usize, 10_000, 100_000])]
+    pub lines: Vec<usize>,
+    /// Timed runs per size (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    pub runs: usize,
+    /// Write the generated pipelines into this directory (to inspect them).
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+}

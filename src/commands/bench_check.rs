@@ -1,0 +1,56 @@
+//! `recapc bench-check [--lines 1000,10000,100000] [--runs 7] [--keep DIR]` (hidden): takes
+//! sizes, gives a table of `check` times on generated pipelines of those sizes. Run it with a
+//! release build: `cargo run --release -- bench-check`.
+
+use super::{error_line, write_stdout};
+use crate::bench::{generate, measure, Measurement};
+use crate::cli::BenchArgs;
+use crate::exit::ExitCode;
+
+pub fn run(args: &BenchArgs) -> ExitCode {
+    if cfg!(debug_assertions) {
+        eprintln!("note: this is a debug build; figures are only meaningful with --release");
+    }
+    let mut results: Vec<Measurement> = Vec::new();
+    let mut out = format!(
+        "{:>8} {:>10} {:>12} {:>14} {:>7} {:>9}\n",
+        "lines", "bytes", "median ms", "lines/s", "errors", "warnings"
+    );
+    for &lines in &args.lines {
+        let source = generate(lines);
+        if let Some(dir) = &args.keep {
+            let path = dir.join(format!("bench-{lines}.recap"));
+            if let Err(e) =
+                std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, &source))
+            {
+                error_line(&format!("cannot write `{}`: {e}", path.display()));
+                return ExitCode::Usage;
+            }
+        }
+        let m = measure(&source, args.runs);
+        out.push_str(&format!(
+            "{:>8} {:>10} {:>12.2} {:>14.0} {:>7} {:>9}\n",
+            m.lines,
+            m.bytes,
+            m.median.as_secs_f64() * 1e3,
+            m.lines_per_second(),
+            m.errors,
+            m.warnings
+        ));
+        if let Some(first) = &m.first_error {
+            eprintln!(
+                "note: the {lines}-line pipeline has errors (the generator is out of step with \
+                 the language), first: {first}"
+            );
+        }
+        results.push(m);
+    }
+    let find = |n: usize| results.iter().find(|m| m.lines.abs_diff(n) <= n / 10);
+    if let (Some(small), Some(large)) = (find(10_000), find(100_000)) {
+        out.push_str(&format!(
+            "100k / 10k time ratio: {:.2} (linear would be about 10)\n",
+            large.median.as_secs_f64() / small.median.as_secs_f64().max(1e-12)
+        ));
+    }
+    write_stdout(&out)
+}

@@ -1,0 +1,121 @@
+//! `recapc explain [CODE]`: takes a diagnostic code (in full, `recap::resolve::unknown_name`, or
+//! just its last part, `unknown_name`), gives the compiler's long explanation of it. Without a
+//! code, or with an unknown one, it lists the codes (with a "did you mean" for a near miss).
+
+use super::{error_line, write_stdout};
+use crate::cli::ExplainArgs;
+use crate::exit::ExitCode;
+
+pub fn run(args: &ExplainArgs) -> ExitCode {
+    let codes = recap_compiler::all_codes();
+    let Some(asked) = args.code.as_deref().map(str::trim) else {
+        return write_stdout(&list(&codes));
+    };
+    match resolve(asked, &codes) {
+        Some(code) => match recap_compiler::explain(code) {
+            Some(text) => {
+                let mut out = format!("{code}\n\n{}", text.trim_end());
+                out.push('\n');
+                write_stdout(&out)
+            }
+            None => {
+                error_line(&format!(
+                    "internal error, please report: code `{code}` has no explanation"
+                ));
+                ExitCode::Usage
+            }
+        },
+        None => {
+            let mut message = format!("unknown diagnostic code `{asked}`");
+            if let Some(near) = did_you_mean(asked, &codes) {
+                message.push_str(&format!("; did you mean `{near}`?"));
+            }
+            error_line(&message);
+            eprint!("{}", list(&codes));
+            ExitCode::Usage
+        }
+    }
+}
+
+/// The full code that `asked` names: itself, or the one code whose last part it is.
+pub fn resolve<'a>(asked: &str, codes: &[&'a str]) -> Option<&'a str> {
+    if let Some(code) = codes.iter().find(|c| **c == asked) {
+        return Some(code);
+    }
+    let mut by_suffix = codes
+        .iter()
+        .filter(|c| c.rsplit("::").next() == Some(asked) || c.ends_with(&format!("::{asked}")));
+    match (by_suffix.next(), by_suffix.next()) {
+        (Some(code), None) => Some(code),
+        _ => None,
+    }
+}
+
+/// The closest known code, when it is close enough to be a plausible typo.
+pub fn did_you_mean<'a>(asked: &str, codes: &[&'a str]) -> Option<&'a str> {
+    let tail = |c: &str| c.rsplit("::").next().unwrap_or(c).to_string();
+    codes
+        .iter()
+        .map(|c| {
+            let full = strsim::jaro_winkler(asked, c);
+            let short = strsim::jaro_winkler(&tail(asked), &tail(c));
+            (full.max(short), *c)
+        })
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+fn list(codes: &[&str]) -> String {
+    if codes.is_empty() {
+        return "the compiler lists no diagnostic codes\n".to_string();
+    }
+    let mut out = String::from("diagnostic codes (recapc explain CODE for the long text):\n");
+    for code in codes {
+        out.push_str("  ");
+        out.push_str(code);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CODES: &[&str] = &[
+        "recap::resolve::unknown_name",
+        "recap::resolve::duplicate_name",
+        "recap::validate::out_of_range",
+    ];
+
+    #[test]
+    fn resolves_full_codes_and_unique_last_parts() {
+        assert_eq!(
+            resolve("recap::resolve::unknown_name", CODES),
+            Some("recap::resolve::unknown_name")
+        );
+        assert_eq!(
+            resolve("out_of_range", CODES),
+            Some("recap::validate::out_of_range")
+        );
+        assert_eq!(
+            resolve("validate::out_of_range", CODES),
+            Some("recap::validate::out_of_range")
+        );
+        assert_eq!(resolve("nope", CODES), None);
+    }
+
+    #[test]
+    fn suggests_near_misses_only() {
+        assert_eq!(
+            did_you_mean("unknwon_name", CODES),
+            Some("recap::resolve::unknown_name")
+        );
+        assert_eq!(
+            did_you_mean("recap::validate::out_of_rnage", CODES),
+            Some("recap::validate::out_of_range")
+        );
+        assert_eq!(did_you_mean("zzzzzzzzzzzzzzzzzzzzzzzzz", CODES), None);
+    }
+}

@@ -1,0 +1,151 @@
+//! Command dispatch: takes a parsed `Cli`, runs the one command it names, gives the exit code.
+//! One file per command; the helpers here (compile a file, print diagnostics, write to stdout)
+//! are what several commands share.
+
+mod bench_check;
+mod check;
+mod completions;
+mod explain;
+mod graph;
+mod list_templates;
+mod new;
+mod plan;
+mod run;
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use recap_compiler::{CheckOptions, CheckOutput};
+
+use crate::cli::{Cli, Command};
+use crate::exit::ExitCode;
+use crate::host::FsHost;
+use crate::input::{read_source, SourceFile};
+use crate::render::{self, human::HumanOptions};
+
+/// Runs the command and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check(args) => check::run(&args),
+        Command::Plan(args) => plan::run(&args),
+        Command::Graph(args) => graph::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::New(args) => new::run(&args),
+        Command::Templates => list_templates::run(),
+        Command::Explain(args) => explain::run(&args),
+        Command::Completions(args) => completions::run(&args),
+        Command::BenchCheck(args) => bench_check::run(&args),
+    }
+}
+
+/// A file read and compiled.
+pub(crate) struct Compiled {
+    pub source: SourceFile,
+    pub host: FsHost,
+    pub output: CheckOutput,
+}
+
+/// Reads and checks one pipeline. Reports an unreadable file on stderr and returns `Err` with
+/// exit code 2; otherwise returns the compiler's output without printing anything.
+pub(crate) fn compile(
+    path: &Path,
+    overrides: Vec<(String, String)>,
+    missing_files_are_errors: bool,
+) -> Result<Compiled, ExitCode> {
+    let source = read_source(path).map_err(|e| {
+        error_line(&e.to_string());
+        ExitCode::Usage
+    })?;
+    Ok(compile_source(source, overrides, missing_files_are_errors))
+}
+
+/// Checks a pipeline already read.
+pub(crate) fn compile_source(
+    source: SourceFile,
+    overrides: Vec<(String, String)>,
+    missing_files_are_errors: bool,
+) -> Compiled {
+    let host = FsHost::for_pipeline(&source.path);
+    let options = CheckOptions {
+        overrides,
+        missing_files_are_errors,
+    };
+    let output = recap_compiler::check(&source.name(), &source.text, &options, &host);
+    Compiled {
+        source,
+        host,
+        output,
+    }
+}
+
+/// Compiles a file for a command that needs a plan (`plan`, `graph`, `run`): prints every
+/// diagnostic on stderr and returns the compiled file only when it has a plan.
+pub(crate) fn compile_for_plan(
+    path: &Path,
+    overrides: Vec<(String, String)>,
+    missing_files_are_errors: bool,
+) -> Result<(Compiled, recap_plan::Plan), ExitCode> {
+    let compiled = compile(path, overrides, missing_files_are_errors)?;
+    print_human(&compiled.source, &compiled.output.diagnostics);
+    if compiled.output.has_errors() {
+        let errors = compiled
+            .output
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == recap_compiler::Severity::Error)
+            .count();
+        let noun = if errors == 1 { "error" } else { "errors" };
+        error_line(&format!(
+            "`{}` has {errors} {noun}; fix them and try again",
+            compiled.source.name()
+        ));
+        return Err(ExitCode::Errors);
+    }
+    match compiled.output.plan.clone() {
+        Some(plan) => Ok((compiled, plan)),
+        None => {
+            // The compiler promises a plan whenever there is no error; say so plainly if not.
+            error_line(&format!(
+                "internal error, please report: `{}` has no errors but the compiler gave no plan",
+                compiled.source.name()
+            ));
+            Err(ExitCode::Errors)
+        }
+    }
+}
+
+/// Prints diagnostics of one file in human form on stderr.
+pub(crate) fn print_human(source: &SourceFile, diagnostics: &[recap_compiler::Diagnostic]) {
+    if diagnostics.is_empty() {
+        return;
+    }
+    let options = HumanOptions {
+        color: render::want_color(std::io::stderr().is_terminal()),
+        ..HumanOptions::default()
+    };
+    let name = source.name();
+    let mut text = String::new();
+    for d in diagnostics {
+        text.push_str(&render::human::render(&name, &source.text, d, options));
+        text.push('\n');
+    }
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// Prints `error: message` on stderr.
+pub(crate) fn error_line(message: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "error: {message}");
+}
+
+/// Writes to stdout. A closed pipe (`recapc plan f | head`) is not an error worth a panic.
+pub(crate) fn write_stdout(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => ExitCode::Success,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::Success,
+        Err(e) => {
+            error_line(&format!("cannot write to standard output: {e}"));
+            ExitCode::Usage
+        }
+    }
+}

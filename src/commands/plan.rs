@@ -1,0 +1,183 @@
+//! `recapc plan FILE [--set k=v]`: takes a pipeline, gives its checked plan as JSON on stdout,
+//! with the sha256 and size of every data and weight file the plan names that exists. The
+//! compiler is pure and never reads those files, so hashing them is the CLI's part. The output
+//! is the plan with two more top-level fields: `file_hashes` (path, bytes, sha256 of each file;
+//! a model directory contributes each file directly inside it) and `inputs_hash` (one sha256
+//! over the plan's `content_hash` and every file hash), so two runs can be compared and a run
+//! reproduced.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use recap_plan::{ModelSpec, Plan, SourceSpec};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{compile_for_plan, error_line, write_stdout};
+use crate::cli::PlanArgs;
+use crate::exit::ExitCode;
+use crate::host::FsHost;
+
+/// The hash of one file the plan depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileHash {
+    /// The path as written in the pipeline (for a model directory: the directory joined with
+    /// the file name inside it).
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+pub fn run(args: &PlanArgs) -> ExitCode {
+    let (compiled, plan) = match compile_for_plan(&args.file, args.set.pairs(), false) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let hashes = match hash_files(&compiled.host, &named_files(&plan)) {
+        Ok(h) => h,
+        Err(message) => {
+            error_line(&message);
+            return ExitCode::Usage;
+        }
+    };
+    let inputs_hash = inputs_hash(&plan.content_hash, &hashes);
+    let mut value = match serde_json::to_value(&plan) {
+        Ok(v) => v,
+        Err(e) => {
+            error_line(&format!(
+                "internal error, please report: the plan does not serialise: {e}"
+            ));
+            return ExitCode::Usage;
+        }
+    };
+    // Extra top-level fields: the plan crate ignores unknown fields when reading, so the
+    // runtime reads this document as the plan itself.
+    if let Value::Object(map) = &mut value {
+        map.insert("inputs_hash".to_string(), Value::String(inputs_hash));
+        map.insert(
+            "file_hashes".to_string(),
+            serde_json::to_value(&hashes).unwrap_or(Value::Null),
+        );
+    }
+    match serde_json::to_string_pretty(&value) {
+        Ok(mut text) => {
+            text.push('\n');
+            write_stdout(&text)
+        }
+        Err(e) => {
+            error_line(&format!("internal error, please report: {e}"));
+            ExitCode::Usage
+        }
+    }
+}
+
+/// Every file or directory the plan reads, as written in the pipeline, sorted and without
+/// repeats: model directories and files, tokenizers, data files.
+pub fn named_files(plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    for model in &plan.models {
+        match &model.spec {
+            ModelSpec::Hf { dir, .. } => out.push(dir.clone()),
+            ModelSpec::Gguf {
+                file, tokenizer, ..
+            } => {
+                out.push(file.clone());
+                out.extend(tokenizer.clone());
+            }
+            ModelSpec::Tiny { tokenizer, .. } => out.extend(tokenizer.clone()),
+            ModelSpec::Frozen { .. } => {}
+        }
+    }
+    for source in &plan.sources {
+        if let SourceSpec::Jsonl { file, .. } = &source.spec {
+            out.push(file.clone());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// One hash over the plan and the contents of every file it reads: equal inputs hashes mean
+/// the same job on the same data and weights.
+pub fn inputs_hash(content_hash: &str, files: &[FileHash]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(content_hash.as_bytes());
+    for f in files {
+        hasher.update(format!("\n{}\t{}\t{}", f.path, f.bytes, f.sha256).as_bytes());
+    }
+    hex(&hasher.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hashes each named path that exists: a file itself, or every file directly inside a
+/// directory (a Hugging Face model directory), in name order. Missing paths are skipped: the
+/// checker has already warned about them.
+pub fn hash_files(host: &FsHost, named: &[String]) -> Result<Vec<FileHash>, String> {
+    let mut out = Vec::new();
+    for name in named {
+        let path = host.resolve(name);
+        if path.is_file() {
+            out.push(hash_one(name.clone(), &path)?);
+        } else if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&path)
+                .map_err(|e| format!("cannot list `{}`: {e}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            entries.sort();
+            for entry in entries {
+                let file_name = entry.file_name().unwrap_or_default().to_string_lossy();
+                let shown = format!("{}/{file_name}", name.trim_end_matches('/'));
+                out.push(hash_one(shown, &entry)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn hash_one(shown: String, path: &Path) -> Result<FileHash, String> {
+    let fail = |e: io::Error| format!("cannot read `{}` to hash it: {e}", path.display());
+    let mut file = std::fs::File::open(path).map_err(fail)?;
+    let mut hasher = Sha256::new();
+    let bytes = io::copy(&mut file, &mut hasher).map_err(fail)?;
+    let sha256 = hex(&hasher.finalize());
+    Ok(FileHash {
+        path: shown,
+        bytes,
+        sha256,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_files_and_directories_relative_to_the_pipeline() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.jsonl"), "abc").unwrap();
+        std::fs::create_dir(dir.path().join("m")).unwrap();
+        std::fs::write(dir.path().join("m/config.json"), "").unwrap();
+        let host = FsHost::for_pipeline(&dir.path().join("p.recap"));
+        let named = vec!["a.jsonl".to_string(), "m".to_string(), "gone".to_string()];
+        let hashes = hash_files(&host, &named).unwrap();
+        assert_eq!(hashes.len(), 2);
+        assert_eq!(hashes[0].path, "a.jsonl");
+        assert_eq!(hashes[0].bytes, 3);
+        // sha256("abc") and sha256("") are the standard test vectors.
+        assert_eq!(
+            hashes[0].sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(hashes[1].path, "m/config.json");
+        assert_eq!(
+            hashes[1].sha256,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

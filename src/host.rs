@@ -1,0 +1,65 @@
+//! The file-system `Host` of the compiler: takes paths as written in a pipeline, gives whether
+//! they exist, resolving relative paths against the directory of the pipeline file (not the
+//! current directory), so a pipeline checks the same wherever `recapc` is started.
+
+use std::path::{Path, PathBuf};
+
+use recap_compiler::Host;
+
+/// Answers the compiler's file questions from the file system.
+#[derive(Debug, Clone)]
+pub struct FsHost {
+    base: PathBuf,
+}
+
+impl FsHost {
+    /// A host for the pipeline file at `pipeline`: relative paths resolve against its directory.
+    pub fn for_pipeline(pipeline: &Path) -> Self {
+        let base = match pipeline.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        FsHost { base }
+    }
+
+    /// Where a path named in the pipeline lies on disk.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+}
+
+impl Host for FsHost {
+    fn file_exists(&self, path: &str) -> bool {
+        // An empty path never names a file; `Path::join("")` would give the directory itself.
+        !path.is_empty() && self.resolve(path).exists()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_relative_to_the_pipeline_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("data/x.jsonl"), "{}\n").unwrap();
+        let host = FsHost::for_pipeline(&dir.path().join("p.recap"));
+        assert!(host.file_exists("data/x.jsonl"));
+        assert!(!host.file_exists("data/y.jsonl"));
+        assert!(!host.file_exists(""));
+        let abs = dir.path().join("data/x.jsonl");
+        assert!(host.file_exists(abs.to_str().unwrap()));
+    }
+
+    #[test]
+    fn a_bare_file_name_resolves_against_the_current_directory() {
+        let host = FsHost::for_pipeline(Path::new("p.recap"));
+        assert_eq!(host.resolve("a.jsonl"), PathBuf::from("./a.jsonl"));
+    }
+}

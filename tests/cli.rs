@@ -1,0 +1,352 @@
+//! CLI tests: run the built `recapc` binary and assert exit codes, the streams things go to and
+//! the JSON schema. The documented exit codes are 0 (clean or warnings only), 1 (errors),
+//! 2 (usage or IO), 3 (`run` compiled but the runtime is not built yet).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn recapc(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_recapc"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the recapc binary runs")
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A pipeline with a deliberate mistake: an unknown verifier name.
+const BAD: &str = "\
+model policy = tiny(layers = 2, hidden = 64, heads = 4, seed = 7)
+source sums = arithmetic(ops = \"+\", digits = 2, count = 100, seed = 1)
+verifier correct = numeric(expected = sums.answer, extract = last_number())
+objective rl = grpo(sums) { rewards = [corect] }
+train { steps = 10, prompts_per_step = 4, out = \"runs/bad\" }
+";
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn missing_file_is_an_io_error_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in ["check", "plan", "graph", "run"] {
+        let o = recapc(&[cmd, "nowhere/missing.recap"], dir.path());
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("cannot read `nowhere/missing.recap`: no such file"),
+            "{cmd}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn a_directory_is_not_a_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = recapc(&["check", "."], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.recap", BAD);
+    for args in [
+        vec!["check"],
+        vec!["check", "p.recap", "--format", "xml"],
+        vec!["check", "p.recap", "--set", "steps"],
+        vec!["check", "p.recap", "--set", "=3"],
+        vec!["frobnicate"],
+        vec!["completions", "tcsh"],
+    ] {
+        let o = recapc(&args, dir.path());
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+    let o = recapc(&["check", "p.recap", "--set", "steps"], dir.path());
+    assert!(stderr(&o).contains("key=value"), "{}", stderr(&o));
+}
+
+#[test]
+fn check_with_errors_exits_1_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "bad.recap", BAD);
+    for format in ["human", "short", "json"] {
+        let o = recapc(&["check", "bad.recap", "--format", format], dir.path());
+        assert_eq!(o.status.code(), Some(1), "{format}: {}", stderr(&o));
+    }
+    let o = recapc(&["check", "bad.recap", "--format", "short"], dir.path());
+    let out = stdout(&o);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("bad.recap:4:") && l.contains(": error[recap::")),
+        "{out}"
+    );
+    let o = recapc(&["check", "bad.recap"], dir.path());
+    let err = stderr(&o);
+    assert!(err.contains("corect"), "{err}");
+    assert!(
+        err.contains("╭─[bad.recap:4:"),
+        "unicode snippet with file:line:col: {err}"
+    );
+    assert!(!err.contains('\u{1b}'), "NO_COLOR means no escapes: {err}");
+    assert!(stdout(&o).is_empty(), "human output goes to stderr");
+}
+
+#[test]
+fn check_json_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "bad.recap", BAD);
+    let o = recapc(
+        &["check", "bad.recap", "gone.recap", "--format", "json"],
+        dir.path(),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an unreadable file outranks errors"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    assert_eq!(v["schema"], "recap-diagnostics");
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["files"][0]["file"], "bad.recap");
+    assert_eq!(v["files"][0]["status"], "checked");
+    assert_eq!(v["files"][1]["file"], "gone.recap");
+    assert_eq!(v["files"][1]["status"], "unreadable");
+    assert!(v["errors"].as_u64().unwrap() >= 1);
+    let diagnostics = v["diagnostics"].as_array().unwrap();
+    let d = diagnostics
+        .iter()
+        .find(|d| d["severity"] == "error")
+        .expect("an error");
+    assert_eq!(d["file"], "bad.recap");
+    assert!(d["code"].as_str().unwrap().starts_with("recap::"));
+    assert!(!d["message"].as_str().unwrap().is_empty());
+    let label = &d["labels"][0];
+    assert_eq!(label["primary"], true);
+    let (start, end) = (
+        label["span"]["start"].as_u64().unwrap() as usize,
+        label["span"]["end"].as_u64().unwrap() as usize,
+    );
+    assert!(start <= end && end <= BAD.len());
+    assert_eq!(&BAD[start..end], "corect");
+    assert_eq!(label["start"]["line"], 4);
+    assert_eq!(
+        label["start"]["column"],
+        start - BAD[..start].rfind('\n').unwrap()
+    );
+}
+
+#[test]
+fn clean_pipelines_exit_0_and_warnings_do_not_fail() {
+    let o = recapc(
+        &[
+            "check",
+            "pipelines/quickstart.recap",
+            "pipelines/gsm8k-recap.recap",
+        ],
+        &repo(),
+    );
+    // gsm8k-recap names data that is not committed: warnings, yet exit 0.
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("checked 2 files"), "{}", stderr(&o));
+}
+
+#[test]
+fn set_overrides_are_checked() {
+    let o = recapc(
+        &[
+            "check",
+            "pipelines/quickstart.recap",
+            "--set",
+            "rl_steps=twenty",
+            "--format",
+            "short",
+        ],
+        &repo(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let o = recapc(
+        &[
+            "check",
+            "pipelines/quickstart.recap",
+            "--set",
+            "rl_steps=20",
+        ],
+        &repo(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn plan_prints_json_with_file_hashes() {
+    let o = recapc(&["plan", "pipelines/quickstart.recap"], &repo());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("plan JSON");
+    assert!(v["version"].as_u64().is_some());
+    assert!(v["file_hashes"].is_array());
+}
+
+#[test]
+fn plan_of_a_bad_file_exits_1_with_nothing_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "bad.recap", BAD);
+    let o = recapc(&["plan", "bad.recap"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    assert!(stderr(&o).contains("corect"));
+}
+
+#[test]
+fn graph_formats() {
+    for (format, marker) in [("dot", "digraph"), ("mermaid", "flowchart"), ("text", "")] {
+        let o = recapc(
+            &["graph", "pipelines/quickstart.recap", "--format", format],
+            &repo(),
+        );
+        assert_eq!(o.status.code(), Some(0), "{format}: {}", stderr(&o));
+        let out = stdout(&o);
+        assert!(out.contains(marker), "{format}: {out}");
+        assert!(
+            out.contains("sharpen"),
+            "{format} names the objectives: {out}"
+        );
+    }
+}
+
+#[test]
+fn run_compiles_then_says_the_runtime_is_missing() {
+    let o = recapc(&["run", "pipelines/quickstart.recap"], &repo());
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("runtime is not built yet"));
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "bad.recap", BAD);
+    let o = recapc(&["run", "bad.recap"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn templates_and_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = recapc(&["templates"], dir.path());
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("quickstart"));
+    assert!(stdout(&o).contains("gsm8k-recap"));
+
+    let o = recapc(&["new", "mine"], dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = std::fs::read_to_string(dir.path().join("mine.recap")).unwrap();
+    assert!(text.contains("\"runs/mine\""));
+    // The new file checks like its template.
+    let o = recapc(&["check", "mine.recap"], dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    // Never overwrite.
+    std::fs::write(dir.path().join("mine.recap"), "keep me").unwrap();
+    let o = recapc(&["new", "mine"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("already exists"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("mine.recap")).unwrap(),
+        "keep me"
+    );
+
+    let o = recapc(
+        &["new", "proj", "--dir", "--template", "gsm8k-recap"],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(dir.path().join("proj/main.recap").is_file());
+    assert!(dir.path().join("proj/data").is_dir());
+    let o = recapc(&["new", "proj", "--dir"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+
+    let o = recapc(&["new", "x", "--template", "nope"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("quickstart"));
+    assert!(!dir.path().join("x.recap").exists());
+}
+
+#[test]
+fn explain_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = recapc(&["explain"], dir.path());
+    assert_eq!(o.status.code(), Some(0));
+    let codes = recap_compiler::all_codes();
+    assert!(!codes.is_empty(), "the compiler lists its codes");
+    for code in &codes {
+        assert!(stdout(&o).contains(code));
+    }
+    let o = recapc(&["explain", codes[0]], dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).len() > codes[0].len() + 20, "a long text");
+
+    // A typo of a real code gets a suggestion.
+    let mut typo = codes[0].to_string();
+    typo.insert(typo.len() - 1, 'z');
+    let o = recapc(&["explain", &typo], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("did you mean"), "{}", stderr(&o));
+}
+
+#[test]
+fn completions_for_bash() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = recapc(&["completions", "bash"], dir.path());
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("recapc"));
+    assert!(stdout(&o).contains("templates"));
+}
+
+#[test]
+fn plan_hashes_the_data_files_relative_to_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("job/data")).unwrap();
+    std::fs::write(dir.path().join("job/data/rows.jsonl"), "abc").unwrap();
+    write(
+        &dir.path().join("job"),
+        "p.recap",
+        "model policy = tiny(seed = 1)
+source rows = jsonl(\"data/rows.jsonl\") { prompt = \"{q}\", target = field(\"t\") }
+objective o = sft(rows)
+train { steps = 5 }
+",
+    );
+    // Started from the parent directory: paths still resolve against the pipeline's folder.
+    let o = recapc(&["plan", "job/p.recap"], dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["file_hashes"][0]["path"], "data/rows.jsonl");
+    assert_eq!(v["file_hashes"][0]["bytes"], 3);
+    assert_eq!(
+        v["file_hashes"][0]["sha256"],
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    let first = v["inputs_hash"].as_str().unwrap().to_string();
+    assert_eq!(first.len(), 64);
+    // The plan itself reads back without the CLI's extra fields getting in the way.
+    let plan: recap_plan::Plan = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(plan.content_hash, v["content_hash"].as_str().unwrap());
+
+    // Same plan, other data: the inputs hash changes, the plan's content hash does not.
+    std::fs::write(dir.path().join("job/data/rows.jsonl"), "abd").unwrap();
+    let o = recapc(&["plan", "job/p.recap"], dir.path());
+    let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_ne!(w["inputs_hash"].as_str().unwrap(), first);
+    assert_eq!(w["content_hash"], v["content_hash"]);
+}
