@@ -3,3 +3,7 @@
 //! Depends on the plan crate only, never on the compiler.
 
 pub mod ops;
+pub mod checkpoint;
+pub mod generate;
+pub mod model;
+pub mod tokenizer;
