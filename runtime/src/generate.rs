@@ -117,7 +117,12 @@ impl Sampler {
     /// Picks a token from one row of raw logits; gives (token, raw log-probability).
     pub fn sample(&mut self, logits: &[f32], cfg: &SamplingConfig) -> (u32, f32) {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let lse = (logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>()).ln() as f32 + max;
+        let lse = (logits
+            .iter()
+            .map(|&l| ((l - max) as f64).exp())
+            .sum::<f64>())
+        .ln() as f32
+            + max;
         let token = if cfg.greedy || cfg.temperature <= 0.0 {
             argmax(logits)
         } else {
@@ -233,12 +238,18 @@ pub fn generate(
 ) -> Result<Rollout> {
     let c = model.config().clone();
     if prompts.is_empty() || group == 0 {
-        return Err(ModelError::Invalid("generate needs at least one prompt and group >= 1".into()));
+        return Err(ModelError::Invalid(
+            "generate needs at least one prompt and group >= 1".into(),
+        ));
     }
     if let Some(r) = prompts.iter().position(Vec::is_empty) {
         return Err(ModelError::Invalid(format!("prompt {r} is empty")));
     }
-    if let Some(&bad) = prompts.iter().flatten().find(|&&id| id as usize >= c.vocab_size) {
+    if let Some(&bad) = prompts
+        .iter()
+        .flatten()
+        .find(|&&id| id as usize >= c.vocab_size)
+    {
         return Err(ModelError::Invalid(format!(
             "prompt token id {bad} is outside the vocabulary (size {})",
             c.vocab_size
@@ -248,7 +259,10 @@ pub fn generate(
         return Err(ModelError::Invalid("stop strings need a tokenizer".into()));
     }
     if !(cfg.greedy || cfg.temperature <= 0.0) && !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) {
-        return Err(ModelError::Invalid(format!("top_p must be in (0, 1], got {}", cfg.top_p)));
+        return Err(ModelError::Invalid(format!(
+            "top_p must be in (0, 1], got {}",
+            cfg.top_p
+        )));
     }
     let b = prompts.len();
     let n = b * group;
@@ -303,7 +317,10 @@ pub fn generate(
     for l in 0..c.num_hidden_layers {
         x = view.block(l, &x, b, p, &mask, Some(&mut kv))?;
     }
-    let last = x.reshape((b, p, c.hidden_size))?.narrow(1, p - 1, 1)?.squeeze(1)?;
+    let last = x
+        .reshape((b, p, c.hidden_size))?
+        .narrow(1, p - 1, 1)?
+        .squeeze(1)?;
     let last = ops::rms_norm(&last, &view.cw(&view.weights.norm)?, c.rms_norm_eps)?;
     let prefill_logits: Vec<Vec<f32>> = view.logits(&last)?.to_vec2()?;
 

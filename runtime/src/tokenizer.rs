@@ -150,7 +150,8 @@ impl TextTokenizer {
             .map_err(|e| tok_err(&path.display().to_string(), e))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let config = if cfg_path.exists() {
-            let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
+            let text =
+                std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
             Some(
                 serde_json::from_str(&text).map_err(|source| ModelError::Json {
                     path: cfg_path.clone(),
@@ -258,7 +259,10 @@ impl TextTokenizer {
 
     /// Token ids of a user prompt rendered with this tokenizer's chat template.
     pub fn encode_prompt(&self, user: &str) -> Result<Vec<u32>> {
-        self.encode(&self.template.apply(user), self.template.add_special_tokens())
+        self.encode(
+            &self.template.apply(user),
+            self.template.add_special_tokens(),
+        )
     }
 
     /// Text of `ids`, special tokens left out when `skip_special_tokens`.
@@ -279,7 +283,11 @@ impl TextTokenizer {
             Some(Value::Object(m)) => m.clone(),
             _ => serde_json::Map::new(),
         };
-        if let Some(eos) = self.eos_ids.first().and_then(|&e| self.inner.id_to_token(e)) {
+        if let Some(eos) = self
+            .eos_ids
+            .first()
+            .and_then(|&e| self.inner.id_to_token(e))
+        {
             cfg.entry("eos_token").or_insert(json!(eos));
         }
         if let Some(pad) = self.inner.id_to_token(self.pad_id) {

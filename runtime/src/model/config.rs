@@ -125,7 +125,10 @@ struct RawConfig {
 
 fn required(value: Option<usize>, key: &str, path: &Path) -> Result<usize> {
     match value {
-        Some(0) => Err(ModelError::config(path, format!("`{key}` must be positive"))),
+        Some(0) => Err(ModelError::config(
+            path,
+            format!("`{key}` must be positive"),
+        )),
         Some(v) => Ok(v),
         None => Err(ModelError::config(
             path,
@@ -148,7 +151,10 @@ impl ModelConfig {
             source,
         })?;
         let Value::Object(extra) = value else {
-            return Err(ModelError::config(path, "config.json must hold a JSON object"));
+            return Err(ModelError::config(
+                path,
+                "config.json must hold a JSON object",
+            ));
         };
         let raw: RawConfig = serde_json::from_value(Value::Object(extra.clone()))
             .map_err(|e| ModelError::config(path, format!("unexpected value: {e}")))?;
@@ -161,16 +167,16 @@ impl ModelConfig {
                     found: arch.clone(),
                 })?
             }
-            (_, Some(mt)) => Family::from_name(mt).ok_or_else(|| ModelError::UnknownArchitecture {
-                path: path.to_path_buf(),
-                found: mt.clone(),
-            })?,
-            _ => {
-                return Err(ModelError::config(
-                    path,
-                    "neither `architectures` nor `model_type` is set, so the model family is unknown",
-                ))
+            (_, Some(mt)) => {
+                Family::from_name(mt).ok_or_else(|| ModelError::UnknownArchitecture {
+                    path: path.to_path_buf(),
+                    found: mt.clone(),
+                })?
             }
+            _ => return Err(ModelError::config(
+                path,
+                "neither `architectures` nor `model_type` is set, so the model family is unknown",
+            )),
         };
 
         if let Some(act) = &raw.hidden_act {
@@ -272,7 +278,10 @@ impl ModelConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(format!("head_dim ({}) must be even for RoPE", self.head_dim));
+            return Err(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
         }
         if !(self.rope_theta > 0.0) || !(self.rms_norm_eps >= 0.0) {
             return Err("rope_theta must be positive and rms_norm_eps non-negative".into());
@@ -320,7 +329,10 @@ impl ModelConfig {
         let mut set = |k: &str, v: Value| {
             m.insert(k.to_string(), v);
         };
-        set("architectures", Value::from(vec![self.family.architecture()]));
+        set(
+            "architectures",
+            Value::from(vec![self.family.architecture()]),
+        );
         set("model_type", Value::from(self.family.model_type()));
         set("vocab_size", self.vocab_size.into());
         set("hidden_size", self.hidden_size.into());
@@ -331,7 +343,10 @@ impl ModelConfig {
         set("head_dim", self.head_dim.into());
         set("rms_norm_eps", self.rms_norm_eps.into());
         set("rope_theta", self.rope_theta.into());
-        set("max_position_embeddings", self.max_position_embeddings.into());
+        set(
+            "max_position_embeddings",
+            self.max_position_embeddings.into(),
+        );
         set("tie_word_embeddings", self.tie_word_embeddings.into());
         set("hidden_act", "silu".into());
         if self.family == Family::Llama {

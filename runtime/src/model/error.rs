@@ -23,11 +23,15 @@ pub enum ModelError {
     Config { path: PathBuf, message: String },
     #[error("{path}: unknown architecture {found:?}; supported: Qwen2ForCausalLM (model_type qwen2), LlamaForCausalLM (model_type llama)")]
     UnknownArchitecture { path: PathBuf, found: String },
-    #[error("{path}: not a valid safetensors file ({message}); the file may be truncated or corrupt")]
+    #[error(
+        "{path}: not a valid safetensors file ({message}); the file may be truncated or corrupt"
+    )]
     Safetensors { path: PathBuf, message: String },
     #[error("tensor `{tensor}` is missing from {path}")]
     MissingTensor { path: PathBuf, tensor: String },
-    #[error("{path}: tensor `{tensor}` has shape {found:?}, expected {expected:?} from the config")]
+    #[error(
+        "{path}: tensor `{tensor}` has shape {found:?}, expected {expected:?} from the config"
+    )]
     Shape {
         path: PathBuf,
         tensor: String,

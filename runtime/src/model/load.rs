@@ -114,12 +114,17 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let mut files: Vec<String> = Vec::new();
         for (tensor, file) in map {
             let file = file.as_str().ok_or_else(|| {
-                ModelError::config(&index, format!("weight_map entry `{tensor}` is not a string"))
+                ModelError::config(
+                    &index,
+                    format!("weight_map entry `{tensor}` is not a string"),
+                )
             })?;
             if file.contains('/') || file.contains('\\') || file.starts_with('.') {
                 return Err(ModelError::config(
                     &index,
-                    format!("weight_map entry `{tensor}` names a file outside the directory: {file:?}"),
+                    format!(
+                        "weight_map entry `{tensor}` names a file outside the directory: {file:?}"
+                    ),
                 ));
             }
             if !files.iter().any(|f| f == file) {
@@ -150,10 +155,11 @@ pub fn read_safetensors(
     keep: impl Fn(&str) -> bool,
 ) -> Result<HashMap<String, Tensor>> {
     let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let st =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         if !keep(&name) {

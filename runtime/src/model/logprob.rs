@@ -53,7 +53,12 @@ impl SequenceBatch {
         }
         let n = prompts.len();
         let p_w = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let l_w = completions.iter().map(|c| c.len()).max().unwrap_or(0).max(1);
+        let l_w = completions
+            .iter()
+            .map(|c| c.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let t = p_w + l_w;
         let mut ids = vec![pad_id; n * t];
         let mut pad = vec![vec![true; t]; n];

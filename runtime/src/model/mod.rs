@@ -151,7 +151,10 @@ impl Weights {
             out.push((format!("{p}.mlp.up_proj.weight"), w.up_w.clone()));
             out.push((format!("{p}.mlp.down_proj.weight"), w.down_w.clone()));
             out.push((format!("{p}.input_layernorm.weight"), w.input_norm.clone()));
-            out.push((format!("{p}.post_attention_layernorm.weight"), w.post_norm.clone()));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                w.post_norm.clone(),
+            ));
         }
         out.push(("model.norm.weight".to_string(), self.norm.clone()));
         if let Some(head) = &self.lm_head {
@@ -177,8 +180,10 @@ impl RopeTables {
         // Computed in f64 on the host so the tables are as exact as the dtype allows.
         for pos in 0..n {
             for i in 0..half {
-                let inv_freq =
-                    1.0 / config.rope_theta.powf((2 * i) as f64 / config.head_dim as f64);
+                let inv_freq = 1.0
+                    / config
+                        .rope_theta
+                        .powf((2 * i) as f64 / config.head_dim as f64);
                 let angle = pos as f64 * inv_freq;
                 cos.push(angle.cos());
                 sin.push(angle.sin());
@@ -233,7 +238,10 @@ pub fn padded_causal_mask(
     let mut m = vec![f32::NEG_INFINITY; b * t * t];
     for (r, row) in pad.iter().enumerate() {
         if row.len() != t {
-            candle_core::bail!("padded_causal_mask: row {r} has length {}, expected {t}", row.len());
+            candle_core::bail!(
+                "padded_causal_mask: row {r} has length {}, expected {t}",
+                row.len()
+            );
         }
         for i in 0..t {
             let base = (r * t + i) * t;
@@ -270,7 +278,10 @@ impl Model {
                     // `Var::from_tensor` copies once into fresh storage; no random init is drawn.
                     let var = Var::from_tensor(&t)?;
                     let tensor = var.as_tensor().clone();
-                    vm.data().lock().expect("varmap lock").insert(name.clone(), var);
+                    vm.data()
+                        .lock()
+                        .expect("varmap lock")
+                        .insert(name.clone(), var);
                     tensor
                 }
                 None => t.detach(),
@@ -298,20 +309,26 @@ impl Model {
         let mut tensors = HashMap::new();
         for (name, shape) in weight_shapes(config) {
             let n: usize = shape.iter().product();
-            let data: Vec<f32> = if name.ends_with("layernorm.weight") || name == "model.norm.weight"
-            {
-                vec![1.0; n]
-            } else {
-                let std = if shape.len() == 2 {
-                    1.0 / (shape[1] as f64).sqrt()
+            let data: Vec<f32> =
+                if name.ends_with("layernorm.weight") || name == "model.norm.weight" {
+                    vec![1.0; n]
                 } else {
-                    0.02
+                    let std = if shape.len() == 2 {
+                        1.0 / (shape[1] as f64).sqrt()
+                    } else {
+                        0.02
+                    };
+                    (0..n).map(|_| (normal(&mut rng) * std) as f32).collect()
                 };
-                (0..n).map(|_| (normal(&mut rng) * std) as f32).collect()
-            };
             tensors.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
         }
-        Ok(Model::from_tensors(config.clone(), tensors, dtype, true, device)?)
+        Ok(Model::from_tensors(
+            config.clone(),
+            tensors,
+            dtype,
+            true,
+            device,
+        )?)
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -370,13 +387,8 @@ impl Model {
         for (name, t) in self.weights.named() {
             map.insert(name, t.detach().copy()?.detach());
         }
-        let mut m = Model::from_tensors(
-            self.config.clone(),
-            map,
-            self.dtype(),
-            false,
-            &self.device,
-        )?;
+        let mut m =
+            Model::from_tensors(self.config.clone(), map, self.dtype(), false, &self.device)?;
         m.set_compute_dtype(self.compute_dtype)?;
         Ok(m)
     }
@@ -431,8 +443,12 @@ impl Model {
     /// Logits for every position: `input_ids` (b, t) u32, `mask` an optional additive mask
     /// broadcastable to (b, heads, t, t) that is used as the whole mask (it must include
     /// causality; see [`padded_causal_mask`]). `None` means plain causal. Gives (b, t, vocab)
-    /// in f32.
-    pub fn forward(&self, input_ids: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    /// in f32 (f64 for an f64 model).
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let h = self.forward_hidden(input_ids, mask)?;
         self.logits(&h)
     }
@@ -467,15 +483,25 @@ impl Model {
         x.reshape((b, t, self.config.hidden_size))
     }
 
-    /// Projects hidden states (..., hidden) onto the vocabulary; gives f32 logits (..., vocab).
+    /// Projects hidden states (..., hidden) onto the vocabulary; gives logits (..., vocab) in f32
+    /// (f64 for an f64 model).
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
         let dims = hidden.dims().to_vec();
         let n: usize = dims[..dims.len() - 1].iter().product();
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
-        let y = linear(&hidden.reshape((n, self.config.hidden_size))?, &self.cw(head)?, None)?;
+        let y = linear(
+            &hidden.reshape((n, self.config.hidden_size))?,
+            &self.cw(head)?,
+            None,
+        )?;
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank >= 1") = self.config.vocab_size;
-        y.reshape(out_dims)?.to_dtype(DType::F32)
+        let y = y.reshape(out_dims)?;
+        // Half-precision logits are widened for the softmax; f32 and f64 stay as they are.
+        match y.dtype() {
+            DType::F16 | DType::BF16 => y.to_dtype(DType::F32),
+            _ => Ok(y),
+        }
     }
 
     /// Token embeddings of (b, t) ids as (b * t, hidden) rows.
@@ -529,7 +555,3 @@ pub(crate) fn normal(rng: &mut StdRng) -> f64 {
     let u2: f64 = rng.random::<f64>();
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
-
-
-
-
