@@ -53,10 +53,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: bench_model <hf-dir with train.jsonl> [reps]")?;
     let reps: usize = args.next().map_or(Ok(10), |s| s.parse())?;
     let dir = std::path::PathBuf::from(dir);
+    // RECAP_NO_ALLOC_TUNING=1 measures with glibc's default allocator settings.
+    let tuned = std::env::var_os("RECAP_NO_ALLOC_TUNING").is_none()
+        && recap_runtime::alloc::tune_allocator();
     let device = Device::Cpu;
     let policy = load_hf_dir(&dir, &device)?;
     let reference = policy.frozen_copy()?;
     let tok = TextTokenizer::from_dir(&dir)?;
+    println!("allocator tuned: {tuned}; RSS after loading policy + reference: {:.1} MB", peak_rss_mb());
     let train = std::fs::read_to_string(dir.join("train.jsonl"))?;
     let prompts: Vec<Vec<u32>> = train
         .lines()
