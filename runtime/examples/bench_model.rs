@@ -60,7 +60,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let policy = load_hf_dir(&dir, &device)?;
     let reference = policy.frozen_copy()?;
     let tok = TextTokenizer::from_dir(&dir)?;
-    println!("allocator tuned: {tuned}; RSS after loading policy + reference: {:.1} MB", peak_rss_mb());
+    println!(
+        "allocator tuned: {tuned}; RSS after loading policy + reference: {:.1} MB",
+        peak_rss_mb()
+    );
     let train = std::fs::read_to_string(dir.join("train.jsonl"))?;
     let prompts: Vec<Vec<u32>> = train
         .lines()

@@ -678,3 +678,30 @@ fn bad_generation_inputs_are_errors() {
     let empty: [&[u32]; 1] = [&[]];
     assert!(SequenceBatch::new(&empty, &[&[1]], 0, &Device::Cpu).is_err());
 }
+
+#[test]
+fn model_from_hf_tensors_checks_shapes() {
+    let src = fixture();
+    let config = ModelConfig::from_file(&src.join("config.json")).unwrap();
+    let tensors =
+        recap_runtime::model::read_safetensors(&src.join("model.safetensors"), |_| true).unwrap();
+    let opts = recap_runtime::model::LoadOptions::default();
+    let m =
+        Model::from_hf_tensors(config.clone(), tensors.clone(), &opts, Path::new("mem")).unwrap();
+    let ids = [1u32, 9, 13, 14, 10, 7, 17];
+    let single = load_hf_dir(&src, &Device::Cpu).unwrap();
+    assert_eq!(logits_of(&m, &ids), logits_of(&single, &ids));
+    let mut bad = tensors;
+    bad.insert(
+        "model.norm.weight".into(),
+        Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap(),
+    );
+    let e = Model::from_hf_tensors(config, bad, &opts, Path::new("mem.gguf"))
+        .err()
+        .expect("wrong shape must fail")
+        .to_string();
+    assert!(
+        e.contains("model.norm.weight") && e.contains("mem.gguf"),
+        "{e}"
+    );
+}
