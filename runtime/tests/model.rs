@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use recap_runtime::checkpoint::save_hf_dir;
-use recap_runtime::generate::{generate, FinishReason, SamplingConfig};
+use recap_runtime::generate::{generate, generate_on, DecodePath, FinishReason, SamplingConfig};
 use recap_runtime::model::logprob::{reference_logprobs, token_logprobs, SequenceBatch};
 use recap_runtime::model::{load_hf_dir, Family, Model, ModelConfig, ModelError};
 use recap_runtime::tokenizer::{ChatTemplate, TextTokenizer};
@@ -312,6 +312,17 @@ fn check_batched_greedy(model: &Model, tok: &TextTokenizer, texts: &[&str]) {
     };
     let batched = generate(model, Some(tok), &ps, 3, &cfg).unwrap();
     assert_eq!(batched.completion_ids.len(), ps.len() * 3);
+    // The tensor decode path (used off CPU) agrees with the host kernel.
+    let tensor_path = generate_on(model, Some(tok), &ps, 3, &cfg, DecodePath::Tensor).unwrap();
+    assert_eq!(tensor_path.completion_ids, batched.completion_ids);
+    for (a, b) in tensor_path
+        .logprobs
+        .iter()
+        .flatten()
+        .zip(batched.logprobs.iter().flatten())
+    {
+        assert!((a - b).abs() < 1e-4, "decode paths disagree: {a} vs {b}");
+    }
     for (i, p) in ps.iter().enumerate() {
         let alone = generate(model, Some(tok), std::slice::from_ref(p), 1, &cfg).unwrap();
         let reference = greedy_no_cache(model, p, 12, 2);
