@@ -716,3 +716,34 @@ fn model_from_hf_tensors_checks_shapes() {
         "{e}"
     );
 }
+
+#[test]
+fn bf16_compute_keeps_f32_master_weights_and_gradients() {
+    let dir = fixture();
+    let mut model = load_hf_dir(&dir, &Device::Cpu).unwrap();
+    let ids = [1u32, 9, 13, 14, 10, 7, 17];
+    let full = logits_of(&model, &ids);
+    model.set_compute_dtype(DType::BF16).unwrap();
+    assert_eq!(model.dtype(), DType::F32);
+    let half = logits_of(&model, &ids);
+    for (a, b) in full.iter().flatten().zip(half.iter().flatten()) {
+        assert!((a - b).abs() < 0.1, "bf16 logits drift: {a} vs {b}");
+    }
+    let t = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap();
+    let loss = model.forward(&t, None).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    for var in model.trainable_vars() {
+        let g = grads
+            .get(var.as_tensor())
+            .expect("gradient reaches the f32 master weight");
+        assert_eq!(g.dtype(), DType::F32);
+    }
+    let tok = TextTokenizer::from_dir(&dir).unwrap();
+    let cfg = SamplingConfig {
+        max_new_tokens: 4,
+        greedy: true,
+        ..SamplingConfig::default()
+    };
+    let r = generate(&model, Some(&tok), &[ids.to_vec()], 2, &cfg).unwrap();
+    assert_eq!(r.completion_ids[0], r.completion_ids[1]);
+}
