@@ -455,6 +455,12 @@ fn top_k_one_is_greedy_and_stop_strings_end_rows() {
     let g = generate(&model, Some(&tok), &ps, 2, &greedy).unwrap();
     let k = generate(&model, Some(&tok), &ps, 2, &top1).unwrap();
     assert_eq!(g.completion_ids, k.completion_ids);
+    let tiny_p = SamplingConfig {
+        top_p: 1e-6,
+        ..top1.clone()
+    };
+    let tp = generate(&model, Some(&tok), &ps, 2, &tiny_p).unwrap();
+    assert_eq!(g.completion_ids, tp.completion_ids, "top_p -> 0 is greedy");
 
     // Stop at the first character the greedy run produces in row 0.
     let first = g.texts[0]
@@ -746,4 +752,25 @@ fn bf16_compute_keeps_f32_master_weights_and_gradients() {
     };
     let r = generate(&model, Some(&tok), &[ids.to_vec()], 2, &cfg).unwrap();
     assert_eq!(r.completion_ids[0], r.completion_ids[1]);
+}
+
+#[test]
+fn frozen_copy_is_independent_of_policy_updates() {
+    let model = Model::tiny(
+        &tiny_config(Family::Qwen2, true),
+        2,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let frozen = model.frozen_copy().unwrap();
+    let ids = [1u32, 5, 6, 7];
+    let before = logits_of(&frozen, &ids);
+    assert_eq!(before, logits_of(&model, &ids));
+    for var in model.trainable_vars() {
+        var.set(&var.as_tensor().zeros_like().unwrap()).unwrap();
+    }
+    assert_ne!(logits_of(&model, &ids), before, "the policy changed");
+    assert_eq!(logits_of(&frozen, &ids), before, "the frozen copy did not");
+    assert!(frozen.trainable_vars().is_empty());
 }
