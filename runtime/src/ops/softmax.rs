@@ -1,7 +1,7 @@
 //! Fused softmax over the last dimension on the CPU: takes `x` (..., n), gives `softmax(x)` in
 //! one pass per row, and a backward that gives `y * (dy - sum(dy * y))` from the output `y`.
 
-use super::cpu::{dense_last, for_rows, slice, Real, Rows};
+use super::cpu::{self, dense_last, for_rows, slice, Real, Rows};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
@@ -15,21 +15,15 @@ struct SoftmaxBwd;
 /// masked rows do not poison a whole batch.
 #[inline]
 pub(crate) fn softmax_row<T: Real>(x: &[T], o: &mut [T]) {
-    let mut max = T::neg_infinity();
-    for &v in x {
-        max = num_traits::Float::max(max, v);
-    }
+    let max = cpu::max(x);
     if max == T::neg_infinity() {
         o.fill(T::zero());
         return;
     }
-    let mut sum = T::zero();
     for (o, &v) in o.iter_mut().zip(x) {
-        let e = (v - max).exp();
-        *o = e;
-        sum += e;
+        *o = (v - max).fexp();
     }
-    let inv = sum.recip();
+    let inv = cpu::sum(o).recip();
     for o in o.iter_mut() {
         *o *= inv;
     }
