@@ -44,7 +44,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let e = p * z + r + 1.0;
     let scale = f32::from_bits((((k as i32) + 127) as u32) << 23);
     let v = e * scale;
@@ -207,6 +207,12 @@ impl<T> Clone for SendPtr<T> {
     }
 }
 impl<T> Copy for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    /// The pointer; a method, so closures capture the whole `Send` wrapper, not its field.
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
 unsafe impl<T: Send> Send for SendPtr<T> {}
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
@@ -237,13 +243,13 @@ pub(crate) fn for_blocks<T: Send, R: Send>(
     let len = dst.len();
     let results: Vec<Mutex<Option<R>>> = (0..n_blocks).map(|_| Mutex::new(None)).collect();
     candle_core::utils::barrier_pool().execute_chunked(n_blocks, |blocks| {
-        let base = base;
         for b in blocks {
             let start = b * per * row_len;
             let end = (start + per * row_len).min(len);
             // SAFETY: blocks are disjoint ranges of `dst` (each block index is handed out once),
             // `dst` outlives this call, and no other reference to it exists meanwhile.
-            let block = unsafe { std::slice::from_raw_parts_mut(base.0.add(start), end - start) };
+            let block =
+                unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
             let r = f(b * per, block);
             *results[b].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
         }
@@ -298,11 +304,11 @@ pub(crate) fn for_rows2<T: Send>(
     // Walk the first half; each block finds its twin block in the second half.
     let (first, _) = both.split_at_mut(n);
     for_blocks(first, row_len, row_len, |first_row, block| {
-        let base = base;
         let start = first_row * row_len;
         // SAFETY: the twin block lies in the second half, which `first` does not cover, and
         // blocks of the first half are disjoint, so their twins are too.
-        let twin = unsafe { std::slice::from_raw_parts_mut(base.0.add(n + start), block.len()) };
+        let twin =
+            unsafe { std::slice::from_raw_parts_mut(base.get().add(n + start), block.len()) };
         for (i, (a, b)) in block
             .chunks_mut(row_len)
             .zip(twin.chunks_mut(row_len))
