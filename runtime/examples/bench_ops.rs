@@ -43,11 +43,14 @@ fn best_us(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(times.into_iter().fold(f64::INFINITY, f64::min))
 }
 
-/// One benchmarked op: builds its output from the variables, either fused or reference.
+/// Builds an op's output from the variables: fused when the flag is set, else the reference.
+type RunFn = Box<dyn Fn(&[Var], bool) -> Result<Tensor>>;
+
+/// One benchmarked op.
 struct Case {
     name: &'static str,
     vars: Vec<Var>,
-    run: Box<dyn Fn(&[Var], bool) -> Result<Tensor>>,
+    run: RunFn,
 }
 
 fn bench(case: &Case, iters: usize, rng: &mut StdRng) -> Result<()> {
