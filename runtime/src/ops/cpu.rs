@@ -198,23 +198,52 @@ fn rows_per_task(work_per_row: usize) -> usize {
     (MIN_TASK_ELEMS / work_per_row.max(1)).max(1)
 }
 
-/// A raw pointer that may cross threads: each parallel work item turns it back into a slice of
-/// rows no other work item touches.
-struct SendPtr<T>(*mut T);
+/// A raw pointer to a buffer that may cross threads: each parallel work item turns it back into
+/// a part of the buffer no other work item touches.
+pub(crate) struct SendPtr<T> {
+    ptr: *mut T,
+    len: usize,
+}
 impl<T> Clone for SendPtr<T> {
     fn clone(&self) -> Self {
         *self
     }
 }
 impl<T> Copy for SendPtr<T> {}
-impl<T> SendPtr<T> {
-    /// The pointer; a method, so closures capture the whole `Send` wrapper, not its field.
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
 unsafe impl<T: Send> Send for SendPtr<T> {}
 unsafe impl<T: Send> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    pub fn new(buf: &mut [T]) -> Self {
+        Self {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        }
+    }
+
+    /// The part `start..start + len` of the buffer.
+    ///
+    /// # Safety
+    /// The buffer must outlive the returned slice, and no other live reference may overlap it:
+    /// callers hand each part to exactly one work item.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [T] {
+        assert!(
+            start + len <= self.len,
+            "internal error: part outside the buffer"
+        );
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
+}
+
+/// Calls `f(i)` for `i` in `0..n_items`, each item costing about `work_per_item` element
+/// updates, on candle's CPU worker pool when there is enough work (see [`for_blocks`]).
+pub(crate) fn par_for(n_items: usize, work_per_item: usize, f: impl Fn(usize) + Sync) {
+    if n_items < 2 || n_items * work_per_item <= 2 * MIN_TASK_ELEMS {
+        (0..n_items).for_each(f);
+        return;
+    }
+    candle_core::utils::barrier_pool().execute_chunked(n_items, |range| range.for_each(&f));
+}
 
 /// Runs `f(first_row, block)` over blocks of whole rows of `dst` (rows of `row_len` elements,
 /// each costing about `work_per_row` element updates) and returns each block's result. Large jobs run on candle's own CPU worker pool (the one its
@@ -239,8 +268,8 @@ pub(crate) fn for_blocks<T: Send, R: Send>(
             .map(|(b, block)| f(b * per, block))
             .collect();
     }
-    let base = SendPtr(dst.as_mut_ptr());
     let len = dst.len();
+    let base = SendPtr::new(dst);
     let results: Vec<Mutex<Option<R>>> = (0..n_blocks).map(|_| Mutex::new(None)).collect();
     candle_core::utils::barrier_pool().execute_chunked(n_blocks, |blocks| {
         for b in blocks {
@@ -248,8 +277,7 @@ pub(crate) fn for_blocks<T: Send, R: Send>(
             let end = (start + per * row_len).min(len);
             // SAFETY: blocks are disjoint ranges of `dst` (each block index is handed out once),
             // `dst` outlives this call, and no other reference to it exists meanwhile.
-            let block =
-                unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
+            let block = unsafe { base.slice(start, end - start) };
             let r = f(b * per, block);
             *results[b].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
         }
@@ -300,15 +328,14 @@ pub(crate) fn for_rows2<T: Send>(
     f: impl Fn(usize, &mut [T], &mut [T]) + Sync + Send,
 ) {
     let n = both.len() / 2;
-    let base = SendPtr(both.as_mut_ptr());
     // Walk the first half; each block finds its twin block in the second half.
-    let (first, _) = both.split_at_mut(n);
+    let (first, second) = both.split_at_mut(n);
+    let second = SendPtr::new(second);
     for_blocks(first, row_len, row_len, |first_row, block| {
         let start = first_row * row_len;
         // SAFETY: the twin block lies in the second half, which `first` does not cover, and
         // blocks of the first half are disjoint, so their twins are too.
-        let twin =
-            unsafe { std::slice::from_raw_parts_mut(base.get().add(n + start), block.len()) };
+        let twin = unsafe { second.slice(start, block.len()) };
         for (i, (a, b)) in block
             .chunks_mut(row_len)
             .zip(twin.chunks_mut(row_len))

@@ -8,6 +8,7 @@
 //! here as `reference`, against which the fused kernels are tested. The backward passes of the
 //! fused kernels are not themselves differentiable (no second-order gradients).
 
+mod attention;
 mod cpu;
 mod log_softmax;
 mod rms_norm;
@@ -74,12 +75,48 @@ pub fn log_softmax_gather(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     reference::log_softmax_gather(logits, targets)
 }
 
+/// Scaled dot-product attention with grouped-query heads.
+/// `q`: (batch, heads, tq, head_dim); `k`, `v`: (batch, kv_heads, tk, head_dim) where heads is a
+/// multiple of kv_heads (query head i reads kv head i / (heads / kv_heads)); `mask`: optional
+/// additive mask broadcastable to (batch, heads, tq, tk). Gives (batch, heads, tq, head_dim).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let same = q.dtype() == k.dtype() && q.dtype() == v.dtype();
+    let mask_ok = mask.is_none_or(|m| m.device().is_cpu());
+    if fused(&[q, k, v]) && same && mask_ok {
+        let (b, h, tq, _) = q.dims4()?;
+        let (_, _, tk, _) = k.dims4()?;
+        // The kernel reads the mask at the full (batch, heads, tq, tk) shape through zero
+        // strides, so broadcasting costs nothing; only a mask whose last dimension is itself
+        // broadcast is copied.
+        let mask = match mask {
+            Some(m) => Some(cpu::dense_last(
+                &m.to_dtype(q.dtype())?.broadcast_as((b, h, tq, tk))?,
+            )?),
+            None => None,
+        };
+        let (q, k, v) = (
+            cpu::dense_last(q)?,
+            cpu::dense_last(k)?,
+            cpu::dense_last(v)?,
+        );
+        return q.apply_op3(&k, &v, attention::Attention { scale, mask });
+    }
+    reference::attention(q, k, v, mask, scale)
+}
+
 /// The plain compositions of differentiable candle ops; fused kernels are tested against them.
 pub mod reference {
     use super::*;
 
     pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-        // Half-precision inputs are normalised in f32 for stability; f32 and f64 stay as they are.
+        // Half-precision inputs are normalised in f32; f32 and f64 stay in their own precision
+        // so the f64 finite-difference tests measure the model, not a rounding step.
         let dtype = x.dtype();
         let x = match dtype {
             DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
@@ -120,5 +157,27 @@ pub mod reference {
         let targets = targets.contiguous()?.unsqueeze(D::Minus1)?;
         let picked = shifted.gather(&targets, D::Minus1)?;
         (picked - lse)?.squeeze(D::Minus1)
+    }
+
+    pub fn attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let (b, h, tq, d) = q.dims4()?;
+        let (_, kvh, tk, _) = k.dims4()?;
+        let rep = h / kvh;
+        // Query heads that share a kv head are stacked along the row axis, so one matmul per kv
+        // head serves the whole group without copying keys and values `rep` times.
+        let q = (q * scale)?.contiguous()?.reshape((b, kvh, rep * tq, d))?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, h, tq, tk))?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let p = super::softmax_last_dim(&scores)?.reshape((b, kvh, rep * tq, tk))?;
+        p.matmul(v)?.reshape((b, h, tq, d))
     }
 }
