@@ -1,7 +1,7 @@
 //! Microbenchmark of the tensor building blocks in `recap_runtime::ops`: takes no input, prints
 //! the best time of each op's forward and forward+backward on the shapes of the fixture model
 //! (64 sequences x 23 tokens, hidden 128, 4 heads, 2 KV heads, head_dim 32, intermediate 512,
-//! vocab 56), fused kernel against the reference composition, and the speed-up.
+//! vocab 56, causal attention), fused kernel against the reference composition, and the speed-up.
 //!
 //! Run: `cargo run --release -p recap-runtime --example bench_ops` (the dev profile also
 //! optimises the runtime and candle, so plain `cargo run` gives comparable figures).
@@ -184,6 +184,35 @@ fn main() -> Result<()> {
                     reference::swiglu(g, u)
                 }
             }),
+        },
+        Case {
+            name: "attention (causal)",
+            vars: vec![
+                v(&mut rng, &[B, HEADS, S, HEAD_DIM], 1.0)?,
+                v(&mut rng, &[B, KV_HEADS, S, HEAD_DIM], 1.0)?,
+                v(&mut rng, &[B, KV_HEADS, S, HEAD_DIM], 1.0)?,
+            ],
+            run: {
+                let causal: Vec<f32> = (0..S * S)
+                    .map(|i| {
+                        if i % S <= i / S {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                    .collect();
+                let mask = Tensor::from_vec(causal, (1, 1, S, S), &Device::Cpu)?;
+                let scale = 1.0 / (HEAD_DIM as f64).sqrt();
+                Box::new(move |x, fused| {
+                    let (q, k, v) = (x[0].as_tensor(), x[1].as_tensor(), x[2].as_tensor());
+                    if fused {
+                        ops::attention(q, k, v, Some(&mask), scale)
+                    } else {
+                        reference::attention(q, k, v, Some(&mask), scale)
+                    }
+                })
+            },
         },
         Case {
             name: "log_softmax_gather",

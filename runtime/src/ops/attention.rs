@@ -5,7 +5,7 @@
 //! tensor. The backward recomputes the probabilities per (batch, kv head) group and gives the
 //! gradients of `q`, `k` and `v` in one pass; the mask gets none.
 
-use super::cpu::{dense_last, par_for, slice, Real, Rows, SendPtr};
+use super::cpu::{self, dense_last, par_for, slice, Real, Rows, SendPtr};
 use super::softmax::softmax_row;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
@@ -259,10 +259,7 @@ fn bwd<T: Real>(
                     for (c, &gc) in gi.iter().enumerate() {
                         axpy(&mut dp, gc, &vt[c * tk..(c + 1) * tk]);
                     }
-                    let mut dot = T::zero();
-                    for (&pj, &dpj) in p.iter().zip(&dp) {
-                        dot += pj * dpj;
-                    }
+                    let dot = cpu::dot(&p, &dp);
                     let dqi = &mut dq[(r * tq + i) * d..(r * tq + i + 1) * d];
                     for j in 0..tk {
                         let pj = p[j];

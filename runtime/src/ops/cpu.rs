@@ -38,7 +38,8 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     let underflow = x < -87.3;
     let xc = x.clamp(-87.3, 88.0);
-    let k = (xc * LOG2E + ROUND) - ROUND;
+    let kr = xc * LOG2E + ROUND;
+    let k = kr - ROUND;
     let r = xc - k * 0.693_359_4 + k * 2.121_944_4e-4;
     let z = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -46,7 +47,14 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
         * r
         + 0.5;
     let e = p * z + r + 1.0;
-    let scale = f32::from_bits((((k as i32) + 127) as u32) << 23);
+    // `kr`'s low mantissa bits hold k (ROUND's bits are 0x4B40_0000), so 2^k is built with
+    // integer arithmetic only; a float-to-int cast would keep the loop from vectorising.
+    let scale = f32::from_bits(
+        kr.to_bits()
+            .wrapping_sub(0x4B40_0000)
+            .wrapping_add(127)
+            .wrapping_shl(23),
+    );
     let v = e * scale;
     if underflow {
         0.0
@@ -94,6 +102,29 @@ pub(crate) fn max<T: Real>(x: &[T]) -> T {
         }
     }
     m
+}
+
+/// Dot product of two slices with eight independent accumulators (see [`sum`]).
+#[inline]
+pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [T::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut s = T::zero();
+    for (x, y) in ra.iter().zip(rb) {
+        s += *x * *y;
+    }
+    for a in acc {
+        s += a;
+    }
+    s
 }
 
 /// Sum of a slice with eight independent accumulators, so the additions vectorise (a single

@@ -74,10 +74,7 @@ fn bwd<T: Real>(y: &[T], yl: &Layout, g: &[T], gl: &Layout) -> Result<Vec<T>> {
     for_rows(&mut out, yr.row_len, |i, o| {
         let y = yr.row(y, i);
         let g = gr.row(g, i);
-        let mut dot = T::zero();
-        for (&y, &g) in y.iter().zip(g) {
-            dot += y * g;
-        }
+        let dot = cpu::dot(y, g);
         for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
             *o = y * (g - dot);
         }
