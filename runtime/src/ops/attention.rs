@@ -106,36 +106,175 @@ fn axpy<T: Real>(dst: &mut [T], a: T, x: &[T]) {
     }
 }
 
-/// Copies the rows `t` of `src` (rows addressed by `rows`, starting at row `first`) transposed
-/// into `dst` (`d` x `t`), so dot products against all of them become `axpy`s over `t`.
-fn transpose_rows<T: Real>(
-    src: &[T],
-    rows: &Rows,
+/// Scores of one query row against the `tk` keys from row `first` of `k`, into `s`:
+/// `scale * q . k_j + mask_j`. Dot products over head_dim, whose rows are contiguous.
+#[inline(always)]
+fn scores_row<T: Real>(
+    q: &[T],
+    (k, kr): (&[T], &Rows),
     first: usize,
-    t: usize,
-    d: usize,
-    dst: &mut [T],
+    scale: T,
+    mask: Option<&[T]>,
+    s: &mut [T],
 ) {
-    for j in 0..t {
-        let r = rows.row(src, first + j);
-        for c in 0..d {
-            dst[c * t + j] = r[c];
+    match mask {
+        // Keys the mask hides (-inf, e.g. the causal future) need no dot product.
+        Some(m) => {
+            for (j, (s, &m)) in s.iter_mut().zip(m).enumerate() {
+                *s = if m == T::neg_infinity() {
+                    m
+                } else {
+                    cpu::dot(q, kr.row(k, first + j)) * scale + m
+                };
+            }
+        }
+        None => {
+            for (j, s) in s.iter_mut().enumerate() {
+                *s = cpu::dot(q, kr.row(k, first + j)) * scale;
+            }
         }
     }
 }
 
-/// Scores of one query row against all keys, into `s`: `scale * q . k_j + mask_j`.
-#[inline]
-fn scores_row<T: Real>(q: &[T], kt: &[T], tk: usize, scale: T, mask: Option<&[T]>, s: &mut [T]) {
-    s.fill(T::zero());
-    for (c, &qc) in q.iter().enumerate() {
-        axpy(s, qc * scale, &kt[c * tk..(c + 1) * tk]);
-    }
-    if let Some(m) = mask {
-        for (s, &m) in s.iter_mut().zip(m) {
-            *s += m;
+/// Everything one (batch, kv head) group of the forward or backward reads, and the buffer it
+/// writes (the output, or the packed gradients of q, k and v).
+struct Ctx<'a, T> {
+    q: (&'a [T], &'a Rows),
+    k: (&'a [T], &'a Rows),
+    v: (&'a [T], &'a Rows),
+    /// The output gradient (backward only).
+    g: Option<(&'a [T], &'a Rows)>,
+    mask: Option<(&'a [T], &'a Rows)>,
+    dm: Dims,
+    scale: T,
+    out: SendPtr<T>,
+}
+
+/// Calls `$generic(ctx, grp)`, through `$avx2` (the same code compiled for AVX2) when the CPU
+/// has it: the crate is built for baseline x86-64 (4-wide SSE2), and these loops are where the
+/// wider vectors pay.
+macro_rules! multiversion {
+    ($generic:ident, $avx2:ident, $ctx:expr, $grp:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if cpu::has_avx2() {
+                // SAFETY: the CPU supports the features `$avx2` is compiled for.
+                unsafe { $avx2($ctx, $grp) }
+            } else {
+                $generic($ctx, $grp)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $generic($ctx, $grp)
+        }
+    }};
+}
+
+/// Forward of one (batch, kv head) group: the output rows of its `rep` query heads.
+#[inline(always)]
+fn fwd_group<T: Real>(c: &Ctx<'_, T>, grp: usize) {
+    let Dims {
+        h, kvh, tq, tk, d, ..
+    } = c.dm;
+    let rep = c.dm.rep();
+    let ((q, qr), (k, kr), (v, vr)) = (c.q, c.k, c.v);
+    let (bi, kv) = (grp / kvh, grp % kvh);
+    let mut s = vec![T::zero(); tk];
+    let mut p = vec![T::zero(); tk];
+    let first_head = bi * h + kv * rep;
+    // SAFETY: each group writes only the rows of its own query heads, which no other group
+    // touches, and the output outlives the parallel loop.
+    let o = unsafe { c.out.slice(first_head * tq * d, rep * tq * d) };
+    for r in 0..rep {
+        for i in 0..tq {
+            let row = (first_head + r) * tq + i;
+            let m = c.mask.map(|(m, mr)| mr.row(m, row));
+            scores_row(qr.row(q, row), (k, kr), grp * tk, c.scale, m, &mut s);
+            softmax_row(&s, &mut p);
+            let o = &mut o[(r * tq + i) * d..(r * tq + i + 1) * d];
+            for (j, &pj) in p.iter().enumerate() {
+                if pj != T::zero() {
+                    axpy(o, pj, vr.row(v, grp * tk + j));
+                }
+            }
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn fwd_group_avx2<T: Real>(c: &Ctx<'_, T>, grp: usize) {
+    fwd_group(c, grp)
+}
+
+/// Backward of one (batch, kv head) group: recomputes its probabilities and writes the
+/// q-gradient rows of its query heads and the k- and v-gradient rows of its kv head.
+#[inline(always)]
+fn bwd_group<T: Real>(c: &Ctx<'_, T>, grp: usize) {
+    let Dims {
+        b,
+        h,
+        kvh,
+        tq,
+        tk,
+        d,
+    } = c.dm;
+    let rep = c.dm.rep();
+    let ((q, qr), (k, kr), (v, vr)) = (c.q, c.k, c.v);
+    let Some((g, gr)) = c.g else { return };
+    let scale = c.scale;
+    let nq = b * h * tq * d;
+    let nk = b * kvh * tk * d;
+    let (bi, kv) = (grp / kvh, grp % kvh);
+    let first_head = bi * h + kv * rep;
+    // SAFETY: each group writes the q-gradient rows of its own query heads and the k- and
+    // v-gradient rows of its own kv head; no two groups share any of them.
+    let dq = unsafe { c.out.slice(first_head * tq * d, rep * tq * d) };
+    let dk = unsafe { c.out.slice(nq + grp * tk * d, tk * d) };
+    let dv = unsafe { c.out.slice(nq + nk + grp * tk * d, tk * d) };
+    let mut s = vec![T::zero(); tk];
+    let mut p = vec![T::zero(); tk];
+    let mut dp = vec![T::zero(); tk];
+    for r in 0..rep {
+        for i in 0..tq {
+            let row = (first_head + r) * tq + i;
+            let m = c.mask.map(|(m, mr)| mr.row(m, row));
+            let qi = qr.row(q, row);
+            let gi = gr.row(g, row);
+            scores_row(qi, (k, kr), grp * tk, scale, m, &mut s);
+            softmax_row(&s, &mut p);
+            // dP_ij = dO_i . v_j.
+            // Keys with zero probability contribute nothing below, so they are skipped.
+            for (j, (dp, &pj)) in dp.iter_mut().zip(&p).enumerate() {
+                *dp = if pj == T::zero() {
+                    T::zero()
+                } else {
+                    cpu::dot(gi, vr.row(v, grp * tk + j))
+                };
+            }
+            let dot = cpu::dot(&p, &dp);
+            let dqi = &mut dq[(r * tq + i) * d..(r * tq + i + 1) * d];
+            for j in 0..tk {
+                let pj = p[j];
+                if pj == T::zero() {
+                    continue;
+                }
+                // dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij); scores are scaled q.k.
+                let ds = pj * (dp[j] - dot) * scale;
+                let kj = kr.row(k, grp * tk + j);
+                axpy(dqi, ds, kj);
+                axpy(&mut dk[j * d..(j + 1) * d], ds, qi);
+                axpy(&mut dv[j * d..(j + 1) * d], pj, gi);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn bwd_group_avx2<T: Real>(c: &Ctx<'_, T>, grp: usize) {
+    bwd_group(c, grp)
 }
 
 fn fwd<T: Real>(
@@ -162,32 +301,20 @@ fn fwd<T: Real>(
     let rep = dm.rep();
     let scale = T::from_f64(scale);
     let mut out = vec![T::zero(); b * h * tq * d];
-    let base = SendPtr::new(&mut out);
+    let out_ptr = SendPtr::new(&mut out);
     with_mask::<T, _>(mask, dm, |mask| {
+        let ctx = Ctx {
+            q: (q, &qr),
+            k: (k, &kr),
+            v: (v, &vr),
+            g: None,
+            mask,
+            dm,
+            scale,
+            out: out_ptr,
+        };
         par_for(b * kvh, rep * tq * tk * d * 2, |grp| {
-            let (bi, kv) = (grp / kvh, grp % kvh);
-            let mut kt = vec![T::zero(); d * tk];
-            transpose_rows(k, &kr, grp * tk, tk, d, &mut kt);
-            let mut s = vec![T::zero(); tk];
-            let mut p = vec![T::zero(); tk];
-            let first_head = bi * h + kv * rep;
-            // SAFETY: each group writes only the rows of its own query heads, which no other
-            // group touches, and `out` outlives the parallel loop.
-            let o = unsafe { base.slice(first_head * tq * d, rep * tq * d) };
-            for r in 0..rep {
-                for i in 0..tq {
-                    let row = (first_head + r) * tq + i;
-                    let m = mask.map(|(m, mr)| mr.row(m, row));
-                    scores_row(qr.row(q, row), &kt, tk, scale, m, &mut s);
-                    softmax_row(&s, &mut p);
-                    let o = &mut o[(r * tq + i) * d..(r * tq + i + 1) * d];
-                    for (j, &pj) in p.iter().enumerate() {
-                        if pj != T::zero() {
-                            axpy(o, pj, vr.row(v, grp * tk + j));
-                        }
-                    }
-                }
-            }
+            multiversion!(fwd_group, fwd_group_avx2, &ctx, grp)
         });
         Ok(())
     })?;
@@ -229,52 +356,20 @@ fn bwd<T: Real>(
     let nq = b * h * tq * d;
     let nk = b * kvh * tk * d;
     let mut out = vec![T::zero(); nq + 2 * nk];
-    let base = SendPtr::new(&mut out);
+    let out_ptr = SendPtr::new(&mut out);
     with_mask::<T, _>(mask, dm, |mask| {
+        let ctx = Ctx {
+            q: (q, &qr),
+            k: (k, &kr),
+            v: (v, &vr),
+            g: Some((g, &gr)),
+            mask,
+            dm,
+            scale,
+            out: out_ptr,
+        };
         par_for(b * kvh, rep * tq * tk * d * 5, |grp| {
-            let (bi, kv) = (grp / kvh, grp % kvh);
-            let first_head = bi * h + kv * rep;
-            // SAFETY: each group writes the q-gradient rows of its own query heads and the k- and
-            // v-gradient rows of its own kv head; no two groups share any of them.
-            let dq = unsafe { base.slice(first_head * tq * d, rep * tq * d) };
-            let dk = unsafe { base.slice(nq + grp * tk * d, tk * d) };
-            let dv = unsafe { base.slice(nq + nk + grp * tk * d, tk * d) };
-            let mut kt = vec![T::zero(); d * tk];
-            let mut vt = vec![T::zero(); d * tk];
-            transpose_rows(k, &kr, grp * tk, tk, d, &mut kt);
-            transpose_rows(v, &vr, grp * tk, tk, d, &mut vt);
-            let mut s = vec![T::zero(); tk];
-            let mut p = vec![T::zero(); tk];
-            let mut dp = vec![T::zero(); tk];
-            for r in 0..rep {
-                for i in 0..tq {
-                    let row = (first_head + r) * tq + i;
-                    let m = mask.map(|(m, mr)| mr.row(m, row));
-                    let qi = qr.row(q, row);
-                    let gi = gr.row(g, row);
-                    scores_row(qi, &kt, tk, scale, m, &mut s);
-                    softmax_row(&s, &mut p);
-                    // dP_ij = dO_i . v_j, as axpys over the transposed values.
-                    dp.fill(T::zero());
-                    for (c, &gc) in gi.iter().enumerate() {
-                        axpy(&mut dp, gc, &vt[c * tk..(c + 1) * tk]);
-                    }
-                    let dot = cpu::dot(&p, &dp);
-                    let dqi = &mut dq[(r * tq + i) * d..(r * tq + i + 1) * d];
-                    for j in 0..tk {
-                        let pj = p[j];
-                        if pj == T::zero() {
-                            continue;
-                        }
-                        // dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij); scores are scaled q.k.
-                        let ds = pj * (dp[j] - dot) * scale;
-                        let kj = kr.row(k, grp * tk + j);
-                        axpy(dqi, ds, kj);
-                        axpy(&mut dk[j * d..(j + 1) * d], ds, qi);
-                        axpy(&mut dv[j * d..(j + 1) * d], pj, gi);
-                    }
-                }
-            }
+            multiversion!(bwd_group, bwd_group_avx2, &ctx, grp)
         });
         Ok(())
     })?;

@@ -64,7 +64,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
 }
 
 /// `sum(e^(x - shift))` over a slice, with eight independent accumulators so it vectorises.
-#[inline]
+#[inline(always)]
 pub(crate) fn sum_exp_shifted<T: Real>(x: &[T], shift: T) -> T {
     let mut acc = [T::zero(); 8];
     let chunks = x.chunks_exact(8);
@@ -85,7 +85,7 @@ pub(crate) fn sum_exp_shifted<T: Real>(x: &[T], shift: T) -> T {
 }
 
 /// Maximum of a slice (`-inf` for an empty one), with eight independent lanes.
-#[inline]
+#[inline(always)]
 pub(crate) fn max<T: Real>(x: &[T]) -> T {
     let mut acc = [T::neg_infinity(); 8];
     let chunks = x.chunks_exact(8);
@@ -105,7 +105,7 @@ pub(crate) fn max<T: Real>(x: &[T]) -> T {
 }
 
 /// Dot product of two slices with eight independent accumulators (see [`sum`]).
-#[inline]
+#[inline(always)]
 pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -129,7 +129,7 @@ pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 
 /// Sum of a slice with eight independent accumulators, so the additions vectorise (a single
 /// running sum is a serial dependency chain the compiler may not reorder).
-#[inline]
+#[inline(always)]
 pub(crate) fn sum<T: Real>(v: &[T]) -> T {
     let mut acc = [T::zero(); 8];
     let chunks = v.chunks_exact(8);
@@ -214,6 +214,13 @@ impl Rows {
         let o = self.offset(row);
         &data[o..o + self.row_len]
     }
+}
+
+/// True when the CPU has AVX2, checked once (the result is cached by the standard library).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2")
 }
 
 /// The typed slice of a CPU storage, with a clear error naming the tensor on a dtype mismatch.

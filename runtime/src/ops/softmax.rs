@@ -13,7 +13,7 @@ struct SoftmaxBwd;
 
 /// Writes `softmax(x)` into `o`; a row of all `-inf` gives zeros rather than NaN, so that fully
 /// masked rows do not poison a whole batch.
-#[inline]
+#[inline(always)]
 pub(crate) fn softmax_row<T: Real>(x: &[T], o: &mut [T]) {
     let max = cpu::max(x);
     if max == T::neg_infinity() {
