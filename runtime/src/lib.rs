@@ -3,3 +3,4 @@
 //! Depends on the plan crate only, never on the compiler.
 
 pub mod ops;
+pub mod train;
