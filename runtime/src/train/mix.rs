@@ -63,6 +63,24 @@ pub struct MixCursor {
     pub rng: RngState,
 }
 
+/// The factor that shrinks the replay sources so together they are at most `cap` times the RL
+/// sources' size (1 when they already are).
+fn coreset_scale(sources: &[SourceInfo], cap: f64) -> f64 {
+    let total = |role| -> f64 {
+        sources
+            .iter()
+            .filter(|s| s.role == role)
+            .map(|s| s.size as f64)
+            .sum()
+    };
+    let (rl, replay) = (total(SourceRole::Rl), total(SourceRole::Replay));
+    if replay > cap * rl {
+        cap * rl / replay
+    } else {
+        1.0
+    }
+}
+
 /// Draws sources step by step under a [`MixConfig`].
 #[derive(Debug, Clone)]
 pub struct Mixer {
@@ -117,26 +135,12 @@ impl Mixer {
                 if !(cap.is_finite() && *cap >= 0.0) {
                     return fail(format!("coreset: cap must be >= 0, got {cap}"));
                 }
-                let rl: f64 = sources
-                    .iter()
-                    .filter(|s| s.role == SourceRole::Rl)
-                    .map(|s| s.size as f64)
-                    .sum();
-                if rl == 0.0 {
+                if !sources.iter().any(|s| s.role == SourceRole::Rl) {
                     return fail(
                         "coreset: needs at least one RL source to cap replay against".into(),
                     );
                 }
-                let replay: f64 = sources
-                    .iter()
-                    .filter(|s| s.role == SourceRole::Replay)
-                    .map(|s| s.size as f64)
-                    .sum();
-                let scale = if replay > cap * rl {
-                    cap * rl / replay
-                } else {
-                    1.0
-                };
+                let scale = coreset_scale(&sources, *cap);
                 sources
                     .iter()
                     .map(|s| match s.role {
@@ -182,23 +186,7 @@ impl Mixer {
         let MixConfig::Coreset { cap } = self.config else {
             return vec![None; self.sources.len()];
         };
-        let rl: f64 = self
-            .sources
-            .iter()
-            .filter(|s| s.role == SourceRole::Rl)
-            .map(|s| s.size as f64)
-            .sum();
-        let replay: f64 = self
-            .sources
-            .iter()
-            .filter(|s| s.role == SourceRole::Replay)
-            .map(|s| s.size as f64)
-            .sum();
-        let scale = if replay > cap * rl {
-            cap * rl / replay
-        } else {
-            1.0
-        };
+        let scale = coreset_scale(&self.sources, cap);
         self.sources
             .iter()
             .map(|s| {
