@@ -16,6 +16,7 @@
 //!   divided by their count), `seq-mean-token-mean` (original GRPO: mean per sequence, then mean
 //!   over sequences), `seq-mean-token-sum-norm` (Dr. GRPO: sum over tokens divided by
 //!   `sequences * max_tokens`).
+//!
 //! Advantages are computed on the host in f64: rewards come from host-side verifiers, a batch
 //! holds tens of values, and f64 keeps the hand-checkable formulas exact.
 
@@ -213,7 +214,7 @@ pub fn group_advantages(
     if group < 2 {
         bail!("advantages: group must be >= 2, got {group}");
     }
-    if rewards.is_empty() || rewards.len() % group != 0 {
+    if rewards.is_empty() || !rewards.chunks_exact(group).remainder().is_empty() {
         bail!(
             "advantages: {} rewards do not split into groups of {group}",
             rewards.len()

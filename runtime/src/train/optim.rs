@@ -161,7 +161,7 @@ impl Grads {
     /// PyTorch's `clip_grad_norm_`: scales by `max_norm / (norm + 1e-6)` when that is below 1.
     /// Returns the norm before clipping.
     pub fn clip_global_norm(&mut self, max_norm: f64) -> Result<f64> {
-        if !(max_norm > 0.0) {
+        if max_norm.is_nan() || max_norm <= 0.0 {
             bail!("gradient clipping: max_norm must be > 0, got {max_norm}");
         }
         let norm = self.global_norm()?;

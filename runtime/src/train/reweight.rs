@@ -740,8 +740,8 @@ mod tests {
         ];
         let e = r.map(|v| (v / 2.0).exp());
         let total: f64 = e.iter().sum();
-        for k in 0..3 {
-            close(s3.keys[k].lambda, 3.0 * e[k] / total);
+        for (key, ek) in s3.keys.iter().zip(e) {
+            close(key.lambda, 3.0 * ek / total);
         }
     }
 
@@ -751,7 +751,7 @@ mod tests {
         let mut a = Reweighter::new(cfg.clone(), keys()).unwrap();
         let mut b = Reweighter::new(cfg, keys()).unwrap();
         let feed = |rw: &mut Reweighter, step: usize| {
-            if step % 2 == 0 {
+            if step & 1 == 0 {
                 rw.update(&["math"], &[("math.acc", 0.5), ("math.fmt", 1.0)])
                     .unwrap()
             } else {
