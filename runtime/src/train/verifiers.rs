@@ -1696,3 +1696,55 @@ mod tests {
         assert_eq!(back, config);
     }
 }
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use serde_json::json;
+
+    /// The benchmark's two rewards (leading-integer accuracy, starts-with-an-integer format)
+    /// over one step's 64 completions. Run:
+    /// `cargo test -p recap-runtime --lib verifiers::bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn benchmark_rewards_time() {
+        let acc = Verifier::new(
+            serde_json::from_value(
+                json!({"name": "acc", "kind": "numeric", "expected": "answer", "pick": "leading"}),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let fmt = Verifier::new(
+            serde_json::from_value(
+                json!({"name": "fmt", "kind": "regex", "pattern": r"^\s*-?\d+"}),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let fields = json!({"answer": "122"}).as_object().cloned().unwrap();
+        let completions: Vec<String> = (0..64)
+            .map(|i| format!("{}{}", 100 + i, "+7=abc"))
+            .collect();
+        let samples: Vec<Sample> = completions
+            .iter()
+            .map(|c| Sample {
+                id: "b",
+                prompt: "59+63=",
+                completion: c,
+                fields: &fields,
+                completion_tokens: None,
+            })
+            .collect();
+        let verifiers: [&dyn Verify; 2] = [&acc, &fmt];
+        let mut times = Vec::new();
+        for _ in 0..21 {
+            let start = std::time::Instant::now();
+            let table = score_batch(&verifiers, &samples);
+            assert_eq!(table.outcomes.len(), 64);
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        println!("2 verifiers x 64 completions: median {:.3} ms", times[10]);
+    }
+}
