@@ -219,6 +219,7 @@ mod tests {
                 source: "math".into(),
                 kind: KeyKind::Rl,
                 signal: Some(0.5),
+                last: Some(0.5),
                 history: 1,
                 c: 1.0,
                 i: 0.0,
