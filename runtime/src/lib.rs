@@ -2,4 +2,5 @@
 //! weights it names); gives a training run: metrics, samples and checkpoints in a run directory.
 //! Depends on the plan crate only, never on the compiler.
 
+pub mod gguf;
 pub mod ops;
