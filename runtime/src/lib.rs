@@ -2,5 +2,9 @@
 //! weights it names); gives a training run: metrics, samples and checkpoints in a run directory.
 //! Depends on the plan crate only, never on the compiler.
 
+pub mod checkpoint;
+pub mod generate;
 pub mod gguf;
+pub mod model;
 pub mod ops;
+pub mod tokenizer;
