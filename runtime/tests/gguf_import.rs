@@ -511,6 +511,11 @@ fn gguf_convert_in_memory_matches_the_written_directory() {
 fn import_error(file: &Path) -> (GgufError, String) {
     let out = file.with_extension("out");
     let err = gguf::import(file, &out).expect_err("the import should fail");
+    assert!(
+        !out.exists(),
+        "a failed import left {} behind",
+        out.display()
+    );
     let message = err.to_string();
     assert!(
         message.contains(&file.display().to_string()),

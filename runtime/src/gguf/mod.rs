@@ -169,7 +169,9 @@ pub struct ImportSummary {
 pub fn import(gguf_path: impl AsRef<Path>, out_dir: impl AsRef<Path>) -> Result<ImportSummary> {
     let gguf_path = gguf_path.as_ref();
     let out_dir = out_dir.as_ref();
-    prepare_out_dir(out_dir)?;
+    // The directory is checked before the (slow) conversion and created only after it, so a
+    // failed import leaves nothing behind.
+    check_out_dir(out_dir)?;
     let converted = convert(gguf_path)?;
     let files = converted.write(out_dir)?;
     let vocab_size = converted.config["vocab_size"].as_u64().unwrap_or(0) as usize;
@@ -347,8 +349,8 @@ impl Converted {
     }
 }
 
-/// Creates `out_dir`, or checks that it is an empty directory.
-fn prepare_out_dir(out_dir: &Path) -> Result<()> {
+/// Checks that `out_dir` is missing or an empty directory.
+fn check_out_dir(out_dir: &Path) -> Result<()> {
     let out_err = |message: String| GgufError::Output {
         path: out_dir.to_path_buf(),
         message,
@@ -363,10 +365,8 @@ fn prepare_out_dir(out_dir: &Path) -> Result<()> {
                 "the directory is not empty; choose a new one or empty it first".into(),
             ));
         }
-        Ok(())
-    } else {
-        std::fs::create_dir_all(out_dir).map_err(|e| out_err(e.to_string()))
     }
+    Ok(())
 }
 
 /// Turns a failure of candle's header reader into an error naming the file, and, when the cause
