@@ -34,7 +34,10 @@ fn run() -> Result<(), String> {
         let out = tmp.path().join("hf");
         let start = Instant::now();
         recap_runtime::gguf::import(model_arg, &out).map_err(|e| e.to_string())?;
-        println!("imported {model_arg} in {:.2} s", start.elapsed().as_secs_f64());
+        println!(
+            "imported {model_arg} in {:.2} s",
+            start.elapsed().as_secs_f64()
+        );
         _tmp = tmp;
         out
     } else {
@@ -56,7 +59,10 @@ fn run() -> Result<(), String> {
         let r = generate(&model, Some(&tok), std::slice::from_ref(&ids), 1, &cfg(n))
             .map_err(|e| e.to_string())?;
         if r.completion_ids[0].len() != n {
-            return Err(format!("generated {} tokens, not {n}", r.completion_ids[0].len()));
+            return Err(format!(
+                "generated {} tokens, not {n}",
+                r.completion_ids[0].len()
+            ));
         }
         Ok((start.elapsed().as_secs_f64(), r.texts[0].clone()))
     };
