@@ -258,7 +258,8 @@ pub fn generate(
     if !cfg.stop_strings.is_empty() && tokenizer.is_none() {
         return Err(ModelError::Invalid("stop strings need a tokenizer".into()));
     }
-    if !(cfg.greedy || cfg.temperature <= 0.0) && !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) {
+    let sampled = !(cfg.greedy || cfg.temperature <= 0.0);
+    if sampled && (cfg.top_p.is_nan() || cfg.top_p <= 0.0 || cfg.top_p > 1.0) {
         return Err(ModelError::Invalid(format!(
             "top_p must be in (0, 1], got {}",
             cfg.top_p
@@ -306,9 +307,7 @@ pub fn generate(
     for (r, pr) in prompts.iter().enumerate() {
         let start = p - pr.len();
         ids[r * p + start..(r + 1) * p].copy_from_slice(pr);
-        for j in start..p {
-            pad[r][j] = false;
-        }
+        pad[r][start..].fill(false);
     }
     let ids_t = Tensor::from_vec(ids, (b, p), &dev)?;
     let mask = padded_causal_mask(&pad, dt, &dev)?;

@@ -8,3 +8,4 @@ pub mod gguf;
 pub mod model;
 pub mod ops;
 pub mod tokenizer;
+pub mod alloc;

@@ -376,9 +376,7 @@ fn rollout_logprobs_match_the_logprob_pass() {
             assert!((policy[row][j] - lp).abs() < 1e-4, "row {row} token {j}");
             assert!((reference[row][j] - lp).abs() < 1e-4, "row {row} token {j}");
         }
-        for j in r.logprobs[row].len()..batch.completion_width {
-            assert_eq!(mask[row][j], 0.0);
-        }
+        assert!(mask[row][r.logprobs[row].len()..].iter().all(|&m| m == 0.0));
         match r.finish[row] {
             FinishReason::Eos => assert_eq!(*r.completion_ids[row].last().unwrap(), 2),
             FinishReason::Length => assert_eq!(r.completion_ids[row].len(), 10),
