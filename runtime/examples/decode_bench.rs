@@ -3,7 +3,8 @@
 //! one completion of exactly NEW_TOKENS tokens (default 128; end-of-sequence tokens do not stop
 //! it, so every run decodes the same number of steps) with the model's chat template, and prints
 //! prefill time and decode tokens per second (median of 3 runs after a warm-up). Build with
-//! `--release` for meaningful figures.
+//! `--release` for meaningful figures. The allocator is tuned as the runtime tunes it
+//! (`RECAP_NO_ALLOC_TUNING=1` measures with glibc's defaults).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,6 +16,8 @@ use recap_runtime::model::load_hf_dir;
 use recap_runtime::tokenizer::TextTokenizer;
 
 fn run() -> Result<(), String> {
+    let tuned = std::env::var_os("RECAP_NO_ALLOC_TUNING").is_none()
+        && recap_runtime::alloc::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(model_arg) = args.first() else {
         return Err("usage: decode_bench MODEL_DIR_OR_GGUF [NEW_TOKENS] [PROMPT]".into());
@@ -84,7 +87,8 @@ fn run() -> Result<(), String> {
     let decode_tokens = new_tokens.saturating_sub(1).max(1);
     println!(
         "prompt {} tokens, prefill (+1 token) {:.1} ms; {new_tokens} new tokens in {:.3} s: \
-         decode {:.1} tokens/s ({:.2} ms/token), end to end {:.1} tokens/s; threads {}",
+         decode {:.1} tokens/s ({:.2} ms/token), end to end {:.1} tokens/s; threads {}; \
+         allocator tuned: {tuned}",
         ids.len(),
         prefill * 1e3,
         full,
