@@ -13,17 +13,7 @@ fn main() -> ExitCode {
     let start = std::time::Instant::now();
     match recap_runtime::gguf::import(file, out) {
         Ok(s) => {
-            println!(
-                "imported {} ({:?}): {} tensors, {} parameters, vocab {}, tied {}, from {:?}, in {:.1} s",
-                s.source.display(),
-                s.architecture,
-                s.tensors,
-                s.parameters,
-                s.vocab_size,
-                s.tied_embeddings,
-                s.source_dtypes,
-                start.elapsed().as_secs_f64()
-            );
+            println!("{s} in {:.1} s", start.elapsed().as_secs_f64());
             for f in &s.files {
                 println!("  wrote {}", f.display());
             }

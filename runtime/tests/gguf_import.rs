@@ -369,6 +369,11 @@ fn gguf_llama_quantised_tensors_import_within_quantisation_error() {
     assert_eq!(summary.source_dtypes.get("Q8_0"), Some(&(1 + 3 * LAYERS)));
     assert_eq!(summary.source_dtypes.get("Q4_0"), Some(&(3 * LAYERS)));
     assert_eq!(summary.source_dtypes.get("F16"), Some(&LAYERS));
+    let line = summary.to_string();
+    assert!(
+        line.contains("llama model") && line.contains("7 Q8_0") && line.contains("tied"),
+        "{line}"
+    );
 
     let got = load_safetensors(&out);
     for (name, want) in &hf {

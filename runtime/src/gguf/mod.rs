@@ -164,6 +164,39 @@ pub struct ImportSummary {
     pub vocab_size: usize,
 }
 
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.gguf_name())
+    }
+}
+
+/// One line for the CLI: what was read, what it held, where it went.
+impl std::fmt::Display for ImportSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stored: Vec<String> = self
+            .source_dtypes
+            .iter()
+            .map(|(dtype, n)| format!("{n} {dtype}"))
+            .collect();
+        write!(
+            f,
+            "imported {} into {}: {} model, {} tensors ({}), {:.1}M parameters, vocabulary {}, {}",
+            self.source.display(),
+            self.out_dir.display(),
+            self.architecture,
+            self.tensors,
+            stored.join(", "),
+            self.parameters as f64 / 1e6,
+            self.vocab_size,
+            if self.tied_embeddings {
+                "tied embeddings"
+            } else {
+                "separate output head"
+            }
+        )
+    }
+}
+
 /// Converts the GGUF file at `gguf_path` into a Hugging Face directory at `out_dir` (created if
 /// missing; it must be empty if it exists, so nothing is overwritten by mistake).
 pub fn import(gguf_path: impl AsRef<Path>, out_dir: impl AsRef<Path>) -> Result<ImportSummary> {
