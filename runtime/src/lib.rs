@@ -5,6 +5,7 @@
 pub mod alloc;
 pub mod checkpoint;
 pub mod generate;
+pub mod gguf;
 pub mod model;
 pub mod ops;
 pub mod tokenizer;
