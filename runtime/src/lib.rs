@@ -2,4 +2,8 @@
 //! weights it names); gives a training run: metrics, samples and checkpoints in a run directory.
 //! Depends on the plan crate only, never on the compiler.
 
+pub mod checkpoint;
+pub mod generate;
+pub mod model;
 pub mod ops;
+pub mod tokenizer;

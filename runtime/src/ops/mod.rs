@@ -35,13 +35,32 @@ pub fn log_softmax_gather(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     reference::log_softmax_gather(logits, targets)
 }
 
+/// Scaled dot-product attention with grouped-query heads.
+/// `q`: (batch, heads, tq, head_dim); `k`, `v`: (batch, kv_heads, tk, head_dim) where heads is a
+/// multiple of kv_heads (query head i reads kv head i / (heads / kv_heads)); `mask`: optional
+/// additive mask broadcastable to (batch, heads, tq, tk). Gives (batch, heads, tq, head_dim).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    reference::attention(q, k, v, mask, scale)
+}
+
 /// The plain compositions of differentiable candle ops; fused kernels are tested against them.
 pub mod reference {
     use super::*;
 
     pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+        // Half-precision inputs are normalised in f32; f32 and f64 stay in their own precision
+        // so the f64 finite-difference tests measure the model, not a rounding step.
         let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
+        let x = match dtype {
+            DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
+            _ => x.clone(),
+        };
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
         normed.to_dtype(dtype)?.broadcast_mul(weight)
@@ -75,5 +94,27 @@ pub mod reference {
         let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
         let picked = shifted.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?;
         (picked - lse)?.squeeze(D::Minus1)
+    }
+
+    pub fn attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let (b, h, tq, d) = q.dims4()?;
+        let (_, kvh, tk, _) = k.dims4()?;
+        let rep = h / kvh;
+        // Query heads that share a kv head are stacked along the row axis, so one matmul per kv
+        // head serves the whole group without copying keys and values `rep` times.
+        let q = (q * scale)?.contiguous()?.reshape((b, kvh, rep * tq, d))?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, h, tq, tk))?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let p = super::softmax_last_dim(&scores)?.reshape((b, kvh, rep * tq, tk))?;
+        p.matmul(v)?.reshape((b, h, tq, d))
     }
 }

@@ -1,0 +1,81 @@
+//! Checkpoints in Hugging Face layout: takes a model (and optionally its tokenizer), gives a
+//! directory with `config.json`, `model.safetensors` (HF tensor names, f32, the tied head left
+//! out), `generation_config.json`, `tokenizer.json` and `tokenizer_config.json`, which
+//! transformers loads as is and [`crate::model::load_hf_dir`] loads back bit-exact.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::model::{Model, ModelError, Result};
+use crate::tokenizer::TextTokenizer;
+
+/// Writes `model` (and `tokenizer`) as an HF directory at `dir`, creating it if needed.
+pub fn save_hf_dir(
+    model: &Model,
+    tokenizer: Option<&TextTokenizer>,
+    dir: impl AsRef<Path>,
+) -> Result<()> {
+    let dir = dir.as_ref();
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let c = model.config();
+
+    let write_json = |name: &str, value: &Value| -> Result<()> {
+        let path = dir.join(name);
+        let text = serde_json::to_string_pretty(value).expect("JSON of a value");
+        std::fs::write(&path, text + "\n").map_err(|e| ModelError::io(&path, e))
+    };
+    write_json("config.json", &c.to_hf_json())?;
+
+    let mut generation = serde_json::Map::new();
+    generation.insert("_from_model_config".into(), json!(true));
+    if let Some(b) = c.bos_token_id {
+        generation.insert("bos_token_id".into(), json!(b));
+    }
+    let eos = if c.eos_token_ids.is_empty() {
+        tokenizer.map(|t| t.eos_ids.clone()).unwrap_or_default()
+    } else {
+        c.eos_token_ids.clone()
+    };
+    match eos.as_slice() {
+        [] => {}
+        [one] => {
+            generation.insert("eos_token_id".into(), json!(one));
+        }
+        many => {
+            generation.insert("eos_token_id".into(), json!(many));
+        }
+    }
+    if let Some(p) = c.pad_token_id.or(tokenizer.map(|t| t.pad_id)) {
+        generation.insert("pad_token_id".into(), json!(p));
+    }
+    write_json("generation_config.json", &Value::Object(generation))?;
+
+    let path = dir.join("model.safetensors");
+    let mut tensors = Vec::new();
+    for (name, t) in model.named_weights() {
+        let t = t
+            .detach()
+            .to_device(&candle_core::Device::Cpu)?
+            .to_dtype(model.dtype())?
+            .contiguous()?;
+        tensors.push((name, t));
+    }
+    // transformers refuses safetensors files without `format: pt` metadata.
+    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(metadata),
+        &path,
+    )
+    .map_err(|e| ModelError::Safetensors {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+
+    if let Some(t) = tokenizer {
+        t.save(dir)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,427 @@
+//! Rollouts: takes a model, B prompts (token ids) and sampling settings, gives G completions per
+//! prompt (token ids, texts, per-token log-probabilities, finish reasons) and packs them into a
+//! [`SequenceBatch`] for the loss.
+//!
+//! One batch does the whole job: prompts are left-padded with an explicit additive mask, each
+//! prompt is prefilled once and its KV cache repeated G times along the batch, then all B * G
+//! rows decode together on a no-grad path (detached weights, q/k/v and gate/up projections fused
+//! into one matmul each, a preallocated KV cache written in place). Sampling happens on the host
+//! from a `StdRng` seeded with `SamplingConfig::seed`, so a run repeats exactly.
+//!
+//! The log-probabilities returned are the policy's raw log-probabilities of the chosen tokens:
+//! `log_softmax(logits)` at temperature 1, before temperature, top-k or top-p are applied.
+
+use candle_core::{DType, Tensor};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::model::logprob::SequenceBatch;
+use crate::model::{linear, padded_causal_mask, Model, ModelError, Result};
+use crate::ops;
+use crate::tokenizer::TextTokenizer;
+
+/// How completions are sampled.
+#[derive(Debug, Clone)]
+pub struct SamplingConfig {
+    /// Completion length limit (tokens, EOS included).
+    pub max_new_tokens: usize,
+    /// Softmax temperature; 0 means greedy.
+    pub temperature: f64,
+    /// Nucleus sampling mass; 1 disables it.
+    pub top_p: f64,
+    /// Keep only the k most likely tokens; 0 disables it.
+    pub top_k: usize,
+    /// Always take the most likely token (ties go to the lowest id).
+    pub greedy: bool,
+    /// A row stops once its decoded completion contains one of these strings.
+    pub stop_strings: Vec<String>,
+    /// Token ids that end a row; empty means the tokenizer's EOS ids and the model config's.
+    pub eos_token_ids: Vec<u32>,
+    /// Seed of the host sampler.
+    pub seed: u64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        SamplingConfig {
+            max_new_tokens: 16,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            greedy: false,
+            stop_strings: Vec::new(),
+            eos_token_ids: Vec::new(),
+            seed: 0,
+        }
+    }
+}
+
+/// Why a row stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// It produced an EOS token (kept as its last token).
+    Eos,
+    /// Its text contains a stop string (the token that completed it is kept).
+    Stop,
+    /// It reached `max_new_tokens`.
+    Length,
+}
+
+/// The completions of one rollout. Row `r` answers prompt `r / group_size`.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    pub group_size: usize,
+    /// The B prompts, as given.
+    pub prompt_ids: Vec<Vec<u32>>,
+    /// B * G completions, up to and including the EOS or stop token.
+    pub completion_ids: Vec<Vec<u32>>,
+    /// Decoded completions (special tokens skipped).
+    pub texts: Vec<String>,
+    /// Raw policy log-probability (temperature 1, no top-k/top-p) of each completion token.
+    pub logprobs: Vec<Vec<f32>>,
+    pub finish: Vec<FinishReason>,
+}
+
+impl Rollout {
+    /// The prompt of row `r`.
+    pub fn prompt_of(&self, r: usize) -> &[u32] {
+        &self.prompt_ids[r / self.group_size]
+    }
+
+    /// Packs all rows for the log-prob pass and the loss.
+    pub fn to_batch(&self, pad_id: u32, device: &candle_core::Device) -> Result<SequenceBatch> {
+        let prompts: Vec<&[u32]> = (0..self.completion_ids.len())
+            .map(|r| self.prompt_of(r))
+            .collect();
+        let comps: Vec<&[u32]> = self.completion_ids.iter().map(Vec::as_slice).collect();
+        SequenceBatch::new(&prompts, &comps, pad_id, device)
+    }
+
+    /// Generated tokens in all rows.
+    pub fn num_tokens(&self) -> usize {
+        self.completion_ids.iter().map(Vec::len).sum()
+    }
+}
+
+/// A host-side sampler over logits rows; reproducible from its seed.
+pub struct Sampler {
+    rng: StdRng,
+}
+
+impl Sampler {
+    pub fn new(seed: u64) -> Sampler {
+        Sampler {
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// Picks a token from one row of raw logits; gives (token, raw log-probability).
+    pub fn sample(&mut self, logits: &[f32], cfg: &SamplingConfig) -> (u32, f32) {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = (logits
+            .iter()
+            .map(|&l| ((l - max) as f64).exp())
+            .sum::<f64>())
+        .ln() as f32
+            + max;
+        let token = if cfg.greedy || cfg.temperature <= 0.0 {
+            argmax(logits)
+        } else {
+            self.draw(logits, max, cfg)
+        };
+        (token as u32, logits[token] - lse)
+    }
+
+    fn draw(&mut self, logits: &[f32], max: f32, cfg: &SamplingConfig) -> usize {
+        let inv_t = 1.0 / cfg.temperature;
+        let weight = |i: usize| (((logits[i] - max) as f64) * inv_t).exp();
+        let filter = (cfg.top_k > 0 && cfg.top_k < logits.len()) || cfg.top_p < 1.0;
+        if !filter {
+            let total: f64 = (0..logits.len()).map(weight).sum();
+            let mut u = self.rng.random::<f64>() * total;
+            for i in 0..logits.len() {
+                u -= weight(i);
+                if u < 0.0 {
+                    return i;
+                }
+            }
+            return argmax(logits);
+        }
+        // Candidates sorted by probability (ties by id, so the order is deterministic).
+        let mut idx: Vec<usize> = (0..logits.len()).collect();
+        let by_prob = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+        if cfg.top_k > 0 && cfg.top_k < idx.len() {
+            idx.select_nth_unstable_by(cfg.top_k - 1, by_prob);
+            idx.truncate(cfg.top_k);
+        }
+        idx.sort_unstable_by(by_prob);
+        let weights: Vec<f64> = idx.iter().map(|&i| weight(i)).collect();
+        let mut total: f64 = weights.iter().sum();
+        if cfg.top_p < 1.0 {
+            let mut acc = 0.0;
+            let mut keep = weights.len();
+            for (j, w) in weights.iter().enumerate() {
+                acc += w;
+                if acc >= cfg.top_p * total {
+                    keep = j + 1;
+                    break;
+                }
+            }
+            idx.truncate(keep);
+            total = weights[..keep].iter().sum();
+        }
+        let mut u = self.rng.random::<f64>() * total;
+        for (j, &i) in idx.iter().enumerate() {
+            u -= weights[j];
+            if u < 0.0 {
+                return i;
+            }
+        }
+        idx[0]
+    }
+}
+
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Weights of one block laid out for decoding: q/k/v and gate/up concatenated, detached.
+struct DecodeLayer {
+    qkv_w: Tensor,
+    qkv_b: Option<Tensor>,
+    o_w: Tensor,
+    gate_up_w: Tensor,
+    down_w: Tensor,
+    input_norm: Tensor,
+    post_norm: Tensor,
+}
+
+fn decode_layers(model: &Model) -> candle_core::Result<Vec<DecodeLayer>> {
+    model
+        .weights
+        .layers
+        .iter()
+        .map(|w| {
+            let cw = |t: &Tensor| model.cw(&t.detach());
+            let qkv_w = Tensor::cat(&[cw(&w.q_w)?, cw(&w.k_w)?, cw(&w.v_w)?], 0)?;
+            let qkv_b = match (&w.q_b, &w.k_b, &w.v_b) {
+                (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[cw(q)?, cw(k)?, cw(v)?], 0)?),
+                _ => None,
+            };
+            Ok(DecodeLayer {
+                qkv_w,
+                qkv_b,
+                o_w: cw(&w.o_w)?,
+                gate_up_w: Tensor::cat(&[cw(&w.gate_w)?, cw(&w.up_w)?], 0)?,
+                down_w: cw(&w.down_w)?,
+                input_norm: cw(&w.input_norm)?,
+                post_norm: cw(&w.post_norm)?,
+            })
+        })
+        .collect()
+}
+
+/// Generates `group` completions for each prompt (token ids, already templated). `tokenizer`
+/// decodes texts and checks stop strings; without it texts are empty and stop strings are an
+/// error.
+pub fn generate(
+    model: &Model,
+    tokenizer: Option<&TextTokenizer>,
+    prompts: &[Vec<u32>],
+    group: usize,
+    cfg: &SamplingConfig,
+) -> Result<Rollout> {
+    let c = model.config().clone();
+    if prompts.is_empty() || group == 0 {
+        return Err(ModelError::Invalid(
+            "generate needs at least one prompt and group >= 1".into(),
+        ));
+    }
+    if let Some(r) = prompts.iter().position(Vec::is_empty) {
+        return Err(ModelError::Invalid(format!("prompt {r} is empty")));
+    }
+    if let Some(&bad) = prompts
+        .iter()
+        .flatten()
+        .find(|&&id| id as usize >= c.vocab_size)
+    {
+        return Err(ModelError::Invalid(format!(
+            "prompt token id {bad} is outside the vocabulary (size {})",
+            c.vocab_size
+        )));
+    }
+    if !cfg.stop_strings.is_empty() && tokenizer.is_none() {
+        return Err(ModelError::Invalid("stop strings need a tokenizer".into()));
+    }
+    if !(cfg.greedy || cfg.temperature <= 0.0) && !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) {
+        return Err(ModelError::Invalid(format!(
+            "top_p must be in (0, 1], got {}",
+            cfg.top_p
+        )));
+    }
+    let b = prompts.len();
+    let n = b * group;
+    let p = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let cap = p + cfg.max_new_tokens;
+    if cap > c.max_position_embeddings {
+        return Err(ModelError::Invalid(format!(
+            "prompt width {p} + max_new_tokens {} exceeds max_position_embeddings {}",
+            cfg.max_new_tokens, c.max_position_embeddings
+        )));
+    }
+    let mut eos: Vec<u32> = cfg.eos_token_ids.clone();
+    if eos.is_empty() {
+        eos.extend(c.eos_token_ids.iter().copied());
+        if let Some(t) = tokenizer {
+            eos.extend(t.eos_ids.iter().copied());
+        }
+    }
+    let pad_id = tokenizer.map(|t| t.pad_id).or(c.pad_token_id).unwrap_or(0);
+    let mut sampler = Sampler::new(cfg.seed);
+    let mut rollout = Rollout {
+        group_size: group,
+        prompt_ids: prompts.to_vec(),
+        completion_ids: vec![Vec::new(); n],
+        texts: vec![String::new(); n],
+        logprobs: vec![Vec::new(); n],
+        finish: vec![FinishReason::Length; n],
+    };
+    if cfg.max_new_tokens == 0 {
+        return Ok(rollout);
+    }
+
+    let view = model.detached_view();
+    let dev = model.device().clone();
+    let dt = model.compute_dtype();
+    let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+
+    // Prefill: the B prompts, left-padded, once each.
+    let mut ids = vec![pad_id; b * p];
+    let mut pad = vec![vec![true; p]; b];
+    for (r, pr) in prompts.iter().enumerate() {
+        let start = p - pr.len();
+        ids[r * p + start..(r + 1) * p].copy_from_slice(pr);
+        for j in start..p {
+            pad[r][j] = false;
+        }
+    }
+    let ids_t = Tensor::from_vec(ids, (b, p), &dev)?;
+    let mask = padded_causal_mask(&pad, dt, &dev)?;
+    let mut kv: Vec<(Tensor, Tensor)> = Vec::with_capacity(c.num_hidden_layers);
+    let mut x = view.embed(&ids_t)?;
+    for l in 0..c.num_hidden_layers {
+        x = view.block(l, &x, b, p, &mask, Some(&mut kv))?;
+    }
+    let last = x
+        .reshape((b, p, c.hidden_size))?
+        .narrow(1, p - 1, 1)?
+        .squeeze(1)?;
+    let last = ops::rms_norm(&last, &view.cw(&view.weights.norm)?, c.rms_norm_eps)?;
+    let prefill_logits: Vec<Vec<f32>> = view.logits(&last)?.to_vec2()?;
+
+    // Repeat each prompt's cache G times along the batch, into buffers with room for the
+    // completion, once; later steps write into them in place.
+    let rows: Vec<u32> = (0..n as u32).map(|r| r / group as u32).collect();
+    let rows = Tensor::from_vec(rows, n, &dev)?;
+    let mut caches = Vec::with_capacity(kv.len());
+    for (k, v) in &kv {
+        let grow = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let t = t.index_select(&rows, 0)?;
+            let room = Tensor::zeros((n, nkv, cap - p, hd), dt, &dev)?;
+            Tensor::cat(&[&t, &room], 2)
+        };
+        caches.push((grow(k)?, grow(v)?));
+    }
+    drop(kv);
+
+    // Additive key mask of each row: prompt padding is -inf for the whole rollout.
+    let mut key_mask = vec![0f32; n * cap];
+    for r in 0..n {
+        for j in 0..p {
+            if pad[r / group][j] {
+                key_mask[r * cap + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let key_mask = Tensor::from_vec(key_mask, (n, 1, 1, cap), &dev)?.to_dtype(dt)?;
+
+    let layers = decode_layers(&view)?;
+    let norm = view.cw(&view.weights.norm)?;
+    let head = view.cw(view.weights.lm_head.as_ref().unwrap_or(&view.weights.embed))?;
+    let embed = view.cw(&view.weights.embed)?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let (qd, kvd, inter) = (nh * hd, nkv * hd, c.intermediate_size);
+
+    let mut done = vec![false; n];
+    let mut next = vec![0u32; n];
+    let mut step_logits: Vec<Vec<f32>> = Vec::new();
+    for step in 0..cfg.max_new_tokens {
+        for r in 0..n {
+            if done[r] {
+                continue;
+            }
+            let row = if step == 0 {
+                &prefill_logits[r / group]
+            } else {
+                &step_logits[r]
+            };
+            let (tok, lp) = sampler.sample(row, cfg);
+            next[r] = tok;
+            rollout.completion_ids[r].push(tok);
+            rollout.logprobs[r].push(lp);
+            if eos.contains(&tok) {
+                done[r] = true;
+                rollout.finish[r] = FinishReason::Eos;
+            } else if let (false, Some(t)) = (cfg.stop_strings.is_empty(), tokenizer) {
+                let text = t.decode(&rollout.completion_ids[r], true)?;
+                if cfg.stop_strings.iter().any(|s| text.contains(s.as_str())) {
+                    done[r] = true;
+                    rollout.finish[r] = FinishReason::Stop;
+                }
+            }
+        }
+        if step + 1 == cfg.max_new_tokens || done.iter().all(|&d| d) {
+            break;
+        }
+        // Feed the sampled tokens (finished rows feed theirs too; their outputs are ignored).
+        let pos = p + step;
+        let ids = Tensor::from_vec(next.clone(), n, &dev)?;
+        let mut x = embed.index_select(&ids, 0)?;
+        let cos = view.rope.cos.narrow(0, pos, 1)?;
+        let sin = view.rope.sin.narrow(0, pos, 1)?;
+        let mask = key_mask.narrow(3, 0, pos + 1)?;
+        for (w, (ck, cv)) in layers.iter().zip(&caches) {
+            let h = ops::rms_norm(&x, &w.input_norm, c.rms_norm_eps)?;
+            let qkv = linear(&h, &w.qkv_w, w.qkv_b.as_ref())?;
+            let q = qkv.narrow(1, 0, qd)?.reshape((n, nh, 1, hd))?;
+            let k = qkv.narrow(1, qd, kvd)?.reshape((n, nkv, 1, hd))?;
+            let v = qkv.narrow(1, qd + kvd, kvd)?.reshape((n, nkv, 1, hd))?;
+            let q = ops::rope(&q, &cos, &sin)?;
+            let k = ops::rope(&k, &cos, &sin)?.contiguous()?;
+            ck.slice_set(&k, 2, pos)?;
+            cv.slice_set(&v.contiguous()?, 2, pos)?;
+            let keys = ck.narrow(2, 0, pos + 1)?;
+            let vals = cv.narrow(2, 0, pos + 1)?;
+            let y = ops::attention(&q, &keys, &vals, Some(&mask), scale)?;
+            let y = y.reshape((n, qd))?;
+            x = (x + linear(&y, &w.o_w, None)?)?;
+            let h = ops::rms_norm(&x, &w.post_norm, c.rms_norm_eps)?;
+            let gu = linear(&h, &w.gate_up_w, None)?;
+            let act = ops::swiglu(&gu.narrow(1, 0, inter)?, &gu.narrow(1, inter, inter)?)?;
+            x = (x + linear(&act, &w.down_w, None)?)?;
+        }
+        let h = ops::rms_norm(&x, &norm, c.rms_norm_eps)?;
+        step_logits = linear(&h, &head, None)?.to_dtype(DType::F32)?.to_vec2()?;
+    }
+    if let Some(t) = tokenizer {
+        for r in 0..n {
+            rollout.texts[r] = t.decode(&rollout.completion_ids[r], true)?;
+        }
+    }
+    Ok(rollout)
+}
