@@ -7,3 +7,4 @@ pub mod generate;
 pub mod model;
 pub mod ops;
 pub mod tokenizer;
+pub mod train;

@@ -1,0 +1,15 @@
+//! The training engine's self-contained parts: takes rewards, log-probabilities, histories and
+//! gradients; gives verifier outcomes, GRPO/SFT losses, objective weights, source draws,
+//! optimiser updates and per-step metric records.
+//!
+//! Each module carries its own small serde config structs so the plan can map onto them, and
+//! every stateful part (reweighters, mixers, optimisers, RNG) exposes a serialisable state for
+//! checkpoints, so a resumed run continues exactly.
+
+pub mod grpo;
+pub mod metrics;
+pub mod mix;
+pub mod optim;
+pub mod reweight;
+pub mod rng;
+pub mod verifiers;
