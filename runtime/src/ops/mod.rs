@@ -2,36 +2,75 @@
 //! always with a working backward pass.
 //!
 //! candle's fused ops (softmax_last_dim, rms_norm, rope) silently drop gradients, so every model
-//! and loss goes through these functions instead. They start as compositions of differentiable
-//! candle ops; fused CPU kernels with their own backward replace them one by one, each tested
-//! against the plain composition kept here as `reference`.
+//! and loss goes through these functions instead. On the CPU with f32 or f64 tensors each
+//! function runs a fused kernel (a candle `CustomOp` with its own backward, parallel over rows);
+//! on other devices and dtypes it runs the plain composition of differentiable candle ops kept
+//! here as `reference`, against which the fused kernels are tested. The backward passes of the
+//! fused kernels are not themselves differentiable (no second-order gradients).
+
+mod cpu;
+mod log_softmax;
+mod rms_norm;
+mod rope;
+mod softmax;
+mod swiglu;
+#[cfg(test)]
+mod tests;
 
 use candle_core::{DType, Result, Tensor, D};
 
+/// True when every tensor lives on the CPU in a dtype the fused kernels compute in.
+fn fused(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64))
+}
+
 /// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused(&[x, weight]) && x.dtype() == weight.dtype() {
+        let x = cpu::dense_last(x)?;
+        let weight = weight.contiguous()?;
+        return x.apply_op2(&weight, rms_norm::RmsNorm { eps });
+    }
     reference::rms_norm(x, weight, eps)
 }
 
-/// Softmax over the last dimension.
+/// Softmax over the last dimension. A row that is entirely `-inf` gives zeros on the fused path.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fused(&[x]) {
+        return cpu::dense_last(x)?.apply_op1(softmax::Softmax);
+    }
     reference::softmax_last_dim(x)
 }
 
 /// Rotary position embedding, non-interleaved (HF "rotate_half" layout).
 /// `x`: (batch, heads, seq, head_dim); `cos`, `sin`: (seq, head_dim / 2).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if fused(&[x, cos, sin]) && x.dtype() == cos.dtype() && x.dtype() == sin.dtype() {
+        let x = cpu::dense_last(x)?;
+        let (cos, sin) = (cpu::dense_last(cos)?, cpu::dense_last(sin)?);
+        return x.apply_op3(&cos, &sin, rope::Rope { inverse: false });
+    }
     reference::rope(x, cos, sin)
 }
 
 /// SwiGLU activation of the MLP: `silu(gate) * up`.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused(&[gate, up]) && gate.dtype() == up.dtype() {
+        let (gate, up) = (cpu::dense_last(gate)?, cpu::dense_last(up)?);
+        return gate.apply_op2(&up, swiglu::Swiglu);
+    }
     reference::swiglu(gate, up)
 }
 
 /// Log-probability of each target token: `log_softmax(logits)[.., target]`.
 /// `logits`: (batch, seq, vocab); `targets`: (batch, seq) u32. Gives (batch, seq) f32.
 pub fn log_softmax_gather(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if fused(&[logits]) && targets.device().is_cpu() {
+        let logits = cpu::dense_last(logits)?;
+        let targets = targets.contiguous()?;
+        return logits.apply_op2(&targets, log_softmax::LogSoftmaxGather);
+    }
     reference::log_softmax_gather(logits, targets)
 }
 
@@ -92,7 +131,9 @@ pub mod reference {
         let max = logits.max_keepdim(D::Minus1)?.detach();
         let shifted = logits.broadcast_sub(&max)?;
         let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        let picked = shifted.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?;
+        // candle's gather needs contiguous indices; targets are often a narrowed view of the ids.
+        let targets = targets.contiguous()?.unsqueeze(D::Minus1)?;
+        let picked = shifted.gather(&targets, D::Minus1)?;
         (picked - lse)?.squeeze(D::Minus1)
     }
 

@@ -1,0 +1,216 @@
+//! Fused RMSNorm on the CPU: takes `x` (..., hidden) and `weight` (hidden), gives
+//! `x / sqrt(mean(x^2) + eps) * weight` in one pass per row, and a backward that gives the
+//! gradients of `x` and `weight` in one more pass.
+
+use super::cpu::{dense_last, for_rows, for_rows_acc, slice, Real, Rows};
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+/// Forward op: `x` and `weight` in, the normalised `x` out (contiguous, same shape as `x`).
+pub(crate) struct RmsNorm {
+    pub eps: f64,
+}
+
+/// Backward op: `x`, `weight` and the output gradient in; gives a (rows + 1, hidden) tensor
+/// whose first rows are the gradient of `x` and whose last row is the gradient of `weight`
+/// (summed over rows), or only the `x` rows when `want_dw` is false.
+struct RmsNormBwd {
+    eps: f64,
+    want_dw: bool,
+}
+
+fn check_weight(rows: &Rows, w: &Layout) -> Result<Rows> {
+    let wr = Rows::new(w, "rms_norm weight")?;
+    if w.dims().len() != 1 || wr.row_len != rows.row_len {
+        bail!(
+            "rms_norm: weight must have shape ({}), got {:?}",
+            rows.row_len,
+            w.dims()
+        );
+    }
+    Ok(wr)
+}
+
+/// `1 / sqrt(mean(x^2) + eps)` of one row.
+#[inline]
+fn inv_rms<T: Real>(x: &[T], eps: T) -> T {
+    let mut ss = T::zero();
+    for &v in x {
+        ss += v * v;
+    }
+    let n = T::from_f64(x.len() as f64);
+    (ss / n + eps).sqrt().recip()
+}
+
+fn fwd<T: Real>(x: &[T], xl: &Layout, w: &[T], wl: &Layout, eps: f64) -> Result<Vec<T>> {
+    let rows = Rows::new(xl, "rms_norm input")?;
+    let wr = check_weight(&rows, wl)?;
+    let w = wr.row(w, 0);
+    let eps = T::from_f64(eps);
+    let mut out = vec![T::zero(); rows.n_rows * rows.row_len];
+    for_rows(&mut out, rows.row_len, |i, o| {
+        let x = rows.row(x, i);
+        let r = inv_rms(x, eps);
+        for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+            *o = x * r * w;
+        }
+    });
+    Ok(out)
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "recap-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match s1 {
+            CpuStorage::F32(x) => {
+                CpuStorage::F32(fwd(x, l1, slice(s2, "rms_norm weight")?, l2, self.eps)?)
+            }
+            CpuStorage::F64(x) => {
+                CpuStorage::F64(fwd(x, l1, slice(s2, "rms_norm weight")?, l2, self.eps)?)
+            }
+            s => bail!(
+                "rms_norm: fused kernel supports f32 and f64, got {:?}",
+                s.dtype()
+            ),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let want_dw = w.track_op();
+        let hidden = w.dim(0)?;
+        let n_rows = x.elem_count() / hidden.max(1);
+        let op = RmsNormBwd {
+            eps: self.eps,
+            want_dw,
+        };
+        let both = x.apply_op3_no_bwd(w, &dense_last(grad)?, &op)?;
+        let dx = both.narrow(0, 0, n_rows)?.reshape(x.shape())?;
+        let dw = if want_dw {
+            Some(both.narrow(0, n_rows, 1)?.reshape(hidden)?)
+        } else {
+            None
+        };
+        Ok((Some(dx), dw))
+    }
+}
+
+// The backward needs every input tensor and both flags of the op, so it takes them all.
+#[allow(clippy::too_many_arguments)]
+fn bwd<T: Real>(
+    x: &[T],
+    xl: &Layout,
+    w: &[T],
+    wl: &Layout,
+    g: &[T],
+    gl: &Layout,
+    eps: f64,
+    want_dw: bool,
+) -> Result<(Vec<T>, usize)> {
+    let rows = Rows::new(xl, "rms_norm input")?;
+    let wr = check_weight(&rows, wl)?;
+    let gr = Rows::new(gl, "rms_norm output gradient")?;
+    if gl.dims() != xl.dims() {
+        bail!(
+            "rms_norm backward: gradient shape {:?} differs from input shape {:?}",
+            gl.dims(),
+            xl.dims()
+        );
+    }
+    let w = wr.row(w, 0);
+    let h = rows.row_len;
+    let eps = T::from_f64(eps);
+    let hf = T::from_f64(h as f64);
+    let mut out = vec![T::zero(); (rows.n_rows + usize::from(want_dw)) * h];
+    let (dx, dw_row) = out.split_at_mut(rows.n_rows * h);
+    // dx_j = r * (g_j w_j) - r^3 / h * x_j * sum_i(g_i w_i x_i); dw_j = sum_rows g_j x_j r.
+    let partials = for_rows_acc(
+        dx,
+        h,
+        || {
+            if want_dw {
+                vec![T::zero(); h]
+            } else {
+                vec![]
+            }
+        },
+        |dw, i, dx| {
+            let x = rows.row(x, i);
+            let g = gr.row(g, i);
+            let r = inv_rms(x, eps);
+            let mut dot = T::zero();
+            for ((&g, &w), &x) in g.iter().zip(w).zip(x) {
+                dot += g * w * x;
+            }
+            let c = r * r * r * dot / hf;
+            for (((d, &g), &w), &x) in dx.iter_mut().zip(g).zip(w).zip(x) {
+                *d = r * g * w - c * x;
+            }
+            if want_dw {
+                for ((d, &g), &x) in dw.iter_mut().zip(g).zip(x) {
+                    *d += g * x * r;
+                }
+            }
+        },
+    );
+    if want_dw {
+        for p in partials {
+            for (d, v) in dw_row.iter_mut().zip(p) {
+                *d += v;
+            }
+        }
+    }
+    Ok((out, rows.n_rows + usize::from(want_dw)))
+}
+
+impl CustomOp3 for RmsNormBwd {
+    fn name(&self) -> &'static str {
+        "recap-rms-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let h = *l1.dims().last().unwrap_or(&0);
+        let (out, n) = match s1 {
+            CpuStorage::F32(x) => {
+                let w = slice(s2, "rms_norm weight")?;
+                let g = slice(s3, "rms_norm output gradient")?;
+                let (v, n) = bwd(x, l1, w, l2, g, l3, self.eps, self.want_dw)?;
+                (CpuStorage::F32(v), n)
+            }
+            CpuStorage::F64(x) => {
+                let w = slice(s2, "rms_norm weight")?;
+                let g = slice(s3, "rms_norm output gradient")?;
+                let (v, n) = bwd(x, l1, w, l2, g, l3, self.eps, self.want_dw)?;
+                (CpuStorage::F64(v), n)
+            }
+            s => bail!(
+                "rms_norm: fused kernel supports f32 and f64, got {:?}",
+                s.dtype()
+            ),
+        };
+        Ok((out, Shape::from((n, h))))
+    }
+}

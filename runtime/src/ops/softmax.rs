@@ -1,0 +1,116 @@
+//! Fused softmax over the last dimension on the CPU: takes `x` (..., n), gives `softmax(x)` in
+//! one pass per row, and a backward that gives `y * (dy - sum(dy * y))` from the output `y`.
+
+use super::cpu::{dense_last, for_rows, slice, Real, Rows};
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+
+/// Forward op: `x` in, `softmax(x)` over the last dimension out (contiguous).
+pub(crate) struct Softmax;
+
+/// Backward op: the forward output `y` and its gradient `dy` in, the gradient of `x` out.
+struct SoftmaxBwd;
+
+/// Writes `softmax(x)` into `o`; a row of all `-inf` gives zeros rather than NaN, so that fully
+/// masked rows do not poison a whole batch.
+#[inline]
+pub(crate) fn softmax_row<T: Real>(x: &[T], o: &mut [T]) {
+    let mut max = T::neg_infinity();
+    for &v in x {
+        max = num_traits::Float::max(max, v);
+    }
+    if max == T::neg_infinity() {
+        o.fill(T::zero());
+        return;
+    }
+    let mut sum = T::zero();
+    for (o, &v) in o.iter_mut().zip(x) {
+        let e = (v - max).exp();
+        *o = e;
+        sum += e;
+    }
+    let inv = sum.recip();
+    for o in o.iter_mut() {
+        *o *= inv;
+    }
+}
+
+fn fwd<T: Real>(x: &[T], xl: &Layout) -> Result<Vec<T>> {
+    let rows = Rows::new(xl, "softmax input")?;
+    let mut out = vec![T::zero(); rows.n_rows * rows.row_len];
+    for_rows(&mut out, rows.row_len, |i, o| {
+        softmax_row(rows.row(x, i), o)
+    });
+    Ok(out)
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "recap-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match s {
+            CpuStorage::F32(x) => CpuStorage::F32(fwd(x, l)?),
+            CpuStorage::F64(x) => CpuStorage::F64(fwd(x, l)?),
+            s => bail!(
+                "softmax: fused kernel supports f32 and f64, got {:?}",
+                s.dtype()
+            ),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2_no_bwd(&dense_last(grad)?, &SoftmaxBwd)?))
+    }
+}
+
+fn bwd<T: Real>(y: &[T], yl: &Layout, g: &[T], gl: &Layout) -> Result<Vec<T>> {
+    let yr = Rows::new(yl, "softmax output")?;
+    let gr = Rows::new(gl, "softmax output gradient")?;
+    if yl.dims() != gl.dims() {
+        bail!(
+            "softmax backward: gradient shape {:?} differs from output shape {:?}",
+            gl.dims(),
+            yl.dims()
+        );
+    }
+    let mut out = vec![T::zero(); yr.n_rows * yr.row_len];
+    for_rows(&mut out, yr.row_len, |i, o| {
+        let y = yr.row(y, i);
+        let g = gr.row(g, i);
+        let mut dot = T::zero();
+        for (&y, &g) in y.iter().zip(g) {
+            dot += y * g;
+        }
+        for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+            *o = y * (g - dot);
+        }
+    });
+    Ok(out)
+}
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "recap-softmax-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match s1 {
+            CpuStorage::F32(y) => CpuStorage::F32(bwd(y, l1, slice(s2, "softmax gradient")?, l2)?),
+            CpuStorage::F64(y) => CpuStorage::F64(bwd(y, l1, slice(s2, "softmax gradient")?, l2)?),
+            s => bail!(
+                "softmax: fused kernel supports f32 and f64, got {:?}",
+                s.dtype()
+            ),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
