@@ -8,3 +8,4 @@ pub mod model;
 pub mod ops;
 pub mod tokenizer;
 pub mod train;
+pub mod engine;
