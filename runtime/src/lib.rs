@@ -3,9 +3,9 @@
 //! Depends on the plan crate only, never on the compiler.
 
 pub mod checkpoint;
+pub mod engine;
 pub mod generate;
 pub mod model;
 pub mod ops;
 pub mod tokenizer;
 pub mod train;
-pub mod engine;

@@ -54,13 +54,32 @@ mod engine {
         let first: f64 = r[..4].iter().sum::<f64>() / 4.0;
         let last: f64 = r[22..].iter().sum::<f64>() / 8.0;
         eprintln!("first {first:.3} last {last:.3}: {r:?}");
-        assert!(last > first + 0.3, "reward did not rise: first {first:.3}, last {last:.3}");
+        assert!(
+            last > first + 0.3,
+            "reward did not rise: first {first:.3}, last {last:.3}"
+        );
         // The run directory holds the plan, one metrics line per step, samples and final weights.
         let lines = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
         assert_eq!(lines.lines().count(), 30);
         let first_line: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
-        for k in ["step", "stage", "source", "keys", "rewards", "advantage_std", "loss", "grad_norm", "lr", "generated_tokens", "tokens_per_s", "seconds"] {
-            assert!(first_line.get(k).is_some(), "metrics line lacks `{k}`: {first_line}");
+        for k in [
+            "step",
+            "stage",
+            "source",
+            "keys",
+            "rewards",
+            "advantage_std",
+            "loss",
+            "grad_norm",
+            "lr",
+            "generated_tokens",
+            "tokens_per_s",
+            "seconds",
+        ] {
+            assert!(
+                first_line.get(k).is_some(),
+                "metrics line lacks `{k}`: {first_line}"
+            );
         }
         assert!(first_line["keys"]["math.digit"]["lambda"].is_number());
         assert!(dir.path().join("plan.json").exists());
@@ -90,7 +109,10 @@ mod engine {
     fn resume_plan() -> Plan {
         let mut plan = presets::quickstart("unused", 3, 5);
         for st in &mut plan.stages {
-            st.train.checkpoint = Some(Checkpoint { every: 2, keep: Some(2) });
+            st.train.checkpoint = Some(Checkpoint {
+                every: 2,
+                keep: Some(2),
+            });
             st.train.prompts_per_step = 4;
             for e in &mut st.evals {
                 e.every = 3;
@@ -109,19 +131,39 @@ mod engine {
         let cut = tempfile::tempdir().unwrap();
         // Checkpoints fall on global steps 2 (warm-up step 2), 5 and 7 (RL steps 2 and 4).
         // Killed after global step 6, the run resumes from step 5 and redoes step 6.
-        let s = run(&plan, &RunOptions { stop_after: Some(6), ..opts(cut.path()) }).unwrap();
+        let s = run(
+            &plan,
+            &RunOptions {
+                stop_after: Some(6),
+                ..opts(cut.path())
+            },
+        )
+        .unwrap();
         assert_eq!(s.steps, 6);
         assert!(!cut.path().join("final").exists());
-        let resumed = run(&plan, &RunOptions { resume: Some(cut.path().to_path_buf()), ..opts(cut.path()) }).unwrap();
+        let resumed = run(
+            &plan,
+            &RunOptions {
+                resume: Some(cut.path().to_path_buf()),
+                ..opts(cut.path())
+            },
+        )
+        .unwrap();
         assert_eq!(resumed.steps, 8);
-        assert_eq!(resumed.metrics.len(), 3, "the resumed run continues from step 5");
+        assert_eq!(
+            resumed.metrics.len(),
+            3,
+            "the resumed run continues from step 5"
+        );
 
         assert_eq!(metrics_of(full.path()), metrics_of(cut.path()));
         let a = std::fs::read(full.path().join("final/model.safetensors")).unwrap();
         let b = std::fs::read(cut.path().join("final/model.safetensors")).unwrap();
         assert!(a == b, "final weights differ after resume");
         // Pruned to keep = 2.
-        let n = std::fs::read_dir(cut.path().join("checkpoints")).unwrap().count();
+        let n = std::fs::read_dir(cut.path().join("checkpoints"))
+            .unwrap()
+            .count();
         assert_eq!(n, 2);
     }
 
@@ -129,13 +171,20 @@ mod engine {
     fn engine_reports_bad_jsonl_line_with_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data.jsonl");
-        std::fs::write(&data, "{\"q\": \"1+1=\", \"answer\": \"2\"}\n\n{\"q\": \"2+2=\" \"answer\": 4}\n").unwrap();
+        std::fs::write(
+            &data,
+            "{\"q\": \"1+1=\", \"answer\": \"2\"}\n\n{\"q\": \"2+2=\" \"answer\": 4}\n",
+        )
+        .unwrap();
         let mut plan = format_plan(2, 1);
         plan.sources = vec![Source {
             name: "math".into(),
             spec: SourceSpec::Jsonl {
                 file: "data.jsonl".into(),
-                prompt: Template { text: "{q}".into(), placeholders: vec!["q".into()] },
+                prompt: Template {
+                    text: "{q}".into(),
+                    placeholders: vec!["q".into()],
+                },
                 limit: None,
                 shuffle: false,
             },
@@ -146,9 +195,16 @@ mod engine {
         assert!(msg.contains(&format!("{}:3", data.display())), "{msg}");
 
         // A row that lacks a template field is reported the same way.
-        std::fs::write(&data, "{\"q\": \"1+1=\", \"answer\": \"2\"}\n{\"question\": \"2+2=\", \"answer\": \"4\"}\n").unwrap();
+        std::fs::write(
+            &data,
+            "{\"q\": \"1+1=\", \"answer\": \"2\"}\n{\"question\": \"2+2=\", \"answer\": \"4\"}\n",
+        )
+        .unwrap();
         let msg = format!("{:#}", run(&seal(plan), &opts(dir.path())).unwrap_err());
-        assert!(msg.contains(&format!("{}:2", data.display())) && msg.contains("`q`"), "{msg}");
+        assert!(
+            msg.contains(&format!("{}:2", data.display())) && msg.contains("`q`"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -156,7 +212,15 @@ mod engine {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("run");
         let plan = presets::quickstart("unused", 3, 3);
-        let s = run(&plan, &RunOptions { dry_run: true, out: Some(out.clone()), ..opts(dir.path()) }).unwrap();
+        let s = run(
+            &plan,
+            &RunOptions {
+                dry_run: true,
+                out: Some(out.clone()),
+                ..opts(dir.path())
+            },
+        )
+        .unwrap();
         assert!(!out.exists());
         assert_eq!(s.costs.len(), 2);
         let rl = &s.costs[1];
@@ -179,7 +243,9 @@ mod engine {
             name: "main".into(),
             rollouts: vec![],
             objectives: vec![sft("recall", "copy", 8)],
-            reweight: Reweight::Static { weights: [("recall".to_string(), 0.5)].into() },
+            reweight: Reweight::Static {
+                weights: [("recall".to_string(), 0.5)].into(),
+            },
             mix: Mix::RoundRobin,
             train: train(1, 4, 1e-3, 1, "unused"),
             evals: vec![],

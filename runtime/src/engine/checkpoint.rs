@@ -57,7 +57,8 @@ pub fn write_atomic(dir: &Path, name: &str, fill: impl FnOnce(&Path) -> Result<(
     if dst.exists() {
         std::fs::remove_dir_all(&dst).with_context(|| format!("removing {}", dst.display()))?;
     }
-    std::fs::rename(&tmp, &dst).with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
+    std::fs::rename(&tmp, &dst)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
     Ok(())
 }
 
@@ -72,7 +73,13 @@ fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 }
 
 /// Saves a checkpoint after the step just taken and prunes old ones to `keep`.
-pub(crate) fn save(run_dir: &Path, ctx: &Ctx, rt: &StageRt, models: &Models, keep: Option<u64>) -> Result<()> {
+pub(crate) fn save(
+    run_dir: &Path,
+    ctx: &Ctx,
+    rt: &StageRt,
+    models: &Models,
+    keep: Option<u64>,
+) -> Result<()> {
     let root = run_dir.join("checkpoints");
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let stage = &ctx.plan.stages[rt.index];
@@ -94,7 +101,10 @@ pub(crate) fn save(run_dir: &Path, ctx: &Ctx, rt: &StageRt, models: &Models, kee
     let name = format!("step-{:06}", ctx.global_step);
     write_atomic(&root, &name, |dir| {
         crate::checkpoint::save_hf_dir(&models.policy, Some(&models.tok), dir)?;
-        save_tensors(&dir.join("optimizer.safetensors"), &rt.optim.state_tensors()?)?;
+        save_tensors(
+            &dir.join("optimizer.safetensors"),
+            &rt.optim.state_tensors()?,
+        )?;
         if let Some(r) = &models.reference {
             let ts: Vec<(String, Tensor)> = r
                 .named_weights()
@@ -126,7 +136,10 @@ fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for e in std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
         let e = e?;
         let name = e.file_name().to_string_lossy().to_string();
-        if let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(n) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             if e.path().join("trainer_state.json").exists() {
                 out.push((n, e.path()));
             }
@@ -142,17 +155,27 @@ pub fn newest(run_dir: &Path) -> Result<Option<Found>> {
         return Ok(None);
     };
     let path = dir.join("trainer_state.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let state: TrainerState =
-        serde_json::from_str(&text).with_context(|| format!("{}: not a trainer state", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a trainer state", path.display()))?;
     if state.format != STATE_FORMAT {
-        bail!("{}: trainer state format {} (this build reads {STATE_FORMAT})", path.display(), state.format);
+        bail!(
+            "{}: trainer state format {} (this build reads {STATE_FORMAT})",
+            path.display(),
+            state.format
+        );
     }
     Ok(Some(Found { dir, state }))
 }
 
 /// Restores the stage's state from a checkpoint (the policy weights were loaded from it already).
-pub(crate) fn restore(c: &Found, ctx: &mut Ctx, rt: &mut StageRt, models: &mut Models) -> Result<()> {
+pub(crate) fn restore(
+    c: &Found,
+    ctx: &mut Ctx,
+    rt: &mut StageRt,
+    models: &mut Models,
+) -> Result<()> {
     let s = &c.state;
     if s.plan_hash != ctx.plan.content_hash {
         bail!(
@@ -164,16 +187,26 @@ pub(crate) fn restore(c: &Found, ctx: &mut Ctx, rt: &mut StageRt, models: &mut M
     }
     let err = |e: String| anyhow!("{}: {e}", c.dir.display());
     rt.step = s.stage_step;
-    rt.optim
-        .restore(s.optimizer_t, &load_tensors(&c.dir.join("optimizer.safetensors"))?)?;
-    rt.reweighter.restore(s.reweighter.clone()).map_err(|e| err(e.to_string()))?;
+    rt.optim.restore(
+        s.optimizer_t,
+        &load_tensors(&c.dir.join("optimizer.safetensors"))?,
+    )?;
+    rt.reweighter
+        .restore(s.reweighter.clone())
+        .map_err(|e| err(e.to_string()))?;
     if s.lambdas.len() != rt.lambdas.len() {
-        return Err(err("the checkpoint's weights do not match the stage's keys".into()));
+        return Err(err(
+            "the checkpoint's weights do not match the stage's keys".into(),
+        ));
     }
     rt.lambdas = s.lambdas.clone();
-    rt.mixer.restore(s.mixer.clone()).map_err(|e| err(e.to_string()))?;
+    rt.mixer
+        .restore(s.mixer.clone())
+        .map_err(|e| err(e.to_string()))?;
     if s.data.len() != rt.readers.len() {
-        return Err(err("the checkpoint's data cursors do not match the stage's sources".into()));
+        return Err(err(
+            "the checkpoint's data cursors do not match the stage's sources".into(),
+        ));
     }
     for (r, cur) in rt.readers.iter_mut().zip(&s.data) {
         r.restore(cur.clone());

@@ -39,7 +39,11 @@ pub struct Dataset {
 
 /// Applies extractor steps to `start` (the whole text when the chain has no `field` step).
 /// Gives `None` when a step finds nothing.
-pub fn apply_extractor(ex: &Extractor, row: Option<&Map<String, Value>>, start: &str) -> Option<String> {
+pub fn apply_extractor(
+    ex: &Extractor,
+    row: Option<&Map<String, Value>>,
+    start: &str,
+) -> Option<String> {
     let mut current = start.to_string();
     for step in &ex.steps {
         current = match step {
@@ -52,7 +56,9 @@ pub fn apply_extractor(ex: &Extractor, row: Option<&Map<String, Value>>, start: 
                 let at = current.find(marker.as_str())?;
                 current[..at].trim().to_string()
             }
-            ExtractStep::Tag { name } => TextExtractor::Tag { name: name.clone() }.apply(&current)?,
+            ExtractStep::Tag { name } => {
+                TextExtractor::Tag { name: name.clone() }.apply(&current)?
+            }
             ExtractStep::LastNumber => TextExtractor::LastNumber.apply(&current)?,
             ExtractStep::FirstNumber => TextExtractor::FirstNumber.apply(&current)?,
             ExtractStep::Trim => current.trim().to_string(),
@@ -76,7 +82,9 @@ fn render(template: &Template, fields: &Map<String, Value>) -> std::result::Resu
     let mut out = template.text.clone();
     for name in &template.placeholders {
         let Some(v) = fields.get(name).and_then(value_text) else {
-            return Err(format!("the prompt template needs field `{name}`, which the row lacks"));
+            return Err(format!(
+                "the prompt template needs field `{name}`, which the row lacks"
+            ));
         };
         out = out.replace(&format!("{{{name}}}"), &v);
     }
@@ -134,10 +142,14 @@ impl Dataset {
     }
 }
 
-fn load_jsonl(source: &Source, path: &Path, prompt: &Template, limit: Option<u64>) -> Result<Vec<Row>> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!("source `{}`: cannot read {}", source.name, path.display())
-    })?;
+fn load_jsonl(
+    source: &Source,
+    path: &Path,
+    prompt: &Template,
+    limit: Option<u64>,
+) -> Result<Vec<Row>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("source `{}`: cannot read {}", source.name, path.display()))?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let lineno = i + 1;
@@ -151,7 +163,11 @@ fn load_jsonl(source: &Source, path: &Path, prompt: &Template, limit: Option<u64
         let value: Value = serde_json::from_str(line)
             .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", at()))?;
         let Value::Object(raw) = value else {
-            bail!("{}: expected a JSON object, found {}", at(), kind_of(&value));
+            bail!(
+                "{}: expected a JSON object, found {}",
+                at(),
+                kind_of(&value)
+            );
         };
         let fields = map_fields(source, &raw).map_err(|m| anyhow::anyhow!("{}: {m}", at()))?;
         let prompt = render(prompt, &fields).map_err(|m| anyhow::anyhow!("{}: {m}", at()))?;
@@ -176,7 +192,10 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 /// The raw fields overlaid with the source's mapped fields.
-fn map_fields(source: &Source, raw: &Map<String, Value>) -> std::result::Result<Map<String, Value>, String> {
+fn map_fields(
+    source: &Source,
+    raw: &Map<String, Value>,
+) -> std::result::Result<Map<String, Value>, String> {
     let mut fields = raw.clone();
     for (name, ex) in &source.fields {
         match apply_extractor(ex, Some(raw), "") {
@@ -194,7 +213,11 @@ fn map_fields(source: &Source, raw: &Map<String, Value>) -> std::result::Result<
     Ok(fields)
 }
 
-fn generated(source: &Source, i: usize, pairs: &[(&str, String)]) -> std::result::Result<Row, String> {
+fn generated(
+    source: &Source,
+    i: usize,
+    pairs: &[(&str, String)],
+) -> std::result::Result<Row, String> {
     let mut raw = Map::new();
     for (k, v) in pairs {
         raw.insert(k.to_string(), Value::String(v.clone()));
@@ -222,7 +245,13 @@ fn gen_rows(
 }
 
 /// `a+b=` problems with `digits`-digit operands drawn from `ops` (`+`, `-`, `*`).
-fn gen_arithmetic(source: &Source, count: u64, digits: u64, ops: &str, seed: u64) -> Result<Vec<Row>> {
+fn gen_arithmetic(
+    source: &Source,
+    count: u64,
+    digits: u64,
+    ops: &str,
+    seed: u64,
+) -> Result<Vec<Row>> {
     let ops: Vec<char> = ops.chars().filter(|c| "+-*".contains(*c)).collect();
     if ops.is_empty() || !(1..=9).contains(&digits) {
         bail!(
@@ -241,7 +270,10 @@ fn gen_arithmetic(source: &Source, count: u64, digits: u64, ops: &str, seed: u64
             '-' => a - b,
             _ => a * b,
         };
-        vec![("prompt", format!("{a}{op}{b}=")), ("answer", answer.to_string())]
+        vec![
+            ("prompt", format!("{a}{op}{b}=")),
+            ("answer", answer.to_string()),
+        ]
     })
 }
 
@@ -250,7 +282,12 @@ fn gen_sorting(source: &Source, count: u64, length: u64, seed: u64) -> Result<Ve
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     gen_rows(source, count, |_| {
         let mut xs: Vec<u32> = (0..length).map(|_| rng.random_range(0..10)).collect();
-        let join = |v: &[u32]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" ");
+        let join = |v: &[u32]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         let prompt = format!("sort: {}=", join(&xs));
         xs.sort_unstable();
         vec![("prompt", prompt), ("answer", join(&xs))]
@@ -306,7 +343,9 @@ impl Reader {
     fn reorder(&mut self) {
         self.order = (0..self.len).collect();
         if self.shuffle {
-            let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ self.cursor.epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut rng = ChaCha8Rng::seed_from_u64(
+                self.seed ^ self.cursor.epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
             self.order.shuffle(&mut rng);
         }
     }

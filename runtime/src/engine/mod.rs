@@ -163,12 +163,22 @@ fn load_tokenizer(path: &Path) -> Result<TextTokenizer> {
 }
 
 /// Builds the policy named by the plan (weights from `weights_dir` when resuming).
-fn build_policy(plan: &Plan, base: &Path, device: &Device, weights_dir: Option<&Path>) -> Result<Models> {
+fn build_policy(
+    plan: &Plan,
+    base: &Path,
+    device: &Device,
+    weights_dir: Option<&Path>,
+) -> Result<Models> {
     let spec = &plan
         .models
         .iter()
         .find(|m| m.name == plan.policy)
-        .ok_or_else(|| anyhow!("the plan's policy `{}` is not among its models", plan.policy))?
+        .ok_or_else(|| {
+            anyhow!(
+                "the plan's policy `{}` is not among its models",
+                plan.policy
+            )
+        })?
         .spec;
     let load = |dir: &Path, dtype: DType| -> Result<Model> {
         let mut m = load_hf_dir_with(
@@ -405,13 +415,18 @@ fn build_stage(
         Mix::Coreset { cap, .. } => (MixConfig::Coreset { cap: *cap }, seed),
         Mix::All => (MixConfig::All, seed),
     };
-    let mixer = Mixer::new(mix, infos, mix_seed).map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
+    let mixer =
+        Mixer::new(mix, infos, mix_seed).map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
     let readers = sources
         .iter()
         .enumerate()
         .map(|(i, s)| {
             let ds = &datasets[s];
-            Reader::new(ds.rows.len(), ds.shuffle, seed.wrapping_add(1000 * i as u64 + 1))
+            Reader::new(
+                ds.rows.len(),
+                ds.shuffle,
+                seed.wrapping_add(1000 * i as u64 + 1),
+            )
         })
         .collect();
     let keys = stage_keys(stage)?;
@@ -452,7 +467,11 @@ pub fn graph_order(plan: &Plan) -> Result<Vec<String>> {
     let mut out: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     for e in &plan.graph.edges {
         let (Some(a), Some(b)) = (idx(&e.from), idx(&e.to)) else {
-            bail!("the plan's graph has an edge {} -> {} to an unknown node", e.from, e.to);
+            bail!(
+                "the plan's graph has an edge {} -> {} to an unknown node",
+                e.from,
+                e.to
+            );
         };
         out[a].push(b);
         indeg[b] += 1;
@@ -491,25 +510,31 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
         (None, Some(o)) => o.clone(),
         (None, None) => resolve_path(base, &plan.stages[0].train.out),
     };
-    let resume = match &opts.resume {
-        Some(dir) => Some(
-            checkpoint::newest(dir)?
-                .ok_or_else(|| anyhow!("{}: no complete checkpoint to resume from", dir.display()))?,
-        ),
-        None => None,
-    };
+    let resume =
+        match &opts.resume {
+            Some(dir) => Some(checkpoint::newest(dir)?.ok_or_else(|| {
+                anyhow!("{}: no complete checkpoint to resume from", dir.display())
+            })?),
+            None => None,
+        };
 
     let mut datasets = BTreeMap::new();
     for s in &plan.sources {
         datasets.insert(s.name.clone(), Dataset::load(s, base)?);
     }
     let verifiers = rewards::build_verifiers(plan)?;
-    let mut models = build_policy(plan, base, &device, resume.as_ref().map(|c| c.dir.as_path()))?;
+    let mut models = build_policy(
+        plan,
+        base,
+        &device,
+        resume.as_ref().map(|c| c.dir.as_path()),
+    )?;
     for stage in &plan.stages {
         for o in &stage.objectives {
             if let ObjectiveSpec::Grpo { kl: Some(k), .. } = &o.spec {
                 match plan.models.iter().find(|m| m.name == k.reference) {
-                    Some(m) if matches!(&m.spec, ModelSpec::Frozen { of } if *of == plan.policy) => {}
+                    Some(m) if matches!(&m.spec, ModelSpec::Frozen { of } if *of == plan.policy) => {
+                    }
                     _ => bail!(
                         "objective `{}`: the KL reference `{}` must be frozen({})",
                         o.name,
@@ -527,7 +552,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
         device: device.clone(),
         datasets,
         verifiers,
-        run_rng: HostRng::new(plan.stages[0].train.seed ^ 0x5eed_0f_ec4b),
+        run_rng: HostRng::new(plan.stages[0].train.seed ^ 0x005e_ed0f_ec4b),
         out: None,
         global_step: 0,
         total_steps: plan.stages.iter().map(|s| s.train.steps).sum(),
@@ -594,7 +619,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
             let record = ctx.step(&mut rt, &mut models)?;
             summary.metrics.push(record);
             if let Some(ck) = &stage.train.checkpoint {
-                if ck.every > 0 && rt.step % ck.every == 0 {
+                if ck.every > 0 && rt.step.is_multiple_of(ck.every) {
                     checkpoint::save(&run_dir, &ctx, &rt, &models, ck.keep)?;
                 }
             }

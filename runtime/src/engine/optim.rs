@@ -26,7 +26,9 @@ pub fn lr_factor(s: &Schedule, step: u64, total: u64) -> f64 {
     match s.kind {
         ScheduleKind::Constant => 1.0,
         ScheduleKind::Linear => f + (1.0 - f) * (1.0 - progress),
-        ScheduleKind::Cosine => f + (1.0 - f) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        ScheduleKind::Cosine => {
+            f + (1.0 - f) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        }
     }
 }
 
@@ -50,7 +52,10 @@ impl Optim {
     pub fn new(spec: &Optimizer, vars: Vec<Var>) -> Result<Optim> {
         for v in &vars {
             if v.dtype() != DType::F32 {
-                bail!("the optimiser needs f32 master weights, found {:?}", v.dtype());
+                bail!(
+                    "the optimiser needs f32 master weights, found {:?}",
+                    v.dtype()
+                );
             }
         }
         let sizes: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
@@ -76,7 +81,8 @@ impl Optim {
 
     /// Bytes the optimiser state holds.
     pub fn state_bytes(&self) -> usize {
-        (self.m.iter().map(Vec::len).sum::<usize>() + self.v.iter().map(Vec::len).sum::<usize>()) * 4
+        (self.m.iter().map(Vec::len).sum::<usize>() + self.v.iter().map(Vec::len).sum::<usize>())
+            * 4
     }
 
     /// Clips the gradients to `clip` (0: no clipping) by global norm and applies one update at
@@ -154,10 +160,16 @@ impl Optim {
     pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
         for (i, m) in self.m.iter().enumerate() {
-            out.push((format!("m.{i}"), Tensor::from_slice(m, m.len(), &Device::Cpu)?));
+            out.push((
+                format!("m.{i}"),
+                Tensor::from_slice(m, m.len(), &Device::Cpu)?,
+            ));
         }
         for (i, v) in self.v.iter().enumerate() {
-            out.push((format!("v.{i}"), Tensor::from_slice(v, v.len(), &Device::Cpu)?));
+            out.push((
+                format!("v.{i}"),
+                Tensor::from_slice(v, v.len(), &Device::Cpu)?,
+            ));
         }
         Ok(out)
     }

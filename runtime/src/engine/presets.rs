@@ -167,7 +167,14 @@ pub fn arithmetic(name: &str, count: u64, digits: u64, seed: u64) -> Source {
 }
 
 pub fn copying(name: &str, count: u64, length: u64, seed: u64) -> Source {
-    generated(name, SourceSpec::Copying { count, length, seed })
+    generated(
+        name,
+        SourceSpec::Copying {
+            count,
+            length,
+            seed,
+        },
+    )
 }
 
 /// A plan with one graph node per declared thing and the edges of one step, in the shape the

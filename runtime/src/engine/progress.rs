@@ -139,9 +139,8 @@ impl Progress {
         };
         let bar = bar.then(|| {
             let b = ProgressBar::new(total);
-            if let Ok(style) = ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} eta {eta} {msg}",
-            ) {
+            if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} eta {eta} {msg}")
+            {
                 b.set_style(style);
             }
             b

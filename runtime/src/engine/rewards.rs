@@ -32,12 +32,14 @@ impl Verify for PlanVerifier {
 
     fn verify(&self, sample: &Sample) -> Outcome {
         let text = match &self.extract {
-            Some(ex) if !ex.steps.is_empty() => match apply_extractor(ex, Some(sample.fields), sample.completion) {
-                Some(t) => t,
-                // An answer the extractor cannot find is a wrong answer, as in TRL's reward
-                // functions; it is not "not applicable".
-                None => return Outcome::Score(0.0),
-            },
+            Some(ex) if !ex.steps.is_empty() => {
+                match apply_extractor(ex, Some(sample.fields), sample.completion) {
+                    Some(t) => t,
+                    // An answer the extractor cannot find is a wrong answer, as in TRL's reward
+                    // functions; it is not "not applicable".
+                    None => return Outcome::Score(0.0),
+                }
+            }
             _ => sample.completion.to_string(),
         };
         self.inner.verify(&Sample {
@@ -187,9 +189,13 @@ pub fn score_terms(
         for term in terms {
             let (mut sum, mut applied, mut reasons) = (0.0, false, Vec::new());
             for part in &term.parts {
-                let v = verifiers
-                    .get(&part.verifier)
-                    .ok_or_else(|| anyhow!("reward term `{}` names unknown verifier `{}`", term.name, part.verifier))?;
+                let v = verifiers.get(&part.verifier).ok_or_else(|| {
+                    anyhow!(
+                        "reward term `{}` names unknown verifier `{}`",
+                        term.name,
+                        part.verifier
+                    )
+                })?;
                 let outcome = match verify_caught(v, &sample) {
                     Ok(o) => o,
                     Err(f) => {
@@ -199,7 +205,9 @@ pub fn score_terms(
                     }
                 };
                 let outcome = match (&v.inner.config().kind, outcome) {
-                    (VerifierKind::LengthPenalty { .. }, Outcome::Score(s)) => Outcome::Score(1.0 + s),
+                    (VerifierKind::LengthPenalty { .. }, Outcome::Score(s)) => {
+                        Outcome::Score(1.0 + s)
+                    }
                     (_, o) => o,
                 };
                 match outcome {

@@ -17,8 +17,8 @@ use super::{num, objective_source, CostEstimate, Models, RunOptions, StageRt};
 use crate::generate::{generate, SamplingConfig};
 use crate::model::logprob::{reference_logprobs, token_logprobs, SequenceBatch};
 use crate::train::grpo::{
-    combine_rewards, group_advantages, grpo_loss, sft_loss, AdvantageScale, Advantages,
-    GrpoBatch, GrpoConfig, LossAggregation,
+    combine_rewards, group_advantages, grpo_loss, sft_loss, AdvantageScale, Advantages, GrpoBatch,
+    GrpoConfig, LossAggregation,
 };
 use crate::train::rng::HostRng;
 
@@ -50,7 +50,11 @@ struct Timing {
 }
 
 /// Adds one backward pass's gradients to the running sum.
-fn accumulate(acc: &mut Option<GradStore>, new: GradStore, vars: &[candle_core::Var]) -> Result<()> {
+fn accumulate(
+    acc: &mut Option<GradStore>,
+    new: GradStore,
+    vars: &[candle_core::Var],
+) -> Result<()> {
     match acc {
         None => *acc = Some(new),
         Some(a) => {
@@ -117,7 +121,10 @@ fn target_of(row: &Row) -> Result<String> {
             });
         }
     }
-    bail!("row {}: an SFT objective needs a `target` (or `answer`) field", row.id)
+    bail!(
+        "row {}: an SFT objective needs a `target` (or `answer`) field",
+        row.id
+    )
 }
 
 impl Ctx<'_> {
@@ -141,7 +148,8 @@ impl Ctx<'_> {
         let stage = &plan.stages[rt.index];
         let drawn = rt.mixer.next_draw();
         let drawn_names: Vec<String> = drawn.iter().map(|&i| rt.sources[i].clone()).collect();
-        let lr = rt.optim.base_lr() * super::optim::lr_factor(&stage.train.schedule, rt.step, stage.train.steps);
+        let lr = rt.optim.base_lr()
+            * super::optim::lr_factor(&stage.train.schedule, rt.step, stage.train.steps);
         let vars = models.policy.trainable_vars();
         let mut grads: Option<GradStore> = None;
         let mut tm = Timing::default();
@@ -153,7 +161,7 @@ impl Ctx<'_> {
         let mut samples = Vec::new();
         let write_samples = self.out.is_some()
             && self.opts.samples_every > 0
-            && (self.global_step + 1) % self.opts.samples_every == 0;
+            && (self.global_step + 1).is_multiple_of(self.opts.samples_every);
 
         for &si in &drawn {
             let src = rt.sources[si].clone();
@@ -161,7 +169,10 @@ impl Ctx<'_> {
                 .dry_prompts
                 .unwrap_or(stage.train.prompts_per_step as usize);
             let idx = rt.readers[si].next_batch(n_prompts);
-            let rows: Vec<Row> = idx.iter().map(|&i| self.datasets[&src].rows[i].clone()).collect();
+            let rows: Vec<Row> = idx
+                .iter()
+                .map(|&i| self.datasets[&src].rows[i].clone())
+                .collect();
             for o in stage
                 .objectives
                 .iter()
@@ -183,7 +194,9 @@ impl Ctx<'_> {
                             .rollouts
                             .iter()
                             .find(|r| &r.id == rollout)
-                            .ok_or_else(|| anyhow!("objective `{}` reads unknown rollout `{rollout}`", o.name))?;
+                            .ok_or_else(|| {
+                                anyhow!("objective `{}` reads unknown rollout `{rollout}`", o.name)
+                            })?;
                         let group = ro.group as usize;
                         let prompts: Vec<Vec<u32>> = rows
                             .iter()
@@ -191,8 +204,14 @@ impl Ctx<'_> {
                             .collect::<std::result::Result<_, _>>()?;
                         let t = Instant::now();
                         let seed = self.run_rng.next_u64();
-                        let roll = generate(&models.policy, Some(&models.tok), &prompts, group, &sampling(ro, seed))
-                            .with_context(|| format!("rollout `{}`", ro.id))?;
+                        let roll = generate(
+                            &models.policy,
+                            Some(&models.tok),
+                            &prompts,
+                            group,
+                            &sampling(ro, seed),
+                        )
+                        .with_context(|| format!("rollout `{}`", ro.id))?;
                         tm.rollout += t.elapsed().as_secs_f64();
                         gen_tokens += roll.num_tokens();
 
@@ -218,7 +237,12 @@ impl Ctx<'_> {
                             .map(|t| key_lambda(rt, &format!("{src}.{}", t.name)))
                             .collect();
                         let combined = combine_rewards(&table, &weights)?;
-                        let adv = group_advantages(&combined.total, group, to_scale(*scale), *drop_equal_groups)?;
+                        let adv = group_advantages(
+                            &combined.total,
+                            group,
+                            to_scale(*scale),
+                            *drop_equal_groups,
+                        )?;
                         let means = term_means(&table, terms.len());
                         tm.verify += t.elapsed().as_secs_f64();
 
@@ -242,9 +266,18 @@ impl Ctx<'_> {
                         let mut start = 0;
                         while start < n {
                             let end = (start + micro).min(n);
-                            let prompts_c: Vec<&[u32]> = (start..end).map(|r| roll.prompt_of(r)).collect();
-                            let comps_c: Vec<&[u32]> = roll.completion_ids[start..end].iter().map(Vec::as_slice).collect();
-                            let batch = SequenceBatch::new(&prompts_c, &comps_c, models.tok.pad_id, &self.device)?;
+                            let prompts_c: Vec<&[u32]> =
+                                (start..end).map(|r| roll.prompt_of(r)).collect();
+                            let comps_c: Vec<&[u32]> = roll.completion_ids[start..end]
+                                .iter()
+                                .map(Vec::as_slice)
+                                .collect();
+                            let batch = SequenceBatch::new(
+                                &prompts_c,
+                                &comps_c,
+                                models.tok.pad_id,
+                                &self.device,
+                            )?;
                             let sub = Advantages {
                                 values: adv.values[start..end].to_vec(),
                                 keep: adv.keep[start..end].to_vec(),
@@ -276,7 +309,11 @@ impl Ctx<'_> {
                                     k as f64 / kept_rows as f64
                                 }
                             };
-                            let l = if share == 1.0 { out.loss } else { (out.loss * share)? };
+                            let l = if share == 1.0 {
+                                out.loss
+                            } else {
+                                (out.loss * share)?
+                            };
                             loss_sum += l.to_scalar::<f32>()? as f64;
                             accumulate(&mut grads, l.backward()?, &vars)?;
                             if let Some(k) = out.stats.kl {
@@ -298,10 +335,17 @@ impl Ctx<'_> {
                         rec.insert("reward_mean".into(), num(adv.stats.reward_mean));
                         rec.insert("reward_std".into(), num(adv.stats.reward_std));
                         rec.insert("advantage_std".into(), num(adv.stats.advantage_std));
-                        rec.insert("zero_variance_groups".into(), json!(adv.stats.zero_variance_groups));
+                        rec.insert(
+                            "zero_variance_groups".into(),
+                            json!(adv.stats.zero_variance_groups),
+                        );
                         rec.insert(
                             "kl".into(),
-                            if beta > 0.0 { num(kl_sum / kl_tok.max(1) as f64) } else { Value::Null },
+                            if beta > 0.0 {
+                                num(kl_sum / kl_tok.max(1) as f64)
+                            } else {
+                                Value::Null
+                            },
                         );
                         rec.insert("clip_fraction".into(), num(clip_sum / kl_tok.max(1) as f64));
                         rec.insert("verifier_failures".into(), json!(failures.len()));
@@ -350,7 +394,12 @@ impl Ctx<'_> {
             }
         }
 
-        let grads = grads.ok_or_else(|| anyhow!("step {}: no objective produced a loss", self.global_step + 1))?;
+        let grads = grads.ok_or_else(|| {
+            anyhow!(
+                "step {}: no objective produced a loss",
+                self.global_step + 1
+            )
+        })?;
         let t = Instant::now();
         let info = rt.optim.step(&grads, lr, stage.train.grad_clip)?;
         drop(grads);
@@ -369,7 +418,7 @@ impl Ctx<'_> {
 
         let mut evals = Map::new();
         for e in &stage.evals {
-            if self.dry_prompts.is_some() || (e.every > 0 && rt.step % e.every == 0) {
+            if self.dry_prompts.is_some() || (e.every > 0 && rt.step.is_multiple_of(e.every)) {
                 let t = Instant::now();
                 evals.insert(e.name.clone(), Value::Object(self.probe(e, models)?));
                 tm.probe += t.elapsed().as_secs_f64();
@@ -396,7 +445,11 @@ impl Ctx<'_> {
         rec.insert("stage_step".into(), json!(rt.step));
         rec.insert(
             "source".into(),
-            if drawn_names.len() == 1 { json!(drawn_names[0]) } else { json!(drawn_names) },
+            if drawn_names.len() == 1 {
+                json!(drawn_names[0])
+            } else {
+                json!(drawn_names)
+            },
         );
         rec.insert("keys".into(), Value::Object(keys));
         rec.insert("rewards".into(), Value::Object(rewards));
@@ -404,7 +457,10 @@ impl Ctx<'_> {
         rec.insert("grad_norm".into(), num(info.grad_norm));
         rec.insert("lr".into(), num(lr));
         rec.insert("generated_tokens".into(), json!(gen_tokens));
-        rec.insert("tokens_per_s".into(), num(gen_tokens as f64 / seconds.max(1e-9)));
+        rec.insert(
+            "tokens_per_s".into(),
+            num(gen_tokens as f64 / seconds.max(1e-9)),
+        );
         rec.insert("seconds".into(), num(seconds));
         rec.insert(
             "time".into(),
@@ -436,7 +492,10 @@ impl Ctx<'_> {
             .datasets
             .get(&e.source)
             .ok_or_else(|| anyhow!("probe `{}` reads unknown source `{}`", e.name, e.source))?;
-        let mut n = e.limit.map_or(ds.rows.len(), |l| l as usize).min(ds.rows.len());
+        let mut n = e
+            .limit
+            .map_or(ds.rows.len(), |l| l as usize)
+            .min(ds.rows.len());
         if let Some(d) = self.dry_prompts {
             n = n.min(d);
         }
@@ -483,7 +542,14 @@ impl Ctx<'_> {
             .iter()
             .zip(sums)
             .map(|(t, (s, c)): (&RewardTerm, _)| {
-                (t.name.clone(), if c > 0 { num(s / c as f64) } else { Value::Null })
+                (
+                    t.name.clone(),
+                    if c > 0 {
+                        num(s / c as f64)
+                    } else {
+                        Value::Null
+                    },
+                )
             })
             .collect())
     }
@@ -523,7 +589,11 @@ pub(crate) fn estimate(
         let e = per_source.entry(src.clone()).or_default();
         match &o.spec {
             ObjectiveSpec::Grpo { rollout, kl, .. } => {
-                let ro = stage.rollouts.iter().find(|r| &r.id == rollout).ok_or_else(|| anyhow!("unknown rollout `{rollout}`"))?;
+                let ro = stage
+                    .rollouts
+                    .iter()
+                    .find(|r| &r.id == rollout)
+                    .ok_or_else(|| anyhow!("unknown rollout `{rollout}`"))?;
                 let rows = p * ro.group as usize;
                 let seq = plen + ro.max_tokens as usize;
                 e.0 += rows * ro.max_tokens as usize;
@@ -534,7 +604,9 @@ pub(crate) fn estimate(
                 e.3 = e.3.max(seq);
             }
             ObjectiveSpec::Sft { max_tokens, .. } => {
-                let tlen = mean_len(&src, &|r| Ok(models.tok.encode(&target_of(r)?, false)?.len() + 1))?;
+                let tlen = mean_len(&src, &|r| {
+                    Ok(models.tok.encode(&target_of(r)?, false)?.len() + 1)
+                })?;
                 let seq = plen + tlen.min(*max_tokens as usize);
                 e.1 += p * seq;
                 e.3 = e.3.max(seq);
@@ -543,11 +615,22 @@ pub(crate) fn estimate(
     }
     // One source per step unless `mix all`: the estimate is the most expensive source.
     let (gen, fb, reft, seq) = if matches!(stage.mix, recap_plan::Mix::All) {
-        per_source.values().fold((0, 0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3.max(b.3)))
+        per_source.values().fold((0, 0, 0, 0), |a, b| {
+            (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3.max(b.3))
+        })
     } else {
-        per_source.values().copied().max_by_key(|v| v.1).unwrap_or_default()
+        per_source
+            .values()
+            .copied()
+            .max_by_key(|v| v.1)
+            .unwrap_or_default()
     };
-    let params: usize = models.policy.trainable_vars().iter().map(|v| v.elem_count()).sum();
+    let params: usize = models
+        .policy
+        .trainable_vars()
+        .iter()
+        .map(|v| v.elem_count())
+        .sum();
     // Saved activations per token and layer: norms, q/k/v/o, the MLP's three projections and
     // the SwiGLU product, attention probabilities; plus the logits of the final projection.
     let per_token = c.num_hidden_layers
@@ -560,7 +643,11 @@ pub(crate) fn estimate(
         reference_tokens: reft,
         weight_bytes: params * 4,
         optimizer_bytes: rt.optim.state_bytes(),
-        reference_bytes: if models.reference.is_some() && reft > 0 { params * 4 } else { 0 },
+        reference_bytes: if models.reference.is_some() && reft > 0 {
+            params * 4
+        } else {
+            0
+        },
         activation_bytes: fb * per_token * 4,
         dry_step_seconds,
     })
