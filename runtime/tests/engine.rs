@@ -82,6 +82,8 @@ mod engine {
             );
         }
         assert!(first_line["keys"]["math.digit"]["lambda"].is_number());
+        // No KL term is declared, so no reference model is loaded and no KL is logged.
+        assert!(first_line["kl"].is_null());
         assert!(dir.path().join("plan.json").exists());
         assert!(dir.path().join("final/model.safetensors").exists());
         let samples = std::fs::read_to_string(dir.path().join("samples.jsonl")).unwrap();
@@ -156,7 +158,12 @@ mod engine {
             "the resumed run continues from step 5"
         );
 
-        assert_eq!(metrics_of(full.path()), metrics_of(cut.path()));
+        let full_metrics = metrics_of(full.path());
+        assert_eq!(full_metrics.len(), 8);
+        // The RL stage declares a KL term against the frozen copy taken when it started.
+        let kl = full_metrics.iter().filter(|m| m["kl"].is_number()).count();
+        assert!(kl > 0);
+        assert_eq!(full_metrics, metrics_of(cut.path()));
         let a = std::fs::read(full.path().join("final/model.safetensors")).unwrap();
         let b = std::fs::read(cut.path().join("final/model.safetensors")).unwrap();
         assert!(a == b, "final weights differ after resume");

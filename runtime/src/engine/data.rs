@@ -370,3 +370,160 @@ impl Reader {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn src(spec: SourceSpec) -> Source {
+        Source {
+            name: "s".into(),
+            spec,
+            fields: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn generators_are_seeded_and_correct() {
+        let a = Dataset::load(
+            &src(SourceSpec::Arithmetic {
+                count: 50,
+                digits: 2,
+                ops: "+-*".into(),
+                seed: 4,
+            }),
+            Path::new("."),
+        )
+        .unwrap();
+        let b = Dataset::load(
+            &src(SourceSpec::Arithmetic {
+                count: 50,
+                digits: 2,
+                ops: "+-*".into(),
+                seed: 4,
+            }),
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(a.rows, b.rows);
+        for r in &a.rows {
+            let p = r.prompt.trim_end_matches('=');
+            let op = p.find(['+', '-', '*']).unwrap();
+            let (x, y): (i64, i64) = (p[..op].parse().unwrap(), p[op + 1..].parse().unwrap());
+            let want = match &p[op..op + 1] {
+                "+" => x + y,
+                "-" => x - y,
+                _ => x * y,
+            };
+            assert_eq!(
+                r.fields["answer"],
+                Value::String(want.to_string()),
+                "{}",
+                r.prompt
+            );
+        }
+        let s = Dataset::load(
+            &src(SourceSpec::Sorting {
+                count: 5,
+                length: 4,
+                seed: 1,
+            }),
+            Path::new("."),
+        )
+        .unwrap();
+        for r in &s.rows {
+            let ans: Vec<u32> = r.fields["answer"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .map(|x| x.parse().unwrap())
+                .collect();
+            assert!(ans.windows(2).all(|w| w[0] <= w[1]) && ans.len() == 4);
+        }
+        let c = Dataset::load(
+            &src(SourceSpec::Copying {
+                count: 5,
+                length: 3,
+                seed: 1,
+            }),
+            Path::new("."),
+        )
+        .unwrap();
+        for r in &c.rows {
+            let t = r.fields["target"].as_str().unwrap();
+            assert_eq!(r.prompt, format!("copy: {t}="));
+        }
+    }
+
+    #[test]
+    fn extractor_chains_apply_in_order() {
+        let row: Map<String, Value> =
+            serde_json::from_str(r#"{"answer": "so #### 42 ", "n": 7}"#).unwrap();
+        let ex = |steps: Vec<ExtractStep>| Extractor { steps };
+        let f = |n: &str| ExtractStep::Field { name: n.into() };
+        assert_eq!(
+            apply_extractor(
+                &ex(vec![
+                    f("answer"),
+                    ExtractStep::After {
+                        marker: "####".into()
+                    }
+                ]),
+                Some(&row),
+                ""
+            ),
+            Some("42".into())
+        );
+        assert_eq!(
+            apply_extractor(&ex(vec![f("n")]), Some(&row), ""),
+            Some("7".into())
+        );
+        assert_eq!(
+            apply_extractor(&ex(vec![f("missing")]), Some(&row), ""),
+            None
+        );
+        assert_eq!(
+            apply_extractor(
+                &ex(vec![
+                    ExtractStep::Before { marker: "=".into() },
+                    ExtractStep::Trim
+                ]),
+                None,
+                " 3+4 = 7"
+            ),
+            Some("3+4".into())
+        );
+        assert_eq!(
+            apply_extractor(
+                &ex(vec![
+                    ExtractStep::Tag {
+                        name: "answer".into()
+                    },
+                    ExtractStep::FirstNumber
+                ]),
+                None,
+                "x <answer>12 and 5</answer>"
+            ),
+            Some("12".into())
+        );
+    }
+
+    #[test]
+    fn reader_wraps_epochs_and_restores() {
+        let mut r = Reader::new(5, true, 9);
+        let first: Vec<usize> = r.next_batch(5);
+        let mut sorted = first.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![0, 1, 2, 3, 4]);
+        let _ = r.next_batch(3);
+        let saved = r.cursor.clone();
+        assert_eq!(saved, DataCursor { epoch: 1, pos: 3 });
+        let next = r.next_batch(4);
+        let mut again = Reader::new(5, true, 9);
+        again.restore(saved);
+        assert_eq!(again.next_batch(4), next);
+        let mut plain = Reader::new(3, false, 9);
+        assert_eq!(plain.next_batch(4), vec![0, 1, 2, 0]);
+    }
+}

@@ -645,3 +645,46 @@ pub(crate) fn num(x: f64) -> Value {
         Value::Null
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graph_cycles_and_devices_are_reported() {
+        let mut plan = presets::quickstart("x", 1, 1);
+        let order = graph_order(&plan).unwrap();
+        let pos = |id: &str| order.iter().position(|n| n == id).unwrap();
+        assert!(pos("source.math") < pos("rl.mixer") && pos("rl.mixer") < pos("rl.optimizer"));
+        plan.graph.edges.push(recap_plan::Edge {
+            from: "rl.metrics".into(),
+            to: "rl.mixer".into(),
+        });
+        assert!(graph_order(&plan)
+            .unwrap_err()
+            .to_string()
+            .contains("cycle"));
+        assert!(parse_device("tpu").is_err());
+        assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
+    }
+
+    #[test]
+    fn keys_and_static_weights_follow_objectives() {
+        let plan = presets::quickstart("x", 1, 1);
+        let rl = &plan.stages[1];
+        let keys = stage_keys(rl).unwrap();
+        let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["math.accuracy", "math.format", "copy"]);
+        let mut st = rl.clone();
+        st.reweight = Reweight::Static {
+            weights: [("reasoning".to_string(), 2.0), ("copy".to_string(), 0.5)].into(),
+        };
+        let ReweightConfig::Static { weights } = reweight_config(&st, &keys) else {
+            panic!("static expected");
+        };
+        assert_eq!(weights["math.accuracy"], 2.0);
+        assert_eq!(weights["math.format"], 2.0);
+        assert_eq!(weights["copy"], 0.5);
+        assert!(stage_needs_reference(rl) && !stage_needs_reference(&plan.stages[0]));
+    }
+}

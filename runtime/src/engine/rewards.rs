@@ -228,3 +228,137 @@ pub fn score_terms(
     }
     Ok((table, failures))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recap_plan::{Expected, ExtractStep, Verifier, WeightedVerifier};
+
+    fn verifiers() -> BTreeMap<String, PlanVerifier> {
+        let vs = vec![
+            Verifier {
+                name: "acc".into(),
+                spec: VerifierSpec::Numeric {
+                    expected: Expected {
+                        field: "answer".into(),
+                    },
+                    extract: Extractor {
+                        steps: vec![ExtractStep::FirstNumber],
+                    },
+                    tolerance: 1e-6,
+                },
+            },
+            Verifier {
+                name: "fmt".into(),
+                spec: VerifierSpec::Regex {
+                    pattern: r"^\d".into(),
+                    extract: Extractor { steps: vec![] },
+                },
+            },
+            Verifier {
+                name: "short".into(),
+                spec: VerifierSpec::LengthPenalty {
+                    max_tokens: 10,
+                    target: Some(4),
+                },
+            },
+        ];
+        vs.iter()
+            .map(|v| (v.name.clone(), build_verifier(v).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn terms_combine_weighted_verifiers() {
+        let vs = verifiers();
+        let terms = vec![
+            RewardTerm {
+                name: "r".into(),
+                parts: vec![
+                    WeightedVerifier {
+                        weight: 1.0,
+                        verifier: "acc".into(),
+                    },
+                    WeightedVerifier {
+                        weight: 0.1,
+                        verifier: "fmt".into(),
+                    },
+                ],
+            },
+            RewardTerm {
+                name: "len".into(),
+                parts: vec![WeightedVerifier {
+                    weight: 1.0,
+                    verifier: "short".into(),
+                }],
+            },
+        ];
+        let with = |a: &str| -> Map<String, Value> {
+            serde_json::from_str(&format!(r#"{{"answer": "{a}"}}"#)).unwrap()
+        };
+        let (f42, none) = (with("42"), Map::new());
+        let items = [
+            Judged {
+                id: "a",
+                prompt: "",
+                completion: "42 ok",
+                fields: &f42,
+                tokens: 4,
+            },
+            Judged {
+                id: "b",
+                prompt: "",
+                completion: "x 42",
+                fields: &f42,
+                tokens: 7,
+            },
+            Judged {
+                id: "c",
+                prompt: "",
+                completion: "7",
+                fields: &f42,
+                tokens: 12,
+            },
+            Judged {
+                id: "d",
+                prompt: "",
+                completion: "7",
+                fields: &none,
+                tokens: 1,
+            },
+        ];
+        let (t, failures) = score_terms(&vs, &terms, &items).unwrap();
+        assert!(failures.is_empty());
+        let s = |i: usize, j: usize| t[i][j].score();
+        assert_eq!(s(0, 0), Some(1.1));
+        assert_eq!(s(1, 0), Some(1.0));
+        assert_eq!(s(2, 0), Some(0.1));
+        // No `answer`: accuracy does not apply, format still does.
+        assert_eq!(s(3, 0), Some(0.1));
+        // 1 up to 4 tokens, 0.5 at 7, 0 beyond 10.
+        assert_eq!(s(0, 1), Some(1.0));
+        assert!((s(1, 1).unwrap() - 0.5).abs() < 1e-12);
+        assert_eq!(s(2, 1), Some(0.0));
+    }
+
+    #[test]
+    fn unknown_verifier_in_a_term_is_an_error() {
+        let terms = vec![RewardTerm {
+            name: "r".into(),
+            parts: vec![WeightedVerifier {
+                weight: 1.0,
+                verifier: "nope".into(),
+            }],
+        }];
+        let f = Map::new();
+        let items = [Judged {
+            id: "a",
+            prompt: "",
+            completion: "",
+            fields: &f,
+            tokens: 0,
+        }];
+        let err = score_terms(&verifiers(), &terms, &items).err().unwrap();
+        assert!(err.to_string().contains("nope"));
+    }
+}
