@@ -3,16 +3,22 @@
 //! checked `recap_plan::Plan` and its dataflow graph. Pure: no IO, no runtime dependency, never
 //! panics on any input.
 //!
-//! This file fixes the public API that the CLI codes against. The implementation behind it is
-//! filled in by the front-end work.
+//! This file fixes the public API that the CLI codes against. The stages, one module each:
+//! `parse` (text -> AST), `resolve` (AST -> scopes and evaluation order), `typecheck` (values
+//! checked against the stdlib signatures), `validate` (semantic rules), `lower` (-> Plan) and
+//! `dag` (the plan's dataflow graph).
 
 pub mod ast;
+pub mod codes;
+pub mod dag;
 pub mod diagnostic;
+pub mod lower;
 pub mod parse;
 pub mod resolve;
 pub mod stdlib;
 pub mod typecheck;
 pub mod types;
+pub mod validate;
 
 pub use parse::parse;
 
@@ -61,16 +67,50 @@ impl CheckOutput {
 }
 
 /// Checks one pipeline file. `file_name` is used only inside the plan (for provenance).
-pub fn check(
-    _file_name: &str,
-    _source: &str,
-    _options: &CheckOptions,
-    _host: &dyn Host,
-) -> CheckOutput {
-    CheckOutput {
-        diagnostics: Vec::new(),
-        plan: None,
+pub fn check(file_name: &str, source: &str, options: &CheckOptions, host: &dyn Host) -> CheckOutput {
+    let mut diagnostics = Vec::new();
+    let std = stdlib::stdlib();
+    for e in &std.errors {
+        diagnostics.push(
+            Diagnostic::error(
+                "recap::internal::stdlib",
+                format!("internal error, please report: {e}"),
+            )
+            .with_help("this is a bug in recapc's stdlib; please report it"),
+        );
     }
+    let (file, parse_diags) = parse::parse_partial(source);
+    let parse_failed = parse_diags.iter().any(|d| d.severity == Severity::Error);
+    diagnostics.extend(parse_diags);
+    // The items that did parse are still resolved and checked, so one run reports as much as
+    // it can; unknown-name errors caused by items lost to a syntax error are the price.
+    let resolved = resolve::resolve(&file, &options.overrides, !parse_failed, &mut diagnostics);
+    let typed = typecheck::typecheck(&resolved, &mut diagnostics);
+    let has_errors = |d: &[Diagnostic]| d.iter().any(|x| x.severity == Severity::Error);
+    let mut plan = None;
+    if !parse_failed {
+        let validated = validate::validate(&resolved, &typed, options, host, &mut diagnostics);
+        if !has_errors(&diagnostics) {
+            match lower::lower(file_name, &resolved, &typed, &validated) {
+                Ok(p) => plan = Some(p),
+                Err(d) => diagnostics.push(d),
+            }
+        }
+    }
+    finish(&mut diagnostics);
+    CheckOutput { diagnostics, plan }
+}
+
+/// Sorts diagnostics into source order and drops exact repeats (a top-level `train` field is
+/// checked once per stage).
+fn finish(diags: &mut Vec<Diagnostic>) {
+    let mut seen = std::collections::HashSet::new();
+    diags.retain(|d| seen.insert((d.code.clone(), d.primary_span(), d.message.clone())));
+    diags.sort_by_key(|d| {
+        let s = d.primary_span();
+        // Whole-file diagnostics (no label) come first.
+        (!d.labels.is_empty(), s.start, s.end)
+    });
 }
 
 /// Graph output formats of `recapc graph`.
@@ -82,16 +122,22 @@ pub enum GraphFormat {
 }
 
 /// Renders the dataflow graph of a plan.
-pub fn render_graph(_plan: &recap_plan::Plan, _format: GraphFormat) -> String {
-    String::new()
+pub fn render_graph(plan: &recap_plan::Plan, format: GraphFormat) -> String {
+    dag::render(plan, format)
 }
 
 /// The long explanation of a diagnostic code, for `recapc explain CODE`.
-pub fn explain(_code: &str) -> Option<&'static str> {
-    None
+pub fn explain(code: &str) -> Option<&'static str> {
+    codes::CODES.iter().find(|(c, _)| *c == code).map(|(_, text)| *text)
 }
 
 /// Every diagnostic code the compiler can emit, for docs and tests.
 pub fn all_codes() -> Vec<&'static str> {
-    Vec::new()
+    codes::CODES.iter().map(|(c, _)| *c).collect()
+}
+
+/// Documentation of every stdlib function and enum (signature and doc comment), for
+/// `recapc explain`, hover, completion and the reference docs.
+pub fn stdlib_docs() -> Vec<stdlib::StdlibDoc> {
+    stdlib::docs()
 }

@@ -36,6 +36,15 @@ pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
     DETAIL.get_or_init(|| pest::set_error_detail(true));
     let mut items = Vec::new();
     let mut diags = Vec::new();
+    if let Some(d) = too_deep(source) {
+        return (
+            File {
+                items,
+                span: Span::new(0, source.len()),
+            },
+            vec![d],
+        );
+    }
     let mut pos = 0usize;
     while let Some(rest) = source.get(pos..) {
         if RecapParser::parse(Rule::blank_rest, rest).is_ok() {
@@ -74,6 +83,67 @@ pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
         },
         diags,
     )
+}
+
+/// How deeply brackets and prefix minus signs may nest. The parser and the checker recurse
+/// once per level; real pipelines nest a handful of levels, and the limit keeps hostile input
+/// from overflowing the stack.
+pub const MAX_NESTING: usize = 100;
+
+/// A `recap::parse::too_deep` error when brackets or `-` prefixes nest beyond `MAX_NESTING`.
+/// Strings and comments are skipped; the scan is linear.
+fn too_deep(source: &str) -> Option<Diagnostic> {
+    let bytes = source.as_bytes();
+    let mut depth = 0usize;
+    let mut minus_run = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes.get(i).copied().unwrap_or(b' ');
+        match b {
+            b'#' => {
+                while i < bytes.len() && bytes.get(i) != Some(&b'\n') {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes.get(i) != Some(&b'"') {
+                    if bytes.get(i) == Some(&b'\\') {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                minus_run = 0;
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                minus_run = 0;
+            }
+            b')' | b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                minus_run = 0;
+            }
+            b'-' => minus_run += 1,
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            _ => minus_run = 0,
+        }
+        if depth + minus_run > MAX_NESTING {
+            let at = if source.is_char_boundary(i) { i } else { 0 };
+            return Some(Diagnostic {
+                code: "recap::parse::too_deep".into(),
+                severity: Severity::Error,
+                message: format!("expressions nest more than {MAX_NESTING} levels deep"),
+                labels: vec![Label {
+                    span: Span::new(at, (at + 1).min(source.len())),
+                    message: "too deep here".into(),
+                }],
+                help: Some("split the expression with `let` declarations".into()),
+            });
+        }
+        i += 1;
+    }
+    None
 }
 
 const ITEM_KEYWORDS: &[&str] = &[
@@ -192,34 +262,60 @@ fn found_at(source: &str, at: usize) -> String {
 }
 
 fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diagnostic {
-    let rel = match e.location {
+    let mut rel = match e.location {
         pest::error::InputLocation::Pos(p) => p,
         pest::error::InputLocation::Span((s, _)) => s,
     };
-    let at = base + rel;
     let mut expected: Vec<String> = Vec::new();
     let mut push = |w: String| {
         if !expected.contains(&w) {
             expected.push(w);
         }
     };
-    if let pest::error::ErrorVariant::ParsingError { positives, .. } = &e.variant {
-        for r in positives {
-            if let Some(w) = rule_words(*r) {
-                push(w.to_string());
-            }
-        }
-    }
+    let mut use_rules = true;
     if let Some(attempts) = e.parse_attempts() {
+        // Literal tokens (`=`, `)`) are tracked only as attempts; when they got further than
+        // any rule, the error is where they were expected.
+        if attempts.max_position > rel {
+            rel = attempts.max_position;
+            use_rules = false;
+        }
         for t in attempts.expected_tokens() {
-            // Only punctuation is worth naming here: keyword spellings are covered by the
-            // rule words above, and character ranges would read as noise.
             let t = t.to_string();
             let t = t.trim();
-            if !t.is_empty() && t.len() <= 2 && !t.chars().any(|c| c.is_ascii_alphanumeric()) {
+            if t == "#" || t.is_empty() {
+                continue;
+            }
+            if t.contains("..") {
+                if t.starts_with('0') {
+                    push("a number".into());
+                } else {
+                    push("a name".into());
+                }
+            } else if t.len() <= 2 && !t.chars().any(|c| c.is_ascii_alphanumeric()) {
                 push(format!("`{t}`"));
             }
         }
+    }
+    if use_rules {
+        if let pest::error::ErrorVariant::ParsingError { positives, .. } = &e.variant {
+            for r in positives {
+                if let Some(w) = rule_words(*r) {
+                    push(w.to_string());
+                }
+            }
+        }
+    }
+    let at = base + rel;
+    if expected.iter().any(|w| w == "an expression") {
+        // Every way an expression can start is summed up by "an expression".
+        let starts = ["a name", "a number", "`\"`", "`(`", "`-`", "`[`"];
+        expected.retain(|w| !starts.contains(&w.as_str()));
+    }
+    expected.retain(|w| w != "`_`");
+    if expected.iter().any(|w| w == "an operator") {
+        let ops = ["`+`", "`-`", "`*`", "`/`"];
+        expected.retain(|w| !ops.contains(&w.as_str()));
     }
     expected.sort_by_key(|w| (w.starts_with('`'), w.clone()));
     let found = found_at(source, at);
@@ -228,7 +324,10 @@ fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diag
     } else if expected.len() == 1 {
         format!("expected {}, found {found}", expected[0])
     } else {
-        let (last, init) = expected.split_last().map(|(l, i)| (l.clone(), i.to_vec())).unwrap_or_default();
+        let (last, init) = expected
+            .split_last()
+            .map(|(l, i)| (l.clone(), i.to_vec()))
+            .unwrap_or_default();
         format!("expected {} or {last}, found {found}", init.join(", "))
     };
     let end = source
@@ -256,7 +355,9 @@ fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diag
 
 fn span_of(pair: &Pair<Rule>, base: usize) -> Span {
     let s = pair.as_span();
-    Span::new(base + s.start(), base + s.end())
+    // A safety net: a rule never ends in the whitespace before an absent optional part.
+    let trimmed = pair.as_str().trim_end().len();
+    Span::new(base + s.start(), base + s.start() + trimmed)
 }
 
 /// The text of the `##` lines directly above byte offset `start`.
@@ -346,6 +447,9 @@ fn build_item(pair: Pair<Rule>, base: usize, source: &str) -> PResult<Item> {
                 Some(r) => Some(build_range(r, base)?),
                 None => None,
             };
+            if let Some(extra) = c.next_if(Rule::range) {
+                return Err(once_only(&extra, base, "range"));
+            }
             ItemKind::Param {
                 name,
                 ty,
@@ -375,6 +479,9 @@ fn build_item(pair: Pair<Rule>, base: usize, source: &str) -> PResult<Item> {
                 Some(b) => Some(build_block(b, base)?),
                 None => None,
             };
+            if let Some(extra) = c.next_if(Rule::block) {
+                return Err(once_only(&extra, base, "block"));
+            }
             ItemKind::Decl {
                 kind,
                 kind_span,
@@ -399,6 +506,10 @@ fn build_item(pair: Pair<Rule>, base: usize, source: &str) -> PResult<Item> {
                 Some(b) => Some(build_block(b, base)?),
                 None => None,
             };
+            if let Some(extra) = c.inner.next() {
+                let what = if extra.as_rule() == Rule::block { "block" } else { "value" };
+                return Err(once_only(&extra, base, what));
+            }
             ItemKind::Setting {
                 kind,
                 kind_span,
@@ -448,20 +559,34 @@ fn build_item(pair: Pair<Rule>, base: usize, source: &str) -> PResult<Item> {
     })
 }
 
+fn once_only(pair: &Pair<Rule>, base: usize, what: &str) -> Box<Diagnostic> {
+    err(
+        "recap::parse::syntax",
+        span_of(pair, base),
+        format!("a second {what} here"),
+        "one too many",
+        "an item takes at most one value, one block and one range, in that order",
+    )
+}
+
 fn build_param_sig(pair: Pair<Rule>, base: usize) -> PResult<ParamSig> {
     let span = span_of(&pair, base);
     let mut c = Children::new(pair, base);
     let variadic = c.next_if(Rule::variadic).is_some();
     let name = ident(c.next()?, base);
     let ty = build_type(c.next()?, base)?;
-    let default = match c.next_if(Rule::expr) {
-        Some(e) => Some(build_expr(e, base)?),
-        None => None,
-    };
-    let range = match c.next_if(Rule::range) {
-        Some(r) => Some(build_range(r, base)?),
-        None => None,
-    };
+    let mut default = None;
+    let mut range = None;
+    for part in c.inner.by_ref() {
+        match part.as_rule() {
+            Rule::default_value if default.is_none() && range.is_none() => {
+                let mut d = Children::new(part, base);
+                default = Some(build_expr(d.next()?, base)?);
+            }
+            Rule::range if range.is_none() => range = Some(build_range(part, base)?),
+            _ => return Err(once_only(&part, base, "default or range")),
+        }
+    }
     Ok(ParamSig {
         name,
         variadic,

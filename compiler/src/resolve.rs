@@ -95,9 +95,11 @@ struct Resolver<'a, 'd> {
     staged: bool,
 }
 
+/// `report_unused` is off when items were lost to syntax errors (their uses are unknown).
 pub fn resolve<'a>(
     file: &'a File,
     overrides: &[(String, String)],
+    report_unused: bool,
     diags: &mut Vec<Diagnostic>,
 ) -> Resolved<'a> {
     let staged = file
@@ -155,7 +157,9 @@ pub fn resolve<'a>(
         }
     }
     let (order, uses) = r.dependencies();
-    r.unused(&uses);
+    if report_unused {
+        r.unused(&uses);
+    }
     Resolved {
         entities: r.entities,
         top_settings: r.top_settings,

@@ -442,10 +442,14 @@ impl Checker<'_, '_, '_> {
                 "a percentage is not a plain number here; write the number itself (10% -> 0.1)"
                     .to_string(),
             )
-        } else if is_number(&v.v) && wants_percent && !wants_number {
+        } else if (is_number(&v.v) && wants_percent && !wants_number)
+            || (matches!(v.v, Value::Float(_))
+                && wants_percent
+                && !ty.alternatives().iter().any(|t| matches!(t, Ty::Float)))
+        {
             (
                 "recap::typecheck::unit_mismatch",
-                "write a percentage with `%`, e.g. 10%".to_string(),
+                "write a percentage with `%` (10%), or a whole number of steps".to_string(),
             )
         } else if matches!(v.v, Value::Decl(..) | Value::Call(_) | Value::Reward(_))
             && ty.alternatives().iter().any(|t| matches!(t, Ty::Kind(_)))

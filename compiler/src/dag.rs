@@ -1,0 +1,294 @@
+//! DAG: takes a lowered plan (without its graph) and gives the dataflow graph of one training
+//! step per stage, built with petgraph: policy and frozen reference models, sources, the
+//! stage's mixer, rollout nodes (one per source and sampling configuration, shared by every
+//! objective of the stage that reads them), verifiers, reward combinations, losses, the
+//! reweighter, the optimiser step, probes, checkpoints and metrics. Stages are chained
+//! optimiser to mixer. Node order is the order of construction, which follows the plan and so
+//! the file: deterministic. Also renders a graph as DOT, Mermaid or text.
+
+use crate::diagnostic::{Diagnostic, Span};
+use crate::GraphFormat;
+use petgraph::graph::{DiGraph, NodeIndex};
+use recap_plan::{Edge, Graph, Node, NodeKind, ObjectiveSpec, Plan};
+use std::collections::HashMap;
+
+struct Builder {
+    g: DiGraph<Node, ()>,
+    ids: HashMap<String, NodeIndex>,
+}
+
+impl Builder {
+    fn node(&mut self, id: String, kind: NodeKind, label: String, stage: Option<&str>) -> String {
+        if !self.ids.contains_key(&id) {
+            let ix = self.g.add_node(Node {
+                id: id.clone(),
+                kind,
+                label,
+                stage: stage.map(|s| s.to_string()),
+            });
+            self.ids.insert(id.clone(), ix);
+        }
+        id
+    }
+
+    fn edge(&mut self, from: &str, to: &str) {
+        if let (Some(&a), Some(&b)) = (self.ids.get(from), self.ids.get(to)) {
+            if self.g.find_edge(a, b).is_none() {
+                self.g.add_edge(a, b, ());
+            }
+        }
+    }
+}
+
+pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
+    let mut b = Builder {
+        g: DiGraph::new(),
+        ids: HashMap::new(),
+    };
+    let policy = b.node(
+        format!("model.{}", plan.policy),
+        NodeKind::Model,
+        format!("policy {}", plan.policy),
+        None,
+    );
+    let mut prev_opt: Option<String> = None;
+    for st in &plan.stages {
+        let s = st.name.as_str();
+        let mixer = b.node(
+            format!("{s}.mix"),
+            NodeKind::Mixer,
+            format!("mix {}", mix_name(&st.mix)),
+            Some(s),
+        );
+        if let Some(p) = &prev_opt {
+            b.edge(p, &mixer);
+        }
+        for r in &st.rollouts {
+            let src = b.node(format!("source.{}", r.source), NodeKind::Source, format!("source {}", r.source), None);
+            b.edge(&src, &mixer);
+            let ro = b.node(
+                format!("{s}.rollout.{}", r.id),
+                NodeKind::Rollout,
+                format!("rollout {} (G={}, T={})", r.id, r.group, r.temperature),
+                Some(s),
+            );
+            b.edge(&mixer, &ro);
+            b.edge(&policy, &ro);
+        }
+        let reweight = b.node(
+            format!("{s}.reweight"),
+            NodeKind::Reweighter,
+            format!("reweight {}", reweight_name(&st.reweight)),
+            Some(s),
+        );
+        for o in &st.objectives {
+            let loss = format!("{s}.loss.{}", o.name);
+            match &o.spec {
+                ObjectiveSpec::Grpo {
+                    rollout,
+                    rewards,
+                    kl,
+                    ..
+                } => {
+                    let ro = format!("{s}.rollout.{rollout}");
+                    let reward = b.node(format!("{s}.reward.{}", o.name), NodeKind::Reward, format!("rewards of {}", o.name), Some(s));
+                    for t in rewards {
+                        for part in &t.parts {
+                            let v = b.node(format!("{s}.verifier.{}", part.verifier), NodeKind::Verifier, format!("verifier {}", part.verifier), Some(s));
+                            b.edge(&ro, &v);
+                            b.edge(&v, &reward);
+                        }
+                    }
+                    b.node(loss.clone(), NodeKind::Loss, format!("grpo {}", o.name), Some(s));
+                    b.edge(&reward, &loss);
+                    b.edge(&ro, &loss);
+                    b.edge(&policy, &loss);
+                    if let Some(kl) = kl {
+                        let r = b.node(format!("model.{}", kl.reference), NodeKind::Reference, format!("frozen {}", kl.reference), None);
+                        b.edge(&ro, &loss);
+                        b.edge(&r, &loss);
+                    }
+                }
+                ObjectiveSpec::Sft { source, .. } => {
+                    let src = b.node(format!("source.{source}"), NodeKind::Source, format!("source {source}"), None);
+                    b.edge(&src, &mixer);
+                    b.node(loss.clone(), NodeKind::Loss, format!("sft {}", o.name), Some(s));
+                    b.edge(&mixer, &loss);
+                    b.edge(&policy, &loss);
+                }
+            }
+            b.edge(&loss, &reweight);
+        }
+        let opt = b.node(format!("{s}.optimizer"), NodeKind::Optimizer, format!("optimizer step ({} steps)", st.train.steps), Some(s));
+        b.edge(&reweight, &opt);
+        let metrics = b.node(format!("{s}.metrics"), NodeKind::Metrics, "metrics.jsonl".into(), Some(s));
+        b.edge(&reweight, &metrics);
+        b.edge(&opt, &metrics);
+        if let Some(cp) = &st.train.checkpoint {
+            let c = b.node(format!("{s}.checkpoint"), NodeKind::Checkpoint, format!("checkpoint every {}", cp.every), Some(s));
+            b.edge(&opt, &c);
+        }
+        for e in &st.evals {
+            let pr = b.node(format!("{s}.probe.{}", e.name), NodeKind::Probe, format!("probe {} every {}", e.name, e.every), Some(s));
+            let src = b.node(format!("source.{}", e.source), NodeKind::Source, format!("source {}", e.source), None);
+            b.edge(&src, &pr);
+            b.edge(&opt, &pr);
+            // A probe scores its own greedy completions, so its verifiers are nodes of their
+            // own rather than the ones fed by the training rollouts.
+            for t in &e.rewards {
+                for part in &t.parts {
+                    let v = b.node(
+                        format!("{s}.probe.{}.verifier.{}", e.name, part.verifier),
+                        NodeKind::Verifier,
+                        format!("verifier {}", part.verifier),
+                        Some(s),
+                    );
+                    b.edge(&pr, &v);
+                    b.edge(&v, &metrics);
+                }
+            }
+        }
+        prev_opt = Some(opt);
+    }
+    if let Err(cycle) = petgraph::algo::toposort(&b.g, None) {
+        let id = b.g.node_weight(cycle.node_id()).map(|n| n.id.clone()).unwrap_or_default();
+        return Err(Diagnostic::error(
+            "recap::internal::dag",
+            format!("internal error, please report: the dataflow graph has a cycle through `{id}`"),
+        )
+        .label(Span::default(), "in the whole file")
+        .with_help("this is a bug in recapc; please report it with the file"));
+    }
+    let nodes: Vec<Node> = b.g.node_weights().cloned().collect();
+    let edges: Vec<Edge> = b
+        .g
+        .raw_edges()
+        .iter()
+        .filter_map(|e| {
+            Some(Edge {
+                from: b.g.node_weight(e.source())?.id.clone(),
+                to: b.g.node_weight(e.target())?.id.clone(),
+            })
+        })
+        .collect();
+    Ok(Graph { nodes, edges })
+}
+
+fn mix_name(m: &recap_plan::Mix) -> &'static str {
+    use recap_plan::Mix::*;
+    match m {
+        RoundRobin => "round_robin",
+        Uniform { .. } => "uniform",
+        Proportional => "proportional",
+        Weights { .. } => "weights",
+        Coreset { .. } => "coreset",
+        All => "all",
+    }
+}
+
+fn reweight_name(r: &recap_plan::Reweight) -> &'static str {
+    use recap_plan::Reweight::*;
+    match r {
+        Recap { .. } => "recap",
+        Uniform => "uniform",
+        Static { .. } => "static",
+        Dwa { .. } => "dwa",
+        Rlw { .. } => "rlw",
+    }
+}
+
+fn shape(kind: NodeKind) -> &'static str {
+    match kind {
+        NodeKind::Model | NodeKind::Reference => "box3d",
+        NodeKind::Source => "cylinder",
+        NodeKind::Verifier | NodeKind::Reward => "diamond",
+        NodeKind::Loss => "ellipse",
+        NodeKind::Metrics | NodeKind::Checkpoint => "note",
+        _ => "box",
+    }
+}
+
+fn quote(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// Renders the plan's graph. Stage nodes are grouped by stage (DOT clusters, Mermaid
+/// subgraphs, text sections).
+pub fn render(plan: &Plan, format: GraphFormat) -> String {
+    let g = &plan.graph;
+    let mut stages: Vec<Option<&str>> = vec![None];
+    for n in &g.nodes {
+        let s = n.stage.as_deref();
+        if !stages.contains(&s) {
+            stages.push(s);
+        }
+    }
+    let index: HashMap<&str, usize> = g.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+    let mut out = String::new();
+    match format {
+        GraphFormat::Dot => {
+            out.push_str("digraph recap {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n");
+            for s in &stages {
+                let indent = if s.is_some() { "    " } else { "  " };
+                if let Some(name) = s {
+                    out.push_str(&format!("  subgraph \"cluster_{}\" {{\n    label=\"stage {}\";\n", quote(name), quote(name)));
+                }
+                for n in g.nodes.iter().filter(|n| n.stage.as_deref() == *s) {
+                    out.push_str(&format!(
+                        "{indent}\"{}\" [label=\"{}\", shape={}];\n",
+                        quote(&n.id),
+                        quote(&n.label),
+                        shape(n.kind)
+                    ));
+                }
+                if s.is_some() {
+                    out.push_str("  }\n");
+                }
+            }
+            for e in &g.edges {
+                out.push_str(&format!("  \"{}\" -> \"{}\";\n", quote(&e.from), quote(&e.to)));
+            }
+            out.push_str("}\n");
+        }
+        GraphFormat::Mermaid => {
+            out.push_str("flowchart LR\n");
+            for s in &stages {
+                let indent = if s.is_some() { "    " } else { "  " };
+                if let Some(name) = s {
+                    out.push_str(&format!("  subgraph stage_{name}[\"stage {name}\"]\n"));
+                }
+                for n in g.nodes.iter().filter(|n| n.stage.as_deref() == *s) {
+                    let i = index.get(n.id.as_str()).copied().unwrap_or(0);
+                    out.push_str(&format!("{indent}n{i}[\"{}\"]\n", n.label.replace('"', "'")));
+                }
+                if s.is_some() {
+                    out.push_str("  end\n");
+                }
+            }
+            for e in &g.edges {
+                let (a, b) = (
+                    index.get(e.from.as_str()).copied().unwrap_or(0),
+                    index.get(e.to.as_str()).copied().unwrap_or(0),
+                );
+                out.push_str(&format!("  n{a} --> n{b}\n"));
+            }
+        }
+        GraphFormat::Text => {
+            for s in &stages {
+                match s {
+                    Some(name) => out.push_str(&format!("stage {name}\n")),
+                    None => out.push_str("shared\n"),
+                }
+                for n in g.nodes.iter().filter(|n| n.stage.as_deref() == *s) {
+                    let inputs: Vec<&str> = g.edges.iter().filter(|e| e.to == n.id).map(|e| e.from.as_str()).collect();
+                    if inputs.is_empty() {
+                        out.push_str(&format!("  {}  [{}]\n", n.id, n.label));
+                    } else {
+                        out.push_str(&format!("  {}  [{}]  <- {}\n", n.id, n.label, inputs.join(", ")));
+                    }
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,641 @@
+//! Validate: takes `Resolved` and `Typed` (every value checked against its signature), the
+//! host and the options; gives the semantic diagnostics of DESIGN.md §3 and the policy model of
+//! the job: RL objectives without rewards, verifiers needing a field their source lacks or
+//! reading another source's field, KL terms without a frozen reference, reweighting with fewer
+//! than two objective keys, batch arithmetic that does not divide, warm-ups longer than the
+//! stage, model shapes that do not divide, missing or ambiguous policies, missing files
+//! (warnings for `check`, errors for `run`), and settings that never take effect (warnings).
+
+use crate::ast::DeclKind;
+use crate::diagnostic::{did_you_mean, Diagnostic, Span};
+use crate::resolve::{EntityId, EntityKind, Resolved};
+use crate::typecheck::{fields_of, CallVal, Typed, Val, Value};
+use crate::types::Kind;
+use crate::{CheckOptions, Host};
+use std::collections::BTreeSet;
+
+/// What later stages need from validation.
+#[derive(Debug, Default)]
+pub struct Validated {
+    /// The model every stage trains.
+    pub policy: Option<EntityId>,
+}
+
+/// A source, verifier or model given either by name or inline as a call.
+pub enum Ref<'t> {
+    Decl(EntityId, &'t CallVal),
+    Inline(&'t CallVal),
+}
+
+impl<'t> Ref<'t> {
+    pub fn call(&self) -> &'t CallVal {
+        match self {
+            Ref::Decl(_, c) | Ref::Inline(c) => c,
+        }
+    }
+    /// Identity for comparisons: the entity, or the inline call's position.
+    pub fn key(&self) -> (usize, usize) {
+        match self {
+            Ref::Decl(id, _) => (0, *id),
+            Ref::Inline(c) => (1, c.span.start),
+        }
+    }
+}
+
+/// Follows a value to the call that defines it.
+pub fn deref<'t>(typed: &'t Typed, v: &'t Val) -> Option<Ref<'t>> {
+    match &v.v {
+        Value::Decl(id, _) => typed.call(*id).map(|c| Ref::Decl(*id, c)),
+        Value::Call(c) => Some(Ref::Inline(c)),
+        _ => None,
+    }
+}
+
+pub fn entity_name(res: &Resolved, id: EntityId) -> String {
+    res.entities
+        .get(id)
+        .map(|e| e.name.name.clone())
+        .unwrap_or_default()
+}
+
+const NEEDS_EXPECTED: &[&str] = &["exact", "numeric", "math_equal", "choice", "iou"];
+
+pub fn validate(
+    res: &Resolved,
+    typed: &Typed,
+    options: &CheckOptions,
+    host: &dyn Host,
+    diags: &mut Vec<Diagnostic>,
+) -> Validated {
+    let mut v = V {
+        res,
+        typed,
+        diags,
+    };
+    v.files(options, host);
+    v.models();
+    let policy = v.policy();
+    for (i, _) in res.stages.iter().enumerate() {
+        v.stage(i, policy);
+    }
+    Validated { policy }
+}
+
+struct V<'r, 'a, 't, 'd> {
+    res: &'r Resolved<'a>,
+    typed: &'t Typed,
+    diags: &'d mut Vec<Diagnostic>,
+}
+
+impl V<'_, '_, '_, '_> {
+    fn files(&mut self, options: &CheckOptions, host: &dyn Host) {
+        let mut seen = BTreeSet::new();
+        for (path, span) in &self.typed.paths {
+            if !seen.insert((path.clone(), span.start)) || host.file_exists(path) {
+                continue;
+            }
+            let msg = format!("the file `{path}` does not exist");
+            let d = if options.missing_files_are_errors {
+                Diagnostic::error("recap::validate::missing_file", msg)
+            } else {
+                Diagnostic::warning("recap::validate::missing_file", msg)
+            };
+            self.diags.push(
+                d.label(*span, "not found")
+                    .with_help("paths are relative to the pipeline file's directory; fetch the data or fix the path"),
+            );
+        }
+    }
+
+    fn models(&mut self) {
+        for (id, e) in self.res.entities.iter().enumerate() {
+            if e.kind != EntityKind::Decl(DeclKind::Model) {
+                continue;
+            }
+            let Some(c) = self.typed.call(id) else { continue };
+            if c.name() != "tiny" {
+                continue;
+            }
+            let (h, heads, kv) = (c.int("hidden"), c.int("heads"), c.int("kv_heads"));
+            if let (Some(h), Some(heads)) = (h, heads) {
+                if heads > 0 && h % heads != 0 {
+                    let span = c.get("hidden").map(|v| v.span).unwrap_or(c.span);
+                    self.diags.push(
+                        Diagnostic::error(
+                            "recap::validate::shape_not_divisible",
+                            format!("`hidden` ({h}) must divide by `heads` ({heads})"),
+                        )
+                        .label(span, format!("{h} is not a multiple of {heads}"))
+                        .with_help("choose `hidden` as a multiple of `heads`"),
+                    );
+                }
+            }
+            if let (Some(heads), Some(kv)) = (heads, kv) {
+                if kv > 0 && heads % kv != 0 {
+                    let span = c.get("kv_heads").map(|v| v.span).unwrap_or(c.span);
+                    self.diags.push(
+                        Diagnostic::error(
+                            "recap::validate::shape_not_divisible",
+                            format!("`heads` ({heads}) must divide by `kv_heads` ({kv})"),
+                        )
+                        .label(span, format!("{heads} is not a multiple of {kv}"))
+                        .with_help("choose `kv_heads` as a divisor of `heads`"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn is_frozen(&self, id: EntityId) -> bool {
+        self.typed.call(id).is_some_and(|c| c.name() == "frozen")
+    }
+
+    fn policy(&mut self) -> Option<EntityId> {
+        let models: Vec<EntityId> = (0..self.res.entities.len())
+            .filter(|&id| {
+                self.res.entities.get(id).map(|e| e.kind) == Some(EntityKind::Decl(DeclKind::Model))
+            })
+            .collect();
+        let trainable: Vec<EntityId> = models
+            .iter()
+            .copied()
+            .filter(|&id| self.typed.call(id).is_some() && !self.is_frozen(id))
+            .collect();
+        let mut chosen: Option<(EntityId, Span)> = None;
+        for (i, sv) in self.typed.stages.iter().enumerate() {
+            let Some(Val { v: Value::Call(t), .. }) = &sv.train else { continue };
+            let explicit = t.get("policy").and_then(|p| match &p.v {
+                Value::Decl(id, _) => Some((*id, p.span)),
+                _ => None,
+            });
+            let pick = match explicit {
+                Some((id, span)) => {
+                    if self.is_frozen(id) {
+                        self.diags.push(
+                            Diagnostic::error(
+                                "recap::validate::policy_is_frozen",
+                                format!("the policy `{}` is a frozen model", entity_name(self.res, id)),
+                            )
+                            .label(span, "frozen models are never trained")
+                            .with_help("train the model the frozen copy was made from"),
+                        );
+                        continue;
+                    }
+                    Some((id, span))
+                }
+                None => match trainable.as_slice() {
+                    [one] => Some((*one, sv.train_span)),
+                    [] => {
+                        if i == 0 && self.typed.call_errors_free(self.res) {
+                            self.diags.push(
+                                Diagnostic::error(
+                                    "recap::validate::no_policy",
+                                    "the job declares no model to train",
+                                )
+                                .label(sv.train_span, "trains nothing")
+                                .with_help("declare one, e.g. `model policy = hf(\"models/qwen\")`"),
+                            );
+                        }
+                        None
+                    }
+                    [first, second, ..] => {
+                        let s1 = self.res.entities.get(*first).map(|e| e.name.span).unwrap_or_default();
+                        let s2 = self.res.entities.get(*second).map(|e| e.name.span).unwrap_or_default();
+                        self.diags.push(
+                            Diagnostic::error(
+                                "recap::validate::ambiguous_policy",
+                                "more than one model could be the policy",
+                            )
+                            .label(sv.train_span, "which model does this train?")
+                            .label(s1, "this one")
+                            .label(s2, "or this one")
+                            .with_help(format!(
+                                "name it in train: `policy = {}`",
+                                entity_name(self.res, *first)
+                            )),
+                        );
+                        None
+                    }
+                },
+            };
+            if let Some((id, span)) = pick {
+                match chosen {
+                    None => chosen = Some((id, span)),
+                    Some((prev, prev_span)) if prev != id => {
+                        self.diags.push(
+                            Diagnostic::error(
+                                "recap::validate::policy_changes",
+                                "stages train different policies",
+                            )
+                            .label(span, format!("trains `{}`", entity_name(self.res, id)))
+                            .label(prev_span, format!("an earlier stage trains `{}`", entity_name(self.res, prev)))
+                            .with_help("every stage continues from the weights the previous one left: train one policy"),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+        chosen.map(|(id, _)| id)
+    }
+
+    fn stage(&mut self, i: usize, policy: Option<EntityId>) {
+        let Some(st) = self.res.stages.get(i) else { return };
+        let Some(sv) = self.typed.stages.get(i) else { return };
+        let stage_label = st.name.map(|n| n.span);
+        let objectives: Vec<EntityId> = st
+            .members
+            .iter()
+            .copied()
+            .filter(|&m| {
+                self.res.entities.get(m).map(|e| e.kind) == Some(EntityKind::Decl(DeclKind::Objective))
+            })
+            .collect();
+        let evals: Vec<EntityId> = st
+            .members
+            .iter()
+            .copied()
+            .filter(|&m| self.res.entities.get(m).map(|e| e.kind) == Some(EntityKind::Decl(DeclKind::Eval)))
+            .collect();
+        if objectives.is_empty() {
+            let name = st.name.map(|n| n.name.clone()).unwrap_or_else(|| "main".into());
+            let mut d = Diagnostic::error(
+                "recap::validate::no_objective",
+                if st.name.is_some() {
+                    format!("stage `{name}` has no objective")
+                } else {
+                    "the job declares no objective".to_string()
+                },
+            );
+            if let Some(s) = stage_label {
+                d = d.label(s, "trains nothing");
+            }
+            self.diags.push(d.with_help("declare one, e.g. `objective reasoning = grpo(math) { rewards = [accuracy] }`"));
+        }
+        if self.res.setting(i, crate::ast::SettingKind::Train).is_none() {
+            let mut d = Diagnostic::error(
+                "recap::validate::missing_train",
+                "the job has no `train` setting",
+            );
+            if let Some(s) = stage_label {
+                d = d.label(s, "no `train { ... }` for this stage");
+            }
+            self.diags.push(d.with_help("add `train { steps = 100 }` (at the top level, or in the stage)"));
+        }
+        let train = match &sv.train {
+            Some(Val { v: Value::Call(c), .. }) => Some(c.as_ref()),
+            _ => None,
+        };
+        let steps = train.and_then(|t| t.int("steps"));
+        let prompts = train.and_then(|t| t.int("prompts_per_step"));
+        let micro = train.and_then(|t| t.get("micro_batch").map(|v| (v.span, t.int("micro_batch"))));
+        let mut keys = 0usize;
+        let mut obj_names = Vec::new();
+        let mut sources_read: Vec<String> = Vec::new();
+        let mut has_sft = false;
+        for &o in &objectives {
+            let Some(c) = self.typed.call(o) else { continue };
+            let oname = entity_name(self.res, o);
+            obj_names.push(oname.clone());
+            let src = c.get("source").and_then(|s| deref(self.typed, s));
+            if let Some(Value::Decl(sid, _)) = c.get("source").map(|s| &s.v) {
+                sources_read.push(entity_name(self.res, *sid));
+            }
+            let oname_span = self.res.entities.get(o).map(|e| e.name.span).unwrap_or_default();
+            match c.name() {
+                "grpo" => {
+                    let rewards: Vec<&Val> = match c.get("rewards").map(|r| &r.v) {
+                        Some(Value::List(items)) => items.iter().collect(),
+                        _ => Vec::new(),
+                    };
+                    keys += rewards.len();
+                    if rewards.is_empty() {
+                        self.diags.push(
+                            Diagnostic::error(
+                                "recap::validate::no_reward",
+                                format!("RL objective `{oname}` has no reward"),
+                            )
+                            .label(oname_span, "nothing to optimise")
+                            .with_help("add `rewards = [accuracy]` with one or more verifiers"),
+                        );
+                    }
+                    if let Some(src) = &src {
+                        self.check_rewards(&rewards, src, c.get("source").map(|s| s.span).unwrap_or(c.span));
+                    }
+                    self.check_kl(c, policy);
+                    if let (Some(p), Some(g), Some((mspan, Some(m)))) = (prompts, c.int("group"), micro) {
+                        let batch = p.saturating_mul(g);
+                        if m > 0 && batch % m != 0 {
+                            self.diags.push(
+                                Diagnostic::error(
+                                    "recap::validate::batch_not_divisible",
+                                    format!(
+                                        "micro_batch {m} does not divide the {batch} completions of `{oname}` (prompts_per_step {p} x group {g})"
+                                    ),
+                                )
+                                .label(mspan, format!("{batch} is not a multiple of {m}"))
+                                .label(c.get("group").map(|v| v.span).unwrap_or(oname_span), format!("group {g}"))
+                                .with_help(format!("choose a micro_batch that divides {batch}, e.g. {}", largest_divisor(batch, m))),
+                            );
+                        }
+                    }
+                }
+                "sft" => {
+                    keys += 1;
+                    has_sft = true;
+                    if let Some(src) = &src {
+                        let fields = fields_of(src.call());
+                        if !fields.iter().any(|f| f == "target") {
+                            let sspan = c.get("source").map(|s| s.span).unwrap_or(c.span);
+                            self.diags.push(
+                                Diagnostic::error(
+                                    "recap::validate::missing_field",
+                                    format!("`sft` needs the field `target`, which this source does not provide"),
+                                )
+                                .label(sspan, format!("provides {}", fields.join(", ")))
+                                .with_help("map it in the source's block, e.g. `target = field(\"output\")`"),
+                            );
+                        }
+                    }
+                    if let (Some(p), Some((mspan, Some(m)))) = (prompts, micro) {
+                        if m > 0 && p % m != 0 {
+                            self.diags.push(
+                                Diagnostic::error(
+                                    "recap::validate::batch_not_divisible",
+                                    format!("micro_batch {m} does not divide prompts_per_step {p} of `{oname}`"),
+                                )
+                                .label(mspan, format!("{p} is not a multiple of {m}"))
+                                .with_help(format!("choose a micro_batch that divides {p}, e.g. {}", largest_divisor(p, m))),
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for &e in &evals {
+            let Some(c) = self.typed.call(e) else { continue };
+            let ename = entity_name(self.res, e);
+            let espan = self.res.entities.get(e).map(|x| x.name.span).unwrap_or_default();
+            let rewards: Vec<&Val> = match c.get("rewards").map(|r| &r.v) {
+                Some(Value::List(items)) => items.iter().collect(),
+                _ => Vec::new(),
+            };
+            if rewards.is_empty() {
+                self.diags.push(
+                    Diagnostic::error(
+                        "recap::validate::no_reward",
+                        format!("probe `{ename}` has no reward to score with"),
+                    )
+                    .label(espan, "nothing to measure")
+                    .with_help("add `rewards = [accuracy]`"),
+                );
+            }
+            if let Some(src) = c.get("source").and_then(|s| deref(self.typed, s)) {
+                self.check_rewards(&rewards, &src, c.get("source").map(|s| s.span).unwrap_or(c.span));
+            }
+            if let (Some(every), Some(steps)) = (c.int("every"), steps) {
+                if every > steps {
+                    self.diags.push(
+                        Diagnostic::warning(
+                            "recap::validate::never_runs",
+                            format!("probe `{ename}` runs every {every} steps, but the stage has only {steps}"),
+                        )
+                        .label(c.get("every").map(|v| v.span).unwrap_or(espan), "never reached")
+                        .with_help(format!("use `every` of at most {steps}")),
+                    );
+                }
+            }
+        }
+        if let Some(t) = train {
+            self.check_train(t, steps);
+        }
+        if let Some(Val { v: Value::Call(rw), span, .. }) = &sv.reweight {
+            if rw.name() != "uniform" && keys < 2 && !objectives.is_empty() {
+                self.diags.push(
+                    Diagnostic::error(
+                        "recap::validate::reweight_needs_two",
+                        format!("`{}` reweights objectives, but this stage has {keys} objective key{}", rw.name(), if keys == 1 { "" } else { "s" }),
+                    )
+                    .label(*span, "nothing to weigh against")
+                    .with_help("reweighting needs two or more keys (one per reward term of an RL objective, one per SFT objective); add a replay objective or use `reweight uniform`"),
+                );
+            }
+            if rw.name() == "static" {
+                self.check_keys(rw, &obj_names, "objective");
+            }
+            if let (Some(w), Some(steps)) = (rw.int("window"), steps) {
+                if w.saturating_mul(2) > steps {
+                    self.diags.push(
+                        Diagnostic::warning(
+                            "recap::validate::window_too_long",
+                            format!("the RECAP window needs {} steps of history, the stage has {steps}", w * 2),
+                        )
+                        .label(rw.get("window").map(|v| v.span).unwrap_or(*span), "longer than the stage")
+                        .with_help("use a window of at most half the stage's steps"),
+                    );
+                }
+            }
+        }
+        if let Some(Val { v: Value::Call(mx), span, .. }) = &sv.mix {
+            let mut m = mx.as_ref();
+            if m.name() == "coreset" {
+                if !has_sft && !objectives.is_empty() {
+                    self.diags.push(
+                        Diagnostic::warning(
+                            "recap::validate::no_replay",
+                            "`coreset` caps replay, but this stage has no replay (sft) objective",
+                        )
+                        .label(*span, "caps nothing")
+                        .with_help("add an `sft` objective or use another mixer"),
+                    );
+                }
+                if let Some(base) = m.call("base") {
+                    m = base;
+                }
+            }
+            if m.name() == "weights" {
+                self.check_keys(m, &sources_read, "source");
+            }
+        }
+    }
+
+    fn check_keys(&mut self, c: &CallVal, names: &[String], what: &str) {
+        for (k, span, _) in &c.extra {
+            if !names.iter().any(|n| n == k) {
+                let guess = did_you_mean(k, names.iter().map(|s| s.as_str()));
+                self.diags.push(
+                    Diagnostic::error(
+                        "recap::validate::unknown_weight_key",
+                        format!("`{}` weighs `{k}`, which is no {what} of this stage", c.name()),
+                    )
+                    .label(*span, format!("not {what} of this stage"))
+                    .with_help(match guess {
+                        Some(g) => format!("did you mean `{g}`?"),
+                        None => format!("the {what}s of this stage are: {}", names.join(", ")),
+                    }),
+                );
+            }
+        }
+    }
+
+    fn check_rewards(&mut self, rewards: &[&Val], src: &crate::validate::Ref, src_span: Span) {
+        let fields = fields_of(src.call());
+        for r in rewards {
+            let verifiers: Vec<(Option<EntityId>, &CallVal, Span)> = match &r.v {
+                Value::Decl(id, Kind::Verifier) => self.typed.call(*id).map(|c| vec![(Some(*id), c, r.span)]).unwrap_or_default(),
+                Value::Call(c) => vec![(None, c.as_ref(), r.span)],
+                Value::Reward(terms) => terms
+                    .iter()
+                    .filter_map(|(_, id)| self.typed.call(*id).map(|c| (Some(*id), c, r.span)))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for (vid, vc, span) in verifiers {
+                let vname = vid.map(|id| entity_name(self.res, id)).unwrap_or_else(|| vc.name().to_string());
+                match vc.get("expected").map(|e| &e.v) {
+                    Some(Value::Field { source, name }) => {
+                        let same = src.key() == (0, *source);
+                        if !same {
+                            let fspan = vc.get("expected").map(|e| e.span).unwrap_or(span);
+                            self.diags.push(
+                                Diagnostic::error(
+                                    "recap::validate::foreign_field",
+                                    format!(
+                                        "verifier `{vname}` reads `{}.{name}`, but here it verifies completions of another source",
+                                        entity_name(self.res, *source)
+                                    ),
+                                )
+                                .label(span, "used here")
+                                .label(fspan, "reads this field")
+                                .label(src_span, "on this source")
+                                .with_help("declare a verifier for this source, or leave `expected` out to read the verified source's `answer`"),
+                            );
+                        }
+                    }
+                    None if NEEDS_EXPECTED.contains(&vc.name()) => {
+                        if !fields.iter().any(|f| f == "answer") {
+                            self.diags.push(
+                                Diagnostic::error(
+                                    "recap::validate::missing_field",
+                                    format!("verifier `{vname}` needs the field `answer`, which this source does not provide"),
+                                )
+                                .label(span, "needs `answer`")
+                                .label(src_span, format!("provides {}", fields.join(", ")))
+                                .with_help("map it in the source's block, e.g. `answer = field(\"answer\")`, or give the verifier `expected = source.field`"),
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn check_kl(&mut self, c: &CallVal, policy: Option<EntityId>) {
+        let Some(kl_val) = c.get("kl") else { return };
+        let Some(kl) = deref(self.typed, kl_val) else { return };
+        let kl = kl.call();
+        match kl.get("reference") {
+            Some(r) => {
+                if let Value::Decl(id, _) = r.v {
+                    if !self.is_frozen(id) {
+                        self.diags.push(
+                            Diagnostic::error(
+                                "recap::validate::kl_reference_not_frozen",
+                                format!("the KL reference `{}` is not a frozen model", entity_name(self.res, id)),
+                            )
+                            .label(r.span, "trainable model")
+                            .with_help(format!("declare `model base = frozen({})` and use `kl(base)`", entity_name(self.res, id))),
+                        );
+                    }
+                }
+            }
+            None => {
+                if self.frozen_of(policy).len() != 1 {
+                    let n = self.frozen_of(policy).len();
+                    self.diags.push(
+                        Diagnostic::error(
+                            "recap::validate::kl_without_reference",
+                            if n == 0 {
+                                "this KL term has no reference model".to_string()
+                            } else {
+                                format!("this KL term could use any of {n} frozen models")
+                            },
+                        )
+                        .label(kl_val.span, "KL against what?")
+                        .with_help("declare `model base = frozen(policy)` and write `kl(base, coef = 0.04)`"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Frozen copies of the policy.
+    pub fn frozen_of(&self, policy: Option<EntityId>) -> Vec<EntityId> {
+        frozen_copies(self.res, self.typed, policy)
+    }
+
+    fn check_train(&mut self, t: &CallVal, steps: Option<i64>) {
+        let Some(steps) = steps else { return };
+        if let Some(s) = t.call("schedule") {
+            if let Some(w) = s.get("warmup") {
+                if let Value::Int(n) = w.v {
+                    if n >= steps && n > 0 {
+                        self.diags.push(
+                            Diagnostic::error(
+                                "recap::validate::warmup_exceeds_steps",
+                                format!("a warm-up of {n} steps does not fit in {steps} steps"),
+                            )
+                            .label(w.span, "longer than the stage")
+                            .with_help(format!("use fewer than {steps} warm-up steps, or a percentage such as 10%")),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(cp) = t.call("checkpoint") {
+            if let Some(every) = cp.int("steps") {
+                if every > steps {
+                    self.diags.push(
+                        Diagnostic::warning(
+                            "recap::validate::never_runs",
+                            format!("checkpoints every {every} steps, but the stage has only {steps}"),
+                        )
+                        .label(cp.get("steps").map(|v| v.span).unwrap_or(cp.span), "never reached")
+                        .with_help("the final checkpoint is always written; use a smaller interval for intermediate ones"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Frozen models declared as `frozen(policy)`.
+pub fn frozen_copies(res: &Resolved, typed: &Typed, policy: Option<EntityId>) -> Vec<EntityId> {
+    (0..res.entities.len())
+        .filter(|&id| {
+            typed.call(id).is_some_and(|c| {
+                c.name() == "frozen"
+                    && res.entities.get(id).map(|e| e.kind) == Some(EntityKind::Decl(DeclKind::Model))
+                    && match c.decl("model") {
+                        Some(m) => Some(m) == policy || policy.is_none(),
+                        None => false,
+                    }
+            })
+        })
+        .collect()
+}
+
+/// The largest divisor of `n` not above `limit` (at least 1).
+fn largest_divisor(n: i64, limit: i64) -> i64 {
+    (1..=limit.min(n).max(1)).rev().find(|d| n % d == 0).unwrap_or(1)
+}
+
+impl Typed {
+    /// Whether every entity has a value (no earlier error), so "nothing declared" messages are
+    /// not caused by an earlier failure.
+    pub fn call_errors_free(&self, _res: &Resolved) -> bool {
+        self.values.iter().all(|v| v.is_some())
+    }
+}
