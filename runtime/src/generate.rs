@@ -226,6 +226,181 @@ fn decode_layers(model: &Model) -> candle_core::Result<Vec<DecodeLayer>> {
         .collect()
 }
 
+/// Which implementation runs the attention of the decode steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodePath {
+    /// The host kernel on CPU with f32 compute, the tensor path elsewhere.
+    Auto,
+    /// Always the tensor path (candle ops through the `ops` facade, cache as tensors).
+    Tensor,
+}
+
+/// The KV cache of a rollout: host buffers for the CPU kernel, or tensors written in place.
+enum KvStore {
+    Host(HostKv),
+    Tensor {
+        caches: Vec<(Tensor, Tensor)>,
+        /// (n, 1, 1, cap) additive key mask.
+        mask: Tensor,
+    },
+}
+
+/// Host-side KV cache and decode attention for CPU f32: one step of RoPE, cache append and
+/// attention for all rows is a handful of loops over contiguous memory, parallel over rows,
+/// instead of some twenty small tensor ops and batched matmuls of 1-row matrices.
+struct HostKv {
+    /// Per layer, (n, kv_heads, cap, head_dim) rotated keys and values.
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    /// (max_positions, head_dim / 2) RoPE tables.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    n: usize,
+    cap: usize,
+}
+
+impl HostKv {
+    /// Copies the prefill keys/values (b, kv_heads, p, head_dim) of each prompt into the rows of
+    /// its `group` samples.
+    fn new(
+        prefill: &[(Tensor, Tensor)],
+        group: usize,
+        cap: usize,
+        model: &Model,
+        p: usize,
+    ) -> candle_core::Result<HostKv> {
+        let mut ks = Vec::with_capacity(prefill.len());
+        let mut vs = Vec::with_capacity(prefill.len());
+        let mut n = 0;
+        for (k, v) in prefill {
+            let (b, nkv, _, hd) = k.dims4()?;
+            n = b * group;
+            for (src, dst) in [(k, &mut ks), (v, &mut vs)] {
+                let src: Vec<f32> = src.flatten_all()?.to_vec1()?;
+                let mut buf = vec![0f32; n * nkv * cap * hd];
+                for r in 0..n {
+                    for g in 0..nkv {
+                        let from = ((r / group) * nkv + g) * p * hd;
+                        let to = (r * nkv + g) * cap * hd;
+                        buf[to..to + p * hd].copy_from_slice(&src[from..from + p * hd]);
+                    }
+                }
+                dst.push(buf);
+            }
+        }
+        let cos = model
+            .rope
+            .cos
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let sin = model
+            .rope
+            .sin
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        Ok(HostKv {
+            k: ks,
+            v: vs,
+            cos,
+            sin,
+            n,
+            cap,
+        })
+    }
+
+    /// One decode step of layer `l`: `qkv` is (n, (heads + 2 kv_heads) * head_dim) before RoPE;
+    /// gives the attention output (n, heads * head_dim).
+    fn step(
+        &mut self,
+        l: usize,
+        qkv: &[f32],
+        key_bias: &[f32],
+        pos: usize,
+        scale: f32,
+        (nh, nkv, hd): (usize, usize, usize),
+    ) -> Vec<f32> {
+        use rayon::prelude::*;
+        let (n, cap) = (self.n, self.cap);
+        let half = hd / 2;
+        let width = (nh + 2 * nkv) * hd;
+        let rep = nh / nkv;
+        let cos = &self.cos[pos * half..(pos + 1) * half];
+        let sin = &self.sin[pos * half..(pos + 1) * half];
+        let rope = |x: &[f32], out: &mut [f32]| {
+            for i in 0..half {
+                let (a, b) = (x[i], x[i + half]);
+                out[i] = a * cos[i] - b * sin[i];
+                out[i + half] = b * cos[i] + a * sin[i];
+            }
+        };
+        let mut out = vec![0f32; n * nh * hd];
+        let row_kv = nkv * cap * hd;
+        self.k[l]
+            .par_chunks_mut(row_kv)
+            .zip(self.v[l].par_chunks_mut(row_kv))
+            .zip(out.par_chunks_mut(nh * hd))
+            .enumerate()
+            .for_each(|(r, ((kc, vc), o))| {
+                let x = &qkv[r * width..(r + 1) * width];
+                for g in 0..nkv {
+                    let at = (g * cap + pos) * hd;
+                    rope(&x[(nh + g) * hd..(nh + g + 1) * hd], &mut kc[at..at + hd]);
+                    vc[at..at + hd]
+                        .copy_from_slice(&x[(nh + nkv + g) * hd..(nh + nkv + g + 1) * hd]);
+                }
+                let bias = &key_bias[r * cap..r * cap + pos + 1];
+                let mut q = vec![0f32; hd];
+                let mut scores = vec![0f32; pos + 1];
+                for h in 0..nh {
+                    rope(&x[h * hd..(h + 1) * hd], &mut q);
+                    let g = h / rep;
+                    let keys = &kc[g * cap * hd..(g * cap + pos + 1) * hd];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, s) in scores.iter_mut().enumerate() {
+                        *s = dot(&q, &keys[j * hd..(j + 1) * hd]) * scale + bias[j];
+                        max = max.max(*s);
+                    }
+                    let mut total = 0f32;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        total += *s;
+                    }
+                    let inv = 1.0 / total;
+                    let oh = &mut o[h * hd..(h + 1) * hd];
+                    let vals = &vc[g * cap * hd..(g * cap + pos + 1) * hd];
+                    for (j, &s) in scores.iter().enumerate() {
+                        if s == 0.0 {
+                            continue;
+                        }
+                        let w = s * inv;
+                        for (o, &v) in oh.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
+                            *o += w * v;
+                        }
+                    }
+                }
+            });
+        out
+    }
+}
+
+/// Dot product with eight independent accumulators, so the compiler can vectorise it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for i in 0..8 {
+            acc[i] += a[c * 8 + i] * b[c * 8 + i];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        sum += a[i] * b[i];
+    }
+    sum
+}
+
 /// Generates `group` completions for each prompt (token ids, already templated). `tokenizer`
 /// decodes texts and checks stop strings; without it texts are empty and stop strings are an
 /// error.
@@ -235,6 +410,18 @@ pub fn generate(
     prompts: &[Vec<u32>],
     group: usize,
     cfg: &SamplingConfig,
+) -> Result<Rollout> {
+    generate_on(model, tokenizer, prompts, group, cfg, DecodePath::Auto)
+}
+
+/// [`generate`] with an explicit choice of decode attention (both give the same tokens).
+pub fn generate_on(
+    model: &Model,
+    tokenizer: Option<&TextTokenizer>,
+    prompts: &[Vec<u32>],
+    group: usize,
+    cfg: &SamplingConfig,
+    path: DecodePath,
 ) -> Result<Rollout> {
     let c = model.config().clone();
     if prompts.is_empty() || group == 0 {
@@ -258,7 +445,8 @@ pub fn generate(
     if !cfg.stop_strings.is_empty() && tokenizer.is_none() {
         return Err(ModelError::Invalid("stop strings need a tokenizer".into()));
     }
-    if !(cfg.greedy || cfg.temperature <= 0.0) && !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) {
+    let sampled = !(cfg.greedy || cfg.temperature <= 0.0);
+    if sampled && (cfg.top_p.is_nan() || cfg.top_p <= 0.0 || cfg.top_p > 1.0) {
         return Err(ModelError::Invalid(format!(
             "top_p must be in (0, 1], got {}",
             cfg.top_p
@@ -306,9 +494,7 @@ pub fn generate(
     for (r, pr) in prompts.iter().enumerate() {
         let start = p - pr.len();
         ids[r * p + start..(r + 1) * p].copy_from_slice(pr);
-        for j in start..p {
-            pad[r][j] = false;
-        }
+        pad[r][start..].fill(false);
     }
     let ids_t = Tensor::from_vec(ids, (b, p), &dev)?;
     let mask = padded_causal_mask(&pad, dt, &dev)?;
@@ -324,31 +510,36 @@ pub fn generate(
     let last = ops::rms_norm(&last, &view.cw(&view.weights.norm)?, c.rms_norm_eps)?;
     let prefill_logits: Vec<Vec<f32>> = view.logits(&last)?.to_vec2()?;
 
-    // Repeat each prompt's cache G times along the batch, into buffers with room for the
-    // completion, once; later steps write into them in place.
-    let rows: Vec<u32> = (0..n as u32).map(|r| r / group as u32).collect();
-    let rows = Tensor::from_vec(rows, n, &dev)?;
-    let mut caches = Vec::with_capacity(kv.len());
-    for (k, v) in &kv {
-        let grow = |t: &Tensor| -> candle_core::Result<Tensor> {
-            let t = t.index_select(&rows, 0)?;
-            let room = Tensor::zeros((n, nkv, cap - p, hd), dt, &dev)?;
-            Tensor::cat(&[&t, &room], 2)
-        };
-        caches.push((grow(k)?, grow(v)?));
-    }
-    drop(kv);
-
     // Additive key mask of each row: prompt padding is -inf for the whole rollout.
-    let mut key_mask = vec![0f32; n * cap];
+    let mut key_bias = vec![0f32; n * cap];
     for r in 0..n {
         for j in 0..p {
             if pad[r / group][j] {
-                key_mask[r * cap + j] = f32::NEG_INFINITY;
+                key_bias[r * cap + j] = f32::NEG_INFINITY;
             }
         }
     }
-    let key_mask = Tensor::from_vec(key_mask, (n, 1, 1, cap), &dev)?.to_dtype(dt)?;
+    let host = path == DecodePath::Auto && dev.is_cpu() && dt == DType::F32;
+    let mut kv_store = if host {
+        KvStore::Host(HostKv::new(&kv, group, cap, &view, p)?)
+    } else {
+        // Repeat each prompt's cache G times along the batch, into buffers with room for the
+        // completion, once; later steps write into them in place.
+        let rows: Vec<u32> = (0..n as u32).map(|r| r / group as u32).collect();
+        let rows = Tensor::from_vec(rows, n, &dev)?;
+        let mut caches = Vec::with_capacity(kv.len());
+        for (k, v) in &kv {
+            let grow = |t: &Tensor| -> candle_core::Result<Tensor> {
+                let t = t.index_select(&rows, 0)?;
+                let room = Tensor::zeros((n, nkv, cap - p, hd), dt, &dev)?;
+                Tensor::cat(&[&t, &room], 2)
+            };
+            caches.push((grow(k)?, grow(v)?));
+        }
+        let mask = Tensor::from_vec(key_bias.clone(), (n, 1, 1, cap), &dev)?.to_dtype(dt)?;
+        KvStore::Tensor { caches, mask }
+    };
+    drop(kv);
 
     let layers = decode_layers(&view)?;
     let norm = view.cw(&view.weights.norm)?;
@@ -392,23 +583,33 @@ pub fn generate(
         let pos = p + step;
         let ids = Tensor::from_vec(next.clone(), n, &dev)?;
         let mut x = embed.index_select(&ids, 0)?;
-        let cos = view.rope.cos.narrow(0, pos, 1)?;
-        let sin = view.rope.sin.narrow(0, pos, 1)?;
-        let mask = key_mask.narrow(3, 0, pos + 1)?;
-        for (w, (ck, cv)) in layers.iter().zip(&caches) {
+        for (l, w) in layers.iter().enumerate() {
             let h = ops::rms_norm(&x, &w.input_norm, c.rms_norm_eps)?;
             let qkv = linear(&h, &w.qkv_w, w.qkv_b.as_ref())?;
-            let q = qkv.narrow(1, 0, qd)?.reshape((n, nh, 1, hd))?;
-            let k = qkv.narrow(1, qd, kvd)?.reshape((n, nkv, 1, hd))?;
-            let v = qkv.narrow(1, qd + kvd, kvd)?.reshape((n, nkv, 1, hd))?;
-            let q = ops::rope(&q, &cos, &sin)?;
-            let k = ops::rope(&k, &cos, &sin)?.contiguous()?;
-            ck.slice_set(&k, 2, pos)?;
-            cv.slice_set(&v.contiguous()?, 2, pos)?;
-            let keys = ck.narrow(2, 0, pos + 1)?;
-            let vals = cv.narrow(2, 0, pos + 1)?;
-            let y = ops::attention(&q, &keys, &vals, Some(&mask), scale)?;
-            let y = y.reshape((n, qd))?;
+            let y = match &mut kv_store {
+                KvStore::Host(kv) => {
+                    let qkv: Vec<f32> = qkv.flatten_all()?.to_vec1()?;
+                    let y = kv.step(l, &qkv, &key_bias, pos, scale as f32, (nh, nkv, hd));
+                    Tensor::from_vec(y, (n, qd), &dev)?
+                }
+                KvStore::Tensor { caches, mask } => {
+                    let (ck, cv) = &caches[l];
+                    let cos = view.rope.cos.narrow(0, pos, 1)?;
+                    let sin = view.rope.sin.narrow(0, pos, 1)?;
+                    let mask = mask.narrow(3, 0, pos + 1)?;
+                    let q = qkv.narrow(1, 0, qd)?.reshape((n, nh, 1, hd))?;
+                    let k = qkv.narrow(1, qd, kvd)?.reshape((n, nkv, 1, hd))?;
+                    let v = qkv.narrow(1, qd + kvd, kvd)?.reshape((n, nkv, 1, hd))?;
+                    let q = ops::rope(&q, &cos, &sin)?;
+                    let k = ops::rope(&k, &cos, &sin)?.contiguous()?;
+                    ck.slice_set(&k, 2, pos)?;
+                    cv.slice_set(&v.contiguous()?, 2, pos)?;
+                    let keys = ck.narrow(2, 0, pos + 1)?;
+                    let vals = cv.narrow(2, 0, pos + 1)?;
+                    let y = ops::attention(&q, &keys, &vals, Some(&mask), scale)?;
+                    y.reshape((n, qd))?
+                }
+            };
             x = (x + linear(&y, &w.o_w, None)?)?;
             let h = ops::rms_norm(&x, &w.post_norm, c.rms_norm_eps)?;
             let gu = linear(&h, &w.gate_up_w, None)?;

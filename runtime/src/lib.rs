@@ -2,6 +2,7 @@
 //! weights it names); gives a training run: metrics, samples and checkpoints in a run directory.
 //! Depends on the plan crate only, never on the compiler.
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod engine;
 pub mod generate;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use recap_runtime::checkpoint::save_hf_dir;
-use recap_runtime::generate::{generate, FinishReason, SamplingConfig};
+use recap_runtime::generate::{generate, generate_on, DecodePath, FinishReason, SamplingConfig};
 use recap_runtime::model::logprob::{reference_logprobs, token_logprobs, SequenceBatch};
 use recap_runtime::model::{load_hf_dir, Family, Model, ModelConfig, ModelError};
 use recap_runtime::tokenizer::{ChatTemplate, TextTokenizer};
@@ -312,6 +312,17 @@ fn check_batched_greedy(model: &Model, tok: &TextTokenizer, texts: &[&str]) {
     };
     let batched = generate(model, Some(tok), &ps, 3, &cfg).unwrap();
     assert_eq!(batched.completion_ids.len(), ps.len() * 3);
+    // The tensor decode path (used off CPU) agrees with the host kernel.
+    let tensor_path = generate_on(model, Some(tok), &ps, 3, &cfg, DecodePath::Tensor).unwrap();
+    assert_eq!(tensor_path.completion_ids, batched.completion_ids);
+    for (a, b) in tensor_path
+        .logprobs
+        .iter()
+        .flatten()
+        .zip(batched.logprobs.iter().flatten())
+    {
+        assert!((a - b).abs() < 1e-4, "decode paths disagree: {a} vs {b}");
+    }
     for (i, p) in ps.iter().enumerate() {
         let alone = generate(model, Some(tok), std::slice::from_ref(p), 1, &cfg).unwrap();
         let reference = greedy_no_cache(model, p, 12, 2);
@@ -376,9 +387,7 @@ fn rollout_logprobs_match_the_logprob_pass() {
             assert!((policy[row][j] - lp).abs() < 1e-4, "row {row} token {j}");
             assert!((reference[row][j] - lp).abs() < 1e-4, "row {row} token {j}");
         }
-        for j in r.logprobs[row].len()..batch.completion_width {
-            assert_eq!(mask[row][j], 0.0);
-        }
+        assert!(mask[row][r.logprobs[row].len()..].iter().all(|&m| m == 0.0));
         match r.finish[row] {
             FinishReason::Eos => assert_eq!(*r.completion_ids[row].last().unwrap(), 2),
             FinishReason::Length => assert_eq!(r.completion_ids[row].len(), 10),
@@ -446,6 +455,12 @@ fn top_k_one_is_greedy_and_stop_strings_end_rows() {
     let g = generate(&model, Some(&tok), &ps, 2, &greedy).unwrap();
     let k = generate(&model, Some(&tok), &ps, 2, &top1).unwrap();
     assert_eq!(g.completion_ids, k.completion_ids);
+    let tiny_p = SamplingConfig {
+        top_p: 1e-6,
+        ..top1.clone()
+    };
+    let tp = generate(&model, Some(&tok), &ps, 2, &tiny_p).unwrap();
+    assert_eq!(g.completion_ids, tp.completion_ids, "top_p -> 0 is greedy");
 
     // Stop at the first character the greedy run produces in row 0.
     let first = g.texts[0]
@@ -679,4 +694,83 @@ fn bad_generation_inputs_are_errors() {
     assert!(generate(&model, None, &[vec![1]], 1, &stop).is_err());
     let empty: [&[u32]; 1] = [&[]];
     assert!(SequenceBatch::new(&empty, &[&[1]], 0, &Device::Cpu).is_err());
+}
+
+#[test]
+fn model_from_hf_tensors_checks_shapes() {
+    let src = fixture();
+    let config = ModelConfig::from_file(&src.join("config.json")).unwrap();
+    let tensors =
+        recap_runtime::model::read_safetensors(&src.join("model.safetensors"), |_| true).unwrap();
+    let opts = recap_runtime::model::LoadOptions::default();
+    let m =
+        Model::from_hf_tensors(config.clone(), tensors.clone(), &opts, Path::new("mem")).unwrap();
+    let ids = [1u32, 9, 13, 14, 10, 7, 17];
+    let single = load_hf_dir(&src, &Device::Cpu).unwrap();
+    assert_eq!(logits_of(&m, &ids), logits_of(&single, &ids));
+    let mut bad = tensors;
+    bad.insert(
+        "model.norm.weight".into(),
+        Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap(),
+    );
+    let e = Model::from_hf_tensors(config, bad, &opts, Path::new("mem.gguf"))
+        .err()
+        .expect("wrong shape must fail")
+        .to_string();
+    assert!(
+        e.contains("model.norm.weight") && e.contains("mem.gguf"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bf16_compute_keeps_f32_master_weights_and_gradients() {
+    let dir = fixture();
+    let mut model = load_hf_dir(&dir, &Device::Cpu).unwrap();
+    let ids = [1u32, 9, 13, 14, 10, 7, 17];
+    let full = logits_of(&model, &ids);
+    model.set_compute_dtype(DType::BF16).unwrap();
+    assert_eq!(model.dtype(), DType::F32);
+    let half = logits_of(&model, &ids);
+    for (a, b) in full.iter().flatten().zip(half.iter().flatten()) {
+        assert!((a - b).abs() < 0.1, "bf16 logits drift: {a} vs {b}");
+    }
+    let t = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap();
+    let loss = model.forward(&t, None).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    for var in model.trainable_vars() {
+        let g = grads
+            .get(var.as_tensor())
+            .expect("gradient reaches the f32 master weight");
+        assert_eq!(g.dtype(), DType::F32);
+    }
+    let tok = TextTokenizer::from_dir(&dir).unwrap();
+    let cfg = SamplingConfig {
+        max_new_tokens: 4,
+        greedy: true,
+        ..SamplingConfig::default()
+    };
+    let r = generate(&model, Some(&tok), &[ids.to_vec()], 2, &cfg).unwrap();
+    assert_eq!(r.completion_ids[0], r.completion_ids[1]);
+}
+
+#[test]
+fn frozen_copy_is_independent_of_policy_updates() {
+    let model = Model::tiny(
+        &tiny_config(Family::Qwen2, true),
+        2,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let frozen = model.frozen_copy().unwrap();
+    let ids = [1u32, 5, 6, 7];
+    let before = logits_of(&frozen, &ids);
+    assert_eq!(before, logits_of(&model, &ids));
+    for var in model.trainable_vars() {
+        var.set(&var.as_tensor().zeros_like().unwrap()).unwrap();
+    }
+    assert_ne!(logits_of(&model, &ids), before, "the policy changed");
+    assert_eq!(logits_of(&frozen, &ids), before, "the frozen copy did not");
+    assert!(frozen.trainable_vars().is_empty());
 }

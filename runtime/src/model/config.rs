@@ -271,19 +271,27 @@ impl ModelConfig {
                 return Err(format!("`{key}` must be positive"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if self
+            .num_attention_heads
+            .checked_rem(self.num_key_value_heads)
+            != Some(0)
+        {
             return Err(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if self.head_dim & 1 == 1 {
             return Err(format!(
                 "head_dim ({}) must be even for RoPE",
                 self.head_dim
             ));
         }
-        if !(self.rope_theta > 0.0) || !(self.rms_norm_eps >= 0.0) {
+        if self.rope_theta.is_nan()
+            || self.rope_theta <= 0.0
+            || self.rms_norm_eps.is_nan()
+            || self.rms_norm_eps < 0.0
+        {
             return Err("rope_theta must be positive and rms_norm_eps non-negative".into());
         }
         Ok(())

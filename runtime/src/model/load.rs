@@ -59,26 +59,41 @@ pub fn load_hf_dir_with(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<
             found.insert(name, t);
         }
     }
-    let where_ = |name: &str| {
-        origin.get(name).cloned().unwrap_or_else(|| {
-            if files.len() == 1 {
-                files[0].clone()
-            } else {
-                dir.join("model.safetensors.index.json")
-            }
-        })
+    let source = if files.len() == 1 {
+        files[0].clone()
+    } else {
+        dir.join("model.safetensors.index.json")
     };
-    for (name, shape) in weight_shapes(&config) {
-        match found.get(&name) {
+    check_tensors(&config, &found, |name| {
+        origin.get(name).cloned().unwrap_or_else(|| source.clone())
+    })?;
+    Ok(Model::from_tensors(
+        config,
+        found,
+        options.dtype,
+        options.trainable,
+        &options.device,
+    )?)
+}
+
+/// Checks that `tensors` holds every weight `config` implies, with the implied shape; `origin`
+/// names the file a tensor came from (or should have come from) for the error message.
+pub(crate) fn check_tensors(
+    config: &ModelConfig,
+    tensors: &HashMap<String, Tensor>,
+    origin: impl Fn(&str) -> PathBuf,
+) -> Result<()> {
+    for (name, shape) in weight_shapes(config) {
+        match tensors.get(&name) {
             None => {
                 return Err(ModelError::MissingTensor {
-                    path: where_(&name),
+                    path: origin(&name),
                     tensor: name,
                 })
             }
             Some(t) if t.dims() != shape.as_slice() => {
                 return Err(ModelError::Shape {
-                    path: where_(&name),
+                    path: origin(&name),
                     tensor: name.clone(),
                     expected: shape,
                     found: t.dims().to_vec(),
@@ -87,13 +102,35 @@ pub fn load_hf_dir_with(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<
             Some(_) => {}
         }
     }
-    Ok(Model::from_tensors(
-        config,
-        found,
-        options.dtype,
-        options.trainable,
-        &options.device,
-    )?)
+    Ok(())
+}
+
+impl Model {
+    /// Builds a model from tensors under their HF names (extra names are ignored), for example
+    /// weights dequantised from a GGUF file. Shapes are checked against `config`; `source`
+    /// names the origin in error messages.
+    pub fn from_hf_tensors(
+        config: ModelConfig,
+        tensors: HashMap<String, Tensor>,
+        options: &LoadOptions,
+        source: &Path,
+    ) -> Result<Model> {
+        config
+            .validate()
+            .map_err(|m| ModelError::config(source, m))?;
+        check_tensors(&config, &tensors, |_| source.to_path_buf())?;
+        let keep: HashMap<String, Tensor> = weight_shapes(&config)
+            .into_iter()
+            .filter_map(|(name, _)| tensors.get(&name).map(|t| (name, t.clone())))
+            .collect();
+        Ok(Model::from_tensors(
+            config,
+            keep,
+            options.dtype,
+            options.trainable,
+            &options.device,
+        )?)
+    }
 }
 
 /// The safetensors files of a directory: the shards named by `model.safetensors.index.json`, or

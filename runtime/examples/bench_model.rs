@@ -1,0 +1,127 @@
+//! Benchmark of the model layer on an HF directory (the fixture-tiny workload of DESIGN.md §8):
+//! takes the directory (with `train.jsonl`), gives the median seconds of a rollout of 8 prompts
+//! x 8 completions x 16 new tokens at temperature 1, of one policy forward+backward of those 64
+//! sequences plus the reference forward, generated tokens per second and peak RSS.
+//!
+//! `cargo run --release -p recap-runtime --example bench_model -- /work/shared/bench/fixture-tiny [reps]`
+
+use std::time::Instant;
+
+use candle_core::Device;
+use recap_runtime::generate::{generate, SamplingConfig};
+use recap_runtime::model::load_hf_dir;
+use recap_runtime::model::logprob::{reference_logprobs, token_logprobs};
+use recap_runtime::tokenizer::TextTokenizer;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// CPU seconds used by all threads of this process so far (from /proc, nanosecond resolution):
+/// on a shared machine it moves far less than wall time.
+fn cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    let mut ns = 0u64;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+    }
+    ns as f64 * 1e-9
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let dir = args
+        .next()
+        .ok_or("usage: bench_model <hf-dir with train.jsonl> [reps]")?;
+    let reps: usize = args.next().map_or(Ok(10), |s| s.parse())?;
+    let dir = std::path::PathBuf::from(dir);
+    // RECAP_NO_ALLOC_TUNING=1 measures with glibc's default allocator settings.
+    let tuned = std::env::var_os("RECAP_NO_ALLOC_TUNING").is_none()
+        && recap_runtime::alloc::tune_allocator();
+    let device = Device::Cpu;
+    let policy = load_hf_dir(&dir, &device)?;
+    let reference = policy.frozen_copy()?;
+    let tok = TextTokenizer::from_dir(&dir)?;
+    println!(
+        "allocator tuned: {tuned}; RSS after loading policy + reference: {:.1} MB",
+        peak_rss_mb()
+    );
+    let train = std::fs::read_to_string(dir.join("train.jsonl"))?;
+    let prompts: Vec<Vec<u32>> = train
+        .lines()
+        .take(8)
+        .map(|l| -> Result<Vec<u32>, Box<dyn std::error::Error>> {
+            let v: serde_json::Value = serde_json::from_str(l)?;
+            let p = v["prompt"]
+                .as_str()
+                .ok_or("train.jsonl row without prompt")?;
+            Ok(tok.encode_prompt(p)?)
+        })
+        .collect::<Result<_, _>>()?;
+
+    let mut rollout_s = Vec::new();
+    let mut step_s = Vec::new();
+    let mut cpu = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut tokens = 0;
+    // Two warm-up repetitions, as the peer figures skip two warm-up steps.
+    for rep in 0..reps + 2 {
+        let cfg = SamplingConfig {
+            max_new_tokens: 16,
+            temperature: 1.0,
+            seed: rep as u64,
+            ..SamplingConfig::default()
+        };
+        let c0 = cpu_seconds();
+        let t0 = Instant::now();
+        let rollout = generate(&policy, Some(&tok), &prompts, 8, &cfg)?;
+        let t1 = Instant::now();
+        let c1 = cpu_seconds();
+        let batch = rollout.to_batch(tok.pad_id, &device)?;
+        let lp = token_logprobs(&policy, &batch)?;
+        let n = batch.completion_mask.sum_all()?;
+        let loss = ((lp * &batch.completion_mask)?.sum_all()? / n)?.neg()?;
+        let c2 = cpu_seconds();
+        let grads = loss.backward()?;
+        let c3 = cpu_seconds();
+        let ref_lp = reference_logprobs(&reference, &batch)?;
+        let t2 = Instant::now();
+        let c4 = cpu_seconds();
+        drop((grads, ref_lp));
+        if rep >= 2 {
+            for (v, x) in cpu.iter_mut().zip([c1 - c0, c2 - c1, c3 - c2, c4 - c3]) {
+                v.push(x);
+            }
+            rollout_s.push((t1 - t0).as_secs_f64());
+            step_s.push((t2 - t1).as_secs_f64());
+            tokens = rollout.num_tokens();
+        }
+    }
+    let r = median(rollout_s);
+    let s = median(step_s);
+    println!("rollout 8x8x16 (temperature 1.0): {r:.4} s median of {reps}, {:.0} tokens/s ({tokens} tokens)", tokens as f64 / r);
+    println!("policy forward+backward + reference forward (64 seqs): {s:.4} s median of {reps}");
+    let [cr, cf, cb, cref] = cpu.map(median);
+    println!(
+        "cpu seconds (all threads, median): rollout {cr:.4}, policy forward {cf:.4}, backward {cb:.4}, reference forward {cref:.4}"
+    );
+    println!("peak RSS (VmHWM): {:.1} MB", peak_rss_mb());
+    Ok(())
+}
