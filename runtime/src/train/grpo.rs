@@ -16,6 +16,7 @@
 //!   divided by their count), `seq-mean-token-mean` (original GRPO: mean per sequence, then mean
 //!   over sequences), `seq-mean-token-sum-norm` (Dr. GRPO: sum over tokens divided by
 //!   `sequences * max_tokens`).
+//!
 //! Advantages are computed on the host in f64: rewards come from host-side verifiers, a batch
 //! holds tens of values, and f64 keeps the hand-checkable formulas exact.
 
@@ -213,7 +214,7 @@ pub fn group_advantages(
     if group < 2 {
         bail!("advantages: group must be >= 2, got {group}");
     }
-    if rewards.is_empty() || rewards.len() % group != 0 {
+    if rewards.is_empty() || !rewards.chunks_exact(group).remainder().is_empty() {
         bail!(
             "advantages: {} rewards do not split into groups of {group}",
             rewards.len()
@@ -805,5 +806,65 @@ mod tests {
         );
         assert!(sft_loss(logp.as_tensor(), &t2(&[&[0.0; 3], &[0.0; 3]]), 1.0).is_err());
         assert!(sft_loss(logp.as_tensor(), &t2(&[&[1.0; 3]]), 1.0).is_err());
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Host-side cost of advantages plus the GRPO loss (with k3) and its backward on the
+    /// benchmark's shapes (8 prompts x 8 completions x 16 tokens), without the model. Run:
+    /// `cargo test -p recap-runtime --lib grpo::bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn loss_time_on_benchmark_shapes() {
+        let (b, t) = (64usize, 16usize);
+        let vals: Vec<f32> = (0..b * t).map(|i| -0.1 - (i % 7) as f32 * 0.3).collect();
+        let logp = Var::from_vec(vals.clone(), (b, t), &Device::Cpu).unwrap();
+        let refp = Tensor::from_vec(
+            vals.iter().map(|v| v - 0.05).collect::<Vec<_>>(),
+            (b, t),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mask = Tensor::ones((b, t), DType::F32, &Device::Cpu).unwrap();
+        let rewards: Vec<f64> = (0..b).map(|i| ((i * 5) % 3) as f64 * 0.5).collect();
+        let config = GrpoConfig {
+            group: 8,
+            max_tokens: t,
+            scale: AdvantageScale::Group,
+            eps_low: 0.2,
+            eps_high: 0.2,
+            beta: 0.04,
+            aggregation: LossAggregation::TokenMean,
+            drop_zero_variance: false,
+        };
+        let mut times = Vec::new();
+        for _ in 0..21 {
+            let start = std::time::Instant::now();
+            let adv = group_advantages(&rewards, 8, AdvantageScale::Group, false).unwrap();
+            let out = grpo_loss(
+                &config,
+                &GrpoBatch {
+                    logp: logp.as_tensor(),
+                    old_logp: None,
+                    ref_logp: Some(&refp),
+                    mask: &mask,
+                    advantages: &adv,
+                    token_normaliser: None,
+                },
+            )
+            .unwrap();
+            let grads = out.loss.backward().unwrap();
+            assert!(grads.get(logp.as_tensor()).is_some());
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "advantages + grpo loss + backward, 64 x 16: median {:.3} ms",
+            times[10]
+        );
     }
 }

@@ -9,7 +9,8 @@
 //! expectation (the paper's Coreset baseline, "replay capped at half the reasoning volume", is
 //! `coreset(0.5)`); [`Mixer::coreset_budget`] gives the matching number of replay examples to
 //! keep. `all` draws every source every step (the paper's written formulation, a weighted sum
-//! of losses).
+//! of losses). [`RowSampler`] then picks the rows of a drawn source: seeded shuffled epochs,
+//! limited to the coreset subset under a budget, with a two-number cursor.
 
 use std::collections::BTreeMap;
 
@@ -61,6 +62,24 @@ pub struct MixCursor {
     /// How often each source has been drawn.
     pub draws: Vec<u64>,
     pub rng: RngState,
+}
+
+/// The factor that shrinks the replay sources so together they are at most `cap` times the RL
+/// sources' size (1 when they already are).
+fn coreset_scale(sources: &[SourceInfo], cap: f64) -> f64 {
+    let total = |role| -> f64 {
+        sources
+            .iter()
+            .filter(|s| s.role == role)
+            .map(|s| s.size as f64)
+            .sum()
+    };
+    let (rl, replay) = (total(SourceRole::Rl), total(SourceRole::Replay));
+    if replay > cap * rl {
+        cap * rl / replay
+    } else {
+        1.0
+    }
 }
 
 /// Draws sources step by step under a [`MixConfig`].
@@ -117,26 +136,12 @@ impl Mixer {
                 if !(cap.is_finite() && *cap >= 0.0) {
                     return fail(format!("coreset: cap must be >= 0, got {cap}"));
                 }
-                let rl: f64 = sources
-                    .iter()
-                    .filter(|s| s.role == SourceRole::Rl)
-                    .map(|s| s.size as f64)
-                    .sum();
-                if rl == 0.0 {
+                if !sources.iter().any(|s| s.role == SourceRole::Rl) {
                     return fail(
                         "coreset: needs at least one RL source to cap replay against".into(),
                     );
                 }
-                let replay: f64 = sources
-                    .iter()
-                    .filter(|s| s.role == SourceRole::Replay)
-                    .map(|s| s.size as f64)
-                    .sum();
-                let scale = if replay > cap * rl {
-                    cap * rl / replay
-                } else {
-                    1.0
-                };
+                let scale = coreset_scale(&sources, *cap);
                 sources
                     .iter()
                     .map(|s| match s.role {
@@ -182,23 +187,7 @@ impl Mixer {
         let MixConfig::Coreset { cap } = self.config else {
             return vec![None; self.sources.len()];
         };
-        let rl: f64 = self
-            .sources
-            .iter()
-            .filter(|s| s.role == SourceRole::Rl)
-            .map(|s| s.size as f64)
-            .sum();
-        let replay: f64 = self
-            .sources
-            .iter()
-            .filter(|s| s.role == SourceRole::Replay)
-            .map(|s| s.size as f64)
-            .sum();
-        let scale = if replay > cap * rl {
-            cap * rl / replay
-        } else {
-            1.0
-        };
+        let scale = coreset_scale(&self.sources, cap);
         self.sources
             .iter()
             .map(|s| {
@@ -246,6 +235,129 @@ impl Mixer {
         self.rng = HostRng::from_state(&cursor.rng).map_err(MixError)?;
         self.step = cursor.step;
         self.draws = cursor.draws;
+        Ok(())
+    }
+}
+
+/// A seed for a sub-stream (an epoch, a subset) derived from a run seed with SplitMix64's
+/// finaliser, so sub-streams are independent and reproducible without extra state.
+pub fn derive_seed(seed: u64, stream: u64) -> u64 {
+    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A seeded permutation of `0..n` (Fisher-Yates).
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = HostRng::new(seed);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// The resumable position of a [`RowSampler`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowCursor {
+    pub epoch: u64,
+    /// Rows of the current epoch already handed out.
+    pub pos: usize,
+}
+
+/// Which rows of one source the batches use: every row once per epoch in a seeded shuffled
+/// order, a new order each epoch. With a budget (the coreset), only a fixed seeded subset of
+/// `budget` rows is ever used. The epoch's order is derived from (seed, epoch), so the cursor is
+/// just (epoch, position).
+#[derive(Debug, Clone)]
+pub struct RowSampler {
+    seed: u64,
+    /// The rows in use (all rows, or the coreset subset), in ascending order.
+    rows: Vec<usize>,
+    epoch: u64,
+    pos: usize,
+    order: Vec<usize>,
+}
+
+/// The stream id of the coreset subset, apart from every epoch's stream.
+const SUBSET_STREAM: u64 = u64::MAX;
+
+impl RowSampler {
+    pub fn new(size: usize, budget: Option<usize>, seed: u64) -> Result<Self, MixError> {
+        if size == 0 {
+            return Err(MixError("row sampler: the source is empty".into()));
+        }
+        let rows = match budget {
+            Some(0) => return Err(MixError("row sampler: a budget of 0 rows".into())),
+            Some(b) if b < size => {
+                let mut subset = permutation(size, derive_seed(seed, SUBSET_STREAM));
+                subset.truncate(b);
+                subset.sort_unstable();
+                subset
+            }
+            _ => (0..size).collect(),
+        };
+        let mut sampler = RowSampler {
+            seed,
+            rows,
+            epoch: 0,
+            pos: 0,
+            order: Vec::new(),
+        };
+        sampler.shuffle();
+        Ok(sampler)
+    }
+
+    fn shuffle(&mut self) {
+        let perm = permutation(self.rows.len(), derive_seed(self.seed, self.epoch));
+        self.order = perm.into_iter().map(|i| self.rows[i]).collect();
+    }
+
+    /// Rows in use per epoch.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The next `n` row indices, continuing into new epochs as needed.
+    pub fn next_rows(&mut self, n: usize) -> Vec<usize> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            if self.pos == self.order.len() {
+                self.epoch += 1;
+                self.pos = 0;
+                self.shuffle();
+            }
+            let take = (n - out.len()).min(self.order.len() - self.pos);
+            out.extend_from_slice(&self.order[self.pos..self.pos + take]);
+            self.pos += take;
+        }
+        out
+    }
+
+    pub fn cursor(&self) -> RowCursor {
+        RowCursor {
+            epoch: self.epoch,
+            pos: self.pos,
+        }
+    }
+
+    pub fn restore(&mut self, cursor: RowCursor) -> Result<(), MixError> {
+        if cursor.pos > self.rows.len() {
+            return Err(MixError(format!(
+                "row cursor at {} of an epoch of {} rows",
+                cursor.pos,
+                self.rows.len()
+            )));
+        }
+        self.epoch = cursor.epoch;
+        self.pos = cursor.pos;
+        self.shuffle();
         Ok(())
     }
 }
@@ -401,5 +513,43 @@ mod tests {
         assert!(two.restore(three.cursor()).is_err());
         let cfg: MixConfig = serde_json::from_str(r#"{"kind": "coreset", "cap": 0.5}"#).unwrap();
         assert_eq!(cfg, MixConfig::Coreset { cap: 0.5 });
+    }
+
+    #[test]
+    fn row_sampler_epochs_budget_and_resume() {
+        let mut r = RowSampler::new(10, None, 5).unwrap();
+        let first = r.next_rows(10);
+        let mut sorted = first.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+        assert_ne!(first, (0..10).collect::<Vec<_>>(), "shuffled");
+        // A batch that crosses an epoch boundary: the next epoch is a different order.
+        let second = r.next_rows(15);
+        let mut e2 = second[..10].to_vec();
+        assert_ne!(e2, first);
+        e2.sort_unstable();
+        assert_eq!(e2, (0..10).collect::<Vec<_>>());
+        assert_eq!(r.cursor(), RowCursor { epoch: 2, pos: 5 });
+        // Resume from a JSON cursor continues identically.
+        let json = serde_json::to_string(&r.cursor()).unwrap();
+        let mut resumed = RowSampler::new(10, None, 5).unwrap();
+        resumed
+            .restore(serde_json::from_str(&json).unwrap())
+            .unwrap();
+        assert_eq!(r.next_rows(23), resumed.next_rows(23));
+        assert_ne!(RowSampler::new(10, None, 6).unwrap().next_rows(10), first);
+        // A budget keeps one fixed subset across epochs.
+        let mut c = RowSampler::new(100, Some(7), 5).unwrap();
+        assert_eq!(c.len(), 7);
+        let mut a = c.next_rows(7);
+        let mut b = c.next_rows(7);
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b);
+        assert!(a.iter().all(|&i| i < 100));
+        assert_eq!(RowSampler::new(5, Some(50), 1).unwrap().len(), 5);
+        assert!(RowSampler::new(0, None, 1).is_err());
+        assert!(RowSampler::new(5, Some(0), 1).is_err());
+        assert!(r.restore(RowCursor { epoch: 0, pos: 11 }).is_err());
     }
 }

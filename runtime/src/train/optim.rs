@@ -1,1 +1,1355 @@
-//! In progress.
+//! Optimisers and learning-rate schedules: take named candle `Var`s and their gradients; give
+//! updated weights, the global gradient norm, the learning rate of each step, and optimiser
+//! state saved to and loaded from safetensors for resume.
+//!
+//! Updates run in f32: a variable stored in another dtype (bf16, f16) gets an f32 master copy
+//! that the optimiser updates and writes back rounded, because small updates vanish when added
+//! to bf16 weights directly, and candle-nn's AdamW keeps its moments in the variable's dtype.
+//! Semantics are PyTorch's (`torch.optim.AdamW`, `torch.optim.SGD`,
+//! `clip_grad_norm_`) and Hugging Face's schedules (`get_linear_schedule_with_warmup`,
+//! `get_cosine_schedule_with_warmup`), so runs compare with TRL.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::backprop::GradStore;
+use candle_core::{
+    bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Storage, Tensor, Var,
+};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_adam_eps() -> f64 {
+    1e-8
+}
+
+/// An optimiser and its hyper-parameters; `lr` is the peak rate the schedule scales.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OptimizerConfig {
+    /// Adam with decoupled weight decay (`p -= lr * wd * p` before the Adam step).
+    Adamw {
+        lr: f64,
+        #[serde(default = "default_beta1")]
+        beta1: f64,
+        #[serde(default = "default_beta2")]
+        beta2: f64,
+        #[serde(default = "default_adam_eps")]
+        eps: f64,
+        /// TRL's default (transformers' `weight_decay`) is 0.
+        #[serde(default)]
+        weight_decay: f64,
+    },
+    /// SGD with optional momentum (PyTorch's form, dampening 0) and L2 weight decay.
+    Sgd {
+        lr: f64,
+        #[serde(default)]
+        momentum: f64,
+        #[serde(default)]
+        nesterov: bool,
+        #[serde(default)]
+        weight_decay: f64,
+    },
+}
+
+impl OptimizerConfig {
+    pub fn lr(&self) -> f64 {
+        match self {
+            OptimizerConfig::Adamw { lr, .. } | OptimizerConfig::Sgd { lr, .. } => *lr,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            OptimizerConfig::Adamw { .. } => "adamw",
+            OptimizerConfig::Sgd { .. } => "sgd",
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let finite_nonneg = |name: &str, v: f64| -> Result<()> {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("optimizer: {name} must be finite and >= 0, got {v}");
+            }
+            Ok(())
+        };
+        match self {
+            OptimizerConfig::Adamw {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                finite_nonneg("lr", *lr)?;
+                finite_nonneg("weight_decay", *weight_decay)?;
+                if !(*eps > 0.0 && eps.is_finite()) {
+                    bail!("optimizer: eps must be > 0, got {eps}");
+                }
+                for (name, b) in [("beta1", beta1), ("beta2", beta2)] {
+                    if !(0.0..1.0).contains(b) {
+                        bail!("optimizer: {name} must be in [0, 1), got {b}");
+                    }
+                }
+            }
+            OptimizerConfig::Sgd {
+                lr,
+                momentum,
+                nesterov,
+                weight_decay,
+            } => {
+                finite_nonneg("lr", *lr)?;
+                finite_nonneg("weight_decay", *weight_decay)?;
+                finite_nonneg("momentum", *momentum)?;
+                if *nesterov && *momentum == 0.0 {
+                    bail!("optimizer: nesterov needs momentum > 0");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Gradients aligned with an optimiser's parameters (f32; `None` where a parameter got none).
+#[derive(Debug, Clone)]
+pub struct Grads {
+    names: Vec<String>,
+    grads: Vec<Option<Tensor>>,
+    /// A pending factor on every gradient. Scaling (clipping, averaging) only records it and
+    /// the optimiser folds it into its update, so clipping costs no pass over the gradients.
+    factor: f64,
+}
+
+impl Grads {
+    /// The gradient of parameter `i` with any pending scale applied.
+    pub fn get(&self, i: usize) -> Result<Option<Tensor>> {
+        match self.grads.get(i).and_then(Option::as_ref) {
+            Some(g) if self.factor != 1.0 => Ok(Some((g * self.factor)?)),
+            Some(g) => Ok(Some(g.clone())),
+            None => Ok(None),
+        }
+    }
+
+    /// The factor pending on every stored gradient.
+    pub fn factor(&self) -> f64 {
+        self.factor
+    }
+
+    /// Parameters that received a gradient.
+    pub fn count(&self) -> usize {
+        self.grads.iter().filter(|g| g.is_some()).count()
+    }
+
+    /// The L2 norm over every gradient together; an error naming the first tensor whose
+    /// gradient is not finite.
+    pub fn global_norm(&self) -> Result<f64> {
+        let mut total = 0.0f64;
+        for (name, g) in self.names.iter().zip(&self.grads) {
+            if let Some(g) = g {
+                let sq = sum_squares(g)?;
+                if !sq.is_finite() {
+                    bail!("gradient of `{name}` is not finite");
+                }
+                total += sq;
+            }
+        }
+        Ok(total.sqrt() * self.factor.abs())
+    }
+
+    /// Multiplies every gradient by `factor` (recorded, applied by the optimiser).
+    pub fn scale(&mut self, factor: f64) -> Result<()> {
+        if !factor.is_finite() {
+            bail!("gradient scale factor must be finite, got {factor}");
+        }
+        self.factor *= factor;
+        Ok(())
+    }
+
+    /// Applies the pending factor to the stored tensors.
+    fn materialise(&mut self) -> Result<()> {
+        if self.factor != 1.0 {
+            for g in self.grads.iter_mut().flatten() {
+                *g = (&*g * self.factor)?;
+            }
+            self.factor = 1.0;
+        }
+        Ok(())
+    }
+
+    /// PyTorch's `clip_grad_norm_`: scales by `max_norm / (norm + 1e-6)` when that is below 1.
+    /// Returns the norm before clipping.
+    pub fn clip_global_norm(&mut self, max_norm: f64) -> Result<f64> {
+        if max_norm.is_nan() || max_norm <= 0.0 {
+            bail!("gradient clipping: max_norm must be > 0, got {max_norm}");
+        }
+        let norm = self.global_norm()?;
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            self.scale(coef)?;
+        }
+        Ok(norm)
+    }
+}
+
+/// Sums gradients over micro-batches before one optimiser step.
+#[derive(Debug, Default)]
+pub struct GradAccumulator {
+    sum: Option<Grads>,
+    micro_batches: usize,
+}
+
+impl GradAccumulator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn micro_batches(&self) -> usize {
+        self.micro_batches
+    }
+
+    pub fn add(&mut self, grads: Grads) -> Result<()> {
+        self.micro_batches += 1;
+        let Some(sum) = self.sum.as_mut() else {
+            self.sum = Some(grads);
+            return Ok(());
+        };
+        if sum.names != grads.names {
+            bail!("gradient accumulation: micro-batch gradients are for different parameters");
+        }
+        let mut grads = grads;
+        sum.materialise()?;
+        grads.materialise()?;
+        for (s, g) in sum.grads.iter_mut().zip(grads.grads) {
+            *s = match (s.take(), g) {
+                (Some(a), Some(b)) => Some((a + b)?),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(())
+    }
+
+    /// The summed gradients (losses already divided by the micro-batch count or a global token
+    /// count sum correctly); resets the accumulator.
+    pub fn take_sum(&mut self) -> Option<Grads> {
+        self.micro_batches = 0;
+        self.sum.take()
+    }
+
+    /// The mean of the gradients over the micro-batches; resets the accumulator.
+    pub fn take_mean(&mut self) -> Result<Option<Grads>> {
+        let n = self.micro_batches;
+        match self.take_sum() {
+            Some(mut g) => {
+                g.scale(1.0 / n as f64)?;
+                Ok(Some(g))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// Elements per rayon task in the fused CPU updates; below this one thread does the work.
+const CHUNK: usize = 1 << 15;
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        bail!("fused optimizer update: {what} is not f32");
+    };
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("fused optimizer update: {what} is not contiguous");
+    };
+    Ok(&data[start..end])
+}
+
+fn contiguous_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(data) = s else {
+        bail!("fused optimizer update: {what} is not f32");
+    };
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("fused optimizer update: {what} is not contiguous");
+    };
+    Ok(&mut data[start..end])
+}
+
+/// In place on the CPU: `dst = a * dst + b * g` (or `b * g * g` with `square`), one pass and no
+/// allocation; the moment updates of AdamW.
+struct MomentUpdate {
+    a: f32,
+    b: f32,
+    square: bool,
+}
+
+impl InplaceOp2 for MomentUpdate {
+    fn name(&self) -> &'static str {
+        "recap-moment-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let dst = contiguous_f32_mut(s1, l1, "moment")?;
+        let g = contiguous_f32(s2, l2, "gradient")?;
+        if dst.len() != g.len() {
+            bail!(
+                "fused optimizer update: moment has {} elements, gradient {}",
+                dst.len(),
+                g.len()
+            );
+        }
+        let (a, b, square) = (self.a, self.b, self.square);
+        dst.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(d, g)| {
+                if square {
+                    d.iter_mut()
+                        .zip(g)
+                        .for_each(|(d, &g)| *d = a * *d + b * g * g);
+                } else {
+                    d.iter_mut().zip(g).for_each(|(d, &g)| *d = a * *d + b * g);
+                }
+            });
+        Ok(())
+    }
+}
+
+/// In place on the CPU: `p = p * decay - step * m / (sqrt(v) * inv_bc2_sqrt + eps)`, the
+/// AdamW parameter update with bias corrections folded into `step` and `inv_bc2_sqrt`.
+struct AdamApply {
+    decay: f32,
+    step: f32,
+    inv_bc2_sqrt: f32,
+    eps: f32,
+}
+
+impl InplaceOp3 for AdamApply {
+    fn name(&self) -> &'static str {
+        "recap-adamw-apply"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let p = contiguous_f32_mut(s1, l1, "parameter")?;
+        let m = contiguous_f32(s2, l2, "first moment")?;
+        let v = contiguous_f32(s3, l3, "second moment")?;
+        if p.len() != m.len() || p.len() != v.len() {
+            bail!("fused optimizer update: parameter and moments differ in size");
+        }
+        let AdamApply {
+            decay,
+            step,
+            inv_bc2_sqrt,
+            eps,
+        } = *self;
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks(CHUNK))
+            .zip(v.par_chunks(CHUNK))
+            .for_each(|((p, m), v)| {
+                for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                    *p = *p * decay - step * m / (v.sqrt() * inv_bc2_sqrt + eps);
+                }
+            });
+        Ok(())
+    }
+}
+
+/// Whether the fused CPU update applies: f32, contiguous, on the CPU.
+fn fusable(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
+}
+
+/// The sum of squares of a tensor, without a temporary on the CPU.
+fn sum_squares(t: &Tensor) -> Result<f64> {
+    if fusable(t) {
+        let (storage, layout) = t.storage_and_layout();
+        if let Storage::Cpu(cpu) = &*storage {
+            let data = contiguous_f32(cpu, layout, "gradient")?;
+            return Ok(data
+                .par_chunks(CHUNK)
+                .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+                .sum());
+        }
+    }
+    t.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
+}
+
+#[derive(Debug)]
+struct ParamState {
+    name: String,
+    var: Var,
+    /// The f32 master weights when the variable is stored in another dtype.
+    master: Option<Tensor>,
+    /// AdamW's first moment, or SGD's momentum buffer.
+    m: Option<Tensor>,
+    /// AdamW's second moment.
+    v: Option<Tensor>,
+    /// Updates this parameter has received (PyTorch counts per parameter).
+    steps: u64,
+}
+
+impl ParamState {
+    fn weights(&self) -> Result<Tensor> {
+        match &self.master {
+            Some(m) => Ok(m.clone()),
+            None => self.var.as_tensor().detach().to_dtype(DType::F32),
+        }
+    }
+
+    fn write(&mut self, p: Tensor) -> Result<()> {
+        if self.master.is_some() {
+            self.var.set(&p.to_dtype(self.var.dtype())?)?;
+            self.master = Some(p);
+        } else {
+            self.var.set(&p)?;
+        }
+        Ok(())
+    }
+}
+
+/// An optimiser over named variables.
+#[derive(Debug)]
+pub struct Optimizer {
+    config: OptimizerConfig,
+    params: Vec<ParamState>,
+    /// Use the fused in-place CPU update where it applies (tests turn it off to check it
+    /// against the tensor-op path).
+    fused: bool,
+}
+
+const META_FORMAT: &str = "recap-optimizer-1";
+
+impl Optimizer {
+    pub fn new(config: OptimizerConfig, params: Vec<(String, Var)>) -> Result<Self> {
+        config.validate()?;
+        let mut states = Vec::with_capacity(params.len());
+        for (i, (name, var)) in params.into_iter().enumerate() {
+            if states.iter().any(|s: &ParamState| s.name == name) || name.contains('#') {
+                bail!("optimizer: parameter name `{name}` (index {i}) is repeated or contains `#`");
+            }
+            if !var.dtype().is_float() {
+                bail!(
+                    "optimizer: parameter `{name}` has non-float dtype {:?}",
+                    var.dtype()
+                );
+            }
+            let master = match var.dtype() {
+                DType::F32 => None,
+                _ => Some(var.as_tensor().detach().to_dtype(DType::F32)?),
+            };
+            states.push(ParamState {
+                name,
+                var,
+                master,
+                m: None,
+                v: None,
+                steps: 0,
+            });
+        }
+        Ok(Optimizer {
+            config,
+            params: states,
+            fused: true,
+        })
+    }
+
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    pub fn param_names(&self) -> Vec<&str> {
+        self.params.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    /// The gradients of this optimiser's parameters from a backward pass, in f32.
+    pub fn grads(&self, store: &GradStore) -> Result<Grads> {
+        let grads = self
+            .params
+            .iter()
+            .map(|p| {
+                store
+                    .get(p.var.as_tensor())
+                    .map(|g| g.to_dtype(DType::F32))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Grads {
+            names: self.params.iter().map(|p| p.name.clone()).collect(),
+            grads,
+            factor: 1.0,
+        })
+    }
+
+    /// One update at learning rate `lr` (the schedule's value for this step). Parameters
+    /// without a gradient are left alone, moments and decay included, as in PyTorch.
+    pub fn step(&mut self, grads: &Grads, lr: f64) -> Result<()> {
+        if grads.grads.len() != self.params.len() {
+            bail!(
+                "optimizer: {} gradients for {} parameters",
+                grads.grads.len(),
+                self.params.len()
+            );
+        }
+        if !(lr.is_finite() && lr >= 0.0) {
+            bail!("optimizer: learning rate must be finite and >= 0, got {lr}");
+        }
+        let config = self.config.clone();
+        let factor = grads.factor;
+        for (p, g) in self.params.iter_mut().zip(&grads.grads) {
+            let Some(g) = g else { continue };
+            if g.dims() != p.var.dims() {
+                bail!(
+                    "optimizer: gradient of `{}` has shape {:?}, parameter {:?}",
+                    p.name,
+                    g.dims(),
+                    p.var.dims()
+                );
+            }
+            if let (
+                true,
+                OptimizerConfig::Adamw {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    ..
+                },
+            ) = (self.fused, &config)
+            {
+                let target = p
+                    .master
+                    .clone()
+                    .unwrap_or_else(|| p.var.as_tensor().clone());
+                let g = g.contiguous()?;
+                if fusable(&target) && fusable(&g) {
+                    // Three passes in place (two moments, then the weights), no temporaries:
+                    // the tensor-op path below allocates a dozen tensors per parameter.
+                    p.steps += 1;
+                    let zeros = || Tensor::zeros(target.shape(), DType::F32, target.device());
+                    let m = p.m.clone().map_or_else(zeros, Ok)?;
+                    let v = p.v.clone().map_or_else(zeros, Ok)?;
+                    // The pending gradient factor folds into the moment coefficients.
+                    m.inplace_op2(
+                        &g,
+                        &MomentUpdate {
+                            a: *beta1 as f32,
+                            b: ((1.0 - beta1) * factor) as f32,
+                            square: false,
+                        },
+                    )?;
+                    v.inplace_op2(
+                        &g,
+                        &MomentUpdate {
+                            a: *beta2 as f32,
+                            b: ((1.0 - beta2) * factor * factor) as f32,
+                            square: true,
+                        },
+                    )?;
+                    let t = p.steps as i32;
+                    let (bc1, bc2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
+                    target.inplace_op3(
+                        &m,
+                        &v,
+                        &AdamApply {
+                            decay: (1.0 - lr * weight_decay) as f32,
+                            step: (lr / bc1) as f32,
+                            inv_bc2_sqrt: (1.0 / bc2.sqrt()) as f32,
+                            eps: *eps as f32,
+                        },
+                    )?;
+                    p.m = Some(m);
+                    p.v = Some(v);
+                    if p.master.is_some() {
+                        p.var.set(&target.to_dtype(p.var.dtype())?)?;
+                    }
+                    continue;
+                }
+            }
+            p.steps += 1;
+            let scaled;
+            let g = if factor != 1.0 {
+                scaled = (g * factor)?;
+                &scaled
+            } else {
+                g
+            };
+            let w = p.weights()?;
+            let updated = match config {
+                OptimizerConfig::Adamw {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    ..
+                } => {
+                    let w = if weight_decay > 0.0 {
+                        (w * (1.0 - lr * weight_decay))?
+                    } else {
+                        w
+                    };
+                    let m = match &p.m {
+                        Some(m) => ((m * beta1)? + (g * (1.0 - beta1))?)?,
+                        None => (g * (1.0 - beta1))?,
+                    };
+                    let v = match &p.v {
+                        Some(v) => ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?,
+                        None => (g.sqr()? * (1.0 - beta2))?,
+                    };
+                    let t = p.steps as i32;
+                    let bc1 = 1.0 - beta1.powi(t);
+                    let bc2 = 1.0 - beta2.powi(t);
+                    let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
+                    let w = (w - (m.div(&denom)? * (lr / bc1))?)?;
+                    p.m = Some(m);
+                    p.v = Some(v);
+                    w
+                }
+                OptimizerConfig::Sgd {
+                    momentum,
+                    nesterov,
+                    weight_decay,
+                    ..
+                } => {
+                    let mut d = if weight_decay > 0.0 {
+                        (g + (&w * weight_decay)?)?
+                    } else {
+                        g.clone()
+                    };
+                    if momentum > 0.0 {
+                        let buf = match &p.m {
+                            Some(b) => ((b * momentum)? + &d)?,
+                            None => d.clone(),
+                        };
+                        d = if nesterov {
+                            (d + (&buf * momentum)?)?
+                        } else {
+                            buf.clone()
+                        };
+                        p.m = Some(buf);
+                    }
+                    (w - (d * lr)?)?
+                }
+            };
+            p.write(updated)?;
+        }
+        Ok(())
+    }
+
+    /// Saves moments, master weights and step counts to one safetensors file (written to a
+    /// temporary name, then renamed, so a crash never leaves half a file).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        let mut steps = HashMap::new();
+        for p in &self.params {
+            steps.insert(p.name.clone(), p.steps);
+            for (suffix, t) in [("m", &p.m), ("v", &p.v), ("master", &p.master)] {
+                if let Some(t) = t {
+                    tensors.push((format!("{}#{suffix}", p.name), t.clone()));
+                }
+            }
+        }
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), META_FORMAT.to_string());
+        meta.insert("kind".to_string(), self.config.kind().to_string());
+        meta.insert(
+            "steps".to_string(),
+            serde_json::to_string(&steps).map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+        );
+        let tmp = path.with_extension("safetensors.tmp");
+        safetensors::serialize_to_file(
+            tensors.iter().map(|(n, t)| (n.as_str(), t)),
+            Some(meta),
+            &tmp,
+        )
+        .map_err(|e| candle_core::Error::Msg(format!("writing {}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| candle_core::Error::Msg(format!("renaming to {}: {e}", path.display())))?;
+        Ok(())
+    }
+
+    /// Loads a state saved by [`Optimizer::save`] for the same parameters and optimiser kind,
+    /// and writes the saved master weights back into the variables.
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        let at = || path.display().to_string();
+        let bytes = std::fs::read(path)
+            .map_err(|e| candle_core::Error::Msg(format!("reading {}: {e}", at())))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", at())))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        if meta.get("format").map(String::as_str) != Some(META_FORMAT) {
+            bail!("{}: not a recap optimizer state", at());
+        }
+        let kind = meta.get("kind").cloned().unwrap_or_default();
+        if kind != self.config.kind() {
+            bail!(
+                "{}: saved by a `{kind}` optimizer, this run uses `{}`",
+                at(),
+                self.config.kind()
+            );
+        }
+        let steps: HashMap<String, u64> = serde_json::from_str(meta.get("steps").map_or("", |s| s))
+            .map_err(|e| candle_core::Error::Msg(format!("{}: bad step counts: {e}", at())))?;
+        let device = self.params.first().map(|p| p.var.device().clone());
+        let Some(device) = device else { return Ok(()) };
+        let mut tensors = candle_core::safetensors::load_buffer(&bytes, &device)?;
+        for p in &mut self.params {
+            let Some(&s) = steps.get(&p.name) else {
+                bail!("{}: no state for parameter `{}`", at(), p.name);
+            };
+            let mut take = |suffix: &str, dtype: DType| -> Result<Option<Tensor>> {
+                let key = format!("{}#{suffix}", p.name);
+                match tensors.remove(&key) {
+                    Some(t) if t.dims() != p.var.dims() || t.dtype() != dtype => bail!(
+                        "{}: tensor `{key}` is {:?} {:?}, expected {:?} {dtype:?}",
+                        at(),
+                        t.dtype(),
+                        t.dims(),
+                        p.var.dims()
+                    ),
+                    other => Ok(other),
+                }
+            };
+            let (m, v, master) = (
+                take("m", DType::F32)?,
+                take("v", DType::F32)?,
+                take("master", DType::F32)?,
+            );
+            if master.is_some() != p.master.is_some() {
+                bail!(
+                    "{}: parameter `{}` changed dtype since the checkpoint",
+                    at(),
+                    p.name
+                );
+            }
+            p.steps = s;
+            p.m = m;
+            p.v = v;
+            if let Some(master) = master {
+                p.var.set(&master.to_dtype(p.var.dtype())?)?;
+                p.master = Some(master);
+            }
+        }
+        if let Some(extra) = tensors.keys().next() {
+            bail!(
+                "{}: tensor `{extra}` belongs to no parameter of this run",
+                at()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A warm-up length: a number of steps or a fraction of the run (rounded up, as
+/// transformers' `warmup_ratio`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Warmup {
+    Steps(u64),
+    Fraction(f64),
+}
+
+impl Default for Warmup {
+    fn default() -> Self {
+        Warmup::Steps(0)
+    }
+}
+
+fn default_cycles() -> f64 {
+    0.5
+}
+
+/// A learning-rate schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ScheduleConfig {
+    Constant {
+        #[serde(default)]
+        warmup: Warmup,
+    },
+    /// Linear warm-up from 0, then linear decay to 0 at the last step.
+    Linear {
+        #[serde(default)]
+        warmup: Warmup,
+    },
+    /// Linear warm-up, then cosine decay (`cycles = 0.5` is half a cosine down to 0).
+    Cosine {
+        #[serde(default)]
+        warmup: Warmup,
+        #[serde(default = "default_cycles")]
+        cycles: f64,
+    },
+}
+
+/// A schedule resolved against a peak rate and a run length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    config: ScheduleConfig,
+    base_lr: f64,
+    total_steps: u64,
+    warmup_steps: u64,
+}
+
+impl Schedule {
+    pub fn new(config: ScheduleConfig, base_lr: f64, total_steps: u64) -> Result<Self> {
+        if total_steps == 0 {
+            bail!("schedule: the run needs at least one step");
+        }
+        if !(base_lr.is_finite() && base_lr >= 0.0) {
+            bail!("schedule: learning rate must be finite and >= 0, got {base_lr}");
+        }
+        let warmup = match &config {
+            ScheduleConfig::Constant { warmup }
+            | ScheduleConfig::Linear { warmup }
+            | ScheduleConfig::Cosine { warmup, .. } => *warmup,
+        };
+        let warmup_steps = match warmup {
+            Warmup::Steps(s) => s,
+            Warmup::Fraction(f) => {
+                if !(0.0..=1.0).contains(&f) {
+                    bail!("schedule: warm-up fraction must be in [0, 1], got {f}");
+                }
+                (f * total_steps as f64).ceil() as u64
+            }
+        };
+        if let ScheduleConfig::Cosine { cycles, .. } = &config {
+            if !(cycles.is_finite() && *cycles > 0.0) {
+                bail!("schedule: cosine cycles must be > 0, got {cycles}");
+            }
+        }
+        Ok(Schedule {
+            config,
+            base_lr,
+            total_steps,
+            warmup_steps,
+        })
+    }
+
+    pub fn warmup_steps(&self) -> u64 {
+        self.warmup_steps
+    }
+
+    /// The rate of the optimiser step that follows `step` completed steps (0 for the first,
+    /// which is 0 under any warm-up, as in transformers).
+    pub fn lr(&self, step: u64) -> f64 {
+        let (s, w, t) = (
+            step as f64,
+            self.warmup_steps as f64,
+            self.total_steps as f64,
+        );
+        if step < self.warmup_steps {
+            return self.base_lr * s / w.max(1.0);
+        }
+        let factor = match &self.config {
+            ScheduleConfig::Constant { .. } => 1.0,
+            ScheduleConfig::Linear { .. } => ((t - s) / (t - w).max(1.0)).max(0.0),
+            ScheduleConfig::Cosine { cycles, .. } => {
+                let progress = (s - w) / (t - w).max(1.0);
+                (0.5 * (1.0 + (std::f64::consts::PI * cycles * 2.0 * progress).cos())).max(0.0)
+            }
+        };
+        self.base_lr * factor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn var(values: &[f32]) -> Var {
+        Var::from_slice(values, values.len(), &Device::Cpu).unwrap()
+    }
+
+    /// Gradients of `sum(w * c)` are `c`: a backward pass with chosen gradients.
+    fn grads_for(opt: &Optimizer, vars: &[&Var], coefs: &[&[f32]]) -> Grads {
+        let mut loss = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();
+        for (v, c) in vars.iter().zip(coefs) {
+            let c = Tensor::from_slice(c, c.len(), &Device::Cpu).unwrap();
+            let w = v.as_tensor().to_dtype(DType::F32).unwrap();
+            loss = (loss + (w * c).unwrap().sum_all().unwrap()).unwrap();
+        }
+        opt.grads(&loss.backward().unwrap()).unwrap()
+    }
+
+    fn values(v: &Var) -> Vec<f32> {
+        v.as_tensor()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    fn adamw(lr: f64, weight_decay: f64) -> OptimizerConfig {
+        OptimizerConfig::Adamw {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        }
+    }
+
+    #[test]
+    fn adamw_two_steps_by_hand() {
+        let w = var(&[1.0, -2.0]);
+        let mut opt = Optimizer::new(adamw(0.1, 0.01), vec![("w".into(), w.clone())]).unwrap();
+        let (g1, g2) = ([0.5f64, -0.1], [0.2f64, 0.3]);
+        let mut p = [1.0f64, -2.0];
+        let (mut m, mut v) = ([0.0f64; 2], [0.0f64; 2]);
+        for (t, g) in [(1, g1), (2, g2)] {
+            let gf = [g[0] as f32, g[1] as f32];
+            let grads = grads_for(&opt, &[&w], &[&gf]);
+            opt.step(&grads, 0.1).unwrap();
+            // PyTorch AdamW, written out.
+            for k in 0..2 {
+                let gk = gf[k] as f64;
+                p[k] *= 1.0 - 0.1 * 0.01;
+                m[k] = 0.9 * m[k] + 0.1 * gk;
+                v[k] = 0.999 * v[k] + 0.001 * gk * gk;
+                let bc1 = 1.0 - 0.9f64.powi(t);
+                let bc2 = 1.0 - 0.999f64.powi(t);
+                p[k] -= 0.1 / bc1 * m[k] / ((v[k] / bc2).sqrt() + 1e-8);
+            }
+            let got = values(&w);
+            if t == 1 {
+                // Bias correction makes the first step lr * g / |g|: 0.999 - 0.1 and
+                // -2 * 0.999 + 0.1, to within eps.
+                assert!((got[0] - 0.899).abs() < 1e-6 && (got[1] + 1.898).abs() < 1e-6);
+            }
+            for k in 0..2 {
+                assert!(
+                    (got[k] as f64 - p[k]).abs() < 1e-6,
+                    "step {t}: {got:?} vs {p:?}"
+                );
+            }
+        }
+    }
+
+    /// The fused CPU update and the tensor-op update agree, bf16 master weights included.
+    #[test]
+    fn fused_and_tensor_paths_agree() {
+        let run = |fused: bool| {
+            let w = Var::from_tensor(
+                &Tensor::arange(0f32, 70_000f32, &Device::Cpu)
+                    .unwrap()
+                    .affine(1e-4, -3.0)
+                    .unwrap(),
+            )
+            .unwrap();
+            let h = Var::from_tensor(
+                &Tensor::new(&[0.5f32, -0.25], &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(DType::BF16)
+                    .unwrap(),
+            )
+            .unwrap();
+            let mut opt = Optimizer::new(
+                adamw(0.01, 0.1),
+                vec![("w".into(), w.clone()), ("h".into(), h.clone())],
+            )
+            .unwrap();
+            opt.fused = fused;
+            for step in 0..3 {
+                let c: Vec<f32> = (0..70_000)
+                    .map(|i| ((i * 7 + step * 13) % 11) as f32 * 0.1 - 0.5)
+                    .collect();
+                let mut g = grads_for(&opt, &[&w, &h], &[&c, &c[..2]]);
+                // Clipping leaves a pending factor that both paths must fold in.
+                assert!(g.clip_global_norm(1.0).unwrap() > 1.0);
+                opt.step(&g, 0.01).unwrap();
+            }
+            (values(&w), values(&h))
+        };
+        let (fw, fh) = run(true);
+        let (tw, th) = run(false);
+        for (a, b) in fw.iter().zip(&tw) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        assert_eq!(fh, th);
+    }
+
+    #[test]
+    fn sgd_momentum_and_parameters_without_gradients() {
+        let a = var(&[1.0]);
+        let b = var(&[5.0]);
+        let cfg = OptimizerConfig::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        };
+        let mut opt =
+            Optimizer::new(cfg, vec![("a".into(), a.clone()), ("b".into(), b.clone())]).unwrap();
+        // Only `a` is in the loss, so `b` gets no gradient and must not move.
+        let g = grads_for(&opt, &[&a], &[&[2.0]]);
+        assert_eq!(g.count(), 1);
+        opt.step(&g, 0.1).unwrap();
+        // buf = 2; a = 1 - 0.1 * 2.
+        assert!((values(&a)[0] - 0.8).abs() < 1e-7);
+        let g = grads_for(&opt, &[&a], &[&[1.0]]);
+        opt.step(&g, 0.1).unwrap();
+        // buf = 0.9 * 2 + 1 = 2.8; a = 0.8 - 0.28.
+        assert!((values(&a)[0] - 0.52).abs() < 1e-6);
+        assert_eq!(values(&b), vec![5.0]);
+        // Nesterov: d = g + momentum * buf.
+        let c = var(&[0.0]);
+        let cfg = OptimizerConfig::Sgd {
+            lr: 1.0,
+            momentum: 0.5,
+            nesterov: true,
+            weight_decay: 0.1,
+        };
+        let mut opt = Optimizer::new(cfg, vec![("c".into(), c.clone())]).unwrap();
+        let g = grads_for(&opt, &[&c], &[&[1.0]]);
+        opt.step(&g, 1.0).unwrap();
+        // g = 1 + 0.1 * 0 = 1, buf = 1, d = 1 + 0.5 = 1.5.
+        assert!((values(&c)[0] + 1.5).abs() < 1e-7);
+    }
+
+    #[test]
+    fn bf16_variables_keep_f32_master_weights() {
+        let w = Var::from_tensor(
+            &Tensor::new(&[1.0f32], &Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap(),
+        )
+        .unwrap();
+        let cfg = OptimizerConfig::Sgd {
+            lr: 1e-4,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        };
+        let mut opt = Optimizer::new(cfg, vec![("w".into(), w.clone())]).unwrap();
+        for _ in 0..100 {
+            let g = grads_for(&opt, &[&w], &[&[1.0]]);
+            opt.step(&g, 1e-4).unwrap();
+        }
+        // 1 - 1e-4 rounds back to 1 in bf16, so without a master copy w would never move.
+        let got = values(&w)[0];
+        assert!((got - 0.99).abs() < 0.004, "{got}");
+        assert_eq!(w.dtype(), DType::BF16);
+    }
+
+    #[test]
+    fn clipping_by_global_norm() {
+        let a = var(&[0.0, 0.0]);
+        let b = var(&[0.0]);
+        let opt = Optimizer::new(
+            adamw(0.1, 0.0),
+            vec![("a".into(), a.clone()), ("b".into(), b.clone())],
+        )
+        .unwrap();
+        let mut g = grads_for(&opt, &[&a, &b], &[&[3.0, 0.0], &[4.0]]);
+        assert!((g.global_norm().unwrap() - 5.0).abs() < 1e-9);
+        let norm = g.clip_global_norm(1.0).unwrap();
+        assert!((norm - 5.0).abs() < 1e-9);
+        let coef = 1.0 / (5.0 + 1e-6);
+        assert!(
+            (g.get(0).unwrap().unwrap().to_vec1::<f32>().unwrap()[0] as f64 - 3.0 * coef).abs()
+                < 1e-6
+        );
+        assert!(
+            (g.get(1).unwrap().unwrap().to_vec1::<f32>().unwrap()[0] as f64 - 4.0 * coef).abs()
+                < 1e-6
+        );
+        // Under the limit nothing changes.
+        let mut small = grads_for(&opt, &[&a, &b], &[&[0.3, 0.0], &[0.4]]);
+        assert!((small.clip_global_norm(1.0).unwrap() - 0.5).abs() < 1e-7);
+        assert_eq!(
+            small.get(1).unwrap().unwrap().to_vec1::<f32>().unwrap(),
+            vec![0.4]
+        );
+        let mut bad = grads_for(&opt, &[&a, &b], &[&[f32::NAN, 0.0], &[1.0]]);
+        let e = bad.clip_global_norm(1.0).unwrap_err();
+        assert!(e.to_string().contains("`a`"), "{e}");
+        assert!(g.clip_global_norm(0.0).is_err());
+    }
+
+    #[test]
+    fn accumulation_sums_and_means() {
+        let a = var(&[0.0, 0.0]);
+        let opt = Optimizer::new(adamw(0.1, 0.0), vec![("a".into(), a.clone())]).unwrap();
+        let mut acc = GradAccumulator::new();
+        acc.add(grads_for(&opt, &[&a], &[&[1.0, 2.0]])).unwrap();
+        acc.add(grads_for(&opt, &[&a], &[&[3.0, -2.0]])).unwrap();
+        assert_eq!(acc.micro_batches(), 2);
+        let mean = acc.take_mean().unwrap().unwrap();
+        assert_eq!(
+            mean.get(0).unwrap().unwrap().to_vec1::<f32>().unwrap(),
+            vec![2.0, 0.0]
+        );
+        assert!(acc.take_sum().is_none());
+        acc.add(grads_for(&opt, &[&a], &[&[1.0, 1.0]])).unwrap();
+        acc.add(grads_for(&opt, &[&a], &[&[1.0, 1.0]])).unwrap();
+        assert_eq!(
+            acc.take_sum()
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            vec![2.0, 2.0]
+        );
+    }
+
+    #[test]
+    fn state_saves_and_resumes_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("optimizer.safetensors");
+        let make = || {
+            let w = var(&[1.0, 2.0, 3.0]);
+            let h = Var::from_tensor(
+                &Tensor::new(&[0.5f32], &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(DType::BF16)
+                    .unwrap(),
+            )
+            .unwrap();
+            let opt = Optimizer::new(
+                adamw(0.01, 0.1),
+                vec![("w".into(), w.clone()), ("h".into(), h.clone())],
+            )
+            .unwrap();
+            (opt, w, h)
+        };
+        let coefs: [[f32; 3]; 4] = [
+            [0.1, -0.2, 0.3],
+            [0.4, 0.0, -0.1],
+            [-0.3, 0.2, 0.2],
+            [0.05, 0.5, -0.5],
+        ];
+        let (mut a, wa, ha) = make();
+        for c in &coefs[..2] {
+            let g = grads_for(&a, &[&wa, &ha], &[c, &c[..1]]);
+            a.step(&g, 0.01).unwrap();
+        }
+        a.save(&path).unwrap();
+        let (mut b, wb, hb) = make();
+        b.load(&path).unwrap();
+        // The master weights were restored into the variables too.
+        assert_eq!(values(&hb), values(&ha));
+        wb.set(wa.as_tensor()).unwrap();
+        for c in &coefs[2..] {
+            let ga = grads_for(&a, &[&wa, &ha], &[c, &c[..1]]);
+            a.step(&ga, 0.01).unwrap();
+            let gb = grads_for(&b, &[&wb, &hb], &[c, &c[..1]]);
+            b.step(&gb, 0.01).unwrap();
+        }
+        assert_eq!(values(&wa), values(&wb));
+        assert_eq!(values(&ha), values(&hb));
+
+        // Loading into another optimizer kind or parameter set fails with the file named.
+        let sgd = OptimizerConfig::Sgd {
+            lr: 0.1,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        };
+        let mut other = Optimizer::new(sgd, vec![("w".into(), var(&[0.0; 3]))]).unwrap();
+        let e = other.load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("optimizer.safetensors") && e.contains("adamw"),
+            "{e}"
+        );
+        let mut renamed =
+            Optimizer::new(adamw(0.1, 0.0), vec![("x".into(), var(&[0.0; 3]))]).unwrap();
+        assert!(renamed.load(&path).is_err());
+        let mut reshaped = Optimizer::new(
+            adamw(0.1, 0.0),
+            vec![("w".into(), var(&[0.0; 2])), ("h".into(), var(&[0.0]))],
+        )
+        .unwrap();
+        assert!(reshaped.load(&path).is_err());
+    }
+
+    #[test]
+    fn bad_configs_are_errors() {
+        assert!(Optimizer::new(adamw(-1.0, 0.0), vec![]).is_err());
+        assert!(Optimizer::new(
+            OptimizerConfig::Adamw {
+                lr: 0.1,
+                beta1: 1.0,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0
+            },
+            vec![]
+        )
+        .is_err());
+        let v = var(&[0.0]);
+        assert!(Optimizer::new(
+            adamw(0.1, 0.0),
+            vec![("w".into(), v.clone()), ("w".into(), v)]
+        )
+        .is_err());
+        let cfg: OptimizerConfig =
+            serde_json::from_str(r#"{"kind": "adamw", "lr": 1e-6}"#).unwrap();
+        assert_eq!(cfg, adamw(1e-6, 0.0));
+    }
+
+    #[test]
+    fn schedules_at_key_steps() {
+        let lin = Schedule::new(
+            ScheduleConfig::Linear {
+                warmup: Warmup::Fraction(0.1),
+            },
+            1.0,
+            100,
+        )
+        .unwrap();
+        assert_eq!(lin.warmup_steps(), 10);
+        assert_eq!(lin.lr(0), 0.0);
+        assert!((lin.lr(5) - 0.5).abs() < 1e-12);
+        assert_eq!(lin.lr(10), 1.0);
+        assert!((lin.lr(55) - 0.5).abs() < 1e-12);
+        assert_eq!(lin.lr(100), 0.0);
+        assert_eq!(lin.lr(150), 0.0);
+        // ceil(0.1 * 15) = 2 warm-up steps.
+        let short = Schedule::new(
+            ScheduleConfig::Linear {
+                warmup: Warmup::Fraction(0.1),
+            },
+            1.0,
+            15,
+        )
+        .unwrap();
+        assert_eq!(short.warmup_steps(), 2);
+
+        let cos = Schedule::new(
+            ScheduleConfig::Cosine {
+                warmup: Warmup::Steps(10),
+                cycles: 0.5,
+            },
+            2.0,
+            110,
+        )
+        .unwrap();
+        assert!((cos.lr(5) - 1.0).abs() < 1e-12);
+        assert!((cos.lr(10) - 2.0).abs() < 1e-12);
+        assert!((cos.lr(60) - 1.0).abs() < 1e-12);
+        assert!(cos.lr(110).abs() < 1e-12);
+        // A quarter of the way: 0.5 * (1 + cos(pi / 4)).
+        let q = 2.0 * 0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos());
+        assert!((cos.lr(35) - q).abs() < 1e-12);
+
+        let constant = Schedule::new(
+            ScheduleConfig::Constant {
+                warmup: Warmup::Steps(0),
+            },
+            1e-4,
+            20,
+        )
+        .unwrap();
+        assert_eq!((constant.lr(0), constant.lr(19)), (1e-4, 1e-4));
+        let warm = Schedule::new(
+            ScheduleConfig::Constant {
+                warmup: Warmup::Steps(4),
+            },
+            1.0,
+            20,
+        )
+        .unwrap();
+        assert_eq!((warm.lr(1), warm.lr(4), warm.lr(19)), (0.25, 1.0, 1.0));
+
+        assert!(Schedule::new(
+            ScheduleConfig::Linear {
+                warmup: Warmup::Fraction(1.5)
+            },
+            1.0,
+            10
+        )
+        .is_err());
+        assert!(Schedule::new(
+            ScheduleConfig::Constant {
+                warmup: Warmup::Steps(0)
+            },
+            1.0,
+            0
+        )
+        .is_err());
+        let cfg: ScheduleConfig =
+            serde_json::from_str(r#"{"kind": "linear", "warmup": {"fraction": 0.1}}"#).unwrap();
+        assert_eq!(
+            cfg,
+            ScheduleConfig::Linear {
+                warmup: Warmup::Fraction(0.1)
+            }
+        );
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use candle_core::Device;
+
+    /// Timing of one AdamW step over about a million parameters in 30 tensors (the benchmark
+    /// fixture's size). Run: `cargo test -p recap-runtime --lib optim::bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn adamw_step_time() {
+        let dev = Device::Cpu;
+        let vars: Vec<(String, Var)> = (0..30)
+            .map(|i| {
+                (
+                    format!("p{i}"),
+                    Var::ones((128, 260), DType::F32, &dev).unwrap(),
+                )
+            })
+            .collect();
+        for fused in [true, false] {
+            let mut opt = Optimizer::new(
+                OptimizerConfig::Adamw {
+                    lr: 1e-4,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: 0.0,
+                },
+                vars.clone(),
+            )
+            .unwrap();
+            opt.fused = fused;
+            let grads = Grads {
+                names: vars.iter().map(|(n, _)| n.clone()).collect(),
+                grads: vars
+                    .iter()
+                    .map(|(_, v)| Some(v.as_tensor().affine(1e-5, 0.0).unwrap()))
+                    .collect(),
+                factor: 1.0,
+            };
+            let mut times = Vec::new();
+            for _ in 0..15 {
+                let t = std::time::Instant::now();
+                let mut g = grads.clone();
+                g.clip_global_norm(1.0).unwrap();
+                opt.step(&g, 1e-4).unwrap();
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            times.sort_by(f64::total_cmp);
+            println!(
+                "adamw step + clip, {} params, fused {fused}: median {:.2} ms",
+                30 * 128 * 260,
+                times[7]
+            );
+        }
+    }
+}

@@ -151,6 +151,8 @@ pub struct KeyWeight {
     pub kind: KeyKind,
     /// The scalar pushed this update (`None` when the key's source was not drawn).
     pub signal: Option<f64>,
+    /// The newest scalar in the key's ring (this step's or an earlier one).
+    pub last: Option<f64>,
     /// Entries in the key's ring after the update.
     pub history: usize,
     pub c: f64,
@@ -443,6 +445,7 @@ impl Reweighter {
                     source: key.source.clone(),
                     kind: key.kind,
                     signal: pushed[idx],
+                    last: self.histories[idx].back().copied(),
                     history: self.histories[idx].len(),
                     c: ci[idx].0,
                     i: ci[idx].1,
@@ -574,6 +577,8 @@ mod tests {
         let s2 = rw.update(&["general"], &[("general", 2.0)]).unwrap();
         assert_eq!(s2.seen, 3);
         assert_eq!((s2.keys[0].history, s2.keys[2].history), (1, 1));
+        assert_eq!((s2.keys[0].signal, s2.keys[0].last), (None, Some(0.5)));
+        assert_eq!(s2.keys[2].signal, Some(2.0));
         assert_eq!(lambdas(&s2), vec![1.0, 1.0, 1.0]);
         // Step 3 draws math: acc [0.5, 0.25] -> c = 2, i = 0.125 / 0.375; fmt [1, 1] -> c = 1,
         // i = 0; general [2] -> c = 1, i = 0.
@@ -740,8 +745,8 @@ mod tests {
         ];
         let e = r.map(|v| (v / 2.0).exp());
         let total: f64 = e.iter().sum();
-        for k in 0..3 {
-            close(s3.keys[k].lambda, 3.0 * e[k] / total);
+        for (key, ek) in s3.keys.iter().zip(e) {
+            close(key.lambda, 3.0 * ek / total);
         }
     }
 
@@ -751,7 +756,7 @@ mod tests {
         let mut a = Reweighter::new(cfg.clone(), keys()).unwrap();
         let mut b = Reweighter::new(cfg, keys()).unwrap();
         let feed = |rw: &mut Reweighter, step: usize| {
-            if step % 2 == 0 {
+            if step & 1 == 0 {
                 rw.update(&["math"], &[("math.acc", 0.5), ("math.fmt", 1.0)])
                     .unwrap()
             } else {

@@ -410,7 +410,7 @@ impl Verifier {
                     Value::String(s) => last_box(s),
                     _ => None,
                 };
-                let Some(want) = want.filter(|b| valid_box(b)) else {
+                let Some(want) = want.filter(valid_box) else {
                     return Outcome::NotApplicable(format!(
                         "field `{expected}` is not a box [x1, y1, x2, y2] with x1 < x2, y1 < y2: {}",
                         excerpt(&value.to_string())
@@ -693,9 +693,7 @@ enum Num {
     Real(f64),
 }
 
-fn gcd(mut a: i128, mut b: i128) -> i128 {
-    a = a.abs();
-    b = b.abs();
+fn gcd(mut a: u128, mut b: u128) -> u128 {
     while b != 0 {
         (a, b) = (b, a % b);
     }
@@ -707,7 +705,11 @@ impl Num {
         if d == 0 {
             return None;
         }
-        let g = gcd(n, d).max(1);
+        // Unsigned magnitudes, because `i128::MIN.abs()` overflows.
+        let g = gcd(n.unsigned_abs(), d.unsigned_abs()).max(1);
+        let Ok(g) = i128::try_from(g) else {
+            return Some(Num::Real(n as f64 / d as f64));
+        };
         let (n, d) = (n / g, d / g);
         Some(if d < 0 {
             match (n.checked_neg(), d.checked_neg()) {
@@ -767,9 +769,9 @@ impl Num {
 
     fn pow(self, e: Num) -> Option<Num> {
         if let Num::Rat(k, 1) = e {
-            if k.abs() <= 64 {
+            if k.unsigned_abs() <= 64 {
                 let mut acc = Num::Rat(1, 1);
-                for _ in 0..k.abs() {
+                for _ in 0..k.unsigned_abs() {
                     acc = acc.mul(self)?;
                 }
                 return if k < 0 { acc.recip() } else { Some(acc) };
@@ -1593,6 +1595,86 @@ mod tests {
         assert!(failure.message.contains("cannot parse boom!"));
     }
 
+    /// Random strings built from the tokens the parsers care about must never panic.
+    #[test]
+    fn verifiers_never_panic_on_garbage() {
+        let pieces = [
+            "1",
+            "0",
+            "9",
+            "170141183460469231731687303715884105727",
+            "999999999999999999999999999999999999",
+            ".",
+            ",",
+            "-",
+            "+",
+            "*",
+            "/",
+            "^",
+            "%",
+            "(",
+            ")",
+            "{",
+            "}",
+            "[",
+            "]",
+            "\\frac",
+            "\\sqrt",
+            "\\boxed{",
+            "$",
+            "=",
+            "<answer>",
+            "</answer>",
+            "####",
+            "B",
+            "a",
+            "é",
+            "答",
+            " ",
+            "\n",
+            "e5",
+            "\\pi",
+            "answer is",
+            "(C)",
+            "D.",
+            "\\left(",
+            "{,}",
+            "\\%",
+            "°",
+        ];
+        let configs = [
+            json!({"name": "n", "kind": "numeric", "expected": "answer", "pick": "leading"}),
+            json!({"name": "m", "kind": "math_equal", "expected": "answer"}),
+            json!({"name": "c", "kind": "choice", "expected": "answer"}),
+            json!({"name": "i", "kind": "iou", "expected": "answer"}),
+            json!({"name": "e", "kind": "exact", "expected": "answer", "ignore_case": true,
+                   "extract": [{"kind": "tag", "name": "answer"}, {"kind": "boxed"}]}),
+        ];
+        let verifiers: Vec<Verifier> = configs.into_iter().map(build).collect();
+        let mut rng = crate::train::rng::HostRng::new(1);
+        let text = |rng: &mut crate::train::rng::HostRng| {
+            let n = rng.below(24) as usize;
+            (0..n)
+                .map(|_| pieces[rng.below(pieces.len() as u64) as usize])
+                .collect::<String>()
+        };
+        for _ in 0..3000 {
+            let completion = text(&mut rng);
+            let reference = text(&mut rng);
+            let f = fields(json!({ "answer": reference }));
+            for v in &verifiers {
+                let sample = Sample {
+                    id: "fuzz",
+                    prompt: "",
+                    completion: &completion,
+                    fields: &f,
+                    completion_tokens: None,
+                };
+                verify_caught(v, &sample).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    }
+
     #[test]
     fn configs_round_trip_through_json() {
         let config: VerifierConfig = serde_json::from_value(json!({
@@ -1612,5 +1694,57 @@ mod tests {
         let back: VerifierConfig =
             serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
         assert_eq!(back, config);
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use serde_json::json;
+
+    /// The benchmark's two rewards (leading-integer accuracy, starts-with-an-integer format)
+    /// over one step's 64 completions. Run:
+    /// `cargo test -p recap-runtime --lib verifiers::bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn benchmark_rewards_time() {
+        let acc = Verifier::new(
+            serde_json::from_value(
+                json!({"name": "acc", "kind": "numeric", "expected": "answer", "pick": "leading"}),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let fmt = Verifier::new(
+            serde_json::from_value(
+                json!({"name": "fmt", "kind": "regex", "pattern": r"^\s*-?\d+"}),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let fields = json!({"answer": "122"}).as_object().cloned().unwrap();
+        let completions: Vec<String> = (0..64)
+            .map(|i| format!("{}{}", 100 + i, "+7=abc"))
+            .collect();
+        let samples: Vec<Sample> = completions
+            .iter()
+            .map(|c| Sample {
+                id: "b",
+                prompt: "59+63=",
+                completion: c,
+                fields: &fields,
+                completion_tokens: None,
+            })
+            .collect();
+        let verifiers: [&dyn Verify; 2] = [&acc, &fmt];
+        let mut times = Vec::new();
+        for _ in 0..21 {
+            let start = std::time::Instant::now();
+            let table = score_batch(&verifiers, &samples);
+            assert_eq!(table.outcomes.len(), 64);
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        println!("2 verifiers x 64 completions: median {:.3} ms", times[10]);
     }
 }
