@@ -1,18 +1,155 @@
 //! Shared machinery of the fused CPU kernels: takes candle CPU storages and layouts, gives typed
-//! slices, row addressing for strided inputs, and rayon loops over rows sized so that each task
-//! has enough work to pay for its scheduling.
+//! slices, row addressing for strided inputs, a vectorisable exp, and parallel loops over rows
+//! sized so that each work item has enough work to pay for its scheduling.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result, WithDType};
-use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// The element types the fused kernels compute in: f32 for speed, f64 so that finite-difference
 /// tests can run through the same code.
-pub(crate) trait Real: WithDType + num_traits::Float {}
-impl Real for f32 {}
-impl Real for f64 {}
+pub(crate) trait Real: WithDType + num_traits::Float {
+    /// `e^self`, through a branch-free polynomial for f32 so that loops over rows vectorise
+    /// (libm's `expf` is a call per element); f64 keeps the exact libm `exp`.
+    fn fexp(self) -> Self;
+}
 
-/// Below this many elements per task, rayon's scheduling costs more than the work it spreads.
+impl Real for f32 {
+    #[inline(always)]
+    fn fexp(self) -> f32 {
+        exp_f32(self)
+    }
+}
+
+impl Real for f64 {
+    #[inline(always)]
+    fn fexp(self) -> f64 {
+        self.exp()
+    }
+}
+
+/// `e^x` for f32 within about 2 ulp (the Cephes `expf` polynomial), written without branches or
+/// calls so the compiler vectorises loops around it. Inputs below -87.3 give 0 (instead of
+/// subnormals) and inputs above 88 saturate near `e^88`; `-inf` gives 0 and NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // 1.5 * 2^23: adding it rounds to the nearest integer without a rounding instruction.
+    const ROUND: f32 = 12_582_912.0;
+    let underflow = x < -87.3;
+    let xc = x.clamp(-87.3, 88.0);
+    let kr = xc * LOG2E + ROUND;
+    let k = kr - ROUND;
+    let r = xc - k * 0.693_359_4 + k * 2.121_944_4e-4;
+    let z = r * r;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let e = p * z + r + 1.0;
+    // `kr`'s low mantissa bits hold k (ROUND's bits are 0x4B40_0000), so 2^k is built with
+    // integer arithmetic only; a float-to-int cast would keep the loop from vectorising.
+    let scale = f32::from_bits(
+        kr.to_bits()
+            .wrapping_sub(0x4B40_0000)
+            .wrapping_add(127)
+            .wrapping_shl(23),
+    );
+    let v = e * scale;
+    if underflow {
+        0.0
+    } else {
+        v
+    }
+}
+
+/// `sum(e^(x - shift))` over a slice, with eight independent accumulators so it vectorises.
+#[inline(always)]
+pub(crate) fn sum_exp_shifted<T: Real>(x: &[T], shift: T) -> T {
+    let mut acc = [T::zero(); 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += (c[k] - shift).fexp();
+        }
+    }
+    let mut s = T::zero();
+    for &r in rest {
+        s += (r - shift).fexp();
+    }
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
+/// Maximum of a slice (`-inf` for an empty one), with eight independent lanes.
+#[inline(always)]
+pub(crate) fn max<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::neg_infinity(); 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] = if c[k] > acc[k] { c[k] } else { acc[k] };
+        }
+    }
+    let mut m = T::neg_infinity();
+    for &r in rest.iter().chain(acc.iter()) {
+        if r > m {
+            m = r;
+        }
+    }
+    m
+}
+
+/// Dot product of two slices with eight independent accumulators (see [`sum`]).
+#[inline(always)]
+pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [T::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut s = T::zero();
+    for (x, y) in ra.iter().zip(rb) {
+        s += *x * *y;
+    }
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
+/// Sum of a slice with eight independent accumulators, so the additions vectorise (a single
+/// running sum is a serial dependency chain the compiler may not reorder).
+#[inline(always)]
+pub(crate) fn sum<T: Real>(v: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += c[k];
+        }
+    }
+    let mut s = T::zero();
+    for r in rest {
+        s += *r;
+    }
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
+/// Below this many elements per work item, scheduling costs more than the work it spreads.
 const MIN_TASK_ELEMS: usize = 8 * 1024;
 
 /// Row addressing of a tensor viewed as rows of its last dimension. The last dimension must be
@@ -79,6 +216,13 @@ impl Rows {
     }
 }
 
+/// True when the CPU has AVX2, checked once (the result is cached by the standard library).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2")
+}
+
 /// The typed slice of a CPU storage, with a clear error naming the tensor on a dtype mismatch.
 pub(crate) fn slice<'a, T: WithDType>(s: &'a CpuStorage, what: &str) -> Result<&'a [T]> {
     match T::cpu_storage_as_slice(s) {
@@ -87,9 +231,99 @@ pub(crate) fn slice<'a, T: WithDType>(s: &'a CpuStorage, what: &str) -> Result<&
     }
 }
 
-/// Rows per rayon task for rows of `row_len` elements.
-fn rows_per_task(row_len: usize) -> usize {
-    (MIN_TASK_ELEMS / row_len.max(1)).max(1)
+/// Rows per parallel work item for rows that each cost about `work_per_row` element updates.
+fn rows_per_task(work_per_row: usize) -> usize {
+    (MIN_TASK_ELEMS / work_per_row.max(1)).max(1)
+}
+
+/// A raw pointer to a buffer that may cross threads: each parallel work item turns it back into
+/// a part of the buffer no other work item touches.
+pub(crate) struct SendPtr<T> {
+    ptr: *mut T,
+    len: usize,
+}
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
+unsafe impl<T: Send> Send for SendPtr<T> {}
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    pub fn new(buf: &mut [T]) -> Self {
+        Self {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        }
+    }
+
+    /// The part `start..start + len` of the buffer.
+    ///
+    /// # Safety
+    /// The buffer must outlive the returned slice, and no other live reference may overlap it:
+    /// callers hand each part to exactly one work item.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [T] {
+        assert!(
+            start + len <= self.len,
+            "internal error: part outside the buffer"
+        );
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
+}
+
+/// Calls `f(i)` for `i` in `0..n_items`, each item costing about `work_per_item` element
+/// updates, on candle's CPU worker pool when there is enough work (see [`for_blocks`]).
+pub(crate) fn par_for(n_items: usize, work_per_item: usize, f: impl Fn(usize) + Sync) {
+    if n_items < 2 || n_items * work_per_item <= 2 * MIN_TASK_ELEMS {
+        (0..n_items).for_each(f);
+        return;
+    }
+    candle_core::utils::barrier_pool().execute_chunked(n_items, |range| range.for_each(&f));
+}
+
+/// Runs `f(first_row, block)` over blocks of whole rows of `dst` (rows of `row_len` elements,
+/// each costing about `work_per_row` element updates) and returns each block's result. Large jobs run on candle's own CPU worker pool (the one its
+/// element-wise ops use) rather than on rayon's, because on a machine with few cores two pools
+/// of spinning workers take turns starving each other; small jobs run inline.
+pub(crate) fn for_blocks<T: Send, R: Send>(
+    dst: &mut [T],
+    row_len: usize,
+    work_per_row: usize,
+    f: impl Fn(usize, &mut [T]) -> R + Sync,
+) -> Vec<R> {
+    if row_len == 0 || dst.is_empty() {
+        return vec![];
+    }
+    let n_rows = dst.len() / row_len;
+    let per = rows_per_task(work_per_row);
+    let n_blocks = n_rows.div_ceil(per);
+    if n_rows * work_per_row <= 2 * MIN_TASK_ELEMS || n_blocks < 2 {
+        return dst
+            .chunks_mut(per * row_len)
+            .enumerate()
+            .map(|(b, block)| f(b * per, block))
+            .collect();
+    }
+    let len = dst.len();
+    let base = SendPtr::new(dst);
+    let results: Vec<Mutex<Option<R>>> = (0..n_blocks).map(|_| Mutex::new(None)).collect();
+    candle_core::utils::barrier_pool().execute_chunked(n_blocks, |blocks| {
+        for b in blocks {
+            let start = b * per * row_len;
+            let end = (start + per * row_len).min(len);
+            // SAFETY: blocks are disjoint ranges of `dst` (each block index is handed out once),
+            // `dst` outlives this call, and no other reference to it exists meanwhile.
+            let block = unsafe { base.slice(start, end - start) };
+            let r = f(b * per, block);
+            *results[b].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        }
+    });
+    results
+        .into_iter()
+        .filter_map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect()
 }
 
 /// Calls `f(row_index, row)` for every row of `dst` (rows of `row_len` elements), in parallel
@@ -99,27 +333,15 @@ pub(crate) fn for_rows<T: Send>(
     row_len: usize,
     f: impl Fn(usize, &mut [T]) + Sync + Send,
 ) {
-    if row_len == 0 || dst.is_empty() {
-        return;
-    }
-    if dst.len() <= 2 * MIN_TASK_ELEMS {
-        for (i, r) in dst.chunks_mut(row_len).enumerate() {
-            f(i, r)
+    for_blocks(dst, row_len, row_len, |first, block| {
+        for (i, r) in block.chunks_mut(row_len).enumerate() {
+            f(first + i, r)
         }
-        return;
-    }
-    let per = rows_per_task(row_len);
-    dst.par_chunks_mut(per * row_len)
-        .enumerate()
-        .for_each(|(t, block)| {
-            for (i, r) in block.chunks_mut(row_len).enumerate() {
-                f(t * per + i, r)
-            }
-        });
+    });
 }
 
-/// Like [`for_rows`], but each task also accumulates into its own `acc` (created by `init`), and
-/// the accumulators of all tasks are returned so the caller can reduce them (e.g. a weight
+/// Like [`for_rows`], but each block of rows also accumulates into its own `acc` (created by
+/// `init`), and the accumulators are returned so the caller can reduce them (e.g. a weight
 /// gradient summed over rows).
 pub(crate) fn for_rows_acc<T: Send, A: Send>(
     dst: &mut [T],
@@ -127,28 +349,39 @@ pub(crate) fn for_rows_acc<T: Send, A: Send>(
     init: impl Fn() -> A + Sync + Send,
     f: impl Fn(&mut A, usize, &mut [T]) + Sync + Send,
 ) -> Vec<A> {
-    if row_len == 0 || dst.is_empty() {
-        return vec![];
-    }
-    let per = rows_per_task(row_len);
-    let block = |(t, block): (usize, &mut [T])| {
+    for_blocks(dst, row_len, row_len, |first, block| {
         let mut acc = init();
         for (i, r) in block.chunks_mut(row_len).enumerate() {
-            f(&mut acc, t * per + i, r)
+            f(&mut acc, first + i, r)
         }
         acc
-    };
-    if dst.len() <= 2 * MIN_TASK_ELEMS {
-        return dst
-            .chunks_mut(per * row_len)
+    })
+}
+
+/// Like [`for_rows`] over two outputs of the same shape at once: `f(row_index, row_a, row_b)`.
+/// `both` holds the first output followed by the second.
+pub(crate) fn for_rows2<T: Send>(
+    both: &mut [T],
+    row_len: usize,
+    f: impl Fn(usize, &mut [T], &mut [T]) + Sync + Send,
+) {
+    let n = both.len() / 2;
+    // Walk the first half; each block finds its twin block in the second half.
+    let (first, second) = both.split_at_mut(n);
+    let second = SendPtr::new(second);
+    for_blocks(first, row_len, row_len, |first_row, block| {
+        let start = first_row * row_len;
+        // SAFETY: the twin block lies in the second half, which `first` does not cover, and
+        // blocks of the first half are disjoint, so their twins are too.
+        let twin = unsafe { second.slice(start, block.len()) };
+        for (i, (a, b)) in block
+            .chunks_mut(row_len)
+            .zip(twin.chunks_mut(row_len))
             .enumerate()
-            .map(block)
-            .collect();
-    }
-    dst.par_chunks_mut(per * row_len)
-        .enumerate()
-        .map(block)
-        .collect()
+        {
+            f(first_row + i, a, b)
+        }
+    });
 }
 
 /// `t` itself when its last dimension is dense (what [`Rows`] needs), else a contiguous copy;
@@ -160,35 +393,4 @@ pub(crate) fn dense_last(t: &candle_core::Tensor) -> Result<candle_core::Tensor>
     } else {
         t.contiguous()
     }
-}
-
-/// Like [`for_rows`] over two outputs of the same shape at once: `f(row_index, row_a, row_b)`.
-pub(crate) fn for_rows2<T: Send>(
-    a: &mut [T],
-    b: &mut [T],
-    row_len: usize,
-    f: impl Fn(usize, &mut [T], &mut [T]) + Sync + Send,
-) {
-    if row_len == 0 || a.is_empty() {
-        return;
-    }
-    if a.len() <= MIN_TASK_ELEMS {
-        for (i, (ra, rb)) in a.chunks_mut(row_len).zip(b.chunks_mut(row_len)).enumerate() {
-            f(i, ra, rb)
-        }
-        return;
-    }
-    let per = rows_per_task(row_len);
-    a.par_chunks_mut(per * row_len)
-        .zip(b.par_chunks_mut(per * row_len))
-        .enumerate()
-        .for_each(|(t, (ba, bb))| {
-            for (i, (ra, rb)) in ba
-                .chunks_mut(row_len)
-                .zip(bb.chunks_mut(row_len))
-                .enumerate()
-            {
-                f(t * per + i, ra, rb)
-            }
-        });
 }

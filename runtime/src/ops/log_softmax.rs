@@ -3,10 +3,9 @@
 //! row without materialising the log-softmax, and a backward that writes
 //! `dy * (onehot(target) - softmax(logits))` in one more pass. `targets` get no gradient.
 
-use super::cpu::{for_rows, slice, Real, Rows};
+use super::cpu::{self, for_blocks, for_rows, slice, Real, Rows};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Forward op: `logits`, `targets` in; the log-probability of each target out.
 pub(crate) struct LogSoftmaxGather;
@@ -57,39 +56,20 @@ fn check_shapes(ll: &Layout, tl: &Layout) -> Result<Rows> {
 /// Maximum and log-sum-exp of one row.
 #[inline]
 fn max_lse<T: Real>(x: &[T]) -> (T, T) {
-    let mut max = T::neg_infinity();
-    for &v in x {
-        max = num_traits::Float::max(max, v);
-    }
-    let mut sum = T::zero();
-    for &v in x {
-        sum += (v - max).exp();
-    }
-    (max, max + sum.ln())
-}
-
-/// Rows per rayon task: enough rows that a task handles a few thousand logits.
-fn rows_per_task(vocab: usize) -> usize {
-    (8192 / vocab.max(1)).max(1)
+    let max = cpu::max(x);
+    (max, max + cpu::sum_exp_shifted(x, max).ln())
 }
 
 fn fwd<T: Real>(x: &[T], xl: &Layout, t: &[usize]) -> Result<Vec<T>> {
     let rows = Rows::new(xl, "log_softmax_gather logits")?;
     let mut out = vec![T::zero(); rows.n_rows];
-    let per = rows_per_task(rows.row_len);
-    let work = |(c, chunk): (usize, &mut [T])| {
-        for (k, o) in chunk.iter_mut().enumerate() {
-            let i = c * per + k;
-            let row = rows.row(x, i);
+    for_blocks(&mut out, 1, rows.row_len, |first, block| {
+        for (k, o) in block.iter_mut().enumerate() {
+            let row = rows.row(x, first + k);
             let (_, lse) = max_lse(row);
-            *o = row[t[i]] - lse;
+            *o = row[t[first + k]] - lse;
         }
-    };
-    if rows.n_rows * rows.row_len <= 16 * 1024 {
-        out.chunks_mut(per).enumerate().for_each(work);
-    } else {
-        out.par_chunks_mut(per).enumerate().for_each(work);
-    }
+    });
     Ok(out)
 }
 
@@ -140,7 +120,7 @@ fn bwd<T: Real>(x: &[T], xl: &Layout, t: &[usize], g: &[T]) -> Result<Vec<T>> {
         let (_, lse) = max_lse(row);
         let gi = g[i];
         for (o, &v) in o.iter_mut().zip(row) {
-            *o = -gi * (v - lse).exp();
+            *o = -gi * (v - lse).fexp();
         }
         o[t[i]] += gi;
     });

@@ -8,6 +8,7 @@
 //! here as `reference`, against which the fused kernels are tested. The backward passes of the
 //! fused kernels are not themselves differentiable (no second-order gradients).
 
+mod attention;
 mod cpu;
 mod log_softmax;
 mod rms_norm;
@@ -85,6 +86,27 @@ pub fn attention(
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
+    let same = q.dtype() == k.dtype() && q.dtype() == v.dtype();
+    let mask_ok = mask.is_none_or(|m| m.device().is_cpu());
+    if fused(&[q, k, v]) && same && mask_ok {
+        let (b, h, tq, _) = q.dims4()?;
+        let (_, _, tk, _) = k.dims4()?;
+        // The kernel reads the mask at the full (batch, heads, tq, tk) shape through zero
+        // strides, so broadcasting costs nothing; only a mask whose last dimension is itself
+        // broadcast is copied.
+        let mask = match mask {
+            Some(m) => Some(cpu::dense_last(
+                &m.to_dtype(q.dtype())?.broadcast_as((b, h, tq, tk))?,
+            )?),
+            None => None,
+        };
+        let (q, k, v) = (
+            cpu::dense_last(q)?,
+            cpu::dense_last(k)?,
+            cpu::dense_last(v)?,
+        );
+        return q.apply_op3(&k, &v, attention::Attention { scale, mask });
+    }
     reference::attention(q, k, v, mask, scale)
 }
 

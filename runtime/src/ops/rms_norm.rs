@@ -2,7 +2,7 @@
 //! `x / sqrt(mean(x^2) + eps) * weight` in one pass per row, and a backward that gives the
 //! gradients of `x` and `weight` in one more pass.
 
-use super::cpu::{dense_last, for_rows, for_rows_acc, slice, Real, Rows};
+use super::cpu::{self, dense_last, for_rows, for_rows_acc, slice, Real, Rows};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
@@ -34,10 +34,7 @@ fn check_weight(rows: &Rows, w: &Layout) -> Result<Rows> {
 /// `1 / sqrt(mean(x^2) + eps)` of one row.
 #[inline]
 fn inv_rms<T: Real>(x: &[T], eps: T) -> T {
-    let mut ss = T::zero();
-    for &v in x {
-        ss += v * v;
-    }
+    let ss = cpu::dot(x, x);
     let n = T::from_f64(x.len() as f64);
     (ss / n + eps).sqrt().recip()
 }
@@ -153,10 +150,12 @@ fn bwd<T: Real>(
             let x = rows.row(x, i);
             let g = gr.row(g, i);
             let r = inv_rms(x, eps);
-            let mut dot = T::zero();
-            for ((&g, &w), &x) in g.iter().zip(w).zip(x) {
-                dot += g * w * x;
+            // sum_i g_i w_i x_i, with the products in the output row first so the sum
+            // vectorises; the row is overwritten right after.
+            for (((d, &g), &w), &x) in dx.iter_mut().zip(g).zip(w).zip(x) {
+                *d = g * w * x;
             }
+            let dot = cpu::sum(dx);
             let c = r * r * r * dot / hf;
             for (((d, &g), &w), &x) in dx.iter_mut().zip(g).zip(w).zip(x) {
                 *d = r * g * w - c * x;

@@ -49,16 +49,20 @@ fn fwd<T: Real>(
         let s = sr.row(sin, pos);
         let (x1, x2) = x.split_at(half);
         let (o1, o2) = o.split_at_mut(half);
-        if inverse {
-            for j in 0..half {
-                o1[j] = x1[j] * c[j] + x2[j] * s[j];
-                o2[j] = x2[j] * c[j] - x1[j] * s[j];
-            }
-        } else {
-            for j in 0..half {
-                o1[j] = x1[j] * c[j] - x2[j] * s[j];
-                o2[j] = x2[j] * c[j] + x1[j] * s[j];
-            }
+        // The inverse rotation is the rotation by -angle: the same loop with -sin.
+        let sign = if inverse { -T::one() } else { T::one() };
+        // Zipped iterators rather than indices, so there are no bounds checks to keep the loop
+        // from vectorising.
+        for ((((o1, o2), (&a, &b)), &c), &s) in o1
+            .iter_mut()
+            .zip(o2.iter_mut())
+            .zip(x1.iter().zip(x2))
+            .zip(c)
+            .zip(s)
+        {
+            let s = s * sign;
+            *o1 = a * c - b * s;
+            *o2 = b * c + a * s;
         }
     });
     Ok(out)

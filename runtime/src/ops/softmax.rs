@@ -1,7 +1,7 @@
 //! Fused softmax over the last dimension on the CPU: takes `x` (..., n), gives `softmax(x)` in
 //! one pass per row, and a backward that gives `y * (dy - sum(dy * y))` from the output `y`.
 
-use super::cpu::{dense_last, for_rows, slice, Real, Rows};
+use super::cpu::{self, dense_last, for_rows, slice, Real, Rows};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
@@ -13,23 +13,17 @@ struct SoftmaxBwd;
 
 /// Writes `softmax(x)` into `o`; a row of all `-inf` gives zeros rather than NaN, so that fully
 /// masked rows do not poison a whole batch.
-#[inline]
+#[inline(always)]
 pub(crate) fn softmax_row<T: Real>(x: &[T], o: &mut [T]) {
-    let mut max = T::neg_infinity();
-    for &v in x {
-        max = num_traits::Float::max(max, v);
-    }
+    let max = cpu::max(x);
     if max == T::neg_infinity() {
         o.fill(T::zero());
         return;
     }
-    let mut sum = T::zero();
     for (o, &v) in o.iter_mut().zip(x) {
-        let e = (v - max).exp();
-        *o = e;
-        sum += e;
+        *o = (v - max).fexp();
     }
-    let inv = sum.recip();
+    let inv = cpu::sum(o).recip();
     for o in o.iter_mut() {
         *o *= inv;
     }
@@ -80,10 +74,7 @@ fn bwd<T: Real>(y: &[T], yl: &Layout, g: &[T], gl: &Layout) -> Result<Vec<T>> {
     for_rows(&mut out, yr.row_len, |i, o| {
         let y = yr.row(y, i);
         let g = gr.row(g, i);
-        let mut dot = T::zero();
-        for (&y, &g) in y.iter().zip(g) {
-            dot += y * g;
-        }
+        let dot = cpu::dot(y, g);
         for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
             *o = y * (g - dot);
         }

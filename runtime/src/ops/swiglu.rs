@@ -15,7 +15,7 @@ struct SwigluBwd;
 
 #[inline]
 fn sigmoid<T: Real>(x: T) -> T {
-    (T::one() + (-x).exp()).recip()
+    (T::one() + (-x).fexp()).recip()
 }
 
 fn rows_of(l1: &Layout, l2: &Layout, what: &str) -> Result<(Rows, Rows)> {
@@ -98,9 +98,8 @@ fn bwd<T: Real>(
     let dr = Rows::new(dl, "swiglu output gradient")?;
     let n = gr.n_rows * gr.row_len;
     let mut out = vec![T::zero(); 2 * n];
-    let (dg, du) = out.split_at_mut(n);
     // d silu(g) / dg = s * (1 + g * (1 - s)) with s = sigmoid(g).
-    for_rows2(dg, du, gr.row_len, |i, dg, du| {
+    for_rows2(&mut out, gr.row_len, |i, dg, du| {
         let g = gr.row(g, i);
         let u = ur.row(u, i);
         let d = dr.row(d, i);

@@ -425,3 +425,165 @@ fn frozen_weight_gets_no_gradient_but_input_does() -> Result<()> {
     assert!(gx.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0);
     Ok(())
 }
+
+#[test]
+fn fast_exp_is_accurate_over_the_whole_range() {
+    let mut worst = 0.0f64;
+    let mut x = -87.0f32;
+    while x < 88.0 {
+        let got = super::cpu::exp_f32(x) as f64;
+        let want = (x as f64).exp();
+        worst = worst.max((got - want).abs() / want);
+        x += 0.001_3;
+    }
+    assert!(worst < 3e-7, "relative error {worst}");
+    assert_eq!(super::cpu::exp_f32(f32::NEG_INFINITY), 0.0);
+    assert_eq!(super::cpu::exp_f32(-100.0), 0.0);
+    assert_eq!(super::cpu::exp_f32(0.0), 1.0);
+    assert!(super::cpu::exp_f32(f32::NAN).is_nan());
+}
+
+/// An additive causal mask (batch, 1, tq, tk) for queries at the last `tq` of `tk` positions,
+/// with the first `pad[b]` keys of each batch row masked too (left padding).
+fn causal_mask(tq: usize, tk: usize, pad: &[usize], dtype: DType) -> Result<Tensor> {
+    let mut m = Vec::new();
+    for &p in pad {
+        for i in 0..tq {
+            for j in 0..tk {
+                let visible = j <= i + (tk - tq) && j >= p;
+                m.push(if visible { 0.0 } else { f64::NEG_INFINITY });
+            }
+        }
+    }
+    Tensor::from_vec(m, (pad.len(), 1, tq, tk), &Device::Cpu)?.to_dtype(dtype)
+}
+
+#[test]
+fn attention_matches_reference() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(9);
+    for dtype in DTYPES {
+        // Grouped-query attention with a causal, left-padded mask (no fully masked row).
+        let mask = causal_mask(5, 5, &[0, 2, 1], dtype)?;
+        let vars = [
+            var(&mut rng, &[3, 4, 5, 6], 1.5, dtype)?,
+            var(&mut rng, &[3, 2, 5, 6], 1.5, dtype)?,
+            var(&mut rng, &[3, 2, 5, 6], 1.5, dtype)?,
+        ];
+        let inputs = |v: &[Var]| Ok(v.iter().map(|v| v.as_tensor().clone()).collect());
+        check_against_reference(
+            "attention gqa causal",
+            &vars,
+            inputs,
+            |x| super::attention(&x[0], &x[1], &x[2], Some(&mask), 0.4),
+            |x| reference::attention(&x[0], &x[1], &x[2], Some(&mask), 0.4),
+            &mut rng,
+        )?;
+        // No mask, one kv head per query head, the fixture's per-layer shape (parallel path).
+        let vars = [
+            var(&mut rng, &[16, 4, 23, 32], 1.0, dtype)?,
+            var(&mut rng, &[16, 4, 23, 32], 1.0, dtype)?,
+            var(&mut rng, &[16, 4, 23, 32], 1.0, dtype)?,
+        ];
+        check_against_reference(
+            "attention unmasked",
+            &vars,
+            inputs,
+            |x| super::attention(&x[0], &x[1], &x[2], None, 0.18),
+            |x| reference::attention(&x[0], &x[1], &x[2], None, 0.18),
+            &mut rng,
+        )?;
+        // The models' layout: q, k, v as transposed views of (batch, seq, heads, d), and a
+        // mask shared by all batch rows (1, 1, tq, tk).
+        let mask = causal_mask(7, 7, &[0], dtype)?;
+        let vars = [
+            var(&mut rng, &[2, 7, 6, 8], 1.5, dtype)?,
+            var(&mut rng, &[2, 7, 3, 8], 1.5, dtype)?,
+            var(&mut rng, &[2, 7, 3, 8], 1.5, dtype)?,
+        ];
+        check_against_reference(
+            "attention transposed views",
+            &vars,
+            |v| {
+                v.iter()
+                    .map(|v| v.as_tensor().transpose(1, 2))
+                    .collect::<Result<Vec<_>>>()
+            },
+            |x| super::attention(&x[0], &x[1], &x[2], Some(&mask), 0.35),
+            // candle's matmul rejects these strides, so the reference gets contiguous k and v.
+            |x| {
+                let (k, v) = (x[1].contiguous()?, x[2].contiguous()?);
+                reference::attention(&x[0], &k, &v, Some(&mask), 0.35)
+            },
+            &mut rng,
+        )?;
+        // A decode step: one query against a narrowed view of a longer key/value cache.
+        let mask = causal_mask(1, 4, &[1, 0], dtype)?;
+        let vars = [
+            var(&mut rng, &[2, 4, 1, 8], 1.5, dtype)?,
+            var(&mut rng, &[2, 2, 9, 8], 1.5, dtype)?,
+            var(&mut rng, &[2, 2, 9, 8], 1.5, dtype)?,
+        ];
+        check_against_reference(
+            "attention decode",
+            &vars,
+            |v| {
+                Ok(vec![
+                    v[0].as_tensor().clone(),
+                    v[1].as_tensor().narrow(2, 0, 4)?,
+                    v[2].as_tensor().narrow(2, 0, 4)?,
+                ])
+            },
+            |x| super::attention(&x[0], &x[1], &x[2], Some(&mask), 0.35),
+            |x| reference::attention(&x[0], &x[1], &x[2], Some(&mask), 0.35),
+            &mut rng,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn attention_finite_differences() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(10);
+    let mask = causal_mask(3, 4, &[0, 1], DType::F64)?;
+    let q = rand_t(&mut rng, &[2, 2, 3, 4], 1.5, DType::F64)?;
+    let k = rand_t(&mut rng, &[2, 1, 4, 4], 1.5, DType::F64)?;
+    let v = rand_t(&mut rng, &[2, 1, 4, 4], 1.5, DType::F64)?;
+    let m = Some(&mask);
+    finite_difference_check(
+        "attention q",
+        &q,
+        |q| super::attention(q, &k, &v, m, 0.5),
+        &mut rng,
+    )?;
+    finite_difference_check(
+        "attention k",
+        &k,
+        |k| super::attention(&q, k, &v, m, 0.5),
+        &mut rng,
+    )?;
+    finite_difference_check(
+        "attention v",
+        &v,
+        |v| super::attention(&q, &k, v, m, 0.5),
+        &mut rng,
+    )?;
+    Ok(())
+}
+
+#[test]
+fn attention_bad_shapes_give_errors() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(12);
+    let q = rand_t(&mut rng, &[2, 3, 4, 8], 1.0, DType::F32)?;
+    let k = rand_t(&mut rng, &[2, 2, 4, 8], 1.0, DType::F32)?;
+    let err = super::attention(&q, &k, &k, None, 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("kv_heads dividing heads"), "{err}");
+    let k = rand_t(&mut rng, &[2, 3, 4, 8], 1.0, DType::F32)?;
+    let v = rand_t(&mut rng, &[2, 3, 5, 8], 1.0, DType::F32)?;
+    let err = super::attention(&q, &k, &v, None, 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("must have the shape of k"), "{err}");
+    Ok(())
+}

@@ -1,0 +1,469 @@
+//! Fused scaled-dot-product attention on the CPU: takes `q` (batch, heads, tq, d), `k` and `v`
+//! (batch, kv_heads, tk, d) with kv_heads dividing heads (grouped-query attention), views with a
+//! dense last dimension, and an optional additive mask broadcast to (batch, heads, tq, tk); gives
+//! `softmax(q k^T * scale + mask) v` (batch, heads, tq, d) without materialising the scores
+//! tensor. The backward recomputes the probabilities per (batch, kv head) group and gives the
+//! gradients of `q`, `k` and `v` in one pass; the mask gets none.
+
+use super::cpu::{self, dense_last, par_for, slice, Real, Rows, SendPtr};
+use super::softmax::softmax_row;
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+
+/// Forward op. The mask is held by the op (a custom op has at most three tensor inputs); it is
+/// already broadcast to (batch, heads, tq, tk) with a dense last dimension.
+pub(crate) struct Attention {
+    pub scale: f64,
+    pub mask: Option<Tensor>,
+}
+
+/// Backward op: `q`, `k`, `v` in (the output gradient held by the op); gives one flat tensor
+/// holding the gradients of `q`, `k` and `v` one after the other.
+struct AttentionBwd {
+    scale: f64,
+    mask: Option<Tensor>,
+    grad: Tensor,
+}
+
+/// The sizes of one attention call, checked once.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    h: usize,
+    kvh: usize,
+    tq: usize,
+    tk: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn new(ql: &Layout, kl: &Layout, vl: &Layout) -> Result<Self> {
+        let (b, h, tq, d) = match ql.dims() {
+            &[b, h, tq, d] => (b, h, tq, d),
+            dims => bail!("attention: q must be (batch, heads, tq, head_dim), got {dims:?}"),
+        };
+        let (kb, kvh, tk, kd) = match kl.dims() {
+            &[b, h, t, d] => (b, h, t, d),
+            dims => bail!("attention: k must be (batch, kv_heads, tk, head_dim), got {dims:?}"),
+        };
+        if kb != b || kd != d || kvh == 0 || h % kvh != 0 {
+            bail!(
+                "attention: k {:?} does not fit q {:?} (same batch and head_dim, kv_heads dividing heads)",
+                kl.dims(),
+                ql.dims()
+            );
+        }
+        if vl.dims() != kl.dims() {
+            bail!(
+                "attention: v {:?} must have the shape of k {:?}",
+                vl.dims(),
+                kl.dims()
+            );
+        }
+        Ok(Self {
+            b,
+            h,
+            kvh,
+            tq,
+            tk,
+            d,
+        })
+    }
+
+    fn rep(&self) -> usize {
+        self.h / self.kvh
+    }
+}
+
+/// The mask's CPU data as `T` with its row addressing, or None without a mask.
+fn with_mask<T: Real, R>(
+    mask: &Option<Tensor>,
+    dims: Dims,
+    f: impl FnOnce(Option<(&[T], &Rows)>) -> Result<R>,
+) -> Result<R> {
+    let Some(mask) = mask else { return f(None) };
+    let want = [dims.b, dims.h, dims.tq, dims.tk];
+    if mask.dims() != want {
+        bail!(
+            "attention: mask {:?} must be broadcast to {want:?}",
+            mask.dims()
+        );
+    }
+    let (storage, layout) = mask.storage_and_layout();
+    let rows = Rows::new(layout, "attention mask")?;
+    match &*storage {
+        Storage::Cpu(s) => f(Some((slice(s, "attention mask")?, &rows))),
+        _ => bail!("attention: the mask must be on the CPU like q"),
+    }
+}
+
+/// `dst[j] += a * x[j]` over a row; the loop the kernels spend their time in, written so it
+/// vectorises.
+#[inline(always)]
+fn axpy<T: Real>(dst: &mut [T], a: T, x: &[T]) {
+    for (d, &x) in dst.iter_mut().zip(x) {
+        *d += a * x;
+    }
+}
+
+/// Scores of one query row against the `tk` keys from row `first` of `k`, into `s`:
+/// `scale * q . k_j + mask_j`. Dot products over head_dim, whose rows are contiguous.
+#[inline(always)]
+fn scores_row<T: Real>(
+    q: &[T],
+    (k, kr): (&[T], &Rows),
+    first: usize,
+    scale: T,
+    mask: Option<&[T]>,
+    s: &mut [T],
+) {
+    match mask {
+        // Keys the mask hides (-inf, e.g. the causal future) need no dot product.
+        Some(m) => {
+            for (j, (s, &m)) in s.iter_mut().zip(m).enumerate() {
+                *s = if m == T::neg_infinity() {
+                    m
+                } else {
+                    cpu::dot(q, kr.row(k, first + j)) * scale + m
+                };
+            }
+        }
+        None => {
+            for (j, s) in s.iter_mut().enumerate() {
+                *s = cpu::dot(q, kr.row(k, first + j)) * scale;
+            }
+        }
+    }
+}
+
+/// Everything one (batch, kv head) group of the forward or backward reads, and the buffer it
+/// writes (the output, or the packed gradients of q, k and v).
+struct Ctx<'a, T> {
+    q: (&'a [T], &'a Rows),
+    k: (&'a [T], &'a Rows),
+    v: (&'a [T], &'a Rows),
+    /// The output gradient (backward only).
+    g: Option<(&'a [T], &'a Rows)>,
+    mask: Option<(&'a [T], &'a Rows)>,
+    dm: Dims,
+    scale: T,
+    out: SendPtr<T>,
+}
+
+/// Calls `$generic(ctx, grp)`, through `$avx2` (the same code compiled for AVX2) when the CPU
+/// has it: the crate is built for baseline x86-64 (4-wide SSE2), and these loops are where the
+/// wider vectors pay.
+macro_rules! multiversion {
+    ($generic:ident, $avx2:ident, $ctx:expr, $grp:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if cpu::has_avx2() {
+                // SAFETY: the CPU supports the features `$avx2` is compiled for.
+                unsafe { $avx2($ctx, $grp) }
+            } else {
+                $generic($ctx, $grp)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $generic($ctx, $grp)
+        }
+    }};
+}
+
+/// Forward of one (batch, kv head) group: the output rows of its `rep` query heads.
+#[inline(always)]
+fn fwd_group<T: Real>(c: &Ctx<'_, T>, grp: usize) {
+    let Dims {
+        h, kvh, tq, tk, d, ..
+    } = c.dm;
+    let rep = c.dm.rep();
+    let ((q, qr), (k, kr), (v, vr)) = (c.q, c.k, c.v);
+    let (bi, kv) = (grp / kvh, grp % kvh);
+    let mut s = vec![T::zero(); tk];
+    let mut p = vec![T::zero(); tk];
+    let first_head = bi * h + kv * rep;
+    // SAFETY: each group writes only the rows of its own query heads, which no other group
+    // touches, and the output outlives the parallel loop.
+    let o = unsafe { c.out.slice(first_head * tq * d, rep * tq * d) };
+    for r in 0..rep {
+        for i in 0..tq {
+            let row = (first_head + r) * tq + i;
+            let m = c.mask.map(|(m, mr)| mr.row(m, row));
+            scores_row(qr.row(q, row), (k, kr), grp * tk, c.scale, m, &mut s);
+            softmax_row(&s, &mut p);
+            let o = &mut o[(r * tq + i) * d..(r * tq + i + 1) * d];
+            for (j, &pj) in p.iter().enumerate() {
+                if pj != T::zero() {
+                    axpy(o, pj, vr.row(v, grp * tk + j));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn fwd_group_avx2<T: Real>(c: &Ctx<'_, T>, grp: usize) {
+    fwd_group(c, grp)
+}
+
+/// Backward of one (batch, kv head) group: recomputes its probabilities and writes the
+/// q-gradient rows of its query heads and the k- and v-gradient rows of its kv head.
+#[inline(always)]
+fn bwd_group<T: Real>(c: &Ctx<'_, T>, grp: usize) {
+    let Dims {
+        b,
+        h,
+        kvh,
+        tq,
+        tk,
+        d,
+    } = c.dm;
+    let rep = c.dm.rep();
+    let ((q, qr), (k, kr), (v, vr)) = (c.q, c.k, c.v);
+    let Some((g, gr)) = c.g else { return };
+    let scale = c.scale;
+    let nq = b * h * tq * d;
+    let nk = b * kvh * tk * d;
+    let (bi, kv) = (grp / kvh, grp % kvh);
+    let first_head = bi * h + kv * rep;
+    // SAFETY: each group writes the q-gradient rows of its own query heads and the k- and
+    // v-gradient rows of its own kv head; no two groups share any of them.
+    let dq = unsafe { c.out.slice(first_head * tq * d, rep * tq * d) };
+    let dk = unsafe { c.out.slice(nq + grp * tk * d, tk * d) };
+    let dv = unsafe { c.out.slice(nq + nk + grp * tk * d, tk * d) };
+    let mut s = vec![T::zero(); tk];
+    let mut p = vec![T::zero(); tk];
+    let mut dp = vec![T::zero(); tk];
+    for r in 0..rep {
+        for i in 0..tq {
+            let row = (first_head + r) * tq + i;
+            let m = c.mask.map(|(m, mr)| mr.row(m, row));
+            let qi = qr.row(q, row);
+            let gi = gr.row(g, row);
+            scores_row(qi, (k, kr), grp * tk, scale, m, &mut s);
+            softmax_row(&s, &mut p);
+            // dP_ij = dO_i . v_j.
+            // Keys with zero probability contribute nothing below, so they are skipped.
+            for (j, (dp, &pj)) in dp.iter_mut().zip(&p).enumerate() {
+                *dp = if pj == T::zero() {
+                    T::zero()
+                } else {
+                    cpu::dot(gi, vr.row(v, grp * tk + j))
+                };
+            }
+            let dot = cpu::dot(&p, &dp);
+            let dqi = &mut dq[(r * tq + i) * d..(r * tq + i + 1) * d];
+            for j in 0..tk {
+                let pj = p[j];
+                if pj == T::zero() {
+                    continue;
+                }
+                // dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij); scores are scaled q.k.
+                let ds = pj * (dp[j] - dot) * scale;
+                let kj = kr.row(k, grp * tk + j);
+                axpy(dqi, ds, kj);
+                axpy(&mut dk[j * d..(j + 1) * d], ds, qi);
+                axpy(&mut dv[j * d..(j + 1) * d], pj, gi);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn bwd_group_avx2<T: Real>(c: &Ctx<'_, T>, grp: usize) {
+    bwd_group(c, grp)
+}
+
+fn fwd<T: Real>(
+    (q, ql): (&[T], &Layout),
+    (k, kl): (&[T], &Layout),
+    (v, vl): (&[T], &Layout),
+    scale: f64,
+    mask: &Option<Tensor>,
+) -> Result<Vec<T>> {
+    let dm = Dims::new(ql, kl, vl)?;
+    let (qr, kr, vr) = (
+        Rows::new(ql, "attention q")?,
+        Rows::new(kl, "attention k")?,
+        Rows::new(vl, "attention v")?,
+    );
+    let Dims {
+        b,
+        h,
+        kvh,
+        tq,
+        tk,
+        d,
+    } = dm;
+    let rep = dm.rep();
+    let scale = T::from_f64(scale);
+    let mut out = vec![T::zero(); b * h * tq * d];
+    let out_ptr = SendPtr::new(&mut out);
+    with_mask::<T, _>(mask, dm, |mask| {
+        let ctx = Ctx {
+            q: (q, &qr),
+            k: (k, &kr),
+            v: (v, &vr),
+            g: None,
+            mask,
+            dm,
+            scale,
+            out: out_ptr,
+        };
+        par_for(b * kvh, rep * tq * tk * d * 2, |grp| {
+            multiversion!(fwd_group, fwd_group_avx2, &ctx, grp)
+        });
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn bwd<T: Real>(
+    (q, ql): (&[T], &Layout),
+    (k, kl): (&[T], &Layout),
+    (v, vl): (&[T], &Layout),
+    (g, gl): (&[T], &Layout),
+    scale: f64,
+    mask: &Option<Tensor>,
+) -> Result<Vec<T>> {
+    let dm = Dims::new(ql, kl, vl)?;
+    if gl.dims() != ql.dims() {
+        bail!(
+            "attention backward: gradient {:?} must have the shape of q {:?}",
+            gl.dims(),
+            ql.dims()
+        );
+    }
+    let (qr, kr, vr, gr) = (
+        Rows::new(ql, "attention q")?,
+        Rows::new(kl, "attention k")?,
+        Rows::new(vl, "attention v")?,
+        Rows::new(gl, "attention output gradient")?,
+    );
+    let Dims {
+        b,
+        h,
+        kvh,
+        tq,
+        tk,
+        d,
+    } = dm;
+    let rep = dm.rep();
+    let scale = T::from_f64(scale);
+    let nq = b * h * tq * d;
+    let nk = b * kvh * tk * d;
+    let mut out = vec![T::zero(); nq + 2 * nk];
+    let out_ptr = SendPtr::new(&mut out);
+    with_mask::<T, _>(mask, dm, |mask| {
+        let ctx = Ctx {
+            q: (q, &qr),
+            k: (k, &kr),
+            v: (v, &vr),
+            g: Some((g, &gr)),
+            mask,
+            dm,
+            scale,
+            out: out_ptr,
+        };
+        par_for(b * kvh, rep * tq * tk * d * 5, |grp| {
+            multiversion!(bwd_group, bwd_group_avx2, &ctx, grp)
+        });
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+macro_rules! dispatch {
+    ($s1:expr, $op:literal, |$x:ident| $body:expr) => {
+        match $s1 {
+            CpuStorage::F32($x) => CpuStorage::F32($body),
+            CpuStorage::F64($x) => CpuStorage::F64($body),
+            s => bail!(
+                "{}: fused kernel supports f32 and f64, got {:?}",
+                $op,
+                s.dtype()
+            ),
+        }
+    };
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "recap-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch!(s1, "attention", |q| fwd(
+            (q, l1),
+            (slice(s2, "attention k")?, l2),
+            (slice(s3, "attention v")?, l3),
+            self.scale,
+            &self.mask
+        )?);
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = AttentionBwd {
+            scale: self.scale,
+            mask: self.mask.clone(),
+            grad: dense_last(grad)?,
+        };
+        let all = q.apply_op3_no_bwd(k, v, &op)?;
+        let (nq, nk) = (q.elem_count(), k.elem_count());
+        let dq = all.narrow(0, 0, nq)?.reshape(q.shape())?;
+        let dk = all.narrow(0, nq, nk)?.reshape(k.shape())?;
+        let dv = all.narrow(0, nq + nk, nk)?.reshape(v.shape())?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+impl CustomOp3 for AttentionBwd {
+    fn name(&self) -> &'static str {
+        "recap-attention-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (gs, gl) = self.grad.storage_and_layout();
+        let gs = match &*gs {
+            Storage::Cpu(s) => s,
+            _ => bail!("attention backward: the gradient must be on the CPU like q"),
+        };
+        let out = dispatch!(s1, "attention", |q| bwd(
+            (q, l1),
+            (slice(s2, "attention k")?, l2),
+            (slice(s3, "attention v")?, l3),
+            (slice(gs, "attention gradient")?, gl),
+            self.scale,
+            &self.mask
+        )?);
+        let n = l1.shape().elem_count() + 2 * l2.shape().elem_count();
+        Ok((out, Shape::from(n)))
+    }
+}
