@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod checkpoint;
+pub mod engine;
 pub mod generate;
 pub mod gguf;
 pub mod model;

@@ -1,0 +1,229 @@
+//! Checkpoints of a run: takes the engine's state (policy, frozen reference, optimiser moments,
+//! run RNG, reweighter histories and weights, mixer and data cursors, step counters); gives
+//! `checkpoints/step-NNNNNN/` directories in Hugging Face layout plus `trainer_state.json`,
+//! `optimizer.safetensors` and, when a reference is loaded, `reference.safetensors`. Each is
+//! written into a temporary directory and renamed into place, so a directory with the final
+//! name is always complete; older ones are pruned to `keep`. Resume reads the newest.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::data::DataCursor;
+use super::step::Ctx;
+use super::{Models, StageRt};
+use crate::train::mix::MixCursor;
+use crate::train::reweight::ReweighterState;
+use crate::train::rng::{HostRng, RngState};
+
+/// Everything besides tensors a resumed run needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub format: u32,
+    pub plan_hash: String,
+    pub global_step: u64,
+    pub stage_index: usize,
+    pub stage_name: String,
+    pub stage_step: u64,
+    pub optimizer_t: u64,
+    pub run_rng: RngState,
+    pub reweighter: ReweighterState,
+    pub lambdas: Vec<f64>,
+    pub mixer: MixCursor,
+    pub data: Vec<DataCursor>,
+    pub has_reference: bool,
+}
+
+/// A complete checkpoint found on disk.
+pub struct Found {
+    pub dir: PathBuf,
+    pub state: TrainerState,
+}
+
+const STATE_FORMAT: u32 = 1;
+
+/// Writes `dir/name` through `dir/.tmp-name` and a rename, replacing an old `dir/name`.
+pub fn write_atomic(dir: &Path, name: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = dir.join(format!(".tmp-{name}"));
+    let dst = dir.join(name);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    fill(&tmp)?;
+    if dst.exists() {
+        std::fs::remove_dir_all(&dst).with_context(|| format!("removing {}", dst.display()))?;
+    }
+    std::fs::rename(&tmp, &dst)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
+    Ok(())
+}
+
+fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), None, path)
+        .map_err(|e| anyhow!("writing {}: {e}", path.display()))
+}
+
+fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+/// Saves a checkpoint after the step just taken and prunes old ones to `keep`.
+pub(crate) fn save(
+    run_dir: &Path,
+    ctx: &Ctx,
+    rt: &StageRt,
+    models: &Models,
+    keep: Option<u64>,
+) -> Result<()> {
+    let root = run_dir.join("checkpoints");
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let stage = &ctx.plan.stages[rt.index];
+    let state = TrainerState {
+        format: STATE_FORMAT,
+        plan_hash: ctx.plan.content_hash.clone(),
+        global_step: ctx.global_step,
+        stage_index: rt.index,
+        stage_name: stage.name.clone(),
+        stage_step: rt.step,
+        optimizer_t: rt.optim.t,
+        run_rng: ctx.run_rng.state(),
+        reweighter: rt.reweighter.state(),
+        lambdas: rt.lambdas.clone(),
+        mixer: rt.mixer.cursor(),
+        data: rt.readers.iter().map(|r| r.cursor.clone()).collect(),
+        has_reference: models.reference.is_some(),
+    };
+    let name = format!("step-{:06}", ctx.global_step);
+    write_atomic(&root, &name, |dir| {
+        crate::checkpoint::save_hf_dir(&models.policy, Some(&models.tok), dir)?;
+        save_tensors(
+            &dir.join("optimizer.safetensors"),
+            &rt.optim.state_tensors()?,
+        )?;
+        if let Some(r) = &models.reference {
+            let ts: Vec<(String, Tensor)> = r
+                .named_weights()
+                .into_iter()
+                .map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?)))
+                .collect::<Result<_>>()?;
+            save_tensors(&dir.join("reference.safetensors"), &ts)?;
+        }
+        let text = serde_json::to_string_pretty(&state)?;
+        std::fs::write(dir.join("trainer_state.json"), text)?;
+        Ok(())
+    })?;
+    if let Some(keep) = keep {
+        let mut all = list(&root)?;
+        while all.len() > keep.max(1) as usize {
+            let (_, old) = all.remove(0);
+            std::fs::remove_dir_all(&old).with_context(|| format!("pruning {}", old.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Complete checkpoint directories under `root`, oldest first.
+fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    if !root.exists() {
+        return Ok(out);
+    }
+    for e in std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(n) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            if e.path().join("trainer_state.json").exists() {
+                out.push((n, e.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The newest complete checkpoint of a run directory.
+pub fn newest(run_dir: &Path) -> Result<Option<Found>> {
+    let Some((_, dir)) = list(&run_dir.join("checkpoints"))?.pop() else {
+        return Ok(None);
+    };
+    let path = dir.join("trainer_state.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a trainer state", path.display()))?;
+    if state.format != STATE_FORMAT {
+        bail!(
+            "{}: trainer state format {} (this build reads {STATE_FORMAT})",
+            path.display(),
+            state.format
+        );
+    }
+    Ok(Some(Found { dir, state }))
+}
+
+/// Restores the stage's state from a checkpoint (the policy weights were loaded from it already).
+pub(crate) fn restore(
+    c: &Found,
+    ctx: &mut Ctx,
+    rt: &mut StageRt,
+    models: &mut Models,
+) -> Result<()> {
+    let s = &c.state;
+    if s.plan_hash != ctx.plan.content_hash {
+        bail!(
+            "{}: the checkpoint was written by a different plan (hash {} vs {}); resume needs the same plan",
+            c.dir.display(),
+            s.plan_hash,
+            ctx.plan.content_hash
+        );
+    }
+    let err = |e: String| anyhow!("{}: {e}", c.dir.display());
+    rt.step = s.stage_step;
+    rt.optim.restore(
+        s.optimizer_t,
+        &load_tensors(&c.dir.join("optimizer.safetensors"))?,
+    )?;
+    rt.reweighter
+        .restore(s.reweighter.clone())
+        .map_err(|e| err(e.to_string()))?;
+    if s.lambdas.len() != rt.lambdas.len() {
+        return Err(err(
+            "the checkpoint's weights do not match the stage's keys".into(),
+        ));
+    }
+    rt.lambdas = s.lambdas.clone();
+    rt.mixer
+        .restore(s.mixer.clone())
+        .map_err(|e| err(e.to_string()))?;
+    if s.data.len() != rt.readers.len() {
+        return Err(err(
+            "the checkpoint's data cursors do not match the stage's sources".into(),
+        ));
+    }
+    for (r, cur) in rt.readers.iter_mut().zip(&s.data) {
+        r.restore(cur.clone());
+    }
+    ctx.run_rng = HostRng::from_state(&s.run_rng).map_err(err)?;
+    ctx.global_step = s.global_step;
+    if s.has_reference {
+        let tensors = load_tensors(&c.dir.join("reference.safetensors"))?;
+        let mut r = crate::model::Model::from_tensors(
+            models.policy.config().clone(),
+            tensors,
+            DType::F32,
+            false,
+            &ctx.device,
+        )?;
+        r.set_compute_dtype(models.policy.compute_dtype())?;
+        models.reference = Some(r);
+    }
+    Ok(())
+}

@@ -1,0 +1,690 @@
+//! The training engine: takes a `recap_plan::Plan` and [`RunOptions`]; gives a training run (a
+//! run directory with the resolved plan, `metrics.jsonl`, `samples.jsonl`, checkpoints and the
+//! final weights) and a [`RunSummary`]. It reads only the plan, never the compiler.
+//!
+//! Stages run in order, each starting from the weights the previous one left. One step of a
+//! stage: the mixer draws the source(s); for each objective on a drawn source, GRPO samples G
+//! completions per prompt, scores them with the verifiers, combines the reward terms with the
+//! reweighter's current lambdas, normalises per group and builds the clipped-ratio loss (k3 KL
+//! against the frozen reference only when a KL term is declared), or SFT builds `lambda * nll`;
+//! then backward, gradient clipping, the optimiser step with the schedule's learning rate, the
+//! reweighter update with the tracked scalars (batch-mean reward per (source, term) key, SFT
+//! NLL), probes, samples, checkpoints and one metrics line.
+
+pub mod checkpoint;
+pub mod data;
+pub mod optim;
+pub mod presets;
+pub mod progress;
+pub mod rewards;
+mod step;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device};
+use recap_plan::{Dtype, Mix, ModelSpec, ObjectiveSpec, Plan, Reweight, Stage};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::model::{load_hf_dir_with, Family, LoadOptions, Model, ModelConfig};
+
+use crate::tokenizer::TextTokenizer;
+use crate::train::mix::{MixConfig, Mixer, SourceInfo, SourceRole};
+use crate::train::reweight::{
+    Combine, Direction, KeyKind, ObjectiveKey, ReweightConfig, Reweighter,
+};
+use crate::train::rng::HostRng;
+use data::{resolve_path, Dataset, Reader};
+use optim::Optim;
+pub use progress::ProgressMode;
+
+/// How to run a plan.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Overrides the plan's `train.out` (of every stage).
+    pub out: Option<PathBuf>,
+    /// A run directory to continue from its newest complete checkpoint.
+    pub resume: Option<PathBuf>,
+    /// Build every node, load data and models, run one step on two prompts per stage, print
+    /// the per-step cost estimate; write nothing.
+    pub dry_run: bool,
+    pub progress: ProgressMode,
+    /// Relative paths of the plan (data files, model directories, `out`) are resolved here,
+    /// usually the directory of the pipeline file.
+    pub base_dir: PathBuf,
+    /// Write sample completions every this many steps (0: never).
+    pub samples_every: u64,
+    /// Stop after this many global steps, as if the process were killed (testing resume).
+    pub stop_after: Option<u64>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            device: "cpu".into(),
+            out: None,
+            resume: None,
+            dry_run: false,
+            progress: ProgressMode::Auto,
+            base_dir: PathBuf::from("."),
+            samples_every: 10,
+            stop_after: None,
+        }
+    }
+}
+
+/// The per-step cost of one stage, estimated from the plan's shapes.
+#[derive(Debug, Clone, Serialize)]
+pub struct CostEstimate {
+    pub stage: String,
+    /// Upper bound: every row runs to `max_tokens`.
+    pub generated_tokens: usize,
+    /// Tokens through the policy's forward and backward pass.
+    pub forward_backward_tokens: usize,
+    /// Tokens through the frozen reference's forward pass.
+    pub reference_tokens: usize,
+    pub weight_bytes: usize,
+    pub optimizer_bytes: usize,
+    pub reference_bytes: usize,
+    /// A rough bound on the activations the backward pass keeps.
+    pub activation_bytes: usize,
+    /// Measured seconds of the dry-run step (on two prompts).
+    pub dry_step_seconds: f64,
+}
+
+/// What a run gives back.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// The run directory (`None` for a dry run).
+    pub run_dir: Option<PathBuf>,
+    /// Global steps completed, including those before a resume.
+    pub steps: u64,
+    /// The metrics records of the steps this call ran.
+    pub metrics: Vec<Value>,
+    /// Dry runs: one estimate per stage.
+    pub costs: Vec<CostEstimate>,
+    /// The topological order of the plan's graph the executor checked.
+    pub graph_order: Vec<String>,
+    pub seconds: f64,
+}
+
+/// Parses `cpu` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        _ => {
+            let n = s
+                .strip_prefix("cuda")
+                .map(|r| r.trim_start_matches(':'))
+                .ok_or_else(|| anyhow!("unknown device `{s}`; use `cpu` or `cuda:N`"))?;
+            let n: usize = if n.is_empty() {
+                0
+            } else {
+                n.parse()
+                    .map_err(|_| anyhow!("unknown device `{s}`; use `cpu` or `cuda:N`"))?
+            };
+            Device::new_cuda(n).with_context(|| {
+                format!("cannot open {s} (is this build compiled with `--features cuda`?)")
+            })
+        }
+    }
+}
+
+/// The policy, its tokenizer and the optional frozen reference.
+pub(crate) struct Models {
+    pub policy: Model,
+    pub tok: TextTokenizer,
+    /// The reference is copied from the policy at the start of the first stage that needs it.
+    pub reference: Option<Model>,
+}
+
+fn dtype_of(d: Dtype) -> DType {
+    match d {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::Bf16 => DType::BF16,
+    }
+}
+
+fn load_tokenizer(path: &Path) -> Result<TextTokenizer> {
+    let tok = if path.is_dir() {
+        TextTokenizer::from_dir(path)?
+    } else {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read tokenizer {}", path.display()))?;
+        TextTokenizer::from_json_str(&text)?
+    };
+    Ok(tok)
+}
+
+/// Builds the policy named by the plan (weights from `weights_dir` when resuming).
+fn build_policy(
+    plan: &Plan,
+    base: &Path,
+    device: &Device,
+    weights_dir: Option<&Path>,
+) -> Result<Models> {
+    let spec = &plan
+        .models
+        .iter()
+        .find(|m| m.name == plan.policy)
+        .ok_or_else(|| {
+            anyhow!(
+                "the plan's policy `{}` is not among its models",
+                plan.policy
+            )
+        })?
+        .spec;
+    let load = |dir: &Path, dtype: DType| -> Result<Model> {
+        let mut m = load_hf_dir_with(
+            dir,
+            &LoadOptions {
+                dtype: DType::F32,
+                trainable: true,
+                device: device.clone(),
+            },
+        )
+        .with_context(|| format!("loading model {}", dir.display()))?;
+        // Master weights stay f32; a half dtype is a compute dtype, and only pays on CUDA.
+        if dtype != DType::F32 && device.is_cuda() {
+            m.set_compute_dtype(dtype)?;
+        }
+        Ok(m)
+    };
+    let (policy, tok) = match spec {
+        ModelSpec::Hf { dir, dtype } => {
+            let dir = resolve_path(base, dir);
+            let tok = TextTokenizer::from_dir(&dir)
+                .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
+            (load(weights_dir.unwrap_or(&dir), dtype_of(*dtype))?, tok)
+        }
+        ModelSpec::Gguf { file, .. } => bail!(
+            "model `{}`: gguf({file}) is not supported by the engine yet; convert it with `recapc import gguf` and use hf(DIR)",
+            plan.policy
+        ),
+        ModelSpec::Tiny {
+            vocab,
+            hidden,
+            layers,
+            heads,
+            kv_heads,
+            intermediate,
+            seed,
+            tokenizer,
+        } => {
+            let tok = match tokenizer {
+                Some(p) => load_tokenizer(&resolve_path(base, p))?,
+                None => TextTokenizer::arithmetic()?,
+            };
+            if tok.vocab_size() > *vocab as usize {
+                bail!(
+                    "model `{}`: tiny(vocab = {vocab}) is smaller than its tokenizer's {} tokens",
+                    plan.policy,
+                    tok.vocab_size()
+                );
+            }
+            let mut cfg = ModelConfig::new(
+                Family::Qwen2,
+                *vocab as usize,
+                *hidden as usize,
+                *intermediate as usize,
+                *layers as usize,
+                *heads as usize,
+                *kv_heads as usize,
+                true,
+            );
+            cfg.eos_token_ids = tok.eos_ids.clone();
+            cfg.pad_token_id = Some(tok.pad_id);
+            let model = match weights_dir {
+                Some(d) => load(d, DType::F32)?,
+                None => Model::tiny(&cfg, *seed, DType::F32, device)
+                    .with_context(|| format!("building tiny model `{}`", plan.policy))?,
+            };
+            (model, tok)
+        }
+        ModelSpec::Frozen { of } => bail!(
+            "the policy `{}` is frozen(`{of}`); a frozen model cannot be trained",
+            plan.policy
+        ),
+    };
+    Ok(Models {
+        policy,
+        tok,
+        reference: None,
+    })
+}
+
+/// Whether a stage's objectives need the frozen reference.
+fn stage_needs_reference(stage: &Stage) -> bool {
+    stage.objectives.iter().any(|o| match &o.spec {
+        ObjectiveSpec::Grpo { kl: Some(k), .. } => k.coef > 0.0,
+        _ => false,
+    })
+}
+
+fn objective_source(spec: &ObjectiveSpec) -> &str {
+    match spec {
+        ObjectiveSpec::Grpo { source, .. } | ObjectiveSpec::Sft { source, .. } => source,
+    }
+}
+
+/// The reweighter keys of a stage: (source, term) for GRPO, the source for SFT.
+fn stage_keys(stage: &Stage) -> Result<Vec<ObjectiveKey>> {
+    let mut keys: Vec<ObjectiveKey> = Vec::new();
+    for o in &stage.objectives {
+        match &o.spec {
+            ObjectiveSpec::Grpo {
+                source, rewards, ..
+            } => {
+                for t in rewards {
+                    keys.push(ObjectiveKey {
+                        name: format!("{source}.{}", t.name),
+                        source: source.clone(),
+                        kind: KeyKind::Rl,
+                    });
+                }
+            }
+            ObjectiveSpec::Sft { source, .. } => keys.push(ObjectiveKey {
+                name: source.clone(),
+                source: source.clone(),
+                kind: KeyKind::Sft,
+            }),
+        }
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if keys[..i].iter().any(|o| o.name == k.name) {
+            bail!(
+                "stage `{}`: objective key `{}` appears twice (two objectives on one source with the same reward term)",
+                stage.name,
+                k.name
+            );
+        }
+    }
+    Ok(keys)
+}
+
+fn reweight_config(stage: &Stage, keys: &[ObjectiveKey]) -> ReweightConfig {
+    match &stage.reweight {
+        Reweight::Recap {
+            window,
+            temperature,
+            alpha,
+            combine,
+            direction,
+            warmup,
+        } => ReweightConfig::Recap {
+            window: *window as usize,
+            temperature: *temperature,
+            alpha: *alpha,
+            combine: match combine {
+                recap_plan::RecapCombine::Mixture => Combine::Mixture,
+                recap_plan::RecapCombine::Sum => Combine::Sum,
+            },
+            direction: match direction {
+                recap_plan::RecapDirection::Regress => Direction::Regress,
+                recap_plan::RecapDirection::Paper => Direction::Paper,
+            },
+            warmup: if *warmup { 2 * *window } else { 0 },
+        },
+        Reweight::Uniform => ReweightConfig::Uniform,
+        Reweight::Static { weights } => {
+            // The plan names objectives; a weight given to an objective applies to each of
+            // its keys. A name that is already a key is taken as is.
+            let mut out = BTreeMap::new();
+            for (name, w) in weights {
+                if let Some(o) = stage.objectives.iter().find(|o| &o.name == name) {
+                    let src = objective_source(&o.spec);
+                    for k in keys.iter().filter(|k| k.source == src) {
+                        out.insert(k.name.clone(), *w);
+                    }
+                } else {
+                    out.insert(name.clone(), *w);
+                }
+            }
+            ReweightConfig::Static { weights: out }
+        }
+        Reweight::Dwa { temperature } => ReweightConfig::Dwa {
+            temperature: *temperature,
+        },
+        Reweight::Rlw { seed } => ReweightConfig::Rlw { seed: *seed },
+    }
+}
+
+/// The run-time state of one stage.
+pub(crate) struct StageRt {
+    pub index: usize,
+    /// Source names in mixer order.
+    pub sources: Vec<String>,
+    pub readers: Vec<Reader>,
+    pub mixer: Mixer,
+    pub reweighter: Reweighter,
+    pub keys: Vec<ObjectiveKey>,
+    /// The weights used on the next step, in key order.
+    pub lambdas: Vec<f64>,
+    pub optim: Optim,
+    /// Steps of this stage completed.
+    pub step: u64,
+}
+
+fn build_stage(
+    plan: &Plan,
+    index: usize,
+    datasets: &BTreeMap<String, Dataset>,
+    policy: &Model,
+) -> Result<StageRt> {
+    let stage = &plan.stages[index];
+    let mut sources: Vec<String> = Vec::new();
+    let mut infos = Vec::new();
+    for o in &stage.objectives {
+        let src = objective_source(&o.spec).to_string();
+        if sources.contains(&src) {
+            continue;
+        }
+        let ds = datasets
+            .get(&src)
+            .ok_or_else(|| anyhow!("objective `{}` reads unknown source `{src}`", o.name))?;
+        infos.push(SourceInfo {
+            name: src.clone(),
+            size: ds.rows.len(),
+            role: match o.spec {
+                ObjectiveSpec::Grpo { .. } => SourceRole::Rl,
+                ObjectiveSpec::Sft { .. } => SourceRole::Replay,
+            },
+        });
+        sources.push(src);
+    }
+    if sources.is_empty() {
+        bail!("stage `{}` has no objectives", stage.name);
+    }
+    let seed = stage.train.seed;
+    let (mix, mix_seed) = match &stage.mix {
+        Mix::RoundRobin => (MixConfig::RoundRobin, seed),
+        Mix::Uniform { seed } => (MixConfig::Uniform, *seed),
+        Mix::Proportional => (MixConfig::Proportional, seed),
+        Mix::Weights { weights } => (
+            MixConfig::Weights {
+                weights: weights.clone(),
+            },
+            seed,
+        ),
+        Mix::Coreset { cap, .. } => (MixConfig::Coreset { cap: *cap }, seed),
+        Mix::All => (MixConfig::All, seed),
+    };
+    let mixer =
+        Mixer::new(mix, infos, mix_seed).map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
+    let readers = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let ds = &datasets[s];
+            Reader::new(
+                ds.rows.len(),
+                ds.shuffle,
+                seed.wrapping_add(1000 * i as u64 + 1),
+            )
+        })
+        .collect();
+    let keys = stage_keys(stage)?;
+    let reweighter = Reweighter::new(reweight_config(stage, &keys), keys.clone())
+        .map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
+    let lambdas = initial_lambdas(&reweighter)?;
+    let optim = Optim::new(&stage.train.optimizer, policy.trainable_vars())?;
+    Ok(StageRt {
+        index,
+        sources,
+        readers,
+        mixer,
+        reweighter,
+        lambdas,
+        keys,
+        optim,
+        step: 0,
+    })
+}
+
+/// The weights before any update: 1, except under `static`, whose weights hold from the start.
+fn initial_lambdas(r: &Reweighter) -> Result<Vec<f64>> {
+    Ok(match r.config() {
+        ReweightConfig::Static { weights } => r
+            .keys()
+            .iter()
+            .map(|k| weights.get(&k.name).copied().unwrap_or(1.0))
+            .collect(),
+        _ => vec![1.0; r.keys().len()],
+    })
+}
+
+/// Kahn's algorithm over the plan's graph, ties broken by node order: a cycle is an error.
+pub fn graph_order(plan: &Plan) -> Result<Vec<String>> {
+    let nodes: Vec<&str> = plan.graph.nodes.iter().map(|n| n.id.as_str()).collect();
+    let idx = |id: &str| nodes.iter().position(|n| *n == id);
+    let mut indeg = vec![0usize; nodes.len()];
+    let mut out: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    for e in &plan.graph.edges {
+        let (Some(a), Some(b)) = (idx(&e.from), idx(&e.to)) else {
+            bail!(
+                "the plan's graph has an edge {} -> {} to an unknown node",
+                e.from,
+                e.to
+            );
+        };
+        out[a].push(b);
+        indeg[b] += 1;
+    }
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..nodes.len()).filter(|&i| indeg[i] == 0).collect();
+    let mut order = Vec::new();
+    while let Some(&i) = ready.iter().next() {
+        ready.remove(&i);
+        order.push(nodes[i].to_string());
+        for &j in &out[i] {
+            indeg[j] -= 1;
+            if indeg[j] == 0 {
+                ready.insert(j);
+            }
+        }
+    }
+    if order.len() != nodes.len() {
+        bail!("the plan's graph has a cycle; recompile the pipeline");
+    }
+    Ok(order)
+}
+
+/// Runs a plan. See the module documentation for what one step does.
+pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
+    let started = Instant::now();
+    if plan.stages.is_empty() {
+        bail!("the plan has no stages");
+    }
+    let graph_order = graph_order(plan)?;
+    let device = parse_device(&opts.device)?;
+    let base = opts.base_dir.as_path();
+
+    let run_dir = match (&opts.resume, &opts.out) {
+        (Some(r), _) => r.clone(),
+        (None, Some(o)) => o.clone(),
+        (None, None) => resolve_path(base, &plan.stages[0].train.out),
+    };
+    let resume =
+        match &opts.resume {
+            Some(dir) => Some(checkpoint::newest(dir)?.ok_or_else(|| {
+                anyhow!("{}: no complete checkpoint to resume from", dir.display())
+            })?),
+            None => None,
+        };
+
+    let mut datasets = BTreeMap::new();
+    for s in &plan.sources {
+        datasets.insert(s.name.clone(), Dataset::load(s, base)?);
+    }
+    let verifiers = rewards::build_verifiers(plan)?;
+    let mut models = build_policy(
+        plan,
+        base,
+        &device,
+        resume.as_ref().map(|c| c.dir.as_path()),
+    )?;
+    for stage in &plan.stages {
+        for o in &stage.objectives {
+            if let ObjectiveSpec::Grpo { kl: Some(k), .. } = &o.spec {
+                match plan.models.iter().find(|m| m.name == k.reference) {
+                    Some(m) if matches!(&m.spec, ModelSpec::Frozen { of } if *of == plan.policy) => {
+                    }
+                    _ => bail!(
+                        "objective `{}`: the KL reference `{}` must be frozen({})",
+                        o.name,
+                        k.reference,
+                        plan.policy
+                    ),
+                }
+            }
+        }
+    }
+
+    let mut ctx = step::Ctx {
+        plan,
+        opts,
+        device: device.clone(),
+        datasets,
+        verifiers,
+        run_rng: HostRng::new(plan.stages[0].train.seed ^ 0x005e_ed0f_ec4b),
+        out: None,
+        global_step: 0,
+        total_steps: plan.stages.iter().map(|s| s.train.steps).sum(),
+        dry_prompts: opts.dry_run.then_some(2),
+        progress: None,
+    };
+
+    let mut summary = RunSummary {
+        run_dir: (!opts.dry_run).then(|| run_dir.clone()),
+        graph_order,
+        ..RunSummary::default()
+    };
+
+    if opts.dry_run {
+        for i in 0..plan.stages.len() {
+            if stage_needs_reference(&plan.stages[i]) && models.reference.is_none() {
+                models.reference = Some(models.policy.frozen_copy()?);
+            }
+            let mut rt = build_stage(plan, i, &ctx.datasets, &models.policy)?;
+            let t = Instant::now();
+            let record = ctx.step(&mut rt, &mut models)?;
+            let secs = t.elapsed().as_secs_f64();
+            let cost = step::estimate(plan, i, &ctx.datasets, &models, &rt, secs)?;
+            println!("{}", step::describe_cost(&cost));
+            summary.metrics.push(record);
+            summary.costs.push(cost);
+        }
+        println!("graph order: {}", summary.graph_order.join(" -> "));
+        summary.seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    let plan_path = run_dir.join("plan.json");
+    std::fs::write(&plan_path, plan.to_json() + "\n")
+        .with_context(|| format!("cannot write {}", plan_path.display()))?;
+    let keep_until = resume.as_ref().map(|c| c.state.global_step);
+    ctx.out = Some(progress::RunFiles::open(&run_dir, keep_until)?);
+    ctx.progress = Some(progress::Progress::new(opts.progress, ctx.total_steps));
+
+    let (first_stage, mut restored) = match &resume {
+        Some(c) => (c.state.stage_index, Some(c)),
+        None => (0, None),
+    };
+    for i in first_stage..plan.stages.len() {
+        let stage = &plan.stages[i];
+        let mut rt = build_stage(plan, i, &ctx.datasets, &models.policy)?;
+        if let Some(c) = restored.take() {
+            checkpoint::restore(c, &mut ctx, &mut rt, &mut models)?;
+        } else {
+            if stage_needs_reference(stage) && models.reference.is_none() {
+                models.reference = Some(models.policy.frozen_copy()?);
+            }
+            ctx.global_step = plan.stages[..i].iter().map(|s| s.train.steps).sum();
+        }
+        while rt.step < stage.train.steps {
+            if opts.stop_after.is_some_and(|s| ctx.global_step >= s) {
+                ctx.finish();
+                summary.steps = ctx.global_step;
+                summary.seconds = started.elapsed().as_secs_f64();
+                return Ok(summary);
+            }
+            let record = ctx.step(&mut rt, &mut models)?;
+            summary.metrics.push(record);
+            if let Some(ck) = &stage.train.checkpoint {
+                if ck.every > 0 && rt.step.is_multiple_of(ck.every) {
+                    checkpoint::save(&run_dir, &ctx, &rt, &models, ck.keep)?;
+                }
+            }
+        }
+    }
+    let final_dir = run_dir.join("final");
+    checkpoint::write_atomic(&run_dir, "final", |dir| {
+        crate::checkpoint::save_hf_dir(&models.policy, Some(&models.tok), dir)?;
+        Ok(())
+    })
+    .with_context(|| format!("writing {}", final_dir.display()))?;
+    ctx.finish();
+    summary.steps = ctx.global_step;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// A JSON number, or null for a non-finite value (JSON has no NaN).
+pub(crate) fn num(x: f64) -> Value {
+    if x.is_finite() {
+        json!(x)
+    } else {
+        Value::Null
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graph_cycles_and_devices_are_reported() {
+        let mut plan = presets::quickstart("x", 1, 1);
+        let order = graph_order(&plan).unwrap();
+        let pos = |id: &str| order.iter().position(|n| n == id).unwrap();
+        assert!(pos("source.math") < pos("rl.mixer") && pos("rl.mixer") < pos("rl.optimizer"));
+        plan.graph.edges.push(recap_plan::Edge {
+            from: "rl.metrics".into(),
+            to: "rl.mixer".into(),
+        });
+        assert!(graph_order(&plan)
+            .unwrap_err()
+            .to_string()
+            .contains("cycle"));
+        assert!(parse_device("tpu").is_err());
+        assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
+    }
+
+    #[test]
+    fn keys_and_static_weights_follow_objectives() {
+        let plan = presets::quickstart("x", 1, 1);
+        let rl = &plan.stages[1];
+        let keys = stage_keys(rl).unwrap();
+        let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["math.accuracy", "math.format", "copy"]);
+        let mut st = rl.clone();
+        st.reweight = Reweight::Static {
+            weights: [("reasoning".to_string(), 2.0), ("copy".to_string(), 0.5)].into(),
+        };
+        let ReweightConfig::Static { weights } = reweight_config(&st, &keys) else {
+            panic!("static expected");
+        };
+        assert_eq!(weights["math.accuracy"], 2.0);
+        assert_eq!(weights["math.format"], 2.0);
+        assert_eq!(weights["copy"], 0.5);
+        assert!(stage_needs_reference(rl) && !stage_needs_reference(&plan.stages[0]));
+    }
+}

@@ -1,0 +1,676 @@
+//! One training step of a stage, probes and the dry-run cost estimate: takes the stage's
+//! run-time state and the models; gives the updated weights and state and one metrics record.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::backprop::GradStore;
+use candle_core::Device;
+use recap_plan::{Eval, ObjectiveSpec, Plan, RewardTerm, Rollout as PlanRollout};
+use serde_json::{json, Map, Value};
+
+use super::data::{Dataset, Row};
+use super::progress::{Progress, RunFiles};
+use super::rewards::{score_terms, Judged, PlanVerifier};
+use super::{num, objective_source, CostEstimate, Models, RunOptions, StageRt};
+use crate::generate::{generate, SamplingConfig};
+use crate::model::logprob::{reference_logprobs, token_logprobs, SequenceBatch};
+use crate::train::grpo::{
+    combine_rewards, group_advantages, grpo_loss, sft_loss, AdvantageScale, Advantages, GrpoBatch,
+    GrpoConfig, LossAggregation,
+};
+use crate::train::rng::HostRng;
+
+/// The engine's state shared by all stages.
+pub(crate) struct Ctx<'a> {
+    pub plan: &'a Plan,
+    pub opts: &'a RunOptions,
+    pub device: Device,
+    pub datasets: BTreeMap<String, Dataset>,
+    pub verifiers: BTreeMap<String, PlanVerifier>,
+    /// Seeds of the rollouts, drawn one per rollout.
+    pub run_rng: HostRng,
+    pub out: Option<RunFiles>,
+    pub global_step: u64,
+    pub total_steps: u64,
+    /// Dry runs: prompts per step.
+    pub dry_prompts: Option<usize>,
+    pub progress: Option<Progress>,
+}
+
+/// Seconds spent per kind of work in one step.
+#[derive(Default)]
+struct Timing {
+    rollout: f64,
+    verify: f64,
+    tensor: f64,
+    optim: f64,
+    probe: f64,
+}
+
+/// Adds one backward pass's gradients to the running sum.
+fn accumulate(
+    acc: &mut Option<GradStore>,
+    new: GradStore,
+    vars: &[candle_core::Var],
+) -> Result<()> {
+    match acc {
+        None => *acc = Some(new),
+        Some(a) => {
+            for v in vars {
+                if let Some(g) = new.get(v.as_tensor()) {
+                    let sum = match a.get(v.as_tensor()) {
+                        Some(old) => (old + g)?,
+                        None => g.clone(),
+                    };
+                    a.insert(v.as_tensor(), sum);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn to_scale(s: recap_plan::AdvantageScale) -> AdvantageScale {
+    match s {
+        recap_plan::AdvantageScale::Group => AdvantageScale::Group,
+        recap_plan::AdvantageScale::Batch => AdvantageScale::Batch,
+        recap_plan::AdvantageScale::None => AdvantageScale::None,
+    }
+}
+
+fn to_agg(a: recap_plan::LossAggregation) -> LossAggregation {
+    match a {
+        recap_plan::LossAggregation::TokenMean => LossAggregation::TokenMean,
+        recap_plan::LossAggregation::SeqMeanTokenMean => LossAggregation::SeqMeanTokenMean,
+        recap_plan::LossAggregation::SeqMeanTokenSumNorm => LossAggregation::SeqMeanTokenSumNorm,
+    }
+}
+
+fn sampling(r: &PlanRollout, seed: u64) -> SamplingConfig {
+    SamplingConfig {
+        max_new_tokens: r.max_tokens as usize,
+        temperature: r.temperature,
+        top_p: r.top_p,
+        top_k: r.top_k.unwrap_or(0) as usize,
+        greedy: false,
+        stop_strings: Vec::new(),
+        eos_token_ids: Vec::new(),
+        seed,
+    }
+}
+
+/// Mean of the applicable outcomes of each term.
+fn term_means(table: &[Vec<crate::train::verifiers::Outcome>], terms: usize) -> Vec<Option<f64>> {
+    (0..terms)
+        .map(|t| {
+            let xs: Vec<f64> = table.iter().filter_map(|r| r[t].score()).collect();
+            (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+        })
+        .collect()
+}
+
+/// The SFT target of a row: its `target` field, else its `answer`.
+fn target_of(row: &Row) -> Result<String> {
+    for k in ["target", "answer"] {
+        if let Some(v) = row.fields.get(k) {
+            return Ok(match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+        }
+    }
+    bail!(
+        "row {}: an SFT objective needs a `target` (or `answer`) field",
+        row.id
+    )
+}
+
+impl Ctx<'_> {
+    fn warn(&self, msg: &str) {
+        match &self.progress {
+            Some(p) => p.warn(msg),
+            None => eprintln!("warning: {msg}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(p) = &self.progress {
+            p.finish();
+        }
+    }
+
+    /// One step of stage `rt`; gives its metrics record (also written to `metrics.jsonl`).
+    pub fn step(&mut self, rt: &mut StageRt, models: &mut Models) -> Result<Value> {
+        let t0 = Instant::now();
+        let plan = self.plan;
+        let stage = &plan.stages[rt.index];
+        let drawn = rt.mixer.next_draw();
+        let drawn_names: Vec<String> = drawn.iter().map(|&i| rt.sources[i].clone()).collect();
+        let lr = rt.optim.base_lr()
+            * super::optim::lr_factor(&stage.train.schedule, rt.step, stage.train.steps);
+        let vars = models.policy.trainable_vars();
+        let mut grads: Option<GradStore> = None;
+        let mut tm = Timing::default();
+        let mut rec = Map::new();
+        let mut scalars: Vec<(String, f64)> = Vec::new();
+        let mut rewards = Map::new();
+        let mut loss_sum = 0.0;
+        let mut gen_tokens = 0usize;
+        let mut samples = Vec::new();
+        let write_samples = self.out.is_some()
+            && self.opts.samples_every > 0
+            && (self.global_step + 1).is_multiple_of(self.opts.samples_every);
+
+        for &si in &drawn {
+            let src = rt.sources[si].clone();
+            let n_prompts = self
+                .dry_prompts
+                .unwrap_or(stage.train.prompts_per_step as usize);
+            let idx = rt.readers[si].next_batch(n_prompts);
+            let rows: Vec<Row> = idx
+                .iter()
+                .map(|&i| self.datasets[&src].rows[i].clone())
+                .collect();
+            for o in stage
+                .objectives
+                .iter()
+                .filter(|o| objective_source(&o.spec) == src)
+            {
+                match &o.spec {
+                    ObjectiveSpec::Grpo {
+                        rollout,
+                        rewards: terms,
+                        clip_low,
+                        clip_high,
+                        loss,
+                        scale,
+                        kl,
+                        drop_equal_groups,
+                        ..
+                    } => {
+                        let ro = stage
+                            .rollouts
+                            .iter()
+                            .find(|r| &r.id == rollout)
+                            .ok_or_else(|| {
+                                anyhow!("objective `{}` reads unknown rollout `{rollout}`", o.name)
+                            })?;
+                        let group = ro.group as usize;
+                        let prompts: Vec<Vec<u32>> = rows
+                            .iter()
+                            .map(|r| models.tok.encode_prompt(&r.prompt))
+                            .collect::<std::result::Result<_, _>>()?;
+                        let t = Instant::now();
+                        let seed = self.run_rng.next_u64();
+                        let roll = generate(
+                            &models.policy,
+                            Some(&models.tok),
+                            &prompts,
+                            group,
+                            &sampling(ro, seed),
+                        )
+                        .with_context(|| format!("rollout `{}`", ro.id))?;
+                        tm.rollout += t.elapsed().as_secs_f64();
+                        gen_tokens += roll.num_tokens();
+
+                        let t = Instant::now();
+                        let items: Vec<Judged> = (0..roll.texts.len())
+                            .map(|r| {
+                                let row = &rows[r / group];
+                                Judged {
+                                    id: &row.id,
+                                    prompt: &row.prompt,
+                                    completion: &roll.texts[r],
+                                    fields: &row.fields,
+                                    tokens: roll.completion_ids[r].len(),
+                                }
+                            })
+                            .collect();
+                        let (table, failures) = score_terms(&self.verifiers, terms, &items)?;
+                        for f in &failures {
+                            self.warn(&f.to_string());
+                        }
+                        let weights: Vec<f64> = terms
+                            .iter()
+                            .map(|t| key_lambda(rt, &format!("{src}.{}", t.name)))
+                            .collect();
+                        let combined = combine_rewards(&table, &weights)?;
+                        let adv = group_advantages(
+                            &combined.total,
+                            group,
+                            to_scale(*scale),
+                            *drop_equal_groups,
+                        )?;
+                        let means = term_means(&table, terms.len());
+                        tm.verify += t.elapsed().as_secs_f64();
+
+                        let t = Instant::now();
+                        let beta = kl.as_ref().map_or(0.0, |k| k.coef);
+                        let cfg = GrpoConfig {
+                            group,
+                            max_tokens: ro.max_tokens as usize,
+                            scale: to_scale(*scale),
+                            eps_low: *clip_low,
+                            eps_high: *clip_high,
+                            beta,
+                            aggregation: to_agg(*loss),
+                            drop_zero_variance: *drop_equal_groups,
+                        };
+                        let n = roll.completion_ids.len();
+                        let micro = stage.train.micro_batch.map_or(n, |m| (m as usize).max(1));
+                        let total_tokens: usize = roll.num_tokens();
+                        let kept_rows = adv.keep.iter().filter(|&&k| k).count().max(1);
+                        let (mut kl_sum, mut kl_tok, mut clip_sum) = (0.0, 0usize, 0.0);
+                        let mut start = 0;
+                        while start < n {
+                            let end = (start + micro).min(n);
+                            let prompts_c: Vec<&[u32]> =
+                                (start..end).map(|r| roll.prompt_of(r)).collect();
+                            let comps_c: Vec<&[u32]> = roll.completion_ids[start..end]
+                                .iter()
+                                .map(Vec::as_slice)
+                                .collect();
+                            let batch = SequenceBatch::new(
+                                &prompts_c,
+                                &comps_c,
+                                models.tok.pad_id,
+                                &self.device,
+                            )?;
+                            let sub = Advantages {
+                                values: adv.values[start..end].to_vec(),
+                                keep: adv.keep[start..end].to_vec(),
+                                stats: adv.stats.clone(),
+                            };
+                            let logp = token_logprobs(&models.policy, &batch)?;
+                            let ref_lp = match (&models.reference, beta > 0.0) {
+                                (Some(r), true) => Some(reference_logprobs(r, &batch)?),
+                                (None, true) => bail!("objective `{}` has a KL term but no reference model was loaded", o.name),
+                                _ => None,
+                            };
+                            let out = grpo_loss(
+                                &cfg,
+                                &GrpoBatch {
+                                    logp: &logp,
+                                    old_logp: None,
+                                    ref_logp: ref_lp.as_ref(),
+                                    mask: &batch.completion_mask,
+                                    advantages: &sub,
+                                    token_normaliser: Some(total_tokens.max(1) as f64),
+                                },
+                            )?;
+                            // Sequence-mean losses are means over the chunk's rows: weight each
+                            // chunk by its share of the batch so the sum is the batch's loss.
+                            let share = match cfg.aggregation {
+                                LossAggregation::TokenMean => 1.0,
+                                _ => {
+                                    let k = sub.keep.iter().filter(|&&k| k).count();
+                                    k as f64 / kept_rows as f64
+                                }
+                            };
+                            let l = if share == 1.0 {
+                                out.loss
+                            } else {
+                                (out.loss * share)?
+                            };
+                            loss_sum += l.to_scalar::<f32>()? as f64;
+                            accumulate(&mut grads, l.backward()?, &vars)?;
+                            if let Some(k) = out.stats.kl {
+                                kl_sum += k * out.stats.tokens as f64;
+                            }
+                            kl_tok += out.stats.tokens;
+                            clip_sum += out.stats.clip_fraction * out.stats.tokens as f64;
+                            start = end;
+                        }
+                        tm.tensor += t.elapsed().as_secs_f64();
+
+                        for (t, term) in terms.iter().enumerate() {
+                            let key = format!("{src}.{}", term.name);
+                            rewards.insert(key.clone(), means[t].map_or(Value::Null, num));
+                            if let Some(m) = means[t] {
+                                scalars.push((key, m));
+                            }
+                        }
+                        rec.insert("reward_mean".into(), num(adv.stats.reward_mean));
+                        rec.insert("reward_std".into(), num(adv.stats.reward_std));
+                        rec.insert("advantage_std".into(), num(adv.stats.advantage_std));
+                        rec.insert(
+                            "zero_variance_groups".into(),
+                            json!(adv.stats.zero_variance_groups),
+                        );
+                        rec.insert(
+                            "kl".into(),
+                            if beta > 0.0 {
+                                num(kl_sum / kl_tok.max(1) as f64)
+                            } else {
+                                Value::Null
+                            },
+                        );
+                        rec.insert("clip_fraction".into(), num(clip_sum / kl_tok.max(1) as f64));
+                        rec.insert("verifier_failures".into(), json!(failures.len()));
+                        if write_samples {
+                            for r in 0..n.min(2 * group) {
+                                samples.push(json!({
+                                    "step": self.global_step + 1,
+                                    "stage": stage.name,
+                                    "source": src,
+                                    "id": rows[r / group].id,
+                                    "prompt": rows[r / group].prompt,
+                                    "completion": roll.texts[r],
+                                    "reward": num(combined.total[r]),
+                                    "advantage": num(adv.values[r]),
+                                }));
+                            }
+                        }
+                    }
+                    ObjectiveSpec::Sft { max_tokens, .. } => {
+                        let t = Instant::now();
+                        let mut prompts = Vec::with_capacity(rows.len());
+                        let mut targets = Vec::with_capacity(rows.len());
+                        for r in &rows {
+                            prompts.push(models.tok.encode_prompt(&r.prompt)?);
+                            let mut ids = models.tok.encode(&target_of(r)?, false)?;
+                            // The target ends with EOS so the model learns where to stop.
+                            if let Some(&e) = models.tok.eos_ids.first() {
+                                ids.push(e);
+                            }
+                            ids.truncate(*max_tokens as usize);
+                            targets.push(ids);
+                        }
+                        let p: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+                        let c: Vec<&[u32]> = targets.iter().map(Vec::as_slice).collect();
+                        let batch = SequenceBatch::new(&p, &c, models.tok.pad_id, &self.device)?;
+                        let lambda = key_lambda(rt, &src);
+                        let logp = token_logprobs(&models.policy, &batch)?;
+                        let out = sft_loss(&logp, &batch.completion_mask, lambda)?;
+                        loss_sum += out.loss.to_scalar::<f32>()? as f64;
+                        accumulate(&mut grads, out.loss.backward()?, &vars)?;
+                        tm.tensor += t.elapsed().as_secs_f64();
+                        scalars.push((src.clone(), out.nll));
+                        rec.insert("sft_nll".into(), num(out.nll));
+                    }
+                }
+            }
+        }
+
+        let grads = grads.ok_or_else(|| {
+            anyhow!(
+                "step {}: no objective produced a loss",
+                self.global_step + 1
+            )
+        })?;
+        let t = Instant::now();
+        let info = rt.optim.step(&grads, lr, stage.train.grad_clip)?;
+        drop(grads);
+        tm.optim += t.elapsed().as_secs_f64();
+
+        let drawn_refs: Vec<&str> = drawn_names.iter().map(String::as_str).collect();
+        let scalar_refs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let snap = rt
+            .reweighter
+            .update(&drawn_refs, &scalar_refs)
+            .map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
+        let used = rt.lambdas.clone();
+        rt.lambdas = snap.keys.iter().map(|k| k.lambda).collect();
+        rt.step += 1;
+        self.global_step += 1;
+
+        let mut evals = Map::new();
+        for e in &stage.evals {
+            if self.dry_prompts.is_some() || (e.every > 0 && rt.step.is_multiple_of(e.every)) {
+                let t = Instant::now();
+                evals.insert(e.name.clone(), Value::Object(self.probe(e, models)?));
+                tm.probe += t.elapsed().as_secs_f64();
+            }
+        }
+
+        let mut keys = Map::new();
+        for (k, used) in snap.keys.iter().zip(used) {
+            keys.insert(
+                k.key.clone(),
+                json!({
+                    "signal": k.signal.map_or(Value::Null, num),
+                    "c": num(k.c),
+                    "i": num(k.i),
+                    "lambda": num(k.lambda),
+                    "lambda_used": num(used),
+                }),
+            );
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        let work = tm.rollout + tm.verify + tm.tensor + tm.optim + tm.probe;
+        rec.insert("step".into(), json!(self.global_step));
+        rec.insert("stage".into(), json!(stage.name));
+        rec.insert("stage_step".into(), json!(rt.step));
+        rec.insert(
+            "source".into(),
+            if drawn_names.len() == 1 {
+                json!(drawn_names[0])
+            } else {
+                json!(drawn_names)
+            },
+        );
+        rec.insert("keys".into(), Value::Object(keys));
+        rec.insert("rewards".into(), Value::Object(rewards));
+        rec.insert("loss".into(), num(loss_sum));
+        rec.insert("grad_norm".into(), num(info.grad_norm));
+        rec.insert("lr".into(), num(lr));
+        rec.insert("generated_tokens".into(), json!(gen_tokens));
+        rec.insert(
+            "tokens_per_s".into(),
+            num(gen_tokens as f64 / seconds.max(1e-9)),
+        );
+        rec.insert("seconds".into(), num(seconds));
+        rec.insert(
+            "time".into(),
+            json!({
+                "rollout": tm.rollout, "verify": tm.verify, "tensor": tm.tensor,
+                "optimizer": tm.optim, "probe": tm.probe,
+                "overhead": (seconds - work).max(0.0),
+            }),
+        );
+        if !evals.is_empty() {
+            rec.insert("eval".into(), Value::Object(evals));
+        }
+        let rec = Value::Object(rec);
+        if let Some(out) = &mut self.out {
+            out.metric(&rec)?;
+            for s in &samples {
+                out.sample(s)?;
+            }
+        }
+        if let Some(p) = &self.progress {
+            p.step(self.global_step, &rec);
+        }
+        Ok(rec)
+    }
+
+    /// Greedy accuracy of a probe's reward terms on the first rows of its source.
+    fn probe(&self, e: &Eval, models: &Models) -> Result<Map<String, Value>> {
+        let ds = self
+            .datasets
+            .get(&e.source)
+            .ok_or_else(|| anyhow!("probe `{}` reads unknown source `{}`", e.name, e.source))?;
+        let mut n = e
+            .limit
+            .map_or(ds.rows.len(), |l| l as usize)
+            .min(ds.rows.len());
+        if let Some(d) = self.dry_prompts {
+            n = n.min(d);
+        }
+        let rows = &ds.rows[..n];
+        let cfg = SamplingConfig {
+            max_new_tokens: e.max_tokens as usize,
+            greedy: e.greedy,
+            temperature: if e.greedy { 0.0 } else { 1.0 },
+            seed: 0,
+            ..SamplingConfig::default()
+        };
+        let mut sums = vec![(0.0, 0usize); e.rewards.len()];
+        for chunk in rows.chunks(64) {
+            let prompts: Vec<Vec<u32>> = chunk
+                .iter()
+                .map(|r| models.tok.encode_prompt(&r.prompt))
+                .collect::<std::result::Result<_, _>>()?;
+            let roll = generate(&models.policy, Some(&models.tok), &prompts, 1, &cfg)?;
+            let items: Vec<Judged> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Judged {
+                    id: &r.id,
+                    prompt: &r.prompt,
+                    completion: &roll.texts[i],
+                    fields: &r.fields,
+                    tokens: roll.completion_ids[i].len(),
+                })
+                .collect();
+            let (table, failures) = score_terms(&self.verifiers, &e.rewards, &items)?;
+            for f in &failures {
+                self.warn(&f.to_string());
+            }
+            for row in &table {
+                for (t, o) in row.iter().enumerate() {
+                    if let Some(s) = o.score() {
+                        sums[t].0 += s;
+                        sums[t].1 += 1;
+                    }
+                }
+            }
+        }
+        Ok(e.rewards
+            .iter()
+            .zip(sums)
+            .map(|(t, (s, c)): (&RewardTerm, _)| {
+                (
+                    t.name.clone(),
+                    if c > 0 {
+                        num(s / c as f64)
+                    } else {
+                        Value::Null
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+/// The weight key `name` has this step (1 when the stage has no such key).
+fn key_lambda(rt: &StageRt, name: &str) -> f64 {
+    rt.keys
+        .iter()
+        .position(|k| k.name == name)
+        .map_or(1.0, |i| rt.lambdas[i])
+}
+
+/// The per-step cost of stage `index` at its full batch size.
+pub(crate) fn estimate(
+    plan: &Plan,
+    index: usize,
+    datasets: &BTreeMap<String, Dataset>,
+    models: &Models,
+    rt: &StageRt,
+    dry_step_seconds: f64,
+) -> Result<CostEstimate> {
+    let stage = &plan.stages[index];
+    let c = models.policy.config();
+    let p = stage.train.prompts_per_step as usize;
+    let mean_len = |src: &str, f: &dyn Fn(&Row) -> Result<usize>| -> Result<usize> {
+        let ds = &datasets[src];
+        let rows = &ds.rows[..ds.rows.len().min(64)];
+        let total: usize = rows.iter().map(f).sum::<Result<usize>>()?;
+        Ok(total.div_ceil(rows.len().max(1)))
+    };
+    // (generated, forward/backward, reference, longest sequence) per source.
+    let mut per_source: BTreeMap<String, (usize, usize, usize, usize)> = BTreeMap::new();
+    for o in &stage.objectives {
+        let src = objective_source(&o.spec).to_string();
+        let plen = mean_len(&src, &|r| Ok(models.tok.encode_prompt(&r.prompt)?.len()))?;
+        let e = per_source.entry(src.clone()).or_default();
+        match &o.spec {
+            ObjectiveSpec::Grpo { rollout, kl, .. } => {
+                let ro = stage
+                    .rollouts
+                    .iter()
+                    .find(|r| &r.id == rollout)
+                    .ok_or_else(|| anyhow!("unknown rollout `{rollout}`"))?;
+                let rows = p * ro.group as usize;
+                let seq = plen + ro.max_tokens as usize;
+                e.0 += rows * ro.max_tokens as usize;
+                e.1 += rows * seq;
+                if kl.as_ref().is_some_and(|k| k.coef > 0.0) {
+                    e.2 += rows * seq;
+                }
+                e.3 = e.3.max(seq);
+            }
+            ObjectiveSpec::Sft { max_tokens, .. } => {
+                let tlen = mean_len(&src, &|r| {
+                    Ok(models.tok.encode(&target_of(r)?, false)?.len() + 1)
+                })?;
+                let seq = plen + tlen.min(*max_tokens as usize);
+                e.1 += p * seq;
+                e.3 = e.3.max(seq);
+            }
+        }
+    }
+    // One source per step unless `mix all`: the estimate is the most expensive source.
+    let (gen, fb, reft, seq) = if matches!(stage.mix, recap_plan::Mix::All) {
+        per_source.values().fold((0, 0, 0, 0), |a, b| {
+            (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3.max(b.3))
+        })
+    } else {
+        per_source
+            .values()
+            .copied()
+            .max_by_key(|v| v.1)
+            .unwrap_or_default()
+    };
+    let params: usize = models
+        .policy
+        .trainable_vars()
+        .iter()
+        .map(|v| v.elem_count())
+        .sum();
+    // Saved activations per token and layer: norms, q/k/v/o, the MLP's three projections and
+    // the SwiGLU product, attention probabilities; plus the logits of the final projection.
+    let per_token = c.num_hidden_layers
+        * (8 * c.hidden_size + 4 * c.intermediate_size + 2 * c.num_attention_heads * seq)
+        + 2 * c.vocab_size;
+    Ok(CostEstimate {
+        stage: stage.name.clone(),
+        generated_tokens: gen,
+        forward_backward_tokens: fb,
+        reference_tokens: reft,
+        weight_bytes: params * 4,
+        optimizer_bytes: rt.optim.state_bytes(),
+        reference_bytes: if models.reference.is_some() && reft > 0 {
+            params * 4
+        } else {
+            0
+        },
+        activation_bytes: fb * per_token * 4,
+        dry_step_seconds,
+    })
+}
+
+fn mib(b: usize) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+/// The cost estimate as the lines `--dry-run` prints.
+pub(crate) fn describe_cost(c: &CostEstimate) -> String {
+    let total = c.weight_bytes + c.optimizer_bytes + c.reference_bytes + c.activation_bytes;
+    format!(
+        "stage {}: per step at most {} generated tokens, {} forward/backward tokens, {} reference tokens\n  memory: weights {}, optimizer {}, reference {}, activations ~{} (total ~{})\n  dry-run step on 2 prompts: {:.3} s",
+        c.stage,
+        c.generated_tokens,
+        c.forward_backward_tokens,
+        c.reference_tokens,
+        mib(c.weight_bytes),
+        mib(c.optimizer_bytes),
+        mib(c.reference_bytes),
+        mib(c.activation_bytes),
+        mib(total),
+        c.dry_step_seconds
+    )
+}
