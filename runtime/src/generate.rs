@@ -337,50 +337,61 @@ impl HostKv {
         };
         let mut out = vec![0f32; n * nh * hd];
         let row_kv = nkv * cap * hd;
-        self.k[l]
-            .par_chunks_mut(row_kv)
-            .zip(self.v[l].par_chunks_mut(row_kv))
-            .zip(out.par_chunks_mut(nh * hd))
-            .enumerate()
-            .for_each(|(r, ((kc, vc), o))| {
-                let x = &qkv[r * width..(r + 1) * width];
-                for g in 0..nkv {
-                    let at = (g * cap + pos) * hd;
-                    rope(&x[(nh + g) * hd..(nh + g + 1) * hd], &mut kc[at..at + hd]);
-                    vc[at..at + hd]
-                        .copy_from_slice(&x[(nh + nkv + g) * hd..(nh + nkv + g + 1) * hd]);
+        let row = |r: usize, kc: &mut [f32], vc: &mut [f32], o: &mut [f32]| {
+            let x = &qkv[r * width..(r + 1) * width];
+            for g in 0..nkv {
+                let at = (g * cap + pos) * hd;
+                rope(&x[(nh + g) * hd..(nh + g + 1) * hd], &mut kc[at..at + hd]);
+                vc[at..at + hd].copy_from_slice(&x[(nh + nkv + g) * hd..(nh + nkv + g + 1) * hd]);
+            }
+            let bias = &key_bias[r * cap..r * cap + pos + 1];
+            let mut q = vec![0f32; hd];
+            let mut scores = vec![0f32; pos + 1];
+            for h in 0..nh {
+                rope(&x[h * hd..(h + 1) * hd], &mut q);
+                let g = h / rep;
+                let keys = &kc[g * cap * hd..(g * cap + pos + 1) * hd];
+                let mut max = f32::NEG_INFINITY;
+                for (j, s) in scores.iter_mut().enumerate() {
+                    *s = dot(&q, &keys[j * hd..(j + 1) * hd]) * scale + bias[j];
+                    max = max.max(*s);
                 }
-                let bias = &key_bias[r * cap..r * cap + pos + 1];
-                let mut q = vec![0f32; hd];
-                let mut scores = vec![0f32; pos + 1];
-                for h in 0..nh {
-                    rope(&x[h * hd..(h + 1) * hd], &mut q);
-                    let g = h / rep;
-                    let keys = &kc[g * cap * hd..(g * cap + pos + 1) * hd];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, s) in scores.iter_mut().enumerate() {
-                        *s = dot(&q, &keys[j * hd..(j + 1) * hd]) * scale + bias[j];
-                        max = max.max(*s);
+                let mut total = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    total += *s;
+                }
+                let inv = 1.0 / total;
+                let oh = &mut o[h * hd..(h + 1) * hd];
+                let vals = &vc[g * cap * hd..(g * cap + pos + 1) * hd];
+                for (j, &s) in scores.iter().enumerate() {
+                    if s == 0.0 {
+                        continue;
                     }
-                    let mut total = 0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        total += *s;
-                    }
-                    let inv = 1.0 / total;
-                    let oh = &mut o[h * hd..(h + 1) * hd];
-                    let vals = &vc[g * cap * hd..(g * cap + pos + 1) * hd];
-                    for (j, &s) in scores.iter().enumerate() {
-                        if s == 0.0 {
-                            continue;
-                        }
-                        let w = s * inv;
-                        for (o, &v) in oh.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
-                            *o += w * v;
-                        }
+                    let w = s * inv;
+                    for (o, &v) in oh.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
+                        *o += w * v;
                     }
                 }
-            });
+            }
+        };
+        // Threads pay off only when a step has real work (long contexts, many heads); for small
+        // batches a wake-up of the pool costs more than the loop.
+        if n * nh * (pos + 1) * hd >= 1 << 20 {
+            self.k[l]
+                .par_chunks_mut(row_kv)
+                .zip(self.v[l].par_chunks_mut(row_kv))
+                .zip(out.par_chunks_mut(nh * hd))
+                .enumerate()
+                .for_each(|(r, ((kc, vc), o))| row(r, kc, vc, o));
+        } else {
+            self.k[l]
+                .chunks_mut(row_kv)
+                .zip(self.v[l].chunks_mut(row_kv))
+                .zip(out.chunks_mut(nh * hd))
+                .enumerate()
+                .for_each(|(r, ((kc, vc), o))| row(r, kc, vc, o));
+        }
         out
     }
 }
