@@ -11,7 +11,7 @@
 //! The log-probabilities returned are the policy's raw log-probabilities of the chosen tokens:
 //! `log_softmax(logits)` at temperature 1, before temperature, top-k or top-p are applied.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::model::logprob::SequenceBatch;
@@ -337,52 +337,143 @@ impl HostKv {
         };
         let mut out = vec![0f32; n * nh * hd];
         let row_kv = nkv * cap * hd;
-        self.k[l]
-            .par_chunks_mut(row_kv)
-            .zip(self.v[l].par_chunks_mut(row_kv))
-            .zip(out.par_chunks_mut(nh * hd))
-            .enumerate()
-            .for_each(|(r, ((kc, vc), o))| {
-                let x = &qkv[r * width..(r + 1) * width];
-                for g in 0..nkv {
-                    let at = (g * cap + pos) * hd;
-                    rope(&x[(nh + g) * hd..(nh + g + 1) * hd], &mut kc[at..at + hd]);
-                    vc[at..at + hd]
-                        .copy_from_slice(&x[(nh + nkv + g) * hd..(nh + nkv + g + 1) * hd]);
+        let row = |r: usize, kc: &mut [f32], vc: &mut [f32], o: &mut [f32]| {
+            let x = &qkv[r * width..(r + 1) * width];
+            for g in 0..nkv {
+                let at = (g * cap + pos) * hd;
+                rope(&x[(nh + g) * hd..(nh + g + 1) * hd], &mut kc[at..at + hd]);
+                vc[at..at + hd].copy_from_slice(&x[(nh + nkv + g) * hd..(nh + nkv + g + 1) * hd]);
+            }
+            let bias = &key_bias[r * cap..r * cap + pos + 1];
+            let mut q = vec![0f32; hd];
+            let mut scores = vec![0f32; pos + 1];
+            for h in 0..nh {
+                rope(&x[h * hd..(h + 1) * hd], &mut q);
+                let g = h / rep;
+                let keys = &kc[g * cap * hd..(g * cap + pos + 1) * hd];
+                let mut max = f32::NEG_INFINITY;
+                for (j, s) in scores.iter_mut().enumerate() {
+                    *s = dot(&q, &keys[j * hd..(j + 1) * hd]) * scale + bias[j];
+                    max = max.max(*s);
                 }
-                let bias = &key_bias[r * cap..r * cap + pos + 1];
-                let mut q = vec![0f32; hd];
-                let mut scores = vec![0f32; pos + 1];
-                for h in 0..nh {
-                    rope(&x[h * hd..(h + 1) * hd], &mut q);
-                    let g = h / rep;
-                    let keys = &kc[g * cap * hd..(g * cap + pos + 1) * hd];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, s) in scores.iter_mut().enumerate() {
-                        *s = dot(&q, &keys[j * hd..(j + 1) * hd]) * scale + bias[j];
-                        max = max.max(*s);
+                let mut total = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    total += *s;
+                }
+                let inv = 1.0 / total;
+                let oh = &mut o[h * hd..(h + 1) * hd];
+                let vals = &vc[g * cap * hd..(g * cap + pos + 1) * hd];
+                for (j, &s) in scores.iter().enumerate() {
+                    if s == 0.0 {
+                        continue;
                     }
-                    let mut total = 0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        total += *s;
-                    }
-                    let inv = 1.0 / total;
-                    let oh = &mut o[h * hd..(h + 1) * hd];
-                    let vals = &vc[g * cap * hd..(g * cap + pos + 1) * hd];
-                    for (j, &s) in scores.iter().enumerate() {
-                        if s == 0.0 {
-                            continue;
-                        }
-                        let w = s * inv;
-                        for (o, &v) in oh.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
-                            *o += w * v;
-                        }
+                    let w = s * inv;
+                    for (o, &v) in oh.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
+                        *o += w * v;
                     }
                 }
-            });
+            }
+        };
+        // Threads pay off only when a step has real work (long contexts, many heads); for small
+        // batches a wake-up of the pool costs more than the loop.
+        if n * nh * (pos + 1) * hd >= 1 << 20 {
+            self.k[l]
+                .par_chunks_mut(row_kv)
+                .zip(self.v[l].par_chunks_mut(row_kv))
+                .zip(out.par_chunks_mut(nh * hd))
+                .enumerate()
+                .for_each(|(r, ((kc, vc), o))| row(r, kc, vc, o));
+        } else {
+            self.k[l]
+                .chunks_mut(row_kv)
+                .zip(self.v[l].chunks_mut(row_kv))
+                .zip(out.chunks_mut(nh * hd))
+                .enumerate()
+                .for_each(|(r, ((kc, vc), o))| row(r, kc, vc, o));
+        }
         out
     }
+}
+
+/// The RMSNorm weights of every layer (input, post-attention) and the final norm, on the host.
+struct HostNorms {
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    last: Vec<f32>,
+}
+
+impl HostNorms {
+    fn new(layers: &[DecodeLayer], norm: &Tensor) -> candle_core::Result<HostNorms> {
+        let host = |t: &Tensor| -> candle_core::Result<Vec<f32>> { t.to_vec1() };
+        Ok(HostNorms {
+            layers: layers
+                .iter()
+                .map(|w| Ok((host(&w.input_norm)?, host(&w.post_norm)?)))
+                .collect::<candle_core::Result<_>>()?,
+            last: host(norm)?,
+        })
+    }
+}
+
+/// RMSNorm of each `width`-long row of `x` on the host, as a (rows, width) tensor.
+fn host_rms_norm(x: &[f32], w: &[f32], eps: f32, dev: &Device) -> candle_core::Result<Tensor> {
+    let width = w.len();
+    let mut out = vec![0f32; x.len()];
+    for (row, o) in x.chunks(width).zip(out.chunks_mut(width)) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
+            *o = v * inv * g;
+        }
+    }
+    Tensor::from_vec(out, (x.len() / width, width), dev)
+}
+
+/// One decode step on CPU f32 with everything but the matmuls on the host: the residual
+/// stream, RMSNorm, RoPE, attention and SwiGLU are plain loops, so a step costs five matmuls per
+/// layer plus a few copies instead of some fifty small tensor ops (each a thread-pool round trip).
+/// Gives the logits rows.
+#[allow(clippy::too_many_arguments)]
+fn host_decode_step(
+    kv: &mut HostKv,
+    layers: &[DecodeLayer],
+    norms: &HostNorms,
+    mut x: Vec<f32>,
+    head: &Tensor,
+    key_bias: &[f32],
+    pos: usize,
+    scale: f32,
+    (nh, nkv, hd, inter, eps): (usize, usize, usize, usize, f32),
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let dev = Device::Cpu;
+    let n = kv.n;
+    let add = |x: &mut [f32], y: &Tensor| -> candle_core::Result<()> {
+        let y: Vec<f32> = y.flatten_all()?.to_vec1()?;
+        x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
+        Ok(())
+    };
+    for (l, (w, (n_in, n_post))) in layers.iter().zip(&norms.layers).enumerate() {
+        let h = host_rms_norm(&x, n_in, eps, &dev)?;
+        let qkv: Vec<f32> = linear(&h, &w.qkv_w, w.qkv_b.as_ref())?
+            .flatten_all()?
+            .to_vec1()?;
+        let y = kv.step(l, &qkv, key_bias, pos, scale, (nh, nkv, hd));
+        let y = Tensor::from_vec(y, (n, nh * hd), &dev)?;
+        add(&mut x, &linear(&y, &w.o_w, None)?)?;
+        let h = host_rms_norm(&x, n_post, eps, &dev)?;
+        let gu: Vec<f32> = linear(&h, &w.gate_up_w, None)?.flatten_all()?.to_vec1()?;
+        let mut act = vec![0f32; n * inter];
+        for (a, row) in act.chunks_mut(inter).zip(gu.chunks(2 * inter)) {
+            let (gate, up) = row.split_at(inter);
+            for ((a, &g), &u) in a.iter_mut().zip(gate).zip(up) {
+                *a = g / (1.0 + (-g).exp()) * u;
+            }
+        }
+        let act = Tensor::from_vec(act, (n, inter), &dev)?;
+        add(&mut x, &linear(&act, &w.down_w, None)?)?;
+    }
+    let h = host_rms_norm(&x, &norms.last, eps, &dev)?;
+    linear(&h, head, None)?.to_vec2()
 }
 
 /// Dot product with eight independent accumulators, so the compiler can vectorise it.
@@ -547,6 +638,10 @@ pub fn generate_on(
     let embed = view.cw(&view.weights.embed)?;
     let scale = 1.0 / (hd as f64).sqrt();
     let (qd, kvd, inter) = (nh * hd, nkv * hd, c.intermediate_size);
+    let host_norms = match kv_store {
+        KvStore::Host(_) => Some(HostNorms::new(&layers, &norm)?),
+        KvStore::Tensor { .. } => None,
+    };
 
     let mut done = vec![false; n];
     let mut next = vec![0u32; n];
@@ -583,6 +678,23 @@ pub fn generate_on(
         let pos = p + step;
         let ids = Tensor::from_vec(next.clone(), n, &dev)?;
         let mut x = embed.index_select(&ids, 0)?;
+        if let KvStore::Host(kv) = &mut kv_store {
+            let norms = host_norms
+                .as_ref()
+                .expect("host norms exist on the host path");
+            step_logits = host_decode_step(
+                kv,
+                &layers,
+                norms,
+                x.flatten_all()?.to_vec1()?,
+                &head,
+                &key_bias,
+                pos,
+                scale as f32,
+                (nh, nkv, hd, inter, c.rms_norm_eps as f32),
+            )?;
+            continue;
+        }
         for (l, w) in layers.iter().enumerate() {
             let h = ops::rms_norm(&x, &w.input_norm, c.rms_norm_eps)?;
             let qkv = linear(&h, &w.qkv_w, w.qkv_b.as_ref())?;
