@@ -549,6 +549,508 @@ pub fn leading_number(text: &str) -> Option<f64> {
         .map(|n| n.value)
 }
 
+/// A reference that should be exactly one number (`"1,234"`, `"-3.5"`, `" 42 "`, `"$18"`,
+/// `"50%"`, `"7."`).
+fn parse_single_number(s: &str) -> Option<f64> {
+    let core = s
+        .trim()
+        .trim_start_matches('$')
+        .trim_end_matches(['%', '.'])
+        .trim();
+    match find_numbers(core).as_slice() {
+        [n] if n.start == 0 && n.end == core.len() => Some(n.value),
+        _ => None,
+    }
+}
+
+/// The content of the last `\boxed{...}` (balanced braces).
+    Boxed,
+    /// The first number in the text (commas between thousands removed).
+    FirstNumber,
+    /// The last number in the text (commas between thousands removed).
+    LastNumber,
+}
+
+impl Extractor {
+    pub fn apply(&self, text: &str) -> Option<String> {
+        match self {
+            Extractor::Tag { name } => {
+                let open = format!("<{name}>");
+                let close = format!("</{name}>");
+                let start = text.rfind(&open)? + open.len();
+                let end = text[start..].find(&close)? + start;
+                Some(text[start..end].trim().to_string())
+            }
+            Extractor::After { marker } => {
+                let at = text.rfind(marker.as_str())? + marker.len();
+                Some(text[at..].trim().to_string())
+            }
+            Extractor::Boxed => last_boxed(text).map(|s| s.trim().to_string()),
+            Extractor::FirstNumber => find_numbers(text).first().map(|n| n.text.clone()),
+            Extractor::LastNumber => find_numbers(text).last().map(|n| n.text.clone()),
+        }
+    }
+}
+
+/// Applies a chain of extractors in order; `None` as soon as one finds nothing.
+pub fn extract_chain(chain: &[Extractor], text: &str) -> Option<String> {
+    let mut current = text.to_string();
+    for step in chain {
+        current = step.apply(&current)?;
+    }
+    Some(current)
+}
+
+/// Which number of the text `numeric` compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NumberPick {
+    /// The number the text starts with (after whitespace); no such number scores 0.
+    Leading,
+    First,
+    #[default]
+    Last,
+}
+
+/// How `regex` matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchMode {
+    /// The whole text must match.
+    Full,
+    /// A match anywhere counts (anchor with `^`/`$` in the pattern where needed).
+    #[default]
+    Partial,
+}
+
+/// What `length_penalty` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LengthUnit {
+    #[default]
+    Tokens,
+    Words,
+    Chars,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_abs_tol() -> f64 {
+    1e-6
+}
+fn default_math_tol() -> f64 {
+    1e-9
+}
+fn default_letters() -> String {
+    "ABCDEFGH".to_string()
+}
+
+/// The kind of a verifier and its options. `expected` names the sample field holding the
+/// reference answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum VerifierKind {
+    /// 1 when the text matches `pattern`, else 0.
+    Regex {
+        pattern: String,
+        #[serde(default)]
+        mode: MatchMode,
+    },
+    /// 1 when the text equals the reference after the chosen normalisation.
+    Exact {
+        expected: String,
+        #[serde(default = "default_true")]
+        trim: bool,
+        #[serde(default)]
+        ignore_case: bool,
+        #[serde(default)]
+        collapse_whitespace: bool,
+    },
+    /// 1 when the picked number is within `max(abs_tol, rel_tol * |reference|)` of the reference.
+    Numeric {
+        expected: String,
+        #[serde(default)]
+        pick: NumberPick,
+        #[serde(default = "default_abs_tol")]
+        abs_tol: f64,
+        #[serde(default)]
+        rel_tol: f64,
+    },
+    /// 1 when the two answers are the same number (exactly for rationals, within `rel_tol` for
+    /// irrational values), or the same normalised string when either is not a number.
+    MathEqual {
+        expected: String,
+        #[serde(default = "default_math_tol")]
+        rel_tol: f64,
+    },
+    /// 1 when the chosen option letter equals the reference letter.
+    Choice {
+        expected: String,
+        #[serde(default = "default_letters")]
+        letters: String,
+    },
+    /// IoU of the last `[x1, y1, x2, y2]` box in the text with the reference box, or 1/0 against
+    /// `threshold` when given.
+    Iou {
+        expected: String,
+        #[serde(default)]
+        threshold: Option<f64>,
+    },
+    /// DAPO's soft overlong penalty: 0 up to `target`, falling linearly to -1 at `limit`, -1
+    /// beyond.
+    LengthPenalty {
+        #[serde(default)]
+        unit: LengthUnit,
+        target: usize,
+        limit: usize,
+    },
+}
+
+/// A verifier as declared: a name, a kind, and the extractor chain run on the completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifierConfig {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: VerifierKind,
+    #[serde(default)]
+    pub extract: Vec<Extractor>,
+}
+
+/// A configuration the verifier cannot be built from.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("verifier `{verifier}`: {message}")]
+pub struct ConfigError {
+    pub verifier: String,
+    pub message: String,
+}
+
+/// Anything that scores samples; the built-in [`Verifier`] and user code alike.
+pub trait Verify: Send + Sync {
+    fn name(&self) -> &str;
+    fn verify(&self, sample: &Sample) -> Outcome;
+}
+
+/// A built verifier: a checked config with its compiled parts.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    config: VerifierConfig,
+    compiled: Option<Regex>,
+}
+
+impl Verifier {
+    pub fn new(config: VerifierConfig) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError {
+            verifier: config.name.clone(),
+            message,
+        };
+        let mut compiled = None;
+        match &config.kind {
+            VerifierKind::Regex { pattern, mode } => {
+                // Wrapping in a group keeps inline flags and alternations inside the anchors.
+                let source = match mode {
+                    MatchMode::Full => format!(r"\A(?:{pattern})\z"),
+                    MatchMode::Partial => pattern.clone(),
+                };
+                let re = regex::RegexBuilder::new(&source)
+                    .size_limit(1 << 22)
+                    .build()
+                    .map_err(|e| err(format!("bad pattern `{pattern}`: {e}")))?;
+                compiled = Some(re);
+            }
+            VerifierKind::Numeric {
+                abs_tol, rel_tol, ..
+            } => {
+                if !(abs_tol.is_finite()
+                    && *abs_tol >= 0.0
+                    && rel_tol.is_finite()
+                    && *rel_tol >= 0.0)
+                {
+                    return Err(err(format!(
+                        "tolerances must be finite and >= 0 (abs_tol = {abs_tol}, rel_tol = {rel_tol})"
+                    )));
+                }
+            }
+            VerifierKind::MathEqual { rel_tol, .. } => {
+                if !(rel_tol.is_finite() && *rel_tol >= 0.0) {
+                    return Err(err(format!(
+                        "rel_tol must be finite and >= 0, got {rel_tol}"
+                    )));
+                }
+            }
+            VerifierKind::Choice { letters, .. } => {
+                if letters.is_empty() || !letters.chars().all(|c| c.is_ascii_uppercase()) {
+                    return Err(err(format!(
+                        "letters must be upper-case ASCII letters, got `{letters}`"
+                    )));
+                }
+                let class = regex::escape(letters);
+                compiled = Some(
+                    Regex::new(&format!("[{class}]"))
+                        .map_err(|e| err(format!("letters `{letters}`: {e}")))?,
+                );
+            }
+            VerifierKind::Iou { threshold, .. } => {
+                if let Some(t) = threshold {
+                    if !(0.0..=1.0).contains(t) {
+                        return Err(err(format!("threshold must be in [0, 1], got {t}")));
+                    }
+                }
+            }
+            VerifierKind::LengthPenalty { target, limit, .. } => {
+                if limit <= target {
+                    return Err(err(format!(
+                        "limit ({limit}) must be greater than target ({target})"
+                    )));
+                }
+            }
+            VerifierKind::Exact { .. } => {}
+        }
+        Ok(Verifier { config, compiled })
+    }
+
+    pub fn config(&self) -> &VerifierConfig {
+        &self.config
+    }
+
+    fn judge(&self, sample: &Sample) -> Outcome {
+        let Some(text) = extract_chain(&self.config.extract, sample.completion) else {
+            return Outcome::Score(0.0);
+        };
+        match &self.config.kind {
+            VerifierKind::Regex { .. } => {
+                let re = self.compiled.as_ref().expect("regex compiled in new()");
+                Outcome::from_bool(re.is_match(&text))
+            }
+            VerifierKind::Exact {
+                expected,
+                trim,
+                ignore_case,
+                collapse_whitespace,
+            } => {
+                let reference = match reference_text(sample, expected) {
+                    Ok(r) => r,
+                    Err(na) => return na,
+                };
+                let norm = |s: &str| {
+                    let mut s = if *trim {
+                        s.trim().to_string()
+                    } else {
+                        s.to_string()
+                    };
+                    if *collapse_whitespace {
+                        s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+                    }
+                    if *ignore_case {
+                        s = s.to_lowercase();
+                    }
+                    s
+                };
+                Outcome::from_bool(norm(&text) == norm(&reference))
+            }
+            VerifierKind::Numeric {
+                expected,
+                pick,
+                abs_tol,
+                rel_tol,
+            } => {
+                let reference = match reference_text(sample, expected) {
+                    Ok(r) => r,
+                    Err(na) => return na,
+                };
+                let Some(want) = parse_single_number(&reference) else {
+                    return Outcome::NotApplicable(format!(
+                        "field `{expected}` is not a number: `{}`",
+                        excerpt(&reference)
+                    ));
+                };
+                let got = match pick {
+                    NumberPick::Leading => leading_number(&text),
+                    NumberPick::First => find_numbers(&text).first().map(|n| n.value),
+                    NumberPick::Last => find_numbers(&text).last().map(|n| n.value),
+                };
+                Outcome::from_bool(
+                    got.is_some_and(|g| (g - want).abs() <= abs_tol.max(rel_tol * want.abs())),
+                )
+            }
+            VerifierKind::MathEqual { expected, rel_tol } => {
+                let reference = match reference_text(sample, expected) {
+                    Ok(r) => r,
+                    Err(na) => return na,
+                };
+                if reference.trim().is_empty() {
+                    return Outcome::NotApplicable(format!("field `{expected}` is empty"));
+                }
+                Outcome::from_bool(math_equal(&text, &reference, *rel_tol))
+            }
+            VerifierKind::Choice { expected, letters } => {
+                let reference = match reference_text(sample, expected) {
+                    Ok(r) => r,
+                    Err(na) => return na,
+                };
+                let Some(want) = single_letter(&reference, letters) else {
+                    return Outcome::NotApplicable(format!(
+                        "field `{expected}` is not one of the letters {letters}: `{}`",
+                        excerpt(&reference)
+                    ));
+                };
+                Outcome::from_bool(extract_choice(&text, letters) == Some(want))
+            }
+            VerifierKind::Iou {
+                expected,
+                threshold,
+            } => {
+                let Some(value) = sample.fields.get(expected).filter(|v| !v.is_null()) else {
+                    return Outcome::NotApplicable(format!("sample has no field `{expected}`"));
+                };
+                let want = match value {
+                    Value::Array(items) => {
+                        let nums: Option<Vec<f64>> = items.iter().map(Value::as_f64).collect();
+                        nums.filter(|n| n.len() == 4)
+                            .map(|n| [n[0], n[1], n[2], n[3]])
+                    }
+                    Value::String(s) => last_box(s),
+                    _ => None,
+                };
+                let Some(want) = want.filter(valid_box) else {
+                    return Outcome::NotApplicable(format!(
+                        "field `{expected}` is not a box [x1, y1, x2, y2] with x1 < x2, y1 < y2: {}",
+                        excerpt(&value.to_string())
+                    ));
+                };
+                let iou = last_box(&text).map_or(0.0, |got| box_iou(&got, &want));
+                match threshold {
+                    Some(t) => Outcome::from_bool(iou >= *t),
+                    None => Outcome::Score(iou),
+                }
+            }
+            VerifierKind::LengthPenalty {
+                unit,
+                target,
+                limit,
+            } => {
+                let len = match unit {
+                    LengthUnit::Chars => text.chars().count(),
+                    LengthUnit::Words => text.split_whitespace().count(),
+                    LengthUnit::Tokens => match sample.completion_tokens {
+                        Some(n) => n,
+                        None => {
+                            return Outcome::NotApplicable(
+                                "the completion's token count is unknown".to_string(),
+                            )
+                        }
+                    },
+                };
+                Outcome::Score(overlong_penalty(len, *target, *limit))
+            }
+        }
+    }
+}
+
+impl Verify for Verifier {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn verify(&self, sample: &Sample) -> Outcome {
+        self.judge(sample)
+    }
+}
+
+/// DAPO's soft overlong punishment: 0 up to `target`, linear down to -1 at `limit`.
+fn overlong_penalty(len: usize, target: usize, limit: usize) -> f64 {
+    if len <= target {
+        0.0
+    } else if len >= limit {
+        -1.0
+    } else {
+        (target as f64 - len as f64) / (limit - target) as f64
+    }
+}
+
+/// The reference answer as text, or the `NotApplicable` outcome saying why there is none.
+fn reference_text(sample: &Sample, field: &str) -> Result<String, Outcome> {
+    match sample.fields.get(field) {
+        None | Some(Value::Null) => Err(Outcome::NotApplicable(format!(
+            "sample has no field `{field}`"
+        ))),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(Value::Bool(b)) => Ok(b.to_string()),
+        Some(other) => Err(Outcome::NotApplicable(format!(
+            "field `{field}` is not a string or number: {}",
+            excerpt(&other.to_string())
+        ))),
+    }
+}
+
+/// At most 80 characters of `s`, for messages.
+fn excerpt(s: &str) -> String {
+    let mut out: String = s.chars().take(80).collect();
+    if s.chars().count() > 80 {
+        out.push('…');
+    }
+    out
+}
+
+/// A number found in text: its byte span, its value and its text without thousands commas.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoundNumber {
+    pub start: usize,
+    pub end: usize,
+    pub value: f64,
+    pub text: String,
+}
+
+fn number_regex() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
+            .expect("number pattern is valid")
+    })
+}
+
+/// Every number in `text`, in order. Thousands commas (`1,234`) are part of a number; a sign
+/// counts only when it does not follow a letter, digit or closing bracket (so `3-5` is 3 and 5).
+pub fn find_numbers(text: &str) -> Vec<FoundNumber> {
+    let mut out = Vec::new();
+    for m in number_regex().find_iter(text) {
+        let mut start = m.start();
+        let raw = m.as_str();
+        let mut body = raw;
+        if raw.starts_with(['-', '+']) {
+            let prev = text[..start].chars().next_back();
+            if prev.is_some_and(|c| c.is_alphanumeric() || matches!(c, ')' | ']' | '}')) {
+                start += 1;
+                body = &raw[1..];
+            }
+        }
+        let clean: String = body.chars().filter(|&c| c != ',' && c != '+').collect();
+        if let Ok(value) = clean.parse::<f64>() {
+            if value.is_finite() {
+                out.push(FoundNumber {
+                    start,
+                    end: m.end(),
+                    value,
+                    text: clean,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The number `text` starts with (after whitespace), if any.
+pub fn leading_number(text: &str) -> Option<f64> {
+    let trimmed = text.trim_start();
+    let offset = text.len() - trimmed.len();
+    find_numbers(text)
+        .into_iter()
+        .next()
+        .filter(|n| n.start == offset || (n.start == offset + 1 && trimmed.starts_with('+')))
+        .map(|n| n.value)
+}
+
 /// A reference that should be exactly one number (`"1,234"`, `"-3.5"`, `" 42 "`).
 fn parse_single_number(s: &str) -> Option<f64> {
     let nums = find_numbers(s.trim());
@@ -1334,6 +1836,9 @@ mod tests {
                 ("no number", json!("7"), 0.0),
                 ("12.0000001", json!("12"), 1.0),
                 ("12.001", json!("12"), 0.0),
+                ("it costs 18 dollars", json!("$18"), 1.0),
+                ("so 7", json!("7."), 1.0),
+                ("+4", json!("+4"), 1.0),
             ],
         );
         let leading =
