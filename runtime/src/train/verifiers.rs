@@ -549,14 +549,16 @@ pub fn leading_number(text: &str) -> Option<f64> {
         .map(|n| n.value)
 }
 
-/// A reference that should be exactly one number (`"1,234"`, `"-3.5"`, `" 42 "`).
+/// A reference that should be exactly one number (`"1,234"`, `"-3.5"`, `" 42 "`, `"$18"`,
+/// `"50%"`, `"7."`).
 fn parse_single_number(s: &str) -> Option<f64> {
-    let nums = find_numbers(s.trim());
-    match nums.as_slice() {
-        [n] if n.start == 0 || s.trim().starts_with('+') => {
-            let rest = s.trim()[n.end..].trim();
-            (rest.is_empty() || rest == "%").then_some(n.value)
-        }
+    let core = s
+        .trim()
+        .trim_start_matches('$')
+        .trim_end_matches(['%', '.'])
+        .trim();
+    match find_numbers(core).as_slice() {
+        [n] if n.start == 0 && n.end == core.len() => Some(n.value),
         _ => None,
     }
 }
@@ -1334,6 +1336,9 @@ mod tests {
                 ("no number", json!("7"), 0.0),
                 ("12.0000001", json!("12"), 1.0),
                 ("12.001", json!("12"), 0.0),
+                ("it costs 18 dollars", json!("$18"), 1.0),
+                ("so 7", json!("7."), 1.0),
+                ("+4", json!("+4"), 1.0),
             ],
         );
         let leading =
