@@ -5,7 +5,8 @@
 //!
 //! Run: `cargo run --release -p recap-runtime --example bench_ops` (the dev profile also
 //! optimises the runtime and candle, so plain `cargo run` gives comparable figures).
-//! `BENCH_ITERS=N` changes the number of timed iterations (default 200).
+//! `BENCH_ITERS=N` changes the number of timed iterations (default 200). The last rows compare
+//! matmul layouts instead (see the comment in `main`).
 
 use candle_core::{Device, Result, Tensor, Var};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -226,6 +227,30 @@ fn main() -> Result<()> {
             }),
         },
     ];
+
+    // Matmul layout: the models store a linear weight as (out, in) and multiply by its
+    // transposed view, as candle-nn's Linear does. These rows compare that (the "ref" column)
+    // with a weight stored as (in, out), contiguous for the product (the "fused" column).
+    let mut cases = cases;
+    for (name, m, k, n) in [
+        ("matmul up (x·W^T)", B * S, HIDDEN, INTER),
+        ("matmul down (x·W^T)", B * S, INTER, HIDDEN),
+        ("matmul lm_head", B * S, HIDDEN, VOCAB),
+    ] {
+        let w_out_in = v(&mut rng, &[n, k], 0.1)?;
+        let w_in_out = Var::from_tensor(&w_out_in.as_tensor().t()?.contiguous()?)?;
+        cases.push(Case {
+            name,
+            vars: vec![v(&mut rng, &[m, k], 1.0)?, w_in_out, w_out_in],
+            run: Box::new(|x, stored_in_out| {
+                if stored_in_out {
+                    x[0].as_tensor().matmul(x[1].as_tensor())
+                } else {
+                    x[0].as_tensor().matmul(&x[2].as_tensor().t()?)
+                }
+            }),
+        });
+    }
 
     println!(
         "best-of-N microseconds, N = {iters} runs, {} rayon threads, f32",

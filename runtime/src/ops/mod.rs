@@ -79,6 +79,8 @@ pub fn log_softmax_gather(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// `q`: (batch, heads, tq, head_dim); `k`, `v`: (batch, kv_heads, tk, head_dim) where heads is a
 /// multiple of kv_heads (query head i reads kv head i / (heads / kv_heads)); `mask`: optional
 /// additive mask broadcastable to (batch, heads, tq, tk). Gives (batch, heads, tq, head_dim).
+/// On the fused path a query whose keys are all masked gets zeros (the reference gives NaN), and
+/// the mask gets no gradient.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
