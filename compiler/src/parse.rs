@@ -944,7 +944,7 @@ fn build_primary(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
         Rule::raw_string => {
             let mut text = String::new();
             for p in pair.into_inner() {
-                if p.as_rule() == Rule::raw_text {
+                if matches!(p.as_rule(), Rule::raw_text | Rule::raw_text_hash) {
                     text.push_str(p.as_str());
                 }
             }
