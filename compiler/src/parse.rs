@@ -31,9 +31,6 @@ pub fn parse(source: &str) -> (Option<File>, Vec<Diagnostic>) {
 
 /// Parses every item that can be parsed; the file holds those, the diagnostics the rest.
 pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
-    static DETAIL: OnceLock<()> = OnceLock::new();
-    // Error detail lets syntax errors name the literal tokens that were expected (`=`, `)`).
-    DETAIL.get_or_init(|| pest::set_error_detail(true));
     let mut items = Vec::new();
     let mut diags = Vec::new();
     if let Some(d) = too_deep(source) {
@@ -45,12 +42,67 @@ pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
             vec![d],
         );
     }
+    // Fast path: the whole file in one parse. pest indexes the lines of its whole input on
+    // every call, so reading item by item would cost time quadratic in the file's length.
+    if let Ok(mut pairs) = RecapParser::parse(Rule::file, source) {
+        if let Some(file) = pairs.next() {
+            for pair in file.into_inner() {
+                if pair.as_rule() == Rule::EOI {
+                    continue;
+                }
+                match build_item(pair, 0, source) {
+                    Ok(item) => items.push(item),
+                    Err(d) => diags.push(*d),
+                }
+            }
+            return (
+                File {
+                    items,
+                    span: Span::new(0, source.len()),
+                },
+                diags,
+            );
+        }
+    }
+    // Slow path, for files with syntax errors: item by item, each parse bounded by the next
+    // line that starts with an item keyword (so it stays linear), retried on the whole rest
+    // when the bound cut an item (a stage whose items are not indented).
+    //
+    // pest's error detail (which literal tokens were expected, and how far they got) is a
+    // process-wide switch that slows every parse, so it is on only here. The lock keeps slow
+    // paths from switching it off under each other; a fast path that runs meanwhile is only
+    // slower, since the detail changes nothing but error reports.
+    static DETAIL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _detail = DETAIL.lock().unwrap_or_else(|e| e.into_inner());
+    pest::set_error_detail(true);
+    parse_items(source, &mut items, &mut diags);
+    pest::set_error_detail(false);
+    drop(_detail);
+    (
+        File {
+            items,
+            span: Span::new(0, source.len()),
+        },
+        diags,
+    )
+}
+
+fn parse_items(source: &str, items: &mut Vec<Item>, diags: &mut Vec<Diagnostic>) {
     let mut pos = 0usize;
-    while let Some(rest) = source.get(pos..) {
-        if RecapParser::parse(Rule::blank_rest, rest).is_ok() {
+    loop {
+        pos = skip_blank(source, pos);
+        if pos >= source.len() {
             break;
         }
-        match RecapParser::parse(Rule::next_item, rest) {
+        let bound = resync(source, pos).unwrap_or(source.len());
+        let (Some(slice), Some(rest)) = (source.get(pos..bound), source.get(pos..)) else {
+            break;
+        };
+        let parsed = match RecapParser::parse(Rule::next_item, slice) {
+            Err(_) if bound < source.len() => RecapParser::parse(Rule::next_item, rest),
+            other => other,
+        };
+        match parsed {
             Ok(mut pairs) => {
                 let Some(pair) = pairs.next() else {
                     diags.push(internal(pos, "the parser read an empty item"));
@@ -76,13 +128,23 @@ pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
             }
         }
     }
-    (
-        File {
-            items,
-            span: Span::new(0, source.len()),
-        },
-        diags,
-    )
+}
+
+/// The first offset at or after `pos` that is not whitespace or inside a comment.
+fn skip_blank(source: &str, mut pos: usize) -> usize {
+    let bytes = source.as_bytes();
+    while let Some(&b) = bytes.get(pos) {
+        match b {
+            b' ' | b'\t' | b'\r' | b'\n' => pos += 1,
+            b'#' => {
+                while bytes.get(pos).is_some_and(|&c| c != b'\n') {
+                    pos += 1;
+                }
+            }
+            _ => break,
+        }
+    }
+    pos
 }
 
 /// How deeply brackets and prefix minus signs may nest. The parser and the checker recurse
@@ -147,8 +209,20 @@ fn too_deep(source: &str) -> Option<Diagnostic> {
 }
 
 const ITEM_KEYWORDS: &[&str] = &[
-    "use", "param", "let", "model", "source", "verifier", "objective", "eval", "reweight", "mix",
-    "train", "stage", "fn", "enum",
+    "use",
+    "param",
+    "let",
+    "model",
+    "source",
+    "verifier",
+    "objective",
+    "eval",
+    "reweight",
+    "mix",
+    "train",
+    "stage",
+    "fn",
+    "enum",
 ];
 
 /// The start of the first line after `from`'s line that begins (at column 0) with an item
@@ -371,10 +445,19 @@ fn doc_above(source: &str, start: usize) -> Option<String> {
     let mut end = line_start;
     while end > 0 {
         let prev_end = end - 1; // the '\n' ending the previous line
-        let prev_start = source.get(..prev_end)?.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let prev_start = source
+            .get(..prev_end)?
+            .rfind('\n')
+            .map(|i| i + 1)
+            .unwrap_or(0);
         let line = source.get(prev_start..prev_end)?.trim();
         match line.strip_prefix("##") {
-            Some(text) => lines.push(text.strip_prefix(' ').unwrap_or(text).trim_end().to_string()),
+            Some(text) => lines.push(
+                text.strip_prefix(' ')
+                    .unwrap_or(text)
+                    .trim_end()
+                    .to_string(),
+            ),
             None => break,
         }
         end = prev_start;
@@ -507,7 +590,11 @@ fn build_item(pair: Pair<Rule>, base: usize, source: &str) -> PResult<Item> {
                 None => None,
             };
             if let Some(extra) = c.inner.next() {
-                let what = if extra.as_rule() == Rule::block { "block" } else { "value" };
+                let what = if extra.as_rule() == Rule::block {
+                    "block"
+                } else {
+                    "value"
+                };
                 return Err(once_only(&extra, base, what));
             }
             ItemKind::Setting {
@@ -787,9 +874,7 @@ fn build_args(pair: Pair<Rule>, base: usize) -> PResult<Args> {
                                 message: "after this named argument".into(),
                             },
                         ],
-                        help: Some(
-                            "put positional arguments first, or name this one too".into(),
-                        ),
+                        help: Some("put positional arguments first, or name this one too".into()),
                     }));
                 }
                 args.positional.push(e);
@@ -859,7 +944,7 @@ fn build_primary(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
         Rule::raw_string => {
             let mut text = String::new();
             for p in pair.into_inner() {
-                if p.as_rule() == Rule::raw_text {
+                if matches!(p.as_rule(), Rule::raw_text | Rule::raw_text_hash) {
                     text.push_str(p.as_str());
                 }
             }
@@ -916,4 +1001,10 @@ fn build_string(pair: Pair<Rule>, base: usize) -> PResult<StrLit> {
         parts.push(StrPart::Text(text));
     }
     Ok(StrLit { parts, raw: false })
+}
+
+/// Time spent in pest alone versus building the AST (a development aid for the benchmark).
+#[doc(hidden)]
+pub fn pest_only(source: &str) -> bool {
+    RecapParser::parse(Rule::file, source).is_ok()
 }

@@ -15,17 +15,81 @@ const SEEDS: &[&str] = &[
 ];
 
 const TOKENS: &[&str] = &[
-    "model", "source", "verifier", "objective", "eval", "param", "let", "use", "stage", "reweight",
-    "mix", "train", "fn", "enum", "=", "{", "}", "(", ")", "[", "]", ",", ".", "+", "-", "*", "/",
-    "%", ":", "?", "..", "\"", "\"{x}\"", "r#\"", "\"#", "#", "\n", " ", "0", "1", "-1", "1e309",
-    "99999999999999999999", "0.5", "10%", "true", "policy", "math", "grpo", "sft", "recap",
-    "uniform", "frozen", "kl", "every", "steps", "group", "rewards", "in", "[2, inf)", "->",
-    "hf(\"x\")", "é", "\u{1F600}", "\\", "\\q", "_",
+    "model",
+    "source",
+    "verifier",
+    "objective",
+    "eval",
+    "param",
+    "let",
+    "use",
+    "stage",
+    "reweight",
+    "mix",
+    "train",
+    "fn",
+    "enum",
+    "=",
+    "{",
+    "}",
+    "(",
+    ")",
+    "[",
+    "]",
+    ",",
+    ".",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+    ":",
+    "?",
+    "..",
+    "\"",
+    "\"{x}\"",
+    "r#\"",
+    "\"#",
+    "#",
+    "\n",
+    " ",
+    "0",
+    "1",
+    "-1",
+    "1e309",
+    "99999999999999999999",
+    "0.5",
+    "10%",
+    "true",
+    "policy",
+    "math",
+    "grpo",
+    "sft",
+    "recap",
+    "uniform",
+    "frozen",
+    "kl",
+    "every",
+    "steps",
+    "group",
+    "rewards",
+    "in",
+    "[2, inf)",
+    "->",
+    "hf(\"x\")",
+    "é",
+    "\u{1F600}",
+    "\\",
+    "\\q",
+    "_",
 ];
 
 fn assert_sane(src: &str) {
     let (ast, diags) = parse(src);
-    assert!(ast.is_some() || !diags.is_empty(), "no AST and no diagnostic");
+    assert!(
+        ast.is_some() || !diags.is_empty(),
+        "no AST and no diagnostic"
+    );
     for opts in [
         CheckOptions::default(),
         CheckOptions {
@@ -41,7 +105,10 @@ fn assert_sane(src: &str) {
                 "internal error on input {src:?}: {d:?}"
             );
             for l in &d.labels {
-                assert!(l.span.start <= l.span.end && l.span.end <= src.len(), "{d:?}");
+                assert!(
+                    l.span.start <= l.span.end && l.span.end <= src.len(),
+                    "{d:?}"
+                );
                 assert!(src.is_char_boundary(l.span.start) && src.is_char_boundary(l.span.end));
             }
         }
@@ -91,7 +158,13 @@ fn apply(src: &str, muts: &[Mutation]) -> String {
             Mutation::DeleteByte(i) => {
                 let a = floor(&s, i % len);
                 let b = floor(&s, a + 1).max(a);
-                let b = if b == a { (a + 1..=s.len()).find(|&j| s.is_char_boundary(j)).unwrap_or(a) } else { b };
+                let b = if b == a {
+                    (a + 1..=s.len())
+                        .find(|&j| s.is_char_boundary(j))
+                        .unwrap_or(a)
+                } else {
+                    b
+                };
                 s.replace_range(a..b, "");
             }
             Mutation::InsertToken(i, t) => {
@@ -160,10 +233,25 @@ proptest! {
 fn deep_nesting_does_not_overflow_the_stack() {
     for depth in [60, 99, 100, 101, 2_000, 50_000] {
         let src = format!("let x = {}1{}", "(".repeat(depth), ")".repeat(depth));
-        let _ = check("deep.recap", &src, &CheckOptions::default(), &AssumeFilesExist);
+        let _ = check(
+            "deep.recap",
+            &src,
+            &CheckOptions::default(),
+            &AssumeFilesExist,
+        );
         let src = format!("let x = {}1", "-".repeat(depth));
-        let _ = check("deep.recap", &src, &CheckOptions::default(), &AssumeFilesExist);
+        let _ = check(
+            "deep.recap",
+            &src,
+            &CheckOptions::default(),
+            &AssumeFilesExist,
+        );
         let src = format!("let x = {}1{}", "[".repeat(depth), "]".repeat(depth));
-        let _ = check("deep.recap", &src, &CheckOptions::default(), &AssumeFilesExist);
+        let _ = check(
+            "deep.recap",
+            &src,
+            &CheckOptions::default(),
+            &AssumeFilesExist,
+        );
     }
 }
