@@ -40,7 +40,10 @@ fn main() {
         if files.len() == 1 {
             if let Some(p) = out.plan {
                 println!("{}", p.to_json());
-                println!("{}", recap_compiler::render_graph(&p, recap_compiler::GraphFormat::Text));
+                println!(
+                    "{}",
+                    recap_compiler::render_graph(&p, recap_compiler::GraphFormat::Text)
+                );
             }
         }
     }

@@ -10,11 +10,14 @@ use crate::diagnostic::{Diagnostic, Span};
 use crate::GraphFormat;
 use petgraph::graph::{DiGraph, NodeIndex};
 use recap_plan::{Edge, Graph, Node, NodeKind, ObjectiveSpec, Plan};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 struct Builder {
     g: DiGraph<Node, ()>,
     ids: HashMap<String, NodeIndex>,
+    /// Edges already added: petgraph's `find_edge` scans a node's edges, which would make
+    /// wide nodes (the policy, a stage's mixer) quadratic.
+    edges: HashSet<(NodeIndex, NodeIndex)>,
 }
 
 impl Builder {
@@ -33,7 +36,7 @@ impl Builder {
 
     fn edge(&mut self, from: &str, to: &str) {
         if let (Some(&a), Some(&b)) = (self.ids.get(from), self.ids.get(to)) {
-            if self.g.find_edge(a, b).is_none() {
+            if self.edges.insert((a, b)) {
                 self.g.add_edge(a, b, ());
             }
         }
@@ -44,6 +47,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
     let mut b = Builder {
         g: DiGraph::new(),
         ids: HashMap::new(),
+        edges: HashSet::new(),
     };
     let policy = b.node(
         format!("model.{}", plan.policy),
@@ -64,7 +68,12 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
             b.edge(p, &mixer);
         }
         for r in &st.rollouts {
-            let src = b.node(format!("source.{}", r.source), NodeKind::Source, format!("source {}", r.source), None);
+            let src = b.node(
+                format!("source.{}", r.source),
+                NodeKind::Source,
+                format!("source {}", r.source),
+                None,
+            );
             b.edge(&src, &mixer);
             let ro = b.node(
                 format!("{s}.rollout.{}", r.id),
@@ -91,46 +100,101 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
                     ..
                 } => {
                     let ro = format!("{s}.rollout.{rollout}");
-                    let reward = b.node(format!("{s}.reward.{}", o.name), NodeKind::Reward, format!("rewards of {}", o.name), Some(s));
+                    let reward = b.node(
+                        format!("{s}.reward.{}", o.name),
+                        NodeKind::Reward,
+                        format!("rewards of {}", o.name),
+                        Some(s),
+                    );
                     for t in rewards {
                         for part in &t.parts {
-                            let v = b.node(format!("{s}.verifier.{}", part.verifier), NodeKind::Verifier, format!("verifier {}", part.verifier), Some(s));
+                            let v = b.node(
+                                format!("{s}.verifier.{}", part.verifier),
+                                NodeKind::Verifier,
+                                format!("verifier {}", part.verifier),
+                                Some(s),
+                            );
                             b.edge(&ro, &v);
                             b.edge(&v, &reward);
                         }
                     }
-                    b.node(loss.clone(), NodeKind::Loss, format!("grpo {}", o.name), Some(s));
+                    b.node(
+                        loss.clone(),
+                        NodeKind::Loss,
+                        format!("grpo {}", o.name),
+                        Some(s),
+                    );
                     b.edge(&reward, &loss);
                     b.edge(&ro, &loss);
                     b.edge(&policy, &loss);
                     if let Some(kl) = kl {
-                        let r = b.node(format!("model.{}", kl.reference), NodeKind::Reference, format!("frozen {}", kl.reference), None);
+                        let r = b.node(
+                            format!("model.{}", kl.reference),
+                            NodeKind::Reference,
+                            format!("frozen {}", kl.reference),
+                            None,
+                        );
                         b.edge(&ro, &loss);
                         b.edge(&r, &loss);
                     }
                 }
                 ObjectiveSpec::Sft { source, .. } => {
-                    let src = b.node(format!("source.{source}"), NodeKind::Source, format!("source {source}"), None);
+                    let src = b.node(
+                        format!("source.{source}"),
+                        NodeKind::Source,
+                        format!("source {source}"),
+                        None,
+                    );
                     b.edge(&src, &mixer);
-                    b.node(loss.clone(), NodeKind::Loss, format!("sft {}", o.name), Some(s));
+                    b.node(
+                        loss.clone(),
+                        NodeKind::Loss,
+                        format!("sft {}", o.name),
+                        Some(s),
+                    );
                     b.edge(&mixer, &loss);
                     b.edge(&policy, &loss);
                 }
             }
             b.edge(&loss, &reweight);
         }
-        let opt = b.node(format!("{s}.optimizer"), NodeKind::Optimizer, format!("optimizer step ({} steps)", st.train.steps), Some(s));
+        let opt = b.node(
+            format!("{s}.optimizer"),
+            NodeKind::Optimizer,
+            format!("optimizer step ({} steps)", st.train.steps),
+            Some(s),
+        );
         b.edge(&reweight, &opt);
-        let metrics = b.node(format!("{s}.metrics"), NodeKind::Metrics, "metrics.jsonl".into(), Some(s));
+        let metrics = b.node(
+            format!("{s}.metrics"),
+            NodeKind::Metrics,
+            "metrics.jsonl".into(),
+            Some(s),
+        );
         b.edge(&reweight, &metrics);
         b.edge(&opt, &metrics);
         if let Some(cp) = &st.train.checkpoint {
-            let c = b.node(format!("{s}.checkpoint"), NodeKind::Checkpoint, format!("checkpoint every {}", cp.every), Some(s));
+            let c = b.node(
+                format!("{s}.checkpoint"),
+                NodeKind::Checkpoint,
+                format!("checkpoint every {}", cp.every),
+                Some(s),
+            );
             b.edge(&opt, &c);
         }
         for e in &st.evals {
-            let pr = b.node(format!("{s}.probe.{}", e.name), NodeKind::Probe, format!("probe {} every {}", e.name, e.every), Some(s));
-            let src = b.node(format!("source.{}", e.source), NodeKind::Source, format!("source {}", e.source), None);
+            let pr = b.node(
+                format!("{s}.probe.{}", e.name),
+                NodeKind::Probe,
+                format!("probe {} every {}", e.name, e.every),
+                Some(s),
+            );
+            let src = b.node(
+                format!("source.{}", e.source),
+                NodeKind::Source,
+                format!("source {}", e.source),
+                None,
+            );
             b.edge(&src, &pr);
             b.edge(&opt, &pr);
             // A probe scores its own greedy completions, so its verifiers are nodes of their
@@ -151,7 +215,10 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
         prev_opt = Some(opt);
     }
     if let Err(cycle) = petgraph::algo::toposort(&b.g, None) {
-        let id = b.g.node_weight(cycle.node_id()).map(|n| n.id.clone()).unwrap_or_default();
+        let id =
+            b.g.node_weight(cycle.node_id())
+                .map(|n| n.id.clone())
+                .unwrap_or_default();
         return Err(Diagnostic::error(
             "recap::internal::dag",
             format!("internal error, please report: the dataflow graph has a cycle through `{id}`"),
@@ -160,17 +227,16 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
         .with_help("this is a bug in recapc; please report it with the file"));
     }
     let nodes: Vec<Node> = b.g.node_weights().cloned().collect();
-    let edges: Vec<Edge> = b
-        .g
-        .raw_edges()
-        .iter()
-        .filter_map(|e| {
-            Some(Edge {
-                from: b.g.node_weight(e.source())?.id.clone(),
-                to: b.g.node_weight(e.target())?.id.clone(),
+    let edges: Vec<Edge> =
+        b.g.raw_edges()
+            .iter()
+            .filter_map(|e| {
+                Some(Edge {
+                    from: b.g.node_weight(e.source())?.id.clone(),
+                    to: b.g.node_weight(e.target())?.id.clone(),
+                })
             })
-        })
-        .collect();
+            .collect();
     Ok(Graph { nodes, edges })
 }
 
@@ -223,7 +289,12 @@ pub fn render(plan: &Plan, format: GraphFormat) -> String {
             stages.push(s);
         }
     }
-    let index: HashMap<&str, usize> = g.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
     let mut out = String::new();
     match format {
         GraphFormat::Dot => {
@@ -231,7 +302,11 @@ pub fn render(plan: &Plan, format: GraphFormat) -> String {
             for s in &stages {
                 let indent = if s.is_some() { "    " } else { "  " };
                 if let Some(name) = s {
-                    out.push_str(&format!("  subgraph \"cluster_{}\" {{\n    label=\"stage {}\";\n", quote(name), quote(name)));
+                    out.push_str(&format!(
+                        "  subgraph \"cluster_{}\" {{\n    label=\"stage {}\";\n",
+                        quote(name),
+                        quote(name)
+                    ));
                 }
                 for n in g.nodes.iter().filter(|n| n.stage.as_deref() == *s) {
                     out.push_str(&format!(
@@ -246,7 +321,11 @@ pub fn render(plan: &Plan, format: GraphFormat) -> String {
                 }
             }
             for e in &g.edges {
-                out.push_str(&format!("  \"{}\" -> \"{}\";\n", quote(&e.from), quote(&e.to)));
+                out.push_str(&format!(
+                    "  \"{}\" -> \"{}\";\n",
+                    quote(&e.from),
+                    quote(&e.to)
+                ));
             }
             out.push_str("}\n");
         }
@@ -259,7 +338,10 @@ pub fn render(plan: &Plan, format: GraphFormat) -> String {
                 }
                 for n in g.nodes.iter().filter(|n| n.stage.as_deref() == *s) {
                     let i = index.get(n.id.as_str()).copied().unwrap_or(0);
-                    out.push_str(&format!("{indent}n{i}[\"{}\"]\n", n.label.replace('"', "'")));
+                    out.push_str(&format!(
+                        "{indent}n{i}[\"{}\"]\n",
+                        n.label.replace('"', "'")
+                    ));
                 }
                 if s.is_some() {
                     out.push_str("  end\n");
@@ -274,17 +356,29 @@ pub fn render(plan: &Plan, format: GraphFormat) -> String {
             }
         }
         GraphFormat::Text => {
+            let mut inputs: HashMap<&str, Vec<&str>> = HashMap::new();
+            for e in &g.edges {
+                inputs
+                    .entry(e.to.as_str())
+                    .or_default()
+                    .push(e.from.as_str());
+            }
             for s in &stages {
                 match s {
                     Some(name) => out.push_str(&format!("stage {name}\n")),
                     None => out.push_str("shared\n"),
                 }
                 for n in g.nodes.iter().filter(|n| n.stage.as_deref() == *s) {
-                    let inputs: Vec<&str> = g.edges.iter().filter(|e| e.to == n.id).map(|e| e.from.as_str()).collect();
+                    let inputs = inputs.get(n.id.as_str()).cloned().unwrap_or_default();
                     if inputs.is_empty() {
                         out.push_str(&format!("  {}  [{}]\n", n.id, n.label));
                     } else {
-                        out.push_str(&format!("  {}  [{}]  <- {}\n", n.id, n.label, inputs.join(", ")));
+                        out.push_str(&format!(
+                            "  {}  [{}]  <- {}\n",
+                            n.id,
+                            n.label,
+                            inputs.join(", ")
+                        ));
                     }
                 }
             }

@@ -67,7 +67,12 @@ impl CheckOutput {
 }
 
 /// Checks one pipeline file. `file_name` is used only inside the plan (for provenance).
-pub fn check(file_name: &str, source: &str, options: &CheckOptions, host: &dyn Host) -> CheckOutput {
+pub fn check(
+    file_name: &str,
+    source: &str,
+    options: &CheckOptions,
+    host: &dyn Host,
+) -> CheckOutput {
     let mut diagnostics = Vec::new();
     let std = stdlib::stdlib();
     for e in &std.errors {
@@ -128,7 +133,10 @@ pub fn render_graph(plan: &recap_plan::Plan, format: GraphFormat) -> String {
 
 /// The long explanation of a diagnostic code, for `recapc explain CODE`.
 pub fn explain(code: &str) -> Option<&'static str> {
-    codes::CODES.iter().find(|(c, _)| *c == code).map(|(_, text)| *text)
+    codes::CODES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, text)| *text)
 }
 
 /// Every diagnostic code the compiler can emit, for docs and tests.

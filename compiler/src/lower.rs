@@ -11,7 +11,7 @@ use crate::resolve::{EntityId, EntityKind, Resolved};
 use crate::typecheck::{CallVal, Typed, Val, Value};
 use crate::validate::{entity_name, frozen_copies, Validated};
 use recap_plan as p;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub fn lower(
     file_name: &str,
@@ -21,17 +21,21 @@ pub fn lower(
 ) -> Result<p::Plan, Diagnostic> {
     let mut l = L {
         res,
-        typed,
         verifiers: Vec::new(),
         sources: Vec::new(),
         models: Vec::new(),
         inline: BTreeMap::new(),
+        frozen: frozen_copies(res, typed, validated.policy),
     };
     let mut params = BTreeMap::new();
     for (id, e) in res.entities.iter().enumerate() {
         match e.kind {
             EntityKind::Param => {
-                let v = typed.values.get(id).and_then(|v| v.as_ref()).ok_or_else(|| l.bug("a param without value", e.name.span))?;
+                let v = typed
+                    .values
+                    .get(id)
+                    .and_then(|v| v.as_ref())
+                    .ok_or_else(|| l.bug("a param without value", e.name.span))?;
                 let pv = match &v.v {
                     Value::Int(i) => p::ParamValue::Int(*i),
                     Value::Float(f) => p::ParamValue::Float(*f),
@@ -43,32 +47,48 @@ pub fn lower(
                 params.insert(e.name.name.clone(), pv);
             }
             EntityKind::Decl(DeclKind::Model) => {
-                let c = typed.call(id).ok_or_else(|| l.bug("a model without value", e.name.span))?;
+                let c = typed
+                    .call(id)
+                    .ok_or_else(|| l.bug("a model without value", e.name.span))?;
                 let m = l.model(&e.name.name, c)?;
                 l.models.push(m);
             }
             EntityKind::Decl(DeclKind::Source) => {
-                let c = typed.call(id).ok_or_else(|| l.bug("a source without value", e.name.span))?;
+                let c = typed
+                    .call(id)
+                    .ok_or_else(|| l.bug("a source without value", e.name.span))?;
                 let s = l.source(&e.name.name, c)?;
                 l.sources.push(s);
             }
             EntityKind::Decl(DeclKind::Verifier) => {
-                let c = typed.call(id).ok_or_else(|| l.bug("a verifier without value", e.name.span))?;
+                let c = typed
+                    .call(id)
+                    .ok_or_else(|| l.bug("a verifier without value", e.name.span))?;
                 let v = l.verifier(&e.name.name, c)?;
                 l.verifiers.push(v);
             }
             _ => {}
         }
     }
-    let policy_id = validated.policy.ok_or_else(|| l.bug("no policy after validation", Span::default()))?;
+    let policy_id = validated
+        .policy
+        .ok_or_else(|| l.bug("no policy after validation", Span::default()))?;
     let policy = entity_name(res, policy_id);
     let default_out = format!("runs/{}", file_stem(file_name));
     let mut stages = Vec::new();
     for (i, st) in res.stages.iter().enumerate() {
-        let name = st.name.map(|n| n.name.clone()).unwrap_or_else(|| "main".into());
-        let sv = typed.stages.get(i).ok_or_else(|| l.bug("a stage without values", st.span))?;
+        let name = st
+            .name
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| "main".into());
+        let sv = typed
+            .stages
+            .get(i)
+            .ok_or_else(|| l.bug("a stage without values", st.span))?;
         let train_call = match &sv.train {
-            Some(Val { v: Value::Call(c), .. }) => c.as_ref(),
+            Some(Val {
+                v: Value::Call(c), ..
+            }) => c.as_ref(),
             _ => return Err(l.bug("a stage without train", st.span)),
         };
         let out = if res.stages.len() > 1 {
@@ -78,11 +98,19 @@ pub fn lower(
         };
         let train = l.train(train_call, &out)?;
         let mut rollouts: Vec<p::Rollout> = Vec::new();
+        // Rollout ids by sampling configuration, and how many configurations each source has.
+        let mut rollout_ids: HashMap<RolloutKey, String> = HashMap::new();
+        let mut per_source: HashMap<String, usize> = HashMap::new();
         let mut objectives = Vec::new();
         let mut evals = Vec::new();
         for &m in &st.members {
-            let e = res.entities.get(m).ok_or_else(|| l.bug("a stage member", st.span))?;
-            let c = typed.call(m).ok_or_else(|| l.bug("a member without value", e.name.span))?;
+            let e = res
+                .entities
+                .get(m)
+                .ok_or_else(|| l.bug("a stage member", st.span))?;
+            let c = typed
+                .call(m)
+                .ok_or_else(|| l.bug("a member without value", e.name.span))?;
             let oname = e.name.name.clone();
             match (e.kind, c.name()) {
                 (EntityKind::Decl(DeclKind::Objective), "grpo") => {
@@ -96,21 +124,18 @@ pub fn lower(
                         top_p: l.f(c, "top_p")?,
                         top_k: l.ou(c, "top_k"),
                     };
-                    let existing = rollouts.iter().find(|r| {
-                        p::Rollout {
-                            id: String::new(),
-                            ..(*r).clone()
-                        } == rollout
-                    });
-                    let rid = match existing {
-                        Some(r) => r.id.clone(),
+                    let key = RolloutKey::of(&rollout);
+                    let rid = match rollout_ids.get(&key) {
+                        Some(id) => id.clone(),
                         None => {
-                            let same_source = rollouts.iter().filter(|r| r.source == source).count();
-                            let id = if same_source == 0 {
+                            let n = per_source.entry(source.clone()).or_insert(0);
+                            *n += 1;
+                            let id = if *n == 1 {
                                 source.clone()
                             } else {
-                                format!("{source}.{}", same_source + 1)
+                                format!("{source}.{n}")
                             };
+                            rollout_ids.insert(key, id.clone());
                             rollouts.push(p::Rollout {
                                 id: id.clone(),
                                 ..rollout
@@ -119,7 +144,7 @@ pub fn lower(
                         }
                     };
                     let kl = match c.get("kl") {
-                        Some(v) => Some(l.kl(v, validated.policy)?),
+                        Some(v) => Some(l.kl(v)?),
                         None => None,
                     };
                     objectives.push(p::Objective {
@@ -132,7 +157,9 @@ pub fn lower(
                             clip_high: l.f(c, "clip_high")?,
                             loss: match c.enum_("loss") {
                                 Some("seq_mean_token_mean") => p::LossAggregation::SeqMeanTokenMean,
-                                Some("seq_mean_token_sum_norm") => p::LossAggregation::SeqMeanTokenSumNorm,
+                                Some("seq_mean_token_sum_norm") => {
+                                    p::LossAggregation::SeqMeanTokenSumNorm
+                                }
                                 _ => p::LossAggregation::TokenMean,
                             },
                             scale: match c.enum_("scale") {
@@ -169,11 +196,15 @@ pub fn lower(
             }
         }
         let reweight = match &sv.reweight {
-            Some(Val { v: Value::Call(c), .. }) => l.reweight(c)?,
+            Some(Val {
+                v: Value::Call(c), ..
+            }) => l.reweight(c)?,
             _ => p::Reweight::Uniform,
         };
         let mix = match &sv.mix {
-            Some(Val { v: Value::Call(c), .. }) => l.mix(c, train.seed)?,
+            Some(Val {
+                v: Value::Call(c), ..
+            }) => l.mix(c, train.seed)?,
             _ => p::Mix::Uniform { seed: train.seed },
         };
         stages.push(p::Stage {
@@ -205,6 +236,23 @@ pub fn lower(
     Ok(plan.with_hash())
 }
 
+/// A rollout's sampling configuration, hashable (floats by their bits).
+#[derive(PartialEq, Eq, Hash)]
+struct RolloutKey(String, u64, u64, u64, u64, Option<u64>);
+
+impl RolloutKey {
+    fn of(r: &p::Rollout) -> Self {
+        RolloutKey(
+            r.source.clone(),
+            r.group,
+            r.max_tokens,
+            r.temperature.to_bits(),
+            r.top_p.to_bits(),
+            r.top_k,
+        )
+    }
+}
+
 fn file_stem(file_name: &str) -> String {
     let base = file_name.rsplit(['/', '\\']).next().unwrap_or(file_name);
     let stem = base.strip_suffix(".recap").unwrap_or(base);
@@ -215,17 +263,18 @@ fn file_stem(file_name: &str) -> String {
     }
 }
 
-struct L<'r, 'a, 't> {
+struct L<'r, 'a> {
     res: &'r Resolved<'a>,
-    typed: &'t Typed,
     verifiers: Vec<p::Verifier>,
     sources: Vec<p::Source>,
     models: Vec<p::Model>,
     /// Names given to inline sources, verifiers and models, by call position.
     inline: BTreeMap<usize, String>,
+    /// Frozen copies of the policy (the default KL reference).
+    frozen: Vec<EntityId>,
 }
 
-impl L<'_, '_, '_> {
+impl L<'_, '_> {
     fn bug(&self, what: &str, span: Span) -> Diagnostic {
         Diagnostic::error(
             "recap::internal::lower",
@@ -287,8 +336,14 @@ impl L<'_, '_, '_> {
             },
             "frozen" => {
                 let of = match c.get("model") {
-                    Some(Val { v: Value::Decl(id, _), .. }) => entity_name(self.res, *id),
-                    Some(Val { v: Value::Call(inner), .. }) => {
+                    Some(Val {
+                        v: Value::Decl(id, _),
+                        ..
+                    }) => entity_name(self.res, *id),
+                    Some(Val {
+                        v: Value::Call(inner),
+                        ..
+                    }) => {
                         let n = format!("{name}.model");
                         let m = self.model(&n, inner)?;
                         self.models.push(m);
@@ -310,12 +365,23 @@ impl L<'_, '_, '_> {
         let mut steps = Vec::new();
         let mut cur = v;
         // Walk the method chain from the outside in, then reverse.
-        while let Some(Val { v: Value::Call(c), .. }) = cur {
+        while let Some(Val {
+            v: Value::Call(c), ..
+        }) = cur
+        {
             let step = match c.name() {
-                "field" => p::ExtractStep::Field { name: self.s(c, "name")? },
-                "after" => p::ExtractStep::After { marker: self.s(c, "marker")? },
-                "before" => p::ExtractStep::Before { marker: self.s(c, "marker")? },
-                "tag" => p::ExtractStep::Tag { name: self.s(c, "name")? },
+                "field" => p::ExtractStep::Field {
+                    name: self.s(c, "name")?,
+                },
+                "after" => p::ExtractStep::After {
+                    marker: self.s(c, "marker")?,
+                },
+                "before" => p::ExtractStep::Before {
+                    marker: self.s(c, "marker")?,
+                },
+                "tag" => p::ExtractStep::Tag {
+                    name: self.s(c, "name")?,
+                },
                 "last_number" => p::ExtractStep::LastNumber,
                 "first_number" => p::ExtractStep::FirstNumber,
                 "trim" => p::ExtractStep::Trim,
@@ -432,8 +498,13 @@ impl L<'_, '_, '_> {
     /// The name of a source argument; an inline source is added under `<owner>.source`.
     fn source_ref(&mut self, owner: &str, v: Option<&Val>) -> Result<String, Diagnostic> {
         match v {
-            Some(Val { v: Value::Decl(id, _), .. }) => Ok(entity_name(self.res, *id)),
-            Some(Val { v: Value::Call(c), .. }) => {
+            Some(Val {
+                v: Value::Decl(id, _),
+                ..
+            }) => Ok(entity_name(self.res, *id)),
+            Some(Val {
+                v: Value::Call(c), ..
+            }) => {
                 if let Some(n) = self.inline.get(&c.span.start) {
                     return Ok(n.clone());
                 }
@@ -447,7 +518,13 @@ impl L<'_, '_, '_> {
         }
     }
 
-    fn verifier_ref(&mut self, owner: &str, i: usize, id: Option<EntityId>, c: Option<&CallVal>) -> Result<String, Diagnostic> {
+    fn verifier_ref(
+        &mut self,
+        owner: &str,
+        i: usize,
+        id: Option<EntityId>,
+        c: Option<&CallVal>,
+    ) -> Result<String, Diagnostic> {
         if let Some(id) = id {
             return Ok(entity_name(self.res, id));
         }
@@ -516,14 +593,14 @@ impl L<'_, '_, '_> {
         Ok(out)
     }
 
-    fn kl(&self, v: &Val, policy: Option<EntityId>) -> Result<p::Kl, Diagnostic> {
+    fn kl(&self, v: &Val) -> Result<p::Kl, Diagnostic> {
         let c = match &v.v {
             Value::Call(c) => c.as_ref(),
             _ => return Err(self.bug("a kl of an unexpected shape", v.span)),
         };
         let reference = match c.decl("reference") {
             Some(id) => entity_name(self.res, id),
-            None => match frozen_copies(self.res, self.typed, policy).as_slice() {
+            None => match self.frozen.as_slice() {
                 [one] => entity_name(self.res, *one),
                 _ => return Err(self.bug("kl without a reference after validation", v.span)),
             },
@@ -610,7 +687,9 @@ impl L<'_, '_, '_> {
 
     fn train(&self, c: &CallVal, default_out: &str) -> Result<p::Train, Diagnostic> {
         let steps = self.u(c, "steps")?;
-        let opt = c.call("optimizer").ok_or_else(|| self.bug("train without optimizer", c.span))?;
+        let opt = c
+            .call("optimizer")
+            .ok_or_else(|| self.bug("train without optimizer", c.span))?;
         let optimizer = match opt.name() {
             "adamw" => p::Optimizer::Adamw {
                 lr: self.f(opt, "lr")?,
@@ -625,7 +704,9 @@ impl L<'_, '_, '_> {
             },
             other => return Err(self.bug(&format!("unknown optimizer {other}"), opt.span)),
         };
-        let sc = c.call("schedule").ok_or_else(|| self.bug("train without schedule", c.span))?;
+        let sc = c
+            .call("schedule")
+            .ok_or_else(|| self.bug("train without schedule", c.span))?;
         let warmup_steps = match sc.get("warmup").map(|v| &v.v) {
             Some(Value::Int(i)) => (*i).max(0) as u64,
             Some(Value::Percent(pct)) => ((steps as f64) * pct / 100.0).round() as u64,
@@ -656,7 +737,10 @@ impl L<'_, '_, '_> {
             grad_clip: self.f(c, "grad_clip")?,
             seed: self.u(c, "seed")?,
             checkpoint,
-            out: c.str("out").map(|s| s.to_string()).unwrap_or_else(|| default_out.to_string()),
+            out: c
+                .str("out")
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| default_out.to_string()),
         })
     }
 }

@@ -33,15 +33,58 @@ pub fn parse(source: &str) -> (Option<File>, Vec<Diagnostic>) {
 pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
     static DETAIL: OnceLock<()> = OnceLock::new();
     // Error detail lets syntax errors name the literal tokens that were expected (`=`, `)`).
-    DETAIL.get_or_init(|| pest::set_error_detail(true));
+    DETAIL.get_or_init(|| pest::set_error_detail(false));
     let mut items = Vec::new();
     let mut diags = Vec::new();
+    if let Some(d) = too_deep(source) {
+        return (
+            File {
+                items,
+                span: Span::new(0, source.len()),
+            },
+            vec![d],
+        );
+    }
+    // Fast path: the whole file in one parse. pest indexes the lines of its whole input on
+    // every call, so reading item by item would cost time quadratic in the file's length.
+    if let Ok(mut pairs) = RecapParser::parse(Rule::file, source) {
+        if let Some(file) = pairs.next() {
+            for pair in file.into_inner() {
+                if pair.as_rule() == Rule::EOI {
+                    continue;
+                }
+                match build_item(pair, 0, source) {
+                    Ok(item) => items.push(item),
+                    Err(d) => diags.push(*d),
+                }
+            }
+            return (
+                File {
+                    items,
+                    span: Span::new(0, source.len()),
+                },
+                diags,
+            );
+        }
+    }
+    // Slow path, for files with syntax errors: item by item, each parse bounded by the next
+    // line that starts with an item keyword (so it stays linear), retried on the whole rest
+    // when the bound cut an item (a stage whose items are not indented).
     let mut pos = 0usize;
-    while let Some(rest) = source.get(pos..) {
-        if RecapParser::parse(Rule::blank_rest, rest).is_ok() {
+    loop {
+        pos = skip_blank(source, pos);
+        if pos >= source.len() {
             break;
         }
-        match RecapParser::parse(Rule::next_item, rest) {
+        let bound = resync(source, pos).unwrap_or(source.len());
+        let (Some(slice), Some(rest)) = (source.get(pos..bound), source.get(pos..)) else {
+            break;
+        };
+        let parsed = match RecapParser::parse(Rule::next_item, slice) {
+            Err(_) if bound < source.len() => RecapParser::parse(Rule::next_item, rest),
+            other => other,
+        };
+        match parsed {
             Ok(mut pairs) => {
                 let Some(pair) = pairs.next() else {
                     diags.push(internal(pos, "the parser read an empty item"));
@@ -76,9 +119,99 @@ pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
     )
 }
 
+/// The first offset at or after `pos` that is not whitespace or inside a comment.
+fn skip_blank(source: &str, mut pos: usize) -> usize {
+    let bytes = source.as_bytes();
+    while let Some(&b) = bytes.get(pos) {
+        match b {
+            b' ' | b'\t' | b'\r' | b'\n' => pos += 1,
+            b'#' => {
+                while bytes.get(pos).is_some_and(|&c| c != b'\n') {
+                    pos += 1;
+                }
+            }
+            _ => break,
+        }
+    }
+    pos
+}
+
+/// How deeply brackets and prefix minus signs may nest. The parser and the checker recurse
+/// once per level; real pipelines nest a handful of levels, and the limit keeps hostile input
+/// from overflowing the stack.
+pub const MAX_NESTING: usize = 100;
+
+/// A `recap::parse::too_deep` error when brackets or `-` prefixes nest beyond `MAX_NESTING`.
+/// Strings and comments are skipped; the scan is linear.
+fn too_deep(source: &str) -> Option<Diagnostic> {
+    let bytes = source.as_bytes();
+    let mut depth = 0usize;
+    let mut minus_run = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes.get(i).copied().unwrap_or(b' ');
+        match b {
+            b'#' => {
+                while i < bytes.len() && bytes.get(i) != Some(&b'\n') {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes.get(i) != Some(&b'"') {
+                    if bytes.get(i) == Some(&b'\\') {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                minus_run = 0;
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                minus_run = 0;
+            }
+            b')' | b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                minus_run = 0;
+            }
+            b'-' => minus_run += 1,
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            _ => minus_run = 0,
+        }
+        if depth + minus_run > MAX_NESTING {
+            let at = if source.is_char_boundary(i) { i } else { 0 };
+            return Some(Diagnostic {
+                code: "recap::parse::too_deep".into(),
+                severity: Severity::Error,
+                message: format!("expressions nest more than {MAX_NESTING} levels deep"),
+                labels: vec![Label {
+                    span: Span::new(at, (at + 1).min(source.len())),
+                    message: "too deep here".into(),
+                }],
+                help: Some("split the expression with `let` declarations".into()),
+            });
+        }
+        i += 1;
+    }
+    None
+}
+
 const ITEM_KEYWORDS: &[&str] = &[
-    "use", "param", "let", "model", "source", "verifier", "objective", "eval", "reweight", "mix",
-    "train", "stage", "fn", "enum",
+    "use",
+    "param",
+    "let",
+    "model",
+    "source",
+    "verifier",
+    "objective",
+    "eval",
+    "reweight",
+    "mix",
+    "train",
+    "stage",
+    "fn",
+    "enum",
 ];
 
 /// The start of the first line after `from`'s line that begins (at column 0) with an item
@@ -301,10 +434,19 @@ fn doc_above(source: &str, start: usize) -> Option<String> {
     let mut end = line_start;
     while end > 0 {
         let prev_end = end - 1; // the '\n' ending the previous line
-        let prev_start = source.get(..prev_end)?.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let prev_start = source
+            .get(..prev_end)?
+            .rfind('\n')
+            .map(|i| i + 1)
+            .unwrap_or(0);
         let line = source.get(prev_start..prev_end)?.trim();
         match line.strip_prefix("##") {
-            Some(text) => lines.push(text.strip_prefix(' ').unwrap_or(text).trim_end().to_string()),
+            Some(text) => lines.push(
+                text.strip_prefix(' ')
+                    .unwrap_or(text)
+                    .trim_end()
+                    .to_string(),
+            ),
             None => break,
         }
         end = prev_start;
@@ -437,7 +579,11 @@ fn build_item(pair: Pair<Rule>, base: usize, source: &str) -> PResult<Item> {
                 None => None,
             };
             if let Some(extra) = c.inner.next() {
-                let what = if extra.as_rule() == Rule::block { "block" } else { "value" };
+                let what = if extra.as_rule() == Rule::block {
+                    "block"
+                } else {
+                    "value"
+                };
                 return Err(once_only(&extra, base, what));
             }
             ItemKind::Setting {
@@ -717,9 +863,7 @@ fn build_args(pair: Pair<Rule>, base: usize) -> PResult<Args> {
                                 message: "after this named argument".into(),
                             },
                         ],
-                        help: Some(
-                            "put positional arguments first, or name this one too".into(),
-                        ),
+                        help: Some("put positional arguments first, or name this one too".into()),
                     }));
                 }
                 args.positional.push(e);
@@ -846,4 +990,10 @@ fn build_string(pair: Pair<Rule>, base: usize) -> PResult<StrLit> {
         parts.push(StrPart::Text(text));
     }
     Ok(StrLit { parts, raw: false })
+}
+
+/// Time spent in pest alone versus building the AST (a development aid for the benchmark).
+#[doc(hidden)]
+pub fn pest_only(source: &str) -> bool {
+    RecapParser::parse(Rule::file, source).is_ok()
 }

@@ -172,15 +172,22 @@ pub fn resolve<'a>(
 impl<'a> Resolver<'a, '_> {
     fn misplaced(&mut self, span: Span, what: &str, help: &str) {
         self.diags.push(
-            Diagnostic::error("recap::resolve::misplaced_item", format!("{what} is not allowed here"))
-                .label(span, "not allowed here")
-                .with_help(help),
+            Diagnostic::error(
+                "recap::resolve::misplaced_item",
+                format!("{what} is not allowed here"),
+            )
+            .label(span, "not allowed here")
+            .with_help(help),
         );
     }
 
     fn add_entity(&mut self, e: Entity<'a>) -> Option<EntityId> {
         if let Some(&prev) = self.names.get(e.name.name.as_str()) {
-            let prev_span = self.entities.get(prev).map(|p| p.name.span).unwrap_or_default();
+            let prev_span = self
+                .entities
+                .get(prev)
+                .map(|p| p.name.span)
+                .unwrap_or_default();
             self.diags.push(
                 Diagnostic::error(
                     "recap::resolve::duplicate_name",
@@ -213,10 +220,13 @@ impl<'a> Resolver<'a, '_> {
                 let known = module.is_some_and(|m| self.std.is_module(m));
                 if !known {
                     let span = Span::new(
-                        path.first().map(|p| p.span.start).unwrap_or(item.span.start),
+                        path.first()
+                            .map(|p| p.span.start)
+                            .unwrap_or(item.span.start),
                         path.last().map(|p| p.span.end).unwrap_or(item.span.end),
                     );
-                    let modules: Vec<&str> = crate::stdlib::MODULES.iter().map(|(m, _)| *m).collect();
+                    let modules: Vec<&str> =
+                        crate::stdlib::MODULES.iter().map(|(m, _)| *m).collect();
                     let guess = module.and_then(|m| did_you_mean(m, modules.iter().copied()));
                     self.diags.push(
                         Diagnostic::error(
@@ -336,7 +346,11 @@ impl<'a> Resolver<'a, '_> {
             }
             ItemKind::Stage { name, items } => {
                 if stage.is_some() {
-                    return self.misplaced(name.span, "a stage inside a stage", "stages are not nested; write them one after another");
+                    return self.misplaced(
+                        name.span,
+                        "a stage inside a stage",
+                        "stages are not nested; write them one after another",
+                    );
                 }
                 if let Some(prev) = self
                     .stages
@@ -423,7 +437,10 @@ impl<'a> Resolver<'a, '_> {
         for (stage, s) in settings {
             // Top-level settings are evaluated inside every stage; names they use are looked
             // up from the first stage, or the top level.
-            let scope = if stage.is_none() && !self.stages.is_empty() && self.stages.iter().all(|s| s.name.is_none()) {
+            let scope = if stage.is_none()
+                && !self.stages.is_empty()
+                && self.stages.iter().all(|s| s.name.is_none())
+            {
                 Some(0)
             } else {
                 stage
@@ -522,7 +539,11 @@ impl<'a> Resolver<'a, '_> {
             .unwrap_or_default();
         let mut d = Diagnostic::error(
             "recap::resolve::cycle",
-            format!("`{}` depends on itself: {}", name(start), names.join(" -> ")),
+            format!(
+                "`{}` depends on itself: {}",
+                name(start),
+                names.join(" -> ")
+            ),
         )
         .label(start_span, "this declaration is on a cycle");
         for (i, (_, span)) in path.iter().enumerate() {
@@ -577,7 +598,8 @@ impl<'a> Resolver<'a, '_> {
             ExprKind::Name(id) => {
                 if let Some(t) = self.lookup(&id.name, stage) {
                     refs.push((t, id.span));
-                } else if !self.std.fns.contains_key(&id.name) && !self.std.is_enum_member(&id.name) {
+                } else if !self.std.fns.contains_key(&id.name) && !self.std.is_enum_member(&id.name)
+                {
                     self.unknown(id, stage, false);
                 }
             }
@@ -622,7 +644,12 @@ impl<'a> Resolver<'a, '_> {
         }
     }
 
-    fn walk_args(&mut self, args: &'a Args, stage: Option<usize>, refs: &mut Vec<(EntityId, Span)>) {
+    fn walk_args(
+        &mut self,
+        args: &'a Args,
+        stage: Option<usize>,
+        refs: &mut Vec<(EntityId, Span)>,
+    ) {
         for a in &args.positional {
             self.walk(a, stage, refs);
         }

@@ -14,7 +14,10 @@ pub const MODULES: &[(&str, &str)] = &[
     ("sources", include_str!("../../stdlib/sources.recap")),
     ("verifiers", include_str!("../../stdlib/verifiers.recap")),
     ("objectives", include_str!("../../stdlib/objectives.recap")),
-    ("reweighters", include_str!("../../stdlib/reweighters.recap")),
+    (
+        "reweighters",
+        include_str!("../../stdlib/reweighters.recap"),
+    ),
     ("mixers", include_str!("../../stdlib/mixers.recap")),
     ("training", include_str!("../../stdlib/training.recap")),
 ];
@@ -109,11 +112,13 @@ pub struct Stdlib {
     pub enums: BTreeMap<String, EnumDef>,
     /// Problems found while reading the stdlib itself (a bug, reported as internal errors).
     pub errors: Vec<String>,
+    /// Every enum member, for quick name lookups.
+    members: std::collections::HashSet<String>,
 }
 
 impl Stdlib {
     pub fn is_enum_member(&self, name: &str) -> bool {
-        self.enums.values().any(|e| e.members.iter().any(|m| m == name))
+        self.members.contains(name)
     }
     pub fn enum_has(&self, enum_name: &str, member: &str) -> bool {
         self.enums
@@ -138,7 +143,8 @@ fn load() -> Stdlib {
     for (module, text) in MODULES {
         let (file, diags) = crate::parse::parse(text);
         for d in diags {
-            std.errors.push(format!("stdlib/{module}.recap: {}", d.message));
+            std.errors
+                .push(format!("stdlib/{module}.recap: {}", d.message));
         }
         if let Some(f) = file {
             files.push((*module, f));
@@ -159,6 +165,11 @@ fn load() -> Stdlib {
             }
         }
     }
+    std.members = std
+        .enums
+        .values()
+        .flat_map(|e| e.members.iter().cloned())
+        .collect();
     let enum_names: Vec<String> = std.enums.keys().cloned().collect();
     let is_enum = |n: &str| enum_names.iter().any(|e| e == n);
     for (module, file) in &files {
@@ -166,8 +177,10 @@ fn load() -> Stdlib {
             match &item.kind {
                 ItemKind::Fn(sig) => {
                     let Some(ret) = Kind::from_name(&sig.ret.name) else {
-                        std.errors
-                            .push(format!("{}: unknown result kind {}", sig.name.name, sig.ret.name));
+                        std.errors.push(format!(
+                            "{}: unknown result kind {}",
+                            sig.name.name, sig.ret.name
+                        ));
                         continue;
                     };
                     let mut params = Vec::new();
@@ -190,19 +203,22 @@ fn load() -> Stdlib {
                         std.errors
                             .push(format!("{}: missing doc comment", sig.name.name));
                     }
-                    std.fns.entry(sig.name.name.clone()).or_default().push(Signature {
-                        name: sig.name.name.clone(),
-                        module,
-                        doc: item.doc.clone().unwrap_or_default(),
-                        params,
-                        ret,
-                        ret_fields: sig.ret_fields.iter().map(|f| f.name.clone()).collect(),
-                    });
+                    std.fns
+                        .entry(sig.name.name.clone())
+                        .or_default()
+                        .push(Signature {
+                            name: sig.name.name.clone(),
+                            module,
+                            doc: item.doc.clone().unwrap_or_default(),
+                            params,
+                            ret,
+                            ret_fields: sig.ret_fields.iter().map(|f| f.name.clone()).collect(),
+                        });
                 }
                 ItemKind::Enum { .. } => {}
-                _ => std
-                    .errors
-                    .push(format!("stdlib/{module}.recap holds an item that is not fn or enum")),
+                _ => std.errors.push(format!(
+                    "stdlib/{module}.recap holds an item that is not fn or enum"
+                )),
             }
         }
     }

@@ -226,7 +226,10 @@ fn describe(v: &Value, res: &Resolved) -> String {
         Value::Decl(id, k) => format!(
             "{} `{}`",
             k.article(),
-            res.entities.get(*id).map(|e| e.name.name.as_str()).unwrap_or("?")
+            res.entities
+                .get(*id)
+                .map(|e| e.name.name.as_str())
+                .unwrap_or("?")
         ),
         Value::Field { name, .. } => format!("the field `{name}`"),
         Value::Reward(_) => "a reward combination".into(),
@@ -260,9 +263,17 @@ impl Checker<'_, '_, '_> {
             EntityKind::Let => self.eval(e.value, None),
             EntityKind::Decl(k) => {
                 let kind = decl_kind(k);
-                let fields: Vec<&NamedArg> =
-                    e.block.map(|b| b.fields.iter().collect()).unwrap_or_default();
-                let v = self.eval_head(Some(e.value), &fields, e.block.map(|b| b.span), kind, e.name.span)?;
+                let fields: Vec<&NamedArg> = e
+                    .block
+                    .map(|b| b.fields.iter().collect())
+                    .unwrap_or_default();
+                let v = self.eval_head(
+                    Some(e.value),
+                    &fields,
+                    e.block.map(|b| b.span),
+                    kind,
+                    e.name.span,
+                )?;
                 let ok = match &v.v {
                     Value::Call(c) => c.sig.ret == kind,
                     Value::Decl(_, k2) => *k2 == kind,
@@ -310,7 +321,10 @@ impl Checker<'_, '_, '_> {
                 self.err(
                     Diagnostic::error(
                         "recap::typecheck::bad_param_type",
-                        format!("a param cannot have the type `{}`", crate::ast::render_type(ty)),
+                        format!(
+                            "a param cannot have the type `{}`",
+                            crate::ast::render_type(ty)
+                        ),
                     )
                     .label(ty.span, "not a param type")
                     .with_help("params are int, float, bool, string, percent or path"),
@@ -324,7 +338,11 @@ impl Checker<'_, '_, '_> {
         if let Some(text) = &e.override_text {
             let parsed = match &ty_v {
                 Ty::Int => text.replace('_', "").parse::<i64>().ok().map(Value::Int),
-                Ty::Float => text.parse::<f64>().ok().filter(|f| f.is_finite()).map(Value::Float),
+                Ty::Float => text
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .map(Value::Float),
                 Ty::Bool => match text.as_str() {
                     "true" => Some(Value::Bool(true)),
                     "false" => Some(Value::Bool(false)),
@@ -640,7 +658,8 @@ impl Checker<'_, '_, '_> {
                 Some(Val::new(r, span))
             }
             ExprKind::Binary { op, lhs, rhs } => {
-                let num_expect = expected.filter(|t| matches!(t, Ty::Int | Ty::Float | Ty::Percent));
+                let num_expect =
+                    expected.filter(|t| matches!(t, Ty::Int | Ty::Float | Ty::Percent));
                 let l = self.eval(lhs, num_expect);
                 let r = self.eval(rhs, num_expect);
                 let (l, r) = (l?, r?);
@@ -654,9 +673,7 @@ impl Checker<'_, '_, '_> {
             if let Some(ent) = self.res.lookup(&id.name, self.stage) {
                 let e = self.res.entities.get(ent)?;
                 return match e.kind {
-                    EntityKind::Decl(k) => {
-                        Some(Val::new(Value::Decl(ent, decl_kind(k)), id.span))
-                    }
+                    EntityKind::Decl(k) => Some(Val::new(Value::Decl(ent, decl_kind(k)), id.span)),
                     _ => {
                         let mut v = self.values.get(ent)?.clone()?;
                         v.span = id.span;
@@ -744,13 +761,16 @@ impl Checker<'_, '_, '_> {
         Some(fields_of(c))
     }
 
-    fn pick(&mut self, name: &Ident, expected: Option<&Ty>, method: bool) -> Option<&'static Signature> {
+    fn pick(
+        &mut self,
+        name: &Ident,
+        expected: Option<&Ty>,
+        method: bool,
+    ) -> Option<&'static Signature> {
         let std = self.std;
         let cands = std.fns.get(&name.name)?;
-        let cands: Vec<&'static Signature> = cands
-            .iter()
-            .filter(|s| !method || s.has_self())
-            .collect();
+        let cands: Vec<&'static Signature> =
+            cands.iter().filter(|s| !method || s.has_self()).collect();
         if cands.is_empty() {
             self.err(
                 Diagnostic::error(
@@ -766,7 +786,12 @@ impl Checker<'_, '_, '_> {
             return cands.first().copied();
         }
         let kinds: Vec<Kind> = expected
-            .map(|t| t.alternatives().into_iter().filter_map(|a| a.kind()).collect())
+            .map(|t| {
+                t.alternatives()
+                    .into_iter()
+                    .filter_map(|a| a.kind())
+                    .collect()
+            })
             .unwrap_or_default();
         let fitting: Vec<&'static Signature> = cands
             .iter()
@@ -781,7 +806,11 @@ impl Checker<'_, '_, '_> {
                 self.err(
                     Diagnostic::error(
                         "recap::typecheck::ambiguous_name",
-                        format!("`{}` is ambiguous: it is a {}", name.name, ks.join(" and a ")),
+                        format!(
+                            "`{}` is ambiguous: it is a {}",
+                            name.name,
+                            ks.join(" and a ")
+                        ),
                     )
                     .label(name.span, "which one?")
                     .with_help("use it where the kind is known, e.g. in `mix` or `reweight`"),
@@ -940,7 +969,11 @@ impl Checker<'_, '_, '_> {
                             format!("`{}` needs the argument `{}`", sig.name, p.name),
                         )
                         .label(func.span, format!("`{}` is missing", p.name))
-                        .with_help(format!("add `{} = ...` ({})", p.name, p.describe())),
+                        .with_help(format!(
+                            "add `{} = ...` ({})",
+                            p.name,
+                            p.describe()
+                        )),
                     );
                 }
                 ok = false;
@@ -954,7 +987,9 @@ impl Checker<'_, '_, '_> {
                     let saved = (self.in_stdlib, self.stage);
                     self.in_stdlib = true;
                     let v = self.eval(d, Some(&p.ty));
-                    let v = v.and_then(|v| self.accept(v, &p.ty, &format!("the default of `{}`", p.name)));
+                    let v = v.and_then(|v| {
+                        self.accept(v, &p.ty, &format!("the default of `{}`", p.name))
+                    });
                     (self.in_stdlib, self.stage) = saved;
                     match v {
                         Some(mut v) => {
@@ -1043,11 +1078,9 @@ impl Checker<'_, '_, '_> {
                 };
                 x.is_finite().then_some(Float(x))
             }
-            (BinOp::Add | BinOp::Sub, Percent(a), Percent(b)) => Some(Percent(if op == BinOp::Add {
-                a + b
-            } else {
-                a - b
-            })),
+            (BinOp::Add | BinOp::Sub, Percent(a), Percent(b)) => {
+                Some(Percent(if op == BinOp::Add { a + b } else { a - b }))
+            }
             (BinOp::Mul, Percent(a), b) if is_number(b) => Some(Percent(a * num(b).unwrap_or(0.0))),
             (BinOp::Mul, a, Percent(b)) if is_number(a) => Some(Percent(num(a).unwrap_or(0.0) * b)),
             (BinOp::Div, Percent(a), b) if is_number(b) => {
@@ -1057,9 +1090,7 @@ impl Checker<'_, '_, '_> {
                 }
                 Some(Percent(a / b))
             }
-            (_, Percent(_), _) | (_, _, Percent(_))
-                if is_number(&l.v) || is_number(&r.v) =>
-            {
+            (_, Percent(_), _) | (_, _, Percent(_)) if is_number(&l.v) || is_number(&r.v) => {
                 self.err(
                     Diagnostic::error(
                         "recap::typecheck::unit_mismatch",
@@ -1074,12 +1105,23 @@ impl Checker<'_, '_, '_> {
             (BinOp::Add | BinOp::Sub, a, b) if as_reward(a).is_some() && as_reward(b).is_some() => {
                 let mut t = as_reward(a).unwrap_or_default();
                 let sign = if op == BinOp::Sub { -1.0 } else { 1.0 };
-                t.extend(as_reward(b).unwrap_or_default().into_iter().map(|(w, id)| (sign * w, id)));
+                t.extend(
+                    as_reward(b)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(w, id)| (sign * w, id)),
+                );
                 Some(Reward(t))
             }
             (BinOp::Mul, a, b) if is_number(a) && as_reward(b).is_some() => {
                 let k = num(a).unwrap_or(0.0);
-                Some(Reward(as_reward(b).unwrap_or_default().into_iter().map(|(w, id)| (k * w, id)).collect()))
+                Some(Reward(
+                    as_reward(b)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(w, id)| (k * w, id))
+                        .collect(),
+                ))
             }
             (BinOp::Mul | BinOp::Div, a, b) if as_reward(a).is_some() && is_number(b) => {
                 let k = num(b).unwrap_or(0.0);
@@ -1087,7 +1129,13 @@ impl Checker<'_, '_, '_> {
                     return self.div_zero(&r);
                 }
                 let k = if op == BinOp::Div { 1.0 / k } else { k };
-                Some(Reward(as_reward(a).unwrap_or_default().into_iter().map(|(w, id)| (k * w, id)).collect()))
+                Some(Reward(
+                    as_reward(a)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(w, id)| (k * w, id))
+                        .collect(),
+                ))
             }
             (BinOp::Mul | BinOp::Div, a, b) if as_reward(a).is_some() && as_reward(b).is_some() => {
                 self.err(
@@ -1186,7 +1234,10 @@ impl Checker<'_, '_, '_> {
                 args,
             } => {
                 let sig = self.pick(name, Some(&ty), true)?;
-                let self_ty = sig.param("self").map(|p| p.ty.clone()).unwrap_or(ty.clone());
+                let self_ty = sig
+                    .param("self")
+                    .map(|p| p.ty.clone())
+                    .unwrap_or(ty.clone());
                 let recv = self.eval(receiver, Some(&self_ty))?;
                 self.call(sig, name, Some(args), block, Some(recv), head.span)
             }
@@ -1206,7 +1257,10 @@ impl Checker<'_, '_, '_> {
     }
 
     fn setting(&mut self, s: Setting, kind: Kind) -> Option<Val> {
-        let fields: Vec<&NamedArg> = s.block.map(|b| b.fields.iter().collect()).unwrap_or_default();
+        let fields: Vec<&NamedArg> = s
+            .block
+            .map(|b| b.fields.iter().collect())
+            .unwrap_or_default();
         let v = self.eval_head(s.value, &fields, s.block.map(|b| b.span), kind, s.kind_span)?;
         self.accept(v, &Ty::Kind(kind), &format!("`{}`", s.kind.keyword()))
     }
@@ -1219,11 +1273,12 @@ impl Checker<'_, '_, '_> {
             .iter()
             .find(|s| s.kind == SettingKind::Train)
             .copied();
-        let own = self
-            .res
-            .stages
-            .get(stage)
-            .and_then(|s| s.settings.iter().find(|x| x.kind == SettingKind::Train).copied());
+        let own = self.res.stages.get(stage).and_then(|s| {
+            s.settings
+                .iter()
+                .find(|x| x.kind == SettingKind::Train)
+                .copied()
+        });
         let any = own.or(top)?;
         *span_out = any.kind_span;
         for s in [top, own].into_iter().flatten() {

@@ -71,12 +71,14 @@ pub fn validate(
         res,
         typed,
         diags,
+        frozen: Vec::new(),
     };
     v.files(options, host);
     v.models();
     let policy = v.policy();
+    v.frozen = frozen_copies(res, typed, policy);
     for (i, _) in res.stages.iter().enumerate() {
-        v.stage(i, policy);
+        v.stage(i);
     }
     Validated { policy }
 }
@@ -85,6 +87,8 @@ struct V<'r, 'a, 't, 'd> {
     res: &'r Resolved<'a>,
     typed: &'t Typed,
     diags: &'d mut Vec<Diagnostic>,
+    /// Frozen copies of the policy, computed once (each KL term asks).
+    frozen: Vec<EntityId>,
 }
 
 impl V<'_, '_, '_, '_> {
@@ -112,7 +116,9 @@ impl V<'_, '_, '_, '_> {
             if e.kind != EntityKind::Decl(DeclKind::Model) {
                 continue;
             }
-            let Some(c) = self.typed.call(id) else { continue };
+            let Some(c) = self.typed.call(id) else {
+                continue;
+            };
             if c.name() != "tiny" {
                 continue;
             }
@@ -163,7 +169,12 @@ impl V<'_, '_, '_, '_> {
             .collect();
         let mut chosen: Option<(EntityId, Span)> = None;
         for (i, sv) in self.typed.stages.iter().enumerate() {
-            let Some(Val { v: Value::Call(t), .. }) = &sv.train else { continue };
+            let Some(Val {
+                v: Value::Call(t), ..
+            }) = &sv.train
+            else {
+                continue;
+            };
             let explicit = t.get("policy").and_then(|p| match &p.v {
                 Value::Decl(id, _) => Some((*id, p.span)),
                 _ => None,
@@ -174,7 +185,10 @@ impl V<'_, '_, '_, '_> {
                         self.diags.push(
                             Diagnostic::error(
                                 "recap::validate::policy_is_frozen",
-                                format!("the policy `{}` is a frozen model", entity_name(self.res, id)),
+                                format!(
+                                    "the policy `{}` is a frozen model",
+                                    entity_name(self.res, id)
+                                ),
                             )
                             .label(span, "frozen models are never trained")
                             .with_help("train the model the frozen copy was made from"),
@@ -193,14 +207,26 @@ impl V<'_, '_, '_, '_> {
                                     "the job declares no model to train",
                                 )
                                 .label(sv.train_span, "trains nothing")
-                                .with_help("declare one, e.g. `model policy = hf(\"models/qwen\")`"),
+                                .with_help(
+                                    "declare one, e.g. `model policy = hf(\"models/qwen\")`",
+                                ),
                             );
                         }
                         None
                     }
                     [first, second, ..] => {
-                        let s1 = self.res.entities.get(*first).map(|e| e.name.span).unwrap_or_default();
-                        let s2 = self.res.entities.get(*second).map(|e| e.name.span).unwrap_or_default();
+                        let s1 = self
+                            .res
+                            .entities
+                            .get(*first)
+                            .map(|e| e.name.span)
+                            .unwrap_or_default();
+                        let s2 = self
+                            .res
+                            .entities
+                            .get(*second)
+                            .map(|e| e.name.span)
+                            .unwrap_or_default();
                         self.diags.push(
                             Diagnostic::error(
                                 "recap::validate::ambiguous_policy",
@@ -239,26 +265,36 @@ impl V<'_, '_, '_, '_> {
         chosen.map(|(id, _)| id)
     }
 
-    fn stage(&mut self, i: usize, policy: Option<EntityId>) {
-        let Some(st) = self.res.stages.get(i) else { return };
-        let Some(sv) = self.typed.stages.get(i) else { return };
+    fn stage(&mut self, i: usize) {
+        let Some(st) = self.res.stages.get(i) else {
+            return;
+        };
+        let Some(sv) = self.typed.stages.get(i) else {
+            return;
+        };
         let stage_label = st.name.map(|n| n.span);
         let objectives: Vec<EntityId> = st
             .members
             .iter()
             .copied()
             .filter(|&m| {
-                self.res.entities.get(m).map(|e| e.kind) == Some(EntityKind::Decl(DeclKind::Objective))
+                self.res.entities.get(m).map(|e| e.kind)
+                    == Some(EntityKind::Decl(DeclKind::Objective))
             })
             .collect();
         let evals: Vec<EntityId> = st
             .members
             .iter()
             .copied()
-            .filter(|&m| self.res.entities.get(m).map(|e| e.kind) == Some(EntityKind::Decl(DeclKind::Eval)))
+            .filter(|&m| {
+                self.res.entities.get(m).map(|e| e.kind) == Some(EntityKind::Decl(DeclKind::Eval))
+            })
             .collect();
         if objectives.is_empty() {
-            let name = st.name.map(|n| n.name.clone()).unwrap_or_else(|| "main".into());
+            let name = st
+                .name
+                .map(|n| n.name.clone())
+                .unwrap_or_else(|| "main".into());
             let mut d = Diagnostic::error(
                 "recap::validate::no_objective",
                 if st.name.is_some() {
@@ -270,9 +306,15 @@ impl V<'_, '_, '_, '_> {
             if let Some(s) = stage_label {
                 d = d.label(s, "trains nothing");
             }
-            self.diags.push(d.with_help("declare one, e.g. `objective reasoning = grpo(math) { rewards = [accuracy] }`"));
+            self.diags.push(d.with_help(
+                "declare one, e.g. `objective reasoning = grpo(math) { rewards = [accuracy] }`",
+            ));
         }
-        if self.res.setting(i, crate::ast::SettingKind::Train).is_none() {
+        if self
+            .res
+            .setting(i, crate::ast::SettingKind::Train)
+            .is_none()
+        {
             let mut d = Diagnostic::error(
                 "recap::validate::missing_train",
                 "the job has no `train` setting",
@@ -280,28 +322,40 @@ impl V<'_, '_, '_, '_> {
             if let Some(s) = stage_label {
                 d = d.label(s, "no `train { ... }` for this stage");
             }
-            self.diags.push(d.with_help("add `train { steps = 100 }` (at the top level, or in the stage)"));
+            self.diags.push(
+                d.with_help("add `train { steps = 100 }` (at the top level, or in the stage)"),
+            );
         }
         let train = match &sv.train {
-            Some(Val { v: Value::Call(c), .. }) => Some(c.as_ref()),
+            Some(Val {
+                v: Value::Call(c), ..
+            }) => Some(c.as_ref()),
             _ => None,
         };
         let steps = train.and_then(|t| t.int("steps"));
         let prompts = train.and_then(|t| t.int("prompts_per_step"));
-        let micro = train.and_then(|t| t.get("micro_batch").map(|v| (v.span, t.int("micro_batch"))));
+        let micro =
+            train.and_then(|t| t.get("micro_batch").map(|v| (v.span, t.int("micro_batch"))));
         let mut keys = 0usize;
         let mut obj_names = Vec::new();
         let mut sources_read: Vec<String> = Vec::new();
         let mut has_sft = false;
         for &o in &objectives {
-            let Some(c) = self.typed.call(o) else { continue };
+            let Some(c) = self.typed.call(o) else {
+                continue;
+            };
             let oname = entity_name(self.res, o);
             obj_names.push(oname.clone());
             let src = c.get("source").and_then(|s| deref(self.typed, s));
             if let Some(Value::Decl(sid, _)) = c.get("source").map(|s| &s.v) {
                 sources_read.push(entity_name(self.res, *sid));
             }
-            let oname_span = self.res.entities.get(o).map(|e| e.name.span).unwrap_or_default();
+            let oname_span = self
+                .res
+                .entities
+                .get(o)
+                .map(|e| e.name.span)
+                .unwrap_or_default();
             match c.name() {
                 "grpo" => {
                     let rewards: Vec<&Val> = match c.get("rewards").map(|r| &r.v) {
@@ -320,10 +374,16 @@ impl V<'_, '_, '_, '_> {
                         );
                     }
                     if let Some(src) = &src {
-                        self.check_rewards(&rewards, src, c.get("source").map(|s| s.span).unwrap_or(c.span));
+                        self.check_rewards(
+                            &rewards,
+                            src,
+                            c.get("source").map(|s| s.span).unwrap_or(c.span),
+                        );
                     }
-                    self.check_kl(c, policy);
-                    if let (Some(p), Some(g), Some((mspan, Some(m)))) = (prompts, c.int("group"), micro) {
+                    self.check_kl(c);
+                    if let (Some(p), Some(g), Some((mspan, Some(m)))) =
+                        (prompts, c.int("group"), micro)
+                    {
                         let batch = p.saturating_mul(g);
                         if m > 0 && batch % m != 0 {
                             self.diags.push(
@@ -374,9 +434,16 @@ impl V<'_, '_, '_, '_> {
             }
         }
         for &e in &evals {
-            let Some(c) = self.typed.call(e) else { continue };
+            let Some(c) = self.typed.call(e) else {
+                continue;
+            };
             let ename = entity_name(self.res, e);
-            let espan = self.res.entities.get(e).map(|x| x.name.span).unwrap_or_default();
+            let espan = self
+                .res
+                .entities
+                .get(e)
+                .map(|x| x.name.span)
+                .unwrap_or_default();
             let rewards: Vec<&Val> = match c.get("rewards").map(|r| &r.v) {
                 Some(Value::List(items)) => items.iter().collect(),
                 _ => Vec::new(),
@@ -392,7 +459,11 @@ impl V<'_, '_, '_, '_> {
                 );
             }
             if let Some(src) = c.get("source").and_then(|s| deref(self.typed, s)) {
-                self.check_rewards(&rewards, &src, c.get("source").map(|s| s.span).unwrap_or(c.span));
+                self.check_rewards(
+                    &rewards,
+                    &src,
+                    c.get("source").map(|s| s.span).unwrap_or(c.span),
+                );
             }
             if let (Some(every), Some(steps)) = (c.int("every"), steps) {
                 if every > steps {
@@ -410,7 +481,12 @@ impl V<'_, '_, '_, '_> {
         if let Some(t) = train {
             self.check_train(t, steps);
         }
-        if let Some(Val { v: Value::Call(rw), span, .. }) = &sv.reweight {
+        if let Some(Val {
+            v: Value::Call(rw),
+            span,
+            ..
+        }) = &sv.reweight
+        {
             if rw.name() != "uniform" && keys < 2 && !objectives.is_empty() {
                 self.diags.push(
                     Diagnostic::error(
@@ -429,15 +505,26 @@ impl V<'_, '_, '_, '_> {
                     self.diags.push(
                         Diagnostic::warning(
                             "recap::validate::window_too_long",
-                            format!("the RECAP window needs {} steps of history, the stage has {steps}", w * 2),
+                            format!(
+                                "the RECAP window needs {} steps of history, the stage has {steps}",
+                                w * 2
+                            ),
                         )
-                        .label(rw.get("window").map(|v| v.span).unwrap_or(*span), "longer than the stage")
+                        .label(
+                            rw.get("window").map(|v| v.span).unwrap_or(*span),
+                            "longer than the stage",
+                        )
                         .with_help("use a window of at most half the stage's steps"),
                     );
                 }
             }
         }
-        if let Some(Val { v: Value::Call(mx), span, .. }) = &sv.mix {
+        if let Some(Val {
+            v: Value::Call(mx),
+            span,
+            ..
+        }) = &sv.mix
+        {
             let mut m = mx.as_ref();
             if m.name() == "coreset" {
                 if !has_sft && !objectives.is_empty() {
@@ -467,7 +554,10 @@ impl V<'_, '_, '_, '_> {
                 self.diags.push(
                     Diagnostic::error(
                         "recap::validate::unknown_weight_key",
-                        format!("`{}` weighs `{k}`, which is no {what} of this stage", c.name()),
+                        format!(
+                            "`{}` weighs `{k}`, which is no {what} of this stage",
+                            c.name()
+                        ),
                     )
                     .label(*span, format!("not {what} of this stage"))
                     .with_help(match guess {
@@ -483,7 +573,11 @@ impl V<'_, '_, '_, '_> {
         let fields = fields_of(src.call());
         for r in rewards {
             let verifiers: Vec<(Option<EntityId>, &CallVal, Span)> = match &r.v {
-                Value::Decl(id, Kind::Verifier) => self.typed.call(*id).map(|c| vec![(Some(*id), c, r.span)]).unwrap_or_default(),
+                Value::Decl(id, Kind::Verifier) => self
+                    .typed
+                    .call(*id)
+                    .map(|c| vec![(Some(*id), c, r.span)])
+                    .unwrap_or_default(),
                 Value::Call(c) => vec![(None, c.as_ref(), r.span)],
                 Value::Reward(terms) => terms
                     .iter()
@@ -492,7 +586,9 @@ impl V<'_, '_, '_, '_> {
                 _ => Vec::new(),
             };
             for (vid, vc, span) in verifiers {
-                let vname = vid.map(|id| entity_name(self.res, id)).unwrap_or_else(|| vc.name().to_string());
+                let vname = vid
+                    .map(|id| entity_name(self.res, id))
+                    .unwrap_or_else(|| vc.name().to_string());
                 match vc.get("expected").map(|e| &e.v) {
                     Some(Value::Field { source, name }) => {
                         let same = src.key() == (0, *source);
@@ -532,9 +628,11 @@ impl V<'_, '_, '_, '_> {
         }
     }
 
-    fn check_kl(&mut self, c: &CallVal, policy: Option<EntityId>) {
+    fn check_kl(&mut self, c: &CallVal) {
         let Some(kl_val) = c.get("kl") else { return };
-        let Some(kl) = deref(self.typed, kl_val) else { return };
+        let Some(kl) = deref(self.typed, kl_val) else {
+            return;
+        };
         let kl = kl.call();
         match kl.get("reference") {
             Some(r) => {
@@ -543,17 +641,23 @@ impl V<'_, '_, '_, '_> {
                         self.diags.push(
                             Diagnostic::error(
                                 "recap::validate::kl_reference_not_frozen",
-                                format!("the KL reference `{}` is not a frozen model", entity_name(self.res, id)),
+                                format!(
+                                    "the KL reference `{}` is not a frozen model",
+                                    entity_name(self.res, id)
+                                ),
                             )
                             .label(r.span, "trainable model")
-                            .with_help(format!("declare `model base = frozen({})` and use `kl(base)`", entity_name(self.res, id))),
+                            .with_help(format!(
+                                "declare `model base = frozen({})` and use `kl(base)`",
+                                entity_name(self.res, id)
+                            )),
                         );
                     }
                 }
             }
             None => {
-                if self.frozen_of(policy).len() != 1 {
-                    let n = self.frozen_of(policy).len();
+                if self.frozen.len() != 1 {
+                    let n = self.frozen.len();
                     self.diags.push(
                         Diagnostic::error(
                             "recap::validate::kl_without_reference",
@@ -571,11 +675,6 @@ impl V<'_, '_, '_, '_> {
         }
     }
 
-    /// Frozen copies of the policy.
-    pub fn frozen_of(&self, policy: Option<EntityId>) -> Vec<EntityId> {
-        frozen_copies(self.res, self.typed, policy)
-    }
-
     fn check_train(&mut self, t: &CallVal, steps: Option<i64>) {
         let Some(steps) = steps else { return };
         if let Some(s) = t.call("schedule") {
@@ -588,7 +687,9 @@ impl V<'_, '_, '_, '_> {
                                 format!("a warm-up of {n} steps does not fit in {steps} steps"),
                             )
                             .label(w.span, "longer than the stage")
-                            .with_help(format!("use fewer than {steps} warm-up steps, or a percentage such as 10%")),
+                            .with_help(format!(
+                                "use fewer than {steps} warm-up steps, or a percentage such as 10%"
+                            )),
                         );
                     }
                 }
@@ -617,7 +718,8 @@ pub fn frozen_copies(res: &Resolved, typed: &Typed, policy: Option<EntityId>) ->
         .filter(|&id| {
             typed.call(id).is_some_and(|c| {
                 c.name() == "frozen"
-                    && res.entities.get(id).map(|e| e.kind) == Some(EntityKind::Decl(DeclKind::Model))
+                    && res.entities.get(id).map(|e| e.kind)
+                        == Some(EntityKind::Decl(DeclKind::Model))
                     && match c.decl("model") {
                         Some(m) => Some(m) == policy || policy.is_none(),
                         None => false,
@@ -629,7 +731,10 @@ pub fn frozen_copies(res: &Resolved, typed: &Typed, policy: Option<EntityId>) ->
 
 /// The largest divisor of `n` not above `limit` (at least 1).
 fn largest_divisor(n: i64, limit: i64) -> i64 {
-    (1..=limit.min(n).max(1)).rev().find(|d| n % d == 0).unwrap_or(1)
+    (1..=limit.min(n).max(1))
+        .rev()
+        .find(|d| n % d == 0)
+        .unwrap_or(1)
 }
 
 impl Typed {

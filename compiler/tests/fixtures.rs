@@ -85,9 +85,13 @@ fn read_fixture(source: &str) -> Fixture {
                 };
                 let (sev, code) = parse_annotation(rest)
                     .unwrap_or_else(|| panic!("bad annotation on line {}: {line}", i + 1));
-                let (tstart, tlen, tline) =
-                    target.unwrap_or_else(|| panic!("annotation on line {} has no line above", i + 1));
-                assert!(caret_col < tlen.max(1) + 1, "annotation on line {} points past its line", i + 1);
+                let (tstart, tlen, tline) = target
+                    .unwrap_or_else(|| panic!("annotation on line {} has no line above", i + 1));
+                assert!(
+                    caret_col < tlen.max(1) + 1,
+                    "annotation on line {} points past its line",
+                    i + 1
+                );
                 let col = if at_zero { 0 } else { caret_col };
                 expects.push(Expect {
                     severity: sev,
@@ -139,7 +143,10 @@ fn actual(d: &Diagnostic, source: &str) -> (String, String, usize, usize) {
 }
 
 fn line_end(source: &str, start: usize) -> usize {
-    source[start..].find('\n').map(|i| start + i).unwrap_or(source.len())
+    source[start..]
+        .find('\n')
+        .map(|i| start + i)
+        .unwrap_or(source.len())
 }
 
 /// Checks one fixture; returns a description of every mismatch.
@@ -194,7 +201,9 @@ fn run_fixture(path: &Path) -> (Vec<String>, recap_compiler::CheckOutput, Vec<Ex
 }
 
 fn fixtures(dir: &str) -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -216,7 +225,11 @@ fn error_fixtures_produce_exactly_their_annotated_diagnostics() {
             "{}: an error fixture must expect at least one error",
             f.display()
         );
-        assert!(out.plan.is_none(), "{}: a file with errors has no plan", f.display());
+        assert!(
+            out.plan.is_none(),
+            "{}: a file with errors has no plan",
+            f.display()
+        );
         for e in &expects {
             codes.insert(e.code.clone());
         }
@@ -224,13 +237,24 @@ fn error_fixtures_produce_exactly_their_annotated_diagnostics() {
             failures.push(format!("{}:\n  {}", f.display(), problems.join("\n  ")));
         }
     }
-    assert!(failures.is_empty(), "fixture mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "fixture mismatches:\n{}",
+        failures.join("\n")
+    );
     assert!(files.len() >= 40, "only {} error fixtures", files.len());
-    let known: BTreeSet<String> = recap_compiler::all_codes().iter().map(|c| c.to_string()).collect();
+    let known: BTreeSet<String> = recap_compiler::all_codes()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     for c in &codes {
         assert!(known.contains(c), "code {c} is not listed in all_codes()");
     }
-    assert!(codes.len() >= 40, "only {} distinct codes covered: {codes:?}", codes.len());
+    assert!(
+        codes.len() >= 40,
+        "only {} distinct codes covered: {codes:?}",
+        codes.len()
+    );
 }
 
 #[test]
@@ -239,14 +263,26 @@ fn warning_fixtures_produce_exactly_their_annotated_warnings() {
     let mut failures = Vec::new();
     for f in &files {
         let (problems, out, expects) = run_fixture(f);
-        assert!(expects.iter().all(|e| e.severity == "warning"), "{}: only warnings here", f.display());
+        assert!(
+            expects.iter().all(|e| e.severity == "warning"),
+            "{}: only warnings here",
+            f.display()
+        );
         assert!(!expects.is_empty(), "{}: expects no warning", f.display());
-        assert!(out.plan.is_some(), "{}: warnings do not prevent a plan", f.display());
+        assert!(
+            out.plan.is_some(),
+            "{}: warnings do not prevent a plan",
+            f.display()
+        );
         if !problems.is_empty() {
             failures.push(format!("{}:\n  {}", f.display(), problems.join("\n  ")));
         }
     }
-    assert!(failures.is_empty(), "fixture mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "fixture mismatches:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -275,7 +311,11 @@ fn valid_fixtures_check_clean_and_match_snapshots() {
         let back = recap_plan::Plan::from_json(&plan.to_json()).expect("plan reads back");
         assert_eq!(back, plan);
     }
-    assert!(failures.is_empty(), "fixture mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "fixture mismatches:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -302,7 +342,11 @@ fn every_code_has_an_explanation_and_every_emitted_code_is_listed() {
         for (i, _) in text.match_indices("\"recap::") {
             let rest = &text[i + 1..];
             let code = &rest[..rest.find('"').unwrap()];
-            assert!(unique.contains(code), "{}: code {code} missing from codes.rs", path.display());
+            assert!(
+                unique.contains(code),
+                "{}: code {code} missing from codes.rs",
+                path.display()
+            );
         }
     }
 }

@@ -143,17 +143,9 @@ pub enum SourceSpec {
         seed: u64,
     },
     /// Generated "sort these numbers" problems; fields `prompt` and `answer`.
-    Sorting {
-        count: u64,
-        length: u64,
-        seed: u64,
-    },
+    Sorting { count: u64, length: u64, seed: u64 },
     /// Generated "repeat this text" tasks for replay; fields `prompt`, `target`, `answer`.
-    Copying {
-        count: u64,
-        length: u64,
-        seed: u64,
-    },
+    Copying { count: u64, length: u64, seed: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,21 +312,34 @@ pub enum Reweight {
     },
     Uniform,
     /// Fixed weights per objective name; objectives not named weigh 1.
-    Static { weights: BTreeMap<String, f64> },
-    Dwa { temperature: f64 },
-    Rlw { seed: u64 },
+    Static {
+        weights: BTreeMap<String, f64>,
+    },
+    Dwa {
+        temperature: f64,
+    },
+    Rlw {
+        seed: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Mix {
     RoundRobin,
-    Uniform { seed: u64 },
+    Uniform {
+        seed: u64,
+    },
     Proportional,
     /// Draw probabilities per source name.
-    Weights { weights: BTreeMap<String, f64> },
+    Weights {
+        weights: BTreeMap<String, f64>,
+    },
     /// Replay (SFT) volume capped at `cap` times the RL volume, drawing with `base` otherwise.
-    Coreset { cap: f64, base: Box<Mix> },
+    Coreset {
+        cap: f64,
+        base: Box<Mix>,
+    },
     /// Every source every step, losses summed with their weights.
     All,
 }
@@ -519,5 +524,167 @@ impl Plan {
             });
         }
         Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Plan {
+        let train = Train {
+            steps: 10,
+            prompts_per_step: 2,
+            micro_batch: Some(4),
+            optimizer: Optimizer::Adamw {
+                lr: 1e-6,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
+            schedule: Schedule {
+                kind: ScheduleKind::Linear,
+                warmup_steps: 1,
+                final_fraction: 0.0,
+            },
+            grad_clip: 1.0,
+            seed: 42,
+            checkpoint: Some(Checkpoint {
+                every: 5,
+                keep: None,
+            }),
+            out: "runs/x".into(),
+        };
+        Plan {
+            version: PLAN_VERSION,
+            source_file: "x.recap".into(),
+            content_hash: String::new(),
+            params: BTreeMap::from([("steps".into(), ParamValue::Int(10))]),
+            policy: "policy".into(),
+            models: vec![
+                Model {
+                    name: "policy".into(),
+                    spec: ModelSpec::Hf {
+                        dir: "m".into(),
+                        dtype: Dtype::Bf16,
+                    },
+                },
+                Model {
+                    name: "base".into(),
+                    spec: ModelSpec::Frozen {
+                        of: "policy".into(),
+                    },
+                },
+            ],
+            sources: vec![Source {
+                name: "math".into(),
+                spec: SourceSpec::Arithmetic {
+                    count: 10,
+                    digits: 2,
+                    ops: "+".into(),
+                    seed: 0,
+                },
+                fields: BTreeMap::new(),
+            }],
+            verifiers: vec![Verifier {
+                name: "acc".into(),
+                spec: VerifierSpec::Numeric {
+                    expected: Expected {
+                        field: "answer".into(),
+                    },
+                    extract: Extractor {
+                        steps: vec![ExtractStep::LastNumber],
+                    },
+                    tolerance: 1e-6,
+                },
+            }],
+            stages: vec![Stage {
+                name: "main".into(),
+                rollouts: vec![],
+                objectives: vec![Objective {
+                    name: "o".into(),
+                    spec: ObjectiveSpec::Grpo {
+                        source: "math".into(),
+                        rollout: "math".into(),
+                        rewards: vec![RewardTerm {
+                            name: "acc".into(),
+                            parts: vec![WeightedVerifier {
+                                weight: 0.1,
+                                verifier: "acc".into(),
+                            }],
+                        }],
+                        clip_low: 0.2,
+                        clip_high: 0.28,
+                        loss: LossAggregation::TokenMean,
+                        scale: AdvantageScale::Group,
+                        kl: Some(Kl {
+                            reference: "base".into(),
+                            coef: 0.04,
+                            estimator: KlEstimator::K3,
+                        }),
+                        drop_equal_groups: false,
+                    },
+                }],
+                reweight: Reweight::Recap {
+                    window: 10,
+                    temperature: 5.0,
+                    alpha: 0.5,
+                    combine: RecapCombine::Mixture,
+                    direction: RecapDirection::Regress,
+                    warmup: false,
+                },
+                mix: Mix::Coreset {
+                    cap: 0.5,
+                    base: Box::new(Mix::Uniform { seed: 1 }),
+                },
+                train,
+                evals: vec![],
+            }],
+            graph: Graph {
+                nodes: vec![],
+                edges: vec![],
+            },
+        }
+        .with_hash()
+    }
+
+    #[test]
+    fn round_trips_through_json_with_its_hash() {
+        let plan = sample();
+        assert_eq!(plan.content_hash.len(), 64);
+        let back = Plan::from_json(&plan.to_json()).expect("reads back");
+        assert_eq!(back, plan);
+        assert_eq!(back.compute_hash(), plan.content_hash);
+    }
+
+    #[test]
+    fn an_edited_plan_fails_its_hash_check() {
+        let plan = sample();
+        let edited = plan.to_json().replace("\"steps\": 10", "\"steps\": 11");
+        assert!(matches!(
+            Plan::from_json(&edited),
+            Err(PlanError::Hash { .. })
+        ));
+    }
+
+    #[test]
+    fn another_version_is_refused() {
+        let mut plan = sample();
+        plan.version = PLAN_VERSION + 1;
+        let plan = plan.with_hash();
+        assert!(matches!(
+            Plan::from_json(&plan.to_json()),
+            Err(PlanError::Version { .. })
+        ));
+    }
+
+    #[test]
+    fn the_hash_depends_on_content_only() {
+        let a = sample();
+        let mut b = sample();
+        assert_eq!(a.content_hash, b.content_hash);
+        b.policy = "other".into();
+        assert_ne!(a.content_hash, b.with_hash().content_hash);
     }
 }
