@@ -255,7 +255,9 @@ fn every_stdlib_entry_is_in_docs_language() {
 #[test]
 fn ci_runs_the_readme_test_command() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let start = readme.find("## Quick start").expect("a Quick start section");
+    let start = readme
+        .find("## Quick start")
+        .expect("a Quick start section");
     let section = &readme[start..];
     let block_start = section.find("```sh\n").expect("a sh block") + "```sh\n".len();
     let block = &section[block_start..];
