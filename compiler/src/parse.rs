@@ -31,9 +31,6 @@ pub fn parse(source: &str) -> (Option<File>, Vec<Diagnostic>) {
 
 /// Parses every item that can be parsed; the file holds those, the diagnostics the rest.
 pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
-    static DETAIL: OnceLock<()> = OnceLock::new();
-    // Error detail lets syntax errors name the literal tokens that were expected (`=`, `)`).
-    DETAIL.get_or_init(|| pest::set_error_detail(false));
     let mut items = Vec::new();
     let mut diags = Vec::new();
     if let Some(d) = too_deep(source) {
@@ -70,6 +67,27 @@ pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
     // Slow path, for files with syntax errors: item by item, each parse bounded by the next
     // line that starts with an item keyword (so it stays linear), retried on the whole rest
     // when the bound cut an item (a stage whose items are not indented).
+    //
+    // pest's error detail (which literal tokens were expected, and how far they got) is a
+    // process-wide switch that slows every parse, so it is on only here. The lock keeps slow
+    // paths from switching it off under each other; a fast path that runs meanwhile is only
+    // slower, since the detail changes nothing but error reports.
+    static DETAIL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _detail = DETAIL.lock().unwrap_or_else(|e| e.into_inner());
+    pest::set_error_detail(true);
+    parse_items(source, &mut items, &mut diags);
+    pest::set_error_detail(false);
+    drop(_detail);
+    (
+        File {
+            items,
+            span: Span::new(0, source.len()),
+        },
+        diags,
+    )
+}
+
+fn parse_items(source: &str, items: &mut Vec<Item>, diags: &mut Vec<Diagnostic>) {
     let mut pos = 0usize;
     loop {
         pos = skip_blank(source, pos);
@@ -110,13 +128,6 @@ pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
             }
         }
     }
-    (
-        File {
-            items,
-            span: Span::new(0, source.len()),
-        },
-        diags,
-    )
 }
 
 /// The first offset at or after `pos` that is not whitespace or inside a comment.

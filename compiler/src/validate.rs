@@ -410,7 +410,7 @@ impl V<'_, '_, '_, '_> {
                             self.diags.push(
                                 Diagnostic::error(
                                     "recap::validate::missing_field",
-                                    format!("`sft` needs the field `target`, which this source does not provide"),
+                                    "`sft` needs the field `target`, which this source does not provide",
                                 )
                                 .label(sspan, format!("provides {}", fields.join(", ")))
                                 .with_help("map it in the source's block, e.g. `target = field(\"output\")`"),
@@ -609,9 +609,10 @@ impl V<'_, '_, '_, '_> {
                             );
                         }
                     }
-                    None if NEEDS_EXPECTED.contains(&vc.name()) => {
-                        if !fields.iter().any(|f| f == "answer") {
-                            self.diags.push(
+                    None if NEEDS_EXPECTED.contains(&vc.name())
+                        && !fields.iter().any(|f| f == "answer") =>
+                    {
+                        self.diags.push(
                                 Diagnostic::error(
                                     "recap::validate::missing_field",
                                     format!("verifier `{vname}` needs the field `answer`, which this source does not provide"),
@@ -620,7 +621,6 @@ impl V<'_, '_, '_, '_> {
                                 .label(src_span, format!("provides {}", fields.join(", ")))
                                 .with_help("map it in the source's block, e.g. `answer = field(\"answer\")`, or give the verifier `expected = source.field`"),
                             );
-                        }
                     }
                     _ => {}
                 }
