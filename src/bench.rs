@@ -1,7 +1,7 @@
 //! The checker benchmark behind `recapc bench-check`: takes a target size in lines, gives a
 //! realistic generated pipeline of about that size (many sources, verifiers, reward
 //! combinations and objectives, as a large multi-domain RECAP job would have), and times
-//! `recap_compiler::check` on it (median of several runs). Not a test: figures depend on the
+//! `recap_compiler::check` on it (median of several runs), and the parse stage alone. Not a test: figures depend on the
 //! machine, so they are reported, not asserted.
 
 use std::time::{Duration, Instant};
@@ -76,6 +76,8 @@ pub struct Measurement {
     pub lines: usize,
     pub bytes: usize,
     pub median: Duration,
+    /// Median time of the parse stage alone (`recap_compiler::parse`), part of `median`.
+    pub parse_median: Duration,
     pub errors: usize,
     pub warnings: usize,
     /// The first error, to show why a generated pipeline does not check cleanly.
@@ -113,10 +115,21 @@ pub fn measure(source: &str, runs: usize) -> Measurement {
         })
         .collect();
     times.sort();
+    let mut parse_times: Vec<Duration> = (0..runs.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            let out = recap_compiler::parse(source);
+            let elapsed = start.elapsed();
+            drop(out);
+            elapsed
+        })
+        .collect();
+    parse_times.sort();
     Measurement {
         lines: source.lines().count(),
         bytes: source.len(),
         median: times[times.len() / 2],
+        parse_median: parse_times[parse_times.len() / 2],
         errors,
         warnings: warm.diagnostics.len() - errors,
         first_error,

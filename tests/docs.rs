@@ -250,3 +250,28 @@ fn every_stdlib_entry_is_in_docs_language() {
         "docs/language.md has no section for: {missing:?}"
     );
 }
+
+/// The README's quick start has exactly two commands, and CI runs the second one verbatim.
+#[test]
+fn ci_runs_the_readme_test_command() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme
+        .find("## Quick start")
+        .expect("a Quick start section");
+    let section = &readme[start..];
+    let block_start = section.find("```sh\n").expect("a sh block") + "```sh\n".len();
+    let block = &section[block_start..];
+    let block = &block[..block.find("```").unwrap()];
+    let commands: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(commands.len(), 2, "two set-up commands: {commands:?}");
+    assert_eq!(
+        commands[0],
+        "cargo run --release -- run pipelines/quickstart.recap"
+    );
+    let ci = std::fs::read_to_string(repo().join(".ci/run")).unwrap();
+    assert!(
+        ci.lines().any(|l| l.trim() == commands[1]),
+        ".ci/run does not run `{}`",
+        commands[1]
+    );
+}

@@ -13,8 +13,8 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     }
     let mut results: Vec<Measurement> = Vec::new();
     let mut out = format!(
-        "{:>8} {:>10} {:>12} {:>14} {:>7} {:>9}\n",
-        "lines", "bytes", "median ms", "lines/s", "errors", "warnings"
+        "{:>8} {:>10} {:>12} {:>14} {:>10} {:>7} {:>9}\n",
+        "lines", "bytes", "median ms", "lines/s", "parse ms", "errors", "warnings"
     );
     for &lines in &args.lines {
         let source = generate(lines);
@@ -29,11 +29,12 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         }
         let m = measure(&source, args.runs);
         out.push_str(&format!(
-            "{:>8} {:>10} {:>12.2} {:>14.0} {:>7} {:>9}\n",
+            "{:>8} {:>10} {:>12.2} {:>14.0} {:>10.2} {:>7} {:>9}\n",
             m.lines,
             m.bytes,
             m.median.as_secs_f64() * 1e3,
             m.lines_per_second(),
+            m.parse_median.as_secs_f64() * 1e3,
             m.errors,
             m.warnings
         ));

@@ -26,13 +26,26 @@ pub fn clamp_span(text: &str, span: Span) -> Span {
 /// Whether coloured output is wanted on a stream: only on a terminal, and never when the
 /// `NO_COLOR` environment variable is set to a non-empty value (https://no-color.org).
 pub fn want_color(stream_is_terminal: bool) -> bool {
-    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    stream_is_terminal && !no_color
+    color_decision(stream_is_terminal, std::env::var_os("NO_COLOR").as_deref())
+}
+
+/// The rule behind `want_color`, with the environment passed in so it can be tested.
+pub fn color_decision(stream_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stream_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(color_decision(true, None));
+        assert!(color_decision(true, Some(OsStr::new(""))));
+        assert!(!color_decision(true, Some(OsStr::new("1"))));
+        assert!(!color_decision(false, None));
+    }
 
     #[test]
     fn clamp_keeps_spans_inside_the_text_and_on_char_boundaries() {
