@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(name = "recapc", version, about, long_about = None)]
 #[command(
     after_help = "Exit codes: 0 success (warnings allowed), 1 errors in a pipeline, \
-2 bad usage or a file that cannot be read or written, 3 the runtime is not built yet."
+2 bad usage or a file that cannot be read or written, 3 a run failed while running."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -30,6 +30,9 @@ pub enum Command {
     Run(RunArgs),
     /// Create a new pipeline from a template.
     New(NewArgs),
+    /// Convert a model file to a Hugging Face directory (`recapc import gguf FILE --out DIR`).
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// List the templates that `recapc new` can use.
     Templates,
     /// Explain a diagnostic code (without CODE: list every code).
@@ -140,11 +143,58 @@ pub struct GraphArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The pipeline file.
+    /// The pipeline file, or a plan saved with `recapc plan FILE > plan.json`.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
     #[command(flatten)]
     pub set: SetArgs,
+    /// Where tensors live: `cpu`, or `cuda:N` in a build with `--features cuda`.
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: String,
+    /// Run directory (overrides the pipeline's `train { out = ... }`).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in DIR from its newest complete checkpoint.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Build every node, load data and models, run one step on two prompts, print the
+    /// per-step cost estimate; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Progress display: a bar on a terminal, plain lines otherwise (auto).
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    pub progress: ProgressArg,
+    /// Write sample completions to samples.jsonl every N steps (0: never).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub samples_every: u64,
+}
+
+/// How `recapc run` shows progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ProgressArg {
+    /// A bar when stderr is a terminal, plain lines otherwise.
+    #[default]
+    Auto,
+    Bar,
+    Plain,
+    Quiet,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Dequantise a GGUF file (llama or qwen2) into a Hugging Face directory: config.json,
+    /// model.safetensors, tokenizer.json, generation_config.json.
+    Gguf(ImportGgufArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportGgufArgs {
+    /// The GGUF file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The output directory (must be missing or empty).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

@@ -11,8 +11,9 @@ pub enum ExitCode {
     Errors = 1,
     /// Bad command line, or a file that cannot be read or written.
     Usage = 2,
-    /// The pipeline compiled, but the runtime that executes it is not built yet.
-    RuntimeMissing = 3,
+    /// The pipeline compiled, but the job failed while running (a model that does not load, a
+    /// device that cannot be opened, a malformed data line).
+    RunFailed = 3,
 }
 
 impl ExitCode {

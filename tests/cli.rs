@@ -1,6 +1,6 @@
 //! CLI tests: run the built `recapc` binary and assert exit codes, the streams things go to and
 //! the JSON schema. The documented exit codes are 0 (clean or warnings only), 1 (errors),
-//! 2 (usage or IO), 3 (`run` compiled but the runtime is not built yet).
+//! 2 (usage or IO), 3 (`run`: the job failed while running).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -230,14 +230,31 @@ fn graph_formats() {
 }
 
 #[test]
-fn run_compiles_then_says_the_runtime_is_missing() {
-    let o = recapc(&["run", "pipelines/quickstart.recap"], &repo());
+fn run_dry_run_prints_the_cost_and_failures_have_their_codes() {
+    let o = recapc(
+        &["run", "pipelines/quickstart.recap", "--dry-run", "--progress", "quiet"],
+        &repo(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("dry run"), "{out}");
+    assert!(out.contains("generated tokens per step"), "{out}");
+    // A device this build cannot open is a run-time failure (3), named in the message.
+    let o = recapc(
+        &["run", "pipelines/quickstart.recap", "--dry-run", "--device", "tpu:0"],
+        &repo(),
+    );
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    assert!(stderr(&o).contains("runtime is not built yet"));
+    assert!(stderr(&o).contains("tpu:0"), "{}", stderr(&o));
+    // A pipeline with errors never starts (1).
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "bad.recap", BAD);
     let o = recapc(&["run", "bad.recap"], dir.path());
     assert_eq!(o.status.code(), Some(1));
+    // A saved plan that is not a plan is a usage/IO problem (2).
+    write(dir.path(), "plan.json", "{\"version\": 99}");
+    let o = recapc(&["run", "plan.json"], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
 #[test]

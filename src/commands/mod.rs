@@ -7,6 +7,7 @@ mod check;
 mod completions;
 mod explain;
 mod graph;
+mod import;
 mod list_templates;
 mod new;
 mod plan;
@@ -31,6 +32,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Graph(args) => graph::run(&args),
         Command::Run(args) => run::run(&args),
         Command::New(args) => new::run(&args),
+        Command::Import(cmd) => import::run(&cmd),
         Command::Templates => list_templates::run(),
         Command::Explain(args) => explain::run(&args),
         Command::Completions(args) => completions::run(&args),

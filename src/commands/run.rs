@@ -1,21 +1,101 @@
-//! `recapc run FILE [--set k=v]`: takes a pipeline, compiles it with missing files as errors
-//! (a run cannot start without its data), and then would execute the plan. The runtime is not
-//! built yet, so after a successful compile it says so and exits with code 3, documented in
-//! README.md, so scripts can tell "the pipeline is wrong" (1) from "nothing can run it" (3).
+//! `recapc run FILE|PLAN.json`: takes a pipeline (compiled here with missing files as errors, since
+//! a run cannot start without its data) or a plan JSON saved by `recapc plan` (run without the
+//! compiler), and executes it with the candle runtime: gives a run directory with the plan,
+//! metrics, samples and checkpoints, or a dry run's cost estimate. Exit code 3 means the job
+//! failed while running (a model that does not load, a device that cannot be opened), as
+//! opposed to 1 (the pipeline is wrong) and 2 (usage or IO).
+
+use std::path::{Path, PathBuf};
+
+use recap_runtime::engine::{self, ProgressMode, RunOptions};
 
 use super::{compile_for_plan, error_line};
-use crate::cli::RunArgs;
+use crate::cli::{ProgressArg, RunArgs};
 use crate::exit::ExitCode;
 
 pub fn run(args: &RunArgs) -> ExitCode {
-    let compiled = match compile_for_plan(&args.file, args.set.pairs(), true) {
-        Ok((compiled, _plan)) => compiled,
-        Err(code) => return code,
+    let is_plan_json = args.file.extension().is_some_and(|e| e == "json");
+    let plan = if is_plan_json {
+        match read_plan(&args.file) {
+            Ok(plan) => plan,
+            Err(message) => {
+                error_line(&message);
+                return ExitCode::Usage;
+            }
+        }
+    } else {
+        match compile_for_plan(&args.file, args.set.pairs(), true) {
+            Ok((_compiled, plan)) => plan,
+            Err(code) => return code,
+        }
     };
-    eprintln!("`{}` compiled without errors.", compiled.source.name());
-    error_line(
-        "the recap runtime is not built yet, so `recapc run` cannot execute the plan; \
-         `recapc plan FILE` prints the plan it would run (exit code 3 means exactly this)",
-    );
-    ExitCode::RuntimeMissing
+    if is_plan_json && !args.set.overrides.is_empty() {
+        error_line("--set applies to pipelines, not to a saved plan: its params are already fixed");
+        return ExitCode::Usage;
+    }
+    // Relative paths in the plan (data, model directories, `out`) are relative to the pipeline
+    // file, as the checker resolved them.
+    let base_dir = args
+        .file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let options = RunOptions {
+        device: args.device.clone(),
+        out: args.out.clone(),
+        resume: args.resume.clone(),
+        dry_run: args.dry_run,
+        progress: match args.progress {
+            ProgressArg::Auto => ProgressMode::Auto,
+            ProgressArg::Bar => ProgressMode::Bar,
+            ProgressArg::Plain => ProgressMode::Plain,
+            ProgressArg::Quiet => ProgressMode::Quiet,
+        },
+        base_dir,
+        samples_every: args.samples_every,
+        ..RunOptions::default()
+    };
+    match engine::run(&plan, &options) {
+        Ok(summary) => {
+            if args.dry_run {
+                print_costs(&summary.costs);
+            } else if let Some(dir) = &summary.run_dir {
+                eprintln!(
+                    "finished {} steps in {:.1} s; run directory: {}",
+                    summary.steps,
+                    summary.seconds,
+                    dir.display()
+                );
+            }
+            ExitCode::Success
+        }
+        Err(e) => {
+            error_line(&format!("the run failed: {e:#}"));
+            ExitCode::RunFailed
+        }
+    }
+}
+
+fn read_plan(path: &Path) -> Result<recap_plan::Plan, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read plan `{}`: {e}", path.display()))?;
+    recap_plan::Plan::from_json(&text)
+        .map_err(|e| format!("`{}` is not a usable plan: {e}", path.display()))
+}
+
+fn print_costs(costs: &[engine::CostEstimate]) {
+    const MB: f64 = 1024.0 * 1024.0;
+    println!("dry run: every node built, data and models loaded, one step on two prompts per stage");
+    for c in costs {
+        println!("stage {}:", c.stage);
+        println!("  generated tokens per step (at most) {:>12}", c.generated_tokens);
+        println!("  forward+backward tokens per step    {:>12}", c.forward_backward_tokens);
+        println!("  reference forward tokens per step   {:>12}", c.reference_tokens);
+        println!("  weights                             {:>9.1} MB", c.weight_bytes as f64 / MB);
+        println!("  optimiser state                     {:>9.1} MB", c.optimizer_bytes as f64 / MB);
+        println!("  reference model                     {:>9.1} MB", c.reference_bytes as f64 / MB);
+        println!("  activations (bound)                 {:>9.1} MB", c.activation_bytes as f64 / MB);
+        println!("  measured dry step                   {:>9.3} s", c.dry_step_seconds);
+    }
 }
