@@ -241,6 +241,35 @@ mod engine {
         assert!(!s.graph_order.is_empty());
     }
 
+    /// Gradient accumulation over micro-batches gives the loss and gradient of the whole batch,
+    /// for token-mean and for the sequence-mean aggregation.
+    #[test]
+    fn engine_micro_batches_match_the_whole_batch() {
+        for agg in [
+            LossAggregation::TokenMean,
+            LossAggregation::SeqMeanTokenMean,
+        ] {
+            let mut whole = format_plan(1, 4);
+            if let ObjectiveSpec::Grpo { loss, .. } = &mut whole.stages[0].objectives[0].spec {
+                *loss = agg;
+            }
+            let mut micro = whole.clone();
+            micro.stages[0].train.micro_batch = Some(5);
+            let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let ra = run(&seal(whole), &opts(a.path())).unwrap();
+            let rb = run(&seal(micro), &opts(b.path())).unwrap();
+            for (x, y) in ra.metrics.iter().zip(&rb.metrics) {
+                for k in ["loss", "grad_norm", "reward_mean"] {
+                    let (x, y) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+                    assert!(
+                        (x - y).abs() <= 1e-4 * (1.0 + x.abs()),
+                        "{agg:?} {k}: {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn engine_no_reference_without_kl_and_lambda_weights_sft() {
         // Static weights: the SFT loss is lambda * nll.

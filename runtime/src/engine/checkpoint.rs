@@ -28,7 +28,6 @@ pub struct TrainerState {
     pub stage_index: usize,
     pub stage_name: String,
     pub stage_step: u64,
-    pub optimizer_t: u64,
     pub run_rng: RngState,
     pub reweighter: ReweighterState,
     pub lambdas: Vec<f64>,
@@ -90,7 +89,6 @@ pub(crate) fn save(
         stage_index: rt.index,
         stage_name: stage.name.clone(),
         stage_step: rt.step,
-        optimizer_t: rt.optim.t,
         run_rng: ctx.run_rng.state(),
         reweighter: rt.reweighter.state(),
         lambdas: rt.lambdas.clone(),
@@ -101,10 +99,7 @@ pub(crate) fn save(
     let name = format!("step-{:06}", ctx.global_step);
     write_atomic(&root, &name, |dir| {
         crate::checkpoint::save_hf_dir(&models.policy, Some(&models.tok), dir)?;
-        save_tensors(
-            &dir.join("optimizer.safetensors"),
-            &rt.optim.state_tensors()?,
-        )?;
+        rt.optim.save(&dir.join("optimizer.safetensors"))?;
         if let Some(r) = &models.reference {
             let ts: Vec<(String, Tensor)> = r
                 .named_weights()
@@ -187,10 +182,7 @@ pub(crate) fn restore(
     }
     let err = |e: String| anyhow!("{}: {e}", c.dir.display());
     rt.step = s.stage_step;
-    rt.optim.restore(
-        s.optimizer_t,
-        &load_tensors(&c.dir.join("optimizer.safetensors"))?,
-    )?;
+    rt.optim.restore(&c.dir.join("optimizer.safetensors"))?;
     rt.reweighter
         .restore(s.reweighter.clone())
         .map_err(|e| err(e.to_string()))?;

@@ -433,7 +433,7 @@ fn build_stage(
     let reweighter = Reweighter::new(reweight_config(stage, &keys), keys.clone())
         .map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
     let lambdas = initial_lambdas(&reweighter)?;
-    let optim = Optim::new(&stage.train.optimizer, policy.trainable_vars())?;
+    let optim = Optim::new(&stage.train.optimizer, named_vars(policy)?)?;
     Ok(StageRt {
         index,
         sources,
@@ -445,6 +445,21 @@ fn build_stage(
         optim,
         step: 0,
     })
+}
+
+/// The policy's variables with their HF names, sorted by name.
+fn named_vars(policy: &Model) -> Result<Vec<(String, candle_core::Var)>> {
+    let vm = policy
+        .varmap()
+        .ok_or_else(|| anyhow!("the policy has no trainable variables"))?;
+    let data = vm
+        .data()
+        .lock()
+        .map_err(|_| anyhow!("the policy's variable map is poisoned"))?;
+    let mut named: Vec<(String, candle_core::Var)> =
+        data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(named)
 }
 
 /// The weights before any update: 1, except under `static`, whose weights hold from the start.

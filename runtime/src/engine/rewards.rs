@@ -235,7 +235,7 @@ mod tests {
     use recap_plan::{Expected, ExtractStep, Verifier, WeightedVerifier};
 
     fn verifiers() -> BTreeMap<String, PlanVerifier> {
-        let vs = vec![
+        let vs = [
             Verifier {
                 name: "acc".into(),
                 spec: VerifierSpec::Numeric {

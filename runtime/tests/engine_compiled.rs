@@ -1,0 +1,93 @@
+//! The engine runs plans the compiler produces: a quickstart-shaped pipeline (an SFT warm-up,
+//! then GRPO on addition with KL and SFT replay of copying under RECAP) compiled from source.
+
+mod engine_compiled {
+    use recap_compiler::{check, AssumeFilesExist, CheckOptions};
+    use recap_runtime::engine::{run, ProgressMode, RunOptions};
+
+    const PIPELINE: &str = r#"
+param warmup_steps: int = 4 in [1, inf)
+param rl_steps: int = 6 in [1, inf)
+
+model policy = tiny(layers = 2, hidden = 64, heads = 4, seed = 7)
+model base = frozen(policy)
+
+source sums = arithmetic(ops = "+", digits = 1, count = 200, seed = 1)
+source copies = copying(length = 3, count = 200, seed = 2)
+
+verifier correct = numeric(expected = sums.answer, extract = last_number)
+verifier terse = length_penalty(max_tokens = 6, target = 3)
+
+stage warmup {
+  objective learn_copying = sft(copies)
+  train { steps = warmup_steps }
+}
+
+stage rl {
+  objective sharpen = grpo(sums) {
+    rewards = [correct, 0.1 * terse]
+    group = 4
+    max_tokens = 4
+    temperature = 1.0
+    kl = kl(base, coef = 0.04, estimator = k3)
+  }
+  objective keep_copying = sft(copies)
+  reweight recap(window = 10, temperature = 5.0, alpha = 0.5)
+  mix uniform
+  train { steps = rl_steps }
+}
+
+train {
+  prompts_per_step = 4
+  optimizer = adamw(lr = 1e-3)
+  schedule = constant
+  seed = 42
+  checkpoint = every(3, keep = 1)
+  out = "runs/quickstart"
+}
+"#;
+
+    #[test]
+    fn engine_runs_a_compiled_pipeline() {
+        let out = check(
+            "quickstart.recap",
+            PIPELINE,
+            &CheckOptions {
+                overrides: vec![("rl_steps".into(), "5".into())],
+                missing_files_are_errors: true,
+            },
+            &AssumeFilesExist,
+        );
+        let plan = match out.plan {
+            Some(p) => p,
+            None => panic!("the pipeline does not compile: {:#?}", out.diagnostics),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let s = run(
+            &plan,
+            &RunOptions {
+                base_dir: dir.path().to_path_buf(),
+                progress: ProgressMode::Quiet,
+                ..RunOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.steps, 9);
+        let run_dir = dir.path().join("runs/quickstart");
+        assert_eq!(s.run_dir.as_deref(), Some(run_dir.as_path()));
+        let lines = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+        assert_eq!(lines.lines().count(), 9);
+        let last: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+        assert_eq!(last["stage"], "rl");
+        // K = 3 keys in the RL stage: two reward terms of `sums` and the replayed source.
+        let keys = last["keys"].as_object().unwrap();
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        assert!(run_dir.join("final/config.json").exists());
+        assert_eq!(
+            std::fs::read_dir(run_dir.join("checkpoints"))
+                .unwrap()
+                .count(),
+            1
+        );
+    }
+}
