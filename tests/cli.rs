@@ -232,7 +232,13 @@ fn graph_formats() {
 #[test]
 fn run_dry_run_prints_the_cost_and_failures_have_their_codes() {
     let o = recapc(
-        &["run", "pipelines/quickstart.recap", "--dry-run", "--progress", "quiet"],
+        &[
+            "run",
+            "pipelines/quickstart.recap",
+            "--dry-run",
+            "--progress",
+            "quiet",
+        ],
         &repo(),
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -241,7 +247,13 @@ fn run_dry_run_prints_the_cost_and_failures_have_their_codes() {
     assert!(out.contains("generated tokens per step"), "{out}");
     // A device this build cannot open is a run-time failure (3), named in the message.
     let o = recapc(
-        &["run", "pipelines/quickstart.recap", "--dry-run", "--device", "tpu:0"],
+        &[
+            "run",
+            "pipelines/quickstart.recap",
+            "--dry-run",
+            "--device",
+            "tpu:0",
+        ],
         &repo(),
     );
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use recap_runtime::generate::{generate, SamplingConfig};
-use recap_runtime::model::logprob::{token_logprobs, SequenceBatch};
 use recap_runtime::model::load_hf_dir;
+use recap_runtime::model::logprob::{token_logprobs, SequenceBatch};
 use recap_runtime::tokenizer::TextTokenizer;
 
 /// The benchmark fixture: `RECAP_FIXTURE_TINY`, else `shared/bench/fixture-tiny` beside the
@@ -120,7 +120,11 @@ fn bf16_compute_on_cuda_stays_close_to_f32() {
     let ids = [1u32, 9, 13, 14, 10, 7, 17];
     let t = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &dev).unwrap();
     let a = full.forward(&t, None).unwrap();
-    let b = half.forward(&t, None).unwrap().to_dtype(DType::F32).unwrap();
+    let b = half
+        .forward(&t, None)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
     let diff = max_abs_diff(&a, &b);
     println!("max |logit f32 - bf16| on CUDA = {diff:e}");
     assert!(diff < 0.1, "bf16 logits drift by {diff}");

@@ -86,16 +86,42 @@ fn read_plan(path: &Path) -> Result<recap_plan::Plan, String> {
 
 fn print_costs(costs: &[engine::CostEstimate]) {
     const MB: f64 = 1024.0 * 1024.0;
-    println!("dry run: every node built, data and models loaded, one step on two prompts per stage");
+    println!(
+        "dry run: every node built, data and models loaded, one step on two prompts per stage"
+    );
     for c in costs {
         println!("stage {}:", c.stage);
-        println!("  generated tokens per step (at most) {:>12}", c.generated_tokens);
-        println!("  forward+backward tokens per step    {:>12}", c.forward_backward_tokens);
-        println!("  reference forward tokens per step   {:>12}", c.reference_tokens);
-        println!("  weights                             {:>9.1} MB", c.weight_bytes as f64 / MB);
-        println!("  optimiser state                     {:>9.1} MB", c.optimizer_bytes as f64 / MB);
-        println!("  reference model                     {:>9.1} MB", c.reference_bytes as f64 / MB);
-        println!("  activations (bound)                 {:>9.1} MB", c.activation_bytes as f64 / MB);
-        println!("  measured dry step                   {:>9.3} s", c.dry_step_seconds);
+        println!(
+            "  generated tokens per step (at most) {:>12}",
+            c.generated_tokens
+        );
+        println!(
+            "  forward+backward tokens per step    {:>12}",
+            c.forward_backward_tokens
+        );
+        println!(
+            "  reference forward tokens per step   {:>12}",
+            c.reference_tokens
+        );
+        println!(
+            "  weights                             {:>9.1} MB",
+            c.weight_bytes as f64 / MB
+        );
+        println!(
+            "  optimiser state                     {:>9.1} MB",
+            c.optimizer_bytes as f64 / MB
+        );
+        println!(
+            "  reference model                     {:>9.1} MB",
+            c.reference_bytes as f64 / MB
+        );
+        println!(
+            "  activations (bound)                 {:>9.1} MB",
+            c.activation_bytes as f64 / MB
+        );
+        println!(
+            "  measured dry step                   {:>9.3} s",
+            c.dry_step_seconds
+        );
     }
 }
