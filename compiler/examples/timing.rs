@@ -20,6 +20,22 @@ fn generated(lines: usize) -> String {
 }
 
 fn main() {
+    // `timing N` checks one generated pipeline of N lines once and prints nothing else, so
+    // `valgrind --tool=callgrind` can count the instructions of one check.
+    if let Some(n) = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse::<usize>().ok())
+    {
+        let src = generated(n);
+        let out = check(
+            "gen.recap",
+            &src,
+            &CheckOptions::default(),
+            &AssumeFilesExist,
+        );
+        println!("{n} lines: {} diagnostics", out.diagnostics.len());
+        return;
+    }
     for lines in [1_000, 10_000, 100_000] {
         let src = generated(lines);
         let mut best = std::time::Duration::MAX;

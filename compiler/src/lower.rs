@@ -400,7 +400,9 @@ impl L<'_, '_> {
             fields.insert(
                 f.clone(),
                 p::Extractor {
-                    steps: vec![p::ExtractStep::Field { name: f.clone() }],
+                    steps: vec![p::ExtractStep::Field {
+                        name: generated_column(c.name(), f).to_string(),
+                    }],
                 },
             );
         }
@@ -742,5 +744,16 @@ impl L<'_, '_> {
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| default_out.to_string()),
         })
+    }
+}
+
+/// The column of a generator's rows that holds one of its declared fields. The `arithmetic`
+/// and `sorting` generators write only `prompt` and `answer`; their `target` (what `sft` trains
+/// towards) is the answer, so the plan maps it to that column rather than to one that the
+/// runtime's rows do not have.
+fn generated_column<'a>(func: &str, field: &'a str) -> &'a str {
+    match (func, field) {
+        ("arithmetic" | "sorting", "target") => "answer",
+        _ => field,
     }
 }

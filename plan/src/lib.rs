@@ -490,16 +490,51 @@ impl Plan {
     /// Canonical: serde_json's compact output of these types, whose maps are BTreeMaps and
     /// whose lists keep the compiler's deterministic order.
     pub fn compute_hash(&self) -> String {
+        if self.content_hash.is_empty() {
+            return self.digest_as_is();
+        }
         let mut copy = self.clone();
         copy.content_hash = String::new();
-        let json = serde_json::to_vec(&copy).unwrap_or_default();
-        let digest = Sha256::digest(&json);
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        copy.digest_as_is()
     }
 
-    /// The plan with its `content_hash` filled in.
+    /// The sha256 (hex) of the compact JSON of the plan as it stands. The JSON is streamed into
+    /// the hasher through a buffer rather than built as one string: large plans are hashed on
+    /// every check, and this is the same byte sequence either way.
+    fn digest_as_is(&self) -> String {
+        struct HashWriter(Sha256);
+        impl std::io::Write for HashWriter {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.update(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, HashWriter(Sha256::new()));
+        // Serialising these types into memory cannot fail (their maps have string keys); the
+        // result is ignored rather than unwrapped so that no input can make this panic.
+        let _ = serde_json::to_writer(&mut out, self);
+        let hasher = match out.into_inner() {
+            Ok(w) => w.0,
+            // Unreachable, as the hasher never fails a write; kept total rather than unwrapped.
+            Err(e) => e.into_inner().into_parts().0 .0,
+        };
+        let digest = hasher.finalize();
+        let mut hex = String::with_capacity(64);
+        for b in digest.iter() {
+            use std::fmt::Write;
+            let _ = write!(hex, "{b:02x}");
+        }
+        hex
+    }
+
+    /// The plan with its `content_hash` filled in. The hash is taken of the plan itself with
+    /// its `content_hash` emptied, so no copy of the plan is made.
     pub fn with_hash(mut self) -> Self {
-        self.content_hash = self.compute_hash();
+        self.content_hash.clear();
+        self.content_hash = self.digest_as_is();
         self
     }
 
