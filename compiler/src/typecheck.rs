@@ -444,9 +444,11 @@ impl Checker<'_, '_, '_> {
 
     /// Converts `v` to type `ty`, or reports why it cannot be one.
     fn accept(&mut self, v: Val, ty: &Ty, what: &str) -> Option<Val> {
+        let mut v = v;
         for alt in ty.alternatives() {
-            if let Some(c) = self.convert(&v, alt) {
-                return Some(c);
+            match self.convert(v, alt) {
+                Ok(c) => return Some(c),
+                Err(back) => v = back,
             }
         }
         let wants_number = ty
@@ -515,14 +517,10 @@ impl Checker<'_, '_, '_> {
         None
     }
 
-    fn convert(&mut self, v: &Val, ty: &Ty) -> Option<Val> {
-        let out = |x: Value| {
-            Some(Val {
-                v: x,
-                span: v.span,
-                origin: v.origin.clone(),
-            })
-        };
+    /// `v` as a value of type `ty`, or `v` back unchanged when it does not fit. It takes the
+    /// value by ownership so that the common case, a value that already fits, moves rather
+    /// than deep-copies (calls carry their whole argument tree).
+    fn convert(&mut self, v: Val, ty: &Ty) -> Result<Val, Val> {
         match (ty, &v.v) {
             (Ty::Int, Value::Int(_))
             | (Ty::Float, Value::Float(_))
@@ -530,24 +528,37 @@ impl Checker<'_, '_, '_> {
             | (Ty::Bool, Value::Bool(_))
             | (Ty::Str, Value::Str { .. })
             | (Ty::Template, Value::Str { .. })
-            | (Ty::Field, Value::Field { .. }) => Some(v.clone()),
-            (Ty::Float, Value::Int(i)) => out(Value::Float(*i as f64)),
+            | (Ty::Field, Value::Field { .. }) => Ok(v),
+            (Ty::Float, Value::Int(i)) => Ok(Val {
+                v: Value::Float(*i as f64),
+                span: v.span,
+                origin: v.origin,
+            }),
             (Ty::Path, Value::Str { text, .. }) => {
                 self.paths.push((text.clone(), v.span));
-                Some(v.clone())
+                Ok(v)
             }
-            (Ty::Kind(k), Value::Decl(_, k2)) if k2.fits(*k) => Some(v.clone()),
-            (Ty::Kind(k), Value::Call(c)) if c.sig.ret.fits(*k) => Some(v.clone()),
-            (Ty::Kind(Kind::Reward), Value::Reward(_)) => Some(v.clone()),
-            (Ty::Enum(e), Value::Enum(m)) if self.std.enum_has(e, m) => Some(v.clone()),
+            (Ty::Kind(k), Value::Decl(_, k2)) if k2.fits(*k) => Ok(v),
+            (Ty::Kind(k), Value::Call(c)) if c.sig.ret.fits(*k) => Ok(v),
+            (Ty::Kind(Kind::Reward), Value::Reward(_)) => Ok(v),
+            (Ty::Enum(e), Value::Enum(m)) if self.std.enum_has(e, m) => Ok(v),
             (Ty::List(inner), Value::List(items)) => {
-                let mut conv = Vec::new();
+                // Elements are converted from copies, so a list that does not fit (a later
+                // element of the wrong type) comes back whole for the next alternative.
+                let mut conv = Vec::with_capacity(items.len());
                 for i in items {
-                    conv.push(self.convert(i, inner)?);
+                    match self.convert(i.clone(), inner) {
+                        Ok(c) => conv.push(c),
+                        Err(_) => return Err(v),
+                    }
                 }
-                out(Value::List(conv))
+                Ok(Val {
+                    v: Value::List(conv),
+                    span: v.span,
+                    origin: v.origin,
+                })
             }
-            _ => None,
+            _ => Err(v),
         }
     }
 
@@ -684,7 +695,7 @@ impl Checker<'_, '_, '_> {
             }
         }
         let expected_enum = expected.and_then(|t| {
-            t.alternatives().into_iter().find_map(|a| match a {
+            t.alternatives().iter().find_map(|a| match a {
                 Ty::Enum(e) if self.std.enum_has(e, &id.name) => Some(e.clone()),
                 _ => None,
             })
@@ -786,12 +797,7 @@ impl Checker<'_, '_, '_> {
             return cands.first().copied();
         }
         let kinds: Vec<Kind> = expected
-            .map(|t| {
-                t.alternatives()
-                    .into_iter()
-                    .filter_map(|a| a.kind())
-                    .collect()
-            })
+            .map(|t| t.alternatives().iter().filter_map(|a| a.kind()).collect())
             .unwrap_or_default();
         let fitting: Vec<&'static Signature> = cands
             .iter()
