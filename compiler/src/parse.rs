@@ -294,7 +294,6 @@ fn rule_words(rule: Rule) -> Option<&'static str> {
         | Rule::percent
         | Rule::string
         | Rule::raw_string
-        | Rule::boolean
         | Rule::list
         | Rule::paren
         | Rule::neg => "an expression",
@@ -923,7 +922,9 @@ fn build_primary(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
             let n = c.next()?;
             ExprKind::Percent(parse_float(&n, base)?)
         }
-        Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
+        // The grammar reads `true` and `false` as names (see `primary` in recap.pest).
+        Rule::ident if pair.as_str() == "true" => ExprKind::Bool(true),
+        Rule::ident if pair.as_str() == "false" => ExprKind::Bool(false),
         Rule::ident => ExprKind::Name(ident(pair, base)),
         Rule::paren => {
             let mut c = Children::new(pair, base);
