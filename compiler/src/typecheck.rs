@@ -162,6 +162,7 @@ pub fn typecheck(res: &Resolved, diags: &mut Vec<Diagnostic>) -> Typed {
         paths: Vec::new(),
         stage: None,
         in_stdlib: false,
+        defaults: std::collections::HashMap::new(),
     };
     for &id in &res.order {
         let v = t.entity(id);
@@ -201,6 +202,8 @@ struct Checker<'r, 'a, 'd> {
     stage: Option<usize>,
     /// Evaluating a stdlib default: user names are not in scope.
     in_stdlib: bool,
+    /// Evaluated stdlib defaults, keyed by the address of their (static) parameter.
+    defaults: std::collections::HashMap<usize, Val>,
 }
 
 fn decl_kind(k: DeclKind) -> Kind {
@@ -837,7 +840,7 @@ impl Checker<'_, '_, '_> {
         span: Span,
     ) -> Option<Val> {
         let mut vals: BTreeMap<String, Val> = BTreeMap::new();
-        let mut name_spans: BTreeMap<String, Span> = BTreeMap::new();
+        let mut name_spans: BTreeMap<&str, Span> = BTreeMap::new();
         let mut extra: Vec<(String, Span, Val)> = Vec::new();
         let mut ok = true;
         let positional: Vec<&ParamDef> = sig
@@ -866,7 +869,7 @@ impl Checker<'_, '_, '_> {
                 ok = false;
                 continue;
             };
-            name_spans.insert(p.name.clone(), e.span);
+            name_spans.insert(p.name.as_str(), e.span);
             match self.arg(sig, p, e) {
                 Some(v) => {
                     vals.insert(p.name.clone(), v);
@@ -892,7 +895,7 @@ impl Checker<'_, '_, '_> {
                     ok = false;
                     continue;
                 }
-                name_spans.insert(key.to_string(), na.name.span);
+                name_spans.insert(key, na.name.span);
                 match self.arg(sig, p, &na.value) {
                     Some(v) => {
                         vals.insert(p.name.clone(), v);
@@ -968,7 +971,7 @@ impl Checker<'_, '_, '_> {
                 continue;
             }
             if p.required() {
-                if ok || !name_spans.contains_key(&p.name) {
+                if ok || !name_spans.contains_key(p.name.as_str()) {
                     self.err(
                         Diagnostic::error(
                             "recap::typecheck::missing_argument",
@@ -990,13 +993,7 @@ impl Checker<'_, '_, '_> {
             }
             match &p.default {
                 Some(d) => {
-                    let saved = (self.in_stdlib, self.stage);
-                    self.in_stdlib = true;
-                    let v = self.eval(d, Some(&p.ty));
-                    let v = v.and_then(|v| {
-                        self.accept(v, &p.ty, &format!("the default of `{}`", p.name))
-                    });
-                    (self.in_stdlib, self.stage) = saved;
+                    let v = self.default_value(p, d);
                     match v {
                         Some(mut v) => {
                             v.span = span;
@@ -1034,6 +1031,29 @@ impl Checker<'_, '_, '_> {
                 span,
             )
         })
+    }
+
+    /// The value of a stdlib parameter's default. Defaults are constant expressions over the
+    /// stdlib alone, so each is evaluated once per check and copied afterwards: a large
+    /// pipeline calls the same functions thousands of times. A default whose evaluation
+    /// reported something or named a path is not cached, so those effects happen every time.
+    fn default_value(&mut self, p: &'static ParamDef, d: &'static Expr) -> Option<Val> {
+        let key = p as *const ParamDef as usize;
+        if let Some(v) = self.defaults.get(&key) {
+            return Some(v.clone());
+        }
+        let (diags, paths) = (self.diags.len(), self.paths.len());
+        let saved = (self.in_stdlib, self.stage);
+        self.in_stdlib = true;
+        let v = self.eval(d, Some(&p.ty));
+        let v = v.and_then(|v| self.accept(v, &p.ty, &format!("the default of `{}`", p.name)));
+        (self.in_stdlib, self.stage) = saved;
+        if let Some(v) = &v {
+            if self.diags.len() == diags && self.paths.len() == paths {
+                self.defaults.insert(key, v.clone());
+            }
+        }
+        v
     }
 
     fn arg(&mut self, sig: &Signature, p: &ParamDef, e: &Expr) -> Option<Val> {
