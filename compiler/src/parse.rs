@@ -355,6 +355,13 @@ fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diag
         }
         for t in attempts.expected_tokens() {
             let t = t.to_string();
+            // Whitespace is matched by character ranges (`' '..' '`, `'\t'..'\n'`); it is
+            // allowed everywhere and never what a person is missing.
+            if t.split("..")
+                .all(|end| !end.is_empty() && end.chars().all(char::is_whitespace))
+            {
+                continue;
+            }
             let t = t.trim();
             if t == "#" || t.is_empty() {
                 continue;
