@@ -21,12 +21,20 @@ struct Builder {
 }
 
 impl Builder {
-    fn node(&mut self, id: String, kind: NodeKind, label: String, stage: Option<&str>) -> String {
+    /// Adds the node `id` unless it is there already. The label is made only for a new node:
+    /// sources, verifiers and the policy are named again by every objective that reads them.
+    fn node(
+        &mut self,
+        id: String,
+        kind: NodeKind,
+        label: impl FnOnce() -> String,
+        stage: Option<&str>,
+    ) -> String {
         if !self.ids.contains_key(&id) {
             let ix = self.g.add_node(Node {
                 id: id.clone(),
                 kind,
-                label,
+                label: label(),
                 stage: stage.map(|s| s.to_string()),
             });
             self.ids.insert(id.clone(), ix);
@@ -52,7 +60,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
     let policy = b.node(
         format!("model.{}", plan.policy),
         NodeKind::Model,
-        format!("policy {}", plan.policy),
+        || format!("policy {}", plan.policy),
         None,
     );
     let mut prev_opt: Option<String> = None;
@@ -61,7 +69,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
         let mixer = b.node(
             format!("{s}.mix"),
             NodeKind::Mixer,
-            format!("mix {}", mix_name(&st.mix)),
+            || format!("mix {}", mix_name(&st.mix)),
             Some(s),
         );
         if let Some(p) = &prev_opt {
@@ -71,14 +79,14 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
             let src = b.node(
                 format!("source.{}", r.source),
                 NodeKind::Source,
-                format!("source {}", r.source),
+                || format!("source {}", r.source),
                 None,
             );
             b.edge(&src, &mixer);
             let ro = b.node(
                 format!("{s}.rollout.{}", r.id),
                 NodeKind::Rollout,
-                format!("rollout {} (G={}, T={})", r.id, r.group, r.temperature),
+                || format!("rollout {} (G={}, T={})", r.id, r.group, r.temperature),
                 Some(s),
             );
             b.edge(&mixer, &ro);
@@ -87,7 +95,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
         let reweight = b.node(
             format!("{s}.reweight"),
             NodeKind::Reweighter,
-            format!("reweight {}", reweight_name(&st.reweight)),
+            || format!("reweight {}", reweight_name(&st.reweight)),
             Some(s),
         );
         for o in &st.objectives {
@@ -103,7 +111,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
                     let reward = b.node(
                         format!("{s}.reward.{}", o.name),
                         NodeKind::Reward,
-                        format!("rewards of {}", o.name),
+                        || format!("rewards of {}", o.name),
                         Some(s),
                     );
                     for t in rewards {
@@ -111,7 +119,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
                             let v = b.node(
                                 format!("{s}.verifier.{}", part.verifier),
                                 NodeKind::Verifier,
-                                format!("verifier {}", part.verifier),
+                                || format!("verifier {}", part.verifier),
                                 Some(s),
                             );
                             b.edge(&ro, &v);
@@ -121,7 +129,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
                     b.node(
                         loss.clone(),
                         NodeKind::Loss,
-                        format!("grpo {}", o.name),
+                        || format!("grpo {}", o.name),
                         Some(s),
                     );
                     b.edge(&reward, &loss);
@@ -131,7 +139,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
                         let r = b.node(
                             format!("model.{}", kl.reference),
                             NodeKind::Reference,
-                            format!("frozen {}", kl.reference),
+                            || format!("frozen {}", kl.reference),
                             None,
                         );
                         b.edge(&ro, &loss);
@@ -142,14 +150,14 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
                     let src = b.node(
                         format!("source.{source}"),
                         NodeKind::Source,
-                        format!("source {source}"),
+                        || format!("source {source}"),
                         None,
                     );
                     b.edge(&src, &mixer);
                     b.node(
                         loss.clone(),
                         NodeKind::Loss,
-                        format!("sft {}", o.name),
+                        || format!("sft {}", o.name),
                         Some(s),
                     );
                     b.edge(&mixer, &loss);
@@ -161,14 +169,14 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
         let opt = b.node(
             format!("{s}.optimizer"),
             NodeKind::Optimizer,
-            format!("optimizer step ({} steps)", st.train.steps),
+            || format!("optimizer step ({} steps)", st.train.steps),
             Some(s),
         );
         b.edge(&reweight, &opt);
         let metrics = b.node(
             format!("{s}.metrics"),
             NodeKind::Metrics,
-            "metrics.jsonl".into(),
+            || "metrics.jsonl".into(),
             Some(s),
         );
         b.edge(&reweight, &metrics);
@@ -177,7 +185,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
             let c = b.node(
                 format!("{s}.checkpoint"),
                 NodeKind::Checkpoint,
-                format!("checkpoint every {}", cp.every),
+                || format!("checkpoint every {}", cp.every),
                 Some(s),
             );
             b.edge(&opt, &c);
@@ -186,13 +194,13 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
             let pr = b.node(
                 format!("{s}.probe.{}", e.name),
                 NodeKind::Probe,
-                format!("probe {} every {}", e.name, e.every),
+                || format!("probe {} every {}", e.name, e.every),
                 Some(s),
             );
             let src = b.node(
                 format!("source.{}", e.source),
                 NodeKind::Source,
-                format!("source {}", e.source),
+                || format!("source {}", e.source),
                 None,
             );
             b.edge(&src, &pr);
@@ -204,7 +212,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
                     let v = b.node(
                         format!("{s}.probe.{}.verifier.{}", e.name, part.verifier),
                         NodeKind::Verifier,
-                        format!("verifier {}", part.verifier),
+                        || format!("verifier {}", part.verifier),
                         Some(s),
                     );
                     b.edge(&pr, &v);
@@ -226,7 +234,6 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
         .label(Span::default(), "in the whole file")
         .with_help("this is a bug in recapc; please report it with the file"));
     }
-    let nodes: Vec<Node> = b.g.node_weights().cloned().collect();
     let edges: Vec<Edge> =
         b.g.raw_edges()
             .iter()
@@ -236,6 +243,13 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
                     to: b.g.node_weight(e.target())?.id.clone(),
                 })
             })
+            .collect();
+    // The nodes move out of the graph in index order, the order `node_weights` gives.
+    let nodes: Vec<Node> =
+        b.g.into_nodes_edges()
+            .0
+            .into_iter()
+            .map(|n| n.weight)
             .collect();
     Ok(Graph { nodes, edges })
 }

@@ -294,7 +294,6 @@ fn rule_words(rule: Rule) -> Option<&'static str> {
         | Rule::percent
         | Rule::string
         | Rule::raw_string
-        | Rule::boolean
         | Rule::list
         | Rule::paren
         | Rule::neg => "an expression",
@@ -356,6 +355,13 @@ fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diag
         }
         for t in attempts.expected_tokens() {
             let t = t.to_string();
+            // Whitespace is matched by character ranges (`' '..' '`, `'\t'..'\n'`); it is
+            // allowed everywhere and never what a person is missing.
+            if t.split("..")
+                .all(|end| !end.is_empty() && end.chars().all(char::is_whitespace))
+            {
+                continue;
+            }
             let t = t.trim();
             if t == "#" || t.is_empty() {
                 continue;
@@ -923,7 +929,9 @@ fn build_primary(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
             let n = c.next()?;
             ExprKind::Percent(parse_float(&n, base)?)
         }
-        Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
+        // The grammar reads `true` and `false` as names (see `primary` in recap.pest).
+        Rule::ident if pair.as_str() == "true" => ExprKind::Bool(true),
+        Rule::ident if pair.as_str() == "false" => ExprKind::Bool(false),
         Rule::ident => ExprKind::Name(ident(pair, base)),
         Rule::paren => {
             let mut c = Children::new(pair, base);

@@ -162,6 +162,7 @@ pub fn typecheck(res: &Resolved, diags: &mut Vec<Diagnostic>) -> Typed {
         paths: Vec::new(),
         stage: None,
         in_stdlib: false,
+        defaults: std::collections::HashMap::new(),
     };
     for &id in &res.order {
         let v = t.entity(id);
@@ -201,6 +202,8 @@ struct Checker<'r, 'a, 'd> {
     stage: Option<usize>,
     /// Evaluating a stdlib default: user names are not in scope.
     in_stdlib: bool,
+    /// Evaluated stdlib defaults, keyed by the address of their (static) parameter.
+    defaults: std::collections::HashMap<usize, Val>,
 }
 
 fn decl_kind(k: DeclKind) -> Kind {
@@ -444,9 +447,11 @@ impl Checker<'_, '_, '_> {
 
     /// Converts `v` to type `ty`, or reports why it cannot be one.
     fn accept(&mut self, v: Val, ty: &Ty, what: &str) -> Option<Val> {
+        let mut v = v;
         for alt in ty.alternatives() {
-            if let Some(c) = self.convert(&v, alt) {
-                return Some(c);
+            match self.convert(v, alt) {
+                Ok(c) => return Some(c),
+                Err(back) => v = back,
             }
         }
         let wants_number = ty
@@ -515,14 +520,10 @@ impl Checker<'_, '_, '_> {
         None
     }
 
-    fn convert(&mut self, v: &Val, ty: &Ty) -> Option<Val> {
-        let out = |x: Value| {
-            Some(Val {
-                v: x,
-                span: v.span,
-                origin: v.origin.clone(),
-            })
-        };
+    /// `v` as a value of type `ty`, or `v` back unchanged when it does not fit. It takes the
+    /// value by ownership so that the common case, a value that already fits, moves rather
+    /// than deep-copies (calls carry their whole argument tree).
+    fn convert(&mut self, v: Val, ty: &Ty) -> Result<Val, Val> {
         match (ty, &v.v) {
             (Ty::Int, Value::Int(_))
             | (Ty::Float, Value::Float(_))
@@ -530,24 +531,37 @@ impl Checker<'_, '_, '_> {
             | (Ty::Bool, Value::Bool(_))
             | (Ty::Str, Value::Str { .. })
             | (Ty::Template, Value::Str { .. })
-            | (Ty::Field, Value::Field { .. }) => Some(v.clone()),
-            (Ty::Float, Value::Int(i)) => out(Value::Float(*i as f64)),
+            | (Ty::Field, Value::Field { .. }) => Ok(v),
+            (Ty::Float, Value::Int(i)) => Ok(Val {
+                v: Value::Float(*i as f64),
+                span: v.span,
+                origin: v.origin,
+            }),
             (Ty::Path, Value::Str { text, .. }) => {
                 self.paths.push((text.clone(), v.span));
-                Some(v.clone())
+                Ok(v)
             }
-            (Ty::Kind(k), Value::Decl(_, k2)) if k2.fits(*k) => Some(v.clone()),
-            (Ty::Kind(k), Value::Call(c)) if c.sig.ret.fits(*k) => Some(v.clone()),
-            (Ty::Kind(Kind::Reward), Value::Reward(_)) => Some(v.clone()),
-            (Ty::Enum(e), Value::Enum(m)) if self.std.enum_has(e, m) => Some(v.clone()),
+            (Ty::Kind(k), Value::Decl(_, k2)) if k2.fits(*k) => Ok(v),
+            (Ty::Kind(k), Value::Call(c)) if c.sig.ret.fits(*k) => Ok(v),
+            (Ty::Kind(Kind::Reward), Value::Reward(_)) => Ok(v),
+            (Ty::Enum(e), Value::Enum(m)) if self.std.enum_has(e, m) => Ok(v),
             (Ty::List(inner), Value::List(items)) => {
-                let mut conv = Vec::new();
+                // Elements are converted from copies, so a list that does not fit (a later
+                // element of the wrong type) comes back whole for the next alternative.
+                let mut conv = Vec::with_capacity(items.len());
                 for i in items {
-                    conv.push(self.convert(i, inner)?);
+                    match self.convert(i.clone(), inner) {
+                        Ok(c) => conv.push(c),
+                        Err(_) => return Err(v),
+                    }
                 }
-                out(Value::List(conv))
+                Ok(Val {
+                    v: Value::List(conv),
+                    span: v.span,
+                    origin: v.origin,
+                })
             }
-            _ => None,
+            _ => Err(v),
         }
     }
 
@@ -684,7 +698,7 @@ impl Checker<'_, '_, '_> {
             }
         }
         let expected_enum = expected.and_then(|t| {
-            t.alternatives().into_iter().find_map(|a| match a {
+            t.alternatives().iter().find_map(|a| match a {
                 Ty::Enum(e) if self.std.enum_has(e, &id.name) => Some(e.clone()),
                 _ => None,
             })
@@ -786,12 +800,7 @@ impl Checker<'_, '_, '_> {
             return cands.first().copied();
         }
         let kinds: Vec<Kind> = expected
-            .map(|t| {
-                t.alternatives()
-                    .into_iter()
-                    .filter_map(|a| a.kind())
-                    .collect()
-            })
+            .map(|t| t.alternatives().iter().filter_map(|a| a.kind()).collect())
             .unwrap_or_default();
         let fitting: Vec<&'static Signature> = cands
             .iter()
@@ -831,7 +840,7 @@ impl Checker<'_, '_, '_> {
         span: Span,
     ) -> Option<Val> {
         let mut vals: BTreeMap<String, Val> = BTreeMap::new();
-        let mut name_spans: BTreeMap<String, Span> = BTreeMap::new();
+        let mut name_spans: BTreeMap<&str, Span> = BTreeMap::new();
         let mut extra: Vec<(String, Span, Val)> = Vec::new();
         let mut ok = true;
         let positional: Vec<&ParamDef> = sig
@@ -860,7 +869,7 @@ impl Checker<'_, '_, '_> {
                 ok = false;
                 continue;
             };
-            name_spans.insert(p.name.clone(), e.span);
+            name_spans.insert(p.name.as_str(), e.span);
             match self.arg(sig, p, e) {
                 Some(v) => {
                     vals.insert(p.name.clone(), v);
@@ -886,7 +895,7 @@ impl Checker<'_, '_, '_> {
                     ok = false;
                     continue;
                 }
-                name_spans.insert(key.to_string(), na.name.span);
+                name_spans.insert(key, na.name.span);
                 match self.arg(sig, p, &na.value) {
                     Some(v) => {
                         vals.insert(p.name.clone(), v);
@@ -962,7 +971,7 @@ impl Checker<'_, '_, '_> {
                 continue;
             }
             if p.required() {
-                if ok || !name_spans.contains_key(&p.name) {
+                if ok || !name_spans.contains_key(p.name.as_str()) {
                     self.err(
                         Diagnostic::error(
                             "recap::typecheck::missing_argument",
@@ -984,13 +993,7 @@ impl Checker<'_, '_, '_> {
             }
             match &p.default {
                 Some(d) => {
-                    let saved = (self.in_stdlib, self.stage);
-                    self.in_stdlib = true;
-                    let v = self.eval(d, Some(&p.ty));
-                    let v = v.and_then(|v| {
-                        self.accept(v, &p.ty, &format!("the default of `{}`", p.name))
-                    });
-                    (self.in_stdlib, self.stage) = saved;
+                    let v = self.default_value(p, d);
                     match v {
                         Some(mut v) => {
                             v.span = span;
@@ -1028,6 +1031,29 @@ impl Checker<'_, '_, '_> {
                 span,
             )
         })
+    }
+
+    /// The value of a stdlib parameter's default. Defaults are constant expressions over the
+    /// stdlib alone, so each is evaluated once per check and copied afterwards: a large
+    /// pipeline calls the same functions thousands of times. A default whose evaluation
+    /// reported something or named a path is not cached, so those effects happen every time.
+    fn default_value(&mut self, p: &'static ParamDef, d: &'static Expr) -> Option<Val> {
+        let key = p as *const ParamDef as usize;
+        if let Some(v) = self.defaults.get(&key) {
+            return Some(v.clone());
+        }
+        let (diags, paths) = (self.diags.len(), self.paths.len());
+        let saved = (self.in_stdlib, self.stage);
+        self.in_stdlib = true;
+        let v = self.eval(d, Some(&p.ty));
+        let v = v.and_then(|v| self.accept(v, &p.ty, &format!("the default of `{}`", p.name)));
+        (self.in_stdlib, self.stage) = saved;
+        if let Some(v) = &v {
+            if self.diags.len() == diags && self.paths.len() == paths {
+                self.defaults.insert(key, v.clone());
+            }
+        }
+        v
     }
 
     fn arg(&mut self, sig: &Signature, p: &ParamDef, e: &Expr) -> Option<Val> {

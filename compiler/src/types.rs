@@ -157,10 +157,12 @@ impl Ty {
     }
 
     /// The alternatives of a union, or the type itself.
-    pub fn alternatives(&self) -> Vec<&Ty> {
+    /// The alternatives of a union, or the type itself; a slice, as this is asked once per
+    /// argument checked.
+    pub fn alternatives(&self) -> &[Ty] {
         match self {
-            Ty::Union(ts) => ts.iter().collect(),
-            t => vec![t],
+            Ty::Union(ts) => ts,
+            t => std::slice::from_ref(t),
         }
     }
 
