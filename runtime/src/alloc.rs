@@ -46,6 +46,14 @@ pub fn tune_allocator() -> bool {
 /// candle op runs (the pool reads the variables once) and before other threads exist (it sets
 /// environment variables). Returns whether candle's pool was left without workers.
 pub fn tune_threads() -> bool {
+    // candle asks for its thread count on every matmul; unless RAYON_NUM_THREADS is set, that
+    // re-reads /proc/cpuinfo each time (num_cpus' physical-core count), 5% of a training step's
+    // CPU time on the benchmark. Pinning the variable to the count candle computes keeps the
+    // same thread count and makes the lookup a plain environment read.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
     }
