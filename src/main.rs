@@ -8,11 +8,9 @@ fn main() {
     // glibc returns them to the kernel each time and the step pays page faults (a third of the
     // backward pass on the benchmark fixture). Must run before any worker thread exists.
     recap_runtime::alloc::tune_allocator();
-    // candle's CPU worker threads spin while waiting for work; on a small machine they starve the
-    // threads doing real work. A user's own setting wins.
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
-    }
+    // candle's barrier pool makes callers spin while its workers wake; on a small machine that
+    // starves the threads doing real work. A user's own setting wins.
+    recap_runtime::alloc::tune_threads();
     let cli = recapc::Cli::parse();
     let code = recapc::commands::run(cli);
     std::process::exit(code.as_i32());

@@ -56,6 +56,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // RECAP_NO_ALLOC_TUNING=1 measures with glibc's default allocator settings.
     let tuned = std::env::var_os("RECAP_NO_ALLOC_TUNING").is_none()
         && recap_runtime::alloc::tune_allocator();
+    // CANDLE_NUM_THREADS=2 measures with a worker in candle's element-wise pool.
+    recap_runtime::alloc::tune_threads();
     let device = Device::Cpu;
     let policy = load_hf_dir(&dir, &device)?;
     let reference = policy.frozen_copy()?;

@@ -18,6 +18,8 @@ use recap_runtime::tokenizer::TextTokenizer;
 fn run() -> Result<(), String> {
     let tuned = std::env::var_os("RECAP_NO_ALLOC_TUNING").is_none()
         && recap_runtime::alloc::tune_allocator();
+    // CANDLE_NUM_THREADS=2 measures with a worker in candle's element-wise pool.
+    recap_runtime::alloc::tune_threads();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(model_arg) = args.first() else {
         return Err("usage: decode_bench MODEL_DIR_OR_GGUF [NEW_TOKENS] [PROMPT]".into());

@@ -19,6 +19,7 @@ impl Host for Fs {
 
 fn main() -> Result<()> {
     recap_runtime::alloc::tune_allocator();
+    recap_runtime::alloc::tune_threads();
     let mut args = std::env::args().skip(1);
     let Some(file) = args.next() else {
         bail!("usage: run_pipeline FILE [key=value ...]");

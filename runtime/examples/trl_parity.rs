@@ -35,6 +35,7 @@ fn status_mb(key: &str) -> Option<f64> {
 
 fn main() -> Result<()> {
     recap_runtime::alloc::tune_allocator();
+    recap_runtime::alloc::tune_threads();
     let mut args = std::env::args().skip(1);
     let Some(dir) = args.next() else {
         bail!("usage: trl_parity FIXTURE_DIR [STEPS] [DEVICE]");

@@ -1,5 +1,6 @@
-//! Allocator tuning for tensor workloads: takes nothing, gives a process whose glibc `malloc`
-//! keeps freed tensor buffers for reuse instead of returning them to the kernel.
+//! Allocator and thread-pool tuning for tensor workloads: takes nothing, gives a process whose
+//! glibc `malloc` keeps freed tensor buffers for reuse instead of returning them to the kernel
+//! ([`tune_allocator`]) and whose CPU work runs on one pool of threads ([`tune_threads`]).
 //!
 //! candle allocates a fresh buffer for every op's output. With glibc's defaults, buffers above
 //! the (dynamic) mmap threshold are mmap'ed and unmapped each time, so every training step pays
@@ -32,5 +33,35 @@ pub fn tune_allocator() -> bool {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         false
+    }
+}
+
+/// Sets how candle's CPU thread pools are used, unless the user set the variables: candle's
+/// barrier pool (element-wise ops) gets no worker threads (`CANDLE_NUM_THREADS=1`) and would
+/// not spin (`CANDLE_BARRIER_POOL_SPIN_LIMIT=0`); matrix multiplies and the fused kernels still
+/// run on all cores through rayon's pool. With a barrier-pool worker, every large element-wise
+/// op (each gradient accumulation of the backward pass among them) made the calling thread spin
+/// until the parked worker woke: on the 2-core benchmark machine that cost 30% of the CPU time
+/// of a training step, more than the parallelism gained. Call it at program start, before any
+/// candle op runs (the pool reads the variables once) and before other threads exist (it sets
+/// environment variables). Returns whether candle's pool was left without workers.
+pub fn tune_threads() -> bool {
+    // candle asks for its thread count on every matmul; unless RAYON_NUM_THREADS is set, that
+    // re-reads /proc/cpuinfo each time (num_cpus' physical-core count), 5% of a training step's
+    // CPU time on the benchmark. Pinning the variable to the count candle computes keeps the
+    // same thread count and makes the lookup a plain environment read.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
+    }
+    match std::env::var_os("CANDLE_NUM_THREADS") {
+        Some(v) => v == "1",
+        None => {
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
+            true
+        }
     }
 }

@@ -17,6 +17,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use crate::model::logprob::SequenceBatch;
 use crate::model::{linear, padded_causal_mask, Model, ModelError, Result};
 use crate::ops;
+use crate::ops::cpu::exp_f32;
 use crate::tokenizer::TextTokenizer;
 
 /// How completions are sampled.
@@ -356,11 +357,12 @@ impl HostKv {
                     *s = dot(&q, &keys[j * hd..(j + 1) * hd]) * scale + bias[j];
                     max = max.max(*s);
                 }
-                let mut total = 0f32;
+                // The kernels' branch-free exp (as the tensor path's attention uses) vectorises;
+                // libm's `expf` is one call per score.
                 for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    total += *s;
+                    *s = exp_f32(*s - max);
                 }
+                let total: f32 = scores.iter().sum();
                 let inv = 1.0 / total;
                 let oh = &mut o[h * hd..(h + 1) * hd];
                 let vals = &vc[g * cap * hd..(g * cap + pos + 1) * hd];
@@ -465,8 +467,9 @@ fn host_decode_step(
         let mut act = vec![0f32; n * inter];
         for (a, row) in act.chunks_mut(inter).zip(gu.chunks(2 * inter)) {
             let (gate, up) = row.split_at(inter);
+            // The same exp as the fused SwiGLU kernel, so this loop vectorises.
             for ((a, &g), &u) in a.iter_mut().zip(gate).zip(up) {
-                *a = g / (1.0 + (-g).exp()) * u;
+                *a = g / (1.0 + exp_f32(-g)) * u;
             }
         }
         let act = Tensor::from_vec(act, (n, inter), &dev)?;

@@ -4,7 +4,6 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result, WithDType};
-use std::sync::Mutex;
 
 /// The element types the fused kernels compute in: f32 for speed, f64 so that finite-difference
 /// tests can run through the same code.
@@ -274,19 +273,22 @@ impl<T> SendPtr<T> {
 }
 
 /// Calls `f(i)` for `i` in `0..n_items`, each item costing about `work_per_item` element
-/// updates, on candle's CPU worker pool when there is enough work (see [`for_blocks`]).
+/// updates, on rayon's pool when there is enough work (see [`for_blocks`]).
 pub(crate) fn par_for(n_items: usize, work_per_item: usize, f: impl Fn(usize) + Sync) {
     if n_items < 2 || n_items * work_per_item <= 2 * MIN_TASK_ELEMS {
         (0..n_items).for_each(f);
         return;
     }
-    candle_core::utils::barrier_pool().execute_chunked(n_items, |range| range.for_each(&f));
+    use rayon::prelude::*;
+    (0..n_items).into_par_iter().for_each(&f);
 }
 
 /// Runs `f(first_row, block)` over blocks of whole rows of `dst` (rows of `row_len` elements,
-/// each costing about `work_per_row` element updates) and returns each block's result. Large jobs run on candle's own CPU worker pool (the one its
-/// element-wise ops use) rather than on rayon's, because on a machine with few cores two pools
-/// of spinning workers take turns starving each other; small jobs run inline.
+/// each costing about `work_per_row` element updates) and returns each block's result. Large jobs
+/// run on rayon's pool (the one candle's matmul uses), where the calling thread sleeps on a latch
+/// while it waits; candle's own barrier pool makes the caller spin until a parked worker wakes,
+/// which on a small, busy machine burnt a third of the step (see
+/// [`crate::alloc::tune_threads`], which leaves that pool without workers). Small jobs run inline.
 pub(crate) fn for_blocks<T: Send, R: Send>(
     dst: &mut [T],
     row_len: usize,
@@ -308,21 +310,17 @@ pub(crate) fn for_blocks<T: Send, R: Send>(
     }
     let len = dst.len();
     let base = SendPtr::new(dst);
-    let results: Vec<Mutex<Option<R>>> = (0..n_blocks).map(|_| Mutex::new(None)).collect();
-    candle_core::utils::barrier_pool().execute_chunked(n_blocks, |blocks| {
-        for b in blocks {
+    use rayon::prelude::*;
+    (0..n_blocks)
+        .into_par_iter()
+        .map(|b| {
             let start = b * per * row_len;
             let end = (start + per * row_len).min(len);
             // SAFETY: blocks are disjoint ranges of `dst` (each block index is handed out once),
             // `dst` outlives this call, and no other reference to it exists meanwhile.
             let block = unsafe { base.slice(start, end - start) };
-            let r = f(b * per, block);
-            *results[b].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-        }
-    });
-    results
-        .into_iter()
-        .filter_map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+            f(b * per, block)
+        })
         .collect()
 }
 

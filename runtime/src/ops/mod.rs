@@ -9,7 +9,7 @@
 //! fused kernels are not themselves differentiable (no second-order gradients).
 
 mod attention;
-mod cpu;
+pub(crate) mod cpu;
 mod log_softmax;
 mod rms_norm;
 mod rope;
