@@ -5,9 +5,9 @@
 //! tensor. The backward recomputes the probabilities per (batch, kv head) group and gives the
 //! gradients of `q`, `k` and `v` in one pass; the mask gets none.
 
+use super::cpu::dispatch;
 use super::cpu::{self, dense_last, par_for, slice, Real, Rows, SendPtr};
 use super::softmax::softmax_row;
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 /// Forward op. The mask is held by the op (a custom op has at most three tensor inputs); it is
@@ -374,20 +374,6 @@ fn bwd<T: Real>(
         Ok(())
     })?;
     Ok(out)
-}
-
-macro_rules! dispatch {
-    ($s1:expr, $op:literal, |$x:ident| $body:expr) => {
-        match $s1 {
-            CpuStorage::F32($x) => CpuStorage::F32($body),
-            CpuStorage::F64($x) => CpuStorage::F64($body),
-            s => bail!(
-                "{}: fused kernel supports f32 and f64, got {:?}",
-                $op,
-                s.dtype()
-            ),
-        }
-    };
 }
 
 impl CustomOp3 for Attention {

@@ -392,3 +392,22 @@ pub(crate) fn dense_last(t: &candle_core::Tensor) -> Result<candle_core::Tensor>
         t.contiguous()
     }
 }
+
+/// Runs a fused kernel on the f32 or f64 storage it supports and wraps the result in the same
+/// storage type; any other dtype is an error naming the op (the facade routes bf16/f16 to the
+/// reference composition, so this is reached only by direct calls). One macro rather than a
+/// match per kernel keeps the supported dtypes and the message the same for every op.
+macro_rules! dispatch {
+    ($s:expr, $op:literal, |$x:ident| $body:expr) => {
+        match $s {
+            candle_core::CpuStorage::F32($x) => candle_core::CpuStorage::F32($body),
+            candle_core::CpuStorage::F64($x) => candle_core::CpuStorage::F64($body),
+            s => candle_core::bail!(
+                "{}: fused kernel supports f32 and f64, got {:?}",
+                $op,
+                candle_core::backend::BackendStorage::dtype(s)
+            ),
+        }
+    };
+}
+pub(crate) use dispatch;

@@ -3,6 +3,7 @@
 //! row without materialising the log-softmax, and a backward that writes
 //! `dy * (onehot(target) - softmax(logits))` in one more pass. `targets` get no gradient.
 
+use super::cpu::dispatch;
 use super::cpu::{self, for_blocks, for_rows, slice, Real, Rows};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
@@ -88,14 +89,7 @@ impl CustomOp2 for LogSoftmaxGather {
         check_shapes(l1, l2)?;
         let vocab = *l1.dims().last().unwrap_or(&0);
         let t = targets_of(s2, l2, vocab)?;
-        let out = match s1 {
-            CpuStorage::F32(x) => CpuStorage::F32(fwd(x, l1, &t)?),
-            CpuStorage::F64(x) => CpuStorage::F64(fwd(x, l1, &t)?),
-            s => bail!(
-                "log_softmax_gather: fused kernel supports f32 and f64, got {:?}",
-                s.dtype()
-            ),
-        };
+        let out = dispatch!(s1, "log_softmax_gather", |x| fwd(x, l1, &t)?);
         Ok((out, l2.shape().clone()))
     }
 

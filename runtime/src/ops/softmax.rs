@@ -1,8 +1,8 @@
 //! Fused softmax over the last dimension on the CPU: takes `x` (..., n), gives `softmax(x)` in
 //! one pass per row, and a backward that gives `y * (dy - sum(dy * y))` from the output `y`.
 
+use super::cpu::dispatch;
 use super::cpu::{self, dense_last, for_rows, slice, Real, Rows};
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// Forward op: `x` in, `softmax(x)` over the last dimension out (contiguous).
@@ -44,14 +44,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(fwd(x, l)?),
-            CpuStorage::F64(x) => CpuStorage::F64(fwd(x, l)?),
-            s => bail!(
-                "softmax: fused kernel supports f32 and f64, got {:?}",
-                s.dtype()
-            ),
-        };
+        let out = dispatch!(s, "softmax", |x| fwd(x, l)?);
         Ok((out, l.shape().clone()))
     }
 
@@ -94,14 +87,12 @@ impl CustomOp2 for SoftmaxBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match s1 {
-            CpuStorage::F32(y) => CpuStorage::F32(bwd(y, l1, slice(s2, "softmax gradient")?, l2)?),
-            CpuStorage::F64(y) => CpuStorage::F64(bwd(y, l1, slice(s2, "softmax gradient")?, l2)?),
-            s => bail!(
-                "softmax: fused kernel supports f32 and f64, got {:?}",
-                s.dtype()
-            ),
-        };
+        let out = dispatch!(s1, "softmax", |y| bwd(
+            y,
+            l1,
+            slice(s2, "softmax gradient")?,
+            l2
+        )?);
         Ok((out, l1.shape().clone()))
     }
 }

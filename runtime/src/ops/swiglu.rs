@@ -2,6 +2,7 @@
 //! dimension is dense), gives `silu(gate) * up` in one pass, and a backward that gives the
 //! gradients of both inputs in one more pass.
 
+use super::cpu::dispatch;
 use super::cpu::{dense_last, for_rows, for_rows2, slice, Real, Rows};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
@@ -54,14 +55,7 @@ impl CustomOp2 for Swiglu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match s1 {
-            CpuStorage::F32(g) => CpuStorage::F32(fwd(g, l1, slice(s2, "swiglu up")?, l2)?),
-            CpuStorage::F64(g) => CpuStorage::F64(fwd(g, l1, slice(s2, "swiglu up")?, l2)?),
-            s => bail!(
-                "swiglu: fused kernel supports f32 and f64, got {:?}",
-                s.dtype()
-            ),
-        };
+        let out = dispatch!(s1, "swiglu", |g| fwd(g, l1, slice(s2, "swiglu up")?, l2)?);
         Ok((out, l1.shape().clone()))
     }
 
