@@ -1,7 +1,8 @@
 //! Benchmark of the model layer on an HF directory (the fixture-tiny workload of DESIGN.md §8):
 //! takes the directory (with `train.jsonl`), gives the median seconds of a rollout of 8 prompts
 //! x 8 completions x 16 new tokens at temperature 1, of one policy forward+backward of those 64
-//! sequences plus the reference forward, generated tokens per second and peak RSS.
+//! sequences plus the reference forward, generated tokens per second and peak RSS. The training
+//! pass runs as the engine runs it: one chunk of rows per core (`train::parallel`).
 //!
 //! `cargo run --release -p recap-runtime --example bench_model -- /work/shared/bench/fixture-tiny [reps]`
 
@@ -10,8 +11,9 @@ use std::time::Instant;
 use candle_core::Device;
 use recap_runtime::generate::{generate, SamplingConfig};
 use recap_runtime::model::load_hf_dir;
-use recap_runtime::model::logprob::{reference_logprobs, token_logprobs};
+use recap_runtime::model::logprob::{reference_logprobs, token_logprobs, SequenceBatch};
 use recap_runtime::tokenizer::TextTokenizer;
+use recap_runtime::train::parallel::{map_chunks, row_chunks};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -81,7 +83,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut rollout_s = Vec::new();
     let mut step_s = Vec::new();
-    let mut cpu = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new()];
     let mut tokens = 0;
     // Two warm-up repetitions, as the peer figures skip two warm-up steps.
     for rep in 0..reps + 2 {
@@ -96,19 +98,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let rollout = generate(&policy, Some(&tok), &prompts, 8, &cfg)?;
         let t1 = Instant::now();
         let c1 = cpu_seconds();
-        let batch = rollout.to_batch(tok.pad_id, &device)?;
-        let lp = token_logprobs(&policy, &batch)?;
-        let n = batch.completion_mask.sum_all()?;
-        let loss = ((lp * &batch.completion_mask)?.sum_all()? / n)?.neg()?;
-        let c2 = cpu_seconds();
-        let grads = loss.backward()?;
-        let c3 = cpu_seconds();
-        let ref_lp = reference_logprobs(&reference, &batch)?;
+        // The engine's training pass: one chunk of rows per core (train::parallel), each
+        // chunk's policy forward+backward and reference forward, gradients summed in order.
+        let n = rollout.completion_ids.len();
+        let total = rollout.num_tokens().max(1) as f64;
+        let chunks = row_chunks(n, None, &device);
+        let outs = map_chunks(&chunks, &device, |range| -> candle_core::Result<_> {
+            let p: Vec<&[u32]> = range.clone().map(|r| rollout.prompt_of(r)).collect();
+            let c: Vec<&[u32]> = range
+                .map(|r| rollout.completion_ids[r].as_slice())
+                .collect();
+            let batch = SequenceBatch::new(&p, &c, tok.pad_id, &device)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let lp = token_logprobs(&policy, &batch)?;
+            let loss = ((lp * &batch.completion_mask)?.sum_all()? / total)?.neg()?;
+            let grads = loss.backward()?;
+            let ref_lp = reference_logprobs(&reference, &batch)?;
+            Ok((grads, ref_lp))
+        })?;
+        let mut grads = Vec::new();
+        for var in policy.trainable_vars() {
+            let mut sum: Option<candle_core::Tensor> = None;
+            for (g, _) in &outs {
+                if let Some(g) = g.get(var.as_tensor()) {
+                    sum = Some(match sum {
+                        Some(s) => (s + g)?,
+                        None => g.clone(),
+                    });
+                }
+            }
+            grads.push(sum);
+        }
         let t2 = Instant::now();
-        let c4 = cpu_seconds();
-        drop((grads, ref_lp));
+        let c2 = cpu_seconds();
+        drop((grads, outs));
         if rep >= 2 {
-            for (v, x) in cpu.iter_mut().zip([c1 - c0, c2 - c1, c3 - c2, c4 - c3]) {
+            for (v, x) in cpu.iter_mut().zip([c1 - c0, c2 - c1]) {
                 v.push(x);
             }
             rollout_s.push((t1 - t0).as_secs_f64());
@@ -120,9 +145,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let s = median(step_s);
     println!("rollout 8x8x16 (temperature 1.0): {r:.4} s median of {reps}, {:.0} tokens/s ({tokens} tokens)", tokens as f64 / r);
     println!("policy forward+backward + reference forward (64 seqs): {s:.4} s median of {reps}");
-    let [cr, cf, cb, cref] = cpu.map(median);
+    let [cr, ct] = cpu.map(median);
     println!(
-        "cpu seconds (all threads, median): rollout {cr:.4}, policy forward {cf:.4}, backward {cb:.4}, reference forward {cref:.4}"
+        "cpu seconds (all threads, median): rollout {cr:.4}, policy forward+backward + reference forward {ct:.4}"
     );
     println!("peak RSS (VmHWM): {:.1} MB", peak_rss_mb());
     Ok(())

@@ -20,6 +20,7 @@ use crate::train::grpo::{
     combine_rewards, group_advantages, grpo_loss, sft_loss, AdvantageScale, Advantages, GrpoBatch,
     GrpoConfig, LossAggregation,
 };
+use crate::train::parallel::{map_chunks, row_chunks};
 use crate::train::rng::HostRng;
 
 /// The engine's state shared by all stages.
@@ -47,6 +48,16 @@ struct Timing {
     tensor: f64,
     optim: f64,
     probe: f64,
+}
+
+/// What one chunk of a GRPO batch gives back: its loss (already scaled to its share of the
+/// batch), its gradients and the statistics the step's record sums over chunks.
+struct ChunkOut {
+    loss: f64,
+    grads: GradStore,
+    kl: Option<f64>,
+    tokens: usize,
+    clip_fraction: f64,
 }
 
 /// Adds one backward pass's gradients to the running sum.
@@ -259,32 +270,29 @@ impl Ctx<'_> {
                             drop_zero_variance: *drop_equal_groups,
                         };
                         let n = roll.completion_ids.len();
-                        let micro = stage.train.micro_batch.map_or(n, |m| (m as usize).max(1));
+                        let micro = stage.train.micro_batch.map(|m| m as usize);
                         let total_tokens: usize = roll.num_tokens();
                         let kept_rows = adv.keep.iter().filter(|&&k| k).count().max(1);
-                        let (mut kl_sum, mut kl_tok, mut clip_sum) = (0.0, 0usize, 0.0);
-                        let mut start = 0;
-                        while start < n {
-                            let end = (start + micro).min(n);
+                        let policy = &models.policy;
+                        let reference = models.reference.as_ref();
+                        let (pad_id, device) = (models.tok.pad_id, &self.device);
+                        // Each chunk's forward and backward pass: the chunks run side by side on
+                        // the CPU (train::parallel), each giving its loss, gradients and stats.
+                        let chunk = |range: std::ops::Range<usize>| -> Result<ChunkOut> {
                             let prompts_c: Vec<&[u32]> =
-                                (start..end).map(|r| roll.prompt_of(r)).collect();
-                            let comps_c: Vec<&[u32]> = roll.completion_ids[start..end]
+                                range.clone().map(|r| roll.prompt_of(r)).collect();
+                            let comps_c: Vec<&[u32]> = roll.completion_ids[range.clone()]
                                 .iter()
                                 .map(Vec::as_slice)
                                 .collect();
-                            let batch = SequenceBatch::new(
-                                &prompts_c,
-                                &comps_c,
-                                models.tok.pad_id,
-                                &self.device,
-                            )?;
+                            let batch = SequenceBatch::new(&prompts_c, &comps_c, pad_id, device)?;
                             let sub = Advantages {
-                                values: adv.values[start..end].to_vec(),
-                                keep: adv.keep[start..end].to_vec(),
+                                values: adv.values[range.clone()].to_vec(),
+                                keep: adv.keep[range].to_vec(),
                                 stats: adv.stats.clone(),
                             };
-                            let logp = token_logprobs(&models.policy, &batch)?;
-                            let ref_lp = match (&models.reference, beta > 0.0) {
+                            let logp = token_logprobs(policy, &batch)?;
+                            let ref_lp = match (reference, beta > 0.0) {
                                 (Some(r), true) => Some(reference_logprobs(r, &batch)?),
                                 (None, true) => bail!("objective `{}` has a KL term but no reference model was loaded", o.name),
                                 _ => None,
@@ -314,14 +322,24 @@ impl Ctx<'_> {
                             } else {
                                 (out.loss * share)?
                             };
-                            loss_sum += l.to_scalar::<f32>()? as f64;
-                            accumulate(&mut grads, l.backward()?, &vars)?;
-                            if let Some(k) = out.stats.kl {
-                                kl_sum += k * out.stats.tokens as f64;
+                            Ok(ChunkOut {
+                                loss: l.to_scalar::<f32>()? as f64,
+                                grads: l.backward()?,
+                                kl: out.stats.kl,
+                                tokens: out.stats.tokens,
+                                clip_fraction: out.stats.clip_fraction,
+                            })
+                        };
+                        let chunks = row_chunks(n, micro, &self.device);
+                        let (mut kl_sum, mut kl_tok, mut clip_sum) = (0.0, 0usize, 0.0);
+                        for c in map_chunks(&chunks, &self.device, chunk)? {
+                            loss_sum += c.loss;
+                            accumulate(&mut grads, c.grads, &vars)?;
+                            if let Some(k) = c.kl {
+                                kl_sum += k * c.tokens as f64;
                             }
-                            kl_tok += out.stats.tokens;
-                            clip_sum += out.stats.clip_fraction * out.stats.tokens as f64;
-                            start = end;
+                            kl_tok += c.tokens;
+                            clip_sum += c.clip_fraction * c.tokens as f64;
                         }
                         tm.tensor += t.elapsed().as_secs_f64();
 

@@ -10,6 +10,7 @@ pub mod grpo;
 pub mod metrics;
 pub mod mix;
 pub mod optim;
+pub mod parallel;
 pub mod reweight;
 pub mod rng;
 pub mod verifiers;

@@ -11,14 +11,15 @@
 //! The log-probabilities returned are the policy's raw log-probabilities of the chosen tokens:
 //! `log_softmax(logits)` at temperature 1, before temperature, top-k or top-p are applied.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::model::logprob::SequenceBatch;
 use crate::model::{linear, padded_causal_mask, Model, ModelError, Result};
 use crate::ops;
-use crate::ops::cpu::exp_f32;
 use crate::tokenizer::TextTokenizer;
+
+mod host;
 
 /// How completions are sampled.
 #[derive(Debug, Clone)]
@@ -236,263 +237,14 @@ pub enum DecodePath {
     Tensor,
 }
 
-/// The KV cache of a rollout: host buffers for the CPU kernel, or tensors written in place.
+/// The KV cache of a rollout: the host decoder's buffers on the CPU, or tensors written in place.
 enum KvStore {
-    Host(HostKv),
+    Host(Box<host::HostDecoder>),
     Tensor {
         caches: Vec<(Tensor, Tensor)>,
         /// (n, 1, 1, cap) additive key mask.
         mask: Tensor,
     },
-}
-
-/// Host-side KV cache and decode attention for CPU f32: one step of RoPE, cache append and
-/// attention for all rows is a handful of loops over contiguous memory, parallel over rows,
-/// instead of some twenty small tensor ops and batched matmuls of 1-row matrices.
-struct HostKv {
-    /// Per layer, (n, kv_heads, cap, head_dim) rotated keys and values.
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    /// (max_positions, head_dim / 2) RoPE tables.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    n: usize,
-    cap: usize,
-}
-
-impl HostKv {
-    /// Copies the prefill keys/values (b, kv_heads, p, head_dim) of each prompt into the rows of
-    /// its `group` samples.
-    fn new(
-        prefill: &[(Tensor, Tensor)],
-        group: usize,
-        cap: usize,
-        model: &Model,
-        p: usize,
-    ) -> candle_core::Result<HostKv> {
-        let mut ks = Vec::with_capacity(prefill.len());
-        let mut vs = Vec::with_capacity(prefill.len());
-        let mut n = 0;
-        for (k, v) in prefill {
-            let (b, nkv, _, hd) = k.dims4()?;
-            n = b * group;
-            for (src, dst) in [(k, &mut ks), (v, &mut vs)] {
-                let src: Vec<f32> = src.flatten_all()?.to_vec1()?;
-                let mut buf = vec![0f32; n * nkv * cap * hd];
-                for r in 0..n {
-                    for g in 0..nkv {
-                        let from = ((r / group) * nkv + g) * p * hd;
-                        let to = (r * nkv + g) * cap * hd;
-                        buf[to..to + p * hd].copy_from_slice(&src[from..from + p * hd]);
-                    }
-                }
-                dst.push(buf);
-            }
-        }
-        let cos = model
-            .rope
-            .cos
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        let sin = model
-            .rope
-            .sin
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        Ok(HostKv {
-            k: ks,
-            v: vs,
-            cos,
-            sin,
-            n,
-            cap,
-        })
-    }
-
-    /// One decode step of layer `l`: `qkv` is (n, (heads + 2 kv_heads) * head_dim) before RoPE;
-    /// gives the attention output (n, heads * head_dim).
-    fn step(
-        &mut self,
-        l: usize,
-        qkv: &[f32],
-        key_bias: &[f32],
-        pos: usize,
-        scale: f32,
-        (nh, nkv, hd): (usize, usize, usize),
-    ) -> Vec<f32> {
-        use rayon::prelude::*;
-        let (n, cap) = (self.n, self.cap);
-        let half = hd / 2;
-        let width = (nh + 2 * nkv) * hd;
-        let rep = nh / nkv;
-        let cos = &self.cos[pos * half..(pos + 1) * half];
-        let sin = &self.sin[pos * half..(pos + 1) * half];
-        let rope = |x: &[f32], out: &mut [f32]| {
-            for i in 0..half {
-                let (a, b) = (x[i], x[i + half]);
-                out[i] = a * cos[i] - b * sin[i];
-                out[i + half] = b * cos[i] + a * sin[i];
-            }
-        };
-        let mut out = vec![0f32; n * nh * hd];
-        let row_kv = nkv * cap * hd;
-        let row = |r: usize, kc: &mut [f32], vc: &mut [f32], o: &mut [f32]| {
-            let x = &qkv[r * width..(r + 1) * width];
-            for g in 0..nkv {
-                let at = (g * cap + pos) * hd;
-                rope(&x[(nh + g) * hd..(nh + g + 1) * hd], &mut kc[at..at + hd]);
-                vc[at..at + hd].copy_from_slice(&x[(nh + nkv + g) * hd..(nh + nkv + g + 1) * hd]);
-            }
-            let bias = &key_bias[r * cap..r * cap + pos + 1];
-            let mut q = vec![0f32; hd];
-            let mut scores = vec![0f32; pos + 1];
-            for h in 0..nh {
-                rope(&x[h * hd..(h + 1) * hd], &mut q);
-                let g = h / rep;
-                let keys = &kc[g * cap * hd..(g * cap + pos + 1) * hd];
-                let mut max = f32::NEG_INFINITY;
-                for (j, s) in scores.iter_mut().enumerate() {
-                    *s = dot(&q, &keys[j * hd..(j + 1) * hd]) * scale + bias[j];
-                    max = max.max(*s);
-                }
-                // The kernels' branch-free exp (as the tensor path's attention uses) vectorises;
-                // libm's `expf` is one call per score.
-                for s in scores.iter_mut() {
-                    *s = exp_f32(*s - max);
-                }
-                let total: f32 = scores.iter().sum();
-                let inv = 1.0 / total;
-                let oh = &mut o[h * hd..(h + 1) * hd];
-                let vals = &vc[g * cap * hd..(g * cap + pos + 1) * hd];
-                for (j, &s) in scores.iter().enumerate() {
-                    if s == 0.0 {
-                        continue;
-                    }
-                    let w = s * inv;
-                    for (o, &v) in oh.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
-                        *o += w * v;
-                    }
-                }
-            }
-        };
-        // Threads pay off only when a step has real work (long contexts, many heads); for small
-        // batches a wake-up of the pool costs more than the loop.
-        if n * nh * (pos + 1) * hd >= 1 << 20 {
-            self.k[l]
-                .par_chunks_mut(row_kv)
-                .zip(self.v[l].par_chunks_mut(row_kv))
-                .zip(out.par_chunks_mut(nh * hd))
-                .enumerate()
-                .for_each(|(r, ((kc, vc), o))| row(r, kc, vc, o));
-        } else {
-            self.k[l]
-                .chunks_mut(row_kv)
-                .zip(self.v[l].chunks_mut(row_kv))
-                .zip(out.chunks_mut(nh * hd))
-                .enumerate()
-                .for_each(|(r, ((kc, vc), o))| row(r, kc, vc, o));
-        }
-        out
-    }
-}
-
-/// The RMSNorm weights of every layer (input, post-attention) and the final norm, on the host.
-struct HostNorms {
-    layers: Vec<(Vec<f32>, Vec<f32>)>,
-    last: Vec<f32>,
-}
-
-impl HostNorms {
-    fn new(layers: &[DecodeLayer], norm: &Tensor) -> candle_core::Result<HostNorms> {
-        let host = |t: &Tensor| -> candle_core::Result<Vec<f32>> { t.to_vec1() };
-        Ok(HostNorms {
-            layers: layers
-                .iter()
-                .map(|w| Ok((host(&w.input_norm)?, host(&w.post_norm)?)))
-                .collect::<candle_core::Result<_>>()?,
-            last: host(norm)?,
-        })
-    }
-}
-
-/// RMSNorm of each `width`-long row of `x` on the host, as a (rows, width) tensor.
-fn host_rms_norm(x: &[f32], w: &[f32], eps: f32, dev: &Device) -> candle_core::Result<Tensor> {
-    let width = w.len();
-    let mut out = vec![0f32; x.len()];
-    for (row, o) in x.chunks(width).zip(out.chunks_mut(width)) {
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
-        for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
-            *o = v * inv * g;
-        }
-    }
-    Tensor::from_vec(out, (x.len() / width, width), dev)
-}
-
-/// One decode step on CPU f32 with everything but the matmuls on the host: the residual
-/// stream, RMSNorm, RoPE, attention and SwiGLU are plain loops, so a step costs five matmuls per
-/// layer plus a few copies instead of some fifty small tensor ops (each a thread-pool round trip).
-/// Gives the logits rows.
-#[allow(clippy::too_many_arguments)]
-fn host_decode_step(
-    kv: &mut HostKv,
-    layers: &[DecodeLayer],
-    norms: &HostNorms,
-    mut x: Vec<f32>,
-    head: &Tensor,
-    key_bias: &[f32],
-    pos: usize,
-    scale: f32,
-    (nh, nkv, hd, inter, eps): (usize, usize, usize, usize, f32),
-) -> candle_core::Result<Vec<Vec<f32>>> {
-    let dev = Device::Cpu;
-    let n = kv.n;
-    let add = |x: &mut [f32], y: &Tensor| -> candle_core::Result<()> {
-        let y: Vec<f32> = y.flatten_all()?.to_vec1()?;
-        x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
-        Ok(())
-    };
-    for (l, (w, (n_in, n_post))) in layers.iter().zip(&norms.layers).enumerate() {
-        let h = host_rms_norm(&x, n_in, eps, &dev)?;
-        let qkv: Vec<f32> = linear(&h, &w.qkv_w, w.qkv_b.as_ref())?
-            .flatten_all()?
-            .to_vec1()?;
-        let y = kv.step(l, &qkv, key_bias, pos, scale, (nh, nkv, hd));
-        let y = Tensor::from_vec(y, (n, nh * hd), &dev)?;
-        add(&mut x, &linear(&y, &w.o_w, None)?)?;
-        let h = host_rms_norm(&x, n_post, eps, &dev)?;
-        let gu: Vec<f32> = linear(&h, &w.gate_up_w, None)?.flatten_all()?.to_vec1()?;
-        let mut act = vec![0f32; n * inter];
-        for (a, row) in act.chunks_mut(inter).zip(gu.chunks(2 * inter)) {
-            let (gate, up) = row.split_at(inter);
-            // The same exp as the fused SwiGLU kernel, so this loop vectorises.
-            for ((a, &g), &u) in a.iter_mut().zip(gate).zip(up) {
-                *a = g / (1.0 + exp_f32(-g)) * u;
-            }
-        }
-        let act = Tensor::from_vec(act, (n, inter), &dev)?;
-        add(&mut x, &linear(&act, &w.down_w, None)?)?;
-    }
-    let h = host_rms_norm(&x, &norms.last, eps, &dev)?;
-    linear(&h, head, None)?.to_vec2()
-}
-
-/// Dot product with eight independent accumulators, so the compiler can vectorise it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for i in 0..8 {
-            acc[i] += a[c * 8 + i] * b[c * 8 + i];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        sum += a[i] * b[i];
-    }
-    sum
 }
 
 /// Generates `group` completions for each prompt (token ids, already templated). `tokenizer`
@@ -615,7 +367,13 @@ pub fn generate_on(
     }
     let host = path == DecodePath::Auto && dev.is_cpu() && dt == DType::F32;
     let mut kv_store = if host {
-        KvStore::Host(HostKv::new(&kv, group, cap, &view, p)?)
+        KvStore::Host(Box::new(host::HostDecoder::new(
+            &view,
+            &kv,
+            group,
+            cap,
+            key_bias.clone(),
+        )?))
     } else {
         // Repeat each prompt's cache G times along the batch, into buffers with room for the
         // completion, once; later steps write into them in place.
@@ -635,16 +393,15 @@ pub fn generate_on(
     };
     drop(kv);
 
-    let layers = decode_layers(&view)?;
+    let layers = match kv_store {
+        KvStore::Host(_) => Vec::new(),
+        KvStore::Tensor { .. } => decode_layers(&view)?,
+    };
     let norm = view.cw(&view.weights.norm)?;
     let head = view.cw(view.weights.lm_head.as_ref().unwrap_or(&view.weights.embed))?;
     let embed = view.cw(&view.weights.embed)?;
     let scale = 1.0 / (hd as f64).sqrt();
     let (qd, kvd, inter) = (nh * hd, nkv * hd, c.intermediate_size);
-    let host_norms = match kv_store {
-        KvStore::Host(_) => Some(HostNorms::new(&layers, &norm)?),
-        KvStore::Tensor { .. } => None,
-    };
 
     let mut done = vec![false; n];
     let mut next = vec![0u32; n];
@@ -677,54 +434,41 @@ pub fn generate_on(
         if step + 1 == cfg.max_new_tokens || done.iter().all(|&d| d) {
             break;
         }
-        // Feed the sampled tokens (finished rows feed theirs too; their outputs are ignored).
         let pos = p + step;
+        let (caches, mask) = match &mut kv_store {
+            // The host decoder feeds only the unfinished rows.
+            KvStore::Host(dec) => {
+                let active: Vec<bool> = done.iter().map(|d| !d).collect();
+                let mut rows = dec.step(&next, &active, pos).into_iter();
+                step_logits = active
+                    .iter()
+                    .map(|&a| if a { rows.next() } else { None }.unwrap_or_default())
+                    .collect();
+                continue;
+            }
+            KvStore::Tensor { caches, mask } => (caches, mask),
+        };
+        // Feed the sampled tokens (finished rows feed theirs too; their outputs are ignored).
         let ids = Tensor::from_vec(next.clone(), n, &dev)?;
         let mut x = embed.index_select(&ids, 0)?;
-        if let KvStore::Host(kv) = &mut kv_store {
-            let norms = host_norms
-                .as_ref()
-                .expect("host norms exist on the host path");
-            step_logits = host_decode_step(
-                kv,
-                &layers,
-                norms,
-                x.flatten_all()?.to_vec1()?,
-                &head,
-                &key_bias,
-                pos,
-                scale as f32,
-                (nh, nkv, hd, inter, c.rms_norm_eps as f32),
-            )?;
-            continue;
-        }
         for (l, w) in layers.iter().enumerate() {
             let h = ops::rms_norm(&x, &w.input_norm, c.rms_norm_eps)?;
             let qkv = linear(&h, &w.qkv_w, w.qkv_b.as_ref())?;
-            let y = match &mut kv_store {
-                KvStore::Host(kv) => {
-                    let qkv: Vec<f32> = qkv.flatten_all()?.to_vec1()?;
-                    let y = kv.step(l, &qkv, &key_bias, pos, scale as f32, (nh, nkv, hd));
-                    Tensor::from_vec(y, (n, qd), &dev)?
-                }
-                KvStore::Tensor { caches, mask } => {
-                    let (ck, cv) = &caches[l];
-                    let cos = view.rope.cos.narrow(0, pos, 1)?;
-                    let sin = view.rope.sin.narrow(0, pos, 1)?;
-                    let mask = mask.narrow(3, 0, pos + 1)?;
-                    let q = qkv.narrow(1, 0, qd)?.reshape((n, nh, 1, hd))?;
-                    let k = qkv.narrow(1, qd, kvd)?.reshape((n, nkv, 1, hd))?;
-                    let v = qkv.narrow(1, qd + kvd, kvd)?.reshape((n, nkv, 1, hd))?;
-                    let q = ops::rope(&q, &cos, &sin)?;
-                    let k = ops::rope(&k, &cos, &sin)?.contiguous()?;
-                    ck.slice_set(&k, 2, pos)?;
-                    cv.slice_set(&v.contiguous()?, 2, pos)?;
-                    let keys = ck.narrow(2, 0, pos + 1)?;
-                    let vals = cv.narrow(2, 0, pos + 1)?;
-                    let y = ops::attention(&q, &keys, &vals, Some(&mask), scale)?;
-                    y.reshape((n, qd))?
-                }
-            };
+            let (ck, cv) = &caches[l];
+            let cos = view.rope.cos.narrow(0, pos, 1)?;
+            let sin = view.rope.sin.narrow(0, pos, 1)?;
+            let mask = mask.narrow(3, 0, pos + 1)?;
+            let q = qkv.narrow(1, 0, qd)?.reshape((n, nh, 1, hd))?;
+            let k = qkv.narrow(1, qd, kvd)?.reshape((n, nkv, 1, hd))?;
+            let v = qkv.narrow(1, qd + kvd, kvd)?.reshape((n, nkv, 1, hd))?;
+            let q = ops::rope(&q, &cos, &sin)?;
+            let k = ops::rope(&k, &cos, &sin)?.contiguous()?;
+            ck.slice_set(&k, 2, pos)?;
+            cv.slice_set(&v.contiguous()?, 2, pos)?;
+            let keys = ck.narrow(2, 0, pos + 1)?;
+            let vals = cv.narrow(2, 0, pos + 1)?;
+            let y = ops::attention(&q, &keys, &vals, Some(&mask), scale)?;
+            let y = y.reshape((n, qd))?;
             x = (x + linear(&y, &w.o_w, None)?)?;
             let h = ops::rms_norm(&x, &w.post_norm, c.rms_norm_eps)?;
             let gu = linear(&h, &w.gate_up_w, None)?;

@@ -1,0 +1,444 @@
+//! The CPU f32 decode path of a rollout: takes the detached model (its weights copied once per
+//! rollout into host buffers), the prefill KV cache of the B prompts and, each step, the token
+//! every unfinished row just sampled; gives those rows' next-token logits.
+//!
+//! Why a host path: a decode step multiplies a few dozen rows by every weight matrix, and
+//! through candle each of the some fifty small ops of a step is a tensor allocation and a
+//! thread-pool round trip. Here a step is five `gemm` calls per layer on plain buffers plus
+//! loops for RMSNorm, RoPE, attention and SwiGLU. Rows never interact while decoding, so the
+//! rows are split into one part per worker thread and each part runs the whole layer stack on
+//! its own core with single-threaded matrix multiplies: one fork and join per step instead of
+//! one per op. Rows that finished (EOS or stop string) drop out of the work entirely.
+
+use candle_core::{DType, Tensor};
+use rayon::prelude::*;
+
+use crate::model::Model;
+use crate::ops::cpu::exp_f32;
+
+/// One block's weights on the host, transposed to (in, out) row-major (see [`matmul`]); q/k/v and
+/// gate/up are concatenated along the output so each is a single matrix multiply.
+struct HostLayer {
+    qkv_w: Vec<f32>,
+    qkv_b: Option<Vec<f32>>,
+    o_w: Vec<f32>,
+    gate_up_w: Vec<f32>,
+    down_w: Vec<f32>,
+    input_norm: Vec<f32>,
+    post_norm: Vec<f32>,
+}
+
+/// The shapes a step needs.
+#[derive(Clone, Copy)]
+struct Dims {
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    inter: usize,
+    vocab: usize,
+    eps: f32,
+    scale: f32,
+    /// Positions each row's cache has room for (prompt width + max new tokens).
+    cap: usize,
+}
+
+impl Dims {
+    /// Width of the fused q/k/v projection.
+    fn qkv(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+
+    /// Floats of one layer's keys (or values) in one row's cache.
+    fn layer_kv(&self) -> usize {
+        self.kv_heads * self.cap * self.head_dim
+    }
+}
+
+/// One row's rotated keys and values, (layers, kv_heads, cap, head_dim) each.
+struct RowCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// The decoder of one rollout: host weights, RoPE tables, per-row caches and key masks.
+pub(super) struct HostDecoder {
+    layers: Vec<HostLayer>,
+    norm: Vec<f32>,
+    /// (hidden, vocab): the LM head (the embedding when tied), transposed.
+    head: Vec<f32>,
+    /// (vocab, hidden).
+    embed: Vec<f32>,
+    /// (max_positions, head_dim / 2).
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    rows: Vec<RowCache>,
+    /// (rows, cap) additive key mask: prompt padding is -inf for the whole rollout.
+    key_bias: Vec<f32>,
+    dims: Dims,
+}
+
+fn host(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+}
+
+/// The (out, in) weight matrices `ts`, stacked along the output, as one (in, out) row-major
+/// host matrix.
+fn host_t(ts: &[&Tensor]) -> candle_core::Result<Vec<f32>> {
+    let mut rows = Vec::new();
+    let mut k = 0;
+    for t in ts {
+        let (_, cols) = t.dims2()?;
+        k = cols;
+        rows.extend(host(t)?);
+    }
+    let n = rows.len() / k.max(1);
+    let mut out = vec![0f32; rows.len()];
+    // Blocked so both the reads and the writes stay within a few cache lines per block.
+    const B: usize = 16;
+    for j0 in (0..n).step_by(B) {
+        for k0 in (0..k).step_by(B) {
+            for j in j0..(j0 + B).min(n) {
+                for kk in k0..(k0 + B).min(k) {
+                    out[kk * n + j] = rows[j * k + kk];
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl HostDecoder {
+    /// Copies the weights of `model` and the prefill keys/values (b, kv_heads, p, head_dim per
+    /// layer) of each prompt into the caches of its `group` rows.
+    pub(super) fn new(
+        model: &Model,
+        prefill: &[(Tensor, Tensor)],
+        group: usize,
+        cap: usize,
+        key_bias: Vec<f32>,
+    ) -> candle_core::Result<HostDecoder> {
+        let c = model.config();
+        let w = &model.weights;
+        let mut layers = Vec::with_capacity(w.layers.len());
+        for lw in &w.layers {
+            let qkv_b = match (&lw.q_b, &lw.k_b, &lw.v_b) {
+                (Some(q), Some(k), Some(v)) => Some([host(q)?, host(k)?, host(v)?].concat()),
+                _ => None,
+            };
+            layers.push(HostLayer {
+                qkv_w: host_t(&[&lw.q_w, &lw.k_w, &lw.v_w])?,
+                qkv_b,
+                o_w: host_t(&[&lw.o_w])?,
+                gate_up_w: host_t(&[&lw.gate_w, &lw.up_w])?,
+                down_w: host_t(&[&lw.down_w])?,
+                input_norm: host(&lw.input_norm)?,
+                post_norm: host(&lw.post_norm)?,
+            });
+        }
+        let dims = Dims {
+            hidden: c.hidden_size,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            inter: c.intermediate_size,
+            vocab: c.vocab_size,
+            eps: c.rms_norm_eps as f32,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            cap,
+        };
+        let b = prefill.first().map_or(0, |(k, _)| k.dims()[0]);
+        let n = b * group;
+        let per_layer = dims.layer_kv();
+        let mut rows: Vec<RowCache> = (0..n)
+            .map(|_| RowCache {
+                k: vec![0f32; per_layer * layers.len()],
+                v: vec![0f32; per_layer * layers.len()],
+            })
+            .collect();
+        for (l, (k, v)) in prefill.iter().enumerate() {
+            let (_, nkv, p, hd) = k.dims4()?;
+            let k = host(k)?;
+            let v = host(v)?;
+            for (r, row) in rows.iter_mut().enumerate() {
+                for g in 0..nkv {
+                    let from = ((r / group) * nkv + g) * p * hd;
+                    let to = l * per_layer + g * cap * hd;
+                    row.k[to..to + p * hd].copy_from_slice(&k[from..from + p * hd]);
+                    row.v[to..to + p * hd].copy_from_slice(&v[from..from + p * hd]);
+                }
+            }
+        }
+        Ok(HostDecoder {
+            layers,
+            norm: host(&w.norm)?,
+            head: host_t(&[w.lm_head.as_ref().unwrap_or(&w.embed)])?,
+            embed: host(&w.embed)?,
+            cos: host(&model.rope.cos)?,
+            sin: host(&model.rope.sin)?,
+            rows,
+            key_bias,
+            dims,
+        })
+    }
+
+    /// Feeds `tokens[r]` at position `pos` to every row `r` with `active[r]`; gives the next-token
+    /// logits of those rows (vocab each, in row order) and leaves finished rows untouched.
+    pub(super) fn step(&mut self, tokens: &[u32], active: &[bool], pos: usize) -> Vec<Vec<f32>> {
+        let HostDecoder {
+            layers,
+            norm,
+            head,
+            embed,
+            cos,
+            sin,
+            rows,
+            key_bias,
+            dims,
+        } = self;
+        let d = *dims;
+        let mut sel: Vec<(usize, &mut RowCache)> = rows
+            .iter_mut()
+            .enumerate()
+            .filter(|(r, _)| active[*r])
+            .collect();
+        if sel.is_empty() {
+            return Vec::new();
+        }
+        let shared = Shared {
+            layers,
+            norm,
+            head,
+            embed,
+            cos,
+            sin,
+            key_bias,
+            tokens,
+            pos,
+            d,
+        };
+        // About 2 flops per weight per row; a part below ~2 Mflop costs less than the fork.
+        let params = layers.len() * (d.qkv() + d.heads * d.head_dim + 3 * d.inter) * d.hidden
+            + d.vocab * d.hidden;
+        let threads = rayon::current_num_threads().max(1);
+        let parts = threads
+            .min(sel.len())
+            .min((2 * params * sel.len() / 2_000_000).max(1));
+        let logits: Vec<Vec<f32>> = if parts > 1 {
+            let size = sel.len().div_ceil(parts);
+            sel.par_chunks_mut(size)
+                .map(|part| shared.run(part, gemm::Parallelism::None))
+                .collect()
+        } else {
+            // One part: let the matrix multiplies themselves use every thread instead.
+            let par = if threads > 1 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            };
+            vec![shared.run(&mut sel, par)]
+        };
+        logits
+            .into_iter()
+            .flat_map(|l| l.chunks(d.vocab).map(<[f32]>::to_vec).collect::<Vec<_>>())
+            .collect()
+    }
+}
+
+/// What every part of a step reads.
+struct Shared<'a> {
+    layers: &'a [HostLayer],
+    norm: &'a [f32],
+    head: &'a [f32],
+    embed: &'a [f32],
+    cos: &'a [f32],
+    sin: &'a [f32],
+    key_bias: &'a [f32],
+    tokens: &'a [u32],
+    pos: usize,
+    d: Dims,
+}
+
+impl Shared<'_> {
+    /// Runs the layer stack for the rows of one part; gives their logits, (rows, vocab).
+    fn run(&self, part: &mut [(usize, &mut RowCache)], par: gemm::Parallelism) -> Vec<f32> {
+        let d = self.d;
+        let (m, h) = (part.len(), d.hidden);
+        let qd = d.heads * d.head_dim;
+        let mut x = vec![0f32; m * h];
+        for (i, (r, _)) in part.iter().enumerate() {
+            let t = self.tokens[*r] as usize;
+            x[i * h..(i + 1) * h].copy_from_slice(&self.embed[t * h..(t + 1) * h]);
+        }
+        let mut hn = vec![0f32; m * h];
+        let mut qkv = vec![0f32; m * d.qkv()];
+        let mut y = vec![0f32; m * qd];
+        let mut gu = vec![0f32; m * 2 * d.inter];
+        let mut act = vec![0f32; m * d.inter];
+        for (l, w) in self.layers.iter().enumerate() {
+            rms_norm(&x, &w.input_norm, d.eps, &mut hn);
+            matmul(&hn, m, h, &w.qkv_w, d.qkv(), &mut qkv, false, par);
+            if let Some(b) = &w.qkv_b {
+                for row in qkv.chunks_mut(d.qkv()) {
+                    row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                }
+            }
+            for (i, (r, cache)) in part.iter_mut().enumerate() {
+                self.attend(
+                    l,
+                    &qkv[i * d.qkv()..(i + 1) * d.qkv()],
+                    cache,
+                    &self.key_bias[*r * d.cap..(*r + 1) * d.cap],
+                    &mut y[i * qd..(i + 1) * qd],
+                );
+            }
+            // The residual add rides on the multiply: x += y o_w^T.
+            matmul(&y, m, qd, &w.o_w, h, &mut x, true, par);
+            rms_norm(&x, &w.post_norm, d.eps, &mut hn);
+            matmul(&hn, m, h, &w.gate_up_w, 2 * d.inter, &mut gu, false, par);
+            for (a, row) in act.chunks_mut(d.inter).zip(gu.chunks(2 * d.inter)) {
+                let (gate, up) = row.split_at(d.inter);
+                // The same branch-free exp as the fused SwiGLU kernel, so this loop vectorises.
+                for ((a, &g), &u) in a.iter_mut().zip(gate).zip(up) {
+                    *a = g / (1.0 + exp_f32(-g)) * u;
+                }
+            }
+            matmul(&act, m, d.inter, &w.down_w, h, &mut x, true, par);
+        }
+        rms_norm(&x, self.norm, d.eps, &mut hn);
+        let mut logits = vec![0f32; m * d.vocab];
+        matmul(&hn, m, h, self.head, d.vocab, &mut logits, false, par);
+        logits
+    }
+
+    /// RoPE, cache append and attention of one row in layer `l`: `qkv` is the row's projection
+    /// before RoPE; writes the attention output (heads * head_dim) into `out`.
+    fn attend(&self, l: usize, qkv: &[f32], cache: &mut RowCache, bias: &[f32], out: &mut [f32]) {
+        let d = self.d;
+        let (hd, nh, nkv, pos) = (d.head_dim, d.heads, d.kv_heads, self.pos);
+        let half = hd / 2;
+        let cos = &self.cos[pos * half..(pos + 1) * half];
+        let sin = &self.sin[pos * half..(pos + 1) * half];
+        let rope = |x: &[f32], out: &mut [f32]| {
+            for i in 0..half {
+                let (a, b) = (x[i], x[i + half]);
+                out[i] = a * cos[i] - b * sin[i];
+                out[i + half] = b * cos[i] + a * sin[i];
+            }
+        };
+        let base = l * d.layer_kv();
+        let kc = &mut cache.k[base..base + d.layer_kv()];
+        let vc = &mut cache.v[base..base + d.layer_kv()];
+        for g in 0..nkv {
+            let at = (g * d.cap + pos) * hd;
+            rope(&qkv[(nh + g) * hd..(nh + g + 1) * hd], &mut kc[at..at + hd]);
+            vc[at..at + hd].copy_from_slice(&qkv[(nh + nkv + g) * hd..(nh + nkv + g + 1) * hd]);
+        }
+        let bias = &bias[..=pos];
+        let rep = nh / nkv;
+        let mut q = vec![0f32; hd];
+        let mut scores = vec![0f32; pos + 1];
+        out.fill(0.0);
+        for h in 0..nh {
+            rope(&qkv[h * hd..(h + 1) * hd], &mut q);
+            let g = h / rep;
+            let keys = &kc[g * d.cap * hd..(g * d.cap + pos + 1) * hd];
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in scores.iter_mut().enumerate() {
+                *s = dot(&q, &keys[j * hd..(j + 1) * hd]) * d.scale + bias[j];
+                max = max.max(*s);
+            }
+            for s in scores.iter_mut() {
+                *s = exp_f32(*s - max);
+            }
+            let inv = 1.0 / scores.iter().sum::<f32>();
+            let oh = &mut out[h * hd..(h + 1) * hd];
+            let vals = &vc[g * d.cap * hd..(g * d.cap + pos + 1) * hd];
+            for (j, &s) in scores.iter().enumerate() {
+                if s == 0.0 {
+                    continue;
+                }
+                let w = s * inv;
+                for (o, &v) in oh.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
+                    *o += w * v;
+                }
+            }
+        }
+    }
+}
+
+/// `out = x w` (or `out += x w` with `accumulate`) for row-major `x` (m, k), `wt` (k, n) and
+/// `out` (m, n), with the gemm crate that candle's CPU matmul also uses.
+///
+/// gemm is asked for the transposed product `out^T = wt^T x^T`, which puts the weights on the
+/// left in the column-major layout its microkernel reads directly: nothing is packed per call.
+/// The usual `x w^T` with (out, in) weights makes gemm repack the few rows of `x` and read the
+/// weights with a stride, which measured 1.5x to 4.6x slower on decode shapes (32 rows).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    wt: &[f32],
+    n: usize,
+    out: &mut [f32],
+    accumulate: bool,
+    par: gemm::Parallelism,
+) {
+    assert!(x.len() >= m * k && wt.len() >= n * k && out.len() >= m * n);
+    // SAFETY: the assert above keeps every index gemm touches inside the three slices: the
+    // destination (n, m) is `out` with row stride 1 and column stride n, the left operand
+    // (n, k) is `wt` with row stride 1 and column stride n, the right operand (k, m) is `x`
+    // with row stride 1 and column stride k. `out` is borrowed mutably, so it aliases neither.
+    unsafe {
+        gemm::gemm(
+            n,
+            m,
+            k,
+            out.as_mut_ptr(),
+            n as isize,
+            1,
+            accumulate,
+            wt.as_ptr(),
+            n as isize,
+            1,
+            x.as_ptr(),
+            k as isize,
+            1,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// RMSNorm of each row of `x` into `out`.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let width = w.len();
+    for (row, o) in x.chunks(width).zip(out.chunks_mut(width)) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
+            *o = v * inv * g;
+        }
+    }
+}
+
+/// Dot product with eight independent accumulators, so the compiler can vectorise it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for i in 0..8 {
+            acc[i] += a[c * 8 + i] * b[c * 8 + i];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        sum += a[i] * b[i];
+    }
+    sum
+}
