@@ -19,11 +19,11 @@ use crate::ops::cpu::exp_f32;
 /// One block's weights on the host, transposed to (in, out) row-major (see [`matmul`]); q/k/v and
 /// gate/up are concatenated along the output so each is a single matrix multiply.
 struct HostLayer {
-    qkv_w: Vec<f32>,
+    qkv_w: Weight,
     qkv_b: Option<Vec<f32>>,
-    o_w: Vec<f32>,
-    gate_up_w: Vec<f32>,
-    down_w: Vec<f32>,
+    o_w: Weight,
+    gate_up_w: Weight,
+    down_w: Weight,
     input_norm: Vec<f32>,
     post_norm: Vec<f32>,
 }
@@ -65,8 +65,8 @@ struct RowCache {
 pub(super) struct HostDecoder {
     layers: Vec<HostLayer>,
     norm: Vec<f32>,
-    /// (hidden, vocab): the LM head (the embedding when tied), transposed.
-    head: Vec<f32>,
+    /// (vocab, hidden): the LM head (the embedding when tied).
+    head: Weight,
     /// (vocab, hidden).
     embed: Vec<f32>,
     /// (max_positions, head_dim / 2).
@@ -82,30 +82,54 @@ fn host(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1()
 }
 
-/// The (out, in) weight matrices `ts`, stacked along the output, as one (in, out) row-major
-/// host matrix.
-fn host_t(ts: &[&Tensor]) -> candle_core::Result<Vec<f32>> {
-    let mut rows = Vec::new();
-    let mut k = 0;
-    for t in ts {
-        let (_, cols) = t.dims2()?;
-        k = cols;
-        rows.extend(host(t)?);
-    }
-    let n = rows.len() / k.max(1);
-    let mut out = vec![0f32; rows.len()];
-    // Blocked so both the reads and the writes stay within a few cache lines per block.
-    const B: usize = 16;
-    for j0 in (0..n).step_by(B) {
-        for k0 in (0..k).step_by(B) {
-            for j in j0..(j0 + B).min(n) {
-                for kk in k0..(k0 + B).min(k) {
-                    out[kk * n + j] = rows[j * k + kk];
-                }
-            }
+/// A weight matrix on the host: (out, in) row-major as in the checkpoint, or transposed to
+/// (in, out) row-major, the layout gemm multiplies fastest (see [`matmul`]).
+struct Weight {
+    data: Vec<f32>,
+    transposed: bool,
+}
+
+impl Weight {
+    /// The (out, in) matrices `ts` stacked along the output, transposed when `transpose`.
+    /// Transposing costs one pass over the weights per rollout; it pays when a rollout decodes
+    /// several rows (32 rows: 1.5x to 4.6x faster multiplies), not for one row of a large model.
+    fn load(ts: &[&Tensor], transpose: bool) -> candle_core::Result<Weight> {
+        let mut rows = Vec::new();
+        let mut k = 0;
+        for t in ts {
+            let (_, cols) = t.dims2()?;
+            k = cols;
+            rows.extend(host(t)?);
         }
+        if !transpose || k == 0 {
+            return Ok(Weight {
+                data: rows,
+                transposed: false,
+            });
+        }
+        let n = rows.len() / k;
+        let mut out = vec![0f32; rows.len()];
+        // Blocks of 16 x 16 keep both the reads and the writes within a few cache lines; the
+        // blocks of output rows go to all threads, as large models have hundreds of MB here.
+        const B: usize = 16;
+        out.par_chunks_mut(B * n)
+            .enumerate()
+            .for_each(|(block, chunk)| {
+                let k0 = block * B;
+                for j0 in (0..n).step_by(B) {
+                    for (dk, row) in chunk.chunks_mut(n).enumerate() {
+                        let kk = k0 + dk;
+                        for j in j0..(j0 + B).min(n) {
+                            row[j] = rows[j * k + kk];
+                        }
+                    }
+                }
+            });
+        Ok(Weight {
+            data: out,
+            transposed: true,
+        })
     }
-    Ok(out)
 }
 
 impl HostDecoder {
@@ -120,6 +144,9 @@ impl HostDecoder {
     ) -> candle_core::Result<HostDecoder> {
         let c = model.config();
         let w = &model.weights;
+        let b = prefill.first().map_or(0, |(k, _)| k.dims()[0]);
+        let n = b * group;
+        let transpose = n >= 8;
         let mut layers = Vec::with_capacity(w.layers.len());
         for lw in &w.layers {
             let qkv_b = match (&lw.q_b, &lw.k_b, &lw.v_b) {
@@ -127,11 +154,11 @@ impl HostDecoder {
                 _ => None,
             };
             layers.push(HostLayer {
-                qkv_w: host_t(&[&lw.q_w, &lw.k_w, &lw.v_w])?,
+                qkv_w: Weight::load(&[&lw.q_w, &lw.k_w, &lw.v_w], transpose)?,
                 qkv_b,
-                o_w: host_t(&[&lw.o_w])?,
-                gate_up_w: host_t(&[&lw.gate_w, &lw.up_w])?,
-                down_w: host_t(&[&lw.down_w])?,
+                o_w: Weight::load(&[&lw.o_w], transpose)?,
+                gate_up_w: Weight::load(&[&lw.gate_w, &lw.up_w], transpose)?,
+                down_w: Weight::load(&[&lw.down_w], transpose)?,
                 input_norm: host(&lw.input_norm)?,
                 post_norm: host(&lw.post_norm)?,
             });
@@ -147,8 +174,6 @@ impl HostDecoder {
             scale: 1.0 / (c.head_dim as f32).sqrt(),
             cap,
         };
-        let b = prefill.first().map_or(0, |(k, _)| k.dims()[0]);
-        let n = b * group;
         let per_layer = dims.layer_kv();
         let mut rows: Vec<RowCache> = (0..n)
             .map(|_| RowCache {
@@ -172,7 +197,7 @@ impl HostDecoder {
         Ok(HostDecoder {
             layers,
             norm: host(&w.norm)?,
-            head: host_t(&[w.lm_head.as_ref().unwrap_or(&w.embed)])?,
+            head: Weight::load(&[w.lm_head.as_ref().unwrap_or(&w.embed)], transpose)?,
             embed: host(&w.embed)?,
             cos: host(&model.rope.cos)?,
             sin: host(&model.rope.sin)?,
@@ -249,7 +274,7 @@ impl HostDecoder {
 struct Shared<'a> {
     layers: &'a [HostLayer],
     norm: &'a [f32],
-    head: &'a [f32],
+    head: &'a Weight,
     embed: &'a [f32],
     cos: &'a [f32],
     sin: &'a [f32],
@@ -367,51 +392,45 @@ impl Shared<'_> {
     }
 }
 
-/// `out = x w` (or `out += x w` with `accumulate`) for row-major `x` (m, k), `wt` (k, n) and
-/// `out` (m, n), with the gemm crate that candle's CPU matmul also uses.
+/// `out = x w^T` (or `out += x w^T` with `accumulate`) for row-major `x` (m, k), the (n, k)
+/// weight `w` and `out` (m, n), with the gemm crate that candle's CPU matmul also uses.
 ///
-/// gemm is asked for the transposed product `out^T = wt^T x^T`, which puts the weights on the
-/// left in the column-major layout its microkernel reads directly: nothing is packed per call.
-/// The usual `x w^T` with (out, in) weights makes gemm repack the few rows of `x` and read the
-/// weights with a stride, which measured 1.5x to 4.6x slower on decode shapes (32 rows).
+/// With transposed weights gemm is asked for `out^T = w x^T`, which puts the weights on the left
+/// in the column-major layout its microkernel reads directly: nothing is packed per call. With
+/// (out, in) weights gemm repacks the rows of `x` and reads the weights with a stride, which
+/// measured 1.5x to 4.6x slower on decode shapes (32 rows) but is as fast for a single row.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     x: &[f32],
     m: usize,
     k: usize,
-    wt: &[f32],
+    w: &Weight,
     n: usize,
     out: &mut [f32],
     accumulate: bool,
     par: gemm::Parallelism,
 ) {
-    assert!(x.len() >= m * k && wt.len() >= n * k && out.len() >= m * n);
-    // SAFETY: the assert above keeps every index gemm touches inside the three slices: the
-    // destination (n, m) is `out` with row stride 1 and column stride n, the left operand
-    // (n, k) is `wt` with row stride 1 and column stride n, the right operand (k, m) is `x`
-    // with row stride 1 and column stride k. `out` is borrowed mutably, so it aliases neither.
+    assert!(x.len() >= m * k && w.data.len() >= n * k && out.len() >= m * n);
+    let (wp, xp, op) = (w.data.as_ptr(), x.as_ptr(), out.as_mut_ptr());
+    let (n_, k_) = (n as isize, k as isize);
+    // SAFETY: the assert above keeps every index gemm touches inside the three slices. Strides
+    // are (column, row). Transposed: the destination (n, m) is `out` with (n, 1), the left
+    // operand (n, k) is the (k, n) row-major weight with (n, 1), the right operand (k, m) is
+    // `x` with (k, 1). Otherwise: the destination (m, n) is `out` with (1, n), the left operand
+    // is `x` (m, k) with (1, k), the right operand (k, n) is the (n, k) weight with (k, 1).
+    // `out` is borrowed mutably, so it aliases neither input.
     unsafe {
-        gemm::gemm(
-            n,
-            m,
-            k,
-            out.as_mut_ptr(),
-            n as isize,
-            1,
-            accumulate,
-            wt.as_ptr(),
-            n as isize,
-            1,
-            x.as_ptr(),
-            k as isize,
-            1,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            par,
-        );
+        if w.transposed {
+            gemm::gemm(
+                n, m, k, op, n_, 1, accumulate, wp, n_, 1, xp, k_, 1, 1.0f32, 1.0f32, false, false,
+                false, par,
+            );
+        } else {
+            gemm::gemm(
+                m, n, k, op, 1, n_, accumulate, xp, 1, k_, wp, k_, 1, 1.0f32, 1.0f32, false, false,
+                false, par,
+            );
+        }
     }
 }
 
