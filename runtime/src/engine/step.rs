@@ -396,17 +396,45 @@ impl Ctx<'_> {
                             ids.truncate(*max_tokens as usize);
                             targets.push(ids);
                         }
-                        let p: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-                        let c: Vec<&[u32]> = targets.iter().map(Vec::as_slice).collect();
-                        let batch = SequenceBatch::new(&p, &c, models.tok.pad_id, &self.device)?;
                         let lambda = key_lambda(rt, &src);
-                        let logp = token_logprobs(&models.policy, &batch)?;
-                        let out = sft_loss(&logp, &batch.completion_mask, lambda)?;
-                        loss_sum += out.loss.to_scalar::<f32>()? as f64;
-                        accumulate(&mut grads, out.loss.backward()?, &vars)?;
+                        // The NLL is a mean over all target tokens of the batch: each chunk's
+                        // mean is weighted by its share of those tokens, so the chunks' losses
+                        // and gradients add up to the whole batch's.
+                        let total: usize = targets.iter().map(Vec::len).sum();
+                        if total == 0 {
+                            bail!("objective `{}`: the batch has no target tokens", o.name);
+                        }
+                        let (policy, pad_id, device) =
+                            (&models.policy, models.tok.pad_id, &self.device);
+                        let chunk = |range: std::ops::Range<usize>| -> Result<Option<(f64, f64, GradStore)>> {
+                            let tokens: usize = targets[range.clone()].iter().map(Vec::len).sum();
+                            if tokens == 0 {
+                                return Ok(None);
+                            }
+                            let p: Vec<&[u32]> =
+                                prompts[range.clone()].iter().map(Vec::as_slice).collect();
+                            let c: Vec<&[u32]> = targets[range].iter().map(Vec::as_slice).collect();
+                            let batch = SequenceBatch::new(&p, &c, pad_id, device)?;
+                            let logp = token_logprobs(policy, &batch)?;
+                            let out = sft_loss(&logp, &batch.completion_mask, lambda)?;
+                            let share = tokens as f64 / total as f64;
+                            let l = (out.loss * share)?;
+                            Ok(Some((l.to_scalar::<f32>()? as f64, out.nll * share, l.backward()?)))
+                        };
+                        let micro = stage.train.micro_batch.map(|m| m as usize);
+                        let chunks = row_chunks(rows.len(), micro, &self.device);
+                        let mut nll = 0.0;
+                        for (loss, part_nll, g) in map_chunks(&chunks, &self.device, chunk)?
+                            .into_iter()
+                            .flatten()
+                        {
+                            loss_sum += loss;
+                            nll += part_nll;
+                            accumulate(&mut grads, g, &vars)?;
+                        }
                         tm.tensor += t.elapsed().as_secs_f64();
-                        scalars.push((src.clone(), out.nll));
-                        rec.insert("sft_nll".into(), num(out.nll));
+                        scalars.push((src.clone(), nll));
+                        rec.insert("sft_nll".into(), num(nll));
                     }
                 }
             }
