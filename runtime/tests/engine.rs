@@ -253,17 +253,58 @@ mod engine {
             if let ObjectiveSpec::Grpo { loss, .. } = &mut whole.stages[0].objectives[0].spec {
                 *loss = agg;
             }
-            let mut micro = whole.clone();
-            micro.stages[0].train.micro_batch = Some(5);
-            let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-            let ra = run(&seal(whole), &opts(a.path())).unwrap();
-            let rb = run(&seal(micro), &opts(b.path())).unwrap();
-            for (x, y) in ra.metrics.iter().zip(&rb.metrics) {
-                for k in ["loss", "grad_norm", "reward_mean"] {
+            // Without micro_batch the CPU splits the batch into one chunk per core; a micro
+            // batch of 5 gives uneven chunks and one of 1000 a single chunk: all must agree.
+            let a = tempfile::tempdir().unwrap();
+            let ra = run(&seal(whole.clone()), &opts(a.path())).unwrap();
+            for size in [5, 1000] {
+                let mut micro = whole.clone();
+                micro.stages[0].train.micro_batch = Some(size);
+                let b = tempfile::tempdir().unwrap();
+                let rb = run(&seal(micro), &opts(b.path())).unwrap();
+                for (x, y) in ra.metrics.iter().zip(&rb.metrics) {
+                    for k in ["loss", "grad_norm", "reward_mean"] {
+                        let (x, y) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+                        assert!(
+                            (x - y).abs() <= 1e-4 * (1.0 + x.abs()),
+                            "{agg:?} micro {size} {k}: {x} vs {y}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// SFT objectives split into micro-batches give the whole batch's loss, NLL and gradient.
+    #[test]
+    fn engine_sft_micro_batches_match_the_whole_batch() {
+        let plan_with = |micro: Option<u64>| {
+            let mut plan = base_plan(tiny_model("policy", 32, 1, 64, 3));
+            plan.sources = vec![copying("copy", 16, 2, 1)];
+            let mut t = train(2, 6, 1e-3, 1, "unused");
+            t.micro_batch = micro;
+            plan.stages = vec![Stage {
+                name: "main".into(),
+                rollouts: vec![],
+                objectives: vec![sft("recall", "copy", 8)],
+                reweight: Reweight::Uniform,
+                mix: Mix::RoundRobin,
+                train: t,
+                evals: vec![],
+            }];
+            seal(plan)
+        };
+        let a = tempfile::tempdir().unwrap();
+        let whole = run(&plan_with(Some(1000)), &opts(a.path())).unwrap();
+        for micro in [None, Some(1), Some(4)] {
+            let b = tempfile::tempdir().unwrap();
+            let split = run(&plan_with(micro), &opts(b.path())).unwrap();
+            for (x, y) in whole.metrics.iter().zip(&split.metrics) {
+                for k in ["loss", "sft_nll", "grad_norm"] {
                     let (x, y) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
                     assert!(
                         (x - y).abs() <= 1e-4 * (1.0 + x.abs()),
-                        "{agg:?} {k}: {x} vs {y}"
+                        "micro {micro:?} {k}: {x} vs {y}"
                     );
                 }
             }
