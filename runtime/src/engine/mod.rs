@@ -402,19 +402,7 @@ fn build_stage(
         bail!("stage `{}` has no objectives", stage.name);
     }
     let seed = stage.train.seed;
-    let (mix, mix_seed) = match &stage.mix {
-        Mix::RoundRobin => (MixConfig::RoundRobin, seed),
-        Mix::Uniform { seed } => (MixConfig::Uniform, *seed),
-        Mix::Proportional => (MixConfig::Proportional, seed),
-        Mix::Weights { weights } => (
-            MixConfig::Weights {
-                weights: weights.clone(),
-            },
-            seed,
-        ),
-        Mix::Coreset { cap, .. } => (MixConfig::Coreset { cap: *cap }, seed),
-        Mix::All => (MixConfig::All, seed),
-    };
+    let (mix, mix_seed) = mix_config(&stage.mix, seed);
     let mixer =
         Mixer::new(mix, infos, mix_seed).map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
     let readers = sources
@@ -658,6 +646,33 @@ pub(crate) fn num(x: f64) -> Value {
         json!(x)
     } else {
         Value::Null
+    }
+}
+
+/// The runtime's mixing policy for a plan's `mix` and the seed its draws use: the stage's seed,
+/// or the one `uniform(seed)` names (also as a coreset's base).
+fn mix_config(mix: &Mix, stage_seed: u64) -> (MixConfig, u64) {
+    match mix {
+        Mix::RoundRobin => (MixConfig::RoundRobin, stage_seed),
+        Mix::Uniform { seed } => (MixConfig::Uniform, *seed),
+        Mix::Proportional => (MixConfig::Proportional, stage_seed),
+        Mix::Weights { weights } => (
+            MixConfig::Weights {
+                weights: weights.clone(),
+            },
+            stage_seed,
+        ),
+        Mix::Coreset { cap, base } => {
+            let (base, seed) = mix_config(base, stage_seed);
+            (
+                MixConfig::Coreset {
+                    cap: *cap,
+                    base: Box::new(base),
+                },
+                seed,
+            )
+        }
+        Mix::All => (MixConfig::All, stage_seed),
     }
 }
 

@@ -41,14 +41,23 @@ pub enum MixConfig {
     RoundRobin,
     Uniform,
     Proportional,
-    /// Relative draw weights by source name; every source must be named.
+    /// Relative draw weights by source name; sources not named weigh 1.
     Weights {
         weights: BTreeMap<String, f64>,
     },
+    /// Replay volume capped at `cap` times the RL volume, drawn otherwise like `base` (one of
+    /// the sampling policies: uniform, proportional, weights).
     Coreset {
         cap: f64,
+        /// Plans written before `base` existed meant proportional draws.
+        #[serde(default = "proportional")]
+        base: Box<MixConfig>,
     },
     All,
+}
+
+fn proportional() -> Box<MixConfig> {
+    Box::new(MixConfig::Proportional)
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -82,6 +91,59 @@ fn coreset_scale(sources: &[SourceInfo], cap: f64) -> f64 {
     }
 }
 
+/// Relative draw weights of the sampling policies (uniform, proportional, weights).
+fn sampling_weights(config: &MixConfig, sources: &[SourceInfo]) -> Result<Vec<f64>, MixError> {
+    let fail = |m: String| Err(MixError(m));
+    Ok(match config {
+        MixConfig::Uniform => vec![1.0; sources.len()],
+        MixConfig::Proportional => sources.iter().map(|s| s.size as f64).collect(),
+        MixConfig::Weights { weights } => {
+            if let Some(name) = weights
+                .keys()
+                .find(|n| !sources.iter().any(|s| &s.name == *n))
+            {
+                return fail(format!("weights: unknown source `{name}`"));
+            }
+            let mut w = Vec::with_capacity(sources.len());
+            for s in sources {
+                match weights.get(&s.name) {
+                    Some(v) if v.is_finite() && *v >= 0.0 => w.push(*v),
+                    Some(v) => {
+                        return fail(format!("weights: `{}` has weight {v}, need >= 0", s.name))
+                    }
+                    // The language documents that sources a `weights(...)` does not name weigh 1.
+                    None => w.push(1.0),
+                }
+            }
+            w
+        }
+        MixConfig::RoundRobin | MixConfig::All | MixConfig::Coreset { .. } => Vec::new(),
+    })
+}
+
+/// Scales the replay sources' weights down so their total is at most `cap` times the RL
+/// sources' total: the draw-volume side of the coreset.
+fn cap_replay(sources: &[SourceInfo], mut weights: Vec<f64>, cap: f64) -> Vec<f64> {
+    let total = |role| -> f64 {
+        sources
+            .iter()
+            .zip(&weights)
+            .filter(|(s, _)| s.role == role)
+            .map(|(_, w)| w)
+            .sum()
+    };
+    let (rl, replay) = (total(SourceRole::Rl), total(SourceRole::Replay));
+    if replay > cap * rl {
+        let f = cap * rl / replay;
+        for (s, w) in sources.iter().zip(weights.iter_mut()) {
+            if s.role == SourceRole::Replay {
+                *w *= f;
+            }
+        }
+    }
+    weights
+}
+
 /// Draws sources step by step under a [`MixConfig`].
 #[derive(Debug, Clone)]
 pub struct Mixer {
@@ -108,31 +170,9 @@ impl Mixer {
                 return fail(format!("source `{}` appears twice", s.name));
             }
         }
-        let sizes: Vec<f64> = sources.iter().map(|s| s.size as f64).collect();
         let weights = match &config {
             MixConfig::RoundRobin | MixConfig::All => Vec::new(),
-            MixConfig::Uniform => vec![1.0; sources.len()],
-            MixConfig::Proportional => sizes,
-            MixConfig::Weights { weights } => {
-                if let Some(name) = weights
-                    .keys()
-                    .find(|n| !sources.iter().any(|s| &s.name == *n))
-                {
-                    return fail(format!("weights: unknown source `{name}`"));
-                }
-                let mut w = Vec::with_capacity(sources.len());
-                for s in &sources {
-                    match weights.get(&s.name) {
-                        Some(v) if v.is_finite() && *v >= 0.0 => w.push(*v),
-                        Some(v) => {
-                            return fail(format!("weights: `{}` has weight {v}, need >= 0", s.name))
-                        }
-                        None => return fail(format!("weights: no weight for source `{}`", s.name)),
-                    }
-                }
-                w
-            }
-            MixConfig::Coreset { cap } => {
+            MixConfig::Coreset { cap, base } => {
                 if !(cap.is_finite() && *cap >= 0.0) {
                     return fail(format!("coreset: cap must be >= 0, got {cap}"));
                 }
@@ -141,15 +181,19 @@ impl Mixer {
                         "coreset: needs at least one RL source to cap replay against".into(),
                     );
                 }
-                let scale = coreset_scale(&sources, *cap);
-                sources
-                    .iter()
-                    .map(|s| match s.role {
-                        SourceRole::Rl => s.size as f64,
-                        SourceRole::Replay => s.size as f64 * scale,
-                    })
-                    .collect()
+                if matches!(
+                    **base,
+                    MixConfig::RoundRobin | MixConfig::All | MixConfig::Coreset { .. }
+                ) {
+                    return fail(
+                        "coreset: base must be uniform, proportional or weights(...), which draw \
+                         sources at random; the cap scales the replay sources' chances"
+                            .into(),
+                    );
+                }
+                cap_replay(&sources, sampling_weights(base, &sources)?, *cap)
             }
+            other => sampling_weights(other, &sources)?,
         };
         let total: f64 = weights.iter().sum();
         if !weights.is_empty() && total <= 0.0 {
@@ -184,10 +228,10 @@ impl Mixer {
     /// sources' sizes scaled so together they are `cap` times the RL size); `None` for RL
     /// sources and under other policies.
     pub fn coreset_budget(&self) -> Vec<Option<usize>> {
-        let MixConfig::Coreset { cap } = self.config else {
+        let MixConfig::Coreset { cap, .. } = &self.config else {
             return vec![None; self.sources.len()];
         };
-        let scale = coreset_scale(&self.sources, cap);
+        let scale = coreset_scale(&self.sources, *cap);
         self.sources
             .iter()
             .map(|s| {
@@ -434,7 +478,15 @@ mod tests {
     #[test]
     fn coreset_caps_replay_volume() {
         // RL size 400; replay 1600 is capped to 0.5 * 400 = 200: replay chance 200 / 600.
-        let mut c = Mixer::new(MixConfig::Coreset { cap: 0.5 }, sources(), 3).unwrap();
+        let mut c = Mixer::new(
+            MixConfig::Coreset {
+                cap: 0.5,
+                base: proportional(),
+            },
+            sources(),
+            3,
+        )
+        .unwrap();
         near(
             &c.probabilities(),
             &[100.0 / 600.0, 300.0 / 600.0, 200.0 / 600.0],
@@ -447,21 +499,62 @@ mod tests {
         // A replay source already under the cap is mixed proportionally.
         let mut small = sources();
         small[2].size = 100;
-        let s = Mixer::new(MixConfig::Coreset { cap: 0.5 }, small, 3).unwrap();
+        let s = Mixer::new(
+            MixConfig::Coreset {
+                cap: 0.5,
+                base: proportional(),
+            },
+            small,
+            3,
+        )
+        .unwrap();
         near(&s.probabilities(), &[0.2, 0.6, 0.2]);
         assert_eq!(s.coreset_budget()[2], Some(100));
-        let mut zero = Mixer::new(MixConfig::Coreset { cap: 0.0 }, sources(), 3).unwrap();
+        let mut zero = Mixer::new(
+            MixConfig::Coreset {
+                cap: 0.0,
+                base: proportional(),
+            },
+            sources(),
+            3,
+        )
+        .unwrap();
         frequencies(&mut zero, 1000);
         assert_eq!(zero.draws()[2], 0);
+        // Under a uniform base the replay source's chance is capped the same way: uniform gives
+        // each source 1/3, so replay (1/3) against RL (2/3) with cap 0.25 becomes 1/6 of 2/3.
+        let uniform = MixConfig::Coreset {
+            cap: 0.25,
+            base: Box::new(MixConfig::Uniform),
+        };
+        let u = Mixer::new(uniform, sources(), 3).unwrap();
+        near(&u.probabilities(), &[0.4, 0.4, 0.2]);
+        // A base that does not sample cannot be capped.
+        for base in [MixConfig::RoundRobin, MixConfig::All] {
+            let c = MixConfig::Coreset {
+                cap: 0.5,
+                base: Box::new(base),
+            };
+            assert!(Mixer::new(c, sources(), 0).is_err());
+        }
         let only_replay = vec![sources()[2].clone()];
-        assert!(Mixer::new(MixConfig::Coreset { cap: 0.5 }, only_replay, 0).is_err());
+        assert!(Mixer::new(
+            MixConfig::Coreset {
+                cap: 0.5,
+                base: proportional()
+            },
+            only_replay,
+            0
+        )
+        .is_err());
     }
 
     #[test]
     fn bad_configs_are_errors() {
-        let partial = BTreeMap::from([("math".into(), 1.0)]);
-        let e = Mixer::new(MixConfig::Weights { weights: partial }, sources(), 0).unwrap_err();
-        assert!(e.to_string().contains("`ground`"), "{e}");
+        // Sources a weights(...) does not name weigh 1, as docs/language.md says.
+        let partial = BTreeMap::from([("math".into(), 2.0)]);
+        let p = Mixer::new(MixConfig::Weights { weights: partial }, sources(), 0).unwrap();
+        near(&p.probabilities(), &[0.5, 0.25, 0.25]);
         let unknown = BTreeMap::from([("maths".into(), 1.0)]);
         assert!(Mixer::new(MixConfig::Weights { weights: unknown }, sources(), 0).is_err());
         let neg = BTreeMap::from([
@@ -480,7 +573,15 @@ mod tests {
         empty[0].size = 0;
         assert!(Mixer::new(MixConfig::Uniform, empty, 0).is_err());
         assert!(Mixer::new(MixConfig::Uniform, vec![], 0).is_err());
-        assert!(Mixer::new(MixConfig::Coreset { cap: f64::NAN }, sources(), 0).is_err());
+        assert!(Mixer::new(
+            MixConfig::Coreset {
+                cap: f64::NAN,
+                base: proportional()
+            },
+            sources(),
+            0
+        )
+        .is_err());
     }
 
     #[test]
@@ -512,7 +613,13 @@ mod tests {
         let three = Mixer::new(MixConfig::Uniform, sources(), 9).unwrap();
         assert!(two.restore(three.cursor()).is_err());
         let cfg: MixConfig = serde_json::from_str(r#"{"kind": "coreset", "cap": 0.5}"#).unwrap();
-        assert_eq!(cfg, MixConfig::Coreset { cap: 0.5 });
+        assert_eq!(
+            cfg,
+            MixConfig::Coreset {
+                cap: 0.5,
+                base: proportional()
+            }
+        );
     }
 
     #[test]
