@@ -1,13 +1,12 @@
-//! Optimisers and learning-rate schedules: take named candle `Var`s and their gradients; give
-//! updated weights, the global gradient norm, the learning rate of each step, and optimiser
-//! state saved to and loaded from safetensors for resume.
+//! Optimisers: take named candle `Var`s and their gradients; give updated weights, the global
+//! gradient norm and optimiser state saved to and loaded from safetensors for resume. (The
+//! learning-rate schedule is the plan's, in `engine::optim::lr_factor`.)
 //!
 //! Updates run in f32: a variable stored in another dtype (bf16, f16) gets an f32 master copy
 //! that the optimiser updates and writes back rounded, because small updates vanish when added
 //! to bf16 weights directly, and candle-nn's AdamW keeps its moments in the variable's dtype.
-//! Semantics are PyTorch's (`torch.optim.AdamW`, `torch.optim.SGD`,
-//! `clip_grad_norm_`) and Hugging Face's schedules (`get_linear_schedule_with_warmup`,
-//! `get_cosine_schedule_with_warmup`), so runs compare with TRL.
+//! Semantics are PyTorch's (`torch.optim.AdamW`, `torch.optim.SGD`, `clip_grad_norm_`), so runs
+//! compare with TRL.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -754,118 +753,6 @@ impl Optimizer {
     }
 }
 
-/// A warm-up length: a number of steps or a fraction of the run (rounded up, as
-/// transformers' `warmup_ratio`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Warmup {
-    Steps(u64),
-    Fraction(f64),
-}
-
-impl Default for Warmup {
-    fn default() -> Self {
-        Warmup::Steps(0)
-    }
-}
-
-fn default_cycles() -> f64 {
-    0.5
-}
-
-/// A learning-rate schedule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ScheduleConfig {
-    Constant {
-        #[serde(default)]
-        warmup: Warmup,
-    },
-    /// Linear warm-up from 0, then linear decay to 0 at the last step.
-    Linear {
-        #[serde(default)]
-        warmup: Warmup,
-    },
-    /// Linear warm-up, then cosine decay (`cycles = 0.5` is half a cosine down to 0).
-    Cosine {
-        #[serde(default)]
-        warmup: Warmup,
-        #[serde(default = "default_cycles")]
-        cycles: f64,
-    },
-}
-
-/// A schedule resolved against a peak rate and a run length.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Schedule {
-    config: ScheduleConfig,
-    base_lr: f64,
-    total_steps: u64,
-    warmup_steps: u64,
-}
-
-impl Schedule {
-    pub fn new(config: ScheduleConfig, base_lr: f64, total_steps: u64) -> Result<Self> {
-        if total_steps == 0 {
-            bail!("schedule: the run needs at least one step");
-        }
-        if !(base_lr.is_finite() && base_lr >= 0.0) {
-            bail!("schedule: learning rate must be finite and >= 0, got {base_lr}");
-        }
-        let warmup = match &config {
-            ScheduleConfig::Constant { warmup }
-            | ScheduleConfig::Linear { warmup }
-            | ScheduleConfig::Cosine { warmup, .. } => *warmup,
-        };
-        let warmup_steps = match warmup {
-            Warmup::Steps(s) => s,
-            Warmup::Fraction(f) => {
-                if !(0.0..=1.0).contains(&f) {
-                    bail!("schedule: warm-up fraction must be in [0, 1], got {f}");
-                }
-                (f * total_steps as f64).ceil() as u64
-            }
-        };
-        if let ScheduleConfig::Cosine { cycles, .. } = &config {
-            if !(cycles.is_finite() && *cycles > 0.0) {
-                bail!("schedule: cosine cycles must be > 0, got {cycles}");
-            }
-        }
-        Ok(Schedule {
-            config,
-            base_lr,
-            total_steps,
-            warmup_steps,
-        })
-    }
-
-    pub fn warmup_steps(&self) -> u64 {
-        self.warmup_steps
-    }
-
-    /// The rate of the optimiser step that follows `step` completed steps (0 for the first,
-    /// which is 0 under any warm-up, as in transformers).
-    pub fn lr(&self, step: u64) -> f64 {
-        let (s, w, t) = (
-            step as f64,
-            self.warmup_steps as f64,
-            self.total_steps as f64,
-        );
-        if step < self.warmup_steps {
-            return self.base_lr * s / w.max(1.0);
-        }
-        let factor = match &self.config {
-            ScheduleConfig::Constant { .. } => 1.0,
-            ScheduleConfig::Linear { .. } => ((t - s) / (t - w).max(1.0)).max(0.0),
-            ScheduleConfig::Cosine { cycles, .. } => {
-                let progress = (s - w) / (t - w).max(1.0);
-                (0.5 * (1.0 + (std::f64::consts::PI * cycles * 2.0 * progress).cos())).max(0.0)
-            }
-        };
-        self.base_lr * factor
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1203,96 +1090,6 @@ mod tests {
         let cfg: OptimizerConfig =
             serde_json::from_str(r#"{"kind": "adamw", "lr": 1e-6}"#).unwrap();
         assert_eq!(cfg, adamw(1e-6, 0.0));
-    }
-
-    #[test]
-    fn schedules_at_key_steps() {
-        let lin = Schedule::new(
-            ScheduleConfig::Linear {
-                warmup: Warmup::Fraction(0.1),
-            },
-            1.0,
-            100,
-        )
-        .unwrap();
-        assert_eq!(lin.warmup_steps(), 10);
-        assert_eq!(lin.lr(0), 0.0);
-        assert!((lin.lr(5) - 0.5).abs() < 1e-12);
-        assert_eq!(lin.lr(10), 1.0);
-        assert!((lin.lr(55) - 0.5).abs() < 1e-12);
-        assert_eq!(lin.lr(100), 0.0);
-        assert_eq!(lin.lr(150), 0.0);
-        // ceil(0.1 * 15) = 2 warm-up steps.
-        let short = Schedule::new(
-            ScheduleConfig::Linear {
-                warmup: Warmup::Fraction(0.1),
-            },
-            1.0,
-            15,
-        )
-        .unwrap();
-        assert_eq!(short.warmup_steps(), 2);
-
-        let cos = Schedule::new(
-            ScheduleConfig::Cosine {
-                warmup: Warmup::Steps(10),
-                cycles: 0.5,
-            },
-            2.0,
-            110,
-        )
-        .unwrap();
-        assert!((cos.lr(5) - 1.0).abs() < 1e-12);
-        assert!((cos.lr(10) - 2.0).abs() < 1e-12);
-        assert!((cos.lr(60) - 1.0).abs() < 1e-12);
-        assert!(cos.lr(110).abs() < 1e-12);
-        // A quarter of the way: 0.5 * (1 + cos(pi / 4)).
-        let q = 2.0 * 0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos());
-        assert!((cos.lr(35) - q).abs() < 1e-12);
-
-        let constant = Schedule::new(
-            ScheduleConfig::Constant {
-                warmup: Warmup::Steps(0),
-            },
-            1e-4,
-            20,
-        )
-        .unwrap();
-        assert_eq!((constant.lr(0), constant.lr(19)), (1e-4, 1e-4));
-        let warm = Schedule::new(
-            ScheduleConfig::Constant {
-                warmup: Warmup::Steps(4),
-            },
-            1.0,
-            20,
-        )
-        .unwrap();
-        assert_eq!((warm.lr(1), warm.lr(4), warm.lr(19)), (0.25, 1.0, 1.0));
-
-        assert!(Schedule::new(
-            ScheduleConfig::Linear {
-                warmup: Warmup::Fraction(1.5)
-            },
-            1.0,
-            10
-        )
-        .is_err());
-        assert!(Schedule::new(
-            ScheduleConfig::Constant {
-                warmup: Warmup::Steps(0)
-            },
-            1.0,
-            0
-        )
-        .is_err());
-        let cfg: ScheduleConfig =
-            serde_json::from_str(r#"{"kind": "linear", "warmup": {"fraction": 0.1}}"#).unwrap();
-        assert_eq!(
-            cfg,
-            ScheduleConfig::Linear {
-                warmup: Warmup::Fraction(0.1)
-            }
-        );
     }
 }
 
