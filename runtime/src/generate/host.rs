@@ -61,8 +61,14 @@ struct RowCache {
     v: Vec<f32>,
 }
 
-/// The decoder of one rollout: host weights, RoPE tables, per-row caches and key masks.
+/// The decoder of one rollout: what every row reads, and each row's cache.
 pub(super) struct HostDecoder {
+    fixed: Fixed,
+    rows: Vec<RowCache>,
+}
+
+/// What every row of a rollout reads: host weights, RoPE tables, key masks and shapes.
+struct Fixed {
     layers: Vec<HostLayer>,
     norm: Vec<f32>,
     /// (vocab, hidden): the LM head (the embedding when tied).
@@ -72,7 +78,6 @@ pub(super) struct HostDecoder {
     /// (max_positions, head_dim / 2).
     cos: Vec<f32>,
     sin: Vec<f32>,
-    rows: Vec<RowCache>,
     /// (rows, cap) additive key mask: prompt padding is -inf for the whole rollout.
     key_bias: Vec<f32>,
     dims: Dims,
@@ -194,34 +199,24 @@ impl HostDecoder {
                 }
             }
         }
-        Ok(HostDecoder {
+        let fixed = Fixed {
             layers,
             norm: host(&w.norm)?,
             head: Weight::load(&[w.lm_head.as_ref().unwrap_or(&w.embed)], transpose)?,
             embed: host(&w.embed)?,
             cos: host(&model.rope.cos)?,
             sin: host(&model.rope.sin)?,
-            rows,
             key_bias,
             dims,
-        })
+        };
+        Ok(HostDecoder { fixed, rows })
     }
 
     /// Feeds `tokens[r]` at position `pos` to every row `r` with `active[r]`; gives the next-token
     /// logits of those rows (vocab each, in row order) and leaves finished rows untouched.
     pub(super) fn step(&mut self, tokens: &[u32], active: &[bool], pos: usize) -> Vec<Vec<f32>> {
-        let HostDecoder {
-            layers,
-            norm,
-            head,
-            embed,
-            cos,
-            sin,
-            rows,
-            key_bias,
-            dims,
-        } = self;
-        let d = *dims;
+        let HostDecoder { fixed, rows } = self;
+        let d = fixed.dims;
         let mut sel: Vec<(usize, &mut RowCache)> = rows
             .iter_mut()
             .enumerate()
@@ -231,19 +226,12 @@ impl HostDecoder {
             return Vec::new();
         }
         let shared = Shared {
-            layers,
-            norm,
-            head,
-            embed,
-            cos,
-            sin,
-            key_bias,
+            f: fixed,
             tokens,
             pos,
-            d,
         };
         // About 2 flops per weight per row; a part below ~2 Mflop costs less than the fork.
-        let params = layers.len() * (d.qkv() + d.heads * d.head_dim + 3 * d.inter) * d.hidden
+        let params = fixed.layers.len() * (d.qkv() + d.heads * d.head_dim + 3 * d.inter) * d.hidden
             + d.vocab * d.hidden;
         let threads = rayon::current_num_threads().max(1);
         let parts = threads
@@ -272,35 +260,28 @@ impl HostDecoder {
 
 /// What every part of a step reads.
 struct Shared<'a> {
-    layers: &'a [HostLayer],
-    norm: &'a [f32],
-    head: &'a Weight,
-    embed: &'a [f32],
-    cos: &'a [f32],
-    sin: &'a [f32],
-    key_bias: &'a [f32],
+    f: &'a Fixed,
     tokens: &'a [u32],
     pos: usize,
-    d: Dims,
 }
 
 impl Shared<'_> {
     /// Runs the layer stack for the rows of one part; gives their logits, (rows, vocab).
     fn run(&self, part: &mut [(usize, &mut RowCache)], par: gemm::Parallelism) -> Vec<f32> {
-        let d = self.d;
+        let d = self.f.dims;
         let (m, h) = (part.len(), d.hidden);
         let qd = d.heads * d.head_dim;
         let mut x = vec![0f32; m * h];
         for (i, (r, _)) in part.iter().enumerate() {
             let t = self.tokens[*r] as usize;
-            x[i * h..(i + 1) * h].copy_from_slice(&self.embed[t * h..(t + 1) * h]);
+            x[i * h..(i + 1) * h].copy_from_slice(&self.f.embed[t * h..(t + 1) * h]);
         }
         let mut hn = vec![0f32; m * h];
         let mut qkv = vec![0f32; m * d.qkv()];
         let mut y = vec![0f32; m * qd];
         let mut gu = vec![0f32; m * 2 * d.inter];
         let mut act = vec![0f32; m * d.inter];
-        for (l, w) in self.layers.iter().enumerate() {
+        for (l, w) in self.f.layers.iter().enumerate() {
             rms_norm(&x, &w.input_norm, d.eps, &mut hn);
             matmul(&hn, m, h, &w.qkv_w, d.qkv(), &mut qkv, false, par);
             if let Some(b) = &w.qkv_b {
@@ -313,7 +294,7 @@ impl Shared<'_> {
                     l,
                     &qkv[i * d.qkv()..(i + 1) * d.qkv()],
                     cache,
-                    &self.key_bias[*r * d.cap..(*r + 1) * d.cap],
+                    &self.f.key_bias[*r * d.cap..(*r + 1) * d.cap],
                     &mut y[i * qd..(i + 1) * qd],
                 );
             }
@@ -330,20 +311,20 @@ impl Shared<'_> {
             }
             matmul(&act, m, d.inter, &w.down_w, h, &mut x, true, par);
         }
-        rms_norm(&x, self.norm, d.eps, &mut hn);
+        rms_norm(&x, &self.f.norm, d.eps, &mut hn);
         let mut logits = vec![0f32; m * d.vocab];
-        matmul(&hn, m, h, self.head, d.vocab, &mut logits, false, par);
+        matmul(&hn, m, h, &self.f.head, d.vocab, &mut logits, false, par);
         logits
     }
 
     /// RoPE, cache append and attention of one row in layer `l`: `qkv` is the row's projection
     /// before RoPE; writes the attention output (heads * head_dim) into `out`.
     fn attend(&self, l: usize, qkv: &[f32], cache: &mut RowCache, bias: &[f32], out: &mut [f32]) {
-        let d = self.d;
+        let d = self.f.dims;
         let (hd, nh, nkv, pos) = (d.head_dim, d.heads, d.kv_heads, self.pos);
         let half = hd / 2;
-        let cos = &self.cos[pos * half..(pos + 1) * half];
-        let sin = &self.sin[pos * half..(pos + 1) * half];
+        let cos = &self.f.cos[pos * half..(pos + 1) * half];
+        let sin = &self.f.sin[pos * half..(pos + 1) * half];
         let rope = |x: &[f32], out: &mut [f32]| {
             for i in 0..half {
                 let (a, b) = (x[i], x[i + half]);
