@@ -13,7 +13,7 @@ use recap_runtime::generate::{generate, SamplingConfig};
 use recap_runtime::model::load_hf_dir;
 use recap_runtime::model::logprob::{reference_logprobs, token_logprobs, SequenceBatch};
 use recap_runtime::tokenizer::TextTokenizer;
-use recap_runtime::train::parallel::{map_chunks, row_chunks};
+use recap_runtime::train::parallel::{map_chunks, row_chunks, split_pays};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -102,7 +102,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // chunk's policy forward+backward and reference forward, gradients summed in order.
         let n = rollout.completion_ids.len();
         let total = rollout.num_tokens().max(1) as f64;
-        let chunks = row_chunks(n, None, &device);
+        let c = policy.config();
+        let params: usize = policy.trainable_vars().iter().map(|v| v.elem_count()).sum();
+        let seq_tokens: usize = (0..n)
+            .map(|r| rollout.prompt_of(r).len() + rollout.completion_ids[r].len())
+            .sum();
+        let split = split_pays(seq_tokens, c.hidden_size, c.num_hidden_layers, params);
+        let chunks = row_chunks(n, None, &device, split);
         let outs = map_chunks(&chunks, &device, |range| -> candle_core::Result<_> {
             let p: Vec<&[u32]> = range.clone().map(|r| rollout.prompt_of(r)).collect();
             let c: Vec<&[u32]> = range

@@ -203,10 +203,48 @@ fn build_policy(
                 .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
             (load(weights_dir.unwrap_or(&dir), dtype_of(*dtype))?, tok)
         }
-        ModelSpec::Gguf { file, .. } => bail!(
-            "model `{}`: gguf({file}) is not supported by the engine yet; convert it with `recapc import gguf` and use hf(DIR)",
-            plan.policy
-        ),
+        ModelSpec::Gguf {
+            file,
+            tokenizer,
+            dtype,
+        } => {
+            // The file is dequantised in memory (as `recapc import gguf` does before writing):
+            // f32 master weights with HF names, config and tokenizer from its metadata.
+            let path = resolve_path(base, file);
+            let converted = crate::gguf::convert(&path)
+                .with_context(|| format!("model `{}`: reading {}", plan.policy, path.display()))?;
+            let tok = match tokenizer {
+                Some(p) => load_tokenizer(&resolve_path(base, p))?,
+                None => {
+                    let inner = tokenizers::Tokenizer::from_bytes(
+                        converted.tokenizer.to_string().as_bytes(),
+                    )
+                    .map_err(|e| {
+                        anyhow!(
+                            "model `{}`: the tokenizer in {}: {e}",
+                            plan.policy,
+                            path.display()
+                        )
+                    })?;
+                    TextTokenizer::new(inner, Some(converted.tokenizer_config.clone()))
+                }
+            };
+            let model = match weights_dir {
+                Some(d) => load(d, dtype_of(*dtype))?,
+                None => {
+                    let config = ModelConfig::from_json_str(&converted.config.to_string(), &path)
+                        .with_context(|| format!("model `{}`: config", plan.policy))?;
+                    let tensors = converted.tensors.into_iter().collect();
+                    let mut m = Model::from_tensors(config, tensors, DType::F32, true, device)
+                        .with_context(|| format!("model `{}`: weights", plan.policy))?;
+                    if dtype_of(*dtype) != DType::F32 && device.is_cuda() {
+                        m.set_compute_dtype(dtype_of(*dtype))?;
+                    }
+                    m
+                }
+            };
+            (model, tok)
+        }
         ModelSpec::Tiny {
             vocab,
             hidden,

@@ -20,7 +20,7 @@ use crate::train::grpo::{
     combine_rewards, group_advantages, grpo_loss, sft_loss, AdvantageScale, Advantages, GrpoBatch,
     GrpoConfig, LossAggregation,
 };
-use crate::train::parallel::{map_chunks, row_chunks};
+use crate::train::parallel::{map_chunks, row_chunks, split_pays};
 use crate::train::rng::HostRng;
 
 /// The engine's state shared by all stages.
@@ -162,6 +162,11 @@ impl Ctx<'_> {
         let lr = rt.optim.base_lr()
             * super::optim::lr_factor(&stage.train.schedule, rt.step, stage.train.steps);
         let vars = models.policy.trainable_vars();
+        let params: usize = vars.iter().map(|v| v.elem_count()).sum();
+        let (hidden, layers) = (
+            models.policy.config().hidden_size,
+            models.policy.config().num_hidden_layers,
+        );
         let mut grads: Option<GradStore> = None;
         let mut tm = Timing::default();
         let mut rec = Map::new();
@@ -330,7 +335,11 @@ impl Ctx<'_> {
                                 clip_fraction: out.stats.clip_fraction,
                             })
                         };
-                        let chunks = row_chunks(n, micro, &self.device);
+                        let tokens: usize = (0..n)
+                            .map(|r| roll.prompt_of(r).len() + roll.completion_ids[r].len())
+                            .sum();
+                        let split = split_pays(tokens, hidden, layers, params);
+                        let chunks = row_chunks(n, micro, &self.device, split);
                         let (mut kl_sum, mut kl_tok, mut clip_sum) = (0.0, 0usize, 0.0);
                         for c in map_chunks(&chunks, &self.device, chunk)? {
                             loss_sum += c.loss;
@@ -422,7 +431,9 @@ impl Ctx<'_> {
                             Ok(Some((l.to_scalar::<f32>()? as f64, out.nll * share, l.backward()?)))
                         };
                         let micro = stage.train.micro_batch.map(|m| m as usize);
-                        let chunks = row_chunks(rows.len(), micro, &self.device);
+                        let tokens: usize = prompts.iter().map(Vec::len).sum::<usize>() + total;
+                        let split = split_pays(tokens, hidden, layers, params);
+                        let chunks = row_chunks(rows.len(), micro, &self.device, split);
                         let mut nll = 0.0;
                         for (loss, part_nll, g) in map_chunks(&chunks, &self.device, chunk)?
                             .into_iter()
