@@ -10,7 +10,7 @@
 //! its own core with single-threaded matrix multiplies: one fork and join per step instead of
 //! one per op. Rows that finished (EOS or stop string) drop out of the work entirely.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::model::Model;
@@ -73,8 +73,8 @@ struct Fixed {
     norm: Vec<f32>,
     /// (vocab, hidden): the LM head (the embedding when tied).
     head: Weight,
-    /// (vocab, hidden).
-    embed: Vec<f32>,
+    /// (vocab, hidden), read in place for the rows of each step's tokens.
+    embed: Tensor,
     /// (max_positions, head_dim / 2).
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -87,37 +87,53 @@ fn host(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1()
 }
 
-/// A weight matrix on the host: (out, in) row-major as in the checkpoint, or transposed to
-/// (in, out) row-major, the layout gemm multiplies fastest (see [`matmul`]).
-struct Weight {
-    data: Vec<f32>,
-    transposed: bool,
+/// Runs `f` on the f32 elements of a contiguous CPU tensor, borrowed from its storage (no copy).
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("host decoder: weights must be on the CPU");
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("host decoder: weights must be contiguous");
+    };
+    Ok(f(&data[start..end]))
+}
+
+/// A weight matrix for the decoder: a transposed host copy, (in, out) row-major, the layout
+/// gemm multiplies fastest (see [`matmul`]); or the model's own (out, in) tensors, stacked along
+/// the output and borrowed at each multiply.
+enum Weight {
+    Transposed(Vec<f32>),
+    Stored(Vec<Tensor>),
 }
 
 impl Weight {
     /// The (out, in) matrices `ts` stacked along the output, transposed when `transpose`.
     /// Transposing costs one pass over the weights per rollout; it pays when a rollout decodes
-    /// several rows (32 rows: 1.5x to 4.6x faster multiplies), not for one row of a large model.
+    /// several rows (32 rows: 1.5x to 4.6x faster multiplies), not for a few rows of a large
+    /// model, which then read the weights in place.
     fn load(ts: &[&Tensor], transpose: bool) -> candle_core::Result<Weight> {
+        let ts: Vec<Tensor> = ts
+            .iter()
+            .map(|t| t.detach().to_dtype(DType::F32)?.contiguous())
+            .collect::<candle_core::Result<_>>()?;
+        if !transpose {
+            return Ok(Weight::Stored(ts));
+        }
         let mut rows = Vec::new();
         let mut k = 0;
-        for t in ts {
+        for t in &ts {
             let (_, cols) = t.dims2()?;
             k = cols;
             rows.extend(host(t)?);
         }
-        if !transpose || k == 0 {
-            return Ok(Weight {
-                data: rows,
-                transposed: false,
-            });
-        }
-        let n = rows.len() / k;
+        let n = rows.len() / k.max(1);
         let mut out = vec![0f32; rows.len()];
         // Blocks of 16 x 16 keep both the reads and the writes within a few cache lines; the
         // blocks of output rows go to all threads, as large models have hundreds of MB here.
         const B: usize = 16;
-        out.par_chunks_mut(B * n)
+        out.par_chunks_mut((B * n).max(1))
             .enumerate()
             .for_each(|(block, chunk)| {
                 let k0 = block * B;
@@ -130,10 +146,7 @@ impl Weight {
                     }
                 }
             });
-        Ok(Weight {
-            data: out,
-            transposed: true,
-        })
+        Ok(Weight::Transposed(out))
     }
 }
 
@@ -203,7 +216,7 @@ impl HostDecoder {
             layers,
             norm: host(&w.norm)?,
             head: Weight::load(&[w.lm_head.as_ref().unwrap_or(&w.embed)], transpose)?,
-            embed: host(&w.embed)?,
+            embed: w.embed.detach().to_dtype(DType::F32)?.contiguous()?,
             cos: host(&model.rope.cos)?,
             sin: host(&model.rope.sin)?,
             key_bias,
@@ -214,7 +227,12 @@ impl HostDecoder {
 
     /// Feeds `tokens[r]` at position `pos` to every row `r` with `active[r]`; gives the next-token
     /// logits of those rows (vocab each, in row order) and leaves finished rows untouched.
-    pub(super) fn step(&mut self, tokens: &[u32], active: &[bool], pos: usize) -> Vec<Vec<f32>> {
+    pub(super) fn step(
+        &mut self,
+        tokens: &[u32],
+        active: &[bool],
+        pos: usize,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
         let HostDecoder { fixed, rows } = self;
         let d = fixed.dims;
         let mut sel: Vec<(usize, &mut RowCache)> = rows
@@ -223,7 +241,7 @@ impl HostDecoder {
             .filter(|(r, _)| active[*r])
             .collect();
         if sel.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let shared = Shared {
             f: fixed,
@@ -241,7 +259,7 @@ impl HostDecoder {
             let size = sel.len().div_ceil(parts);
             sel.par_chunks_mut(size)
                 .map(|part| shared.run(part, gemm::Parallelism::None))
-                .collect()
+                .collect::<candle_core::Result<_>>()?
         } else {
             // One part: let the matrix multiplies themselves use every thread instead.
             let par = if threads > 1 {
@@ -249,12 +267,12 @@ impl HostDecoder {
             } else {
                 gemm::Parallelism::None
             };
-            vec![shared.run(&mut sel, par)]
+            vec![shared.run(&mut sel, par)?]
         };
-        logits
+        Ok(logits
             .into_iter()
             .flat_map(|l| l.chunks(d.vocab).map(<[f32]>::to_vec).collect::<Vec<_>>())
-            .collect()
+            .collect())
     }
 }
 
@@ -267,15 +285,21 @@ struct Shared<'a> {
 
 impl Shared<'_> {
     /// Runs the layer stack for the rows of one part; gives their logits, (rows, vocab).
-    fn run(&self, part: &mut [(usize, &mut RowCache)], par: gemm::Parallelism) -> Vec<f32> {
+    fn run(
+        &self,
+        part: &mut [(usize, &mut RowCache)],
+        par: gemm::Parallelism,
+    ) -> candle_core::Result<Vec<f32>> {
         let d = self.f.dims;
         let (m, h) = (part.len(), d.hidden);
         let qd = d.heads * d.head_dim;
         let mut x = vec![0f32; m * h];
-        for (i, (r, _)) in part.iter().enumerate() {
-            let t = self.tokens[*r] as usize;
-            x[i * h..(i + 1) * h].copy_from_slice(&self.f.embed[t * h..(t + 1) * h]);
-        }
+        with_f32(&self.f.embed, |embed| {
+            for (i, (r, _)) in part.iter().enumerate() {
+                let t = self.tokens[*r] as usize;
+                x[i * h..(i + 1) * h].copy_from_slice(&embed[t * h..(t + 1) * h]);
+            }
+        })?;
         let mut hn = vec![0f32; m * h];
         let mut qkv = vec![0f32; m * d.qkv()];
         let mut y = vec![0f32; m * qd];
@@ -283,7 +307,7 @@ impl Shared<'_> {
         let mut act = vec![0f32; m * d.inter];
         for (l, w) in self.f.layers.iter().enumerate() {
             rms_norm(&x, &w.input_norm, d.eps, &mut hn);
-            matmul(&hn, m, h, &w.qkv_w, d.qkv(), &mut qkv, false, par);
+            matmul(&hn, m, h, &w.qkv_w, d.qkv(), &mut qkv, false, par)?;
             if let Some(b) = &w.qkv_b {
                 for row in qkv.chunks_mut(d.qkv()) {
                     row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
@@ -299,9 +323,9 @@ impl Shared<'_> {
                 );
             }
             // The residual add rides on the multiply: x += y o_w^T.
-            matmul(&y, m, qd, &w.o_w, h, &mut x, true, par);
+            matmul(&y, m, qd, &w.o_w, h, &mut x, true, par)?;
             rms_norm(&x, &w.post_norm, d.eps, &mut hn);
-            matmul(&hn, m, h, &w.gate_up_w, 2 * d.inter, &mut gu, false, par);
+            matmul(&hn, m, h, &w.gate_up_w, 2 * d.inter, &mut gu, false, par)?;
             for (a, row) in act.chunks_mut(d.inter).zip(gu.chunks(2 * d.inter)) {
                 let (gate, up) = row.split_at(d.inter);
                 // The same branch-free exp as the fused SwiGLU kernel, so this loop vectorises.
@@ -309,12 +333,12 @@ impl Shared<'_> {
                     *a = g / (1.0 + exp_f32(-g)) * u;
                 }
             }
-            matmul(&act, m, d.inter, &w.down_w, h, &mut x, true, par);
+            matmul(&act, m, d.inter, &w.down_w, h, &mut x, true, par)?;
         }
         rms_norm(&x, &self.f.norm, d.eps, &mut hn);
         let mut logits = vec![0f32; m * d.vocab];
-        matmul(&hn, m, h, &self.f.head, d.vocab, &mut logits, false, par);
-        logits
+        matmul(&hn, m, h, &self.f.head, d.vocab, &mut logits, false, par)?;
+        Ok(logits)
     }
 
     /// RoPE, cache append and attention of one row in layer `l`: `qkv` is the row's projection
@@ -390,29 +414,86 @@ fn matmul(
     out: &mut [f32],
     accumulate: bool,
     par: gemm::Parallelism,
-) {
-    assert!(x.len() >= m * k && w.data.len() >= n * k && out.len() >= m * n);
-    let (wp, xp, op) = (w.data.as_ptr(), x.as_ptr(), out.as_mut_ptr());
+) -> candle_core::Result<()> {
+    assert!(x.len() >= m * k && out.len() >= m * n);
     let (n_, k_) = (n as isize, k as isize);
-    // SAFETY: the assert above keeps every index gemm touches inside the three slices. Strides
-    // are (column, row). Transposed: the destination (n, m) is `out` with (n, 1), the left
-    // operand (n, k) is the (k, n) row-major weight with (n, 1), the right operand (k, m) is
-    // `x` with (k, 1). Otherwise: the destination (m, n) is `out` with (1, n), the left operand
-    // is `x` (m, k) with (1, k), the right operand (k, n) is the (n, k) weight with (k, 1).
-    // `out` is borrowed mutably, so it aliases neither input.
-    unsafe {
-        if w.transposed {
-            gemm::gemm(
-                n, m, k, op, n_, 1, accumulate, wp, n_, 1, xp, k_, 1, 1.0f32, 1.0f32, false, false,
-                false, par,
-            );
-        } else {
-            gemm::gemm(
-                m, n, k, op, 1, n_, accumulate, xp, 1, k_, wp, k_, 1, 1.0f32, 1.0f32, false, false,
-                false, par,
-            );
+    match w {
+        Weight::Transposed(wt) => {
+            assert!(wt.len() >= n * k);
+            // SAFETY: the asserts keep every index gemm touches inside the three slices. Strides
+            // are (column, row): the destination (n, m) is `out` with (n, 1), the left operand
+            // (n, k) is the (k, n) row-major weight with (n, 1), the right operand (k, m) is `x`
+            // with (k, 1). `out` is borrowed mutably, so it aliases neither input.
+            unsafe {
+                gemm::gemm(
+                    n,
+                    m,
+                    k,
+                    out.as_mut_ptr(),
+                    n_,
+                    1,
+                    accumulate,
+                    wt.as_ptr(),
+                    n_,
+                    1,
+                    x.as_ptr(),
+                    k_,
+                    1,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+        }
+        Weight::Stored(parts) => {
+            // Each stacked part writes its own columns of `out`.
+            let mut col = 0;
+            for t in parts {
+                let (rows, cols) = t.dims2()?;
+                if cols != k || col + rows > n {
+                    candle_core::bail!(
+                        "host decoder: weight of shape ({rows}, {cols}) does not fit ({n}, {k})"
+                    );
+                }
+                with_f32(t, |wp| {
+                    assert!(wp.len() >= rows * k);
+                    // SAFETY: the checks above keep every index inside the slices: the
+                    // destination (m, rows) starts at column `col` of `out` with strides
+                    // (1, n), the left operand is `x` (m, k) with (1, k), the right operand
+                    // (k, rows) is the (rows, k) weight read with (k, 1). `out` is borrowed
+                    // mutably, so it aliases neither input.
+                    unsafe {
+                        gemm::gemm(
+                            m,
+                            rows,
+                            k,
+                            out.as_mut_ptr().add(col),
+                            1,
+                            n_,
+                            accumulate,
+                            x.as_ptr(),
+                            1,
+                            k_,
+                            wp.as_ptr(),
+                            k_,
+                            1,
+                            1.0f32,
+                            1.0f32,
+                            false,
+                            false,
+                            false,
+                            par,
+                        );
+                    }
+                })?;
+                col += rows;
+            }
         }
     }
+    Ok(())
 }
 
 /// RMSNorm of each row of `x` into `out`.

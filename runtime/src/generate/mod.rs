@@ -439,7 +439,7 @@ pub fn generate_on(
             // The host decoder feeds only the unfinished rows.
             KvStore::Host(dec) => {
                 let active: Vec<bool> = done.iter().map(|d| !d).collect();
-                let mut rows = dec.step(&next, &active, pos).into_iter();
+                let mut rows = dec.step(&next, &active, pos)?.into_iter();
                 step_logits = active
                     .iter()
                     .map(|&a| if a { rows.next() } else { None }.unwrap_or_default())
