@@ -538,6 +538,21 @@ impl V<'_, '_, '_, '_> {
                     );
                 }
                 if let Some(base) = m.call("base") {
+                    // The cap scales the replay sources' chances of being drawn, so the base
+                    // must draw at random; the runtime refuses the others too.
+                    if matches!(base.name(), "round_robin" | "all" | "coreset") {
+                        self.diags.push(
+                            Diagnostic::error(
+                                "recap::validate::coreset_base",
+                                format!(
+                                    "`coreset` cannot cap `{}`: its base must draw sources at random",
+                                    base.name()
+                                ),
+                            )
+                            .label(base.span, "does not draw at random")
+                            .with_help("use `uniform`, `proportional` or `weights(...)` as the base"),
+                        );
+                    }
                     m = base;
                 }
             }

@@ -693,6 +693,31 @@ mod tests {
         assert_eq!(back.compute_hash(), plan.content_hash);
     }
 
+    /// Weights that come out of constant folding, such as 0.9 + 0.05 = 0.9500000000000001, must
+    /// read back bit for bit, or a saved plan fails its own hash (found by the never-panics test).
+    #[test]
+    fn folded_float_weights_round_trip_exactly() {
+        let mut plan = sample();
+        for w in [
+            0.9 + 0.05,
+            0.1 + 0.2,
+            1.0 / 3.0,
+            5e-324,
+            1.7976931348623157e308,
+        ] {
+            plan.stages[0].train.optimizer = Optimizer::Adamw {
+                lr: w,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            };
+            let plan = plan.clone().with_hash();
+            let back = Plan::from_json(&plan.to_json()).expect("reads back");
+            assert_eq!(back, plan, "{w:e}");
+        }
+    }
+
     #[test]
     fn an_edited_plan_fails_its_hash_check() {
         let plan = sample();
