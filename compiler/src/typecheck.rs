@@ -60,8 +60,9 @@ impl Val {
 #[derive(Debug, Clone)]
 pub struct CallVal {
     pub sig: &'static Signature,
-    /// Every non-variadic parameter: given, defaulted, or `Absent`.
-    pub args: BTreeMap<String, Val>,
+    /// Every non-variadic parameter: given, defaulted, or `Absent`. Keyed by the signature's
+    /// own (static) parameter names, so a call allocates no key strings.
+    pub args: BTreeMap<&'static str, Val>,
     /// Named arguments collected by the variadic parameter, in source order, with the span
     /// of their name.
     pub extra: Vec<(String, Span, Val)>,
@@ -206,6 +207,11 @@ struct Checker<'r, 'a, 'd> {
     defaults: std::collections::HashMap<usize, Val>,
 }
 
+/// What is being checked, for the message when it does not fit ("`group` of `grpo`"). A
+/// closure, so the text is formatted only for an error: a large pipeline checks thousands of
+/// arguments that fit.
+type What<'w> = &'w dyn Fn() -> String;
+
 fn decl_kind(k: DeclKind) -> Kind {
     match k {
         DeclKind::Model => Kind::Model,
@@ -336,7 +342,7 @@ impl Checker<'_, '_, '_> {
             }
         };
         let value = self.eval(e.value, Some(&ty_v))?;
-        let mut value = self.accept(value, &ty_v, &format!("param `{}`", e.name.name))?;
+        let mut value = self.accept(value, &ty_v, &|| format!("param `{}`", e.name.name))?;
         self.check_range(&value, range.as_ref(), &e.name.name);
         if let Some(text) = &e.override_text {
             let parsed = match &ty_v {
@@ -446,7 +452,7 @@ impl Checker<'_, '_, '_> {
     }
 
     /// Converts `v` to type `ty`, or reports why it cannot be one.
-    fn accept(&mut self, v: Val, ty: &Ty, what: &str) -> Option<Val> {
+    fn accept(&mut self, v: Val, ty: &Ty, what: What) -> Option<Val> {
         let mut v = v;
         for alt in ty.alternatives() {
             match self.convert(v, alt) {
@@ -513,7 +519,7 @@ impl Checker<'_, '_, '_> {
         };
         let found = describe(&v.v, self.res);
         self.err(
-            Diagnostic::error(code, format!("{what} expects {ty}, found {found}"))
+            Diagnostic::error(code, format!("{} expects {ty}, found {found}", what()))
                 .label(v.span, format!("expected {ty}"))
                 .with_help(help),
         );
@@ -566,7 +572,7 @@ impl Checker<'_, '_, '_> {
     }
 
     /// Evaluates a list element by element so every bad element is reported.
-    fn accept_list(&mut self, v: Val, ty: &Ty, what: &str) -> Option<Val> {
+    fn accept_list(&mut self, v: Val, ty: &Ty, what: What) -> Option<Val> {
         if let (Ty::List(inner), Value::List(items)) = (ty, &v.v) {
             let mut out = Vec::new();
             let mut ok = true;
@@ -730,10 +736,12 @@ impl Checker<'_, '_, '_> {
             );
             return None;
         };
-        let fields = self.source_fields(src);
         // A source whose own declaration failed has unknown fields: stay quiet.
-        let fields = fields?;
-        if fields.iter().any(|f| f == &name.name) {
+        let known = match &self.values.get(src)?.as_ref()?.v {
+            Value::Call(c) => has_field(c, &name.name),
+            _ => return None,
+        };
+        if known {
             return Some(Val::new(
                 Value::Field {
                     source: src,
@@ -742,6 +750,7 @@ impl Checker<'_, '_, '_> {
                 span,
             ));
         }
+        let fields = self.source_fields(src)?;
         let sname = self
             .res
             .entities
@@ -839,11 +848,11 @@ impl Checker<'_, '_, '_> {
         receiver: Option<Val>,
         span: Span,
     ) -> Option<Val> {
-        let mut vals: BTreeMap<String, Val> = BTreeMap::new();
+        let mut vals: BTreeMap<&'static str, Val> = BTreeMap::new();
         let mut name_spans: BTreeMap<&str, Span> = BTreeMap::new();
         let mut extra: Vec<(String, Span, Val)> = Vec::new();
         let mut ok = true;
-        let positional: Vec<&ParamDef> = sig
+        let positional: Vec<&'static ParamDef> = sig
             .params
             .iter()
             .filter(|p| !p.variadic && p.name != "self")
@@ -872,7 +881,7 @@ impl Checker<'_, '_, '_> {
             name_spans.insert(p.name.as_str(), e.span);
             match self.arg(sig, p, e) {
                 Some(v) => {
-                    vals.insert(p.name.clone(), v);
+                    vals.insert(p.name.as_str(), v);
                 }
                 None => ok = false,
             }
@@ -898,7 +907,7 @@ impl Checker<'_, '_, '_> {
                 name_spans.insert(key, na.name.span);
                 match self.arg(sig, p, &na.value) {
                     Some(v) => {
-                        vals.insert(p.name.clone(), v);
+                        vals.insert(p.name.as_str(), v);
                     }
                     None => ok = false,
                 }
@@ -946,9 +955,9 @@ impl Checker<'_, '_, '_> {
         match (receiver, sig.param("self")) {
             (Some(r), Some(p)) => {
                 let ty = p.ty.clone();
-                match self.accept(r, &ty, &format!("the receiver of `{}`", sig.name)) {
+                match self.accept(r, &ty, &|| format!("the receiver of `{}`", sig.name)) {
                     Some(v) => {
-                        vals.insert("self".into(), v);
+                        vals.insert("self", v);
                     }
                     None => ok = false,
                 }
@@ -967,7 +976,7 @@ impl Checker<'_, '_, '_> {
             _ => {}
         }
         for p in &sig.params {
-            if p.variadic || vals.contains_key(&p.name) {
+            if p.variadic || vals.contains_key(p.name.as_str()) {
                 continue;
             }
             if p.required() {
@@ -997,7 +1006,7 @@ impl Checker<'_, '_, '_> {
                     match v {
                         Some(mut v) => {
                             v.span = span;
-                            vals.insert(p.name.clone(), v);
+                            vals.insert(p.name.as_str(), v);
                         }
                         None => {
                             self.err(
@@ -1016,7 +1025,7 @@ impl Checker<'_, '_, '_> {
                     }
                 }
                 None => {
-                    vals.insert(p.name.clone(), Val::new(Value::Absent, span));
+                    vals.insert(p.name.as_str(), Val::new(Value::Absent, span));
                 }
             }
         }
@@ -1046,7 +1055,7 @@ impl Checker<'_, '_, '_> {
         let saved = (self.in_stdlib, self.stage);
         self.in_stdlib = true;
         let v = self.eval(d, Some(&p.ty));
-        let v = v.and_then(|v| self.accept(v, &p.ty, &format!("the default of `{}`", p.name)));
+        let v = v.and_then(|v| self.accept(v, &p.ty, &|| format!("the default of `{}`", p.name)));
         (self.in_stdlib, self.stage) = saved;
         if let Some(v) = &v {
             if self.diags.len() == diags && self.paths.len() == paths {
@@ -1058,8 +1067,7 @@ impl Checker<'_, '_, '_> {
 
     fn arg(&mut self, sig: &Signature, p: &ParamDef, e: &Expr) -> Option<Val> {
         let v = self.eval(e, Some(&p.ty))?;
-        let what = format!("`{}` of `{}`", p.name, sig.name);
-        let v = self.accept_list(v, &p.ty, &what)?;
+        let v = self.accept_list(v, &p.ty, &|| format!("`{}` of `{}`", p.name, sig.name))?;
         self.check_range(&v, p.range.as_ref(), &p.name).then_some(v)
     }
 
@@ -1288,7 +1296,7 @@ impl Checker<'_, '_, '_> {
             .map(|b| b.fields.iter().collect())
             .unwrap_or_default();
         let v = self.eval_head(s.value, &fields, s.block.map(|b| b.span), kind, s.kind_span)?;
-        self.accept(v, &Ty::Kind(kind), &format!("`{}`", s.kind.keyword()))
+        self.accept(v, &Ty::Kind(kind), &|| format!("`{}`", s.kind.keyword()))
     }
 
     /// The stage's train setting: the top-level `train` fields overridden by the stage's own.
@@ -1356,6 +1364,14 @@ fn verb(op: BinOp) -> &'static str {
         BinOp::Mul => "multiply",
         BinOp::Div => "divide",
     }
+}
+
+/// Whether a source call provides the field `name` (one of `fields_of`, without building the
+/// list: sources are read field by field thousands of times in a large pipeline).
+fn has_field(c: &CallVal, name: &str) -> bool {
+    name == "prompt"
+        || c.sig.ret_fields.iter().any(|f| f == name)
+        || c.extra.iter().any(|(n, _, _)| n == name)
 }
 
 /// The fields a source call provides: `prompt`, its stdlib function's fixed fields, and the
