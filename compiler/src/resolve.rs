@@ -12,6 +12,9 @@ use crate::stdlib::Stdlib;
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::{HashMap, VecDeque};
 
+/// The name table: looked up for every name in the file, so it uses a fast hasher.
+type Names<'a> = foldhash::HashMap<&'a str, EntityId>;
+
 pub type EntityId = usize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +63,7 @@ pub struct Resolved<'a> {
     pub stages: Vec<StageScope<'a>>,
     /// Entity ids, each after everything it references; entities on a cycle are left out.
     pub order: Vec<EntityId>,
-    names: HashMap<&'a str, EntityId>,
+    names: Names<'a>,
 }
 
 impl<'a> Resolved<'a> {
@@ -89,7 +92,7 @@ struct Resolver<'a, 'd> {
     std: &'static Stdlib,
     diags: &'d mut Vec<Diagnostic>,
     entities: Vec<Entity<'a>>,
-    names: HashMap<&'a str, EntityId>,
+    names: Names<'a>,
     top_settings: Vec<Setting<'a>>,
     stages: Vec<StageScope<'a>>,
     staged: bool,
@@ -110,7 +113,7 @@ pub fn resolve<'a>(
         std: crate::stdlib::stdlib(),
         diags,
         entities: Vec::new(),
-        names: HashMap::new(),
+        names: Names::default(),
         top_settings: Vec::new(),
         stages: Vec::new(),
         staged,

@@ -11,7 +11,6 @@ use crate::diagnostic::{did_you_mean, Diagnostic, Span};
 use crate::resolve::{EntityId, EntityKind, Resolved, Setting};
 use crate::stdlib::{ParamDef, Signature, Stdlib};
 use crate::types::{Kind, Ty};
-use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -60,13 +59,53 @@ impl Val {
 #[derive(Debug, Clone)]
 pub struct CallVal {
     pub sig: &'static Signature,
-    /// Every non-variadic parameter: given, defaulted, or `Absent`. Keyed by the signature's
-    /// own (static) parameter names, so a call allocates no key strings.
-    pub args: BTreeMap<&'static str, Val>,
+    /// Every non-variadic parameter: given, defaulted, or `Absent`.
+    pub args: ArgMap,
     /// Named arguments collected by the variadic parameter, in source order, with the span
     /// of their name.
     pub extra: Vec<(String, Span, Val)>,
     pub span: Span,
+}
+
+/// The arguments of a call by parameter name, sorted by name (so two calls that bind the same
+/// values are equal whatever order their arguments were written in). A vector sized to the
+/// signature rather than a `BTreeMap`: a map's node holds eleven entries however few a call
+/// has, and a large pipeline keeps thousands of small calls (`field(...)`, `tag(...)`) alive.
+/// Keys are the signature's own (static) names, so a call allocates no key strings.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ArgMap(Vec<(&'static str, Val)>);
+
+impl ArgMap {
+    fn with_capacity(n: usize) -> Self {
+        ArgMap(Vec::with_capacity(n))
+    }
+
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (*k).cmp(name))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Val> {
+        self.position(name)
+            .ok()
+            .and_then(|i| self.0.get(i))
+            .map(|(_, v)| v)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.position(name).is_ok()
+    }
+
+    /// Sets the argument `name`, replacing an earlier value as a map would.
+    fn insert(&mut self, name: &'static str, v: Val) {
+        match self.position(name) {
+            Ok(i) => {
+                if let Some(slot) = self.0.get_mut(i) {
+                    slot.1 = v;
+                }
+            }
+            Err(i) => self.0.insert(i, (name, v)),
+        }
+    }
 }
 
 impl PartialEq for CallVal {
@@ -163,7 +202,7 @@ pub fn typecheck(res: &Resolved, diags: &mut Vec<Diagnostic>) -> Typed {
         paths: Vec::new(),
         stage: None,
         in_stdlib: false,
-        defaults: std::collections::HashMap::new(),
+        defaults: foldhash::HashMap::default(),
     };
     for &id in &res.order {
         let v = t.entity(id);
@@ -204,7 +243,7 @@ struct Checker<'r, 'a, 'd> {
     /// Evaluating a stdlib default: user names are not in scope.
     in_stdlib: bool,
     /// Evaluated stdlib defaults, keyed by the address of their (static) parameter.
-    defaults: std::collections::HashMap<usize, Val>,
+    defaults: foldhash::HashMap<usize, Val>,
 }
 
 /// What is being checked, for the message when it does not fit ("`group` of `grpo`"). A
@@ -791,9 +830,15 @@ impl Checker<'_, '_, '_> {
         method: bool,
     ) -> Option<&'static Signature> {
         let std = self.std;
-        let cands = std.fns.get(&name.name)?;
+        let all = std.fns.get(&name.name)?;
+        // Most names have one signature that fits: take it without collecting candidates.
+        if let [only] = all.as_slice() {
+            if !method || only.has_self() {
+                return Some(only);
+            }
+        }
         let cands: Vec<&'static Signature> =
-            cands.iter().filter(|s| !method || s.has_self()).collect();
+            all.iter().filter(|s| !method || s.has_self()).collect();
         if cands.is_empty() {
             self.err(
                 Diagnostic::error(
@@ -848,27 +893,34 @@ impl Checker<'_, '_, '_> {
         receiver: Option<Val>,
         span: Span,
     ) -> Option<Val> {
-        let mut vals: BTreeMap<&'static str, Val> = BTreeMap::new();
-        let mut name_spans: BTreeMap<&str, Span> = BTreeMap::new();
+        let mut vals = ArgMap::with_capacity(sig.params.len());
+        // Where each parameter was given, for duplicate and missing-argument reports. Calls
+        // have a handful of arguments, so a vector searched in order is cheapest.
+        let mut name_spans: Vec<(&str, Span)> = Vec::new();
+        let given = |spans: &[(&str, Span)], key: &str| {
+            spans.iter().find(|(k, _)| *k == key).map(|(_, s)| *s)
+        };
         let mut extra: Vec<(String, Span, Val)> = Vec::new();
         let mut ok = true;
-        let positional: Vec<&'static ParamDef> = sig
-            .params
-            .iter()
-            .filter(|p| !p.variadic && p.name != "self")
-            .collect();
+        let positional = || {
+            sig.params
+                .iter()
+                .filter(|p| !p.variadic && p.name != "self")
+        };
+        let mut positional_params = positional();
         let empty = Args::default();
         let args = args.unwrap_or(&empty);
         for (i, e) in args.positional.iter().enumerate() {
-            let Some(p) = positional.get(i).copied() else {
+            let Some(p) = positional_params.next() else {
+                let count = positional().count();
                 self.err(
                     Diagnostic::error(
                         "recap::typecheck::too_many_arguments",
                         format!(
                             "`{}` takes {} positional argument{}, this is argument {}",
                             sig.name,
-                            positional.len(),
-                            if positional.len() == 1 { "" } else { "s" },
+                            count,
+                            if count == 1 { "" } else { "s" },
                             i + 1
                         ),
                     )
@@ -878,7 +930,7 @@ impl Checker<'_, '_, '_> {
                 ok = false;
                 continue;
             };
-            name_spans.insert(p.name.as_str(), e.span);
+            name_spans.push((p.name.as_str(), e.span));
             match self.arg(sig, p, e) {
                 Some(v) => {
                     vals.insert(p.name.as_str(), v);
@@ -891,20 +943,20 @@ impl Checker<'_, '_, '_> {
             let key = na.name.name.as_str();
             let param = sig.param(key).filter(|p| p.name != "self");
             if let Some(p) = param {
-                if let Some(prev) = name_spans.get(key) {
+                if let Some(prev) = given(&name_spans, key) {
                     self.err(
                         Diagnostic::error(
                             "recap::typecheck::duplicate_argument",
                             format!("`{key}` is given twice to `{}`", sig.name),
                         )
                         .label(na.name.span, "given again here")
-                        .label(*prev, "first given here")
+                        .label(prev, "first given here")
                         .with_help("give each argument once"),
                     );
                     ok = false;
                     continue;
                 }
-                name_spans.insert(key, na.name.span);
+                name_spans.push((key, na.name.span));
                 match self.arg(sig, p, &na.value) {
                     Some(v) => {
                         vals.insert(p.name.as_str(), v);
@@ -980,7 +1032,7 @@ impl Checker<'_, '_, '_> {
                 continue;
             }
             if p.required() {
-                if ok || !name_spans.contains_key(p.name.as_str()) {
+                if ok || given(&name_spans, p.name.as_str()).is_none() {
                     self.err(
                         Diagnostic::error(
                             "recap::typecheck::missing_argument",
