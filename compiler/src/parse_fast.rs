@@ -88,6 +88,12 @@ struct Parser<'s> {
     /// The end of the last consumed token: where a rule that ends exactly at a token ends.
     prev_end: usize,
     depth: usize,
+    /// Fields, named arguments and list elements being read, of every enclosing bracket at
+    /// once. Each bracket pushes its elements here and, at its end, moves them into a vector of
+    /// exactly their number: one allocation per bracket, where growing a vector element by
+    /// element would reallocate and copy, and leave spare capacity for the rest of the check.
+    named_stack: Vec<NamedArg>,
+    expr_stack: Vec<Expr>,
 }
 
 impl<'s> Parser<'s> {
@@ -101,6 +107,8 @@ impl<'s> Parser<'s> {
             ahead: None,
             prev_end: 0,
             depth: 0,
+            named_stack: Vec::new(),
+            expr_stack: Vec::new(),
         }
     }
 
@@ -552,12 +560,12 @@ impl<'s> Parser<'s> {
         let start = self.cur.start;
         self.bump();
         self.enter()?;
-        let mut fields = Vec::new();
+        let base = self.named_stack.len();
         while !self.cur.is(b'}') {
             let name = self.ident()?;
             self.expect(b'=')?;
             let (value, _) = self.expr()?;
-            fields.push(NamedArg { name, value });
+            self.named_stack.push(NamedArg { name, value });
             if self.cur.is(b',') {
                 self.bump();
             }
@@ -565,7 +573,7 @@ impl<'s> Parser<'s> {
         self.leave();
         self.bump();
         Ok(Block {
-            fields,
+            fields: self.named_stack.drain(base..).collect(),
             span: Span::new(start, self.prev_end),
         })
     }
@@ -750,9 +758,10 @@ impl<'s> Parser<'s> {
     fn list(&mut self) -> R<Expr> {
         let start = self.cur.start;
         self.bump();
-        let mut items = Vec::new();
+        let base = self.expr_stack.len();
         while !self.cur.is(b']') {
-            items.push(self.expr()?.0);
+            let item = self.expr()?.0;
+            self.expr_stack.push(item);
             if self.cur.is(b',') {
                 self.bump();
             } else if !self.cur.is(b']') {
@@ -761,7 +770,7 @@ impl<'s> Parser<'s> {
         }
         self.bump();
         Ok(Expr {
-            kind: ExprKind::List(items),
+            kind: ExprKind::List(self.expr_stack.drain(base..).collect()),
             span: Span::new(start, self.prev_end),
         })
     }
@@ -770,20 +779,20 @@ impl<'s> Parser<'s> {
     fn call_args(&mut self) -> R<Args> {
         let start = self.cur.start;
         self.bump();
-        let mut positional = Vec::new();
-        let mut named: Vec<NamedArg> = Vec::new();
+        let (positional_base, named_base) = (self.expr_stack.len(), self.named_stack.len());
         while !self.cur.is(b')') {
             if self.cur.kind == Kind::Word && self.peek2().is(b'=') {
                 let name = self.ident()?;
                 self.bump();
                 let (value, _) = self.expr()?;
-                named.push(NamedArg { name, value });
+                self.named_stack.push(NamedArg { name, value });
             } else {
                 // `recap::parse::positional_after_named` is worded by pest's path.
-                if !named.is_empty() {
+                if self.named_stack.len() > named_base {
                     return Err(Bail);
                 }
-                positional.push(self.expr()?.0);
+                let arg = self.expr()?.0;
+                self.expr_stack.push(arg);
             }
             if self.cur.is(b',') {
                 self.bump();
@@ -793,8 +802,8 @@ impl<'s> Parser<'s> {
         }
         self.bump();
         Ok(Args {
-            positional,
-            named,
+            positional: self.expr_stack.drain(positional_base..).collect(),
+            named: self.named_stack.drain(named_base..).collect(),
             span: Span::new(start, self.prev_end),
         })
     }
