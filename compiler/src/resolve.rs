@@ -109,11 +109,23 @@ pub fn resolve<'a>(
         .items
         .iter()
         .any(|i| matches!(i.kind, ItemKind::Stage { .. }));
+    // Every item but a stage declares at most one entity. Sizing the tables for them up front
+    // spares a large file the rehashing of a growing name table.
+    let items: usize = file
+        .items
+        .iter()
+        .map(|i| match &i.kind {
+            ItemKind::Stage { items, .. } => items.len(),
+            _ => 1,
+        })
+        .sum();
+    let mut names = Names::default();
+    names.reserve(items);
     let mut r = Resolver {
         std: crate::stdlib::stdlib(),
         diags,
-        entities: Vec::new(),
-        names: Names::default(),
+        entities: Vec::with_capacity(items),
+        names,
         top_settings: Vec::new(),
         stages: Vec::new(),
         staged,

@@ -23,7 +23,8 @@ pub enum Value {
         placeholders: Vec<String>,
     },
     List(Vec<Val>),
-    Enum(String),
+    /// A member of a stdlib enum, as the stdlib spells it.
+    Enum(&'static str),
     /// A declared model, source, verifier, objective or eval.
     Decl(EntityId, Kind),
     /// `source.field`.
@@ -742,21 +743,23 @@ impl Checker<'_, '_, '_> {
                 };
             }
         }
-        let expected_enum = expected.and_then(|t| {
-            t.alternatives().iter().find_map(|a| match a {
-                Ty::Enum(e) if self.std.enum_has(e, &id.name) => Some(e.clone()),
-                _ => None,
-            })
+        let std = self.std;
+        let expected_enum = expected.is_some_and(|t| {
+            t.alternatives()
+                .iter()
+                .any(|a| matches!(a, Ty::Enum(e) if std.enum_has(e, &id.name)))
         });
-        if expected_enum.is_some() {
-            return Some(Val::new(Value::Enum(id.name.clone()), id.span));
+        if expected_enum {
+            if let Some(m) = std.enum_member(&id.name) {
+                return Some(Val::new(Value::Enum(m), id.span));
+            }
         }
         if self.std.fns.contains_key(&id.name) {
             let sig = self.pick(id, expected, false)?;
             return self.call(sig, id, None, &[], None, id.span);
         }
-        if self.std.is_enum_member(&id.name) {
-            return Some(Val::new(Value::Enum(id.name.clone()), id.span));
+        if let Some(m) = std.enum_member(&id.name) {
+            return Some(Val::new(Value::Enum(m), id.span));
         }
         // Unknown names were reported by resolve.
         None
@@ -1420,7 +1423,7 @@ fn verb(op: BinOp) -> &'static str {
 
 /// Whether a source call provides the field `name` (one of `fields_of`, without building the
 /// list: sources are read field by field thousands of times in a large pipeline).
-fn has_field(c: &CallVal, name: &str) -> bool {
+pub fn has_field(c: &CallVal, name: &str) -> bool {
     name == "prompt"
         || c.sig.ret_fields.iter().any(|f| f == name)
         || c.extra.iter().any(|(n, _, _)| n == name)
