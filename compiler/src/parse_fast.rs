@@ -34,10 +34,14 @@ const MAX_DEPTH: usize = 2 * crate::parse::MAX_NESTING;
 /// Parses a whole file; `None` when pest must do it (an error, or something unusual).
 pub fn parse_file(source: &str) -> Option<File> {
     let mut p = Parser::new(source);
-    let mut items = Vec::new();
+    // Room for one item per 64 bytes, more than real pipelines have (their items average over
+    // 100 bytes), trimmed in place at the end: a large file's item vector is allocated once
+    // rather than copied at every doubling.
+    let mut items = Vec::with_capacity(source.len() / 64 + 8);
     while p.cur.kind != Kind::Eof {
         items.push(p.item().ok()?);
     }
+    items.shrink_to_fit();
     Some(File {
         items,
         span: Span::new(0, source.len()),
