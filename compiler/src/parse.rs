@@ -843,14 +843,17 @@ fn build_expr(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
                     match lhs.kind {
                         ExprKind::Name(func) => Ok(Expr {
                             span,
-                            kind: ExprKind::Call { func, args },
+                            kind: ExprKind::Call {
+                                func,
+                                args: Box::new(args),
+                            },
                         }),
                         ExprKind::Member { base: recv, name } => Ok(Expr {
                             span,
                             kind: ExprKind::Method {
                                 receiver: recv,
                                 name,
-                                args,
+                                args: Box::new(args),
                             },
                         }),
                         _ => Err(err(

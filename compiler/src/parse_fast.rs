@@ -780,7 +780,7 @@ impl<'s> Parser<'s> {
     }
 
     /// call_args = "(" ~ (arg ~ ("," ~ arg)* ~ ","?)? ~ ")"; arg = named_arg | expr
-    fn call_args(&mut self) -> R<Args> {
+    fn call_args(&mut self) -> R<Box<Args>> {
         let start = self.cur.start;
         self.bump();
         let (positional_base, named_base) = (self.expr_stack.len(), self.named_stack.len());
@@ -805,11 +805,11 @@ impl<'s> Parser<'s> {
             }
         }
         self.bump();
-        Ok(Args {
+        Ok(Box::new(Args {
             positional: self.expr_stack.drain(positional_base..).collect(),
             named: self.named_stack.drain(named_base..).collect(),
             span: Span::new(start, self.prev_end),
-        })
+        }))
     }
 
     /// string = "\"" ~ (escape | placeholder | lone_brace | str_text)* ~ "\"", as

@@ -423,19 +423,21 @@ impl<'a> Resolver<'a, '_> {
         let mut graph: DiGraph<EntityId, Span> = DiGraph::with_capacity(n, n);
         let nodes: Vec<NodeIndex> = (0..n).map(|i| graph.add_node(i)).collect();
         let mut uses = vec![0usize; n];
+        // One buffer for the references of every entity in turn, rather than a new vector each.
+        let mut refs = Vec::new();
         for id in 0..n {
             let (stage, value, block) = match self.entities.get(id) {
                 Some(e) => (e.stage, e.value, e.block),
                 None => continue,
             };
-            let mut refs = Vec::new();
+            refs.clear();
             self.walk(value, stage, &mut refs);
             if let Some(b) = block {
                 for f in &b.fields {
                     self.walk(&f.value, stage, &mut refs);
                 }
             }
-            for (dep, span) in refs {
+            for &(dep, span) in &refs {
                 if let (Some(&a), Some(&b)) = (nodes.get(id), nodes.get(dep)) {
                     graph.add_edge(a, b, span);
                 }
