@@ -151,4 +151,15 @@ mod tests {
         }
         assert!(generate(0).contains("objective reasoning_0"));
     }
+
+    /// The benchmark times the fast parser, so the generated pipeline must take that path and
+    /// give pest's AST.
+    #[test]
+    fn generated_pipelines_take_the_fast_parser() {
+        let source = generate(1_000);
+        let fast = recap_compiler::parse::parse_fast(&source).expect("the fast parser gives up");
+        let (pest, diags) = recap_compiler::parse::parse_partial_pest(&source);
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(fast, pest);
+    }
 }

@@ -245,16 +245,17 @@ pub enum ExprKind {
         base: Box<Expr>,
         name: Ident,
     },
-    /// `name(args)`.
+    /// `name(args)`. The arguments are boxed, which keeps every expression node small: they
+    /// are the largest part of a call, and most nodes are names, numbers and strings.
     Call {
         func: Ident,
-        args: Args,
+        args: Box<Args>,
     },
     /// `receiver.name(args)`.
     Method {
         receiver: Box<Expr>,
         name: Ident,
-        args: Args,
+        args: Box<Args>,
     },
     Neg(Box<Expr>),
     Binary {

@@ -8,9 +8,9 @@
 
 use crate::diagnostic::{Diagnostic, Span};
 use crate::GraphFormat;
+use foldhash::{HashMap, HashSet};
 use petgraph::graph::{DiGraph, NodeIndex};
 use recap_plan::{Edge, Graph, Node, NodeKind, ObjectiveSpec, Plan};
-use std::collections::{HashMap, HashSet};
 
 struct Builder {
     g: DiGraph<Node, ()>,
@@ -18,98 +18,132 @@ struct Builder {
     /// Edges already added: petgraph's `find_edge` scans a node's edges, which would make
     /// wide nodes (the policy, a stage's mixer) quadratic.
     edges: HashSet<(NodeIndex, NodeIndex)>,
+    /// The id being looked up, written here rather than into a new string: most lookups find
+    /// a node that exists already (every objective names its source and verifiers again).
+    key: String,
 }
 
 impl Builder {
+    /// The node whose id is `id`, if it exists.
+    fn find(&mut self, id: std::fmt::Arguments) -> Option<NodeIndex> {
+        use std::fmt::Write;
+        self.key.clear();
+        let _ = self.key.write_fmt(id);
+        self.ids.get(self.key.as_str()).copied()
+    }
+
     /// Adds the node `id` unless it is there already. The label is made only for a new node:
     /// sources, verifiers and the policy are named again by every objective that reads them.
     fn node(
         &mut self,
-        id: String,
+        id: std::fmt::Arguments,
         kind: NodeKind,
         label: impl FnOnce() -> String,
         stage: Option<&str>,
-    ) -> String {
-        if !self.ids.contains_key(&id) {
-            let ix = self.g.add_node(Node {
-                id: id.clone(),
-                kind,
-                label: label(),
-                stage: stage.map(|s| s.to_string()),
-            });
-            self.ids.insert(id.clone(), ix);
+    ) -> NodeIndex {
+        if let Some(ix) = self.find(id) {
+            return ix;
         }
-        id
+        let id = self.key.clone();
+        let ix = self.g.add_node(Node {
+            id: id.clone(),
+            kind,
+            label: label(),
+            stage: stage.map(|s| s.to_string()),
+        });
+        self.ids.insert(id, ix);
+        ix
     }
 
-    fn edge(&mut self, from: &str, to: &str) {
-        if let (Some(&a), Some(&b)) = (self.ids.get(from), self.ids.get(to)) {
-            if self.edges.insert((a, b)) {
-                self.g.add_edge(a, b, ());
-            }
+    fn edge(&mut self, a: NodeIndex, b: NodeIndex) {
+        if self.edges.insert((a, b)) {
+            self.g.add_edge(a, b, ());
         }
     }
 }
 
 pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
+    // An estimate of the graph's size from the plan (each objective brings a loss, a reward
+    // node and its verifiers), so the graph and its tables are allocated once rather than
+    // grown by doubling, which at 100k lines copies megabytes and frees large blocks.
+    let nodes_estimate = 2
+        + plan.sources.len()
+        + plan.models.len()
+        + plan
+            .stages
+            .iter()
+            .map(|st| {
+                8 + st.rollouts.len()
+                    + 3 * st.objectives.len()
+                    + st.evals.len() * 2
+                    + plan.verifiers.len()
+            })
+            .sum::<usize>();
+    let edges_estimate = 2 * nodes_estimate;
+    let mut ids = HashMap::default();
+    ids.reserve(nodes_estimate);
+    let mut edges = HashSet::default();
+    edges.reserve(edges_estimate);
     let mut b = Builder {
-        g: DiGraph::new(),
-        ids: HashMap::new(),
-        edges: HashSet::new(),
+        g: DiGraph::with_capacity(nodes_estimate, edges_estimate),
+        ids,
+        edges,
+        key: String::new(),
     };
     let policy = b.node(
-        format!("model.{}", plan.policy),
+        format_args!("model.{}", plan.policy),
         NodeKind::Model,
         || format!("policy {}", plan.policy),
         None,
     );
-    let mut prev_opt: Option<String> = None;
+    let mut prev_opt: Option<NodeIndex> = None;
     for st in &plan.stages {
         let s = st.name.as_str();
         let mixer = b.node(
-            format!("{s}.mix"),
+            format_args!("{s}.mix"),
             NodeKind::Mixer,
             || format!("mix {}", mix_name(&st.mix)),
             Some(s),
         );
-        if let Some(p) = &prev_opt {
-            b.edge(p, &mixer);
+        if let Some(p) = prev_opt {
+            b.edge(p, mixer);
         }
         for r in &st.rollouts {
             let src = b.node(
-                format!("source.{}", r.source),
+                format_args!("source.{}", r.source),
                 NodeKind::Source,
                 || format!("source {}", r.source),
                 None,
             );
-            b.edge(&src, &mixer);
+            b.edge(src, mixer);
             let ro = b.node(
-                format!("{s}.rollout.{}", r.id),
+                format_args!("{s}.rollout.{}", r.id),
                 NodeKind::Rollout,
                 || format!("rollout {} (G={}, T={})", r.id, r.group, r.temperature),
                 Some(s),
             );
-            b.edge(&mixer, &ro);
-            b.edge(&policy, &ro);
+            b.edge(mixer, ro);
+            b.edge(policy, ro);
         }
         let reweight = b.node(
-            format!("{s}.reweight"),
+            format_args!("{s}.reweight"),
             NodeKind::Reweighter,
             || format!("reweight {}", reweight_name(&st.reweight)),
             Some(s),
         );
         for o in &st.objectives {
-            let loss = format!("{s}.loss.{}", o.name);
-            match &o.spec {
+            let loss = match &o.spec {
                 ObjectiveSpec::Grpo {
                     rollout,
                     rewards,
                     kl,
                     ..
                 } => {
-                    let ro = format!("{s}.rollout.{rollout}");
+                    // The rollout node exists when lowering named it among the stage's
+                    // rollouts; edges from a missing one are left out.
+                    let ro = b.find(format_args!("{s}.rollout.{rollout}"));
                     let reward = b.node(
-                        format!("{s}.reward.{}", o.name),
+                        format_args!("{s}.reward.{}", o.name),
                         NodeKind::Reward,
                         || format!("rewards of {}", o.name),
                         Some(s),
@@ -117,106 +151,114 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
                     for t in rewards {
                         for part in &t.parts {
                             let v = b.node(
-                                format!("{s}.verifier.{}", part.verifier),
+                                format_args!("{s}.verifier.{}", part.verifier),
                                 NodeKind::Verifier,
                                 || format!("verifier {}", part.verifier),
                                 Some(s),
                             );
-                            b.edge(&ro, &v);
-                            b.edge(&v, &reward);
+                            if let Some(ro) = ro {
+                                b.edge(ro, v);
+                            }
+                            b.edge(v, reward);
                         }
                     }
-                    b.node(
-                        loss.clone(),
+                    let loss = b.node(
+                        format_args!("{s}.loss.{}", o.name),
                         NodeKind::Loss,
                         || format!("grpo {}", o.name),
                         Some(s),
                     );
-                    b.edge(&reward, &loss);
-                    b.edge(&ro, &loss);
-                    b.edge(&policy, &loss);
+                    b.edge(reward, loss);
+                    if let Some(ro) = ro {
+                        b.edge(ro, loss);
+                    }
+                    b.edge(policy, loss);
                     if let Some(kl) = kl {
                         let r = b.node(
-                            format!("model.{}", kl.reference),
+                            format_args!("model.{}", kl.reference),
                             NodeKind::Reference,
                             || format!("frozen {}", kl.reference),
                             None,
                         );
-                        b.edge(&ro, &loss);
-                        b.edge(&r, &loss);
+                        if let Some(ro) = ro {
+                            b.edge(ro, loss);
+                        }
+                        b.edge(r, loss);
                     }
+                    loss
                 }
                 ObjectiveSpec::Sft { source, .. } => {
                     let src = b.node(
-                        format!("source.{source}"),
+                        format_args!("source.{source}"),
                         NodeKind::Source,
                         || format!("source {source}"),
                         None,
                     );
-                    b.edge(&src, &mixer);
-                    b.node(
-                        loss.clone(),
+                    b.edge(src, mixer);
+                    let loss = b.node(
+                        format_args!("{s}.loss.{}", o.name),
                         NodeKind::Loss,
                         || format!("sft {}", o.name),
                         Some(s),
                     );
-                    b.edge(&mixer, &loss);
-                    b.edge(&policy, &loss);
+                    b.edge(mixer, loss);
+                    b.edge(policy, loss);
+                    loss
                 }
-            }
-            b.edge(&loss, &reweight);
+            };
+            b.edge(loss, reweight);
         }
         let opt = b.node(
-            format!("{s}.optimizer"),
+            format_args!("{s}.optimizer"),
             NodeKind::Optimizer,
             || format!("optimizer step ({} steps)", st.train.steps),
             Some(s),
         );
-        b.edge(&reweight, &opt);
+        b.edge(reweight, opt);
         let metrics = b.node(
-            format!("{s}.metrics"),
+            format_args!("{s}.metrics"),
             NodeKind::Metrics,
             || "metrics.jsonl".into(),
             Some(s),
         );
-        b.edge(&reweight, &metrics);
-        b.edge(&opt, &metrics);
+        b.edge(reweight, metrics);
+        b.edge(opt, metrics);
         if let Some(cp) = &st.train.checkpoint {
             let c = b.node(
-                format!("{s}.checkpoint"),
+                format_args!("{s}.checkpoint"),
                 NodeKind::Checkpoint,
                 || format!("checkpoint every {}", cp.every),
                 Some(s),
             );
-            b.edge(&opt, &c);
+            b.edge(opt, c);
         }
         for e in &st.evals {
             let pr = b.node(
-                format!("{s}.probe.{}", e.name),
+                format_args!("{s}.probe.{}", e.name),
                 NodeKind::Probe,
                 || format!("probe {} every {}", e.name, e.every),
                 Some(s),
             );
             let src = b.node(
-                format!("source.{}", e.source),
+                format_args!("source.{}", e.source),
                 NodeKind::Source,
                 || format!("source {}", e.source),
                 None,
             );
-            b.edge(&src, &pr);
-            b.edge(&opt, &pr);
+            b.edge(src, pr);
+            b.edge(opt, pr);
             // A probe scores its own greedy completions, so its verifiers are nodes of their
             // own rather than the ones fed by the training rollouts.
             for t in &e.rewards {
                 for part in &t.parts {
                     let v = b.node(
-                        format!("{s}.probe.{}.verifier.{}", e.name, part.verifier),
+                        format_args!("{s}.probe.{}.verifier.{}", e.name, part.verifier),
                         NodeKind::Verifier,
                         || format!("verifier {}", part.verifier),
                         Some(s),
                     );
-                    b.edge(&pr, &v);
-                    b.edge(&v, &metrics);
+                    b.edge(pr, v);
+                    b.edge(v, metrics);
                 }
             }
         }
@@ -234,16 +276,13 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
         .label(Span::default(), "in the whole file")
         .with_help("this is a bug in recapc; please report it with the file"));
     }
-    let edges: Vec<Edge> =
-        b.g.raw_edges()
-            .iter()
-            .filter_map(|e| {
-                Some(Edge {
-                    from: b.g.node_weight(e.source())?.id.clone(),
-                    to: b.g.node_weight(e.target())?.id.clone(),
-                })
-            })
-            .collect();
+    let mut edges: Vec<Edge> = Vec::with_capacity(b.g.edge_count());
+    edges.extend(b.g.raw_edges().iter().filter_map(|e| {
+        Some(Edge {
+            from: b.g.node_weight(e.source())?.id.clone(),
+            to: b.g.node_weight(e.target())?.id.clone(),
+        })
+    }));
     // The nodes move out of the graph in index order, the order `node_weights` gives.
     let nodes: Vec<Node> =
         b.g.into_nodes_edges()
@@ -370,7 +409,7 @@ pub fn render(plan: &Plan, format: GraphFormat) -> String {
             }
         }
         GraphFormat::Text => {
-            let mut inputs: HashMap<&str, Vec<&str>> = HashMap::new();
+            let mut inputs: HashMap<&str, Vec<&str>> = HashMap::default();
             for e in &g.edges {
                 inputs
                     .entry(e.to.as_str())

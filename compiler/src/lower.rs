@@ -19,11 +19,19 @@ pub fn lower(
     typed: &Typed,
     validated: &Validated,
 ) -> Result<p::Plan, Diagnostic> {
+    // The plan's lists are sized from the entities up front: growing a vector of thousands of
+    // sources copies it each time and hands the allocator large blocks to free.
+    let count = |k: DeclKind| {
+        res.entities
+            .iter()
+            .filter(|e| e.kind == EntityKind::Decl(k))
+            .count()
+    };
     let mut l = L {
         res,
-        verifiers: Vec::new(),
-        sources: Vec::new(),
-        models: Vec::new(),
+        verifiers: Vec::with_capacity(count(DeclKind::Verifier)),
+        sources: Vec::with_capacity(count(DeclKind::Source)),
+        models: Vec::with_capacity(count(DeclKind::Model)),
         inline: BTreeMap::new(),
         frozen: frozen_copies(res, typed, validated.policy),
     };
@@ -97,11 +105,11 @@ pub fn lower(
             default_out.clone()
         };
         let train = l.train(train_call, &out)?;
-        let mut rollouts: Vec<p::Rollout> = Vec::new();
+        let mut rollouts: Vec<p::Rollout> = Vec::with_capacity(st.members.len());
         // Rollout ids by sampling configuration, and how many configurations each source has.
         let mut rollout_ids: HashMap<RolloutKey, String> = HashMap::new();
         let mut per_source: HashMap<String, usize> = HashMap::new();
-        let mut objectives = Vec::new();
+        let mut objectives = Vec::with_capacity(st.members.len());
         let mut evals = Vec::new();
         for &m in &st.members {
             let e = res

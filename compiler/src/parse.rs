@@ -1,9 +1,14 @@
 //! Parse: takes the text of a `.recap` file and gives its typed AST (`ast::File`) plus syntax
-//! diagnostics. pest (grammar/recap.pest) does the reading; this module turns pest's pairs into
-//! the AST and pest's errors into plain words. It reads one item at a time, so after a syntax
-//! error it resynchronises at the next line that starts with an item keyword and reports the
-//! errors of later items in the same run. It never panics: unexpected tree shapes become
-//! `recap::internal::parse_tree` diagnostics.
+//! diagnostics. A hand-written lexer and parser (`lexer`, `parse_fast`) read files without
+//! syntax errors; pest (grammar/recap.pest), the language's specification, reads every file
+//! the fast parser gives up on, and is the only source of syntax diagnostics. This module turns
+//! pest's pairs into the AST and pest's errors into plain words. The two parsers give the same
+//! AST for every file the fast one accepts (the differential tests check it).
+//!
+//! On the pest path it reads one item at a time after a syntax error, so it resynchronises at
+//! the next line that starts with an item keyword and reports the errors of later items in the
+//! same run. It never panics: unexpected tree shapes become `recap::internal::parse_tree`
+//! diagnostics.
 
 use crate::ast::*;
 use crate::diagnostic::{Diagnostic, Label, Severity, Span};
@@ -30,7 +35,38 @@ pub fn parse(source: &str) -> (Option<File>, Vec<Diagnostic>) {
 }
 
 /// Parses every item that can be parsed; the file holds those, the diagnostics the rest.
+///
+/// The hand-written parser (`parse_fast`) reads the file first; it accepts only files without
+/// syntax errors and gives the same AST as pest. When it gives up, anywhere in the file, pest
+/// reads the whole file again (`parse_partial_pest`), so every syntax diagnostic comes from
+/// the grammar and its wording here, whatever the fast parser does.
 pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
+    if let Some(d) = too_deep(source) {
+        return (
+            File {
+                items: Vec::new(),
+                span: Span::new(0, source.len()),
+            },
+            vec![d],
+        );
+    }
+    match crate::parse_fast::parse_file(source) {
+        Some(file) => (file, Vec::new()),
+        None => parse_partial_pest(source),
+    }
+}
+
+/// The fast parser alone: the AST when it accepts the file, `None` when it leaves the file to
+/// pest. For the differential tests, which check it agrees with `parse_partial_pest`.
+#[doc(hidden)]
+pub fn parse_fast(source: &str) -> Option<File> {
+    crate::parse_fast::parse_file(source)
+}
+
+/// The pest parser alone, as `parse_partial` was before the fast parser: the reference the
+/// differential tests compare the fast parser with, and the path for files it gives up on.
+#[doc(hidden)]
+pub fn parse_partial_pest(source: &str) -> (File, Vec<Diagnostic>) {
     let mut items = Vec::new();
     let mut diags = Vec::new();
     if let Some(d) = too_deep(source) {
@@ -42,7 +78,7 @@ pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
             vec![d],
         );
     }
-    // Fast path: the whole file in one parse. pest indexes the lines of its whole input on
+    // First the whole file in one parse. pest indexes the lines of its whole input on
     // every call, so reading item by item would cost time quadratic in the file's length.
     if let Ok(mut pairs) = RecapParser::parse(Rule::file, source) {
         if let Some(file) = pairs.next() {
@@ -441,7 +477,7 @@ fn span_of(pair: &Pair<Rule>, base: usize) -> Span {
 }
 
 /// The text of the `##` lines directly above byte offset `start`.
-fn doc_above(source: &str, start: usize) -> Option<String> {
+pub(crate) fn doc_above(source: &str, start: usize) -> Option<String> {
     let line_start = source.get(..start)?.rfind('\n').map(|i| i + 1).unwrap_or(0);
     // Only items that begin their line can have a doc comment.
     if !source.get(line_start..start)?.trim().is_empty() {
@@ -807,14 +843,17 @@ fn build_expr(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
                     match lhs.kind {
                         ExprKind::Name(func) => Ok(Expr {
                             span,
-                            kind: ExprKind::Call { func, args },
+                            kind: ExprKind::Call {
+                                func,
+                                args: Box::new(args),
+                            },
                         }),
                         ExprKind::Member { base: recv, name } => Ok(Expr {
                             span,
                             kind: ExprKind::Method {
                                 receiver: recv,
                                 name,
-                                args,
+                                args: Box::new(args),
                             },
                         }),
                         _ => Err(err(
@@ -1011,7 +1050,9 @@ fn build_string(pair: Pair<Rule>, base: usize) -> PResult<StrLit> {
     Ok(StrLit { parts, raw: false })
 }
 
-/// Time spent in pest alone versus building the AST (a development aid for the benchmark).
+/// Whether pest's grammar accepts the whole file, without building the AST: a development aid
+/// that times pest alone, and the differential tests' check that the fast parser takes every
+/// file the grammar accepts.
 #[doc(hidden)]
 pub fn pest_only(source: &str) -> bool {
     RecapParser::parse(Rule::file, source).is_ok()

@@ -12,6 +12,9 @@ use crate::stdlib::Stdlib;
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::{HashMap, VecDeque};
 
+/// The name table: looked up for every name in the file, so it uses a fast hasher.
+type Names<'a> = foldhash::HashMap<&'a str, EntityId>;
+
 pub type EntityId = usize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +63,7 @@ pub struct Resolved<'a> {
     pub stages: Vec<StageScope<'a>>,
     /// Entity ids, each after everything it references; entities on a cycle are left out.
     pub order: Vec<EntityId>,
-    names: HashMap<&'a str, EntityId>,
+    names: Names<'a>,
 }
 
 impl<'a> Resolved<'a> {
@@ -89,7 +92,7 @@ struct Resolver<'a, 'd> {
     std: &'static Stdlib,
     diags: &'d mut Vec<Diagnostic>,
     entities: Vec<Entity<'a>>,
-    names: HashMap<&'a str, EntityId>,
+    names: Names<'a>,
     top_settings: Vec<Setting<'a>>,
     stages: Vec<StageScope<'a>>,
     staged: bool,
@@ -106,11 +109,23 @@ pub fn resolve<'a>(
         .items
         .iter()
         .any(|i| matches!(i.kind, ItemKind::Stage { .. }));
+    // Every item but a stage declares at most one entity. Sizing the tables for them up front
+    // spares a large file the rehashing of a growing name table.
+    let items: usize = file
+        .items
+        .iter()
+        .map(|i| match &i.kind {
+            ItemKind::Stage { items, .. } => items.len(),
+            _ => 1,
+        })
+        .sum();
+    let mut names = Names::default();
+    names.reserve(items);
     let mut r = Resolver {
         std: crate::stdlib::stdlib(),
         diags,
-        entities: Vec::new(),
-        names: HashMap::new(),
+        entities: Vec::with_capacity(items),
+        names,
         top_settings: Vec::new(),
         stages: Vec::new(),
         staged,
@@ -408,19 +423,21 @@ impl<'a> Resolver<'a, '_> {
         let mut graph: DiGraph<EntityId, Span> = DiGraph::with_capacity(n, n);
         let nodes: Vec<NodeIndex> = (0..n).map(|i| graph.add_node(i)).collect();
         let mut uses = vec![0usize; n];
+        // One buffer for the references of every entity in turn, rather than a new vector each.
+        let mut refs = Vec::new();
         for id in 0..n {
             let (stage, value, block) = match self.entities.get(id) {
                 Some(e) => (e.stage, e.value, e.block),
                 None => continue,
             };
-            let mut refs = Vec::new();
+            refs.clear();
             self.walk(value, stage, &mut refs);
             if let Some(b) = block {
                 for f in &b.fields {
                     self.walk(&f.value, stage, &mut refs);
                 }
             }
-            for (dep, span) in refs {
+            for &(dep, span) in &refs {
                 if let (Some(&a), Some(&b)) = (nodes.get(id), nodes.get(dep)) {
                     graph.add_edge(a, b, span);
                 }

@@ -120,6 +120,10 @@ impl Stdlib {
     pub fn is_enum_member(&self, name: &str) -> bool {
         self.members.contains(name)
     }
+    /// The stdlib's own copy of the enum member `name`: values hold it without a copy.
+    pub fn enum_member(&self, name: &str) -> Option<&str> {
+        self.members.get(name).map(|m| m.as_str())
+    }
     pub fn enum_has(&self, enum_name: &str, member: &str) -> bool {
         self.enums
             .get(enum_name)

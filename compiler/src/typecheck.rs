@@ -11,7 +11,6 @@ use crate::diagnostic::{did_you_mean, Diagnostic, Span};
 use crate::resolve::{EntityId, EntityKind, Resolved, Setting};
 use crate::stdlib::{ParamDef, Signature, Stdlib};
 use crate::types::{Kind, Ty};
-use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -24,7 +23,8 @@ pub enum Value {
         placeholders: Vec<String>,
     },
     List(Vec<Val>),
-    Enum(String),
+    /// A member of a stdlib enum, as the stdlib spells it.
+    Enum(&'static str),
     /// A declared model, source, verifier, objective or eval.
     Decl(EntityId, Kind),
     /// `source.field`.
@@ -61,11 +61,52 @@ impl Val {
 pub struct CallVal {
     pub sig: &'static Signature,
     /// Every non-variadic parameter: given, defaulted, or `Absent`.
-    pub args: BTreeMap<String, Val>,
+    pub args: ArgMap,
     /// Named arguments collected by the variadic parameter, in source order, with the span
     /// of their name.
     pub extra: Vec<(String, Span, Val)>,
     pub span: Span,
+}
+
+/// The arguments of a call by parameter name, sorted by name (so two calls that bind the same
+/// values are equal whatever order their arguments were written in). A vector sized to the
+/// signature rather than a `BTreeMap`: a map's node holds eleven entries however few a call
+/// has, and a large pipeline keeps thousands of small calls (`field(...)`, `tag(...)`) alive.
+/// Keys are the signature's own (static) names, so a call allocates no key strings.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ArgMap(Vec<(&'static str, Val)>);
+
+impl ArgMap {
+    fn with_capacity(n: usize) -> Self {
+        ArgMap(Vec::with_capacity(n))
+    }
+
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (*k).cmp(name))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Val> {
+        self.position(name)
+            .ok()
+            .and_then(|i| self.0.get(i))
+            .map(|(_, v)| v)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.position(name).is_ok()
+    }
+
+    /// Sets the argument `name`, replacing an earlier value as a map would.
+    fn insert(&mut self, name: &'static str, v: Val) {
+        match self.position(name) {
+            Ok(i) => {
+                if let Some(slot) = self.0.get_mut(i) {
+                    slot.1 = v;
+                }
+            }
+            Err(i) => self.0.insert(i, (name, v)),
+        }
+    }
 }
 
 impl PartialEq for CallVal {
@@ -162,7 +203,7 @@ pub fn typecheck(res: &Resolved, diags: &mut Vec<Diagnostic>) -> Typed {
         paths: Vec::new(),
         stage: None,
         in_stdlib: false,
-        defaults: std::collections::HashMap::new(),
+        defaults: foldhash::HashMap::default(),
     };
     for &id in &res.order {
         let v = t.entity(id);
@@ -203,8 +244,13 @@ struct Checker<'r, 'a, 'd> {
     /// Evaluating a stdlib default: user names are not in scope.
     in_stdlib: bool,
     /// Evaluated stdlib defaults, keyed by the address of their (static) parameter.
-    defaults: std::collections::HashMap<usize, Val>,
+    defaults: foldhash::HashMap<usize, Val>,
 }
+
+/// What is being checked, for the message when it does not fit ("`group` of `grpo`"). A
+/// closure, so the text is formatted only for an error: a large pipeline checks thousands of
+/// arguments that fit.
+type What<'w> = &'w dyn Fn() -> String;
 
 fn decl_kind(k: DeclKind) -> Kind {
     match k {
@@ -336,7 +382,7 @@ impl Checker<'_, '_, '_> {
             }
         };
         let value = self.eval(e.value, Some(&ty_v))?;
-        let mut value = self.accept(value, &ty_v, &format!("param `{}`", e.name.name))?;
+        let mut value = self.accept(value, &ty_v, &|| format!("param `{}`", e.name.name))?;
         self.check_range(&value, range.as_ref(), &e.name.name);
         if let Some(text) = &e.override_text {
             let parsed = match &ty_v {
@@ -446,7 +492,7 @@ impl Checker<'_, '_, '_> {
     }
 
     /// Converts `v` to type `ty`, or reports why it cannot be one.
-    fn accept(&mut self, v: Val, ty: &Ty, what: &str) -> Option<Val> {
+    fn accept(&mut self, v: Val, ty: &Ty, what: What) -> Option<Val> {
         let mut v = v;
         for alt in ty.alternatives() {
             match self.convert(v, alt) {
@@ -513,7 +559,7 @@ impl Checker<'_, '_, '_> {
         };
         let found = describe(&v.v, self.res);
         self.err(
-            Diagnostic::error(code, format!("{what} expects {ty}, found {found}"))
+            Diagnostic::error(code, format!("{} expects {ty}, found {found}", what()))
                 .label(v.span, format!("expected {ty}"))
                 .with_help(help),
         );
@@ -566,7 +612,7 @@ impl Checker<'_, '_, '_> {
     }
 
     /// Evaluates a list element by element so every bad element is reported.
-    fn accept_list(&mut self, v: Val, ty: &Ty, what: &str) -> Option<Val> {
+    fn accept_list(&mut self, v: Val, ty: &Ty, what: What) -> Option<Val> {
         if let (Ty::List(inner), Value::List(items)) = (ty, &v.v) {
             let mut out = Vec::new();
             let mut ok = true;
@@ -697,21 +743,23 @@ impl Checker<'_, '_, '_> {
                 };
             }
         }
-        let expected_enum = expected.and_then(|t| {
-            t.alternatives().iter().find_map(|a| match a {
-                Ty::Enum(e) if self.std.enum_has(e, &id.name) => Some(e.clone()),
-                _ => None,
-            })
+        let std = self.std;
+        let expected_enum = expected.is_some_and(|t| {
+            t.alternatives()
+                .iter()
+                .any(|a| matches!(a, Ty::Enum(e) if std.enum_has(e, &id.name)))
         });
-        if expected_enum.is_some() {
-            return Some(Val::new(Value::Enum(id.name.clone()), id.span));
+        if expected_enum {
+            if let Some(m) = std.enum_member(&id.name) {
+                return Some(Val::new(Value::Enum(m), id.span));
+            }
         }
         if self.std.fns.contains_key(&id.name) {
             let sig = self.pick(id, expected, false)?;
             return self.call(sig, id, None, &[], None, id.span);
         }
-        if self.std.is_enum_member(&id.name) {
-            return Some(Val::new(Value::Enum(id.name.clone()), id.span));
+        if let Some(m) = std.enum_member(&id.name) {
+            return Some(Val::new(Value::Enum(m), id.span));
         }
         // Unknown names were reported by resolve.
         None
@@ -730,10 +778,12 @@ impl Checker<'_, '_, '_> {
             );
             return None;
         };
-        let fields = self.source_fields(src);
         // A source whose own declaration failed has unknown fields: stay quiet.
-        let fields = fields?;
-        if fields.iter().any(|f| f == &name.name) {
+        let known = match &self.values.get(src)?.as_ref()?.v {
+            Value::Call(c) => has_field(c, &name.name),
+            _ => return None,
+        };
+        if known {
             return Some(Val::new(
                 Value::Field {
                     source: src,
@@ -742,6 +792,7 @@ impl Checker<'_, '_, '_> {
                 span,
             ));
         }
+        let fields = self.source_fields(src)?;
         let sname = self
             .res
             .entities
@@ -782,9 +833,15 @@ impl Checker<'_, '_, '_> {
         method: bool,
     ) -> Option<&'static Signature> {
         let std = self.std;
-        let cands = std.fns.get(&name.name)?;
+        let all = std.fns.get(&name.name)?;
+        // Most names have one signature that fits: take it without collecting candidates.
+        if let [only] = all.as_slice() {
+            if !method || only.has_self() {
+                return Some(only);
+            }
+        }
         let cands: Vec<&'static Signature> =
-            cands.iter().filter(|s| !method || s.has_self()).collect();
+            all.iter().filter(|s| !method || s.has_self()).collect();
         if cands.is_empty() {
             self.err(
                 Diagnostic::error(
@@ -839,27 +896,34 @@ impl Checker<'_, '_, '_> {
         receiver: Option<Val>,
         span: Span,
     ) -> Option<Val> {
-        let mut vals: BTreeMap<String, Val> = BTreeMap::new();
-        let mut name_spans: BTreeMap<&str, Span> = BTreeMap::new();
+        let mut vals = ArgMap::with_capacity(sig.params.len());
+        // Where each parameter was given, for duplicate and missing-argument reports. Calls
+        // have a handful of arguments, so a vector searched in order is cheapest.
+        let mut name_spans: Vec<(&str, Span)> = Vec::new();
+        let given = |spans: &[(&str, Span)], key: &str| {
+            spans.iter().find(|(k, _)| *k == key).map(|(_, s)| *s)
+        };
         let mut extra: Vec<(String, Span, Val)> = Vec::new();
         let mut ok = true;
-        let positional: Vec<&ParamDef> = sig
-            .params
-            .iter()
-            .filter(|p| !p.variadic && p.name != "self")
-            .collect();
+        let positional = || {
+            sig.params
+                .iter()
+                .filter(|p| !p.variadic && p.name != "self")
+        };
+        let mut positional_params = positional();
         let empty = Args::default();
         let args = args.unwrap_or(&empty);
         for (i, e) in args.positional.iter().enumerate() {
-            let Some(p) = positional.get(i).copied() else {
+            let Some(p) = positional_params.next() else {
+                let count = positional().count();
                 self.err(
                     Diagnostic::error(
                         "recap::typecheck::too_many_arguments",
                         format!(
                             "`{}` takes {} positional argument{}, this is argument {}",
                             sig.name,
-                            positional.len(),
-                            if positional.len() == 1 { "" } else { "s" },
+                            count,
+                            if count == 1 { "" } else { "s" },
                             i + 1
                         ),
                     )
@@ -869,10 +933,10 @@ impl Checker<'_, '_, '_> {
                 ok = false;
                 continue;
             };
-            name_spans.insert(p.name.as_str(), e.span);
+            name_spans.push((p.name.as_str(), e.span));
             match self.arg(sig, p, e) {
                 Some(v) => {
-                    vals.insert(p.name.clone(), v);
+                    vals.insert(p.name.as_str(), v);
                 }
                 None => ok = false,
             }
@@ -882,23 +946,23 @@ impl Checker<'_, '_, '_> {
             let key = na.name.name.as_str();
             let param = sig.param(key).filter(|p| p.name != "self");
             if let Some(p) = param {
-                if let Some(prev) = name_spans.get(key) {
+                if let Some(prev) = given(&name_spans, key) {
                     self.err(
                         Diagnostic::error(
                             "recap::typecheck::duplicate_argument",
                             format!("`{key}` is given twice to `{}`", sig.name),
                         )
                         .label(na.name.span, "given again here")
-                        .label(*prev, "first given here")
+                        .label(prev, "first given here")
                         .with_help("give each argument once"),
                     );
                     ok = false;
                     continue;
                 }
-                name_spans.insert(key, na.name.span);
+                name_spans.push((key, na.name.span));
                 match self.arg(sig, p, &na.value) {
                     Some(v) => {
-                        vals.insert(p.name.clone(), v);
+                        vals.insert(p.name.as_str(), v);
                     }
                     None => ok = false,
                 }
@@ -946,9 +1010,9 @@ impl Checker<'_, '_, '_> {
         match (receiver, sig.param("self")) {
             (Some(r), Some(p)) => {
                 let ty = p.ty.clone();
-                match self.accept(r, &ty, &format!("the receiver of `{}`", sig.name)) {
+                match self.accept(r, &ty, &|| format!("the receiver of `{}`", sig.name)) {
                     Some(v) => {
-                        vals.insert("self".into(), v);
+                        vals.insert("self", v);
                     }
                     None => ok = false,
                 }
@@ -967,11 +1031,11 @@ impl Checker<'_, '_, '_> {
             _ => {}
         }
         for p in &sig.params {
-            if p.variadic || vals.contains_key(&p.name) {
+            if p.variadic || vals.contains_key(p.name.as_str()) {
                 continue;
             }
             if p.required() {
-                if ok || !name_spans.contains_key(p.name.as_str()) {
+                if ok || given(&name_spans, p.name.as_str()).is_none() {
                     self.err(
                         Diagnostic::error(
                             "recap::typecheck::missing_argument",
@@ -997,7 +1061,7 @@ impl Checker<'_, '_, '_> {
                     match v {
                         Some(mut v) => {
                             v.span = span;
-                            vals.insert(p.name.clone(), v);
+                            vals.insert(p.name.as_str(), v);
                         }
                         None => {
                             self.err(
@@ -1016,7 +1080,7 @@ impl Checker<'_, '_, '_> {
                     }
                 }
                 None => {
-                    vals.insert(p.name.clone(), Val::new(Value::Absent, span));
+                    vals.insert(p.name.as_str(), Val::new(Value::Absent, span));
                 }
             }
         }
@@ -1046,7 +1110,7 @@ impl Checker<'_, '_, '_> {
         let saved = (self.in_stdlib, self.stage);
         self.in_stdlib = true;
         let v = self.eval(d, Some(&p.ty));
-        let v = v.and_then(|v| self.accept(v, &p.ty, &format!("the default of `{}`", p.name)));
+        let v = v.and_then(|v| self.accept(v, &p.ty, &|| format!("the default of `{}`", p.name)));
         (self.in_stdlib, self.stage) = saved;
         if let Some(v) = &v {
             if self.diags.len() == diags && self.paths.len() == paths {
@@ -1058,8 +1122,7 @@ impl Checker<'_, '_, '_> {
 
     fn arg(&mut self, sig: &Signature, p: &ParamDef, e: &Expr) -> Option<Val> {
         let v = self.eval(e, Some(&p.ty))?;
-        let what = format!("`{}` of `{}`", p.name, sig.name);
-        let v = self.accept_list(v, &p.ty, &what)?;
+        let v = self.accept_list(v, &p.ty, &|| format!("`{}` of `{}`", p.name, sig.name))?;
         self.check_range(&v, p.range.as_ref(), &p.name).then_some(v)
     }
 
@@ -1288,7 +1351,7 @@ impl Checker<'_, '_, '_> {
             .map(|b| b.fields.iter().collect())
             .unwrap_or_default();
         let v = self.eval_head(s.value, &fields, s.block.map(|b| b.span), kind, s.kind_span)?;
-        self.accept(v, &Ty::Kind(kind), &format!("`{}`", s.kind.keyword()))
+        self.accept(v, &Ty::Kind(kind), &|| format!("`{}`", s.kind.keyword()))
     }
 
     /// The stage's train setting: the top-level `train` fields overridden by the stage's own.
@@ -1356,6 +1419,14 @@ fn verb(op: BinOp) -> &'static str {
         BinOp::Mul => "multiply",
         BinOp::Div => "divide",
     }
+}
+
+/// Whether a source call provides the field `name` (one of `fields_of`, without building the
+/// list: sources are read field by field thousands of times in a large pipeline).
+pub fn has_field(c: &CallVal, name: &str) -> bool {
+    name == "prompt"
+        || c.sig.ret_fields.iter().any(|f| f == name)
+        || c.extra.iter().any(|(n, _, _)| n == name)
 }
 
 /// The fields a source call provides: `prompt`, its stdlib function's fixed fields, and the

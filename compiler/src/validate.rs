@@ -9,7 +9,7 @@
 use crate::ast::DeclKind;
 use crate::diagnostic::{did_you_mean, Diagnostic, Span};
 use crate::resolve::{EntityId, EntityKind, Resolved};
-use crate::typecheck::{fields_of, CallVal, Typed, Val, Value};
+use crate::typecheck::{fields_of, has_field, CallVal, Typed, Val, Value};
 use crate::types::Kind;
 use crate::{CheckOptions, Host};
 use std::collections::BTreeSet;
@@ -52,9 +52,15 @@ pub fn deref<'t>(typed: &'t Typed, v: &'t Val) -> Option<Ref<'t>> {
 }
 
 pub fn entity_name(res: &Resolved, id: EntityId) -> String {
+    name_of(res, id).to_string()
+}
+
+/// The name of an entity, borrowed: the checks of a large pipeline compare names thousands
+/// of times and need an owned copy only for a message.
+fn name_of<'r>(res: &'r Resolved, id: EntityId) -> &'r str {
     res.entities
         .get(id)
-        .map(|e| e.name.name.clone())
+        .map(|e| e.name.name.as_str())
         .unwrap_or_default()
 }
 
@@ -337,18 +343,18 @@ impl V<'_, '_, '_, '_> {
         let micro =
             train.and_then(|t| t.get("micro_batch").map(|v| (v.span, t.int("micro_batch"))));
         let mut keys = 0usize;
-        let mut obj_names = Vec::new();
-        let mut sources_read: Vec<String> = Vec::new();
+        let mut obj_names: Vec<&str> = Vec::new();
+        let mut sources_read: Vec<&str> = Vec::new();
         let mut has_sft = false;
         for &o in &objectives {
             let Some(c) = self.typed.call(o) else {
                 continue;
             };
-            let oname = entity_name(self.res, o);
-            obj_names.push(oname.clone());
+            let oname = name_of(self.res, o);
+            obj_names.push(oname);
             let src = c.get("source").and_then(|s| deref(self.typed, s));
             if let Some(Value::Decl(sid, _)) = c.get("source").map(|s| &s.v) {
-                sources_read.push(entity_name(self.res, *sid));
+                sources_read.push(name_of(self.res, *sid));
             }
             let oname_span = self
                 .res
@@ -404,8 +410,8 @@ impl V<'_, '_, '_, '_> {
                     keys += 1;
                     has_sft = true;
                     if let Some(src) = &src {
-                        let fields = fields_of(src.call());
-                        if !fields.iter().any(|f| f == "target") {
+                        if !has_field(src.call(), "target") {
+                            let fields = fields_of(src.call());
                             let sspan = c.get("source").map(|s| s.span).unwrap_or(c.span);
                             self.diags.push(
                                 Diagnostic::error(
@@ -437,7 +443,7 @@ impl V<'_, '_, '_, '_> {
             let Some(c) = self.typed.call(e) else {
                 continue;
             };
-            let ename = entity_name(self.res, e);
+            let ename = name_of(self.res, e);
             let espan = self
                 .res
                 .entities
@@ -562,10 +568,10 @@ impl V<'_, '_, '_, '_> {
         }
     }
 
-    fn check_keys(&mut self, c: &CallVal, names: &[String], what: &str) {
+    fn check_keys(&mut self, c: &CallVal, names: &[&str], what: &str) {
         for (k, span, _) in &c.extra {
             if !names.iter().any(|n| n == k) {
-                let guess = did_you_mean(k, names.iter().map(|s| s.as_str()));
+                let guess = did_you_mean(k, names.iter().copied());
                 self.diags.push(
                     Diagnostic::error(
                         "recap::validate::unknown_weight_key",
@@ -585,7 +591,7 @@ impl V<'_, '_, '_, '_> {
     }
 
     fn check_rewards(&mut self, rewards: &[&Val], src: &crate::validate::Ref, src_span: Span) {
-        let fields = fields_of(src.call());
+        let has_answer = has_field(src.call(), "answer");
         for r in rewards {
             let verifiers: Vec<(Option<EntityId>, &CallVal, Span)> = match &r.v {
                 Value::Decl(id, Kind::Verifier) => self
@@ -601,9 +607,7 @@ impl V<'_, '_, '_, '_> {
                 _ => Vec::new(),
             };
             for (vid, vc, span) in verifiers {
-                let vname = vid
-                    .map(|id| entity_name(self.res, id))
-                    .unwrap_or_else(|| vc.name().to_string());
+                let vname = vid.map(|id| name_of(self.res, id)).unwrap_or(vc.name());
                 match vc.get("expected").map(|e| &e.v) {
                     Some(Value::Field { source, name }) => {
                         let same = src.key() == (0, *source);
@@ -624,9 +628,8 @@ impl V<'_, '_, '_, '_> {
                             );
                         }
                     }
-                    None if NEEDS_EXPECTED.contains(&vc.name())
-                        && !fields.iter().any(|f| f == "answer") =>
-                    {
+                    None if NEEDS_EXPECTED.contains(&vc.name()) && !has_answer => {
+                        let fields = fields_of(src.call());
                         self.diags.push(
                                 Diagnostic::error(
                                     "recap::validate::missing_field",

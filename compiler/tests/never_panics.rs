@@ -1,7 +1,10 @@
 //! The compiler never panics: 10,000+ inputs (valid fixtures mutated byte- and token-wise,
 //! token soup, arbitrary strings) go through `parse` and `check`. Every diagnostic's spans
 //! must lie inside the text on character boundaries, and every plan must survive a JSON
-//! round trip.
+//! round trip. Every input also goes through both parsers, which must agree (see
+//! `common::assert_parsers_agree`).
+
+mod common;
 
 use proptest::prelude::*;
 use recap_compiler::{check, parse, AssumeFilesExist, CheckOptions};
@@ -85,6 +88,7 @@ const TOKENS: &[&str] = &[
 ];
 
 fn assert_sane(src: &str) {
+    common::assert_parsers_agree(src);
     let (ast, diags) = parse(src);
     assert!(
         ast.is_some() || !diags.is_empty(),
