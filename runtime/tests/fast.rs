@@ -171,7 +171,7 @@ fn fast_pass_matches_autograd_on_tiny_qwen2_and_llama() {
 
 #[test]
 fn fast_pass_matches_autograd_on_the_fixture() {
-    let model = load_hf_dir(&fixture(), &Device::Cpu).unwrap();
+    let model = load_hf_dir(fixture(), &Device::Cpu).unwrap();
     check(&model, 7, 6);
 }
 

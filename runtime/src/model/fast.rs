@@ -528,8 +528,17 @@ fn sigmoid(x: f32) -> f32 {
     (1.0 + (-x).fexp()).recip()
 }
 
+/// A batch checked against the model, on the host: ids (n, t), the additive mask (n, t, t) and
+/// the completion ids (n, L).
+struct Inputs {
+    dims: Dims,
+    ids: Vec<u32>,
+    mask: Vec<f32>,
+    targets: Vec<u32>,
+}
+
 /// Checks the batch against the model and copies its ids, mask and targets to the host.
-fn inputs(model: &Model, batch: &SequenceBatch) -> Result<(Dims, Vec<u32>, Vec<f32>, Vec<u32>)> {
+fn inputs(model: &Model, batch: &SequenceBatch) -> Result<Inputs> {
     if !supported(model) {
         bail!(
             "fast path: the model must be on the CPU with f32 weights and compute dtype, got {:?} weights computed in {:?}",
@@ -586,7 +595,12 @@ fn inputs(model: &Model, batch: &SequenceBatch) -> Result<(Dims, Vec<u32>, Vec<f
         eps: c.rms_norm_eps as f32,
         scale: (1.0 / (c.head_dim as f64).sqrt()) as f32,
     };
-    Ok((dims, ids, mask, targets))
+    Ok(Inputs {
+        dims,
+        ids,
+        mask,
+        targets,
+    })
 }
 
 /// One block's forward on `x` (tokens, hidden); gives its saved activations (which own `x`)
@@ -872,7 +886,12 @@ fn block_backward(
 
 /// The shared forward: with `save`, keeps every activation the backward needs.
 fn run<'a>(model: &'a Model, batch: &SequenceBatch, save: bool) -> Result<FastForward<'a>> {
-    let (d, ids, mask, targets) = inputs(model, batch)?;
+    let Inputs {
+        dims: d,
+        ids,
+        mask,
+        targets,
+    } = inputs(model, batch)?;
     let weights = HostWeights::new(model)?;
     let half = d.head_dim / 2;
     let rope_cos = host(&model.rope.cos.narrow(0, 0, d.t)?)?;
