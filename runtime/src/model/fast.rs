@@ -81,13 +81,11 @@ struct Packing {
     selected: Vec<usize>,
 }
 
-/// Rows `start .. start + len` attend among themselves under the additive `mask` (len, len); the
-/// probabilities of head h lie at `probs + h * len * len` in a block's saved probabilities.
+/// Rows `start .. start + len` attend among themselves under the additive `mask` (len, len).
 struct Segment {
     start: usize,
     len: usize,
     mask: Vec<f32>,
-    probs: usize,
 }
 
 impl Packing {
@@ -98,7 +96,6 @@ impl Packing {
         let mut row_of = vec![0usize; d.n * t];
         let (mut out_ids, mut pos, mut segs) = (Vec::new(), Vec::new(), Vec::new());
         let mut lone: Vec<usize> = Vec::new();
-        let mut probs = 0;
         for b in 0..d.n {
             let mut linked = Vec::with_capacity(t);
             for j in 0..t {
@@ -128,9 +125,7 @@ impl Packing {
                 start,
                 len,
                 mask: m,
-                probs,
             });
-            probs += d.heads * len * len;
         }
         // One row per distinct id of the lone tokens, each a segment of its own.
         let mut first: std::collections::HashMap<u32, usize> = Default::default();
@@ -143,9 +138,7 @@ impl Packing {
                     start: row,
                     len: 1,
                     mask: vec![0.0],
-                    probs,
                 });
-                probs += d.heads;
                 row
             });
             row_of[tok] = row;
@@ -163,11 +156,6 @@ impl Packing {
 
     fn rows(&self) -> usize {
         self.ids.len()
-    }
-
-    /// Length of the saved attention probabilities of one block.
-    fn probs_len(&self, heads: usize) -> usize {
-        self.segs.iter().map(|s| heads * s.len * s.len).sum()
     }
 }
 
@@ -275,6 +263,11 @@ pub struct FastForward<'a> {
     dims: Dims,
     weights: HostWeights,
     packing: Packing,
+    /// The query rows of every block but the last, and of the last.
+    qs_all: Queries,
+    qs_last: Queries,
+    /// The row of the last block's output that each selected position reads.
+    sel_rows: Vec<usize>,
     targets: Vec<u32>,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
@@ -603,56 +596,147 @@ fn inputs(model: &Model, batch: &SequenceBatch) -> Result<Inputs> {
     })
 }
 
-/// One block's forward on `x` (tokens, hidden); gives its saved activations (which own `x`)
-/// and its output.
+/// The rows a block computes queries, attention outputs and its MLP for. Every block but the last
+/// needs all rows; the last one only those the final norm reads (the positions that predict
+/// completion tokens), while its keys and values still cover every row. Within each linked
+/// segment those rows are a suffix (rows are in column order and the selected columns start at
+/// `p - 1`), so a segment is cut by skipping its first rows.
+struct Queries {
+    /// The rows in packing order, ascending; `None` means all rows.
+    rows: Option<Vec<usize>>,
+    /// Per segment: the first query row (in query numbering), the rows skipped at its start and
+    /// the offset of its probabilities (heads * (len - skip) * len of them).
+    segs: Vec<(usize, usize, usize)>,
+    /// Number of query rows.
+    len: usize,
+    /// Length of a block's saved attention probabilities.
+    probs_len: usize,
+}
+
+impl Queries {
+    fn new(d: &Dims, pk: &Packing, last: bool) -> Queries {
+        let (mut segs, mut rows, mut len, mut probs) = (Vec::new(), Vec::new(), 0, 0);
+        for seg in &pk.segs {
+            let skip = if last {
+                let first = pk.pos[seg.start..seg.start + seg.len]
+                    .iter()
+                    .position(|&c| c + 1 >= d.p)
+                    .unwrap_or(seg.len);
+                // A lone row (a segment of one) may be read at any position: it is kept.
+                if seg.len == 1 {
+                    0
+                } else {
+                    first
+                }
+            } else {
+                0
+            };
+            segs.push((len, skip, probs));
+            rows.extend(seg.start + skip..seg.start + seg.len);
+            len += seg.len - skip;
+            probs += d.heads * (seg.len - skip) * seg.len;
+        }
+        let rows = (len < pk.rows()).then_some(rows);
+        Queries {
+            rows,
+            segs,
+            len,
+            probs_len: probs,
+        }
+    }
+
+    /// The query rows' part of `x` (rows, width): borrowed when every row is a query row.
+    fn gather<'x, T: Clone>(&self, x: &'x [T], width: usize) -> std::borrow::Cow<'x, [T]> {
+        match &self.rows {
+            None => std::borrow::Cow::Borrowed(x),
+            Some(rows) => {
+                let mut out = Vec::with_capacity(rows.len() * width);
+                for &r in rows {
+                    out.extend_from_slice(&x[r * width..(r + 1) * width]);
+                }
+                std::borrow::Cow::Owned(out)
+            }
+        }
+    }
+
+    /// The positions of the query rows.
+    fn gather_pos<'x>(&self, pos: &'x [usize]) -> std::borrow::Cow<'x, [usize]> {
+        self.gather(pos, 1)
+    }
+
+    /// The query row of each packing row (`usize::MAX` for rows that are not query rows).
+    fn index(&self, rows: usize) -> Vec<usize> {
+        match &self.rows {
+            None => (0..rows).collect(),
+            Some(q) => {
+                let mut idx = vec![usize::MAX; rows];
+                for (i, &r) in q.iter().enumerate() {
+                    idx[r] = i;
+                }
+                idx
+            }
+        }
+    }
+}
+
+/// One block's forward on `x` (rows, hidden); gives its saved activations (which own `x`) and
+/// its output on the query rows of `qs`.
 fn block_forward(
     d: &Dims,
     w: &HostLayer,
     pk: &Packing,
+    qs: &Queries,
     (cos, sin): (&[f32], &[f32]),
     x: Vec<f32>,
 ) -> (Saved, Vec<f32>) {
-    let (nt, hs, qd, kvd, hd) = (pk.rows(), d.hidden, d.qd(), d.kvd(), d.head_dim);
+    let (nt, nq, hs, qd, kvd, hd) = (pk.rows(), qs.len, d.hidden, d.qd(), d.kvd(), d.head_dim);
     let mut r1 = vec![0f32; nt];
     let mut h1 = vec![0f32; nt * hs];
     rms_forward(&x, &w.input_norm, d.eps, &mut r1, &mut h1);
-    let mut q = linear(&h1, nt, hs, &w.q_w, qd, w.q_b.as_deref());
+    let h1q = qs.gather(&h1, hs);
+    let mut q = linear(&h1q, nq, hs, &w.q_w, qd, w.q_b.as_deref());
+    drop(h1q);
     let mut k = linear(&h1, nt, hs, &w.k_w, kvd, w.k_b.as_deref());
     let v = linear(&h1, nt, hs, &w.v_w, kvd, w.v_b.as_deref());
-    rope(&mut q, qd, &pk.pos, hd, cos, sin, false);
+    let pos_q = qs.gather_pos(&pk.pos);
+    rope(&mut q, qd, &pos_q, hd, cos, sin, false);
     rope(&mut k, kvd, &pk.pos, hd, cos, sin, false);
-    let mut probs = vec![0f32; pk.probs_len(d.heads)];
-    let mut attn = vec![0f32; nt * qd];
-    for seg in &pk.segs {
-        let (r0, t) = (seg.start, seg.len);
+    let mut probs = vec![0f32; qs.probs_len];
+    let mut attn = vec![0f32; nq * qd];
+    for (seg, &(q0, skip, po)) in pk.segs.iter().zip(&qs.segs) {
+        let (r0, tk) = (seg.start, seg.len);
+        let tq = tk - skip;
         for h in 0..d.heads {
             let g = h / d.rep();
-            let pb = &mut probs[seg.probs + h * t * t..][..t * t];
+            let pb = &mut probs[po + h * tq * tk..][..tq * tk];
             // Scores `scale * q k^T`: the keys are read transposed through their strides.
             mm(
-                (t, t, hd),
+                (tq, tk, hd),
                 pb,
-                (t, 1),
+                (tk, 1),
                 false,
-                &q[r0 * qd + h * hd..],
+                &q[q0 * qd + h * hd..],
                 (qd, 1),
                 &k[r0 * kvd + g * hd..],
                 (1, kvd),
                 d.scale,
             );
-            for (row, m) in pb.chunks_exact_mut(t).zip(seg.mask.chunks_exact(t)) {
+            for (row, m) in pb
+                .chunks_exact_mut(tk)
+                .zip(seg.mask[skip * tk..].chunks_exact(tk))
+            {
                 for (s, &m) in row.iter_mut().zip(m) {
                     *s += m;
                 }
                 softmax_in_place(row);
             }
             mm(
-                (t, hd, t),
-                &mut attn[r0 * qd + h * hd..],
+                (tq, hd, tk),
+                &mut attn[q0 * qd + h * hd..],
                 (qd, 1),
                 false,
                 pb,
-                (t, 1),
+                (tk, 1),
                 &v[r0 * kvd + g * hd..],
                 (kvd, 1),
                 1.0,
@@ -660,9 +744,9 @@ fn block_forward(
         }
     }
     // The residual is the destination gemm accumulates into.
-    let mut x_mid = x.clone();
+    let mut x_mid = qs.gather(&x, hs).into_owned();
     mm(
-        (nt, hs, qd),
+        (nq, hs, qd),
         &mut x_mid,
         (hs, 1),
         true,
@@ -672,11 +756,11 @@ fn block_forward(
         (1, qd),
         1.0,
     );
-    let mut r2 = vec![0f32; nt];
-    let mut h2 = vec![0f32; nt * hs];
+    let mut r2 = vec![0f32; nq];
+    let mut h2 = vec![0f32; nq * hs];
     rms_forward(&x_mid, &w.post_norm, d.eps, &mut r2, &mut h2);
-    let gate = linear(&h2, nt, hs, &w.gate_w, d.inter, None);
-    let up = linear(&h2, nt, hs, &w.up_w, d.inter, None);
+    let gate = linear(&h2, nq, hs, &w.gate_w, d.inter, None);
+    let up = linear(&h2, nq, hs, &w.up_w, d.inter, None);
     let act: Vec<f32> = gate
         .iter()
         .zip(&up)
@@ -684,7 +768,7 @@ fn block_forward(
         .collect();
     let mut out = x_mid.clone();
     mm(
-        (nt, hs, d.inter),
+        (nq, hs, d.inter),
         &mut out,
         (hs, 1),
         true,
@@ -729,24 +813,33 @@ struct LayerGrads {
     post_norm: Vec<f32>,
 }
 
-/// One block's backward: `dy` is the gradient of its output; gives the gradient of its input and
-/// of its weights.
+/// One block's backward: `dy` is the gradient of its output (on the query rows of `qs`); gives
+/// the gradient of its input (all rows) and of its weights.
 fn block_backward(
     d: &Dims,
     w: &HostLayer,
     s: &Saved,
     pk: &Packing,
+    qs: &Queries,
     (cos, sin): (&[f32], &[f32]),
     dy: Vec<f32>,
 ) -> (Vec<f32>, LayerGrads) {
-    let (nt, hs, qd, kvd, hd, it) = (pk.rows(), d.hidden, d.qd(), d.kvd(), d.head_dim, d.inter);
+    let (nt, nq, hs, qd, kvd, hd, it) = (
+        pk.rows(),
+        qs.len,
+        d.hidden,
+        d.qd(),
+        d.kvd(),
+        d.head_dim,
+        d.inter,
+    );
     // MLP: out = x_mid + act . down^T.
-    let mut dact = vec![0f32; nt * it];
-    linear_dx(&dy, nt, hs, &w.down_w, it, &mut dact, false);
-    let down_w = linear_dw(&dy, nt, hs, &s.act, it);
+    let mut dact = vec![0f32; nq * it];
+    linear_dx(&dy, nq, hs, &w.down_w, it, &mut dact, false);
+    let down_w = linear_dw(&dy, nq, hs, &s.act, it);
     // SwiGLU: d silu(g) / dg = sig * (1 + g * (1 - sig)).
-    let mut dgate = vec![0f32; nt * it];
-    let mut dup = vec![0f32; nt * it];
+    let mut dgate = vec![0f32; nq * it];
+    let mut dup = vec![0f32; nq * it];
     for ((((dg, du), &da), &g), &u) in dgate
         .iter_mut()
         .zip(dup.iter_mut())
@@ -760,11 +853,11 @@ fn block_backward(
         *dg = da * u * (sg + silu * (1.0 - sg));
     }
     drop(dact);
-    let gate_w = linear_dw(&dgate, nt, it, &s.h2, hs);
-    let up_w = linear_dw(&dup, nt, it, &s.h2, hs);
-    let mut dh2 = vec![0f32; nt * hs];
-    linear_dx(&dgate, nt, it, &w.gate_w, hs, &mut dh2, false);
-    linear_dx(&dup, nt, it, &w.up_w, hs, &mut dh2, true);
+    let gate_w = linear_dw(&dgate, nq, it, &s.h2, hs);
+    let up_w = linear_dw(&dup, nq, it, &s.h2, hs);
+    let mut dh2 = vec![0f32; nq * hs];
+    linear_dx(&dgate, nq, it, &w.gate_w, hs, &mut dh2, false);
+    linear_dx(&dup, nq, it, &w.up_w, hs, &mut dh2, true);
     drop((dgate, dup));
     // The residual passes `dy` through; the norm's gradient adds to it.
     let mut dx_mid = dy;
@@ -779,27 +872,28 @@ fn block_backward(
     );
     drop(dh2);
     // Attention output projection: x_mid = x + attn . o^T.
-    let mut dattn = vec![0f32; nt * qd];
-    linear_dx(&dx_mid, nt, hs, &w.o_w, qd, &mut dattn, false);
-    let o_w = linear_dw(&dx_mid, nt, hs, &s.attn, qd);
-    // Attention: per (row, head), dP = dO v^T, dv += P^T dO, dS = P * (dP - sum(dP * P)),
+    let mut dattn = vec![0f32; nq * qd];
+    linear_dx(&dx_mid, nq, hs, &w.o_w, qd, &mut dattn, false);
+    let o_w = linear_dw(&dx_mid, nq, hs, &s.attn, qd);
+    // Attention: per (segment, head), dP = dO v^T, dv += P^T dO, dS = P * (dP - sum(dP * P)),
     // dq = scale * dS k, dk += scale * dS^T q.
-    let mut dq = vec![0f32; nt * qd];
+    let mut dq = vec![0f32; nq * qd];
     let mut dk = vec![0f32; nt * kvd];
     let mut dv = vec![0f32; nt * kvd];
     let longest = pk.segs.iter().map(|g| g.len).max().unwrap_or(0);
     let mut ds_buf = vec![0f32; longest * longest];
-    for seg in &pk.segs {
-        let (r0, t) = (seg.start, seg.len);
-        let ds = &mut ds_buf[..t * t];
+    for (seg, &(q0, skip, po)) in pk.segs.iter().zip(&qs.segs) {
+        let (r0, tk) = (seg.start, seg.len);
+        let tq = tk - skip;
+        let ds = &mut ds_buf[..tq * tk];
         for h in 0..d.heads {
             let g = h / d.rep();
-            let pb = &s.probs[seg.probs + h * t * t..][..t * t];
-            let (qo, ko) = (r0 * qd + h * hd, r0 * kvd + g * hd);
+            let pb = &s.probs[po + h * tq * tk..][..tq * tk];
+            let (qo, ko) = (q0 * qd + h * hd, r0 * kvd + g * hd);
             mm(
-                (t, t, hd),
+                (tq, tk, hd),
                 ds,
-                (t, 1),
+                (tk, 1),
                 false,
                 &dattn[qo..],
                 (qd, 1),
@@ -808,40 +902,40 @@ fn block_backward(
                 1.0,
             );
             mm(
-                (t, hd, t),
+                (tk, hd, tq),
                 &mut dv[ko..],
                 (kvd, 1),
                 true,
                 pb,
-                (1, t),
+                (1, tk),
                 &dattn[qo..],
                 (qd, 1),
                 1.0,
             );
-            for (dr, pr) in ds.chunks_exact_mut(t).zip(pb.chunks_exact(t)) {
+            for (dr, pr) in ds.chunks_exact_mut(tk).zip(pb.chunks_exact(tk)) {
                 let dot = kernels::dot(dr, pr);
                 for (dv, &pv) in dr.iter_mut().zip(pr) {
                     *dv = pv * (*dv - dot);
                 }
             }
             mm(
-                (t, hd, t),
+                (tq, hd, tk),
                 &mut dq[qo..],
                 (qd, 1),
                 false,
                 ds,
-                (t, 1),
+                (tk, 1),
                 &s.k[ko..],
                 (kvd, 1),
                 d.scale,
             );
             mm(
-                (t, hd, t),
+                (tk, hd, tq),
                 &mut dk[ko..],
                 (kvd, 1),
                 true,
                 ds,
-                (1, t),
+                (1, tk),
                 &s.q[qo..],
                 (qd, 1),
                 d.scale,
@@ -850,21 +944,49 @@ fn block_backward(
     }
     drop((dattn, ds_buf));
     // Back through the rotation to the projections' outputs.
-    rope(&mut dq, qd, &pk.pos, hd, cos, sin, true);
+    let pos_q = qs.gather_pos(&pk.pos);
+    rope(&mut dq, qd, &pos_q, hd, cos, sin, true);
     rope(&mut dk, kvd, &pk.pos, hd, cos, sin, true);
     let bias =
         |dy: &[f32], width: usize, b: &Option<Vec<f32>>| b.as_ref().map(|_| col_sums(dy, width));
     let q_b = bias(&dq, qd, &w.q_b);
     let k_b = bias(&dk, kvd, &w.k_b);
     let v_b = bias(&dv, kvd, &w.v_b);
-    let q_w = linear_dw(&dq, nt, qd, &s.h1, hs);
+    let h1q = qs.gather(&s.h1, hs);
+    let q_w = linear_dw(&dq, nq, qd, &h1q, hs);
+    drop(h1q);
     let k_w = linear_dw(&dk, nt, kvd, &s.h1, hs);
     let v_w = linear_dw(&dv, nt, kvd, &s.h1, hs);
     let mut dh1 = vec![0f32; nt * hs];
-    linear_dx(&dq, nt, qd, &w.q_w, hs, &mut dh1, false);
-    linear_dx(&dk, nt, kvd, &w.k_w, hs, &mut dh1, true);
+    linear_dx(&dk, nt, kvd, &w.k_w, hs, &mut dh1, false);
     linear_dx(&dv, nt, kvd, &w.v_w, hs, &mut dh1, true);
-    let mut dx = dx_mid;
+    // The query rows' parts: the q projection's input gradient and the residual.
+    let mut dx = match &qs.rows {
+        None => {
+            linear_dx(&dq, nt, qd, &w.q_w, hs, &mut dh1, true);
+            dx_mid
+        }
+        Some(rows) => {
+            let mut dh1q = vec![0f32; nq * hs];
+            linear_dx(&dq, nq, qd, &w.q_w, hs, &mut dh1q, false);
+            let mut dx = vec![0f32; nt * hs];
+            for ((&r, a), b) in rows
+                .iter()
+                .zip(dh1q.chunks_exact(hs))
+                .zip(dx_mid.chunks_exact(hs))
+            {
+                for ((h, x), (&a, &b)) in dh1[r * hs..(r + 1) * hs]
+                    .iter_mut()
+                    .zip(&mut dx[r * hs..(r + 1) * hs])
+                    .zip(a.iter().zip(b))
+                {
+                    *h += a;
+                    *x = b;
+                }
+            }
+            dx
+        }
+    };
     let mut input_norm = vec![0f32; hs];
     rms_backward(&s.x, &s.r1, &w.input_norm, &dh1, &mut dx, &mut input_norm);
     let grads = LayerGrads {
@@ -901,6 +1023,17 @@ fn run<'a>(model: &'a Model, batch: &SequenceBatch, save: bool) -> Result<FastFo
     }
     let pk = Packing::new(&d, &ids, &mask);
     drop((ids, mask));
+    let n_layers = weights.layers.len();
+    let (qs_all, qs_last) = (Queries::new(&d, &pk, false), Queries::new(&d, &pk, true));
+    let mut layers_seen = 0;
+    // The row of the last block's output that each selected position reads.
+    let out_index = if n_layers > 0 {
+        qs_last.index(pk.rows())
+    } else {
+        (0..pk.rows()).collect()
+    };
+    let sel_rows: Vec<usize> = pk.selected.iter().map(|&r| out_index[r]).collect();
+    drop(out_index);
     let hs = d.hidden;
     let mut x = vec![0f32; pk.rows() * hs];
     for (row, &id) in x.chunks_exact_mut(hs).zip(&pk.ids) {
@@ -909,7 +1042,13 @@ fn run<'a>(model: &'a Model, batch: &SequenceBatch, save: bool) -> Result<FastFo
     }
     let mut layers = Vec::with_capacity(if save { weights.layers.len() } else { 0 });
     for w in &weights.layers {
-        let (saved, out) = block_forward(&d, w, &pk, (&rope_cos, &rope_sin), x);
+        let qs = if layers_seen + 1 == n_layers {
+            &qs_last
+        } else {
+            &qs_all
+        };
+        layers_seen += 1;
+        let (saved, out) = block_forward(&d, w, &pk, qs, (&rope_cos, &rope_sin), x);
         if save {
             layers.push(saved);
         }
@@ -918,7 +1057,7 @@ fn run<'a>(model: &'a Model, batch: &SequenceBatch, save: bool) -> Result<FastFo
     // Only the L positions that predict completion tokens are normed and projected.
     let ns = d.selected();
     let mut sel_x = vec![0f32; ns * hs];
-    for (row, &src) in sel_x.chunks_exact_mut(hs).zip(&pk.selected) {
+    for (row, &src) in sel_x.chunks_exact_mut(hs).zip(&sel_rows) {
         row.copy_from_slice(&x[src * hs..(src + 1) * hs]);
     }
     drop(x);
@@ -947,6 +1086,9 @@ fn run<'a>(model: &'a Model, batch: &SequenceBatch, save: bool) -> Result<FastFo
         dims: d,
         weights,
         packing: pk,
+        qs_all,
+        qs_last,
+        sel_rows,
         targets,
         rope_cos,
         rope_sin,
@@ -1046,15 +1188,34 @@ impl FastForward<'_> {
         );
         // Positions that share a row (the lone tokens of `Packing`) add their gradients.
         let pk = &self.packing;
-        let mut dx = vec![0f32; pk.rows() * hs];
-        for (row, &dst) in dsel_x.chunks_exact(hs).zip(&pk.selected) {
+        let n_layers = self.layers.len();
+        let out_rows = if n_layers > 0 {
+            self.qs_last.len
+        } else {
+            pk.rows()
+        };
+        let mut dx = vec![0f32; out_rows * hs];
+        for (row, &dst) in dsel_x.chunks_exact(hs).zip(&self.sel_rows) {
             for (a, &g) in dx[dst * hs..(dst + 1) * hs].iter_mut().zip(row) {
                 *a += g;
             }
         }
         let mut layer_grads = Vec::with_capacity(self.layers.len());
-        for (w, s) in self.weights.layers.iter().zip(&self.layers).rev() {
-            let (dxi, g) = block_backward(d, w, s, pk, (&self.rope_cos, &self.rope_sin), dx);
+        for (l, (w, s)) in self
+            .weights
+            .layers
+            .iter()
+            .zip(&self.layers)
+            .enumerate()
+            .rev()
+        {
+            let qs = if l + 1 == n_layers {
+                &self.qs_last
+            } else {
+                &self.qs_all
+            };
+            let rope = (&self.rope_cos[..], &self.rope_sin[..]);
+            let (dxi, g) = block_backward(d, w, s, pk, qs, rope, dx);
             dx = dxi;
             layer_grads.push(g);
         }
