@@ -73,6 +73,10 @@ fn batch(rng: &mut Lcg, vocab: usize, rows: usize) -> SequenceBatch {
                 .collect::<Vec<_>>(),
         );
     }
+    pack(&prompts, &comps)
+}
+
+fn pack(prompts: &[Vec<u32>], comps: &[Vec<u32>]) -> SequenceBatch {
     let p: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let c: Vec<&[u32]> = comps.iter().map(Vec::as_slice).collect();
     SequenceBatch::new(&p, &c, 0, &Device::Cpu).unwrap()
@@ -82,22 +86,30 @@ fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1().unwrap()
 }
 
-/// Checks (a) the log-probs, (b) every gradient and (c) that every trainable variable gets one.
+/// Checks (a) the log-probs, (b) every gradient and (c) that every trainable variable gets one,
+/// on a random batch.
 fn check(model: &Model, seed: u64, rows: usize) {
     let mut rng = Lcg(seed);
     let vocab = model.config().vocab_size;
     let b = batch(&mut rng, vocab, rows);
+    check_batch(model, &b, &mut rng);
+}
+
+/// The checks of [`check`] on a given batch; prints the largest errors seen.
+fn check_batch(model: &Model, b: &SequenceBatch, rng: &mut Lcg) {
     let (n, l) = b.completion_ids.dims2().unwrap();
 
     // (a) Log-probabilities, all positions (padding ones included).
-    let reference = token_logprobs(model, &b).unwrap();
-    let ff = fast::forward(model, &b).unwrap();
+    let reference = token_logprobs(model, b).unwrap();
+    let ff = fast::forward(model, b).unwrap();
     let want = flat(&reference);
     assert_eq!(ff.logp().len(), want.len());
+    let mut worst_logp = 0f32;
     for (i, (a, w)) in ff.logp().iter().zip(&want).enumerate() {
         assert!((a - w).abs() <= 1e-5, "logp {i}: fast {a} vs candle {w}");
+        worst_logp = worst_logp.max((a - w).abs());
     }
-    let no_save = fast::logprobs(model, &b).unwrap();
+    let no_save = fast::logprobs(model, b).unwrap();
     assert_eq!(
         no_save,
         ff.logp(),
@@ -116,6 +128,7 @@ fn check(model: &Model, seed: u64, rows: usize) {
     // (c) Every trainable variable has exactly one gradient from the fast path.
     let vars = model.trainable_vars();
     assert_eq!(fast_grads.len(), vars.len(), "one gradient per variable");
+    let mut worst_grad = 0f32;
     for var in &vars {
         let Some((_, g)) = fast_grads
             .iter()
@@ -132,12 +145,18 @@ fn check(model: &Model, seed: u64, rows: usize) {
             .iter()
             .zip(&want)
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        worst_grad = worst_grad.max(err / scale);
         assert!(
             err <= 1e-4 * scale,
             "gradient of {:?}: max difference {err} against max magnitude {scale}",
             var.shape()
         );
     }
+
+    eprintln!(
+        "{n} rows x {l}: largest logp difference {worst_logp:e}, largest gradient difference \
+         {worst_grad:e} of the gradient's largest magnitude"
+    );
 
     // The GradStore route the engine takes gives the same gradients.
     let var = candle_core::Var::from_tensor(&ff.logp_tensor().unwrap()).unwrap();
@@ -173,6 +192,52 @@ fn fast_pass_matches_autograd_on_tiny_qwen2_and_llama() {
 fn fast_pass_matches_autograd_on_the_fixture() {
     let model = load_hf_dir(fixture(), &Device::Cpu).unwrap();
     check(&model, 7, 6);
+}
+
+/// Rows that exercise the packing: a one-token prompt with an empty completion (a real token
+/// that attends only to itself), identical rows, a row without any padding, and a completion
+/// that fills the last column.
+#[test]
+fn fast_pass_matches_autograd_on_edge_rows() {
+    let model = Model::tiny(
+        &tiny_config(Family::Qwen2, true),
+        5,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let prompts = vec![
+        vec![7],
+        vec![3, 4, 5, 6],
+        vec![3, 4, 5, 6],
+        vec![9, 8],
+        vec![1, 2, 3, 4],
+    ];
+    let comps = vec![
+        vec![],
+        vec![10, 11, 12],
+        vec![10, 11, 12],
+        vec![13],
+        vec![20, 21, 22],
+    ];
+    let mut rng = Lcg(9);
+    check_batch(&model, &pack(&prompts, &comps), &mut rng);
+    // One row alone: no padding at all.
+    check_batch(&model, &pack(&prompts[1..2], &comps[1..2]), &mut rng);
+}
+
+/// The reference pass runs on frozen copies (plain tensors, no `Var`s).
+#[test]
+fn fast_logprobs_of_a_frozen_copy_match() {
+    let model = load_hf_dir(fixture(), &Device::Cpu).unwrap();
+    let frozen = model.frozen_copy().unwrap();
+    let mut rng = Lcg(21);
+    let b = batch(&mut rng, model.config().vocab_size, 4);
+    let want = flat(&token_logprobs(&frozen, &b).unwrap());
+    let got = flat(&fast::logprobs_tensor(&frozen, &b).unwrap());
+    for (a, w) in got.iter().zip(&want) {
+        assert!((a - w).abs() <= 1e-5, "fast {a} vs candle {w}");
+    }
 }
 
 #[test]
