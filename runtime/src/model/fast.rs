@@ -15,8 +15,13 @@
 //! half-split RoPE at the column position, grouped-query attention with the batch's additive mask
 //! and scale `1/sqrt(head_dim)`, o-projection, residual, RMSNorm, SwiGLU MLP, residual, final
 //! RMSNorm of the positions that predict completion tokens, vocabulary projection, log-softmax),
-//! including what padding rows produce: a softmax row whose scores are all `-inf` gives zeros,
-//! as the fused CPU kernels do.
+//! including what padding rows produce (see [`Packing`]). Two savings change no value: tokens
+//! that attend only to themselves (padding) are computed once per token id, and the last block
+//! computes its queries, attention and MLP only for the rows the final norm reads.
+//!
+//! `enabled` decides whether the engine takes this path: CPU, f32, and the environment variable
+//! `RECAP_AUTOGRAD` not set to `1` (set it to train through candle's autograd instead, for
+//! comparison).
 
 use candle_core::{bail, DType, Result, Tensor};
 
@@ -231,27 +236,28 @@ impl HostWeights {
 }
 
 /// The activations of one block that its backward reads.
+/// "Rows" are the rows of the [`Packing`], "query rows" those of the block's [`Queries`].
 struct Saved {
-    /// Block input (tokens, hidden).
+    /// Block input (rows, hidden).
     x: Vec<f32>,
     /// Inverse RMS of each row of `x`.
     r1: Vec<f32>,
-    /// Normed input (tokens, hidden).
+    /// Normed input (rows, hidden).
     h1: Vec<f32>,
-    /// Rotated queries (tokens, heads * head_dim) and keys (tokens, kv_heads * head_dim).
+    /// Rotated queries (query rows, heads * head_dim) and keys (rows, kv_heads * head_dim).
     q: Vec<f32>,
     k: Vec<f32>,
-    /// Values (tokens, kv_heads * head_dim).
+    /// Values (rows, kv_heads * head_dim).
     v: Vec<f32>,
-    /// Attention probabilities (n, heads, t, t).
+    /// Attention probabilities, per segment (heads, query rows, rows) of the segment.
     probs: Vec<f32>,
-    /// Attention output before the o-projection (tokens, heads * head_dim).
+    /// Attention output before the o-projection (query rows, heads * head_dim).
     attn: Vec<f32>,
-    /// The residual stream after attention (tokens, hidden), its inverse RMS and its norm.
+    /// The residual stream after attention (query rows, hidden), its inverse RMS and its norm.
     x_mid: Vec<f32>,
     r2: Vec<f32>,
     h2: Vec<f32>,
-    /// Gate and up projections and the SwiGLU output (tokens, intermediate).
+    /// Gate and up projections and the SwiGLU output (query rows, intermediate).
     gate: Vec<f32>,
     up: Vec<f32>,
     act: Vec<f32>,
