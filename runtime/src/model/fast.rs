@@ -15,7 +15,7 @@
 //! half-split RoPE at the column position, grouped-query attention with the batch's additive mask
 //! and scale `1/sqrt(head_dim)`, o-projection, residual, RMSNorm, SwiGLU MLP, residual, final
 //! RMSNorm of the positions that predict completion tokens, vocabulary projection, log-softmax),
-//! including what padding rows produce (see [`Packing`]). Two savings change no value: tokens
+//! including what padding rows produce (see `Packing`). Two savings change no value: tokens
 //! that attend only to themselves (padding) are computed once per token id, and the last block
 //! computes its queries, attention and MLP only for the rows the final norm reads.
 //!
