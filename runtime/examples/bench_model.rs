@@ -2,16 +2,17 @@
 //! takes the directory (with `train.jsonl`), gives the median seconds of a rollout of 8 prompts
 //! x 8 completions x 16 new tokens at temperature 1, of one policy forward+backward of those 64
 //! sequences plus the reference forward, generated tokens per second and peak RSS. The training
-//! pass runs as the engine runs it: one chunk of rows per core (`train::parallel`).
+//! pass runs as the engine runs it: one chunk of rows per core (`train::parallel`), on the
+//! hand-written CPU pass (`model::fast`), or on candle's autograd with `RECAP_AUTOGRAD=1`.
 //!
 //! `cargo run --release -p recap-runtime --example bench_model -- /work/shared/bench/fixture-tiny [reps]`
 
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{Device, Var};
 use recap_runtime::generate::{generate, SamplingConfig};
-use recap_runtime::model::load_hf_dir;
 use recap_runtime::model::logprob::{reference_logprobs, token_logprobs, SequenceBatch};
+use recap_runtime::model::{fast, load_hf_dir};
 use recap_runtime::tokenizer::TextTokenizer;
 use recap_runtime::train::parallel::{map_chunks, row_chunks, split_pays};
 
@@ -64,6 +65,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let policy = load_hf_dir(&dir, &device)?;
     let reference = policy.frozen_copy()?;
     let tok = TextTokenizer::from_dir(&dir)?;
+    // RECAP_AUTOGRAD=1 measures the training pass on candle's autograd, as the engine then runs it.
+    let fast_path = fast::enabled(&policy);
+    println!(
+        "training pass: {}",
+        if fast_path {
+            "hand-written (model::fast)"
+        } else {
+            "candle autograd"
+        }
+    );
     println!(
         "allocator tuned: {tuned}; RSS after loading policy + reference: {:.1} MB",
         peak_rss_mb()
@@ -116,11 +127,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .collect();
             let batch = SequenceBatch::new(&p, &c, tok.pad_id, &device)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            let lp = token_logprobs(&policy, &batch)?;
-            let loss = ((lp * &batch.completion_mask)?.sum_all()? / total)?.neg()?;
-            let grads = loss.backward()?;
-            let ref_lp = reference_logprobs(&reference, &batch)?;
-            Ok((grads, ref_lp))
+            if fast_path {
+                // The engine's default on the CPU in f32: the hand-written pass (model::fast),
+                // the loss built by candle on its log-probs held in a Var.
+                let ff = fast::forward(&policy, &batch)?;
+                let lp = Var::from_tensor(&ff.logp_tensor()?)?;
+                let loss =
+                    ((lp.as_tensor() * &batch.completion_mask)?.sum_all()? / total)?.neg()?;
+                let grads = ff.loss_backward(&loss, lp.as_tensor())?;
+                let ref_lp = fast::logprobs_tensor(&reference, &batch)?;
+                Ok((grads, ref_lp))
+            } else {
+                let lp = token_logprobs(&policy, &batch)?;
+                let loss = ((lp * &batch.completion_mask)?.sum_all()? / total)?.neg()?;
+                let grads = loss.backward()?;
+                let ref_lp = reference_logprobs(&reference, &batch)?;
+                Ok((grads, ref_lp))
+            }
         })?;
         let mut grads = Vec::new();
         for var in policy.trainable_vars() {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::backprop::GradStore;
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use recap_plan::{Eval, ObjectiveSpec, Plan, RewardTerm, Rollout as PlanRollout};
 use serde_json::{json, Map, Value};
 
@@ -15,7 +15,9 @@ use super::progress::{Progress, RunFiles};
 use super::rewards::{score_terms, Judged, PlanVerifier};
 use super::{num, objective_source, CostEstimate, Models, RunOptions, StageRt};
 use crate::generate::{generate, SamplingConfig};
+use crate::model::fast;
 use crate::model::logprob::{reference_logprobs, token_logprobs, SequenceBatch};
+use crate::model::Model;
 use crate::train::grpo::{
     combine_rewards, group_advantages, grpo_loss, sft_loss, AdvantageScale, Advantages, GrpoBatch,
     GrpoConfig, LossAggregation,
@@ -58,6 +60,46 @@ struct ChunkOut {
     kl: Option<f64>,
     tokens: usize,
     clip_fraction: f64,
+}
+
+/// The policy's log-probabilities of a batch for the loss. Where the fast path applies (CPU, f32,
+/// `RECAP_AUTOGRAD` not set to 1) the hand-written pass computes them and keeps its activations;
+/// the log-probs are then a leaf `Var` of a small candle graph (the loss) whose gradient
+/// [`backward`] hands to the hand-written backward. Otherwise they come from candle's autograd
+/// path with the whole model's graph.
+fn policy_logprobs<'m>(
+    policy: &'m Model,
+    batch: &SequenceBatch,
+) -> Result<(Option<fast::FastForward<'m>>, Tensor)> {
+    if fast::enabled(policy) {
+        let ff = fast::forward(policy, batch)?;
+        let var = candle_core::Var::from_tensor(&ff.logp_tensor()?)?;
+        Ok((Some(ff), var.as_tensor().clone()))
+    } else {
+        Ok((None, token_logprobs(policy, batch)?))
+    }
+}
+
+/// The reference model's log-probabilities, by the fast no-save pass where it applies.
+fn ref_logprobs(reference: &Model, batch: &SequenceBatch) -> Result<Tensor> {
+    if fast::enabled(reference) {
+        Ok(fast::logprobs_tensor(reference, batch)?)
+    } else {
+        Ok(reference_logprobs(reference, batch)?)
+    }
+}
+
+/// The gradients of `loss`: by candle's backward alone on the autograd path, or through the
+/// fast pass's backward when the log-probs came from it.
+fn backward(
+    loss: &Tensor,
+    fast_fwd: Option<&fast::FastForward<'_>>,
+    logp: &Tensor,
+) -> Result<GradStore> {
+    Ok(match fast_fwd {
+        Some(ff) => ff.loss_backward(loss, logp)?,
+        None => loss.backward()?,
+    })
 }
 
 /// Adds one backward pass's gradients to the running sum.
@@ -296,9 +338,12 @@ impl Ctx<'_> {
                                 keep: adv.keep[range].to_vec(),
                                 stats: adv.stats.clone(),
                             };
-                            let logp = token_logprobs(policy, &batch)?;
+                            // On the CPU in f32 the hand-written pass (model::fast) replaces
+                            // candle's autograd for the model; the loss stays candle code built
+                            // on its log-probs held in a Var (see `policy_logprobs`).
+                            let (fast_fwd, logp) = policy_logprobs(policy, &batch)?;
                             let ref_lp = match (reference, beta > 0.0) {
-                                (Some(r), true) => Some(reference_logprobs(r, &batch)?),
+                                (Some(r), true) => Some(ref_logprobs(r, &batch)?),
                                 (None, true) => bail!("objective `{}` has a KL term but no reference model was loaded", o.name),
                                 _ => None,
                             };
@@ -329,7 +374,7 @@ impl Ctx<'_> {
                             };
                             Ok(ChunkOut {
                                 loss: l.to_scalar::<f32>()? as f64,
-                                grads: l.backward()?,
+                                grads: backward(&l, fast_fwd.as_ref(), &logp)?,
                                 kl: out.stats.kl,
                                 tokens: out.stats.tokens,
                                 clip_fraction: out.stats.clip_fraction,
@@ -424,11 +469,12 @@ impl Ctx<'_> {
                                 prompts[range.clone()].iter().map(Vec::as_slice).collect();
                             let c: Vec<&[u32]> = targets[range].iter().map(Vec::as_slice).collect();
                             let batch = SequenceBatch::new(&p, &c, pad_id, device)?;
-                            let logp = token_logprobs(policy, &batch)?;
+                            let (fast_fwd, logp) = policy_logprobs(policy, &batch)?;
                             let out = sft_loss(&logp, &batch.completion_mask, lambda)?;
                             let share = tokens as f64 / total as f64;
                             let l = (out.loss * share)?;
-                            Ok(Some((l.to_scalar::<f32>()? as f64, out.nll * share, l.backward()?)))
+                            let g = backward(&l, fast_fwd.as_ref(), &logp)?;
+                            Ok(Some((l.to_scalar::<f32>()? as f64, out.nll * share, g)))
                         };
                         let micro = stage.train.micro_batch.map(|m| m as usize);
                         let tokens: usize = prompts.iter().map(Vec::len).sum::<usize>() + total;

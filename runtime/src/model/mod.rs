@@ -11,6 +11,7 @@
 
 mod config;
 mod error;
+pub mod fast;
 mod load;
 pub mod logprob;
 

@@ -1,0 +1,1290 @@
+//! A hand-written CPU f32 forward and backward pass of the decoder for the training step: takes a
+//! [`Model`] on the CPU whose master and compute dtypes are f32 and a [`SequenceBatch`]; gives the
+//! per-token log-probabilities of the completion tokens (n, L), exactly those of
+//! [`token_logprobs`](super::logprob::token_logprobs), and, from the gradient of a loss with
+//! respect to them, the gradient of every weight of the model.
+//!
+//! Why: candle's autograd spends a large share of the training pass outside the matrix
+//! multiplies (every graph edge allocates a zero tensor and adds into it, every op allocates its
+//! output). Here the forward keeps only the activations the backward needs, in plain `Vec<f32>`,
+//! every matrix multiply is one `gemm::gemm` call with strides chosen so that nothing is
+//! transposed by copying, and the rest are loops over contiguous rows. Both passes are
+//! single-threaded: the engine already runs one chunk of rows per core (`train::parallel`).
+//!
+//! The math mirrors the candle path op for op (RMSNorm, q/k/v projections with optional biases,
+//! half-split RoPE at the column position, grouped-query attention with the batch's additive mask
+//! and scale `1/sqrt(head_dim)`, o-projection, residual, RMSNorm, SwiGLU MLP, residual, final
+//! RMSNorm of the positions that predict completion tokens, vocabulary projection, log-softmax),
+//! including what padding rows produce (see `Packing`). Two savings change no value: tokens
+//! that attend only to themselves (padding) are computed once per token id, and the last block
+//! computes its queries, attention and MLP only for the rows the final norm reads.
+//!
+//! `enabled` decides whether the engine takes this path: CPU, f32, and the environment variable
+//! `RECAP_AUTOGRAD` not set to `1` (set it to train through candle's autograd instead, for
+//! comparison).
+
+use candle_core::{bail, DType, Result, Tensor};
+
+use super::logprob::SequenceBatch;
+use super::Model;
+use crate::ops::cpu::{self as kernels, Real};
+
+/// The sizes of one pass, checked once.
+#[derive(Clone, Copy)]
+struct Dims {
+    /// Rows of the batch.
+    n: usize,
+    /// Columns (padded prompt plus padded completion).
+    t: usize,
+    /// Padded prompt width.
+    p: usize,
+    /// Padded completion width.
+    lw: usize,
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    inter: usize,
+    vocab: usize,
+    eps: f32,
+    scale: f32,
+}
+
+impl Dims {
+    fn qd(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    fn kvd(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+    fn rep(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+    /// Rows projected onto the vocabulary: one per completion position of every row.
+    fn selected(&self) -> usize {
+        self.n * self.lw
+    }
+}
+
+/// How the batch's tokens are laid out as rows of the activations.
+///
+/// A token whose mask row sees only itself and that no other query sees (a padding token, or a
+/// lone one-token row) attends to itself alone: its attention output is its own value whatever
+/// its position, so its whole computation depends on its id only. Such tokens are computed once
+/// per distinct id. Their values, padding included, are still those `token_logprobs` gives (a
+/// one-key softmax is 1 at any position), and the keys they drop from the other rows' softmax
+/// had weight `exp(-inf) = 0` there. On the workload of `bench_model` this removes about a tenth
+/// of the rows.
+struct Packing {
+    /// Token id of each row.
+    ids: Vec<u32>,
+    /// Column (RoPE position) of each row.
+    pos: Vec<usize>,
+    /// The attention segments: rows that attend only among themselves.
+    segs: Vec<Segment>,
+    /// The row that holds each selected position (n * L, row-major).
+    selected: Vec<usize>,
+}
+
+/// Rows `start .. start + len` attend among themselves under the additive `mask` (len, len).
+struct Segment {
+    start: usize,
+    len: usize,
+    mask: Vec<f32>,
+}
+
+impl Packing {
+    fn new(d: &Dims, ids: &[u32], mask: &[f32]) -> Packing {
+        let t = d.t;
+        let sees = |b: usize, i: usize, j: usize| mask[(b * t + i) * t + j] != f32::NEG_INFINITY;
+        // The row of every (batch row, column) token, filled as rows are assigned.
+        let mut row_of = vec![0usize; d.n * t];
+        let (mut out_ids, mut pos, mut segs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut lone: Vec<usize> = Vec::new();
+        for b in 0..d.n {
+            let mut linked = Vec::with_capacity(t);
+            for j in 0..t {
+                let alone = (0..t).all(|k| sees(b, j, k) == (k == j))
+                    && (0..t).all(|i| sees(b, i, j) == (i == j));
+                if alone {
+                    lone.push(b * t + j);
+                } else {
+                    linked.push(j);
+                }
+            }
+            if linked.is_empty() {
+                continue;
+            }
+            let start = out_ids.len();
+            let len = linked.len();
+            let mut m = Vec::with_capacity(len * len);
+            for &i in &linked {
+                m.extend(linked.iter().map(|&j| mask[(b * t + i) * t + j]));
+            }
+            for (r, &j) in linked.iter().enumerate() {
+                row_of[b * t + j] = start + r;
+                out_ids.push(ids[b * t + j]);
+                pos.push(j);
+            }
+            segs.push(Segment {
+                start,
+                len,
+                mask: m,
+            });
+        }
+        // One row per distinct id of the lone tokens, each a segment of its own.
+        let mut first: std::collections::HashMap<u32, usize> = Default::default();
+        for tok in lone {
+            let row = *first.entry(ids[tok]).or_insert_with(|| {
+                let row = out_ids.len();
+                out_ids.push(ids[tok]);
+                pos.push(tok % t);
+                segs.push(Segment {
+                    start: row,
+                    len: 1,
+                    mask: vec![0.0],
+                });
+                row
+            });
+            row_of[tok] = row;
+        }
+        let selected = (0..d.selected())
+            .map(|j| row_of[(j / d.lw) * t + d.p - 1 + j % d.lw])
+            .collect();
+        Packing {
+            ids: out_ids,
+            pos,
+            segs,
+            selected,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// The weights of one block copied to the host.
+struct HostLayer {
+    q_w: Vec<f32>,
+    q_b: Option<Vec<f32>>,
+    k_w: Vec<f32>,
+    k_b: Option<Vec<f32>>,
+    v_w: Vec<f32>,
+    v_b: Option<Vec<f32>>,
+    o_w: Vec<f32>,
+    gate_w: Vec<f32>,
+    up_w: Vec<f32>,
+    down_w: Vec<f32>,
+    input_norm: Vec<f32>,
+    post_norm: Vec<f32>,
+}
+
+/// All weights copied to the host; `lm_head` is `None` when tied to the embedding.
+struct HostWeights {
+    embed: Vec<f32>,
+    layers: Vec<HostLayer>,
+    norm: Vec<f32>,
+    lm_head: Option<Vec<f32>>,
+}
+
+impl HostWeights {
+    fn head(&self) -> &[f32] {
+        self.lm_head.as_deref().unwrap_or(&self.embed)
+    }
+}
+
+/// A weight tensor's values as a host vector (f32 is checked by `to_vec1`).
+fn host(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+fn host_opt(t: &Option<Tensor>) -> Result<Option<Vec<f32>>> {
+    t.as_ref().map(host).transpose()
+}
+
+impl HostWeights {
+    fn new(model: &Model) -> Result<Self> {
+        let w = &model.weights;
+        let layers = w
+            .layers
+            .iter()
+            .map(|l| -> Result<HostLayer> {
+                Ok(HostLayer {
+                    q_w: host(&l.q_w)?,
+                    q_b: host_opt(&l.q_b)?,
+                    k_w: host(&l.k_w)?,
+                    k_b: host_opt(&l.k_b)?,
+                    v_w: host(&l.v_w)?,
+                    v_b: host_opt(&l.v_b)?,
+                    o_w: host(&l.o_w)?,
+                    gate_w: host(&l.gate_w)?,
+                    up_w: host(&l.up_w)?,
+                    down_w: host(&l.down_w)?,
+                    input_norm: host(&l.input_norm)?,
+                    post_norm: host(&l.post_norm)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(HostWeights {
+            embed: host(&w.embed)?,
+            layers,
+            norm: host(&w.norm)?,
+            lm_head: host_opt(&w.lm_head)?,
+        })
+    }
+}
+
+/// The activations of one block that its backward reads.
+/// "Rows" are the rows of the [`Packing`], "query rows" those of the block's [`Queries`].
+struct Saved {
+    /// Block input (rows, hidden).
+    x: Vec<f32>,
+    /// Inverse RMS of each row of `x`.
+    r1: Vec<f32>,
+    /// Normed input (rows, hidden).
+    h1: Vec<f32>,
+    /// Rotated queries (query rows, heads * head_dim) and keys (rows, kv_heads * head_dim).
+    q: Vec<f32>,
+    k: Vec<f32>,
+    /// Values (rows, kv_heads * head_dim).
+    v: Vec<f32>,
+    /// Attention probabilities, per segment (heads, query rows, rows) of the segment.
+    probs: Vec<f32>,
+    /// Attention output before the o-projection (query rows, heads * head_dim).
+    attn: Vec<f32>,
+    /// The residual stream after attention (query rows, hidden), its inverse RMS and its norm.
+    x_mid: Vec<f32>,
+    r2: Vec<f32>,
+    h2: Vec<f32>,
+    /// Gate and up projections and the SwiGLU output (query rows, intermediate).
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    act: Vec<f32>,
+}
+
+/// The result of [`forward`]: the log-probabilities and what [`FastForward::backward`] needs.
+pub struct FastForward<'a> {
+    model: &'a Model,
+    dims: Dims,
+    weights: HostWeights,
+    packing: Packing,
+    /// The query rows of every block but the last, and of the last.
+    qs_all: Queries,
+    qs_last: Queries,
+    /// The row of the last block's output that each selected position reads.
+    sel_rows: Vec<usize>,
+    targets: Vec<u32>,
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    layers: Vec<Saved>,
+    /// The selected rows of the last block's output, their inverse RMS and their final norm.
+    sel_x: Vec<f32>,
+    sel_r: Vec<f32>,
+    sel_h: Vec<f32>,
+    /// Softmax of the logits of the selected rows (n * L, vocab).
+    probs: Vec<f32>,
+    logp: Vec<f32>,
+}
+
+/// True when `model` can take the fast path: on the CPU with f32 master weights computed in f32.
+pub fn supported(model: &Model) -> bool {
+    model.device().is_cpu() && model.dtype() == DType::F32 && model.compute_dtype() == DType::F32
+}
+
+/// True when the engine should use the fast path for `model`: it is [`supported`] and the
+/// environment does not ask for candle's autograd (`RECAP_AUTOGRAD=1`, kept so that both paths
+/// can be compared on the same run).
+pub fn enabled(model: &Model) -> bool {
+    supported(model) && std::env::var_os("RECAP_AUTOGRAD").is_none_or(|v| v != "1")
+}
+
+/// `dst (m, n) = [dst +] beta * a (m, k) . b (k, n)`, every operand addressed by its (row
+/// stride, column stride) from the start of its slice; single-threaded.
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    (d_rs, d_cs): (usize, usize),
+    accumulate: bool,
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The furthest element an (r, c) operand with these strides touches, plus one.
+    let reach = |r: usize, c: usize, rs: usize, cs: usize| {
+        if r == 0 || c == 0 {
+            0
+        } else {
+            (r - 1) * rs + (c - 1) * cs + 1
+        }
+    };
+    assert!(
+        dst.len() >= reach(m, n, d_rs, d_cs)
+            && a.len() >= reach(m, k, a_rs, a_cs)
+            && b.len() >= reach(k, n, b_rs, b_cs),
+        "fast path: a matrix operand is shorter than its shape and strides imply"
+    );
+    let s = |v: usize| v as isize;
+    // SAFETY: the assert above keeps every element gemm reads or writes inside the three
+    // slices (gemm's strides are (column, row), and it touches exactly the elements
+    // `row * rs + col * cs` for rows and columns inside the shapes). `dst` is borrowed mutably,
+    // so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            s(d_cs),
+            s(d_rs),
+            accumulate,
+            a.as_ptr(),
+            s(a_cs),
+            s(a_rs),
+            b.as_ptr(),
+            s(b_cs),
+            s(b_rs),
+            1.0f32,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `y (rows, out) = x (rows, in) . w^T (+ b)` with `w` stored (out, in).
+fn linear(
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    w: &[f32],
+    out: usize,
+    b: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut y = vec![0f32; rows * out];
+    if let Some(b) = b {
+        for row in y.chunks_exact_mut(out) {
+            row.copy_from_slice(b);
+        }
+    }
+    mm(
+        (rows, out, inp),
+        &mut y,
+        (out, 1),
+        b.is_some(),
+        x,
+        (inp, 1),
+        w,
+        (1, inp),
+        1.0,
+    );
+    y
+}
+
+/// `dx (rows, in) [+]= dy (rows, out) . w (out, in)`.
+fn linear_dx(
+    dy: &[f32],
+    rows: usize,
+    out: usize,
+    w: &[f32],
+    inp: usize,
+    dx: &mut [f32],
+    acc: bool,
+) {
+    mm(
+        (rows, inp, out),
+        dx,
+        (inp, 1),
+        acc,
+        dy,
+        (out, 1),
+        w,
+        (inp, 1),
+        1.0,
+    );
+}
+
+/// `dw (out, in) = dy^T (out, rows) . x (rows, in)`.
+fn linear_dw(dy: &[f32], rows: usize, out: usize, x: &[f32], inp: usize) -> Vec<f32> {
+    let mut dw = vec![0f32; out * inp];
+    mm(
+        (out, inp, rows),
+        &mut dw,
+        (inp, 1),
+        false,
+        dy,
+        (1, out),
+        x,
+        (inp, 1),
+        1.0,
+    );
+    dw
+}
+
+/// Column sums of `dy` (rows, width): the gradient of a bias.
+fn col_sums(dy: &[f32], width: usize) -> Vec<f32> {
+    let mut s = vec![0f32; width];
+    for row in dy.chunks_exact(width) {
+        for (s, &v) in s.iter_mut().zip(row) {
+            *s += v;
+        }
+    }
+    s
+}
+
+/// RMSNorm of each row of `x` into `out`, keeping each row's inverse RMS in `r`.
+fn rms_forward(x: &[f32], w: &[f32], eps: f32, r: &mut [f32], out: &mut [f32]) {
+    let width = w.len();
+    for ((row, o), r) in x
+        .chunks_exact(width)
+        .zip(out.chunks_exact_mut(width))
+        .zip(r.iter_mut())
+    {
+        let inv = (kernels::dot(row, row) / width as f32 + eps).sqrt().recip();
+        *r = inv;
+        for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
+            *o = v * inv * g;
+        }
+    }
+}
+
+/// Backward of `y = x * r * w`: adds the gradient of `x` into `dx` and of `w` into `dw`.
+/// With `g = dy * w`, `dx = r * g - x * r^3 * sum(g * x) / width` and `dw = sum_rows dy * x * r`.
+fn rms_backward(x: &[f32], r: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], dw: &mut [f32]) {
+    let width = w.len();
+    for (((row, dyr), dxr), &r) in x
+        .chunks_exact(width)
+        .zip(dy.chunks_exact(width))
+        .zip(dx.chunks_exact_mut(width))
+        .zip(r)
+    {
+        let mut gx = 0f32;
+        for ((&d, &v), &g) in dyr.iter().zip(row).zip(w) {
+            gx += d * g * v;
+        }
+        let c = gx * r * r * r / width as f32;
+        for ((((dx, &d), &v), &g), dw) in dxr.iter_mut().zip(dyr).zip(row).zip(w).zip(dw.iter_mut())
+        {
+            *dx += r * d * g - v * c;
+            *dw += d * v * r;
+        }
+    }
+}
+
+/// Rotates every head of every token of `x` (tokens, heads * head_dim) by the angles of its
+/// column position `positions[row]`; `inverse` rotates backwards (the backward of the rotation).
+fn rope(
+    x: &mut [f32],
+    width: usize,
+    positions: &[usize],
+    head_dim: usize,
+    cos: &[f32],
+    sin: &[f32],
+    inverse: bool,
+) {
+    let half = head_dim / 2;
+    let sign = if inverse { -1.0f32 } else { 1.0 };
+    for (tok, &pos) in x.chunks_exact_mut(width).zip(positions) {
+        let c = &cos[pos * half..(pos + 1) * half];
+        let s = &sin[pos * half..(pos + 1) * half];
+        for head in tok.chunks_exact_mut(head_dim) {
+            let (x1, x2) = head.split_at_mut(half);
+            for (((a, b), &c), &s) in x1.iter_mut().zip(x2.iter_mut()).zip(c).zip(s) {
+                let s = s * sign;
+                let (va, vb) = (*a, *b);
+                *a = va * c - vb * s;
+                *b = vb * c + va * s;
+            }
+        }
+    }
+}
+
+/// Softmax of a row in place; a row of all `-inf` gives zeros, as the fused CPU kernel does.
+fn softmax_in_place(row: &mut [f32]) {
+    let max = kernels::max(row);
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return;
+    }
+    for v in row.iter_mut() {
+        *v = (*v - max).fexp();
+    }
+    let inv = kernels::sum(row).recip();
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    (1.0 + (-x).fexp()).recip()
+}
+
+/// A batch checked against the model, on the host: ids (n, t), the additive mask (n, t, t) and
+/// the completion ids (n, L).
+struct Inputs {
+    dims: Dims,
+    ids: Vec<u32>,
+    mask: Vec<f32>,
+    targets: Vec<u32>,
+}
+
+/// Checks the batch against the model and copies its ids, mask and targets to the host.
+fn inputs(model: &Model, batch: &SequenceBatch) -> Result<Inputs> {
+    if !supported(model) {
+        bail!(
+            "fast path: the model must be on the CPU with f32 weights and compute dtype, got {:?} weights computed in {:?}",
+            model.dtype(),
+            model.compute_dtype()
+        );
+    }
+    let c = &model.config;
+    let (n, t) = batch.input_ids.dims2()?;
+    let (cn, lw) = batch.completion_ids.dims2()?;
+    let p = batch.prompt_width;
+    if cn != n || lw != batch.completion_width || p == 0 || p + lw > t {
+        bail!(
+            "fast path: batch of input ids {:?}, completion ids {:?}, prompt width {p}, completion width {} does not fit together",
+            batch.input_ids.dims(),
+            batch.completion_ids.dims(),
+            batch.completion_width
+        );
+    }
+    if t > c.max_position_embeddings {
+        bail!(
+            "sequence length {t} exceeds max_position_embeddings {}",
+            c.max_position_embeddings
+        );
+    }
+    if batch.attention_mask.dims() != [n, 1, t, t] {
+        bail!(
+            "fast path: attention mask {:?} must be ({n}, 1, {t}, {t})",
+            batch.attention_mask.dims()
+        );
+    }
+    let ids = batch.input_ids.flatten_all()?.to_vec1::<u32>()?;
+    let targets = batch.completion_ids.flatten_all()?.to_vec1::<u32>()?;
+    let vocab = c.vocab_size;
+    if let Some(&bad) = ids.iter().chain(&targets).find(|&&i| i as usize >= vocab) {
+        bail!("fast path: token id {bad} is outside the vocabulary of {vocab}");
+    }
+    let mask = batch
+        .attention_mask
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let dims = Dims {
+        n,
+        t,
+        p,
+        lw,
+        hidden: c.hidden_size,
+        heads: c.num_attention_heads,
+        kv_heads: c.num_key_value_heads,
+        head_dim: c.head_dim,
+        inter: c.intermediate_size,
+        vocab,
+        eps: c.rms_norm_eps as f32,
+        scale: (1.0 / (c.head_dim as f64).sqrt()) as f32,
+    };
+    Ok(Inputs {
+        dims,
+        ids,
+        mask,
+        targets,
+    })
+}
+
+/// The rows a block computes queries, attention outputs and its MLP for. Every block but the last
+/// needs all rows; the last one only those the final norm reads (the positions that predict
+/// completion tokens), while its keys and values still cover every row. Within each linked
+/// segment those rows are a suffix (rows are in column order and the selected columns start at
+/// `p - 1`), so a segment is cut by skipping its first rows.
+struct Queries {
+    /// The rows in packing order, ascending; `None` means all rows.
+    rows: Option<Vec<usize>>,
+    /// Per segment: the first query row (in query numbering), the rows skipped at its start and
+    /// the offset of its probabilities (heads * (len - skip) * len of them).
+    segs: Vec<(usize, usize, usize)>,
+    /// Number of query rows.
+    len: usize,
+    /// Length of a block's saved attention probabilities.
+    probs_len: usize,
+}
+
+impl Queries {
+    fn new(d: &Dims, pk: &Packing, last: bool) -> Queries {
+        let (mut segs, mut rows, mut len, mut probs) = (Vec::new(), Vec::new(), 0, 0);
+        for seg in &pk.segs {
+            let skip = if last {
+                let first = pk.pos[seg.start..seg.start + seg.len]
+                    .iter()
+                    .position(|&c| c + 1 >= d.p)
+                    .unwrap_or(seg.len);
+                // A lone row (a segment of one) may be read at any position: it is kept.
+                if seg.len == 1 {
+                    0
+                } else {
+                    first
+                }
+            } else {
+                0
+            };
+            segs.push((len, skip, probs));
+            rows.extend(seg.start + skip..seg.start + seg.len);
+            len += seg.len - skip;
+            probs += d.heads * (seg.len - skip) * seg.len;
+        }
+        let rows = (len < pk.rows()).then_some(rows);
+        Queries {
+            rows,
+            segs,
+            len,
+            probs_len: probs,
+        }
+    }
+
+    /// The query rows' part of `x` (rows, width): borrowed when every row is a query row.
+    fn gather<'x, T: Clone>(&self, x: &'x [T], width: usize) -> std::borrow::Cow<'x, [T]> {
+        match &self.rows {
+            None => std::borrow::Cow::Borrowed(x),
+            Some(rows) => {
+                let mut out = Vec::with_capacity(rows.len() * width);
+                for &r in rows {
+                    out.extend_from_slice(&x[r * width..(r + 1) * width]);
+                }
+                std::borrow::Cow::Owned(out)
+            }
+        }
+    }
+
+    /// The positions of the query rows.
+    fn gather_pos<'x>(&self, pos: &'x [usize]) -> std::borrow::Cow<'x, [usize]> {
+        self.gather(pos, 1)
+    }
+
+    /// The query row of each packing row (`usize::MAX` for rows that are not query rows).
+    fn index(&self, rows: usize) -> Vec<usize> {
+        match &self.rows {
+            None => (0..rows).collect(),
+            Some(q) => {
+                let mut idx = vec![usize::MAX; rows];
+                for (i, &r) in q.iter().enumerate() {
+                    idx[r] = i;
+                }
+                idx
+            }
+        }
+    }
+}
+
+/// One block's forward on `x` (rows, hidden); gives its saved activations (which own `x`) and
+/// its output on the query rows of `qs`.
+fn block_forward(
+    d: &Dims,
+    w: &HostLayer,
+    pk: &Packing,
+    qs: &Queries,
+    (cos, sin): (&[f32], &[f32]),
+    x: Vec<f32>,
+) -> (Saved, Vec<f32>) {
+    let (nt, nq, hs, qd, kvd, hd) = (pk.rows(), qs.len, d.hidden, d.qd(), d.kvd(), d.head_dim);
+    let mut r1 = vec![0f32; nt];
+    let mut h1 = vec![0f32; nt * hs];
+    rms_forward(&x, &w.input_norm, d.eps, &mut r1, &mut h1);
+    let h1q = qs.gather(&h1, hs);
+    let mut q = linear(&h1q, nq, hs, &w.q_w, qd, w.q_b.as_deref());
+    drop(h1q);
+    let mut k = linear(&h1, nt, hs, &w.k_w, kvd, w.k_b.as_deref());
+    let v = linear(&h1, nt, hs, &w.v_w, kvd, w.v_b.as_deref());
+    let pos_q = qs.gather_pos(&pk.pos);
+    rope(&mut q, qd, &pos_q, hd, cos, sin, false);
+    rope(&mut k, kvd, &pk.pos, hd, cos, sin, false);
+    let mut probs = vec![0f32; qs.probs_len];
+    let mut attn = vec![0f32; nq * qd];
+    for (seg, &(q0, skip, po)) in pk.segs.iter().zip(&qs.segs) {
+        let (r0, tk) = (seg.start, seg.len);
+        let tq = tk - skip;
+        for h in 0..d.heads {
+            let g = h / d.rep();
+            let pb = &mut probs[po + h * tq * tk..][..tq * tk];
+            // Scores `scale * q k^T`: the keys are read transposed through their strides.
+            mm(
+                (tq, tk, hd),
+                pb,
+                (tk, 1),
+                false,
+                &q[q0 * qd + h * hd..],
+                (qd, 1),
+                &k[r0 * kvd + g * hd..],
+                (1, kvd),
+                d.scale,
+            );
+            for (row, m) in pb
+                .chunks_exact_mut(tk)
+                .zip(seg.mask[skip * tk..].chunks_exact(tk))
+            {
+                for (s, &m) in row.iter_mut().zip(m) {
+                    *s += m;
+                }
+                softmax_in_place(row);
+            }
+            mm(
+                (tq, hd, tk),
+                &mut attn[q0 * qd + h * hd..],
+                (qd, 1),
+                false,
+                pb,
+                (tk, 1),
+                &v[r0 * kvd + g * hd..],
+                (kvd, 1),
+                1.0,
+            );
+        }
+    }
+    // The residual is the destination gemm accumulates into.
+    let mut x_mid = qs.gather(&x, hs).into_owned();
+    mm(
+        (nq, hs, qd),
+        &mut x_mid,
+        (hs, 1),
+        true,
+        &attn,
+        (qd, 1),
+        &w.o_w,
+        (1, qd),
+        1.0,
+    );
+    let mut r2 = vec![0f32; nq];
+    let mut h2 = vec![0f32; nq * hs];
+    rms_forward(&x_mid, &w.post_norm, d.eps, &mut r2, &mut h2);
+    let gate = linear(&h2, nq, hs, &w.gate_w, d.inter, None);
+    let up = linear(&h2, nq, hs, &w.up_w, d.inter, None);
+    let act: Vec<f32> = gate
+        .iter()
+        .zip(&up)
+        .map(|(&g, &u)| g * sigmoid(g) * u)
+        .collect();
+    let mut out = x_mid.clone();
+    mm(
+        (nq, hs, d.inter),
+        &mut out,
+        (hs, 1),
+        true,
+        &act,
+        (d.inter, 1),
+        &w.down_w,
+        (1, d.inter),
+        1.0,
+    );
+    let saved = Saved {
+        x,
+        r1,
+        h1,
+        q,
+        k,
+        v,
+        probs,
+        attn,
+        x_mid,
+        r2,
+        h2,
+        gate,
+        up,
+        act,
+    };
+    (saved, out)
+}
+
+/// The gradients of one block's weights, in `LayerWeights` order.
+struct LayerGrads {
+    q_w: Vec<f32>,
+    q_b: Option<Vec<f32>>,
+    k_w: Vec<f32>,
+    k_b: Option<Vec<f32>>,
+    v_w: Vec<f32>,
+    v_b: Option<Vec<f32>>,
+    o_w: Vec<f32>,
+    gate_w: Vec<f32>,
+    up_w: Vec<f32>,
+    down_w: Vec<f32>,
+    input_norm: Vec<f32>,
+    post_norm: Vec<f32>,
+}
+
+/// One block's backward: `dy` is the gradient of its output (on the query rows of `qs`); gives
+/// the gradient of its input (all rows) and of its weights.
+fn block_backward(
+    d: &Dims,
+    w: &HostLayer,
+    s: &Saved,
+    pk: &Packing,
+    qs: &Queries,
+    (cos, sin): (&[f32], &[f32]),
+    dy: Vec<f32>,
+) -> (Vec<f32>, LayerGrads) {
+    let (nt, nq, hs, qd, kvd, hd, it) = (
+        pk.rows(),
+        qs.len,
+        d.hidden,
+        d.qd(),
+        d.kvd(),
+        d.head_dim,
+        d.inter,
+    );
+    // MLP: out = x_mid + act . down^T.
+    let mut dact = vec![0f32; nq * it];
+    linear_dx(&dy, nq, hs, &w.down_w, it, &mut dact, false);
+    let down_w = linear_dw(&dy, nq, hs, &s.act, it);
+    // SwiGLU: d silu(g) / dg = sig * (1 + g * (1 - sig)).
+    let mut dgate = vec![0f32; nq * it];
+    let mut dup = vec![0f32; nq * it];
+    for ((((dg, du), &da), &g), &u) in dgate
+        .iter_mut()
+        .zip(dup.iter_mut())
+        .zip(&dact)
+        .zip(&s.gate)
+        .zip(&s.up)
+    {
+        let sg = sigmoid(g);
+        let silu = g * sg;
+        *du = da * silu;
+        *dg = da * u * (sg + silu * (1.0 - sg));
+    }
+    drop(dact);
+    let gate_w = linear_dw(&dgate, nq, it, &s.h2, hs);
+    let up_w = linear_dw(&dup, nq, it, &s.h2, hs);
+    let mut dh2 = vec![0f32; nq * hs];
+    linear_dx(&dgate, nq, it, &w.gate_w, hs, &mut dh2, false);
+    linear_dx(&dup, nq, it, &w.up_w, hs, &mut dh2, true);
+    drop((dgate, dup));
+    // The residual passes `dy` through; the norm's gradient adds to it.
+    let mut dx_mid = dy;
+    let mut post_norm = vec![0f32; hs];
+    rms_backward(
+        &s.x_mid,
+        &s.r2,
+        &w.post_norm,
+        &dh2,
+        &mut dx_mid,
+        &mut post_norm,
+    );
+    drop(dh2);
+    // Attention output projection: x_mid = x + attn . o^T.
+    let mut dattn = vec![0f32; nq * qd];
+    linear_dx(&dx_mid, nq, hs, &w.o_w, qd, &mut dattn, false);
+    let o_w = linear_dw(&dx_mid, nq, hs, &s.attn, qd);
+    // Attention: per (segment, head), dP = dO v^T, dv += P^T dO, dS = P * (dP - sum(dP * P)),
+    // dq = scale * dS k, dk += scale * dS^T q.
+    let mut dq = vec![0f32; nq * qd];
+    let mut dk = vec![0f32; nt * kvd];
+    let mut dv = vec![0f32; nt * kvd];
+    let longest = pk.segs.iter().map(|g| g.len).max().unwrap_or(0);
+    let mut ds_buf = vec![0f32; longest * longest];
+    for (seg, &(q0, skip, po)) in pk.segs.iter().zip(&qs.segs) {
+        let (r0, tk) = (seg.start, seg.len);
+        let tq = tk - skip;
+        let ds = &mut ds_buf[..tq * tk];
+        for h in 0..d.heads {
+            let g = h / d.rep();
+            let pb = &s.probs[po + h * tq * tk..][..tq * tk];
+            let (qo, ko) = (q0 * qd + h * hd, r0 * kvd + g * hd);
+            mm(
+                (tq, tk, hd),
+                ds,
+                (tk, 1),
+                false,
+                &dattn[qo..],
+                (qd, 1),
+                &s.v[ko..],
+                (1, kvd),
+                1.0,
+            );
+            mm(
+                (tk, hd, tq),
+                &mut dv[ko..],
+                (kvd, 1),
+                true,
+                pb,
+                (1, tk),
+                &dattn[qo..],
+                (qd, 1),
+                1.0,
+            );
+            for (dr, pr) in ds.chunks_exact_mut(tk).zip(pb.chunks_exact(tk)) {
+                let dot = kernels::dot(dr, pr);
+                for (dv, &pv) in dr.iter_mut().zip(pr) {
+                    *dv = pv * (*dv - dot);
+                }
+            }
+            mm(
+                (tq, hd, tk),
+                &mut dq[qo..],
+                (qd, 1),
+                false,
+                ds,
+                (tk, 1),
+                &s.k[ko..],
+                (kvd, 1),
+                d.scale,
+            );
+            mm(
+                (tk, hd, tq),
+                &mut dk[ko..],
+                (kvd, 1),
+                true,
+                ds,
+                (1, tk),
+                &s.q[qo..],
+                (qd, 1),
+                d.scale,
+            );
+        }
+    }
+    drop((dattn, ds_buf));
+    // Back through the rotation to the projections' outputs.
+    let pos_q = qs.gather_pos(&pk.pos);
+    rope(&mut dq, qd, &pos_q, hd, cos, sin, true);
+    rope(&mut dk, kvd, &pk.pos, hd, cos, sin, true);
+    let bias =
+        |dy: &[f32], width: usize, b: &Option<Vec<f32>>| b.as_ref().map(|_| col_sums(dy, width));
+    let q_b = bias(&dq, qd, &w.q_b);
+    let k_b = bias(&dk, kvd, &w.k_b);
+    let v_b = bias(&dv, kvd, &w.v_b);
+    let h1q = qs.gather(&s.h1, hs);
+    let q_w = linear_dw(&dq, nq, qd, &h1q, hs);
+    drop(h1q);
+    let k_w = linear_dw(&dk, nt, kvd, &s.h1, hs);
+    let v_w = linear_dw(&dv, nt, kvd, &s.h1, hs);
+    let mut dh1 = vec![0f32; nt * hs];
+    linear_dx(&dk, nt, kvd, &w.k_w, hs, &mut dh1, false);
+    linear_dx(&dv, nt, kvd, &w.v_w, hs, &mut dh1, true);
+    // The query rows' parts: the q projection's input gradient and the residual.
+    let mut dx = match &qs.rows {
+        None => {
+            linear_dx(&dq, nt, qd, &w.q_w, hs, &mut dh1, true);
+            dx_mid
+        }
+        Some(rows) => {
+            let mut dh1q = vec![0f32; nq * hs];
+            linear_dx(&dq, nq, qd, &w.q_w, hs, &mut dh1q, false);
+            let mut dx = vec![0f32; nt * hs];
+            for ((&r, a), b) in rows
+                .iter()
+                .zip(dh1q.chunks_exact(hs))
+                .zip(dx_mid.chunks_exact(hs))
+            {
+                for ((h, x), (&a, &b)) in dh1[r * hs..(r + 1) * hs]
+                    .iter_mut()
+                    .zip(&mut dx[r * hs..(r + 1) * hs])
+                    .zip(a.iter().zip(b))
+                {
+                    *h += a;
+                    *x = b;
+                }
+            }
+            dx
+        }
+    };
+    let mut input_norm = vec![0f32; hs];
+    rms_backward(&s.x, &s.r1, &w.input_norm, &dh1, &mut dx, &mut input_norm);
+    let grads = LayerGrads {
+        q_w,
+        q_b,
+        k_w,
+        k_b,
+        v_w,
+        v_b,
+        o_w,
+        gate_w,
+        up_w,
+        down_w,
+        input_norm,
+        post_norm,
+    };
+    (dx, grads)
+}
+
+/// The shared forward: with `save`, keeps every activation the backward needs.
+fn run<'a>(model: &'a Model, batch: &SequenceBatch, save: bool) -> Result<FastForward<'a>> {
+    let Inputs {
+        dims: d,
+        ids,
+        mask,
+        targets,
+    } = inputs(model, batch)?;
+    let weights = HostWeights::new(model)?;
+    let half = d.head_dim / 2;
+    let rope_cos = host(&model.rope.cos.narrow(0, 0, d.t)?)?;
+    let rope_sin = host(&model.rope.sin.narrow(0, 0, d.t)?)?;
+    if rope_cos.len() != d.t * half || rope_sin.len() != d.t * half {
+        bail!("fast path: RoPE tables do not have head_dim / 2 = {half} columns");
+    }
+    let pk = Packing::new(&d, &ids, &mask);
+    drop((ids, mask));
+    let n_layers = weights.layers.len();
+    let (qs_all, qs_last) = (Queries::new(&d, &pk, false), Queries::new(&d, &pk, true));
+    let mut layers_seen = 0;
+    // The row of the last block's output that each selected position reads.
+    let out_index = if n_layers > 0 {
+        qs_last.index(pk.rows())
+    } else {
+        (0..pk.rows()).collect()
+    };
+    let sel_rows: Vec<usize> = pk.selected.iter().map(|&r| out_index[r]).collect();
+    drop(out_index);
+    let hs = d.hidden;
+    let mut x = vec![0f32; pk.rows() * hs];
+    for (row, &id) in x.chunks_exact_mut(hs).zip(&pk.ids) {
+        let id = id as usize;
+        row.copy_from_slice(&weights.embed[id * hs..(id + 1) * hs]);
+    }
+    let mut layers = Vec::with_capacity(if save { weights.layers.len() } else { 0 });
+    for w in &weights.layers {
+        let qs = if layers_seen + 1 == n_layers {
+            &qs_last
+        } else {
+            &qs_all
+        };
+        layers_seen += 1;
+        let (saved, out) = block_forward(&d, w, &pk, qs, (&rope_cos, &rope_sin), x);
+        if save {
+            layers.push(saved);
+        }
+        x = out;
+    }
+    // Only the L positions that predict completion tokens are normed and projected.
+    let ns = d.selected();
+    let mut sel_x = vec![0f32; ns * hs];
+    for (row, &src) in sel_x.chunks_exact_mut(hs).zip(&sel_rows) {
+        row.copy_from_slice(&x[src * hs..(src + 1) * hs]);
+    }
+    drop(x);
+    let mut sel_r = vec![0f32; ns];
+    let mut sel_h = vec![0f32; ns * hs];
+    rms_forward(&sel_x, &weights.norm, d.eps, &mut sel_r, &mut sel_h);
+    let mut probs = linear(&sel_h, ns, hs, weights.head(), d.vocab, None);
+    let mut logp = vec![0f32; ns];
+    for ((row, lp), &tgt) in probs.chunks_exact_mut(d.vocab).zip(&mut logp).zip(&targets) {
+        let max = kernels::max(row);
+        let lse = max + kernels::sum_exp_shifted(row, max).ln();
+        *lp = row[tgt as usize] - lse;
+        if save {
+            for v in row.iter_mut() {
+                *v = (*v - lse).fexp();
+            }
+        }
+    }
+    if !save {
+        probs = Vec::new();
+        sel_x = Vec::new();
+        sel_h = Vec::new();
+    }
+    Ok(FastForward {
+        model,
+        dims: d,
+        weights,
+        packing: pk,
+        qs_all,
+        qs_last,
+        sel_rows,
+        targets,
+        rope_cos,
+        rope_sin,
+        layers,
+        sel_x,
+        sel_r,
+        sel_h,
+        probs,
+        logp,
+    })
+}
+
+/// The training forward: the log-probabilities of the completion tokens and every activation
+/// [`FastForward::backward`] needs.
+pub fn forward<'a>(model: &'a Model, batch: &SequenceBatch) -> Result<FastForward<'a>> {
+    run(model, batch, true)
+}
+
+/// The log-probabilities (n * L, row-major) alone, keeping no activations: the reference pass.
+pub fn logprobs(model: &Model, batch: &SequenceBatch) -> Result<Vec<f32>> {
+    Ok(run(model, batch, false)?.logp)
+}
+
+/// [`logprobs`] as an (n, L) tensor on the model's device, like
+/// [`reference_logprobs`](super::logprob::reference_logprobs).
+pub fn logprobs_tensor(model: &Model, batch: &SequenceBatch) -> Result<Tensor> {
+    let lp = logprobs(model, batch)?;
+    Tensor::from_vec(
+        lp,
+        (batch.completion_ids.dims2()?.0, batch.completion_width),
+        model.device(),
+    )
+}
+
+impl FastForward<'_> {
+    /// The log-probabilities (n * L, row-major); padding positions hold finite values.
+    pub fn logp(&self) -> &[f32] {
+        &self.logp
+    }
+
+    /// The log-probabilities as an (n, L) tensor on the model's device.
+    pub fn logp_tensor(&self) -> Result<Tensor> {
+        Tensor::from_vec(
+            self.logp.clone(),
+            (self.dims.n, self.dims.lw),
+            self.model.device(),
+        )
+    }
+
+    /// The gradient of every trainable weight given `dlogp` (n * L, row-major), the gradient of
+    /// the loss with respect to the log-probabilities. Gives (weight tensor, gradient) pairs,
+    /// the weight tensor being the one held in the model (the `Var`'s tensor of a trainable
+    /// model), so that the pairs can go into a `GradStore`. A tied embedding's gradient holds
+    /// both the head's part and the scatter-add of the input embeddings.
+    pub fn backward(&self, dlogp: &[f32]) -> Result<Vec<(Tensor, Tensor)>> {
+        let d = &self.dims;
+        let ns = d.selected();
+        if dlogp.len() != ns {
+            bail!(
+                "fast path: gradient of {} log-probs given for a batch of {} rows x {} positions",
+                dlogp.len(),
+                d.n,
+                d.lw
+            );
+        }
+        if self.layers.len() != self.weights.layers.len() || self.probs.len() != ns * d.vocab {
+            bail!("fast path: backward of a forward that kept no activations (use `forward`)");
+        }
+        let hs = d.hidden;
+        // d logp / d logits = onehot(target) - softmax.
+        let mut dlogits = vec![0f32; ns * d.vocab];
+        for (((dl, p), &g), &tgt) in dlogits
+            .chunks_exact_mut(d.vocab)
+            .zip(self.probs.chunks_exact(d.vocab))
+            .zip(dlogp)
+            .zip(&self.targets)
+        {
+            for (dl, &p) in dl.iter_mut().zip(p) {
+                *dl = -g * p;
+            }
+            dl[tgt as usize] += g;
+        }
+        let head = self.weights.head();
+        let mut dhead = linear_dw(&dlogits, ns, d.vocab, &self.sel_h, hs);
+        let mut dsel_h = vec![0f32; ns * hs];
+        linear_dx(&dlogits, ns, d.vocab, head, hs, &mut dsel_h, false);
+        drop(dlogits);
+        let mut dsel_x = vec![0f32; ns * hs];
+        let mut dnorm = vec![0f32; hs];
+        rms_backward(
+            &self.sel_x,
+            &self.sel_r,
+            &self.weights.norm,
+            &dsel_h,
+            &mut dsel_x,
+            &mut dnorm,
+        );
+        // Positions that share a row (the lone tokens of `Packing`) add their gradients.
+        let pk = &self.packing;
+        let n_layers = self.layers.len();
+        let out_rows = if n_layers > 0 {
+            self.qs_last.len
+        } else {
+            pk.rows()
+        };
+        let mut dx = vec![0f32; out_rows * hs];
+        for (row, &dst) in dsel_x.chunks_exact(hs).zip(&self.sel_rows) {
+            for (a, &g) in dx[dst * hs..(dst + 1) * hs].iter_mut().zip(row) {
+                *a += g;
+            }
+        }
+        let mut layer_grads = Vec::with_capacity(self.layers.len());
+        for (l, (w, s)) in self
+            .weights
+            .layers
+            .iter()
+            .zip(&self.layers)
+            .enumerate()
+            .rev()
+        {
+            let qs = if l + 1 == n_layers {
+                &self.qs_last
+            } else {
+                &self.qs_all
+            };
+            let rope = (&self.rope_cos[..], &self.rope_sin[..]);
+            let (dxi, g) = block_backward(d, w, s, pk, qs, rope, dx);
+            dx = dxi;
+            layer_grads.push(g);
+        }
+        layer_grads.reverse();
+        // The embedding: the tied head's part plus the scatter-add of the input rows.
+        let tied = self.weights.lm_head.is_none();
+        let mut dembed = if tied {
+            std::mem::take(&mut dhead)
+        } else {
+            vec![0f32; d.vocab * hs]
+        };
+        for (row, &id) in dx.chunks_exact(hs).zip(&pk.ids) {
+            let id = id as usize;
+            for (e, &g) in dembed[id * hs..(id + 1) * hs].iter_mut().zip(row) {
+                *e += g;
+            }
+        }
+        let mw = &self.model.weights;
+        let pair = |w: &Tensor, g: Vec<f32>| -> Result<(Tensor, Tensor)> {
+            Ok((w.clone(), Tensor::from_vec(g, w.shape(), w.device())?))
+        };
+        let mut out = vec![pair(&mw.embed, dembed)?];
+        for (w, g) in mw.layers.iter().zip(layer_grads) {
+            out.push(pair(&w.q_w, g.q_w)?);
+            out.push(pair(&w.k_w, g.k_w)?);
+            out.push(pair(&w.v_w, g.v_w)?);
+            for (t, gb) in [(&w.q_b, g.q_b), (&w.k_b, g.k_b), (&w.v_b, g.v_b)] {
+                if let (Some(t), Some(gb)) = (t, gb) {
+                    out.push(pair(t, gb)?);
+                }
+            }
+            out.push(pair(&w.o_w, g.o_w)?);
+            out.push(pair(&w.gate_w, g.gate_w)?);
+            out.push(pair(&w.up_w, g.up_w)?);
+            out.push(pair(&w.down_w, g.down_w)?);
+            out.push(pair(&w.input_norm, g.input_norm)?);
+            out.push(pair(&w.post_norm, g.post_norm)?);
+        }
+        out.push(pair(&mw.norm, dnorm)?);
+        if let Some(h) = &mw.lm_head {
+            out.push(pair(h, dhead)?);
+        }
+        Ok(out)
+    }
+
+    /// Runs candle's backward of `loss`, a small graph built from `logp` (a `Var` holding
+    /// [`FastForward::logp_tensor`]), to get d loss / d logp, then this pass's backward, and gives
+    /// the `GradStore` of `loss.backward()` with every weight's gradient inserted: what
+    /// `loss.backward()` on the autograd path would have given for the model's variables.
+    pub fn loss_backward(
+        &self,
+        loss: &Tensor,
+        logp: &Tensor,
+    ) -> Result<candle_core::backprop::GradStore> {
+        let mut grads = loss.backward()?;
+        let dlogp = match grads.get(logp) {
+            Some(g) => g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+            // A loss that does not depend on the log-probs gives every weight a zero gradient.
+            None => vec![0f32; self.dims.selected()],
+        };
+        for (w, g) in self.backward(&dlogp)? {
+            grads.insert(&w, g);
+        }
+        Ok(grads)
+    }
+}
