@@ -6,32 +6,14 @@
 //! Run: `cargo test -p recap-runtime --features cuda --test cuda` (needs a CUDA device 0).
 #![cfg(feature = "cuda")]
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::fixture;
 
 use candle_core::{DType, Device, Tensor};
 use recap_runtime::generate::{generate, SamplingConfig};
 use recap_runtime::model::load_hf_dir;
 use recap_runtime::model::logprob::{token_logprobs, SequenceBatch};
 use recap_runtime::tokenizer::TextTokenizer;
-
-/// The benchmark fixture: `RECAP_FIXTURE_TINY`, else `shared/bench/fixture-tiny` beside the
-/// repository.
-fn fixture() -> PathBuf {
-    if let Ok(p) = std::env::var("RECAP_FIXTURE_TINY") {
-        return PathBuf::from(p);
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for c in [
-        manifest.join("../../shared/bench/fixture-tiny"),
-        manifest.join("../shared/bench/fixture-tiny"),
-        PathBuf::from("/work/shared/bench/fixture-tiny"),
-    ] {
-        if c.join("config.json").exists() {
-            return c;
-        }
-    }
-    panic!("fixture-tiny not found: set RECAP_FIXTURE_TINY");
-}
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("a CUDA device 0")

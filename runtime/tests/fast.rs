@@ -3,29 +3,13 @@
 //! them must equal what `loss.backward()` gives for every trainable variable, on tiny Qwen2
 //! (with attention biases) and Llama models and on the fixture, with left-padded batches.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::fixture;
 
 use candle_core::{DType, Device, Tensor};
 use recap_runtime::model::fast;
 use recap_runtime::model::logprob::{token_logprobs, SequenceBatch};
 use recap_runtime::model::{load_hf_dir, Family, Model, ModelConfig};
-
-fn fixture() -> PathBuf {
-    if let Ok(p) = std::env::var("RECAP_FIXTURE_TINY") {
-        return PathBuf::from(p);
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        manifest.join("../../shared/bench/fixture-tiny"),
-        PathBuf::from("/work/shared/bench/fixture-tiny"),
-    ];
-    for c in &candidates {
-        if c.join("config.json").exists() {
-            return c.clone();
-        }
-    }
-    panic!("fixture-tiny not found: set RECAP_FIXTURE_TINY to the bench/fixture-tiny directory");
-}
 
 fn tiny_config(family: Family, tied: bool) -> ModelConfig {
     let mut c = ModelConfig::new(family, 56, 32, 64, 2, 4, 2, tied);

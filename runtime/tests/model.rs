@@ -2,7 +2,10 @@
 //! fixture-tiny HF directory, checkpoint round-trips, batched generation against one-by-one and
 //! no-cache generation, seeded sampling, and clear errors for malformed inputs.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::fixture;
+
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use recap_runtime::checkpoint::save_hf_dir;
@@ -10,25 +13,6 @@ use recap_runtime::generate::{generate, generate_on, DecodePath, FinishReason, S
 use recap_runtime::model::logprob::{reference_logprobs, token_logprobs, SequenceBatch};
 use recap_runtime::model::{load_hf_dir, Family, Model, ModelConfig, ModelError};
 use recap_runtime::tokenizer::{ChatTemplate, TextTokenizer};
-
-/// The benchmark fixture: `RECAP_FIXTURE_TINY`, else `shared/bench/fixture-tiny` beside the
-/// repository, else /work/shared/bench/fixture-tiny.
-fn fixture() -> PathBuf {
-    if let Ok(p) = std::env::var("RECAP_FIXTURE_TINY") {
-        return PathBuf::from(p);
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        manifest.join("../../shared/bench/fixture-tiny"),
-        PathBuf::from("/work/shared/bench/fixture-tiny"),
-    ];
-    for c in &candidates {
-        if c.join("config.json").exists() {
-            return c.clone();
-        }
-    }
-    panic!("fixture-tiny not found: set RECAP_FIXTURE_TINY to the bench/fixture-tiny directory");
-}
 
 fn tiny_config(family: Family, tied: bool) -> ModelConfig {
     let mut c = ModelConfig::new(family, 56, 32, 64, 2, 4, 2, tied);

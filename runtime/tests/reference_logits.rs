@@ -3,6 +3,9 @@
 //! `tests/data/fixture_tiny_reference.json` (made once by `scripts/make-reference-logits.py`
 //! with transformers 5.24 and torch 2.15 on the CPU) within 1e-4.
 
+mod common;
+use common::fixture;
+
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
@@ -23,24 +26,6 @@ struct Case {
     text: String,
     input_ids: Vec<u32>,
     logits: Vec<Vec<f32>>,
-}
-
-/// The benchmark fixture: `RECAP_FIXTURE_TINY`, else `shared/bench/fixture-tiny` beside the
-/// repository, else /work/shared/bench/fixture-tiny.
-fn fixture() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        std::env::var_os("RECAP_FIXTURE_TINY").map(PathBuf::from),
-        Some(manifest.join("../../shared/bench/fixture-tiny")),
-        Some(PathBuf::from("/work/shared/bench/fixture-tiny")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("config.json").is_file())
-        .expect(
-            "fixture-tiny not found: set RECAP_FIXTURE_TINY to the bench/fixture-tiny directory",
-        )
 }
 
 fn vector() -> Vector {
