@@ -300,7 +300,12 @@ pub fn enabled(model: &Model) -> bool {
 }
 
 /// `dst (m, n) = [dst +] beta * a (m, k) . b (k, n)`, every operand addressed by its (row
-/// stride, column stride) from the start of its slice; single-threaded.
+/// stride, column stride) from the start of its slice.
+///
+/// gemm may split a large product into jobs on rayon's pool. When the step's chunks already
+/// keep every core busy (one chunk per core), those jobs run on the calling thread, which costs
+/// little; when a single chunk runs (a large model on a few rows, or a user's `micro_batch`),
+/// the idle cores take them, so one chunk still uses the whole machine.
 #[allow(clippy::too_many_arguments)]
 fn mm(
     (m, n, k): (usize, usize, usize),
@@ -355,7 +360,10 @@ fn mm(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            match rayon::current_num_threads() {
+                0 | 1 => gemm::Parallelism::None,
+                n => gemm::Parallelism::Rayon(n),
+            },
         );
     }
 }
