@@ -149,24 +149,12 @@ impl CustomOp3 for LogSoftmaxGatherBwd {
             Some(o) => o,
             None => bail!("log_softmax_gather backward: gradient must be contiguous"),
         };
-        let out = match s1 {
-            CpuStorage::F32(x) => CpuStorage::F32(bwd(
-                x,
-                l1,
-                &t,
-                &slice(s3, "log_softmax_gather gradient")?[a..b],
-            )?),
-            CpuStorage::F64(x) => CpuStorage::F64(bwd(
-                x,
-                l1,
-                &t,
-                &slice(s3, "log_softmax_gather gradient")?[a..b],
-            )?),
-            s => bail!(
-                "log_softmax_gather: fused kernel supports f32 and f64, got {:?}",
-                s.dtype()
-            ),
-        };
+        let out = dispatch!(s1, "log_softmax_gather", |x| bwd(
+            x,
+            l1,
+            &t,
+            &slice(s3, "log_softmax_gather gradient")?[a..b],
+        )?);
         Ok((out, l1.shape().clone()))
     }
 }

@@ -2,8 +2,8 @@
 //! `x / sqrt(mean(x^2) + eps) * weight` in one pass per row, and a backward that gives the
 //! gradients of `x` and `weight` in one more pass.
 
+use super::cpu::dispatch;
 use super::cpu::{self, dense_last, for_rows, for_rows_acc, slice, Real, Rows};
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// Forward op: `x` and `weight` in, the normalised `x` out (contiguous, same shape as `x`).
@@ -67,18 +67,13 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match s1 {
-            CpuStorage::F32(x) => {
-                CpuStorage::F32(fwd(x, l1, slice(s2, "rms_norm weight")?, l2, self.eps)?)
-            }
-            CpuStorage::F64(x) => {
-                CpuStorage::F64(fwd(x, l1, slice(s2, "rms_norm weight")?, l2, self.eps)?)
-            }
-            s => bail!(
-                "rms_norm: fused kernel supports f32 and f64, got {:?}",
-                s.dtype()
-            ),
-        };
+        let out = dispatch!(s1, "rms_norm", |x| fwd(
+            x,
+            l1,
+            slice(s2, "rms_norm weight")?,
+            l2,
+            self.eps
+        )?);
         Ok((out, l1.shape().clone()))
     }
 
@@ -192,24 +187,22 @@ impl CustomOp3 for RmsNormBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let h = *l1.dims().last().unwrap_or(&0);
-        let (out, n) = match s1 {
-            CpuStorage::F32(x) => {
-                let w = slice(s2, "rms_norm weight")?;
-                let g = slice(s3, "rms_norm output gradient")?;
-                let (v, n) = bwd(x, l1, w, l2, g, l3, self.eps, self.want_dw)?;
-                (CpuStorage::F32(v), n)
-            }
-            CpuStorage::F64(x) => {
-                let w = slice(s2, "rms_norm weight")?;
-                let g = slice(s3, "rms_norm output gradient")?;
-                let (v, n) = bwd(x, l1, w, l2, g, l3, self.eps, self.want_dw)?;
-                (CpuStorage::F64(v), n)
-            }
-            s => bail!(
-                "rms_norm: fused kernel supports f32 and f64, got {:?}",
-                s.dtype()
-            ),
-        };
+        // The kernel also gives how many rows the output has (the weight gradient adds one).
+        let n;
+        let out = dispatch!(s1, "rms_norm", |x| {
+            let (v, rows) = bwd(
+                x,
+                l1,
+                slice(s2, "rms_norm weight")?,
+                l2,
+                slice(s3, "rms_norm output gradient")?,
+                l3,
+                self.eps,
+                self.want_dw,
+            )?;
+            n = rows;
+            v
+        });
         Ok((out, Shape::from((n, h))))
     }
 }

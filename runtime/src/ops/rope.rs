@@ -3,8 +3,8 @@
 //! (>= seq, head_dim / 2); gives the rotated `x` as a contiguous tensor. The backward is the
 //! inverse rotation (the same kernel with `-sin`); `cos` and `sin` get no gradient.
 
+use super::cpu::dispatch;
 use super::cpu::{dense_last, for_rows, slice, Real, Rows};
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// Rotates `x` by the angles whose cosines and sines are given; `inverse` rotates backwards.
@@ -82,20 +82,15 @@ impl CustomOp3 for Rope {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match s1 {
-            CpuStorage::F32(x) => {
-                let (c, s) = (slice(s2, "rope cos")?, slice(s3, "rope sin")?);
-                CpuStorage::F32(fwd(x, l1, c, l2, s, l3, self.inverse)?)
-            }
-            CpuStorage::F64(x) => {
-                let (c, s) = (slice(s2, "rope cos")?, slice(s3, "rope sin")?);
-                CpuStorage::F64(fwd(x, l1, c, l2, s, l3, self.inverse)?)
-            }
-            s => bail!(
-                "rope: fused kernel supports f32 and f64, got {:?}",
-                s.dtype()
-            ),
-        };
+        let out = dispatch!(s1, "rope", |x| fwd(
+            x,
+            l1,
+            slice(s2, "rope cos")?,
+            l2,
+            slice(s3, "rope sin")?,
+            l3,
+            self.inverse
+        )?);
         Ok((out, l1.shape().clone()))
     }
 

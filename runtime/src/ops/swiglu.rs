@@ -4,7 +4,6 @@
 
 use super::cpu::dispatch;
 use super::cpu::{dense_last, for_rows, for_rows2, slice, Real, Rows};
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// Forward op: `gate`, `up` in, `silu(gate) * up` out (contiguous).
@@ -122,20 +121,14 @@ impl CustomOp3 for SwigluBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let n = l1.shape().elem_count();
-        let out = match s1 {
-            CpuStorage::F32(g) => {
-                let (u, d) = (slice(s2, "swiglu up")?, slice(s3, "swiglu gradient")?);
-                CpuStorage::F32(bwd(g, l1, u, l2, d, l3)?)
-            }
-            CpuStorage::F64(g) => {
-                let (u, d) = (slice(s2, "swiglu up")?, slice(s3, "swiglu gradient")?);
-                CpuStorage::F64(bwd(g, l1, u, l2, d, l3)?)
-            }
-            s => bail!(
-                "swiglu: fused kernel supports f32 and f64, got {:?}",
-                s.dtype()
-            ),
-        };
+        let out = dispatch!(s1, "swiglu", |g| bwd(
+            g,
+            l1,
+            slice(s2, "swiglu up")?,
+            l2,
+            slice(s3, "swiglu gradient")?,
+            l3
+        )?);
         Ok((out, Shape::from((2, n))))
     }
 }
