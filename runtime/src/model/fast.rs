@@ -164,8 +164,9 @@ impl Packing {
     }
 }
 
-/// The weights of one block copied to the host.
-struct HostLayer {
+/// One value per weight of a block, in `LayerWeights` order: the weights copied to the host
+/// ([`HostLayer`]) and their gradients ([`LayerGrads`]) have the same shape.
+struct LayerVecs {
     q_w: Vec<f32>,
     q_b: Option<Vec<f32>>,
     k_w: Vec<f32>,
@@ -179,6 +180,9 @@ struct HostLayer {
     input_norm: Vec<f32>,
     post_norm: Vec<f32>,
 }
+
+/// The weights of one block copied to the host.
+type HostLayer = LayerVecs;
 
 /// All weights copied to the host; `lm_head` is `None` when tied to the embedding.
 struct HostWeights {
@@ -865,21 +869,8 @@ fn block_forward(
     (saved, out)
 }
 
-/// The gradients of one block's weights, in `LayerWeights` order.
-struct LayerGrads {
-    q_w: Vec<f32>,
-    q_b: Option<Vec<f32>>,
-    k_w: Vec<f32>,
-    k_b: Option<Vec<f32>>,
-    v_w: Vec<f32>,
-    v_b: Option<Vec<f32>>,
-    o_w: Vec<f32>,
-    gate_w: Vec<f32>,
-    up_w: Vec<f32>,
-    down_w: Vec<f32>,
-    input_norm: Vec<f32>,
-    post_norm: Vec<f32>,
-}
+/// The gradients of one block's weights.
+type LayerGrads = LayerVecs;
 
 /// One block's backward: `dy` is the gradient of its output (on the query rows of `qs`); gives
 /// the gradient of its input (all rows) and of its weights.
