@@ -14,7 +14,7 @@ use candle_core::{DType, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::model::Model;
-use crate::ops::cpu::exp_f32;
+use crate::ops::cpu::{exp_f32, mm_with};
 
 /// One block's weights on the host, transposed to (in, out) row-major (see [`matmul`]); q/k/v and
 /// gate/up are concatenated along the output so each is a single matrix multiply.
@@ -398,7 +398,7 @@ impl Shared<'_> {
 }
 
 /// `out = x w^T` (or `out += x w^T` with `accumulate`) for row-major `x` (m, k), the (n, k)
-/// weight `w` and `out` (m, n), with the gemm crate that candle's CPU matmul also uses.
+/// weight `w` and `out` (m, n), through `ops::cpu::mm_with`.
 ///
 /// With transposed weights gemm is asked for `out^T = w x^T`, which puts the weights on the left
 /// in the column-major layout its microkernel reads directly: nothing is packed per call. With
@@ -415,41 +415,24 @@ fn matmul(
     accumulate: bool,
     par: gemm::Parallelism,
 ) -> candle_core::Result<()> {
-    assert!(x.len() >= m * k && out.len() >= m * n);
-    let (n_, k_) = (n as isize, k as isize);
     match w {
-        Weight::Transposed(wt) => {
-            assert!(wt.len() >= n * k);
-            // SAFETY: the asserts keep every index gemm touches inside the three slices. Strides
-            // are (column, row): the destination (n, m) is `out` with (n, 1), the left operand
-            // (n, k) is the (k, n) row-major weight with (n, 1), the right operand (k, m) is `x`
-            // with (k, 1). `out` is borrowed mutably, so it aliases neither input.
-            unsafe {
-                gemm::gemm(
-                    n,
-                    m,
-                    k,
-                    out.as_mut_ptr(),
-                    n_,
-                    1,
-                    accumulate,
-                    wt.as_ptr(),
-                    n_,
-                    1,
-                    x.as_ptr(),
-                    k_,
-                    1,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    par,
-                );
-            }
-        }
+        // out^T (n, m) = w (n, k) . x^T (k, m): the weight is the (k, n) row-major copy read
+        // column-major, x is read transposed, and out is written transposed.
+        Weight::Transposed(wt) => mm_with(
+            (n, m, k),
+            out,
+            (1, n),
+            accumulate,
+            wt,
+            (1, n),
+            x,
+            (1, k),
+            1.0,
+            par,
+        ),
         Weight::Stored(parts) => {
-            // Each stacked part writes its own columns of `out`.
+            // Each stacked (rows, k) part writes its own columns of `out`: x (m, k) times the
+            // part read transposed.
             let mut col = 0;
             for t in parts {
                 let (rows, cols) = t.dims2()?;
@@ -459,35 +442,18 @@ fn matmul(
                     );
                 }
                 with_f32(t, |wp| {
-                    assert!(wp.len() >= rows * k);
-                    // SAFETY: the checks above keep every index inside the slices: the
-                    // destination (m, rows) starts at column `col` of `out` with strides
-                    // (1, n), the left operand is `x` (m, k) with (1, k), the right operand
-                    // (k, rows) is the (rows, k) weight read with (k, 1). `out` is borrowed
-                    // mutably, so it aliases neither input.
-                    unsafe {
-                        gemm::gemm(
-                            m,
-                            rows,
-                            k,
-                            out.as_mut_ptr().add(col),
-                            1,
-                            n_,
-                            accumulate,
-                            x.as_ptr(),
-                            1,
-                            k_,
-                            wp.as_ptr(),
-                            k_,
-                            1,
-                            1.0f32,
-                            1.0f32,
-                            false,
-                            false,
-                            false,
-                            par,
-                        );
-                    }
+                    mm_with(
+                        (m, rows, k),
+                        &mut out[col..],
+                        (n, 1),
+                        accumulate,
+                        x,
+                        (k, 1),
+                        wp,
+                        (1, k),
+                        1.0,
+                        par,
+                    )
                 })?;
                 col += rows;
             }

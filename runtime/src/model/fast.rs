@@ -27,7 +27,7 @@ use candle_core::{bail, DType, Result, Tensor};
 
 use super::logprob::SequenceBatch;
 use super::Model;
-use crate::ops::cpu::{self as kernels, Real};
+use crate::ops::cpu::{self as kernels, mm, Real};
 
 /// The sizes of one pass, checked once.
 #[derive(Clone, Copy)]
@@ -301,75 +301,6 @@ pub fn supported(model: &Model) -> bool {
 /// can be compared on the same run).
 pub fn enabled(model: &Model) -> bool {
     supported(model) && std::env::var_os("RECAP_AUTOGRAD").is_none_or(|v| v != "1")
-}
-
-/// `dst (m, n) = [dst +] beta * a (m, k) . b (k, n)`, every operand addressed by its (row
-/// stride, column stride) from the start of its slice.
-///
-/// gemm may split a large product into jobs on rayon's pool. When the step's chunks already
-/// keep every core busy (one chunk per core), those jobs run on the calling thread, which costs
-/// little; when a single chunk runs (a large model on a few rows, or a user's `micro_batch`),
-/// the idle cores take them, so one chunk still uses the whole machine.
-#[allow(clippy::too_many_arguments)]
-fn mm(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    (d_rs, d_cs): (usize, usize),
-    accumulate: bool,
-    a: &[f32],
-    (a_rs, a_cs): (usize, usize),
-    b: &[f32],
-    (b_rs, b_cs): (usize, usize),
-    beta: f32,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    // The furthest element an (r, c) operand with these strides touches, plus one.
-    let reach = |r: usize, c: usize, rs: usize, cs: usize| {
-        if r == 0 || c == 0 {
-            0
-        } else {
-            (r - 1) * rs + (c - 1) * cs + 1
-        }
-    };
-    assert!(
-        dst.len() >= reach(m, n, d_rs, d_cs)
-            && a.len() >= reach(m, k, a_rs, a_cs)
-            && b.len() >= reach(k, n, b_rs, b_cs),
-        "fast path: a matrix operand is shorter than its shape and strides imply"
-    );
-    let s = |v: usize| v as isize;
-    // SAFETY: the assert above keeps every element gemm reads or writes inside the three
-    // slices (gemm's strides are (column, row), and it touches exactly the elements
-    // `row * rs + col * cs` for rows and columns inside the shapes). `dst` is borrowed mutably,
-    // so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            s(d_cs),
-            s(d_rs),
-            accumulate,
-            a.as_ptr(),
-            s(a_cs),
-            s(a_rs),
-            b.as_ptr(),
-            s(b_cs),
-            s(b_rs),
-            1.0f32,
-            beta,
-            false,
-            false,
-            false,
-            match rayon::current_num_threads() {
-                0 | 1 => gemm::Parallelism::None,
-                n => gemm::Parallelism::Rayon(n),
-            },
-        );
-    }
 }
 
 /// `y (rows, out) = x (rows, in) . w^T (+ b)` with `w` stored (out, in).

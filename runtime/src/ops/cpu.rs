@@ -393,6 +393,107 @@ pub(crate) fn dense_last(t: &candle_core::Tensor) -> Result<candle_core::Tensor>
     }
 }
 
+/// `dst (m, n) = [dst +] beta * a (m, k) . b (k, n)` on f32 host buffers, every operand
+/// addressed by its (row stride, column stride) from the start of its slice: the one safe
+/// wrapper of the gemm crate (which candle's CPU matmul also uses) for the host paths, the
+/// training pass (`model::fast`) and the decoder (`generate::host`). Panics if a slice is
+/// shorter than its shape and strides imply, which only an internal bug can cause.
+///
+/// [`mm`] lets gemm choose: it may split a large product into jobs on rayon's pool. When the step's chunks already
+/// keep every core busy (one chunk per core), those jobs run on the calling thread, which costs
+/// little; when a single chunk runs (a large model on a few rows, or a user's `micro_batch`),
+/// the idle cores take them, so one chunk still uses the whole machine.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mm(
+    shape: (usize, usize, usize),
+    dst: &mut [f32],
+    dst_strides: (usize, usize),
+    accumulate: bool,
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+    beta: f32,
+) {
+    let par = match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    };
+    mm_with(
+        shape,
+        dst,
+        dst_strides,
+        accumulate,
+        a,
+        a_strides,
+        b,
+        b_strides,
+        beta,
+        par,
+    )
+}
+
+/// [`mm`] with the caller's choice of parallelism (the decoder runs one part per core itself).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mm_with(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    (d_rs, d_cs): (usize, usize),
+    accumulate: bool,
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+    beta: f32,
+    par: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The furthest element an (r, c) operand with these strides touches, plus one.
+    let reach = |r: usize, c: usize, rs: usize, cs: usize| {
+        if r == 0 || c == 0 {
+            0
+        } else {
+            (r - 1) * rs + (c - 1) * cs + 1
+        }
+    };
+    assert!(
+        dst.len() >= reach(m, n, d_rs, d_cs)
+            && a.len() >= reach(m, k, a_rs, a_cs)
+            && b.len() >= reach(k, n, b_rs, b_cs),
+        "fast path: a matrix operand is shorter than its shape and strides imply"
+    );
+    let s = |v: usize| v as isize;
+    // SAFETY: the assert above keeps every element gemm reads or writes inside the three
+    // slices (gemm's strides are (column, row), and it touches exactly the elements
+    // `row * rs + col * cs` for rows and columns inside the shapes). `dst` is borrowed mutably,
+    // so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            s(d_cs),
+            s(d_rs),
+            accumulate,
+            a.as_ptr(),
+            s(a_cs),
+            s(a_rs),
+            b.as_ptr(),
+            s(b_cs),
+            s(b_rs),
+            1.0f32,
+            beta,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
 /// Runs a fused kernel on the f32 or f64 storage it supports and wraps the result in the same
 /// storage type; any other dtype is an error naming the op (the facade routes bf16/f16 to the
 /// reference composition, so this is reached only by direct calls). One macro rather than a
