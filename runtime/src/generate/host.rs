@@ -225,24 +225,27 @@ impl HostDecoder {
         Ok(HostDecoder { fixed, rows })
     }
 
-    /// Feeds `tokens[r]` at position `pos` to every row `r` with `active[r]`; gives the next-token
-    /// logits of those rows (vocab each, in row order) and leaves finished rows untouched.
+    /// Feeds `tokens[r]` at position `pos` to every row `r` that is not `done[r]` and writes its
+    /// next-token logits into `logits[r]` (reusing that row's buffer); finished rows are left
+    /// untouched, cache and logits alike.
     pub(super) fn step(
         &mut self,
         tokens: &[u32],
-        active: &[bool],
+        done: &[bool],
         pos: usize,
-    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        logits: &mut [Vec<f32>],
+    ) -> candle_core::Result<()> {
         let HostDecoder { fixed, rows } = self;
         let d = fixed.dims;
         let mut sel: Vec<(usize, &mut RowCache)> = rows
             .iter_mut()
             .enumerate()
-            .filter(|(r, _)| active[*r])
+            .filter(|(r, _)| !done[*r])
             .collect();
         if sel.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
+        let order: Vec<usize> = sel.iter().map(|(r, _)| *r).collect();
         let shared = Shared {
             f: fixed,
             tokens,
@@ -255,7 +258,7 @@ impl HostDecoder {
         let parts = threads
             .min(sel.len())
             .min((2 * params * sel.len() / 2_000_000).max(1));
-        let logits: Vec<Vec<f32>> = if parts > 1 {
+        let per_part: Vec<Vec<f32>> = if parts > 1 {
             let size = sel.len().div_ceil(parts);
             sel.par_chunks_mut(size)
                 .map(|part| shared.run(part, gemm::Parallelism::None))
@@ -269,10 +272,12 @@ impl HostDecoder {
             };
             vec![shared.run(&mut sel, par)?]
         };
-        Ok(logits
-            .into_iter()
-            .flat_map(|l| l.chunks(d.vocab).map(<[f32]>::to_vec).collect::<Vec<_>>())
-            .collect())
+        let rows_out = per_part.iter().flat_map(|l| l.chunks(d.vocab));
+        for (&r, row) in order.iter().zip(rows_out) {
+            logits[r].clear();
+            logits[r].extend_from_slice(row);
+        }
+        Ok(())
     }
 }
 

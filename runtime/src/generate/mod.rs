@@ -438,12 +438,8 @@ pub fn generate_on(
         let (caches, mask) = match &mut kv_store {
             // The host decoder feeds only the unfinished rows.
             KvStore::Host(dec) => {
-                let active: Vec<bool> = done.iter().map(|d| !d).collect();
-                let mut rows = dec.step(&next, &active, pos)?.into_iter();
-                step_logits = active
-                    .iter()
-                    .map(|&a| if a { rows.next() } else { None }.unwrap_or_default())
-                    .collect();
+                step_logits.resize_with(n, Vec::new);
+                dec.step(&next, &done, pos, &mut step_logits)?;
                 continue;
             }
             KvStore::Tensor { caches, mask } => (caches, mask),
