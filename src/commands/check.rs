@@ -5,7 +5,7 @@
 
 use recap_compiler::Severity;
 
-use super::{compile_source, error_line, print_human, write_stdout};
+use super::{compile_source, error_line, print_human, write_json, write_stdout};
 use crate::cli::{CheckArgs, CheckFormat};
 use crate::exit::ExitCode;
 use crate::input::read_source;
@@ -60,16 +60,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
             ExitCode::Success
         }
         CheckFormat::Short => write_stdout(&short),
-        CheckFormat::Json => match serde_json::to_string_pretty(&report) {
-            Ok(mut text) => {
-                text.push('\n');
-                write_stdout(&text)
-            }
-            Err(e) => {
-                error_line(&format!("internal error, please report: {e}"));
-                ExitCode::Usage
-            }
-        },
+        CheckFormat::Json => write_json(&report),
     };
     code.worst(printed)
 }

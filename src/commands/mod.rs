@@ -139,6 +139,21 @@ pub(crate) fn error_line(message: &str) {
     let _ = writeln!(std::io::stderr().lock(), "error: {message}");
 }
 
+/// Writes `value` to stdout as pretty JSON with a final newline (`check --format json`,
+/// `plan`). Serialising these report types cannot fail; if it ever does, that is our bug.
+pub(crate) fn write_json(value: &impl serde::Serialize) -> ExitCode {
+    match serde_json::to_string_pretty(value) {
+        Ok(mut text) => {
+            text.push('\n');
+            write_stdout(&text)
+        }
+        Err(e) => {
+            error_line(&format!("internal error, please report: {e}"));
+            ExitCode::Usage
+        }
+    }
+}
+
 /// Writes to stdout. A closed pipe (`recapc plan f | head`) is not an error worth a panic.
 pub(crate) fn write_stdout(text: &str) -> ExitCode {
     let mut out = std::io::stdout().lock();

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{compile_for_plan, error_line, write_stdout};
+use super::{compile_for_plan, error_line, write_json};
 use crate::cli::PlanArgs;
 use crate::exit::ExitCode;
 use crate::host::FsHost;
@@ -60,16 +60,7 @@ pub fn run(args: &PlanArgs) -> ExitCode {
             serde_json::to_value(&hashes).unwrap_or(Value::Null),
         );
     }
-    match serde_json::to_string_pretty(&value) {
-        Ok(mut text) => {
-            text.push('\n');
-            write_stdout(&text)
-        }
-        Err(e) => {
-            error_line(&format!("internal error, please report: {e}"));
-            ExitCode::Usage
-        }
-    }
+    write_json(&value)
 }
 
 /// Every file or directory the plan reads, as written in the pipeline, sorted and without
