@@ -947,15 +947,7 @@ impl Checker<'_, '_, '_> {
             let param = sig.param(key).filter(|p| p.name != "self");
             if let Some(p) = param {
                 if let Some(prev) = given(&name_spans, key) {
-                    self.err(
-                        Diagnostic::error(
-                            "recap::typecheck::duplicate_argument",
-                            format!("`{key}` is given twice to `{}`", sig.name),
-                        )
-                        .label(na.name.span, "given again here")
-                        .label(prev, "first given here")
-                        .with_help("give each argument once"),
-                    );
+                    self.err(duplicate_argument(key, &sig.name, na.name.span, prev));
                     ok = false;
                     continue;
                 }
@@ -969,15 +961,7 @@ impl Checker<'_, '_, '_> {
             } else if let Some(vp) = sig.variadic() {
                 if let Some((_, prev, _)) = extra.iter().find(|(n, _, _)| n == key) {
                     let prev = *prev;
-                    self.err(
-                        Diagnostic::error(
-                            "recap::typecheck::duplicate_argument",
-                            format!("`{key}` is given twice to `{}`", sig.name),
-                        )
-                        .label(na.name.span, "given again here")
-                        .label(prev, "first given here")
-                        .with_help("give each argument once"),
-                    );
+                    self.err(duplicate_argument(key, &sig.name, na.name.span, prev));
                     ok = false;
                     continue;
                 }
@@ -1444,4 +1428,15 @@ pub fn fields_of(c: &CallVal) -> Vec<String> {
         }
     }
     f
+}
+
+/// `key` is given twice to the call of `callee`: at `again`, first at `first`.
+fn duplicate_argument(key: &str, callee: &str, again: Span, first: Span) -> Diagnostic {
+    Diagnostic::error(
+        "recap::typecheck::duplicate_argument",
+        format!("`{key}` is given twice to `{callee}`"),
+    )
+    .label(again, "given again here")
+    .label(first, "first given here")
+    .with_help("give each argument once")
 }
