@@ -7,7 +7,7 @@
 #![cfg(feature = "cuda")]
 
 mod common;
-use common::fixture;
+use common::{fixture, max_abs_diff};
 
 use candle_core::{DType, Device, Tensor};
 use recap_runtime::generate::{generate, SamplingConfig};
@@ -17,21 +17,6 @@ use recap_runtime::tokenizer::TextTokenizer;
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("a CUDA device 0")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_device(&Device::Cpu).unwrap();
-    let b = b.to_device(&Device::Cpu).unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -4,6 +4,9 @@
 //! within the quantisation error for the quantised ones, and bit-equal to candle's own
 //! dequantisation of the stored blocks. Also the config, tokenizer and the error messages.
 
+mod common;
+use common::max_abs_diff;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -289,19 +292,6 @@ fn write_gguf(path: &Path, spec: &Spec, meta: &[(String, Value)]) -> Vec<(String
     let mut f = std::fs::File::create(path).unwrap();
     gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
     hf
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    a.sub(b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn load_safetensors(dir: &Path) -> HashMap<String, Tensor> {

@@ -1,6 +1,11 @@
-//! What several test binaries share: takes nothing, gives the path of the benchmark fixture.
+//! What several test binaries share: the path of the benchmark fixture and the largest
+//! difference between two tensors. Each binary uses a part of it, hence `allow(dead_code)`.
+
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
 
 /// The benchmark fixture (`bench/fixture-tiny`, a Qwen2 model in Hugging Face layout with
 /// prompts): `RECAP_FIXTURE_TINY`, else `shared/bench/fixture-tiny` beside the repository, else
@@ -22,4 +27,20 @@ pub fn fixture() -> PathBuf {
         .unwrap_or_else(|| {
             panic!("fixture-tiny not found: set RECAP_FIXTURE_TINY to the bench/fixture-tiny directory")
         })
+}
+
+/// The largest absolute difference between two tensors of one shape, on any device.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_device(&Device::Cpu).unwrap();
+    let b = b.to_device(&Device::Cpu).unwrap();
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
