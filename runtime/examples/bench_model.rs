@@ -120,6 +120,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .sum();
         let split = split_pays(seq_tokens, c.hidden_size, c.num_hidden_layers, params);
         let chunks = row_chunks(n, None, &device, split);
+        // As the engine does, the fast path copies each model's weights once for all chunks.
+        let hosts = if fast_path {
+            let (p, r) = rayon::join(
+                || fast::HostWeights::new(&policy),
+                || fast::HostWeights::new(&reference),
+            );
+            Some((p?, r?))
+        } else {
+            None
+        };
         let outs = map_chunks(&chunks, &device, |range| -> candle_core::Result<_> {
             let p: Vec<&[u32]> = range.clone().map(|r| rollout.prompt_of(r)).collect();
             let c: Vec<&[u32]> = range
@@ -127,15 +137,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .collect();
             let batch = SequenceBatch::new(&p, &c, tok.pad_id, &device)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            if fast_path {
+            if let Some((policy_w, reference_w)) = &hosts {
                 // The engine's default on the CPU in f32: the hand-written pass (model::fast),
                 // the loss built by candle on its log-probs held in a Var.
-                let ff = fast::forward(&policy, &batch)?;
+                let ff = fast::forward_with(&policy, policy_w, &batch)?;
                 let lp = Var::from_tensor(&ff.logp_tensor()?)?;
                 let loss =
                     ((lp.as_tensor() * &batch.completion_mask)?.sum_all()? / total)?.neg()?;
                 let grads = ff.loss_backward(&loss, lp.as_tensor())?;
-                let ref_lp = fast::logprobs_tensor(&reference, &batch)?;
+                let ref_lp = fast::logprobs_tensor_with(&reference, reference_w, &batch)?;
                 Ok((grads, ref_lp))
             } else {
                 let lp = token_logprobs(&policy, &batch)?;

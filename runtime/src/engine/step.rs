@@ -62,17 +62,18 @@ struct ChunkOut {
     clip_fraction: f64,
 }
 
-/// The policy's log-probabilities of a batch for the loss. Where the fast path applies (CPU, f32,
-/// `RECAP_AUTOGRAD` not set to 1) the hand-written pass computes them and keeps its activations;
+/// The policy's log-probabilities of a batch for the loss. With `host` weights (the fast path,
+/// see [`fast_weights`]) the hand-written pass computes them and keeps its activations;
 /// the log-probs are then a leaf `Var` of a small candle graph (the loss) whose gradient
 /// [`backward`] hands to the hand-written backward. Otherwise they come from candle's autograd
 /// path with the whole model's graph.
 fn policy_logprobs<'m>(
     policy: &'m Model,
+    host: Option<&'m fast::HostWeights>,
     batch: &SequenceBatch,
 ) -> Result<(Option<fast::FastForward<'m>>, Tensor)> {
-    if fast::enabled(policy) {
-        let ff = fast::forward(policy, batch)?;
+    if let Some(w) = host {
+        let ff = fast::forward_with(policy, w, batch)?;
         let var = candle_core::Var::from_tensor(&ff.logp_tensor()?)?;
         Ok((Some(ff), var.as_tensor().clone()))
     } else {
@@ -80,10 +81,24 @@ fn policy_logprobs<'m>(
     }
 }
 
+/// The host copy of `model`'s weights when the fast path applies to it (CPU, f32,
+/// `RECAP_AUTOGRAD` not set to 1), made once per objective and step for all its chunks.
+fn fast_weights(model: &Model) -> Result<Option<fast::HostWeights>> {
+    Ok(if fast::enabled(model) {
+        Some(fast::HostWeights::new(model)?)
+    } else {
+        None
+    })
+}
+
 /// The reference model's log-probabilities, by the fast no-save pass where it applies.
-fn ref_logprobs(reference: &Model, batch: &SequenceBatch) -> Result<Tensor> {
-    if fast::enabled(reference) {
-        Ok(fast::logprobs_tensor(reference, batch)?)
+fn ref_logprobs(
+    reference: &Model,
+    host: Option<&fast::HostWeights>,
+    batch: &SequenceBatch,
+) -> Result<Tensor> {
+    if let Some(w) = host {
+        Ok(fast::logprobs_tensor_with(reference, w, batch)?)
     } else {
         Ok(reference_logprobs(reference, batch)?)
     }
@@ -323,6 +338,16 @@ impl Ctx<'_> {
                         let policy = &models.policy;
                         let reference = models.reference.as_ref();
                         let (pad_id, device) = (models.tok.pad_id, &self.device);
+                        // The fast path's host copies of the weights, made once for all chunks
+                        // (the two models' copies side by side).
+                        let (policy_host, reference_host) = rayon::join(
+                            || fast_weights(policy),
+                            || match (reference, beta > 0.0) {
+                                (Some(r), true) => fast_weights(r),
+                                _ => Ok(None),
+                            },
+                        );
+                        let (policy_host, reference_host) = (policy_host?, reference_host?);
                         // Each chunk's forward and backward pass: the chunks run side by side on
                         // the CPU (train::parallel), each giving its loss, gradients and stats.
                         let chunk = |range: std::ops::Range<usize>| -> Result<ChunkOut> {
@@ -341,9 +366,10 @@ impl Ctx<'_> {
                             // On the CPU in f32 the hand-written pass (model::fast) replaces
                             // candle's autograd for the model; the loss stays candle code built
                             // on its log-probs held in a Var (see `policy_logprobs`).
-                            let (fast_fwd, logp) = policy_logprobs(policy, &batch)?;
+                            let (fast_fwd, logp) =
+                                policy_logprobs(policy, policy_host.as_ref(), &batch)?;
                             let ref_lp = match (reference, beta > 0.0) {
-                                (Some(r), true) => Some(ref_logprobs(r, &batch)?),
+                                (Some(r), true) => Some(ref_logprobs(r, reference_host.as_ref(), &batch)?),
                                 (None, true) => bail!("objective `{}` has a KL term but no reference model was loaded", o.name),
                                 _ => None,
                             };
@@ -460,6 +486,7 @@ impl Ctx<'_> {
                         }
                         let (policy, pad_id, device) =
                             (&models.policy, models.tok.pad_id, &self.device);
+                        let policy_host = fast_weights(policy)?;
                         let chunk = |range: std::ops::Range<usize>| -> Result<Option<(f64, f64, GradStore)>> {
                             let tokens: usize = targets[range.clone()].iter().map(Vec::len).sum();
                             if tokens == 0 {
@@ -469,7 +496,7 @@ impl Ctx<'_> {
                                 prompts[range.clone()].iter().map(Vec::as_slice).collect();
                             let c: Vec<&[u32]> = targets[range].iter().map(Vec::as_slice).collect();
                             let batch = SequenceBatch::new(&p, &c, pad_id, device)?;
-                            let (fast_fwd, logp) = policy_logprobs(policy, &batch)?;
+                            let (fast_fwd, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch)?;
                             let out = sft_loss(&logp, &batch.completion_mask, lambda)?;
                             let share = tokens as f64 / total as f64;
                             let l = (out.loss * share)?;

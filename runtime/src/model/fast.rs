@@ -23,6 +23,8 @@
 //! `RECAP_AUTOGRAD` not set to `1` (set it to train through candle's autograd instead, for
 //! comparison).
 
+use std::borrow::Cow;
+
 use candle_core::{bail, DType, Result, Tensor};
 
 use super::logprob::SequenceBatch;
@@ -166,6 +168,7 @@ impl Packing {
 
 /// One value per weight of a block, in `LayerWeights` order: the weights copied to the host
 /// ([`HostLayer`]) and their gradients ([`LayerGrads`]) have the same shape.
+#[derive(Clone)]
 struct LayerVecs {
     q_w: Vec<f32>,
     q_b: Option<Vec<f32>>,
@@ -184,8 +187,12 @@ struct LayerVecs {
 /// The weights of one block copied to the host.
 type HostLayer = LayerVecs;
 
-/// All weights copied to the host; `lm_head` is `None` when tied to the embedding.
-struct HostWeights {
+/// All weights of a model copied to the host; `lm_head` is `None` when tied to the embedding.
+/// A training step copies them once per model ([`HostWeights::new`]) and shares them between
+/// its chunks ([`forward_with`], [`logprobs_tensor_with`]), since the weights only change at the
+/// optimiser step.
+#[derive(Clone)]
+pub struct HostWeights {
     embed: Vec<f32>,
     layers: Vec<HostLayer>,
     norm: Vec<f32>,
@@ -208,7 +215,9 @@ fn host_opt(t: &Option<Tensor>) -> Result<Option<Vec<f32>>> {
 }
 
 impl HostWeights {
-    fn new(model: &Model) -> Result<Self> {
+    /// Copies the weights of `model` as they are now; use them with this model only, and only
+    /// until its next optimiser step.
+    pub fn new(model: &Model) -> Result<Self> {
         let w = &model.weights;
         let layers = w
             .layers
@@ -271,7 +280,7 @@ struct Saved {
 pub struct FastForward<'a> {
     model: &'a Model,
     dims: Dims,
-    weights: HostWeights,
+    weights: Cow<'a, HostWeights>,
     packing: Packing,
     /// The query rows of every block but the last, and of the last.
     qs_all: Queries,
@@ -986,14 +995,18 @@ fn block_backward(
 }
 
 /// The shared forward: with `save`, keeps every activation the backward needs.
-fn run<'a>(model: &'a Model, batch: &SequenceBatch, save: bool) -> Result<FastForward<'a>> {
+fn run<'a>(
+    model: &'a Model,
+    weights: Cow<'a, HostWeights>,
+    batch: &SequenceBatch,
+    save: bool,
+) -> Result<FastForward<'a>> {
     let Inputs {
         dims: d,
         ids,
         mask,
         targets,
     } = inputs(model, batch)?;
-    let weights = HostWeights::new(model)?;
     let half = d.head_dim / 2;
     let rope_cos = host(&model.rope.cos.narrow(0, 0, d.t)?)?;
     let rope_sin = host(&model.rope.sin.narrow(0, 0, d.t)?)?;
@@ -1083,18 +1096,36 @@ fn run<'a>(model: &'a Model, batch: &SequenceBatch, save: bool) -> Result<FastFo
 /// The training forward: the log-probabilities of the completion tokens and every activation
 /// [`FastForward::backward`] needs.
 pub fn forward<'a>(model: &'a Model, batch: &SequenceBatch) -> Result<FastForward<'a>> {
-    run(model, batch, true)
+    run(model, Cow::Owned(HostWeights::new(model)?), batch, true)
+}
+
+/// [`forward`] with the model's weights already copied (see [`HostWeights`]).
+pub fn forward_with<'a>(
+    model: &'a Model,
+    weights: &'a HostWeights,
+    batch: &SequenceBatch,
+) -> Result<FastForward<'a>> {
+    run(model, Cow::Borrowed(weights), batch, true)
 }
 
 /// The log-probabilities (n * L, row-major) alone, keeping no activations: the reference pass.
 pub fn logprobs(model: &Model, batch: &SequenceBatch) -> Result<Vec<f32>> {
-    Ok(run(model, batch, false)?.logp)
+    Ok(run(model, Cow::Owned(HostWeights::new(model)?), batch, false)?.logp)
 }
 
 /// [`logprobs`] as an (n, L) tensor on the model's device, like
 /// [`reference_logprobs`](super::logprob::reference_logprobs).
 pub fn logprobs_tensor(model: &Model, batch: &SequenceBatch) -> Result<Tensor> {
-    let lp = logprobs(model, batch)?;
+    logprobs_tensor_with(model, &HostWeights::new(model)?, batch)
+}
+
+/// [`logprobs_tensor`] with the model's weights already copied (see [`HostWeights`]).
+pub fn logprobs_tensor_with(
+    model: &Model,
+    weights: &HostWeights,
+    batch: &SequenceBatch,
+) -> Result<Tensor> {
+    let lp = run(model, Cow::Borrowed(weights), batch, false)?.logp;
     Tensor::from_vec(
         lp,
         (batch.completion_ids.dims2()?.0, batch.completion_width),
