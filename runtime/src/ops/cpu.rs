@@ -1,6 +1,7 @@
 //! Shared machinery of the fused CPU kernels: takes candle CPU storages and layouts, gives typed
 //! slices, row addressing for strided inputs, a vectorisable exp, and parallel loops over rows
-//! sized so that each work item has enough work to pay for its scheduling.
+//! sized so that each work item has enough work to pay for its scheduling; and [`mm`], the one
+//! safe wrapper of the gemm crate that the host paths (training pass, decoder) multiply with.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result, WithDType};
