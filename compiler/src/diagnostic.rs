@@ -46,22 +46,46 @@ pub struct Diagnostic {
 }
 
 /// 1-based line and column (in characters) of a byte offset, for `file:line:col` output.
+/// Scans the text up to `offset`; to place many offsets in one text, build a `LineIndex`.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let mut line = 1;
-    let mut line_start = 0;
-    for (i, b) in text.bytes().enumerate().take(offset) {
-        if b == b'\n' {
-            line += 1;
-            line_start = i + 1;
-        }
+    LineIndex::new(text).line_col(text, offset)
+}
+
+/// The byte offset of every line start of a text (lines end at `\n`), so that placing a
+/// diagnostic costs a binary search instead of a scan from the top of the file. Without it, a
+/// file with many diagnostics takes time quadratic in its length to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    pub fn new(text: &str) -> Self {
+        let mut starts = Vec::with_capacity(text.len() / 32 + 1);
+        starts.push(0);
+        starts.extend(
+            text.bytes()
+                .enumerate()
+                .filter(|&(_, b)| b == b'\n')
+                .map(|(i, _)| i + 1),
+        );
+        LineIndex { starts }
     }
-    let col = text
-        .get(line_start..offset)
-        .map(|s| s.chars().count())
-        .unwrap_or(offset - line_start)
-        + 1;
-    (line, col)
+
+    /// 1-based line and column (in characters) of a byte offset of `text`, the text the
+    /// index was built from; offsets past the end are placed at the end.
+    pub fn line_col(&self, text: &str, offset: usize) -> (usize, usize) {
+        let offset = offset.min(text.len());
+        // The first start is 0, so at least one start is at or before any offset.
+        let line = self.starts.partition_point(|&s| s <= offset).max(1);
+        let line_start = self.starts.get(line - 1).copied().unwrap_or(0);
+        let col = text
+            .get(line_start..offset)
+            .map(|s| s.chars().count())
+            .unwrap_or(offset - line_start)
+            + 1;
+        (line, col)
+    }
 }
 
 impl Diagnostic {
@@ -120,4 +144,37 @@ pub fn did_you_mean<'a>(
         }
     }
     best.map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The index must place every offset exactly where a scan from the top would.
+    #[test]
+    fn line_index_agrees_with_a_scan_from_the_top() {
+        fn scan(text: &str, offset: usize) -> (usize, usize) {
+            let offset = offset.min(text.len());
+            let before = &text.as_bytes()[..offset];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let start = before
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            let col = text
+                .get(start..offset)
+                .map_or(offset - start, |s| s.chars().count());
+            (line, col + 1)
+        }
+        for text in ["", "\n", "a", "ab\ncd\n\nef", "é\r\nxé\n", "\n\nz"] {
+            let index = LineIndex::new(text);
+            for offset in 0..text.len() + 3 {
+                assert_eq!(
+                    index.line_col(text, offset),
+                    scan(text, offset),
+                    "{text:?} at {offset}"
+                );
+            }
+        }
+    }
 }

@@ -43,10 +43,11 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         match args.format {
             CheckFormat::Human => print_human(&compiled.source, diagnostics),
             CheckFormat::Short => {
-                for d in diagnostics {
-                    short.push_str(&render::short::render_one(&name, &compiled.source.text, d));
-                    short.push('\n');
-                }
+                short.push_str(&render::short::render_all(
+                    &name,
+                    &compiled.source.text,
+                    diagnostics,
+                ));
             }
             CheckFormat::Json => report.add_checked(&name, &compiled.source.text, diagnostics),
         }

@@ -126,9 +126,10 @@ pub(crate) fn print_human(source: &SourceFile, diagnostics: &[recap_compiler::Di
         ..HumanOptions::default()
     };
     let name = source.name();
+    let indexed = render::human::Source::new(&name, &source.text);
     let mut text = String::new();
     for d in diagnostics {
-        text.push_str(&render::human::render(&name, &source.text, d, options));
+        text.push_str(&render::human::render_in(&indexed, d, options));
         text.push('\n');
     }
     let _ = std::io::stderr().lock().write_all(text.as_bytes());

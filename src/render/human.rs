@@ -29,8 +29,14 @@ impl Default for HumanOptions {
     }
 }
 
-/// Renders one diagnostic of file `name` whose text is `text`.
+/// Renders one diagnostic of file `name` whose text is `text`. To render many diagnostics of
+/// one file, build a `Source` once and call `render_in`.
 pub fn render(name: &str, text: &str, diagnostic: &Diagnostic, options: HumanOptions) -> String {
+    render_in(&Source::new(name, text), diagnostic, options)
+}
+
+/// Renders one diagnostic of `source`.
+pub fn render_in(source: &Source<'_>, diagnostic: &Diagnostic, options: HumanOptions) -> String {
     let theme = if options.color {
         GraphicalTheme::unicode()
     } else {
@@ -39,14 +45,11 @@ pub fn render(name: &str, text: &str, diagnostic: &Diagnostic, options: HumanOpt
     let handler = GraphicalReportHandler::new_themed(theme)
         .with_links(false)
         .with_width(options.width);
-    let adapter = Adapter {
-        source: Named { name, text },
-        diagnostic,
-    };
+    let adapter = Adapter { source, diagnostic };
     let mut out = String::new();
     if handler.render_report(&mut out, &adapter).is_err() {
         // miette refuses spans it cannot read; the plain form still carries everything.
-        out = super::short::render_one(name, text, diagnostic);
+        out = super::short::render_one(source.name, source.text, diagnostic);
         out.push('\n');
     }
     out
@@ -77,36 +80,99 @@ pub fn summary(files: usize, errors: usize, warnings: usize) -> String {
     }
 }
 
-/// A file's text with its name, borrowed, so rendering copies nothing.
-struct Named<'a> {
+/// A file's text with its name, borrowed, so rendering copies nothing, and the start of each
+/// of its lines. miette finds a snippet by scanning the text from the top, which makes a file
+/// with many diagnostics quadratic to report; with the line starts, it scans from the first
+/// line of the snippet instead.
+pub struct Source<'a> {
     name: &'a str,
     text: &'a str,
+    /// Byte offsets of line starts as miette counts lines: a line ends at `\n`, `\r\n` or a
+    /// lone `\r`. The first entry is 0.
+    line_starts: Vec<usize>,
 }
 
-impl SourceCode for Named<'_> {
-    fn read_span<'a>(
-        &'a self,
+impl<'a> Source<'a> {
+    pub fn new(name: &'a str, text: &'a str) -> Self {
+        let bytes = text.as_bytes();
+        let mut line_starts = vec![0];
+        for (i, &b) in bytes.iter().enumerate() {
+            let ends_line = b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n'));
+            if ends_line {
+                line_starts.push(i + 1);
+            }
+        }
+        Source {
+            name,
+            text,
+            line_starts,
+        }
+    }
+
+    /// The snippet miette would read from the whole text, read from a window that starts at
+    /// the first line the snippet shows; positions are shifted back to the whole text.
+    fn read_windowed(
+        &self,
+        span: &SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<MietteSpanContents<'a>, MietteError> {
+        let offset = span.offset();
+        let line = self.line_starts.partition_point(|&s| s <= offset).max(1) - 1;
+        let first = line.saturating_sub(before);
+        let bytes = self.text.as_bytes();
+        // A span that starts on the `\n` of a `\r\n` pair is counted differently by miette's
+        // scan, and an empty span at the window's start would end before the window (miette
+        // takes a span's last byte to be the one before its end). Such spans, and snippets
+        // from the top of the file, which are cheap anyway, are read from the whole text.
+        let splits_crlf = offset > 0
+            && bytes.get(offset) == Some(&b'\n')
+            && bytes.get(offset - 1) == Some(&b'\r');
+        let window = self.line_starts.get(first).copied().unwrap_or(0);
+        if first == 0 || splits_crlf || window >= offset + span.len() {
+            let inner = self.text.read_span(span, before, after)?;
+            return Ok(MietteSpanContents::new_named(
+                self.name.to_string(),
+                inner.data(),
+                *inner.span(),
+                inner.line(),
+                inner.column(),
+                inner.line_count(),
+            ));
+        }
+        let rest = self.text.get(window..).ok_or(MietteError::OutOfBounds)?;
+        let local: SourceSpan = (offset - window, span.len()).into();
+        let inner = rest.read_span(&local, before, after)?;
+        let shifted: SourceSpan = (inner.span().offset() + window, inner.span().len()).into();
+        Ok(MietteSpanContents::new_named(
+            self.name.to_string(),
+            inner.data(),
+            shifted,
+            inner.line() + first,
+            inner.column(),
+            inner.line_count() + first,
+        ))
+    }
+}
+
+impl SourceCode for Source<'_> {
+    fn read_span<'b>(
+        &'b self,
         span: &SourceSpan,
         context_lines_before: usize,
         context_lines_after: usize,
-    ) -> Result<Box<dyn SpanContents<'a> + 'a>, MietteError> {
-        let inner = self
-            .text
-            .read_span(span, context_lines_before, context_lines_after)?;
-        Ok(Box::new(MietteSpanContents::new_named(
-            self.name.to_string(),
-            inner.data(),
-            *inner.span(),
-            inner.line(),
-            inner.column(),
-            inner.line_count(),
-        )))
+    ) -> Result<Box<dyn SpanContents<'b> + 'b>, MietteError> {
+        Ok(Box::new(self.read_windowed(
+            span,
+            context_lines_before,
+            context_lines_after,
+        )?))
     }
 }
 
 /// Presents a compiler diagnostic to miette.
 struct Adapter<'a> {
-    source: Named<'a>,
+    source: &'a Source<'a>,
     diagnostic: &'a Diagnostic,
 }
 
@@ -149,7 +215,7 @@ impl miette::Diagnostic for Adapter<'_> {
     }
 
     fn source_code(&self) -> Option<&dyn SourceCode> {
-        Some(&self.source)
+        Some(self.source)
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
@@ -169,5 +235,54 @@ impl miette::Diagnostic for Adapter<'_> {
                 }
             },
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reading from a window must give exactly what miette reads from the whole text, for
+    /// every span of texts with every kind of line ending, and for several context sizes.
+    #[test]
+    fn windowed_snippets_match_whole_text_snippets() {
+        let texts = [
+            "a\nbb\nccc\n\ndddd\ne",
+            "one\r\ntwo\r\n\r\nthree\rfour\n",
+            "x\r\r\n\ny\n\r\nz",
+            "é\nü\n€x\n",
+            "",
+        ];
+        for text in texts {
+            let source = Source::new("t", text);
+            for start in 0..=text.len() {
+                for end in start..=text.len() {
+                    if !text.is_char_boundary(start) || !text.is_char_boundary(end) {
+                        continue;
+                    }
+                    let span: SourceSpan = (start, end - start).into();
+                    for (before, after) in [(0, 0), (1, 1), (2, 0), (0, 2), (3, 3)] {
+                        let whole = text.read_span(&span, before, after);
+                        let windowed = source.read_windowed(&span, before, after);
+                        match (whole, windowed) {
+                            (Ok(w), Ok(v)) => {
+                                let what = format!("{text:?} {start}..{end} ({before}, {after})");
+                                assert_eq!(w.data(), v.data(), "data of {what}");
+                                assert_eq!(w.span(), v.span(), "span of {what}");
+                                assert_eq!(w.line(), v.line(), "line of {what}");
+                                assert_eq!(w.column(), v.column(), "column of {what}");
+                                assert_eq!(w.line_count(), v.line_count(), "count of {what}");
+                            }
+                            (Err(_), Err(_)) => {}
+                            (w, v) => panic!(
+                                "{text:?} {start}..{end}: whole {:?}, windowed {:?}",
+                                w.is_ok(),
+                                v.is_ok()
+                            ),
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! here are the schema (docs/diagnostics.md describes it field by field); any incompatible
 //! change bumps `JSON_SCHEMA_VERSION`.
 
-use recap_compiler::{line_col, Diagnostic, Severity};
+use recap_compiler::{Diagnostic, LineIndex, Severity};
 use serde::{Deserialize, Serialize};
 
 use super::clamp_span;
@@ -113,8 +113,12 @@ impl Report {
             errors,
             warnings,
         });
-        self.diagnostics
-            .extend(diagnostics.iter().map(|d| to_json(name, text, d)));
+        let index = LineIndex::new(text);
+        self.diagnostics.extend(
+            diagnostics
+                .iter()
+                .map(|d| to_json_in(name, text, &index, d)),
+        );
     }
 
     /// Adds a file that could not be read.
@@ -131,8 +135,18 @@ impl Report {
 
 /// Converts one diagnostic, computing line and column of every label.
 pub fn to_json(name: &str, text: &str, diagnostic: &Diagnostic) -> JsonDiagnostic {
+    to_json_in(name, text, &LineIndex::new(text), diagnostic)
+}
+
+/// `to_json` with the line index of `text` built by the caller.
+fn to_json_in(
+    name: &str,
+    text: &str,
+    index: &LineIndex,
+    diagnostic: &Diagnostic,
+) -> JsonDiagnostic {
     let position = |offset: usize| {
-        let (line, column) = line_col(text, offset);
+        let (line, column) = index.line_col(text, offset);
         Position { line, column }
     };
     JsonDiagnostic {
