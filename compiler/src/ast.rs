@@ -3,6 +3,7 @@
 //! its source text. The tree is serialisable so tests can snapshot it; it never mentions pest.
 
 use crate::diagnostic::Span;
+use compact_str::CompactString;
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -13,7 +14,10 @@ pub struct File {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Ident {
-    pub name: String,
+    /// Names up to 24 bytes (nearly all) are stored inline, without an allocation of their
+    /// own: a large pipeline has hundreds of thousands of them, and keeping them inside the
+    /// tree makes every later stage's name lookups read memory that is already near.
+    pub name: CompactString,
     pub span: Span,
 }
 
@@ -291,7 +295,7 @@ impl StrLit {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum StrPart {
-    Text(String),
+    Text(CompactString),
     Placeholder(Ident),
 }
 
@@ -329,7 +333,7 @@ pub fn render_expr(e: &Expr) -> String {
             let parts: Vec<String> = items.iter().map(render_expr).collect();
             format!("[{}]", parts.join(", "))
         }
-        ExprKind::Name(id) => id.name.clone(),
+        ExprKind::Name(id) => id.name.to_string(),
         ExprKind::Member { base, name } => format!("{}.{}", render_expr(base), name.name),
         ExprKind::Call { func, args: a } => format!("{}({})", func.name, args(a)),
         ExprKind::Method {
@@ -351,7 +355,7 @@ pub fn render_type(t: &TypeExpr) -> String {
         .iter()
         .map(|a| match &a.arg {
             Some(inner) => format!("{}[{}]", a.name.name, render_type(inner)),
-            None => a.name.name.clone(),
+            None => a.name.name.to_string(),
         })
         .collect();
     format!("{}{}", parts.join(" | "), if t.optional { "?" } else { "" })

@@ -52,7 +52,7 @@ pub fn lower(
                     Value::Str { text, .. } => p::ParamValue::String(text.clone()),
                     _ => return Err(l.bug("a param of an unexpected type", e.name.span)),
                 };
-                params.insert(e.name.name.clone(), pv);
+                params.insert(e.name.name.to_string(), pv);
             }
             EntityKind::Decl(DeclKind::Model) => {
                 let c = typed
@@ -156,7 +156,7 @@ pub fn lower(
                         None => None,
                     };
                     objectives.push(p::Objective {
-                        name: oname.clone(),
+                        name: oname.to_string(),
                         spec: p::ObjectiveSpec::Grpo {
                             source,
                             rollout: rid,
@@ -182,7 +182,7 @@ pub fn lower(
                 }
                 (EntityKind::Decl(DeclKind::Objective), "sft") => {
                     objectives.push(p::Objective {
-                        name: oname.clone(),
+                        name: oname.to_string(),
                         spec: p::ObjectiveSpec::Sft {
                             source: l.source_ref(&oname, c.get("source"))?,
                             max_tokens: l.u(c, "max_tokens")?,
@@ -191,7 +191,7 @@ pub fn lower(
                 }
                 (EntityKind::Decl(DeclKind::Eval), "probe") => {
                     evals.push(p::Eval {
-                        name: oname.clone(),
+                        name: oname.to_string(),
                         source: l.source_ref(&oname, c.get("source"))?,
                         every: l.u(c, "every")?,
                         rewards: l.rewards(&oname, c.get("rewards"))?,
@@ -216,7 +216,7 @@ pub fn lower(
             _ => p::Mix::Uniform { seed: train.seed },
         };
         stages.push(p::Stage {
-            name,
+            name: name.to_string(),
             rollouts,
             objectives,
             reweight,
@@ -421,7 +421,10 @@ impl L<'_, '_> {
         let spec = match c.name() {
             "jsonl" => {
                 let (text, placeholders) = match c.get("prompt").map(|v| &v.v) {
-                    Some(Value::Str { text, placeholders }) => (text.clone(), placeholders.clone()),
+                    Some(Value::Str { text, placeholders }) => (
+                        text.clone(),
+                        placeholders.iter().map(|p| p.to_string()).collect(),
+                    ),
                     _ => return Err(self.bug("jsonl without prompt", c.span)),
                 };
                 p::SourceSpec::Jsonl {
@@ -459,7 +462,7 @@ impl L<'_, '_> {
     fn verifier(&mut self, name: &str, c: &CallVal) -> Result<p::Verifier, Diagnostic> {
         let expected = || p::Expected {
             field: match c.get("expected").map(|v| &v.v) {
-                Some(Value::Field { name, .. }) => name.clone(),
+                Some(Value::Field { name, .. }) => name.to_string(),
                 _ => "answer".to_string(),
             },
         };
@@ -552,9 +555,9 @@ impl L<'_, '_> {
     }
 
     fn rewards(&mut self, owner: &str, v: Option<&Val>) -> Result<Vec<p::RewardTerm>, Diagnostic> {
-        let items = match v.map(|v| &v.v) {
-            Some(Value::List(items)) => items.clone(),
-            _ => Vec::new(),
+        let items: &[Val] = match v.map(|v| &v.v) {
+            Some(Value::List(items)) => items,
+            _ => &[],
         };
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
@@ -562,7 +565,10 @@ impl L<'_, '_> {
                 Value::Decl(id, _) => {
                     let n = self.verifier_ref(owner, i, Some(*id), None)?;
                     p::RewardTerm {
-                        name: item.origin.clone().unwrap_or_else(|| n.clone()),
+                        name: item
+                            .origin
+                            .as_deref()
+                            .map_or_else(|| n.clone(), str::to_string),
                         parts: vec![p::WeightedVerifier {
                             weight: 1.0,
                             verifier: n,
@@ -572,7 +578,10 @@ impl L<'_, '_> {
                 Value::Call(c) => {
                     let n = self.verifier_ref(owner, i, None, Some(c))?;
                     p::RewardTerm {
-                        name: item.origin.clone().unwrap_or_else(|| n.clone()),
+                        name: item
+                            .origin
+                            .as_deref()
+                            .map_or_else(|| n.clone(), str::to_string),
                         parts: vec![p::WeightedVerifier {
                             weight: 1.0,
                             verifier: n,
@@ -592,7 +601,10 @@ impl L<'_, '_> {
                         }
                     }
                     p::RewardTerm {
-                        name: item.origin.clone().unwrap_or_else(|| format!("reward{i}")),
+                        name: item
+                            .origin
+                            .as_deref()
+                            .map_or_else(|| format!("reward{i}"), str::to_string),
                         parts,
                     }
                 }

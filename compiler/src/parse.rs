@@ -547,7 +547,7 @@ impl<'i> Children<'i> {
 fn ident(pair: Pair<Rule>, base: usize) -> Ident {
     Ident {
         span: span_of(&pair, base),
-        name: pair.as_str().to_string(),
+        name: pair.as_str().into(),
     }
 }
 
@@ -996,7 +996,7 @@ fn build_primary(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
                 }
             }
             ExprKind::Str(StrLit {
-                parts: vec![StrPart::Text(text)],
+                parts: vec![StrPart::Text(text.into())],
                 raw: true,
             })
         }
@@ -1036,7 +1036,7 @@ fn build_string(pair: Pair<Rule>, base: usize) -> PResult<StrLit> {
             }
             Rule::placeholder => {
                 if !text.is_empty() {
-                    parts.push(StrPart::Text(std::mem::take(&mut text)));
+                    parts.push(StrPart::Text(std::mem::take(&mut text).into()));
                 }
                 let mut c = Children::new(p, base);
                 parts.push(StrPart::Placeholder(ident(c.next()?, base)));
@@ -1045,7 +1045,7 @@ fn build_string(pair: Pair<Rule>, base: usize) -> PResult<StrLit> {
         }
     }
     if !text.is_empty() || parts.is_empty() {
-        parts.push(StrPart::Text(text));
+        parts.push(StrPart::Text(text.into()));
     }
     Ok(StrLit { parts, raw: false })
 }

@@ -182,7 +182,7 @@ impl<'s> Parser<'s> {
         let t = self.cur;
         self.bump();
         Ok(Ident {
-            name: self.text(t).to_string(),
+            name: self.text(t).into(),
             span: Span::new(t.start, t.end),
         })
     }
@@ -720,7 +720,7 @@ impl<'s> Parser<'s> {
                     .get(t.start + open..t.end - (open - 1))
                     .ok_or(Bail)?;
                 ExprKind::Str(StrLit {
-                    parts: vec![StrPart::Text(text.to_string())],
+                    parts: vec![StrPart::Text(text.into())],
                     raw: true,
                 })
             }
@@ -730,7 +730,7 @@ impl<'s> Parser<'s> {
                 "true" => ExprKind::Bool(true),
                 "false" => ExprKind::Bool(false),
                 name => ExprKind::Name(Ident {
-                    name: name.to_string(),
+                    name: name.into(),
                     span,
                 }),
             },
@@ -851,10 +851,10 @@ impl<'s> Parser<'s> {
                     }
                     if k > name_start && k < end && bytes.get(k) == Some(&b'}') {
                         if !text.is_empty() {
-                            parts.push(StrPart::Text(std::mem::take(&mut text)));
+                            parts.push(StrPart::Text(std::mem::take(&mut text).into()));
                         }
                         parts.push(StrPart::Placeholder(Ident {
-                            name: self.src.get(name_start..k).ok_or(Bail)?.to_string(),
+                            name: self.src.get(name_start..k).ok_or(Bail)?.into(),
                             span: Span::new(name_start, k),
                         }));
                         i = k + 1;
@@ -876,7 +876,7 @@ impl<'s> Parser<'s> {
             }
         }
         if !text.is_empty() || parts.is_empty() {
-            parts.push(StrPart::Text(text));
+            parts.push(StrPart::Text(text.into()));
         }
         Ok(StrLit { parts, raw: false })
     }

@@ -544,7 +544,7 @@ impl<'a> Resolver<'a, '_> {
             graph
                 .node_weight(ix)
                 .and_then(|id| self.entities.get(*id))
-                .map(|e| e.name.name.clone())
+                .map(|e| e.name.name.to_string())
                 .unwrap_or_default()
         };
         let mut names: Vec<String> = path.iter().map(|(ix, _)| name(*ix)).collect();
@@ -615,7 +615,8 @@ impl<'a> Resolver<'a, '_> {
             ExprKind::Name(id) => {
                 if let Some(t) = self.lookup(&id.name, stage) {
                     refs.push((t, id.span));
-                } else if !self.std.fns.contains_key(&id.name) && !self.std.is_enum_member(&id.name)
+                } else if !self.std.fns.contains_key(id.name.as_str())
+                    && !self.std.is_enum_member(&id.name)
                 {
                     self.unknown(id, stage, false);
                 }
@@ -637,7 +638,7 @@ impl<'a> Resolver<'a, '_> {
                         .label(func.span, "cannot be called")
                         .with_help(format!("use it without parentheses: `{}`", func.name)),
                     );
-                } else if !self.std.fns.contains_key(&func.name) {
+                } else if !self.std.fns.contains_key(func.name.as_str()) {
                     self.unknown(func, stage, true);
                 }
                 self.walk_args(args, stage, refs);
@@ -648,7 +649,7 @@ impl<'a> Resolver<'a, '_> {
                 args,
             } => {
                 self.walk(receiver, stage, refs);
-                if !self.std.fns.contains_key(&name.name) {
+                if !self.std.fns.contains_key(name.name.as_str()) {
                     self.unknown(name, stage, true);
                 }
                 self.walk_args(args, stage, refs);

@@ -158,12 +158,12 @@ fn load() -> Stdlib {
         for item in &file.items {
             if let ItemKind::Enum { name, members } = &item.kind {
                 std.enums.insert(
-                    name.name.clone(),
+                    name.name.to_string(),
                     EnumDef {
-                        name: name.name.clone(),
+                        name: name.name.to_string(),
                         module,
                         doc: item.doc.clone().unwrap_or_default(),
-                        members: members.iter().map(|m| m.name.clone()).collect(),
+                        members: members.iter().map(|m| m.name.to_string()).collect(),
                     },
                 );
             }
@@ -191,7 +191,7 @@ fn load() -> Stdlib {
                     for p in &sig.params {
                         match Ty::from_ast(&p.ty, &is_enum) {
                             Ok(ty) => params.push(ParamDef {
-                                name: p.name.name.clone(),
+                                name: p.name.name.to_string(),
                                 ty,
                                 default: p.default.clone(),
                                 optional: p.ty.optional,
@@ -208,15 +208,15 @@ fn load() -> Stdlib {
                             .push(format!("{}: missing doc comment", sig.name.name));
                     }
                     std.fns
-                        .entry(sig.name.name.clone())
+                        .entry(sig.name.name.to_string())
                         .or_default()
                         .push(Signature {
-                            name: sig.name.name.clone(),
+                            name: sig.name.name.to_string(),
                             module,
                             doc: item.doc.clone().unwrap_or_default(),
                             params,
                             ret,
-                            ret_fields: sig.ret_fields.iter().map(|f| f.name.clone()).collect(),
+                            ret_fields: sig.ret_fields.iter().map(|f| f.name.to_string()).collect(),
                         });
                 }
                 ItemKind::Enum { .. } => {}

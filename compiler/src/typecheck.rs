@@ -11,6 +11,7 @@ use crate::diagnostic::{did_you_mean, Diagnostic, Span};
 use crate::resolve::{EntityId, EntityKind, Resolved, Setting};
 use crate::stdlib::{ParamDef, Signature, Stdlib};
 use crate::types::{Kind, Ty};
+use compact_str::CompactString;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -20,7 +21,7 @@ pub enum Value {
     Bool(bool),
     Str {
         text: String,
-        placeholders: Vec<String>,
+        placeholders: Vec<CompactString>,
     },
     List(Vec<Val>),
     /// A member of a stdlib enum, as the stdlib spells it.
@@ -30,7 +31,7 @@ pub enum Value {
     /// `source.field`.
     Field {
         source: EntityId,
-        name: String,
+        name: CompactString,
     },
     /// A linear combination of verifiers: (weight, verifier entity).
     Reward(Vec<(f64, EntityId)>),
@@ -44,7 +45,7 @@ pub struct Val {
     pub v: Value,
     pub span: Span,
     /// The `let` or `param` the value came from, when it came from one.
-    pub origin: Option<String>,
+    pub origin: Option<CompactString>,
 }
 
 impl Val {
@@ -754,7 +755,7 @@ impl Checker<'_, '_, '_> {
                 return Some(Val::new(Value::Enum(m), id.span));
             }
         }
-        if self.std.fns.contains_key(&id.name) {
+        if self.std.fns.contains_key(id.name.as_str()) {
             let sig = self.pick(id, expected, false)?;
             return self.call(sig, id, None, &[], None, id.span);
         }
@@ -833,7 +834,7 @@ impl Checker<'_, '_, '_> {
         method: bool,
     ) -> Option<&'static Signature> {
         let std = self.std;
-        let all = std.fns.get(&name.name)?;
+        let all = std.fns.get(name.name.as_str())?;
         // Most names have one signature that fits: take it without collecting candidates.
         if let [only] = all.as_slice() {
             if !method || only.has_self() {
@@ -1296,7 +1297,7 @@ impl Checker<'_, '_, '_> {
             }
             ExprKind::Name(func)
                 if self.res.lookup(&func.name, self.stage).is_none()
-                    && self.std.fns.contains_key(&func.name) =>
+                    && self.std.fns.contains_key(func.name.as_str()) =>
             {
                 let sig = self.pick(func, Some(&ty), false)?;
                 self.call(sig, func, None, block, None, head.span)
