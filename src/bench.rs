@@ -136,6 +136,90 @@ pub fn measure(source: &str, runs: usize) -> Measurement {
     }
 }
 
+/// Median times of each checker stage alone on one input, in stage order; each stage runs on
+/// the output of the one before, computed once untimed. Times include dropping the stage's
+/// result, as `check` does.
+#[derive(Debug, Clone)]
+pub struct StageTimes {
+    pub parse: Duration,
+    pub resolve: Duration,
+    pub typecheck: Duration,
+    pub validate: Duration,
+    /// Lowering to the plan, its graph and its hash included.
+    pub lower: Duration,
+    /// The graph alone (`dag::build`), part of `lower`.
+    pub graph: Duration,
+    /// The plan's content hash alone, part of `lower`.
+    pub hash: Duration,
+}
+
+impl StageTimes {
+    /// Names and times, in stage order.
+    pub fn rows(&self) -> [(&'static str, Duration); 7] {
+        [
+            ("parse", self.parse),
+            ("resolve", self.resolve),
+            ("typecheck", self.typecheck),
+            ("validate", self.validate),
+            ("lower", self.lower),
+            ("  graph", self.graph),
+            ("  hash", self.hash),
+        ]
+    }
+}
+
+/// The median duration of `runs` calls of `f` (at least one); results are dropped inside the
+/// timing.
+fn median_of<T>(runs: usize, mut f: impl FnMut() -> T) -> Duration {
+    let mut times: Vec<Duration> = (0..runs.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            drop(f());
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// Times each stage of `check` alone, or gives `None` when `source` does not check cleanly
+/// (later stages need the earlier ones' results).
+pub fn measure_stages(source: &str, runs: usize) -> Option<StageTimes> {
+    use recap_compiler::{dag, lower, parse, resolve, typecheck, validate};
+    let options = CheckOptions::default();
+    let no_errors =
+        |d: &[recap_compiler::Diagnostic]| d.iter().all(|d| d.severity != Severity::Error);
+    let parse_t = median_of(runs, || parse::parse_partial(source));
+    let (file, diags) = parse::parse_partial(source);
+    let resolve_t = median_of(runs, || resolve::resolve(&file, &[], true, &mut Vec::new()));
+    let mut diags_r = diags;
+    let res = resolve::resolve(&file, &[], true, &mut diags_r);
+    let typecheck_t = median_of(runs, || typecheck::typecheck(&res, &mut Vec::new()));
+    let typed = typecheck::typecheck(&res, &mut diags_r);
+    let validate_t = median_of(runs, || {
+        validate::validate(&res, &typed, &options, &AssumeFilesExist, &mut Vec::new())
+    });
+    let validated = validate::validate(&res, &typed, &options, &AssumeFilesExist, &mut diags_r);
+    if !no_errors(&diags_r) {
+        return None;
+    }
+    let lower_t = median_of(runs, || {
+        lower::lower("bench.recap", &res, &typed, &validated)
+    });
+    let plan = lower::lower("bench.recap", &res, &typed, &validated).ok()?;
+    let graph_t = median_of(runs, || dag::build(&plan));
+    let hash_t = median_of(runs, || plan.compute_hash());
+    Some(StageTimes {
+        parse: parse_t,
+        resolve: resolve_t,
+        typecheck: typecheck_t,
+        validate: validate_t,
+        lower: lower_t,
+        graph: graph_t,
+        hash: hash_t,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +234,13 @@ mod tests {
             );
         }
         assert!(generate(0).contains("objective reasoning_0"));
+    }
+
+    #[test]
+    fn every_stage_is_timed_on_a_clean_pipeline_and_none_on_a_broken_one() {
+        let times = measure_stages(&generate(200), 1).expect("the generated pipeline checks");
+        assert!(times.rows().iter().all(|(_, t)| *t > Duration::ZERO));
+        assert!(measure_stages("model policy = nothing(1)", 1).is_none());
     }
 
     /// The benchmark times the fast parser, so the generated pipeline must take that path and

@@ -235,4 +235,8 @@ pub struct BenchArgs {
     /// Write the generated pipelines into this directory (to inspect them).
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
+    /// Also time each stage of the checker alone (median of the same number of runs), to show
+    /// which stages grow faster than the input.
+    #[arg(long)]
+    pub stages: bool,
 }

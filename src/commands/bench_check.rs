@@ -1,9 +1,10 @@
-//! `recapc bench-check [--lines 1000,10000,100000] [--runs 7] [--keep DIR]` (hidden): takes
-//! sizes, gives a table of `check` times on generated pipelines of those sizes. Run it with a
+//! `recapc bench-check [--lines 1000,10000,100000] [--runs 7] [--keep DIR] [--stages]` (hidden):
+//! takes sizes, gives a table of `check` times on generated pipelines of those sizes, and with
+//! `--stages` the time of each checker stage alone. Run it with a
 //! release build: `cargo run --release -- bench-check`.
 
 use super::{error_line, write_stdout};
-use crate::bench::{generate, measure, Measurement};
+use crate::bench::{generate, measure, measure_stages, Measurement, StageTimes};
 use crate::cli::BenchArgs;
 use crate::exit::ExitCode;
 
@@ -12,6 +13,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         eprintln!("note: this is a debug build; figures are only meaningful with --release");
     }
     let mut results: Vec<Measurement> = Vec::new();
+    let mut stages: Vec<(usize, StageTimes)> = Vec::new();
     let mut out = format!(
         "{:>8} {:>10} {:>12} {:>14} {:>10} {:>7} {:>9}\n",
         "lines", "bytes", "median ms", "lines/s", "parse ms", "errors", "warnings"
@@ -28,6 +30,11 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             }
         }
         let m = measure(&source, args.runs);
+        if args.stages {
+            if let Some(t) = measure_stages(&source, args.runs) {
+                stages.push((m.lines, t));
+            }
+        }
         out.push_str(&format!(
             "{:>8} {:>10} {:>12.2} {:>14.0} {:>10.2} {:>7} {:>9}\n",
             m.lines,
@@ -52,6 +59,25 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             "100k / 10k time ratio: {:.2} (linear would be about 10)\n",
             large.median.as_secs_f64() / small.median.as_secs_f64().max(1e-12)
         ));
+    }
+    if let Some((_, first)) = stages.first() {
+        out.push_str("\nmedian ms per stage alone\n");
+        out.push_str(&format!("{:<10}", "lines"));
+        for (lines, _) in &stages {
+            out.push_str(&format!(" {lines:>9}"));
+        }
+        out.push('\n');
+        for (row, (name, _)) in first.rows().iter().enumerate() {
+            out.push_str(&format!("{name:<10}"));
+            for (_, t) in &stages {
+                let ms = t
+                    .rows()
+                    .get(row)
+                    .map_or(0.0, |(_, d)| d.as_secs_f64() * 1e3);
+                out.push_str(&format!(" {ms:>9.2}"));
+            }
+            out.push('\n');
+        }
     }
     write_stdout(&out)
 }
