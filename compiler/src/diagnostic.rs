@@ -48,7 +48,18 @@ pub struct Diagnostic {
 /// 1-based line and column (in characters) of a byte offset, for `file:line:col` output.
 /// Scans the text up to `offset`; to place many offsets in one text, build a `LineIndex`.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    LineIndex::new(text).line_col(text, offset)
+    let offset = offset.min(text.len());
+    let before = text.as_bytes().get(..offset).unwrap_or_default();
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let col = text
+        .get(line_start..offset)
+        .map_or(offset - line_start, |s| s.chars().count())
+        + 1;
+    (line, col)
 }
 
 /// The byte offset of every line start of a text (lines end at `\n`), so that placing a
@@ -150,22 +161,10 @@ pub fn did_you_mean<'a>(
 mod tests {
     use super::*;
 
-    /// The index must place every offset exactly where a scan from the top would.
+    /// The index must place every offset exactly where `line_col`'s scan from the top does.
     #[test]
     fn line_index_agrees_with_a_scan_from_the_top() {
-        fn scan(text: &str, offset: usize) -> (usize, usize) {
-            let offset = offset.min(text.len());
-            let before = &text.as_bytes()[..offset];
-            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-            let start = before
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |i| i + 1);
-            let col = text
-                .get(start..offset)
-                .map_or(offset - start, |s| s.chars().count());
-            (line, col + 1)
-        }
+        let scan = line_col;
         for text in ["", "\n", "a", "ab\ncd\n\nef", "é\r\nxé\n", "\n\nz"] {
             let index = LineIndex::new(text);
             for offset in 0..text.len() + 3 {

@@ -109,6 +109,36 @@ impl<'a> Source<'a> {
         }
     }
 
+    /// Where to start reading the snippet of `span` with `before` context lines: the byte
+    /// offset and index of the first line miette will show, or `None` when the snippet must be
+    /// read from the whole text (it starts on the first line, which is cheap, or the span
+    /// starts inside a `\r\n` pair, which miette counts differently).
+    fn window(&self, span: &SourceSpan, before: usize) -> Option<(usize, usize)> {
+        let offset = span.offset();
+        let line = self.line_starts.partition_point(|&s| s <= offset).max(1) - 1;
+        let mut first = line.saturating_sub(before);
+        // miette takes a span's last byte to be the one before its end, so an empty span at
+        // the start of the window would end before it: start one line earlier. (miette reads
+        // primary labels without context lines, so this is the common case of an empty span
+        // at the start of a line.)
+        if first > 0
+            && self
+                .line_starts
+                .get(first)
+                .is_some_and(|&s| s >= offset + span.len())
+        {
+            first -= 1;
+        }
+        let bytes = self.text.as_bytes();
+        let splits_crlf = offset > 0
+            && bytes.get(offset) == Some(&b'\n')
+            && bytes.get(offset - 1) == Some(&b'\r');
+        let window = self.line_starts.get(first).copied()?;
+        // The last test is a guard: after the step back above, the window starts before the
+        // span's end.
+        (first > 0 && !splits_crlf && window < offset + span.len()).then_some((window, first))
+    }
+
     /// The snippet miette would read from the whole text, read from a window that starts at
     /// the first line the snippet shows; positions are shifted back to the whole text.
     fn read_windowed(
@@ -117,19 +147,7 @@ impl<'a> Source<'a> {
         before: usize,
         after: usize,
     ) -> Result<MietteSpanContents<'a>, MietteError> {
-        let offset = span.offset();
-        let line = self.line_starts.partition_point(|&s| s <= offset).max(1) - 1;
-        let first = line.saturating_sub(before);
-        let bytes = self.text.as_bytes();
-        // A span that starts on the `\n` of a `\r\n` pair is counted differently by miette's
-        // scan, and an empty span at the window's start would end before the window (miette
-        // takes a span's last byte to be the one before its end). Such spans, and snippets
-        // from the top of the file, which are cheap anyway, are read from the whole text.
-        let splits_crlf = offset > 0
-            && bytes.get(offset) == Some(&b'\n')
-            && bytes.get(offset - 1) == Some(&b'\r');
-        let window = self.line_starts.get(first).copied().unwrap_or(0);
-        if first == 0 || splits_crlf || window >= offset + span.len() {
+        let Some((window, first)) = self.window(span, before) else {
             let inner = self.text.read_span(span, before, after)?;
             return Ok(MietteSpanContents::new_named(
                 self.name.to_string(),
@@ -139,7 +157,8 @@ impl<'a> Source<'a> {
                 inner.column(),
                 inner.line_count(),
             ));
-        }
+        };
+        let offset = span.offset();
         let rest = self.text.get(window..).ok_or(MietteError::OutOfBounds)?;
         let local: SourceSpan = (offset - window, span.len()).into();
         let inner = rest.read_span(&local, before, after)?;
@@ -241,6 +260,26 @@ impl miette::Diagnostic for Adapter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Snippets deep in a large file are read from a window a few lines long, never from the
+    /// top: reading from the top for each of many diagnostics made reporting quadratic.
+    #[test]
+    fn snippets_deep_in_a_file_are_read_from_near_them() {
+        let line = "source s = jsonl(\"x\")\r\n";
+        let text = line.repeat(5_000);
+        let source = Source::new("t", &text);
+        let last_line = text.len() - line.len();
+        for (start, len) in [(last_line + 7, 1), (last_line, 0), (last_line + 3, 5)] {
+            let span: SourceSpan = (start, len).into();
+            for before in [0, 1, 3] {
+                let (window, _) = source.window(&span, before).expect("a window");
+                assert!(
+                    window + line.len() * (before + 2) > start,
+                    "span at {start} (+{len}), {before} context lines: window at {window}"
+                );
+            }
+        }
+    }
 
     /// Reading from a window must give exactly what miette reads from the whole text, for
     /// every span of texts with every kind of line ending, and for several context sizes.
