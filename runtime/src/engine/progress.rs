@@ -88,17 +88,50 @@ fn fmt(v: Option<&Value>, digits: usize) -> String {
     }
 }
 
+/// How many objective keys a progress line names; a job with more shows the heaviest.
+pub const LAMBDAS_SHOWN: usize = 8;
+
+/// The `name=lambda` items of a step record's keys: all of them when there are at most
+/// `LAMBDAS_SHOWN`, else the heaviest (ties by name) and a count of the rest with their
+/// smallest weight. A job with thousands of sources would otherwise print lines of hundreds
+/// of kilobytes every step.
+fn lambda_items(rec: &Value) -> Vec<String> {
+    let Some(keys) = rec.get("keys").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    let lambda = |v: &Value| v.get("lambda").and_then(Value::as_f64);
+    if keys.len() <= LAMBDAS_SHOWN {
+        return keys
+            .iter()
+            .map(|(k, v)| format!("{k}={}", fmt(v.get("lambda"), 2)))
+            .collect();
+    }
+    let mut ranked: Vec<(&String, Option<f64>)> =
+        keys.iter().map(|(k, v)| (k, lambda(v))).collect();
+    // Heaviest first; keys without a weight last; then by name, so the line is deterministic.
+    ranked.sort_by(|a, b| {
+        let w = |x: Option<f64>| x.unwrap_or(f64::NEG_INFINITY);
+        w(b.1).total_cmp(&w(a.1)).then_with(|| a.0.cmp(b.0))
+    });
+    let (shown, rest) = ranked.split_at(LAMBDAS_SHOWN);
+    let mut items: Vec<String> = shown
+        .iter()
+        .map(|(k, w)| match w {
+            Some(w) => format!("{k}={w:.2}"),
+            None => format!("{k}=-"),
+        })
+        .collect();
+    let min = rest.iter().filter_map(|(_, w)| *w).reduce(f64::min);
+    items.push(match min {
+        Some(m) => format!("(+{} more, min {m:.2})", rest.len()),
+        None => format!("(+{} more)", rest.len()),
+    });
+    items
+}
+
 /// A one-line summary of a step record.
 pub fn summary_line(rec: &Value) -> String {
-    let lambdas: Vec<String> = rec
-        .get("keys")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", fmt(v.get("lambda"), 2)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let lambdas = lambda_items(rec);
     let mut s = format!(
         "[{}] source={} reward={} loss={} lr={} {}s",
         rec.get("stage").and_then(Value::as_str).unwrap_or(""),
@@ -170,5 +203,39 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(weights: &[(&str, f64)]) -> Value {
+        let keys: serde_json::Map<String, Value> = weights
+            .iter()
+            .map(|(k, w)| (k.to_string(), serde_json::json!({ "lambda": w })))
+            .collect();
+        serde_json::json!({ "stage": "main", "keys": keys })
+    }
+
+    #[test]
+    fn a_few_keys_are_all_shown() {
+        let line = summary_line(&record(&[("a", 1.5), ("b", 0.5)]));
+        assert!(line.ends_with(" lambda[a=1.50 b=0.50]"), "{line}");
+    }
+
+    #[test]
+    fn many_keys_show_the_heaviest_and_count_the_rest() {
+        let weights: Vec<(String, f64)> = (0..1000)
+            .map(|i| (format!("k{i:04}"), if i % 100 == 7 { 2.0 } else { 0.9 }))
+            .collect();
+        let refs: Vec<(&str, f64)> = weights.iter().map(|(k, w)| (k.as_str(), *w)).collect();
+        let line = summary_line(&record(&refs));
+        let lambdas = line.split(" lambda[").nth(1).expect("a lambda list");
+        assert!(
+            lambdas.starts_with("k0007=2.00 k0107=2.00 k0207=2.00 k0307=2.00 k0407=2.00 k0507=2.00 k0607=2.00 k0707=2.00 (+992 more, min 0.90)]"),
+            "{lambdas}"
+        );
+        assert!(line.len() < 300, "{} bytes", line.len());
     }
 }
