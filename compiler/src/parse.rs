@@ -423,6 +423,9 @@ fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diag
         }
     }
     let at = base + rel;
+    if let Some(d) = second_decimal_point(source, at) {
+        return d;
+    }
     if expected.iter().any(|w| w == "an expression") {
         // Every way an expression can start is summed up by "an expression".
         let starts = ["a name", "a number", "`\"`", "`(`", "`-`", "`[`"];
@@ -451,8 +454,20 @@ fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diag
         .and_then(|r| r.chars().next())
         .map(|c| at + c.len_utf8())
         .unwrap_or(at);
+    let expects = |w: &str| expected.iter().any(|e| e == w);
+    // A name or number where a separator was due: most often a forgotten comma.
+    let found_value = found
+        .strip_prefix('`')
+        .and_then(|f| f.chars().next())
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '"');
     let help = if found == "the end of the file" {
-        "something is not closed: check for a missing `)`, `]`, `}` or `\"`"
+        "something is not closed: check for a missing `)`, `]`, `}` or `\""
+    } else if found == "`:`" && expects("`=`") {
+        "fields and named arguments are written `name = value`, with `=` rather than `:`"
+    } else if found_value && expects("`,`") {
+        "is a `,` missing? list elements and arguments are separated by commas"
+    } else if expects("`=`") {
+        "fields and named arguments are written `name = value`"
     } else {
         "items start with a keyword (model, source, verifier, objective, eval, param, let, use, \
          stage, reweight, mix, train); blocks hold `name = value` fields"
@@ -467,6 +482,50 @@ fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diag
         }],
         help: Some(help.into()),
     }
+}
+
+/// A `recap::parse::syntax` error worded for a number with a second decimal point (`1.5.0`),
+/// when the parser stopped at the digit after it. The grammar reads `1.5` and then expects a
+/// field name after the `.`, which would be a baffling thing to say; versions and other dotted
+/// text belong in quotes.
+fn second_decimal_point(source: &str, at: usize) -> Option<Diagnostic> {
+    let bytes = source.as_bytes();
+    if !bytes.get(at)?.is_ascii_digit() || at < 1 || bytes.get(at - 1) != Some(&b'.') {
+        return None;
+    }
+    let is_number_byte = |b: u8| b.is_ascii_digit() || b == b'.' || b == b'_';
+    let start = bytes
+        .get(..at)?
+        .iter()
+        .rposition(|&b| !is_number_byte(b))
+        .map_or(0, |i| i + 1);
+    let end = bytes
+        .get(at..)?
+        .iter()
+        .position(|&b| !is_number_byte(b))
+        .map_or(bytes.len(), |i| at + i);
+    let literal = source.get(start..end)?;
+    let starts_with_digit = literal.as_bytes().first().is_some_and(u8::is_ascii_digit);
+    // A name before the digits (`x1.5.0`) is a member access gone wrong, not a number.
+    let after_name = start > 0
+        && bytes
+            .get(start - 1)
+            .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_');
+    if !starts_with_digit || after_name || literal.matches('.').count() < 2 {
+        return None;
+    }
+    Some(Diagnostic {
+        code: "recap::parse::syntax".into(),
+        severity: Severity::Error,
+        message: format!("`{literal}` is not a number: it has more than one decimal point"),
+        labels: vec![Label {
+            span: Span::new(start, end),
+            message: "not a number".into(),
+        }],
+        help: Some(format!(
+            "write one decimal point, e.g. `1.5`; text such as a version goes in quotes: `\"{literal}\"`"
+        )),
+    })
 }
 
 fn span_of(pair: &Pair<Rule>, base: usize) -> Span {

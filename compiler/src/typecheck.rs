@@ -267,7 +267,8 @@ fn decl_kind(k: DeclKind) -> Kind {
 fn describe(v: &Value, res: &Resolved) -> String {
     match v {
         Value::Int(i) => format!("the int {i}"),
-        Value::Float(f) => format!("the float {f}"),
+        // `{:?}` keeps the decimal point of a whole float (8.0, not 8).
+        Value::Float(f) => format!("the float {f:?}"),
         Value::Percent(p) => format!("the percentage {p}%"),
         Value::Bool(b) => format!("the bool {b}"),
         Value::Str { .. } => "a string".into(),
@@ -506,7 +507,28 @@ impl Checker<'_, '_, '_> {
             .iter()
             .any(|t| matches!(t, Ty::Int | Ty::Float));
         let wants_percent = ty.alternatives().iter().any(|t| matches!(t, Ty::Percent));
-        let (code, help) = if matches!(v.v, Value::Percent(_)) && wants_number {
+        // A single value where a list is expected (`rewards = acc`) is a list of one that lost
+        // its brackets. Paths are left out: converting one records it as a file to look for.
+        let list_of_one = match ty {
+            Ty::List(inner) if !matches!(**inner, Ty::Path) => {
+                self.convert(v.clone(), inner).is_ok()
+            }
+            _ => false,
+        };
+        let (code, help) = if list_of_one {
+            let item = match &v.v {
+                Value::Decl(id, _) => self
+                    .res
+                    .entities
+                    .get(*id)
+                    .map_or_else(|| "...".to_string(), |e| e.name.name.to_string()),
+                _ => "...".to_string(),
+            };
+            (
+                "recap::typecheck::type_mismatch",
+                format!("put it in a list: `[{item}]`"),
+            )
+        } else if matches!(v.v, Value::Percent(_)) && wants_number {
             (
                 "recap::typecheck::unit_mismatch",
                 "a percentage is not a plain number here; write the number itself (10% -> 0.1)"
@@ -614,10 +636,18 @@ impl Checker<'_, '_, '_> {
 
     /// Evaluates a list element by element so every bad element is reported.
     fn accept_list(&mut self, v: Val, ty: &Ty, what: What) -> Option<Val> {
-        if let (Ty::List(inner), Value::List(items)) = (ty, &v.v) {
-            let mut out = Vec::new();
+        if let (Ty::List(inner), Value::List(_)) = (ty, &v.v) {
+            let Val {
+                v: Value::List(items),
+                span,
+                origin,
+            } = v
+            else {
+                return None;
+            };
+            let mut out = Vec::with_capacity(items.len());
             let mut ok = true;
-            for i in items.clone() {
+            for i in items {
                 match self.accept(i, inner, what) {
                     Some(x) => out.push(x),
                     None => ok = false,
@@ -625,8 +655,8 @@ impl Checker<'_, '_, '_> {
             }
             return ok.then_some(Val {
                 v: Value::List(out),
-                span: v.span,
-                origin: v.origin,
+                span,
+                origin,
             });
         }
         self.accept(v, ty, what)
