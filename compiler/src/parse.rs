@@ -423,7 +423,7 @@ fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diag
         }
     }
     let at = base + rel;
-    if let Some(d) = second_decimal_point(source, at) {
+    if let Some(d) = second_decimal_point(source, at).or_else(|| number_with_suffix(source, at)) {
         return d;
     }
     if expected.iter().any(|w| w == "an expression") {
@@ -462,6 +462,8 @@ fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diag
         .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '"');
     let help = if found == "the end of the file" {
         "something is not closed: check for a missing `)`, `]`, `}` or `\""
+    } else if found == "`'`" {
+        "strings are written in double quotes, `\"...\"` (raw strings `r\"...\"`)"
     } else if found == "`:`" && expects("`=`") {
         "fields and named arguments are written `name = value`, with `=` rather than `:`"
     } else if found_value && expects("`,`") {
@@ -525,6 +527,61 @@ fn second_decimal_point(source: &str, at: usize) -> Option<Diagnostic> {
         help: Some(format!(
             "write one decimal point, e.g. `1.5`; text such as a version goes in quotes: `\"{literal}\"`"
         )),
+    })
+}
+
+/// A `recap::parse::syntax` error worded for a number with letters stuck to it (`1k`, `5min`),
+/// found where the parser stopped: at the letters (inside a call), or just after them (in a
+/// block, where the letters read as the next field's name).
+fn number_with_suffix(source: &str, at: usize) -> Option<Diagnostic> {
+    let bytes = source.as_bytes();
+    let is_letter = |b: &u8| b.is_ascii_alphabetic() || *b == b'_';
+    // The letters: starting at `at`, or the word that ends before the blanks before `at`.
+    let (word_start, word_end) = if bytes.get(at).is_some_and(is_letter) {
+        let end = bytes
+            .get(at..)?
+            .iter()
+            .position(|b| !is_letter(b) && !b.is_ascii_digit())
+            .map_or(bytes.len(), |i| at + i);
+        (at, end)
+    } else {
+        let end = bytes
+            .get(..at)?
+            .iter()
+            .rposition(|b| !matches!(b, b' ' | b'\t'))
+            .map(|i| i + 1)?;
+        let start = bytes
+            .get(..end)?
+            .iter()
+            .rposition(|b| !is_letter(b))
+            .map_or(0, |i| i + 1);
+        (start, end)
+    };
+    if word_start == 0 || word_start >= word_end || !bytes.get(word_start - 1)?.is_ascii_digit() {
+        return None;
+    }
+    let start = bytes
+        .get(..word_start)?
+        .iter()
+        .rposition(|b| !b.is_ascii_digit() && *b != b'.' && *b != b'_')
+        .map_or(0, |i| i + 1);
+    // Digits that end a name (`layer2x`) are not a number.
+    if start > 0 && bytes.get(start - 1).is_some_and(|b| is_letter(b)) {
+        return None;
+    }
+    let literal = source.get(start..word_end)?;
+    Some(Diagnostic {
+        code: "recap::parse::syntax".into(),
+        severity: Severity::Error,
+        message: format!("`{literal}` is not a number: numbers take no unit or suffix"),
+        labels: vec![Label {
+            span: Span::new(start, word_end),
+            message: "not a number".into(),
+        }],
+        help: Some(
+            "write the number out (`1000`, not `1k`); percentages take `%`, text goes in quotes"
+                .into(),
+        ),
     })
 }
 

@@ -289,6 +289,48 @@ fn describe(v: &Value, res: &Resolved) -> String {
     }
 }
 
+/// For an argument `key` that `sig` does not take: a parameter of `sig` whose value is a call
+/// (`optimizer`, `kl`, `schedule`) and the function that takes `key` (`lr` of `adamw`), so the
+/// help can say where the argument goes, and whether that function needs other arguments too.
+/// The parameter's own default function is preferred.
+fn nested_owner<'s>(
+    std: &'s Stdlib,
+    sig: &'s Signature,
+    key: &str,
+) -> Option<(&'s str, &'s str, bool)> {
+    sig.params.iter().find_map(|p| {
+        let kind = p.ty.alternatives().iter().find_map(|t| t.kind())?;
+        let default_fn = match p.default.as_ref().map(|d| &d.kind) {
+            Some(ExprKind::Call { func, .. }) => Some(func.name.as_str()),
+            Some(ExprKind::Name(id)) => Some(id.name.as_str()),
+            _ => None,
+        };
+        let takes = |f: &Signature| f.ret == kind && f.param(key).is_some();
+        let owner = default_fn
+            .and_then(|d| std.fns.get(d))
+            .and_then(|sigs| sigs.iter().find(|f| takes(f)))
+            .or_else(|| std.fns.values().flatten().find(|f| takes(f)))?;
+        let needs_more = owner.params.iter().any(|q| q.required() && q.name != key);
+        Some((p.name.as_str(), owner.name.as_str(), needs_more))
+    })
+}
+
+/// For a type that stdlib calls give (`Kl`, `Optimizer`): the functions that make one, as
+/// `kl(...)` or `adamw(...) or sgd(...)`; `None` for other types.
+fn makers(std: &Stdlib, ty: &Ty) -> Option<String> {
+    let kind = ty.alternatives().iter().find_map(|t| t.kind())?;
+    let mut names: Vec<String> = std
+        .fns
+        .values()
+        .flatten()
+        .filter(|f| f.ret == kind)
+        .map(|f| format!("`{}(...)`", f.name))
+        .collect();
+    names.dedup();
+    names.truncate(4);
+    (!names.is_empty()).then(|| names.join(" or "))
+}
+
 fn is_number(v: &Value) -> bool {
     matches!(v, Value::Int(_) | Value::Float(_))
 }
@@ -573,6 +615,11 @@ impl Checker<'_, '_, '_> {
             (
                 "recap::typecheck::type_mismatch",
                 format!("`{e}` is one of: {members}"),
+            )
+        } else if let Some(made_by) = makers(self.std, ty) {
+            (
+                "recap::typecheck::type_mismatch",
+                format!("write a call that gives {ty}: {made_by}"),
             )
         } else {
             (
@@ -1014,9 +1061,13 @@ impl Checker<'_, '_, '_> {
                         format!("`{}` has no parameter `{key}`", sig.name),
                     )
                     .label(na.name.span, "unknown parameter")
-                    .with_help(match guess {
-                        Some(g) => format!("did you mean `{g}`?"),
-                        None => format!("the parameters are: {}", names.join(", ")),
+                    .with_help(match (guess, nested_owner(self.std, sig, key)) {
+                        (Some(g), _) => format!("did you mean `{g}`?"),
+                        (None, Some((param, func, needs_more))) => format!(
+                            "`{key}` is a parameter of `{func}`, which `{param}` takes: write `{param} = {func}({}{key} = ...)`",
+                            if needs_more { "..., " } else { "" }
+                        ),
+                        (None, None) => format!("the parameters are: {}", names.join(", ")),
                     }),
                 );
                 ok = false;

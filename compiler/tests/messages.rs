@@ -94,3 +94,55 @@ fn a_whole_float_keeps_its_decimal_point() {
         "write a whole number, e.g. 8",
     );
 }
+
+#[test]
+fn an_argument_of_a_nested_call_says_where_it_goes() {
+    let (m, h) = first_error(
+        "objective rl = grpo(math) { rewards = [acc] }\ntrain { steps = 10, lr = 1e-5 }",
+    );
+    assert!(m.contains("`train` has no parameter `lr`"), "{m}");
+    assert!(
+        h.contains("`lr` is a parameter of `adamw`, which `optimizer` takes: write `optimizer = adamw(lr = ...)`"),
+        "{h}"
+    );
+    // `kl`'s reference model may be left out (the policy's one frozen copy), so the example
+    // needs nothing else.
+    assert_says(
+        "objective rl = grpo(math) { rewards = [acc], coef = 0.01 }",
+        "`grpo` has no parameter `coef`",
+        "write `kl = kl(coef = ...)`",
+    );
+}
+
+#[test]
+fn a_number_where_a_call_belongs_names_the_calls() {
+    assert_says(
+        "objective rl = grpo(math) { rewards = [acc], kl = 0.01 }",
+        "expects Kl, found the float 0.01",
+        "write a call that gives Kl: `kl(...)`",
+    );
+}
+
+#[test]
+fn a_number_with_a_suffix_is_named_as_such() {
+    // In a block the letters read as the next field's name; in a call they stop the call.
+    assert_says(
+        "objective rl = grpo(math) { rewards = [acc], max_tokens = 1k }",
+        "`1k` is not a number: numbers take no unit or suffix",
+        "write the number out",
+    );
+    assert_says(
+        "objective rl = grpo(math, rewards = [acc], max_tokens = 2k)",
+        "`2k` is not a number",
+        "write the number out",
+    );
+}
+
+#[test]
+fn single_quotes_are_named() {
+    assert_says(
+        "source other = jsonl('x.jsonl')",
+        "found `'`",
+        "strings are written in double quotes",
+    );
+}
