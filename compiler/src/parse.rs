@@ -566,7 +566,7 @@ fn number_with_suffix(source: &str, at: usize) -> Option<Diagnostic> {
         .rposition(|b| !b.is_ascii_digit() && *b != b'.' && *b != b'_')
         .map_or(0, |i| i + 1);
     // Digits that end a name (`layer2x`) are not a number.
-    if start > 0 && bytes.get(start - 1).is_some_and(|b| is_letter(b)) {
+    if start > 0 && bytes.get(start - 1).is_some_and(is_letter) {
         return None;
     }
     let literal = source.get(start..word_end)?;
