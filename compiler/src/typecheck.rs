@@ -331,6 +331,22 @@ fn makers(std: &Stdlib, ty: &Ty) -> Option<String> {
     (!names.is_empty()).then(|| names.join(" or "))
 }
 
+/// The text of a string that would be a value of `ty` without its quotes (`"0.1"` for a
+/// float, `"true"` for a bool), for the help line.
+fn quoted_literal<'v>(v: &'v Value, ty: &Ty) -> Option<&'v str> {
+    let Value::Str { text, .. } = v else {
+        return None;
+    };
+    let t = text.trim();
+    let fits = ty.alternatives().iter().any(|a| match a {
+        Ty::Int => t.parse::<i64>().is_ok(),
+        Ty::Float => t.parse::<f64>().is_ok_and(f64::is_finite),
+        Ty::Bool => matches!(t, "true" | "false"),
+        _ => false,
+    });
+    fits.then_some(t)
+}
+
 fn is_number(v: &Value) -> bool {
     matches!(v, Value::Int(_) | Value::Float(_))
 }
@@ -599,6 +615,11 @@ impl Checker<'_, '_, '_> {
                         .collect();
                     k.join(" or ")
                 }),
+            )
+        } else if let Some(text) = quoted_literal(&v.v, ty) {
+            (
+                "recap::typecheck::type_mismatch",
+                format!("write it without quotes: `{text}`"),
             )
         } else if let (Value::Float(f), true) = (&v.v, matches!(ty, Ty::Int)) {
             (

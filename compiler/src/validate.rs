@@ -83,8 +83,13 @@ pub fn validate(
     v.models();
     let policy = v.policy();
     v.frozen = frozen_copies(res, typed, policy);
-    for (i, _) in res.stages.iter().enumerate() {
-        v.stage(i);
+    // A stage whose name repeats an earlier one's is already an error (resolve reports it);
+    // checking it as a stage of its own would only add errors about the same mistake.
+    let mut names = std::collections::HashSet::new();
+    for (i, st) in res.stages.iter().enumerate() {
+        if st.name.is_none_or(|n| names.insert(n.name.as_str())) {
+            v.stage(i);
+        }
     }
     Validated { policy }
 }

@@ -146,3 +146,12 @@ fn single_quotes_are_named() {
         "strings are written in double quotes",
     );
 }
+
+#[test]
+fn a_quoted_number_is_shown_without_quotes() {
+    assert_says(
+        "objective rl = grpo(math) { rewards = [acc] }\nmix uniform\nreweight recap(window = \"10\")",
+        "expects int, found a string",
+        "write it without quotes: `10`",
+    );
+}
