@@ -155,3 +155,28 @@ fn a_quoted_number_is_shown_without_quotes() {
         "write it without quotes: `10`",
     );
 }
+
+#[test]
+fn a_repeated_stage_is_one_error() {
+    let source = format!(
+        "{HEAD}stage warmup {{ objective w = grpo(math) {{ rewards = [acc] }}\ntrain {{ steps = 10 }} }}\nstage warmup {{ objective w2 = grpo(math) {{ rewards = [fmt] }} }}\n"
+    );
+    let out = check(
+        "m.recap",
+        &source,
+        &CheckOptions::default(),
+        &AssumeFilesExist,
+    );
+    let errors: Vec<&str> = out
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| d.code.as_str())
+        .collect();
+    assert_eq!(
+        errors,
+        ["recap::resolve::duplicate_name"],
+        "{:#?}",
+        out.diagnostics
+    );
+}
