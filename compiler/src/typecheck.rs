@@ -93,6 +93,11 @@ impl ArgMap {
             .map(|(_, v)| v)
     }
 
+    /// Every bound parameter and its value (absent ones included), sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Val)> {
+        self.0.iter().map(|(k, v)| (*k, v))
+    }
+
     pub fn contains_key(&self, name: &str) -> bool {
         self.position(name).is_ok()
     }

@@ -81,6 +81,7 @@ pub fn validate(
     };
     v.files(options, host);
     v.models();
+    v.verifier_settings();
     let policy = v.policy();
     v.frozen = frozen_copies(res, typed, policy);
     // A stage whose name repeats an earlier one's is already an error (resolve reports it);
@@ -160,6 +161,92 @@ impl V<'_, '_, '_, '_> {
                     );
                 }
             }
+        }
+    }
+
+    /// Settings of verifiers that the runtime would refuse when it builds them, after the
+    /// models are loaded: a regular expression that does not compile, option letters that are
+    /// not letters, a length penalty whose target is not below its limit. Every call in every
+    /// value is visited, so inline verifiers (`rewards = [regex("...")]`) are checked too.
+    fn verifier_settings(&mut self) {
+        let typed = self.typed;
+        let mut calls: Vec<&CallVal> = Vec::new();
+        for v in typed.values.iter().flatten() {
+            collect_calls(v, &mut calls);
+        }
+        for c in calls {
+            self.verifier_call(c);
+        }
+    }
+
+    fn verifier_call(&mut self, c: &CallVal) {
+        let span_of = |name: &str| c.get(name).map_or(c.span, |v| v.span);
+        match c.name() {
+            "regex" => {
+                let Some(pattern) = c.str("pattern") else {
+                    return;
+                };
+                // The same builder and size limit as the runtime's regex verifier, so the
+                // checker accepts exactly the patterns the run will.
+                if let Err(e) = regex::RegexBuilder::new(pattern)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                {
+                    let why = match &e {
+                        regex::Error::CompiledTooBig(limit) => format!(
+                            "it compiles to more than the {} MiB the runtime allows",
+                            limit >> 20
+                        ),
+                        // The syntax error's text draws the pattern with a caret; its last
+                        // line says what is wrong.
+                        other => other
+                            .to_string()
+                            .lines()
+                            .last()
+                            .map(|l| l.trim_start_matches("error: ").to_string())
+                            .unwrap_or_default(),
+                    };
+                    self.diags.push(
+                        Diagnostic::error(
+                            "recap::validate::bad_regex",
+                            format!("the pattern of `regex` is not a valid regular expression: {why}"),
+                        )
+                        .label(span_of("pattern"), why.clone())
+                        .with_help("the syntax is that of Rust's `regex` crate; escape a literal `(`, `[`, `{`, `.` or `*` with `\\`, or write the pattern as a raw string, `r\"...\"`"),
+                    );
+                }
+            }
+            "choice" => {
+                let Some(options) = c.str("options") else {
+                    return;
+                };
+                if options.is_empty() || !options.chars().all(|ch| ch.is_ascii_uppercase()) {
+                    self.diags.push(
+                        Diagnostic::error(
+                            "recap::validate::bad_options",
+                            format!("the `options` of `choice` must be upper-case letters, found `{options}`"),
+                        )
+                        .label(span_of("options"), "not upper-case letters")
+                        .with_help("list the option letters, e.g. `options = \"ABCD\"`"),
+                    );
+                }
+            }
+            "length_penalty" => {
+                if let (Some(target), Some(max)) = (c.int("target"), c.int("max_tokens")) {
+                    if target >= max {
+                        self.diags.push(
+                            Diagnostic::error(
+                                "recap::validate::penalty_target",
+                                format!("the `target` of `length_penalty` ({target}) must be below its `max_tokens` ({max})"),
+                            )
+                            .label(span_of("target"), format!("not below {max}"))
+                            .label(span_of("max_tokens"), "where the reward reaches 0")
+                            .with_help("the reward is 1.0 up to `target` tokens and falls to 0.0 at `max_tokens`; choose a smaller target or a larger limit"),
+                        );
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -750,6 +837,30 @@ pub fn frozen_copies(res: &Resolved, typed: &Typed, policy: Option<EntityId>) ->
             })
         })
         .collect()
+}
+
+/// The compiled-size limit of the runtime's regex verifier (`RegexBuilder::size_limit`).
+const REGEX_SIZE_LIMIT: usize = 1 << 22;
+
+/// Every call in `v`, its arguments' calls included, in order.
+fn collect_calls<'t>(v: &'t Val, out: &mut Vec<&'t CallVal>) {
+    match &v.v {
+        Value::Call(c) => {
+            out.push(c);
+            for (_, arg) in c.args.iter() {
+                collect_calls(arg, out);
+            }
+            for (_, _, arg) in &c.extra {
+                collect_calls(arg, out);
+            }
+        }
+        Value::List(items) => {
+            for item in items {
+                collect_calls(item, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The largest divisor of `n` not above `limit` (at least 1).
