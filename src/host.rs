@@ -1,6 +1,7 @@
 //! The file-system `Host` of the compiler: takes paths as written in a pipeline, gives whether
-//! they exist, resolving relative paths against the directory of the pipeline file (not the
-//! current directory), so a pipeline checks the same wherever `recapc` is started.
+//! they exist and the field names of a data file's first rows, resolving relative paths
+//! against the directory of the pipeline file (not the current directory), so a pipeline
+//! checks the same wherever `recapc` is started.
 
 use std::path::{Path, PathBuf};
 
@@ -33,10 +34,37 @@ impl FsHost {
     }
 }
 
+/// How many rows of a data file the checker looks at: enough to catch a misnamed field, few
+/// enough that checking a pipeline with thousands of sources stays quick.
+pub const ROWS_CHECKED: usize = 20;
+
 impl Host for FsHost {
     fn file_exists(&self, path: &str) -> bool {
         // An empty path never names a file; `Path::join("")` would give the directory itself.
         !path.is_empty() && self.resolve(path).exists()
+    }
+
+    fn jsonl_rows(&self, path: &str) -> Option<Vec<(usize, Vec<String>)>> {
+        use std::io::BufRead;
+        if path.is_empty() {
+            return None;
+        }
+        let file = std::fs::File::open(self.resolve(path)).ok()?;
+        let mut rows = Vec::new();
+        // Lines that are not JSON objects are left to the runtime, which names them.
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let Ok(line) = line else { break };
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&line) {
+                rows.push((i + 1, map.keys().cloned().collect()));
+            }
+            if rows.len() >= ROWS_CHECKED {
+                break;
+            }
+        }
+        Some(rows)
     }
 }
 

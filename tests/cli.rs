@@ -379,3 +379,43 @@ train { steps = 5 }
     assert_ne!(w["inputs_hash"].as_str().unwrap(), first);
     assert_eq!(w["content_hash"], v["content_hash"]);
 }
+
+#[test]
+fn check_holds_fields_against_the_data_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    // The second line has no `answer`; a line that is not JSON is left to the runtime.
+    write(
+        dir.path(),
+        "data/qa.jsonl",
+        "{\"question\": \"1+1\", \"answer\": \"2\"}\n\nnot json\n{\"question\": \"2+2\"}\n",
+    );
+    let pipeline = "\
+model policy = tiny(layers = 2, hidden = 64, heads = 4, seed = 7)
+source qa = jsonl(\"data/qa.jsonl\") { prompt = \"{questoin}\", answer = field(\"answer\") }
+verifier correct = exact()
+objective rl = grpo(qa) { rewards = [correct] }
+train { steps = 10 }
+";
+    // Started from another directory: the data path resolves against the pipeline's.
+    let sub = dir.path().join("elsewhere");
+    std::fs::create_dir(&sub).unwrap();
+    write(dir.path(), "qa.recap", pipeline);
+    let out = recapc(&["check", "--format", "short", "../qa.recap"], &sub);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("error[recap::validate::missing_data_field]: line 1 of `data/qa.jsonl` has no field `questoin`, which the prompt uses"),
+        "{text}"
+    );
+    assert!(
+        text.contains("line 4 of `data/qa.jsonl` has no field `answer`, which `answer` reads"),
+        "{text}"
+    );
+    let human = recapc(&["check", "../qa.recap"], &sub);
+    assert!(
+        stderr(&human).contains("did you mean `question`?"),
+        "{}",
+        stderr(&human)
+    );
+}

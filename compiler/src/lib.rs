@@ -32,6 +32,14 @@ pub trait Host {
     /// Whether a path named in the pipeline (relative to the pipeline file's directory, or
     /// absolute) exists. Missing files are warnings at check time and errors at run time.
     fn file_exists(&self, path: &str) -> bool;
+
+    /// The field names of the first rows of a JSON Lines data file, as (line number, keys) for
+    /// each row that is a JSON object, so that the checker can hold a source's prompt and
+    /// fields against its data before anything runs. `None` when the host does not read files
+    /// or cannot read this one; the checker then says nothing about the data.
+    fn jsonl_rows(&self, _path: &str) -> Option<Vec<(usize, Vec<String>)>> {
+        None
+    }
 }
 
 /// A host that says every file exists (for tests and benchmarks).

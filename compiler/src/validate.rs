@@ -80,6 +80,7 @@ pub fn validate(
         frozen: Vec::new(),
     };
     v.files(options, host);
+    v.data_fields(host);
     v.models();
     v.verifier_settings();
     let policy = v.policy();
@@ -159,6 +160,87 @@ impl V<'_, '_, '_, '_> {
                         .label(span, format!("{heads} is not a multiple of {kv}"))
                         .with_help("choose `kv_heads` as a divisor of `heads`"),
                     );
+                }
+            }
+        }
+    }
+
+    /// Each `jsonl` source's prompt placeholders and `field(...)` reads, held against the first
+    /// rows of its data file when the host can read them: the runtime stops at the first row
+    /// that lacks one, after the models are loaded.
+    fn data_fields(&mut self, host: &dyn Host) {
+        let typed = self.typed;
+        let mut calls: Vec<&CallVal> = Vec::new();
+        for v in typed.values.iter().flatten() {
+            collect_calls(v, &mut calls);
+        }
+        let mut seen = BTreeSet::new();
+        for c in calls {
+            // A source used in several places is one call value cloned; check it once.
+            if c.name() != "jsonl" || !seen.insert(c.span.start) {
+                continue;
+            }
+            let Some(path) = c.str("file") else {
+                continue;
+            };
+            let Some(rows) = host.jsonl_rows(path) else {
+                continue;
+            };
+            let Some((_, first_keys)) = rows.first() else {
+                continue;
+            };
+            // What each field reads from the raw row: the name of its `field(...)` step.
+            let mut reads: Vec<(&str, &str, Span)> = Vec::new();
+            for (name, _, v) in &c.extra {
+                if let Some(key) = field_read(v) {
+                    reads.push((name.as_str(), key, v.span));
+                }
+            }
+            let mapped: Vec<&str> = c.extra.iter().map(|(n, _, _)| n.as_str()).collect();
+            let lacking = |key: &str| {
+                rows.iter()
+                    .find(|(_, keys)| !keys.iter().any(|k| k == key))
+                    .map(|(line, _)| *line)
+            };
+            let known = first_keys.join(", ");
+            let guess = |key: &str| {
+                did_you_mean(key, first_keys.iter().map(String::as_str))
+                    .map(|g| format!("did you mean `{g}`? "))
+                    .unwrap_or_default()
+            };
+            for (name, key, span) in &reads {
+                if let Some(line) = lacking(key) {
+                    self.diags.push(
+                        Diagnostic::error(
+                            "recap::validate::missing_data_field",
+                            format!("line {line} of `{path}` has no field `{key}`, which `{name}` reads"),
+                        )
+                        .label(*span, format!("reads `{key}`"))
+                        .with_help(format!("{}the first row has: {known}", guess(key))),
+                    );
+                }
+            }
+            if let Some(Val {
+                v: Value::Str { placeholders, .. },
+                span,
+                ..
+            }) = c.get("prompt")
+            {
+                for p in placeholders {
+                    // Mapped fields are filled in before the prompt is rendered.
+                    if mapped.contains(&p.as_str()) {
+                        continue;
+                    }
+                    if let Some(line) = lacking(p) {
+                        self.diags.push(
+                            Diagnostic::error(
+                                "recap::validate::missing_data_field",
+                                format!("line {line} of `{path}` has no field `{p}`, which the prompt uses"),
+                            )
+                            .label(*span, format!("uses `{{{p}}}`"))
+                            .with_help(format!("{}the first row has: {known}", guess(p))),
+                        );
+                    }
                 }
             }
         }
@@ -841,6 +923,18 @@ pub fn frozen_copies(res: &Resolved, typed: &Typed, policy: Option<EntityId>) ->
 
 /// The compiled-size limit of the runtime's regex verifier (`RegexBuilder::size_limit`).
 const REGEX_SIZE_LIMIT: usize = 1 << 22;
+
+/// The raw-row field that an extractor chain such as `field("answer").after("####")` starts
+/// from, when it starts from one.
+fn field_read(v: &Val) -> Option<&str> {
+    let Value::Call(c) = &v.v else {
+        return None;
+    };
+    if c.name() == "field" {
+        return c.str("name");
+    }
+    c.get("self").and_then(field_read)
+}
 
 /// Every call in `v`, its arguments' calls included, in order.
 fn collect_calls<'t>(v: &'t Val, out: &mut Vec<&'t CallVal>) {

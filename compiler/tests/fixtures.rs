@@ -15,7 +15,9 @@
 //! `#` itself stands), as long as the carets. `# error[code]` without carets (on its own line) expects a
 //! diagnostic without a label (about the whole file). Header comments configure the run:
 //! `# set: name=value` adds a `--set` override, `# missing: path` makes the host report that
-//! file as missing, and `# mode: run` turns missing files into errors.
+//! file as missing, `# mode: run` turns missing files into errors, and `# data: path k1 k2`
+//! gives the data file `path` a row with the fields `k1` and `k2` (one header per row, in
+//! order; a row with no fields is `# data: path -`).
 //!
 //! Valid fixtures (under `valid/`) must produce no errors; their AST and plan JSON are
 //! snapshotted with insta.
@@ -24,11 +26,27 @@ use recap_compiler::{check, CheckOptions, Diagnostic, Host, Severity};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-struct MissingFiles(Vec<String>);
+/// The host of a fixture: files exist unless named `missing`; data files have the rows of
+/// their `data` headers (and cannot be read without any).
+struct FixtureHost {
+    missing: Vec<String>,
+    data: Vec<(String, Vec<String>)>,
+}
 
-impl Host for MissingFiles {
+impl Host for FixtureHost {
     fn file_exists(&self, path: &str) -> bool {
-        !self.0.iter().any(|m| m == path)
+        !self.missing.iter().any(|m| m == path)
+    }
+
+    fn jsonl_rows(&self, path: &str) -> Option<Vec<(usize, Vec<String>)>> {
+        let rows: Vec<(usize, Vec<String>)> = self
+            .data
+            .iter()
+            .filter(|(p, _)| p == path)
+            .enumerate()
+            .map(|(i, (_, keys))| (i + 1, keys.clone()))
+            .collect();
+        (!rows.is_empty()).then_some(rows)
     }
 }
 
@@ -45,7 +63,7 @@ struct Expect {
 struct Fixture {
     expects: Vec<Expect>,
     options: CheckOptions,
-    host: MissingFiles,
+    host: FixtureHost,
 }
 
 fn parse_annotation(text: &str) -> Option<(String, String)> {
@@ -65,6 +83,7 @@ fn read_fixture(source: &str) -> Fixture {
     let mut expects = Vec::new();
     let mut options = CheckOptions::default();
     let mut missing = Vec::new();
+    let mut data = Vec::new();
     let mut offset = 0;
     // (start offset, line number) of the last line that is not an annotation
     let mut target: Option<(usize, usize, usize)> = None;
@@ -115,6 +134,11 @@ fn read_fixture(source: &str) -> Fixture {
                 options.overrides.push((k.to_string(), v.to_string()));
             } else if let Some(p) = body.strip_prefix("missing:") {
                 missing.push(p.trim().to_string());
+            } else if let Some(row) = body.strip_prefix("data:") {
+                let mut words = row.split_whitespace();
+                let path = words.next().expect("`# data: path key...`").to_string();
+                let keys = words.filter(|w| *w != "-").map(str::to_string).collect();
+                data.push((path, keys));
             } else if body.trim() == "mode: run" {
                 options.missing_files_are_errors = true;
             }
@@ -128,7 +152,7 @@ fn read_fixture(source: &str) -> Fixture {
     Fixture {
         expects,
         options,
-        host: MissingFiles(missing),
+        host: FixtureHost { missing, data },
     }
 }
 
