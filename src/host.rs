@@ -1,7 +1,7 @@
 //! The file-system `Host` of the compiler: takes paths as written in a pipeline, gives whether
-//! they exist and the field names of a data file's first rows, resolving relative paths
-//! against the directory of the pipeline file (not the current directory), so a pipeline
-//! checks the same wherever `recapc` is started.
+//! they exist, the field names of a data file's first rows and a model directory's context
+//! length, resolving relative paths against the directory of the pipeline file (not the
+//! current directory), so a pipeline checks the same wherever `recapc` is started.
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +44,15 @@ impl Host for FsHost {
         !path.is_empty() && self.resolve(path).exists()
     }
 
+    fn model_context(&self, dir: &str) -> Option<u64> {
+        if dir.is_empty() {
+            return None;
+        }
+        let text = std::fs::read_to_string(self.resolve(dir).join("config.json")).ok()?;
+        let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+        config.get("max_position_embeddings")?.as_u64()
+    }
+
     fn jsonl_rows(&self, path: &str) -> Option<Vec<(usize, Vec<String>)>> {
         use std::io::BufRead;
         if path.is_empty() {
@@ -83,6 +92,35 @@ mod tests {
         assert!(!host.file_exists(""));
         let abs = dir.path().join("data/x.jsonl");
         assert!(host.file_exists(abs.to_str().unwrap()));
+    }
+
+    #[test]
+    fn reads_data_rows_and_model_contexts() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = (0..30)
+            .map(|i| format!("{{\"q\": {i}, \"a{i}\": 1}}"))
+            .collect();
+        std::fs::write(
+            dir.path().join("d.jsonl"),
+            format!("\n[1]\n{}\n", lines.join("\n")),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("m")).unwrap();
+        std::fs::write(
+            dir.path().join("m/config.json"),
+            r#"{"max_position_embeddings": 2048, "hidden_size": 64}"#,
+        )
+        .unwrap();
+        let host = FsHost::for_pipeline(&dir.path().join("p.recap"));
+        let rows = host.jsonl_rows("d.jsonl").expect("readable");
+        // Blank lines and lines that are not objects are skipped; line numbers count them.
+        assert_eq!(rows.len(), ROWS_CHECKED);
+        assert_eq!(rows[0], (3, vec!["a0".to_string(), "q".to_string()]));
+        assert_eq!(rows[1].0, 4);
+        assert!(host.jsonl_rows("none.jsonl").is_none());
+        assert_eq!(host.model_context("m"), Some(2048));
+        assert_eq!(host.model_context("none"), None);
+        assert_eq!(host.model_context(""), None);
     }
 
     #[test]

@@ -40,6 +40,13 @@ pub trait Host {
     fn jsonl_rows(&self, _path: &str) -> Option<Vec<(usize, Vec<String>)>> {
         None
     }
+
+    /// The context length of a Hugging Face model directory (`max_position_embeddings` in its
+    /// `config.json`), so that the checker can tell a generation budget that cannot fit.
+    /// `None` when the host does not read files or cannot read this one.
+    fn model_context(&self, _dir: &str) -> Option<u64> {
+        None
+    }
 }
 
 /// A host that says every file exists (for tests and benchmarks).

@@ -85,6 +85,7 @@ pub fn validate(
     v.verifier_settings();
     let policy = v.policy();
     v.frozen = frozen_copies(res, typed, policy);
+    v.generation_budget(policy, host);
     // A stage whose name repeats an earlier one's is already an error (resolve reports it);
     // checking it as a stage of its own would only add errors about the same mistake.
     let mut names = std::collections::HashSet::new();
@@ -242,6 +243,59 @@ impl V<'_, '_, '_, '_> {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// Every generation budget (`max_tokens` of `grpo` objectives and probes) against the
+    /// policy's context length, when the host can read it from a Hugging Face directory: a
+    /// budget as long as the context leaves no room for the prompt, and the runtime would stop
+    /// at the first rollout.
+    fn generation_budget(&mut self, policy: Option<EntityId>, host: &dyn Host) {
+        let Some(model) = policy.and_then(|p| self.typed.call(p)) else {
+            return;
+        };
+        if model.name() != "hf" {
+            return;
+        }
+        let Some(dir) = model.str("dir") else {
+            return;
+        };
+        let Some(context) = host.model_context(dir) else {
+            return;
+        };
+        let policy_name = policy.map(|p| name_of(self.res, p)).unwrap_or("policy");
+        for (id, e) in self.res.entities.iter().enumerate() {
+            if !matches!(
+                e.kind,
+                EntityKind::Decl(DeclKind::Objective | DeclKind::Eval)
+            ) {
+                continue;
+            }
+            let Some(c) = self.typed.call(id) else {
+                continue;
+            };
+            if !matches!(c.name(), "grpo" | "probe") {
+                continue;
+            }
+            let Some(budget) = c.int("max_tokens") else {
+                continue;
+            };
+            if budget.max(0) as u64 >= context {
+                let span = c.get("max_tokens").map_or(c.span, |v| v.span);
+                self.diags.push(
+                    Diagnostic::error(
+                        "recap::validate::context_too_short",
+                        format!(
+                            "`max_tokens` of `{}` ({budget}) leaves no room for the prompt: the policy `{policy_name}` has a context of {context} positions",
+                            name_of(self.res, id)
+                        ),
+                    )
+                    .label(span, format!("{budget} new tokens"))
+                    .with_help(format!(
+                        "generate fewer tokens: the prompt and `max_tokens` together must fit in {context} positions"
+                    )),
+                );
             }
         }
     }

@@ -17,7 +17,8 @@
 //! `# set: name=value` adds a `--set` override, `# missing: path` makes the host report that
 //! file as missing, `# mode: run` turns missing files into errors, and `# data: path k1 k2`
 //! gives the data file `path` a row with the fields `k1` and `k2` (one header per row, in
-//! order; a row with no fields is `# data: path -`).
+//! order; a row with no fields is `# data: path -`), and `# context: dir N` gives the model
+//! directory `dir` a context of N positions.
 //!
 //! Valid fixtures (under `valid/`) must produce no errors; their AST and plan JSON are
 //! snapshotted with insta.
@@ -31,6 +32,7 @@ use std::path::{Path, PathBuf};
 struct FixtureHost {
     missing: Vec<String>,
     data: Vec<(String, Vec<String>)>,
+    contexts: Vec<(String, u64)>,
 }
 
 impl Host for FixtureHost {
@@ -47,6 +49,13 @@ impl Host for FixtureHost {
             .map(|(i, (_, keys))| (i + 1, keys.clone()))
             .collect();
         (!rows.is_empty()).then_some(rows)
+    }
+
+    fn model_context(&self, dir: &str) -> Option<u64> {
+        self.contexts
+            .iter()
+            .find(|(d, _)| d == dir)
+            .map(|(_, n)| *n)
     }
 }
 
@@ -84,6 +93,7 @@ fn read_fixture(source: &str) -> Fixture {
     let mut options = CheckOptions::default();
     let mut missing = Vec::new();
     let mut data = Vec::new();
+    let mut contexts = Vec::new();
     let mut offset = 0;
     // (start offset, line number) of the last line that is not an annotation
     let mut target: Option<(usize, usize, usize)> = None;
@@ -139,6 +149,9 @@ fn read_fixture(source: &str) -> Fixture {
                 let path = words.next().expect("`# data: path key...`").to_string();
                 let keys = words.filter(|w| *w != "-").map(str::to_string).collect();
                 data.push((path, keys));
+            } else if let Some(c) = body.strip_prefix("context:") {
+                let (dir, n) = c.trim().split_once(' ').expect("`# context: dir N`");
+                contexts.push((dir.to_string(), n.trim().parse().expect("a number")));
             } else if body.trim() == "mode: run" {
                 options.missing_files_are_errors = true;
             }
@@ -152,7 +165,11 @@ fn read_fixture(source: &str) -> Fixture {
     Fixture {
         expects,
         options,
-        host: FixtureHost { missing, data },
+        host: FixtureHost {
+            missing,
+            data,
+            contexts,
+        },
     }
 }
 
