@@ -80,6 +80,7 @@ pub fn validate(
         frozen: Vec::new(),
     };
     v.files(options, host);
+    v.model_dirs(options, host);
     v.data_fields(host);
     v.models();
     v.verifier_settings();
@@ -121,6 +122,59 @@ impl V<'_, '_, '_, '_> {
             self.diags.push(
                 d.label(*span, "not found")
                     .with_help("paths are relative to the pipeline file's directory; fetch the data or fix the path"),
+            );
+        }
+    }
+
+    /// Each `hf(dir)` directory that exists must hold what loading needs: `config.json`,
+    /// `tokenizer.json` and the weights (`model.safetensors`, or the index of shards). A
+    /// directory without them is mostly a download that stopped half-way; like a missing file,
+    /// a warning for `check` and an error for `run`.
+    fn model_dirs(&mut self, options: &CheckOptions, host: &dyn Host) {
+        let typed = self.typed;
+        let mut calls: Vec<&CallVal> = Vec::new();
+        for v in typed.values.iter().flatten() {
+            collect_calls(v, &mut calls);
+        }
+        let mut seen = BTreeSet::new();
+        for c in calls {
+            if c.name() != "hf" || !seen.insert(c.span.start) {
+                continue;
+            }
+            let Some(dir) = c.str("dir") else {
+                continue;
+            };
+            // A directory that does not exist is already a `missing_file`.
+            if dir.is_empty() || !host.file_exists(dir) {
+                continue;
+            }
+            let base = dir.trim_end_matches(['/', '\\']);
+            let has = |name: &str| host.file_exists(&format!("{base}/{name}"));
+            let mut lacking: Vec<&str> = ["config.json", "tokenizer.json"]
+                .into_iter()
+                .filter(|f| !has(f))
+                .collect();
+            if !has("model.safetensors") && !has("model.safetensors.index.json") {
+                lacking.push("model.safetensors");
+            }
+            if lacking.is_empty() {
+                continue;
+            }
+            let names: Vec<String> = lacking.iter().map(|f| format!("`{f}`")).collect();
+            let listed = match names.split_last() {
+                Some((last, init)) if !init.is_empty() => format!("{} or {last}", init.join(", ")),
+                _ => names.join(""),
+            };
+            let msg = format!("the model directory `{dir}` has no {listed}");
+            let d = if options.missing_files_are_errors {
+                Diagnostic::error("recap::validate::incomplete_model", msg)
+            } else {
+                Diagnostic::warning("recap::validate::incomplete_model", msg)
+            };
+            let span = c.get("dir").map_or(c.span, |v| v.span);
+            self.diags.push(
+                d.label(span, "incomplete")
+                    .with_help("a Hugging Face model directory holds `config.json`, `tokenizer.json` and `model.safetensors` (or `model.safetensors.index.json` and its shards); finish the download (`scripts/fetch-models.sh`) or fix the path"),
             );
         }
     }
