@@ -78,6 +78,7 @@ pub fn validate(
         typed,
         diags,
         frozen: Vec::new(),
+        calls: all_calls(res, typed),
     };
     v.files(options, host);
     v.model_dirs(options, host);
@@ -104,9 +105,11 @@ struct V<'r, 'a, 't, 'd> {
     diags: &'d mut Vec<Diagnostic>,
     /// Frozen copies of the policy, computed once (each KL term asks).
     frozen: Vec<EntityId>,
+    /// Every call in the typed values, inline ones included, once each (see `all_calls`).
+    calls: Vec<&'t CallVal>,
 }
 
-impl V<'_, '_, '_, '_> {
+impl<'t> V<'_, '_, 't, '_> {
     fn files(&mut self, options: &CheckOptions, host: &dyn Host) {
         let mut seen = BTreeSet::new();
         for (path, span) in &self.typed.paths {
@@ -131,16 +134,7 @@ impl V<'_, '_, '_, '_> {
     /// directory without them is mostly a download that stopped half-way; like a missing file,
     /// a warning for `check` and an error for `run`.
     fn model_dirs(&mut self, options: &CheckOptions, host: &dyn Host) {
-        let typed = self.typed;
-        let mut calls: Vec<&CallVal> = Vec::new();
-        for v in typed.values.iter().flatten() {
-            collect_calls(v, &mut calls);
-        }
-        let mut seen = BTreeSet::new();
-        for c in calls {
-            if c.name() != "hf" || !seen.insert(c.span.start) {
-                continue;
-            }
+        for c in self.calls_of("hf") {
             let Some(dir) = c.str("dir") else {
                 continue;
             };
@@ -224,17 +218,7 @@ impl V<'_, '_, '_, '_> {
     /// rows of its data file when the host can read them: the runtime stops at the first row
     /// that lacks one, after the models are loaded.
     fn data_fields(&mut self, host: &dyn Host) {
-        let typed = self.typed;
-        let mut calls: Vec<&CallVal> = Vec::new();
-        for v in typed.values.iter().flatten() {
-            collect_calls(v, &mut calls);
-        }
-        let mut seen = BTreeSet::new();
-        for c in calls {
-            // A source used in several places is one call value cloned; check it once.
-            if c.name() != "jsonl" || !seen.insert(c.span.start) {
-                continue;
-            }
+        for c in self.calls_of("jsonl") {
             let Some(path) = c.str("file") else {
                 continue;
             };
@@ -359,53 +343,49 @@ impl V<'_, '_, '_, '_> {
     /// not letters, a length penalty whose target is not below its limit. Every call in every
     /// value is visited, so inline verifiers (`rewards = [regex("...")]`) are checked too.
     fn verifier_settings(&mut self) {
-        let typed = self.typed;
-        let mut calls: Vec<&CallVal> = Vec::new();
-        for v in typed.values.iter().flatten() {
-            collect_calls(v, &mut calls);
+        // Compiling a pattern is the costly part, and a large pipeline repeats its few
+        // patterns across thousands of verifiers: each distinct one is compiled once.
+        let mut verdicts: foldhash::HashMap<&str, Option<String>> = Default::default();
+        for c in self.calls_of("regex") {
+            let Some(pattern) = c.str("pattern") else {
+                continue;
+            };
+            let why = verdicts
+                .entry(pattern)
+                .or_insert_with(|| regex_error(pattern))
+                .clone();
+            if let Some(why) = why {
+                let span = c.get("pattern").map_or(c.span, |v| v.span);
+                self.diags.push(
+                    Diagnostic::error(
+                        "recap::validate::bad_regex",
+                        format!("the pattern of `regex` is not a valid regular expression: {why}"),
+                    )
+                    .label(span, why)
+                    .with_help("the syntax is that of Rust's `regex` crate; escape a literal `(`, `[`, `{`, `.` or `*` with `\\`, or write the pattern as a raw string, `r\"...\"`"),
+                );
+            }
         }
-        for c in calls {
+        for c in self.calls_of("choice") {
             self.verifier_call(c);
         }
+        for c in self.calls_of("length_penalty") {
+            self.verifier_call(c);
+        }
+    }
+
+    /// The calls of the stdlib function `name`, once each.
+    fn calls_of(&self, name: &str) -> Vec<&'t CallVal> {
+        self.calls
+            .iter()
+            .copied()
+            .filter(|c| c.name() == name)
+            .collect()
     }
 
     fn verifier_call(&mut self, c: &CallVal) {
         let span_of = |name: &str| c.get(name).map_or(c.span, |v| v.span);
         match c.name() {
-            "regex" => {
-                let Some(pattern) = c.str("pattern") else {
-                    return;
-                };
-                // The same builder and size limit as the runtime's regex verifier, so the
-                // checker accepts exactly the patterns the run will.
-                if let Err(e) = regex::RegexBuilder::new(pattern)
-                    .size_limit(REGEX_SIZE_LIMIT)
-                    .build()
-                {
-                    let why = match &e {
-                        regex::Error::CompiledTooBig(limit) => format!(
-                            "it compiles to more than the {} MiB the runtime allows",
-                            limit >> 20
-                        ),
-                        // The syntax error's text draws the pattern with a caret; its last
-                        // line says what is wrong.
-                        other => other
-                            .to_string()
-                            .lines()
-                            .last()
-                            .map(|l| l.trim_start_matches("error: ").to_string())
-                            .unwrap_or_default(),
-                    };
-                    self.diags.push(
-                        Diagnostic::error(
-                            "recap::validate::bad_regex",
-                            format!("the pattern of `regex` is not a valid regular expression: {why}"),
-                        )
-                        .label(span_of("pattern"), why.clone())
-                        .with_help("the syntax is that of Rust's `regex` crate; escape a literal `(`, `[`, `{`, `.` or `*` with `\\`, or write the pattern as a raw string, `r\"...\"`"),
-                    );
-                }
-            }
             "choice" => {
                 let Some(options) = c.str("options") else {
                     return;
@@ -1042,6 +1022,43 @@ fn field_read(v: &Val) -> Option<&str> {
         return c.str("name");
     }
     c.get("self").and_then(field_read)
+}
+
+/// Every call in the values of the declarations, inline ones included. `let` and `param`
+/// values are left out: where one is used, its value is copied in, so its calls are met there
+/// (and an unused one is only worth the warning it gets). A `let` used twice gives its calls
+/// twice; their diagnostics are identical, and `check` keeps one of each.
+fn all_calls<'t>(res: &Resolved, typed: &'t Typed) -> Vec<&'t CallVal> {
+    let mut calls: Vec<&CallVal> = Vec::new();
+    for (e, v) in res.entities.iter().zip(&typed.values) {
+        if let (EntityKind::Decl(_), Some(v)) = (e.kind, v) {
+            collect_calls(v, &mut calls);
+        }
+    }
+    calls
+}
+
+/// Why the runtime's regex verifier would refuse `pattern`, or `None` when it compiles. The
+/// same builder and size limit as the runtime, so the checker accepts exactly what the run will.
+fn regex_error(pattern: &str) -> Option<String> {
+    let e = regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .err()?;
+    Some(match &e {
+        regex::Error::CompiledTooBig(limit) => format!(
+            "it compiles to more than the {} MiB the runtime allows",
+            limit >> 20
+        ),
+        // A syntax error's text draws the pattern with a caret; its last line says what is
+        // wrong.
+        other => other
+            .to_string()
+            .lines()
+            .last()
+            .map(|l| l.trim_start_matches("error: ").to_string())
+            .unwrap_or_default(),
+    })
 }
 
 /// Every call in `v`, its arguments' calls included, in order.
