@@ -464,6 +464,8 @@ fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diag
         "something is not closed: check for a missing `)`, `]`, `}` or `\""
     } else if found == "`'`" {
         "strings are written in double quotes, `\"...\"` (raw strings `r\"...\"`)"
+    } else if found == "`=`" && expects("`:`") && expected.len() == 1 {
+        "a `param` names its type: `param steps: int = 100` (int, float, bool, string, percent or path)"
     } else if found == "`:`" && expects("`=`") {
         "fields and named arguments are written `name = value`, with `=` rather than `:`"
     } else if found_value && expects("`,`") {

@@ -180,3 +180,12 @@ fn a_repeated_stage_is_one_error() {
         out.diagnostics
     );
 }
+
+#[test]
+fn a_param_without_a_type_is_shown_how_to_write_one() {
+    assert_says(
+        "param steps = 100\nobjective rl = grpo(math) { rewards = [acc] }",
+        "expected `:`, found `=`",
+        "a `param` names its type: `param steps: int = 100`",
+    );
+}
