@@ -137,8 +137,9 @@ impl Diagnostic {
     }
 }
 
-/// The closest candidate to `name` (edit distance at most a third of its length, at least 1),
-/// for "did you mean" help.
+/// The closest candidate to `name` (edit distance at most a third of its length, at least 1,
+/// and less than the length of either, so a one-letter name is never "corrected" into another
+/// one-letter name), for "did you mean" help.
 pub fn did_you_mean<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
@@ -150,7 +151,9 @@ pub fn did_you_mean<'a>(
             continue;
         }
         let d = strsim::damerau_levenshtein(name, c);
-        if d <= limit && best.is_none_or(|(bd, bc)| (d, c) < (bd, bc)) {
+        // Replacing every character of one of the two names is no correction.
+        let shortest = name.chars().count().min(c.chars().count());
+        if d <= limit && d < shortest && best.is_none_or(|(bd, bc)| (d, c) < (bd, bc)) {
             best = Some((d, c));
         }
     }
@@ -175,5 +178,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn did_you_mean_corrects_typos_but_not_whole_names() {
+        assert_eq!(
+            did_you_mean("corect", ["correct", "format"]),
+            Some("correct")
+        );
+        assert_eq!(did_you_mean("adam", ["adamw", "sgd"]), Some("adamw"));
+        assert_eq!(did_you_mean("t", ["s", "u"]), None);
+        assert_eq!(did_you_mean("ab", ["a"]), None);
+        assert_eq!(did_you_mean("xyz", ["abc"]), None);
     }
 }
