@@ -5,7 +5,19 @@
 
 use std::path::{Path, PathBuf};
 
-use recap_compiler::Host;
+use recap_compiler::{DataRow, Host};
+
+/// "an array", "a string": what a JSON value is, for messages.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
 
 /// Answers the compiler's file questions from the file system.
 #[derive(Debug, Clone)]
@@ -53,22 +65,28 @@ impl Host for FsHost {
         config.get("max_position_embeddings")?.as_u64()
     }
 
-    fn jsonl_rows(&self, path: &str) -> Option<Vec<(usize, Vec<String>)>> {
+    fn jsonl_rows(&self, path: &str) -> Option<Vec<DataRow>> {
         use std::io::BufRead;
         if path.is_empty() {
             return None;
         }
         let file = std::fs::File::open(self.resolve(path)).ok()?;
         let mut rows = Vec::new();
-        // Lines that are not JSON objects are left to the runtime, which names them.
         for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
             let Ok(line) = line else { break };
             if line.trim().is_empty() {
                 continue;
             }
-            if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&line) {
-                rows.push((i + 1, map.keys().cloned().collect()));
-            }
+            // The runtime's words for a line it cannot use, so check and run agree.
+            let fields = match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(serde_json::Value::Object(map)) => Ok(map.keys().cloned().collect()),
+                Ok(other) => Err(format!("it is {}", json_kind(&other))),
+                Err(e) => Err(format!("not valid JSON: {e}")),
+            };
+            rows.push(DataRow {
+                line: i + 1,
+                fields,
+            });
             if rows.len() >= ROWS_CHECKED {
                 break;
             }
@@ -113,10 +131,13 @@ mod tests {
         .unwrap();
         let host = FsHost::for_pipeline(&dir.path().join("p.recap"));
         let rows = host.jsonl_rows("d.jsonl").expect("readable");
-        // Blank lines and lines that are not objects are skipped; line numbers count them.
+        // Blank lines are skipped; line numbers count them. A line that is not an object is a
+        // row that says why.
         assert_eq!(rows.len(), ROWS_CHECKED);
-        assert_eq!(rows[0], (3, vec!["a0".to_string(), "q".to_string()]));
-        assert_eq!(rows[1].0, 4);
+        assert_eq!(rows[0].line, 2);
+        assert_eq!(rows[0].fields, Err("it is an array".to_string()));
+        assert_eq!(rows[1].line, 3);
+        assert_eq!(rows[1].fields, Ok(vec!["a0".to_string(), "q".to_string()]));
         assert!(host.jsonl_rows("none.jsonl").is_none());
         assert_eq!(host.model_context("m"), Some(2048));
         assert_eq!(host.model_context("none"), None);

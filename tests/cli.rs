@@ -346,7 +346,11 @@ fn completions_for_bash() {
 fn plan_hashes_the_data_files_relative_to_the_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("job/data")).unwrap();
-    std::fs::write(dir.path().join("job/data/rows.jsonl"), "abc").unwrap();
+    std::fs::write(
+        dir.path().join("job/data/rows.jsonl"),
+        "{\"q\":\"1\",\"t\":\"2\"}\n",
+    )
+    .unwrap();
     write(
         &dir.path().join("job"),
         "p.recap",
@@ -361,10 +365,10 @@ train { steps = 5 }
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["file_hashes"][0]["path"], "data/rows.jsonl");
-    assert_eq!(v["file_hashes"][0]["bytes"], 3);
+    assert_eq!(v["file_hashes"][0]["bytes"], 18);
     assert_eq!(
         v["file_hashes"][0]["sha256"],
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        "9b3d20555fec774ccb479cafc1fad4b48c8d7facb919f280f70b666e45d1f91c"
     );
     let first = v["inputs_hash"].as_str().unwrap().to_string();
     assert_eq!(first.len(), 64);
@@ -373,7 +377,11 @@ train { steps = 5 }
     assert_eq!(plan.content_hash, v["content_hash"].as_str().unwrap());
 
     // Same plan, other data: the inputs hash changes, the plan's content hash does not.
-    std::fs::write(dir.path().join("job/data/rows.jsonl"), "abd").unwrap();
+    std::fs::write(
+        dir.path().join("job/data/rows.jsonl"),
+        "{\"q\":\"1\",\"t\":\"3\"}\n",
+    )
+    .unwrap();
     let o = recapc(&["plan", "job/p.recap"], dir.path());
     let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_ne!(w["inputs_hash"].as_str().unwrap(), first);
@@ -384,7 +392,7 @@ train { steps = 5 }
 fn check_holds_fields_against_the_data_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("data")).unwrap();
-    // The second line has no `answer`; a line that is not JSON is left to the runtime.
+    // The fourth line has no `answer`; the third is not JSON.
     write(
         dir.path(),
         "data/qa.jsonl",
@@ -410,6 +418,10 @@ train { steps = 10 }
     );
     assert!(
         text.contains("line 4 of `data/qa.jsonl` has no field `answer`, which `answer` reads"),
+        "{text}"
+    );
+    assert!(
+        text.contains("error[recap::validate::bad_data_line]: line 3 of `data/qa.jsonl` is not a JSON object: not valid JSON: expected ident at line 1 column 2"),
         "{text}"
     );
     let human = recapc(&["check", "../qa.recap"], &sub);

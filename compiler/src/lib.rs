@@ -33,11 +33,11 @@ pub trait Host {
     /// absolute) exists. Missing files are warnings at check time and errors at run time.
     fn file_exists(&self, path: &str) -> bool;
 
-    /// The field names of the first rows of a JSON Lines data file, as (line number, keys) for
-    /// each row that is a JSON object, so that the checker can hold a source's prompt and
-    /// fields against its data before anything runs. `None` when the host does not read files
-    /// or cannot read this one; the checker then says nothing about the data.
-    fn jsonl_rows(&self, _path: &str) -> Option<Vec<(usize, Vec<String>)>> {
+    /// The first rows of a JSON Lines data file (blank lines skipped), so that the checker can
+    /// hold a source's prompt and fields against its data before anything runs. `None` when
+    /// the host does not read files or cannot read this one; the checker then says nothing
+    /// about the data.
+    fn jsonl_rows(&self, _path: &str) -> Option<Vec<DataRow>> {
         None
     }
 
@@ -47,6 +47,15 @@ pub trait Host {
     fn model_context(&self, _dir: &str) -> Option<u64> {
         None
     }
+}
+
+/// One row of a data file as a `Host` read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataRow {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// The row's field names, or why the line is not a JSON object (`not valid JSON: ...`).
+    pub fields: Result<Vec<String>, String>,
 }
 
 /// A host that says every file exists (for tests and benchmarks).

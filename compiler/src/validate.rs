@@ -225,6 +225,24 @@ impl<'t> V<'_, '_, 't, '_> {
             let Some(rows) = host.jsonl_rows(path) else {
                 continue;
             };
+            if let Some((line, why)) = rows.iter().find_map(|r| match &r.fields {
+                Err(why) => Some((r.line, why)),
+                Ok(_) => None,
+            }) {
+                let span = c.get("file").map_or(c.span, |v| v.span);
+                self.diags.push(
+                    Diagnostic::error(
+                        "recap::validate::bad_data_line",
+                        format!("line {line} of `{path}` is not a JSON object: {why}"),
+                    )
+                    .label(span, format!("line {line} is not a JSON object"))
+                    .with_help("every line of a JSON Lines file is one JSON object, e.g. `{\"question\": \"2+2\", \"answer\": \"4\"}`; blank lines are skipped"),
+                );
+            }
+            let rows: Vec<(usize, &Vec<String>)> = rows
+                .iter()
+                .filter_map(|r| r.fields.as_ref().ok().map(|f| (r.line, f)))
+                .collect();
             let Some((_, first_keys)) = rows.first() else {
                 continue;
             };

@@ -17,13 +17,14 @@
 //! `# set: name=value` adds a `--set` override, `# missing: path` makes the host report that
 //! file as missing, `# mode: run` turns missing files into errors, and `# data: path k1 k2`
 //! gives the data file `path` a row with the fields `k1` and `k2` (one header per row, in
-//! order; a row with no fields is `# data: path -`), and `# context: dir N` gives the model
+//! order; a row with no fields is `# data: path -`, a line that is not a JSON object
+//! `# data: path ! reason`), and `# context: dir N` gives the model
 //! directory `dir` a context of N positions.
 //!
 //! Valid fixtures (under `valid/`) must produce no errors; their AST and plan JSON are
 //! snapshotted with insta.
 
-use recap_compiler::{check, CheckOptions, Diagnostic, Host, Severity};
+use recap_compiler::{check, CheckOptions, DataRow, Diagnostic, Host, Severity};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -31,7 +32,7 @@ use std::path::{Path, PathBuf};
 /// their `data` headers (and cannot be read without any).
 struct FixtureHost {
     missing: Vec<String>,
-    data: Vec<(String, Vec<String>)>,
+    data: Vec<(String, Result<Vec<String>, String>)>,
     contexts: Vec<(String, u64)>,
 }
 
@@ -40,13 +41,16 @@ impl Host for FixtureHost {
         !self.missing.iter().any(|m| m == path)
     }
 
-    fn jsonl_rows(&self, path: &str) -> Option<Vec<(usize, Vec<String>)>> {
-        let rows: Vec<(usize, Vec<String>)> = self
+    fn jsonl_rows(&self, path: &str) -> Option<Vec<DataRow>> {
+        let rows: Vec<DataRow> = self
             .data
             .iter()
             .filter(|(p, _)| p == path)
             .enumerate()
-            .map(|(i, (_, keys))| (i + 1, keys.clone()))
+            .map(|(i, (_, fields))| DataRow {
+                line: i + 1,
+                fields: fields.clone(),
+            })
             .collect();
         (!rows.is_empty()).then_some(rows)
     }
@@ -147,8 +151,17 @@ fn read_fixture(source: &str) -> Fixture {
             } else if let Some(row) = body.strip_prefix("data:") {
                 let mut words = row.split_whitespace();
                 let path = words.next().expect("`# data: path key...`").to_string();
-                let keys = words.filter(|w| *w != "-").map(str::to_string).collect();
-                data.push((path, keys));
+                let rest: Vec<&str> = words.collect();
+                let fields = match rest.split_first() {
+                    // `!` and a reason: a line that is not a JSON object.
+                    Some((&"!", why)) => Err(why.join(" ")),
+                    _ => Ok(rest
+                        .iter()
+                        .filter(|w| **w != "-")
+                        .map(|w| w.to_string())
+                        .collect()),
+                };
+                data.push((path, fields));
             } else if let Some(c) = body.strip_prefix("context:") {
                 let (dir, n) = c.trim().split_once(' ').expect("`# context: dir N`");
                 contexts.push((dir.to_string(), n.trim().parse().expect("a number")));
