@@ -1,5 +1,7 @@
 //! The compiler never panics: 10,000+ inputs (valid fixtures mutated byte- and token-wise,
-//! token soup, arbitrary strings) go through `parse` and `check`. Every diagnostic's spans
+//! token soup, arbitrary strings) go through `parse` and `check`, the latter with a host that
+//! says every file exists and with one whose answers about files, data rows and model
+//! contexts are odd (`OddHost`). Every diagnostic's spans
 //! must lie inside the text on character boundaries, and every plan must survive a JSON
 //! round trip. Every input also goes through both parsers, which must agree (see
 //! `common::assert_parsers_agree`).
@@ -7,7 +9,44 @@
 mod common;
 
 use proptest::prelude::*;
-use recap_compiler::{check, parse, AssumeFilesExist, CheckOptions};
+use recap_compiler::{check, parse, AssumeFilesExist, CheckOptions, DataRow, Host};
+
+/// A host whose answers are as odd as the inputs: files that exist or not by the length of
+/// their path, data files without rows, with rows that are not objects or that have no
+/// fields, model contexts of zero. What a host says is input too, and must not make the
+/// checker panic either.
+struct OddHost;
+
+impl Host for OddHost {
+    fn file_exists(&self, path: &str) -> bool {
+        path.len() % 3 != 0
+    }
+
+    fn jsonl_rows(&self, path: &str) -> Option<Vec<DataRow>> {
+        match path.len() % 4 {
+            0 => None,
+            1 => Some(Vec::new()),
+            _ => Some(vec![
+                DataRow {
+                    line: 1,
+                    fields: Ok(vec!["q".into(), "a".into(), path.into()]),
+                },
+                DataRow {
+                    line: usize::MAX,
+                    fields: Err(String::new()),
+                },
+                DataRow {
+                    line: 0,
+                    fields: Ok(Vec::new()),
+                },
+            ]),
+        }
+    }
+
+    fn model_context(&self, dir: &str) -> Option<u64> {
+        (dir.len() % 2 == 0).then_some(dir.len() as u64 % 5)
+    }
+}
 
 const SEEDS: &[&str] = &[
     include_str!("fixtures/valid/gsm8k_recap.recap"),
@@ -101,7 +140,16 @@ fn assert_sane(src: &str) {
             missing_files_are_errors: true,
         },
     ] {
-        let out = check("fuzz.recap", src, &opts, &AssumeFilesExist);
+        let hosts: [&dyn Host; 2] = [&AssumeFilesExist, &OddHost];
+        for host in hosts {
+            sane_check(src, &opts, host);
+        }
+    }
+}
+
+fn sane_check(src: &str, opts: &CheckOptions, host: &dyn Host) {
+    {
+        let out = check("fuzz.recap", src, opts, host);
         for d in &out.diagnostics {
             assert!(d.code.starts_with("recap::"), "{}", d.code);
             assert!(
