@@ -19,7 +19,7 @@ struct OddHost;
 
 impl Host for OddHost {
     fn file_exists(&self, path: &str) -> bool {
-        path.len() % 3 != 0
+        !path.len().is_multiple_of(3)
     }
 
     fn jsonl_rows(&self, path: &str) -> Option<Vec<DataRow>> {
@@ -44,7 +44,7 @@ impl Host for OddHost {
     }
 
     fn model_context(&self, dir: &str) -> Option<u64> {
-        (dir.len() % 2 == 0).then_some(dir.len() as u64 % 5)
+        dir.len().is_multiple_of(2).then_some(dir.len() as u64 % 5)
     }
 }
 
