@@ -77,11 +77,21 @@ impl Host for FsHost {
             if line.trim().is_empty() {
                 continue;
             }
-            // The runtime's words for a line it cannot use, so check and run agree.
+            // The words of the runtime's data loader for a line it cannot use, less serde's
+            // "at line 1" (the line is named by the checker's message).
             let fields = match serde_json::from_str::<serde_json::Value>(&line) {
                 Ok(serde_json::Value::Object(map)) => Ok(map.keys().cloned().collect()),
-                Ok(other) => Err(format!("it is {}", json_kind(&other))),
-                Err(e) => Err(format!("not valid JSON: {e}")),
+                Ok(other) => Err(format!(
+                    "expected a JSON object, found {}",
+                    json_kind(&other)
+                )),
+                Err(e) => {
+                    let text = e.to_string();
+                    let what = text
+                        .rsplit_once(" at line ")
+                        .map_or(text.as_str(), |(w, _)| w);
+                    Err(format!("not valid JSON: {what} at column {}", e.column()))
+                }
             };
             rows.push(DataRow {
                 line: i + 1,
@@ -135,7 +145,10 @@ mod tests {
         // row that says why.
         assert_eq!(rows.len(), ROWS_CHECKED);
         assert_eq!(rows[0].line, 2);
-        assert_eq!(rows[0].fields, Err("it is an array".to_string()));
+        assert_eq!(
+            rows[0].fields,
+            Err("expected a JSON object, found an array".to_string())
+        );
         assert_eq!(rows[1].line, 3);
         assert_eq!(rows[1].fields, Ok(vec!["a0".to_string(), "q".to_string()]));
         assert!(host.jsonl_rows("none.jsonl").is_none());

@@ -461,7 +461,7 @@ fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diag
         .and_then(|f| f.chars().next())
         .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '"');
     let help = if found == "the end of the file" {
-        "something is not closed: check for a missing `)`, `]`, `}` or `\""
+        "something is not closed: check for a missing `)`, `]`, `}` or `\"`"
     } else if found == "`'`" {
         "strings are written in double quotes, `\"...\"` (raw strings `r\"...\"`)"
     } else if found == "`=`" && expects("`:`") && expected.len() == 1 {

@@ -304,7 +304,11 @@ fn nested_owner<'s>(
     key: &str,
 ) -> Option<(&'s str, &'s str, bool)> {
     sig.params.iter().find_map(|p| {
-        let kind = p.ty.alternatives().iter().find_map(|t| t.kind())?;
+        let kind =
+            p.ty.alternatives()
+                .iter()
+                .find_map(|t| t.kind())
+                .filter(|k| !declared_by_name(*k))?;
         let default_fn = match p.default.as_ref().map(|d| &d.kind) {
             Some(ExprKind::Call { func, .. }) => Some(func.name.as_str()),
             Some(ExprKind::Name(id)) => Some(id.name.as_str()),
@@ -323,7 +327,11 @@ fn nested_owner<'s>(
 /// For a type that stdlib calls give (`Kl`, `Optimizer`): the functions that make one, as
 /// `kl(...)` or `adamw(...) or sgd(...)`; `None` for other types.
 fn makers(std: &Stdlib, ty: &Ty) -> Option<String> {
-    let kind = ty.alternatives().iter().find_map(|t| t.kind())?;
+    let kind = ty
+        .alternatives()
+        .iter()
+        .find_map(|t| t.kind())
+        .filter(|k| !declared_by_name(*k))?;
     let mut names: Vec<String> = std
         .fns
         .values()
@@ -332,8 +340,20 @@ fn makers(std: &Stdlib, ty: &Ty) -> Option<String> {
         .map(|f| format!("`{}(...)`", f.name))
         .collect();
     names.dedup();
-    names.truncate(4);
-    (!names.is_empty()).then(|| names.join(" or "))
+    const SHOWN: usize = 4;
+    let more = names.len() > SHOWN;
+    names.truncate(SHOWN);
+    let mut text = names.join(" or ");
+    if more {
+        text.push_str(" or another (docs/language.md lists them all)");
+    }
+    (!names.is_empty()).then_some(text)
+}
+
+/// Kinds a pipeline declares and then names (`model policy = ...`, `source math = ...`), where
+/// a help line about writing a call in place would mislead.
+fn declared_by_name(kind: Kind) -> bool {
+    matches!(kind, Kind::Source | Kind::Model)
 }
 
 /// The text of a string that would be a value of `ty` without its quotes (`"0.1"` for a

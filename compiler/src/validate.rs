@@ -222,9 +222,13 @@ impl<'t> V<'_, '_, 't, '_> {
             let Some(path) = c.str("file") else {
                 continue;
             };
-            let Some(rows) = host.jsonl_rows(path) else {
+            let Some(mut rows) = host.jsonl_rows(path) else {
                 continue;
             };
+            // The runtime reads no further than `limit` rows; neither does the check.
+            if let Some(limit) = c.int("limit") {
+                rows.truncate(usize::try_from(limit).unwrap_or(0));
+            }
             if let Some((line, why)) = rows.iter().find_map(|r| match &r.fields {
                 Err(why) => Some((r.line, why)),
                 Ok(_) => None,
@@ -259,11 +263,22 @@ impl<'t> V<'_, '_, 't, '_> {
                     .find(|(_, keys)| !keys.iter().any(|k| k == key))
                     .map(|(line, _)| *line)
             };
-            let known = first_keys.join(", ");
-            let guess = |key: &str| {
-                did_you_mean(key, first_keys.iter().map(String::as_str))
+            // What to say about a key some row lacks: that the first row has it (so only some
+            // rows lack it), or the closest field the first row has, and what it has.
+            let help = |key: &str| {
+                if first_keys.iter().any(|k| k == key) {
+                    return format!(
+                        "the first row has `{key}`; every row the run reads needs it, or map a field that is always there"
+                    );
+                }
+                let guess = did_you_mean(key, first_keys.iter().map(String::as_str))
                     .map(|g| format!("did you mean `{g}`? "))
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                if first_keys.is_empty() {
+                    format!("{guess}the first row has no fields")
+                } else {
+                    format!("{guess}the first row has: {}", first_keys.join(", "))
+                }
             };
             for (name, key, span) in &reads {
                 if let Some(line) = lacking(key) {
@@ -273,7 +288,7 @@ impl<'t> V<'_, '_, 't, '_> {
                             format!("line {line} of `{path}` has no field `{key}`, which `{name}` reads"),
                         )
                         .label(*span, format!("reads `{key}`"))
-                        .with_help(format!("{}the first row has: {known}", guess(key))),
+                        .with_help(help(key)),
                     );
                 }
             }
@@ -295,7 +310,7 @@ impl<'t> V<'_, '_, 't, '_> {
                                 format!("line {line} of `{path}` has no field `{p}`, which the prompt uses"),
                             )
                             .label(*span, format!("uses `{{{p}}}`"))
-                            .with_help(format!("{}the first row has: {known}", guess(p))),
+                            .with_help(help(p)),
                         );
                     }
                 }
@@ -357,8 +372,9 @@ impl<'t> V<'_, '_, 't, '_> {
     }
 
     /// Settings of verifiers that the runtime would refuse when it builds them, after the
-    /// models are loaded: a regular expression that does not compile, option letters that are
-    /// not letters, a length penalty whose target is not below its limit. Every call in every
+    /// models are loaded (a regular expression that does not compile, option letters that are
+    /// not letters), and a length penalty whose target is not below its limit, which runs but
+    /// is a step rather than a slope (a warning). Every call in every
     /// value is visited, so inline verifiers (`rewards = [regex("...")]`) are checked too.
     fn verifier_settings(&mut self) {
         // Compiling a pattern is the costly part, and a large pipeline repeats its few
@@ -421,14 +437,16 @@ impl<'t> V<'_, '_, 't, '_> {
             }
             "length_penalty" => {
                 if let (Some(target), Some(max)) = (c.int("target"), c.int("max_tokens")) {
+                    // The runtime moves the limit past the target rather than refuse, so the
+                    // reward becomes a step; likely not what was meant, but it runs.
                     if target >= max {
                         self.diags.push(
-                            Diagnostic::error(
+                            Diagnostic::warning(
                                 "recap::validate::penalty_target",
-                                format!("the `target` of `length_penalty` ({target}) must be below its `max_tokens` ({max})"),
+                                format!("the `target` of `length_penalty` ({target}) is not below its `max_tokens` ({max}): the reward stays 1.0 up to {target} tokens and drops to 0.0 right after"),
                             )
                             .label(span_of("target"), format!("not below {max}"))
-                            .label(span_of("max_tokens"), "where the reward reaches 0")
+                            .label(span_of("max_tokens"), "where the reward was to reach 0")
                             .with_help("the reward is 1.0 up to `target` tokens and falls to 0.0 at `max_tokens`; choose a smaller target or a larger limit"),
                         );
                     }

@@ -189,3 +189,81 @@ fn a_param_without_a_type_is_shown_how_to_write_one() {
         "a `param` names its type: `param steps: int = 100`",
     );
 }
+
+/// A host with one data file, `m.jsonl`, whose rows have the given fields.
+struct Rows(Vec<Vec<&'static str>>);
+
+impl recap_compiler::Host for Rows {
+    fn file_exists(&self, _path: &str) -> bool {
+        true
+    }
+
+    fn jsonl_rows(&self, path: &str) -> Option<Vec<recap_compiler::DataRow>> {
+        (path == "m.jsonl").then(|| {
+            self.0
+                .iter()
+                .enumerate()
+                .map(|(i, keys)| recap_compiler::DataRow {
+                    line: i + 1,
+                    fields: Ok(keys.iter().map(|k| k.to_string()).collect()),
+                })
+                .collect()
+        })
+    }
+}
+
+fn data_errors(source_line: &str, rows: Rows) -> Vec<(String, String)> {
+    let source = format!(
+        "model policy = hf(\"m\")\n{source_line}\nverifier acc = numeric()\nobjective rl = grpo(math) {{ rewards = [acc] }}\ntrain {{ steps = 10 }}\n"
+    );
+    check("m.recap", &source, &CheckOptions::default(), &rows)
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| (d.message.clone(), d.help.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn data_rows_past_the_limit_are_not_held_against_the_pipeline() {
+    let rows = || Rows(vec![vec!["q", "a"], vec!["q"]]);
+    let line = "source math = jsonl(\"m.jsonl\") { prompt = \"{q}\", answer = field(\"a\") }";
+    let errors = data_errors(line, rows());
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].0.contains("line 2 of `m.jsonl` has no field `a`"),
+        "{errors:?}"
+    );
+    // Only some rows lack it, so the help says so rather than guessing another name.
+    assert!(errors[0].1.contains("the first row has `a`"), "{errors:?}");
+    let limited =
+        "source math = jsonl(\"m.jsonl\", limit = 1) { prompt = \"{q}\", answer = field(\"a\") }";
+    assert_eq!(data_errors(limited, rows()), []);
+}
+
+#[test]
+fn a_data_row_without_fields_is_named_as_such() {
+    let line = "source math = jsonl(\"m.jsonl\") { prompt = \"{q}\", answer = field(\"a\") }";
+    let errors = data_errors(line, Rows(vec![vec![]]));
+    assert!(
+        errors
+            .iter()
+            .all(|(_, help)| help.ends_with("the first row has no fields")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn declared_kinds_get_no_call_advice() {
+    // `seed` is a parameter of generators such as `arithmetic`, but a source is declared and
+    // named, so the help lists grpo's own parameters instead.
+    let (m, h) = first_error("objective rl = grpo(math) { rewards = [acc], seed = 1 }");
+    assert!(m.contains("`grpo` has no parameter `seed`"), "{m}");
+    assert!(h.starts_with("the parameters are:"), "{h}");
+    // Long lists of makers say that there are more.
+    assert_says(
+        "objective rl = grpo(math) { rewards = [acc] }\nmix 3",
+        "expects Mixer",
+        "or another (docs/language.md lists them all)",
+    );
+}
