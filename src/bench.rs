@@ -104,32 +104,16 @@ pub fn measure(source: &str, runs: usize) -> Measurement {
         .iter()
         .find(|d| d.severity == Severity::Error)
         .map(|d| format!("{}: {}", d.code, d.message));
-    let mut times: Vec<Duration> = (0..runs.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            let out = recap_compiler::check("bench.recap", source, &options, &AssumeFilesExist);
-            let elapsed = start.elapsed();
-            // Keep the result alive until the clock stops, so dropping it is timed too.
-            drop(out);
-            elapsed
-        })
-        .collect();
-    times.sort();
-    let mut parse_times: Vec<Duration> = (0..runs.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            let out = recap_compiler::parse(source);
-            let elapsed = start.elapsed();
-            drop(out);
-            elapsed
-        })
-        .collect();
-    parse_times.sort();
+    // Dropping the result is timed too, as a caller pays for it.
+    let median = median_of(runs, || {
+        recap_compiler::check("bench.recap", source, &options, &AssumeFilesExist)
+    });
+    let parse_median = median_of(runs, || recap_compiler::parse(source));
     Measurement {
         lines: source.lines().count(),
         bytes: source.len(),
-        median: times[times.len() / 2],
-        parse_median: parse_times[parse_times.len() / 2],
+        median,
+        parse_median,
         errors,
         warnings: warm.diagnostics.len() - errors,
         first_error,

@@ -1,6 +1,6 @@
 //! Takes a pipeline file; prints, after each stage of `check`, the heap bytes still live and
 //! the allocations made so far, and the time the stage took (a measurement aid for the
-//! checker's memory use; not a benchmark).
+//! checker's memory use; not a benchmark: `recapc bench-check --stages` times the stages).
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
@@ -39,13 +39,6 @@ static GLOBAL: Counting = Counting;
 fn main() {
     let path = std::env::args().nth(1).expect("usage: stage_memory FILE");
     let source = std::fs::read_to_string(path).expect("readable file");
-    if let Some(n) = std::env::args()
-        .nth(2)
-        .and_then(|a| a.parse::<usize>().ok())
-    {
-        repeated(&source, n.max(1));
-        return;
-    }
     let _ = recap_compiler::stdlib::stdlib();
     let base = LIVE.load(Relaxed);
     let mut t = Instant::now();
@@ -83,42 +76,4 @@ fn main() {
     report("drop res");
     drop(file);
     report("drop ast");
-}
-
-/// Times `f` `n` times and gives the median in milliseconds; each result is dropped untimed.
-fn median<T>(n: usize, mut f: impl FnMut() -> T) -> f64 {
-    let mut times: Vec<f64> = (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            let out = f();
-            let ms = t.elapsed().as_secs_f64() * 1e3;
-            drop(out);
-            ms
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[n / 2]
-}
-
-/// Times each stage `n` times on the same input and prints the medians, to tell which stages
-/// grow faster than linearly.
-fn repeated(source: &str, n: usize) {
-    let options = CheckOptions::default();
-    let parse_ms = median(n, || parse::parse_partial(source));
-    let (file, _) = parse::parse_partial(source);
-    let resolve_ms = median(n, || resolve::resolve(&file, &[], true, &mut Vec::new()));
-    let res = resolve::resolve(&file, &[], true, &mut Vec::new());
-    let typecheck_ms = median(n, || typecheck::typecheck(&res, &mut Vec::new()));
-    let typed = typecheck::typecheck(&res, &mut Vec::new());
-    let validate_ms = median(n, || {
-        validate::validate(&res, &typed, &options, &AssumeFilesExist, &mut Vec::new())
-    });
-    let v = validate::validate(&res, &typed, &options, &AssumeFilesExist, &mut Vec::new());
-    let lower_ms = median(n, || lower::lower("x", &res, &typed, &v));
-    let plan = lower::lower("x", &res, &typed, &v).expect("lowers");
-    let dag_ms = median(n, || recap_compiler::dag::build(&plan));
-    let hash_ms = median(n, || plan.compute_hash());
-    println!(
-        "parse {parse_ms:.2}  resolve {resolve_ms:.2}  typecheck {typecheck_ms:.2}  validate {validate_ms:.2}  lower {lower_ms:.2} (dag {dag_ms:.2}, hash {hash_ms:.2}) ms"
-    );
 }

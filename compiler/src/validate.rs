@@ -250,14 +250,38 @@ impl<'t> V<'_, '_, 't, '_> {
             let Some((_, first_keys)) = rows.first() else {
                 continue;
             };
-            // What each field reads from the raw row: the name of its `field(...)` step.
-            let mut reads: Vec<(&str, &str, Span)> = Vec::new();
+            // Every key the rows must have: what each mapped field reads (the name of its
+            // `field(...)` step), then the prompt's placeholders, except those that name a
+            // mapped field (filled in before the prompt is rendered). Each with its span, who
+            // uses it and the label.
+            let mut uses: Vec<(&str, Span, String, String)> = Vec::new();
             for (name, _, v) in &c.extra {
                 if let Some(key) = field_read(v) {
-                    reads.push((name.as_str(), key, v.span));
+                    uses.push((
+                        key,
+                        v.span,
+                        format!("`{name}` reads"),
+                        format!("reads `{key}`"),
+                    ));
                 }
             }
-            let mapped: Vec<&str> = c.extra.iter().map(|(n, _, _)| n.as_str()).collect();
+            if let Some(Val {
+                v: Value::Str { placeholders, .. },
+                span,
+                ..
+            }) = c.get("prompt")
+            {
+                for p in placeholders {
+                    if !c.extra.iter().any(|(n, _, _)| n == p) {
+                        uses.push((
+                            p,
+                            *span,
+                            "the prompt uses".into(),
+                            format!("uses `{{{p}}}`"),
+                        ));
+                    }
+                }
+            }
             let lacking = |key: &str| {
                 rows.iter()
                     .find(|(_, keys)| !keys.iter().any(|k| k == key))
@@ -280,39 +304,16 @@ impl<'t> V<'_, '_, 't, '_> {
                     format!("{guess}the first row has: {}", first_keys.join(", "))
                 }
             };
-            for (name, key, span) in &reads {
+            for (key, span, who, label) in uses {
                 if let Some(line) = lacking(key) {
                     self.diags.push(
                         Diagnostic::error(
                             "recap::validate::missing_data_field",
-                            format!("line {line} of `{path}` has no field `{key}`, which `{name}` reads"),
+                            format!("line {line} of `{path}` has no field `{key}`, which {who}"),
                         )
-                        .label(*span, format!("reads `{key}`"))
+                        .label(span, label)
                         .with_help(help(key)),
                     );
-                }
-            }
-            if let Some(Val {
-                v: Value::Str { placeholders, .. },
-                span,
-                ..
-            }) = c.get("prompt")
-            {
-                for p in placeholders {
-                    // Mapped fields are filled in before the prompt is rendered.
-                    if mapped.contains(&p.as_str()) {
-                        continue;
-                    }
-                    if let Some(line) = lacking(p) {
-                        self.diags.push(
-                            Diagnostic::error(
-                                "recap::validate::missing_data_field",
-                                format!("line {line} of `{path}` has no field `{p}`, which the prompt uses"),
-                            )
-                            .label(*span, format!("uses `{{{p}}}`"))
-                            .with_help(help(p)),
-                        );
-                    }
                 }
             }
         }

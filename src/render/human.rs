@@ -111,7 +111,7 @@ impl<'a> Source<'a> {
 
     /// Where to start reading the snippet of `span` with `before` context lines: the byte
     /// offset and index of the first line miette will show, or `None` when the snippet must be
-    /// read from the whole text (it starts on the first line, which is cheap, or the span
+    /// read from the top of the text (it starts on the first line, which is cheap, or the span
     /// starts inside a `\r\n` pair, which miette counts differently).
     fn window(&self, span: &SourceSpan, before: usize) -> Option<(usize, usize)> {
         let offset = span.offset();
@@ -147,17 +147,8 @@ impl<'a> Source<'a> {
         before: usize,
         after: usize,
     ) -> Result<MietteSpanContents<'a>, MietteError> {
-        let Some((window, first)) = self.window(span, before) else {
-            let inner = self.text.read_span(span, before, after)?;
-            return Ok(MietteSpanContents::new_named(
-                self.name.to_string(),
-                inner.data(),
-                *inner.span(),
-                inner.line(),
-                inner.column(),
-                inner.line_count(),
-            ));
-        };
+        // Without a window (a snippet near the top), the window is the whole text.
+        let (window, first) = self.window(span, before).unwrap_or((0, 0));
         let offset = span.offset();
         let rest = self.text.get(window..).ok_or(MietteError::OutOfBounds)?;
         let local: SourceSpan = (offset - window, span.len()).into();
