@@ -7,18 +7,6 @@ use std::path::{Path, PathBuf};
 
 use recap_compiler::{DataRow, Host};
 
-/// "an array", "a string": what a JSON value is, for messages.
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
-}
-
 /// Answers the compiler's file questions from the file system.
 #[derive(Debug, Clone)]
 pub struct FsHost {
@@ -77,22 +65,9 @@ impl Host for FsHost {
             if line.trim().is_empty() {
                 continue;
             }
-            // The words of the runtime's data loader for a line it cannot use, less serde's
-            // "at line 1" (the line is named by the checker's message).
-            let fields = match serde_json::from_str::<serde_json::Value>(&line) {
-                Ok(serde_json::Value::Object(map)) => Ok(map.keys().cloned().collect()),
-                Ok(other) => Err(format!(
-                    "expected a JSON object, found {}",
-                    json_kind(&other)
-                )),
-                Err(e) => {
-                    let text = e.to_string();
-                    let what = text
-                        .rsplit_once(" at line ")
-                        .map_or(text.as_str(), |(w, _)| w);
-                    Err(format!("not valid JSON: {what} at column {}", e.column()))
-                }
-            };
+            // The runtime's data loader's own test, so check and run say the same.
+            let fields = recap_runtime::engine::data::row_object(&line)
+                .map(|map| map.keys().cloned().collect());
             rows.push(DataRow {
                 line: i + 1,
                 fields,

@@ -421,7 +421,7 @@ train { steps = 10 }
         "{text}"
     );
     assert!(
-        text.contains("error[recap::validate::bad_data_line]: line 3 of `data/qa.jsonl` is not a JSON object: not valid JSON: expected ident at column 2"),
+        text.contains("error[recap::validate::bad_data_line]: line 3 of `data/qa.jsonl` is not a JSON object: not valid JSON: expected ident at line 1 column 2"),
         "{text}"
     );
     let human = recapc(&["check", "../qa.recap"], &sub);

@@ -160,15 +160,7 @@ fn load_jsonl(
             break;
         }
         let at = || format!("{}:{lineno}", path.display());
-        let value: Value = serde_json::from_str(line)
-            .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", at()))?;
-        let Value::Object(raw) = value else {
-            bail!(
-                "{}: expected a JSON object, found {}",
-                at(),
-                kind_of(&value)
-            );
-        };
+        let raw = row_object(line).map_err(|m| anyhow::anyhow!("{}: {m}", at()))?;
         let fields = map_fields(source, &raw).map_err(|m| anyhow::anyhow!("{}: {m}", at()))?;
         let prompt = render(prompt, &fields).map_err(|m| anyhow::anyhow!("{}: {m}", at()))?;
         rows.push(Row {
@@ -178,6 +170,16 @@ fn load_jsonl(
         });
     }
     Ok(rows)
+}
+
+/// One line of a JSON Lines file as the object it must be, or why it is not one. `recapc
+/// check` reads the first rows of a data file with this too, so check and run say the same.
+pub fn row_object(line: &str) -> std::result::Result<Map<String, Value>, String> {
+    match serde_json::from_str(line) {
+        Ok(Value::Object(raw)) => Ok(raw),
+        Ok(other) => Err(format!("expected a JSON object, found {}", kind_of(&other))),
+        Err(e) => Err(format!("not valid JSON: {e}")),
+    }
 }
 
 fn kind_of(v: &Value) -> &'static str {
