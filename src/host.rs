@@ -48,9 +48,11 @@ impl Host for FsHost {
         if dir.is_empty() {
             return None;
         }
-        let text = std::fs::read_to_string(self.resolve(dir).join("config.json")).ok()?;
-        let config: serde_json::Value = serde_json::from_str(&text).ok()?;
-        config.get("max_position_embeddings")?.as_u64()
+        // Read as the runtime reads it (defaults and aliases included), so the checker's
+        // context is the one generation is held to.
+        let path = self.resolve(dir).join("config.json");
+        let config = recap_runtime::model::ModelConfig::from_file(&path).ok()?;
+        u64::try_from(config.max_position_embeddings).ok()
     }
 
     fn jsonl_rows(&self, path: &str) -> Option<Vec<DataRow>> {
@@ -111,7 +113,9 @@ mod tests {
         std::fs::create_dir(dir.path().join("m")).unwrap();
         std::fs::write(
             dir.path().join("m/config.json"),
-            r#"{"max_position_embeddings": 2048, "hidden_size": 64}"#,
+            r#"{"model_type": "qwen2", "vocab_size": 64, "hidden_size": 64,
+                "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "max_position_embeddings": 2048}"#,
         )
         .unwrap();
         let host = FsHost::for_pipeline(&dir.path().join("p.recap"));
@@ -128,6 +132,14 @@ mod tests {
         assert_eq!(rows[1].fields, Ok(vec!["a0".to_string(), "q".to_string()]));
         assert!(host.jsonl_rows("none.jsonl").is_none());
         assert_eq!(host.model_context("m"), Some(2048));
+        // A config the runtime could not load says nothing about the context.
+        std::fs::create_dir(dir.path().join("half")).unwrap();
+        std::fs::write(
+            dir.path().join("half/config.json"),
+            r#"{"max_position_embeddings": 2048}"#,
+        )
+        .unwrap();
+        assert_eq!(host.model_context("half"), None);
         assert_eq!(host.model_context("none"), None);
         assert_eq!(host.model_context(""), None);
     }
