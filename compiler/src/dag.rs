@@ -8,13 +8,14 @@
 
 use crate::diagnostic::{Diagnostic, Span};
 use crate::GraphFormat;
+use compact_str::format_compact;
 use foldhash::{HashMap, HashSet};
 use petgraph::graph::{DiGraph, NodeIndex};
-use recap_plan::{Edge, Graph, Node, NodeKind, ObjectiveSpec, Plan};
+use recap_plan::{Edge, Graph, Name, Node, NodeKind, ObjectiveSpec, Plan};
 
 struct Builder {
     g: DiGraph<Node, ()>,
-    ids: HashMap<String, NodeIndex>,
+    ids: HashMap<Name, NodeIndex>,
     /// Edges already added: petgraph's `find_edge` scans a node's edges, which would make
     /// wide nodes (the policy, a stage's mixer) quadratic.
     edges: HashSet<(NodeIndex, NodeIndex)>,
@@ -38,18 +39,18 @@ impl Builder {
         &mut self,
         id: std::fmt::Arguments,
         kind: NodeKind,
-        label: impl FnOnce() -> String,
+        label: impl FnOnce() -> Name,
         stage: Option<&str>,
     ) -> NodeIndex {
         if let Some(ix) = self.find(id) {
             return ix;
         }
-        let id = self.key.clone();
+        let id = Name::from(self.key.as_str());
         let ix = self.g.add_node(Node {
             id: id.clone(),
             kind,
             label: label(),
-            stage: stage.map(|s| s.to_string()),
+            stage: stage.map(Name::from),
         });
         self.ids.insert(id, ix);
         ix
@@ -93,7 +94,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
     let policy = b.node(
         format_args!("model.{}", plan.policy),
         NodeKind::Model,
-        || format!("policy {}", plan.policy),
+        || format_compact!("policy {}", plan.policy),
         None,
     );
     let mut prev_opt: Option<NodeIndex> = None;
@@ -102,7 +103,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
         let mixer = b.node(
             format_args!("{s}.mix"),
             NodeKind::Mixer,
-            || format!("mix {}", mix_name(&st.mix)),
+            || format_compact!("mix {}", mix_name(&st.mix)),
             Some(s),
         );
         if let Some(p) = prev_opt {
@@ -112,14 +113,14 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
             let src = b.node(
                 format_args!("source.{}", r.source),
                 NodeKind::Source,
-                || format!("source {}", r.source),
+                || format_compact!("source {}", r.source),
                 None,
             );
             b.edge(src, mixer);
             let ro = b.node(
                 format_args!("{s}.rollout.{}", r.id),
                 NodeKind::Rollout,
-                || format!("rollout {} (G={}, T={})", r.id, r.group, r.temperature),
+                || format_compact!("rollout {} (G={}, T={})", r.id, r.group, r.temperature),
                 Some(s),
             );
             b.edge(mixer, ro);
@@ -128,7 +129,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
         let reweight = b.node(
             format_args!("{s}.reweight"),
             NodeKind::Reweighter,
-            || format!("reweight {}", reweight_name(&st.reweight)),
+            || format_compact!("reweight {}", reweight_name(&st.reweight)),
             Some(s),
         );
         for o in &st.objectives {
@@ -145,7 +146,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
                     let reward = b.node(
                         format_args!("{s}.reward.{}", o.name),
                         NodeKind::Reward,
-                        || format!("rewards of {}", o.name),
+                        || format_compact!("rewards of {}", o.name),
                         Some(s),
                     );
                     for t in rewards {
@@ -153,7 +154,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
                             let v = b.node(
                                 format_args!("{s}.verifier.{}", part.verifier),
                                 NodeKind::Verifier,
-                                || format!("verifier {}", part.verifier),
+                                || format_compact!("verifier {}", part.verifier),
                                 Some(s),
                             );
                             if let Some(ro) = ro {
@@ -165,7 +166,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
                     let loss = b.node(
                         format_args!("{s}.loss.{}", o.name),
                         NodeKind::Loss,
-                        || format!("grpo {}", o.name),
+                        || format_compact!("grpo {}", o.name),
                         Some(s),
                     );
                     b.edge(reward, loss);
@@ -177,7 +178,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
                         let r = b.node(
                             format_args!("model.{}", kl.reference),
                             NodeKind::Reference,
-                            || format!("frozen {}", kl.reference),
+                            || format_compact!("frozen {}", kl.reference),
                             None,
                         );
                         if let Some(ro) = ro {
@@ -191,14 +192,14 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
                     let src = b.node(
                         format_args!("source.{source}"),
                         NodeKind::Source,
-                        || format!("source {source}"),
+                        || format_compact!("source {source}"),
                         None,
                     );
                     b.edge(src, mixer);
                     let loss = b.node(
                         format_args!("{s}.loss.{}", o.name),
                         NodeKind::Loss,
-                        || format!("sft {}", o.name),
+                        || format_compact!("sft {}", o.name),
                         Some(s),
                     );
                     b.edge(mixer, loss);
@@ -211,14 +212,14 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
         let opt = b.node(
             format_args!("{s}.optimizer"),
             NodeKind::Optimizer,
-            || format!("optimizer step ({} steps)", st.train.steps),
+            || format_compact!("optimizer step ({} steps)", st.train.steps),
             Some(s),
         );
         b.edge(reweight, opt);
         let metrics = b.node(
             format_args!("{s}.metrics"),
             NodeKind::Metrics,
-            || "metrics.jsonl".into(),
+            || Name::const_new("metrics.jsonl"),
             Some(s),
         );
         b.edge(reweight, metrics);
@@ -227,7 +228,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
             let c = b.node(
                 format_args!("{s}.checkpoint"),
                 NodeKind::Checkpoint,
-                || format!("checkpoint every {}", cp.every),
+                || format_compact!("checkpoint every {}", cp.every),
                 Some(s),
             );
             b.edge(opt, c);
@@ -236,13 +237,13 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
             let pr = b.node(
                 format_args!("{s}.probe.{}", e.name),
                 NodeKind::Probe,
-                || format!("probe {} every {}", e.name, e.every),
+                || format_compact!("probe {} every {}", e.name, e.every),
                 Some(s),
             );
             let src = b.node(
                 format_args!("source.{}", e.source),
                 NodeKind::Source,
-                || format!("source {}", e.source),
+                || format_compact!("source {}", e.source),
                 None,
             );
             b.edge(src, pr);
@@ -254,7 +255,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
                     let v = b.node(
                         format_args!("{s}.probe.{}.verifier.{}", e.name, part.verifier),
                         NodeKind::Verifier,
-                        || format!("verifier {}", part.verifier),
+                        || format_compact!("verifier {}", part.verifier),
                         Some(s),
                     );
                     b.edge(pr, v);

@@ -10,8 +10,9 @@ use crate::diagnostic::{Diagnostic, Span};
 use crate::resolve::{EntityId, EntityKind, Resolved};
 use crate::typecheck::{CallVal, Typed, Val, Value};
 use crate::validate::{entity_name, frozen_copies, Validated};
+use compact_str::{format_compact, CompactString};
 use recap_plan as p;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 pub fn lower(
     file_name: &str,
@@ -52,7 +53,7 @@ pub fn lower(
                     Value::Str { text, .. } => p::ParamValue::String(text.clone()),
                     _ => return Err(l.bug("a param of an unexpected type", e.name.span)),
                 };
-                params.insert(e.name.name.to_string(), pv);
+                params.insert(e.name.name.clone(), pv);
             }
             EntityKind::Decl(DeclKind::Model) => {
                 let c = typed
@@ -88,7 +89,7 @@ pub fn lower(
         let name = st
             .name
             .map(|n| n.name.clone())
-            .unwrap_or_else(|| "main".into());
+            .unwrap_or_else(|| CompactString::const_new("main"));
         let sv = typed
             .stages
             .get(i)
@@ -107,8 +108,8 @@ pub fn lower(
         let train = l.train(train_call, &out)?;
         let mut rollouts: Vec<p::Rollout> = Vec::with_capacity(st.members.len());
         // Rollout ids by sampling configuration, and how many configurations each source has.
-        let mut rollout_ids: HashMap<RolloutKey, String> = HashMap::new();
-        let mut per_source: HashMap<String, usize> = HashMap::new();
+        let mut rollout_ids: foldhash::HashMap<RolloutKey, p::Name> = Default::default();
+        let mut per_source: foldhash::HashMap<p::Name, usize> = Default::default();
         let mut objectives = Vec::with_capacity(st.members.len());
         let mut evals = Vec::new();
         for &m in &st.members {
@@ -124,7 +125,7 @@ pub fn lower(
                 (EntityKind::Decl(DeclKind::Objective), "grpo") => {
                     let source = l.source_ref(&oname, c.get("source"))?;
                     let rollout = p::Rollout {
-                        id: String::new(),
+                        id: p::Name::default(),
                         source: source.clone(),
                         group: l.u(c, "group")?,
                         max_tokens: l.u(c, "max_tokens")?,
@@ -141,7 +142,7 @@ pub fn lower(
                             let id = if *n == 1 {
                                 source.clone()
                             } else {
-                                format!("{source}.{n}")
+                                format_compact!("{source}.{n}")
                             };
                             rollout_ids.insert(key, id.clone());
                             rollouts.push(p::Rollout {
@@ -156,7 +157,7 @@ pub fn lower(
                         None => None,
                     };
                     objectives.push(p::Objective {
-                        name: oname.to_string(),
+                        name: oname.clone(),
                         spec: p::ObjectiveSpec::Grpo {
                             source,
                             rollout: rid,
@@ -182,7 +183,7 @@ pub fn lower(
                 }
                 (EntityKind::Decl(DeclKind::Objective), "sft") => {
                     objectives.push(p::Objective {
-                        name: oname.to_string(),
+                        name: oname.clone(),
                         spec: p::ObjectiveSpec::Sft {
                             source: l.source_ref(&oname, c.get("source"))?,
                             max_tokens: l.u(c, "max_tokens")?,
@@ -191,7 +192,7 @@ pub fn lower(
                 }
                 (EntityKind::Decl(DeclKind::Eval), "probe") => {
                     evals.push(p::Eval {
-                        name: oname.to_string(),
+                        name: oname.clone(),
                         source: l.source_ref(&oname, c.get("source"))?,
                         every: l.u(c, "every")?,
                         rewards: l.rewards(&oname, c.get("rewards"))?,
@@ -216,7 +217,7 @@ pub fn lower(
             _ => p::Mix::Uniform { seed: train.seed },
         };
         stages.push(p::Stage {
-            name: name.to_string(),
+            name,
             rollouts,
             objectives,
             reweight,
@@ -246,7 +247,7 @@ pub fn lower(
 
 /// A rollout's sampling configuration, hashable (floats by their bits).
 #[derive(PartialEq, Eq, Hash)]
-struct RolloutKey(String, u64, u64, u64, u64, Option<u64>);
+struct RolloutKey(p::Name, u64, u64, u64, u64, Option<u64>);
 
 impl RolloutKey {
     fn of(r: &p::Rollout) -> Self {
@@ -277,7 +278,7 @@ struct L<'r, 'a> {
     sources: Vec<p::Source>,
     models: Vec<p::Model>,
     /// Names given to inline sources, verifiers and models, by call position.
-    inline: BTreeMap<usize, String>,
+    inline: BTreeMap<usize, p::Name>,
     /// Frozen copies of the policy (the default KL reference).
     frozen: Vec<EntityId>,
 }
@@ -307,9 +308,9 @@ impl L<'_, '_> {
             .ok_or_else(|| self.bug(&format!("`{}` lacks the number `{name}`", c.name()), c.span))
     }
 
-    fn s(&self, c: &CallVal, name: &str) -> Result<String, Diagnostic> {
+    fn s(&self, c: &CallVal, name: &str) -> Result<p::Name, Diagnostic> {
         c.str(name)
-            .map(|s| s.to_string())
+            .map(CompactString::from)
             .ok_or_else(|| self.bug(&format!("`{}` lacks the string `{name}`", c.name()), c.span))
     }
 
@@ -329,7 +330,7 @@ impl L<'_, '_> {
             },
             "gguf" => p::ModelSpec::Gguf {
                 file: self.s(c, "file")?,
-                tokenizer: c.str("tokenizer").map(|s| s.to_string()),
+                tokenizer: c.str("tokenizer").map(CompactString::from),
                 dtype: Self::dtype(c),
             },
             "tiny" => p::ModelSpec::Tiny {
@@ -340,7 +341,7 @@ impl L<'_, '_> {
                 kv_heads: self.u(c, "kv_heads")?,
                 intermediate: self.u(c, "intermediate")?,
                 seed: self.u(c, "seed")?,
-                tokenizer: c.str("tokenizer").map(|s| s.to_string()),
+                tokenizer: c.str("tokenizer").map(CompactString::from),
             },
             "frozen" => {
                 let of = match c.get("model") {
@@ -352,7 +353,7 @@ impl L<'_, '_> {
                         v: Value::Call(inner),
                         ..
                     }) => {
-                        let n = format!("{name}.model");
+                        let n = format_compact!("{name}.model");
                         let m = self.model(&n, inner)?;
                         self.models.push(m);
                         n
@@ -364,7 +365,7 @@ impl L<'_, '_> {
             other => return Err(self.bug(&format!("unknown model function {other}"), c.span)),
         };
         Ok(p::Model {
-            name: name.to_string(),
+            name: name.into(),
             spec,
         })
     }
@@ -406,25 +407,22 @@ impl L<'_, '_> {
         let mut fields = BTreeMap::new();
         for f in &c.sig.ret_fields {
             fields.insert(
-                f.clone(),
+                f.into(),
                 p::Extractor {
                     steps: vec![p::ExtractStep::Field {
-                        name: generated_column(c.name(), f).to_string(),
+                        name: generated_column(c.name(), f).into(),
                     }],
                 },
             );
         }
         for (k, _, v) in &c.extra {
-            fields.insert(k.clone(), self.extractor(Some(v))?);
+            fields.insert(k.as_str().into(), self.extractor(Some(v))?);
         }
         let seed = || c.int("seed").map(|i| i.max(0) as u64).unwrap_or(0);
         let spec = match c.name() {
             "jsonl" => {
                 let (text, placeholders) = match c.get("prompt").map(|v| &v.v) {
-                    Some(Value::Str { text, placeholders }) => (
-                        text.clone(),
-                        placeholders.iter().map(|p| p.to_string()).collect(),
-                    ),
+                    Some(Value::Str { text, placeholders }) => (text.clone(), placeholders.clone()),
                     _ => return Err(self.bug("jsonl without prompt", c.span)),
                 };
                 p::SourceSpec::Jsonl {
@@ -453,7 +451,7 @@ impl L<'_, '_> {
             other => return Err(self.bug(&format!("unknown source function {other}"), c.span)),
         };
         Ok(p::Source {
-            name: name.to_string(),
+            name: name.into(),
             spec,
             fields,
         })
@@ -462,8 +460,8 @@ impl L<'_, '_> {
     fn verifier(&mut self, name: &str, c: &CallVal) -> Result<p::Verifier, Diagnostic> {
         let expected = || p::Expected {
             field: match c.get("expected").map(|v| &v.v) {
-                Some(Value::Field { name, .. }) => name.to_string(),
-                _ => "answer".to_string(),
+                Some(Value::Field { name, .. }) => name.clone(),
+                _ => CompactString::const_new("answer"),
             },
         };
         let extract = self.extractor(c.get("extract"))?;
@@ -503,13 +501,13 @@ impl L<'_, '_> {
             other => return Err(self.bug(&format!("unknown verifier function {other}"), c.span)),
         };
         Ok(p::Verifier {
-            name: name.to_string(),
+            name: name.into(),
             spec,
         })
     }
 
     /// The name of a source argument; an inline source is added under `<owner>.source`.
-    fn source_ref(&mut self, owner: &str, v: Option<&Val>) -> Result<String, Diagnostic> {
+    fn source_ref(&mut self, owner: &str, v: Option<&Val>) -> Result<p::Name, Diagnostic> {
         match v {
             Some(Val {
                 v: Value::Decl(id, _),
@@ -521,7 +519,7 @@ impl L<'_, '_> {
                 if let Some(n) = self.inline.get(&c.span.start) {
                     return Ok(n.clone());
                 }
-                let n = format!("{owner}.source");
+                let n = format_compact!("{owner}.source");
                 let s = self.source(&n, c)?;
                 self.sources.push(s);
                 self.inline.insert(c.span.start, n.clone());
@@ -537,7 +535,7 @@ impl L<'_, '_> {
         i: usize,
         id: Option<EntityId>,
         c: Option<&CallVal>,
-    ) -> Result<String, Diagnostic> {
+    ) -> Result<p::Name, Diagnostic> {
         if let Some(id) = id {
             return Ok(entity_name(self.res, id));
         }
@@ -547,7 +545,7 @@ impl L<'_, '_> {
         if let Some(n) = self.inline.get(&c.span.start) {
             return Ok(n.clone());
         }
-        let n = format!("{owner}.reward{i}");
+        let n = format_compact!("{owner}.reward{i}");
         let v = self.verifier(&n, c)?;
         self.verifiers.push(v);
         self.inline.insert(c.span.start, n.clone());
@@ -568,7 +566,7 @@ impl L<'_, '_> {
                         name: item
                             .origin
                             .as_deref()
-                            .map_or_else(|| n.clone(), str::to_string),
+                            .map_or_else(|| n.clone(), CompactString::from),
                         parts: vec![p::WeightedVerifier {
                             weight: 1.0,
                             verifier: n,
@@ -581,7 +579,7 @@ impl L<'_, '_> {
                         name: item
                             .origin
                             .as_deref()
-                            .map_or_else(|| n.clone(), str::to_string),
+                            .map_or_else(|| n.clone(), CompactString::from),
                         parts: vec![p::WeightedVerifier {
                             weight: 1.0,
                             verifier: n,
@@ -604,7 +602,7 @@ impl L<'_, '_> {
                         name: item
                             .origin
                             .as_deref()
-                            .map_or_else(|| format!("reward{i}"), str::to_string),
+                            .map_or_else(|| format_compact!("reward{i}"), CompactString::from),
                         parts,
                     }
                 }
@@ -638,7 +636,7 @@ impl L<'_, '_> {
         })
     }
 
-    fn weights(c: &CallVal) -> BTreeMap<String, f64> {
+    fn weights(c: &CallVal) -> BTreeMap<p::Name, f64> {
         c.extra
             .iter()
             .map(|(k, _, v)| {
@@ -647,7 +645,7 @@ impl L<'_, '_> {
                     Value::Int(i) => i as f64,
                     _ => 1.0,
                 };
-                (k.clone(), w)
+                (k.as_str().into(), w)
             })
             .collect()
     }

@@ -9,11 +9,15 @@
 use crate::ast::*;
 use crate::diagnostic::{did_you_mean, Diagnostic, Span};
 use crate::stdlib::Stdlib;
+use compact_str::CompactString;
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::{HashMap, VecDeque};
 
-/// The name table: looked up for every name in the file, so it uses a fast hasher.
-type Names<'a> = foldhash::HashMap<&'a str, EntityId>;
+/// The name table: looked up for every name in the file, so it uses a fast hasher. Each entry
+/// holds its own copy of the name (names up to 24 bytes, nearly all, are stored inline) and the
+/// entity's stage, so a lookup reads only the table: keys borrowed from the syntax tree sent
+/// every comparison to the declaring item, which in a large file is long out of cache.
+type Names = foldhash::HashMap<CompactString, (EntityId, Option<usize>)>;
 
 pub type EntityId = usize;
 
@@ -63,20 +67,14 @@ pub struct Resolved<'a> {
     pub stages: Vec<StageScope<'a>>,
     /// Entity ids, each after everything it references; entities on a cycle are left out.
     pub order: Vec<EntityId>,
-    names: Names<'a>,
+    names: Names,
 }
 
 impl<'a> Resolved<'a> {
     /// The entity a name refers to from `stage` (top-level names are visible everywhere, stage
     /// names only inside their stage).
     pub fn lookup(&self, name: &str, stage: Option<usize>) -> Option<EntityId> {
-        let id = *self.names.get(name)?;
-        let e = self.entities.get(id)?;
-        match e.stage {
-            None => Some(id),
-            s if s == stage => Some(id),
-            _ => None,
-        }
+        visible(self.names.get(name)?, stage)
     }
 
     pub fn setting(&self, stage: usize, kind: SettingKind) -> Option<Setting<'a>> {
@@ -88,11 +86,17 @@ impl<'a> Resolved<'a> {
     }
 }
 
+/// The entity of a name-table entry when it can be seen from `stage` (top-level names are
+/// visible everywhere, stage names only inside their stage).
+fn visible(&(id, declared): &(EntityId, Option<usize>), stage: Option<usize>) -> Option<EntityId> {
+    (declared.is_none() || declared == stage).then_some(id)
+}
+
 struct Resolver<'a, 'd> {
     std: &'static Stdlib,
     diags: &'d mut Vec<Diagnostic>,
     entities: Vec<Entity<'a>>,
-    names: Names<'a>,
+    names: Names,
     top_settings: Vec<Setting<'a>>,
     stages: Vec<StageScope<'a>>,
     staged: bool,
@@ -143,7 +147,7 @@ pub fn resolve<'a>(
     }
     // Overrides name params of the top level.
     for (key, value) in overrides {
-        match r.names.get(key.as_str()).copied() {
+        match r.names.get(key.as_str()).map(|&(id, _)| id) {
             Some(id) if r.entities.get(id).map(|e| e.kind) == Some(EntityKind::Param) => {
                 if let Some(e) = r.entities.get_mut(id) {
                     e.override_text = Some(value.clone());
@@ -197,7 +201,7 @@ impl<'a> Resolver<'a, '_> {
     }
 
     fn add_entity(&mut self, e: Entity<'a>) -> Option<EntityId> {
-        if let Some(&prev) = self.names.get(e.name.name.as_str()) {
+        if let Some(&(prev, _)) = self.names.get(e.name.name.as_str()) {
             let prev_span = self
                 .entities
                 .get(prev)
@@ -215,7 +219,7 @@ impl<'a> Resolver<'a, '_> {
             return None;
         }
         let id = self.entities.len();
-        self.names.insert(e.name.name.as_str(), id);
+        self.names.insert(e.name.name.clone(), (id, e.stage));
         self.entities.push(e);
         Some(id)
     }
@@ -408,12 +412,7 @@ impl<'a> Resolver<'a, '_> {
     }
 
     fn lookup(&self, name: &str, stage: Option<usize>) -> Option<EntityId> {
-        let id = *self.names.get(name)?;
-        match self.entities.get(id)?.stage {
-            None => Some(id),
-            s if s == stage => Some(id),
-            _ => None,
-        }
+        visible(self.names.get(name)?, stage)
     }
 
     /// Walks every expression; reports unknown names; returns the evaluation order and, per

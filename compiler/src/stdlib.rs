@@ -72,7 +72,13 @@ pub struct Signature {
 
 impl Signature {
     pub fn param(&self, name: &str) -> Option<&ParamDef> {
-        self.params.iter().find(|p| p.name == name && !p.variadic)
+        self.params.get(self.param_index(name)?)
+    }
+    /// The position of the non-variadic parameter `name` among `params`.
+    pub fn param_index(&self, name: &str) -> Option<usize> {
+        self.params
+            .iter()
+            .position(|p| p.name == name && !p.variadic)
     }
     pub fn variadic(&self) -> Option<&ParamDef> {
         self.params.iter().find(|p| p.variadic)

@@ -69,51 +69,15 @@ pub struct CallVal {
     pub span: Span,
 }
 
-/// The arguments of a call by parameter name, sorted by name (so two calls that bind the same
-/// values are equal whatever order their arguments were written in). A vector sized to the
-/// signature rather than a `BTreeMap`: a map's node holds eleven entries however few a call
-/// has, and a large pipeline keeps thousands of small calls (`field(...)`, `tag(...)`) alive.
-/// Keys are the signature's own (static) names, so a call allocates no key strings.
+/// The arguments of a call: one slot per parameter of its signature, in the signature's order,
+/// holding the value given, the default, or `Absent` (a variadic parameter's slot stays
+/// `Absent`; what it collects is in `CallVal::extra`). Two calls that bind the same values are
+/// equal whatever order their arguments were written in. A lookup finds the slot by searching
+/// the signature, which every call of a function shares and so is in cache, and then reads one
+/// slot: a large pipeline keeps tens of thousands of calls, long out of cache when validate and
+/// lower read them, and a search of the slots themselves cost a cache miss per step.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct ArgMap(Vec<(&'static str, Val)>);
-
-impl ArgMap {
-    fn with_capacity(n: usize) -> Self {
-        ArgMap(Vec::with_capacity(n))
-    }
-
-    fn position(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| (*k).cmp(name))
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Val> {
-        self.position(name)
-            .ok()
-            .and_then(|i| self.0.get(i))
-            .map(|(_, v)| v)
-    }
-
-    /// Every bound parameter and its value (absent ones included), sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Val)> {
-        self.0.iter().map(|(k, v)| (*k, v))
-    }
-
-    pub fn contains_key(&self, name: &str) -> bool {
-        self.position(name).is_ok()
-    }
-
-    /// Sets the argument `name`, replacing an earlier value as a map would.
-    fn insert(&mut self, name: &'static str, v: Val) {
-        match self.position(name) {
-            Ok(i) => {
-                if let Some(slot) = self.0.get_mut(i) {
-                    slot.1 = v;
-                }
-            }
-            Err(i) => self.0.insert(i, (name, v)),
-        }
-    }
-}
+pub struct ArgMap(Vec<Val>);
 
 impl PartialEq for CallVal {
     fn eq(&self, other: &Self) -> bool {
@@ -125,8 +89,17 @@ impl CallVal {
     pub fn name(&self) -> &str {
         &self.sig.name
     }
+    /// The value bound to the parameter `name`, or `None` when it is absent or the function
+    /// has no such parameter.
     pub fn get(&self, name: &str) -> Option<&Val> {
-        self.args.get(name).filter(|v| v.v != Value::Absent)
+        let i = self.sig.param_index(name)?;
+        self.args.0.get(i).filter(|v| v.v != Value::Absent)
+    }
+
+    /// Every parameter and its value (absent ones included), in the signature's order.
+    pub fn args(&self) -> impl Iterator<Item = (&'static str, &Val)> {
+        let sig: &'static Signature = self.sig;
+        sig.params.iter().map(|p| p.name.as_str()).zip(&self.args.0)
     }
     pub fn int(&self, name: &str) -> Option<i64> {
         match self.get(name)?.v {
@@ -1020,7 +993,8 @@ impl Checker<'_, '_, '_> {
         receiver: Option<Val>,
         span: Span,
     ) -> Option<Val> {
-        let mut vals = ArgMap::with_capacity(sig.params.len());
+        // One slot per parameter of the signature (see `ArgMap`).
+        let mut vals: Vec<Option<Val>> = vec![None; sig.params.len()];
         // Where each parameter was given, for duplicate and missing-argument reports. Calls
         // have a handful of arguments, so a vector searched in order is cheapest.
         let mut name_spans: Vec<(&str, Span)> = Vec::new();
@@ -1032,13 +1006,14 @@ impl Checker<'_, '_, '_> {
         let positional = || {
             sig.params
                 .iter()
-                .filter(|p| !p.variadic && p.name != "self")
+                .enumerate()
+                .filter(|(_, p)| !p.variadic && p.name != "self")
         };
         let mut positional_params = positional();
         let empty = Args::default();
         let args = args.unwrap_or(&empty);
         for (i, e) in args.positional.iter().enumerate() {
-            let Some(p) = positional_params.next() else {
+            let Some((slot, p)) = positional_params.next() else {
                 let count = positional().count();
                 self.err(
                     Diagnostic::error(
@@ -1060,7 +1035,9 @@ impl Checker<'_, '_, '_> {
             name_spans.push((p.name.as_str(), e.span));
             match self.arg(sig, p, e) {
                 Some(v) => {
-                    vals.insert(p.name.as_str(), v);
+                    if let Some(s) = vals.get_mut(slot) {
+                        *s = Some(v);
+                    }
                 }
                 None => ok = false,
             }
@@ -1068,8 +1045,11 @@ impl Checker<'_, '_, '_> {
         let named = args.named.iter().chain(block.iter().copied());
         for na in named {
             let key = na.name.name.as_str();
-            let param = sig.param(key).filter(|p| p.name != "self");
-            if let Some(p) = param {
+            let param = sig
+                .param_index(key)
+                .and_then(|i| Some((i, sig.params.get(i)?)))
+                .filter(|(_, p)| p.name != "self");
+            if let Some((slot, p)) = param {
                 if let Some(prev) = given(&name_spans, key) {
                     self.err(duplicate_argument(key, &sig.name, na.name.span, prev));
                     ok = false;
@@ -1078,7 +1058,9 @@ impl Checker<'_, '_, '_> {
                 name_spans.push((key, na.name.span));
                 match self.arg(sig, p, &na.value) {
                     Some(v) => {
-                        vals.insert(p.name.as_str(), v);
+                        if let Some(s) = vals.get_mut(slot) {
+                            *s = Some(v);
+                        }
                     }
                     None => ok = false,
                 }
@@ -1119,12 +1101,15 @@ impl Checker<'_, '_, '_> {
                 ok = false;
             }
         }
-        match (receiver, sig.param("self")) {
+        let self_slot = sig.param_index("self");
+        match (receiver, self_slot.and_then(|i| sig.params.get(i))) {
             (Some(r), Some(p)) => {
                 let ty = p.ty.clone();
                 match self.accept(r, &ty, &|| format!("the receiver of `{}`", sig.name)) {
                     Some(v) => {
-                        vals.insert("self", v);
+                        if let Some(s) = self_slot.and_then(|i| vals.get_mut(i)) {
+                            *s = Some(v);
+                        }
                     }
                     None => ok = false,
                 }
@@ -1142,8 +1127,8 @@ impl Checker<'_, '_, '_> {
             }
             _ => {}
         }
-        for p in &sig.params {
-            if p.variadic || vals.contains_key(p.name.as_str()) {
+        for (slot, p) in sig.params.iter().enumerate() {
+            if p.variadic || vals.get(slot).is_some_and(Option::is_some) {
                 continue;
             }
             if p.required() {
@@ -1167,32 +1152,30 @@ impl Checker<'_, '_, '_> {
             if !ok {
                 continue;
             }
-            match &p.default {
-                Some(d) => {
-                    let v = self.default_value(p, d);
-                    match v {
-                        Some(mut v) => {
-                            v.span = span;
-                            vals.insert(p.name.as_str(), v);
-                        }
-                        None => {
-                            self.err(
-                                Diagnostic::error(
-                                    "recap::internal::stdlib",
-                                    format!(
-                                        "internal error, please report: the stdlib default of `{}.{}` does not check",
-                                        sig.name, p.name
-                                    ),
-                                )
-                                .label(span, "while checking this call")
-                                .with_help("this is a bug in recapc's stdlib; please report it"),
-                            );
-                            ok = false;
+            // A parameter without a default keeps the `Absent` its slot is given below.
+            if let Some(d) = &p.default {
+                let v = self.default_value(p, d);
+                match v {
+                    Some(mut v) => {
+                        v.span = span;
+                        if let Some(s) = vals.get_mut(slot) {
+                            *s = Some(v);
                         }
                     }
-                }
-                None => {
-                    vals.insert(p.name.as_str(), Val::new(Value::Absent, span));
+                    None => {
+                        self.err(
+                            Diagnostic::error(
+                                "recap::internal::stdlib",
+                                format!(
+                                    "internal error, please report: the stdlib default of `{}.{}` does not check",
+                                    sig.name, p.name
+                                ),
+                            )
+                            .label(span, "while checking this call")
+                            .with_help("this is a bug in recapc's stdlib; please report it"),
+                        );
+                        ok = false;
+                    }
                 }
             }
         }
@@ -1200,7 +1183,11 @@ impl Checker<'_, '_, '_> {
             Val::new(
                 Value::Call(Box::new(CallVal {
                     sig,
-                    args: vals,
+                    args: ArgMap(
+                        vals.into_iter()
+                            .map(|v| v.unwrap_or_else(|| Val::new(Value::Absent, span)))
+                            .collect(),
+                    ),
                     extra,
                     span,
                 })),

@@ -51,8 +51,13 @@ pub fn deref<'t>(typed: &'t Typed, v: &'t Val) -> Option<Ref<'t>> {
     }
 }
 
-pub fn entity_name(res: &Resolved, id: EntityId) -> String {
-    name_of(res, id).to_string()
+/// The name of an entity as the plan holds it (a copy that needs no allocation for names of
+/// up to 24 bytes).
+pub fn entity_name(res: &Resolved, id: EntityId) -> compact_str::CompactString {
+    res.entities
+        .get(id)
+        .map(|e| e.name.name.clone())
+        .unwrap_or_default()
 }
 
 /// The name of an entity, borrowed: the checks of a large pipeline compare names thousands
@@ -1103,7 +1108,7 @@ fn collect_calls<'t>(v: &'t Val, out: &mut Vec<&'t CallVal>) {
     match &v.v {
         Value::Call(c) => {
             out.push(c);
-            for (_, arg) in c.args.iter() {
+            for (_, arg) in c.args() {
                 collect_calls(arg, out);
             }
             for (_, _, arg) in &c.extra {

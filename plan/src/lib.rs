@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
+/// A name, id or other short text of the plan (entity names, node ids, field names, markers).
+/// Up to 24 bytes are stored inline, without an allocation: a plan of a large pipeline holds
+/// hundreds of thousands of them, and keeping them inside their structs spares the compiler
+/// an allocation each and the hash and graph a pointer to follow each. Serialised as a string.
+pub type Name = compact_str::CompactString;
+
 /// Bumped on every incompatible change of the plan's shape.
 pub const PLAN_VERSION: u32 = 1;
 
@@ -20,9 +26,9 @@ pub struct Plan {
     /// Hex sha256 of the canonical JSON of this plan with `content_hash` set to "".
     pub content_hash: String,
     /// Every `param` with its final value (after `--set` overrides).
-    pub params: BTreeMap<String, ParamValue>,
+    pub params: BTreeMap<Name, ParamValue>,
     /// The model being trained.
-    pub policy: String,
+    pub policy: Name,
     pub models: Vec<Model>,
     pub sources: Vec<Source>,
     pub verifiers: Vec<Verifier>,
@@ -53,7 +59,7 @@ pub enum Dtype {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Model {
-    pub name: String,
+    pub name: Name,
     pub spec: ModelSpec,
 }
 
@@ -61,11 +67,11 @@ pub struct Model {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ModelSpec {
     /// A Hugging Face directory (config.json, safetensors, tokenizer.json).
-    Hf { dir: String, dtype: Dtype },
+    Hf { dir: Name, dtype: Dtype },
     /// A GGUF file, dequantised on load.
     Gguf {
-        file: String,
-        tokenizer: Option<String>,
+        file: Name,
+        tokenizer: Option<Name>,
         dtype: Dtype,
     },
     /// A seeded random model of the given shape.
@@ -77,10 +83,10 @@ pub enum ModelSpec {
         kv_heads: u64,
         intermediate: u64,
         seed: u64,
-        tokenizer: Option<String>,
+        tokenizer: Option<Name>,
     },
     /// A frozen copy of another model's initial weights.
-    Frozen { of: String },
+    Frozen { of: Name },
 }
 
 /// A value taken from a data row (sources) or from a completion (verifiers): the steps apply
@@ -94,13 +100,13 @@ pub struct Extractor {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ExtractStep {
     /// The value of a field of the data row.
-    Field { name: String },
+    Field { name: Name },
     /// The text after the last occurrence of `marker`, trimmed.
-    After { marker: String },
+    After { marker: Name },
     /// The text before the first occurrence of `marker`, trimmed.
-    Before { marker: String },
+    Before { marker: Name },
     /// The text inside the last `<name>...</name>`.
-    Tag { name: String },
+    Tag { name: Name },
     /// The last number in the text.
     LastNumber,
     /// The first number in the text.
@@ -115,22 +121,22 @@ pub struct Template {
     /// The template as written, placeholders as `{name}`.
     pub text: String,
     /// The placeholder names in order of appearance.
-    pub placeholders: Vec<String>,
+    pub placeholders: Vec<Name>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Source {
-    pub name: String,
+    pub name: Name,
     pub spec: SourceSpec,
     /// Named fields the objectives and verifiers read, e.g. `answer`, `target`.
-    pub fields: BTreeMap<String, Extractor>,
+    pub fields: BTreeMap<Name, Extractor>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceSpec {
     Jsonl {
-        file: String,
+        file: Name,
         prompt: Template,
         limit: Option<u64>,
         shuffle: bool,
@@ -139,7 +145,7 @@ pub enum SourceSpec {
     Arithmetic {
         count: u64,
         digits: u64,
-        ops: String,
+        ops: Name,
         seed: u64,
     },
     /// Generated "sort these numbers" problems; fields `prompt` and `answer`.
@@ -150,7 +156,7 @@ pub enum SourceSpec {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verifier {
-    pub name: String,
+    pub name: Name,
     pub spec: VerifierSpec,
 }
 
@@ -158,14 +164,14 @@ pub struct Verifier {
 /// verified.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Expected {
-    pub field: String,
+    pub field: Name,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum VerifierSpec {
     Regex {
-        pattern: String,
+        pattern: Name,
         extract: Extractor,
     },
     Exact {
@@ -185,7 +191,7 @@ pub enum VerifierSpec {
     Choice {
         expected: Expected,
         extract: Extractor,
-        options: String,
+        options: Name,
     },
     Iou {
         expected: Expected,
@@ -203,14 +209,14 @@ pub enum VerifierSpec {
 pub struct RewardTerm {
     /// The key's name: the verifier's name, or the `let` that names the combination, or
     /// `reward<i>` for an unnamed expression.
-    pub name: String,
+    pub name: Name,
     pub parts: Vec<WeightedVerifier>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WeightedVerifier {
     pub weight: f64,
-    pub verifier: String,
+    pub verifier: Name,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,7 +246,7 @@ pub enum KlEstimator {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Kl {
     /// A frozen model.
-    pub reference: String,
+    pub reference: Name,
     pub coef: f64,
     pub estimator: KlEstimator,
 }
@@ -249,8 +255,8 @@ pub struct Kl {
 /// the same source with the same settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
-    pub id: String,
-    pub source: String,
+    pub id: Name,
+    pub source: Name,
     pub group: u64,
     pub max_tokens: u64,
     pub temperature: f64,
@@ -260,7 +266,7 @@ pub struct Rollout {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Objective {
-    pub name: String,
+    pub name: Name,
     pub spec: ObjectiveSpec,
 }
 
@@ -268,9 +274,9 @@ pub struct Objective {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ObjectiveSpec {
     Grpo {
-        source: String,
+        source: Name,
         /// The id of the stage's rollout this objective reads.
-        rollout: String,
+        rollout: Name,
         rewards: Vec<RewardTerm>,
         clip_low: f64,
         clip_high: f64,
@@ -280,7 +286,7 @@ pub enum ObjectiveSpec {
         drop_equal_groups: bool,
     },
     Sft {
-        source: String,
+        source: Name,
         max_tokens: u64,
     },
 }
@@ -313,7 +319,7 @@ pub enum Reweight {
     Uniform,
     /// Fixed weights per objective name; objectives not named weigh 1.
     Static {
-        weights: BTreeMap<String, f64>,
+        weights: BTreeMap<Name, f64>,
     },
     Dwa {
         temperature: f64,
@@ -333,7 +339,7 @@ pub enum Mix {
     Proportional,
     /// Draw probabilities per source name.
     Weights {
-        weights: BTreeMap<String, f64>,
+        weights: BTreeMap<Name, f64>,
     },
     /// Replay (SFT) volume capped at `cap` times the RL volume, drawing with `base` otherwise.
     Coreset {
@@ -400,8 +406,8 @@ pub struct Train {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Eval {
-    pub name: String,
-    pub source: String,
+    pub name: Name,
+    pub source: Name,
     pub every: u64,
     pub rewards: Vec<RewardTerm>,
     pub limit: Option<u64>,
@@ -411,7 +417,7 @@ pub struct Eval {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stage {
-    pub name: String,
+    pub name: Name,
     pub rollouts: Vec<Rollout>,
     pub objectives: Vec<Objective>,
     pub reweight: Reweight,
@@ -429,11 +435,11 @@ pub struct Graph {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     /// Unique, stable id such as `model.policy` or `rl.rollout.math`.
-    pub id: String,
+    pub id: Name,
     pub kind: NodeKind,
-    pub label: String,
+    pub label: Name,
     /// The stage the node belongs to; `None` for nodes shared by all stages.
-    pub stage: Option<String>,
+    pub stage: Option<Name>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -456,8 +462,8 @@ pub enum NodeKind {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Edge {
-    pub from: String,
-    pub to: String,
+    pub from: Name,
+    pub to: Name,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -195,7 +195,7 @@ mod engine {
                 limit: None,
                 shuffle: false,
             },
-            fields: [("answer".to_string(), field("answer"))].into(),
+            fields: [("answer".into(), field("answer"))].into(),
         }];
         let err = run(&seal(plan.clone()), &opts(dir.path())).unwrap_err();
         let msg = format!("{err:#}");
@@ -321,7 +321,7 @@ mod engine {
             rollouts: vec![],
             objectives: vec![sft("recall", "copy", 8)],
             reweight: Reweight::Static {
-                weights: [("recall".to_string(), 0.5)].into(),
+                weights: [("recall".into(), 0.5)].into(),
             },
             mix: Mix::RoundRobin,
             train: train(1, 4, 1e-3, 1, "unused"),

@@ -702,7 +702,7 @@ fn gguf_policy_trains_in_the_engine() {
     let mut plan = presets::base_plan(Model {
         name: "policy".into(),
         spec: ModelSpec::Gguf {
-            file: file.display().to_string(),
+            file: file.display().to_string().into(),
             tokenizer: None,
             dtype: Dtype::F32,
         },
@@ -710,7 +710,7 @@ fn gguf_policy_trains_in_the_engine() {
     plan.sources = vec![Source {
         name: "pairs".into(),
         spec: SourceSpec::Jsonl {
-            file: data.display().to_string(),
+            file: data.display().to_string().into(),
             prompt: Template {
                 text: "{prompt}".into(),
                 placeholders: vec!["prompt".into()],
@@ -718,7 +718,7 @@ fn gguf_policy_trains_in_the_engine() {
             limit: None,
             shuffle: false,
         },
-        fields: [("answer".to_string(), presets::field("answer"))].into(),
+        fields: [("answer".into(), presets::field("answer"))].into(),
     }];
     let out = dir.path().join("run");
     plan.stages = vec![Stage {

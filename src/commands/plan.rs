@@ -69,20 +69,22 @@ pub fn named_files(plan: &Plan) -> Vec<String> {
     let mut out = Vec::new();
     for model in &plan.models {
         match &model.spec {
-            ModelSpec::Hf { dir, .. } => out.push(dir.clone()),
+            ModelSpec::Hf { dir, .. } => out.push(dir.to_string()),
             ModelSpec::Gguf {
                 file, tokenizer, ..
             } => {
-                out.push(file.clone());
-                out.extend(tokenizer.clone());
+                out.push(file.to_string());
+                out.extend(tokenizer.as_ref().map(|t| t.to_string()));
             }
-            ModelSpec::Tiny { tokenizer, .. } => out.extend(tokenizer.clone()),
+            ModelSpec::Tiny { tokenizer, .. } => {
+                out.extend(tokenizer.as_ref().map(|t| t.to_string()))
+            }
             ModelSpec::Frozen { .. } => {}
         }
     }
     for source in &plan.sources {
         if let SourceSpec::Jsonl { file, .. } = &source.spec {
-            out.push(file.clone());
+            out.push(file.to_string());
         }
     }
     out.sort();

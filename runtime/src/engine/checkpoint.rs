@@ -87,7 +87,7 @@ pub(crate) fn save(
         plan_hash: ctx.plan.content_hash.clone(),
         global_step: ctx.global_step,
         stage_index: rt.index,
-        stage_name: stage.name.clone(),
+        stage_name: stage.name.to_string(),
         stage_step: rt.step,
         run_rng: ctx.run_rng.state(),
         reweighter: rt.reweighter.state(),

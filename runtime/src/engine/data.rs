@@ -47,18 +47,19 @@ pub fn apply_extractor(
     let mut current = start.to_string();
     for step in &ex.steps {
         current = match step {
-            ExtractStep::Field { name } => value_text(row?.get(name)?)?,
+            ExtractStep::Field { name } => value_text(row?.get(name.as_str())?)?,
             ExtractStep::After { marker } => TextExtractor::After {
-                marker: marker.clone(),
+                marker: marker.to_string(),
             }
             .apply(&current)?,
             ExtractStep::Before { marker } => {
                 let at = current.find(marker.as_str())?;
                 current[..at].trim().to_string()
             }
-            ExtractStep::Tag { name } => {
-                TextExtractor::Tag { name: name.clone() }.apply(&current)?
+            ExtractStep::Tag { name } => TextExtractor::Tag {
+                name: name.to_string(),
             }
+            .apply(&current)?,
             ExtractStep::LastNumber => TextExtractor::LastNumber.apply(&current)?,
             ExtractStep::FirstNumber => TextExtractor::FirstNumber.apply(&current)?,
             ExtractStep::Trim => current.trim().to_string(),
@@ -81,7 +82,7 @@ fn value_text(v: &Value) -> Option<String> {
 fn render(template: &Template, fields: &Map<String, Value>) -> std::result::Result<String, String> {
     let mut out = template.text.clone();
     for name in &template.placeholders {
-        let Some(v) = fields.get(name).and_then(value_text) else {
+        let Some(v) = fields.get(name.as_str()).and_then(value_text) else {
             return Err(format!(
                 "the prompt template needs field `{name}`, which the row lacks"
             ));
@@ -135,7 +136,7 @@ impl Dataset {
             bail!("source `{}` has no rows", source.name);
         }
         Ok(Dataset {
-            name: source.name.clone(),
+            name: source.name.to_string(),
             rows,
             shuffle,
         })
@@ -202,7 +203,7 @@ fn map_fields(
     for (name, ex) in &source.fields {
         match apply_extractor(ex, Some(raw), "") {
             Some(v) => {
-                fields.insert(name.clone(), Value::String(v));
+                fields.insert(name.to_string(), Value::String(v));
             }
             None => {
                 return Err(format!(

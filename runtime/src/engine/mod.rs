@@ -322,14 +322,14 @@ fn stage_keys(stage: &Stage) -> Result<Vec<ObjectiveKey>> {
                 for t in rewards {
                     keys.push(ObjectiveKey {
                         name: format!("{source}.{}", t.name),
-                        source: source.clone(),
+                        source: source.to_string(),
                         kind: KeyKind::Rl,
                     });
                 }
             }
             ObjectiveSpec::Sft { source, .. } => keys.push(ObjectiveKey {
-                name: source.clone(),
-                source: source.clone(),
+                name: source.to_string(),
+                source: source.to_string(),
                 kind: KeyKind::Sft,
             }),
         }
@@ -375,13 +375,13 @@ fn reweight_config(stage: &Stage, keys: &[ObjectiveKey]) -> ReweightConfig {
             // its keys. A name that is already a key is taken as is.
             let mut out = BTreeMap::new();
             for (name, w) in weights {
-                if let Some(o) = stage.objectives.iter().find(|o| &o.name == name) {
+                if let Some(o) = stage.objectives.iter().find(|o| o.name == name) {
                     let src = objective_source(&o.spec);
                     for k in keys.iter().filter(|k| k.source == src) {
                         out.insert(k.name.clone(), *w);
                     }
                 } else {
-                    out.insert(name.clone(), *w);
+                    out.insert(name.to_string(), *w);
                 }
             }
             ReweightConfig::Static { weights: out }
@@ -569,7 +569,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
 
     let mut datasets = BTreeMap::new();
     for s in &plan.sources {
-        datasets.insert(s.name.clone(), Dataset::load(s, base)?);
+        datasets.insert(s.name.to_string(), Dataset::load(s, base)?);
     }
     let verifiers = rewards::build_verifiers(plan)?;
     let mut models = build_policy(
@@ -704,7 +704,7 @@ fn mix_config(mix: &Mix, stage_seed: u64) -> (MixConfig, u64) {
         Mix::Proportional => (MixConfig::Proportional, stage_seed),
         Mix::Weights { weights } => (
             MixConfig::Weights {
-                weights: weights.clone(),
+                weights: weights.iter().map(|(k, w)| (k.to_string(), *w)).collect(),
             },
             stage_seed,
         ),
@@ -753,7 +753,7 @@ mod tests {
         assert_eq!(names, ["math.accuracy", "math.format", "copy"]);
         let mut st = rl.clone();
         st.reweight = Reweight::Static {
-            weights: [("reasoning".to_string(), 2.0), ("copy".to_string(), 0.5)].into(),
+            weights: [("reasoning".into(), 2.0), ("copy".into(), 0.5)].into(),
         };
         let ReweightConfig::Static { weights } = reweight_config(&st, &keys) else {
             panic!("static expected");

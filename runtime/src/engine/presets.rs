@@ -108,7 +108,7 @@ pub fn train(steps: u64, prompts: u64, lr: f64, seed: u64, out: &str) -> Train {
 
 pub fn rollout(source: &str, group: u64, max_tokens: u64) -> Rollout {
     Rollout {
-        id: format!("rollout.{source}"),
+        id: format!("rollout.{source}").into(),
         source: source.into(),
         group,
         max_tokens,
@@ -124,7 +124,7 @@ pub fn grpo(name: &str, source: &str, rewards: Vec<RewardTerm>, kl: Option<Kl>) 
         name: name.into(),
         spec: ObjectiveSpec::Grpo {
             source: source.into(),
-            rollout: format!("rollout.{source}"),
+            rollout: format!("rollout.{source}").into(),
             rewards,
             clip_low: 0.2,
             clip_high: 0.2,
@@ -189,7 +189,7 @@ pub fn seal(mut plan: Plan) -> Plan {
     let mut edges = Vec::new();
     for s in &plan.sources {
         nodes.push(Node {
-            id: format!("source.{}", s.name),
+            id: format!("source.{}", s.name).into(),
             kind: NodeKind::Source,
             label: s.name.clone(),
             stage: None,
@@ -198,7 +198,7 @@ pub fn seal(mut plan: Plan) -> Plan {
     for st in &plan.stages {
         let p = |x: &str| format!("{}.{x}", st.name);
         nodes.push(Node {
-            id: p("mixer"),
+            id: p("mixer").into(),
             kind: NodeKind::Mixer,
             label: "mix".into(),
             stage: Some(st.name.clone()),
@@ -208,43 +208,43 @@ pub fn seal(mut plan: Plan) -> Plan {
                 ObjectiveSpec::Grpo { source, .. } | ObjectiveSpec::Sft { source, .. } => source,
             };
             edges.push(Edge {
-                from: format!("source.{src}"),
-                to: p("mixer"),
+                from: format!("source.{src}").into(),
+                to: p("mixer").into(),
             });
             nodes.push(Node {
-                id: p(&format!("loss.{}", o.name)),
+                id: p(&format!("loss.{}", o.name)).into(),
                 kind: NodeKind::Loss,
                 label: o.name.clone(),
                 stage: Some(st.name.clone()),
             });
             edges.push(Edge {
-                from: p("mixer"),
-                to: p(&format!("loss.{}", o.name)),
+                from: p("mixer").into(),
+                to: p(&format!("loss.{}", o.name)).into(),
             });
             edges.push(Edge {
                 from: "model.policy".into(),
-                to: p(&format!("loss.{}", o.name)),
+                to: p(&format!("loss.{}", o.name)).into(),
             });
             edges.push(Edge {
-                from: p(&format!("loss.{}", o.name)),
-                to: p("optimizer"),
+                from: p(&format!("loss.{}", o.name)).into(),
+                to: p("optimizer").into(),
             });
         }
         nodes.push(Node {
-            id: p("optimizer"),
+            id: p("optimizer").into(),
             kind: NodeKind::Optimizer,
             label: "optimizer".into(),
             stage: Some(st.name.clone()),
         });
         nodes.push(Node {
-            id: p("metrics"),
+            id: p("metrics").into(),
             kind: NodeKind::Metrics,
             label: "metrics".into(),
             stage: Some(st.name.clone()),
         });
         edges.push(Edge {
-            from: p("optimizer"),
-            to: p("metrics"),
+            from: p("optimizer").into(),
+            to: p("metrics").into(),
         });
     }
     edges.dedup();
@@ -399,7 +399,7 @@ pub fn trl_parity(model_dir: &str, data: &str, steps: u64, out: &str) -> Plan {
             limit: None,
             shuffle: true,
         },
-        fields: [("answer".to_string(), field("answer"))].into(),
+        fields: [("answer".into(), field("answer"))].into(),
     }];
     plan.verifiers = vec![
         first_number_verifier("accuracy"),

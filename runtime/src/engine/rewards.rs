@@ -54,7 +54,7 @@ pub fn build_verifier(v: &recap_plan::Verifier) -> Result<PlanVerifier> {
     let (kind, extract) = match &v.spec {
         VerifierSpec::Regex { pattern, extract } => (
             VerifierKind::Regex {
-                pattern: pattern.clone(),
+                pattern: pattern.to_string(),
                 mode: MatchMode::Partial,
             },
             Some(extract.clone()),
@@ -65,7 +65,7 @@ pub fn build_verifier(v: &recap_plan::Verifier) -> Result<PlanVerifier> {
             ignore_case,
         } => (
             VerifierKind::Exact {
-                expected: expected.field.clone(),
+                expected: expected.field.to_string(),
                 trim: true,
                 ignore_case: *ignore_case,
                 collapse_whitespace: false,
@@ -78,7 +78,7 @@ pub fn build_verifier(v: &recap_plan::Verifier) -> Result<PlanVerifier> {
             tolerance,
         } => (
             VerifierKind::Numeric {
-                expected: expected.field.clone(),
+                expected: expected.field.to_string(),
                 // The plan's extractor has already picked the number (last_number by default,
                 // or first_number); what is left must start with it.
                 pick: if extract.steps.is_empty() {
@@ -93,7 +93,7 @@ pub fn build_verifier(v: &recap_plan::Verifier) -> Result<PlanVerifier> {
         ),
         VerifierSpec::MathEqual { expected, extract } => (
             VerifierKind::MathEqual {
-                expected: expected.field.clone(),
+                expected: expected.field.to_string(),
                 rel_tol: 1e-9,
             },
             Some(extract.clone()),
@@ -104,8 +104,8 @@ pub fn build_verifier(v: &recap_plan::Verifier) -> Result<PlanVerifier> {
             options,
         } => (
             VerifierKind::Choice {
-                expected: expected.field.clone(),
-                letters: options.clone(),
+                expected: expected.field.to_string(),
+                letters: options.to_string(),
             },
             Some(extract.clone()),
         ),
@@ -115,7 +115,7 @@ pub fn build_verifier(v: &recap_plan::Verifier) -> Result<PlanVerifier> {
             threshold,
         } => (
             VerifierKind::Iou {
-                expected: expected.field.clone(),
+                expected: expected.field.to_string(),
                 threshold: *threshold,
             },
             Some(extract.clone()),
@@ -124,10 +124,10 @@ pub fn build_verifier(v: &recap_plan::Verifier) -> Result<PlanVerifier> {
             // The stdlib's length_penalty is 1 up to `target` and falls to 0 at `max_tokens`;
             // the built-in is DAPO's 0 .. -1 penalty, so the adapter shifts it by one.
             return Ok(PlanVerifier {
-                name: v.name.clone(),
+                name: v.name.to_string(),
                 extract: None,
                 inner: TrainVerifier::new(VerifierConfig {
-                    name: v.name.clone(),
+                    name: v.name.to_string(),
                     kind: VerifierKind::LengthPenalty {
                         unit: LengthUnit::Tokens,
                         target: target.unwrap_or(0) as usize,
@@ -140,13 +140,13 @@ pub fn build_verifier(v: &recap_plan::Verifier) -> Result<PlanVerifier> {
         }
     };
     let inner = TrainVerifier::new(VerifierConfig {
-        name: v.name.clone(),
+        name: v.name.to_string(),
         kind,
         extract: Vec::new(),
     })
     .map_err(|e| anyhow!("{e}"))?;
     Ok(PlanVerifier {
-        name: v.name.clone(),
+        name: v.name.to_string(),
         extract,
         inner,
     })
@@ -156,7 +156,7 @@ pub fn build_verifier(v: &recap_plan::Verifier) -> Result<PlanVerifier> {
 pub fn build_verifiers(plan: &recap_plan::Plan) -> Result<BTreeMap<String, PlanVerifier>> {
     plan.verifiers
         .iter()
-        .map(|v| Ok((v.name.clone(), build_verifier(v)?)))
+        .map(|v| Ok((v.name.to_string(), build_verifier(v)?)))
         .collect()
 }
 
@@ -189,7 +189,7 @@ pub fn score_terms(
         for term in terms {
             let (mut sum, mut applied, mut reasons) = (0.0, false, Vec::new());
             for part in &term.parts {
-                let v = verifiers.get(&part.verifier).ok_or_else(|| {
+                let v = verifiers.get(part.verifier.as_str()).ok_or_else(|| {
                     anyhow!(
                         "reward term `{}` names unknown verifier `{}`",
                         term.name,
@@ -264,7 +264,7 @@ mod tests {
             },
         ];
         vs.iter()
-            .map(|v| (v.name.clone(), build_verifier(v).unwrap()))
+            .map(|v| (v.name.to_string(), build_verifier(v).unwrap()))
             .collect()
     }
 

@@ -263,13 +263,17 @@ impl Ctx<'_> {
                         drop_equal_groups,
                         ..
                     } => {
-                        let ro = stage
-                            .rollouts
-                            .iter()
-                            .find(|r| &r.id == rollout)
-                            .ok_or_else(|| {
-                                anyhow!("objective `{}` reads unknown rollout `{rollout}`", o.name)
-                            })?;
+                        let ro =
+                            stage
+                                .rollouts
+                                .iter()
+                                .find(|r| r.id == rollout)
+                                .ok_or_else(|| {
+                                    anyhow!(
+                                        "objective `{}` reads unknown rollout `{rollout}`",
+                                        o.name
+                                    )
+                                })?;
                         let group = ro.group as usize;
                         let prompts: Vec<Vec<u32>> = rows
                             .iter()
@@ -550,7 +554,7 @@ impl Ctx<'_> {
         for e in &stage.evals {
             if self.dry_prompts.is_some() || (e.every > 0 && rt.step.is_multiple_of(e.every)) {
                 let t = Instant::now();
-                evals.insert(e.name.clone(), Value::Object(self.probe(e, models)?));
+                evals.insert(e.name.to_string(), Value::Object(self.probe(e, models)?));
                 tm.probe += t.elapsed().as_secs_f64();
             }
         }
@@ -620,7 +624,7 @@ impl Ctx<'_> {
     fn probe(&self, e: &Eval, models: &Models) -> Result<Map<String, Value>> {
         let ds = self
             .datasets
-            .get(&e.source)
+            .get(e.source.as_str())
             .ok_or_else(|| anyhow!("probe `{}` reads unknown source `{}`", e.name, e.source))?;
         let mut n = e
             .limit
@@ -673,7 +677,7 @@ impl Ctx<'_> {
             .zip(sums)
             .map(|(t, (s, c)): (&RewardTerm, _)| {
                 (
-                    t.name.clone(),
+                    t.name.to_string(),
                     if c > 0 {
                         num(s / c as f64)
                     } else {
@@ -722,7 +726,7 @@ pub(crate) fn estimate(
                 let ro = stage
                     .rollouts
                     .iter()
-                    .find(|r| &r.id == rollout)
+                    .find(|r| r.id == rollout)
                     .ok_or_else(|| anyhow!("unknown rollout `{rollout}`"))?;
                 let rows = p * ro.group as usize;
                 let seq = plen + ro.max_tokens as usize;
@@ -767,7 +771,7 @@ pub(crate) fn estimate(
         * (8 * c.hidden_size + 4 * c.intermediate_size + 2 * c.num_attention_heads * seq)
         + 2 * c.vocab_size;
     Ok(CostEstimate {
-        stage: stage.name.clone(),
+        stage: stage.name.to_string(),
         generated_tokens: gen,
         forward_backward_tokens: fb,
         reference_tokens: reft,
