@@ -17,7 +17,25 @@ use std::collections::{HashMap, VecDeque};
 /// holds its own copy of the name (names up to 24 bytes, nearly all, are stored inline) and the
 /// entity's stage, so a lookup reads only the table: keys borrowed from the syntax tree sent
 /// every comparison to the declaring item, which in a large file is long out of cache.
-type Names = foldhash::HashMap<CompactString, (EntityId, Option<usize>)>;
+type Names = foldhash::HashMap<CompactString, Slot>;
+
+/// A name-table entry: the entity, the stage that declares it (`u32::MAX` for the top level)
+/// and its kind, packed small so that more of a large table stays in cache.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    id: u32,
+    stage: u32,
+    kind: EntityKind,
+}
+
+impl Slot {
+    /// The entity and its kind when it can be seen from `stage` (top-level names are visible
+    /// everywhere, stage names only inside their stage).
+    fn visible(self, stage: Option<usize>) -> Option<(EntityId, EntityKind)> {
+        let seen = self.stage == u32::MAX || stage.is_some_and(|s| s == self.stage as usize);
+        seen.then_some((self.id as usize, self.kind))
+    }
+}
 
 pub type EntityId = usize;
 
@@ -74,7 +92,12 @@ impl<'a> Resolved<'a> {
     /// The entity a name refers to from `stage` (top-level names are visible everywhere, stage
     /// names only inside their stage).
     pub fn lookup(&self, name: &str, stage: Option<usize>) -> Option<EntityId> {
-        visible(self.names.get(name)?, stage)
+        self.lookup_kind(name, stage).map(|(id, _)| id)
+    }
+
+    /// `lookup` with the entity's kind, read from the name table itself.
+    pub fn lookup_kind(&self, name: &str, stage: Option<usize>) -> Option<(EntityId, EntityKind)> {
+        self.names.get(name)?.visible(stage)
     }
 
     pub fn setting(&self, stage: usize, kind: SettingKind) -> Option<Setting<'a>> {
@@ -84,12 +107,6 @@ impl<'a> Resolved<'a> {
             .and_then(|s| s.settings.iter().find(|x| x.kind == kind).copied());
         own.or_else(|| self.top_settings.iter().find(|x| x.kind == kind).copied())
     }
-}
-
-/// The entity of a name-table entry when it can be seen from `stage` (top-level names are
-/// visible everywhere, stage names only inside their stage).
-fn visible(&(id, declared): &(EntityId, Option<usize>), stage: Option<usize>) -> Option<EntityId> {
-    (declared.is_none() || declared == stage).then_some(id)
 }
 
 struct Resolver<'a, 'd> {
@@ -147,7 +164,7 @@ pub fn resolve<'a>(
     }
     // Overrides name params of the top level.
     for (key, value) in overrides {
-        match r.names.get(key.as_str()).map(|&(id, _)| id) {
+        match r.names.get(key.as_str()).map(|s| s.id as usize) {
             Some(id) if r.entities.get(id).map(|e| e.kind) == Some(EntityKind::Param) => {
                 if let Some(e) = r.entities.get_mut(id) {
                     e.override_text = Some(value.clone());
@@ -201,7 +218,7 @@ impl<'a> Resolver<'a, '_> {
     }
 
     fn add_entity(&mut self, e: Entity<'a>) -> Option<EntityId> {
-        if let Some(&(prev, _)) = self.names.get(e.name.name.as_str()) {
+        if let Some(prev) = self.names.get(e.name.name.as_str()).map(|s| s.id as usize) {
             let prev_span = self
                 .entities
                 .get(prev)
@@ -219,7 +236,15 @@ impl<'a> Resolver<'a, '_> {
             return None;
         }
         let id = self.entities.len();
-        self.names.insert(e.name.name.clone(), (id, e.stage));
+        // Ids and stage numbers fit 32 bits: a file would need billions of items otherwise.
+        let slot = Slot {
+            id: u32::try_from(id).unwrap_or(u32::MAX),
+            stage: e
+                .stage
+                .map_or(u32::MAX, |s| u32::try_from(s).unwrap_or(u32::MAX - 1)),
+            kind: e.kind,
+        };
+        self.names.insert(e.name.name.clone(), slot);
         self.entities.push(e);
         Some(id)
     }
@@ -412,7 +437,7 @@ impl<'a> Resolver<'a, '_> {
     }
 
     fn lookup(&self, name: &str, stage: Option<usize>) -> Option<EntityId> {
-        visible(self.names.get(name)?, stage)
+        self.names.get(name)?.visible(stage).map(|(id, _)| id)
     }
 
     /// Walks every expression; reports unknown names; returns the evaluation order and, per

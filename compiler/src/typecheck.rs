@@ -827,9 +827,8 @@ impl Checker<'_, '_, '_> {
 
     fn name(&mut self, id: &Ident, expected: Option<&Ty>) -> Option<Val> {
         if !self.in_stdlib {
-            if let Some(ent) = self.res.lookup(&id.name, self.stage) {
-                let e = self.res.entities.get(ent)?;
-                return match e.kind {
+            if let Some((ent, kind)) = self.res.lookup_kind(&id.name, self.stage) {
+                return match kind {
                     EntityKind::Decl(k) => Some(Val::new(Value::Decl(ent, decl_kind(k)), id.span)),
                     _ => {
                         let mut v = self.values.get(ent)?.clone()?;

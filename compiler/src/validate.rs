@@ -83,7 +83,7 @@ pub fn validate(
         typed,
         diags,
         frozen: Vec::new(),
-        calls: all_calls(res, typed),
+        calls: inspected_calls(res, typed),
     };
     v.files(options, host);
     v.model_dirs(options, host);
@@ -110,8 +110,8 @@ struct V<'r, 'a, 't, 'd> {
     diags: &'d mut Vec<Diagnostic>,
     /// Frozen copies of the policy, computed once (each KL term asks).
     frozen: Vec<EntityId>,
-    /// Every call in the typed values, inline ones included, once each (see `all_calls`).
-    calls: Vec<&'t CallVal>,
+    /// The calls of each function in `INSPECTED`, wherever they appear (see `inspected_calls`).
+    calls: [Vec<&'t CallVal>; INSPECTED.len()],
 }
 
 impl<'t> V<'_, '_, 't, '_> {
@@ -414,13 +414,17 @@ impl<'t> V<'_, '_, 't, '_> {
         }
     }
 
-    /// The calls of the stdlib function `name`, once each.
+    /// The calls of the stdlib function `name`, which must be one of `INSPECTED`.
     fn calls_of(&self, name: &str) -> Vec<&'t CallVal> {
-        self.calls
+        // A name missing from `INSPECTED` would find no calls and check nothing; the call
+        // sites are fixed, so only a change to this file can trip this.
+        debug_assert!(INSPECTED.contains(&name), "`{name}` is not in INSPECTED");
+        INSPECTED
             .iter()
-            .copied()
-            .filter(|c| c.name() == name)
-            .collect()
+            .position(|f| *f == name)
+            .and_then(|i| self.calls.get(i))
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn verifier_call(&mut self, c: &CallVal) {
@@ -1066,12 +1070,17 @@ fn field_read(v: &Val) -> Option<&str> {
     c.get("self").and_then(field_read)
 }
 
-/// Every call in the values of the declarations, inline ones included. `let` and `param`
-/// values are left out: where one is used, its value is copied in, so its calls are met there
-/// (and an unused one is only worth the warning it gets). A `let` used twice gives its calls
-/// twice; their diagnostics are identical, and `check` keeps one of each.
-fn all_calls<'t>(res: &Resolved, typed: &'t Typed) -> Vec<&'t CallVal> {
-    let mut calls: Vec<&CallVal> = Vec::new();
+/// The functions whose calls validate checks wherever they appear, inline ones included.
+const INSPECTED: [&str; 5] = ["hf", "jsonl", "regex", "choice", "length_penalty"];
+
+/// The calls of each function in `INSPECTED`, in the values of the declarations, inline ones
+/// included, found in one walk: the values of a large pipeline are long out of cache here, and
+/// a walk per rule read them again each time. `let` and `param` values are left out: where one
+/// is used, its value is copied in, so its calls are met there (and an unused one is only
+/// worth the warning it gets). A `let` used twice gives its calls twice; their diagnostics are
+/// identical, and `check` keeps one of each.
+fn inspected_calls<'t>(res: &Resolved, typed: &'t Typed) -> [Vec<&'t CallVal>; INSPECTED.len()] {
+    let mut calls: [Vec<&CallVal>; INSPECTED.len()] = Default::default();
     for (e, v) in res.entities.iter().zip(&typed.values) {
         if let (EntityKind::Decl(_), Some(v)) = (e.kind, v) {
             collect_calls(v, &mut calls);
@@ -1103,11 +1112,17 @@ fn regex_error(pattern: &str) -> Option<String> {
     })
 }
 
-/// Every call in `v`, its arguments' calls included, in order.
-fn collect_calls<'t>(v: &'t Val, out: &mut Vec<&'t CallVal>) {
+/// Every call in `v` of a function in `INSPECTED`, its arguments' calls included, in order.
+fn collect_calls<'t>(v: &'t Val, out: &mut [Vec<&'t CallVal>; INSPECTED.len()]) {
     match &v.v {
         Value::Call(c) => {
-            out.push(c);
+            if let Some(list) = INSPECTED
+                .iter()
+                .position(|f| *f == c.name())
+                .and_then(|i| out.get_mut(i))
+            {
+                list.push(c);
+            }
             for (_, arg) in c.args() {
                 collect_calls(arg, out);
             }
@@ -1137,5 +1152,18 @@ impl Typed {
     /// not caused by an earlier failure.
     pub fn call_errors_free(&self, _res: &Resolved) -> bool {
         self.values.iter().all(|v| v.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::INSPECTED;
+
+    #[test]
+    fn inspected_functions_are_stdlib_functions() {
+        let std = crate::stdlib::stdlib();
+        for f in INSPECTED {
+            assert!(std.fns.contains_key(f), "`{f}` is not a stdlib function");
+        }
     }
 }
