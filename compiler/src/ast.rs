@@ -276,9 +276,13 @@ pub struct StrLit {
 }
 
 impl StrLit {
-    /// The text with placeholders written back as `{name}`.
-    pub fn text(&self) -> String {
-        let mut s = String::new();
+    /// The text with placeholders written back as `{name}`. Up to 24 bytes are held inline,
+    /// and a string without placeholders is its one part, copied without an allocation.
+    pub fn text(&self) -> CompactString {
+        if let [StrPart::Text(t)] = self.parts.as_slice() {
+            return t.clone();
+        }
+        let mut s = CompactString::default();
         for p in &self.parts {
             match p {
                 StrPart::Text(t) => s.push_str(t),

@@ -50,7 +50,7 @@ pub fn lower(
                     Value::Float(f) => p::ParamValue::Float(*f),
                     Value::Bool(b) => p::ParamValue::Bool(*b),
                     Value::Percent(x) => p::ParamValue::Percent(*x),
-                    Value::Str { text, .. } => p::ParamValue::String(text.clone()),
+                    Value::Str { text, .. } => p::ParamValue::String(text.to_string()),
                     _ => return Err(l.bug("a param of an unexpected type", e.name.span)),
                 };
                 params.insert(e.name.name.clone(), pv);
@@ -422,7 +422,9 @@ impl L<'_, '_> {
         let spec = match c.name() {
             "jsonl" => {
                 let (text, placeholders) = match c.get("prompt").map(|v| &v.v) {
-                    Some(Value::Str { text, placeholders }) => (text.clone(), placeholders.clone()),
+                    Some(Value::Str { text, placeholders }) => {
+                        (text.to_string(), placeholders.clone())
+                    }
                     _ => return Err(self.bug("jsonl without prompt", c.span)),
                 };
                 p::SourceSpec::Jsonl {

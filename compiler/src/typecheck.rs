@@ -20,7 +20,7 @@ pub enum Value {
     Percent(f64),
     Bool(bool),
     Str {
-        text: String,
+        text: CompactString,
         placeholders: Vec<CompactString>,
     },
     List(Vec<Val>),
@@ -161,7 +161,7 @@ pub struct Typed {
     pub values: Vec<Option<Val>>,
     pub stages: Vec<StageValues>,
     /// Every string used as a `path`, with its span.
-    pub paths: Vec<(String, Span)>,
+    pub paths: Vec<(CompactString, Span)>,
 }
 
 impl Typed {
@@ -218,7 +218,7 @@ struct Checker<'r, 'a, 'd> {
     std: &'static Stdlib,
     diags: &'d mut Vec<Diagnostic>,
     values: Vec<Option<Val>>,
-    paths: Vec<(String, Span)>,
+    paths: Vec<(CompactString, Span)>,
     stage: Option<usize>,
     /// Evaluating a stdlib default: user names are not in scope.
     in_stdlib: bool,
@@ -461,7 +461,7 @@ impl Checker<'_, '_, '_> {
                     .filter(|f| f.is_finite())
                     .map(Value::Percent),
                 _ => Some(Value::Str {
-                    text: text.clone(),
+                    text: text.as_str().into(),
                     placeholders: Vec::new(),
                 }),
             };
@@ -490,7 +490,7 @@ impl Checker<'_, '_, '_> {
                         }
                     }
                     if ty_v == Ty::Path {
-                        self.paths.push((text.clone(), span));
+                        self.paths.push((text.as_str().into(), span));
                     }
                 }
                 None => {
