@@ -76,6 +76,8 @@ pub struct Measurement {
     pub lines: usize,
     pub bytes: usize,
     pub median: Duration,
+    /// The time of each round, in round order (see `measure_all`).
+    pub rounds: Vec<Duration>,
     /// Median time of the parse stage alone (`recap_compiler::parse`), part of `median`.
     pub parse_median: Duration,
     pub errors: usize,
@@ -90,34 +92,66 @@ impl Measurement {
     }
 }
 
-/// Checks `source` once untimed (warm-up), then `runs` times, and keeps the median.
-pub fn measure(source: &str, runs: usize) -> Measurement {
+/// Times `check` on each source in `runs` rounds; a round checks every source once, smallest
+/// first, each timed check right after an untimed one of the same source (so every timed run
+/// starts as a run in a series of identical checks would). Interleaving the sizes gives them
+/// the same machine: on a shared machine the load drifts over the seconds a benchmark takes,
+/// and timing the sizes one after another let the drift into their ratio.
+pub fn measure_all(sources: &[String], runs: usize) -> Vec<Measurement> {
     let options = CheckOptions::default();
-    let warm = recap_compiler::check("bench.recap", source, &options, &AssumeFilesExist);
-    let errors = warm
-        .diagnostics
-        .iter()
-        .filter(|d| d.severity == Severity::Error)
-        .count();
-    let first_error = warm
-        .diagnostics
-        .iter()
-        .find(|d| d.severity == Severity::Error)
-        .map(|d| format!("{}: {}", d.code, d.message));
-    // Dropping the result is timed too, as a caller pays for it.
-    let median = median_of(runs, || {
-        recap_compiler::check("bench.recap", source, &options, &AssumeFilesExist)
-    });
-    let parse_median = median_of(runs, || recap_compiler::parse(source));
-    Measurement {
-        lines: source.lines().count(),
-        bytes: source.len(),
-        median,
-        parse_median,
-        errors,
-        warnings: warm.diagnostics.len() - errors,
-        first_error,
+    let check = |s: &str| recap_compiler::check("bench.recap", s, &options, &AssumeFilesExist);
+    let mut rounds: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); sources.len()];
+    for _ in 0..runs.max(1) {
+        for (source, times) in sources.iter().zip(&mut rounds) {
+            drop(check(source));
+            let start = Instant::now();
+            // Dropping the result is timed too, as a caller pays for it.
+            drop(check(source));
+            times.push(start.elapsed());
+        }
     }
+    sources
+        .iter()
+        .zip(rounds)
+        .map(|(source, rounds)| {
+            let warm = check(source);
+            let errors = warm
+                .diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
+            let first_error = warm
+                .diagnostics
+                .iter()
+                .find(|d| d.severity == Severity::Error)
+                .map(|d| format!("{}: {}", d.code, d.message));
+            let mut sorted = rounds.clone();
+            sorted.sort();
+            Measurement {
+                lines: source.lines().count(),
+                bytes: source.len(),
+                median: sorted.get(sorted.len() / 2).copied().unwrap_or_default(),
+                rounds,
+                parse_median: median_of(runs, || recap_compiler::parse(source)),
+                errors,
+                warnings: warm.diagnostics.len() - errors,
+                first_error,
+            }
+        })
+        .collect()
+}
+
+/// The ratio of `large`'s time to `small`'s in each round, sorted: rounds ran both sizes
+/// within a fraction of a second, so each ratio compares them under the same load.
+pub fn round_ratios(small: &Measurement, large: &Measurement) -> Vec<f64> {
+    let mut ratios: Vec<f64> = small
+        .rounds
+        .iter()
+        .zip(&large.rounds)
+        .map(|(s, l)| l.as_secs_f64() / s.as_secs_f64().max(1e-12))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios
 }
 
 /// Median times of each checker stage alone on one input, in stage order; each stage runs on
@@ -233,6 +267,27 @@ mod tests {
         let times = measure_stages(&generate(200), 1).expect("the generated pipeline checks");
         assert!(times.rows().iter().all(|(_, t)| *t > Duration::ZERO));
         assert!(measure_stages("model policy = nothing(1)", 1).is_none());
+    }
+
+    #[test]
+    fn every_size_is_timed_once_per_round_and_ratios_pair_rounds() {
+        let sources = [generate(100), generate(400)];
+        let m = measure_all(&sources, 3);
+        assert_eq!(m.len(), 2);
+        for x in &m {
+            assert_eq!(x.rounds.len(), 3);
+            assert_eq!(x.errors, 0, "{:?}", x.first_error);
+            assert!(x.rounds.contains(&x.median));
+        }
+        let small = Measurement {
+            rounds: vec![Duration::from_millis(2), Duration::from_millis(1)],
+            ..m[0].clone()
+        };
+        let large = Measurement {
+            rounds: vec![Duration::from_millis(30), Duration::from_millis(12)],
+            ..m[1].clone()
+        };
+        assert_eq!(round_ratios(&small, &large), vec![12.0, 15.0]);
     }
 
     /// The benchmark times the fast parser, so the generated pipeline must take that path and

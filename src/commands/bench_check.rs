@@ -1,10 +1,11 @@
 //! `recapc bench-check [--lines 1000,10000,100000] [--runs 7] [--keep DIR] [--stages]` (hidden):
-//! takes sizes, gives a table of `check` times on generated pipelines of those sizes, and with
+//! takes sizes, gives a table of `check` times on generated pipelines of those sizes (timed in
+//! interleaved rounds, see `bench::measure_all`), the 100k/10k ratio of each round, and with
 //! `--stages` the time of each checker stage alone. Run it with a
 //! release build: `cargo run --release -- bench-check`.
 
 use super::{error_line, write_stdout};
-use crate::bench::{generate, measure, measure_stages, Measurement, StageTimes};
+use crate::bench::{generate, measure_all, measure_stages, round_ratios, StageTimes};
 use crate::cli::BenchArgs;
 use crate::exit::ExitCode;
 
@@ -12,12 +13,12 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     if cfg!(debug_assertions) {
         eprintln!("note: this is a debug build; figures are only meaningful with --release");
     }
-    let mut results: Vec<Measurement> = Vec::new();
     let mut stages: Vec<(usize, StageTimes)> = Vec::new();
     let mut out = format!(
         "{:>8} {:>10} {:>12} {:>14} {:>10} {:>7} {:>9}\n",
         "lines", "bytes", "median ms", "lines/s", "parse ms", "errors", "warnings"
     );
+    let mut sources = Vec::with_capacity(args.lines.len());
     for &lines in &args.lines {
         let source = generate(lines);
         if let Some(dir) = &args.keep {
@@ -29,9 +30,12 @@ pub fn run(args: &BenchArgs) -> ExitCode {
                 return ExitCode::Usage;
             }
         }
-        let m = measure(&source, args.runs);
+        sources.push(source);
+    }
+    let results = measure_all(&sources, args.runs);
+    for (m, source) in results.iter().zip(&sources) {
         if args.stages {
-            if let Some(t) = measure_stages(&source, args.runs) {
+            if let Some(t) = measure_stages(source, args.runs) {
                 stages.push((m.lines, t));
             }
         }
@@ -47,18 +51,24 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         ));
         if let Some(first) = &m.first_error {
             eprintln!(
-                "note: the {lines}-line pipeline has errors (the generator is out of step with \
-                 the language), first: {first}"
+                "note: the {}-line pipeline has errors (the generator is out of step with \
+                 the language), first: {first}",
+                m.lines
             );
         }
-        results.push(m);
     }
     let find = |n: usize| results.iter().find(|m| m.lines.abs_diff(n) <= n / 10);
     if let (Some(small), Some(large)) = (find(10_000), find(100_000)) {
-        out.push_str(&format!(
-            "100k / 10k time ratio: {:.2} (linear would be about 10)\n",
-            large.median.as_secs_f64() / small.median.as_secs_f64().max(1e-12)
-        ));
+        let ratios = round_ratios(small, large);
+        if let (Some(lo), Some(mid), Some(hi)) =
+            (ratios.first(), ratios.get(ratios.len() / 2), ratios.last())
+        {
+            out.push_str(&format!(
+                "100k / 10k time ratio: {mid:.2}, median of {} rounds ({lo:.2} to {hi:.2}); \
+                 linear would be about 10\n",
+                ratios.len()
+            ));
+        }
     }
     if let Some((_, first)) = stages.first() {
         out.push_str("\nmedian ms per stage alone\n");
