@@ -423,7 +423,7 @@ impl L<'_, '_> {
             "jsonl" => {
                 let (text, placeholders) = match c.get("prompt").map(|v| &v.v) {
                     Some(Value::Str { text, placeholders }) => {
-                        (text.to_string(), placeholders.clone())
+                        (text.to_string(), placeholders.to_vec())
                     }
                     _ => return Err(self.bug("jsonl without prompt", c.span)),
                 };
@@ -566,8 +566,7 @@ impl L<'_, '_> {
                     let n = self.verifier_ref(owner, i, Some(*id), None)?;
                     p::RewardTerm {
                         name: item
-                            .origin
-                            .as_deref()
+                            .origin_name(self.res)
                             .map_or_else(|| n.clone(), CompactString::from),
                         parts: vec![p::WeightedVerifier {
                             weight: 1.0,
@@ -579,8 +578,7 @@ impl L<'_, '_> {
                     let n = self.verifier_ref(owner, i, None, Some(c))?;
                     p::RewardTerm {
                         name: item
-                            .origin
-                            .as_deref()
+                            .origin_name(self.res)
                             .map_or_else(|| n.clone(), CompactString::from),
                         parts: vec![p::WeightedVerifier {
                             weight: 1.0,
@@ -602,8 +600,7 @@ impl L<'_, '_> {
                     }
                     p::RewardTerm {
                         name: item
-                            .origin
-                            .as_deref()
+                            .origin_name(self.res)
                             .map_or_else(|| format_compact!("reward{i}"), CompactString::from),
                         parts,
                     }
