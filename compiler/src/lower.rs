@@ -404,7 +404,7 @@ impl L<'_, '_> {
     }
 
     fn source(&mut self, name: &str, c: &CallVal) -> Result<p::Source, Diagnostic> {
-        let mut fields = BTreeMap::new();
+        let mut fields = p::Fields::with_capacity(c.sig.ret_fields.len() + c.extra.len());
         for f in &c.sig.ret_fields {
             fields.insert(
                 f.into(),

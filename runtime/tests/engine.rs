@@ -195,7 +195,7 @@ mod engine {
                 limit: None,
                 shuffle: false,
             },
-            fields: [("answer".into(), field("answer"))].into(),
+            fields: [("answer".into(), field("answer"))].into_iter().collect(),
         }];
         let err = run(&seal(plan.clone()), &opts(dir.path())).unwrap_err();
         let msg = format!("{err:#}");

@@ -718,7 +718,9 @@ fn gguf_policy_trains_in_the_engine() {
             limit: None,
             shuffle: false,
         },
-        fields: [("answer".into(), presets::field("answer"))].into(),
+        fields: [("answer".into(), presets::field("answer"))]
+            .into_iter()
+            .collect(),
     }];
     let out = dir.path().join("run");
     plan.stages = vec![Stage {

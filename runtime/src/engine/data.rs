@@ -377,13 +377,13 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
+    use recap_plan::Fields;
 
     fn src(spec: SourceSpec) -> Source {
         Source {
             name: "s".into(),
             spec,
-            fields: BTreeMap::new(),
+            fields: Fields::new(),
         }
     }
 

@@ -150,7 +150,7 @@ fn generated(name: &str, spec: SourceSpec) -> Source {
     Source {
         name: name.into(),
         spec,
-        fields: BTreeMap::new(),
+        fields: Fields::new(),
     }
 }
 
@@ -399,7 +399,7 @@ pub fn trl_parity(model_dir: &str, data: &str, steps: u64, out: &str) -> Plan {
             limit: None,
             shuffle: true,
         },
-        fields: [("answer".into(), field("answer"))].into(),
+        fields: [("answer".into(), field("answer"))].into_iter().collect(),
     }];
     plan.verifiers = vec![
         first_number_verifier("accuracy"),
