@@ -33,8 +33,8 @@ fn main() {
             let s = d.primary_span();
             println!(
                 "{}",
-                serde_json::json!({"file": path, "severity": d.severity, "code": d.code, "start": s.start, "end": s.end,
-                    "labelled": !d.labels.is_empty(), "message": d.message, "text": src.get(s.start..s.end), "help": d.help})
+                serde_json::json!({"file": path, "severity": d.severity, "code": d.code, "start": s.start(), "end": s.end(),
+                    "labelled": !d.labels.is_empty(), "message": d.message, "text": src.get(s.start()..s.end()), "help": d.help})
             );
         }
         if files.len() == 1 {

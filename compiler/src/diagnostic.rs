@@ -4,18 +4,36 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A half-open byte range `start..end` into the source text.
+/// A half-open byte range `start..end` into the source text. The offsets are stored in 32
+/// bits: every node of the syntax tree and every typed value carries a span, and half-size
+/// spans make the tree about a fifth smaller, which a large pipeline's check feels as fewer
+/// cache misses. Offsets past 4 GiB are clamped to `u32::MAX`: such a file still checks
+/// without a panic, only its labels point at its 4 GiB mark.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
 pub struct Span {
-    pub start: usize,
-    pub end: usize,
+    start: u32,
+    end: u32,
 }
 
 impl Span {
     pub fn new(start: usize, end: usize) -> Self {
-        Span { start, end }
+        let clamp = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+        Span {
+            start: clamp(start),
+            end: clamp(end),
+        }
+    }
+
+    /// The byte offset where the span starts.
+    pub fn start(self) -> usize {
+        self.start as usize
+    }
+
+    /// The byte offset just past the span's end.
+    pub fn end(self) -> usize {
+        self.end as usize
     }
 }
 

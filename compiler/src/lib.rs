@@ -140,7 +140,7 @@ fn finish(diags: &mut Vec<Diagnostic>) {
     diags.sort_by_key(|d| {
         let s = d.primary_span();
         // Whole-file diagnostics (no label) come first.
-        (!d.labels.is_empty(), s.start, s.end)
+        (!d.labels.is_empty(), s.start(), s.end())
     });
 }
 

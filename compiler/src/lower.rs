@@ -518,13 +518,13 @@ impl L<'_, '_> {
             Some(Val {
                 v: Value::Call(c), ..
             }) => {
-                if let Some(n) = self.inline.get(&c.span.start) {
+                if let Some(n) = self.inline.get(&c.span.start()) {
                     return Ok(n.clone());
                 }
                 let n = format_compact!("{owner}.source");
                 let s = self.source(&n, c)?;
                 self.sources.push(s);
-                self.inline.insert(c.span.start, n.clone());
+                self.inline.insert(c.span.start(), n.clone());
                 Ok(n)
             }
             _ => Err(self.bug("a source argument of an unexpected shape", Span::default())),
@@ -544,13 +544,13 @@ impl L<'_, '_> {
         let Some(c) = c else {
             return Err(self.bug("a verifier of an unexpected shape", Span::default()));
         };
-        if let Some(n) = self.inline.get(&c.span.start) {
+        if let Some(n) = self.inline.get(&c.span.start()) {
             return Ok(n.clone());
         }
         let n = format_compact!("{owner}.reward{i}");
         let v = self.verifier(&n, c)?;
         self.verifiers.push(v);
-        self.inline.insert(c.span.start, n.clone());
+        self.inline.insert(c.span.start(), n.clone());
         Ok(n)
     }
 

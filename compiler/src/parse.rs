@@ -645,7 +645,7 @@ impl<'i> Children<'i> {
     fn next(&mut self) -> PResult<Pair<'i, Rule>> {
         self.inner.next().ok_or_else(|| {
             Box::new(internal(
-                self.parent.start,
+                self.parent.start(),
                 "a syntax node is missing a part",
             ))
         })
@@ -797,12 +797,12 @@ fn build_item(pair: Pair<Rule>, base: usize, source: &str) -> PResult<Item> {
             let members = c.inner.map(|p| ident(p, base)).collect();
             ItemKind::Enum { name, members }
         }
-        _ => return Err(Box::new(internal(span.start, "an unknown item rule"))),
+        _ => return Err(Box::new(internal(span.start(), "an unknown item rule"))),
     };
     Ok(Item {
         kind,
         span,
-        doc: doc_above(source, span.start),
+        doc: doc_above(source, span.start()),
     })
 }
 
@@ -860,7 +860,7 @@ fn build_type(pair: Pair<Rule>, base: usize) -> PResult<TypeExpr> {
                 alternatives.push(TypeAtom { name, arg });
             }
             Rule::optional => optional = true,
-            _ => return Err(Box::new(internal(span.start, "an unknown type part"))),
+            _ => return Err(Box::new(internal(span.start(), "an unknown type part"))),
         }
     }
     Ok(TypeExpr {
@@ -936,14 +936,14 @@ fn build_expr(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
             let rhs = rhs?;
             let start = base + op.as_span().start();
             Ok(Expr {
-                span: Span::new(start, rhs.span.end),
+                span: Span::new(start, rhs.span.end()),
                 kind: ExprKind::Neg(Box::new(rhs)),
             })
         })
         .map_postfix(|lhs, op| {
             let lhs = lhs?;
             let op_span = span_of(&op, base);
-            let span = Span::new(lhs.span.start, op_span.end);
+            let span = Span::new(lhs.span.start(), op_span.end());
             match op.as_rule() {
                 Rule::member => {
                     let mut c = Children::new(op, base);
@@ -995,7 +995,7 @@ fn build_expr(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
                 _ => BinOp::Div,
             };
             Ok(Expr {
-                span: Span::new(lhs.span.start, rhs.span.end),
+                span: Span::new(lhs.span.start(), rhs.span.end()),
                 kind: ExprKind::Binary {
                     op,
                     lhs: Box::new(lhs),
@@ -1119,7 +1119,12 @@ fn build_primary(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
             })
         }
         Rule::string => ExprKind::Str(build_string(pair, base)?),
-        _ => return Err(Box::new(internal(span.start, "an unknown expression rule"))),
+        _ => {
+            return Err(Box::new(internal(
+                span.start(),
+                "an unknown expression rule",
+            )))
+        }
     };
     Ok(Expr { kind, span })
 }

@@ -666,7 +666,7 @@ impl<'s> Parser<'s> {
             self.leave();
             return Ok((
                 Expr {
-                    span: Span::new(start, inner.span.end),
+                    span: Span::new(start, inner.span.end()),
                     kind: ExprKind::Neg(Box::new(inner)),
                 },
                 pf,
@@ -677,7 +677,7 @@ impl<'s> Parser<'s> {
         loop {
             if self.cur.is(b'(') {
                 let args = self.call_args()?;
-                let span = Span::new(e.span.start, args.span.end);
+                let span = Span::new(e.span.start(), args.span.end());
                 let kind = match e.kind {
                     ExprKind::Name(func) => ExprKind::Call { func, args },
                     ExprKind::Member { base, name } => ExprKind::Method {
@@ -692,7 +692,7 @@ impl<'s> Parser<'s> {
             } else if self.cur.is(b'.') {
                 self.bump();
                 let name = self.ident()?;
-                let span = Span::new(e.span.start, name.span.end);
+                let span = Span::new(e.span.start(), name.span.end());
                 e = Expr {
                     kind: ExprKind::Member {
                         base: Box::new(e),
@@ -884,7 +884,7 @@ impl<'s> Parser<'s> {
 
 fn binary(op: BinOp, lhs: Expr, rhs: Expr) -> Expr {
     Expr {
-        span: Span::new(lhs.span.start, rhs.span.end),
+        span: Span::new(lhs.span.start(), rhs.span.end()),
         kind: ExprKind::Binary {
             op,
             lhs: Box::new(lhs),

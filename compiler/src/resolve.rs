@@ -265,9 +265,9 @@ impl<'a> Resolver<'a, '_> {
                 if !known {
                     let span = Span::new(
                         path.first()
-                            .map(|p| p.span.start)
-                            .unwrap_or(item.span.start),
-                        path.last().map(|p| p.span.end).unwrap_or(item.span.end),
+                            .map(|p| p.span.start())
+                            .unwrap_or(item.span.start()),
+                        path.last().map(|p| p.span.end()).unwrap_or(item.span.end()),
                     );
                     let modules: Vec<&str> =
                         crate::stdlib::MODULES.iter().map(|(m, _)| *m).collect();

@@ -37,7 +37,7 @@ impl<'t> Ref<'t> {
     pub fn key(&self) -> (usize, usize) {
         match self {
             Ref::Decl(id, _) => (0, *id),
-            Ref::Inline(c) => (1, c.span.start),
+            Ref::Inline(c) => (1, c.span.start()),
         }
     }
 }
@@ -118,7 +118,7 @@ impl<'t> V<'_, '_, 't, '_> {
     fn files(&mut self, options: &CheckOptions, host: &dyn Host) {
         let mut seen = BTreeSet::new();
         for (path, span) in &self.typed.paths {
-            if !seen.insert((path.clone(), span.start)) || host.file_exists(path) {
+            if !seen.insert((path.clone(), span.start())) || host.file_exists(path) {
                 continue;
             }
             let msg = format!("the file `{path}` does not exist");

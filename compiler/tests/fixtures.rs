@@ -193,7 +193,7 @@ fn actual(d: &Diagnostic, source: &str) -> (String, String, usize, usize) {
         Severity::Warning => "warning",
     };
     let _ = source;
-    (sev.to_string(), d.code.clone(), span.start, span.end)
+    (sev.to_string(), d.code.clone(), span.start(), span.end())
 }
 
 fn line_end(source: &str, start: usize) -> usize {

@@ -157,10 +157,10 @@ fn sane_check(src: &str, opts: &CheckOptions, host: &dyn Host) {
         );
         for l in &d.labels {
             assert!(
-                l.span.start <= l.span.end && l.span.end <= src.len(),
+                l.span.start() <= l.span.end() && l.span.end() <= src.len(),
                 "{d:?}"
             );
-            assert!(src.is_char_boundary(l.span.start) && src.is_char_boundary(l.span.end));
+            assert!(src.is_char_boundary(l.span.start()) && src.is_char_boundary(l.span.end()));
         }
     }
     assert_eq!(out.plan.is_some(), !out.has_errors());

@@ -236,7 +236,7 @@ impl miette::Diagnostic for Adapter<'_> {
         Some(Box::new(self.diagnostic.labels.iter().enumerate().map(
             move |(i, label)| {
                 let span = clamp_span(text, label.span);
-                let range: SourceSpan = (span.start, span.end - span.start).into();
+                let range: SourceSpan = (span.start(), span.end() - span.start()).into();
                 let message = (!label.message.is_empty()).then(|| label.message.clone());
                 if i == 0 {
                     LabeledSpan::new_primary_with_span(message, range)

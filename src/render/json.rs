@@ -165,11 +165,11 @@ fn to_json_in(
                     primary: i == 0,
                     message: label.message.clone(),
                     span: JsonSpan {
-                        start: span.start,
-                        end: span.end,
+                        start: span.start(),
+                        end: span.end(),
                     },
-                    start: position(span.start),
-                    end: position(span.end),
+                    start: position(span.start()),
+                    end: position(span.end()),
                 }
             })
             .collect(),

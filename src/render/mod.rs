@@ -12,8 +12,8 @@ use recap_compiler::Span;
 /// Clamps a span to the text and to character boundaries, so that a span that is off by a
 /// byte (an internal bug) still renders instead of failing.
 pub fn clamp_span(text: &str, span: Span) -> Span {
-    let mut start = span.start.min(text.len());
-    let mut end = span.end.min(text.len()).max(start);
+    let mut start = span.start().min(text.len());
+    let mut end = span.end().min(text.len()).max(start);
     while start > 0 && !text.is_char_boundary(start) {
         start -= 1;
     }

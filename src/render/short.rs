@@ -34,7 +34,7 @@ pub fn render_all(name: &str, text: &str, diagnostics: &[Diagnostic]) -> String 
 /// `render_one` with the line index of `text` built by the caller.
 fn render_in(name: &str, text: &str, index: &LineIndex, diagnostic: &Diagnostic) -> String {
     let (line, col) = match diagnostic.labels.first() {
-        Some(label) => index.line_col(text, clamp_span(text, label.span).start),
+        Some(label) => index.line_col(text, clamp_span(text, label.span).start()),
         None => (1, 1),
     };
     let message = diagnostic.message.replace(['\r', '\n'], " ");
