@@ -92,11 +92,11 @@ impl Measurement {
     }
 }
 
-/// Times `check` on each source in `runs` rounds; a round checks every source once, smallest
-/// first, each timed check right after an untimed one of the same source (so every timed run
-/// starts as a run in a series of identical checks would). Interleaving the sizes gives them
-/// the same machine: on a shared machine the load drifts over the seconds a benchmark takes,
-/// and timing the sizes one after another let the drift into their ratio.
+/// Times `check` on each source in `runs` rounds; a round checks every source once, in the
+/// order given, each timed check right after an untimed one of the same source (so every timed
+/// run starts as a run in a series of identical checks would). Interleaving the sizes gives
+/// them the same machine: on a shared machine the load drifts over the seconds a benchmark
+/// takes, and timing the sizes one after another let the drift into their ratio.
 pub fn measure_all(sources: &[String], runs: usize) -> Vec<Measurement> {
     let options = CheckOptions::default();
     let check = |s: &str| recap_compiler::check("bench.recap", s, &options, &AssumeFilesExist);

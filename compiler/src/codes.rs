@@ -8,6 +8,7 @@ pub const CODES: &[(&str, &str)] = &[
     ("recap::parse::bad_escape", "A string holds a backslash escape recap does not know. Known escapes: \\n \\t \\r \\0 \\\\ \\\" \\{ \\}. Regular expressions are easiest as raw strings, which have no escapes: r\"\\d+\" or r#\"say \"hi\"\"#."),
     ("recap::parse::number_too_large", "An integer does not fit in 64 bits, or a float is not finite. Use a smaller number; step counts and seeds never need more."),
     ("recap::parse::bad_number", "A range bound in a signature is not a number. Bounds are numbers or `inf`/`-inf`, e.g. `in [0, 1)`."),
+    ("recap::parse::too_large", "The file is larger than 4 GiB (4,294,967,295 bytes), the most recap reads: byte offsets, entity ids and stage numbers are kept in 32 bits, which keeps the checker's data small. A pipeline that large is generated; generate fewer items per file, e.g. one job per file."),
     ("recap::parse::too_deep", "Brackets or prefix minus signs nest more than 100 levels deep. The limit protects the compiler's stack from generated or hostile input; real pipelines nest a few levels. Split the expression with `let` declarations."),
     ("recap::parse::positional_after_named", "In a call, positional arguments come first and named ones after: `kl(base, coef = 0.04)`, not `kl(coef = 0.04, base)`. Name the late argument or move it to the front."),
     ("recap::parse::not_callable", "Only a name can be called: `hf(\"dir\")` or a method `value.after(\"####\")`. An expression such as `(a)(b)` or `\"text\"(1)` cannot."),

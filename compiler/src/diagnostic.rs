@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 /// A half-open byte range `start..end` into the source text. The offsets are stored in 32
 /// bits: every node of the syntax tree and every typed value carries a span, and half-size
 /// spans make the tree about a fifth smaller, which a large pipeline's check feels as fewer
-/// cache misses. Offsets past 4 GiB are clamped to `u32::MAX`: such a file still checks
-/// without a panic, only its labels point at its 4 GiB mark.
+/// cache misses. The parser refuses files past 4 GiB (`recap::parse::too_large`), so the
+/// offsets of a checked file are exact; `new` clamps larger ones to `u32::MAX` rather than
+/// panic.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]

@@ -41,7 +41,7 @@ pub fn parse(source: &str) -> (Option<File>, Vec<Diagnostic>) {
 /// reads the whole file again (`parse_partial_pest`), so every syntax diagnostic comes from
 /// the grammar and its wording here, whatever the fast parser does.
 pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
-    if let Some(d) = too_deep(source) {
+    if let Some(d) = too_large(source.len()).or_else(|| too_deep(source)) {
         return (
             File {
                 items: Vec::new(),
@@ -69,7 +69,7 @@ pub fn parse_fast(source: &str) -> Option<File> {
 pub fn parse_partial_pest(source: &str) -> (File, Vec<Diagnostic>) {
     let mut items = Vec::new();
     let mut diags = Vec::new();
-    if let Some(d) = too_deep(source) {
+    if let Some(d) = too_large(source.len()).or_else(|| too_deep(source)) {
         return (
             File {
                 items,
@@ -187,6 +187,22 @@ fn skip_blank(source: &str, mut pos: usize) -> usize {
 /// once per level; real pipelines nest a handful of levels, and the limit keeps hostile input
 /// from overflowing the stack.
 pub const MAX_NESTING: usize = 100;
+
+/// The largest file recap reads, in bytes. Spans, entity ids and stage numbers are kept in 32
+/// bits (which keeps the syntax tree and the name table small); refusing larger files up front
+/// keeps every one of them exact rather than clamped.
+pub const MAX_SOURCE_BYTES: usize = u32::MAX as usize;
+
+/// A `recap::parse::too_large` error for a file of `len` bytes beyond `MAX_SOURCE_BYTES`.
+fn too_large(len: usize) -> Option<Diagnostic> {
+    (len > MAX_SOURCE_BYTES).then(|| {
+        Diagnostic::error(
+            "recap::parse::too_large",
+            format!("the file is {len} bytes; recap reads pipelines of up to {MAX_SOURCE_BYTES} bytes (4 GiB)"),
+        )
+        .with_help("a pipeline this large is generated: generate fewer items per file, e.g. one job per file")
+    })
+}
 
 /// A `recap::parse::too_deep` error when brackets or `-` prefixes nest beyond `MAX_NESTING`.
 /// Strings and comments are skipped; the scan is linear.
@@ -1179,4 +1195,20 @@ fn build_string(pair: Pair<Rule>, base: usize) -> PResult<StrLit> {
 #[doc(hidden)]
 pub fn pest_only(source: &str) -> bool {
     RecapParser::parse(Rule::file, source).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{too_large, MAX_SOURCE_BYTES};
+
+    /// A file past 4 GiB is one whole-file error; a file at the limit is read. (The check looks
+    /// only at the length, so no 4 GiB text is built.)
+    #[test]
+    fn files_past_4_gib_are_refused_with_one_error() {
+        assert!(too_large(MAX_SOURCE_BYTES).is_none());
+        let d = too_large(MAX_SOURCE_BYTES + 1).expect("refused");
+        assert_eq!(d.code, "recap::parse::too_large");
+        assert!(d.labels.is_empty());
+        assert!(d.message.contains("4294967296 bytes"), "{}", d.message);
+    }
 }

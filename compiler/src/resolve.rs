@@ -236,7 +236,8 @@ impl<'a> Resolver<'a, '_> {
             return None;
         }
         let id = self.entities.len();
-        // Ids and stage numbers fit 32 bits: a file would need billions of items otherwise.
+        // Ids and stage numbers fit 32 bits below `u32::MAX`: the parser refuses files over
+        // 4 GiB, and every item takes more than one byte. The fallbacks only avoid a panic.
         let slot = Slot {
             id: u32::try_from(id).unwrap_or(u32::MAX),
             stage: e

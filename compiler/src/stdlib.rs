@@ -270,3 +270,20 @@ pub fn docs() -> Vec<StdlibDoc> {
     out.sort_by(|a, b| (&a.module, &a.name).cmp(&(&b.module, &b.name)));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    /// A call's arguments are found by parameter name (`Signature::param_index`), one slot per
+    /// parameter: a repeated name would leave its second slot unreachable.
+    #[test]
+    fn parameter_names_are_unique_in_every_signature() {
+        for (name, sigs) in &super::stdlib().fns {
+            for sig in sigs {
+                let mut seen = std::collections::BTreeSet::new();
+                for p in &sig.params {
+                    assert!(seen.insert(&p.name), "`{name}` repeats `{}`", p.name);
+                }
+            }
+        }
+    }
+}

@@ -70,7 +70,8 @@ impl Val {
 #[derive(Debug, Clone)]
 pub struct CallVal {
     pub sig: &'static Signature,
-    /// Every non-variadic parameter: given, defaulted, or `Absent`.
+    /// One slot per parameter of `sig`: given, defaulted, or `Absent` (the variadic one always
+    /// `Absent`; what it collects is in `extra`).
     pub args: ArgMap,
     /// Named arguments collected by the variadic parameter, in source order, with the span
     /// of their name.

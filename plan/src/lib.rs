@@ -129,19 +129,28 @@ pub struct Source {
     pub name: Name,
     pub spec: SourceSpec,
     /// Named fields the objectives and verifiers read, e.g. `answer`, `target`.
-    #[serde(serialize_with = "fields_as_map")]
+    #[serde(serialize_with = "fields_as_map", deserialize_with = "fields_from_map")]
     pub fields: Fields,
 }
 
 /// A source's fields by name: a vector kept sorted by name rather than a `BTreeMap`, whose node
 /// holds room for eleven entries however few a source has (most have one or two), which made
-/// the fields the largest part of a plan with thousands of sources. Reads and writes as a JSON
-/// object, keys in order, exactly as the `BTreeMap` it replaces.
+/// the fields the largest part of a plan with thousands of sources. Written as a JSON object,
+/// keys in order, and read only from one (a repeated key keeps its last value), exactly as
+/// the `BTreeMap` it replaces.
 pub type Fields = litemap::LiteMap<Name, Extractor>;
 
 /// Writes `Fields` as a JSON object even when empty (litemap writes an empty map as a list).
 fn fields_as_map<S: serde::Serializer>(fields: &Fields, s: S) -> Result<S::Ok, S::Error> {
     s.collect_map(fields.iter())
+}
+
+/// Reads `Fields` from a JSON object only (litemap would also take a list of pairs, which no
+/// plan has ever held).
+fn fields_from_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Fields, D::Error> {
+    Ok(BTreeMap::<Name, Extractor>::deserialize(d)?
+        .into_iter()
+        .collect())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -505,8 +514,9 @@ impl std::error::Error for PlanError {}
 
 impl Plan {
     /// The sha256 (hex) of the canonical JSON of the plan with an empty `content_hash`.
-    /// Canonical: serde_json's compact output of these types, whose maps are BTreeMaps and
-    /// whose lists keep the compiler's deterministic order.
+    /// Canonical: serde_json's compact output of these types, whose maps (BTreeMaps, and the
+    /// sorted `Fields`) write their keys in order and whose lists keep the compiler's
+    /// deterministic order.
     pub fn compute_hash(&self) -> String {
         if self.content_hash.is_empty() {
             return self.digest_as_is();
@@ -782,5 +792,10 @@ mod tests {
         let sealed = plan.with_hash();
         let back = Plan::from_json(&sealed.to_json()).expect("reads back");
         assert_eq!(back, sealed);
+        // Only an object is read, as with the BTreeMap the fields used to be.
+        let empty = sample().to_json();
+        let listed = empty.replace("\"fields\": {}", "\"fields\": []");
+        assert_ne!(listed, empty);
+        assert!(matches!(Plan::from_json(&listed), Err(PlanError::Json(_))));
     }
 }

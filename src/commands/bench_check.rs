@@ -1,6 +1,7 @@
 //! `recapc bench-check [--lines 1000,10000,100000] [--runs 7] [--keep DIR] [--stages]` (hidden):
 //! takes sizes, gives a table of `check` times on generated pipelines of those sizes (timed in
-//! interleaved rounds, see `bench::measure_all`), the 100k/10k ratio of each round, and with
+//! interleaved rounds, see `bench::measure_all`), the median and range of the per-round
+//! 100k/10k ratios, and with
 //! `--stages` the time of each checker stage alone. Run it with a
 //! release build: `cargo run --release -- bench-check`.
 
