@@ -14,7 +14,12 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use recap_plan::{Edge, Graph, Name, Node, NodeKind, ObjectiveSpec, Plan};
 
 struct Builder {
-    g: DiGraph<Node, ()>,
+    /// The graph's shape only: its nodes carry no weight, so the adjacency lists that every
+    /// new edge updates stay small enough to be in cache on a large plan (with the nodes inside
+    /// them, each edge of a 100k-line pipeline's graph cost two cache misses).
+    g: DiGraph<(), ()>,
+    /// The nodes, at their `NodeIndex` in `g`.
+    nodes: Vec<Node>,
     ids: HashMap<Name, NodeIndex>,
     /// Edges already added: petgraph's `find_edge` scans a node's edges, which would make
     /// wide nodes (the policy, a stage's mixer) quadratic.
@@ -46,7 +51,8 @@ impl Builder {
             return ix;
         }
         let id = Name::from(self.key.as_str());
-        let ix = self.g.add_node(Node {
+        let ix = self.g.add_node(());
+        self.nodes.push(Node {
             id: id.clone(),
             kind,
             label: label(),
@@ -87,6 +93,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
     edges.reserve(edges_estimate);
     let mut b = Builder {
         g: DiGraph::with_capacity(nodes_estimate, edges_estimate),
+        nodes: Vec::with_capacity(nodes_estimate),
         ids,
         edges,
         key: String::new(),
@@ -265,11 +272,11 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
         }
         prev_opt = Some(opt);
     }
+    let node = |ix: NodeIndex| b.nodes.get(ix.index());
     if let Err(cycle) = petgraph::algo::toposort(&b.g, None) {
-        let id =
-            b.g.node_weight(cycle.node_id())
-                .map(|n| n.id.clone())
-                .unwrap_or_default();
+        let id = node(cycle.node_id())
+            .map(|n| n.id.clone())
+            .unwrap_or_default();
         return Err(Diagnostic::error(
             "recap::internal::dag",
             format!("internal error, please report: the dataflow graph has a cycle through `{id}`"),
@@ -280,17 +287,11 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
     let mut edges: Vec<Edge> = Vec::with_capacity(b.g.edge_count());
     edges.extend(b.g.raw_edges().iter().filter_map(|e| {
         Some(Edge {
-            from: b.g.node_weight(e.source())?.id.clone(),
-            to: b.g.node_weight(e.target())?.id.clone(),
+            from: node(e.source())?.id.clone(),
+            to: node(e.target())?.id.clone(),
         })
     }));
-    // The nodes move out of the graph in index order, the order `node_weights` gives.
-    let nodes: Vec<Node> =
-        b.g.into_nodes_edges()
-            .0
-            .into_iter()
-            .map(|n| n.weight)
-            .collect();
+    let nodes = b.nodes;
     Ok(Graph { nodes, edges })
 }
 
