@@ -48,7 +48,10 @@ pub enum EntityKind {
 
 #[derive(Debug)]
 pub struct Entity<'a> {
-    pub name: &'a Ident,
+    /// A copy of the declared name (inline up to 24 bytes), so that later stages read an
+    /// entity's name from the entity list rather than from the syntax tree, which in a large
+    /// file is long out of cache when lower names every source, verifier and objective.
+    pub name: Ident,
     pub kind: EntityKind,
     /// The stage that declares it; `None` at the top level.
     pub stage: Option<usize>,
@@ -295,7 +298,7 @@ impl<'a> Resolver<'a, '_> {
                     );
                 }
                 self.add_entity(Entity {
-                    name,
+                    name: name.clone(),
                     kind: EntityKind::Param,
                     stage,
                     item,
@@ -306,7 +309,7 @@ impl<'a> Resolver<'a, '_> {
             }
             ItemKind::Let { name, value } => {
                 self.add_entity(Entity {
-                    name,
+                    name: name.clone(),
                     kind: EntityKind::Let,
                     stage,
                     item,
@@ -338,7 +341,7 @@ impl<'a> Resolver<'a, '_> {
                     );
                 }
                 let id = self.add_entity(Entity {
-                    name,
+                    name: name.clone(),
                     kind: EntityKind::Decl(*kind),
                     stage,
                     item,
