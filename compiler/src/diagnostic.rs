@@ -81,34 +81,65 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// The byte offset of every line start of a text (lines end at `\n`), so that placing a
-/// diagnostic costs a binary search instead of a scan from the top of the file. Without it, a
-/// file with many diagnostics takes time quadratic in its length to report.
+/// The byte offset of every line start of a text, so that placing a diagnostic costs a binary
+/// search instead of a scan from the top of the file. Without it, a file with many diagnostics
+/// takes time quadratic in its length to report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineIndex {
     starts: Vec<usize>,
 }
 
+/// Which bytes end a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineEnds {
+    /// `\n` alone, as `file:line:col` positions and editors count lines.
+    Newline,
+    /// `\n`, `\r\n` or a lone `\r`, as miette counts lines when it draws a snippet.
+    AnyBreak,
+}
+
 impl LineIndex {
+    /// The index of `text` with lines ending at `\n`.
     pub fn new(text: &str) -> Self {
+        Self::with_line_ends(text, LineEnds::Newline)
+    }
+
+    pub fn with_line_ends(text: &str, ends: LineEnds) -> Self {
+        let bytes = text.as_bytes();
         let mut starts = Vec::with_capacity(text.len() / 32 + 1);
         starts.push(0);
         starts.extend(
-            text.bytes()
+            bytes
+                .iter()
                 .enumerate()
-                .filter(|&(_, b)| b == b'\n')
+                .filter(|&(i, &b)| match ends {
+                    LineEnds::Newline => b == b'\n',
+                    LineEnds::AnyBreak => {
+                        b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
+                    }
+                })
                 .map(|(i, _)| i + 1),
         );
         LineIndex { starts }
+    }
+
+    /// The 0-based index of the line that holds byte `offset`.
+    pub fn line_of(&self, offset: usize) -> usize {
+        // The first start is 0, so at least one start is at or before any offset.
+        self.starts.partition_point(|&s| s <= offset).max(1) - 1
+    }
+
+    /// The byte offset where the 0-based line `line` starts.
+    pub fn line_start(&self, line: usize) -> Option<usize> {
+        self.starts.get(line).copied()
     }
 
     /// 1-based line and column (in characters) of a byte offset of `text`, the text the
     /// index was built from; offsets past the end are placed at the end.
     pub fn line_col(&self, text: &str, offset: usize) -> (usize, usize) {
         let offset = offset.min(text.len());
-        // The first start is 0, so at least one start is at or before any offset.
-        let line = self.starts.partition_point(|&s| s <= offset).max(1);
-        let line_start = self.starts.get(line - 1).copied().unwrap_or(0);
+        let line = self.line_of(offset) + 1;
+        let line_start = self.line_start(line - 1).unwrap_or(0);
         let col = text
             .get(line_start..offset)
             .map(|s| s.chars().count())
@@ -197,6 +228,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `\r\n` ends one line under both rules; a lone `\r` only under miette's.
+    #[test]
+    fn line_ends_differ_only_on_a_lone_carriage_return() {
+        let text = "a\r\nb\rc\nd";
+        let starts = |ends| {
+            let index = LineIndex::with_line_ends(text, ends);
+            (0..5)
+                .map_while(|l| index.line_start(l))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(starts(LineEnds::Newline), vec![0, 3, 7]);
+        assert_eq!(starts(LineEnds::AnyBreak), vec![0, 3, 5, 7]);
+        let any = LineIndex::with_line_ends(text, LineEnds::AnyBreak);
+        assert_eq!((any.line_of(4), any.line_of(5), any.line_of(99)), (1, 2, 3));
     }
 
     #[test]

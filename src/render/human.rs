@@ -8,7 +8,7 @@ use miette::{
     GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteError, MietteSpanContents,
     SourceCode, SourceSpan, SpanContents,
 };
-use recap_compiler::{Diagnostic, Severity};
+use recap_compiler::{Diagnostic, LineEnds, LineIndex, Severity};
 
 use super::clamp_span;
 
@@ -87,25 +87,16 @@ pub fn summary(files: usize, errors: usize, warnings: usize) -> String {
 pub struct Source<'a> {
     name: &'a str,
     text: &'a str,
-    /// Byte offsets of line starts as miette counts lines: a line ends at `\n`, `\r\n` or a
-    /// lone `\r`. The first entry is 0.
-    line_starts: Vec<usize>,
+    /// Line starts as miette counts lines: a line ends at `\n`, `\r\n` or a lone `\r`.
+    lines: LineIndex,
 }
 
 impl<'a> Source<'a> {
     pub fn new(name: &'a str, text: &'a str) -> Self {
-        let bytes = text.as_bytes();
-        let mut line_starts = vec![0];
-        for (i, &b) in bytes.iter().enumerate() {
-            let ends_line = b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n'));
-            if ends_line {
-                line_starts.push(i + 1);
-            }
-        }
         Source {
             name,
             text,
-            line_starts,
+            lines: LineIndex::with_line_ends(text, LineEnds::AnyBreak),
         }
     }
 
@@ -115,7 +106,7 @@ impl<'a> Source<'a> {
     /// starts inside a `\r\n` pair, which miette counts differently).
     fn window(&self, span: &SourceSpan, before: usize) -> Option<(usize, usize)> {
         let offset = span.offset();
-        let line = self.line_starts.partition_point(|&s| s <= offset).max(1) - 1;
+        let line = self.lines.line_of(offset);
         let mut first = line.saturating_sub(before);
         // miette takes a span's last byte to be the one before its end, so an empty span at
         // the start of the window would end before it: start one line earlier. (miette reads
@@ -123,9 +114,9 @@ impl<'a> Source<'a> {
         // at the start of a line.)
         if first > 0
             && self
-                .line_starts
-                .get(first)
-                .is_some_and(|&s| s >= offset + span.len())
+                .lines
+                .line_start(first)
+                .is_some_and(|s| s >= offset + span.len())
         {
             first -= 1;
         }
@@ -133,7 +124,7 @@ impl<'a> Source<'a> {
         let splits_crlf = offset > 0
             && bytes.get(offset) == Some(&b'\n')
             && bytes.get(offset - 1) == Some(&b'\r');
-        let window = self.line_starts.get(first).copied()?;
+        let window = self.lines.line_start(first)?;
         // The last test is a guard: after the step back above, the window starts before the
         // span's end.
         (first > 0 && !splits_crlf && window < offset + span.len()).then_some((window, first))
