@@ -104,6 +104,7 @@ impl LineIndex {
         Self::with_line_ends(text, LineEnds::Newline)
     }
 
+    /// The index of `text` with lines ending as `ends` says.
     pub fn with_line_ends(text: &str, ends: LineEnds) -> Self {
         let bytes = text.as_bytes();
         let mut starts = Vec::with_capacity(text.len() / 32 + 1);
