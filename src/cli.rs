@@ -229,7 +229,9 @@ pub struct BenchArgs {
     /// Sizes to generate, in lines.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1_000usize, 10_000, 100_000])]
     pub lines: Vec<usize>,
-    /// Timed runs per size (the median is reported).
+    /// Rounds; each times every size once, the sizes interleaved so that all of them see the
+    /// same machine load (each size's median, and the median of the per-round 100k/10k
+    /// ratios, are reported).
     #[arg(long, default_value_t = 7)]
     pub runs: usize,
     /// Write the generated pipelines into this directory (to inspect them).
