@@ -448,8 +448,10 @@ impl<'a> Resolver<'a, '_> {
     /// entity, how often it is referenced.
     fn dependencies(&mut self) -> (Vec<EntityId>, Vec<usize>) {
         let n = self.entities.len();
-        let mut graph: DiGraph<EntityId, Span> = DiGraph::with_capacity(n, n);
-        let nodes: Vec<NodeIndex> = (0..n).map(|i| graph.add_node(i)).collect();
+        // Node `i` is entity `i`; the nodes carry no weight, which keeps the adjacency lists
+        // that every edge updates small (see `dag::Builder`).
+        let mut graph: DiGraph<(), Span> = DiGraph::with_capacity(n, n);
+        let nodes: Vec<NodeIndex> = (0..n).map(|_| graph.add_node(())).collect();
         let mut uses = vec![0usize; n];
         // One buffer for the references of every entity in turn, rather than a new vector each.
         let mut refs = Vec::new();
@@ -514,7 +516,7 @@ impl<'a> Resolver<'a, '_> {
                     .first()
                     .is_some_and(|&x| graph.find_edge(x, x).is_some());
             if !cyclic {
-                order.extend(scc.iter().filter_map(|ix| graph.node_weight(*ix).copied()));
+                order.extend(scc.iter().map(|ix| ix.index()));
                 continue;
             }
             self.report_cycle(&graph, &scc);
@@ -522,8 +524,8 @@ impl<'a> Resolver<'a, '_> {
         (order, uses)
     }
 
-    fn report_cycle(&mut self, graph: &DiGraph<EntityId, Span>, scc: &[NodeIndex]) {
-        let Some(&start) = scc.iter().min_by_key(|ix| graph.node_weight(**ix).copied()) else {
+    fn report_cycle(&mut self, graph: &DiGraph<(), Span>, scc: &[NodeIndex]) {
+        let Some(&start) = scc.iter().min_by_key(|ix| ix.index()) else {
             return;
         };
         // Breadth-first search inside the component from `start` back to itself gives the
@@ -569,17 +571,16 @@ impl<'a> Resolver<'a, '_> {
         path.reverse();
         // path[i] = (node, span of its reference to the next node)
         let name = |ix: NodeIndex| {
-            graph
-                .node_weight(ix)
-                .and_then(|id| self.entities.get(*id))
+            self.entities
+                .get(ix.index())
                 .map(|e| e.name.name.to_string())
                 .unwrap_or_default()
         };
         let mut names: Vec<String> = path.iter().map(|(ix, _)| name(*ix)).collect();
         names.push(name(start));
-        let start_span = graph
-            .node_weight(start)
-            .and_then(|id| self.entities.get(*id))
+        let start_span = self
+            .entities
+            .get(start.index())
             .map(|e| e.name.span)
             .unwrap_or_default();
         let mut d = Diagnostic::error(
