@@ -101,9 +101,14 @@ pub fn measure_all(sources: &[String], runs: usize) -> Vec<Measurement> {
     let options = CheckOptions::default();
     let check = |s: &str| recap_compiler::check("bench.recap", s, &options, &AssumeFilesExist);
     let mut rounds: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); sources.len()];
+    // The diagnostics of each source's first untimed check, for the error and warning counts.
+    let mut diagnostics = Vec::with_capacity(sources.len());
     for _ in 0..runs.max(1) {
         for (source, times) in sources.iter().zip(&mut rounds) {
-            drop(check(source));
+            let warm = check(source);
+            if times.is_empty() {
+                diagnostics.push(warm.diagnostics);
+            }
             let start = Instant::now();
             // Dropping the result is timed too, as a caller pays for it.
             drop(check(source));
@@ -113,15 +118,13 @@ pub fn measure_all(sources: &[String], runs: usize) -> Vec<Measurement> {
     sources
         .iter()
         .zip(rounds)
-        .map(|(source, rounds)| {
-            let warm = check(source);
-            let errors = warm
-                .diagnostics
+        .zip(diagnostics)
+        .map(|((source, rounds), diagnostics)| {
+            let errors = diagnostics
                 .iter()
                 .filter(|d| d.severity == Severity::Error)
                 .count();
-            let first_error = warm
-                .diagnostics
+            let first_error = diagnostics
                 .iter()
                 .find(|d| d.severity == Severity::Error)
                 .map(|d| format!("{}: {}", d.code, d.message));
@@ -134,7 +137,7 @@ pub fn measure_all(sources: &[String], runs: usize) -> Vec<Measurement> {
                 rounds,
                 parse_median: median_of(runs, || recap_compiler::parse(source)),
                 errors,
-                warnings: warm.diagnostics.len() - errors,
+                warnings: diagnostics.len() - errors,
                 first_error,
             }
         })

@@ -54,10 +54,7 @@ pub fn deref<'t>(typed: &'t Typed, v: &'t Val) -> Option<Ref<'t>> {
 /// The name of an entity as the plan holds it (a copy that needs no allocation for names of
 /// up to 24 bytes).
 pub fn entity_name(res: &Resolved, id: EntityId) -> compact_str::CompactString {
-    res.entities
-        .get(id)
-        .map(|e| e.name.name.clone())
-        .unwrap_or_default()
+    name_of(res, id).into()
 }
 
 /// The name of an entity, borrowed: the checks of a large pipeline compare names thousands
