@@ -7,6 +7,7 @@
 //! the file: deterministic. Also renders a graph as DOT, Mermaid or text.
 
 use crate::diagnostic::{Diagnostic, Span};
+use crate::key_index::KeyIndex;
 use crate::GraphFormat;
 use compact_str::format_compact;
 use foldhash::{HashMap, HashSet};
@@ -20,7 +21,9 @@ struct Builder {
     g: DiGraph<(), ()>,
     /// The nodes, at their `NodeIndex` in `g`.
     nodes: Vec<Node>,
-    ids: HashMap<Name, NodeIndex>,
+    /// The node indices by id, which it reads from `nodes`: small enough to stay in cache
+    /// on a large plan, where a `HashMap<Name, NodeIndex>` cost a cache miss per new node.
+    ids: KeyIndex,
     /// Edges already added: petgraph's `find_edge` scans a node's edges, which would make
     /// wide nodes (the policy, a stage's mixer) quadratic.
     edges: HashSet<(NodeIndex, NodeIndex)>,
@@ -35,7 +38,10 @@ impl Builder {
         use std::fmt::Write;
         self.key.clear();
         let _ = self.key.write_fmt(id);
-        self.ids.get(self.key.as_str()).copied()
+        let nodes = &self.nodes;
+        self.ids
+            .find(&self.key, |i| id_at(nodes, i))
+            .map(|i| NodeIndex::new(i as usize))
     }
 
     /// Adds the node `id` unless it is there already. The label is made only for a new node:
@@ -50,15 +56,17 @@ impl Builder {
         if let Some(ix) = self.find(id) {
             return ix;
         }
-        let id = Name::from(self.key.as_str());
         let ix = self.g.add_node(());
         self.nodes.push(Node {
-            id: id.clone(),
+            id: Name::from(self.key.as_str()),
             kind,
             label: label(),
             stage: stage.map(Name::from),
         });
-        self.ids.insert(id, ix);
+        // Node indices fit 32 bits: petgraph's default index type is `u32`.
+        let at = u32::try_from(ix.index()).unwrap_or(u32::MAX);
+        let nodes = &self.nodes;
+        self.ids.insert(&self.key, at, |i| id_at(nodes, i));
         ix
     }
 
@@ -67,6 +75,11 @@ impl Builder {
             self.g.add_edge(a, b, ());
         }
     }
+}
+
+/// The id of the node at `i`.
+fn id_at(nodes: &[Node], i: u32) -> Option<&str> {
+    nodes.get(i as usize).map(|n| n.id.as_str())
 }
 
 pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
@@ -87,14 +100,12 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
             })
             .sum::<usize>();
     let edges_estimate = 2 * nodes_estimate;
-    let mut ids = HashMap::default();
-    ids.reserve(nodes_estimate);
     let mut edges = HashSet::default();
     edges.reserve(edges_estimate);
     let mut b = Builder {
         g: DiGraph::with_capacity(nodes_estimate, edges_estimate),
         nodes: Vec::with_capacity(nodes_estimate),
-        ids,
+        ids: KeyIndex::with_capacity(nodes_estimate),
         edges,
         key: String::new(),
     };

@@ -12,6 +12,7 @@ pub mod ast;
 pub mod codes;
 pub mod dag;
 pub mod diagnostic;
+mod key_index;
 mod lexer;
 pub mod lower;
 pub mod parse;

@@ -8,19 +8,69 @@
 
 use crate::ast::*;
 use crate::diagnostic::{did_you_mean, Diagnostic, Span};
+use crate::key_index::KeyIndex;
 use crate::stdlib::Stdlib;
 use compact_str::CompactString;
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::{HashMap, VecDeque};
 
-/// The name table: looked up for every name in the file, so it uses a fast hasher. Each entry
-/// holds its own copy of the name (names up to 24 bytes, nearly all, are stored inline) and the
-/// entity's stage, so a lookup reads only the table: keys borrowed from the syntax tree sent
-/// every comparison to the declaring item, which in a large file is long out of cache.
-type Names = foldhash::HashMap<CompactString, Slot>;
+/// The name table, looked up for every name in the file: a `KeyIndex` of 4-byte entity ids
+/// over `entries`, which lists the names in declaration order. A name is nearly always used a
+/// few lines below its declaration, so the entry a lookup compares is one the walk read
+/// moments ago. (Entries of 40 bytes, the name and entity inside the hash table, spread a large
+/// file's table over megabytes and cost a cache miss on most lookups; so did keys borrowed
+/// from the syntax tree.)
+#[derive(Debug, Default)]
+struct Names {
+    index: KeyIndex,
+    /// Entry `i` is entity `i`'s.
+    entries: Vec<Entry>,
+}
 
-/// A name-table entry: the entity, the stage that declares it (`u32::MAX` for the top level)
-/// and its kind, packed small so that more of a large table stays in cache.
+/// An entity's name (inline up to 24 bytes, nearly all names), the stage that declares it
+/// (`u32::MAX` for the top level) and its kind.
+#[derive(Debug)]
+struct Entry {
+    name: CompactString,
+    stage: u32,
+    kind: EntityKind,
+}
+
+impl Names {
+    fn with_capacity(n: usize) -> Self {
+        Names {
+            index: KeyIndex::with_capacity(n),
+            entries: Vec::with_capacity(n),
+        }
+    }
+
+    fn name_at(entries: &[Entry], id: u32) -> Option<&str> {
+        entries.get(id as usize).map(|e| e.name.as_str())
+    }
+
+    /// The entry of `name`, if it is declared.
+    fn get(&self, name: &str) -> Option<Slot> {
+        let id = self.index.find(name, |i| Self::name_at(&self.entries, i))?;
+        let e = self.entries.get(id as usize)?;
+        Some(Slot {
+            id,
+            stage: e.stage,
+            kind: e.kind,
+        })
+    }
+
+    /// Adds the next entity, whose name `get` has just not found.
+    fn push(&mut self, name: CompactString, stage: u32, kind: EntityKind) {
+        // Ids fit 32 bits: the parser refuses files over 4 GiB (see `add_entity`).
+        let id = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+        let entries = &self.entries;
+        self.index.insert(&name, id, |i| Self::name_at(entries, i));
+        self.entries.push(Entry { name, stage, kind });
+    }
+}
+
+/// What a lookup finds: the entity, the stage that declares it (`u32::MAX` for the top level)
+/// and its kind.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     id: u32,
@@ -143,8 +193,7 @@ pub fn resolve<'a>(
             _ => 1,
         })
         .sum();
-    let mut names = Names::default();
-    names.reserve(items);
+    let names = Names::with_capacity(items);
     let mut r = Resolver {
         std: crate::stdlib::stdlib(),
         diags,
@@ -241,14 +290,10 @@ impl<'a> Resolver<'a, '_> {
         let id = self.entities.len();
         // Ids and stage numbers fit 32 bits below `u32::MAX`: the parser refuses files over
         // 4 GiB, and every item takes more than one byte. The fallbacks only avoid a panic.
-        let slot = Slot {
-            id: u32::try_from(id).unwrap_or(u32::MAX),
-            stage: e
-                .stage
-                .map_or(u32::MAX, |s| u32::try_from(s).unwrap_or(u32::MAX - 1)),
-            kind: e.kind,
-        };
-        self.names.insert(e.name.name.clone(), slot);
+        let stage = e
+            .stage
+            .map_or(u32::MAX, |s| u32::try_from(s).unwrap_or(u32::MAX - 1));
+        self.names.push(e.name.name.clone(), stage, e.kind);
         self.entities.push(e);
         Some(id)
     }
