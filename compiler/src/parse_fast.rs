@@ -679,7 +679,10 @@ impl<'s> Parser<'s> {
                 let args = self.call_args()?;
                 let span = Span::new(e.span.start(), args.span.end());
                 let kind = match e.kind {
-                    ExprKind::Name(func) => ExprKind::Call { func, args },
+                    ExprKind::Name(func) => ExprKind::Call {
+                        func: func.ident,
+                        args,
+                    },
                     ExprKind::Member { base, name } => ExprKind::Method {
                         receiver: base,
                         name,
@@ -729,10 +732,13 @@ impl<'s> Parser<'s> {
             Kind::Word => match self.text(t) {
                 "true" => ExprKind::Bool(true),
                 "false" => ExprKind::Bool(false),
-                name => ExprKind::Name(Ident {
-                    name: name.into(),
-                    span,
-                }),
+                name => ExprKind::Name(
+                    Ident {
+                        name: name.into(),
+                        span,
+                    }
+                    .into(),
+                ),
             },
             Kind::Int => ExprKind::Int(int(self.text(t))?),
             Kind::Float => ExprKind::Float(finite(number(self.text(t))?)?),

@@ -687,7 +687,10 @@ impl<'a> Resolver<'a, '_> {
                 }
             }
             ExprKind::Name(id) => {
-                if let Some(t) = self.lookup(&id.name, stage) {
+                let found = self.lookup(&id.name, stage);
+                // Typecheck evaluates this node in the same stage and reads the answer here.
+                id.resolved.set(found);
+                if let Some(t) = found {
                     refs.push((t, id.span));
                 } else if !self.std.fns.contains_key(id.name.as_str())
                     && !self.std.is_enum_member(&id.name)

@@ -192,10 +192,13 @@ pub fn typecheck(res: &Resolved, diags: &mut Vec<Diagnostic>) -> Typed {
         paths: Vec::new(),
         stage: None,
         in_stdlib: false,
+        in_entity: false,
         defaults: foldhash::HashMap::default(),
     };
     for &id in &res.order {
+        t.in_entity = true;
         let v = t.entity(id);
+        t.in_entity = false;
         if let Some(slot) = t.values.get_mut(id) {
             *slot = v;
         }
@@ -232,6 +235,9 @@ struct Checker<'r, 'a, 'd> {
     stage: Option<usize>,
     /// Evaluating a stdlib default: user names are not in scope.
     in_stdlib: bool,
+    /// Evaluating an entity's value, whose names resolve recorded for this stage (see
+    /// `lookup`).
+    in_entity: bool,
     /// Evaluated stdlib defaults, keyed by the address of their (static) parameter.
     defaults: foldhash::HashMap<usize, Val>,
 }
@@ -835,9 +841,22 @@ impl Checker<'_, '_, '_> {
         }
     }
 
-    fn name(&mut self, id: &Ident, expected: Option<&Ty>) -> Option<Val> {
+    /// The entity a name refers to from the current stage. Inside an entity's value, which
+    /// typecheck evaluates in the stage that resolve walked it in, that is the answer resolve
+    /// recorded in the node; settings (a top-level one is evaluated once per stage) and
+    /// `--set` values (never walked) look the name up.
+    fn lookup(&self, name: &NameRef) -> Option<(EntityId, EntityKind)> {
+        match name.resolved.get() {
+            Some(found) if self.in_entity => {
+                found.and_then(|id| Some((id, self.res.entities.get(id)?.kind)))
+            }
+            _ => self.res.lookup_kind(&name.name, self.stage),
+        }
+    }
+
+    fn name(&mut self, id: &NameRef, expected: Option<&Ty>) -> Option<Val> {
         if !self.in_stdlib {
-            if let Some((ent, kind)) = self.res.lookup_kind(&id.name, self.stage) {
+            if let Some((ent, kind)) = self.lookup(id) {
                 return match kind {
                     EntityKind::Decl(k) => Some(Val::new(Value::Decl(ent, decl_kind(k)), id.span)),
                     _ => {
@@ -1419,8 +1438,7 @@ impl Checker<'_, '_, '_> {
                 self.call(sig, func, Some(args), block, None, head.span)
             }
             ExprKind::Name(func)
-                if self.res.lookup(&func.name, self.stage).is_none()
-                    && self.std.fns.contains_key(func.name.as_str()) =>
+                if self.lookup(func).is_none() && self.std.fns.contains_key(func.name.as_str()) =>
             {
                 let sig = self.pick(func, Some(&ty), false)?;
                 self.call(sig, func, None, block, None, head.span)
