@@ -103,7 +103,7 @@ impl CallVal {
     /// has no such parameter.
     pub fn get(&self, name: &str) -> Option<&Val> {
         let i = self.sig.param_index(name)?;
-        self.args.0.get(i).filter(|v| v.v != Value::Absent)
+        self.args.0.get(i).filter(|v| !matches!(v.v, Value::Absent))
     }
 
     /// Every parameter and its value (absent ones included), in the signature's order.
