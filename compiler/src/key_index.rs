@@ -39,11 +39,17 @@ impl KeyIndex {
         at: u32,
         key_at: impl Fn(u32) -> Option<&'k str>,
     ) {
+        debug_assert!(
+            self.find(key, &key_at).is_none(),
+            "`{key}` is indexed already"
+        );
         let hasher = &self.hasher;
         // Rehashing reads the keys of the positions already recorded, which are all in the
         // list; the table is sized up front, so it rarely happens.
         self.table.insert_unique(hasher.hash_one(key), at, |&i| {
-            key_at(i).map_or(0, |k| hasher.hash_one(k))
+            let k = key_at(i);
+            debug_assert!(k.is_some(), "position {i} is indexed but not in the list");
+            k.map_or(0, |k| hasher.hash_one(k))
         });
     }
 }

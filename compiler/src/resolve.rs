@@ -688,7 +688,8 @@ impl<'a> Resolver<'a, '_> {
             }
             ExprKind::Name(id) => {
                 let found = self.lookup(&id.name, stage);
-                // Typecheck evaluates this node in the same stage and reads the answer here.
+                // Typecheck evaluates an entity's value in the stage it is walked in here, and
+                // reads the answer from the node; for settings it does not, and looks it up.
                 id.resolved.set(found);
                 if let Some(t) = found {
                     refs.push((t, id.span));

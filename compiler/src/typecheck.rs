@@ -842,13 +842,18 @@ impl Checker<'_, '_, '_> {
     }
 
     /// The entity a name refers to from the current stage. Inside an entity's value, which
-    /// typecheck evaluates in the stage that resolve walked it in, that is the answer resolve
-    /// recorded in the node; settings (a top-level one is evaluated once per stage) and
-    /// `--set` values (never walked) look the name up.
+    /// resolve walked once in the entity's stage and typecheck evaluates in that same stage,
+    /// that is the answer resolve recorded in the node. Settings look the name up: resolve
+    /// walks a top-level one once, but typecheck evaluates it once per stage.
     fn lookup(&self, name: &NameRef) -> Option<(EntityId, EntityKind)> {
         match name.resolved.get() {
             Some(found) if self.in_entity => {
-                found.and_then(|id| Some((id, self.res.entities.get(id)?.kind)))
+                let recorded = found.and_then(|id| Some((id, self.res.entities.get(id)?.kind)));
+                // The record is only right while walk and evaluation agree on the stage; a
+                // change that evaluated an entity from elsewhere (a setting, say) fails here,
+                // in the tests, rather than reading a wrong answer.
+                debug_assert_eq!(recorded, self.res.lookup_kind(&name.name, self.stage));
+                recorded
             }
             _ => self.res.lookup_kind(&name.name, self.stage),
         }
