@@ -534,18 +534,16 @@ fn second_decimal_point(source: &str, at: usize) -> Option<Diagnostic> {
     if !starts_with_digit || after_name || literal.matches('.').count() < 2 {
         return None;
     }
-    Some(Diagnostic {
-        code: "recap::parse::syntax".into(),
-        severity: Severity::Error,
-        message: format!("`{literal}` is not a number: it has more than one decimal point"),
-        labels: vec![Label {
-            span: Span::new(start, end),
-            message: "not a number".into(),
-        }],
-        help: Some(format!(
+    Some(
+        Diagnostic::error(
+            "recap::parse::syntax",
+            format!("`{literal}` is not a number: it has more than one decimal point"),
+        )
+        .label(Span::new(start, end), "not a number")
+        .with_help(format!(
             "write one decimal point, e.g. `1.5`; text such as a version goes in quotes: `\"{literal}\"`"
         )),
-    })
+    )
 }
 
 /// A `recap::parse::syntax` error worded for a number with letters stuck to it (`1k`, `5min`),
@@ -588,19 +586,16 @@ fn number_with_suffix(source: &str, at: usize) -> Option<Diagnostic> {
         return None;
     }
     let literal = source.get(start..word_end)?;
-    Some(Diagnostic {
-        code: "recap::parse::syntax".into(),
-        severity: Severity::Error,
-        message: format!("`{literal}` is not a number: numbers take no unit or suffix"),
-        labels: vec![Label {
-            span: Span::new(start, word_end),
-            message: "not a number".into(),
-        }],
-        help: Some(
-            "write the number out (`1000`, not `1k`); percentages take `%`, text goes in quotes"
-                .into(),
+    Some(
+        Diagnostic::error(
+            "recap::parse::syntax",
+            format!("`{literal}` is not a number: numbers take no unit or suffix"),
+        )
+        .label(Span::new(start, word_end), "not a number")
+        .with_help(
+            "write the number out (`1000`, not `1k`); percentages take `%`, text goes in quotes",
         ),
-    })
+    )
 }
 
 fn span_of(pair: &Pair<Rule>, base: usize) -> Span {

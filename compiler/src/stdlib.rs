@@ -72,7 +72,12 @@ pub struct Signature {
 
 impl Signature {
     pub fn param(&self, name: &str) -> Option<&ParamDef> {
-        self.params.get(self.param_index(name)?)
+        self.param_slot(name).map(|(_, p)| p)
+    }
+    /// The position among `params` and the definition of the non-variadic parameter `name`.
+    pub fn param_slot(&self, name: &str) -> Option<(usize, &ParamDef)> {
+        let i = self.param_index(name)?;
+        Some((i, self.params.get(i)?))
     }
     /// The position of the non-variadic parameter `name` among `params`.
     pub fn param_index(&self, name: &str) -> Option<usize> {

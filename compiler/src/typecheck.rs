@@ -293,11 +293,7 @@ fn nested_owner<'s>(
     key: &str,
 ) -> Option<(&'s str, &'s str, bool)> {
     sig.params.iter().find_map(|p| {
-        let kind =
-            p.ty.alternatives()
-                .iter()
-                .find_map(|t| t.kind())
-                .filter(|k| !declared_by_name(*k))?;
+        let kind = made_kind(&p.ty)?;
         let default_fn = match p.default.as_ref().map(|d| &d.kind) {
             Some(ExprKind::Call { func, .. }) => Some(func.name.as_str()),
             Some(ExprKind::Name(id)) => Some(id.name.as_str()),
@@ -316,11 +312,7 @@ fn nested_owner<'s>(
 /// For a type that stdlib calls give (`Kl`, `Optimizer`): the functions that make one, as
 /// `kl(...)` or `adamw(...) or sgd(...)`; `None` for other types.
 fn makers(std: &Stdlib, ty: &Ty) -> Option<String> {
-    let kind = ty
-        .alternatives()
-        .iter()
-        .find_map(|t| t.kind())
-        .filter(|k| !declared_by_name(*k))?;
+    let kind = made_kind(ty)?;
     let mut names: Vec<String> = std
         .fns
         .values()
@@ -337,6 +329,15 @@ fn makers(std: &Stdlib, ty: &Ty) -> Option<String> {
         text.push_str(" or another (docs/language.md lists them all)");
     }
     (!names.is_empty()).then_some(text)
+}
+
+/// The kind of value that `ty` takes from a stdlib call written in place (`Kl`, `Optimizer`),
+/// if any: kinds a pipeline declares and then names are left out.
+fn made_kind(ty: &Ty) -> Option<Kind> {
+    ty.alternatives()
+        .iter()
+        .find_map(|t| t.kind())
+        .filter(|k| !declared_by_name(*k))
 }
 
 /// Kinds a pipeline declares and then names (`model policy = ...`, `source math = ...`), where
@@ -359,6 +360,13 @@ fn quoted_literal<'v>(v: &'v Value, ty: &Ty) -> Option<&'v str> {
         _ => false,
     });
     fits.then_some(t)
+}
+
+/// Binds `v` to the argument slot `slot` of a call being checked (see `ArgMap`).
+fn bind(vals: &mut [Option<Val>], slot: usize, v: Val) {
+    if let Some(s) = vals.get_mut(slot) {
+        *s = Some(v);
+    }
 }
 
 fn is_number(v: &Value) -> bool {
@@ -1067,21 +1075,14 @@ impl Checker<'_, '_, '_> {
             };
             name_spans.push((p.name.as_str(), e.span));
             match self.arg(sig, p, e) {
-                Some(v) => {
-                    if let Some(s) = vals.get_mut(slot) {
-                        *s = Some(v);
-                    }
-                }
+                Some(v) => bind(&mut vals, slot, v),
                 None => ok = false,
             }
         }
         let named = args.named.iter().chain(block.iter().copied());
         for na in named {
             let key = na.name.name.as_str();
-            let param = sig
-                .param_index(key)
-                .and_then(|i| Some((i, sig.params.get(i)?)))
-                .filter(|(_, p)| p.name != "self");
+            let param = sig.param_slot(key).filter(|(_, p)| p.name != "self");
             if let Some((slot, p)) = param {
                 if let Some(prev) = given(&name_spans, key) {
                     self.err(duplicate_argument(key, &sig.name, na.name.span, prev));
@@ -1090,11 +1091,7 @@ impl Checker<'_, '_, '_> {
                 }
                 name_spans.push((key, na.name.span));
                 match self.arg(sig, p, &na.value) {
-                    Some(v) => {
-                        if let Some(s) = vals.get_mut(slot) {
-                            *s = Some(v);
-                        }
-                    }
+                    Some(v) => bind(&mut vals, slot, v),
                     None => ok = false,
                 }
             } else if let Some(vp) = sig.variadic() {
@@ -1134,16 +1131,11 @@ impl Checker<'_, '_, '_> {
                 ok = false;
             }
         }
-        let self_slot = sig.param_index("self");
-        match (receiver, self_slot.and_then(|i| sig.params.get(i))) {
-            (Some(r), Some(p)) => {
+        match (receiver, sig.param_slot("self")) {
+            (Some(r), Some((slot, p))) => {
                 let ty = p.ty.clone();
                 match self.accept(r, &ty, &|| format!("the receiver of `{}`", sig.name)) {
-                    Some(v) => {
-                        if let Some(s) = self_slot.and_then(|i| vals.get_mut(i)) {
-                            *s = Some(v);
-                        }
-                    }
+                    Some(v) => bind(&mut vals, slot, v),
                     None => ok = false,
                 }
             }
@@ -1191,9 +1183,7 @@ impl Checker<'_, '_, '_> {
                 match v {
                     Some(mut v) => {
                         v.span = span;
-                        if let Some(s) = vals.get_mut(slot) {
-                            *s = Some(v);
-                        }
+                        bind(&mut vals, slot, v);
                     }
                     None => {
                         self.err(

@@ -167,7 +167,7 @@ impl<'t> V<'_, '_, 't, '_> {
             } else {
                 Diagnostic::warning("recap::validate::incomplete_model", msg)
             };
-            let span = c.get("dir").map_or(c.span, |v| v.span);
+            let span = arg_span(c, "dir");
             self.diags.push(
                 d.label(span, "incomplete")
                     .with_help("a Hugging Face model directory holds `config.json`, `tokenizer.json` and `model.safetensors` (or `model.safetensors.index.json` and its shards); finish the download (`scripts/fetch-models.sh`) or fix the path"),
@@ -235,7 +235,7 @@ impl<'t> V<'_, '_, 't, '_> {
                 Err(why) => Some((r.line, why)),
                 Ok(_) => None,
             }) {
-                let span = c.get("file").map_or(c.span, |v| v.span);
+                let span = arg_span(c, "file");
                 self.diags.push(
                     Diagnostic::error(
                         "recap::validate::bad_data_line",
@@ -356,7 +356,7 @@ impl<'t> V<'_, '_, 't, '_> {
                 continue;
             };
             if budget.max(0) as u64 >= context {
-                let span = c.get("max_tokens").map_or(c.span, |v| v.span);
+                let span = arg_span(c, "max_tokens");
                 self.diags.push(
                     Diagnostic::error(
                         "recap::validate::context_too_short",
@@ -392,7 +392,7 @@ impl<'t> V<'_, '_, 't, '_> {
                 .or_insert_with(|| regex_error(pattern))
                 .clone();
             if let Some(why) = why {
-                let span = c.get("pattern").map_or(c.span, |v| v.span);
+                let span = arg_span(c, "pattern");
                 self.diags.push(
                     Diagnostic::error(
                         "recap::validate::bad_regex",
@@ -404,10 +404,10 @@ impl<'t> V<'_, '_, 't, '_> {
             }
         }
         for c in self.calls_of("choice") {
-            self.verifier_call(c);
+            self.choice_options(c);
         }
         for c in self.calls_of("length_penalty") {
-            self.verifier_call(c);
+            self.penalty_target(c);
         }
     }
 
@@ -424,42 +424,42 @@ impl<'t> V<'_, '_, 't, '_> {
             .unwrap_or_default()
     }
 
-    fn verifier_call(&mut self, c: &CallVal) {
-        let span_of = |name: &str| c.get(name).map_or(c.span, |v| v.span);
-        match c.name() {
-            "choice" => {
-                let Some(options) = c.str("options") else {
-                    return;
-                };
-                if options.is_empty() || !options.chars().all(|ch| ch.is_ascii_uppercase()) {
-                    self.diags.push(
-                        Diagnostic::error(
-                            "recap::validate::bad_options",
-                            format!("the `options` of `choice` must be upper-case letters, found `{options}`"),
-                        )
-                        .label(span_of("options"), "not upper-case letters")
-                        .with_help("list the option letters, e.g. `options = \"ABCD\"`"),
-                    );
-                }
-            }
-            "length_penalty" => {
-                if let (Some(target), Some(max)) = (c.int("target"), c.int("max_tokens")) {
-                    // The runtime moves the limit past the target rather than refuse, so the
-                    // reward becomes a step; likely not what was meant, but it runs.
-                    if target >= max {
-                        self.diags.push(
-                            Diagnostic::warning(
-                                "recap::validate::penalty_target",
-                                format!("the `target` of `length_penalty` ({target}) is not below its `max_tokens` ({max}): the reward stays 1.0 up to {target} tokens and drops to 0.0 right after"),
-                            )
-                            .label(span_of("target"), format!("not below {max}"))
-                            .label(span_of("max_tokens"), "where the reward was to reach 0")
-                            .with_help("the reward is 1.0 up to `target` tokens and falls to 0.0 at `max_tokens`; choose a smaller target or a larger limit"),
-                        );
-                    }
-                }
-            }
-            _ => {}
+    /// A `choice` verifier's option letters: the runtime looks for upper-case ASCII letters.
+    fn choice_options(&mut self, c: &CallVal) {
+        let Some(options) = c.str("options") else {
+            return;
+        };
+        if options.is_empty() || !options.chars().all(|ch| ch.is_ascii_uppercase()) {
+            self.diags.push(
+                Diagnostic::error(
+                    "recap::validate::bad_options",
+                    format!(
+                        "the `options` of `choice` must be upper-case letters, found `{options}`"
+                    ),
+                )
+                .label(arg_span(c, "options"), "not upper-case letters")
+                .with_help("list the option letters, e.g. `options = \"ABCD\"`"),
+            );
+        }
+    }
+
+    /// A `length_penalty` whose target is not below its limit. The runtime moves the limit
+    /// past the target rather than refuse, so the reward becomes a step; likely not what was
+    /// meant, but it runs, so a warning.
+    fn penalty_target(&mut self, c: &CallVal) {
+        let (Some(target), Some(max)) = (c.int("target"), c.int("max_tokens")) else {
+            return;
+        };
+        if target >= max {
+            self.diags.push(
+                Diagnostic::warning(
+                    "recap::validate::penalty_target",
+                    format!("the `target` of `length_penalty` ({target}) is not below its `max_tokens` ({max}): the reward stays 1.0 up to {target} tokens and drops to 0.0 right after"),
+                )
+                .label(arg_span(c, "target"), format!("not below {max}"))
+                .label(arg_span(c, "max_tokens"), "where the reward was to reach 0")
+                .with_help("the reward is 1.0 up to `target` tokens and falls to 0.0 at `max_tokens`; choose a smaller target or a larger limit"),
+            );
         }
     }
 
@@ -1052,8 +1052,10 @@ pub fn frozen_copies(res: &Resolved, typed: &Typed, policy: Option<EntityId>) ->
         .collect()
 }
 
-/// The compiled-size limit of the runtime's regex verifier (`RegexBuilder::size_limit`).
-const REGEX_SIZE_LIMIT: usize = 1 << 22;
+/// Where the argument `name` of `c` is written, or the call itself when it is defaulted.
+fn arg_span(c: &CallVal, name: &str) -> Span {
+    c.get(name).map_or(c.span, |v| v.span)
+}
 
 /// The raw-row field that an extractor chain such as `field("answer").after("####")` starts
 /// from, when it starts from one.
@@ -1090,7 +1092,7 @@ fn inspected_calls<'t>(res: &Resolved, typed: &'t Typed) -> [Vec<&'t CallVal>; I
 /// same builder and size limit as the runtime, so the checker accepts exactly what the run will.
 fn regex_error(pattern: &str) -> Option<String> {
     let e = regex::RegexBuilder::new(pattern)
-        .size_limit(REGEX_SIZE_LIMIT)
+        .size_limit(recap_plan::REGEX_SIZE_LIMIT)
         .build()
         .err()?;
     Some(match &e {

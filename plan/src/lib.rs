@@ -175,6 +175,11 @@ pub enum SourceSpec {
     Copying { count: u64, length: u64, seed: u64 },
 }
 
+/// The most a `regex` verifier's pattern may compile to, in bytes (`RegexBuilder::size_limit`):
+/// the runtime builds patterns with this limit and the checker refuses patterns over it, so
+/// `recapc check` accepts exactly the patterns a run can use.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 22;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verifier {
     pub name: Name,

@@ -251,7 +251,7 @@ impl Verifier {
                     MatchMode::Partial => pattern.clone(),
                 };
                 let re = regex::RegexBuilder::new(&source)
-                    .size_limit(1 << 22)
+                    .size_limit(recap_plan::REGEX_SIZE_LIMIT)
                     .build()
                     .map_err(|e| err(format!("bad pattern `{pattern}`: {e}")))?;
                 compiled = Some(re);
