@@ -1,6 +1,12 @@
 //! Times `check` on generated pipelines of about 1k, 10k and 100k lines (a quick measurement
-//! aid for development; the project's benchmark command is `recapc`'s).
+//! aid for development; the project's benchmark command is `recapc`'s), or checks a given file
+//! K times and prints only its count of diagnostics (for `valgrind`: see `main`).
 use recap_compiler::{check, AssumeFilesExist, CheckOptions};
+
+// The `recapc` binary serves the checker's blocks (all small but a few) from mimalloc; the same
+// allocator here keeps the counts of cache misses and the times comparable with `recapc`'s.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn generated(lines: usize) -> String {
     let mut s = String::from("model policy = hf(\"m\")\nmodel base = frozen(policy)\n");
@@ -20,12 +26,30 @@ fn generated(lines: usize) -> String {
 }
 
 fn main() {
+    // `timing FILE [K]` checks a pipeline file K times (1 by default) and prints only the count
+    // of diagnostics, so that `valgrind` counts the instructions and cache misses of K checks:
+    // the difference between K = 2 and K = 1 is one check without the start-up
+    // (`scripts/check-traffic.sh` does that for the benchmark's files).
+    let mut args = std::env::args().skip(1);
+    let first = args.next();
+    if let Some(path) = first.as_deref().filter(|a| a.parse::<usize>().is_err()) {
+        let src = std::fs::read_to_string(path).unwrap_or_else(|e| {
+            eprintln!("timing: cannot read {path}: {e}");
+            std::process::exit(2)
+        });
+        let times = args.next().and_then(|k| k.parse::<usize>().ok()).unwrap_or(1);
+        let _ = recap_compiler::stdlib::stdlib();
+        let mut diagnostics = 0;
+        for _ in 0..times {
+            let out = check(path, &src, &CheckOptions::default(), &AssumeFilesExist);
+            diagnostics = out.diagnostics.len();
+        }
+        println!("{path}: {diagnostics} diagnostics");
+        return;
+    }
     // `timing N` checks one generated pipeline of N lines once and prints nothing else, so
     // `valgrind --tool=callgrind` can count the instructions of one check.
-    if let Some(n) = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse::<usize>().ok())
-    {
+    if let Some(n) = first.and_then(|a| a.parse::<usize>().ok()) {
         let src = generated(n);
         let out = check(
             "gen.recap",
