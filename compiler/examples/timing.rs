@@ -37,7 +37,10 @@ fn main() {
             eprintln!("timing: cannot read {path}: {e}");
             std::process::exit(2)
         });
-        let times = args.next().and_then(|k| k.parse::<usize>().ok()).unwrap_or(1);
+        let times = args
+            .next()
+            .and_then(|k| k.parse::<usize>().ok())
+            .unwrap_or(1);
         let _ = recap_compiler::stdlib::stdlib();
         let mut diagnostics = 0;
         for _ in 0..times {
