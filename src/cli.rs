@@ -241,4 +241,9 @@ pub struct BenchArgs {
     /// which stages grow faster than the input.
     #[arg(long)]
     pub stages: bool,
+    /// Also time the largest pipeline cut into this many files (each with a share of its
+    /// domains, named as in the whole file) checked one after another, in the same rounds: the
+    /// best a checker that streamed a large file in parts, each in cache, could do.
+    #[arg(long, value_name = "PARTS", value_parser = clap::value_parser!(u16).range(2..))]
+    pub split: Option<u16>,
 }

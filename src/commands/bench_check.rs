@@ -1,12 +1,14 @@
-//! `recapc bench-check [--lines 1000,10000,100000] [--runs 7] [--keep DIR] [--stages]` (hidden):
-//! takes sizes, gives a table of `check` times on generated pipelines of those sizes (timed in
-//! interleaved rounds, see `bench::measure_all`), the median and range of the per-round
-//! 100k/10k ratios, and with
-//! `--stages` the time of each checker stage alone. Run it with a
+//! `recapc bench-check [--lines 1000,10000,100000] [--runs 7] [--keep DIR] [--stages]
+//! [--split PARTS]` (hidden): takes sizes, gives a table of `check` times on generated pipelines
+//! of those sizes (timed in interleaved rounds, see `bench::measure_all`), the median and range
+//! of the per-round 100k/10k ratios, with `--stages` the time of each checker stage alone, and
+//! with `--split` the time of the largest pipeline checked as that many files. Run it with a
 //! release build: `cargo run --release -- bench-check`.
 
 use super::{error_line, write_stdout};
-use crate::bench::{generate, measure_all, measure_stages, round_ratios, StageTimes};
+use crate::bench::{
+    generate, generate_split, measure_all, measure_stages, round_ratios, StageTimes,
+};
 use crate::cli::BenchArgs;
 use crate::exit::ExitCode;
 
@@ -19,21 +21,45 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         "{:>8} {:>10} {:>12} {:>14} {:>10} {:>7} {:>9}\n",
         "lines", "bytes", "median ms", "lines/s", "parse ms", "errors", "warnings"
     );
+    // Writes a generated file into `--keep`'s directory, when given.
+    let keep = |name: String, source: &str| -> Result<(), ExitCode> {
+        let Some(dir) = &args.keep else {
+            return Ok(());
+        };
+        let path = dir.join(name);
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&path, source))
+            .map_err(|e| {
+                error_line(&format!("cannot write `{}`: {e}", path.display()));
+                ExitCode::Usage
+            })
+    };
     let mut sources = Vec::with_capacity(args.lines.len());
     for &lines in &args.lines {
         let source = generate(lines);
-        if let Some(dir) = &args.keep {
-            let path = dir.join(format!("bench-{lines}.recap"));
-            if let Err(e) =
-                std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, &source))
-            {
-                error_line(&format!("cannot write `{}`: {e}", path.display()));
-                return ExitCode::Usage;
-            }
+        if let Err(code) = keep(format!("bench-{lines}.recap"), &source) {
+            return code;
         }
         sources.push(source);
     }
-    let results = measure_all(&sources, args.runs);
+    let mut workloads: Vec<Vec<String>> = sources.iter().map(|s| vec![s.clone()]).collect();
+    let largest = args.lines.iter().copied().max();
+    if let (Some(parts), Some(lines)) = (args.split, largest) {
+        let files = generate_split(lines, usize::from(parts));
+        for (i, f) in files.iter().enumerate() {
+            if let Err(code) = keep(format!("bench-{lines}-part{i}.recap"), f) {
+                return code;
+            }
+        }
+        workloads.push(files);
+    }
+    let mut results = measure_all(&workloads, args.runs);
+    // The split pipeline, when asked for, is the last workload; the table has the sizes.
+    let split = if args.split.is_some() {
+        results.pop().zip(workloads.last().map(Vec::len))
+    } else {
+        None
+    };
     for (m, source) in results.iter().zip(&sources) {
         if args.stages {
             if let Some(t) = measure_stages(source, args.runs) {
@@ -74,6 +100,30 @@ pub fn run(args: &BenchArgs) -> ExitCode {
                 large.lines as f64 / small.lines.max(1) as f64,
                 large.bytes as f64 / small.bytes.max(1) as f64,
             ));
+        }
+    }
+    if let (Some((m, files)), Some(lines)) = (&split, largest) {
+        out.push_str(&format!(
+            "the {lines}-line pipeline as {files} files checked one after another: {:.2} ms \
+             ({} lines, {} bytes in all)\n",
+            m.median.as_secs_f64() * 1e3,
+            m.lines,
+            m.bytes
+        ));
+        if let Some(small) = find(10_000).filter(|_| lines.abs_diff(100_000) <= 10_000) {
+            let ratios = round_ratios(small, m);
+            if let Some(mid) = ratios.get(ratios.len() / 2) {
+                out.push_str(&format!(
+                    "  its time over the 10k time: {mid:.2}, median of {} rounds\n",
+                    ratios.len()
+                ));
+            }
+        }
+        if m.errors > 0 {
+            eprintln!(
+                "note: the split pipeline has errors, first: {}",
+                m.first_error.as_deref().unwrap_or("?")
+            );
         }
     }
     if let Some((_, first)) = stages.first() {
