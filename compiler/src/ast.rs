@@ -270,8 +270,10 @@ pub enum ExprKind {
 }
 
 /// A name used as a value (`policy` in `frozen(policy)`), with what resolve
-/// found it to mean. Typecheck reads the answer where it reads the name, rather than asking
-/// the name table again: by then, in a large file, the table's entry is long out of cache.
+/// found it to mean. Resolve records the answer in names of entity values (not of settings,
+/// which typecheck evaluates once per stage), and typecheck reads it where it reads the name
+/// rather than asking the name table again: by then, in a large file, the table's entry is
+/// long out of cache.
 /// It reads as its `Ident` (it derefs to one), compares and serialises as one, so the
 /// answer is never part of the syntax.
 #[derive(Debug, Clone)]
@@ -364,8 +366,8 @@ pub struct StrLit {
 }
 
 impl StrLit {
-    /// The text with placeholders written back as `{name}`. Up to 24 bytes are held inline,
-    /// and a string without placeholders is its one part, copied without an allocation.
+    /// The text with placeholders written back as `{name}`. A string without placeholders is
+    /// its one part, copied (without an allocation up to 24 bytes, which are held inline).
     pub fn text(&self) -> CompactString {
         if let [StrPart::Text(t)] = self.parts.as_slice() {
             return t.clone();

@@ -7,7 +7,7 @@
 
 use std::hash::BuildHasher;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct KeyIndex {
     table: hashbrown::HashTable<u32>,
     hasher: foldhash::fast::RandomState,

@@ -41,19 +41,24 @@ pub fn parse(source: &str) -> (Option<File>, Vec<Diagnostic>) {
 /// reads the whole file again (`parse_partial_pest`), so every syntax diagnostic comes from
 /// the grammar and its wording here, whatever the fast parser does.
 pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
-    if let Some(d) = too_large(source.len()).or_else(|| too_deep(source)) {
-        return (
-            File {
-                items: Vec::new(),
-                span: Span::new(0, source.len()),
-            },
-            vec![d],
-        );
+    if let Some(refused) = refused(source) {
+        return refused;
     }
     match crate::parse_fast::parse_file(source) {
         Some(file) => (file, Vec::new()),
-        None => parse_partial_pest(source),
+        None => pest_items(source),
     }
+}
+
+/// An empty file and the one diagnostic, when `source` is too large or nests too deep for
+/// either parser (checked once, before either runs).
+fn refused(source: &str) -> Option<(File, Vec<Diagnostic>)> {
+    let d = too_large(source.len()).or_else(|| too_deep(source))?;
+    let file = File {
+        items: Vec::new(),
+        span: Span::new(0, source.len()),
+    };
+    Some((file, vec![d]))
 }
 
 /// The fast parser alone: the AST when it accepts the file, `None` when it leaves the file to
@@ -67,17 +72,13 @@ pub fn parse_fast(source: &str) -> Option<File> {
 /// differential tests compare the fast parser with, and the path for files it gives up on.
 #[doc(hidden)]
 pub fn parse_partial_pest(source: &str) -> (File, Vec<Diagnostic>) {
+    refused(source).unwrap_or_else(|| pest_items(source))
+}
+
+/// The pest parse of a file that `refused` let through.
+fn pest_items(source: &str) -> (File, Vec<Diagnostic>) {
     let mut items = Vec::new();
     let mut diags = Vec::new();
-    if let Some(d) = too_large(source.len()).or_else(|| too_deep(source)) {
-        return (
-            File {
-                items,
-                span: Span::new(0, source.len()),
-            },
-            vec![d],
-        );
-    }
     // First the whole file in one parse. pest indexes the lines of its whole input on
     // every call, so reading item by item would cost time quadratic in the file's length.
     if let Ok(mut pairs) = RecapParser::parse(Rule::file, source) {

@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 /// moments ago. (Entries of 40 bytes, the name and entity inside the hash table, spread a large
 /// file's table over megabytes and cost a cache miss on most lookups; so did keys borrowed
 /// from the syntax tree.)
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Names {
     index: KeyIndex,
     /// Entry `i` is entity `i`'s.
@@ -57,6 +57,11 @@ impl Names {
             stage: e.stage,
             kind: e.kind,
         })
+    }
+
+    /// The entity `name` refers to from `stage`, and its kind.
+    fn lookup(&self, name: &str, stage: Option<usize>) -> Option<(EntityId, EntityKind)> {
+        self.get(name)?.visible(stage)
     }
 
     /// Adds the next entity, whose name `get` has just not found.
@@ -150,7 +155,20 @@ impl<'a> Resolved<'a> {
 
     /// `lookup` with the entity's kind, read from the name table itself.
     pub fn lookup_kind(&self, name: &str, stage: Option<usize>) -> Option<(EntityId, EntityKind)> {
-        self.names.get(name)?.visible(stage)
+        self.names.lookup(name, stage)
+    }
+
+    /// The kind of entity `id`, read from the compact name table rather than the entity list.
+    pub fn kind(&self, id: EntityId) -> Option<EntityKind> {
+        self.names.entries.get(id).map(|e| e.kind)
+    }
+
+    /// The name of entity `id` (empty for an id that is not one).
+    pub fn name(&self, id: EntityId) -> &str {
+        self.entities
+            .get(id)
+            .map(|e| e.name.name.as_str())
+            .unwrap_or_default()
     }
 
     pub fn setting(&self, stage: usize, kind: SettingKind) -> Option<Setting<'a>> {
@@ -170,6 +188,10 @@ struct Resolver<'a, 'd> {
     top_settings: Vec<Setting<'a>>,
     stages: Vec<StageScope<'a>>,
     staged: bool,
+    /// Whether `walk` records each name's answer in its node: on while entity values are
+    /// walked, each once in the stage typecheck evaluates it in; off for settings, which
+    /// typecheck evaluates once per stage and so looks up afresh.
+    record: bool,
 }
 
 /// `report_unused` is off when items were lost to syntax errors (their uses are unknown).
@@ -202,6 +224,7 @@ pub fn resolve<'a>(
         top_settings: Vec::new(),
         stages: Vec::new(),
         staged,
+        record: true,
     };
     if !staged {
         r.stages.push(StageScope {
@@ -486,7 +509,7 @@ impl<'a> Resolver<'a, '_> {
     }
 
     fn lookup(&self, name: &str, stage: Option<usize>) -> Option<EntityId> {
-        self.names.get(name)?.visible(stage).map(|(id, _)| id)
+        self.names.lookup(name, stage).map(|(id, _)| id)
     }
 
     /// Walks every expression; reports unknown names; returns the evaluation order and, per
@@ -521,6 +544,7 @@ impl<'a> Resolver<'a, '_> {
                 }
             }
         }
+        self.record = false;
         let mut settings: Vec<(Option<usize>, Setting<'a>)> =
             self.top_settings.iter().map(|s| (None, *s)).collect();
         for (i, st) in self.stages.iter().enumerate() {
@@ -688,9 +712,9 @@ impl<'a> Resolver<'a, '_> {
             }
             ExprKind::Name(id) => {
                 let found = self.lookup(&id.name, stage);
-                // Typecheck evaluates an entity's value in the stage it is walked in here, and
-                // reads the answer from the node; for settings it does not, and looks it up.
-                id.resolved.set(found);
+                if self.record {
+                    id.resolved.set(found);
+                }
                 if let Some(t) = found {
                     refs.push((t, id.span));
                 } else if !self.std.fns.contains_key(id.name.as_str())

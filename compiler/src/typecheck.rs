@@ -54,8 +54,7 @@ pub struct Val {
 impl Val {
     /// The name of the `let` or `param` the value came from.
     pub fn origin_name<'r>(&self, res: &'r Resolved) -> Option<&'r str> {
-        let id = usize::try_from(self.origin?).ok()?;
-        res.entities.get(id).map(|e| e.name.name.as_str())
+        Some(res.name(usize::try_from(self.origin?).ok()?))
     }
 
     fn new(v: Value, span: Span) -> Self {
@@ -86,7 +85,7 @@ pub struct CallVal {
 /// the signature, which every call of a function shares and so is in cache, and then reads one
 /// slot: a large pipeline keeps tens of thousands of calls, long out of cache when validate and
 /// lower read them, and a search of the slots themselves cost a cache miss per step.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ArgMap(Vec<Val>);
 
 impl PartialEq for CallVal {
@@ -192,13 +191,10 @@ pub fn typecheck(res: &Resolved, diags: &mut Vec<Diagnostic>) -> Typed {
         paths: Vec::new(),
         stage: None,
         in_stdlib: false,
-        in_entity: false,
         defaults: foldhash::HashMap::default(),
     };
     for &id in &res.order {
-        t.in_entity = true;
         let v = t.entity(id);
-        t.in_entity = false;
         if let Some(slot) = t.values.get_mut(id) {
             *slot = v;
         }
@@ -235,9 +231,6 @@ struct Checker<'r, 'a, 'd> {
     stage: Option<usize>,
     /// Evaluating a stdlib default: user names are not in scope.
     in_stdlib: bool,
-    /// Evaluating an entity's value, whose names resolve recorded for this stage (see
-    /// `lookup`).
-    in_entity: bool,
     /// Evaluated stdlib defaults, keyed by the address of their (static) parameter.
     defaults: foldhash::HashMap<usize, Val>,
 }
@@ -849,14 +842,13 @@ impl Checker<'_, '_, '_> {
         }
     }
 
-    /// The entity a name refers to from the current stage. Inside an entity's value, which
-    /// resolve walked once in the entity's stage and typecheck evaluates in that same stage,
-    /// that is the answer resolve recorded in the node. Settings look the name up: resolve
-    /// walks a top-level one once, but typecheck evaluates it once per stage.
+    /// The entity a name refers to from the current stage: the answer resolve recorded in the
+    /// node, where it recorded one (in entity values, which typecheck evaluates in the stage
+    /// resolve walked them in), else a lookup (settings, `--set` values).
     fn lookup(&self, name: &NameRef) -> Option<(EntityId, EntityKind)> {
         match name.resolved.get() {
-            Some(found) if self.in_entity => {
-                let recorded = found.and_then(|id| Some((id, self.res.entities.get(id)?.kind)));
+            Some(found) => {
+                let recorded = found.and_then(|id| Some((id, self.res.kind(id)?)));
                 // The record is only right while walk and evaluation agree on the stage; a
                 // change that evaluated an entity from elsewhere (a setting, say) fails here,
                 // in the tests, rather than reading a wrong answer.

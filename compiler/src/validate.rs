@@ -53,16 +53,7 @@ pub fn deref<'t>(typed: &'t Typed, v: &'t Val) -> Option<Ref<'t>> {
 /// The name of an entity as the plan holds it (a copy that needs no allocation for names of
 /// up to 24 bytes).
 pub fn entity_name(res: &Resolved, id: EntityId) -> compact_str::CompactString {
-    name_of(res, id).into()
-}
-
-/// The name of an entity, borrowed: the checks of a large pipeline compare names thousands
-/// of times and need an owned copy only for a message.
-fn name_of<'r>(res: &'r Resolved, id: EntityId) -> &'r str {
-    res.entities
-        .get(id)
-        .map(|e| e.name.name.as_str())
-        .unwrap_or_default()
+    res.name(id).into()
 }
 
 const NEEDS_EXPECTED: &[&str] = &["exact", "numeric", "math_equal", "choice", "iou"];
@@ -106,8 +97,9 @@ struct V<'r, 'a, 't, 'd> {
     diags: &'d mut Vec<Diagnostic>,
     /// Frozen copies of the policy, computed once (each KL term asks).
     frozen: Vec<EntityId>,
-    /// The calls of each function in `INSPECTED`, wherever they appear (see `inspected_calls`).
-    calls: [Vec<&'t CallVal>; INSPECTED.len()],
+    /// The calls the rules inspect, wherever they appear (see `inspected_calls`); each rule
+    /// takes its list.
+    calls: Inspected<'t>,
 }
 
 impl<'t> V<'_, '_, 't, '_> {
@@ -139,7 +131,7 @@ impl<'t> V<'_, '_, 't, '_> {
     /// directory without them is mostly a download that stopped half-way; like a missing file,
     /// a warning for `check` and an error for `run`.
     fn model_dirs(&mut self, options: &CheckOptions, host: &dyn Host) {
-        for c in self.calls_of("hf") {
+        for c in std::mem::take(&mut self.calls.hf) {
             let Some(dir) = c.str("dir") else {
                 continue;
             };
@@ -223,7 +215,7 @@ impl<'t> V<'_, '_, 't, '_> {
     /// rows of its data file when the host can read them: the runtime stops at the first row
     /// that lacks one, after the models are loaded.
     fn data_fields(&mut self, host: &dyn Host) {
-        for c in self.calls_of("jsonl") {
+        for c in std::mem::take(&mut self.calls.jsonl) {
             let Some(path) = c.str("file") else {
                 continue;
             };
@@ -257,17 +249,12 @@ impl<'t> V<'_, '_, 't, '_> {
             };
             // Every key the rows must have: what each mapped field reads (the name of its
             // `field(...)` step), then the prompt's placeholders, except those that name a
-            // mapped field (filled in before the prompt is rendered). Each with its span, who
-            // uses it and the label.
-            let mut uses: Vec<(&str, Span, String, String)> = Vec::new();
+            // mapped field (filled in before the prompt is rendered). Each with its span and,
+            // for the message, the mapped field that reads it (`None`: the prompt uses it).
+            let mut uses: Vec<(&str, Span, Option<&str>)> = Vec::new();
             for (name, _, v) in &c.extra {
                 if let Some(key) = field_read(v) {
-                    uses.push((
-                        key,
-                        v.span,
-                        format!("`{name}` reads"),
-                        format!("reads `{key}`"),
-                    ));
+                    uses.push((key, v.span, Some(name)));
                 }
             }
             if let Some(Val {
@@ -278,12 +265,7 @@ impl<'t> V<'_, '_, 't, '_> {
             {
                 for p in placeholders {
                     if !c.extra.iter().any(|(n, _, _)| n == p) {
-                        uses.push((
-                            p,
-                            *span,
-                            "the prompt uses".into(),
-                            format!("uses `{{{p}}}`"),
-                        ));
+                        uses.push((p, *span, None));
                     }
                 }
             }
@@ -309,8 +291,12 @@ impl<'t> V<'_, '_, 't, '_> {
                     format!("{guess}the first row has: {}", first_keys.join(", "))
                 }
             };
-            for (key, span, who, label) in uses {
+            for (key, span, reader) in uses {
                 if let Some(line) = lacking(key) {
+                    let (who, label) = match reader {
+                        Some(name) => (format!("`{name}` reads"), format!("reads `{key}`")),
+                        None => ("the prompt uses".to_string(), format!("uses `{{{key}}}`")),
+                    };
                     self.diags.push(
                         Diagnostic::error(
                             "recap::validate::missing_data_field",
@@ -341,7 +327,7 @@ impl<'t> V<'_, '_, 't, '_> {
         let Some(context) = host.model_context(dir) else {
             return;
         };
-        let policy_name = policy.map(|p| name_of(self.res, p)).unwrap_or("policy");
+        let policy_name = policy.map(|p| self.res.name(p)).unwrap_or("policy");
         for (id, e) in self.res.entities.iter().enumerate() {
             if !matches!(
                 e.kind,
@@ -365,7 +351,7 @@ impl<'t> V<'_, '_, 't, '_> {
                         "recap::validate::context_too_short",
                         format!(
                             "`max_tokens` of `{}` ({budget}) leaves no room for the prompt: the policy `{policy_name}` has a context of {context} positions",
-                            name_of(self.res, id)
+                            self.res.name(id)
                         ),
                     )
                     .label(span, format!("{budget} new tokens"))
@@ -386,7 +372,7 @@ impl<'t> V<'_, '_, 't, '_> {
         // Compiling a pattern is the costly part, and a large pipeline repeats its few
         // patterns across thousands of verifiers: each distinct one is compiled once.
         let mut verdicts: foldhash::HashMap<&str, Option<String>> = Default::default();
-        for c in self.calls_of("regex") {
+        for c in std::mem::take(&mut self.calls.regex) {
             let Some(pattern) = c.str("pattern") else {
                 continue;
             };
@@ -406,25 +392,12 @@ impl<'t> V<'_, '_, 't, '_> {
                 );
             }
         }
-        for c in self.calls_of("choice") {
+        for c in std::mem::take(&mut self.calls.choice) {
             self.choice_options(c);
         }
-        for c in self.calls_of("length_penalty") {
+        for c in std::mem::take(&mut self.calls.length_penalty) {
             self.penalty_target(c);
         }
-    }
-
-    /// The calls of the stdlib function `name`, which must be one of `INSPECTED`.
-    fn calls_of(&self, name: &str) -> Vec<&'t CallVal> {
-        // A name missing from `INSPECTED` would find no calls and check nothing; the call
-        // sites are fixed, so only a change to this file can trip this.
-        debug_assert!(INSPECTED.contains(&name), "`{name}` is not in INSPECTED");
-        INSPECTED
-            .iter()
-            .position(|f| *f == name)
-            .and_then(|i| self.calls.get(i))
-            .cloned()
-            .unwrap_or_default()
     }
 
     /// A `choice` verifier's option letters: the runtime looks for upper-case ASCII letters.
@@ -658,11 +631,11 @@ impl<'t> V<'_, '_, 't, '_> {
             let Some(c) = self.typed.call(o) else {
                 continue;
             };
-            let oname = name_of(self.res, o);
+            let oname = self.res.name(o);
             obj_names.push(oname);
             let src = c.get("source").and_then(|s| deref(self.typed, s));
             if let Some(Value::Decl(sid, _)) = c.get("source").map(|s| &s.v) {
-                sources_read.push(name_of(self.res, *sid));
+                sources_read.push(self.res.name(*sid));
             }
             let oname_span = self
                 .res
@@ -751,7 +724,7 @@ impl<'t> V<'_, '_, 't, '_> {
             let Some(c) = self.typed.call(e) else {
                 continue;
             };
-            let ename = name_of(self.res, e);
+            let ename = self.res.name(e);
             let espan = self
                 .res
                 .entities
@@ -915,7 +888,7 @@ impl<'t> V<'_, '_, 't, '_> {
                 _ => Vec::new(),
             };
             for (vid, vc, span) in verifiers {
-                let vname = vid.map(|id| name_of(self.res, id)).unwrap_or(vc.name());
+                let vname = vid.map(|id| self.res.name(id)).unwrap_or(vc.name());
                 match vc.get("expected").map(|e| &e.v) {
                     Some(Value::Field { source, name }) => {
                         let same = src.key() == (0, *source);
@@ -1073,16 +1046,42 @@ fn field_read(v: &Val) -> Option<&str> {
 }
 
 /// The functions whose calls validate checks wherever they appear, inline ones included.
-const INSPECTED: [&str; 5] = ["hf", "jsonl", "regex", "choice", "length_penalty"];
+/// The calls of the stdlib functions that validate's rules inspect, one list per function.
+#[derive(Default)]
+struct Inspected<'t> {
+    hf: Vec<&'t CallVal>,
+    jsonl: Vec<&'t CallVal>,
+    regex: Vec<&'t CallVal>,
+    choice: Vec<&'t CallVal>,
+    length_penalty: Vec<&'t CallVal>,
+}
 
-/// The calls of each function in `INSPECTED`, in the values of the declarations, inline ones
+impl<'t> Inspected<'t> {
+    /// The functions, as the stdlib names them.
+    #[cfg(test)]
+    const FUNCTIONS: [&'static str; 5] = ["hf", "jsonl", "regex", "choice", "length_penalty"];
+
+    /// The list for calls of `function`, when a rule inspects them.
+    fn list(&mut self, function: &str) -> Option<&mut Vec<&'t CallVal>> {
+        match function {
+            "hf" => Some(&mut self.hf),
+            "jsonl" => Some(&mut self.jsonl),
+            "regex" => Some(&mut self.regex),
+            "choice" => Some(&mut self.choice),
+            "length_penalty" => Some(&mut self.length_penalty),
+            _ => None,
+        }
+    }
+}
+
+/// The calls the rules inspect, in the values of the declarations, inline ones
 /// included, found in one walk: the values of a large pipeline are long out of cache here, and
 /// a walk per rule read them again each time. `let` and `param` values are left out: where one
 /// is used, its value is copied in, so its calls are met there (and an unused one is only
 /// worth the warning it gets). A `let` used twice gives its calls twice; their diagnostics are
 /// identical, and `check` keeps one of each.
-fn inspected_calls<'t>(res: &Resolved, typed: &'t Typed) -> [Vec<&'t CallVal>; INSPECTED.len()] {
-    let mut calls: [Vec<&CallVal>; INSPECTED.len()] = Default::default();
+fn inspected_calls<'t>(res: &Resolved, typed: &'t Typed) -> Inspected<'t> {
+    let mut calls = Inspected::default();
     for (e, v) in res.entities.iter().zip(&typed.values) {
         if let (EntityKind::Decl(_), Some(v)) = (e.kind, v) {
             collect_calls(v, &mut calls);
@@ -1114,15 +1113,11 @@ fn regex_error(pattern: &str) -> Option<String> {
     })
 }
 
-/// Every call in `v` of a function in `INSPECTED`, its arguments' calls included, in order.
-fn collect_calls<'t>(v: &'t Val, out: &mut [Vec<&'t CallVal>; INSPECTED.len()]) {
+/// Every call in `v` of a function the rules inspect, its arguments' calls included, in order.
+fn collect_calls<'t>(v: &'t Val, out: &mut Inspected<'t>) {
     match &v.v {
         Value::Call(c) => {
-            if let Some(list) = INSPECTED
-                .iter()
-                .position(|f| *f == c.name())
-                .and_then(|i| out.get_mut(i))
-            {
+            if let Some(list) = out.list(c.name()) {
                 list.push(c);
             }
             for (_, arg) in c.args() {
@@ -1159,13 +1154,14 @@ impl Typed {
 
 #[cfg(test)]
 mod tests {
-    use super::INSPECTED;
+    use super::Inspected;
 
     #[test]
     fn inspected_functions_are_stdlib_functions() {
         let std = crate::stdlib::stdlib();
-        for f in INSPECTED {
+        for f in Inspected::FUNCTIONS {
             assert!(std.fns.contains_key(f), "`{f}` is not a stdlib function");
+            assert!(Inspected::default().list(f).is_some(), "`{f}` has no list");
         }
     }
 }
