@@ -96,10 +96,10 @@ fn generate_domains(domains: std::ops::Range<usize>) -> String {
 pub struct Measurement {
     pub lines: usize,
     pub bytes: usize,
-    pub median: Duration,
     /// The time of each round, in round order (see `measure_all`).
     pub rounds: Vec<Duration>,
-    /// Median time of the parse stage alone (`recap_compiler::parse`), part of `median`.
+    /// Median time of the parse stage alone (`recap_compiler::parse`), part of a check; timed
+    /// after the rounds, the parses one after another.
     pub parse_median: Duration,
     pub errors: usize,
     pub warnings: usize,
@@ -108,8 +108,13 @@ pub struct Measurement {
 }
 
 impl Measurement {
+    /// The median of the rounds' times.
+    pub fn median(&self) -> Duration {
+        median(self.rounds.clone())
+    }
+
     pub fn lines_per_second(&self) -> f64 {
-        self.lines as f64 / self.median.as_secs_f64().max(1e-12)
+        self.lines as f64 / self.median().as_secs_f64().max(1e-12)
     }
 }
 
@@ -158,12 +163,9 @@ pub fn measure_all(workloads: &[Vec<String>], runs: usize) -> Vec<Measurement> {
                 .iter()
                 .find(|d| d.severity == Severity::Error)
                 .map(|d| format!("{}: {}", d.code, d.message));
-            let mut sorted = rounds.clone();
-            sorted.sort();
             Measurement {
                 lines: files.iter().map(|s| s.lines().count()).sum(),
                 bytes: files.iter().map(String::len).sum(),
-                median: sorted.get(sorted.len() / 2).copied().unwrap_or_default(),
                 rounds,
                 parse_median: median_of(runs, || {
                     files
@@ -227,15 +229,20 @@ impl StageTimes {
 /// The median duration of `runs` calls of `f` (at least one); results are dropped inside the
 /// timing.
 fn median_of<T>(runs: usize, mut f: impl FnMut() -> T) -> Duration {
-    let mut times: Vec<Duration> = (0..runs.max(1))
+    let times: Vec<Duration> = (0..runs.max(1))
         .map(|_| {
             let start = Instant::now();
             drop(f());
             start.elapsed()
         })
         .collect();
+    median(times)
+}
+
+/// The middle of `times` once sorted (the upper middle of an even count; zero when empty).
+fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
-    times[times.len() / 2]
+    times.get(times.len() / 2).copied().unwrap_or_default()
 }
 
 /// Times each stage of `check` alone, or gives `None` when `source` does not check cleanly
@@ -339,7 +346,7 @@ mod tests {
         for x in &m {
             assert_eq!(x.rounds.len(), 3);
             assert_eq!(x.errors, 0, "{:?}", x.first_error);
-            assert!(x.rounds.contains(&x.median));
+            assert!(x.rounds.contains(&x.median()));
         }
         let small = Measurement {
             rounds: vec![Duration::from_millis(2), Duration::from_millis(1)],

@@ -32,36 +32,39 @@ fn main() {
     // (`scripts/check-traffic.sh` does that for the benchmark's files).
     let mut args = std::env::args().skip(1);
     let first = args.next();
-    if let Some(path) = first.as_deref().filter(|a| a.parse::<usize>().is_err()) {
-        let src = std::fs::read_to_string(path).unwrap_or_else(|e| {
-            eprintln!("timing: cannot read {path}: {e}");
-            std::process::exit(2)
-        });
-        let times = args
-            .next()
-            .and_then(|k| k.parse::<usize>().ok())
-            .unwrap_or(1);
-        let _ = recap_compiler::stdlib::stdlib();
-        let mut diagnostics = 0;
-        for _ in 0..times {
-            let out = check(path, &src, &CheckOptions::default(), &AssumeFilesExist);
-            diagnostics = out.diagnostics.len();
+    match first.as_deref().map(|a| (a, a.parse::<usize>())) {
+        Some((path, Err(_))) => {
+            let src = std::fs::read_to_string(path).unwrap_or_else(|e| {
+                eprintln!("timing: cannot read {path}: {e}");
+                std::process::exit(2)
+            });
+            let times = args
+                .next()
+                .and_then(|k| k.parse::<usize>().ok())
+                .unwrap_or(1);
+            let _ = recap_compiler::stdlib::stdlib();
+            let mut diagnostics = 0;
+            for _ in 0..times {
+                let out = check(path, &src, &CheckOptions::default(), &AssumeFilesExist);
+                diagnostics = out.diagnostics.len();
+            }
+            println!("{path}: {diagnostics} diagnostics");
+            return;
         }
-        println!("{path}: {diagnostics} diagnostics");
-        return;
-    }
-    // `timing N` checks one generated pipeline of N lines once and prints nothing else, so
-    // `valgrind --tool=callgrind` can count the instructions of one check.
-    if let Some(n) = first.and_then(|a| a.parse::<usize>().ok()) {
-        let src = generated(n);
-        let out = check(
-            "gen.recap",
-            &src,
-            &CheckOptions::default(),
-            &AssumeFilesExist,
-        );
-        println!("{n} lines: {} diagnostics", out.diagnostics.len());
-        return;
+        // `timing N` checks one generated pipeline of N lines once and prints nothing else,
+        // so `valgrind --tool=callgrind` can count the instructions of one check.
+        Some((_, Ok(n))) => {
+            let src = generated(n);
+            let out = check(
+                "gen.recap",
+                &src,
+                &CheckOptions::default(),
+                &AssumeFilesExist,
+            );
+            println!("{n} lines: {} diagnostics", out.diagnostics.len());
+            return;
+        }
+        None => {}
     }
     for lines in [1_000, 10_000, 100_000] {
         let src = generated(lines);

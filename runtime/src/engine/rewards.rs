@@ -122,7 +122,10 @@ pub fn build_verifier(v: &recap_plan::Verifier) -> Result<PlanVerifier> {
         ),
         VerifierSpec::LengthPenalty { max_tokens, target } => {
             // The stdlib's length_penalty is 1 up to `target` and falls to 0 at `max_tokens`;
-            // the built-in is DAPO's 0 .. -1 penalty, so the adapter shifts it by one.
+            // the built-in is DAPO's 0 .. -1 penalty, so the adapter shifts it by one. The
+            // built-in needs its limit past the target; a target at or past `max_tokens`
+            // (which the checker warns of: recap::validate::penalty_target) becomes a step
+            // at `target`, its limit moved to `target + 1`.
             return Ok(PlanVerifier {
                 name: v.name.to_string(),
                 extract: None,
