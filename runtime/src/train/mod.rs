@@ -9,6 +9,7 @@
 //! checkpoints, so a resumed run continues exactly.
 
 pub mod grpo;
+pub mod math;
 pub mod mix;
 pub mod optim;
 pub mod parallel;
