@@ -61,6 +61,16 @@ pub struct RunOptions {
     pub samples_every: u64,
     /// Stop after this many global steps, as if the process were killed (testing resume).
     pub stop_after: Option<u64>,
+    /// Train through candle's autograd even where the hand-written CPU pass (`model::fast`)
+    /// applies, so that both paths can be compared on the same run.
+    pub autograd: bool,
+}
+
+/// Whether the environment asks for candle's autograd (`RECAP_AUTOGRAD=1`): read by the
+/// command line and the examples when they fill [`RunOptions::autograd`], so the library itself
+/// never reads the environment.
+pub fn autograd_from_env() -> bool {
+    std::env::var_os("RECAP_AUTOGRAD").is_some_and(|v| v == "1")
 }
 
 impl Default for RunOptions {
@@ -74,6 +84,7 @@ impl Default for RunOptions {
             base_dir: PathBuf::from("."),
             samples_every: 10,
             stop_after: None,
+            autograd: false,
         }
     }
 }

@@ -81,10 +81,11 @@ fn policy_logprobs<'m>(
     }
 }
 
-/// The host copy of `model`'s weights when the fast path applies to it (CPU, f32,
-/// `RECAP_AUTOGRAD` not set to 1), made once per objective and step for all its chunks.
-fn fast_weights(model: &Model) -> Result<Option<fast::HostWeights>> {
-    Ok(if fast::enabled(model) {
+/// The host copy of `model`'s weights when the fast path applies to it (CPU, f32) and the run
+/// options do not ask for candle's `autograd`, made once per objective and step for all its
+/// chunks.
+fn fast_weights(model: &Model, autograd: bool) -> Result<Option<fast::HostWeights>> {
+    Ok(if !autograd && fast::supported(model) {
         Some(fast::HostWeights::new(model)?)
     } else {
         None
@@ -344,10 +345,11 @@ impl Ctx<'_> {
                         let (pad_id, device) = (models.tok.pad_id, &self.device);
                         // The fast path's host copies of the weights, made once for all chunks
                         // (the two models' copies side by side).
+                        let autograd = self.opts.autograd;
                         let (policy_host, reference_host) = rayon::join(
-                            || fast_weights(policy),
+                            || fast_weights(policy, autograd),
                             || match (reference, beta > 0.0) {
-                                (Some(r), true) => fast_weights(r),
+                                (Some(r), true) => fast_weights(r, autograd),
                                 _ => Ok(None),
                             },
                         );
@@ -490,7 +492,7 @@ impl Ctx<'_> {
                         }
                         let (policy, pad_id, device) =
                             (&models.policy, models.tok.pad_id, &self.device);
-                        let policy_host = fast_weights(policy)?;
+                        let policy_host = fast_weights(policy, self.opts.autograd)?;
                         let chunk = |range: std::ops::Range<usize>| -> Result<Option<(f64, f64, GradStore)>> {
                             let tokens: usize = targets[range.clone()].iter().map(Vec::len).sum();
                             if tokens == 0 {
