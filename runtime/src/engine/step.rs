@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
-use recap_plan::{Eval, ObjectiveSpec, Plan, RewardTerm, Rollout as PlanRollout};
+use recap_plan::{Eval, LossAggregation, ObjectiveSpec, Plan, RewardTerm, Rollout as PlanRollout};
 use serde_json::{json, Map, Value};
 
 use super::data::{Dataset, Row};
@@ -19,8 +19,7 @@ use crate::model::fast;
 use crate::model::logprob::{reference_logprobs, token_logprobs, SequenceBatch};
 use crate::model::Model;
 use crate::train::grpo::{
-    combine_rewards, group_advantages, grpo_loss, sft_loss, AdvantageScale, Advantages, GrpoBatch,
-    GrpoConfig, LossAggregation,
+    combine_rewards, group_advantages, grpo_loss, sft_loss, Advantages, GrpoBatch, GrpoConfig,
 };
 use crate::train::parallel::{map_chunks, row_chunks, split_pays};
 use crate::train::rng::HostRng;
@@ -139,22 +138,6 @@ fn accumulate(
         }
     }
     Ok(())
-}
-
-fn to_scale(s: recap_plan::AdvantageScale) -> AdvantageScale {
-    match s {
-        recap_plan::AdvantageScale::Group => AdvantageScale::Group,
-        recap_plan::AdvantageScale::Batch => AdvantageScale::Batch,
-        recap_plan::AdvantageScale::None => AdvantageScale::None,
-    }
-}
-
-fn to_agg(a: recap_plan::LossAggregation) -> LossAggregation {
-    match a {
-        recap_plan::LossAggregation::TokenMean => LossAggregation::TokenMean,
-        recap_plan::LossAggregation::SeqMeanTokenMean => LossAggregation::SeqMeanTokenMean,
-        recap_plan::LossAggregation::SeqMeanTokenSumNorm => LossAggregation::SeqMeanTokenSumNorm,
-    }
 }
 
 fn sampling(r: &PlanRollout, seed: u64) -> SamplingConfig {
@@ -315,12 +298,8 @@ impl Ctx<'_> {
                             .map(|t| key_lambda(rt, &format!("{src}.{}", t.name)))
                             .collect();
                         let combined = combine_rewards(&table, &weights)?;
-                        let adv = group_advantages(
-                            &combined.total,
-                            group,
-                            to_scale(*scale),
-                            *drop_equal_groups,
-                        )?;
+                        let adv =
+                            group_advantages(&combined.total, group, *scale, *drop_equal_groups)?;
                         let means = term_means(&table, terms.len());
                         tm.verify += t.elapsed().as_secs_f64();
 
@@ -329,11 +308,11 @@ impl Ctx<'_> {
                         let cfg = GrpoConfig {
                             group,
                             max_tokens: ro.max_tokens as usize,
-                            scale: to_scale(*scale),
+                            scale: *scale,
                             eps_low: *clip_low,
                             eps_high: *clip_high,
                             beta,
-                            aggregation: to_agg(*loss),
+                            aggregation: *loss,
                             drop_zero_variance: *drop_equal_groups,
                         };
                         let n = roll.completion_ids.len();
