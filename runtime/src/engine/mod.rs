@@ -25,14 +25,14 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device};
-use recap_plan::{Dtype, Mix, ModelSpec, ObjectiveSpec, Plan, Reweight, Stage};
+use recap_plan::{Dtype, ModelSpec, ObjectiveSpec, Plan, Reweight, Stage};
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::model::{load_hf_dir_with, Family, LoadOptions, Model, ModelConfig};
 
 use crate::tokenizer::TextTokenizer;
-use crate::train::mix::{MixConfig, Mixer, SourceInfo, SourceRole};
+use crate::train::mix::{Mixer, SourceInfo, SourceRole};
 use crate::train::reweight::{
     Combine, Direction, KeyKind, ObjectiveKey, ReweightConfig, Reweighter,
 };
@@ -451,9 +451,8 @@ fn build_stage(
         bail!("stage `{}` has no objectives", stage.name);
     }
     let seed = stage.train.seed;
-    let (mix, mix_seed) = mix_config(&stage.mix, seed);
     let mixer =
-        Mixer::new(mix, infos, mix_seed).map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
+        Mixer::new(&stage.mix, infos, seed).map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
     let readers = sources
         .iter()
         .enumerate()
@@ -703,33 +702,6 @@ pub(crate) fn num(x: f64) -> Value {
         json!(x)
     } else {
         Value::Null
-    }
-}
-
-/// The runtime's mixing policy for a plan's `mix` and the seed its draws use: the stage's seed,
-/// or the one `uniform(seed)` names (also as a coreset's base).
-fn mix_config(mix: &Mix, stage_seed: u64) -> (MixConfig, u64) {
-    match mix {
-        Mix::RoundRobin => (MixConfig::RoundRobin, stage_seed),
-        Mix::Uniform { seed } => (MixConfig::Uniform, *seed),
-        Mix::Proportional => (MixConfig::Proportional, stage_seed),
-        Mix::Weights { weights } => (
-            MixConfig::Weights {
-                weights: weights.iter().map(|(k, w)| (k.to_string(), *w)).collect(),
-            },
-            stage_seed,
-        ),
-        Mix::Coreset { cap, base } => {
-            let (base, seed) = mix_config(base, stage_seed);
-            (
-                MixConfig::Coreset {
-                    cap: *cap,
-                    base: Box::new(base),
-                },
-                seed,
-            )
-        }
-        Mix::All => (MixConfig::All, stage_seed),
     }
 }
 
