@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device};
-use recap_plan::{Dtype, ModelSpec, ObjectiveSpec, Plan, Reweight, Stage};
+use recap_plan::{Dtype, ModelSpec, ObjectiveSpec, Plan, Stage};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -33,9 +33,7 @@ use crate::model::{load_hf_dir_with, Family, LoadOptions, Model, ModelConfig};
 
 use crate::tokenizer::TextTokenizer;
 use crate::train::mix::{Mixer, SourceInfo, SourceRole};
-use crate::train::reweight::{
-    Combine, Direction, KeyKind, ObjectiveKey, ReweightConfig, Reweighter,
-};
+use crate::train::reweight::{KeyKind, ObjectiveKey, Reweighter};
 use crate::train::rng::HostRng;
 use data::{resolve_path, Dataset, Reader};
 use optim::Optim;
@@ -335,6 +333,7 @@ fn stage_keys(stage: &Stage) -> Result<Vec<ObjectiveKey>> {
                         name: format!("{source}.{}", t.name),
                         source: source.to_string(),
                         kind: KeyKind::Rl,
+                        objective: o.name.to_string(),
                     });
                 }
             }
@@ -342,6 +341,7 @@ fn stage_keys(stage: &Stage) -> Result<Vec<ObjectiveKey>> {
                 name: source.to_string(),
                 source: source.to_string(),
                 kind: KeyKind::Sft,
+                objective: o.name.to_string(),
             }),
         }
     }
@@ -355,53 +355,6 @@ fn stage_keys(stage: &Stage) -> Result<Vec<ObjectiveKey>> {
         }
     }
     Ok(keys)
-}
-
-fn reweight_config(stage: &Stage, keys: &[ObjectiveKey]) -> ReweightConfig {
-    match &stage.reweight {
-        Reweight::Recap {
-            window,
-            temperature,
-            alpha,
-            combine,
-            direction,
-            warmup,
-        } => ReweightConfig::Recap {
-            window: *window as usize,
-            temperature: *temperature,
-            alpha: *alpha,
-            combine: match combine {
-                recap_plan::RecapCombine::Mixture => Combine::Mixture,
-                recap_plan::RecapCombine::Sum => Combine::Sum,
-            },
-            direction: match direction {
-                recap_plan::RecapDirection::Regress => Direction::Regress,
-                recap_plan::RecapDirection::Paper => Direction::Paper,
-            },
-            warmup: if *warmup { 2 * *window } else { 0 },
-        },
-        Reweight::Uniform => ReweightConfig::Uniform,
-        Reweight::Static { weights } => {
-            // The plan names objectives; a weight given to an objective applies to each of
-            // its keys. A name that is already a key is taken as is.
-            let mut out = BTreeMap::new();
-            for (name, w) in weights {
-                if let Some(o) = stage.objectives.iter().find(|o| o.name == name) {
-                    let src = objective_source(&o.spec);
-                    for k in keys.iter().filter(|k| k.source == src) {
-                        out.insert(k.name.clone(), *w);
-                    }
-                } else {
-                    out.insert(name.to_string(), *w);
-                }
-            }
-            ReweightConfig::Static { weights: out }
-        }
-        Reweight::Dwa { temperature } => ReweightConfig::Dwa {
-            temperature: *temperature,
-        },
-        Reweight::Rlw { seed } => ReweightConfig::Rlw { seed: *seed },
-    }
 }
 
 /// The run-time state of one stage.
@@ -466,9 +419,9 @@ fn build_stage(
         })
         .collect();
     let keys = stage_keys(stage)?;
-    let reweighter = Reweighter::new(reweight_config(stage, &keys), keys.clone())
+    let reweighter = Reweighter::new(&stage.reweight, keys.clone())
         .map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
-    let lambdas = initial_lambdas(&reweighter)?;
+    let lambdas = reweighter.initial_lambdas();
     let optim = Optim::new(&stage.train.optimizer, named_vars(policy)?)?;
     Ok(StageRt {
         index,
@@ -496,18 +449,6 @@ fn named_vars(policy: &Model) -> Result<Vec<(String, candle_core::Var)>> {
         data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(named)
-}
-
-/// The weights before any update: 1, except under `static`, whose weights hold from the start.
-fn initial_lambdas(r: &Reweighter) -> Result<Vec<f64>> {
-    Ok(match r.config() {
-        ReweightConfig::Static { weights } => r
-            .keys()
-            .iter()
-            .map(|k| weights.get(&k.name).copied().unwrap_or(1.0))
-            .collect(),
-        _ => vec![1.0; r.keys().len()],
-    })
 }
 
 /// Kahn's algorithm over the plan's graph, ties broken by node order: a cycle is an error.
@@ -708,6 +649,7 @@ pub(crate) fn num(x: f64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use recap_plan::Reweight;
 
     #[test]
     fn graph_cycles_and_devices_are_reported() {
@@ -738,12 +680,10 @@ mod tests {
         st.reweight = Reweight::Static {
             weights: [("reasoning".into(), 2.0), ("copy".into(), 0.5)].into(),
         };
-        let ReweightConfig::Static { weights } = reweight_config(&st, &keys) else {
-            panic!("static expected");
-        };
-        assert_eq!(weights["math.accuracy"], 2.0);
-        assert_eq!(weights["math.format"], 2.0);
-        assert_eq!(weights["copy"], 0.5);
+        let weights = Reweighter::new(&st.reweight, keys)
+            .unwrap()
+            .initial_lambdas();
+        assert_eq!(weights, [2.0, 2.0, 0.5]);
         assert!(stage_needs_reference(rl) && !stage_needs_reference(&plan.stages[0]));
     }
 }
