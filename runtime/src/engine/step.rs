@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::data::{Dataset, Row};
 use super::progress::{Progress, RunFiles};
-use super::rewards::{score_terms, Judged, PlanVerifier};
+use super::rewards::{score_terms, Judged};
 use super::{num, objective_source, CostEstimate, Models, RunOptions, StageRt};
 use crate::generate::{generate, SamplingConfig};
 use crate::model::fast;
@@ -23,6 +23,7 @@ use crate::train::grpo::{
 };
 use crate::train::parallel::{map_chunks, row_chunks, split_pays};
 use crate::train::rng::HostRng;
+use crate::train::verifiers::Verifier;
 
 /// The engine's state shared by all stages.
 pub(crate) struct Ctx<'a> {
@@ -30,7 +31,7 @@ pub(crate) struct Ctx<'a> {
     pub opts: &'a RunOptions,
     pub device: Device,
     pub datasets: BTreeMap<String, Dataset>,
-    pub verifiers: BTreeMap<String, PlanVerifier>,
+    pub verifiers: BTreeMap<String, Verifier>,
     /// Seeds of the rollouts, drawn one per rollout.
     pub run_rng: HostRng,
     pub out: Option<RunFiles>,
