@@ -656,10 +656,10 @@ mod tests {
         let mut plan = presets::quickstart("x", 1, 1);
         let order = graph_order(&plan).unwrap();
         let pos = |id: &str| order.iter().position(|n| n == id).unwrap();
-        assert!(pos("source.math") < pos("rl.mixer") && pos("rl.mixer") < pos("rl.optimizer"));
+        assert!(pos("source.math") < pos("rl.mix") && pos("rl.mix") < pos("rl.optimizer"));
         plan.graph.edges.push(recap_plan::Edge {
             from: "rl.metrics".into(),
-            to: "rl.mixer".into(),
+            to: "rl.mix".into(),
         });
         assert!(graph_order(&plan)
             .unwrap_err()
