@@ -405,7 +405,7 @@ fn build_stage(
     }
     let seed = stage.train.seed;
     let mixer =
-        Mixer::new(&stage.mix, infos, seed).map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
+        Mixer::new(&stage.mix, infos, seed).with_context(|| format!("stage `{}`", stage.name))?;
     let readers = sources
         .iter()
         .enumerate()
@@ -420,7 +420,7 @@ fn build_stage(
         .collect();
     let keys = stage_keys(stage)?;
     let reweighter = Reweighter::new(&stage.reweight, keys.clone())
-        .map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
+        .with_context(|| format!("stage `{}`", stage.name))?;
     let lambdas = reweighter.initial_lambdas();
     let optim = Optim::new(&stage.train.optimizer, named_vars(policy)?)?;
     Ok(StageRt {

@@ -710,7 +710,7 @@ impl Ctx<'_> {
         let snap = rt
             .reweighter
             .update(&drawn_refs, &scalar_refs)
-            .map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
+            .with_context(|| format!("stage `{}`", stage.name))?;
         let used = std::mem::replace(
             &mut rt.lambdas,
             snap.keys.iter().map(|k| k.lambda).collect(),
