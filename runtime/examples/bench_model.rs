@@ -66,7 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reference = policy.frozen_copy()?;
     let tok = TextTokenizer::from_dir(&dir)?;
     // RECAP_AUTOGRAD=1 measures the training pass on candle's autograd, as the engine then runs it.
-    let fast_path = fast::enabled(&policy);
+    let fast_path = fast::supported(&policy) && !recap_runtime::engine::autograd_from_env();
     println!(
         "training pass: {}",
         if fast_path {

@@ -28,6 +28,7 @@ fn main() -> Result<()> {
         &RunOptions {
             out: Some(out.clone()),
             progress: ProgressMode::Plain,
+            autograd: recap_runtime::engine::autograd_from_env(),
             ..RunOptions::default()
         },
     )?;

@@ -49,6 +49,7 @@ fn main() -> Result<()> {
         &plan,
         &RunOptions {
             progress: ProgressMode::Plain,
+            autograd: recap_runtime::engine::autograd_from_env(),
             ..RunOptions::default()
         },
     )?;

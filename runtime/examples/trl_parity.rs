@@ -61,6 +61,7 @@ fn main() -> Result<()> {
             out: Some(out.clone()),
             progress: ProgressMode::Quiet,
             samples_every: 0,
+            autograd: recap_runtime::engine::autograd_from_env(),
             ..RunOptions::default()
         },
     )?;

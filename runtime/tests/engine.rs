@@ -214,6 +214,34 @@ mod engine {
         );
     }
 
+    /// A stage the mixer or the reweighter refuses fails the run with the stage named, and the
+    /// component's own error stays in the chain rather than being flattened into text.
+    #[test]
+    fn engine_keeps_component_errors_in_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut plan = format_plan(1, 1);
+        plan.stages[0].mix = Mix::Weights {
+            weights: [("maths".into(), 1.0)].into(),
+        };
+        let err = run(&seal(plan), &opts(dir.path())).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "stage `main`: mix: weights: unknown source `maths`"
+        );
+        assert!(err
+            .root_cause()
+            .downcast_ref::<recap_runtime::train::mix::MixError>()
+            .is_some());
+        let mut plan = format_plan(1, 1);
+        plan.stages[0].reweight = Reweight::Dwa { temperature: 0.0 };
+        let err = run(&seal(plan), &opts(dir.path())).unwrap_err();
+        assert!(err
+            .root_cause()
+            .downcast_ref::<recap_runtime::train::reweight::ReweightError>()
+            .is_some_and(|e| e.to_string().contains("dwa: temperature")));
+        assert!(format!("{err:#}").starts_with("stage `main`: reweight: "));
+    }
+
     #[test]
     fn engine_dry_run_estimates_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();

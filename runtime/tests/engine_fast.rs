@@ -1,8 +1,8 @@
 //! The engine's training step on the hand-written CPU pass (`model::fast`, the default for f32
-//! models on the CPU) against the same run on candle's autograd (`RECAP_AUTOGRAD=1`): an SFT
-//! warm-up, then GRPO with a KL term to a frozen reference and SFT replay, compiled from source.
-//! Every step's loss, gradient norm, KL and rewards must agree. The test sets an environment
-//! variable, so it lives alone in this test binary.
+//! models on the CPU) against the same run on candle's autograd (the run option `autograd`, which
+//! `RECAP_AUTOGRAD=1` sets on the command line): an SFT warm-up, then GRPO with a KL term to a
+//! frozen reference and SFT replay, compiled from source. Every step's loss, gradient norm, KL
+//! and rewards must agree.
 
 use recap_compiler::{check, AssumeFilesExist, CheckOptions};
 use recap_runtime::engine::{run, ProgressMode, RunOptions};
@@ -45,8 +45,8 @@ train {
 }
 "#;
 
-/// Runs the pipeline and gives its metrics records.
-fn metrics() -> Vec<Value> {
+/// Runs the pipeline, through candle's autograd when `autograd`, and gives its metrics records.
+fn metrics(autograd: bool) -> Vec<Value> {
     let out = check(
         "fast.recap",
         PIPELINE,
@@ -63,6 +63,7 @@ fn metrics() -> Vec<Value> {
         &RunOptions {
             base_dir: dir.path().to_path_buf(),
             progress: ProgressMode::Quiet,
+            autograd,
             ..RunOptions::default()
         },
     )
@@ -101,11 +102,8 @@ fn compare(path: &str, a: &Value, b: &Value) -> usize {
 
 #[test]
 fn engine_fast_pass_matches_autograd() {
-    std::env::remove_var("RECAP_AUTOGRAD");
-    let fast = metrics();
-    std::env::set_var("RECAP_AUTOGRAD", "1");
-    let autograd = metrics();
-    std::env::remove_var("RECAP_AUTOGRAD");
+    let fast = metrics(false);
+    let autograd = metrics(true);
     assert_eq!(fast.len(), 5);
     assert_eq!(fast.len(), autograd.len());
     let mut compared = 0;

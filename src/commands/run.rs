@@ -54,6 +54,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         },
         base_dir,
         samples_every: args.samples_every,
+        autograd: engine::autograd_from_env(),
         ..RunOptions::default()
     };
     match engine::run(&plan, &options) {

@@ -183,18 +183,17 @@ pub(crate) fn restore(
     let err = |e: String| anyhow!("{}: {e}", c.dir.display());
     rt.step = s.stage_step;
     rt.optim.restore(&c.dir.join("optimizer.safetensors"))?;
+    let dir = || c.dir.display().to_string();
     rt.reweighter
         .restore(s.reweighter.clone())
-        .map_err(|e| err(e.to_string()))?;
+        .with_context(dir)?;
     if s.lambdas.len() != rt.lambdas.len() {
         return Err(err(
             "the checkpoint's weights do not match the stage's keys".into(),
         ));
     }
     rt.lambdas = s.lambdas.clone();
-    rt.mixer
-        .restore(s.mixer.clone())
-        .map_err(|e| err(e.to_string()))?;
+    rt.mixer.restore(s.mixer.clone()).with_context(dir)?;
     if s.data.len() != rt.readers.len() {
         return Err(err(
             "the checkpoint's data cursors do not match the stage's sources".into(),

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use rand::{seq::SliceRandom, Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use recap_plan::{ExtractStep, Extractor, Source, SourceSpec, Template};
+use recap_plan::{Source, SourceSpec, Template};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::train::verifiers::Extractor as TextExtractor;
+use crate::train::verifiers::{apply_extractor, value_text};
 
 /// One example: the prompt text (template applied, chat template not yet applied) and the
 /// fields verifiers and objectives read (the raw row's fields overlaid with the mapped ones).
@@ -35,47 +35,6 @@ pub struct Dataset {
     pub rows: Vec<Row>,
     /// Whether batches are drawn in a seeded shuffled order (otherwise file order).
     pub shuffle: bool,
-}
-
-/// Applies extractor steps to `start` (the whole text when the chain has no `field` step).
-/// Gives `None` when a step finds nothing.
-pub fn apply_extractor(
-    ex: &Extractor,
-    row: Option<&Map<String, Value>>,
-    start: &str,
-) -> Option<String> {
-    let mut current = start.to_string();
-    for step in &ex.steps {
-        current = match step {
-            ExtractStep::Field { name } => value_text(row?.get(name.as_str())?)?,
-            ExtractStep::After { marker } => TextExtractor::After {
-                marker: marker.to_string(),
-            }
-            .apply(&current)?,
-            ExtractStep::Before { marker } => {
-                let at = current.find(marker.as_str())?;
-                current[..at].trim().to_string()
-            }
-            ExtractStep::Tag { name } => TextExtractor::Tag {
-                name: name.to_string(),
-            }
-            .apply(&current)?,
-            ExtractStep::LastNumber => TextExtractor::LastNumber.apply(&current)?,
-            ExtractStep::FirstNumber => TextExtractor::FirstNumber.apply(&current)?,
-            ExtractStep::Trim => current.trim().to_string(),
-        };
-    }
-    Some(current)
-}
-
-/// A JSON value as text: strings as they are, numbers and booleans printed, others `None`.
-fn value_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
 }
 
 /// Renders a `{field}` template against a row's fields.
@@ -377,7 +336,7 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use recap_plan::Fields;
+    use recap_plan::{ExtractStep, Extractor, Fields};
 
     fn src(spec: SourceSpec) -> Source {
         Source {

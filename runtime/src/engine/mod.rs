@@ -25,17 +25,15 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device};
-use recap_plan::{Dtype, Mix, ModelSpec, ObjectiveSpec, Plan, Reweight, Stage};
+use recap_plan::{Dtype, ModelSpec, ObjectiveSpec, Plan, Stage};
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::model::{load_hf_dir_with, Family, LoadOptions, Model, ModelConfig};
 
 use crate::tokenizer::TextTokenizer;
-use crate::train::mix::{MixConfig, Mixer, SourceInfo, SourceRole};
-use crate::train::reweight::{
-    Combine, Direction, KeyKind, ObjectiveKey, ReweightConfig, Reweighter,
-};
+use crate::train::mix::{Mixer, SourceInfo, SourceRole};
+use crate::train::reweight::{KeyKind, ObjectiveKey, Reweighter};
 use crate::train::rng::HostRng;
 use data::{resolve_path, Dataset, Reader};
 use optim::Optim;
@@ -61,6 +59,16 @@ pub struct RunOptions {
     pub samples_every: u64,
     /// Stop after this many global steps, as if the process were killed (testing resume).
     pub stop_after: Option<u64>,
+    /// Train through candle's autograd even where the hand-written CPU pass (`model::fast`)
+    /// applies, so that both paths can be compared on the same run.
+    pub autograd: bool,
+}
+
+/// Whether the environment asks for candle's autograd (`RECAP_AUTOGRAD=1`): read by the
+/// command line and the examples when they fill [`RunOptions::autograd`], so the library itself
+/// never reads the environment.
+pub fn autograd_from_env() -> bool {
+    std::env::var_os("RECAP_AUTOGRAD").is_some_and(|v| v == "1")
 }
 
 impl Default for RunOptions {
@@ -74,6 +82,7 @@ impl Default for RunOptions {
             base_dir: PathBuf::from("."),
             samples_every: 10,
             stop_after: None,
+            autograd: false,
         }
     }
 }
@@ -324,6 +333,7 @@ fn stage_keys(stage: &Stage) -> Result<Vec<ObjectiveKey>> {
                         name: format!("{source}.{}", t.name),
                         source: source.to_string(),
                         kind: KeyKind::Rl,
+                        objective: o.name.to_string(),
                     });
                 }
             }
@@ -331,6 +341,7 @@ fn stage_keys(stage: &Stage) -> Result<Vec<ObjectiveKey>> {
                 name: source.to_string(),
                 source: source.to_string(),
                 kind: KeyKind::Sft,
+                objective: o.name.to_string(),
             }),
         }
     }
@@ -344,53 +355,6 @@ fn stage_keys(stage: &Stage) -> Result<Vec<ObjectiveKey>> {
         }
     }
     Ok(keys)
-}
-
-fn reweight_config(stage: &Stage, keys: &[ObjectiveKey]) -> ReweightConfig {
-    match &stage.reweight {
-        Reweight::Recap {
-            window,
-            temperature,
-            alpha,
-            combine,
-            direction,
-            warmup,
-        } => ReweightConfig::Recap {
-            window: *window as usize,
-            temperature: *temperature,
-            alpha: *alpha,
-            combine: match combine {
-                recap_plan::RecapCombine::Mixture => Combine::Mixture,
-                recap_plan::RecapCombine::Sum => Combine::Sum,
-            },
-            direction: match direction {
-                recap_plan::RecapDirection::Regress => Direction::Regress,
-                recap_plan::RecapDirection::Paper => Direction::Paper,
-            },
-            warmup: if *warmup { 2 * *window } else { 0 },
-        },
-        Reweight::Uniform => ReweightConfig::Uniform,
-        Reweight::Static { weights } => {
-            // The plan names objectives; a weight given to an objective applies to each of
-            // its keys. A name that is already a key is taken as is.
-            let mut out = BTreeMap::new();
-            for (name, w) in weights {
-                if let Some(o) = stage.objectives.iter().find(|o| o.name == name) {
-                    let src = objective_source(&o.spec);
-                    for k in keys.iter().filter(|k| k.source == src) {
-                        out.insert(k.name.clone(), *w);
-                    }
-                } else {
-                    out.insert(name.to_string(), *w);
-                }
-            }
-            ReweightConfig::Static { weights: out }
-        }
-        Reweight::Dwa { temperature } => ReweightConfig::Dwa {
-            temperature: *temperature,
-        },
-        Reweight::Rlw { seed } => ReweightConfig::Rlw { seed: *seed },
-    }
 }
 
 /// The run-time state of one stage.
@@ -440,9 +404,8 @@ fn build_stage(
         bail!("stage `{}` has no objectives", stage.name);
     }
     let seed = stage.train.seed;
-    let (mix, mix_seed) = mix_config(&stage.mix, seed);
     let mixer =
-        Mixer::new(mix, infos, mix_seed).map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
+        Mixer::new(&stage.mix, infos, seed).with_context(|| format!("stage `{}`", stage.name))?;
     let readers = sources
         .iter()
         .enumerate()
@@ -456,9 +419,9 @@ fn build_stage(
         })
         .collect();
     let keys = stage_keys(stage)?;
-    let reweighter = Reweighter::new(reweight_config(stage, &keys), keys.clone())
-        .map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
-    let lambdas = initial_lambdas(&reweighter)?;
+    let reweighter = Reweighter::new(&stage.reweight, keys.clone())
+        .with_context(|| format!("stage `{}`", stage.name))?;
+    let lambdas = reweighter.initial_lambdas();
     let optim = Optim::new(&stage.train.optimizer, named_vars(policy)?)?;
     Ok(StageRt {
         index,
@@ -486,18 +449,6 @@ fn named_vars(policy: &Model) -> Result<Vec<(String, candle_core::Var)>> {
         data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(named)
-}
-
-/// The weights before any update: 1, except under `static`, whose weights hold from the start.
-fn initial_lambdas(r: &Reweighter) -> Result<Vec<f64>> {
-    Ok(match r.config() {
-        ReweightConfig::Static { weights } => r
-            .keys()
-            .iter()
-            .map(|k| weights.get(&k.name).copied().unwrap_or(1.0))
-            .collect(),
-        _ => vec![1.0; r.keys().len()],
-    })
 }
 
 /// Kahn's algorithm over the plan's graph, ties broken by node order: a cycle is an error.
@@ -695,46 +646,20 @@ pub(crate) fn num(x: f64) -> Value {
     }
 }
 
-/// The runtime's mixing policy for a plan's `mix` and the seed its draws use: the stage's seed,
-/// or the one `uniform(seed)` names (also as a coreset's base).
-fn mix_config(mix: &Mix, stage_seed: u64) -> (MixConfig, u64) {
-    match mix {
-        Mix::RoundRobin => (MixConfig::RoundRobin, stage_seed),
-        Mix::Uniform { seed } => (MixConfig::Uniform, *seed),
-        Mix::Proportional => (MixConfig::Proportional, stage_seed),
-        Mix::Weights { weights } => (
-            MixConfig::Weights {
-                weights: weights.iter().map(|(k, w)| (k.to_string(), *w)).collect(),
-            },
-            stage_seed,
-        ),
-        Mix::Coreset { cap, base } => {
-            let (base, seed) = mix_config(base, stage_seed);
-            (
-                MixConfig::Coreset {
-                    cap: *cap,
-                    base: Box::new(base),
-                },
-                seed,
-            )
-        }
-        Mix::All => (MixConfig::All, stage_seed),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use recap_plan::Reweight;
 
     #[test]
     fn graph_cycles_and_devices_are_reported() {
         let mut plan = presets::quickstart("x", 1, 1);
         let order = graph_order(&plan).unwrap();
         let pos = |id: &str| order.iter().position(|n| n == id).unwrap();
-        assert!(pos("source.math") < pos("rl.mixer") && pos("rl.mixer") < pos("rl.optimizer"));
+        assert!(pos("source.math") < pos("rl.mix") && pos("rl.mix") < pos("rl.optimizer"));
         plan.graph.edges.push(recap_plan::Edge {
             from: "rl.metrics".into(),
-            to: "rl.mixer".into(),
+            to: "rl.mix".into(),
         });
         assert!(graph_order(&plan)
             .unwrap_err()
@@ -755,12 +680,10 @@ mod tests {
         st.reweight = Reweight::Static {
             weights: [("reasoning".into(), 2.0), ("copy".into(), 0.5)].into(),
         };
-        let ReweightConfig::Static { weights } = reweight_config(&st, &keys) else {
-            panic!("static expected");
-        };
-        assert_eq!(weights["math.accuracy"], 2.0);
-        assert_eq!(weights["math.format"], 2.0);
-        assert_eq!(weights["copy"], 0.5);
+        let weights = Reweighter::new(&st.reweight, keys)
+            .unwrap()
+            .initial_lambdas();
+        assert_eq!(weights, [2.0, 2.0, 0.5]);
         assert!(stage_needs_reference(rl) && !stage_needs_reference(&plan.stages[0]));
     }
 }

@@ -3,8 +3,8 @@
 //! global norm, AdamW (decoupled weight decay, as torch) or SGD with momentum, and the moments
 //! as named tensors for checkpoints.
 //!
-//! The update itself is `train::optim`'s; this adapter maps the plan's types onto it and keeps
-//! the plan's schedule semantics (warm-up, then decay to `final_fraction` of the peak).
+//! The update itself is `train::optim`'s, which takes the plan's optimiser as it is; this module
+//! adds the plan's schedule semantics (warm-up, then decay to `final_fraction` of the peak).
 
 use std::path::Path;
 
@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{backprop::GradStore, Var};
 use recap_plan::{Optimizer, Schedule, ScheduleKind};
 
-use crate::train::optim::{Optimizer as TrainOptimizer, OptimizerConfig};
+use crate::train::optim::Optimizer as TrainOptimizer;
 
 /// The learning-rate multiplier of 0-based `step` out of `total` (warm-up from 0 as in
 /// transformers' schedules, then constant, linear or cosine decay to `final_fraction`).
@@ -35,7 +35,6 @@ pub fn lr_factor(s: &Schedule, step: u64, total: u64) -> f64 {
 /// The plan's optimiser over the policy's named variables, delegating the update to
 /// [`crate::train::optim::Optimizer`] (fused in-place AdamW/SGD, torch semantics).
 pub struct Optim {
-    spec: Optimizer,
     inner: TrainOptimizer,
     elems: usize,
 }
@@ -48,46 +47,24 @@ pub struct StepInfo {
 
 impl Optim {
     pub fn new(spec: &Optimizer, vars: Vec<(String, Var)>) -> Result<Optim> {
-        let config = match *spec {
-            Optimizer::Adamw {
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            } => OptimizerConfig::Adamw {
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            },
-            Optimizer::Sgd { lr, momentum } => OptimizerConfig::Sgd {
-                lr,
-                momentum,
-                nesterov: false,
-                weight_decay: 0.0,
-            },
-        };
         let elems = vars.iter().map(|(_, v)| v.elem_count()).sum();
         Ok(Optim {
-            spec: spec.clone(),
-            inner: TrainOptimizer::new(config, vars)?,
+            inner: TrainOptimizer::new(spec, vars)?,
             elems,
         })
     }
 
     pub fn base_lr(&self) -> f64 {
-        match self.spec {
-            Optimizer::Adamw { lr, .. } | Optimizer::Sgd { lr, .. } => lr,
+        match self.inner.config() {
+            Optimizer::Adamw { lr, .. } | Optimizer::Sgd { lr, .. } => *lr,
         }
     }
 
     /// Bytes the optimiser state holds once every moment exists (f32 master weights).
     pub fn state_bytes(&self) -> usize {
-        let per = match self.spec {
+        let per = match self.inner.config() {
             Optimizer::Adamw { .. } => 2,
-            Optimizer::Sgd { momentum, .. } => usize::from(momentum > 0.0),
+            Optimizer::Sgd { momentum, .. } => usize::from(*momentum > 0.0),
         };
         per * self.elems * 4
     }

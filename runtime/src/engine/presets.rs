@@ -1,7 +1,8 @@
 //! Ready-made plans, built in code: takes a few knobs, gives a sealed `recap_plan::Plan`. They
 //! are what the engine's tests, the quickstart example and the TRL-parity benchmark run, and
 //! they mirror `pipelines/quickstart.recap` and DESIGN.md §8's peer workload, so the runtime can
-//! be exercised without the compiler.
+//! be exercised without the compiler. Their graphs come from the plan crate's graph builder, the
+//! compiler's.
 
 use std::collections::BTreeMap;
 
@@ -177,78 +178,13 @@ pub fn copying(name: &str, count: u64, length: u64, seed: u64) -> Source {
     )
 }
 
-/// A plan with one graph node per declared thing and the edges of one step, in the shape the
-/// compiler emits, sealed with its hash.
+/// The plan with its dataflow graph, built as the compiler builds every plan's
+/// (`recap_plan::graph`), sealed with its hash.
 pub fn seal(mut plan: Plan) -> Plan {
-    let mut nodes = vec![Node {
-        id: "model.policy".into(),
-        kind: NodeKind::Model,
-        label: plan.policy.clone(),
-        stage: None,
-    }];
-    let mut edges = Vec::new();
-    for s in &plan.sources {
-        nodes.push(Node {
-            id: format!("source.{}", s.name).into(),
-            kind: NodeKind::Source,
-            label: s.name.clone(),
-            stage: None,
-        });
-    }
-    for st in &plan.stages {
-        let p = |x: &str| format!("{}.{x}", st.name);
-        nodes.push(Node {
-            id: p("mixer").into(),
-            kind: NodeKind::Mixer,
-            label: "mix".into(),
-            stage: Some(st.name.clone()),
-        });
-        for o in &st.objectives {
-            let src = match &o.spec {
-                ObjectiveSpec::Grpo { source, .. } | ObjectiveSpec::Sft { source, .. } => source,
-            };
-            edges.push(Edge {
-                from: format!("source.{src}").into(),
-                to: p("mixer").into(),
-            });
-            nodes.push(Node {
-                id: p(&format!("loss.{}", o.name)).into(),
-                kind: NodeKind::Loss,
-                label: o.name.clone(),
-                stage: Some(st.name.clone()),
-            });
-            edges.push(Edge {
-                from: p("mixer").into(),
-                to: p(&format!("loss.{}", o.name)).into(),
-            });
-            edges.push(Edge {
-                from: "model.policy".into(),
-                to: p(&format!("loss.{}", o.name)).into(),
-            });
-            edges.push(Edge {
-                from: p(&format!("loss.{}", o.name)).into(),
-                to: p("optimizer").into(),
-            });
-        }
-        nodes.push(Node {
-            id: p("optimizer").into(),
-            kind: NodeKind::Optimizer,
-            label: "optimizer".into(),
-            stage: Some(st.name.clone()),
-        });
-        nodes.push(Node {
-            id: p("metrics").into(),
-            kind: NodeKind::Metrics,
-            label: "metrics".into(),
-            stage: Some(st.name.clone()),
-        });
-        edges.push(Edge {
-            from: p("optimizer").into(),
-            to: p("metrics").into(),
-        });
-    }
-    edges.dedup();
-    plan.graph = Graph { nodes, edges };
+    // The builder only adds edges that run forward through a step, so it finds no cycle in
+    // any plan these presets make; one would be a bug in the builder.
+    plan.graph = graph::build(&plan)
+        .unwrap_or_else(|c| panic!("the graph builder made a cycle through `{}`", c.through));
     plan.with_hash()
 }
 

@@ -1,6 +1,6 @@
 //! Verifiers and reward terms of a plan: takes `recap_plan::Verifier`s and `RewardTerm`s, gives
-//! built verifiers (the plan's extractor chain applied to the completion, then a
-//! `train::verifiers::Verifier` on the extracted text) and per-completion term outcomes.
+//! built verifiers (`train::verifiers::Verifier`, which runs the plan's extractor chain on the
+//! completion, then its judgement) and per-completion term outcomes.
 //!
 //! A reward term is a weighted sum of verifiers; it is not applicable to a completion only when
 //! none of its verifiers applies. A verifier that panics is reported (with the sample) and
@@ -9,157 +9,16 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Result};
-use recap_plan::{Extractor, RewardTerm, VerifierSpec};
+use recap_plan::RewardTerm;
 use serde_json::{Map, Value};
 
-use super::data::apply_extractor;
-use crate::train::verifiers::{
-    verify_caught, LengthUnit, MatchMode, NumberPick, Outcome, Sample, Verifier as TrainVerifier,
-    VerifierConfig, VerifierFailure, VerifierKind, Verify,
-};
-
-/// A plan verifier: the extractor chain of the plan, then the built-in judgement.
-pub struct PlanVerifier {
-    name: String,
-    extract: Option<Extractor>,
-    inner: TrainVerifier,
-}
-
-impl Verify for PlanVerifier {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn verify(&self, sample: &Sample) -> Outcome {
-        let text = match &self.extract {
-            Some(ex) if !ex.steps.is_empty() => {
-                match apply_extractor(ex, Some(sample.fields), sample.completion) {
-                    Some(t) => t,
-                    // An answer the extractor cannot find is a wrong answer, as in TRL's reward
-                    // functions; it is not "not applicable".
-                    None => return Outcome::Score(0.0),
-                }
-            }
-            _ => sample.completion.to_string(),
-        };
-        self.inner.verify(&Sample {
-            completion: &text,
-            ..*sample
-        })
-    }
-}
-
-/// Builds one plan verifier.
-pub fn build_verifier(v: &recap_plan::Verifier) -> Result<PlanVerifier> {
-    let (kind, extract) = match &v.spec {
-        VerifierSpec::Regex { pattern, extract } => (
-            VerifierKind::Regex {
-                pattern: pattern.to_string(),
-                mode: MatchMode::Partial,
-            },
-            Some(extract.clone()),
-        ),
-        VerifierSpec::Exact {
-            expected,
-            extract,
-            ignore_case,
-        } => (
-            VerifierKind::Exact {
-                expected: expected.field.to_string(),
-                trim: true,
-                ignore_case: *ignore_case,
-                collapse_whitespace: false,
-            },
-            Some(extract.clone()),
-        ),
-        VerifierSpec::Numeric {
-            expected,
-            extract,
-            tolerance,
-        } => (
-            VerifierKind::Numeric {
-                expected: expected.field.to_string(),
-                // The plan's extractor has already picked the number (last_number by default,
-                // or first_number); what is left must start with it.
-                pick: if extract.steps.is_empty() {
-                    NumberPick::Last
-                } else {
-                    NumberPick::Leading
-                },
-                abs_tol: *tolerance,
-                rel_tol: 0.0,
-            },
-            Some(extract.clone()),
-        ),
-        VerifierSpec::MathEqual { expected, extract } => (
-            VerifierKind::MathEqual {
-                expected: expected.field.to_string(),
-                rel_tol: 1e-9,
-            },
-            Some(extract.clone()),
-        ),
-        VerifierSpec::Choice {
-            expected,
-            extract,
-            options,
-        } => (
-            VerifierKind::Choice {
-                expected: expected.field.to_string(),
-                letters: options.to_string(),
-            },
-            Some(extract.clone()),
-        ),
-        VerifierSpec::Iou {
-            expected,
-            extract,
-            threshold,
-        } => (
-            VerifierKind::Iou {
-                expected: expected.field.to_string(),
-                threshold: *threshold,
-            },
-            Some(extract.clone()),
-        ),
-        VerifierSpec::LengthPenalty { max_tokens, target } => {
-            // The stdlib's length_penalty is 1 up to `target` and falls to 0 at `max_tokens`;
-            // the built-in is DAPO's 0 .. -1 penalty, so the adapter shifts it by one. The
-            // built-in needs its limit past the target; a target at or past `max_tokens`
-            // (which the checker warns of: recap::validate::penalty_target) becomes a step
-            // at `target`, its limit moved to `target + 1`.
-            return Ok(PlanVerifier {
-                name: v.name.to_string(),
-                extract: None,
-                inner: TrainVerifier::new(VerifierConfig {
-                    name: v.name.to_string(),
-                    kind: VerifierKind::LengthPenalty {
-                        unit: LengthUnit::Tokens,
-                        target: target.unwrap_or(0) as usize,
-                        limit: (*max_tokens as usize).max(target.unwrap_or(0) as usize + 1),
-                    },
-                    extract: Vec::new(),
-                })
-                .map_err(|e| anyhow!("{e}"))?,
-            });
-        }
-    };
-    let inner = TrainVerifier::new(VerifierConfig {
-        name: v.name.to_string(),
-        kind,
-        extract: Vec::new(),
-    })
-    .map_err(|e| anyhow!("{e}"))?;
-    Ok(PlanVerifier {
-        name: v.name.to_string(),
-        extract,
-        inner,
-    })
-}
+use crate::train::verifiers::{verify_caught, Outcome, Sample, Verifier, VerifierFailure};
 
 /// All verifiers of a plan by name.
-pub fn build_verifiers(plan: &recap_plan::Plan) -> Result<BTreeMap<String, PlanVerifier>> {
+pub fn build_verifiers(plan: &recap_plan::Plan) -> Result<BTreeMap<String, Verifier>> {
     plan.verifiers
         .iter()
-        .map(|v| Ok((v.name.to_string(), build_verifier(v)?)))
+        .map(|v| Ok((v.name.to_string(), Verifier::new(v)?)))
         .collect()
 }
 
@@ -174,7 +33,7 @@ pub struct Judged<'a> {
 
 /// Outcomes `[completion][term]` of the reward terms, and the verifier calls that panicked.
 pub fn score_terms(
-    verifiers: &BTreeMap<String, PlanVerifier>,
+    verifiers: &BTreeMap<String, Verifier>,
     terms: &[RewardTerm],
     items: &[Judged],
 ) -> Result<(Vec<Vec<Outcome>>, Vec<VerifierFailure>)> {
@@ -207,12 +66,6 @@ pub fn score_terms(
                         Outcome::NotApplicable(reason)
                     }
                 };
-                let outcome = match (&v.inner.config().kind, outcome) {
-                    (VerifierKind::LengthPenalty { .. }, Outcome::Score(s)) => {
-                        Outcome::Score(1.0 + s)
-                    }
-                    (_, o) => o,
-                };
                 match outcome {
                     Outcome::Score(s) => {
                         sum += part.weight * s;
@@ -235,11 +88,11 @@ pub fn score_terms(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use recap_plan::{Expected, ExtractStep, Verifier, WeightedVerifier};
+    use recap_plan::{Expected, ExtractStep, Extractor, VerifierSpec, WeightedVerifier};
 
-    fn verifiers() -> BTreeMap<String, PlanVerifier> {
+    fn verifiers() -> BTreeMap<String, Verifier> {
         let vs = [
-            Verifier {
+            recap_plan::Verifier {
                 name: "acc".into(),
                 spec: VerifierSpec::Numeric {
                     expected: Expected {
@@ -251,14 +104,14 @@ mod tests {
                     tolerance: 1e-6,
                 },
             },
-            Verifier {
+            recap_plan::Verifier {
                 name: "fmt".into(),
                 spec: VerifierSpec::Regex {
                     pattern: r"^\d".into(),
                     extract: Extractor { steps: vec![] },
                 },
             },
-            Verifier {
+            recap_plan::Verifier {
                 name: "short".into(),
                 spec: VerifierSpec::LengthPenalty {
                     max_tokens: 10,
@@ -267,7 +120,7 @@ mod tests {
             },
         ];
         vs.iter()
-            .map(|v| (v.name.to_string(), build_verifier(v).unwrap()))
+            .map(|v| (v.name.to_string(), Verifier::new(v).unwrap()))
             .collect()
     }
 

@@ -7,23 +7,29 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
-use recap_plan::{Eval, ObjectiveSpec, Plan, RewardTerm, Rollout as PlanRollout};
+use recap_plan::{
+    Eval, LossAggregation, Objective, ObjectiveSpec, Plan, RewardTerm, Rollout as PlanRollout,
+    Stage,
+};
 use serde_json::{json, Map, Value};
 
 use super::data::{Dataset, Row};
+use super::optim::StepInfo;
 use super::progress::{Progress, RunFiles};
-use super::rewards::{score_terms, Judged, PlanVerifier};
+use super::rewards::{score_terms, Judged};
 use super::{num, objective_source, CostEstimate, Models, RunOptions, StageRt};
-use crate::generate::{generate, SamplingConfig};
+use crate::generate::{generate, Rollout, SamplingConfig};
 use crate::model::fast;
 use crate::model::logprob::{reference_logprobs, token_logprobs, SequenceBatch};
 use crate::model::Model;
 use crate::train::grpo::{
-    combine_rewards, group_advantages, grpo_loss, sft_loss, AdvantageScale, Advantages, GrpoBatch,
-    GrpoConfig, LossAggregation,
+    combine_rewards, group_advantages, grpo_loss, sft_loss, Advantages, CombinedRewards, GrpoBatch,
+    GrpoConfig,
 };
 use crate::train::parallel::{map_chunks, row_chunks, split_pays};
+use crate::train::reweight::WeightSnapshot;
 use crate::train::rng::HostRng;
+use crate::train::verifiers::Verifier;
 
 /// The engine's state shared by all stages.
 pub(crate) struct Ctx<'a> {
@@ -31,7 +37,7 @@ pub(crate) struct Ctx<'a> {
     pub opts: &'a RunOptions,
     pub device: Device,
     pub datasets: BTreeMap<String, Dataset>,
-    pub verifiers: BTreeMap<String, PlanVerifier>,
+    pub verifiers: BTreeMap<String, Verifier>,
     /// Seeds of the rollouts, drawn one per rollout.
     pub run_rng: HostRng,
     pub out: Option<RunFiles>,
@@ -50,6 +56,62 @@ struct Timing {
     tensor: f64,
     optim: f64,
     probe: f64,
+}
+
+/// What the phases of one step gather for its update and record.
+struct StepState {
+    /// The policy's trainable variables (whose gradients the losses add up), their total size
+    /// and the model's width and depth (which size the chunks).
+    vars: Vec<candle_core::Var>,
+    params: usize,
+    hidden: usize,
+    layers: usize,
+    /// The sum of the losses' gradients.
+    grads: Option<GradStore>,
+    tm: Timing,
+    /// The record's per-objective fields.
+    rec: Map<String, Value>,
+    /// The reweighter's scalars: (key, value) of the keys this step fed.
+    scalars: Vec<(String, f64)>,
+    /// Mean reward per (source, term) key.
+    rewards: Map<String, Value>,
+    loss_sum: f64,
+    gen_tokens: usize,
+    /// Sample completions to write, when this step writes samples.
+    samples: Vec<Value>,
+    write_samples: bool,
+}
+
+impl StepState {
+    fn new(models: &Models, write_samples: bool) -> StepState {
+        let vars = models.policy.trainable_vars();
+        let params = vars.iter().map(|v| v.elem_count()).sum();
+        let c = models.policy.config();
+        StepState {
+            vars,
+            params,
+            hidden: c.hidden_size,
+            layers: c.num_hidden_layers,
+            grads: None,
+            tm: Timing::default(),
+            rec: Map::new(),
+            scalars: Vec::new(),
+            rewards: Map::new(),
+            loss_sum: 0.0,
+            gen_tokens: 0,
+            samples: Vec::new(),
+            write_samples,
+        }
+    }
+}
+
+/// A GRPO batch after scoring: each term's mean reward, the combined rewards, the advantages
+/// and how many verifier calls failed.
+struct Scored {
+    means: Vec<Option<f64>>,
+    combined: CombinedRewards,
+    adv: Advantages,
+    failures: usize,
 }
 
 /// What one chunk of a GRPO batch gives back: its loss (already scaled to its share of the
@@ -81,10 +143,11 @@ fn policy_logprobs<'m>(
     }
 }
 
-/// The host copy of `model`'s weights when the fast path applies to it (CPU, f32,
-/// `RECAP_AUTOGRAD` not set to 1), made once per objective and step for all its chunks.
-fn fast_weights(model: &Model) -> Result<Option<fast::HostWeights>> {
-    Ok(if fast::enabled(model) {
+/// The host copy of `model`'s weights when the fast path applies to it (CPU, f32) and the run
+/// options do not ask for candle's `autograd`, made once per objective and step for all its
+/// chunks.
+fn fast_weights(model: &Model, autograd: bool) -> Result<Option<fast::HostWeights>> {
+    Ok(if !autograd && fast::supported(model) {
         Some(fast::HostWeights::new(model)?)
     } else {
         None
@@ -140,22 +203,6 @@ fn accumulate(
     Ok(())
 }
 
-fn to_scale(s: recap_plan::AdvantageScale) -> AdvantageScale {
-    match s {
-        recap_plan::AdvantageScale::Group => AdvantageScale::Group,
-        recap_plan::AdvantageScale::Batch => AdvantageScale::Batch,
-        recap_plan::AdvantageScale::None => AdvantageScale::None,
-    }
-}
-
-fn to_agg(a: recap_plan::LossAggregation) -> LossAggregation {
-    match a {
-        recap_plan::LossAggregation::TokenMean => LossAggregation::TokenMean,
-        recap_plan::LossAggregation::SeqMeanTokenMean => LossAggregation::SeqMeanTokenMean,
-        recap_plan::LossAggregation::SeqMeanTokenSumNorm => LossAggregation::SeqMeanTokenSumNorm,
-    }
-}
-
 fn sampling(r: &PlanRollout, seed: u64) -> SamplingConfig {
     SamplingConfig {
         max_new_tokens: r.max_tokens as usize,
@@ -209,7 +256,10 @@ impl Ctx<'_> {
         }
     }
 
-    /// One step of stage `rt`; gives its metrics record (also written to `metrics.jsonl`).
+    /// One step of stage `rt`; gives its metrics record (also written to `metrics.jsonl`). The
+    /// phases are TRL's: for each objective on a drawn source, GRPO's [`Ctx::rollout`],
+    /// [`Ctx::score`] and [`Ctx::grpo_loss`], or [`Ctx::sft_loss`]; then [`Ctx::update`] and
+    /// [`Ctx::record`].
     pub fn step(&mut self, rt: &mut StageRt, models: &mut Models) -> Result<Value> {
         let t0 = Instant::now();
         let plan = self.plan;
@@ -218,23 +268,10 @@ impl Ctx<'_> {
         let drawn_names: Vec<String> = drawn.iter().map(|&i| rt.sources[i].clone()).collect();
         let lr = rt.optim.base_lr()
             * super::optim::lr_factor(&stage.train.schedule, rt.step, stage.train.steps);
-        let vars = models.policy.trainable_vars();
-        let params: usize = vars.iter().map(|v| v.elem_count()).sum();
-        let (hidden, layers) = (
-            models.policy.config().hidden_size,
-            models.policy.config().num_hidden_layers,
-        );
-        let mut grads: Option<GradStore> = None;
-        let mut tm = Timing::default();
-        let mut rec = Map::new();
-        let mut scalars: Vec<(String, f64)> = Vec::new();
-        let mut rewards = Map::new();
-        let mut loss_sum = 0.0;
-        let mut gen_tokens = 0usize;
-        let mut samples = Vec::new();
         let write_samples = self.out.is_some()
             && self.opts.samples_every > 0
             && (self.global_step + 1).is_multiple_of(self.opts.samples_every);
+        let mut st = StepState::new(models, write_samples);
 
         for &si in &drawn {
             let src = rt.sources[si].clone();
@@ -252,17 +289,7 @@ impl Ctx<'_> {
                 .filter(|o| objective_source(&o.spec) == src)
             {
                 match &o.spec {
-                    ObjectiveSpec::Grpo {
-                        rollout,
-                        rewards: terms,
-                        clip_low,
-                        clip_high,
-                        loss,
-                        scale,
-                        kl,
-                        drop_equal_groups,
-                        ..
-                    } => {
+                    ObjectiveSpec::Grpo { rollout, .. } => {
                         let ro =
                             stage
                                 .rollouts
@@ -274,261 +301,399 @@ impl Ctx<'_> {
                                         o.name
                                     )
                                 })?;
-                        let group = ro.group as usize;
-                        let prompts: Vec<Vec<u32>> = rows
-                            .iter()
-                            .map(|r| models.tok.encode_prompt(&r.prompt))
-                            .collect::<std::result::Result<_, _>>()?;
-                        let t = Instant::now();
-                        let seed = self.run_rng.next_u64();
-                        let roll = generate(
-                            &models.policy,
-                            Some(&models.tok),
-                            &prompts,
-                            group,
-                            &sampling(ro, seed),
-                        )
-                        .with_context(|| format!("rollout `{}`", ro.id))?;
-                        tm.rollout += t.elapsed().as_secs_f64();
-                        gen_tokens += roll.num_tokens();
-
-                        let t = Instant::now();
-                        let items: Vec<Judged> = (0..roll.texts.len())
-                            .map(|r| {
-                                let row = &rows[r / group];
-                                Judged {
-                                    id: &row.id,
-                                    prompt: &row.prompt,
-                                    completion: &roll.texts[r],
-                                    fields: &row.fields,
-                                    tokens: roll.completion_ids[r].len(),
-                                }
-                            })
-                            .collect();
-                        let (table, failures) = score_terms(&self.verifiers, terms, &items)?;
-                        for f in &failures {
-                            self.warn(&f.to_string());
-                        }
-                        let weights: Vec<f64> = terms
-                            .iter()
-                            .map(|t| key_lambda(rt, &format!("{src}.{}", t.name)))
-                            .collect();
-                        let combined = combine_rewards(&table, &weights)?;
-                        let adv = group_advantages(
-                            &combined.total,
-                            group,
-                            to_scale(*scale),
-                            *drop_equal_groups,
-                        )?;
-                        let means = term_means(&table, terms.len());
-                        tm.verify += t.elapsed().as_secs_f64();
-
-                        let t = Instant::now();
-                        let beta = kl.as_ref().map_or(0.0, |k| k.coef);
-                        let cfg = GrpoConfig {
-                            group,
-                            max_tokens: ro.max_tokens as usize,
-                            scale: to_scale(*scale),
-                            eps_low: *clip_low,
-                            eps_high: *clip_high,
-                            beta,
-                            aggregation: to_agg(*loss),
-                            drop_zero_variance: *drop_equal_groups,
-                        };
-                        let n = roll.completion_ids.len();
-                        let micro = stage.train.micro_batch.map(|m| m as usize);
-                        let total_tokens: usize = roll.num_tokens();
-                        let kept_rows = adv.keep.iter().filter(|&&k| k).count().max(1);
-                        let policy = &models.policy;
-                        let reference = models.reference.as_ref();
-                        let (pad_id, device) = (models.tok.pad_id, &self.device);
-                        // The fast path's host copies of the weights, made once for all chunks
-                        // (the two models' copies side by side).
-                        let (policy_host, reference_host) = rayon::join(
-                            || fast_weights(policy),
-                            || match (reference, beta > 0.0) {
-                                (Some(r), true) => fast_weights(r),
-                                _ => Ok(None),
-                            },
-                        );
-                        let (policy_host, reference_host) = (policy_host?, reference_host?);
-                        // Each chunk's forward and backward pass: the chunks run side by side on
-                        // the CPU (train::parallel), each giving its loss, gradients and stats.
-                        let chunk = |range: std::ops::Range<usize>| -> Result<ChunkOut> {
-                            let prompts_c: Vec<&[u32]> =
-                                range.clone().map(|r| roll.prompt_of(r)).collect();
-                            let comps_c: Vec<&[u32]> = roll.completion_ids[range.clone()]
-                                .iter()
-                                .map(Vec::as_slice)
-                                .collect();
-                            let batch = SequenceBatch::new(&prompts_c, &comps_c, pad_id, device)?;
-                            let sub = Advantages {
-                                values: adv.values[range.clone()].to_vec(),
-                                keep: adv.keep[range].to_vec(),
-                                stats: adv.stats.clone(),
-                            };
-                            // On the CPU in f32 the hand-written pass (model::fast) replaces
-                            // candle's autograd for the model; the loss stays candle code built
-                            // on its log-probs held in a Var (see `policy_logprobs`).
-                            let (fast_fwd, logp) =
-                                policy_logprobs(policy, policy_host.as_ref(), &batch)?;
-                            let ref_lp = match (reference, beta > 0.0) {
-                                (Some(r), true) => Some(ref_logprobs(r, reference_host.as_ref(), &batch)?),
-                                (None, true) => bail!("objective `{}` has a KL term but no reference model was loaded", o.name),
-                                _ => None,
-                            };
-                            let out = grpo_loss(
-                                &cfg,
-                                &GrpoBatch {
-                                    logp: &logp,
-                                    old_logp: None,
-                                    ref_logp: ref_lp.as_ref(),
-                                    mask: &batch.completion_mask,
-                                    advantages: &sub,
-                                    token_normaliser: Some(total_tokens.max(1) as f64),
-                                },
-                            )?;
-                            // Sequence-mean losses are means over the chunk's rows: weight each
-                            // chunk by its share of the batch so the sum is the batch's loss.
-                            let share = match cfg.aggregation {
-                                LossAggregation::TokenMean => 1.0,
-                                _ => {
-                                    let k = sub.keep.iter().filter(|&&k| k).count();
-                                    k as f64 / kept_rows as f64
-                                }
-                            };
-                            let l = if share == 1.0 {
-                                out.loss
-                            } else {
-                                (out.loss * share)?
-                            };
-                            Ok(ChunkOut {
-                                loss: l.to_scalar::<f32>()? as f64,
-                                grads: backward(&l, fast_fwd.as_ref(), &logp)?,
-                                kl: out.stats.kl,
-                                tokens: out.stats.tokens,
-                                clip_fraction: out.stats.clip_fraction,
-                            })
-                        };
-                        let tokens: usize = (0..n)
-                            .map(|r| roll.prompt_of(r).len() + roll.completion_ids[r].len())
-                            .sum();
-                        let split = split_pays(tokens, hidden, layers, params);
-                        let chunks = row_chunks(n, micro, &self.device, split);
-                        let (mut kl_sum, mut kl_tok, mut clip_sum) = (0.0, 0usize, 0.0);
-                        for c in map_chunks(&chunks, &self.device, chunk)? {
-                            loss_sum += c.loss;
-                            accumulate(&mut grads, c.grads, &vars)?;
-                            if let Some(k) = c.kl {
-                                kl_sum += k * c.tokens as f64;
-                            }
-                            kl_tok += c.tokens;
-                            clip_sum += c.clip_fraction * c.tokens as f64;
-                        }
-                        tm.tensor += t.elapsed().as_secs_f64();
-
-                        for (t, term) in terms.iter().enumerate() {
-                            let key = format!("{src}.{}", term.name);
-                            rewards.insert(key.clone(), means[t].map_or(Value::Null, num));
-                            if let Some(m) = means[t] {
-                                scalars.push((key, m));
-                            }
-                        }
-                        rec.insert("reward_mean".into(), num(adv.stats.reward_mean));
-                        rec.insert("reward_std".into(), num(adv.stats.reward_std));
-                        rec.insert("advantage_std".into(), num(adv.stats.advantage_std));
-                        rec.insert(
-                            "zero_variance_groups".into(),
-                            json!(adv.stats.zero_variance_groups),
-                        );
-                        rec.insert(
-                            "kl".into(),
-                            if beta > 0.0 {
-                                num(kl_sum / kl_tok.max(1) as f64)
-                            } else {
-                                Value::Null
-                            },
-                        );
-                        rec.insert("clip_fraction".into(), num(clip_sum / kl_tok.max(1) as f64));
-                        rec.insert("verifier_failures".into(), json!(failures.len()));
-                        if write_samples {
-                            for r in 0..n.min(2 * group) {
-                                samples.push(json!({
-                                    "step": self.global_step + 1,
-                                    "stage": stage.name,
-                                    "source": src,
-                                    "id": rows[r / group].id,
-                                    "prompt": rows[r / group].prompt,
-                                    "completion": roll.texts[r],
-                                    "reward": num(combined.total[r]),
-                                    "advantage": num(adv.values[r]),
-                                }));
-                            }
-                        }
+                        let roll = self.rollout(ro, &rows, models, &mut st)?;
+                        let scored = self.score(rt, &src, &o.spec, ro, &rows, &roll, &mut st)?;
+                        self.grpo_loss(stage, o, ro, &roll, &scored, models, &mut st)?;
+                        self.record_grpo(stage, &src, &o.spec, ro, &rows, &roll, scored, &mut st);
                     }
                     ObjectiveSpec::Sft { max_tokens, .. } => {
-                        let t = Instant::now();
-                        let mut prompts = Vec::with_capacity(rows.len());
-                        let mut targets = Vec::with_capacity(rows.len());
-                        for r in &rows {
-                            prompts.push(models.tok.encode_prompt(&r.prompt)?);
-                            let mut ids = models.tok.encode(&target_of(r)?, false)?;
-                            // The target ends with EOS so the model learns where to stop.
-                            if let Some(&e) = models.tok.eos_ids.first() {
-                                ids.push(e);
-                            }
-                            ids.truncate(*max_tokens as usize);
-                            targets.push(ids);
-                        }
-                        let lambda = key_lambda(rt, &src);
-                        // The NLL is a mean over all target tokens of the batch: each chunk's
-                        // mean is weighted by its share of those tokens, so the chunks' losses
-                        // and gradients add up to the whole batch's.
-                        let total: usize = targets.iter().map(Vec::len).sum();
-                        if total == 0 {
-                            bail!("objective `{}`: the batch has no target tokens", o.name);
-                        }
-                        let (policy, pad_id, device) =
-                            (&models.policy, models.tok.pad_id, &self.device);
-                        let policy_host = fast_weights(policy)?;
-                        let chunk = |range: std::ops::Range<usize>| -> Result<Option<(f64, f64, GradStore)>> {
-                            let tokens: usize = targets[range.clone()].iter().map(Vec::len).sum();
-                            if tokens == 0 {
-                                return Ok(None);
-                            }
-                            let p: Vec<&[u32]> =
-                                prompts[range.clone()].iter().map(Vec::as_slice).collect();
-                            let c: Vec<&[u32]> = targets[range].iter().map(Vec::as_slice).collect();
-                            let batch = SequenceBatch::new(&p, &c, pad_id, device)?;
-                            let (fast_fwd, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch)?;
-                            let out = sft_loss(&logp, &batch.completion_mask, lambda)?;
-                            let share = tokens as f64 / total as f64;
-                            let l = (out.loss * share)?;
-                            let g = backward(&l, fast_fwd.as_ref(), &logp)?;
-                            Ok(Some((l.to_scalar::<f32>()? as f64, out.nll * share, g)))
-                        };
-                        let micro = stage.train.micro_batch.map(|m| m as usize);
-                        let tokens: usize = prompts.iter().map(Vec::len).sum::<usize>() + total;
-                        let split = split_pays(tokens, hidden, layers, params);
-                        let chunks = row_chunks(rows.len(), micro, &self.device, split);
-                        let mut nll = 0.0;
-                        for (loss, part_nll, g) in map_chunks(&chunks, &self.device, chunk)?
-                            .into_iter()
-                            .flatten()
-                        {
-                            loss_sum += loss;
-                            nll += part_nll;
-                            accumulate(&mut grads, g, &vars)?;
-                        }
-                        tm.tensor += t.elapsed().as_secs_f64();
-                        scalars.push((src.clone(), nll));
-                        rec.insert("sft_nll".into(), num(nll));
+                        self.sft_loss(rt, stage, o, &src, &rows, *max_tokens, models, &mut st)?;
                     }
                 }
             }
         }
 
-        let grads = grads.ok_or_else(|| {
+        let (info, snap, used) = self.update(rt, stage, lr, &drawn_names, &mut st)?;
+        self.record(
+            rt,
+            stage,
+            models,
+            t0,
+            lr,
+            &drawn_names,
+            &info,
+            &snap,
+            used,
+            st,
+        )
+    }
+
+    /// Rollout: samples the rollout's group of completions for each prompt of `rows`.
+    fn rollout(
+        &mut self,
+        ro: &PlanRollout,
+        rows: &[Row],
+        models: &Models,
+        st: &mut StepState,
+    ) -> Result<Rollout> {
+        let prompts: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|r| models.tok.encode_prompt(&r.prompt))
+            .collect::<std::result::Result<_, _>>()?;
+        let t = Instant::now();
+        let seed = self.run_rng.next_u64();
+        let roll = generate(
+            &models.policy,
+            Some(&models.tok),
+            &prompts,
+            ro.group as usize,
+            &sampling(ro, seed),
+        )
+        .with_context(|| format!("rollout `{}`", ro.id))?;
+        st.tm.rollout += t.elapsed().as_secs_f64();
+        st.gen_tokens += roll.num_tokens();
+        Ok(roll)
+    }
+
+    /// Score: the verifiers' outcomes of every completion, the reward terms combined with the
+    /// keys' current lambdas, and the group advantages.
+    #[allow(clippy::too_many_arguments)]
+    fn score(
+        &self,
+        rt: &StageRt,
+        src: &str,
+        spec: &ObjectiveSpec,
+        ro: &PlanRollout,
+        rows: &[Row],
+        roll: &Rollout,
+        st: &mut StepState,
+    ) -> Result<Scored> {
+        let ObjectiveSpec::Grpo {
+            rewards: terms,
+            scale,
+            drop_equal_groups,
+            ..
+        } = spec
+        else {
+            bail!("only a GRPO objective is scored");
+        };
+        let group = ro.group as usize;
+        let t = Instant::now();
+        let items: Vec<Judged> = (0..roll.texts.len())
+            .map(|r| {
+                let row = &rows[r / group];
+                Judged {
+                    id: &row.id,
+                    prompt: &row.prompt,
+                    completion: &roll.texts[r],
+                    fields: &row.fields,
+                    tokens: roll.completion_ids[r].len(),
+                }
+            })
+            .collect();
+        let (table, failures) = score_terms(&self.verifiers, terms, &items)?;
+        for f in &failures {
+            self.warn(&f.to_string());
+        }
+        let weights: Vec<f64> = terms
+            .iter()
+            .map(|t| key_lambda(rt, &format!("{src}.{}", t.name)))
+            .collect();
+        let combined = combine_rewards(&table, &weights)?;
+        let adv = group_advantages(&combined.total, group, *scale, *drop_equal_groups)?;
+        let means = term_means(&table, terms.len());
+        st.tm.verify += t.elapsed().as_secs_f64();
+        Ok(Scored {
+            means,
+            combined,
+            adv,
+            failures: failures.len(),
+        })
+    }
+
+    /// Loss of a GRPO objective: the clipped-ratio loss (with its KL term) of each chunk of the
+    /// batch, forward and backward, the gradients added to the step's.
+    #[allow(clippy::too_many_arguments)]
+    fn grpo_loss(
+        &self,
+        stage: &Stage,
+        o: &Objective,
+        ro: &PlanRollout,
+        roll: &Rollout,
+        scored: &Scored,
+        models: &Models,
+        st: &mut StepState,
+    ) -> Result<()> {
+        let ObjectiveSpec::Grpo {
+            clip_low,
+            clip_high,
+            loss,
+            scale,
+            kl,
+            drop_equal_groups,
+            ..
+        } = &o.spec
+        else {
+            bail!("objective `{}` is not a GRPO objective", o.name);
+        };
+        let adv = &scored.adv;
+        let t = Instant::now();
+        let beta = kl.as_ref().map_or(0.0, |k| k.coef);
+        let cfg = GrpoConfig {
+            group: ro.group as usize,
+            max_tokens: ro.max_tokens as usize,
+            scale: *scale,
+            eps_low: *clip_low,
+            eps_high: *clip_high,
+            beta,
+            aggregation: *loss,
+            drop_zero_variance: *drop_equal_groups,
+        };
+        let n = roll.completion_ids.len();
+        let micro = stage.train.micro_batch.map(|m| m as usize);
+        let total_tokens: usize = roll.num_tokens();
+        let kept_rows = adv.keep.iter().filter(|&&k| k).count().max(1);
+        let policy = &models.policy;
+        let reference = models.reference.as_ref();
+        let (pad_id, device) = (models.tok.pad_id, &self.device);
+        // The fast path's host copies of the weights, made once for all chunks (the two
+        // models' copies side by side).
+        let autograd = self.opts.autograd;
+        let (policy_host, reference_host) = rayon::join(
+            || fast_weights(policy, autograd),
+            || match (reference, beta > 0.0) {
+                (Some(r), true) => fast_weights(r, autograd),
+                _ => Ok(None),
+            },
+        );
+        let (policy_host, reference_host) = (policy_host?, reference_host?);
+        // Each chunk's forward and backward pass: the chunks run side by side on the CPU
+        // (train::parallel), each giving its loss, gradients and stats.
+        let chunk = |range: std::ops::Range<usize>| -> Result<ChunkOut> {
+            let prompts_c: Vec<&[u32]> = range.clone().map(|r| roll.prompt_of(r)).collect();
+            let comps_c: Vec<&[u32]> = roll.completion_ids[range.clone()]
+                .iter()
+                .map(Vec::as_slice)
+                .collect();
+            let batch = SequenceBatch::new(&prompts_c, &comps_c, pad_id, device)?;
+            let sub = Advantages {
+                values: adv.values[range.clone()].to_vec(),
+                keep: adv.keep[range].to_vec(),
+                stats: adv.stats.clone(),
+            };
+            // On the CPU in f32 the hand-written pass (model::fast) replaces candle's autograd
+            // for the model; the loss stays candle code built on its log-probs held in a Var
+            // (see `policy_logprobs`).
+            let (fast_fwd, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch)?;
+            let ref_lp = match (reference, beta > 0.0) {
+                (Some(r), true) => Some(ref_logprobs(r, reference_host.as_ref(), &batch)?),
+                (None, true) => bail!(
+                    "objective `{}` has a KL term but no reference model was loaded",
+                    o.name
+                ),
+                _ => None,
+            };
+            let out = grpo_loss(
+                &cfg,
+                &GrpoBatch {
+                    logp: &logp,
+                    old_logp: None,
+                    ref_logp: ref_lp.as_ref(),
+                    mask: &batch.completion_mask,
+                    advantages: &sub,
+                    token_normaliser: Some(total_tokens.max(1) as f64),
+                },
+            )?;
+            // Sequence-mean losses are means over the chunk's rows: weight each chunk by its
+            // share of the batch so the sum is the batch's loss.
+            let share = match cfg.aggregation {
+                LossAggregation::TokenMean => 1.0,
+                _ => {
+                    let k = sub.keep.iter().filter(|&&k| k).count();
+                    k as f64 / kept_rows as f64
+                }
+            };
+            let l = if share == 1.0 {
+                out.loss
+            } else {
+                (out.loss * share)?
+            };
+            Ok(ChunkOut {
+                loss: l.to_scalar::<f32>()? as f64,
+                grads: backward(&l, fast_fwd.as_ref(), &logp)?,
+                kl: out.stats.kl,
+                tokens: out.stats.tokens,
+                clip_fraction: out.stats.clip_fraction,
+            })
+        };
+        let tokens: usize = (0..n)
+            .map(|r| roll.prompt_of(r).len() + roll.completion_ids[r].len())
+            .sum();
+        let split = split_pays(tokens, st.hidden, st.layers, st.params);
+        let chunks = row_chunks(n, micro, &self.device, split);
+        let (mut kl_sum, mut kl_tok, mut clip_sum) = (0.0, 0usize, 0.0);
+        for c in map_chunks(&chunks, &self.device, chunk)? {
+            st.loss_sum += c.loss;
+            accumulate(&mut st.grads, c.grads, &st.vars)?;
+            if let Some(k) = c.kl {
+                kl_sum += k * c.tokens as f64;
+            }
+            kl_tok += c.tokens;
+            clip_sum += c.clip_fraction * c.tokens as f64;
+        }
+        st.tm.tensor += t.elapsed().as_secs_f64();
+        st.rec.insert(
+            "kl".into(),
+            if beta > 0.0 {
+                num(kl_sum / kl_tok.max(1) as f64)
+            } else {
+                Value::Null
+            },
+        );
+        st.rec
+            .insert("clip_fraction".into(), num(clip_sum / kl_tok.max(1) as f64));
+        Ok(())
+    }
+
+    /// The record's part of a GRPO objective: its terms' mean rewards (also the reweighter's
+    /// scalars), the reward and advantage statistics, and sample completions when due.
+    #[allow(clippy::too_many_arguments)]
+    fn record_grpo(
+        &self,
+        stage: &Stage,
+        src: &str,
+        spec: &ObjectiveSpec,
+        ro: &PlanRollout,
+        rows: &[Row],
+        roll: &Rollout,
+        scored: Scored,
+        st: &mut StepState,
+    ) {
+        let Scored {
+            means,
+            combined,
+            adv,
+            failures,
+        } = scored;
+        if let ObjectiveSpec::Grpo { rewards: terms, .. } = spec {
+            for (t, term) in terms.iter().enumerate() {
+                let key = format!("{src}.{}", term.name);
+                st.rewards
+                    .insert(key.clone(), means[t].map_or(Value::Null, num));
+                if let Some(m) = means[t] {
+                    st.scalars.push((key, m));
+                }
+            }
+        }
+        let rec = &mut st.rec;
+        rec.insert("reward_mean".into(), num(adv.stats.reward_mean));
+        rec.insert("reward_std".into(), num(adv.stats.reward_std));
+        rec.insert("advantage_std".into(), num(adv.stats.advantage_std));
+        rec.insert(
+            "zero_variance_groups".into(),
+            json!(adv.stats.zero_variance_groups),
+        );
+        rec.insert("verifier_failures".into(), json!(failures));
+        if st.write_samples {
+            let group = ro.group as usize;
+            for r in 0..roll.completion_ids.len().min(2 * group) {
+                st.samples.push(json!({
+                    "step": self.global_step + 1,
+                    "stage": stage.name,
+                    "source": src,
+                    "id": rows[r / group].id,
+                    "prompt": rows[r / group].prompt,
+                    "completion": roll.texts[r],
+                    "reward": num(combined.total[r]),
+                    "advantage": num(adv.values[r]),
+                }));
+            }
+        }
+    }
+
+    /// Loss of an SFT objective: `lambda * nll` of the rows' targets, chunk by chunk, forward
+    /// and backward, the gradients added to the step's; the NLL is the key's scalar.
+    #[allow(clippy::too_many_arguments)]
+    fn sft_loss(
+        &self,
+        rt: &StageRt,
+        stage: &Stage,
+        o: &Objective,
+        src: &str,
+        rows: &[Row],
+        max_tokens: u64,
+        models: &Models,
+        st: &mut StepState,
+    ) -> Result<()> {
+        let t = Instant::now();
+        let mut prompts = Vec::with_capacity(rows.len());
+        let mut targets = Vec::with_capacity(rows.len());
+        for r in rows {
+            prompts.push(models.tok.encode_prompt(&r.prompt)?);
+            let mut ids = models.tok.encode(&target_of(r)?, false)?;
+            // The target ends with EOS so the model learns where to stop.
+            if let Some(&e) = models.tok.eos_ids.first() {
+                ids.push(e);
+            }
+            ids.truncate(max_tokens as usize);
+            targets.push(ids);
+        }
+        let lambda = key_lambda(rt, src);
+        // The NLL is a mean over all target tokens of the batch: each chunk's mean is weighted
+        // by its share of those tokens, so the chunks' losses and gradients add up to the whole
+        // batch's.
+        let total: usize = targets.iter().map(Vec::len).sum();
+        if total == 0 {
+            bail!("objective `{}`: the batch has no target tokens", o.name);
+        }
+        let (policy, pad_id, device) = (&models.policy, models.tok.pad_id, &self.device);
+        let policy_host = fast_weights(policy, self.opts.autograd)?;
+        let chunk = |range: std::ops::Range<usize>| -> Result<Option<(f64, f64, GradStore)>> {
+            let tokens: usize = targets[range.clone()].iter().map(Vec::len).sum();
+            if tokens == 0 {
+                return Ok(None);
+            }
+            let p: Vec<&[u32]> = prompts[range.clone()].iter().map(Vec::as_slice).collect();
+            let c: Vec<&[u32]> = targets[range].iter().map(Vec::as_slice).collect();
+            let batch = SequenceBatch::new(&p, &c, pad_id, device)?;
+            let (fast_fwd, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch)?;
+            let out = sft_loss(&logp, &batch.completion_mask, lambda)?;
+            let share = tokens as f64 / total as f64;
+            let l = (out.loss * share)?;
+            let g = backward(&l, fast_fwd.as_ref(), &logp)?;
+            Ok(Some((l.to_scalar::<f32>()? as f64, out.nll * share, g)))
+        };
+        let micro = stage.train.micro_batch.map(|m| m as usize);
+        let tokens: usize = prompts.iter().map(Vec::len).sum::<usize>() + total;
+        let split = split_pays(tokens, st.hidden, st.layers, st.params);
+        let chunks = row_chunks(rows.len(), micro, &self.device, split);
+        let mut nll = 0.0;
+        for (loss, part_nll, g) in map_chunks(&chunks, &self.device, chunk)?
+            .into_iter()
+            .flatten()
+        {
+            st.loss_sum += loss;
+            nll += part_nll;
+            accumulate(&mut st.grads, g, &st.vars)?;
+        }
+        st.tm.tensor += t.elapsed().as_secs_f64();
+        st.scalars.push((src.to_string(), nll));
+        st.rec.insert("sft_nll".into(), num(nll));
+        Ok(())
+    }
+
+    /// Update: the optimiser step at learning rate `lr` with the step's summed gradients, then
+    /// the reweighter's update with the step's scalars. Gives the optimiser's report, the new
+    /// weights and the lambdas the step used.
+    fn update(
+        &mut self,
+        rt: &mut StageRt,
+        stage: &Stage,
+        lr: f64,
+        drawn_names: &[String],
+        st: &mut StepState,
+    ) -> Result<(StepInfo, WeightSnapshot, Vec<f64>)> {
+        let grads = st.grads.take().ok_or_else(|| {
             anyhow!(
                 "step {}: no objective produced a loss",
                 self.global_step + 1
@@ -537,19 +702,49 @@ impl Ctx<'_> {
         let t = Instant::now();
         let info = rt.optim.step(&grads, lr, stage.train.grad_clip)?;
         drop(grads);
-        tm.optim += t.elapsed().as_secs_f64();
+        st.tm.optim += t.elapsed().as_secs_f64();
 
         let drawn_refs: Vec<&str> = drawn_names.iter().map(String::as_str).collect();
-        let scalar_refs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let scalar_refs: Vec<(&str, f64)> =
+            st.scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         let snap = rt
             .reweighter
             .update(&drawn_refs, &scalar_refs)
-            .map_err(|e| anyhow!("stage `{}`: {e}", stage.name))?;
-        let used = rt.lambdas.clone();
-        rt.lambdas = snap.keys.iter().map(|k| k.lambda).collect();
+            .with_context(|| format!("stage `{}`", stage.name))?;
+        let used = std::mem::replace(
+            &mut rt.lambdas,
+            snap.keys.iter().map(|k| k.lambda).collect(),
+        );
         rt.step += 1;
         self.global_step += 1;
+        Ok((info, snap, used))
+    }
 
+    /// Record: the stage's probes when due, then the step's metrics record, written with the
+    /// step's samples and shown on the progress display.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        rt: &StageRt,
+        stage: &Stage,
+        models: &Models,
+        t0: Instant,
+        lr: f64,
+        drawn_names: &[String],
+        info: &StepInfo,
+        snap: &WeightSnapshot,
+        used: Vec<f64>,
+        st: StepState,
+    ) -> Result<Value> {
+        let StepState {
+            mut tm,
+            mut rec,
+            rewards,
+            loss_sum,
+            gen_tokens,
+            samples,
+            ..
+        } = st;
         let mut evals = Map::new();
         for e in &stage.evals {
             if self.dry_prompts.is_some() || (e.every > 0 && rt.step.is_multiple_of(e.every)) {

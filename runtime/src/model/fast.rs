@@ -19,9 +19,9 @@
 //! that attend only to themselves (padding) are computed once per token id, and the last block
 //! computes its queries, attention and MLP only for the rows the final norm reads.
 //!
-//! `enabled` decides whether the engine takes this path: CPU, f32, and the environment variable
-//! `RECAP_AUTOGRAD` not set to `1` (set it to train through candle's autograd instead, for
-//! comparison).
+//! `supported` says whether the engine can take this path (CPU, f32); the engine takes it unless
+//! its run options ask for candle's autograd (`RECAP_AUTOGRAD=1` on the command line), which is
+//! kept so that both paths can be compared on the same run.
 
 use std::borrow::Cow;
 
@@ -303,13 +303,6 @@ pub struct FastForward<'a> {
 /// True when `model` can take the fast path: on the CPU with f32 master weights computed in f32.
 pub fn supported(model: &Model) -> bool {
     model.device().is_cpu() && model.dtype() == DType::F32 && model.compute_dtype() == DType::F32
-}
-
-/// True when the engine should use the fast path for `model`: it is [`supported`] and the
-/// environment does not ask for candle's autograd (`RECAP_AUTOGRAD=1`, kept so that both paths
-/// can be compared on the same run).
-pub fn enabled(model: &Model) -> bool {
-    supported(model) && std::env::var_os("RECAP_AUTOGRAD").is_none_or(|v| v != "1")
 }
 
 /// `y (rows, out) = x (rows, in) . w^T (+ b)` with `w` stored (out, in).

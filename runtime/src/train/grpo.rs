@@ -12,15 +12,16 @@
 //!   TRL calls `tensor.std()`; a group therefore needs at least two completions.
 //! - Token loss: `-min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A) + beta*k3` with
 //!   `rho = exp(logp - logp_old)` and `k3 = exp(ref - logp) - (ref - logp) - 1`.
-//! - Aggregation: `token-mean` (TRL's "dapo"/"bnpo": sum over all completion tokens of the batch
-//!   divided by their count), `seq-mean-token-mean` (original GRPO: mean per sequence, then mean
-//!   over sequences), `seq-mean-token-sum-norm` (Dr. GRPO: sum over tokens divided by
+//! - Aggregation: `token_mean` (TRL's "dapo"/"bnpo": sum over all completion tokens of the batch
+//!   divided by their count), `seq_mean_token_mean` (original GRPO: mean per sequence, then mean
+//!   over sequences), `seq_mean_token_sum_norm` (Dr. GRPO: sum over tokens divided by
 //!   `sequences * max_tokens`).
 //!
 //! Advantages are computed on the host in f64: rewards come from host-side verifiers, a batch
 //! holds tens of values, and f64 keeps the hand-checkable formulas exact.
 
 use candle_core::{bail, DType, Result, Tensor, D};
+use recap_plan::{AdvantageScale, LossAggregation};
 use serde::{Deserialize, Serialize};
 
 use super::verifiers::Outcome;
@@ -28,51 +29,23 @@ use super::verifiers::Outcome;
 /// The std floor TRL adds before dividing.
 pub const ADVANTAGE_EPS: f64 = 1e-4;
 
-/// What the advantage is divided by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AdvantageScale {
-    #[default]
-    Group,
-    Batch,
-    None,
-}
-
-/// How per-token losses become one scalar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LossAggregation {
-    #[default]
-    TokenMean,
-    SeqMeanTokenMean,
-    SeqMeanTokenSumNorm,
-}
-
-fn default_eps() -> f64 {
-    0.2
-}
-
-/// The GRPO objective's options (defaults are TRL 1.x's).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The GRPO loss's options: the plan's objective (`scale`, `clip_low`/`clip_high`, the KL
+/// coefficient, `loss`, `drop_equal_groups`) with its rollout's group and token limit. The
+/// stdlib's `grpo` gives their defaults (TRL 1.x's); this is not a second home for them.
+#[derive(Debug, Clone, PartialEq)]
 pub struct GrpoConfig {
     /// Completions per prompt (G).
     pub group: usize,
     /// Maximum new tokens per completion; the Dr. GRPO normaliser.
     pub max_tokens: usize,
-    #[serde(default)]
     pub scale: AdvantageScale,
-    #[serde(default = "default_eps")]
     pub eps_low: f64,
-    #[serde(default = "default_eps")]
     pub eps_high: f64,
     /// KL coefficient; 0 means no reference model is needed.
-    #[serde(default)]
     pub beta: f64,
-    #[serde(default)]
     pub aggregation: LossAggregation,
-    /// Leave groups whose rewards are all equal out of the loss (off by default: they run with
-    /// advantage 0, as in TRL, so comparisons with peers stay fair).
-    #[serde(default)]
+    /// Leave groups whose rewards are all equal out of the loss (in the plan
+    /// `drop_equal_groups`; off, they run with advantage 0, as in TRL).
     pub drop_zero_variance: bool,
 }
 

@@ -12,8 +12,7 @@
 //! of losses). [`RowSampler`] then picks the rows of a drawn source: seeded shuffled epochs,
 //! limited to the coreset subset under a budget, with a two-number cursor.
 
-use std::collections::BTreeMap;
-
+use recap_plan::Mix;
 use serde::{Deserialize, Serialize};
 
 use super::rng::{HostRng, RngState};
@@ -32,32 +31,6 @@ pub struct SourceInfo {
     /// Number of examples (rows) in the source.
     pub size: usize,
     pub role: SourceRole,
-}
-
-/// A mixing policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum MixConfig {
-    RoundRobin,
-    Uniform,
-    Proportional,
-    /// Relative draw weights by source name; sources not named weigh 1.
-    Weights {
-        weights: BTreeMap<String, f64>,
-    },
-    /// Replay volume capped at `cap` times the RL volume, drawn otherwise like `base` (one of
-    /// the sampling policies: uniform, proportional, weights).
-    Coreset {
-        cap: f64,
-        /// Plans written before `base` existed meant proportional draws.
-        #[serde(default = "proportional")]
-        base: Box<MixConfig>,
-    },
-    All,
-}
-
-fn proportional() -> Box<MixConfig> {
-    Box::new(MixConfig::Proportional)
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -91,22 +64,32 @@ fn coreset_scale(sources: &[SourceInfo], cap: f64) -> f64 {
     }
 }
 
+/// The seed the draws use: the one `uniform(seed)` names (also as a coreset's base), else the
+/// stage's.
+fn draw_seed(mix: &Mix, stage_seed: u64) -> u64 {
+    match mix {
+        Mix::Uniform { seed } => *seed,
+        Mix::Coreset { base, .. } => draw_seed(base, stage_seed),
+        _ => stage_seed,
+    }
+}
+
 /// Relative draw weights of the sampling policies (uniform, proportional, weights).
-fn sampling_weights(config: &MixConfig, sources: &[SourceInfo]) -> Result<Vec<f64>, MixError> {
+fn sampling_weights(config: &Mix, sources: &[SourceInfo]) -> Result<Vec<f64>, MixError> {
     let fail = |m: String| Err(MixError(m));
     Ok(match config {
-        MixConfig::Uniform => vec![1.0; sources.len()],
-        MixConfig::Proportional => sources.iter().map(|s| s.size as f64).collect(),
-        MixConfig::Weights { weights } => {
+        Mix::Uniform { .. } => vec![1.0; sources.len()],
+        Mix::Proportional => sources.iter().map(|s| s.size as f64).collect(),
+        Mix::Weights { weights } => {
             if let Some(name) = weights
                 .keys()
-                .find(|n| !sources.iter().any(|s| &s.name == *n))
+                .find(|n| !sources.iter().any(|s| s.name == **n))
             {
                 return fail(format!("weights: unknown source `{name}`"));
             }
             let mut w = Vec::with_capacity(sources.len());
             for s in sources {
-                match weights.get(&s.name) {
+                match weights.get(s.name.as_str()) {
                     Some(v) if v.is_finite() && *v >= 0.0 => w.push(*v),
                     Some(v) => {
                         return fail(format!("weights: `{}` has weight {v}, need >= 0", s.name))
@@ -117,7 +100,7 @@ fn sampling_weights(config: &MixConfig, sources: &[SourceInfo]) -> Result<Vec<f6
             }
             w
         }
-        MixConfig::RoundRobin | MixConfig::All | MixConfig::Coreset { .. } => Vec::new(),
+        Mix::RoundRobin | Mix::All | Mix::Coreset { .. } => Vec::new(),
     })
 }
 
@@ -144,10 +127,10 @@ fn cap_replay(sources: &[SourceInfo], mut weights: Vec<f64>, cap: f64) -> Vec<f6
     weights
 }
 
-/// Draws sources step by step under a [`MixConfig`].
+/// Draws sources step by step under a plan's [`Mix`].
 #[derive(Debug, Clone)]
 pub struct Mixer {
-    config: MixConfig,
+    config: Mix,
     sources: Vec<SourceInfo>,
     /// Draw probabilities of the one-source policies that sample (empty otherwise).
     probs: Vec<f64>,
@@ -157,7 +140,9 @@ pub struct Mixer {
 }
 
 impl Mixer {
-    pub fn new(config: MixConfig, sources: Vec<SourceInfo>, seed: u64) -> Result<Self, MixError> {
+    /// A mixer of `sources` under `config`, drawing with the seed `config` names (`uniform(seed)`)
+    /// or else `stage_seed`.
+    pub fn new(config: &Mix, sources: Vec<SourceInfo>, stage_seed: u64) -> Result<Self, MixError> {
         let fail = |m: String| Err(MixError(m));
         if sources.is_empty() {
             return fail("needs at least one source".into());
@@ -170,9 +155,9 @@ impl Mixer {
                 return fail(format!("source `{}` appears twice", s.name));
             }
         }
-        let weights = match &config {
-            MixConfig::RoundRobin | MixConfig::All => Vec::new(),
-            MixConfig::Coreset { cap, base } => {
+        let weights = match config {
+            Mix::RoundRobin | Mix::All => Vec::new(),
+            Mix::Coreset { cap, base } => {
                 if !(cap.is_finite() && *cap >= 0.0) {
                     return fail(format!("coreset: cap must be >= 0, got {cap}"));
                 }
@@ -181,10 +166,7 @@ impl Mixer {
                         "coreset: needs at least one RL source to cap replay against".into(),
                     );
                 }
-                if matches!(
-                    **base,
-                    MixConfig::RoundRobin | MixConfig::All | MixConfig::Coreset { .. }
-                ) {
+                if matches!(**base, Mix::RoundRobin | Mix::All | Mix::Coreset { .. }) {
                     return fail(
                         "coreset: base must be uniform, proportional or weights(...), which draw \
                          sources at random; the cap scales the replay sources' chances"
@@ -202,10 +184,10 @@ impl Mixer {
         let probs = weights.iter().map(|w| w / total).collect();
         Ok(Mixer {
             draws: vec![0; sources.len()],
-            config,
+            config: config.clone(),
             sources,
             probs,
-            rng: HostRng::new(seed),
+            rng: HostRng::new(draw_seed(config, stage_seed)),
             step: 0,
         })
     }
@@ -218,8 +200,8 @@ impl Mixer {
     /// averaged over a cycle).
     pub fn probabilities(&self) -> Vec<f64> {
         match self.config {
-            MixConfig::All => vec![1.0; self.sources.len()],
-            MixConfig::RoundRobin => vec![1.0 / self.sources.len() as f64; self.sources.len()],
+            Mix::All => vec![1.0; self.sources.len()],
+            Mix::RoundRobin => vec![1.0 / self.sources.len() as f64; self.sources.len()],
             _ => self.probs.clone(),
         }
     }
@@ -228,7 +210,7 @@ impl Mixer {
     /// sources' sizes scaled so together they are `cap` times the RL size); `None` for RL
     /// sources and under other policies.
     pub fn coreset_budget(&self) -> Vec<Option<usize>> {
-        let MixConfig::Coreset { cap, .. } = &self.config else {
+        let Mix::Coreset { cap, .. } = &self.config else {
             return vec![None; self.sources.len()];
         };
         let scale = coreset_scale(&self.sources, *cap);
@@ -243,8 +225,8 @@ impl Mixer {
     /// The sources (indices into [`Mixer::sources`]) the next step draws.
     pub fn next_draw(&mut self) -> Vec<usize> {
         let drawn = match self.config {
-            MixConfig::All => (0..self.sources.len()).collect(),
-            MixConfig::RoundRobin => vec![(self.step % self.sources.len() as u64) as usize],
+            Mix::All => (0..self.sources.len()).collect(),
+            Mix::RoundRobin => vec![(self.step % self.sources.len() as u64) as usize],
             _ => vec![self.rng.weighted_index(&self.probs)],
         };
         for &i in &drawn {
@@ -409,6 +391,11 @@ impl RowSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    fn proportional() -> Box<Mix> {
+        Box::new(Mix::Proportional)
+    }
 
     fn sources() -> Vec<SourceInfo> {
         vec![
@@ -448,11 +435,11 @@ mod tests {
 
     #[test]
     fn round_robin_and_all() {
-        let mut rr = Mixer::new(MixConfig::RoundRobin, sources(), 0).unwrap();
+        let mut rr = Mixer::new(&Mix::RoundRobin, sources(), 0).unwrap();
         let seq: Vec<Vec<usize>> = (0..5).map(|_| rr.next_draw()).collect();
         assert_eq!(seq, vec![vec![0], vec![1], vec![2], vec![0], vec![1]]);
         assert_eq!(rr.draws(), &[2, 2, 1]);
-        let mut all = Mixer::new(MixConfig::All, sources(), 0).unwrap();
+        let mut all = Mixer::new(&Mix::All, sources(), 0).unwrap();
         assert_eq!(all.next_draw(), vec![0, 1, 2]);
         assert_eq!(all.probabilities(), vec![1.0; 3]);
     }
@@ -460,9 +447,9 @@ mod tests {
     #[test]
     fn sampling_policies_match_their_probabilities() {
         let n = 20_000;
-        let mut u = Mixer::new(MixConfig::Uniform, sources(), 42).unwrap();
+        let mut u = Mixer::new(&Mix::Uniform { seed: 42 }, sources(), 0).unwrap();
         near(&frequencies(&mut u, n), &[1.0 / 3.0; 3]);
-        let mut p = Mixer::new(MixConfig::Proportional, sources(), 42).unwrap();
+        let mut p = Mixer::new(&Mix::Proportional, sources(), 42).unwrap();
         assert_eq!(p.probabilities(), vec![0.05, 0.15, 0.8]);
         near(&frequencies(&mut p, n), &[0.05, 0.15, 0.8]);
         let weights = BTreeMap::from([
@@ -470,7 +457,7 @@ mod tests {
             ("ground".into(), 1.0),
             ("ocr".into(), 0.0),
         ]);
-        let mut w = Mixer::new(MixConfig::Weights { weights }, sources(), 42).unwrap();
+        let mut w = Mixer::new(&Mix::Weights { weights }, sources(), 42).unwrap();
         near(&frequencies(&mut w, n), &[0.75, 0.25, 0.0]);
         assert_eq!(w.draws()[2], 0);
     }
@@ -479,7 +466,7 @@ mod tests {
     fn coreset_caps_replay_volume() {
         // RL size 400; replay 1600 is capped to 0.5 * 400 = 200: replay chance 200 / 600.
         let mut c = Mixer::new(
-            MixConfig::Coreset {
+            &Mix::Coreset {
                 cap: 0.5,
                 base: proportional(),
             },
@@ -500,7 +487,7 @@ mod tests {
         let mut small = sources();
         small[2].size = 100;
         let s = Mixer::new(
-            MixConfig::Coreset {
+            &Mix::Coreset {
                 cap: 0.5,
                 base: proportional(),
             },
@@ -511,7 +498,7 @@ mod tests {
         near(&s.probabilities(), &[0.2, 0.6, 0.2]);
         assert_eq!(s.coreset_budget()[2], Some(100));
         let mut zero = Mixer::new(
-            MixConfig::Coreset {
+            &Mix::Coreset {
                 cap: 0.0,
                 base: proportional(),
             },
@@ -523,23 +510,23 @@ mod tests {
         assert_eq!(zero.draws()[2], 0);
         // Under a uniform base the replay source's chance is capped the same way: uniform gives
         // each source 1/3, so replay (1/3) against RL (2/3) with cap 0.25 becomes 1/6 of 2/3.
-        let uniform = MixConfig::Coreset {
+        let uniform = Mix::Coreset {
             cap: 0.25,
-            base: Box::new(MixConfig::Uniform),
+            base: Box::new(Mix::Uniform { seed: 3 }),
         };
-        let u = Mixer::new(uniform, sources(), 3).unwrap();
+        let u = Mixer::new(&uniform, sources(), 0).unwrap();
         near(&u.probabilities(), &[0.4, 0.4, 0.2]);
         // A base that does not sample cannot be capped.
-        for base in [MixConfig::RoundRobin, MixConfig::All] {
-            let c = MixConfig::Coreset {
+        for base in [Mix::RoundRobin, Mix::All] {
+            let c = Mix::Coreset {
                 cap: 0.5,
                 base: Box::new(base),
             };
-            assert!(Mixer::new(c, sources(), 0).is_err());
+            assert!(Mixer::new(&c, sources(), 0).is_err());
         }
         let only_replay = vec![sources()[2].clone()];
         assert!(Mixer::new(
-            MixConfig::Coreset {
+            &Mix::Coreset {
                 cap: 0.5,
                 base: proportional()
             },
@@ -553,28 +540,28 @@ mod tests {
     fn bad_configs_are_errors() {
         // Sources a weights(...) does not name weigh 1, as docs/language.md says.
         let partial = BTreeMap::from([("math".into(), 2.0)]);
-        let p = Mixer::new(MixConfig::Weights { weights: partial }, sources(), 0).unwrap();
+        let p = Mixer::new(&Mix::Weights { weights: partial }, sources(), 0).unwrap();
         near(&p.probabilities(), &[0.5, 0.25, 0.25]);
         let unknown = BTreeMap::from([("maths".into(), 1.0)]);
-        assert!(Mixer::new(MixConfig::Weights { weights: unknown }, sources(), 0).is_err());
+        assert!(Mixer::new(&Mix::Weights { weights: unknown }, sources(), 0).is_err());
         let neg = BTreeMap::from([
             ("math".into(), -1.0),
             ("ground".into(), 1.0),
             ("ocr".into(), 1.0),
         ]);
-        assert!(Mixer::new(MixConfig::Weights { weights: neg }, sources(), 0).is_err());
+        assert!(Mixer::new(&Mix::Weights { weights: neg }, sources(), 0).is_err());
         let zeros = BTreeMap::from([
             ("math".into(), 0.0),
             ("ground".into(), 0.0),
             ("ocr".into(), 0.0),
         ]);
-        assert!(Mixer::new(MixConfig::Weights { weights: zeros }, sources(), 0).is_err());
+        assert!(Mixer::new(&Mix::Weights { weights: zeros }, sources(), 0).is_err());
         let mut empty = sources();
         empty[0].size = 0;
-        assert!(Mixer::new(MixConfig::Uniform, empty, 0).is_err());
-        assert!(Mixer::new(MixConfig::Uniform, vec![], 0).is_err());
+        assert!(Mixer::new(&Mix::Uniform { seed: 0 }, empty, 0).is_err());
+        assert!(Mixer::new(&Mix::Uniform { seed: 0 }, vec![], 0).is_err());
         assert!(Mixer::new(
-            MixConfig::Coreset {
+            &Mix::Coreset {
                 cap: f64::NAN,
                 base: proportional()
             },
@@ -587,39 +574,49 @@ mod tests {
     #[test]
     fn seeded_and_resumable() {
         let draw = |seed, n| {
-            let mut m = Mixer::new(MixConfig::Uniform, sources(), seed).unwrap();
+            let mut m = Mixer::new(&Mix::Uniform { seed }, sources(), 0).unwrap();
             (0..n).map(|_| m.next_draw()[0]).collect::<Vec<_>>()
         };
         assert_eq!(draw(42, 50), draw(42, 50));
         assert_ne!(draw(42, 50), draw(43, 50));
-        for config in [
-            MixConfig::Uniform,
-            MixConfig::RoundRobin,
-            MixConfig::Proportional,
-        ] {
-            let mut a = Mixer::new(config.clone(), sources(), 9).unwrap();
+        // `uniform(seed)` draws with its own seed, also as a coreset's base; the others with the
+        // stage's.
+        let by_stage = |mix: &Mix, stage_seed| {
+            let mut m = Mixer::new(mix, sources(), stage_seed).unwrap();
+            (0..50).map(|_| m.next_draw()[0]).collect::<Vec<_>>()
+        };
+        let uniform = Mix::Uniform { seed: 42 };
+        assert_eq!(by_stage(&uniform, 1), by_stage(&uniform, 2));
+        assert_eq!(by_stage(&uniform, 1), draw(42, 50));
+        let capped = |base| Mix::Coreset {
+            cap: 1.0,
+            base: Box::new(base),
+        };
+        assert_eq!(
+            by_stage(&capped(Mix::Uniform { seed: 42 }), 1),
+            by_stage(&capped(Mix::Uniform { seed: 42 }), 2)
+        );
+        assert_ne!(
+            by_stage(&capped(Mix::Proportional), 1),
+            by_stage(&capped(Mix::Proportional), 2)
+        );
+        for config in [Mix::Uniform { seed: 9 }, Mix::RoundRobin, Mix::Proportional] {
+            let mut a = Mixer::new(&config, sources(), 9).unwrap();
             for _ in 0..7 {
                 a.next_draw();
             }
             let json = serde_json::to_string(&a.cursor()).unwrap();
-            let mut b = Mixer::new(config, sources(), 9).unwrap();
+            let mut b = Mixer::new(&config, sources(), 9).unwrap();
             b.restore(serde_json::from_str(&json).unwrap()).unwrap();
             for _ in 0..20 {
                 assert_eq!(a.next_draw(), b.next_draw());
             }
             assert_eq!(a.cursor(), b.cursor());
         }
-        let mut two = Mixer::new(MixConfig::Uniform, sources()[..2].to_vec(), 9).unwrap();
-        let three = Mixer::new(MixConfig::Uniform, sources(), 9).unwrap();
+        let nine = Mix::Uniform { seed: 9 };
+        let mut two = Mixer::new(&nine, sources()[..2].to_vec(), 0).unwrap();
+        let three = Mixer::new(&nine, sources(), 0).unwrap();
         assert!(two.restore(three.cursor()).is_err());
-        let cfg: MixConfig = serde_json::from_str(r#"{"kind": "coreset", "cap": 0.5}"#).unwrap();
-        assert_eq!(
-            cfg,
-            MixConfig::Coreset {
-                cap: 0.5,
-                base: proportional()
-            }
-        );
     }
 
     #[test]

@@ -16,103 +16,52 @@ use candle_core::{
     bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Storage, Tensor, Var,
 };
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use recap_plan::Optimizer as PlanOptimizer;
 
-fn default_beta1() -> f64 {
-    0.9
-}
-fn default_beta2() -> f64 {
-    0.999
-}
-fn default_adam_eps() -> f64 {
-    1e-8
-}
-
-/// An optimiser and its hyper-parameters; `lr` is the peak rate the schedule scales.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum OptimizerConfig {
-    /// Adam with decoupled weight decay (`p -= lr * wd * p` before the Adam step).
-    Adamw {
-        lr: f64,
-        #[serde(default = "default_beta1")]
-        beta1: f64,
-        #[serde(default = "default_beta2")]
-        beta2: f64,
-        #[serde(default = "default_adam_eps")]
-        eps: f64,
-        /// TRL's default (transformers' `weight_decay`) is 0.
-        #[serde(default)]
-        weight_decay: f64,
-    },
-    /// SGD with optional momentum (PyTorch's form, dampening 0) and L2 weight decay.
-    Sgd {
-        lr: f64,
-        #[serde(default)]
-        momentum: f64,
-        #[serde(default)]
-        nesterov: bool,
-        #[serde(default)]
-        weight_decay: f64,
-    },
-}
-
-impl OptimizerConfig {
-    pub fn lr(&self) -> f64 {
-        match self {
-            OptimizerConfig::Adamw { lr, .. } | OptimizerConfig::Sgd { lr, .. } => *lr,
-        }
+/// The name an optimiser's state file records, so that a state is only loaded into the same
+/// kind of optimiser.
+fn kind_name(spec: &PlanOptimizer) -> &'static str {
+    match spec {
+        PlanOptimizer::Adamw { .. } => "adamw",
+        PlanOptimizer::Sgd { .. } => "sgd",
     }
+}
 
-    fn kind(&self) -> &'static str {
-        match self {
-            OptimizerConfig::Adamw { .. } => "adamw",
-            OptimizerConfig::Sgd { .. } => "sgd",
-        }
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        let finite_nonneg = |name: &str, v: f64| -> Result<()> {
-            if !(v.is_finite() && v >= 0.0) {
-                bail!("optimizer: {name} must be finite and >= 0, got {v}");
-            }
-            Ok(())
-        };
-        match self {
-            OptimizerConfig::Adamw {
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            } => {
-                finite_nonneg("lr", *lr)?;
-                finite_nonneg("weight_decay", *weight_decay)?;
-                if !(*eps > 0.0 && eps.is_finite()) {
-                    bail!("optimizer: eps must be > 0, got {eps}");
-                }
-                for (name, b) in [("beta1", beta1), ("beta2", beta2)] {
-                    if !(0.0..1.0).contains(b) {
-                        bail!("optimizer: {name} must be in [0, 1), got {b}");
-                    }
-                }
-            }
-            OptimizerConfig::Sgd {
-                lr,
-                momentum,
-                nesterov,
-                weight_decay,
-            } => {
-                finite_nonneg("lr", *lr)?;
-                finite_nonneg("weight_decay", *weight_decay)?;
-                finite_nonneg("momentum", *momentum)?;
-                if *nesterov && *momentum == 0.0 {
-                    bail!("optimizer: nesterov needs momentum > 0");
-                }
-            }
+/// Checks the hyper-parameters of `spec` (the checker refuses most bad values; a plan read
+/// from JSON is checked here too). AdamW is Adam with decoupled weight decay
+/// (`p -= lr * wd * p` before the Adam step); SGD has PyTorch's momentum (dampening 0).
+fn validate(spec: &PlanOptimizer) -> Result<()> {
+    let finite_nonneg = |name: &str, v: f64| -> Result<()> {
+        if !(v.is_finite() && v >= 0.0) {
+            bail!("optimizer: {name} must be finite and >= 0, got {v}");
         }
         Ok(())
+    };
+    match spec {
+        PlanOptimizer::Adamw {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } => {
+            finite_nonneg("lr", *lr)?;
+            finite_nonneg("weight_decay", *weight_decay)?;
+            if !(*eps > 0.0 && eps.is_finite()) {
+                bail!("optimizer: eps must be > 0, got {eps}");
+            }
+            for (name, b) in [("beta1", beta1), ("beta2", beta2)] {
+                if !(0.0..1.0).contains(b) {
+                    bail!("optimizer: {name} must be in [0, 1), got {b}");
+                }
+            }
+        }
+        PlanOptimizer::Sgd { lr, momentum } => {
+            finite_nonneg("lr", *lr)?;
+            finite_nonneg("momentum", *momentum)?;
+        }
     }
+    Ok(())
 }
 
 /// Gradients aligned with an optimiser's parameters (f32; `None` where a parameter got none).
@@ -424,7 +373,7 @@ impl ParamState {
 /// An optimiser over named variables.
 #[derive(Debug)]
 pub struct Optimizer {
-    config: OptimizerConfig,
+    config: PlanOptimizer,
     params: Vec<ParamState>,
     /// Use the fused in-place CPU update where it applies (tests turn it off to check it
     /// against the tensor-op path).
@@ -434,8 +383,8 @@ pub struct Optimizer {
 const META_FORMAT: &str = "recap-optimizer-1";
 
 impl Optimizer {
-    pub fn new(config: OptimizerConfig, params: Vec<(String, Var)>) -> Result<Self> {
-        config.validate()?;
+    pub fn new(config: &PlanOptimizer, params: Vec<(String, Var)>) -> Result<Self> {
+        validate(config)?;
         let mut states = Vec::with_capacity(params.len());
         for (i, (name, var)) in params.into_iter().enumerate() {
             if states.iter().any(|s: &ParamState| s.name == name) || name.contains('#') {
@@ -461,13 +410,13 @@ impl Optimizer {
             });
         }
         Ok(Optimizer {
-            config,
+            config: config.clone(),
             params: states,
             fused: true,
         })
     }
 
-    pub fn config(&self) -> &OptimizerConfig {
+    pub fn config(&self) -> &PlanOptimizer {
         &self.config
     }
 
@@ -521,7 +470,7 @@ impl Optimizer {
             }
             if let (
                 true,
-                OptimizerConfig::Adamw {
+                PlanOptimizer::Adamw {
                     beta1,
                     beta2,
                     eps,
@@ -589,7 +538,7 @@ impl Optimizer {
             };
             let w = p.weights()?;
             let updated = match config {
-                OptimizerConfig::Adamw {
+                PlanOptimizer::Adamw {
                     beta1,
                     beta2,
                     eps,
@@ -618,27 +567,14 @@ impl Optimizer {
                     p.v = Some(v);
                     w
                 }
-                OptimizerConfig::Sgd {
-                    momentum,
-                    nesterov,
-                    weight_decay,
-                    ..
-                } => {
-                    let mut d = if weight_decay > 0.0 {
-                        (g + (&w * weight_decay)?)?
-                    } else {
-                        g.clone()
-                    };
+                PlanOptimizer::Sgd { momentum, .. } => {
+                    let mut d = g.clone();
                     if momentum > 0.0 {
                         let buf = match &p.m {
                             Some(b) => ((b * momentum)? + &d)?,
                             None => d.clone(),
                         };
-                        d = if nesterov {
-                            (d + (&buf * momentum)?)?
-                        } else {
-                            buf.clone()
-                        };
+                        d = buf.clone();
                         p.m = Some(buf);
                     }
                     (w - (d * lr)?)?
@@ -664,7 +600,7 @@ impl Optimizer {
         }
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), META_FORMAT.to_string());
-        meta.insert("kind".to_string(), self.config.kind().to_string());
+        meta.insert("kind".to_string(), kind_name(&self.config).to_string());
         meta.insert(
             "steps".to_string(),
             serde_json::to_string(&steps).map_err(|e| candle_core::Error::Msg(e.to_string()))?,
@@ -694,11 +630,11 @@ impl Optimizer {
             bail!("{}: not a recap optimizer state", at());
         }
         let kind = meta.get("kind").cloned().unwrap_or_default();
-        if kind != self.config.kind() {
+        if kind != kind_name(&self.config) {
             bail!(
                 "{}: saved by a `{kind}` optimizer, this run uses `{}`",
                 at(),
-                self.config.kind()
+                kind_name(&self.config)
             );
         }
         let steps: HashMap<String, u64> = serde_json::from_str(meta.get("steps").map_or("", |s| s))
@@ -781,8 +717,8 @@ mod tests {
             .unwrap()
     }
 
-    fn adamw(lr: f64, weight_decay: f64) -> OptimizerConfig {
-        OptimizerConfig::Adamw {
+    fn adamw(lr: f64, weight_decay: f64) -> PlanOptimizer {
+        PlanOptimizer::Adamw {
             lr,
             beta1: 0.9,
             beta2: 0.999,
@@ -794,7 +730,7 @@ mod tests {
     #[test]
     fn adamw_two_steps_by_hand() {
         let w = var(&[1.0, -2.0]);
-        let mut opt = Optimizer::new(adamw(0.1, 0.01), vec![("w".into(), w.clone())]).unwrap();
+        let mut opt = Optimizer::new(&adamw(0.1, 0.01), vec![("w".into(), w.clone())]).unwrap();
         let (g1, g2) = ([0.5f64, -0.1], [0.2f64, 0.3]);
         let mut p = [1.0f64, -2.0];
         let (mut m, mut v) = ([0.0f64; 2], [0.0f64; 2]);
@@ -846,7 +782,7 @@ mod tests {
             )
             .unwrap();
             let mut opt = Optimizer::new(
-                adamw(0.01, 0.1),
+                &adamw(0.01, 0.1),
                 vec![("w".into(), w.clone()), ("h".into(), h.clone())],
             )
             .unwrap();
@@ -874,14 +810,12 @@ mod tests {
     fn sgd_momentum_and_parameters_without_gradients() {
         let a = var(&[1.0]);
         let b = var(&[5.0]);
-        let cfg = OptimizerConfig::Sgd {
+        let cfg = PlanOptimizer::Sgd {
             lr: 0.1,
             momentum: 0.9,
-            nesterov: false,
-            weight_decay: 0.0,
         };
         let mut opt =
-            Optimizer::new(cfg, vec![("a".into(), a.clone()), ("b".into(), b.clone())]).unwrap();
+            Optimizer::new(&cfg, vec![("a".into(), a.clone()), ("b".into(), b.clone())]).unwrap();
         // Only `a` is in the loss, so `b` gets no gradient and must not move.
         let g = grads_for(&opt, &[&a], &[&[2.0]]);
         assert_eq!(g.count(), 1);
@@ -893,19 +827,6 @@ mod tests {
         // buf = 0.9 * 2 + 1 = 2.8; a = 0.8 - 0.28.
         assert!((values(&a)[0] - 0.52).abs() < 1e-6);
         assert_eq!(values(&b), vec![5.0]);
-        // Nesterov: d = g + momentum * buf.
-        let c = var(&[0.0]);
-        let cfg = OptimizerConfig::Sgd {
-            lr: 1.0,
-            momentum: 0.5,
-            nesterov: true,
-            weight_decay: 0.1,
-        };
-        let mut opt = Optimizer::new(cfg, vec![("c".into(), c.clone())]).unwrap();
-        let g = grads_for(&opt, &[&c], &[&[1.0]]);
-        opt.step(&g, 1.0).unwrap();
-        // g = 1 + 0.1 * 0 = 1, buf = 1, d = 1 + 0.5 = 1.5.
-        assert!((values(&c)[0] + 1.5).abs() < 1e-7);
     }
 
     #[test]
@@ -917,13 +838,11 @@ mod tests {
                 .unwrap(),
         )
         .unwrap();
-        let cfg = OptimizerConfig::Sgd {
+        let cfg = PlanOptimizer::Sgd {
             lr: 1e-4,
             momentum: 0.0,
-            nesterov: false,
-            weight_decay: 0.0,
         };
-        let mut opt = Optimizer::new(cfg, vec![("w".into(), w.clone())]).unwrap();
+        let mut opt = Optimizer::new(&cfg, vec![("w".into(), w.clone())]).unwrap();
         for _ in 0..100 {
             let g = grads_for(&opt, &[&w], &[&[1.0]]);
             opt.step(&g, 1e-4).unwrap();
@@ -939,7 +858,7 @@ mod tests {
         let a = var(&[0.0, 0.0]);
         let b = var(&[0.0]);
         let opt = Optimizer::new(
-            adamw(0.1, 0.0),
+            &adamw(0.1, 0.0),
             vec![("a".into(), a.clone()), ("b".into(), b.clone())],
         )
         .unwrap();
@@ -972,7 +891,7 @@ mod tests {
     #[test]
     fn accumulation_sums_and_means() {
         let a = var(&[0.0, 0.0]);
-        let opt = Optimizer::new(adamw(0.1, 0.0), vec![("a".into(), a.clone())]).unwrap();
+        let opt = Optimizer::new(&adamw(0.1, 0.0), vec![("a".into(), a.clone())]).unwrap();
         let mut acc = GradAccumulator::new();
         acc.add(grads_for(&opt, &[&a], &[&[1.0, 2.0]])).unwrap();
         acc.add(grads_for(&opt, &[&a], &[&[3.0, -2.0]])).unwrap();
@@ -1011,7 +930,7 @@ mod tests {
             )
             .unwrap();
             let opt = Optimizer::new(
-                adamw(0.01, 0.1),
+                &adamw(0.01, 0.1),
                 vec![("w".into(), w.clone()), ("h".into(), h.clone())],
             )
             .unwrap();
@@ -1044,23 +963,21 @@ mod tests {
         assert_eq!(values(&ha), values(&hb));
 
         // Loading into another optimizer kind or parameter set fails with the file named.
-        let sgd = OptimizerConfig::Sgd {
+        let sgd = PlanOptimizer::Sgd {
             lr: 0.1,
             momentum: 0.0,
-            nesterov: false,
-            weight_decay: 0.0,
         };
-        let mut other = Optimizer::new(sgd, vec![("w".into(), var(&[0.0; 3]))]).unwrap();
+        let mut other = Optimizer::new(&sgd, vec![("w".into(), var(&[0.0; 3]))]).unwrap();
         let e = other.load(&path).unwrap_err().to_string();
         assert!(
             e.contains("optimizer.safetensors") && e.contains("adamw"),
             "{e}"
         );
         let mut renamed =
-            Optimizer::new(adamw(0.1, 0.0), vec![("x".into(), var(&[0.0; 3]))]).unwrap();
+            Optimizer::new(&adamw(0.1, 0.0), vec![("x".into(), var(&[0.0; 3]))]).unwrap();
         assert!(renamed.load(&path).is_err());
         let mut reshaped = Optimizer::new(
-            adamw(0.1, 0.0),
+            &adamw(0.1, 0.0),
             vec![("w".into(), var(&[0.0; 2])), ("h".into(), var(&[0.0]))],
         )
         .unwrap();
@@ -1069,9 +986,9 @@ mod tests {
 
     #[test]
     fn bad_configs_are_errors() {
-        assert!(Optimizer::new(adamw(-1.0, 0.0), vec![]).is_err());
+        assert!(Optimizer::new(&adamw(-1.0, 0.0), vec![]).is_err());
         assert!(Optimizer::new(
-            OptimizerConfig::Adamw {
+            &PlanOptimizer::Adamw {
                 lr: 0.1,
                 beta1: 1.0,
                 beta2: 0.999,
@@ -1083,13 +1000,18 @@ mod tests {
         .is_err());
         let v = var(&[0.0]);
         assert!(Optimizer::new(
-            adamw(0.1, 0.0),
+            &adamw(0.1, 0.0),
             vec![("w".into(), v.clone()), ("w".into(), v)]
         )
         .is_err());
-        let cfg: OptimizerConfig =
-            serde_json::from_str(r#"{"kind": "adamw", "lr": 1e-6}"#).unwrap();
-        assert_eq!(cfg, adamw(1e-6, 0.0));
+        assert!(Optimizer::new(
+            &PlanOptimizer::Sgd {
+                lr: 0.1,
+                momentum: f64::NAN
+            },
+            vec![]
+        )
+        .is_err());
     }
 }
 
@@ -1114,7 +1036,7 @@ mod bench {
             .collect();
         for fused in [true, false] {
             let mut opt = Optimizer::new(
-                OptimizerConfig::Adamw {
+                &PlanOptimizer::Adamw {
                     lr: 1e-4,
                     beta1: 0.9,
                     beta2: 0.999,

@@ -13,8 +13,9 @@
 //! histories and log the same `c` and `i` (over a window of [`BASELINE_WINDOW`]) so runs
 //! compare line by line. Weights are plain numbers: no gradient flows through them.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
+use recap_plan::{RecapCombine, RecapDirection, Reweight};
 use serde::{Deserialize, Serialize};
 
 use super::rng::{HostRng, RngState};
@@ -40,98 +41,8 @@ pub struct ObjectiveKey {
     /// The data source whose draws feed this key.
     pub source: String,
     pub kind: KeyKind,
-}
-
-/// How RECAP combines the two softmaxes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Combine {
-    /// `K * (alpha * softmax(c/T) + (1 - alpha) * softmax(i/T))` (the authors' code).
-    #[default]
-    Mixture,
-    /// `K * softmax((alpha * c + (1 - alpha) * i) / T)` (the paper's Eq. 1).
-    Sum,
-}
-
-/// Which way RECAP reads the convergence ratio.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// c > 1 means the key got worse (reward fell, loss rose).
-    #[default]
-    Regress,
-    /// `c = mean(old) / mean(new)` for every key, as the paper writes it.
-    Paper,
-}
-
-fn default_window() -> usize {
-    10
-}
-fn default_recap_temperature() -> f64 {
-    5.0
-}
-fn default_alpha() -> f64 {
-    0.5
-}
-fn default_dwa_temperature() -> f64 {
-    2.0
-}
-
-/// A reweighting policy and its options.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ReweightConfig {
-    Recap {
-        #[serde(default = "default_window")]
-        window: usize,
-        #[serde(default = "default_recap_temperature")]
-        temperature: f64,
-        #[serde(default = "default_alpha")]
-        alpha: f64,
-        #[serde(default)]
-        combine: Combine,
-        #[serde(default)]
-        direction: Direction,
-        /// All lambda = 1 for the first `warmup` updates (the paper's Algorithm 1 uses 2W).
-        #[serde(default)]
-        warmup: u64,
-    },
-    Uniform,
-    /// Fixed weights by key name; keys not named keep 1.
-    Static {
-        weights: BTreeMap<String, f64>,
-    },
-    /// Dynamic Weight Average: `lambda = K * softmax(r/T)` with `r` the ratio of a key's last
-    /// two scalars (oriented like RECAP's `c`); all 1 for the first two updates.
-    Dwa {
-        #[serde(default = "default_dwa_temperature")]
-        temperature: f64,
-    },
-    /// Random Loss Weighting: `lambda = K * softmax(z)`, `z ~ N(0, I)` redrawn every update.
-    Rlw {
-        seed: u64,
-    },
-}
-
-impl ReweightConfig {
-    /// The `recap` policy with the defaults of RECAP.md.
-    pub fn recap_default() -> Self {
-        ReweightConfig::Recap {
-            window: default_window(),
-            temperature: default_recap_temperature(),
-            alpha: default_alpha(),
-            combine: Combine::Mixture,
-            direction: Direction::Regress,
-            warmup: 0,
-        }
-    }
-
-    fn window(&self) -> usize {
-        match self {
-            ReweightConfig::Recap { window, .. } => *window,
-            _ => BASELINE_WINDOW,
-        }
-    }
+    /// The objective the key belongs to, which `static` weights may name.
+    pub objective: String,
 }
 
 /// An error in the reweighter's configuration or in what it was fed.
@@ -188,8 +99,11 @@ pub struct ReweighterState {
 /// A reweighting policy over a fixed list of objective keys.
 #[derive(Debug, Clone)]
 pub struct Reweighter {
-    config: ReweightConfig,
+    config: Reweight,
     keys: Vec<ObjectiveKey>,
+    /// Under `static`, each key's fixed weight (1 where the plan names neither the key nor its
+    /// objective); empty otherwise.
+    fixed: Vec<f64>,
     updates: u64,
     histories: Vec<VecDeque<f64>>,
     rng: Option<HostRng>,
@@ -211,7 +125,7 @@ fn scatter(lambda: &mut [f64], seen: &[usize], values: Vec<f64>) {
 }
 
 /// RECAP's `(c, i)` of one history under a direction.
-pub fn signals(history: &[f64], kind: KeyKind, direction: Direction) -> (f64, f64) {
+pub fn signals(history: &[f64], kind: KeyKind, direction: RecapDirection) -> (f64, f64) {
     let n = history.len();
     if n < 2 {
         return (1.0, 0.0);
@@ -221,16 +135,28 @@ pub fn signals(history: &[f64], kind: KeyKind, direction: Direction) -> (f64, f6
     let (old, new) = used.split_at(m);
     let (so, sn): (f64, f64) = (old.iter().sum(), new.iter().sum());
     let c = match (direction, kind) {
-        (Direction::Regress, KeyKind::Sft) => sn / (so + SIGNAL_EPS),
-        (Direction::Regress, KeyKind::Rl) | (Direction::Paper, _) => so / (sn + SIGNAL_EPS),
+        (RecapDirection::Regress, KeyKind::Sft) => sn / (so + SIGNAL_EPS),
+        (RecapDirection::Regress, KeyKind::Rl) | (RecapDirection::Paper, _) => {
+            so / (sn + SIGNAL_EPS)
+        }
     };
     let mean = used.iter().sum::<f64>() / used.len() as f64;
     let var = used.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / used.len() as f64;
     (c, var.sqrt() / (mean + SIGNAL_EPS))
 }
 
+/// The window W of the histories: `recap`'s own, [`BASELINE_WINDOW`] for the baselines.
+fn window(config: &Reweight) -> usize {
+    match config {
+        Reweight::Recap { window, .. } => *window as usize,
+        _ => BASELINE_WINDOW,
+    }
+}
+
 impl Reweighter {
-    pub fn new(config: ReweightConfig, keys: Vec<ObjectiveKey>) -> Result<Self, ReweightError> {
+    /// A reweighter of `keys` under the plan's policy. `static` weights name objectives (the
+    /// weight applies to every key on the objective's source) or keys.
+    pub fn new(config: &Reweight, keys: Vec<ObjectiveKey>) -> Result<Self, ReweightError> {
         if keys.is_empty() {
             return err("needs at least one objective key");
         }
@@ -239,8 +165,9 @@ impl Reweighter {
                 return err(format!("objective key `{}` appears twice", k.name));
             }
         }
-        match &config {
-            ReweightConfig::Recap {
+        let mut fixed = Vec::new();
+        match config {
+            Reweight::Recap {
                 window,
                 temperature,
                 alpha,
@@ -256,35 +183,59 @@ impl Reweighter {
                     return err(format!("recap: alpha must be in [0, 1], got {alpha}"));
                 }
             }
-            ReweightConfig::Dwa { temperature } => {
+            Reweight::Dwa { temperature } => {
                 if !(temperature.is_finite() && *temperature > 0.0) {
                     return err(format!("dwa: temperature must be > 0, got {temperature}"));
                 }
             }
-            ReweightConfig::Static { weights } => {
+            Reweight::Static { weights } => {
+                fixed = vec![1.0; keys.len()];
                 for (name, w) in weights {
-                    if !keys.iter().any(|k| &k.name == name) {
+                    // An objective's weight applies to each key on its source; a name that is
+                    // not an objective's is taken as a key's.
+                    let sources: Vec<&str> = keys
+                        .iter()
+                        .filter(|k| k.objective == name.as_str())
+                        .map(|k| k.source.as_str())
+                        .collect();
+                    let named = |k: &ObjectiveKey| {
+                        if sources.is_empty() {
+                            k.name == name.as_str()
+                        } else {
+                            sources.contains(&k.source.as_str())
+                        }
+                    };
+                    if sources.is_empty() && !keys.iter().any(named) {
                         let known: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
                         return err(format!(
                             "static: unknown objective key `{name}` (keys: {})",
                             known.join(", ")
                         ));
                     }
-                    if !(w.is_finite() && *w >= 0.0) {
-                        return err(format!("static: weight of `{name}` must be >= 0, got {w}"));
+                    for (k, slot) in keys.iter().zip(fixed.iter_mut()) {
+                        if named(k) {
+                            if !(w.is_finite() && *w >= 0.0) {
+                                return err(format!(
+                                    "static: weight of `{}` must be >= 0, got {w}",
+                                    k.name
+                                ));
+                            }
+                            *slot = *w;
+                        }
                     }
                 }
             }
-            ReweightConfig::Uniform | ReweightConfig::Rlw { .. } => {}
+            Reweight::Uniform | Reweight::Rlw { .. } => {}
         }
-        let rng = match &config {
-            ReweightConfig::Rlw { seed } => Some(HostRng::new(*seed)),
+        let rng = match config {
+            Reweight::Rlw { seed } => Some(HostRng::new(*seed)),
             _ => None,
         };
-        let histories = vec![VecDeque::with_capacity(2 * config.window()); keys.len()];
+        let histories = vec![VecDeque::with_capacity(2 * window(config)); keys.len()];
         Ok(Reweighter {
-            config,
+            config: config.clone(),
             keys,
+            fixed,
             updates: 0,
             histories,
             rng,
@@ -295,8 +246,14 @@ impl Reweighter {
         &self.keys
     }
 
-    pub fn config(&self) -> &ReweightConfig {
-        &self.config
+    /// The weights before any update: 1, except under `static`, whose weights hold from the
+    /// start.
+    pub fn initial_lambdas(&self) -> Vec<f64> {
+        if self.fixed.is_empty() {
+            vec![1.0; self.keys.len()]
+        } else {
+            self.fixed.clone()
+        }
     }
 
     /// One update: pushes `scalars` (key name, value) for keys whose source is in `drawn`, then
@@ -328,7 +285,7 @@ impl Reweighter {
             }
             pushed[idx] = Some(value);
         }
-        let cap = 2 * self.config.window();
+        let cap = 2 * window(&self.config);
         for (h, v) in self.histories.iter_mut().zip(&pushed) {
             if let Some(v) = v {
                 if h.len() == cap {
@@ -343,8 +300,8 @@ impl Reweighter {
 
     fn snapshot_with(&mut self, pushed: Vec<Option<f64>>) -> WeightSnapshot {
         let direction = match &self.config {
-            ReweightConfig::Recap { direction, .. } => *direction,
-            _ => Direction::Regress,
+            Reweight::Recap { direction, .. } => *direction,
+            _ => RecapDirection::Regress,
         };
         let ci: Vec<(f64, f64)> = self
             .histories
@@ -358,17 +315,20 @@ impl Reweighter {
         let k = seen.len() as f64;
         let mut lambda = vec![1.0; self.keys.len()];
         match &self.config {
-            ReweightConfig::Recap {
+            Reweight::Recap {
+                window,
                 temperature,
                 alpha,
                 combine,
                 warmup,
                 ..
             } => {
-                if self.updates > *warmup && !seen.is_empty() {
+                // The paper's Algorithm 1 holds every lambda at 1 for the first 2W updates.
+                let warmup_updates = if *warmup { 2 * *window } else { 0 };
+                if self.updates > warmup_updates && !seen.is_empty() {
                     let t = *temperature;
                     match combine {
-                        Combine::Mixture => {
+                        RecapCombine::Mixture => {
                             let sc =
                                 k_softmax(&seen.iter().map(|&i| ci[i].0 / t).collect::<Vec<_>>());
                             let si =
@@ -382,7 +342,7 @@ impl Reweighter {
                                     .collect(),
                             );
                         }
-                        Combine::Sum => scatter(
+                        RecapCombine::Sum => scatter(
                             &mut lambda,
                             &seen,
                             k_softmax(
@@ -395,15 +355,9 @@ impl Reweighter {
                     }
                 }
             }
-            ReweightConfig::Uniform => {}
-            ReweightConfig::Static { weights } => {
-                for (idx, key) in self.keys.iter().enumerate() {
-                    if let Some(w) = weights.get(&key.name) {
-                        lambda[idx] = *w;
-                    }
-                }
-            }
-            ReweightConfig::Dwa { temperature } => {
+            Reweight::Uniform => {}
+            Reweight::Static { .. } => lambda.clone_from(&self.fixed),
+            Reweight::Dwa { temperature } => {
                 if self.updates > 2 && !seen.is_empty() {
                     let r: Vec<f64> = seen
                         .iter()
@@ -425,7 +379,7 @@ impl Reweighter {
                     scatter(&mut lambda, &seen, k_softmax(&r));
                 }
             }
-            ReweightConfig::Rlw { .. } => {
+            Reweight::Rlw { .. } => {
                 let rng = self.rng.as_mut().expect("rlw has an rng from new()");
                 let z: Vec<f64> = seen.iter().map(|_| rng.normal()).collect();
                 if !z.is_empty() {
@@ -472,7 +426,7 @@ impl Reweighter {
                 self.keys.len()
             ));
         }
-        let cap = 2 * self.config.window();
+        let cap = 2 * window(&self.config);
         if let Some(h) = state.histories.iter().find(|h| h.len() > cap) {
             return err(format!(
                 "checkpoint history of {} entries exceeds this run's 2W = {cap}",
@@ -480,10 +434,10 @@ impl Reweighter {
             ));
         }
         self.rng = match (&self.config, state.rng) {
-            (ReweightConfig::Rlw { .. }, Some(s)) => {
+            (Reweight::Rlw { .. }, Some(s)) => {
                 Some(HostRng::from_state(&s).map_err(ReweightError)?)
             }
-            (ReweightConfig::Rlw { .. }, None) => {
+            (Reweight::Rlw { .. }, None) => {
                 return err("checkpoint of an rlw reweighter has no RNG state")
             }
             _ => None,
@@ -497,27 +451,48 @@ impl Reweighter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use recap_plan::Name;
+    use std::collections::BTreeMap;
+    use RecapCombine::{Mixture, Sum};
+    use RecapDirection::{Paper, Regress};
 
     fn close(a: f64, b: f64) {
         assert!((a - b).abs() < 1e-12, "{a} vs {b}");
     }
 
     fn keys() -> Vec<ObjectiveKey> {
-        let k = |name: &str, source: &str, kind| ObjectiveKey {
+        let k = |name: &str, source: &str, kind, objective: &str| ObjectiveKey {
             name: name.into(),
             source: source.into(),
             kind,
+            objective: objective.into(),
         };
         vec![
-            k("math.acc", "math", KeyKind::Rl),
-            k("math.fmt", "math", KeyKind::Rl),
-            k("general", "general", KeyKind::Sft),
+            k("math.acc", "math", KeyKind::Rl, "reasoning"),
+            k("math.fmt", "math", KeyKind::Rl, "reasoning"),
+            k("general", "general", KeyKind::Sft, "replay"),
         ]
     }
 
-    fn recap(window: usize, warmup: u64, combine: Combine, direction: Direction) -> Reweighter {
+    fn recap_config(window: u64, warmup: bool) -> Reweight {
+        Reweight::Recap {
+            window,
+            temperature: 5.0,
+            alpha: 0.5,
+            combine: Mixture,
+            direction: Regress,
+            warmup,
+        }
+    }
+
+    fn recap(
+        window: u64,
+        warmup: bool,
+        combine: RecapCombine,
+        direction: RecapDirection,
+    ) -> Reweighter {
         Reweighter::new(
-            ReweightConfig::Recap {
+            &Reweight::Recap {
                 window,
                 temperature: 5.0,
                 alpha: 0.5,
@@ -538,33 +513,30 @@ mod tests {
     fn signals_by_hand() {
         // Old [0.2, 0.4], new [0.6, 0.8]: reward rose, so c = 0.6 / 1.4 < 1. Mean 0.5,
         // population variance (0.09 + 0.01 + 0.01 + 0.09) / 4 = 0.05.
-        let (c, i) = signals(&[0.2, 0.4, 0.6, 0.8], KeyKind::Rl, Direction::Regress);
+        let (c, i) = signals(&[0.2, 0.4, 0.6, 0.8], KeyKind::Rl, Regress);
         close(c, 0.6 / (1.4 + SIGNAL_EPS));
         close(i, 0.05f64.sqrt() / 0.5);
         // An odd length uses the newest 2m entries only.
         assert_eq!(
-            signals(&[9.0, 0.2, 0.4, 0.6, 0.8], KeyKind::Rl, Direction::Regress),
+            signals(&[9.0, 0.2, 0.4, 0.6, 0.8], KeyKind::Rl, Regress),
             (c, i)
         );
         // SFT: a loss that rose from [1, 1] to [2, 2] regresses, c = 4 / 2.
-        let (c, i) = signals(&[1.0, 1.0, 2.0, 2.0], KeyKind::Sft, Direction::Regress);
+        let (c, i) = signals(&[1.0, 1.0, 2.0, 2.0], KeyKind::Sft, Regress);
         close(c, 2.0);
         close(i, 0.5 / 1.5);
         // The paper's direction reads every key like a reward: mean(old) / mean(new).
-        let (c, _) = signals(&[1.0, 1.0, 2.0, 2.0], KeyKind::Sft, Direction::Paper);
+        let (c, _) = signals(&[1.0, 1.0, 2.0, 2.0], KeyKind::Sft, Paper);
         close(c, 0.5);
-        assert_eq!(
-            signals(&[3.0], KeyKind::Sft, Direction::Regress),
-            (1.0, 0.0)
-        );
-        assert_eq!(signals(&[], KeyKind::Rl, Direction::Regress), (1.0, 0.0));
+        assert_eq!(signals(&[3.0], KeyKind::Sft, Regress), (1.0, 0.0));
+        assert_eq!(signals(&[], KeyKind::Rl, Regress), (1.0, 0.0));
     }
 
     /// A fixed history over two sources, checked against RECAP.md's formulas step by step,
     /// including K = keys seen so far and pushes only on steps that drew the source.
     #[test]
     fn recap_weights_on_a_fixed_history() {
-        let mut rw = recap(2, 0, Combine::Mixture, Direction::Regress);
+        let mut rw = recap(2, false, Mixture, Regress);
         // Step 1 draws math: two keys seen, both with one entry, so c = 1, i = 0, lambda = 1.
         let s1 = rw
             .update(&["math"], &[("math.acc", 0.5), ("math.fmt", 1.0)])
@@ -625,7 +597,7 @@ mod tests {
             rw.update(&["general"], &[("general", 3.0)]).unwrap()
         };
         // combine = sum: K * softmax((alpha c + (1 - alpha) i) / T).
-        let s = feed(&mut recap(10, 0, Combine::Sum, Direction::Regress));
+        let s = feed(&mut recap(10, false, Sum, Regress));
         let z: Vec<f64> = s
             .keys
             .iter()
@@ -639,28 +611,28 @@ mod tests {
         // general [2, 3]: loss rose, c = 1.5, i = 0.5 / 2.5.
         close(s.keys[2].c, 3.0 / (2.0 + SIGNAL_EPS));
         close(s.keys[2].i, 0.5 / (2.5 + SIGNAL_EPS));
-        // Warm-up: lambda = 1 during the first 3 updates, the ordinary weights on the 4th.
-        let mut warm = recap(10, 3, Combine::Mixture, Direction::Regress);
-        let mut plain = recap(10, 0, Combine::Mixture, Direction::Regress);
-        let warm_s = feed(&mut warm);
-        let plain_s = feed(&mut plain);
-        assert_eq!(lambdas(&warm_s), lambdas(&plain_s));
-        let mut warm4 = recap(10, 4, Combine::Mixture, Direction::Regress);
-        let w4 = feed(&mut warm4);
-        assert_eq!(lambdas(&w4), vec![1.0; 3]);
+        // Warm-up: lambda = 1 during the first 2W updates, the ordinary weights after: with
+        // W = 1 the 4th update has them, with W = 2 it is the last of the warm-up.
+        let warm1 = feed(&mut recap(1, true, Mixture, Regress));
+        let plain1 = feed(&mut recap(1, false, Mixture, Regress));
+        assert_eq!(lambdas(&warm1), lambdas(&plain1));
+        let warm2 = feed(&mut recap(2, true, Mixture, Regress));
+        let plain2 = feed(&mut recap(2, false, Mixture, Regress));
+        assert_eq!(lambdas(&warm2), vec![1.0; 3]);
+        assert_ne!(lambdas(&plain2), vec![1.0; 3]);
         assert_eq!(
-            w4.keys[2].c, plain_s.keys[2].c,
+            warm2.keys[2].c, plain2.keys[2].c,
             "signals are still logged in warm-up"
         );
         // A huge temperature flattens the weights.
         let mut flat = Reweighter::new(
-            ReweightConfig::Recap {
+            &Reweight::Recap {
                 window: 10,
                 temperature: 1e9,
                 alpha: 0.5,
-                combine: Combine::Mixture,
-                direction: Direction::Regress,
-                warmup: 0,
+                combine: Mixture,
+                direction: Regress,
+                warmup: false,
             },
             keys(),
         )
@@ -672,7 +644,7 @@ mod tests {
 
     #[test]
     fn bad_feeds_and_configs_are_errors() {
-        let mut rw = recap(10, 0, Combine::Mixture, Direction::Regress);
+        let mut rw = recap(10, false, Mixture, Regress);
         let e = rw.update(&["math"], &[("general", 1.0)]).unwrap_err();
         assert!(e.to_string().contains("not drawn"), "{e}");
         assert!(rw.update(&["math"], &[("nope", 1.0)]).is_err());
@@ -683,48 +655,62 @@ mod tests {
         // A drawn key without a scalar is simply not pushed.
         let s = rw.update(&["math"], &[("math.fmt", 1.0)]).unwrap();
         assert_eq!((s.keys[0].history, s.keys[1].history, s.seen), (0, 1, 1));
-        assert!(Reweighter::new(ReweightConfig::Uniform, vec![]).is_err());
+        assert!(Reweighter::new(&Reweight::Uniform, vec![]).is_err());
         let mut dup = keys();
         dup[1].name = "math.acc".into();
-        assert!(Reweighter::new(ReweightConfig::Uniform, dup).is_err());
-        assert!(Reweighter::new(
-            ReweightConfig::Static {
-                weights: BTreeMap::from([("mathacc".to_string(), 1.0)])
-            },
-            keys()
-        )
-        .is_err());
-        assert!(Reweighter::new(ReweightConfig::Dwa { temperature: 0.0 }, keys()).is_err());
-        let mut cfg = ReweightConfig::recap_default();
-        if let ReweightConfig::Recap { alpha, .. } = &mut cfg {
+        assert!(Reweighter::new(&Reweight::Uniform, dup).is_err());
+        let weights = |name: &str, w: f64| Reweight::Static {
+            weights: BTreeMap::from([(Name::from(name), w)]),
+        };
+        let e = Reweighter::new(&weights("mathacc", 1.0), keys()).unwrap_err();
+        assert!(
+            e.to_string().contains("unknown objective key `mathacc`"),
+            "{e}"
+        );
+        let e = Reweighter::new(&weights("reasoning", -1.0), keys()).unwrap_err();
+        assert!(e.to_string().contains("weight of `math.acc`"), "{e}");
+        assert!(Reweighter::new(&Reweight::Dwa { temperature: 0.0 }, keys()).is_err());
+        let mut cfg = recap_config(10, false);
+        if let Reweight::Recap { alpha, .. } = &mut cfg {
             *alpha = 1.5;
         }
-        assert!(Reweighter::new(cfg, keys()).is_err());
+        assert!(Reweighter::new(&cfg, keys()).is_err());
     }
 
     #[test]
     fn uniform_and_static_log_signals_too() {
-        let mut u = Reweighter::new(ReweightConfig::Uniform, keys()).unwrap();
+        let mut u = Reweighter::new(&Reweight::Uniform, keys()).unwrap();
+        assert_eq!(u.initial_lambdas(), vec![1.0; 3]);
         u.update(&["general"], &[("general", 1.0)]).unwrap();
         let s = u.update(&["general"], &[("general", 2.0)]).unwrap();
         assert_eq!(lambdas(&s), vec![1.0; 3]);
         close(s.keys[2].c, 2.0 / (1.0 + SIGNAL_EPS));
         let mut st = Reweighter::new(
-            ReweightConfig::Static {
-                weights: BTreeMap::from([("math.fmt".to_string(), 0.1)]),
+            &Reweight::Static {
+                weights: BTreeMap::from([("math.fmt".into(), 0.1)]),
             },
             keys(),
         )
         .unwrap();
+        assert_eq!(st.initial_lambdas(), vec![1.0, 0.1, 1.0]);
         let s = st
             .update(&["math"], &[("math.acc", 1.0), ("math.fmt", 1.0)])
             .unwrap();
         assert_eq!(lambdas(&s), vec![1.0, 0.1, 1.0]);
+        // An objective's weight applies to each key on its source; a key's name is taken as is.
+        let by_objective = Reweighter::new(
+            &Reweight::Static {
+                weights: BTreeMap::from([("reasoning".into(), 2.0), ("general".into(), 0.5)]),
+            },
+            keys(),
+        )
+        .unwrap();
+        assert_eq!(by_objective.initial_lambdas(), vec![2.0, 2.0, 0.5]);
     }
 
     #[test]
     fn dwa_by_hand() {
-        let mut d = Reweighter::new(ReweightConfig::Dwa { temperature: 2.0 }, keys()).unwrap();
+        let mut d = Reweighter::new(&Reweight::Dwa { temperature: 2.0 }, keys()).unwrap();
         let s1 = d
             .update(&["math"], &[("math.acc", 0.5), ("math.fmt", 1.0)])
             .unwrap();
@@ -752,9 +738,9 @@ mod tests {
 
     #[test]
     fn rlw_is_seeded_and_resumes_exactly() {
-        let cfg = ReweightConfig::Rlw { seed: 42 };
-        let mut a = Reweighter::new(cfg.clone(), keys()).unwrap();
-        let mut b = Reweighter::new(cfg, keys()).unwrap();
+        let cfg = Reweight::Rlw { seed: 42 };
+        let mut a = Reweighter::new(&cfg, keys()).unwrap();
+        let mut b = Reweighter::new(&cfg, keys()).unwrap();
         let feed = |rw: &mut Reweighter, step: usize| {
             if step & 1 == 0 {
                 rw.update(&["math"], &[("math.acc", 0.5), ("math.fmt", 1.0)])
@@ -769,7 +755,7 @@ mod tests {
         assert_eq!(s0.keys[2].lambda, 1.0);
         close((s0.keys[0].lambda + s0.keys[1].lambda) / 2.0, 1.0);
         assert_ne!(s0.keys[0].lambda, s0.keys[1].lambda);
-        let mut other = Reweighter::new(ReweightConfig::Rlw { seed: 7 }, keys()).unwrap();
+        let mut other = Reweighter::new(&Reweight::Rlw { seed: 7 }, keys()).unwrap();
         assert_ne!(lambdas(&feed(&mut other, 0)), lambdas(&s0));
 
         // Save after 3 steps, restore into a fresh reweighter, and continue side by side.
@@ -777,7 +763,7 @@ mod tests {
             feed(&mut a, step);
         }
         let json = serde_json::to_string(&a.state()).unwrap();
-        let mut resumed = Reweighter::new(ReweightConfig::Rlw { seed: 42 }, keys()).unwrap();
+        let mut resumed = Reweighter::new(&Reweight::Rlw { seed: 42 }, keys()).unwrap();
         resumed
             .restore(serde_json::from_str(&json).unwrap())
             .unwrap();
@@ -788,7 +774,7 @@ mod tests {
 
     #[test]
     fn recap_state_round_trips_and_restore_checks_shape() {
-        let mut a = recap(2, 0, Combine::Mixture, Direction::Regress);
+        let mut a = recap(2, false, Mixture, Regress);
         let seq: Vec<(&str, Vec<(&str, f64)>)> = vec![
             ("math", vec![("math.acc", 0.5), ("math.fmt", 1.0)]),
             ("general", vec![("general", 2.0)]),
@@ -801,32 +787,18 @@ mod tests {
             a.update(&[src], sc).unwrap();
         }
         let json = serde_json::to_string(&a.state()).unwrap();
-        let mut b = recap(2, 0, Combine::Mixture, Direction::Regress);
+        let mut b = recap(2, false, Mixture, Regress);
         b.restore(serde_json::from_str(&json).unwrap()).unwrap();
         for (src, sc) in &seq[3..] {
             assert_eq!(a.update(&[src], sc).unwrap(), b.update(&[src], sc).unwrap());
         }
-        let mut fewer =
-            Reweighter::new(ReweightConfig::recap_default(), keys()[..2].to_vec()).unwrap();
+        let mut fewer = Reweighter::new(&recap_config(10, false), keys()[..2].to_vec()).unwrap();
         assert!(fewer.restore(a.state()).is_err());
-        let mut big = recap(10, 0, Combine::Mixture, Direction::Regress);
+        let mut big = recap(10, false, Mixture, Regress);
         for v in 0..12 {
             big.update(&["general"], &[("general", v as f64)]).unwrap();
         }
-        let mut small = recap(2, 0, Combine::Mixture, Direction::Regress);
+        let mut small = recap(2, false, Mixture, Regress);
         assert!(small.restore(big.state()).is_err());
-        let cfg: ReweightConfig =
-            serde_json::from_str(r#"{"kind": "recap", "window": 5}"#).unwrap();
-        assert_eq!(
-            cfg,
-            ReweightConfig::Recap {
-                window: 5,
-                temperature: 5.0,
-                alpha: 0.5,
-                combine: Combine::Mixture,
-                direction: Direction::Regress,
-                warmup: 0
-            }
-        );
     }
 }

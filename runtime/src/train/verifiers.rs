@@ -1,22 +1,25 @@
 //! Reward verifiers: take a sample (prompt, completion, the source row's fields) and give an
 //! [`Outcome`]: a score, or "not applicable" with the reason (never a silent 0).
 //!
-//! A verifier is built once from a serde [`VerifierConfig`] (regexes compiled, options checked)
-//! and then called per sample. Its optional extractor chain (`tag("answer")`, `after("####")`,
-//! `last_number`, ...) runs on the completion first; a completion the chain cannot extract from
-//! scores 0, because the model failed to produce the required form. A sample whose reference
-//! field is missing or malformed is `NotApplicable`, because no score would be honest.
-//! [`score_batch`] runs a set of verifiers over a batch and catches panics per call, turning
-//! each into a [`VerifierFailure`] that names the verifier and the sample, so one bad call does
-//! not kill the run.
+//! A verifier is built once from the plan's [`recap_plan::Verifier`] (regexes compiled, options
+//! checked) and then called per sample. The plan's extractor chain (`tag("answer")`,
+//! `after("####")`, `last_number`, ...) runs on the completion first; a completion the chain
+//! cannot extract from scores 0, because the model failed to produce the required form, as in
+//! TRL's reward functions. A sample whose reference field is missing or malformed is
+//! `NotApplicable`, because no score would be honest. [`score_batch`] runs a set of verifiers
+//! over a batch and catches panics per call, turning each into a [`VerifierFailure`] that names
+//! the verifier and the sample, so one bad call does not kill the run.
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
+use recap_plan::{ExtractStep, Extractor, VerifierSpec};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+use super::math::math_equal;
 
 /// The result of one verifier call on one sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,168 +55,54 @@ pub struct Sample<'a> {
     pub completion_tokens: Option<usize>,
 }
 
-/// A step that takes text and gives the part of it a verifier should judge, or `None` when the
-/// text does not contain it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Extractor {
-    /// The content of the last `<name>...</name>` pair, trimmed.
-    Tag { name: String },
-    /// The text after the last occurrence of `marker`, trimmed.
-    After { marker: String },
-    /// The content of the last `\boxed{...}` (balanced braces).
-    Boxed,
-    /// The first number in the text (commas between thousands removed).
-    FirstNumber,
-    /// The last number in the text (commas between thousands removed).
-    LastNumber,
-}
-
-impl Extractor {
-    pub fn apply(&self, text: &str) -> Option<String> {
-        match self {
-            Extractor::Tag { name } => {
+/// Applies the plan's extractor steps to `start` (the whole text when the chain has no `field`
+/// step), reading `field` steps from `row`. Gives `None` when a step finds nothing. Sources use
+/// it on their rows, verifiers on completions.
+pub fn apply_extractor(
+    ex: &Extractor,
+    row: Option<&Map<String, Value>>,
+    start: &str,
+) -> Option<String> {
+    let mut current = start.to_string();
+    for step in &ex.steps {
+        current = match step {
+            ExtractStep::Field { name } => value_text(row?.get(name.as_str())?)?,
+            ExtractStep::After { marker } => {
+                let at = current.rfind(marker.as_str())? + marker.len();
+                current[at..].trim().to_string()
+            }
+            ExtractStep::Before { marker } => {
+                let at = current.find(marker.as_str())?;
+                current[..at].trim().to_string()
+            }
+            ExtractStep::Tag { name } => {
                 let open = format!("<{name}>");
                 let close = format!("</{name}>");
-                let start = text.rfind(&open)? + open.len();
-                let end = text[start..].find(&close)? + start;
-                Some(text[start..end].trim().to_string())
+                let start = current.rfind(&open)? + open.len();
+                let end = current[start..].find(&close)? + start;
+                current[start..end].trim().to_string()
             }
-            Extractor::After { marker } => {
-                let at = text.rfind(marker.as_str())? + marker.len();
-                Some(text[at..].trim().to_string())
-            }
-            Extractor::Boxed => last_boxed(text).map(|s| s.trim().to_string()),
-            Extractor::FirstNumber => find_numbers(text).first().map(|n| n.text.clone()),
-            Extractor::LastNumber => find_numbers(text).last().map(|n| n.text.clone()),
-        }
-    }
-}
-
-/// Applies a chain of extractors in order; `None` as soon as one finds nothing.
-pub fn extract_chain(chain: &[Extractor], text: &str) -> Option<String> {
-    let mut current = text.to_string();
-    for step in chain {
-        current = step.apply(&current)?;
+            ExtractStep::LastNumber => find_numbers(&current).last()?.text.clone(),
+            ExtractStep::FirstNumber => find_numbers(&current).first()?.text.clone(),
+            ExtractStep::Trim => current.trim().to_string(),
+        };
     }
     Some(current)
 }
 
-/// Which number of the text `numeric` compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NumberPick {
-    /// The number the text starts with (after whitespace); no such number scores 0.
-    Leading,
-    First,
-    #[default]
-    Last,
+/// A JSON value as text: strings as they are, numbers and booleans printed, others `None`.
+pub fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
 }
 
-/// How `regex` matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MatchMode {
-    /// The whole text must match.
-    Full,
-    /// A match anywhere counts (anchor with `^`/`$` in the pattern where needed).
-    #[default]
-    Partial,
-}
-
-/// What `length_penalty` counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LengthUnit {
-    #[default]
-    Tokens,
-    Words,
-    Chars,
-}
-
-fn default_true() -> bool {
-    true
-}
-fn default_abs_tol() -> f64 {
-    1e-6
-}
-fn default_math_tol() -> f64 {
-    1e-9
-}
-fn default_letters() -> String {
-    "ABCDEFGH".to_string()
-}
-
-/// The kind of a verifier and its options. `expected` names the sample field holding the
-/// reference answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum VerifierKind {
-    /// 1 when the text matches `pattern`, else 0.
-    Regex {
-        pattern: String,
-        #[serde(default)]
-        mode: MatchMode,
-    },
-    /// 1 when the text equals the reference after the chosen normalisation.
-    Exact {
-        expected: String,
-        #[serde(default = "default_true")]
-        trim: bool,
-        #[serde(default)]
-        ignore_case: bool,
-        #[serde(default)]
-        collapse_whitespace: bool,
-    },
-    /// 1 when the picked number is within `max(abs_tol, rel_tol * |reference|)` of the reference.
-    Numeric {
-        expected: String,
-        #[serde(default)]
-        pick: NumberPick,
-        #[serde(default = "default_abs_tol")]
-        abs_tol: f64,
-        #[serde(default)]
-        rel_tol: f64,
-    },
-    /// 1 when the two answers are the same number (exactly for rationals, within `rel_tol` for
-    /// irrational values), or the same normalised string when either is not a number.
-    MathEqual {
-        expected: String,
-        #[serde(default = "default_math_tol")]
-        rel_tol: f64,
-    },
-    /// 1 when the chosen option letter equals the reference letter.
-    Choice {
-        expected: String,
-        #[serde(default = "default_letters")]
-        letters: String,
-    },
-    /// IoU of the last `[x1, y1, x2, y2]` box in the text with the reference box, or 1/0 against
-    /// `threshold` when given.
-    Iou {
-        expected: String,
-        #[serde(default)]
-        threshold: Option<f64>,
-    },
-    /// DAPO's soft overlong penalty: 0 up to `target`, falling linearly to -1 at `limit`, -1
-    /// beyond.
-    LengthPenalty {
-        #[serde(default)]
-        unit: LengthUnit,
-        target: usize,
-        limit: usize,
-    },
-}
-
-/// A verifier as declared: a name, a kind, and the extractor chain run on the completion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VerifierConfig {
-    pub name: String,
-    #[serde(flatten)]
-    pub kind: VerifierKind,
-    #[serde(default)]
-    pub extract: Vec<Extractor>,
-}
+/// The relative tolerance `math_equal` compares values with when either is irrational
+/// (rationals compare exactly); the language has no option for it.
+const MATH_REL_TOL: f64 = 1e-9;
 
 /// A configuration the verifier cannot be built from.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -229,129 +118,123 @@ pub trait Verify: Send + Sync {
     fn verify(&self, sample: &Sample) -> Outcome;
 }
 
-/// A built verifier: a checked config with its compiled parts.
+/// A built verifier: the plan's verifier, checked, with its compiled parts.
 #[derive(Debug, Clone)]
 pub struct Verifier {
-    config: VerifierConfig,
+    plan: recap_plan::Verifier,
     compiled: Option<Regex>,
 }
 
 impl Verifier {
-    pub fn new(config: VerifierConfig) -> Result<Self, ConfigError> {
+    pub fn new(plan: &recap_plan::Verifier) -> Result<Self, ConfigError> {
         let err = |message: String| ConfigError {
-            verifier: config.name.clone(),
+            verifier: plan.name.to_string(),
             message,
         };
         let mut compiled = None;
-        match &config.kind {
-            VerifierKind::Regex { pattern, mode } => {
-                // Wrapping in a group keeps inline flags and alternations inside the anchors.
-                let source = match mode {
-                    MatchMode::Full => format!(r"\A(?:{pattern})\z"),
-                    MatchMode::Partial => pattern.clone(),
-                };
-                let re = regex::RegexBuilder::new(&source)
+        match &plan.spec {
+            VerifierSpec::Regex { pattern, .. } => {
+                let re = regex::RegexBuilder::new(pattern)
                     .size_limit(recap_plan::REGEX_SIZE_LIMIT)
                     .build()
                     .map_err(|e| err(format!("bad pattern `{pattern}`: {e}")))?;
                 compiled = Some(re);
             }
-            VerifierKind::Numeric {
-                abs_tol, rel_tol, ..
-            } => {
-                if !(abs_tol.is_finite()
-                    && *abs_tol >= 0.0
-                    && rel_tol.is_finite()
-                    && *rel_tol >= 0.0)
-                {
+            VerifierSpec::Numeric { tolerance, .. } => {
+                if !(tolerance.is_finite() && *tolerance >= 0.0) {
                     return Err(err(format!(
-                        "tolerances must be finite and >= 0 (abs_tol = {abs_tol}, rel_tol = {rel_tol})"
+                        "tolerances must be finite and >= 0 (abs_tol = {tolerance}, rel_tol = 0)"
                     )));
                 }
             }
-            VerifierKind::MathEqual { rel_tol, .. } => {
-                if !(rel_tol.is_finite() && *rel_tol >= 0.0) {
+            VerifierSpec::Choice { options, .. } => {
+                if options.is_empty() || !options.chars().all(|c| c.is_ascii_uppercase()) {
                     return Err(err(format!(
-                        "rel_tol must be finite and >= 0, got {rel_tol}"
+                        "letters must be upper-case ASCII letters, got `{options}`"
                     )));
                 }
-            }
-            VerifierKind::Choice { letters, .. } => {
-                if letters.is_empty() || !letters.chars().all(|c| c.is_ascii_uppercase()) {
-                    return Err(err(format!(
-                        "letters must be upper-case ASCII letters, got `{letters}`"
-                    )));
-                }
-                let class = regex::escape(letters);
+                let class = regex::escape(options);
                 compiled = Some(
                     Regex::new(&format!("[{class}]"))
-                        .map_err(|e| err(format!("letters `{letters}`: {e}")))?,
+                        .map_err(|e| err(format!("letters `{options}`: {e}")))?,
                 );
             }
-            VerifierKind::Iou { threshold, .. } => {
-                if let Some(t) = threshold {
-                    if !(0.0..=1.0).contains(t) {
-                        return Err(err(format!("threshold must be in [0, 1], got {t}")));
-                    }
+            VerifierSpec::Iou {
+                threshold: Some(t), ..
+            } => {
+                if !(0.0..=1.0).contains(t) {
+                    return Err(err(format!("threshold must be in [0, 1], got {t}")));
                 }
             }
-            VerifierKind::LengthPenalty { target, limit, .. } => {
-                if limit <= target {
-                    return Err(err(format!(
-                        "limit ({limit}) must be greater than target ({target})"
-                    )));
-                }
-            }
-            VerifierKind::Exact { .. } => {}
+            VerifierSpec::Iou { .. }
+            | VerifierSpec::Exact { .. }
+            | VerifierSpec::MathEqual { .. }
+            | VerifierSpec::LengthPenalty { .. } => {}
         }
-        Ok(Verifier { config, compiled })
+        Ok(Verifier {
+            plan: plan.clone(),
+            compiled,
+        })
     }
 
-    pub fn config(&self) -> &VerifierConfig {
-        &self.config
+    /// The plan's verifier this was built from.
+    pub fn plan(&self) -> &recap_plan::Verifier {
+        &self.plan
+    }
+
+    /// The completion's text the judgement reads: the extractor chain's result, or the whole
+    /// completion when the verifier has no chain; `None` when the chain finds nothing.
+    fn extracted(&self, sample: &Sample) -> Option<String> {
+        let extract = match &self.plan.spec {
+            VerifierSpec::Regex { extract, .. }
+            | VerifierSpec::Exact { extract, .. }
+            | VerifierSpec::Numeric { extract, .. }
+            | VerifierSpec::MathEqual { extract, .. }
+            | VerifierSpec::Choice { extract, .. }
+            | VerifierSpec::Iou { extract, .. } => extract,
+            VerifierSpec::LengthPenalty { .. } => return Some(sample.completion.to_string()),
+        };
+        if extract.steps.is_empty() {
+            Some(sample.completion.to_string())
+        } else {
+            apply_extractor(extract, Some(sample.fields), sample.completion)
+        }
     }
 
     fn judge(&self, sample: &Sample) -> Outcome {
-        let Some(text) = extract_chain(&self.config.extract, sample.completion) else {
+        let Some(text) = self.extracted(sample) else {
             return Outcome::Score(0.0);
         };
-        match &self.config.kind {
-            VerifierKind::Regex { .. } => {
+        match &self.plan.spec {
+            VerifierSpec::Regex { .. } => {
                 let re = self.compiled.as_ref().expect("regex compiled in new()");
                 Outcome::from_bool(re.is_match(&text))
             }
-            VerifierKind::Exact {
+            VerifierSpec::Exact {
                 expected,
-                trim,
                 ignore_case,
-                collapse_whitespace,
+                ..
             } => {
-                let reference = match reference_text(sample, expected) {
+                let reference = match reference_text(sample, &expected.field) {
                     Ok(r) => r,
                     Err(na) => return na,
                 };
                 let norm = |s: &str| {
-                    let mut s = if *trim {
-                        s.trim().to_string()
+                    let s = s.trim();
+                    if *ignore_case {
+                        s.to_lowercase()
                     } else {
                         s.to_string()
-                    };
-                    if *collapse_whitespace {
-                        s = s.split_whitespace().collect::<Vec<_>>().join(" ");
                     }
-                    if *ignore_case {
-                        s = s.to_lowercase();
-                    }
-                    s
                 };
                 Outcome::from_bool(norm(&text) == norm(&reference))
             }
-            VerifierKind::Numeric {
+            VerifierSpec::Numeric {
                 expected,
-                pick,
-                abs_tol,
-                rel_tol,
+                extract,
+                tolerance,
             } => {
+                let expected = expected.field.as_str();
                 let reference = match reference_text(sample, expected) {
                     Ok(r) => r,
                     Err(na) => return na,
@@ -362,16 +245,17 @@ impl Verifier {
                         excerpt(&reference)
                     ));
                 };
-                let got = match pick {
-                    NumberPick::Leading => leading_number(&text),
-                    NumberPick::First => find_numbers(&text).first().map(|n| n.value),
-                    NumberPick::Last => find_numbers(&text).last().map(|n| n.value),
+                // Without an extractor the last number of the completion counts; an extractor
+                // has already picked the number, so what is left must start with it.
+                let got = if extract.steps.is_empty() {
+                    find_numbers(&text).last().map(|n| n.value)
+                } else {
+                    leading_number(&text)
                 };
-                Outcome::from_bool(
-                    got.is_some_and(|g| (g - want).abs() <= abs_tol.max(rel_tol * want.abs())),
-                )
+                Outcome::from_bool(got.is_some_and(|g| (g - want).abs() <= *tolerance))
             }
-            VerifierKind::MathEqual { expected, rel_tol } => {
+            VerifierSpec::MathEqual { expected, .. } => {
+                let expected = expected.field.as_str();
                 let reference = match reference_text(sample, expected) {
                     Ok(r) => r,
                     Err(na) => return na,
@@ -379,9 +263,12 @@ impl Verifier {
                 if reference.trim().is_empty() {
                     return Outcome::NotApplicable(format!("field `{expected}` is empty"));
                 }
-                Outcome::from_bool(math_equal(&text, &reference, *rel_tol))
+                Outcome::from_bool(math_equal(&text, &reference, MATH_REL_TOL))
             }
-            VerifierKind::Choice { expected, letters } => {
+            VerifierSpec::Choice {
+                expected, options, ..
+            } => {
+                let (expected, letters) = (expected.field.as_str(), options.as_str());
                 let reference = match reference_text(sample, expected) {
                     Ok(r) => r,
                     Err(na) => return na,
@@ -394,10 +281,12 @@ impl Verifier {
                 };
                 Outcome::from_bool(extract_choice(&text, letters) == Some(want))
             }
-            VerifierKind::Iou {
+            VerifierSpec::Iou {
                 expected,
                 threshold,
+                ..
             } => {
+                let expected = expected.field.as_str();
                 let Some(value) = sample.fields.get(expected).filter(|v| !v.is_null()) else {
                     return Outcome::NotApplicable(format!("sample has no field `{expected}`"));
                 };
@@ -422,24 +311,19 @@ impl Verifier {
                     None => Outcome::Score(iou),
                 }
             }
-            VerifierKind::LengthPenalty {
-                unit,
-                target,
-                limit,
-            } => {
-                let len = match unit {
-                    LengthUnit::Chars => text.chars().count(),
-                    LengthUnit::Words => text.split_whitespace().count(),
-                    LengthUnit::Tokens => match sample.completion_tokens {
-                        Some(n) => n,
-                        None => {
-                            return Outcome::NotApplicable(
-                                "the completion's token count is unknown".to_string(),
-                            )
-                        }
-                    },
+            VerifierSpec::LengthPenalty { max_tokens, target } => {
+                let Some(len) = sample.completion_tokens else {
+                    return Outcome::NotApplicable(
+                        "the completion's token count is unknown".to_string(),
+                    );
                 };
-                Outcome::Score(overlong_penalty(len, *target, *limit))
+                // The stdlib's length_penalty is 1 up to `target` and falls to 0 at
+                // `max_tokens`: DAPO's 0 .. -1 penalty shifted by one. A target at or past
+                // `max_tokens` (which the checker warns of: recap::validate::penalty_target)
+                // becomes a step at `target`, its limit moved to `target + 1`.
+                let target = target.unwrap_or(0) as usize;
+                let limit = (*max_tokens as usize).max(target + 1);
+                Outcome::Score(1.0 + overlong_penalty(len, target, limit))
             }
         }
     }
@@ -447,7 +331,7 @@ impl Verifier {
 
 impl Verify for Verifier {
     fn name(&self) -> &str {
-        &self.config.name
+        &self.plan.name
     }
 
     fn verify(&self, sample: &Sample) -> Outcome {
@@ -686,400 +570,6 @@ pub fn box_iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// math_equal: a small evaluator for numeric answers written in plain text or simple LaTeX.
-
-/// A number kept exact while it is rational and small enough for `i128`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Num {
-    Rat(i128, i128),
-    Real(f64),
-}
-
-fn gcd(mut a: u128, mut b: u128) -> u128 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
-}
-
-impl Num {
-    fn rat(n: i128, d: i128) -> Option<Num> {
-        if d == 0 {
-            return None;
-        }
-        // Unsigned magnitudes, because `i128::MIN.abs()` overflows.
-        let g = gcd(n.unsigned_abs(), d.unsigned_abs()).max(1);
-        let Ok(g) = i128::try_from(g) else {
-            return Some(Num::Real(n as f64 / d as f64));
-        };
-        let (n, d) = (n / g, d / g);
-        Some(if d < 0 {
-            match (n.checked_neg(), d.checked_neg()) {
-                (Some(n), Some(d)) => Num::Rat(n, d),
-                _ => Num::Real(n as f64 / d as f64),
-            }
-        } else {
-            Num::Rat(n, d)
-        })
-    }
-
-    fn f(self) -> f64 {
-        match self {
-            Num::Rat(n, d) => n as f64 / d as f64,
-            Num::Real(x) => x,
-        }
-    }
-
-    fn add(self, o: Num) -> Option<Num> {
-        if let (Num::Rat(a, b), Num::Rat(c, d)) = (self, o) {
-            let exact = (|| {
-                let n = a.checked_mul(d)?.checked_add(c.checked_mul(b)?)?;
-                Num::rat(n, b.checked_mul(d)?)
-            })();
-            if exact.is_some() {
-                return exact;
-            }
-        }
-        Some(Num::Real(self.f() + o.f()))
-    }
-
-    fn neg(self) -> Num {
-        match self {
-            Num::Rat(n, d) => n
-                .checked_neg()
-                .map_or(Num::Real(-(n as f64) / d as f64), |n| Num::Rat(n, d)),
-            Num::Real(x) => Num::Real(-x),
-        }
-    }
-
-    fn mul(self, o: Num) -> Option<Num> {
-        if let (Num::Rat(a, b), Num::Rat(c, d)) = (self, o) {
-            if let (Some(n), Some(m)) = (a.checked_mul(c), b.checked_mul(d)) {
-                return Num::rat(n, m);
-            }
-        }
-        Some(Num::Real(self.f() * o.f()))
-    }
-
-    fn recip(self) -> Option<Num> {
-        match self {
-            Num::Rat(n, d) => Num::rat(d, n),
-            Num::Real(x) if x != 0.0 => Some(Num::Real(1.0 / x)),
-            Num::Real(_) => None,
-        }
-    }
-
-    fn pow(self, e: Num) -> Option<Num> {
-        if let Num::Rat(k, 1) = e {
-            if k.unsigned_abs() <= 64 {
-                let mut acc = Num::Rat(1, 1);
-                for _ in 0..k.unsigned_abs() {
-                    acc = acc.mul(self)?;
-                }
-                return if k < 0 { acc.recip() } else { Some(acc) };
-            }
-        }
-        let r = self.f().powf(e.f());
-        r.is_finite().then_some(Num::Real(r))
-    }
-}
-
-/// Recursive-descent parser over normalised answer text (no spaces, `\frac` forms unified).
-struct Parser<'a> {
-    s: &'a [u8],
-    pos: usize,
-    depth: usize,
-}
-
-const MAX_DEPTH: usize = 64;
-
-impl<'a> Parser<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.pos).copied()
-    }
-
-    fn eat(&mut self, lit: &str) -> bool {
-        if self.s[self.pos..].starts_with(lit.as_bytes()) {
-            self.pos += lit.len();
-            true
-        } else {
-            false
-        }
-    }
-
-    fn enter(&mut self) -> Option<()> {
-        self.depth += 1;
-        (self.depth <= MAX_DEPTH).then_some(())
-    }
-
-    fn expr(&mut self) -> Option<Num> {
-        self.enter()?;
-        let mut acc = self.term()?;
-        loop {
-            if self.eat("+") {
-                acc = acc.add(self.term()?)?;
-            } else if self.eat("-") {
-                acc = acc.add(self.term()?.neg())?;
-            } else {
-                break;
-            }
-        }
-        self.depth -= 1;
-        Some(acc)
-    }
-
-    fn term(&mut self) -> Option<Num> {
-        let mut acc = self.unary()?;
-        loop {
-            if self.eat("*") {
-                acc = acc.mul(self.unary()?)?;
-            } else if self.eat("/") {
-                acc = acc.mul(self.unary()?.recip()?)?;
-            } else if self.starts_primary() {
-                // Implicit multiplication, as in `2\sqrt{3}` or `3(4)`.
-                acc = acc.mul(self.power()?)?;
-            } else {
-                break;
-            }
-        }
-        Some(acc)
-    }
-
-    fn starts_primary(&self) -> bool {
-        match self.peek() {
-            Some(b'(' | b'{') => true,
-            Some(b'\\') => {
-                self.s[self.pos..].starts_with(b"\\frac")
-                    || self.s[self.pos..].starts_with(b"\\sqrt")
-                    || self.s[self.pos..].starts_with(b"\\pi")
-            }
-            _ => false,
-        }
-    }
-
-    fn unary(&mut self) -> Option<Num> {
-        self.enter()?;
-        let v = if self.eat("-") {
-            self.unary()?.neg()
-        } else if self.eat("+") {
-            self.unary()?
-        } else {
-            self.power()?
-        };
-        self.depth -= 1;
-        Some(v)
-    }
-
-    fn power(&mut self) -> Option<Num> {
-        let base = self.primary()?;
-        if self.eat("^") {
-            let e = self.argument()?;
-            return base.pow(e);
-        }
-        Some(base)
-    }
-
-    /// A LaTeX argument: a braced expression or a single digit (`\frac12`).
-    fn argument(&mut self) -> Option<Num> {
-        if self.eat("{") {
-            let v = self.expr()?;
-            self.eat("}").then_some(v)
-        } else {
-            let d = self.peek().filter(u8::is_ascii_digit)?;
-            self.pos += 1;
-            Some(Num::Rat((d - b'0') as i128, 1))
-        }
-    }
-
-    fn primary(&mut self) -> Option<Num> {
-        self.enter()?;
-        let v = if self.eat("(") {
-            let v = self.expr()?;
-            self.eat(")").then_some(v)?
-        } else if self.eat("{") {
-            let v = self.expr()?;
-            self.eat("}").then_some(v)?
-        } else if self.eat("\\frac") {
-            let n = self.argument()?;
-            let d = self.argument()?;
-            n.mul(d.recip()?)?
-        } else if self.eat("\\sqrt") {
-            let x = self.argument()?.f();
-            if x < 0.0 {
-                return None;
-            }
-            let r = x.sqrt();
-            // Keep perfect squares exact so `\sqrt{4}` equals 2 exactly.
-            if r.fract() == 0.0 && r < 1e15 {
-                Num::Rat(r as i128, 1)
-            } else {
-                Num::Real(r)
-            }
-        } else if self.eat("\\pi") {
-            Num::Real(std::f64::consts::PI)
-        } else {
-            self.number()?
-        };
-        self.depth -= 1;
-        Some(v)
-    }
-
-    fn number(&mut self) -> Option<Num> {
-        let start = self.pos;
-        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
-            self.pos += 1;
-        }
-        let int_end = self.pos;
-        let mut frac = "";
-        if self.peek() == Some(b'.') {
-            self.pos += 1;
-            let f0 = self.pos;
-            while self.peek().is_some_and(|c| c.is_ascii_digit()) {
-                self.pos += 1;
-            }
-            frac = std::str::from_utf8(&self.s[f0..self.pos]).ok()?;
-        }
-        let int = std::str::from_utf8(&self.s[start..int_end]).ok()?;
-        if int.is_empty() && frac.is_empty() {
-            return None;
-        }
-        let digits = format!("{int}{frac}");
-        if digits.len() <= 36 {
-            let n: i128 = digits.parse().ok()?;
-            Num::rat(n, 10i128.pow(frac.len() as u32))
-        } else {
-            format!("{int}.{frac}0").parse().ok().map(Num::Real)
-        }
-    }
-}
-
-fn parse_math(s: &str) -> Option<Num> {
-    if s.is_empty() || !s.is_ascii() {
-        return None;
-    }
-    let mut p = Parser {
-        s: s.as_bytes(),
-        pos: 0,
-        depth: 0,
-    };
-    let v = p.expr()?;
-    (p.pos == s.len() && v.f().is_finite()).then_some(v)
-}
-
-/// Normalises an answer: takes the last `\boxed{}`, strips math delimiters, spacing commands,
-/// `\left`/`\right`, degree signs, dollar signs and thousands commas, unifies `\dfrac`/`\tfrac`,
-/// `\cdot`/`\times`/`\div`, and keeps the right side of the last `=`.
-fn normalise_math(s: &str) -> String {
-    let s = last_boxed(s).unwrap_or(s);
-    let mut t = s.trim().to_string();
-    for (from, to) in [
-        ("\\left", ""),
-        ("\\right", ""),
-        ("\\displaystyle", ""),
-        ("\\!", ""),
-        ("\\,", ""),
-        ("\\;", ""),
-        ("\\:", ""),
-        ("\\ ", ""),
-        ("~", ""),
-        ("^{\\circ}", ""),
-        ("^\\circ", ""),
-        ("°", ""),
-        ("\\$", ""),
-        ("$", ""),
-        ("\\(", ""),
-        ("\\)", ""),
-        ("\\[", ""),
-        ("\\]", ""),
-        ("\\dfrac", "\\frac"),
-        ("\\tfrac", "\\frac"),
-        ("\\cdot", "*"),
-        ("\\times", "*"),
-        ("\\div", "/"),
-        ("\\%", "%"),
-        ("{,}", ""),
-    ] {
-        t = t.replace(from, to);
-    }
-    static TEXT: OnceLock<Regex> = OnceLock::new();
-    let text = TEXT
-        .get_or_init(|| Regex::new(r"\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}").expect("valid"));
-    t = text.replace_all(&t, "$1").into_owned();
-    t.retain(|c| !c.is_whitespace());
-    if let Some(i) = t.rfind('=') {
-        t = t[i + 1..].to_string();
-    }
-    static THOUSANDS: OnceLock<Regex> = OnceLock::new();
-    let thousands =
-        THOUSANDS.get_or_init(|| Regex::new(r"(\d),(\d{3})(?:\b|$|[^\d])").expect("valid"));
-    // Each pass removes one comma per group; repeat until stable (`1,234,567`).
-    loop {
-        let next = thousands
-            .replace_all(&t, |c: &regex::Captures| {
-                let whole = c.get(0).map_or("", |m| m.as_str());
-                format!("{}{}", &c[1], &whole[2..])
-            })
-            .into_owned();
-        if next == t {
-            break;
-        }
-        t = next;
-    }
-    t.trim_end_matches('.').to_string()
-}
-
-/// The numeric readings of a normalised answer: a trailing `%` allows both `x` and `x/100`,
-/// and trailing units (letters) are dropped when the rest is a number.
-fn math_values(t: &str) -> Vec<Num> {
-    let (body, percent) = match t.strip_suffix('%') {
-        Some(b) => (b, true),
-        None => (t, false),
-    };
-    let value = parse_math(body).or_else(|| {
-        let stripped = body.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-        (stripped.len() < body.len())
-            .then(|| parse_math(stripped))
-            .flatten()
-    });
-    let Some(v) = value else {
-        return Vec::new();
-    };
-    if percent {
-        let hundredth = v.mul(Num::Rat(1, 100)).unwrap_or(Num::Real(v.f() / 100.0));
-        vec![v, hundredth]
-    } else {
-        vec![v]
-    }
-}
-
-fn nums_equal(a: Num, b: Num, rel_tol: f64) -> bool {
-    match (a, b) {
-        (Num::Rat(p, q), Num::Rat(r, s)) => p == r && q == s,
-        _ => {
-            let (x, y) = (a.f(), b.f());
-            (x - y).abs() <= rel_tol * x.abs().max(y.abs()).max(1.0)
-        }
-    }
-}
-
-/// Whether two answers are mathematically equal: as numbers when both read as numbers (exact
-/// for rationals), else as normalised strings.
-pub fn math_equal(answer: &str, reference: &str, rel_tol: f64) -> bool {
-    let a = normalise_math(answer);
-    let b = normalise_math(reference);
-    if a.is_empty() || b.is_empty() {
-        return false;
-    }
-    let (va, vb) = (math_values(&a), math_values(&b));
-    if !va.is_empty() && !vb.is_empty() {
-        return va
-            .iter()
-            .any(|x| vb.iter().any(|y| nums_equal(*x, *y, rel_tol)));
-    }
-    a == b
-}
-
-// ---------------------------------------------------------------------------------------------
 // Running verifiers over a batch.
 
 /// A verifier call that panicked, with enough of the sample to find it again.
@@ -1158,14 +648,53 @@ pub fn score_batch(verifiers: &[&dyn Verify], samples: &[Sample]) -> ScoreTable 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use recap_plan::Expected;
     use serde_json::json;
 
     fn fields(v: Value) -> serde_json::Map<String, Value> {
         v.as_object().cloned().unwrap()
     }
 
-    fn build(v: Value) -> Verifier {
-        Verifier::new(serde_json::from_value(v).unwrap()).unwrap()
+    fn build(spec: VerifierSpec) -> Verifier {
+        Verifier::new(&recap_plan::Verifier {
+            name: "v".into(),
+            spec,
+        })
+        .unwrap()
+    }
+
+    fn answer() -> Expected {
+        Expected {
+            field: "answer".into(),
+        }
+    }
+
+    fn steps(steps: Vec<ExtractStep>) -> Extractor {
+        Extractor { steps }
+    }
+
+    fn numeric(extract: Vec<ExtractStep>, tolerance: f64) -> VerifierSpec {
+        VerifierSpec::Numeric {
+            expected: answer(),
+            extract: steps(extract),
+            tolerance,
+        }
+    }
+
+    fn choice(options: &str) -> VerifierSpec {
+        VerifierSpec::Choice {
+            expected: answer(),
+            extract: steps(vec![]),
+            options: options.into(),
+        }
+    }
+
+    fn iou(threshold: Option<f64>) -> VerifierSpec {
+        VerifierSpec::Iou {
+            expected: answer(),
+            extract: steps(vec![]),
+            threshold,
+        }
     }
 
     fn run(v: &Verifier, completion: &str, f: &serde_json::Map<String, Value>) -> Outcome {
@@ -1186,55 +715,49 @@ mod tests {
                 run(v, completion, &f),
                 Outcome::Score(*want),
                 "{:?} on `{completion}` vs {reference}",
-                v.config().kind
+                v.plan().spec
             );
         }
     }
 
     #[test]
-    fn extractors_and_chains() {
-        let tag = Extractor::Tag {
+    fn extractor_steps_and_chains() {
+        let on = |chain: Vec<ExtractStep>, text: &str| apply_extractor(&steps(chain), None, text);
+        let tag = || ExtractStep::Tag {
             name: "answer".into(),
         };
-        assert_eq!(tag.apply("x <answer> 42 </answer>").as_deref(), Some("42"));
         assert_eq!(
-            tag.apply("<answer>1</answer> then <answer>2</answer>")
-                .as_deref(),
+            on(vec![tag()], "x <answer> 42 </answer>").as_deref(),
+            Some("42")
+        );
+        assert_eq!(
+            on(vec![tag()], "<answer>1</answer> then <answer>2</answer>").as_deref(),
             Some("2")
         );
-        assert_eq!(tag.apply("<answer>unclosed"), None);
-        assert_eq!(tag.apply("no tags"), None);
-        let after = Extractor::After {
+        assert_eq!(on(vec![tag()], "<answer>unclosed"), None);
+        assert_eq!(on(vec![tag()], "no tags"), None);
+        let after = || ExtractStep::After {
             marker: "####".into(),
         };
-        assert_eq!(after.apply("so 3+4=7\n#### 7").as_deref(), Some("7"));
-        assert_eq!(after.apply("no marker"), None);
+        assert_eq!(on(vec![after()], "so 3+4=7\n#### 7").as_deref(), Some("7"));
+        assert_eq!(on(vec![after()], "no marker"), None);
+        let text = "1,234 apples and -5.5 pears";
         assert_eq!(
-            Extractor::LastNumber
-                .apply("1,234 apples and -5.5 pears")
-                .as_deref(),
+            on(vec![ExtractStep::LastNumber], text).as_deref(),
             Some("-5.5")
         );
         assert_eq!(
-            Extractor::FirstNumber
-                .apply("1,234 apples and -5.5 pears")
-                .as_deref(),
+            on(vec![ExtractStep::FirstNumber], text).as_deref(),
             Some("1234")
         );
-        assert_eq!(Extractor::LastNumber.apply("none"), None);
+        assert_eq!(on(vec![ExtractStep::LastNumber], "none"), None);
+        let chain = || vec![tag(), ExtractStep::LastNumber];
         assert_eq!(
-            Extractor::Boxed
-                .apply(r"so \boxed{\frac{1}{2}} done")
-                .as_deref(),
-            Some(r"\frac{1}{2}")
-        );
-        let chain = [tag, Extractor::LastNumber];
-        assert_eq!(
-            extract_chain(&chain, "<answer>The total is $1,250.</answer>").as_deref(),
+            on(chain(), "<answer>The total is $1,250.</answer>").as_deref(),
             Some("1250")
         );
-        assert_eq!(extract_chain(&chain, "<answer>none</answer>"), None);
-        assert_eq!(extract_chain(&[], "as is").as_deref(), Some("as is"));
+        assert_eq!(on(chain(), "<answer>none</answer>"), None);
+        assert_eq!(on(vec![], "as is").as_deref(), Some("as is"));
     }
 
     #[test]
@@ -1247,47 +770,48 @@ mod tests {
         assert_eq!(leading_number("  122abc"), Some(122.0));
         assert_eq!(leading_number("-7 apples"), Some(-7.0));
         assert_eq!(leading_number("abc 122"), None);
+        assert_eq!(
+            last_boxed(r"so \boxed{\frac{1}{2}} done"),
+            Some(r"\frac{1}{2}")
+        );
     }
 
     #[test]
-    fn regex_full_and_partial() {
-        let full = build(
-            json!({"name": "f", "kind": "regex", "pattern": "<answer>.*</answer>", "mode": "full"}),
-        );
-        let partial =
-            build(json!({"name": "p", "kind": "regex", "pattern": "<answer>.*</answer>"}));
+    fn regex_matches_anywhere() {
+        let regex = |pattern: &str| VerifierSpec::Regex {
+            pattern: pattern.into(),
+            extract: steps(vec![]),
+        };
+        let partial = build(regex("<answer>.*</answer>"));
         let f = fields(json!({}));
-        assert_eq!(run(&full, "<answer>1</answer>", &f), Outcome::Score(1.0));
-        assert_eq!(run(&full, "so <answer>1</answer>", &f), Outcome::Score(0.0));
         assert_eq!(
             run(&partial, "so <answer>1</answer>", &f),
             Outcome::Score(1.0)
         );
         assert_eq!(run(&partial, "no answer", &f), Outcome::Score(0.0));
         // The design's format reward: anchored in the pattern itself, dot matches newlines.
-        let fmt = build(
-            json!({"name": "format", "kind": "regex", "pattern": "(?s)^<answer>.*</answer>$"}),
-        );
+        let fmt = build(regex("(?s)^<answer>.*</answer>$"));
         assert_eq!(run(&fmt, "<answer>\n7\n</answer>", &f), Outcome::Score(1.0));
         assert_eq!(
             run(&fmt, "<answer>7</answer> extra", &f),
             Outcome::Score(0.0)
         );
-        // Alternations stay inside the full-match anchors.
-        let alt = build(json!({"name": "a", "kind": "regex", "pattern": "yes|no", "mode": "full"}));
-        assert_eq!(run(&alt, "yes", &f), Outcome::Score(1.0));
-        assert_eq!(run(&alt, "yesno", &f), Outcome::Score(0.0));
-        let bad = Verifier::new(
-            serde_json::from_value(json!({"name": "bad", "kind": "regex", "pattern": "(unclosed"}))
-                .unwrap(),
-        )
+        let bad = Verifier::new(&recap_plan::Verifier {
+            name: "bad".into(),
+            spec: regex("(unclosed"),
+        })
         .unwrap_err();
         assert!(bad.to_string().contains("verifier `bad`"), "{bad}");
     }
 
     #[test]
-    fn exact_with_normalisation() {
-        let plain = build(json!({"name": "e", "kind": "exact", "expected": "answer"}));
+    fn exact_trims_and_may_ignore_case() {
+        let exact = |ignore_case| VerifierSpec::Exact {
+            expected: answer(),
+            extract: steps(vec![]),
+            ignore_case,
+        };
+        let plain = build(exact(false));
         table(
             &plain,
             &[
@@ -1298,18 +822,14 @@ mod tests {
                 ("42", json!(42), 1.0),
             ],
         );
-        let loose = build(json!({"name": "e", "kind": "exact", "expected": "answer",
-            "ignore_case": true, "collapse_whitespace": true}));
+        let loose = build(exact(true));
         table(
             &loose,
             &[
-                ("new   YORK", json!("New York"), 1.0),
-                ("newyork", json!("New York"), 0.0),
+                ("new YORK ", json!("New York"), 1.0),
+                ("new   york", json!("New York"), 0.0),
             ],
         );
-        let strict =
-            build(json!({"name": "e", "kind": "exact", "expected": "answer", "trim": false}));
-        table(&strict, &[(" a", json!("a"), 0.0), ("a", json!("a"), 1.0)]);
         // Missing, null and structured references are not applicable, never a silent 0.
         for f in [json!({}), json!({"answer": null}), json!({"answer": [1]})] {
             assert!(matches!(
@@ -1321,7 +841,7 @@ mod tests {
 
     #[test]
     fn numeric_table() {
-        let last = build(json!({"name": "n", "kind": "numeric", "expected": "answer"}));
+        let last = build(numeric(vec![], 1e-6));
         table(
             &last,
             &[
@@ -1341,8 +861,8 @@ mod tests {
                 ("+4", json!("+4"), 1.0),
             ],
         );
-        let leading =
-            build(json!({"name": "n", "kind": "numeric", "expected": "answer", "pick": "leading"}));
+        // With an extractor, what it leaves must start with the number.
+        let leading = build(numeric(vec![ExtractStep::Trim], 1e-6));
         table(
             &leading,
             &[
@@ -1352,8 +872,7 @@ mod tests {
                 ("1225", json!("122"), 0.0),
             ],
         );
-        let first =
-            build(json!({"name": "n", "kind": "numeric", "expected": "answer", "pick": "first"}));
+        let first = build(numeric(vec![ExtractStep::FirstNumber], 1e-6));
         table(
             &first,
             &[
@@ -1361,33 +880,28 @@ mod tests {
                 ("a 8 then 7", json!("7"), 0.0),
             ],
         );
-        let tol =
-            build(json!({"name": "n", "kind": "numeric", "expected": "answer", "abs_tol": 0.5}));
+        let tol = build(numeric(vec![], 0.5));
         table(&tol, &[("3.4", json!(3), 1.0), ("3.6", json!(3), 0.0)]);
-        let rel = build(
-            json!({"name": "n", "kind": "numeric", "expected": "answer", "abs_tol": 0.0, "rel_tol": 0.01}),
-        );
-        table(
-            &rel,
-            &[("1005", json!(1000), 1.0), ("1011", json!(1000), 0.0)],
-        );
         // A reference that is not a single number is not applicable.
         for r in [json!("seven"), json!("3 or 4"), json!(true)] {
             let out = run(&last, "3", &fields(json!({ "answer": r })));
             assert!(matches!(out, Outcome::NotApplicable(_)), "{r}: {out:?}");
         }
-        assert!(Verifier::new(
-            serde_json::from_value(
-                json!({"name": "n", "kind": "numeric", "expected": "a", "abs_tol": -1.0})
-            )
-            .unwrap()
-        )
-        .is_err());
+        for tolerance in [-1.0, f64::NAN] {
+            assert!(Verifier::new(&recap_plan::Verifier {
+                name: "n".into(),
+                spec: numeric(vec![], tolerance),
+            })
+            .is_err());
+        }
     }
 
     #[test]
     fn math_equal_table() {
-        let v = build(json!({"name": "m", "kind": "math_equal", "expected": "answer"}));
+        let v = build(VerifierSpec::MathEqual {
+            expected: answer(),
+            extract: steps(vec![]),
+        });
         table(
             &v,
             &[
@@ -1419,7 +933,7 @@ mod tests {
                 (r"\frac{1}{0}", json!("1"), 0.0),
                 ("", json!("1"), 0.0),
                 ("x", json!("y"), 0.0),
-                ("{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{1}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}", json!("1"), 0.0),
+                ("{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{1}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}", json!("1"), 0.0),
             ],
         );
         assert!(matches!(
@@ -1430,7 +944,7 @@ mod tests {
 
     #[test]
     fn choice_table() {
-        let v = build(json!({"name": "c", "kind": "choice", "expected": "answer"}));
+        let v = build(choice("ABCDEFGH"));
         table(
             &v,
             &[
@@ -1453,8 +967,7 @@ mod tests {
                 ("nothing here", json!("A"), 0.0),
             ],
         );
-        let four =
-            build(json!({"name": "c", "kind": "choice", "expected": "answer", "letters": "ABCD"}));
+        let four = build(choice("ABCD"));
         table(&four, &[("E", json!("A"), 0.0)]);
         assert!(matches!(
             run(&four, "E", &fields(json!({"answer": "E"}))),
@@ -1464,11 +977,18 @@ mod tests {
             run(&v, "B", &fields(json!({"answer": "Bob"}))),
             Outcome::NotApplicable(_)
         ));
+        for bad in ["", "abc"] {
+            assert!(Verifier::new(&recap_plan::Verifier {
+                name: "c".into(),
+                spec: choice(bad),
+            })
+            .is_err());
+        }
     }
 
     #[test]
     fn iou_table() {
-        let v = build(json!({"name": "iou", "kind": "iou", "expected": "answer"}));
+        let v = build(iou(None));
         let b = json!([0, 0, 10, 10]);
         table(
             &v,
@@ -1483,8 +1003,7 @@ mod tests {
                 ("[0.0, 0.0, 10.0, 10.0]", json!("[0,0,10,10]"), 1.0),
             ],
         );
-        let t =
-            build(json!({"name": "iou", "kind": "iou", "expected": "answer", "threshold": 0.5}));
+        let t = build(iou(Some(0.5)));
         table(
             &t,
             &[
@@ -1503,47 +1022,58 @@ mod tests {
                 Outcome::NotApplicable(_)
             ));
         }
+        assert!(Verifier::new(&recap_plan::Verifier {
+            name: "iou".into(),
+            spec: iou(Some(1.5)),
+        })
+        .is_err());
     }
 
+    /// The stdlib's length_penalty: 1 up to `target` tokens, falling linearly to 0 at
+    /// `max_tokens` (DAPO's overlong shaping shifted by one).
     #[test]
-    fn length_penalty_is_dapo_overlong_shaping() {
-        let v = build(
-            json!({"name": "len", "kind": "length_penalty", "unit": "words", "target": 4, "limit": 8}),
-        );
+    fn length_penalty_is_shifted_dapo_overlong_shaping() {
         let f = fields(json!({}));
-        assert_eq!(run(&v, "one two three", &f), Outcome::Score(0.0));
-        assert_eq!(run(&v, "a b c d e f", &f), Outcome::Score(-0.5));
-        assert_eq!(run(&v, "a b c d e f g h i", &f), Outcome::Score(-1.0));
-        let chars = build(
-            json!({"name": "len", "kind": "length_penalty", "unit": "chars", "target": 2, "limit": 6}),
-        );
-        assert_eq!(run(&chars, "abc", &f), Outcome::Score(-0.25));
-        let tokens =
-            build(json!({"name": "len", "kind": "length_penalty", "target": 10, "limit": 20}));
-        assert!(matches!(run(&tokens, "x", &f), Outcome::NotApplicable(_)));
-        let out = tokens.verify(&Sample {
-            id: "t",
-            prompt: "",
-            completion: "x",
-            fields: &f,
-            completion_tokens: Some(15),
+        let at = |v: &Verifier, tokens| {
+            v.verify(&Sample {
+                id: "t",
+                prompt: "",
+                completion: "x",
+                fields: &f,
+                completion_tokens: Some(tokens),
+            })
+        };
+        let v = build(VerifierSpec::LengthPenalty {
+            max_tokens: 20,
+            target: Some(10),
         });
-        assert_eq!(out, Outcome::Score(-0.5));
-        assert!(Verifier::new(
-            serde_json::from_value(
-                json!({"name": "len", "kind": "length_penalty", "target": 5, "limit": 5})
-            )
-            .unwrap()
-        )
-        .is_err());
+        assert!(matches!(run(&v, "x", &f), Outcome::NotApplicable(_)));
+        assert_eq!(at(&v, 4), Outcome::Score(1.0));
+        assert_eq!(at(&v, 15), Outcome::Score(0.5));
+        assert_eq!(at(&v, 25), Outcome::Score(0.0));
+        // Without a target the fall starts at 0 tokens.
+        let from_zero = build(VerifierSpec::LengthPenalty {
+            max_tokens: 8,
+            target: None,
+        });
+        assert_eq!(at(&from_zero, 2), Outcome::Score(0.75));
+        // A target at or past `max_tokens` is a step at the target.
+        let step = build(VerifierSpec::LengthPenalty {
+            max_tokens: 5,
+            target: Some(5),
+        });
+        assert_eq!(at(&step, 5), Outcome::Score(1.0));
+        assert_eq!(at(&step, 6), Outcome::Score(0.0));
     }
 
     #[test]
     fn extraction_failure_scores_zero_but_missing_reference_is_not_applicable() {
-        let v = build(
-            json!({"name": "acc", "kind": "numeric", "expected": "answer",
-            "extract": [{"kind": "tag", "name": "answer"}]}),
-        );
+        let v = build(numeric(
+            vec![ExtractStep::Tag {
+                name: "answer".into(),
+            }],
+            1e-6,
+        ));
         let f = fields(json!({"answer": "7"}));
         assert_eq!(run(&v, "<answer>7</answer>", &f), Outcome::Score(1.0));
         assert_eq!(run(&v, "7", &f), Outcome::Score(0.0));
@@ -1568,7 +1098,11 @@ mod tests {
 
     #[test]
     fn a_panic_is_caught_and_reported_with_the_sample() {
-        let exact = build(json!({"name": "e", "kind": "exact", "expected": "answer"}));
+        let exact = build(VerifierSpec::Exact {
+            expected: answer(),
+            extract: steps(vec![]),
+            ignore_case: false,
+        });
         let f = fields(json!({"answer": "ok"}));
         let samples: Vec<Sample> = ["ok", "boom!"]
             .iter()
@@ -1647,15 +1181,29 @@ mod tests {
             "\\%",
             "°",
         ];
-        let configs = [
-            json!({"name": "n", "kind": "numeric", "expected": "answer", "pick": "leading"}),
-            json!({"name": "m", "kind": "math_equal", "expected": "answer"}),
-            json!({"name": "c", "kind": "choice", "expected": "answer"}),
-            json!({"name": "i", "kind": "iou", "expected": "answer"}),
-            json!({"name": "e", "kind": "exact", "expected": "answer", "ignore_case": true,
-                   "extract": [{"kind": "tag", "name": "answer"}, {"kind": "boxed"}]}),
+        let specs = [
+            numeric(vec![ExtractStep::Trim], 1e-6),
+            VerifierSpec::MathEqual {
+                expected: answer(),
+                extract: steps(vec![]),
+            },
+            choice("ABCDEFGH"),
+            iou(None),
+            VerifierSpec::Exact {
+                expected: answer(),
+                extract: steps(vec![
+                    ExtractStep::Tag {
+                        name: "answer".into(),
+                    },
+                    ExtractStep::After {
+                        marker: "####".into(),
+                    },
+                    ExtractStep::LastNumber,
+                ]),
+                ignore_case: true,
+            },
         ];
-        let verifiers: Vec<Verifier> = configs.into_iter().map(build).collect();
+        let verifiers: Vec<Verifier> = specs.into_iter().map(build).collect();
         let mut rng = crate::train::rng::HostRng::new(1);
         let text = |rng: &mut crate::train::rng::HostRng| {
             let n = rng.below(24) as usize;
@@ -1679,27 +1227,6 @@ mod tests {
             }
         }
     }
-
-    #[test]
-    fn configs_round_trip_through_json() {
-        let config: VerifierConfig = serde_json::from_value(json!({
-            "name": "accuracy", "kind": "numeric", "expected": "answer",
-            "extract": [{"kind": "tag", "name": "answer"}, {"kind": "last_number"}]
-        }))
-        .unwrap();
-        assert_eq!(
-            config.kind,
-            VerifierKind::Numeric {
-                expected: "answer".into(),
-                pick: NumberPick::Last,
-                abs_tol: 1e-6,
-                rel_tol: 0.0
-            }
-        );
-        let back: VerifierConfig =
-            serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
-        assert_eq!(back, config);
-    }
 }
 
 #[cfg(test)]
@@ -1714,15 +1241,17 @@ mod bench {
     #[ignore]
     fn benchmark_rewards_time() {
         let acc = Verifier::new(
-            serde_json::from_value(
-                json!({"name": "acc", "kind": "numeric", "expected": "answer", "pick": "leading"}),
+            &serde_json::from_value(
+                json!({"name": "acc", "spec": {"kind": "numeric", "expected": {"field": "answer"},
+                    "extract": {"steps": [{"op": "trim"}]}, "tolerance": 1e-6}}),
             )
             .unwrap(),
         )
         .unwrap();
         let fmt = Verifier::new(
-            serde_json::from_value(
-                json!({"name": "fmt", "kind": "regex", "pattern": r"^\s*-?\d+"}),
+            &serde_json::from_value(
+                json!({"name": "fmt", "spec": {"kind": "regex", "pattern": r"^\s*-?\d+",
+                    "extract": {"steps": []}}}),
             )
             .unwrap(),
         )
