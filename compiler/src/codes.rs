@@ -1,9 +1,16 @@
-//! The diagnostic codes: takes nothing in; gives the table of every code the compiler can
-//! emit with its long explanation, for `recapc explain`, the docs and the tests that check
-//! every emitted code is listed here.
+//! The diagnostic codes: takes nothing in; gives every code the compiler can emit with its long
+//! explanation, for `recapc explain`, the docs and the tests that check every emitted code is
+//! listed. A converted stage declares its codes beside its problem enum (`internal`), so they
+//! are listed from there and cannot drift from what the stage emits.
 
-/// (code, explanation). Keep sorted by stage in pipeline order.
-pub const CODES: &[(&str, &str)] = &[
+use crate::diagnostic::ProblemCode;
+use crate::internal::InternalCode;
+
+/// The codes of the stages whose problems are not yet enums (parse, resolve, typecheck,
+/// validate), as (code, explanation). Each moves beside its stage's problem enum when the
+/// stage is converted; until then the stage writes its codes as strings, which must match
+/// these.
+const AWAITING_CONVERSION: &[(&str, &str)] = &[
     ("recap::parse::syntax", "The file does not follow the grammar at this point. The message says what the parser expected (an item keyword, `=`, an expression, a closing bracket) and what it found. Items start with a keyword (`model`, `source`, `verifier`, `objective`, `eval`, `param`, `let`, `use`, `stage`, `reweight`, `mix`, `train`); blocks hold `name = value` fields. After a syntax error the parser resumes at the next line that starts with an item keyword, so later errors are reported too.\n\nExample:\n    model policy hf(\"models/qwen\")   # missing `=`\nFix:\n    model policy = hf(\"models/qwen\")"),
     ("recap::parse::bad_escape", "A string holds a backslash escape recap does not know. Known escapes: \\n \\t \\r \\0 \\\\ \\\" \\{ \\}. Regular expressions are easiest as raw strings, which have no escapes: r\"\\d+\" or r#\"say \"hi\"\"#."),
     ("recap::parse::number_too_large", "An integer does not fit in 64 bits, or a float is not finite. Use a smaller number; step counts and seeds never need more."),
@@ -40,8 +47,7 @@ pub const CODES: &[(&str, &str)] = &[
     ("recap::typecheck::no_fields", "A field path is used on something that is not a source (`policy.answer`). Only sources have fields."),
     ("recap::typecheck::block_not_allowed", "A block `{ ... }` follows something that is not a stdlib call (`verifier v = other { ... }`), or `train` is given a value instead of a block. A block holds the named arguments of the call before it."),
     ("recap::typecheck::missing_value", "`reweight` or `mix` is written without a policy. Write e.g. `reweight recap` or `mix uniform`."),
-    ("recap::typecheck::bad_param_type", "A `param` has a type that cannot come from the command line. Params are int, float, bool, string, percent or path."),
-    ("recap::validate::missing_file", "A path named in the pipeline does not exist (relative to the pipeline file's directory). A warning for `recapc check`, so pipelines can be checked before data is fetched; an error for `recapc run`."),
+    ("recap::typecheck::bad_param_type", "A `param` has a type that cannot come from the command line. Params are int, float, bool, string, percent or path."),    ("recap::validate::missing_file", "A path named in the pipeline does not exist (relative to the pipeline file's directory). A warning for `recapc check`, so pipelines can be checked before data is fetched; an error for `recapc run`."),
     ("recap::validate::shape_not_divisible", "A `tiny` model's shape does not divide: `hidden` must be a multiple of `heads` (each head gets hidden/heads dimensions) and `heads` a multiple of `kv_heads` (grouped-query attention shares each KV head among heads/kv_heads query heads)."),
     ("recap::validate::policy_is_frozen", "`train { policy = ... }` names a frozen model. Frozen copies are references for KL terms and are never trained."),
     ("recap::validate::no_policy", "The job trains objectives but declares no trainable model. Declare one, e.g. `model policy = hf(\"models/qwen2.5-0.5b-instruct\")`."),
@@ -69,8 +75,12 @@ pub const CODES: &[(&str, &str)] = &[
     ("recap::validate::bad_options", "The `options` of a `choice` verifier must be the option letters, upper-case ASCII (`\"ABCD\"`): the verifier looks for one of them in the completion."),
     ("recap::validate::penalty_target", "Warning: a `length_penalty` gives 1.0 up to `target` generated tokens and falls linearly to 0.0 at `max_tokens`; with `target` at or above `max_tokens` there is no slope, and the reward drops from 1.0 to 0.0 right after `target` tokens."),
     ("recap::validate::unknown_weight_key", "`static(...)` weighs objectives and `weights(...)` weighs sources by name; a name given is not an objective (or source) of the stage. The help line suggests the closest name."),
-    ("recap::internal::parse_tree", "Internal error: the parser produced a tree the compiler did not expect. This is a bug in recapc; please report it with the file."),
-    ("recap::internal::stdlib", "Internal error: the embedded standard library does not check. This is a bug in recapc; please report it."),
-    ("recap::internal::lower", "Internal error: a checked program could not be lowered to a plan. This is a bug in recapc; please report it with the file."),
-    ("recap::internal::dag", "Internal error: the dataflow graph of a plan has a cycle. This is a bug in recapc; please report it with the file."),
 ];
+
+/// Every code with its explanation, by stage in pipeline order, internal errors last.
+pub fn codes() -> impl Iterator<Item = (&'static str, &'static str)> {
+    let internal = InternalCode::ALL
+        .iter()
+        .map(|c| (c.code(), c.explanation()));
+    AWAITING_CONVERSION.iter().copied().chain(internal)
+}

@@ -6,7 +6,8 @@
 //! optimiser to mixer. Node order is the order of construction, which follows the plan and so
 //! the file: deterministic. Also renders a graph as DOT, Mermaid or text.
 
-use crate::diagnostic::{Diagnostic, Span};
+use crate::diagnostic::{Diagnostic, Problem, Span};
+use crate::internal::InternalProblem;
 use crate::key_index::KeyIndex;
 use crate::GraphFormat;
 use compact_str::format_compact;
@@ -288,12 +289,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
         let id = node(cycle.node_id())
             .map(|n| n.id.clone())
             .unwrap_or_default();
-        return Err(Diagnostic::error(
-            "recap::internal::dag",
-            format!("internal error, please report: the dataflow graph has a cycle through `{id}`"),
-        )
-        .label(Span::default(), "in the whole file")
-        .with_help("this is a bug in recapc; please report it with the file"));
+        return Err(InternalProblem::DagCycle(&id).at(Span::default(), "in the whole file"));
     }
     let mut edges: Vec<Edge> = Vec::with_capacity(b.g.edge_count());
     edges.extend(b.g.raw_edges().iter().filter_map(|e| {

@@ -6,7 +6,8 @@
 //! programs without errors; a shape it does not expect becomes `recap::internal::lower`.
 
 use crate::ast::DeclKind;
-use crate::diagnostic::{Diagnostic, Span};
+use crate::diagnostic::{Diagnostic, Problem, Span};
+use crate::internal::InternalProblem;
 use crate::resolve::{EntityId, EntityKind, Resolved};
 use crate::typecheck::{CallVal, Typed, Val, Value};
 use crate::validate::{entity_name, frozen_copies, Validated};
@@ -289,12 +290,7 @@ struct L<'r, 'a> {
 
 impl L<'_, '_> {
     fn bug(&self, what: &str, span: Span) -> Diagnostic {
-        Diagnostic::error(
-            "recap::internal::lower",
-            format!("internal error, please report: {what}"),
-        )
-        .label(span, "while lowering this")
-        .with_help("this is a bug in recapc; please report it with the file")
+        InternalProblem::Lower(what).at(span, "while lowering this")
     }
 
     fn u(&self, c: &CallVal, name: &str) -> Result<u64, Diagnostic> {
