@@ -10,7 +10,7 @@ use crate::diagnostic::{Diagnostic, Problem, Span};
 use crate::internal::InternalProblem;
 use crate::resolve::{EntityId, EntityKind, Resolved};
 use crate::typecheck::{CallVal, Typed, Val, Value};
-use crate::validate::{entity_name, frozen_copies, Validated};
+use crate::validate::Validated;
 use compact_str::{format_compact, CompactString};
 use recap_plan as p;
 use std::collections::BTreeMap;
@@ -39,7 +39,7 @@ pub fn lower(
         sources: Vec::with_capacity(sources),
         models: Vec::with_capacity(models),
         inline: BTreeMap::new(),
-        frozen: frozen_copies(res, typed, validated.policy),
+        frozen: validated.frozen.clone(),
     };
     let mut params = BTreeMap::new();
     for (id, e) in res.entities.iter().enumerate() {
@@ -275,6 +275,12 @@ fn file_stem(file_name: &str) -> String {
     } else {
         stem.to_string()
     }
+}
+
+/// The name of an entity as the plan holds it (a copy that needs no allocation for names of
+/// up to 24 bytes).
+fn entity_name(res: &Resolved, id: EntityId) -> CompactString {
+    res.name(id).into()
 }
 
 struct L<'r, 'a> {
