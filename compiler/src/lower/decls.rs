@@ -264,32 +264,23 @@ impl L<'_, '_> {
         };
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
-            let term = match &item.v {
-                Value::Decl(id, _) => {
-                    let n = self.verifier_ref(owner, i, Some(*id), None)?;
-                    p::RewardTerm {
-                        name: item
-                            .origin_name(self.res)
-                            .map_or_else(|| n.clone(), CompactString::from),
-                        parts: vec![p::WeightedVerifier {
-                            weight: 1.0,
-                            verifier: n,
-                        }],
-                    }
-                }
-                Value::Call(c) => {
-                    let n = self.verifier_ref(owner, i, None, Some(c))?;
-                    p::RewardTerm {
-                        name: item
-                            .origin_name(self.res)
-                            .map_or_else(|| n.clone(), CompactString::from),
-                        parts: vec![p::WeightedVerifier {
-                            weight: 1.0,
-                            verifier: n,
-                        }],
-                    }
-                }
-                Value::Reward(terms) => {
+            // A verifier on its own, by name or inline, is a term of one part.
+            let single = match &item.v {
+                Value::Decl(id, _) => Some(self.verifier_ref(owner, i, Some(*id), None)?),
+                Value::Call(c) => Some(self.verifier_ref(owner, i, None, Some(c))?),
+                _ => None,
+            };
+            let term = match (single, &item.v) {
+                (Some(n), _) => p::RewardTerm {
+                    name: item
+                        .origin_name(self.res)
+                        .map_or_else(|| n.clone(), CompactString::from),
+                    parts: vec![p::WeightedVerifier {
+                        weight: 1.0,
+                        verifier: n,
+                    }],
+                },
+                (None, Value::Reward(terms)) => {
                     let mut parts: Vec<p::WeightedVerifier> = Vec::new();
                     for (w, id) in terms {
                         let n = entity_name(self.res, *id);
