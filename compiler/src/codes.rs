@@ -1,9 +1,16 @@
-//! The diagnostic codes: takes nothing in; gives the table of every code the compiler can
-//! emit with its long explanation, for `recapc explain`, the docs and the tests that check
-//! every emitted code is listed here.
+//! The diagnostic codes: takes nothing in; gives every code the compiler can emit with its long
+//! explanation, for `recapc explain`, the docs and the tests that check every emitted code is
+//! listed. A converted stage declares its codes beside its problem enum (`validate::problems`,
+//! `internal`), so they are listed from there and cannot drift from what the stage emits.
 
-/// (code, explanation). Keep sorted by stage in pipeline order.
-pub const CODES: &[(&str, &str)] = &[
+use crate::diagnostic::ProblemCode;
+use crate::internal::InternalCode;
+use crate::validate::ValidateCode;
+
+/// The codes of the stages whose problems are not yet enums (parse, resolve, typecheck), as
+/// (code, explanation). Each moves beside its stage's problem enum when the stage is
+/// converted; until then the stage writes its codes as strings, which must match these.
+const AWAITING_CONVERSION: &[(&str, &str)] = &[
     ("recap::parse::syntax", "The file does not follow the grammar at this point. The message says what the parser expected (an item keyword, `=`, an expression, a closing bracket) and what it found. Items start with a keyword (`model`, `source`, `verifier`, `objective`, `eval`, `param`, `let`, `use`, `stage`, `reweight`, `mix`, `train`); blocks hold `name = value` fields. After a syntax error the parser resumes at the next line that starts with an item keyword, so later errors are reported too.\n\nExample:\n    model policy hf(\"models/qwen\")   # missing `=`\nFix:\n    model policy = hf(\"models/qwen\")"),
     ("recap::parse::bad_escape", "A string holds a backslash escape recap does not know. Known escapes: \\n \\t \\r \\0 \\\\ \\\" \\{ \\}. Regular expressions are easiest as raw strings, which have no escapes: r\"\\d+\" or r#\"say \"hi\"\"#."),
     ("recap::parse::number_too_large", "An integer does not fit in 64 bits, or a float is not finite. Use a smaller number; step counts and seeds never need more."),
@@ -40,37 +47,18 @@ pub const CODES: &[(&str, &str)] = &[
     ("recap::typecheck::no_fields", "A field path is used on something that is not a source (`policy.answer`). Only sources have fields."),
     ("recap::typecheck::block_not_allowed", "A block `{ ... }` follows something that is not a stdlib call (`verifier v = other { ... }`), or `train` is given a value instead of a block. A block holds the named arguments of the call before it."),
     ("recap::typecheck::missing_value", "`reweight` or `mix` is written without a policy. Write e.g. `reweight recap` or `mix uniform`."),
-    ("recap::typecheck::bad_param_type", "A `param` has a type that cannot come from the command line. Params are int, float, bool, string, percent or path."),
-    ("recap::validate::missing_file", "A path named in the pipeline does not exist (relative to the pipeline file's directory). A warning for `recapc check`, so pipelines can be checked before data is fetched; an error for `recapc run`."),
-    ("recap::validate::shape_not_divisible", "A `tiny` model's shape does not divide: `hidden` must be a multiple of `heads` (each head gets hidden/heads dimensions) and `heads` a multiple of `kv_heads` (grouped-query attention shares each KV head among heads/kv_heads query heads)."),
-    ("recap::validate::policy_is_frozen", "`train { policy = ... }` names a frozen model. Frozen copies are references for KL terms and are never trained."),
-    ("recap::validate::no_policy", "The job trains objectives but declares no trainable model. Declare one, e.g. `model policy = hf(\"models/qwen2.5-0.5b-instruct\")`."),
-    ("recap::validate::ambiguous_policy", "More than one model is not frozen, so the checker cannot tell which one to train. Name it: `train { policy = policy }`."),
-    ("recap::validate::policy_changes", "Two stages train different policies. Stages run in order, each starting from the weights the previous one left, so all stages train the same model."),
-    ("recap::validate::no_objective", "A stage (or a file without stages) declares no objective, so there is nothing to train. Add `objective name = grpo(...)` or `sft(...)`."),
-    ("recap::validate::missing_train", "The job has no `train` setting, so it has no step count. Add `train { steps = 100 }` at the top level or in each stage."),
-    ("recap::validate::no_reward", "An RL objective (`grpo`) or a probe has an empty reward list. GRPO compares completions by reward; without one every advantage is zero. Add `rewards = [accuracy]`."),
-    ("recap::validate::missing_field", "A verifier or objective needs a field its source does not provide: `numeric`, `exact`, `math_equal`, `choice` and `iou` read the source's `answer` unless given `expected = source.field`; `sft` reads `target`. Map the field in the source's block, e.g. `answer = field(\"answer\").after(\"####\")`."),
-    ("recap::validate::foreign_field", "A verifier reads the expected answer from one source (`expected = math.answer`) but is used on an objective or probe over another source, whose rows have no such values. Declare a verifier per source, or leave `expected` out so it reads the verified source's `answer`."),
-    ("recap::validate::batch_not_divisible", "`micro_batch` must divide the completions of each step: prompts_per_step x group for GRPO objectives, prompts_per_step for SFT. Otherwise the last micro-batch would be ragged or groups would be split (the most common configuration error in RL trainers). The help line proposes a divisor."),
-    ("recap::validate::kl_reference_not_frozen", "A KL term names a trainable model as its reference. The reference must stay fixed: declare `model base = frozen(policy)` and write `kl(base)`."),
-    ("recap::validate::kl_without_reference", "A KL term gives no reference model and there is not exactly one frozen copy of the policy to default to. Declare `model base = frozen(policy)`, or name the reference: `kl(base, coef = 0.04)`."),
-    ("recap::validate::warmup_exceeds_steps", "A learning-rate warm-up is as long as, or longer than, the stage, so the schedule never reaches its peak. Use fewer steps, or a percentage such as `warmup = 10%`."),
-    ("recap::validate::never_runs", "Warning: a probe or checkpoint interval is longer than the stage, so it never fires (the final checkpoint is still written)."),
-    ("recap::validate::reweight_needs_two", "A reweighting policy other than `uniform` needs at least two objective keys to weigh against each other. Keys: one per reward term of each RL objective, one per SFT objective. Add a replay objective or another reward term, or use `reweight uniform`."),
-    ("recap::validate::window_too_long", "Warning: RECAP compares the older and newer halves of the last 2 x window values of each key; with 2 x window above the stage's steps the signals never use a full window."),
-    ("recap::validate::coreset_base", "`coreset(cap, base)` draws like `base` and scales the replay sources' chances down until replay is at most `cap` times the RL volume, so `base` must be a mixer that draws at random: `uniform`, `proportional` or `weights(...)`. `round_robin` and `all` draw in a fixed pattern, and a coreset of a coreset caps nothing new.\n\nExample:\n    mix coreset(0.5, base = round_robin)\nFix:\n    mix coreset(0.5, base = uniform)"),
-    ("recap::validate::no_replay", "Warning: `coreset` caps the replay (SFT) volume, but the stage has no SFT objective, so it behaves like its base mixer."),
-    ("recap::validate::missing_data_field", "A `jsonl` source's prompt uses a `{placeholder}`, or one of its fields reads `field(\"name\")`, that a row of its data file lacks (the checker reads the first 20 rows). The run would stop at that row after loading the models. Fix the name in the pipeline, or map the data's field: `question = field(\"problem\")`."),
-    ("recap::validate::context_too_short", "A `grpo` objective or a probe may generate `max_tokens` new tokens, but the policy's context (`max_position_embeddings` in the model directory's `config.json`) is no longer than that, so no prompt fits beside them. The runtime would stop at the first rollout. Lower `max_tokens`: the prompt and the generated tokens together must fit in the context."),
-    ("recap::validate::incomplete_model", "An `hf(dir)` model directory exists but lacks what loading needs: `config.json`, `tokenizer.json`, or the weights (`model.safetensors`, or `model.safetensors.index.json` with its shards). Usually a download that stopped half-way. A warning for `recapc check`, an error for `recapc run`, like a missing file."),
-    ("recap::validate::bad_data_line", "A line among the first 20 rows of a `jsonl` source's data file is not a JSON object (not valid JSON, or an array, string or number). Every line of a JSON Lines file is one JSON object; blank lines are skipped. The run would stop at that line after loading the models."),
-    ("recap::validate::bad_regex", "The `pattern` of a `regex` verifier is not a regular expression the runtime can compile: a syntax error (an unclosed group, a stray quantifier) or a pattern that compiles to more than 4 MiB. The syntax is that of Rust's `regex` crate (no look-around, no back-references). Escape literal `(`, `[`, `{`, `.`, `*` with a backslash, and write patterns as raw strings so backslashes stay as written.\n\nExample:\n    verifier fmt = regex(\"<answer>(.*</answer>\")\nFix:\n    verifier fmt = regex(r\"<answer>(.*)</answer>\")"),
-    ("recap::validate::bad_options", "The `options` of a `choice` verifier must be the option letters, upper-case ASCII (`\"ABCD\"`): the verifier looks for one of them in the completion."),
-    ("recap::validate::penalty_target", "Warning: a `length_penalty` gives 1.0 up to `target` generated tokens and falls linearly to 0.0 at `max_tokens`; with `target` at or above `max_tokens` there is no slope, and the reward drops from 1.0 to 0.0 right after `target` tokens."),
-    ("recap::validate::unknown_weight_key", "`static(...)` weighs objectives and `weights(...)` weighs sources by name; a name given is not an objective (or source) of the stage. The help line suggests the closest name."),
-    ("recap::internal::parse_tree", "Internal error: the parser produced a tree the compiler did not expect. This is a bug in recapc; please report it with the file."),
-    ("recap::internal::stdlib", "Internal error: the embedded standard library does not check. This is a bug in recapc; please report it."),
-    ("recap::internal::lower", "Internal error: a checked program could not be lowered to a plan. This is a bug in recapc; please report it with the file."),
-    ("recap::internal::dag", "Internal error: the dataflow graph of a plan has a cycle. This is a bug in recapc; please report it with the file."),
-];
+    ("recap::typecheck::bad_param_type", "A `param` has a type that cannot come from the command line. Params are int, float, bool, string, percent or path."),];
+
+/// Every code with its explanation, by stage in pipeline order, internal errors last.
+pub fn codes() -> impl Iterator<Item = (&'static str, &'static str)> {
+    AWAITING_CONVERSION
+        .iter()
+        .copied()
+        .chain(listed::<ValidateCode>())
+        .chain(listed::<InternalCode>())
+}
+
+/// The codes of a converted stage with their explanations.
+fn listed<C: ProblemCode>() -> impl Iterator<Item = (&'static str, &'static str)> {
+    C::ALL.iter().map(|c| (c.code(), c.explanation()))
+}

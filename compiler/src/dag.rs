@@ -2,7 +2,8 @@
 //! crate's one graph builder (`recap_plan::graph`), a cycle reported as an internal error. Also
 //! renders a graph as DOT, Mermaid or text.
 
-use crate::diagnostic::{Diagnostic, Span};
+use crate::diagnostic::{Diagnostic, Problem, Span};
+use crate::internal::InternalProblem;
 use crate::GraphFormat;
 use foldhash::HashMap;
 use recap_plan::{Graph, NodeKind, Plan};
@@ -11,13 +12,7 @@ use recap_plan::{Graph, NodeKind, Plan};
 /// cycle.
 pub fn build(plan: &Plan) -> Result<Graph, Diagnostic> {
     recap_plan::graph::build(plan).map_err(|cycle| {
-        let id = cycle.through;
-        Diagnostic::error(
-            "recap::internal::dag",
-            format!("internal error, please report: the dataflow graph has a cycle through `{id}`"),
-        )
-        .label(Span::default(), "in the whole file")
-        .with_help("this is a bug in recapc; please report it with the file")
+        InternalProblem::DagCycle(&cycle.through).at(Span::default(), "in the whole file")
     })
 }
 

@@ -188,6 +188,97 @@ impl Diagnostic {
     }
 }
 
+/// A problem a stage found: one variant of the stage's problem enum, which owns the wording,
+/// so a call site says only what was found and where. Each enum maps its variants to the
+/// stage's code enum (declared with `problem_codes!`), which owns the codes and their long
+/// explanations; `codes.rs` lists those, so a code cannot be emitted without an explanation.
+pub trait Problem {
+    /// The stage's code enum.
+    type Code: ProblemCode;
+    /// Which of the stage's codes the problem has.
+    fn kind(&self) -> Self::Code;
+    /// The stable code, `recap::<stage>::<name>`.
+    fn code(&self) -> &'static str {
+        self.kind().code()
+    }
+    /// Whether the problem stops the run; most do.
+    fn severity(&self) -> Severity {
+        Severity::Error
+    }
+    /// What is wrong, in one sentence.
+    fn message(&self) -> String;
+    /// One line telling the user what to do about it.
+    fn help(&self) -> String;
+
+    /// The diagnostic of this problem with its primary label: the one way a stage builds a
+    /// diagnostic. Add further labels with `Diagnostic::label`.
+    fn at(&self, span: Span, label: impl Into<String>) -> Diagnostic
+    where
+        Self: Sized,
+    {
+        Diagnostic::from(self).label(span, label)
+    }
+}
+
+impl<P: Problem> From<&P> for Diagnostic {
+    fn from(problem: &P) -> Self {
+        Diagnostic {
+            code: problem.code().to_string(),
+            severity: problem.severity(),
+            message: problem.message(),
+            labels: Vec::new(),
+            help: Some(problem.help()),
+        }
+    }
+}
+
+/// A stage's code enum (declared with `problem_codes!`): each variant a stable code with its
+/// long explanation.
+pub trait ProblemCode: Copy + 'static {
+    /// Every code of the stage, in the order `recapc explain` lists them.
+    const ALL: &'static [Self];
+    /// The stable code, `recap::<stage>::<name>`.
+    fn code(self) -> &'static str;
+    /// The long explanation, for `recapc explain` and the docs.
+    fn explanation(self) -> &'static str;
+}
+
+/// Declares a stage's code enum: a fieldless enum whose variants each carry a stable code and
+/// the long explanation `recapc explain` prints, with `ALL` listing the variants in order. One
+/// declaration gives all three, so a variant cannot lack a code or an explanation, nor be left
+/// out of the list.
+macro_rules! problem_codes {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $code:literal => $text:expr,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $crate::diagnostic::ProblemCode for $name {
+            const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            fn code(self) -> &'static str {
+                match self {
+                    $($name::$variant => $code,)*
+                }
+            }
+
+            fn explanation(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+        }
+    };
+}
+pub(crate) use problem_codes;
+
 /// The closest candidate to `name` (edit distance at most a third of its length, at least 1,
 /// and less than the length of either, so a one-letter name is never "corrected" into another
 /// one-letter name), for "did you mean" help.

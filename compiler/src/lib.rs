@@ -12,6 +12,7 @@ pub mod ast;
 pub mod codes;
 pub mod dag;
 pub mod diagnostic;
+pub mod internal;
 mod key_index;
 mod lexer;
 pub mod lower;
@@ -103,13 +104,7 @@ pub fn check(
     let mut diagnostics = Vec::new();
     let std = stdlib::stdlib();
     for e in &std.errors {
-        diagnostics.push(
-            Diagnostic::error(
-                "recap::internal::stdlib",
-                format!("internal error, please report: {e}"),
-            )
-            .with_help("this is a bug in recapc's stdlib; please report it"),
-        );
+        diagnostics.push(Diagnostic::from(&internal::InternalProblem::Stdlib(e)));
     }
     let (file, parse_diags) = parse::parse_partial(source);
     let parse_failed = parse_diags.iter().any(|d| d.severity == Severity::Error);
@@ -160,15 +155,14 @@ pub fn render_graph(plan: &recap_plan::Plan, format: GraphFormat) -> String {
 
 /// The long explanation of a diagnostic code, for `recapc explain CODE`.
 pub fn explain(code: &str) -> Option<&'static str> {
-    codes::CODES
-        .iter()
+    codes::codes()
         .find(|(c, _)| *c == code)
-        .map(|(_, text)| *text)
+        .map(|(_, text)| text)
 }
 
 /// Every diagnostic code the compiler can emit, for docs and tests.
 pub fn all_codes() -> Vec<&'static str> {
-    codes::CODES.iter().map(|(c, _)| *c).collect()
+    codes::codes().map(|(c, _)| c).collect()
 }
 
 /// Documentation of every stdlib function and enum (signature and doc comment), for

@@ -385,10 +385,25 @@ fn every_code_has_an_explanation_and_every_emitted_code_is_listed() {
         assert_eq!(parts[0], "recap");
     }
     assert!(recap_compiler::explain("recap::nope::nothing").is_none());
-    // Every code string used in the compiler's source is in the table.
-    let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    for entry in std::fs::read_dir(src_dir).unwrap() {
-        let path = entry.unwrap().path();
+    // Every code string used in the compiler's source, stage folders included, is in the
+    // table.
+    let mut files = Vec::new();
+    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    assert!(
+        files.iter().any(|p| p.ends_with("validate/mod.rs")),
+        "the walk missed the stage folders"
+    );
+    for path in files {
         if path.file_name().is_some_and(|n| n == "codes.rs") {
             continue;
         }
