@@ -41,14 +41,14 @@ pub fn tune_allocator() -> bool {
 /// not spin (`CANDLE_BARRIER_POOL_SPIN_LIMIT=0`); matrix multiplies and the fused kernels still
 /// run on all cores through rayon's pool. With a barrier-pool worker, every large element-wise
 /// op (each gradient accumulation of the backward pass among them) made the calling thread spin
-/// until the parked worker woke: on the 2-core benchmark machine that cost 30% of the CPU time
-/// of a training step, more than the parallelism gained. Call it at program start, before any
+/// until the parked worker woke, which cost more CPU time than the parallelism gained (see
+/// docs/performance.md). Call it at program start, before any
 /// candle op runs (the pool reads the variables once) and before other threads exist (it sets
 /// environment variables). Returns whether candle's pool was left without workers.
 pub fn tune_threads() -> bool {
     // candle asks for its thread count on every matmul; unless RAYON_NUM_THREADS is set, that
-    // re-reads /proc/cpuinfo each time (num_cpus' physical-core count), 5% of a training step's
-    // CPU time on the benchmark. Pinning the variable to the count candle computes keeps the
+    // re-reads /proc/cpuinfo each time (num_cpus' physical-core count), a measurable share of a
+    // training step's CPU time. Pinning the variable to the count candle computes keeps the
     // same thread count and makes the lookup a plain environment read.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = candle_core::utils::get_num_threads();

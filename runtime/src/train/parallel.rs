@@ -5,8 +5,8 @@
 //! Why: on the CPU, a single forward+backward over the whole batch keeps only the matrix
 //! multiplies parallel; every element-wise op, fused kernel sweep and gradient sum in between
 //! runs on one core. Splitting the rows into one chunk per core and running the chunks side by
-//! side keeps all cores busy for all of the step (on the fixture benchmark: 0.129 s -> 0.095 s
-//! for policy forward+backward plus reference forward, the CPU seconds unchanged). Each chunk's
+//! side keeps all cores busy for all of the step at the same CPU seconds (docs/performance.md
+//! has the figures). Each chunk's
 //! loss is already scaled to its share of the batch, so the gradients of the chunks add up to
 //! the gradient of the whole batch. Results come back in chunk order and are summed in that
 //! order, so a run stays deterministic whatever the threads' timing.
@@ -20,9 +20,8 @@ use rayon::prelude::*;
 /// weight gradients (allocated, filled and summed: a few passes over `params` floats), while the
 /// split runs the per-token work outside the matrix multiplies in parallel (activations and
 /// their gradients: some 16 passes over `tokens x hidden` floats per layer). So a small model
-/// with a large batch (the fixture benchmark: 1M weights, 1,500 tokens, 0.129 s -> 0.095 s)
-/// splits, and a 135M-weight model with a handful of short rows does not (it measured slower
-/// split).
+/// with a large batch (the benchmark fixture) splits, and a 135M-weight model with a handful of
+/// short rows does not (it measured slower split).
 pub fn split_pays(tokens: usize, hidden: usize, layers: usize, params: usize) -> bool {
     tokens
         .saturating_mul(hidden)
