@@ -83,9 +83,6 @@ fn main() {
         let t = std::time::Instant::now();
         let _ = recap_compiler::parse(&src);
         let parse = t.elapsed();
-        let t = std::time::Instant::now();
-        let _ = recap_compiler::parse::pest_only(&src);
-        println!("pest alone {:?}", t.elapsed());
         println!(
             "{lines:>7} lines ({:>8} bytes): check {:?}, of which parse about {parse:?}",
             src.len(),
