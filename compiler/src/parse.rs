@@ -943,7 +943,7 @@ fn build_expr(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
                         ExprKind::Name(func) => Ok(Expr {
                             span,
                             kind: ExprKind::Call {
-                                func: func.ident,
+                                func,
                                 args: Box::new(args),
                             },
                         }),
@@ -1070,7 +1070,7 @@ fn build_primary(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
         // The grammar reads `true` and `false` as names (see `primary` in recap.pest).
         Rule::ident if pair.as_str() == "true" => ExprKind::Bool(true),
         Rule::ident if pair.as_str() == "false" => ExprKind::Bool(false),
-        Rule::ident => ExprKind::Name(ident(pair, base).into()),
+        Rule::ident => ExprKind::Name(ident(pair, base)),
         Rule::paren => {
             let mut c = Children::new(pair, base);
             let inner = build_expr(c.next()?, base)?;

@@ -144,6 +144,9 @@ pub struct Resolved<'a> {
     /// Entity ids, each after everything it references; entities on a cycle are left out.
     pub order: Vec<EntityId>,
     names: Names,
+    /// What each name used as a value in an entity's value meant where resolve walked it,
+    /// keyed by the address of the name's node (see `recorded`).
+    recorded: HashMap<usize, Option<EntityId>>,
 }
 
 impl<'a> Resolved<'a> {
@@ -156,6 +159,18 @@ impl<'a> Resolved<'a> {
     /// `lookup` with the entity's kind, read from the name table itself.
     pub fn lookup_kind(&self, name: &str, stage: Option<usize>) -> Option<(EntityId, EntityKind)> {
         self.names.lookup(name, stage)
+    }
+
+    /// The entity that `name`, a name used as a value in an entity's value, refers to, as resolve
+    /// found it: `None` when resolve recorded nothing for the name (names in settings, which
+    /// typecheck evaluates once per stage, and names from outside the file, such as the
+    /// stdlib's defaults), else the entity or `Some(None)` for none. Typecheck reads this rather
+    /// than looking the name up again. The key is the node's address: the tree is borrowed
+    /// for as long as `Resolved` lives, so an address is one node of it, and a node from
+    /// elsewhere can never match one (a span could: the stdlib's spans are offsets in its own
+    /// text).
+    pub fn recorded(&self, name: &Ident) -> Option<Option<EntityId>> {
+        self.recorded.get(&node_key(name)).copied()
     }
 
     /// The kind of entity `id`, read from the compact name table rather than the entity list.
@@ -188,10 +203,16 @@ struct Resolver<'a, 'd> {
     top_settings: Vec<Setting<'a>>,
     stages: Vec<StageScope<'a>>,
     staged: bool,
-    /// Whether `walk` records each name's answer in its node: on while entity values are
+    /// Whether `walk` records each name's answer in `recorded`: on while entity values are
     /// walked, each once in the stage typecheck evaluates it in; off for settings, which
     /// typecheck evaluates once per stage and so looks up afresh.
     record: bool,
+    recorded: HashMap<usize, Option<EntityId>>,
+}
+
+/// The key of a syntax node in `Resolved::recorded`: its address.
+fn node_key(name: &Ident) -> usize {
+    std::ptr::from_ref(name) as usize
 }
 
 /// `report_unused` is off when items were lost to syntax errors (their uses are unknown).
@@ -225,6 +246,7 @@ pub fn resolve<'a>(
         stages: Vec::new(),
         staged,
         record: true,
+        recorded: HashMap::new(),
     };
     if !staged {
         r.stages.push(StageScope {
@@ -277,6 +299,7 @@ pub fn resolve<'a>(
         stages: r.stages,
         order,
         names: r.names,
+        recorded: r.recorded,
     }
 }
 
@@ -713,7 +736,7 @@ impl<'a> Resolver<'a, '_> {
             ExprKind::Name(id) => {
                 let found = self.lookup(&id.name, stage);
                 if self.record {
-                    id.resolved.set(found);
+                    self.recorded.insert(node_key(id), found);
                 }
                 if let Some(t) = found {
                     refs.push((t, id.span));
