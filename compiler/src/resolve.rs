@@ -8,55 +8,23 @@
 
 use crate::ast::*;
 use crate::diagnostic::{did_you_mean, Diagnostic, Span};
-use crate::key_index::KeyIndex;
 use crate::stdlib::Stdlib;
 use compact_str::CompactString;
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::{HashMap, VecDeque};
 
-/// The name table, looked up for every name in the file: a `KeyIndex` of 4-byte entity ids
-/// over `entries`, which lists the names in declaration order. A name is nearly always used a
-/// few lines below its declaration, so the entry a lookup compares is one the walk read
-/// moments ago. (Entries of 40 bytes, the name and entity inside the hash table, spread a large
-/// file's table over megabytes and cost a cache miss on most lookups; so did keys borrowed
-/// from the syntax tree.)
+/// The name table: every declared name, with what a lookup of it finds.
 #[derive(Debug)]
-struct Names {
-    index: KeyIndex,
-    /// Entry `i` is entity `i`'s.
-    entries: Vec<Entry>,
-}
-
-/// An entity's name (inline up to 24 bytes, nearly all names), the stage that declares it
-/// (`u32::MAX` for the top level) and its kind.
-#[derive(Debug)]
-struct Entry {
-    name: CompactString,
-    stage: u32,
-    kind: EntityKind,
-}
+struct Names(HashMap<CompactString, Slot>);
 
 impl Names {
     fn with_capacity(n: usize) -> Self {
-        Names {
-            index: KeyIndex::with_capacity(n),
-            entries: Vec::with_capacity(n),
-        }
-    }
-
-    fn name_at(entries: &[Entry], id: u32) -> Option<&str> {
-        entries.get(id as usize).map(|e| e.name.as_str())
+        Names(HashMap::with_capacity(n))
     }
 
     /// The entry of `name`, if it is declared.
     fn get(&self, name: &str) -> Option<Slot> {
-        let id = self.index.find(name, |i| Self::name_at(&self.entries, i))?;
-        let e = self.entries.get(id as usize)?;
-        Some(Slot {
-            id,
-            stage: e.stage,
-            kind: e.kind,
-        })
+        self.0.get(name).copied()
     }
 
     /// The entity `name` refers to from `stage`, and its kind.
@@ -64,13 +32,9 @@ impl Names {
         self.get(name)?.visible(stage)
     }
 
-    /// Adds the next entity, whose name `get` has just not found.
-    fn push(&mut self, name: CompactString, stage: u32, kind: EntityKind) {
-        // Ids fit 32 bits: the parser refuses files over 4 GiB (see `add_entity`).
-        let id = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
-        let entries = &self.entries;
-        self.index.insert(&name, id, |i| Self::name_at(entries, i));
-        self.entries.push(Entry { name, stage, kind });
+    /// Adds entity `id`, whose name `get` has just not found.
+    fn push(&mut self, name: CompactString, id: u32, stage: u32, kind: EntityKind) {
+        self.0.insert(name, Slot { id, stage, kind });
     }
 }
 
@@ -173,9 +137,9 @@ impl<'a> Resolved<'a> {
         self.recorded.get(&node_key(name)).copied()
     }
 
-    /// The kind of entity `id`, read from the compact name table rather than the entity list.
+    /// The kind of entity `id`.
     pub fn kind(&self, id: EntityId) -> Option<EntityKind> {
-        self.names.entries.get(id).map(|e| e.kind)
+        self.entities.get(id).map(|e| e.kind)
     }
 
     /// The name of entity `id` (empty for an id that is not one).
@@ -339,7 +303,8 @@ impl<'a> Resolver<'a, '_> {
         let stage = e
             .stage
             .map_or(u32::MAX, |s| u32::try_from(s).unwrap_or(u32::MAX - 1));
-        self.names.push(e.name.name.clone(), stage, e.kind);
+        let slot = u32::try_from(id).unwrap_or(u32::MAX);
+        self.names.push(e.name.name.clone(), slot, stage, e.kind);
         self.entities.push(e);
         Some(id)
     }
