@@ -3,7 +3,6 @@
 //! codes. The binary in `main.rs` is a thin wrapper so that tests and benchmarks can call the
 //! same code the user runs.
 
-pub mod alloc;
 pub mod bench;
 pub mod cli;
 pub mod commands;

@@ -3,11 +3,6 @@
 //! K times and prints only its count of diagnostics (for `valgrind`: see `main`).
 use recap_compiler::{check, AssumeFilesExist, CheckOptions};
 
-// The `recapc` binary serves the checker's blocks (all small but a few) from mimalloc; the same
-// allocator here keeps the counts of cache misses and the times comparable with `recapc`'s.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn generated(lines: usize) -> String {
     let mut s = String::from("model policy = hf(\"m\")\nmodel base = frozen(policy)\n");
     let mut i = 0;
