@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Counts, for one `check` of each `bench-check` pipeline, the instructions executed and the data
+# Counts, for one `check` of each `bench_check` pipeline, the instructions executed and the data
 # the check fetches from memory, with valgrind's cachegrind simulating this development
-# machine's caches (32 KiB L1 data cache, 32 MiB last-level cache). Unlike the times of
-# `recapc bench-check`, these counts do not move with the machine's load, so they say whether
+# machine's caches (32 KiB L1 data cache, 32 MiB last-level cache). Unlike the times of the
+# `bench_check` example, these counts do not move with the machine's load, so they say whether
 # the work grows with the input (instructions) and whether its data still fits the cache
 # (last-level data misses: each fills a 64-byte line from DRAM, for a read or a write;
 # cachegrind does not simulate the write-backs of dirty lines, so traffic is at least this).
 # Each figure is two checks in one process minus one: for instructions, one check without the
 # start-up; for misses, one check after an identical one, as in a series of checks.
 #
-# Usage: scripts/check-traffic.sh [LINES...]   (default: 10000 100000)
+# Usage: scripts/check-traffic.sh [LINES...]   (default: 1000 10000)
 # Needs valgrind; takes about a minute for the default sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,16 +20,15 @@ if ! command -v valgrind >/dev/null; then
 fi
 sizes=("$@")
 if [ ${#sizes[@]} -eq 0 ]; then
-    sizes=(10000 100000)
+    sizes=(1000 10000)
 fi
 list=$(IFS=,; echo "${sizes[*]}")
 
-cargo build --release --quiet --bin recapc
-cargo build --release --quiet -p recap-compiler --example timing
+cargo build --release --quiet -p recap-compiler --example bench_check --example timing
 bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$bin/recapc" bench-check --lines "$list" --runs 1 --keep "$work" >/dev/null
+"$bin/examples/bench_check" --lines "$list" --runs 1 --keep "$work" >/dev/null
 
 # One run of the example checking FILE K times; prints "instructions data_misses", or fails.
 count() {

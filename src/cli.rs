@@ -39,9 +39,6 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
-    /// Time the checker on generated pipelines of 1k, 10k and 100k lines.
-    #[command(hide = true)]
-    BenchCheck(BenchArgs),
 }
 
 /// How `recapc check` prints diagnostics.
@@ -222,28 +219,4 @@ pub struct CompletionsArgs {
     /// The shell to generate completions for.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
-    /// Sizes to generate, in lines.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1_000usize, 10_000, 100_000])]
-    pub lines: Vec<usize>,
-    /// Rounds; each times every size once, the sizes interleaved so that all of them see the
-    /// same machine load (each size's median, and the median of the per-round 100k/10k
-    /// ratios, are reported).
-    #[arg(long, default_value_t = 7)]
-    pub runs: usize,
-    /// Write the generated pipelines into this directory (to inspect them).
-    #[arg(long, value_name = "DIR")]
-    pub keep: Option<PathBuf>,
-    /// Also time each stage of the checker alone (median of the same number of runs), to show
-    /// which stages grow faster than the input.
-    #[arg(long)]
-    pub stages: bool,
-    /// Also time the largest pipeline cut into this many files (each with a share of its
-    /// domains, named as in the whole file) checked one after another, in the same rounds: the
-    /// best a checker that streamed a large file in parts, each in cache, could do.
-    #[arg(long, value_name = "PARTS", value_parser = clap::value_parser!(u16).range(2..))]
-    pub split: Option<u16>,
 }

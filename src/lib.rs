@@ -1,10 +1,8 @@
 //! The `recapc` command-line front end as a library: takes command-line arguments and the
 //! files they name; gives rendered diagnostics, plans, graphs, new pipeline files and exit
-//! codes. The binary in `main.rs` is a thin wrapper so that tests and benchmarks can call the
-//! same code the user runs.
+//! codes. The binary in `main.rs` is a thin wrapper so that tests can call the same code the
+//! user runs.
 
-pub mod alloc;
-pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod exit;

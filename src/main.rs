@@ -3,10 +3,6 @@
 
 use clap::Parser;
 
-/// Small blocks from mimalloc, large ones from glibc: see `recapc::alloc` for why.
-#[global_allocator]
-static GLOBAL: recapc::alloc::SplitAlloc = recapc::alloc::SplitAlloc;
-
 fn main() {
     // Training allocates and frees the same large activation buffers every step; without this,
     // glibc returns them to the kernel each time and the step pays page faults (a third of the

@@ -1,6 +1,7 @@
 //! Takes a pipeline file; prints, after each stage of `check`, the heap bytes still live and
 //! the allocations made so far, and the time the stage took (a measurement aid for the
-//! checker's memory use; not a benchmark: `recapc bench-check --stages` times the stages).
+//! checker's memory use; not a benchmark: the `bench_check` example's `--stages` times the
+//! stages).
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;

@@ -243,7 +243,7 @@ pub enum ExprKind {
     Str(StrLit),
     Bool(bool),
     List(Vec<Expr>),
-    Name(NameRef),
+    Name(Ident),
     /// `base.name`, e.g. `math.answer`.
     Member {
         base: Box<Expr>,
@@ -267,96 +267,6 @@ pub enum ExprKind {
         lhs: Box<Expr>,
         rhs: Box<Expr>,
     },
-}
-
-/// A name used as a value (`policy` in `frozen(policy)`), with what resolve
-/// found it to mean. Resolve records the answer in names of entity values (not of settings,
-/// which typecheck evaluates once per stage), and typecheck reads it where it reads the name
-/// rather than asking the name table again: by then, in a large file, the table's entry is
-/// long out of cache.
-/// It reads as its `Ident` (it derefs to one), compares and serialises as one, so the
-/// answer is never part of the syntax.
-#[derive(Debug, Clone)]
-pub struct NameRef {
-    pub ident: Ident,
-    pub resolved: Resolution,
-}
-
-impl From<Ident> for NameRef {
-    fn from(ident: Ident) -> Self {
-        NameRef {
-            ident,
-            resolved: Resolution::default(),
-        }
-    }
-}
-
-impl std::ops::Deref for NameRef {
-    type Target = Ident;
-    fn deref(&self) -> &Ident {
-        &self.ident
-    }
-}
-
-impl PartialEq for NameRef {
-    fn eq(&self, other: &Self) -> bool {
-        self.ident == other.ident
-    }
-}
-
-impl Serialize for NameRef {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.ident.serialize(s)
-    }
-}
-
-/// The entity a name refers to, as resolve recorded it: not yet recorded, no entity (a stdlib
-/// function or enum member, or an unknown name), or an entity id. Atomic, so that the tree
-/// stays shareable between threads while resolve writes it through a shared reference; a
-/// relaxed load or store costs what a plain one does.
-#[derive(Default)]
-pub struct Resolution(std::sync::atomic::AtomicU32);
-
-/// `Resolution`'s encoding: 0 not recorded, 1 no entity, `id + 2` the entity `id`.
-const UNRECORDED: u32 = 0;
-const NO_ENTITY: u32 = 1;
-
-impl Resolution {
-    /// Records the entity the name refers to. An id too large for the encoding (impossible
-    /// below the parser's 4 GiB limit) is left unrecorded, which makes readers look it up.
-    pub fn set(&self, entity: Option<usize>) {
-        let code = match entity {
-            None => NO_ENTITY,
-            Some(id) => u32::try_from(id)
-                .ok()
-                .and_then(|id| id.checked_add(2))
-                .unwrap_or(UNRECORDED),
-        };
-        self.0.store(code, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// `None` when nothing was recorded; else the recorded answer.
-    pub fn get(&self) -> Option<Option<usize>> {
-        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
-            UNRECORDED => None,
-            NO_ENTITY => Some(None),
-            code => Some(Some(code as usize - 2)),
-        }
-    }
-}
-
-impl Clone for Resolution {
-    fn clone(&self) -> Self {
-        Resolution(std::sync::atomic::AtomicU32::new(
-            self.0.load(std::sync::atomic::Ordering::Relaxed),
-        ))
-    }
-}
-
-impl std::fmt::Debug for Resolution {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.get().fmt(f)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -453,46 +363,4 @@ pub fn render_type(t: &TypeExpr) -> String {
         })
         .collect();
     format!("{}{}", parts.join(" | "), if t.optional { "?" } else { "" })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_resolution_reads_back_what_was_recorded() {
-        let r = Resolution::default();
-        assert_eq!(r.get(), None);
-        r.set(None);
-        assert_eq!(r.get(), Some(None));
-        r.set(Some(0));
-        assert_eq!(r.get(), Some(Some(0)));
-        r.set(Some(70_000));
-        assert_eq!(r.clone().get(), Some(Some(70_000)));
-        // Past the encoding's range the answer is left unrecorded, so readers look it up.
-        r.set(Some(u32::MAX as usize));
-        assert_eq!(r.get(), None);
-    }
-
-    #[test]
-    fn a_recorded_resolution_is_not_part_of_the_syntax() {
-        let id = Ident {
-            name: "policy".into(),
-            span: Span::new(3, 9),
-        };
-        let (a, b) = (NameRef::from(id.clone()), NameRef::from(id.clone()));
-        b.resolved.set(Some(4));
-        assert_eq!(a, b);
-        assert_eq!(
-            serde_json::to_string(&b).ok(),
-            serde_json::to_string(&id).ok()
-        );
-    }
-
-    #[test]
-    fn recording_resolutions_does_not_grow_expression_nodes() {
-        // The answer fits beside the name in the `Name` variant, which is smaller than a
-        // method call's; every node of a large file's tree would pay for a larger one.
-        assert!(std::mem::size_of::<ExprKind>() <= 48);
-    }
 }

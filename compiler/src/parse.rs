@@ -1,14 +1,11 @@
 //! Parse: takes the text of a `.recap` file and gives its typed AST (`ast::File`) plus syntax
-//! diagnostics. A hand-written lexer and parser (`lexer`, `parse_fast`) read files without
-//! syntax errors; pest (grammar/recap.pest), the language's specification, reads every file
-//! the fast parser gives up on, and is the only source of syntax diagnostics. This module turns
-//! pest's pairs into the AST and pest's errors into plain words. The two parsers give the same
-//! AST for every file the fast one accepts (the differential tests check it).
+//! diagnostics. pest reads the file with the grammar in grammar/recap.pest, the language's
+//! specification; this module turns pest's pairs into the AST and pest's errors into plain
+//! words.
 //!
-//! On the pest path it reads one item at a time after a syntax error, so it resynchronises at
-//! the next line that starts with an item keyword and reports the errors of later items in the
-//! same run. It never panics: unexpected tree shapes become `recap::internal::parse_tree`
-//! diagnostics.
+//! After a syntax error it reads one item at a time, so it resynchronises at the next line that
+//! starts with an item keyword and reports the errors of later items in the same run. It never
+//! panics: unexpected tree shapes become `recap::internal::parse_tree` diagnostics.
 
 use crate::ast::*;
 use crate::diagnostic::{Diagnostic, Label, Severity, Span};
@@ -35,23 +32,12 @@ pub fn parse(source: &str) -> (Option<File>, Vec<Diagnostic>) {
 }
 
 /// Parses every item that can be parsed; the file holds those, the diagnostics the rest.
-///
-/// The hand-written parser (`parse_fast`) reads the file first; it accepts only files without
-/// syntax errors and gives the same AST as pest. When it gives up, anywhere in the file, pest
-/// reads the whole file again (`parse_partial_pest`), so every syntax diagnostic comes from
-/// the grammar and its wording here, whatever the fast parser does.
 pub fn parse_partial(source: &str) -> (File, Vec<Diagnostic>) {
-    if let Some(refused) = refused(source) {
-        return refused;
-    }
-    match crate::parse_fast::parse_file(source) {
-        Some(file) => (file, Vec::new()),
-        None => pest_items(source),
-    }
+    refused(source).unwrap_or_else(|| pest_items(source))
 }
 
 /// An empty file and the one diagnostic, when `source` is too large or nests too deep for
-/// either parser (checked once, before either runs).
+/// the parser (checked before it runs).
 fn refused(source: &str) -> Option<(File, Vec<Diagnostic>)> {
     let d = too_large(source.len()).or_else(|| too_deep(source))?;
     let file = File {
@@ -61,24 +47,15 @@ fn refused(source: &str) -> Option<(File, Vec<Diagnostic>)> {
     Some((file, vec![d]))
 }
 
-/// The fast parser alone: the AST when it accepts the file, `None` when it leaves the file to
-/// pest. For the differential tests, which check it agrees with `parse_partial_pest`.
-#[doc(hidden)]
-pub fn parse_fast(source: &str) -> Option<File> {
-    crate::parse_fast::parse_file(source)
-}
-
-/// The pest parser alone, as `parse_partial` was before the fast parser: the reference the
-/// differential tests compare the fast parser with, and the path for files it gives up on.
-#[doc(hidden)]
-pub fn parse_partial_pest(source: &str) -> (File, Vec<Diagnostic>) {
-    refused(source).unwrap_or_else(|| pest_items(source))
-}
-
 /// The pest parse of a file that `refused` let through.
 fn pest_items(source: &str) -> (File, Vec<Diagnostic>) {
     let mut items = Vec::new();
     let mut diags = Vec::new();
+    // pest's error detail (which literal tokens were expected, and how far they got) words
+    // every syntax error. It is a process-wide switch that pest reads when a parse starts, so
+    // it is simply left on: setting it here, before every parse, keeps it on whatever else in
+    // the process did, and it costs a clean file's parse little (see docs/performance.md).
+    pest::set_error_detail(true);
     // First the whole file in one parse. pest indexes the lines of its whole input on
     // every call, so reading item by item would cost time quadratic in the file's length.
     if let Ok(mut pairs) = RecapParser::parse(Rule::file, source) {
@@ -104,17 +81,7 @@ fn pest_items(source: &str) -> (File, Vec<Diagnostic>) {
     // Slow path, for files with syntax errors: item by item, each parse bounded by the next
     // line that starts with an item keyword (so it stays linear), retried on the whole rest
     // when the bound cut an item (a stage whose items are not indented).
-    //
-    // pest's error detail (which literal tokens were expected, and how far they got) is a
-    // process-wide switch that slows every parse, so it is on only here. The lock keeps slow
-    // paths from switching it off under each other; a fast path that runs meanwhile is only
-    // slower, since the detail changes nothing but error reports.
-    static DETAIL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _detail = DETAIL.lock().unwrap_or_else(|e| e.into_inner());
-    pest::set_error_detail(true);
     parse_items(source, &mut items, &mut diags);
-    pest::set_error_detail(false);
-    drop(_detail);
     (
         File {
             items,
@@ -261,6 +228,8 @@ fn too_deep(source: &str) -> Option<Diagnostic> {
     None
 }
 
+/// The keywords that start an item (the grammar's `item_start`): where reading resumes after a
+/// syntax error.
 const ITEM_KEYWORDS: &[&str] = &[
     "use",
     "param",
@@ -974,7 +943,7 @@ fn build_expr(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
                         ExprKind::Name(func) => Ok(Expr {
                             span,
                             kind: ExprKind::Call {
-                                func: func.ident,
+                                func,
                                 args: Box::new(args),
                             },
                         }),
@@ -1101,7 +1070,7 @@ fn build_primary(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
         // The grammar reads `true` and `false` as names (see `primary` in recap.pest).
         Rule::ident if pair.as_str() == "true" => ExprKind::Bool(true),
         Rule::ident if pair.as_str() == "false" => ExprKind::Bool(false),
-        Rule::ident => ExprKind::Name(ident(pair, base).into()),
+        Rule::ident => ExprKind::Name(ident(pair, base)),
         Rule::paren => {
             let mut c = Children::new(pair, base);
             let inner = build_expr(c.next()?, base)?;
@@ -1183,14 +1152,6 @@ fn build_string(pair: Pair<Rule>, base: usize) -> PResult<StrLit> {
         parts.push(StrPart::Text(text.into()));
     }
     Ok(StrLit { parts, raw: false })
-}
-
-/// Whether pest's grammar accepts the whole file, without building the AST: a development aid
-/// that times pest alone, and the differential tests' check that the fast parser takes every
-/// file the grammar accepts.
-#[doc(hidden)]
-pub fn pest_only(source: &str) -> bool {
-    RecapParser::parse(Rule::file, source).is_ok()
 }
 
 #[cfg(test)]

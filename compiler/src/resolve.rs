@@ -8,55 +8,23 @@
 
 use crate::ast::*;
 use crate::diagnostic::{did_you_mean, Diagnostic, Span};
-use crate::key_index::KeyIndex;
 use crate::stdlib::Stdlib;
 use compact_str::CompactString;
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::{HashMap, VecDeque};
 
-/// The name table, looked up for every name in the file: a `KeyIndex` of 4-byte entity ids
-/// over `entries`, which lists the names in declaration order. A name is nearly always used a
-/// few lines below its declaration, so the entry a lookup compares is one the walk read
-/// moments ago. (Entries of 40 bytes, the name and entity inside the hash table, spread a large
-/// file's table over megabytes and cost a cache miss on most lookups; so did keys borrowed
-/// from the syntax tree.)
+/// The name table: every declared name, with what a lookup of it finds.
 #[derive(Debug)]
-struct Names {
-    index: KeyIndex,
-    /// Entry `i` is entity `i`'s.
-    entries: Vec<Entry>,
-}
-
-/// An entity's name (inline up to 24 bytes, nearly all names), the stage that declares it
-/// (`u32::MAX` for the top level) and its kind.
-#[derive(Debug)]
-struct Entry {
-    name: CompactString,
-    stage: u32,
-    kind: EntityKind,
-}
+struct Names(HashMap<CompactString, Slot>);
 
 impl Names {
     fn with_capacity(n: usize) -> Self {
-        Names {
-            index: KeyIndex::with_capacity(n),
-            entries: Vec::with_capacity(n),
-        }
-    }
-
-    fn name_at(entries: &[Entry], id: u32) -> Option<&str> {
-        entries.get(id as usize).map(|e| e.name.as_str())
+        Names(HashMap::with_capacity(n))
     }
 
     /// The entry of `name`, if it is declared.
     fn get(&self, name: &str) -> Option<Slot> {
-        let id = self.index.find(name, |i| Self::name_at(&self.entries, i))?;
-        let e = self.entries.get(id as usize)?;
-        Some(Slot {
-            id,
-            stage: e.stage,
-            kind: e.kind,
-        })
+        self.0.get(name).copied()
     }
 
     /// The entity `name` refers to from `stage`, and its kind.
@@ -64,13 +32,9 @@ impl Names {
         self.get(name)?.visible(stage)
     }
 
-    /// Adds the next entity, whose name `get` has just not found.
-    fn push(&mut self, name: CompactString, stage: u32, kind: EntityKind) {
-        // Ids fit 32 bits: the parser refuses files over 4 GiB (see `add_entity`).
-        let id = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
-        let entries = &self.entries;
-        self.index.insert(&name, id, |i| Self::name_at(entries, i));
-        self.entries.push(Entry { name, stage, kind });
+    /// Adds entity `id`, whose name `get` has just not found.
+    fn push(&mut self, name: CompactString, id: u32, stage: u32, kind: EntityKind) {
+        self.0.insert(name, Slot { id, stage, kind });
     }
 }
 
@@ -144,6 +108,9 @@ pub struct Resolved<'a> {
     /// Entity ids, each after everything it references; entities on a cycle are left out.
     pub order: Vec<EntityId>,
     names: Names,
+    /// What each name used as a value in an entity's value meant where resolve walked it,
+    /// keyed by the address of the name's node (see `recorded`).
+    recorded: HashMap<usize, Option<EntityId>>,
 }
 
 impl<'a> Resolved<'a> {
@@ -158,9 +125,21 @@ impl<'a> Resolved<'a> {
         self.names.lookup(name, stage)
     }
 
-    /// The kind of entity `id`, read from the compact name table rather than the entity list.
+    /// The entity that `name`, a name used as a value in an entity's value, refers to, as resolve
+    /// found it: `None` when resolve recorded nothing for the name (names in settings, which
+    /// typecheck evaluates once per stage, and names from outside the file, such as the
+    /// stdlib's defaults), else the entity or `Some(None)` for none. Typecheck reads this rather
+    /// than looking the name up again. The key is the node's address: the tree is borrowed
+    /// for as long as `Resolved` lives, so an address is one node of it, and a node from
+    /// elsewhere can never match one (a span could: the stdlib's spans are offsets in its own
+    /// text).
+    pub fn recorded(&self, name: &Ident) -> Option<Option<EntityId>> {
+        self.recorded.get(&node_key(name)).copied()
+    }
+
+    /// The kind of entity `id`.
     pub fn kind(&self, id: EntityId) -> Option<EntityKind> {
-        self.names.entries.get(id).map(|e| e.kind)
+        self.entities.get(id).map(|e| e.kind)
     }
 
     /// The name of entity `id` (empty for an id that is not one).
@@ -188,10 +167,16 @@ struct Resolver<'a, 'd> {
     top_settings: Vec<Setting<'a>>,
     stages: Vec<StageScope<'a>>,
     staged: bool,
-    /// Whether `walk` records each name's answer in its node: on while entity values are
+    /// Whether `walk` records each name's answer in `recorded`: on while entity values are
     /// walked, each once in the stage typecheck evaluates it in; off for settings, which
     /// typecheck evaluates once per stage and so looks up afresh.
     record: bool,
+    recorded: HashMap<usize, Option<EntityId>>,
+}
+
+/// The key of a syntax node in `Resolved::recorded`: its address.
+fn node_key(name: &Ident) -> usize {
+    std::ptr::from_ref(name) as usize
 }
 
 /// `report_unused` is off when items were lost to syntax errors (their uses are unknown).
@@ -225,6 +210,7 @@ pub fn resolve<'a>(
         stages: Vec::new(),
         staged,
         record: true,
+        recorded: HashMap::new(),
     };
     if !staged {
         r.stages.push(StageScope {
@@ -277,6 +263,7 @@ pub fn resolve<'a>(
         stages: r.stages,
         order,
         names: r.names,
+        recorded: r.recorded,
     }
 }
 
@@ -316,7 +303,8 @@ impl<'a> Resolver<'a, '_> {
         let stage = e
             .stage
             .map_or(u32::MAX, |s| u32::try_from(s).unwrap_or(u32::MAX - 1));
-        self.names.push(e.name.name.clone(), stage, e.kind);
+        let slot = u32::try_from(id).unwrap_or(u32::MAX);
+        self.names.push(e.name.name.clone(), slot, stage, e.kind);
         self.entities.push(e);
         Some(id)
     }
@@ -713,7 +701,7 @@ impl<'a> Resolver<'a, '_> {
             ExprKind::Name(id) => {
                 let found = self.lookup(&id.name, stage);
                 if self.record {
-                    id.resolved.set(found);
+                    self.recorded.insert(node_key(id), found);
                 }
                 if let Some(t) = found {
                     refs.push((t, id.span));

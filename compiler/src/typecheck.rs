@@ -842,11 +842,11 @@ impl Checker<'_, '_, '_> {
         }
     }
 
-    /// The entity a name refers to from the current stage: the answer resolve recorded in the
+    /// The entity a name refers to from the current stage: the answer resolve recorded for the
     /// node, where it recorded one (in entity values, which typecheck evaluates in the stage
     /// resolve walked them in), else a lookup (settings, `--set` values).
-    fn lookup(&self, name: &NameRef) -> Option<(EntityId, EntityKind)> {
-        match name.resolved.get() {
+    fn lookup(&self, name: &Ident) -> Option<(EntityId, EntityKind)> {
+        match self.res.recorded(name) {
             Some(found) => {
                 let recorded = found.and_then(|id| Some((id, self.res.kind(id)?)));
                 // The record is only right while walk and evaluation agree on the stage; a
@@ -859,7 +859,7 @@ impl Checker<'_, '_, '_> {
         }
     }
 
-    fn name(&mut self, id: &NameRef, expected: Option<&Ty>) -> Option<Val> {
+    fn name(&mut self, id: &Ident, expected: Option<&Ty>) -> Option<Val> {
         if !self.in_stdlib {
             if let Some((ent, kind)) = self.lookup(id) {
                 return match kind {

@@ -2,7 +2,6 @@
 //! One file per command; the helpers here (compile a file, print diagnostics, write to stdout)
 //! are what several commands share.
 
-mod bench_check;
 mod check;
 mod completions;
 mod explain;
@@ -36,7 +35,6 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Templates => list_templates::run(),
         Command::Explain(args) => explain::run(&args),
         Command::Completions(args) => completions::run(&args),
-        Command::BenchCheck(args) => bench_check::run(&args),
     }
 }
 

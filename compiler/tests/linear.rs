@@ -1,13 +1,17 @@
 //! The checker's work grows linearly with the pipeline: a deterministic guard against
-//! accidentally quadratic code. Wall time is for the benchmark (`recapc bench-check`); this test
-//! counts what does not depend on the machine, the allocations of one check and the bytes they
-//! ask for, on generated pipelines of about 2k and 20k lines. A stage that copied a growing list
-//! per item, or rebuilt a table per lookup, would multiply them by far more than ten.
+//! accidentally quadratic code. Wall time is for the benchmark (the `bench_check` example); this
+//! test counts what does not depend on the machine, the allocations of one check and the bytes
+//! they ask for, on the benchmark's generated pipelines of about 2k and 20k lines. A stage that
+//! copied a growing list per item, or rebuilt a table per lookup, would multiply them by far
+//! more than ten.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use recap_compiler::{AssumeFilesExist, CheckOptions};
+
+#[path = "../examples/bench_check/generate.rs"]
+mod generate;
 
 /// Counts allocations and requested bytes per thread (tests run side by side), then hands
 /// every request to the system allocator unchanged.
@@ -62,8 +66,8 @@ fn cost(source: &str) -> (u64, u64) {
 
 #[test]
 fn check_allocates_in_proportion_to_the_pipeline() {
-    let small = recapc::bench::generate(2_000);
-    let large = recapc::bench::generate(20_000);
+    let small = generate::generate(2_000);
+    let large = generate::generate(20_000);
     // The first check builds the embedded stdlib, once per process.
     cost(&small);
     let (small_calls, small_bytes) = cost(&small);
