@@ -13,7 +13,6 @@ pub mod codes;
 pub mod dag;
 pub mod diagnostic;
 pub mod internal;
-mod key_index;
 pub mod lower;
 pub mod parse;
 pub mod resolve;
