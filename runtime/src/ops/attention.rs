@@ -6,8 +6,8 @@
 //! gradients of `q`, `k` and `v` in one pass; the mask gets none.
 
 use super::cpu::dispatch;
-use super::cpu::{self, dense_last, par_for, slice, Real, Rows, SendPtr};
-use super::softmax::softmax_row;
+use super::cpu::{dense_last, par_for, slice, Rows, SendPtr};
+use super::kernels::{self, axpy, multiversion, Real};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 /// Forward op. The mask is held by the op (a custom op has at most three tensor inputs); it is
@@ -97,15 +97,6 @@ fn with_mask<T: Real, R>(
     }
 }
 
-/// `dst[j] += a * x[j]` over a row; the loop the kernels spend their time in, written so it
-/// vectorises.
-#[inline(always)]
-fn axpy<T: Real>(dst: &mut [T], a: T, x: &[T]) {
-    for (d, &x) in dst.iter_mut().zip(x) {
-        *d += a * x;
-    }
-}
-
 /// Scores of one query row against the `tk` keys from row `first` of `k`, into `s`:
 /// `scale * q . k_j + mask_j`. Dot products over head_dim, whose rows are contiguous.
 #[inline(always)]
@@ -124,13 +115,13 @@ fn scores_row<T: Real>(
                 *s = if m == T::neg_infinity() {
                     m
                 } else {
-                    cpu::dot(q, kr.row(k, first + j)) * scale + m
+                    kernels::dot(q, kr.row(k, first + j)) * scale + m
                 };
             }
         }
         None => {
             for (j, s) in s.iter_mut().enumerate() {
-                *s = cpu::dot(q, kr.row(k, first + j)) * scale;
+                *s = kernels::dot(q, kr.row(k, first + j)) * scale;
             }
         }
     }
@@ -150,27 +141,6 @@ struct Ctx<'a, T> {
     out: SendPtr<T>,
 }
 
-/// Calls `$generic(ctx, grp)`, through `$avx2` (the same code compiled for AVX2) when the CPU
-/// has it: the crate is built for baseline x86-64 (4-wide SSE2), and these loops are where the
-/// wider vectors pay.
-macro_rules! multiversion {
-    ($generic:ident, $avx2:ident, $ctx:expr, $grp:expr) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            if cpu::has_avx2() {
-                // SAFETY: the CPU supports the features `$avx2` is compiled for.
-                unsafe { $avx2($ctx, $grp) }
-            } else {
-                $generic($ctx, $grp)
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            $generic($ctx, $grp)
-        }
-    }};
-}
-
 /// Forward of one (batch, kv head) group: the output rows of its `rep` query heads.
 #[inline(always)]
 fn fwd_group<T: Real>(c: &Ctx<'_, T>, grp: usize) {
@@ -180,7 +150,6 @@ fn fwd_group<T: Real>(c: &Ctx<'_, T>, grp: usize) {
     let rep = c.dm.rep();
     let ((q, qr), (k, kr), (v, vr)) = (c.q, c.k, c.v);
     let (bi, kv) = (grp / kvh, grp % kvh);
-    let mut s = vec![T::zero(); tk];
     let mut p = vec![T::zero(); tk];
     let first_head = bi * h + kv * rep;
     // SAFETY: each group writes only the rows of its own query heads, which no other group
@@ -190,8 +159,8 @@ fn fwd_group<T: Real>(c: &Ctx<'_, T>, grp: usize) {
         for i in 0..tq {
             let row = (first_head + r) * tq + i;
             let m = c.mask.map(|(m, mr)| mr.row(m, row));
-            scores_row(qr.row(q, row), (k, kr), grp * tk, c.scale, m, &mut s);
-            softmax_row(&s, &mut p);
+            scores_row(qr.row(q, row), (k, kr), grp * tk, c.scale, m, &mut p);
+            kernels::softmax(&mut p);
             let o = &mut o[(r * tq + i) * d..(r * tq + i + 1) * d];
             for (j, &pj) in p.iter().enumerate() {
                 if pj != T::zero() {
@@ -233,7 +202,6 @@ fn bwd_group<T: Real>(c: &Ctx<'_, T>, grp: usize) {
     let dq = unsafe { c.out.slice(first_head * tq * d, rep * tq * d) };
     let dk = unsafe { c.out.slice(nq + grp * tk * d, tk * d) };
     let dv = unsafe { c.out.slice(nq + nk + grp * tk * d, tk * d) };
-    let mut s = vec![T::zero(); tk];
     let mut p = vec![T::zero(); tk];
     let mut dp = vec![T::zero(); tk];
     for r in 0..rep {
@@ -242,18 +210,18 @@ fn bwd_group<T: Real>(c: &Ctx<'_, T>, grp: usize) {
             let m = c.mask.map(|(m, mr)| mr.row(m, row));
             let qi = qr.row(q, row);
             let gi = gr.row(g, row);
-            scores_row(qi, (k, kr), grp * tk, scale, m, &mut s);
-            softmax_row(&s, &mut p);
+            scores_row(qi, (k, kr), grp * tk, scale, m, &mut p);
+            kernels::softmax(&mut p);
             // dP_ij = dO_i . v_j.
             // Keys with zero probability contribute nothing below, so they are skipped.
             for (j, (dp, &pj)) in dp.iter_mut().zip(&p).enumerate() {
                 *dp = if pj == T::zero() {
                     T::zero()
                 } else {
-                    cpu::dot(gi, vr.row(v, grp * tk + j))
+                    kernels::dot(gi, vr.row(v, grp * tk + j))
                 };
             }
-            let dot = cpu::dot(&p, &dp);
+            let dot = kernels::dot(&p, &dp);
             let dqi = &mut dq[(r * tq + i) * d..(r * tq + i + 1) * d];
             for j in 0..tk {
                 let pj = p[j];
