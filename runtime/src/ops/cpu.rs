@@ -4,6 +4,8 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result, WithDType};
+use rayon::iter::MinLen;
+use rayon::prelude::*;
 
 /// Below this many elements per work item, scheduling costs more than the work it spreads.
 const MIN_TASK_ELEMS: usize = 8 * 1024;
@@ -85,60 +87,26 @@ fn rows_per_task(work_per_row: usize) -> usize {
     (MIN_TASK_ELEMS / work_per_row.max(1)).max(1)
 }
 
-/// A raw pointer to a buffer that may cross threads: each parallel work item turns it back into
-/// a part of the buffer no other work item touches.
-pub(crate) struct SendPtr<T> {
-    ptr: *mut T,
-    len: usize,
-}
-impl<T> Clone for SendPtr<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for SendPtr<T> {}
-unsafe impl<T: Send> Send for SendPtr<T> {}
-unsafe impl<T: Send> Sync for SendPtr<T> {}
-impl<T> SendPtr<T> {
-    pub fn new(buf: &mut [T]) -> Self {
-        Self {
-            ptr: buf.as_mut_ptr(),
-            len: buf.len(),
-        }
-    }
-
-    /// The part `start..start + len` of the buffer.
-    ///
-    /// # Safety
-    /// The buffer must outlive the returned slice, and no other live reference may overlap it:
-    /// callers hand each part to exactly one work item.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [T] {
-        assert!(
-            start + len <= self.len,
-            "internal error: part outside the buffer"
-        );
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
-    }
-}
-
-/// Calls `f(i)` for `i` in `0..n_items`, each item costing about `work_per_item` element
-/// updates, on rayon's pool when there is enough work (see [`for_blocks`]).
-pub(crate) fn par_for(n_items: usize, work_per_item: usize, f: impl Fn(usize) + Sync) {
-    if n_items < 2 || n_items * work_per_item <= 2 * MIN_TASK_ELEMS {
-        (0..n_items).for_each(f);
-        return;
-    }
-    use rayon::prelude::*;
-    (0..n_items).into_par_iter().for_each(&f);
+/// `items` as a parallel job that costs about `total_work` element updates in all: split
+/// across rayon's pool when there is enough work, else kept whole, which rayon runs on the
+/// calling thread without waking the pool. Large jobs run on rayon's pool (the one candle's
+/// matmul uses), where the calling thread sleeps on a latch while it waits; candle's own barrier
+/// pool makes the caller spin until a parked worker wakes, which on a small, busy machine burnt a
+/// third of the step (see [`crate::alloc::tune_threads`], which leaves that pool without
+/// workers).
+pub(crate) fn par_sized<I: IndexedParallelIterator>(items: I, total_work: usize) -> MinLen<I> {
+    let n = items.len();
+    let min = if n < 2 || total_work <= 2 * MIN_TASK_ELEMS {
+        n.max(1)
+    } else {
+        1
+    };
+    items.with_min_len(min)
 }
 
 /// Runs `f(first_row, block)` over blocks of whole rows of `dst` (rows of `row_len` elements,
-/// each costing about `work_per_row` element updates) and returns each block's result. Large jobs
-/// run on rayon's pool (the one candle's matmul uses), where the calling thread sleeps on a latch
-/// while it waits; candle's own barrier pool makes the caller spin until a parked worker wakes,
-/// which on a small, busy machine burnt a third of the step (see
-/// [`crate::alloc::tune_threads`], which leaves that pool without workers). Small jobs run inline.
+/// each costing about `work_per_row` element updates) and returns each block's result, in
+/// parallel when there is enough work (see [`par_sized`]).
 pub(crate) fn for_blocks<T: Send, R: Send>(
     dst: &mut [T],
     row_len: usize,
@@ -150,27 +118,9 @@ pub(crate) fn for_blocks<T: Send, R: Send>(
     }
     let n_rows = dst.len() / row_len;
     let per = rows_per_task(work_per_row);
-    let n_blocks = n_rows.div_ceil(per);
-    if n_rows * work_per_row <= 2 * MIN_TASK_ELEMS || n_blocks < 2 {
-        return dst
-            .chunks_mut(per * row_len)
-            .enumerate()
-            .map(|(b, block)| f(b * per, block))
-            .collect();
-    }
-    let len = dst.len();
-    let base = SendPtr::new(dst);
-    use rayon::prelude::*;
-    (0..n_blocks)
-        .into_par_iter()
-        .map(|b| {
-            let start = b * per * row_len;
-            let end = (start + per * row_len).min(len);
-            // SAFETY: blocks are disjoint ranges of `dst` (each block index is handed out once),
-            // `dst` outlives this call, and no other reference to it exists meanwhile.
-            let block = unsafe { base.slice(start, end - start) };
-            f(b * per, block)
-        })
+    par_sized(dst.par_chunks_mut(per * row_len), n_rows * work_per_row)
+        .enumerate()
+        .map(|(b, block)| f(b * per, block))
         .collect()
 }
 
@@ -214,22 +164,22 @@ pub(crate) fn for_rows2<T: Send>(
     f: impl Fn(usize, &mut [T], &mut [T]) + Sync + Send,
 ) {
     let n = both.len() / 2;
-    // Walk the first half; each block finds its twin block in the second half.
+    if row_len == 0 || n == 0 {
+        return;
+    }
     let (first, second) = both.split_at_mut(n);
-    let second = SendPtr::new(second);
-    for_blocks(first, row_len, row_len, |first_row, block| {
-        let start = first_row * row_len;
-        // SAFETY: the twin block lies in the second half, which `first` does not cover, and
-        // blocks of the first half are disjoint, so their twins are too.
-        let twin = unsafe { second.slice(start, block.len()) };
-        for (i, (a, b)) in block
-            .chunks_mut(row_len)
-            .zip(twin.chunks_mut(row_len))
-            .enumerate()
-        {
-            f(first_row + i, a, b)
-        }
-    });
+    let per = rows_per_task(row_len);
+    let blocks = first
+        .par_chunks_mut(per * row_len)
+        .zip(second.par_chunks_mut(per * row_len));
+    par_sized(blocks, n)
+        .enumerate()
+        .for_each(|(blk, (block_a, block_b))| {
+            let rows = block_a.chunks_mut(row_len).zip(block_b.chunks_mut(row_len));
+            for (i, (a, b)) in rows.enumerate() {
+                f(blk * per + i, a, b)
+            }
+        });
 }
 
 /// `t` itself when its last dimension is dense (what [`Rows`] needs), else a contiguous copy;
