@@ -7,8 +7,6 @@ pub mod checkpoint;
 pub mod engine;
 pub mod generate;
 pub mod gguf;
-#[cfg(feature = "mkl")]
-mod mkl_shim;
 pub mod model;
 pub mod ops;
 pub mod tokenizer;

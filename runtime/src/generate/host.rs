@@ -14,7 +14,7 @@ use candle_core::{DType, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::model::Model;
-use crate::ops::cpu::{exp_f32, mm_with};
+use crate::ops::kernels::{self, mm_with};
 
 /// One block's weights on the host, transposed to (in, out) row-major (see [`matmul`]); q/k/v and
 /// gate/up are concatenated along the output so each is a single matrix multiply.
@@ -333,10 +333,7 @@ impl Shared<'_> {
             matmul(&hn, m, h, &w.gate_up_w, 2 * d.inter, &mut gu, false, par)?;
             for (a, row) in act.chunks_mut(d.inter).zip(gu.chunks(2 * d.inter)) {
                 let (gate, up) = row.split_at(d.inter);
-                // The same branch-free exp as the fused SwiGLU kernel, so this loop vectorises.
-                for ((a, &g), &u) in a.iter_mut().zip(gate).zip(up) {
-                    *a = g / (1.0 + exp_f32(-g)) * u;
-                }
+                kernels::swiglu(gate, up, a);
             }
             matmul(&act, m, d.inter, &w.down_w, h, &mut x, true, par)?;
         }
@@ -355,11 +352,8 @@ impl Shared<'_> {
         let cos = &self.f.cos[pos * half..(pos + 1) * half];
         let sin = &self.f.sin[pos * half..(pos + 1) * half];
         let rope = |x: &[f32], out: &mut [f32]| {
-            for i in 0..half {
-                let (a, b) = (x[i], x[i + half]);
-                out[i] = a * cos[i] - b * sin[i];
-                out[i + half] = b * cos[i] + a * sin[i];
-            }
+            out.copy_from_slice(x);
+            kernels::rope(out, cos, sin, false);
         };
         let base = l * d.layer_kv();
         let kc = &mut cache.k[base..base + d.layer_kv()];
@@ -378,24 +372,16 @@ impl Shared<'_> {
             rope(&qkv[h * hd..(h + 1) * hd], &mut q);
             let g = h / rep;
             let keys = &kc[g * d.cap * hd..(g * d.cap + pos + 1) * hd];
-            let mut max = f32::NEG_INFINITY;
             for (j, s) in scores.iter_mut().enumerate() {
-                *s = dot(&q, &keys[j * hd..(j + 1) * hd]) * d.scale + bias[j];
-                max = max.max(*s);
+                *s = kernels::dot(&q, &keys[j * hd..(j + 1) * hd]) * d.scale + bias[j];
             }
-            for s in scores.iter_mut() {
-                *s = exp_f32(*s - max);
-            }
-            let inv = 1.0 / scores.iter().sum::<f32>();
+            kernels::softmax(&mut scores);
             let oh = &mut out[h * hd..(h + 1) * hd];
             let vals = &vc[g * d.cap * hd..(g * d.cap + pos + 1) * hd];
-            for (j, &s) in scores.iter().enumerate() {
-                if s == 0.0 {
-                    continue;
-                }
-                let w = s * inv;
-                for (o, &v) in oh.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
-                    *o += w * v;
+            for (j, &w) in scores.iter().enumerate() {
+                // Keys the mask hides have weight zero and add nothing.
+                if w != 0.0 {
+                    kernels::axpy(oh, w, &vals[j * hd..(j + 1) * hd]);
                 }
             }
         }
@@ -403,7 +389,7 @@ impl Shared<'_> {
 }
 
 /// `out = x w^T` (or `out += x w^T` with `accumulate`) for row-major `x` (m, k), the (n, k)
-/// weight `w` and `out` (m, n), through `ops::cpu::mm_with`.
+/// weight `w` and `out` (m, n), through `ops::kernels::mm_with`.
 ///
 /// With transposed weights gemm is asked for `out^T = w x^T`, which puts the weights on the left
 /// in the column-major layout its microkernel reads directly: nothing is packed per call. With
@@ -471,26 +457,6 @@ fn matmul(
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let width = w.len();
     for (row, o) in x.chunks(width).zip(out.chunks_mut(width)) {
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
-        for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
-            *o = v * inv * g;
-        }
+        kernels::rms_norm(row, w, eps, o);
     }
-}
-
-/// Dot product with eight independent accumulators, so the compiler can vectorise it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for i in 0..8 {
-            acc[i] += a[c * 8 + i] * b[c * 8 + i];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        sum += a[i] * b[i];
-    }
-    sum
 }

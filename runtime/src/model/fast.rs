@@ -29,7 +29,7 @@ use candle_core::{bail, DType, Result, Tensor};
 
 use super::logprob::SequenceBatch;
 use super::Model;
-use crate::ops::cpu::{self as kernels, mm, Real};
+use crate::ops::kernels::{self, mm, Real};
 
 /// The sizes of one pass, checked once.
 #[derive(Clone, Copy)]
@@ -393,16 +393,11 @@ fn rms_forward(x: &[f32], w: &[f32], eps: f32, r: &mut [f32], out: &mut [f32]) {
         .zip(out.chunks_exact_mut(width))
         .zip(r.iter_mut())
     {
-        let inv = (kernels::dot(row, row) / width as f32 + eps).sqrt().recip();
-        *r = inv;
-        for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
-            *o = v * inv * g;
-        }
+        *r = kernels::rms_norm(row, w, eps, o);
     }
 }
 
-/// Backward of `y = x * r * w`: adds the gradient of `x` into `dx` and of `w` into `dw`.
-/// With `g = dy * w`, `dx = r * g - x * r^3 * sum(g * x) / width` and `dw = sum_rows dy * x * r`.
+/// Backward of [`rms_forward`]: adds the gradient of `x` into `dx` and of `w` into `dw`.
 fn rms_backward(x: &[f32], r: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], dw: &mut [f32]) {
     let width = w.len();
     for (((row, dyr), dxr), &r) in x
@@ -411,16 +406,7 @@ fn rms_backward(x: &[f32], r: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], dw:
         .zip(dx.chunks_exact_mut(width))
         .zip(r)
     {
-        let mut gx = 0f32;
-        for ((&d, &v), &g) in dyr.iter().zip(row).zip(w) {
-            gx += d * g * v;
-        }
-        let c = gx * r * r * r / width as f32;
-        for ((((dx, &d), &v), &g), dw) in dxr.iter_mut().zip(dyr).zip(row).zip(w).zip(dw.iter_mut())
-        {
-            *dx += r * d * g - v * c;
-            *dw += d * v * r;
-        }
+        kernels::rms_norm_backward(row, w, r, dyr, dxr, Some(&mut *dw));
     }
 }
 
@@ -436,97 +422,13 @@ fn rope(
     inverse: bool,
 ) {
     let half = head_dim / 2;
-    let sign = if inverse { -1.0f32 } else { 1.0 };
     for (tok, &pos) in x.chunks_exact_mut(width).zip(positions) {
         let c = &cos[pos * half..(pos + 1) * half];
         let s = &sin[pos * half..(pos + 1) * half];
         for head in tok.chunks_exact_mut(head_dim) {
-            let (x1, x2) = head.split_at_mut(half);
-            for (((a, b), &c), &s) in x1.iter_mut().zip(x2.iter_mut()).zip(c).zip(s) {
-                let s = s * sign;
-                let (va, vb) = (*a, *b);
-                *a = va * c - vb * s;
-                *b = vb * c + va * s;
-            }
+            kernels::rope(head, c, s, inverse);
         }
     }
-}
-
-/// Softmax of a row in place; a row of all `-inf` gives zeros, as the fused CPU kernel does.
-fn softmax_in_place(row: &mut [f32]) {
-    let max = kernels::max(row);
-    if max == f32::NEG_INFINITY {
-        row.fill(0.0);
-        return;
-    }
-    for v in row.iter_mut() {
-        *v = (*v - max).fexp();
-    }
-    let inv = kernels::sum(row).recip();
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
-}
-
-#[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    (1.0 + (-x).fexp()).recip()
-}
-
-/// `act = silu(gate) * up`, element by element.
-fn swiglu_forward(gate: &[f32], up: &[f32], act: &mut [f32]) {
-    #[inline(always)]
-    fn body(gate: &[f32], up: &[f32], act: &mut [f32]) {
-        for ((a, &g), &u) in act.iter_mut().zip(gate).zip(up) {
-            *a = g * sigmoid(g) * u;
-        }
-    }
-    // The crate is built for baseline x86-64 (4-wide SSE2); this loop over the MLP's
-    // intermediate activations is among the largest outside gemm, so it gets an AVX2 copy.
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(gate: &[f32], up: &[f32], act: &mut [f32]) {
-            body(gate, up, act)
-        }
-        if crate::ops::cpu::has_avx2() && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features `avx2` is compiled for.
-            return unsafe { avx2(gate, up, act) };
-        }
-    }
-    body(gate, up, act)
-}
-
-/// The gradients of `act = silu(gate) * up`: `d silu(g) / dg = sig * (1 + g * (1 - sig))`.
-fn swiglu_backward(dact: &[f32], gate: &[f32], up: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
-    #[inline(always)]
-    fn body(dact: &[f32], gate: &[f32], up: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
-        for ((((dg, du), &da), &g), &u) in dgate
-            .iter_mut()
-            .zip(dup.iter_mut())
-            .zip(dact)
-            .zip(gate)
-            .zip(up)
-        {
-            let sg = sigmoid(g);
-            let silu = g * sg;
-            *du = da * silu;
-            *dg = da * u * (sg + silu * (1.0 - sg));
-        }
-    }
-    // An AVX2 copy for the same reason as the forward.
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(dact: &[f32], gate: &[f32], up: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
-            body(dact, gate, up, dgate, dup)
-        }
-        if crate::ops::cpu::has_avx2() && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features `avx2` is compiled for.
-            return unsafe { avx2(dact, gate, up, dgate, dup) };
-        }
-    }
-    body(dact, gate, up, dgate, dup)
 }
 
 /// A batch checked against the model, on the host: ids (n, t), the additive mask (n, t, t) and
@@ -736,7 +638,7 @@ fn block_forward(
                 for (s, &m) in row.iter_mut().zip(m) {
                     *s += m;
                 }
-                softmax_in_place(row);
+                kernels::softmax(row);
             }
             mm(
                 (tq, hd, tk),
@@ -770,7 +672,7 @@ fn block_forward(
     let gate = linear(&h2, nq, hs, &w.gate_w, d.inter, None);
     let up = linear(&h2, nq, hs, &w.up_w, d.inter, None);
     let mut act = vec![0f32; gate.len()];
-    swiglu_forward(&gate, &up, &mut act);
+    kernels::swiglu(&gate, &up, &mut act);
     let mut out = x_mid.clone();
     mm(
         (nq, hs, d.inter),
@@ -829,10 +731,9 @@ fn block_backward(
     let mut dact = vec![0f32; nq * it];
     linear_dx(&dy, nq, hs, &w.down_w, it, &mut dact, false);
     let down_w = linear_dw(&dy, nq, hs, &s.act, it);
-    // SwiGLU: d silu(g) / dg = sig * (1 + g * (1 - sig)).
     let mut dgate = vec![0f32; nq * it];
     let mut dup = vec![0f32; nq * it];
-    swiglu_backward(&dact, &s.gate, &s.up, &mut dgate, &mut dup);
+    kernels::swiglu_backward(&dact, &s.gate, &s.up, &mut dgate, &mut dup);
     drop(dact);
     let gate_w = linear_dw(&dgate, nq, it, &s.h2, hs);
     let up_w = linear_dw(&dup, nq, it, &s.h2, hs);
@@ -894,10 +795,7 @@ fn block_backward(
                 1.0,
             );
             for (dr, pr) in ds.chunks_exact_mut(tk).zip(pb.chunks_exact(tk)) {
-                let dot = kernels::dot(dr, pr);
-                for (dv, &pv) in dr.iter_mut().zip(pr) {
-                    *dv = pv * (*dv - dot);
-                }
+                kernels::softmax_backward(dr, pr);
             }
             mm(
                 (tq, hd, tk),
@@ -1052,8 +950,7 @@ fn run<'a>(
     let mut probs = linear(&sel_h, ns, hs, weights.head(), d.vocab, None);
     let mut logp = vec![0f32; ns];
     for ((row, lp), &tgt) in probs.chunks_exact_mut(d.vocab).zip(&mut logp).zip(&targets) {
-        let max = kernels::max(row);
-        let lse = max + kernels::sum_exp_shifted(row, max).ln();
+        let lse = kernels::log_sum_exp(row);
         *lp = row[tgt as usize] - lse;
         if save {
             for v in row.iter_mut() {

@@ -6,9 +6,10 @@
 //! gradients of `q`, `k` and `v` in one pass; the mask gets none.
 
 use super::cpu::dispatch;
-use super::cpu::{self, dense_last, par_for, slice, Real, Rows, SendPtr};
-use super::softmax::softmax_row;
+use super::cpu::{dense_last, par_sized, slice, Rows};
+use super::kernels::{self, axpy, multiversion, Real};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
 
 /// Forward op. The mask is held by the op (a custom op has at most three tensor inputs); it is
 /// already broadcast to (batch, heads, tq, tk) with a dense last dimension.
@@ -97,15 +98,6 @@ fn with_mask<T: Real, R>(
     }
 }
 
-/// `dst[j] += a * x[j]` over a row; the loop the kernels spend their time in, written so it
-/// vectorises.
-#[inline(always)]
-fn axpy<T: Real>(dst: &mut [T], a: T, x: &[T]) {
-    for (d, &x) in dst.iter_mut().zip(x) {
-        *d += a * x;
-    }
-}
-
 /// Scores of one query row against the `tk` keys from row `first` of `k`, into `s`:
 /// `scale * q . k_j + mask_j`. Dot products over head_dim, whose rows are contiguous.
 #[inline(always)]
@@ -124,20 +116,19 @@ fn scores_row<T: Real>(
                 *s = if m == T::neg_infinity() {
                     m
                 } else {
-                    cpu::dot(q, kr.row(k, first + j)) * scale + m
+                    kernels::dot(q, kr.row(k, first + j)) * scale + m
                 };
             }
         }
         None => {
             for (j, s) in s.iter_mut().enumerate() {
-                *s = cpu::dot(q, kr.row(k, first + j)) * scale;
+                *s = kernels::dot(q, kr.row(k, first + j)) * scale;
             }
         }
     }
 }
 
-/// Everything one (batch, kv head) group of the forward or backward reads, and the buffer it
-/// writes (the output, or the packed gradients of q, k and v).
+/// Everything one (batch, kv head) group of the forward or backward reads.
 struct Ctx<'a, T> {
     q: (&'a [T], &'a Rows),
     k: (&'a [T], &'a Rows),
@@ -147,51 +138,25 @@ struct Ctx<'a, T> {
     mask: Option<(&'a [T], &'a Rows)>,
     dm: Dims,
     scale: T,
-    out: SendPtr<T>,
 }
 
-/// Calls `$generic(ctx, grp)`, through `$avx2` (the same code compiled for AVX2) when the CPU
-/// has it: the crate is built for baseline x86-64 (4-wide SSE2), and these loops are where the
-/// wider vectors pay.
-macro_rules! multiversion {
-    ($generic:ident, $avx2:ident, $ctx:expr, $grp:expr) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            if cpu::has_avx2() {
-                // SAFETY: the CPU supports the features `$avx2` is compiled for.
-                unsafe { $avx2($ctx, $grp) }
-            } else {
-                $generic($ctx, $grp)
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            $generic($ctx, $grp)
-        }
-    }};
-}
-
-/// Forward of one (batch, kv head) group: the output rows of its `rep` query heads.
+/// Forward of one (batch, kv head) group: writes `o`, the output rows of its `rep` query heads.
 #[inline(always)]
-fn fwd_group<T: Real>(c: &Ctx<'_, T>, grp: usize) {
+fn fwd_group<T: Real>(c: &Ctx<'_, T>, grp: usize, o: &mut [T]) {
     let Dims {
         h, kvh, tq, tk, d, ..
     } = c.dm;
     let rep = c.dm.rep();
     let ((q, qr), (k, kr), (v, vr)) = (c.q, c.k, c.v);
     let (bi, kv) = (grp / kvh, grp % kvh);
-    let mut s = vec![T::zero(); tk];
     let mut p = vec![T::zero(); tk];
     let first_head = bi * h + kv * rep;
-    // SAFETY: each group writes only the rows of its own query heads, which no other group
-    // touches, and the output outlives the parallel loop.
-    let o = unsafe { c.out.slice(first_head * tq * d, rep * tq * d) };
     for r in 0..rep {
         for i in 0..tq {
             let row = (first_head + r) * tq + i;
             let m = c.mask.map(|(m, mr)| mr.row(m, row));
-            scores_row(qr.row(q, row), (k, kr), grp * tk, c.scale, m, &mut s);
-            softmax_row(&s, &mut p);
+            scores_row(qr.row(q, row), (k, kr), grp * tk, c.scale, m, &mut p);
+            kernels::softmax(&mut p);
             let o = &mut o[(r * tq + i) * d..(r * tq + i + 1) * d];
             for (j, &pj) in p.iter().enumerate() {
                 if pj != T::zero() {
@@ -204,36 +169,23 @@ fn fwd_group<T: Real>(c: &Ctx<'_, T>, grp: usize) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn fwd_group_avx2<T: Real>(c: &Ctx<'_, T>, grp: usize) {
-    fwd_group(c, grp)
+unsafe fn fwd_group_avx2<T: Real>(c: &Ctx<'_, T>, grp: usize, o: &mut [T]) {
+    fwd_group(c, grp, o)
 }
 
-/// Backward of one (batch, kv head) group: recomputes its probabilities and writes the
-/// q-gradient rows of its query heads and the k- and v-gradient rows of its kv head.
+/// Backward of one (batch, kv head) group: recomputes its probabilities and writes `dq`, the
+/// q-gradient rows of its query heads, and `dk`, `dv`, the k- and v-gradient rows of its kv head.
 #[inline(always)]
-fn bwd_group<T: Real>(c: &Ctx<'_, T>, grp: usize) {
+fn bwd_group<T: Real>(c: &Ctx<'_, T>, grp: usize, (dq, dk, dv): (&mut [T], &mut [T], &mut [T])) {
     let Dims {
-        b,
-        h,
-        kvh,
-        tq,
-        tk,
-        d,
+        h, kvh, tq, tk, d, ..
     } = c.dm;
     let rep = c.dm.rep();
     let ((q, qr), (k, kr), (v, vr)) = (c.q, c.k, c.v);
     let Some((g, gr)) = c.g else { return };
     let scale = c.scale;
-    let nq = b * h * tq * d;
-    let nk = b * kvh * tk * d;
     let (bi, kv) = (grp / kvh, grp % kvh);
     let first_head = bi * h + kv * rep;
-    // SAFETY: each group writes the q-gradient rows of its own query heads and the k- and
-    // v-gradient rows of its own kv head; no two groups share any of them.
-    let dq = unsafe { c.out.slice(first_head * tq * d, rep * tq * d) };
-    let dk = unsafe { c.out.slice(nq + grp * tk * d, tk * d) };
-    let dv = unsafe { c.out.slice(nq + nk + grp * tk * d, tk * d) };
-    let mut s = vec![T::zero(); tk];
     let mut p = vec![T::zero(); tk];
     let mut dp = vec![T::zero(); tk];
     for r in 0..rep {
@@ -242,18 +194,18 @@ fn bwd_group<T: Real>(c: &Ctx<'_, T>, grp: usize) {
             let m = c.mask.map(|(m, mr)| mr.row(m, row));
             let qi = qr.row(q, row);
             let gi = gr.row(g, row);
-            scores_row(qi, (k, kr), grp * tk, scale, m, &mut s);
-            softmax_row(&s, &mut p);
+            scores_row(qi, (k, kr), grp * tk, scale, m, &mut p);
+            kernels::softmax(&mut p);
             // dP_ij = dO_i . v_j.
             // Keys with zero probability contribute nothing below, so they are skipped.
             for (j, (dp, &pj)) in dp.iter_mut().zip(&p).enumerate() {
                 *dp = if pj == T::zero() {
                     T::zero()
                 } else {
-                    cpu::dot(gi, vr.row(v, grp * tk + j))
+                    kernels::dot(gi, vr.row(v, grp * tk + j))
                 };
             }
-            let dot = cpu::dot(&p, &dp);
+            let dot = kernels::dot(&p, &dp);
             let dqi = &mut dq[(r * tq + i) * d..(r * tq + i + 1) * d];
             for j in 0..tk {
                 let pj = p[j];
@@ -273,8 +225,12 @@ fn bwd_group<T: Real>(c: &Ctx<'_, T>, grp: usize) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn bwd_group_avx2<T: Real>(c: &Ctx<'_, T>, grp: usize) {
-    bwd_group(c, grp)
+unsafe fn bwd_group_avx2<T: Real>(
+    c: &Ctx<'_, T>,
+    grp: usize,
+    parts: (&mut [T], &mut [T], &mut [T]),
+) {
+    bwd_group(c, grp, parts)
 }
 
 fn fwd<T: Real>(
@@ -301,7 +257,6 @@ fn fwd<T: Real>(
     let rep = dm.rep();
     let scale = T::from_f64(scale);
     let mut out = vec![T::zero(); b * h * tq * d];
-    let out_ptr = SendPtr::new(&mut out);
     with_mask::<T, _>(mask, dm, |mask| {
         let ctx = Ctx {
             q: (q, &qr),
@@ -311,11 +266,15 @@ fn fwd<T: Real>(
             mask,
             dm,
             scale,
-            out: out_ptr,
         };
-        par_for(b * kvh, rep * tq * tk * d * 2, |grp| {
-            multiversion!(fwd_group, fwd_group_avx2, &ctx, grp)
-        });
+        // Each group writes the output rows of its own query heads, which are contiguous.
+        let part = rep * tq * d;
+        if part > 0 {
+            let groups = out.par_chunks_mut(part);
+            par_sized(groups, b * kvh * part * tk * 2)
+                .enumerate()
+                .for_each(|(grp, o)| multiversion!(fwd_group, fwd_group_avx2, &ctx, grp, o));
+        }
         Ok(())
     })?;
     Ok(out)
@@ -356,7 +315,6 @@ fn bwd<T: Real>(
     let nq = b * h * tq * d;
     let nk = b * kvh * tk * d;
     let mut out = vec![T::zero(); nq + 2 * nk];
-    let out_ptr = SendPtr::new(&mut out);
     with_mask::<T, _>(mask, dm, |mask| {
         let ctx = Ctx {
             q: (q, &qr),
@@ -366,11 +324,23 @@ fn bwd<T: Real>(
             mask,
             dm,
             scale,
-            out: out_ptr,
         };
-        par_for(b * kvh, rep * tq * tk * d * 5, |grp| {
-            multiversion!(bwd_group, bwd_group_avx2, &ctx, grp)
-        });
+        // Each group writes the q-gradient rows of its own query heads and the k- and
+        // v-gradient rows of its own kv head: one contiguous part of each of the three.
+        let (q_part, kv_part) = (rep * tq * d, tk * d);
+        if q_part > 0 && kv_part > 0 {
+            let (dq, dkv) = out.split_at_mut(nq);
+            let (dk, dv) = dkv.split_at_mut(nk);
+            let groups = dq
+                .par_chunks_mut(q_part)
+                .zip(dk.par_chunks_mut(kv_part))
+                .zip(dv.par_chunks_mut(kv_part));
+            par_sized(groups, b * kvh * q_part * tk * 5)
+                .enumerate()
+                .for_each(|(grp, ((dq, dk), dv))| {
+                    multiversion!(bwd_group, bwd_group_avx2, &ctx, grp, (dq, dk, dv))
+                });
+        }
         Ok(())
     })?;
     Ok(out)

@@ -1,153 +1,11 @@
-//! Shared machinery of the fused CPU kernels: takes candle CPU storages and layouts, gives typed
-//! slices, row addressing for strided inputs, a vectorisable exp, and parallel loops over rows
-//! sized so that each work item has enough work to pay for its scheduling; and [`mm`], the one
-//! safe wrapper of the gemm crate that the host paths (training pass, decoder) multiply with.
+//! What turns the slice kernels of [`super::kernels`] into candle custom ops: takes candle CPU
+//! storages and layouts, gives typed slices, row addressing for strided inputs, and parallel
+//! loops over rows sized so that each work item has enough work to pay for its scheduling.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result, WithDType};
-
-/// The element types the fused kernels compute in: f32 for speed, f64 so that finite-difference
-/// tests can run through the same code.
-pub(crate) trait Real: WithDType + num_traits::Float {
-    /// `e^self`, through a branch-free polynomial for f32 so that loops over rows vectorise
-    /// (libm's `expf` is a call per element); f64 keeps the exact libm `exp`.
-    fn fexp(self) -> Self;
-}
-
-impl Real for f32 {
-    #[inline(always)]
-    fn fexp(self) -> f32 {
-        exp_f32(self)
-    }
-}
-
-impl Real for f64 {
-    #[inline(always)]
-    fn fexp(self) -> f64 {
-        self.exp()
-    }
-}
-
-/// `e^x` for f32 within about 2 ulp (the Cephes `expf` polynomial), written without branches or
-/// calls so the compiler vectorises loops around it. Inputs below -87.3 give 0 (instead of
-/// subnormals) and inputs above 88 saturate near `e^88`; `-inf` gives 0 and NaN stays NaN.
-#[inline(always)]
-pub(crate) fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // 1.5 * 2^23: adding it rounds to the nearest integer without a rounding instruction.
-    const ROUND: f32 = 12_582_912.0;
-    let underflow = x < -87.3;
-    let xc = x.clamp(-87.3, 88.0);
-    let kr = xc * LOG2E + ROUND;
-    let k = kr - ROUND;
-    let r = xc - k * 0.693_359_4 + k * 2.121_944_4e-4;
-    let z = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let e = p * z + r + 1.0;
-    // `kr`'s low mantissa bits hold k (ROUND's bits are 0x4B40_0000), so 2^k is built with
-    // integer arithmetic only; a float-to-int cast would keep the loop from vectorising.
-    let scale = f32::from_bits(
-        kr.to_bits()
-            .wrapping_sub(0x4B40_0000)
-            .wrapping_add(127)
-            .wrapping_shl(23),
-    );
-    let v = e * scale;
-    if underflow {
-        0.0
-    } else {
-        v
-    }
-}
-
-/// `sum(e^(x - shift))` over a slice, with eight independent accumulators so it vectorises.
-#[inline(always)]
-pub(crate) fn sum_exp_shifted<T: Real>(x: &[T], shift: T) -> T {
-    let mut acc = [T::zero(); 8];
-    let chunks = x.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for k in 0..8 {
-            acc[k] += (c[k] - shift).fexp();
-        }
-    }
-    let mut s = T::zero();
-    for &r in rest {
-        s += (r - shift).fexp();
-    }
-    for a in acc {
-        s += a;
-    }
-    s
-}
-
-/// Maximum of a slice (`-inf` for an empty one), with eight independent lanes.
-#[inline(always)]
-pub(crate) fn max<T: Real>(x: &[T]) -> T {
-    let mut acc = [T::neg_infinity(); 8];
-    let chunks = x.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for k in 0..8 {
-            acc[k] = if c[k] > acc[k] { c[k] } else { acc[k] };
-        }
-    }
-    let mut m = T::neg_infinity();
-    for &r in rest.iter().chain(acc.iter()) {
-        if r > m {
-            m = r;
-        }
-    }
-    m
-}
-
-/// Dot product of two slices with eight independent accumulators (see [`sum`]).
-#[inline(always)]
-pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [T::zero(); 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let mut s = T::zero();
-    for (x, y) in ra.iter().zip(rb) {
-        s += *x * *y;
-    }
-    for a in acc {
-        s += a;
-    }
-    s
-}
-
-/// Sum of a slice with eight independent accumulators, so the additions vectorise (a single
-/// running sum is a serial dependency chain the compiler may not reorder).
-#[inline(always)]
-pub(crate) fn sum<T: Real>(v: &[T]) -> T {
-    let mut acc = [T::zero(); 8];
-    let chunks = v.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for k in 0..8 {
-            acc[k] += c[k];
-        }
-    }
-    let mut s = T::zero();
-    for r in rest {
-        s += *r;
-    }
-    for a in acc {
-        s += a;
-    }
-    s
-}
+use rayon::iter::MinLen;
+use rayon::prelude::*;
 
 /// Below this many elements per work item, scheduling costs more than the work it spreads.
 const MIN_TASK_ELEMS: usize = 8 * 1024;
@@ -216,13 +74,6 @@ impl Rows {
     }
 }
 
-/// True when the CPU has AVX2, checked once (the result is cached by the standard library).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-pub(crate) fn has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2")
-}
-
 /// The typed slice of a CPU storage, with a clear error naming the tensor on a dtype mismatch.
 pub(crate) fn slice<'a, T: WithDType>(s: &'a CpuStorage, what: &str) -> Result<&'a [T]> {
     match T::cpu_storage_as_slice(s) {
@@ -236,60 +87,26 @@ fn rows_per_task(work_per_row: usize) -> usize {
     (MIN_TASK_ELEMS / work_per_row.max(1)).max(1)
 }
 
-/// A raw pointer to a buffer that may cross threads: each parallel work item turns it back into
-/// a part of the buffer no other work item touches.
-pub(crate) struct SendPtr<T> {
-    ptr: *mut T,
-    len: usize,
-}
-impl<T> Clone for SendPtr<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for SendPtr<T> {}
-unsafe impl<T: Send> Send for SendPtr<T> {}
-unsafe impl<T: Send> Sync for SendPtr<T> {}
-impl<T> SendPtr<T> {
-    pub fn new(buf: &mut [T]) -> Self {
-        Self {
-            ptr: buf.as_mut_ptr(),
-            len: buf.len(),
-        }
-    }
-
-    /// The part `start..start + len` of the buffer.
-    ///
-    /// # Safety
-    /// The buffer must outlive the returned slice, and no other live reference may overlap it:
-    /// callers hand each part to exactly one work item.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [T] {
-        assert!(
-            start + len <= self.len,
-            "internal error: part outside the buffer"
-        );
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
-    }
-}
-
-/// Calls `f(i)` for `i` in `0..n_items`, each item costing about `work_per_item` element
-/// updates, on rayon's pool when there is enough work (see [`for_blocks`]).
-pub(crate) fn par_for(n_items: usize, work_per_item: usize, f: impl Fn(usize) + Sync) {
-    if n_items < 2 || n_items * work_per_item <= 2 * MIN_TASK_ELEMS {
-        (0..n_items).for_each(f);
-        return;
-    }
-    use rayon::prelude::*;
-    (0..n_items).into_par_iter().for_each(&f);
+/// `items` as a parallel job that costs about `total_work` element updates in all: split
+/// across rayon's pool when there is enough work, else kept whole, which rayon runs on the
+/// calling thread without waking the pool. Large jobs run on rayon's pool (the one candle's
+/// matmul uses), where the calling thread sleeps on a latch while it waits; candle's own barrier
+/// pool makes the caller spin until a parked worker wakes, which on a small, busy machine burnt a
+/// third of the step (see [`crate::alloc::tune_threads`], which leaves that pool without
+/// workers).
+pub(crate) fn par_sized<I: IndexedParallelIterator>(items: I, total_work: usize) -> MinLen<I> {
+    let n = items.len();
+    let min = if n < 2 || total_work <= 2 * MIN_TASK_ELEMS {
+        n.max(1)
+    } else {
+        1
+    };
+    items.with_min_len(min)
 }
 
 /// Runs `f(first_row, block)` over blocks of whole rows of `dst` (rows of `row_len` elements,
-/// each costing about `work_per_row` element updates) and returns each block's result. Large jobs
-/// run on rayon's pool (the one candle's matmul uses), where the calling thread sleeps on a latch
-/// while it waits; candle's own barrier pool makes the caller spin until a parked worker wakes,
-/// which on a small, busy machine burnt a third of the step (see
-/// [`crate::alloc::tune_threads`], which leaves that pool without workers). Small jobs run inline.
+/// each costing about `work_per_row` element updates) and returns each block's result, in
+/// parallel when there is enough work (see [`par_sized`]).
 pub(crate) fn for_blocks<T: Send, R: Send>(
     dst: &mut [T],
     row_len: usize,
@@ -301,27 +118,9 @@ pub(crate) fn for_blocks<T: Send, R: Send>(
     }
     let n_rows = dst.len() / row_len;
     let per = rows_per_task(work_per_row);
-    let n_blocks = n_rows.div_ceil(per);
-    if n_rows * work_per_row <= 2 * MIN_TASK_ELEMS || n_blocks < 2 {
-        return dst
-            .chunks_mut(per * row_len)
-            .enumerate()
-            .map(|(b, block)| f(b * per, block))
-            .collect();
-    }
-    let len = dst.len();
-    let base = SendPtr::new(dst);
-    use rayon::prelude::*;
-    (0..n_blocks)
-        .into_par_iter()
-        .map(|b| {
-            let start = b * per * row_len;
-            let end = (start + per * row_len).min(len);
-            // SAFETY: blocks are disjoint ranges of `dst` (each block index is handed out once),
-            // `dst` outlives this call, and no other reference to it exists meanwhile.
-            let block = unsafe { base.slice(start, end - start) };
-            f(b * per, block)
-        })
+    par_sized(dst.par_chunks_mut(per * row_len), n_rows * work_per_row)
+        .enumerate()
+        .map(|(b, block)| f(b * per, block))
         .collect()
 }
 
@@ -365,22 +164,22 @@ pub(crate) fn for_rows2<T: Send>(
     f: impl Fn(usize, &mut [T], &mut [T]) + Sync + Send,
 ) {
     let n = both.len() / 2;
-    // Walk the first half; each block finds its twin block in the second half.
+    if row_len == 0 || n == 0 {
+        return;
+    }
     let (first, second) = both.split_at_mut(n);
-    let second = SendPtr::new(second);
-    for_blocks(first, row_len, row_len, |first_row, block| {
-        let start = first_row * row_len;
-        // SAFETY: the twin block lies in the second half, which `first` does not cover, and
-        // blocks of the first half are disjoint, so their twins are too.
-        let twin = unsafe { second.slice(start, block.len()) };
-        for (i, (a, b)) in block
-            .chunks_mut(row_len)
-            .zip(twin.chunks_mut(row_len))
-            .enumerate()
-        {
-            f(first_row + i, a, b)
-        }
-    });
+    let per = rows_per_task(row_len);
+    let blocks = first
+        .par_chunks_mut(per * row_len)
+        .zip(second.par_chunks_mut(per * row_len));
+    par_sized(blocks, n)
+        .enumerate()
+        .for_each(|(blk, (block_a, block_b))| {
+            let rows = block_a.chunks_mut(row_len).zip(block_b.chunks_mut(row_len));
+            for (i, (a, b)) in rows.enumerate() {
+                f(blk * per + i, a, b)
+            }
+        });
 }
 
 /// `t` itself when its last dimension is dense (what [`Rows`] needs), else a contiguous copy;
@@ -391,107 +190,6 @@ pub(crate) fn dense_last(t: &candle_core::Tensor) -> Result<candle_core::Tensor>
         Ok(t.clone())
     } else {
         t.contiguous()
-    }
-}
-
-/// `dst (m, n) = [dst +] beta * a (m, k) . b (k, n)` on f32 host buffers, every operand
-/// addressed by its (row stride, column stride) from the start of its slice: the one safe
-/// wrapper of the gemm crate (which candle's CPU matmul also uses) for the host paths, the
-/// training pass (`model::fast`) and the decoder (`generate::host`). Panics if a slice is
-/// shorter than its shape and strides imply, which only an internal bug can cause.
-///
-/// [`mm`] lets gemm choose: it may split a large product into jobs on rayon's pool. When the step's chunks already
-/// keep every core busy (one chunk per core), those jobs run on the calling thread, which costs
-/// little; when a single chunk runs (a large model on a few rows, or a user's `micro_batch`),
-/// the idle cores take them, so one chunk still uses the whole machine.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn mm(
-    shape: (usize, usize, usize),
-    dst: &mut [f32],
-    dst_strides: (usize, usize),
-    accumulate: bool,
-    a: &[f32],
-    a_strides: (usize, usize),
-    b: &[f32],
-    b_strides: (usize, usize),
-    beta: f32,
-) {
-    let par = match rayon::current_num_threads() {
-        0 | 1 => gemm::Parallelism::None,
-        n => gemm::Parallelism::Rayon(n),
-    };
-    mm_with(
-        shape,
-        dst,
-        dst_strides,
-        accumulate,
-        a,
-        a_strides,
-        b,
-        b_strides,
-        beta,
-        par,
-    )
-}
-
-/// [`mm`] with the caller's choice of parallelism (the decoder runs one part per core itself).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn mm_with(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    (d_rs, d_cs): (usize, usize),
-    accumulate: bool,
-    a: &[f32],
-    (a_rs, a_cs): (usize, usize),
-    b: &[f32],
-    (b_rs, b_cs): (usize, usize),
-    beta: f32,
-    par: gemm::Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    // The furthest element an (r, c) operand with these strides touches, plus one.
-    let reach = |r: usize, c: usize, rs: usize, cs: usize| {
-        if r == 0 || c == 0 {
-            0
-        } else {
-            (r - 1) * rs + (c - 1) * cs + 1
-        }
-    };
-    assert!(
-        dst.len() >= reach(m, n, d_rs, d_cs)
-            && a.len() >= reach(m, k, a_rs, a_cs)
-            && b.len() >= reach(k, n, b_rs, b_cs),
-        "fast path: a matrix operand is shorter than its shape and strides imply"
-    );
-    let s = |v: usize| v as isize;
-    // SAFETY: the assert above keeps every element gemm reads or writes inside the three
-    // slices (gemm's strides are (column, row), and it touches exactly the elements
-    // `row * rs + col * cs` for rows and columns inside the shapes). `dst` is borrowed mutably,
-    // so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            s(d_cs),
-            s(d_rs),
-            accumulate,
-            a.as_ptr(),
-            s(a_cs),
-            s(a_rs),
-            b.as_ptr(),
-            s(b_cs),
-            s(b_rs),
-            1.0f32,
-            beta,
-            false,
-            false,
-            false,
-            par,
-        );
     }
 }
 

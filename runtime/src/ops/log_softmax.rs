@@ -4,7 +4,8 @@
 //! `dy * (onehot(target) - softmax(logits))` in one more pass. `targets` get no gradient.
 
 use super::cpu::dispatch;
-use super::cpu::{self, for_blocks, for_rows, slice, Real, Rows};
+use super::cpu::{for_blocks, for_rows, slice, Rows};
+use super::kernels::{self, Real};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
@@ -54,21 +55,13 @@ fn check_shapes(ll: &Layout, tl: &Layout) -> Result<Rows> {
     Ok(rows)
 }
 
-/// Maximum and log-sum-exp of one row.
-#[inline]
-fn max_lse<T: Real>(x: &[T]) -> (T, T) {
-    let max = cpu::max(x);
-    (max, max + cpu::sum_exp_shifted(x, max).ln())
-}
-
 fn fwd<T: Real>(x: &[T], xl: &Layout, t: &[usize]) -> Result<Vec<T>> {
     let rows = Rows::new(xl, "log_softmax_gather logits")?;
     let mut out = vec![T::zero(); rows.n_rows];
     for_blocks(&mut out, 1, rows.row_len, |first, block| {
         for (k, o) in block.iter_mut().enumerate() {
             let row = rows.row(x, first + k);
-            let (_, lse) = max_lse(row);
-            *o = row[t[first + k]] - lse;
+            *o = row[t[first + k]] - kernels::log_sum_exp(row);
         }
     });
     Ok(out)
@@ -111,7 +104,7 @@ fn bwd<T: Real>(x: &[T], xl: &Layout, t: &[usize], g: &[T]) -> Result<Vec<T>> {
     let mut out = vec![T::zero(); rows.n_rows * rows.row_len];
     for_rows(&mut out, rows.row_len, |i, o| {
         let row = rows.row(x, i);
-        let (_, lse) = max_lse(row);
+        let lse = kernels::log_sum_exp(row);
         let gi = g[i];
         for (o, &v) in o.iter_mut().zip(row) {
             *o = -gi * (v - lse).fexp();

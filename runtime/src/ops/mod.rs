@@ -10,6 +10,7 @@
 
 mod attention;
 pub(crate) mod cpu;
+pub(crate) mod kernels;
 mod log_softmax;
 mod rms_norm;
 mod rope;

@@ -3,7 +3,8 @@
 //! gradients of `x` and `weight` in one more pass.
 
 use super::cpu::dispatch;
-use super::cpu::{self, dense_last, for_rows, for_rows_acc, slice, Real, Rows};
+use super::cpu::{dense_last, for_rows, for_rows_acc, slice, Rows};
+use super::kernels::{self, Real};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// Forward op: `x` and `weight` in, the normalised `x` out (contiguous, same shape as `x`).
@@ -31,14 +32,6 @@ fn check_weight(rows: &Rows, w: &Layout) -> Result<Rows> {
     Ok(wr)
 }
 
-/// `1 / sqrt(mean(x^2) + eps)` of one row.
-#[inline]
-fn inv_rms<T: Real>(x: &[T], eps: T) -> T {
-    let ss = cpu::dot(x, x);
-    let n = T::from_f64(x.len() as f64);
-    (ss / n + eps).sqrt().recip()
-}
-
 fn fwd<T: Real>(x: &[T], xl: &Layout, w: &[T], wl: &Layout, eps: f64) -> Result<Vec<T>> {
     let rows = Rows::new(xl, "rms_norm input")?;
     let wr = check_weight(&rows, wl)?;
@@ -46,11 +39,7 @@ fn fwd<T: Real>(x: &[T], xl: &Layout, w: &[T], wl: &Layout, eps: f64) -> Result<
     let eps = T::from_f64(eps);
     let mut out = vec![T::zero(); rows.n_rows * rows.row_len];
     for_rows(&mut out, rows.row_len, |i, o| {
-        let x = rows.row(x, i);
-        let r = inv_rms(x, eps);
-        for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
-            *o = x * r * w;
-        }
+        kernels::rms_norm(rows.row(x, i), w, eps, o);
     });
     Ok(out)
 }
@@ -127,10 +116,8 @@ fn bwd<T: Real>(
     let w = wr.row(w, 0);
     let h = rows.row_len;
     let eps = T::from_f64(eps);
-    let hf = T::from_f64(h as f64);
     let mut out = vec![T::zero(); (rows.n_rows + usize::from(want_dw)) * h];
     let (dx, dw_row) = out.split_at_mut(rows.n_rows * h);
-    // dx_j = r * (g_j w_j) - r^3 / h * x_j * sum_i(g_i w_i x_i); dw_j = sum_rows g_j x_j r.
     let partials = for_rows_acc(
         dx,
         h,
@@ -143,23 +130,9 @@ fn bwd<T: Real>(
         },
         |dw, i, dx| {
             let x = rows.row(x, i);
-            let g = gr.row(g, i);
-            let r = inv_rms(x, eps);
-            // sum_i g_i w_i x_i, with the products in the output row first so the sum
-            // vectorises; the row is overwritten right after.
-            for (((d, &g), &w), &x) in dx.iter_mut().zip(g).zip(w).zip(x) {
-                *d = g * w * x;
-            }
-            let dot = cpu::sum(dx);
-            let c = r * r * r * dot / hf;
-            for (((d, &g), &w), &x) in dx.iter_mut().zip(g).zip(w).zip(x) {
-                *d = r * g * w - c * x;
-            }
-            if want_dw {
-                for ((d, &g), &x) in dw.iter_mut().zip(g).zip(x) {
-                    *d += g * x * r;
-                }
-            }
+            let r = kernels::inv_rms(x, eps);
+            let dw = want_dw.then_some(&mut dw[..]);
+            kernels::rms_norm_backward(x, w, r, gr.row(g, i), dx, dw);
         },
     );
     if want_dw {

@@ -4,7 +4,8 @@
 //! inverse rotation (the same kernel with `-sin`); `cos` and `sin` get no gradient.
 
 use super::cpu::dispatch;
-use super::cpu::{dense_last, for_rows, slice, Real, Rows};
+use super::cpu::{dense_last, for_rows, slice, Rows};
+use super::kernels::{self, Real};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// Rotates `x` by the angles whose cosines and sines are given; `inverse` rotates backwards.
@@ -43,27 +44,9 @@ fn fwd<T: Real>(
     }
     let mut out = vec![T::zero(); rows.n_rows * d];
     for_rows(&mut out, d, |i, o| {
-        let x = rows.row(x, i);
         let pos = i % seq;
-        let c = cr.row(cos, pos);
-        let s = sr.row(sin, pos);
-        let (x1, x2) = x.split_at(half);
-        let (o1, o2) = o.split_at_mut(half);
-        // The inverse rotation is the rotation by -angle: the same loop with -sin.
-        let sign = if inverse { -T::one() } else { T::one() };
-        // Zipped iterators rather than indices, so there are no bounds checks to keep the loop
-        // from vectorising.
-        for ((((o1, o2), (&a, &b)), &c), &s) in o1
-            .iter_mut()
-            .zip(o2.iter_mut())
-            .zip(x1.iter().zip(x2))
-            .zip(c)
-            .zip(s)
-        {
-            let s = s * sign;
-            *o1 = a * c - b * s;
-            *o2 = b * c + a * s;
-        }
+        o.copy_from_slice(rows.row(x, i));
+        kernels::rope(o, cr.row(cos, pos), sr.row(sin, pos), inverse);
     });
     Ok(out)
 }

@@ -2,7 +2,8 @@
 //! one pass per row, and a backward that gives `y * (dy - sum(dy * y))` from the output `y`.
 
 use super::cpu::dispatch;
-use super::cpu::{self, dense_last, for_rows, slice, Real, Rows};
+use super::cpu::{dense_last, for_rows, slice, Rows};
+use super::kernels::{self, Real};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// Forward op: `x` in, `softmax(x)` over the last dimension out (contiguous).
@@ -11,29 +12,12 @@ pub(crate) struct Softmax;
 /// Backward op: the forward output `y` and its gradient `dy` in, the gradient of `x` out.
 struct SoftmaxBwd;
 
-/// Writes `softmax(x)` into `o`; a row of all `-inf` gives zeros rather than NaN, so that fully
-/// masked rows do not poison a whole batch.
-#[inline(always)]
-pub(crate) fn softmax_row<T: Real>(x: &[T], o: &mut [T]) {
-    let max = cpu::max(x);
-    if max == T::neg_infinity() {
-        o.fill(T::zero());
-        return;
-    }
-    for (o, &v) in o.iter_mut().zip(x) {
-        *o = (v - max).fexp();
-    }
-    let inv = cpu::sum(o).recip();
-    for o in o.iter_mut() {
-        *o *= inv;
-    }
-}
-
 fn fwd<T: Real>(x: &[T], xl: &Layout) -> Result<Vec<T>> {
     let rows = Rows::new(xl, "softmax input")?;
     let mut out = vec![T::zero(); rows.n_rows * rows.row_len];
     for_rows(&mut out, rows.row_len, |i, o| {
-        softmax_row(rows.row(x, i), o)
+        o.copy_from_slice(rows.row(x, i));
+        kernels::softmax(o)
     });
     Ok(out)
 }
@@ -65,12 +49,8 @@ fn bwd<T: Real>(y: &[T], yl: &Layout, g: &[T], gl: &Layout) -> Result<Vec<T>> {
     }
     let mut out = vec![T::zero(); yr.n_rows * yr.row_len];
     for_rows(&mut out, yr.row_len, |i, o| {
-        let y = yr.row(y, i);
-        let g = gr.row(g, i);
-        let dot = cpu::dot(y, g);
-        for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-            *o = y * (g - dot);
-        }
+        o.copy_from_slice(gr.row(g, i));
+        kernels::softmax_backward(o, yr.row(y, i))
     });
     Ok(out)
 }

@@ -3,7 +3,8 @@
 //! gradients of both inputs in one more pass.
 
 use super::cpu::dispatch;
-use super::cpu::{dense_last, for_rows, for_rows2, slice, Real, Rows};
+use super::cpu::{dense_last, for_rows, for_rows2, slice, Rows};
+use super::kernels::{self, Real};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// Forward op: `gate`, `up` in, `silu(gate) * up` out (contiguous).
@@ -12,11 +13,6 @@ pub(crate) struct Swiglu;
 /// Backward op: `gate`, `up` and the output gradient in; gives a (2, n) tensor holding the
 /// gradient of `gate` (flattened) then that of `up`.
 struct SwigluBwd;
-
-#[inline]
-fn sigmoid<T: Real>(x: T) -> T {
-    (T::one() + (-x).fexp()).recip()
-}
 
 fn rows_of(l1: &Layout, l2: &Layout, what: &str) -> Result<(Rows, Rows)> {
     if l1.dims() != l2.dims() {
@@ -33,11 +29,7 @@ fn fwd<T: Real>(g: &[T], gl: &Layout, u: &[T], ul: &Layout) -> Result<Vec<T>> {
     let (gr, ur) = rows_of(gl, ul, "")?;
     let mut out = vec![T::zero(); gr.n_rows * gr.row_len];
     for_rows(&mut out, gr.row_len, |i, o| {
-        let g = gr.row(g, i);
-        let u = ur.row(u, i);
-        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            *o = g * sigmoid(g) * u;
-        }
+        kernels::swiglu(gr.row(g, i), ur.row(u, i), o)
     });
     Ok(out)
 }
@@ -91,17 +83,8 @@ fn bwd<T: Real>(
     let dr = Rows::new(dl, "swiglu output gradient")?;
     let n = gr.n_rows * gr.row_len;
     let mut out = vec![T::zero(); 2 * n];
-    // d silu(g) / dg = s * (1 + g * (1 - s)) with s = sigmoid(g).
     for_rows2(&mut out, gr.row_len, |i, dg, du| {
-        let g = gr.row(g, i);
-        let u = ur.row(u, i);
-        let d = dr.row(d, i);
-        for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(d) {
-            let s = sigmoid(g);
-            let silu = g * s;
-            *du = d * silu;
-            *dg = d * u * (s + silu * (T::one() - s));
-        }
+        kernels::swiglu_backward(dr.row(d, i), gr.row(g, i), ur.row(u, i), dg, du)
     });
     Ok(out)
 }

@@ -431,16 +431,16 @@ fn fast_exp_is_accurate_over_the_whole_range() {
     let mut worst = 0.0f64;
     let mut x = -87.0f32;
     while x < 88.0 {
-        let got = super::cpu::exp_f32(x) as f64;
+        let got = super::kernels::exp_f32(x) as f64;
         let want = (x as f64).exp();
         worst = worst.max((got - want).abs() / want);
         x += 0.001_3;
     }
     assert!(worst < 3e-7, "relative error {worst}");
-    assert_eq!(super::cpu::exp_f32(f32::NEG_INFINITY), 0.0);
-    assert_eq!(super::cpu::exp_f32(-100.0), 0.0);
-    assert_eq!(super::cpu::exp_f32(0.0), 1.0);
-    assert!(super::cpu::exp_f32(f32::NAN).is_nan());
+    assert_eq!(super::kernels::exp_f32(f32::NEG_INFINITY), 0.0);
+    assert_eq!(super::kernels::exp_f32(-100.0), 0.0);
+    assert_eq!(super::kernels::exp_f32(0.0), 1.0);
+    assert!(super::kernels::exp_f32(f32::NAN).is_nan());
 }
 
 /// An additive causal mask (batch, 1, tq, tk) for queries at the last `tq` of `tk` positions,

@@ -424,6 +424,12 @@ impl Optimizer {
         self.params.iter().map(|p| p.name.as_str()).collect()
     }
 
+    /// Chooses the fused in-place CPU update where it applies (the default) or the tensor-op
+    /// update everywhere, so that benchmarks can time both.
+    pub fn set_fused(&mut self, fused: bool) {
+        self.fused = fused;
+    }
+
     /// The gradients of this optimiser's parameters from a backward pass, in f32.
     pub fn grads(&self, store: &GradStore) -> Result<Grads> {
         let grads = self
@@ -1012,63 +1018,5 @@ mod tests {
             vec![]
         )
         .is_err());
-    }
-}
-
-#[cfg(test)]
-mod bench {
-    use super::*;
-    use candle_core::Device;
-
-    /// Timing of one AdamW step over about a million parameters in 30 tensors (the benchmark
-    /// fixture's size). Run: `cargo test -p recap-runtime --lib optim::bench -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn adamw_step_time() {
-        let dev = Device::Cpu;
-        let vars: Vec<(String, Var)> = (0..30)
-            .map(|i| {
-                (
-                    format!("p{i}"),
-                    Var::ones((128, 260), DType::F32, &dev).unwrap(),
-                )
-            })
-            .collect();
-        for fused in [true, false] {
-            let mut opt = Optimizer::new(
-                &PlanOptimizer::Adamw {
-                    lr: 1e-4,
-                    beta1: 0.9,
-                    beta2: 0.999,
-                    eps: 1e-8,
-                    weight_decay: 0.0,
-                },
-                vars.clone(),
-            )
-            .unwrap();
-            opt.fused = fused;
-            let grads = Grads {
-                names: vars.iter().map(|(n, _)| n.clone()).collect(),
-                grads: vars
-                    .iter()
-                    .map(|(_, v)| Some(v.as_tensor().affine(1e-5, 0.0).unwrap()))
-                    .collect(),
-                factor: 1.0,
-            };
-            let mut times = Vec::new();
-            for _ in 0..15 {
-                let t = std::time::Instant::now();
-                let mut g = grads.clone();
-                g.clip_global_norm(1.0).unwrap();
-                opt.step(&g, 1e-4).unwrap();
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            times.sort_by(f64::total_cmp);
-            println!(
-                "adamw step + clip, {} params, fused {fused}: median {:.2} ms",
-                30 * 128 * 260,
-                times[7]
-            );
-        }
     }
 }
