@@ -113,7 +113,6 @@ impl L<'_, '_> {
         for (k, _, v) in &c.extra {
             fields.insert(k.as_str().into(), self.extractor(Some(v))?);
         }
-        let seed = || c.int("seed").map(|i| i.max(0) as u64).unwrap_or(0);
         let spec = match c.name() {
             "jsonl" => {
                 let (text, placeholders) = match c.get("prompt").map(|v| &v.v) {
@@ -126,24 +125,24 @@ impl L<'_, '_> {
                     file: self.s(c, "file")?,
                     prompt: p::Template { text, placeholders },
                     limit: self.ou(c, "limit"),
-                    shuffle: c.bool("shuffle").unwrap_or(true),
+                    shuffle: self.b(c, "shuffle")?,
                 }
             }
             "arithmetic" => p::SourceSpec::Arithmetic {
                 count: self.u(c, "count")?,
                 digits: self.u(c, "digits")?,
                 ops: self.s(c, "ops")?,
-                seed: seed(),
+                seed: self.u(c, "seed")?,
             },
             "sorting" => p::SourceSpec::Sorting {
                 count: self.u(c, "count")?,
                 length: self.u(c, "length")?,
-                seed: seed(),
+                seed: self.u(c, "seed")?,
             },
             "copying" => p::SourceSpec::Copying {
                 count: self.u(c, "count")?,
                 length: self.u(c, "length")?,
-                seed: seed(),
+                seed: self.u(c, "seed")?,
             },
             other => return Err(self.bug(&format!("unknown source function {other}"), c.span)),
         };
@@ -170,7 +169,7 @@ impl L<'_, '_> {
             "exact" => p::VerifierSpec::Exact {
                 expected: expected(),
                 extract,
-                ignore_case: c.bool("ignore_case").unwrap_or(false),
+                ignore_case: self.b(c, "ignore_case")?,
             },
             "numeric" => p::VerifierSpec::Numeric {
                 expected: expected(),

@@ -158,6 +158,11 @@ impl L<'_, '_> {
         c.int(name).map(|i| i.max(0) as u64)
     }
 
+    pub(super) fn b(&self, c: &CallVal, name: &str) -> Result<bool, Diagnostic> {
+        c.bool(name)
+            .ok_or_else(|| self.bug(&format!("`{}` lacks the bool `{name}`", c.name()), c.span))
+    }
+
     pub(super) fn f(&self, c: &CallVal, name: &str) -> Result<f64, Diagnostic> {
         c.float(name)
             .ok_or_else(|| self.bug(&format!("`{}` lacks the number `{name}`", c.name()), c.span))

@@ -35,7 +35,7 @@ impl L<'_, '_> {
                     Some("paper") => p::RecapDirection::Paper,
                     _ => p::RecapDirection::Regress,
                 },
-                warmup: c.bool("warmup").unwrap_or(false),
+                warmup: self.b(c, "warmup")?,
             },
             "uniform" => p::Reweight::Uniform,
             "static" => p::Reweight::Static {

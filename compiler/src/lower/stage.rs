@@ -111,7 +111,7 @@ impl L<'_, '_> {
                                 _ => p::AdvantageScale::Group,
                             },
                             kl,
-                            drop_equal_groups: c.bool("drop_equal_groups").unwrap_or(false),
+                            drop_equal_groups: self.b(c, "drop_equal_groups")?,
                         },
                     });
                 }
@@ -131,7 +131,7 @@ impl L<'_, '_> {
                         every: self.u(c, "every")?,
                         rewards: self.rewards(&oname, c.get("rewards"))?,
                         limit: self.ou(c, "limit"),
-                        greedy: c.bool("greedy").unwrap_or(true),
+                        greedy: self.b(c, "greedy")?,
                         max_tokens: self.u(c, "max_tokens")?,
                     });
                 }
