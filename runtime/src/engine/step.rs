@@ -380,16 +380,7 @@ impl Ctx<'_> {
         let group = ro.group as usize;
         let t = Instant::now();
         let items: Vec<Judged> = (0..roll.texts.len())
-            .map(|r| {
-                let row = &rows[r / group];
-                Judged {
-                    id: &row.id,
-                    prompt: &row.prompt,
-                    completion: &roll.texts[r],
-                    fields: &row.fields,
-                    tokens: roll.completion_ids[r].len(),
-                }
-            })
+            .map(|r| judged(&rows[r / group], roll, r))
             .collect();
         let (table, failures) = score_terms(&self.verifiers, terms, &items)?;
         for f in &failures {
@@ -846,13 +837,7 @@ impl Ctx<'_> {
             let items: Vec<Judged> = chunk
                 .iter()
                 .enumerate()
-                .map(|(i, r)| Judged {
-                    id: &r.id,
-                    prompt: &r.prompt,
-                    completion: &roll.texts[i],
-                    fields: &r.fields,
-                    tokens: roll.completion_ids[i].len(),
-                })
+                .map(|(i, r)| judged(r, &roll, i))
                 .collect();
             let (table, failures) = score_terms(&self.verifiers, &e.rewards, &items)?;
             for f in &failures {
@@ -1002,4 +987,15 @@ pub(crate) fn describe_cost(c: &CostEstimate) -> String {
         mib(total),
         c.dry_step_seconds
     )
+}
+
+/// Completion `r` of a rollout, sampled from `row`, as the reward terms see it.
+fn judged<'a>(row: &'a Row, roll: &'a Rollout, r: usize) -> Judged<'a> {
+    Judged {
+        id: &row.id,
+        prompt: &row.prompt,
+        completion: &roll.texts[r],
+        fields: &row.fields,
+        tokens: roll.completion_ids[r].len(),
+    }
 }
