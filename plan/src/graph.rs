@@ -7,10 +7,9 @@
 //! the file: deterministic. The compiler fills every plan's graph with it, and the runtime's
 //! plans built in code do too, so there is one graph builder.
 
-use crate::key_index::KeyIndex;
 use crate::{Edge, Graph, Name, Node, NodeKind, ObjectiveSpec, Plan};
 use compact_str::format_compact;
-use foldhash::HashSet;
+use foldhash::{HashMap, HashMapExt, HashSet};
 use petgraph::graph::{DiGraph, NodeIndex};
 
 /// The graph of a plan has a cycle, through the node `through`: a bug of whoever built the
@@ -27,9 +26,8 @@ struct Builder {
     g: DiGraph<(), ()>,
     /// The nodes, at their `NodeIndex` in `g`.
     nodes: Vec<Node>,
-    /// The node indices by id, which it reads from `nodes`: small enough to stay in cache
-    /// on a large plan, where a `HashMap<Name, NodeIndex>` cost a cache miss per new node.
-    ids: KeyIndex,
+    /// The node indices by id.
+    ids: HashMap<Name, NodeIndex>,
     /// Edges already added: petgraph's `find_edge` scans a node's edges, which would make
     /// wide nodes (the policy, a stage's mixer) quadratic.
     edges: HashSet<(NodeIndex, NodeIndex)>,
@@ -44,10 +42,7 @@ impl Builder {
         use std::fmt::Write;
         self.key.clear();
         let _ = self.key.write_fmt(id);
-        let nodes = &self.nodes;
-        self.ids
-            .find(&self.key, |i| id_at(nodes, i))
-            .map(|i| NodeIndex::new(i as usize))
+        self.ids.get(self.key.as_str()).copied()
     }
 
     /// Adds the node `id` unless it is there already. The label is made only for a new node:
@@ -69,10 +64,7 @@ impl Builder {
             label: label(),
             stage: stage.map(Name::from),
         });
-        // Node indices fit 32 bits: petgraph's default index type is `u32`.
-        let at = u32::try_from(ix.index()).unwrap_or(u32::MAX);
-        let nodes = &self.nodes;
-        self.ids.insert(&self.key, at, |i| id_at(nodes, i));
+        self.ids.insert(Name::from(self.key.as_str()), ix);
         ix
     }
 
@@ -81,11 +73,6 @@ impl Builder {
             self.g.add_edge(a, b, ());
         }
     }
-}
-
-/// The id of the node at `i`.
-fn id_at(nodes: &[Node], i: u32) -> Option<&str> {
-    nodes.get(i as usize).map(|n| n.id.as_str())
 }
 
 /// The dataflow graph of `plan` (whose own `graph` is not read).
@@ -112,7 +99,7 @@ pub fn build(plan: &Plan) -> Result<Graph, Cycle> {
     let mut b = Builder {
         g: DiGraph::with_capacity(nodes_estimate, edges_estimate),
         nodes: Vec::with_capacity(nodes_estimate),
-        ids: KeyIndex::with_capacity(nodes_estimate),
+        ids: HashMap::with_capacity(nodes_estimate),
         edges,
         key: String::new(),
     };

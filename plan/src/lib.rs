@@ -9,7 +9,6 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 pub mod graph;
-pub mod key_index;
 
 /// A name, id or other short text of the plan (entity names, node ids, field names, markers).
 /// Up to 24 bytes are stored inline, without an allocation: a plan of a large pipeline holds
