@@ -28,6 +28,10 @@ pub enum Command {
     Graph(GraphArgs),
     /// Compile a pipeline and run it as a training job.
     Run(RunArgs),
+    /// Chart finished runs and summarise them (charts and summary.md).
+    Report(ReportArgs),
+    /// Compare variants of a pipeline over seeds: one Markdown (or JSON) table.
+    Compare(CompareArgs),
     /// Create a new pipeline from a template.
     New(NewArgs),
     /// Convert a model file to a Hugging Face directory (`recapc import gguf FILE --out DIR`).
@@ -175,6 +179,62 @@ pub enum ProgressArg {
     Bar,
     Plain,
     Quiet,
+}
+
+/// Which files `recapc report` draws each chart as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ChartFormat {
+    Png,
+    Svg,
+    /// Both a PNG and an SVG of each chart.
+    #[default]
+    Both,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Run directories written by `recapc run` (each holds a metrics.jsonl); several runs are
+    /// overlaid on the same charts.
+    #[arg(required = true, value_name = "RUN_DIR")]
+    pub runs: Vec<PathBuf>,
+    /// Where to write the charts and summary.md [default: RUN_DIR/report of the first run].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Chart file format.
+    #[arg(long, value_enum, default_value_t = ChartFormat::Both)]
+    pub format: ChartFormat,
+}
+
+/// How `recapc compare` prints its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum CompareFormat {
+    /// A Markdown table.
+    #[default]
+    Markdown,
+    /// One JSON document, schema `recap-compare` version 1.
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Layout: a run directory named `seed-<N>` belongs to the variant named by \
+its parent directory (`study/recap/seed-3` is a seed of variant `recap`); any other run directory \
+is a variant of its own, named by the directory. Start and end are a probe's first and last \
+logged value; each cell is the mean +- sample standard deviation over the variant's seeds."
+)]
+pub struct CompareArgs {
+    /// Run directories written by `recapc run`, e.g. `study/*/seed-*`.
+    #[arg(required = true, value_name = "RUN_DIR")]
+    pub runs: Vec<PathBuf>,
+    /// Add Welch's t-test p-value of each variant's end values against this variant's.
+    #[arg(long, value_name = "VARIANT")]
+    pub baseline: Option<String>,
+    /// Also write the table to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = CompareFormat::Markdown)]
+    pub format: CompareFormat,
 }
 
 #[derive(Debug, Subcommand)]

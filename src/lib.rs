@@ -9,6 +9,7 @@ pub mod exit;
 pub mod host;
 pub mod input;
 pub mod render;
+pub mod report;
 pub mod templates;
 
 pub use cli::Cli;

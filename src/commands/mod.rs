@@ -3,6 +3,7 @@
 //! are what several commands share.
 
 mod check;
+mod compare;
 mod completions;
 mod explain;
 mod graph;
@@ -10,6 +11,7 @@ mod import;
 mod list_templates;
 mod new;
 mod plan;
+mod report;
 mod run;
 
 use std::io::{IsTerminal, Write};
@@ -30,6 +32,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Plan(args) => plan::run(&args),
         Command::Graph(args) => graph::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Report(args) => report::run(&args),
+        Command::Compare(args) => compare::run(&args),
         Command::New(args) => new::run(&args),
         Command::Import(cmd) => import::run(&cmd),
         Command::Templates => list_templates::run(),
