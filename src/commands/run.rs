@@ -12,6 +12,7 @@ use recap_runtime::engine::{self, ProgressMode, RunOptions};
 use super::{compile_for_plan, error_line};
 use crate::cli::{ProgressArg, RunArgs};
 use crate::exit::ExitCode;
+use crate::report;
 
 pub fn run(args: &RunArgs) -> ExitCode {
     let is_plan_json = args.file.extension().is_some_and(|e| e == "json");
@@ -68,6 +69,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
                     summary.seconds,
                     dir.display()
                 );
+                print_summary(dir);
             }
             ExitCode::Success
         }
@@ -75,6 +77,19 @@ pub fn run(args: &RunArgs) -> ExitCode {
             error_line(&format!("the run failed: {e:#}"));
             ExitCode::RunFailed
         }
+    }
+}
+
+/// Prints the run's summary (the numbers `recapc report` puts in summary.md), read back from
+/// the whole metrics.jsonl so that a resumed run is summarised from its first step. The run has
+/// succeeded by now, so a summary that cannot be read is a warning, not a failure.
+fn print_summary(dir: &Path) {
+    match report::load_run(dir) {
+        Ok(run) => eprint!(
+            "{}",
+            report::summary::terminal(&report::summary::summarise(&run))
+        ),
+        Err(e) => eprintln!("warning: no summary: {e}"),
     }
 }
 
