@@ -167,18 +167,18 @@ fn register_font() -> Result<(), String> {
 }
 
 /// The axes' ranges: every point inside, a little room around flat or single-point data.
-fn bounds(lines: &[Line]) -> ((f64, f64), (f64, f64)) {
+fn bounds(lines: &[Line]) -> ((u64, u64), (f64, f64)) {
     let all = || lines.iter().flat_map(|l| l.points.iter());
-    let (mut x0, mut x1) = (f64::INFINITY, f64::NEG_INFINITY);
+    let (mut x0, mut x1) = (u64::MAX, 0);
     let (mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in all() {
-        x0 = x0.min(x as f64);
-        x1 = x1.max(x as f64);
+        x0 = x0.min(x);
+        x1 = x1.max(x);
         y0 = y0.min(y);
         y1 = y1.max(y);
     }
     if x1 <= x0 {
-        x1 = x0 + 1.0;
+        x1 = x0 + 1;
     }
     let pad = if y1 > y0 {
         (y1 - y0) * 0.05
@@ -208,7 +208,6 @@ where
         .map_err(err)?;
     c.configure_mesh()
         .x_desc("step")
-        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc(chart.y)
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 16))
@@ -216,7 +215,7 @@ where
         .map_err(err)?;
     for (i, line) in lines.iter().enumerate() {
         let color = COLOURS[i % COLOURS.len()];
-        let points = line.points.iter().map(|&(s, v)| (s as f64, v));
+        let points = line.points.iter().copied();
         c.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(err)?
             .label(line.label.as_str())
