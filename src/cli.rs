@@ -184,7 +184,9 @@ pub enum ProgressArg {
 /// Which files `recapc report` draws each chart as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum ChartFormat {
+    /// One PNG per chart.
     Png,
+    /// One SVG per chart.
     Svg,
     /// Both a PNG and an SVG of each chart.
     #[default]
