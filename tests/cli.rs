@@ -2,28 +2,14 @@
 //! the JSON schema. The documented exit codes are 0 (clean or warnings only), 1 (errors),
 //! 2 (usage or IO), 3 (`run`: the job failed while running).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn recapc(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_recapc"))
-        .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("the recapc binary runs")
-}
+use std::path::{Path, PathBuf};
+
+use common::{recapc, stderr, stdout};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A pipeline with a deliberate mistake: an unknown verifier name.

@@ -2,19 +2,12 @@
 //! runs; tests/data/compare: two variants x three seeds). Every expected number below was
 //! computed by hand from those files; the p-values come from scipy, as noted beside them.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use common::{recapc, stderr, stdout};
 use recapc::report::{compare, load_run, summary};
-
-fn recapc(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_recapc"))
-        .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("the recapc binary runs")
-}
 
 fn data(rel: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -22,14 +15,6 @@ fn data(rel: &str) -> String {
         .join(rel)
         .display()
         .to_string()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 const CHARTS: [&str; 7] = [

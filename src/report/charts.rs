@@ -21,6 +21,16 @@ pub enum Format {
     Both,
 }
 
+impl Format {
+    fn extensions(self) -> &'static [&'static str] {
+        match self {
+            Format::Png => &["png"],
+            Format::Svg => &["svg"],
+            Format::Both => &["png", "svg"],
+        }
+    }
+}
+
 /// One chart: the file stem, its title, the y axis and how to find its series in a run.
 struct Chart {
     stem: &'static str,
@@ -116,24 +126,21 @@ pub fn write_charts(runs: &[Run], out: &Path, format: Format) -> Result<Vec<Path
         if lines.is_empty() {
             continue;
         }
-        if matches!(format, Format::Png | Format::Both) {
-            let path = out.join(format!("{}.png", chart.stem));
-            draw(
-                BitMapBackend::new(&path, SIZE).into_drawing_area(),
-                chart,
-                &lines,
-            )
-            .map_err(|e| format!("cannot draw `{}`: {e}", path.display()))?;
-            written.push(path);
-        }
-        if matches!(format, Format::Svg | Format::Both) {
-            let path = out.join(format!("{}.svg", chart.stem));
-            draw(
-                SVGBackend::new(&path, SIZE).into_drawing_area(),
-                chart,
-                &lines,
-            )
-            .map_err(|e| format!("cannot draw `{}`: {e}", path.display()))?;
+        for ext in format.extensions() {
+            let path = out.join(format!("{}.{ext}", chart.stem));
+            let drawn = match *ext {
+                "png" => draw(
+                    BitMapBackend::new(&path, SIZE).into_drawing_area(),
+                    chart,
+                    &lines,
+                ),
+                _ => draw(
+                    SVGBackend::new(&path, SIZE).into_drawing_area(),
+                    chart,
+                    &lines,
+                ),
+            };
+            drawn.map_err(|e| format!("cannot draw `{}`: {e}", path.display()))?;
             written.push(path);
         }
     }

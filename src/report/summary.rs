@@ -64,6 +64,18 @@ pub fn summarise(run: &Run) -> Summary {
     }
 }
 
+impl ProbeSummary {
+    /// The final value, its step, the best value, its step: as both renderings print them.
+    fn cells(&self) -> [String; 4] {
+        [
+            fmt_value(self.final_value.1),
+            self.final_value.0.to_string(),
+            fmt_value(self.best.1),
+            self.best.0.to_string(),
+        ]
+    }
+}
+
 /// A value as the reports print it: three decimals (probes and rewards live in [0, 1]).
 pub fn fmt_value(v: f64) -> String {
     format!("{v:.3}")
@@ -95,14 +107,11 @@ pub fn markdown(s: &Summary, dir: &str) -> String {
     let _ = writeln!(out, "| probe | final | at step | best | at step |");
     let _ = writeln!(out, "|-------|------:|--------:|-----:|--------:|");
     for p in &s.probes {
+        let [last, last_step, best, best_step] = p.cells();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} |",
-            p.name,
-            fmt_value(p.final_value.1),
-            p.final_value.0,
-            fmt_value(p.best.1),
-            p.best.0
+            "| {} | {last} | {last_step} | {best} | {best_step} |",
+            p.name
         );
     }
     out.push('\n');
@@ -123,14 +132,11 @@ pub fn terminal(s: &Summary) -> String {
     );
     let width = s.probes.iter().map(|p| p.name.len()).max().unwrap_or(0);
     for p in &s.probes {
+        let [last, last_step, best, best_step] = p.cells();
         let _ = writeln!(
             out,
-            "  {:width$}  final {} (step {}), best {} (step {})",
-            p.name,
-            fmt_value(p.final_value.1),
-            p.final_value.0,
-            fmt_value(p.best.1),
-            p.best.0
+            "  {:width$}  final {last} (step {last_step}), best {best} (step {best_step})",
+            p.name
         );
     }
     out
