@@ -294,3 +294,44 @@ fn bad_input_is_a_clear_error_with_exit_code_2() {
     let md = std::fs::read_to_string(d.join("r/summary.md")).unwrap();
     assert!(md.contains("No probe records."), "{md}");
 }
+
+#[test]
+fn run_ends_with_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines/quickstart.recap");
+    let o = recapc(
+        &[
+            "run",
+            &pipeline.display().to_string(),
+            "--set",
+            "warmup_steps=25",
+            "--set",
+            "rl_steps=25",
+            "--out",
+            "run",
+            "--progress",
+            "quiet",
+            "--samples-every",
+            "0",
+        ],
+        dir.path(),
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    // The RL stage generates tokens; each stage's two probes run once, at its step 25.
+    assert!(
+        err.contains("summary: 50 steps, ") && err.contains(" generated tokens/s\n"),
+        "{err}"
+    );
+    for probe in [
+        "copy_probe.copied ",
+        "sums_probe.correct ",
+        "copy_probe_rl.copied ",
+        "sums_probe_rl.correct ",
+    ] {
+        let line = err.lines().find(|l| l.trim_start().starts_with(probe));
+        let line = line.unwrap_or_else(|| panic!("no `{probe}` line in\n{err}"));
+        let step = if probe.contains("_rl") { 50 } else { 25 };
+        assert!(line.contains(&format!("(step {step}), best")), "{line}");
+    }
+}
