@@ -292,7 +292,18 @@ fn bad_input_is_a_clear_error_with_exit_code_2() {
     let o = recapc(&["report", "noprobes", "--out", "r"], d);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let md = std::fs::read_to_string(d.join("r/summary.md")).unwrap();
+    assert!(md.contains("Charts: `loss.png`, `loss.svg`."), "{md}");
     assert!(md.contains("No probe records."), "{md}");
+    // Records with a step and nothing to plot give a summary that says so.
+    mk("bare", "{\"step\":1}\n");
+    let o = recapc(&["report", "bare", "--out", "b"], d);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let md = std::fs::read_to_string(d.join("b/summary.md")).unwrap();
+    assert!(
+        md.contains("No charts: the metrics have no rewards"),
+        "{md}"
+    );
+    assert!(md.contains("- steps: 1\n"), "{md}");
 }
 
 #[test]

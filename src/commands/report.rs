@@ -53,7 +53,11 @@ fn summary_md(runs: &[Run], charts: &[PathBuf]) -> String {
         .iter()
         .map(|p| format!("`{}`", file_name(p)))
         .collect();
-    let _ = writeln!(out, "Charts: {}.\n", names.join(", "));
+    if names.is_empty() {
+        out.push_str("No charts: the metrics have no rewards, weights, KL, loss or probes.\n\n");
+    } else {
+        let _ = writeln!(out, "Charts: {}.\n", names.join(", "));
+    }
     for run in runs {
         out.push_str(&summary::markdown(
             &summary::summarise(run),
