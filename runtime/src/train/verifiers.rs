@@ -208,7 +208,16 @@ impl Verifier {
         match &self.plan.spec {
             VerifierSpec::Regex { .. } => {
                 let re = self.compiled.as_ref().expect("regex compiled in new()");
-                Outcome::from_bool(re.is_match(&text))
+                // Python's `re`, which reward functions in the literature use, lets `$` match
+                // before one final newline; Rust's `$` matches only at the end. Trying the
+                // text without that newline as well gives Python's answer. A pattern that
+                // names the absolute end (`\z`) asks for no such leeway.
+                let before_newline = text
+                    .strip_suffix('\n')
+                    .filter(|_| !re.as_str().contains("\\z"));
+                Outcome::from_bool(
+                    re.is_match(&text) || before_newline.is_some_and(|t| re.is_match(t)),
+                )
             }
             VerifierSpec::Exact {
                 expected,
@@ -248,11 +257,17 @@ impl Verifier {
                 // Without an extractor the last number of the completion counts; an extractor
                 // has already picked the number, so what is left must start with it.
                 let got = if extract.steps.is_empty() {
-                    find_numbers(&text).last().map(|n| n.value)
+                    find_numbers(&text).pop()
                 } else {
                     leading_number(&text)
                 };
-                Outcome::from_bool(got.is_some_and(|g| (g - want).abs() <= *tolerance))
+                let close = |g: &FoundNumber| {
+                    let wants = want.readings();
+                    g.readings()
+                        .iter()
+                        .any(|g| wants.iter().any(|w| (g - w).abs() <= *tolerance))
+                };
+                Outcome::from_bool(got.as_ref().is_some_and(close))
             }
             VerifierSpec::MathEqual { expected, .. } => {
                 let expected = expected.field.as_str();
@@ -375,74 +390,146 @@ fn excerpt(s: &str) -> String {
     out
 }
 
-/// A number found in text: its byte span, its value and its text without thousands commas.
+/// A number found in text: its byte span, its value, its text (thousands commas dropped,
+/// fractions as `n/d`, a mixed number as its decimal value, a percentage with its `%`) and
+/// whether it was written as a percentage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FoundNumber {
     pub start: usize,
     pub end: usize,
     pub value: f64,
     pub text: String,
+    pub percent: bool,
+}
+
+impl FoundNumber {
+    /// The values the number may stand for: a percentage is both `x` and `x/100`, because
+    /// "50%" answers both "what percentage" and "what fraction" (as in math_verify).
+    pub fn readings(&self) -> Vec<f64> {
+        if self.percent {
+            vec![self.value, self.value / 100.0]
+        } else {
+            vec![self.value]
+        }
+    }
 }
 
 fn number_regex() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
-        Regex::new(r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
-            .expect("number pattern is valid")
+        let plain = r"(?:\d+(?:\.\d+)?|\.\d+)";
+        let full = r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?";
+        Regex::new(&format!(
+            r"(?P<sign>[-+\x{{2212}}])?(?:(?P<whole>\d+)?\\[dt]?frac(?:\{{\s*(?P<fn>[-\x{{2212}}]?{plain})\s*\}}|(?P<fn1>\d))(?:\{{\s*(?P<fd>{plain})\s*\}}|(?P<fd1>\d))|(?P<num>{full})(?:/(?P<den>\d+(?:\.\d+)?))?)(?P<pct>\s?\\?%)?"
+        ))
+        .expect("number pattern is valid")
     })
 }
 
-/// Every number in `text`, in order. Thousands commas (`1,234`) are part of a number; a sign
+/// Every number in `text`, in order. Thousands commas (`1,234`) are part of a number, and so
+/// are E notation (`1e3`), fractions (`3/4`, `\frac{3}{4}`), mixed numbers (`3\frac{1}{2}` is
+/// 3.5) and a percent sign (`50%`, `50\%`). A sign (`-`, `+` or the Unicode minus U+2212)
 /// counts only when it does not follow a letter, digit or closing bracket (so `3-5` is 3 and 5).
 pub fn find_numbers(text: &str) -> Vec<FoundNumber> {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .filter(|&c| c != ',' && c != '+')
+            .map(|c| if c == '\u{2212}' { '-' } else { c })
+            .collect()
+    };
     let mut out = Vec::new();
-    for m in number_regex().find_iter(text) {
+    for caps in number_regex().captures_iter(text) {
+        let m = caps.get(0).expect("group 0 exists");
         let mut start = m.start();
-        let raw = m.as_str();
-        let mut body = raw;
-        if raw.starts_with(['-', '+']) {
+        let mut negative = false;
+        if let Some(sign) = caps.name("sign") {
             let prev = text[..start].chars().next_back();
             if prev.is_some_and(|c| c.is_alphanumeric() || matches!(c, ')' | ']' | '}')) {
-                start += 1;
-                body = &raw[1..];
+                start = sign.end();
+            } else {
+                negative = sign.as_str() != "+";
             }
         }
-        let clean: String = body.chars().filter(|&c| c != ',' && c != '+').collect();
-        if let Ok(value) = clean.parse::<f64>() {
-            if value.is_finite() {
-                out.push(FoundNumber {
-                    start,
-                    end: m.end(),
-                    value,
-                    text: clean,
-                });
+        let group = |names: [&str; 2]| names.iter().find_map(|n| caps.name(n));
+        let parsed = if let Some(num) = caps.name("num") {
+            let n: Option<f64> = clean(num.as_str()).parse().ok();
+            match caps.name("den") {
+                Some(den) => n.zip(den.as_str().parse::<f64>().ok()).and_then(|(n, d)| {
+                    let text = format!("{}/{}", clean(num.as_str()), den.as_str());
+                    (d != 0.0).then_some((n / d, text))
+                }),
+                None => n.map(|n| (n, clean(num.as_str()))),
             }
+        } else {
+            let (Some(n), Some(den)) = (group(["fn", "fn1"]), group(["fd", "fd1"])) else {
+                continue;
+            };
+            let n_text = clean(n.as_str());
+            let inner_negative = n_text.starts_with('-');
+            let n_abs = n_text.trim_start_matches('-');
+            let fraction = n_abs
+                .parse::<f64>()
+                .ok()
+                .zip(den.as_str().parse::<f64>().ok())
+                .filter(|(_, d)| *d != 0.0);
+            fraction.map(|(n, d)| match caps.name("whole") {
+                // A mixed number: its text is its value, which reads back as one number.
+                Some(whole) => {
+                    let w: f64 = whole.as_str().parse().unwrap_or(f64::NAN);
+                    let v = if inner_negative { w - n / d } else { w + n / d };
+                    (v, v.to_string())
+                }
+                None => {
+                    let v = if inner_negative { -n / d } else { n / d };
+                    let sign = if inner_negative { "-" } else { "" };
+                    (v, format!("{sign}{n_abs}/{}", den.as_str()))
+                }
+            })
+        };
+        let Some((magnitude, body)) = parsed else {
+            continue;
+        };
+        let (value, mut text_out) = if negative {
+            let body = body
+                .strip_prefix('-')
+                .map_or(format!("-{body}"), str::to_string);
+            (-magnitude, body)
+        } else {
+            (magnitude, body)
+        };
+        let percent = caps.name("pct").is_some();
+        if percent {
+            text_out.push('%');
+        }
+        if value.is_finite() {
+            out.push(FoundNumber {
+                start,
+                end: m.end(),
+                value,
+                text: text_out,
+                percent,
+            });
         }
     }
     out
 }
 
 /// The number `text` starts with (after whitespace), if any.
-pub fn leading_number(text: &str) -> Option<f64> {
+pub fn leading_number(text: &str) -> Option<FoundNumber> {
     let trimmed = text.trim_start();
     let offset = text.len() - trimmed.len();
     find_numbers(text)
         .into_iter()
         .next()
         .filter(|n| n.start == offset || (n.start == offset + 1 && trimmed.starts_with('+')))
-        .map(|n| n.value)
 }
 
 /// A reference that should be exactly one number (`"1,234"`, `"-3.5"`, `" 42 "`, `"$18"`,
-/// `"50%"`, `"7."`).
-fn parse_single_number(s: &str) -> Option<f64> {
-    let core = s
-        .trim()
-        .trim_start_matches('$')
-        .trim_end_matches(['%', '.'])
-        .trim();
+/// `"50%"`, `"7."`, `"3/4"`, `"\frac{3}{4}"`).
+fn parse_single_number(s: &str) -> Option<FoundNumber> {
+    let core = s.trim().trim_matches('$').trim_end_matches('.').trim();
     match find_numbers(core).as_slice() {
-        [n] if n.start == 0 && n.end == core.len() => Some(n.value),
+        [n] if n.start == 0 && n.end == core.len() => Some(n.clone()),
         _ => None,
     }
 }
@@ -481,8 +568,10 @@ fn single_letter(s: &str, letters: &str) -> Option<char> {
 }
 
 /// The option letter a completion chose, trying the forms from most to least explicit:
-/// the whole answer is a letter; "answer is (B)" / "Answer: B" (the last such); "(B)";
-/// a line starting "B." or "B)"; a single distinct stand-alone capital letter.
+/// the whole answer is a letter; "answer is (B)" / "Answer: B" / "Answer: b" (the last such;
+/// a lower-case letter counts there when a bracket, punctuation or the end follows it, so
+/// "the answer is a number" names no option); "(B)"; a line starting "B." or "B)"; the last
+/// stand-alone capital letter, as the RECAP authors' code does.
 pub fn extract_choice(text: &str, letters: &str) -> Option<char> {
     if let Some(c) = single_letter(text, letters) {
         return Some(c);
@@ -491,7 +580,7 @@ pub fn extract_choice(text: &str, letters: &str) -> Option<char> {
     let forms = FORMS.get_or_init(|| {
         [
             Regex::new(
-                r"(?i:answer)\s*(?i:is)?\s*[:\-]?\s*(?i:option)?\s*[\(\[]?\s*(?:([A-Z])\b|([a-z])[\)\]])",
+                r"(?i:answer)\s*(?i:is)?\s*[:\-]?\s*(?i:option)?\s*[\(\[]?\s*(?:([A-Z])\b|([a-z])(?:[\)\]]|\s*[.,;!]?\s*$))",
             )
             .expect("valid"),
             Regex::new(r"\(([A-Za-z])\)").expect("valid"),
@@ -523,17 +612,11 @@ pub fn extract_choice(text: &str, letters: &str) -> Option<char> {
     if let Some(c) = forms[2].captures_iter(text).filter_map(pick).find(valid) {
         return Some(c);
     }
-    let mut standalone: Vec<char> = forms[3]
+    forms[3]
         .captures_iter(text)
         .filter_map(pick)
         .filter(valid)
-        .collect();
-    standalone.sort_unstable();
-    standalone.dedup();
-    match standalone.as_slice() {
-        [c] => Some(*c),
-        _ => None,
-    }
+        .last()
 }
 
 /// The last `[x1, y1, x2, y2]` box in `text`.
@@ -767,8 +850,22 @@ mod tests {
         assert_eq!(vals("x is -3 and +2"), vec![-3.0, 2.0]);
         assert_eq!(vals("1,234,567.5 or 12,34"), vec![1234567.5, 12.0, 34.0]);
         assert_eq!(vals(".5 and 1e3"), vec![0.5, 1000.0]);
-        assert_eq!(leading_number("  122abc"), Some(122.0));
-        assert_eq!(leading_number("-7 apples"), Some(-7.0));
+        // Fractions, mixed numbers, percentages and the Unicode minus are single numbers.
+        assert_eq!(vals("3/4 and \u{2212}2"), vec![0.75, -2.0]);
+        assert_eq!(vals(r"$3\frac{1}{2}$ or $-\frac{1}{4}$"), vec![3.5, -0.25]);
+        assert_eq!(vals(r"\dfrac12 then 2\frac{x}{3}"), vec![0.5, 2.0, 3.0]);
+        let texts = |s: &str| {
+            find_numbers(s)
+                .into_iter()
+                .map(|n| n.text)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(texts(r"50% or 7\% of \frac{-1}{3}"), ["50%", "7%", "-1/3"]);
+        // A fraction over zero is no number at all.
+        assert!(texts("1/0 apples").is_empty());
+        let lead = |s: &str| leading_number(s).map(|n| n.value);
+        assert_eq!(lead("  122abc"), Some(122.0));
+        assert_eq!(lead("-7 apples"), Some(-7.0));
         assert_eq!(leading_number("abc 122"), None);
         assert_eq!(
             last_boxed(r"so \boxed{\frac{1}{2}} done"),
@@ -796,6 +893,11 @@ mod tests {
             run(&fmt, "<answer>7</answer> extra", &f),
             Outcome::Score(0.0)
         );
+        // `$` accepts one trailing newline, as in Python's `re`, but not two.
+        assert_eq!(run(&fmt, "<answer>7</answer>\n", &f), Outcome::Score(1.0));
+        assert_eq!(run(&fmt, "<answer>7</answer>\n\n", &f), Outcome::Score(0.0));
+        let absolute = build(regex(r"7\z"));
+        assert_eq!(run(&absolute, "7\n", &f), Outcome::Score(0.0));
         let bad = Verifier::new(&recap_plan::Verifier {
             name: "bad".into(),
             spec: regex("(unclosed"),
@@ -859,6 +961,13 @@ mod tests {
                 ("it costs 18 dollars", json!("$18"), 1.0),
                 ("so 7", json!("7."), 1.0),
                 ("+4", json!("+4"), 1.0),
+                ("it is \u{2212}3", json!("-3"), 1.0),
+                ("it is \u{2212}3", json!("3"), 0.0),
+                ("The discount is 50%", json!("0.5"), 1.0),
+                ("The discount is 0.5", json!("50%"), 1.0),
+                ("The share is 3/4", json!(r"\frac{3}{4}"), 1.0),
+                (r"It takes $3\frac{1}{2}$ hours", json!("3.5"), 1.0),
+                (r"It takes $3\frac{1}{2}$ hours", json!("2"), 0.0),
             ],
         );
         // With an extractor, what it leaves must start with the number.
@@ -959,6 +1068,10 @@ mod tests {
                 ("Looking at the options, (H) fits.", json!("H"), 1.0),
                 ("C. Because the sum is even.", json!("C"), 1.0),
                 ("I pick G here", json!("G"), 1.0),
+                ("Answer: b", json!("B"), 1.0),
+                ("the answer is c.", json!("C"), 1.0),
+                // Several stand-alone letters: the last, as the RECAP authors' code reads it.
+                ("A good guess is D", json!("D"), 1.0),
                 // Negative cases.
                 ("The answer is (C).", json!("B"), 0.0),
                 ("A cat or B", json!("A"), 0.0),
