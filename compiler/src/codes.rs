@@ -5,20 +5,13 @@
 
 use crate::diagnostic::ProblemCode;
 use crate::internal::InternalCode;
+use crate::parse::ParseCode;
 use crate::validate::ValidateCode;
 
 /// The codes of the stages whose problems are not yet enums (parse, resolve, typecheck), as
 /// (code, explanation). Each moves beside its stage's problem enum when the stage is
 /// converted; until then the stage writes its codes as strings, which must match these.
 const AWAITING_CONVERSION: &[(&str, &str)] = &[
-    ("recap::parse::syntax", "The file does not follow the grammar at this point. The message says what the parser expected (an item keyword, `=`, an expression, a closing bracket) and what it found. Items start with a keyword (`model`, `source`, `verifier`, `objective`, `eval`, `param`, `let`, `use`, `stage`, `reweight`, `mix`, `train`); blocks hold `name = value` fields. After a syntax error the parser resumes at the next line that starts with an item keyword, so later errors are reported too.\n\nExample:\n    model policy hf(\"models/qwen\")   # missing `=`\nFix:\n    model policy = hf(\"models/qwen\")"),
-    ("recap::parse::bad_escape", "A string holds a backslash escape recap does not know. Known escapes: \\n \\t \\r \\0 \\\\ \\\" \\{ \\}. Regular expressions are easiest as raw strings, which have no escapes: r\"\\d+\" or r#\"say \"hi\"\"#."),
-    ("recap::parse::number_too_large", "An integer does not fit in 64 bits, or a float is not finite. Use a smaller number; step counts and seeds never need more."),
-    ("recap::parse::bad_number", "A range bound in a signature is not a number. Bounds are numbers or `inf`/`-inf`, e.g. `in [0, 1)`."),
-    ("recap::parse::too_large", "The file is larger than 4 GiB (4,294,967,295 bytes), the most recap reads: byte offsets, entity ids and stage numbers are kept in 32 bits, which keeps the checker's data small. A pipeline that large is generated; generate fewer items per file, e.g. one job per file."),
-    ("recap::parse::too_deep", "Brackets or prefix minus signs nest more than 100 levels deep. The limit protects the compiler's stack from generated or hostile input; real pipelines nest a few levels. Split the expression with `let` declarations."),
-    ("recap::parse::positional_after_named", "In a call, positional arguments come first and named ones after: `kl(base, coef = 0.04)`, not `kl(coef = 0.04, base)`. Name the late argument or move it to the front."),
-    ("recap::parse::not_callable", "Only a name can be called: `hf(\"dir\")` or a method `value.after(\"####\")`. An expression such as `(a)(b)` or `\"text\"(1)` cannot."),
     ("recap::resolve::unknown_name", "A name is used that is neither declared in the file (model, source, verifier, objective, eval, param, let) nor a stdlib function or enum member. The help line suggests the closest known name. Declarations may appear in any order; stage-local names (objectives, evals and lets inside a stage) are visible only inside that stage."),
     ("recap::resolve::duplicate_name", "Two declarations (or two stages) share a name. Names are unique in the whole file, including inside stages, so plans and metrics can refer to every objective and source by name. Rename one."),
     ("recap::resolve::unknown_module", "`use` names a module the stdlib does not have. The modules are models, sources, verifiers, objectives, reweighters, mixers and training (optionally prefixed `std.`). Every module is in the prelude, so `use` is optional."),
@@ -51,9 +44,8 @@ const AWAITING_CONVERSION: &[(&str, &str)] = &[
 
 /// Every code with its explanation, by stage in pipeline order, internal errors last.
 pub fn codes() -> impl Iterator<Item = (&'static str, &'static str)> {
-    AWAITING_CONVERSION
-        .iter()
-        .copied()
+    listed::<ParseCode>()
+        .chain(AWAITING_CONVERSION.iter().copied())
         .chain(listed::<ValidateCode>())
         .chain(listed::<InternalCode>())
 }
