@@ -6,22 +6,13 @@
 use crate::diagnostic::ProblemCode;
 use crate::internal::InternalCode;
 use crate::parse::ParseCode;
+use crate::resolve::ResolveCode;
 use crate::validate::ValidateCode;
 
 /// The codes of the stages whose problems are not yet enums (parse, resolve, typecheck), as
 /// (code, explanation). Each moves beside its stage's problem enum when the stage is
 /// converted; until then the stage writes its codes as strings, which must match these.
 const AWAITING_CONVERSION: &[(&str, &str)] = &[
-    ("recap::resolve::unknown_name", "A name is used that is neither declared in the file (model, source, verifier, objective, eval, param, let) nor a stdlib function or enum member. The help line suggests the closest known name. Declarations may appear in any order; stage-local names (objectives, evals and lets inside a stage) are visible only inside that stage."),
-    ("recap::resolve::duplicate_name", "Two declarations (or two stages) share a name. Names are unique in the whole file, including inside stages, so plans and metrics can refer to every objective and source by name. Rename one."),
-    ("recap::resolve::unknown_module", "`use` names a module the stdlib does not have. The modules are models, sources, verifiers, objectives, reweighters, mixers and training (optionally prefixed `std.`). Every module is in the prelude, so `use` is optional."),
-    ("recap::resolve::misplaced_item", "An item stands where it is not allowed: models, sources, verifiers, params and `use` belong at the top level; objectives and evals of a file with stages belong inside a stage; stages do not nest; `fn` and `enum` are only for the stdlib."),
-    ("recap::resolve::duplicate_setting", "A scope sets `reweight`, `mix` or `train` twice. Keep one. A stage's own setting overrides the top-level one (for `train`, field by field)."),
-    ("recap::resolve::not_a_function", "A declared name is called like a function, e.g. `policy(...)`. Only stdlib functions can be called; use the name on its own."),
-    ("recap::resolve::cycle", "Declarations reference each other in a circle (`let a = b`, `let b = a`, or `model a = frozen(b)` with `model b = frozen(a)`), so none of them can be evaluated. The message lists the whole path; break it at one point."),
-    ("recap::resolve::unused", "Warning: a param, let, source or verifier is declared but nothing uses it. Remove it, or start its name with `_` to keep it deliberately."),
-    ("recap::resolve::unknown_param", "`--set NAME=VALUE` names no `param` of the file. Only params can be overridden; declare one with `param steps: int = 500` and use `steps` where the value is needed."),
-    ("recap::resolve::bad_override", "The text of a `--set NAME=VALUE` override is not a value of the param's declared type: an int for `int`, a number for `float`, `true`/`false` for `bool`, a percentage such as `10%` for `percent`."),
     ("recap::typecheck::wrong_kind", "A value of one kind stands where another is expected: a verifier where a source is expected, an `sft` objective declared as a `verifier`, a mixer given to `reweight`. Each declaration keyword fixes the kind of its value, and each stdlib parameter has a kind."),
     ("recap::typecheck::type_mismatch", "A value has the wrong type for its parameter: a string where a number is expected, a float where an int is expected (`group = 4.5`), an unknown enum member (`estimator = k4`). The message names the expected type; `recapc explain` on the stdlib entry shows the full signature."),
     ("recap::typecheck::unit_mismatch", "A percentage and a plain number are mixed up: `lr = 10%` where a float is expected, `warmup = 0.1` where steps or a percentage are expected, or `10% + 1`. Write `0.1` for a fraction and `10%` for a percentage of the stage's steps."),
@@ -45,6 +36,7 @@ const AWAITING_CONVERSION: &[(&str, &str)] = &[
 /// Every code with its explanation, by stage in pipeline order, internal errors last.
 pub fn codes() -> impl Iterator<Item = (&'static str, &'static str)> {
     listed::<ParseCode>()
+        .chain(listed::<ResolveCode>())
         .chain(AWAITING_CONVERSION.iter().copied())
         .chain(listed::<ValidateCode>())
         .chain(listed::<InternalCode>())

@@ -7,8 +7,8 @@
 //! `--set` values, and arithmetic that means nothing.
 
 use crate::ast::*;
-use crate::diagnostic::{did_you_mean, Diagnostic, Span};
-use crate::resolve::{EntityId, EntityKind, Resolved, Setting};
+use crate::diagnostic::{did_you_mean, Diagnostic, Problem, Span};
+use crate::resolve::{EntityId, EntityKind, ResolveProblem, Resolved, Setting};
 use crate::stdlib::{ParamDef, Signature, Stdlib};
 use crate::types::{Kind, Ty};
 use compact_str::CompactString;
@@ -512,19 +512,12 @@ impl Checker<'_, '_, '_> {
                 }
                 None => {
                     self.err(
-                        Diagnostic::error(
-                            "recap::resolve::bad_override",
-                            format!(
-                                "`--set {}={text}`: `{text}` is not a valid {ty_v}",
-                                e.name.name
-                            ),
-                        )
-                        .label(e.name.span, format!("declared as {ty_v} here"))
-                        .with_help(match ty_v {
-                            Ty::Percent => "write a percentage such as 10%".to_string(),
-                            Ty::Bool => "write true or false".to_string(),
-                            _ => format!("write a {ty_v}"),
-                        }),
+                        ResolveProblem::BadOverride {
+                            name: &e.name.name,
+                            text: text.as_str(),
+                            ty: ty_v.clone(),
+                        }
+                        .at(e.name.span, format!("declared as {ty_v} here")),
                     );
                     return None;
                 }
