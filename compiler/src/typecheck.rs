@@ -6,8 +6,13 @@
 //! mismatches, out-of-range values, missing, unknown, duplicate and surplus arguments, bad
 //! `--set` values, and arithmetic that means nothing.
 
+mod problems;
+
+pub use problems::{Misfit, TypecheckCode, TypecheckProblem};
+
 use crate::ast::*;
 use crate::diagnostic::{did_you_mean, Diagnostic, Problem, Span};
+use crate::internal::InternalProblem;
 use crate::resolve::{EntityId, EntityKind, ResolveProblem, Resolved, Setting};
 use crate::stdlib::{ParamDef, Signature, Stdlib};
 use crate::types::{Kind, Ty};
@@ -404,26 +409,14 @@ impl Checker<'_, '_, '_> {
                     _ => false,
                 };
                 if !ok {
-                    let mut d = Diagnostic::error(
-                        "recap::typecheck::wrong_kind",
-                        format!(
-                            "`{} {}` must be {}, found {}",
-                            k.keyword(),
-                            e.name.name,
-                            kind.article(),
-                            describe(&v.v, self.res)
-                        ),
-                    )
-                    .label(v.span, format!("not {}", kind.article()));
-                    d = if matches!(v.v, Value::Reward(_)) && kind == Kind::Verifier {
-                        d.with_help("name a combination of verifiers with `let`, e.g. `let total = 0.1 * format + accuracy`")
-                    } else {
-                        d.with_help(format!(
-                            "use a stdlib function that gives {} here",
-                            kind.article()
-                        ))
+                    let problem = TypecheckProblem::DeclWrongKind {
+                        keyword: k.keyword(),
+                        name: &e.name.name,
+                        kind,
+                        found: describe(&v.v, self.res),
+                        reward: matches!(v.v, Value::Reward(_)),
                     };
-                    self.err(d);
+                    self.err(problem.at(v.span, format!("not {}", kind.article())));
                     return None;
                 }
                 // A declaration that merely names another one (`model b = a`) would make two
@@ -442,17 +435,10 @@ impl Checker<'_, '_, '_> {
         let ty_v = match Ty::from_ast(ty, &|n| std.enums.contains_key(n)) {
             Ok(t @ (Ty::Int | Ty::Float | Ty::Bool | Ty::Str | Ty::Path | Ty::Percent)) => t,
             _ => {
-                self.err(
-                    Diagnostic::error(
-                        "recap::typecheck::bad_param_type",
-                        format!(
-                            "a param cannot have the type `{}`",
-                            crate::ast::render_type(ty)
-                        ),
-                    )
-                    .label(ty.span, "not a param type")
-                    .with_help("params are int, float, bool, string, percent or path"),
-                );
+                let problem = TypecheckProblem::BadParamType {
+                    ty: crate::ast::render_type(ty),
+                };
+                self.err(problem.at(ty.span, "not a param type"));
                 return None;
             }
         };
@@ -489,19 +475,12 @@ impl Checker<'_, '_, '_> {
                     if let Some(r) = range {
                         if let Some(x) = num(&value.v) {
                             if !r.contains(x) {
-                                self.err(
-                                    Diagnostic::error(
-                                        "recap::typecheck::out_of_range",
-                                        format!(
-                                            "`--set {}={text}` is out of range: `{}` must be in {}",
-                                            e.name.name,
-                                            e.name.name,
-                                            r.describe()
-                                        ),
-                                    )
-                                    .label(r.span, "allowed range")
-                                    .with_help(format!("pass a value in {}", r.describe())),
-                                );
+                                let problem = TypecheckProblem::OverrideOutOfRange {
+                                    name: &e.name.name,
+                                    text,
+                                    range: r.describe(),
+                                };
+                                self.err(problem.at(r.span, "allowed range"));
                                 return None;
                             }
                         }
@@ -530,14 +509,8 @@ impl Checker<'_, '_, '_> {
     fn check_range(&mut self, v: &Val, range: Option<&Range>, name: &str) -> bool {
         if let Value::Percent(p) = v.v {
             if !(0.0..=100.0).contains(&p) {
-                self.err(
-                    Diagnostic::error(
-                        "recap::typecheck::out_of_range",
-                        format!("`{name}` is {p}%, a percentage must lie in [0%, 100%]"),
-                    )
-                    .label(v.span, "out of range")
-                    .with_help("write a percentage between 0% and 100%"),
-                );
+                let problem = TypecheckProblem::PercentOutOfRange { name, percent: p };
+                self.err(problem.at(v.span, "out of range"));
                 return false;
             }
             return true;
@@ -548,14 +521,12 @@ impl Checker<'_, '_, '_> {
         if r.contains(x) {
             return true;
         }
-        self.err(
-            Diagnostic::error(
-                "recap::typecheck::out_of_range",
-                format!("`{name}` must be in {}, found {x}", r.describe()),
-            )
-            .label(v.span, format!("outside {}", r.describe()))
-            .with_help(format!("use a value in {}", r.describe())),
-        );
+        let problem = TypecheckProblem::OutOfRange {
+            name,
+            range: r.describe(),
+            value: x,
+        };
+        self.err(problem.at(v.span, format!("outside {}", r.describe())));
         false
     }
 
@@ -581,7 +552,7 @@ impl Checker<'_, '_, '_> {
             }
             _ => false,
         };
-        let (code, help) = if list_of_one {
+        let misfit = if list_of_one {
             let item = match &v.v {
                 Value::Decl(id, _) => self
                     .res
@@ -590,50 +561,33 @@ impl Checker<'_, '_, '_> {
                     .map_or_else(|| "...".to_string(), |e| e.name.name.to_string()),
                 _ => "...".to_string(),
             };
-            (
-                "recap::typecheck::type_mismatch",
-                format!("put it in a list: `[{item}]`"),
-            )
+            Misfit::ListOfOne { item }
         } else if matches!(v.v, Value::Percent(_)) && wants_number {
-            (
-                "recap::typecheck::unit_mismatch",
-                "a percentage is not a plain number here; write the number itself (10% -> 0.1)"
-                    .to_string(),
-            )
+            Misfit::PercentForNumber
         } else if (is_number(&v.v) && wants_percent && !wants_number)
             || (matches!(v.v, Value::Float(_))
                 && wants_percent
                 && !ty.alternatives().iter().any(|t| matches!(t, Ty::Float)))
         {
-            (
-                "recap::typecheck::unit_mismatch",
-                "write a percentage with `%` (10%), or a whole number of steps".to_string(),
-            )
+            Misfit::NumberForPercent
         } else if matches!(v.v, Value::Decl(..) | Value::Call(_) | Value::Reward(_))
             && ty.alternatives().iter().any(|t| matches!(t, Ty::Kind(_)))
         {
-            (
-                "recap::typecheck::wrong_kind",
-                format!("pass {} here", {
-                    let k: Vec<String> = ty
-                        .alternatives()
-                        .iter()
-                        .filter_map(|t| t.kind())
-                        .map(|k| k.article())
-                        .collect();
-                    k.join(" or ")
-                }),
-            )
+            let kinds: Vec<String> = ty
+                .alternatives()
+                .iter()
+                .filter_map(|t| t.kind())
+                .map(|k| k.article())
+                .collect();
+            Misfit::Kind {
+                wanted: kinds.join(" or "),
+            }
         } else if let Some(text) = quoted_literal(&v.v, ty) {
-            (
-                "recap::typecheck::type_mismatch",
-                format!("write it without quotes: `{text}`"),
-            )
+            Misfit::Quoted {
+                text: text.to_string(),
+            }
         } else if let (Value::Float(f), true) = (&v.v, matches!(ty, Ty::Int)) {
-            (
-                "recap::typecheck::type_mismatch",
-                format!("write a whole number, e.g. {}", f.round()),
-            )
+            Misfit::Fraction { value: *f }
         } else if let Ty::Enum(e) = ty {
             let members = self
                 .std
@@ -641,27 +595,19 @@ impl Checker<'_, '_, '_> {
                 .get(e)
                 .map(|d| d.members.join(", "))
                 .unwrap_or_default();
-            (
-                "recap::typecheck::type_mismatch",
-                format!("`{e}` is one of: {members}"),
-            )
+            Misfit::NotAMember { members }
         } else if let Some(made_by) = makers(self.std, ty) {
-            (
-                "recap::typecheck::type_mismatch",
-                format!("write a call that gives {ty}: {made_by}"),
-            )
+            Misfit::NotMade { made_by }
         } else {
-            (
-                "recap::typecheck::type_mismatch",
-                format!("pass a value of type {ty}"),
-            )
+            Misfit::Other
         };
-        let found = describe(&v.v, self.res);
-        self.err(
-            Diagnostic::error(code, format!("{} expects {ty}, found {found}", what()))
-                .label(v.span, format!("expected {ty}"))
-                .with_help(help),
-        );
+        let problem = TypecheckProblem::Mismatch {
+            what: what(),
+            ty,
+            found: describe(&v.v, self.res),
+            misfit,
+        };
+        self.err(problem.at(v.span, format!("expected {ty}")));
         None
     }
 
@@ -810,15 +756,10 @@ impl Checker<'_, '_, '_> {
                     }
                     Value::Decl(id, Kind::Verifier) => Value::Reward(vec![(-1.0, id)]),
                     other => {
-                        let found = describe(&other, self.res);
-                        self.err(
-                            Diagnostic::error(
-                                "recap::typecheck::invalid_operands",
-                                format!("cannot negate {found}"),
-                            )
-                            .label(span, "not a number or reward")
-                            .with_help("`-` applies to numbers, percentages and rewards"),
-                        );
+                        let problem = TypecheckProblem::CannotNegate {
+                            found: describe(&other, self.res),
+                        };
+                        self.err(problem.at(span, "not a number or reward"));
                         return None;
                     }
                 };
@@ -890,15 +831,10 @@ impl Checker<'_, '_, '_> {
 
     fn member(&mut self, base: Val, name: &Ident, span: Span) -> Option<Val> {
         let Value::Decl(src, Kind::Source) = base.v else {
-            let found = describe(&base.v, self.res);
-            self.err(
-                Diagnostic::error(
-                    "recap::typecheck::no_fields",
-                    format!("{found} has no fields"),
-                )
-                .label(base.span, "not a source")
-                .with_help("only sources have fields: `math.answer`"),
-            );
+            let problem = TypecheckProblem::NoFields {
+                found: describe(&base.v, self.res),
+            };
+            self.err(problem.at(base.span, "not a source"));
             return None;
         };
         // A source whose own declaration failed has unknown fields: stay quiet.
@@ -922,22 +858,13 @@ impl Checker<'_, '_, '_> {
             .get(src)
             .map(|e| e.name.name.clone())
             .unwrap_or_default();
-        let guess = did_you_mean(&name.name, fields.iter().map(|s| s.as_str()));
-        self.err(
-            Diagnostic::error(
-                "recap::typecheck::unknown_field",
-                format!("source `{sname}` has no field `{}`", name.name),
-            )
-            .label(name.span, "no such field")
-            .with_help(match guess {
-                Some(g) => format!("did you mean `{g}`?"),
-                None => format!(
-                    "`{sname}` provides: {}; map more fields in its block, e.g. `{} = field(\"...\")`",
-                    fields.join(", "),
-                    name.name
-                ),
-            }),
-        );
+        let problem = TypecheckProblem::UnknownField {
+            source: &sname,
+            field: &name.name,
+            guess: did_you_mean(&name.name, fields.iter().map(|s| s.as_str())),
+            fields: &fields,
+        };
+        self.err(problem.at(name.span, "no such field"));
         None
     }
 
@@ -966,14 +893,8 @@ impl Checker<'_, '_, '_> {
         let cands: Vec<&'static Signature> =
             all.iter().filter(|s| !method || s.has_self()).collect();
         if cands.is_empty() {
-            self.err(
-                Diagnostic::error(
-                    "recap::typecheck::not_a_method",
-                    format!("`{}` cannot be called as a method", name.name),
-                )
-                .label(name.span, "not a method")
-                .with_help(format!("call it as `{}(...)`", name.name)),
-            );
+            let problem = TypecheckProblem::NotAMethod { name: &name.name };
+            self.err(problem.at(name.span, "not a method"));
             return None;
         }
         if cands.len() == 1 {
@@ -991,19 +912,11 @@ impl Checker<'_, '_, '_> {
             [one] => Some(*one),
             [] if !kinds.is_empty() => cands.first().copied(),
             _ => {
-                let ks: Vec<&str> = cands.iter().map(|s| s.ret.name()).collect();
-                self.err(
-                    Diagnostic::error(
-                        "recap::typecheck::ambiguous_name",
-                        format!(
-                            "`{}` is ambiguous: it is a {}",
-                            name.name,
-                            ks.join(" and a ")
-                        ),
-                    )
-                    .label(name.span, "which one?")
-                    .with_help("use it where the kind is known, e.g. in `mix` or `reweight`"),
-                );
+                let problem = TypecheckProblem::AmbiguousName {
+                    name: &name.name,
+                    kinds: cands.iter().map(|s| s.ret.name()).collect(),
+                };
+                self.err(problem.at(name.span, "which one?"));
                 None
             }
         }
@@ -1040,21 +953,13 @@ impl Checker<'_, '_, '_> {
         let args = args.unwrap_or(&empty);
         for (i, e) in args.positional.iter().enumerate() {
             let Some((slot, p)) = positional_params.next() else {
-                let count = positional().count();
-                self.err(
-                    Diagnostic::error(
-                        "recap::typecheck::too_many_arguments",
-                        format!(
-                            "`{}` takes {} positional argument{}, this is argument {}",
-                            sig.name,
-                            count,
-                            if count == 1 { "" } else { "s" },
-                            i + 1
-                        ),
-                    )
-                    .label(e.span, "one too many")
-                    .with_help(format!("the signature is `{}`", sig.describe())),
-                );
+                let problem = TypecheckProblem::TooManyArguments {
+                    callee: &sig.name,
+                    count: positional().count(),
+                    index: i + 1,
+                    signature: sig.describe(),
+                };
+                self.err(problem.at(e.span, "one too many"));
                 ok = false;
                 continue;
             };
@@ -1097,22 +1002,14 @@ impl Checker<'_, '_, '_> {
                     .filter(|p| p.name != "self")
                     .map(|p| p.name.as_str())
                     .collect();
-                let guess = did_you_mean(key, names.iter().copied());
-                self.err(
-                    Diagnostic::error(
-                        "recap::typecheck::unknown_argument",
-                        format!("`{}` has no parameter `{key}`", sig.name),
-                    )
-                    .label(na.name.span, "unknown parameter")
-                    .with_help(match (guess, nested_owner(self.std, sig, key)) {
-                        (Some(g), _) => format!("did you mean `{g}`?"),
-                        (None, Some((param, func, needs_more))) => format!(
-                            "`{key}` is a parameter of `{func}`, which `{param}` takes: write `{param} = {func}({}{key} = ...)`",
-                            if needs_more { "..., " } else { "" }
-                        ),
-                        (None, None) => format!("the parameters are: {}", names.join(", ")),
-                    }),
-                );
+                let problem = TypecheckProblem::UnknownArgument {
+                    callee: &sig.name,
+                    key,
+                    guess: did_you_mean(key, names.iter().copied()),
+                    owner: nested_owner(self.std, sig, key),
+                    names,
+                };
+                self.err(problem.at(na.name.span, "unknown parameter"));
                 ok = false;
             }
         }
@@ -1125,14 +1022,8 @@ impl Checker<'_, '_, '_> {
                 }
             }
             (Some(r), None) => {
-                self.err(
-                    Diagnostic::error(
-                        "recap::typecheck::not_a_method",
-                        format!("`{}` cannot be called as a method", sig.name),
-                    )
-                    .label(r.span, "receiver")
-                    .with_help(format!("call it as `{}(...)`", sig.name)),
-                );
+                let problem = TypecheckProblem::NotAMethod { name: &sig.name };
+                self.err(problem.at(r.span, "receiver"));
                 ok = false;
             }
             _ => {}
@@ -1143,18 +1034,12 @@ impl Checker<'_, '_, '_> {
             }
             if p.required() {
                 if ok || given(&name_spans, p.name.as_str()).is_none() {
-                    self.err(
-                        Diagnostic::error(
-                            "recap::typecheck::missing_argument",
-                            format!("`{}` needs the argument `{}`", sig.name, p.name),
-                        )
-                        .label(func.span, format!("`{}` is missing", p.name))
-                        .with_help(format!(
-                            "add `{} = ...` ({})",
-                            p.name,
-                            p.describe()
-                        )),
-                    );
+                    let problem = TypecheckProblem::MissingArgument {
+                        callee: &sig.name,
+                        param: &p.name,
+                        described: p.describe(),
+                    };
+                    self.err(problem.at(func.span, format!("`{}` is missing", p.name)));
                 }
                 ok = false;
                 continue;
@@ -1171,17 +1056,12 @@ impl Checker<'_, '_, '_> {
                         bind(&mut vals, slot, v);
                     }
                     None => {
-                        self.err(
-                            Diagnostic::error(
-                                "recap::internal::stdlib",
-                                format!(
-                                    "internal error, please report: the stdlib default of `{}.{}` does not check",
-                                    sig.name, p.name
-                                ),
-                            )
-                            .label(span, "while checking this call")
-                            .with_help("this is a bug in recapc's stdlib; please report it"),
+                        let what = format!(
+                            "the stdlib default of `{}.{}` does not check",
+                            sig.name, p.name
                         );
+                        let problem = InternalProblem::Stdlib(&what);
+                        self.err(problem.at(span, "while checking this call"));
                         ok = false;
                     }
                 }
@@ -1288,13 +1168,9 @@ impl Checker<'_, '_, '_> {
             }
             (_, Percent(_), _) | (_, _, Percent(_)) if is_number(&l.v) || is_number(&r.v) => {
                 self.err(
-                    Diagnostic::error(
-                        "recap::typecheck::unit_mismatch",
-                        format!("cannot {} a percentage and a plain number", verb(op)),
-                    )
-                    .label(l.span, "this")
-                    .label(r.span, "and this")
-                    .with_help("write both as percentages, or both as numbers (10% is 0.1)"),
+                    TypecheckProblem::MixedUnits { op }
+                        .at(l.span, "this")
+                        .label(r.span, "and this"),
                 );
                 return None;
             }
@@ -1334,52 +1210,31 @@ impl Checker<'_, '_, '_> {
                 ))
             }
             (BinOp::Mul | BinOp::Div, a, b) if as_reward(a).is_some() && as_reward(b).is_some() => {
-                self.err(
-                    Diagnostic::error(
-                        "recap::typecheck::nonlinear_reward",
-                        format!("cannot {} two rewards", verb(op)),
-                    )
-                    .label(span, "not a linear combination")
-                    .with_help("rewards combine linearly: scale verifiers by numbers and add them, e.g. `0.1 * format + accuracy`"),
-                );
+                let problem = TypecheckProblem::NonlinearReward { op };
+                self.err(problem.at(span, "not a linear combination"));
                 return None;
             }
             _ => {
-                let (a, b) = (describe(&l.v, self.res), describe(&r.v, self.res));
-                self.err(
-                    Diagnostic::error(
-                        "recap::typecheck::invalid_operands",
-                        format!("cannot {} {a} and {b}", verb(op)),
-                    )
-                    .label(l.span, "this")
-                    .label(r.span, "and this")
-                    .with_help("arithmetic works on numbers, on percentages, and on verifiers scaled by numbers"),
-                );
+                let problem = TypecheckProblem::InvalidOperands {
+                    op,
+                    lhs: describe(&l.v, self.res),
+                    rhs: describe(&r.v, self.res),
+                };
+                self.err(problem.at(l.span, "this").label(r.span, "and this"));
                 return None;
             }
         };
         match out {
             Some(v) => Some(Val::new(v, span)),
             None => {
-                self.err(
-                    Diagnostic::error(
-                        "recap::typecheck::overflow",
-                        "the result of this arithmetic is too large",
-                    )
-                    .label(span, "overflows")
-                    .with_help("use smaller numbers"),
-                );
+                self.err(TypecheckProblem::Overflow.at(span, "overflows"));
                 None
             }
         }
     }
 
     fn div_zero(&mut self, r: &Val) -> Option<Val> {
-        self.err(
-            Diagnostic::error("recap::typecheck::division_by_zero", "division by zero")
-                .label(r.span, "this is zero")
-                .with_help("divide by a number that is not zero"),
-        );
+        self.err(TypecheckProblem::DivisionByZero.at(r.span, "this is zero"));
         None
     }
 
@@ -1395,18 +1250,7 @@ impl Checker<'_, '_, '_> {
     ) -> Option<Val> {
         let ty = Ty::Kind(kind);
         let Some(head) = head else {
-            self.err(
-                Diagnostic::error(
-                    "recap::typecheck::missing_value",
-                    format!("this setting needs {}", kind.article()),
-                )
-                .label(at, "nothing given")
-                .with_help(match kind {
-                    Kind::Reweighter => "e.g. `reweight recap` or `reweight uniform`",
-                    Kind::Mixer => "e.g. `mix uniform` or `mix round_robin`",
-                    _ => "give a value after the keyword",
-                }),
-            );
+            self.err(TypecheckProblem::MissingValue { kind }.at(at, "nothing given"));
             return None;
         };
         if block.is_empty() {
@@ -1438,13 +1282,9 @@ impl Checker<'_, '_, '_> {
             }
             _ => {
                 self.err(
-                    Diagnostic::error(
-                        "recap::typecheck::block_not_allowed",
-                        "a block `{ ... }` needs a function call before it",
-                    )
-                    .label(block_span.unwrap_or(head.span), "block of arguments")
-                    .label(head.span, "not a stdlib call")
-                    .with_help("a block holds named arguments of the call before it, e.g. `grpo(math) { group = 8 }`"),
+                    TypecheckProblem::BlockNeedsCall
+                        .at(block_span.unwrap_or(head.span), "block of arguments")
+                        .label(head.span, "not a stdlib call"),
                 );
                 None
             }
@@ -1478,14 +1318,7 @@ impl Checker<'_, '_, '_> {
         *span_out = any.kind_span;
         for s in [top, own].into_iter().flatten() {
             if let Some(v) = s.value {
-                self.err(
-                    Diagnostic::error(
-                        "recap::typecheck::block_not_allowed",
-                        "`train` takes a block of fields, not a value",
-                    )
-                    .label(v.span, "not allowed here")
-                    .with_help("write `train { steps = 500 ... }`"),
-                );
+                self.err(TypecheckProblem::TrainTakesBlock.at(v.span, "not allowed here"));
                 return None;
             }
         }
@@ -1518,15 +1351,6 @@ impl Checker<'_, '_, '_> {
     }
 }
 
-fn verb(op: BinOp) -> &'static str {
-    match op {
-        BinOp::Add => "add",
-        BinOp::Sub => "subtract",
-        BinOp::Mul => "multiply",
-        BinOp::Div => "divide",
-    }
-}
-
 /// Whether a source call provides the field `name` (one of `fields_of`, without building the
 /// list: sources are read field by field thousands of times in a large pipeline).
 pub fn has_field(c: &CallVal, name: &str) -> bool {
@@ -1554,11 +1378,7 @@ pub fn fields_of(c: &CallVal) -> Vec<String> {
 
 /// `key` is given twice to the call of `callee`: at `again`, first at `first`.
 fn duplicate_argument(key: &str, callee: &str, again: Span, first: Span) -> Diagnostic {
-    Diagnostic::error(
-        "recap::typecheck::duplicate_argument",
-        format!("`{key}` is given twice to `{callee}`"),
-    )
-    .label(again, "given again here")
-    .label(first, "first given here")
-    .with_help("give each argument once")
+    TypecheckProblem::DuplicateArgument { key, callee }
+        .at(again, "given again here")
+        .label(first, "first given here")
 }
