@@ -92,6 +92,14 @@ impl PartialEq for CallVal {
 }
 
 impl CallVal {
+    /// The argument bound to `name`, to change: tests hand lower a value that typecheck
+    /// would never give, to see lower refuse it.
+    #[cfg(test)]
+    pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut Val> {
+        let (slot, _) = self.sig.param_slot(name)?;
+        self.args.0.get_mut(slot)
+    }
+
     pub fn name(&self) -> &str {
         &self.sig.name
     }
