@@ -24,3 +24,24 @@ pub fn codes() -> impl Iterator<Item = (&'static str, &'static str)> {
 fn listed<C: ProblemCode>() -> impl Iterator<Item = (&'static str, &'static str)> {
     C::ALL.iter().map(|c| (c.code(), c.explanation()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each stage's codes name that stage, `recap::<stage>::<name>`, so a code declared in the
+    /// wrong enum is caught.
+    #[test]
+    fn every_code_names_its_stage() {
+        fn names<C: ProblemCode + std::fmt::Debug>(stage: &str) {
+            for c in C::ALL {
+                assert_eq!(c.code().split("::").nth(1), Some(stage), "{c:?}");
+            }
+        }
+        names::<ParseCode>("parse");
+        names::<ResolveCode>("resolve");
+        names::<TypecheckCode>("typecheck");
+        names::<ValidateCode>("validate");
+        names::<InternalCode>("internal");
+    }
+}

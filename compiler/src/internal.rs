@@ -65,16 +65,3 @@ impl Problem for InternalProblem<'_> {
         .to_string()
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::diagnostic::ProblemCode;
-
-    #[test]
-    fn every_code_is_an_internal_code() {
-        for c in InternalCode::ALL {
-            assert_eq!(c.code().split("::").nth(1), Some("internal"), "{c:?}");
-        }
-    }
-}

@@ -153,14 +153,6 @@ fn unexpected_help(expected: &[String], found: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnostic::ProblemCode;
-
-    #[test]
-    fn every_code_is_a_parse_code() {
-        for c in ParseCode::ALL {
-            assert_eq!(c.code().split("::").nth(1), Some("parse"), "{c:?}");
-        }
-    }
 
     /// The expected words are joined with commas and a last "or".
     #[test]

@@ -212,14 +212,6 @@ fn placement_help(place: Placement) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnostic::ProblemCode;
-
-    #[test]
-    fn every_code_is_a_resolve_code() {
-        for c in ResolveCode::ALL {
-            assert_eq!(c.code().split("::").nth(1), Some("resolve"), "{c:?}");
-        }
-    }
 
     /// Unused declarations warn; every other resolve problem is an error.
     #[test]

@@ -352,14 +352,6 @@ fn verb(op: BinOp) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnostic::ProblemCode;
-
-    #[test]
-    fn every_code_is_a_typecheck_code() {
-        for c in TypecheckCode::ALL {
-            assert_eq!(c.code().split("::").nth(1), Some("typecheck"), "{c:?}");
-        }
-    }
 
     /// A mismatch's code follows why the value does not fit: units, kinds, or types.
     #[test]
