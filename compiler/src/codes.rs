@@ -1,64 +1,47 @@
 //! The diagnostic codes: takes nothing in; gives every code the compiler can emit with its long
 //! explanation, for `recapc explain`, the docs and the tests that check every emitted code is
-//! listed. A converted stage declares its codes beside its problem enum (`validate::problems`,
-//! `internal`), so they are listed from there and cannot drift from what the stage emits.
+//! listed. Each stage declares its codes beside its problem enum (`parse::problems`,
+//! `resolve::problems`, `typecheck::problems`, `validate::problems`, `internal`), so they are
+//! listed from there and cannot drift from what the stage emits.
 
 use crate::diagnostic::ProblemCode;
 use crate::internal::InternalCode;
+use crate::parse::ParseCode;
+use crate::resolve::ResolveCode;
+use crate::typecheck::TypecheckCode;
 use crate::validate::ValidateCode;
-
-/// The codes of the stages whose problems are not yet enums (parse, resolve, typecheck), as
-/// (code, explanation). Each moves beside its stage's problem enum when the stage is
-/// converted; until then the stage writes its codes as strings, which must match these.
-const AWAITING_CONVERSION: &[(&str, &str)] = &[
-    ("recap::parse::syntax", "The file does not follow the grammar at this point. The message says what the parser expected (an item keyword, `=`, an expression, a closing bracket) and what it found. Items start with a keyword (`model`, `source`, `verifier`, `objective`, `eval`, `param`, `let`, `use`, `stage`, `reweight`, `mix`, `train`); blocks hold `name = value` fields. After a syntax error the parser resumes at the next line that starts with an item keyword, so later errors are reported too.\n\nExample:\n    model policy hf(\"models/qwen\")   # missing `=`\nFix:\n    model policy = hf(\"models/qwen\")"),
-    ("recap::parse::bad_escape", "A string holds a backslash escape recap does not know. Known escapes: \\n \\t \\r \\0 \\\\ \\\" \\{ \\}. Regular expressions are easiest as raw strings, which have no escapes: r\"\\d+\" or r#\"say \"hi\"\"#."),
-    ("recap::parse::number_too_large", "An integer does not fit in 64 bits, or a float is not finite. Use a smaller number; step counts and seeds never need more."),
-    ("recap::parse::bad_number", "A range bound in a signature is not a number. Bounds are numbers or `inf`/`-inf`, e.g. `in [0, 1)`."),
-    ("recap::parse::too_large", "The file is larger than 4 GiB (4,294,967,295 bytes), the most recap reads: byte offsets, entity ids and stage numbers are kept in 32 bits, which keeps the checker's data small. A pipeline that large is generated; generate fewer items per file, e.g. one job per file."),
-    ("recap::parse::too_deep", "Brackets or prefix minus signs nest more than 100 levels deep. The limit protects the compiler's stack from generated or hostile input; real pipelines nest a few levels. Split the expression with `let` declarations."),
-    ("recap::parse::positional_after_named", "In a call, positional arguments come first and named ones after: `kl(base, coef = 0.04)`, not `kl(coef = 0.04, base)`. Name the late argument or move it to the front."),
-    ("recap::parse::not_callable", "Only a name can be called: `hf(\"dir\")` or a method `value.after(\"####\")`. An expression such as `(a)(b)` or `\"text\"(1)` cannot."),
-    ("recap::resolve::unknown_name", "A name is used that is neither declared in the file (model, source, verifier, objective, eval, param, let) nor a stdlib function or enum member. The help line suggests the closest known name. Declarations may appear in any order; stage-local names (objectives, evals and lets inside a stage) are visible only inside that stage."),
-    ("recap::resolve::duplicate_name", "Two declarations (or two stages) share a name. Names are unique in the whole file, including inside stages, so plans and metrics can refer to every objective and source by name. Rename one."),
-    ("recap::resolve::unknown_module", "`use` names a module the stdlib does not have. The modules are models, sources, verifiers, objectives, reweighters, mixers and training (optionally prefixed `std.`). Every module is in the prelude, so `use` is optional."),
-    ("recap::resolve::misplaced_item", "An item stands where it is not allowed: models, sources, verifiers, params and `use` belong at the top level; objectives and evals of a file with stages belong inside a stage; stages do not nest; `fn` and `enum` are only for the stdlib."),
-    ("recap::resolve::duplicate_setting", "A scope sets `reweight`, `mix` or `train` twice. Keep one. A stage's own setting overrides the top-level one (for `train`, field by field)."),
-    ("recap::resolve::not_a_function", "A declared name is called like a function, e.g. `policy(...)`. Only stdlib functions can be called; use the name on its own."),
-    ("recap::resolve::cycle", "Declarations reference each other in a circle (`let a = b`, `let b = a`, or `model a = frozen(b)` with `model b = frozen(a)`), so none of them can be evaluated. The message lists the whole path; break it at one point."),
-    ("recap::resolve::unused", "Warning: a param, let, source or verifier is declared but nothing uses it. Remove it, or start its name with `_` to keep it deliberately."),
-    ("recap::resolve::unknown_param", "`--set NAME=VALUE` names no `param` of the file. Only params can be overridden; declare one with `param steps: int = 500` and use `steps` where the value is needed."),
-    ("recap::resolve::bad_override", "The text of a `--set NAME=VALUE` override is not a value of the param's declared type: an int for `int`, a number for `float`, `true`/`false` for `bool`, a percentage such as `10%` for `percent`."),
-    ("recap::typecheck::wrong_kind", "A value of one kind stands where another is expected: a verifier where a source is expected, an `sft` objective declared as a `verifier`, a mixer given to `reweight`. Each declaration keyword fixes the kind of its value, and each stdlib parameter has a kind."),
-    ("recap::typecheck::type_mismatch", "A value has the wrong type for its parameter: a string where a number is expected, a float where an int is expected (`group = 4.5`), an unknown enum member (`estimator = k4`). The message names the expected type; `recapc explain` on the stdlib entry shows the full signature."),
-    ("recap::typecheck::unit_mismatch", "A percentage and a plain number are mixed up: `lr = 10%` where a float is expected, `warmup = 0.1` where steps or a percentage are expected, or `10% + 1`. Write `0.1` for a fraction and `10%` for a percentage of the stage's steps."),
-    ("recap::typecheck::out_of_range", "A value lies outside the range its parameter allows, e.g. `group = 1` (GRPO needs at least 2 completions per prompt to compare), `temperature = 0` (must be > 0), `alpha = 1.5` (0 < alpha < 1), `lr = 0`. Ranges are written in each stdlib signature in interval notation, `[2, inf)`. Overrides from `--set` are checked against the param's range too."),
-    ("recap::typecheck::missing_argument", "A stdlib call leaves out a required parameter (one without a default), e.g. `jsonl(\"f.jsonl\")` without `prompt`, or `train { }` without `steps`. Add it positionally or by name."),
-    ("recap::typecheck::unknown_argument", "A named argument (or block field) is not a parameter of the function. The help line suggests the closest parameter name."),
-    ("recap::typecheck::duplicate_argument", "The same parameter is given twice, e.g. positionally and by name, or in the call and in the block."),
-    ("recap::typecheck::too_many_arguments", "A call has more positional arguments than the function's positional parameters. Name the extra ones, or remove them."),
-    ("recap::typecheck::not_a_method", "A function is called as a method (`x.f()`) but has no `self` parameter, or the other way round. Extractors (`after`, `tag`, `last_number`, ...) are methods; other functions are called as `f(...)`."),
-    ("recap::typecheck::ambiguous_name", "A stdlib name has several meanings (`uniform` is a reweighter and a mixer) and nothing says which one is meant. Use it where the kind is known: after `mix` or `reweight`, or as a parameter of that kind."),
-    ("recap::typecheck::nonlinear_reward", "Two rewards are multiplied or divided. Reward terms are linear combinations of verifiers (`0.1 * format + accuracy`), which keeps every term a weighted sum the reweighter can balance."),
-    ("recap::typecheck::invalid_operands", "Arithmetic on values it means nothing for: adding strings, negating a model, adding a number to a verifier. Arithmetic works on numbers, on percentages, and on verifiers scaled by numbers."),
-    ("recap::typecheck::division_by_zero", "A constant expression divides by zero, e.g. `steps / 0` or a reward divided by 0. recap folds constant arithmetic at check time, so the division is reported where it is written."),
-    ("recap::typecheck::overflow", "A constant integer expression overflows 64 bits, or a float expression is no longer finite. recap folds constants at check time; use smaller numbers."),
-    ("recap::typecheck::unknown_field", "A field path names a field the source does not provide, e.g. `math.solution` when `math` maps only `prompt` and `answer`. A `jsonl` source provides `prompt` and the fields of its block; generators provide the fields of their signature (`-> Source{prompt, answer}`)."),
-    ("recap::typecheck::no_fields", "A field path is used on something that is not a source (`policy.answer`). Only sources have fields."),
-    ("recap::typecheck::block_not_allowed", "A block `{ ... }` follows something that is not a stdlib call (`verifier v = other { ... }`), or `train` is given a value instead of a block. A block holds the named arguments of the call before it."),
-    ("recap::typecheck::missing_value", "`reweight` or `mix` is written without a policy. Write e.g. `reweight recap` or `mix uniform`."),
-    ("recap::typecheck::bad_param_type", "A `param` has a type that cannot come from the command line. Params are int, float, bool, string, percent or path."),];
 
 /// Every code with its explanation, by stage in pipeline order, internal errors last.
 pub fn codes() -> impl Iterator<Item = (&'static str, &'static str)> {
-    AWAITING_CONVERSION
-        .iter()
-        .copied()
+    listed::<ParseCode>()
+        .chain(listed::<ResolveCode>())
+        .chain(listed::<TypecheckCode>())
         .chain(listed::<ValidateCode>())
         .chain(listed::<InternalCode>())
 }
 
-/// The codes of a converted stage with their explanations.
+/// The codes of a stage with their explanations.
 fn listed<C: ProblemCode>() -> impl Iterator<Item = (&'static str, &'static str)> {
     C::ALL.iter().map(|c| (c.code(), c.explanation()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each stage's codes name that stage, `recap::<stage>::<name>`, so a code declared in the
+    /// wrong enum is caught.
+    #[test]
+    fn every_code_names_its_stage() {
+        fn names<C: ProblemCode + std::fmt::Debug>(stage: &str) {
+            for c in C::ALL {
+                assert_eq!(c.code().split("::").nth(1), Some(stage), "{c:?}");
+            }
+        }
+        names::<ParseCode>("parse");
+        names::<ResolveCode>("resolve");
+        names::<TypecheckCode>("typecheck");
+        names::<ValidateCode>("validate");
+        names::<InternalCode>("internal");
+    }
 }

@@ -151,34 +151,12 @@ impl LineIndex {
 }
 
 impl Diagnostic {
-    /// An error with a code and message; add labels and help with the builder methods.
-    pub fn error(code: &str, message: impl Into<String>) -> Self {
-        Diagnostic {
-            code: code.to_string(),
-            severity: Severity::Error,
-            message: message.into(),
-            labels: Vec::new(),
-            help: None,
-        }
-    }
-
-    pub fn warning(code: &str, message: impl Into<String>) -> Self {
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error(code, message)
-        }
-    }
-
+    /// Adds a label; the first one a diagnostic gets (from `Problem::at`) is the primary one.
     pub fn label(mut self, span: Span, message: impl Into<String>) -> Self {
         self.labels.push(Label {
             span,
             message: message.into(),
         });
-        self
-    }
-
-    pub fn with_help(mut self, help: impl Into<String>) -> Self {
-        self.help = Some(help.into());
         self
     }
 
@@ -220,6 +198,9 @@ pub trait Problem {
     }
 }
 
+/// The one place a diagnostic is built: every stage goes through a problem enum, so no code,
+/// message or help line is written anywhere else. `Problem::at` adds the primary label; a
+/// diagnostic about the whole file (too large, a bad `--set`) has none.
 impl<P: Problem> From<&P> for Diagnostic {
     fn from(problem: &P) -> Self {
         Diagnostic {

@@ -7,8 +7,13 @@
 //! starts with an item keyword and reports the errors of later items in the same run. It never
 //! panics: unexpected tree shapes become `recap::internal::parse_tree` diagnostics.
 
+mod problems;
+
+pub use problems::{ParseCode, ParseProblem};
+
 use crate::ast::*;
-use crate::diagnostic::{Diagnostic, Label, Severity, Span};
+use crate::diagnostic::{Diagnostic, Problem, Severity, Span};
+use crate::internal::InternalProblem;
 use pest::iterators::Pair;
 use pest::pratt_parser::{Assoc, Op, PrattParser};
 use pest::Parser;
@@ -163,13 +168,8 @@ pub const MAX_SOURCE_BYTES: usize = u32::MAX as usize;
 
 /// A `recap::parse::too_large` error for a file of `len` bytes beyond `MAX_SOURCE_BYTES`.
 fn too_large(len: usize) -> Option<Diagnostic> {
-    (len > MAX_SOURCE_BYTES).then(|| {
-        Diagnostic::error(
-            "recap::parse::too_large",
-            format!("the file is {len} bytes; recap reads pipelines of up to {MAX_SOURCE_BYTES} bytes (4 GiB)"),
-        )
-        .with_help("a pipeline this large is generated: generate fewer items per file, e.g. one job per file")
-    })
+    // The whole file is the problem, so the diagnostic has no label.
+    (len > MAX_SOURCE_BYTES).then(|| Diagnostic::from(&ParseProblem::TooLarge { len }))
 }
 
 /// A `recap::parse::too_deep` error when brackets or `-` prefixes nest beyond `MAX_NESTING`.
@@ -212,16 +212,10 @@ fn too_deep(source: &str) -> Option<Diagnostic> {
         }
         if depth + minus_run > MAX_NESTING {
             let at = if source.is_char_boundary(i) { i } else { 0 };
-            return Some(Diagnostic {
-                code: "recap::parse::too_deep".into(),
-                severity: Severity::Error,
-                message: format!("expressions nest more than {MAX_NESTING} levels deep"),
-                labels: vec![Label {
-                    span: Span::new(at, (at + 1).min(source.len())),
-                    message: "too deep here".into(),
-                }],
-                help: Some("split the expression with `let` declarations".into()),
-            });
+            return Some(
+                ParseProblem::TooDeep
+                    .at(Span::new(at, (at + 1).min(source.len())), "too deep here"),
+            );
         }
         i += 1;
     }
@@ -269,30 +263,15 @@ fn resync(source: &str, from: usize) -> Option<usize> {
     }
 }
 
+/// A `recap::internal::parse_tree` error at byte `at`: the tree had a shape the grammar rules
+/// out, which is a bug in recapc rather than in the file.
 fn internal(at: usize, what: &str) -> Diagnostic {
-    Diagnostic {
-        code: "recap::internal::parse_tree".into(),
-        severity: Severity::Error,
-        message: format!("internal error, please report: {what}"),
-        labels: vec![Label {
-            span: Span::new(at, at),
-            message: "here".into(),
-        }],
-        help: Some("this is a bug in recapc; please report it with the file".into()),
-    }
+    InternalProblem::ParseTree(what).at(Span::new(at, at), "here")
 }
 
-fn err(code: &str, span: Span, message: String, label: &str, help: &str) -> Box<Diagnostic> {
-    Box::new(Diagnostic {
-        code: code.into(),
-        severity: Severity::Error,
-        message,
-        labels: vec![Label {
-            span,
-            message: label.into(),
-        }],
-        help: Some(help.into()),
-    })
+/// The error of `problem` at `span`, boxed as the tree builders return it.
+fn err(problem: ParseProblem, span: Span, label: &str) -> Box<Diagnostic> {
+    Box::new(problem.at(span, label))
 }
 
 /// What a rule means to a person, for "expected ..." messages. `None` hides the rule.
@@ -424,54 +403,12 @@ fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diag
     }
     expected.sort_by_key(|w| (w.starts_with('`'), w.clone()));
     let found = found_at(source, at);
-    let message = if expected.is_empty() {
-        format!("unexpected {found}")
-    } else if expected.len() == 1 {
-        format!("expected {}, found {found}", expected[0])
-    } else {
-        let (last, init) = expected
-            .split_last()
-            .map(|(l, i)| (l.clone(), i.to_vec()))
-            .unwrap_or_default();
-        format!("expected {} or {last}, found {found}", init.join(", "))
-    };
     let end = source
         .get(at..)
         .and_then(|r| r.chars().next())
         .map(|c| at + c.len_utf8())
         .unwrap_or(at);
-    let expects = |w: &str| expected.iter().any(|e| e == w);
-    // A name or number where a separator was due: most often a forgotten comma.
-    let found_value = found
-        .strip_prefix('`')
-        .and_then(|f| f.chars().next())
-        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '"');
-    let help = if found == "the end of the file" {
-        "something is not closed: check for a missing `)`, `]`, `}` or `\"`"
-    } else if found == "`'`" {
-        "strings are written in double quotes, `\"...\"` (raw strings `r\"...\"`)"
-    } else if found == "`=`" && expects("`:`") && expected.len() == 1 {
-        "a `param` names its type: `param steps: int = 100` (int, float, bool, string, percent or path)"
-    } else if found == "`:`" && expects("`=`") {
-        "fields and named arguments are written `name = value`, with `=` rather than `:`"
-    } else if found_value && expects("`,`") {
-        "is a `,` missing? list elements and arguments are separated by commas"
-    } else if expects("`=`") {
-        "fields and named arguments are written `name = value`"
-    } else {
-        "items start with a keyword (model, source, verifier, objective, eval, param, let, use, \
-         stage, reweight, mix, train); blocks hold `name = value` fields"
-    };
-    Diagnostic {
-        code: "recap::parse::syntax".into(),
-        severity: Severity::Error,
-        message,
-        labels: vec![Label {
-            span: Span::new(at, end),
-            message: "unexpected here".into(),
-        }],
-        help: Some(help.into()),
-    }
+    ParseProblem::Unexpected { expected, found }.at(Span::new(at, end), "unexpected here")
 }
 
 /// A `recap::parse::syntax` error worded for a number with a second decimal point (`1.5.0`),
@@ -504,16 +441,7 @@ fn second_decimal_point(source: &str, at: usize) -> Option<Diagnostic> {
     if !starts_with_digit || after_name || literal.matches('.').count() < 2 {
         return None;
     }
-    Some(
-        Diagnostic::error(
-            "recap::parse::syntax",
-            format!("`{literal}` is not a number: it has more than one decimal point"),
-        )
-        .label(Span::new(start, end), "not a number")
-        .with_help(format!(
-            "write one decimal point, e.g. `1.5`; text such as a version goes in quotes: `\"{literal}\"`"
-        )),
-    )
+    Some(ParseProblem::SecondDecimalPoint { literal }.at(Span::new(start, end), "not a number"))
 }
 
 /// A `recap::parse::syntax` error worded for a number with letters stuck to it (`1k`, `5min`),
@@ -556,16 +484,7 @@ fn number_with_suffix(source: &str, at: usize) -> Option<Diagnostic> {
         return None;
     }
     let literal = source.get(start..word_end)?;
-    Some(
-        Diagnostic::error(
-            "recap::parse::syntax",
-            format!("`{literal}` is not a number: numbers take no unit or suffix"),
-        )
-        .label(Span::new(start, word_end), "not a number")
-        .with_help(
-            "write the number out (`1000`, not `1k`); percentages take `%`, text goes in quotes",
-        ),
-    )
+    Some(ParseProblem::NumberWithSuffix { literal }.at(Span::new(start, word_end), "not a number"))
 }
 
 fn span_of(pair: &Pair<Rule>, base: usize) -> Span {
@@ -789,11 +708,9 @@ fn build_item(pair: Pair<Rule>, base: usize, source: &str) -> PResult<Item> {
 
 fn once_only(pair: &Pair<Rule>, base: usize, what: &str) -> Box<Diagnostic> {
     err(
-        "recap::parse::syntax",
+        ParseProblem::OnceOnly { what },
         span_of(pair, base),
-        format!("a second {what} here"),
         "one too many",
-        "an item takes at most one value, one block and one range, in that order",
     )
 }
 
@@ -865,15 +782,9 @@ fn build_range(pair: Pair<Rule>, base: usize) -> PResult<Range> {
         match text.as_str() {
             "inf" => Ok(f64::INFINITY),
             "-inf" => Ok(f64::NEG_INFINITY),
-            t => t.parse::<f64>().map_err(|_| {
-                err(
-                    "recap::parse::bad_number",
-                    sp,
-                    format!("`{t}` is not a number"),
-                    "not a number",
-                    "write a number such as 2, 0.5 or inf",
-                )
-            }),
+            t => t
+                .parse::<f64>()
+                .map_err(|_| err(ParseProblem::BadBound { text: t }, sp, "not a number")),
         }
     };
     let lo_v = bound(lo)?;
@@ -956,11 +867,9 @@ fn build_expr(pair: Pair<Rule>, base: usize) -> PResult<Expr> {
                             },
                         }),
                         _ => Err(err(
-                            "recap::parse::not_callable",
+                            ParseProblem::NotCallable,
                             lhs.span,
-                            "only a name can be called".into(),
                             "this is not a function name",
-                            "call a stdlib function by name, e.g. `hf(\"dir\")`, or a method with `value.name(...)`",
                         )),
                     }
                 }
@@ -1004,22 +913,11 @@ fn build_args(pair: Pair<Rule>, base: usize) -> PResult<Args> {
             _ => {
                 let e = build_expr(a, base)?;
                 if let Some(first_named) = args.named.first() {
-                    return Err(Box::new(Diagnostic {
-                        code: "recap::parse::positional_after_named".into(),
-                        severity: Severity::Error,
-                        message: "a positional argument follows a named one".into(),
-                        labels: vec![
-                            Label {
-                                span: e.span,
-                                message: "positional argument".into(),
-                            },
-                            Label {
-                                span: first_named.name.span,
-                                message: "after this named argument".into(),
-                            },
-                        ],
-                        help: Some("put positional arguments first, or name this one too".into()),
-                    }));
+                    return Err(Box::new(
+                        ParseProblem::PositionalAfterNamed
+                            .at(e.span, "positional argument")
+                            .label(first_named.name.span, "after this named argument"),
+                    ));
                 }
                 args.positional.push(e);
             }
@@ -1035,11 +933,9 @@ fn number_text(p: &Pair<Rule>) -> String {
 fn parse_int(p: &Pair<Rule>, base: usize) -> PResult<i64> {
     number_text(p).parse::<i64>().map_err(|_| {
         err(
-            "recap::parse::number_too_large",
+            ParseProblem::IntTooLarge { text: p.as_str() },
             span_of(p, base),
-            format!("the number `{}` is too large", p.as_str()),
             "does not fit in 64 bits",
-            "integers must lie between -9223372036854775808 and 9223372036854775807",
         )
     })
 }
@@ -1048,11 +944,9 @@ fn parse_float(p: &Pair<Rule>, base: usize) -> PResult<f64> {
     match number_text(p).parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(v),
         _ => Err(err(
-            "recap::parse::number_too_large",
+            ParseProblem::FloatTooLarge { text: p.as_str() },
             span_of(p, base),
-            format!("the number `{}` is too large", p.as_str()),
             "not a finite number",
-            "floating-point numbers must be below about 1.8e308",
         )),
     }
 }
@@ -1128,11 +1022,9 @@ fn build_string(pair: Pair<Rule>, base: usize) -> PResult<StrLit> {
                     "\\}" => '}',
                     other => {
                         return Err(err(
-                            "recap::parse::bad_escape",
+                            ParseProblem::BadEscape { escape: other },
                             span_of(&p, base),
-                            format!("unknown escape `{other}`"),
                             "unknown escape",
-                            "known escapes are \\n \\t \\r \\0 \\\\ \\\" \\{ \\}; for regular expressions use a raw string r\"...\"",
                         ))
                     }
                 };

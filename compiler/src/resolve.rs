@@ -6,8 +6,12 @@
 //! are not functions, reference cycles (with the whole path), overrides of unknown params and
 //! unused declarations (warnings).
 
+mod problems;
+
+pub use problems::{Placement, ResolveCode, ResolveProblem};
+
 use crate::ast::*;
-use crate::diagnostic::{did_you_mean, Diagnostic, Span};
+use crate::diagnostic::{did_you_mean, Diagnostic, Problem, Span};
 use crate::stdlib::Stdlib;
 use compact_str::CompactString;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -238,18 +242,13 @@ pub fn resolve<'a>(
                     .filter(|e| e.kind == EntityKind::Param)
                     .map(|e| e.name.name.as_str())
                     .collect();
-                let mut d = Diagnostic::error(
-                    "recap::resolve::unknown_param",
-                    format!("`--set {key}={value}` names no `param` of this file"),
-                );
-                d = match did_you_mean(key, params.iter().copied()) {
-                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                    None if params.is_empty() => {
-                        d.with_help("declare it first: `param NAME: TYPE = VALUE`")
-                    }
-                    None => d.with_help(format!("the params are: {}", params.join(", "))),
-                };
-                r.diags.push(d);
+                // An override is not in the file, so the diagnostic has no label.
+                r.diags
+                    .push(Diagnostic::from(&ResolveProblem::UnknownParam {
+                        key,
+                        value,
+                        params: &params,
+                    }));
             }
         }
     }
@@ -268,15 +267,9 @@ pub fn resolve<'a>(
 }
 
 impl<'a> Resolver<'a, '_> {
-    fn misplaced(&mut self, span: Span, what: &str, help: &str) {
-        self.diags.push(
-            Diagnostic::error(
-                "recap::resolve::misplaced_item",
-                format!("{what} is not allowed here"),
-            )
-            .label(span, "not allowed here")
-            .with_help(help),
-        );
+    fn misplaced(&mut self, span: Span, place: Placement) {
+        self.diags
+            .push(ResolveProblem::Misplaced(place).at(span, "not allowed here"));
     }
 
     fn add_entity(&mut self, e: Entity<'a>) -> Option<EntityId> {
@@ -287,13 +280,9 @@ impl<'a> Resolver<'a, '_> {
                 .map(|p| p.name.span)
                 .unwrap_or_default();
             self.diags.push(
-                Diagnostic::error(
-                    "recap::resolve::duplicate_name",
-                    format!("`{}` is declared twice", e.name.name),
-                )
-                .label(e.name.span, "declared again here")
-                .label(prev_span, "first declared here")
-                .with_help("names are unique in the whole file; rename one of them"),
+                ResolveProblem::DuplicateName { name: &e.name.name }
+                    .at(e.name.span, "declared again here")
+                    .label(prev_span, "first declared here"),
             );
             return None;
         }
@@ -313,7 +302,7 @@ impl<'a> Resolver<'a, '_> {
         match &item.kind {
             ItemKind::Use { path } => {
                 if stage.is_some() {
-                    return self.misplaced(item.span, "`use`", "put `use` at the top of the file");
+                    return self.misplaced(item.span, Placement::UseInStage);
                 }
                 let names: Vec<&str> = path.iter().map(|p| p.name.as_str()).collect();
                 let module = match names.as_slice() {
@@ -329,29 +318,16 @@ impl<'a> Resolver<'a, '_> {
                             .unwrap_or(item.span.start()),
                         path.last().map(|p| p.span.end()).unwrap_or(item.span.end()),
                     );
-                    let modules: Vec<&str> =
-                        crate::stdlib::MODULES.iter().map(|(m, _)| *m).collect();
-                    let guess = module.and_then(|m| did_you_mean(m, modules.iter().copied()));
-                    self.diags.push(
-                        Diagnostic::error(
-                            "recap::resolve::unknown_module",
-                            format!("there is no stdlib module `{}`", names.join(".")),
-                        )
-                        .label(span, "unknown module")
-                        .with_help(match guess {
-                            Some(g) => format!("did you mean `{g}`?"),
-                            None => format!("the stdlib modules are: {}", modules.join(", ")),
-                        }),
-                    );
+                    let problem = ResolveProblem::UnknownModule {
+                        path: names.join("."),
+                        module,
+                    };
+                    self.diags.push(problem.at(span, "unknown module"));
                 }
             }
             ItemKind::Param { name, value, .. } => {
                 if stage.is_some() {
-                    return self.misplaced(
-                        item.span,
-                        "`param`",
-                        "params are declared at the top level; stages read them from there",
-                    );
+                    return self.misplaced(item.span, Placement::ParamInStage);
                 }
                 self.add_entity(Entity {
                     name: name.clone(),
@@ -383,18 +359,11 @@ impl<'a> Resolver<'a, '_> {
             } => {
                 let in_stage_kind = matches!(kind, DeclKind::Objective | DeclKind::Eval);
                 if stage.is_some() && !in_stage_kind {
-                    return self.misplaced(
-                        *kind_span,
-                        &format!("a `{}` declaration inside a stage", kind.keyword()),
-                        "declare models, sources and verifiers at the top level; stages share them",
-                    );
+                    return self.misplaced(*kind_span, Placement::DeclInStage(kind.keyword()));
                 }
                 if stage.is_none() && in_stage_kind && self.staged {
-                    return self.misplaced(
-                        *kind_span,
-                        &format!("a top-level `{}` in a file with stages", kind.keyword()),
-                        "move it into the `stage { ... }` that trains it",
-                    );
+                    return self
+                        .misplaced(*kind_span, Placement::TopLevelInStagedFile(kind.keyword()));
                 }
                 let id = self.add_entity(Entity {
                     name: name.clone(),
@@ -436,13 +405,11 @@ impl<'a> Resolver<'a, '_> {
                 if let Some(prev) = list.iter().find(|s| s.kind == *kind) {
                     let prev_span = prev.kind_span;
                     self.diags.push(
-                        Diagnostic::error(
-                            "recap::resolve::duplicate_setting",
-                            format!("`{}` is set twice in the same scope", kind.keyword()),
-                        )
-                        .label(*kind_span, "set again here")
-                        .label(prev_span, "first set here")
-                        .with_help("keep one; a stage's setting overrides the top-level one"),
+                        ResolveProblem::DuplicateSetting {
+                            keyword: kind.keyword(),
+                        }
+                        .at(*kind_span, "set again here")
+                        .label(prev_span, "first set here"),
                     );
                     return;
                 }
@@ -450,11 +417,7 @@ impl<'a> Resolver<'a, '_> {
             }
             ItemKind::Stage { name, items } => {
                 if stage.is_some() {
-                    return self.misplaced(
-                        name.span,
-                        "a stage inside a stage",
-                        "stages are not nested; write them one after another",
-                    );
+                    return self.misplaced(name.span, Placement::NestedStage);
                 }
                 if let Some(prev) = self
                     .stages
@@ -463,13 +426,9 @@ impl<'a> Resolver<'a, '_> {
                 {
                     let prev_span = prev.name.map(|n| n.span).unwrap_or_default();
                     self.diags.push(
-                        Diagnostic::error(
-                            "recap::resolve::duplicate_name",
-                            format!("stage `{}` is declared twice", name.name),
-                        )
-                        .label(name.span, "declared again here")
-                        .label(prev_span, "first declared here")
-                        .with_help("give every stage its own name"),
+                        ResolveProblem::DuplicateStage { name: &name.name }
+                            .at(name.span, "declared again here")
+                            .label(prev_span, "first declared here"),
                     );
                 }
                 let idx = self.stages.len();
@@ -483,16 +442,8 @@ impl<'a> Resolver<'a, '_> {
                     self.collect(inner, Some(idx));
                 }
             }
-            ItemKind::Fn(sig) => self.misplaced(
-                sig.name.span,
-                "`fn`",
-                "functions are declared only in the standard library (stdlib/*.recap)",
-            ),
-            ItemKind::Enum { name, .. } => self.misplaced(
-                name.span,
-                "`enum`",
-                "enums are declared only in the standard library (stdlib/*.recap)",
-            ),
+            ItemKind::Fn(sig) => self.misplaced(sig.name.span, Placement::Fn),
+            ItemKind::Enum { name, .. } => self.misplaced(name.span, Placement::Enum),
         }
     }
 
@@ -640,22 +591,17 @@ impl<'a> Resolver<'a, '_> {
             .get(start.index())
             .map(|e| e.name.span)
             .unwrap_or_default();
-        let mut d = Diagnostic::error(
-            "recap::resolve::cycle",
-            format!(
-                "`{}` depends on itself: {}",
-                name(start),
-                names.join(" -> ")
-            ),
-        )
-        .label(start_span, "this declaration is on a cycle");
+        let start_name = name(start);
+        let problem = ResolveProblem::Cycle {
+            start: &start_name,
+            path: &names,
+        };
+        let mut d = problem.at(start_span, "this declaration is on a cycle");
         for (i, (_, span)) in path.iter().enumerate() {
             let to = names.get(i + 1).cloned().unwrap_or_default();
             d = d.label(*span, format!("uses `{to}`"));
         }
-        self.diags.push(d.with_help(
-            "break the cycle: a declaration may only use declarations that do not use it back",
-        ));
+        self.diags.push(d);
     }
 
     fn unknown(&mut self, id: &Ident, stage: Option<usize>, functions_only: bool) {
@@ -671,19 +617,14 @@ impl<'a> Resolver<'a, '_> {
             }
         }
         candidates.extend(self.std.fns.keys().map(|k| k.as_str()));
-        let guess = did_you_mean(&id.name, candidates.iter().copied());
-        let what = if functions_only { "function" } else { "name" };
-        let mut d = Diagnostic::error(
-            "recap::resolve::unknown_name",
-            format!("unknown {what} `{}`", id.name),
-        )
-        .label(id.span, format!("not a declared {what}"));
-        d = match guess {
-            Some(g) => d.with_help(format!("did you mean `{g}`?")),
-            None if functions_only => d.with_help("see `recapc explain recap::resolve::unknown_name` and docs/language.md for the stdlib functions"),
-            None => d.with_help("declare it before use (model, source, verifier, let, param ...), or check the spelling"),
+        let problem = ResolveProblem::UnknownName {
+            name: &id.name,
+            function: functions_only,
+            guess: did_you_mean(&id.name, candidates.iter().copied()),
         };
-        self.diags.push(d);
+        let what = if functions_only { "function" } else { "name" };
+        self.diags
+            .push(problem.at(id.span, format!("not a declared {what}")));
     }
 
     fn walk(&mut self, e: &'a Expr, stage: Option<usize>, refs: &mut Vec<(EntityId, Span)>) {
@@ -721,12 +662,11 @@ impl<'a> Resolver<'a, '_> {
                         _ => "a `let`".to_string(),
                     };
                     self.diags.push(
-                        Diagnostic::error(
-                            "recap::resolve::not_a_function",
-                            format!("`{}` is {what}, not a function", func.name),
-                        )
-                        .label(func.span, "cannot be called")
-                        .with_help(format!("use it without parentheses: `{}`", func.name)),
+                        ResolveProblem::NotAFunction {
+                            name: &func.name,
+                            what,
+                        }
+                        .at(func.span, "cannot be called"),
                     );
                 } else if !self.std.fns.contains_key(func.name.as_str()) {
                     self.unknown(func, stage, true);
@@ -779,15 +719,11 @@ impl<'a> Resolver<'a, '_> {
             };
             if uses.get(id).copied().unwrap_or(0) == 0 && !e.name.name.starts_with('_') {
                 self.diags.push(
-                    Diagnostic::warning(
-                        "recap::resolve::unused",
-                        format!("{what} `{}` is never used", e.name.name),
-                    )
-                    .label(e.name.span, "declared here, used nowhere")
-                    .with_help(format!(
-                        "remove it, or prefix its name with `_` to keep it: `_{}`",
-                        e.name.name
-                    )),
+                    ResolveProblem::Unused {
+                        what,
+                        name: &e.name.name,
+                    }
+                    .at(e.name.span, "declared here, used nowhere"),
                 );
             }
         }

@@ -9,24 +9,25 @@ use compact_str::{format_compact, CompactString};
 use recap_plan as p;
 
 impl L<'_, '_> {
-    fn dtype(c: &CallVal) -> p::Dtype {
-        match c.enum_("dtype") {
-            Some("f16") => p::Dtype::F16,
-            Some("bf16") => p::Dtype::Bf16,
-            _ => p::Dtype::F32,
-        }
+    fn dtype(&self, c: &CallVal) -> Result<p::Dtype, Diagnostic> {
+        let members = [
+            ("f32", p::Dtype::F32),
+            ("f16", p::Dtype::F16),
+            ("bf16", p::Dtype::Bf16),
+        ];
+        self.member(c, "dtype", &members)
     }
 
     pub(super) fn model(&mut self, name: &str, c: &CallVal) -> Result<p::Model, Diagnostic> {
         let spec = match c.name() {
             "hf" => p::ModelSpec::Hf {
                 dir: self.s(c, "dir")?,
-                dtype: Self::dtype(c),
+                dtype: self.dtype(c)?,
             },
             "gguf" => p::ModelSpec::Gguf {
                 file: self.s(c, "file")?,
                 tokenizer: c.str("tokenizer").map(CompactString::from),
-                dtype: Self::dtype(c),
+                dtype: self.dtype(c)?,
             },
             "tiny" => p::ModelSpec::Tiny {
                 vocab: self.u(c, "vocab")?,
@@ -154,11 +155,15 @@ impl L<'_, '_> {
     }
 
     pub(super) fn verifier(&mut self, name: &str, c: &CallVal) -> Result<p::Verifier, Diagnostic> {
-        let expected = || p::Expected {
-            field: match c.get("expected").map(|v| &v.v) {
+        // The stdlib documents a left-out `expected` as the verified source's `answer`; the
+        // argument is a field or left out, and any other shape is a bug.
+        let expected = || -> Result<p::Expected, Diagnostic> {
+            let field = match c.get("expected").map(|v| &v.v) {
                 Some(Value::Field { name, .. }) => name.clone(),
-                _ => CompactString::const_new("answer"),
-            },
+                None => CompactString::const_new("answer"),
+                _ => return Err(self.bug("an `expected` that is no field", c.span)),
+            };
+            Ok(p::Expected { field })
         };
         let extract = self.extractor(c.get("extract"))?;
         let spec = match c.name() {
@@ -167,26 +172,26 @@ impl L<'_, '_> {
                 extract,
             },
             "exact" => p::VerifierSpec::Exact {
-                expected: expected(),
+                expected: expected()?,
                 extract,
                 ignore_case: self.b(c, "ignore_case")?,
             },
             "numeric" => p::VerifierSpec::Numeric {
-                expected: expected(),
+                expected: expected()?,
                 extract,
                 tolerance: self.f(c, "tolerance")?,
             },
             "math_equal" => p::VerifierSpec::MathEqual {
-                expected: expected(),
+                expected: expected()?,
                 extract,
             },
             "choice" => p::VerifierSpec::Choice {
-                expected: expected(),
+                expected: expected()?,
                 extract,
                 options: self.s(c, "options")?,
             },
             "iou" => p::VerifierSpec::Iou {
-                expected: expected(),
+                expected: expected()?,
                 extract,
                 threshold: c.float("threshold"),
             },
@@ -257,9 +262,10 @@ impl L<'_, '_> {
         owner: &str,
         v: Option<&Val>,
     ) -> Result<Vec<p::RewardTerm>, Diagnostic> {
+        // `rewards` defaults to `[]` in the stdlib, so it is always a list.
         let items: &[Val] = match v.map(|v| &v.v) {
             Some(Value::List(items)) => items,
-            _ => &[],
+            _ => return Err(self.bug("rewards that are no list", Span::default())),
         };
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
@@ -320,11 +326,15 @@ impl L<'_, '_> {
         Ok(p::Kl {
             reference,
             coef: self.f(c, "coef")?,
-            estimator: match c.enum_("estimator") {
-                Some("k1") => p::KlEstimator::K1,
-                Some("k2") => p::KlEstimator::K2,
-                _ => p::KlEstimator::K3,
-            },
+            estimator: self.member(
+                c,
+                "estimator",
+                &[
+                    ("k1", p::KlEstimator::K1),
+                    ("k2", p::KlEstimator::K2),
+                    ("k3", p::KlEstimator::K3),
+                ],
+            )?,
         })
     }
 }

@@ -168,9 +168,118 @@ impl L<'_, '_> {
             .ok_or_else(|| self.bug(&format!("`{}` lacks the number `{name}`", c.name()), c.span))
     }
 
+    /// The plan's value for the stdlib enum member that `c` gives `name`. `members` lists every
+    /// member of the stdlib enum; the argument always holds one (its default is in the stdlib),
+    /// so anything else is a bug rather than a reason to pick a value here.
+    pub(super) fn member<T: Copy>(
+        &self,
+        c: &CallVal,
+        name: &str,
+        members: &[(&str, T)],
+    ) -> Result<T, Diagnostic> {
+        let given = c.enum_(name);
+        members
+            .iter()
+            .find(|(m, _)| Some(*m) == given)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| {
+                let given = given.unwrap_or("left out");
+                let what = format!(
+                    "`{name}` of `{}` is `{given}`, no member the plan knows",
+                    c.name()
+                );
+                self.bug(&what, c.span)
+            })
+    }
+
     pub(super) fn s(&self, c: &CallVal, name: &str) -> Result<p::Name, Diagnostic> {
         c.str(name)
             .map(CompactString::from)
             .ok_or_else(|| self.bug(&format!("`{}` lacks the string `{name}`", c.name()), c.span))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::typecheck::Val;
+    use crate::{parse, resolve, typecheck, validate, AssumeFilesExist, CheckOptions};
+
+    const PIPELINE: &str = r#"
+model policy = hf("models/qwen", dtype = bf16)
+source math = jsonl("data/math.jsonl", prompt = "{question}") { answer = field("answer") }
+verifier accuracy = numeric()
+objective reasoning = grpo(math) { rewards = [accuracy] }
+mix weights(math = 3)
+train { steps = 10 }
+"#;
+
+    /// Lowers `PIPELINE` after `change` has altered its typed values the way no checked
+    /// program can, and gives the code of lower's error, if any.
+    fn lower_changed(change: impl Fn(&Resolved, &mut Typed)) -> Option<String> {
+        let (file, diags) = parse::parse(PIPELINE);
+        let file = file.expect("the pipeline parses");
+        assert!(diags.is_empty(), "{diags:?}");
+        let mut diags = Vec::new();
+        let res = resolve::resolve(&file, &[], true, &mut diags);
+        let mut typed = typecheck::typecheck(&res, &mut diags);
+        let options = CheckOptions::default();
+        let validated = validate::validate(&res, &typed, &options, &AssumeFilesExist, &mut diags);
+        assert!(diags.is_empty(), "{diags:?}");
+        change(&res, &mut typed);
+        lower("p.recap", &res, &typed, &validated)
+            .err()
+            .map(|d| d.code)
+    }
+
+    fn call_mut<'t>(res: &Resolved, typed: &'t mut Typed, name: &str) -> &'t mut CallVal {
+        let id = res
+            .entities
+            .iter()
+            .position(|e| e.name.name == name)
+            .expect("declared");
+        match typed
+            .values
+            .get_mut(id)
+            .and_then(Option::as_mut)
+            .map(|v| &mut v.v)
+        {
+            Some(Value::Call(c)) => c,
+            other => panic!("`{name}` is no call: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_checked_pipeline_lowers() {
+        assert_eq!(lower_changed(|_, _| {}), None);
+    }
+
+    /// An enum member the plan does not know is a bug to report, not a reason to pick f32.
+    #[test]
+    fn an_unknown_enum_member_is_an_internal_error() {
+        let code = lower_changed(|res, typed| {
+            let dtype = call_mut(res, typed, "policy")
+                .get_mut("dtype")
+                .expect("dtype");
+            dtype.v = Value::Enum("f64");
+        });
+        assert_eq!(code.as_deref(), Some("recap::internal::lower"));
+    }
+
+    /// A weight that is no number is a bug to report, not a weight of 1.
+    #[test]
+    fn a_weight_that_is_no_number_is_an_internal_error() {
+        let code = lower_changed(|_, typed| {
+            let mix = typed.stages.iter_mut().find_map(|s| s.mix.as_mut());
+            let Some(Val {
+                v: Value::Call(c), ..
+            }) = mix
+            else {
+                panic!("the stage mixes with a call");
+            };
+            let (_, _, weight) = c.extra.first_mut().expect("one weight");
+            weight.v = Value::Bool(true);
+        });
+        assert_eq!(code.as_deref(), Some("recap::internal::lower"));
     }
 }

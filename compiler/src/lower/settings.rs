@@ -7,16 +7,18 @@ use recap_plan as p;
 use std::collections::BTreeMap;
 
 impl L<'_, '_> {
-    fn weights(c: &CallVal) -> BTreeMap<p::Name, f64> {
+    /// The weights of `static(...)` or `weights(...)` by name: numbers, as the stdlib types
+    /// them.
+    fn weights(&self, c: &CallVal) -> Result<BTreeMap<p::Name, f64>, Diagnostic> {
         c.extra
             .iter()
-            .map(|(k, _, v)| {
+            .map(|(k, span, v)| {
                 let w = match v.v {
                     Value::Float(f) => f,
                     Value::Int(i) => i as f64,
-                    _ => 1.0,
+                    _ => return Err(self.bug(&format!("the weight `{k}` is no number"), *span)),
                 };
-                (k.as_str().into(), w)
+                Ok((k.as_str().into(), w))
             })
             .collect()
     }
@@ -27,19 +29,27 @@ impl L<'_, '_> {
                 window: self.u(c, "window")?,
                 temperature: self.f(c, "temperature")?,
                 alpha: self.f(c, "alpha")?,
-                combine: match c.enum_("combine") {
-                    Some("sum") => p::RecapCombine::Sum,
-                    _ => p::RecapCombine::Mixture,
-                },
-                direction: match c.enum_("direction") {
-                    Some("paper") => p::RecapDirection::Paper,
-                    _ => p::RecapDirection::Regress,
-                },
+                combine: self.member(
+                    c,
+                    "combine",
+                    &[
+                        ("mixture", p::RecapCombine::Mixture),
+                        ("sum", p::RecapCombine::Sum),
+                    ],
+                )?,
+                direction: self.member(
+                    c,
+                    "direction",
+                    &[
+                        ("regress", p::RecapDirection::Regress),
+                        ("paper", p::RecapDirection::Paper),
+                    ],
+                )?,
                 warmup: self.b(c, "warmup")?,
             },
             "uniform" => p::Reweight::Uniform,
             "static" => p::Reweight::Static {
-                weights: Self::weights(c),
+                weights: self.weights(c)?,
             },
             "dwa" => p::Reweight::Dwa {
                 temperature: self.f(c, "temperature")?,
@@ -59,12 +69,13 @@ impl L<'_, '_> {
             },
             "proportional" => p::Mix::Proportional,
             "weights" => p::Mix::Weights {
-                weights: Self::weights(c),
+                weights: self.weights(c)?,
             },
             "coreset" => {
+                // `base` defaults to `uniform` in the stdlib, so it is always a call.
                 let base = match c.call("base") {
                     Some(b) => self.mix(b, seed)?,
-                    None => p::Mix::Uniform { seed },
+                    None => return Err(self.bug("coreset without base", c.span)),
                 };
                 p::Mix::Coreset {
                     cap: self.f(c, "cap")?,
@@ -98,19 +109,24 @@ impl L<'_, '_> {
         let sc = c
             .call("schedule")
             .ok_or_else(|| self.bug("train without schedule", c.span))?;
+        // Every schedule's `warmup` defaults to 0 in the stdlib, so it is always given.
         let warmup_steps = match sc.get("warmup").map(|v| &v.v) {
             Some(Value::Int(i)) => (*i).max(0) as u64,
             Some(Value::Percent(pct)) => ((steps as f64) * pct / 100.0).round() as u64,
-            _ => 0,
+            _ => return Err(self.bug("a schedule without warmup", sc.span)),
+        };
+        // A constant rate ends where it starts, at the full rate: 1 is what `constant` means,
+        // not a default.
+        let (kind, final_fraction) = match sc.name() {
+            "constant" => (p::ScheduleKind::Constant, 1.0),
+            "linear" => (p::ScheduleKind::Linear, self.f(sc, "final")?),
+            "cosine" => (p::ScheduleKind::Cosine, self.f(sc, "final")?),
+            other => return Err(self.bug(&format!("unknown schedule {other}"), sc.span)),
         };
         let schedule = p::Schedule {
-            kind: match sc.name() {
-                "linear" => p::ScheduleKind::Linear,
-                "cosine" => p::ScheduleKind::Cosine,
-                _ => p::ScheduleKind::Constant,
-            },
+            kind,
             warmup_steps,
-            final_fraction: sc.float("final").unwrap_or(1.0),
+            final_fraction,
         };
         let checkpoint = match c.call("checkpoint") {
             Some(cp) => Some(p::Checkpoint {

@@ -10,6 +10,23 @@ use crate::typecheck::{Typed, Val, Value};
 use compact_str::{format_compact, CompactString};
 use recap_plan as p;
 
+/// Every member of the stdlib's `Loss` enum, with its plan value.
+const LOSSES: &[(&str, p::LossAggregation)] = &[
+    ("token_mean", p::LossAggregation::TokenMean),
+    ("seq_mean_token_mean", p::LossAggregation::SeqMeanTokenMean),
+    (
+        "seq_mean_token_sum_norm",
+        p::LossAggregation::SeqMeanTokenSumNorm,
+    ),
+];
+
+/// Every member of the stdlib's `Scale` enum, with its plan value.
+const SCALES: &[(&str, p::AdvantageScale)] = &[
+    ("group", p::AdvantageScale::Group),
+    ("batch", p::AdvantageScale::Batch),
+    ("none", p::AdvantageScale::None),
+];
+
 impl L<'_, '_> {
     /// The plan stage of the program's stage `i`; `default_out` is the job's output directory.
     pub(super) fn stage(
@@ -98,18 +115,8 @@ impl L<'_, '_> {
                             rewards: self.rewards(&oname, c.get("rewards"))?,
                             clip_low: self.f(c, "clip_low")?,
                             clip_high: self.f(c, "clip_high")?,
-                            loss: match c.enum_("loss") {
-                                Some("seq_mean_token_mean") => p::LossAggregation::SeqMeanTokenMean,
-                                Some("seq_mean_token_sum_norm") => {
-                                    p::LossAggregation::SeqMeanTokenSumNorm
-                                }
-                                _ => p::LossAggregation::TokenMean,
-                            },
-                            scale: match c.enum_("scale") {
-                                Some("batch") => p::AdvantageScale::Batch,
-                                Some("none") => p::AdvantageScale::None,
-                                _ => p::AdvantageScale::Group,
-                            },
+                            loss: self.member(c, "loss", LOSSES)?,
+                            scale: self.member(c, "scale", SCALES)?,
                             kl,
                             drop_equal_groups: self.b(c, "drop_equal_groups")?,
                         },
@@ -142,13 +149,19 @@ impl L<'_, '_> {
             Some(Val {
                 v: Value::Call(c), ..
             }) => self.reweight(c)?,
-            _ => p::Reweight::Uniform,
+            // A stage without a `reweight` setting leaves every weight at 1, which is what the
+            // uniform reweighter does; a setting that is not a call is a bug.
+            None => p::Reweight::Uniform,
+            Some(v) => return Err(self.bug("a reweight setting that is no call", v.span)),
         };
         let mix = match &sv.mix {
             Some(Val {
                 v: Value::Call(c), ..
             }) => self.mix(c, train.seed)?,
-            _ => p::Mix::Uniform { seed: train.seed },
+            // A stage without a `mix` setting draws its sources uniformly with the train seed;
+            // a setting that is not a call is a bug.
+            None => p::Mix::Uniform { seed: train.seed },
+            Some(v) => return Err(self.bug("a mix setting that is no call", v.span)),
         };
         Ok(p::Stage {
             name,
