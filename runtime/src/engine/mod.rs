@@ -4,12 +4,13 @@
 //!
 //! Stages run in order, each starting from the weights the previous one left. One step of a
 //! stage: the mixer draws the source(s); for each objective on a drawn source, GRPO samples G
-//! completions per prompt, scores them with the verifiers, combines the reward terms with the
-//! reweighter's current lambdas, normalises per group and builds the clipped-ratio loss (k3 KL
-//! against the frozen reference only when a KL term is declared), or SFT builds `lambda * nll`;
-//! then backward, gradient clipping, the optimiser step with the schedule's learning rate, the
-//! reweighter update with the tracked scalars (batch-mean reward per (source, term) key, SFT
-//! NLL), probes, samples, checkpoints and one metrics line.
+//! completions per prompt and scores them with the verifiers, or SFT runs its forward and
+//! backward pass; the reweighter takes the step's tracked scalars (batch-mean reward per
+//! (source, term) key, SFT NLL) and gives this step's lambdas; GRPO combines the reward terms
+//! with them, normalises per group and builds the clipped-ratio loss (k3 KL against the frozen
+//! reference only when a KL term is declared), SFT scales its gradients to `lambda * nll`; then
+//! gradient clipping, the optimiser step with the schedule's learning rate, probes, samples,
+//! checkpoints and one metrics line.
 
 pub mod checkpoint;
 pub mod data;
@@ -366,7 +367,7 @@ pub(crate) struct StageRt {
     pub mixer: Mixer,
     pub reweighter: Reweighter,
     pub keys: Vec<ObjectiveKey>,
-    /// The weights used on the next step, in key order.
+    /// The weights the last step applied, in key order.
     pub lambdas: Vec<f64>,
     pub optim: Optim,
     /// Steps of this stage completed.
