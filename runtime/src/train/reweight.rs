@@ -323,9 +323,10 @@ impl Reweighter {
                 warmup,
                 ..
             } => {
-                // The paper's Algorithm 1 holds every lambda at 1 for the first 2W updates.
-                let warmup_updates = if *warmup { 2 * *window } else { 0 };
-                if self.updates > warmup_updates && !seen.is_empty() {
+                // The paper's Algorithm 2 holds every lambda at 1 before step 2W and computes
+                // the weights from step 2W on, when a key drawn every step has a full ring.
+                let first = if *warmup { 2 * *window } else { 0 };
+                if self.updates >= first && !seen.is_empty() {
                     let t = *temperature;
                     match combine {
                         RecapCombine::Mixture => {
@@ -611,17 +612,23 @@ mod tests {
         // general [2, 3]: loss rose, c = 1.5, i = 0.5 / 2.5.
         close(s.keys[2].c, 3.0 / (2.0 + SIGNAL_EPS));
         close(s.keys[2].i, 0.5 / (2.5 + SIGNAL_EPS));
-        // Warm-up: lambda = 1 during the first 2W updates, the ordinary weights after: with
-        // W = 1 the 4th update has them, with W = 2 it is the last of the warm-up.
-        let warm1 = feed(&mut recap(1, true, Mixture, Regress));
-        let plain1 = feed(&mut recap(1, false, Mixture, Regress));
-        assert_eq!(lambdas(&warm1), lambdas(&plain1));
+        // Warm-up: lambda = 1 before update 2W, the ordinary weights from update 2W on: with
+        // W = 2 the 4th update has them, with W = 3 it is still in the warm-up.
         let warm2 = feed(&mut recap(2, true, Mixture, Regress));
         let plain2 = feed(&mut recap(2, false, Mixture, Regress));
-        assert_eq!(lambdas(&warm2), vec![1.0; 3]);
-        assert_ne!(lambdas(&plain2), vec![1.0; 3]);
+        assert_eq!(lambdas(&warm2), lambdas(&plain2));
+        let mut w3 = recap(3, true, Mixture, Regress);
+        feed(&mut w3);
+        let last_warm = w3.update(&["general"], &[("general", 4.0)]).unwrap();
+        assert_eq!(lambdas(&last_warm), vec![1.0; 3], "update 5 < 2W = 6");
+        let first_on = w3.update(&["general"], &[("general", 5.0)]).unwrap();
+        assert_ne!(lambdas(&first_on), vec![1.0; 3], "update 6 = 2W");
+        let warm3 = feed(&mut recap(3, true, Mixture, Regress));
+        let plain3 = feed(&mut recap(3, false, Mixture, Regress));
+        assert_eq!(lambdas(&warm3), vec![1.0; 3]);
+        assert_ne!(lambdas(&plain3), vec![1.0; 3]);
         assert_eq!(
-            warm2.keys[2].c, plain2.keys[2].c,
+            warm3.keys[2].c, plain3.keys[2].c,
             "signals are still logged in warm-up"
         );
         // A huge temperature flattens the weights.
