@@ -23,8 +23,8 @@ use crate::model::fast;
 use crate::model::logprob::{reference_logprobs, token_logprobs, SequenceBatch};
 use crate::model::Model;
 use crate::train::grpo::{
-    combine_rewards, group_advantages, grpo_loss, sft_loss, Advantages, CombinedRewards, GrpoBatch,
-    GrpoConfig,
+    combine_rewards, group_advantages_of, grpo_loss, sft_loss, Advantages, CombinedRewards,
+    GrpoBatch, GrpoConfig,
 };
 use crate::train::parallel::{map_chunks, row_chunks, split_pays};
 use crate::train::reweight::WeightSnapshot;
@@ -489,8 +489,9 @@ impl Ctx<'_> {
             .map(|t| key_lambda(rt, &format!("{src}.{}", t.name)))
             .collect();
         let combined = combine_rewards(&judgement.table, &weights)?;
-        let adv = group_advantages(
+        let adv = group_advantages_of(
             &combined.total,
+            &combined.applies,
             ro.group as usize,
             *scale,
             *drop_equal_groups,
