@@ -453,4 +453,50 @@ mod engine {
         let last = &s.metrics.last().unwrap()["keys"];
         assert!((last["a"]["lambda"].as_f64().unwrap() - 1.0).abs() > 1e-3);
     }
+
+    /// `drop_equal_groups` under `token_mean`: the dropped groups' tokens leave the
+    /// normaliser, so on the first step (same rollouts either way) a batch with some but not
+    /// all groups of equal rewards gets a larger gradient with it on than off.
+    #[test]
+    fn engine_drop_equal_groups_leaves_the_token_normaliser() {
+        let first_step = |seed: u64, drop: bool| {
+            let mut plan = format_plan(1, seed);
+            for o in &mut plan.stages[0].objectives {
+                if let ObjectiveSpec::Grpo {
+                    drop_equal_groups,
+                    loss,
+                    ..
+                } = &mut o.spec
+                {
+                    *drop_equal_groups = drop;
+                    *loss = LossAggregation::TokenMean;
+                }
+            }
+            let dir = tempfile::tempdir().unwrap();
+            run(&seal(plan), &opts(dir.path())).unwrap().metrics[0].clone()
+        };
+        let mut checked = false;
+        for seed in 1..40 {
+            let off = first_step(seed, false);
+            let zero = off["zero_variance_groups"].as_u64().unwrap();
+            if zero == 0 || zero == 4 {
+                continue;
+            }
+            let on = first_step(seed, true);
+            let (g_off, g_on) = (
+                off["grad_norm"].as_f64().unwrap(),
+                on["grad_norm"].as_f64().unwrap(),
+            );
+            assert!(
+                g_on > g_off * (1.0 + 1e-4),
+                "seed {seed}: {g_on} vs {g_off}"
+            );
+            checked = true;
+            break;
+        }
+        assert!(
+            checked,
+            "no seed gave a batch with some equal-reward groups"
+        );
+    }
 }

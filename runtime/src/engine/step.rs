@@ -543,7 +543,15 @@ impl Ctx<'_> {
         };
         let n = roll.completion_ids.len();
         let micro = stage.train.micro_batch.map(|m| m as usize);
-        let total_tokens: usize = roll.num_tokens();
+        // The token-mean normaliser counts the tokens of the rows in the loss: a dropped
+        // group's tokens are out of it, as they are out of the sum.
+        let total_tokens: usize = roll
+            .completion_ids
+            .iter()
+            .zip(&adv.keep)
+            .filter(|(_, &k)| k)
+            .map(|(c, _)| c.len())
+            .sum();
         let kept_rows = adv.keep.iter().filter(|&&k| k).count().max(1);
         let policy = &models.policy;
         let reference = models.reference.as_ref();
