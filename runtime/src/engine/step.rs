@@ -575,7 +575,8 @@ impl Ctx<'_> {
                 .iter()
                 .map(Vec::as_slice)
                 .collect();
-            let batch = SequenceBatch::new(&prompts_c, &comps_c, pad_id, device)?;
+            let batch = SequenceBatch::new(&prompts_c, &comps_c, pad_id, device)?
+                .with_temperature(ro.temperature)?;
             let sub = Advantages {
                 values: adv.values[range.clone()].to_vec(),
                 keep: adv.keep[range].to_vec(),
