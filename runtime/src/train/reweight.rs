@@ -155,7 +155,7 @@ fn window(config: &Reweight) -> usize {
 
 impl Reweighter {
     /// A reweighter of `keys` under the plan's policy. `static` weights name objectives (the
-    /// weight applies to every key on the objective's source) or keys.
+    /// weight applies to every key of that objective) or keys.
     pub fn new(config: &Reweight, keys: Vec<ObjectiveKey>) -> Result<Self, ReweightError> {
         if keys.is_empty() {
             return err("needs at least one objective key");
@@ -191,21 +191,19 @@ impl Reweighter {
             Reweight::Static { weights } => {
                 fixed = vec![1.0; keys.len()];
                 for (name, w) in weights {
-                    // An objective's weight applies to each key on its source; a name that is
-                    // not an objective's is taken as a key's.
-                    let sources: Vec<&str> = keys
-                        .iter()
-                        .filter(|k| k.objective == name.as_str())
-                        .map(|k| k.source.as_str())
-                        .collect();
+                    // An objective's weight applies to that objective's keys only (its reward
+                    // terms, or its SFT key), never to another objective on the same source; a
+                    // name that is not an objective's is taken as a key's (`source.term`), which
+                    // weighs one reward term before group normalisation.
+                    let is_objective = keys.iter().any(|k| k.objective == name.as_str());
                     let named = |k: &ObjectiveKey| {
-                        if sources.is_empty() {
-                            k.name == name.as_str()
+                        if is_objective {
+                            k.objective == name.as_str()
                         } else {
-                            sources.contains(&k.source.as_str())
+                            k.name == name.as_str()
                         }
                     };
-                    if sources.is_empty() && !keys.iter().any(named) {
+                    if !keys.iter().any(named) {
                         let known: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
                         return err(format!(
                             "static: unknown objective key `{name}` (keys: {})",
@@ -704,7 +702,8 @@ mod tests {
             .update(&["math"], &[("math.acc", 1.0), ("math.fmt", 1.0)])
             .unwrap();
         assert_eq!(lambdas(&s), vec![1.0, 0.1, 1.0]);
-        // An objective's weight applies to each key on its source; a key's name is taken as is.
+        // An objective's weight applies to each of its keys; a key's name is taken as is. An
+        // SFT objective on the RL source weighs only its own key.
         let by_objective = Reweighter::new(
             &Reweight::Static {
                 weights: BTreeMap::from([("reasoning".into(), 2.0), ("general".into(), 0.5)]),
@@ -713,6 +712,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(by_objective.initial_lambdas(), vec![2.0, 2.0, 0.5]);
+        let mut shared = keys();
+        shared.push(ObjectiveKey {
+            name: "math".into(),
+            source: "math".into(),
+            kind: KeyKind::Sft,
+            objective: "imitate".into(),
+        });
+        let one_objective = |name: &str| {
+            Reweighter::new(
+                &Reweight::Static {
+                    weights: BTreeMap::from([(name.into(), 3.0)]),
+                },
+                shared.clone(),
+            )
+            .unwrap()
+            .initial_lambdas()
+        };
+        assert_eq!(one_objective("imitate"), vec![1.0, 1.0, 1.0, 3.0]);
+        assert_eq!(one_objective("reasoning"), vec![3.0, 3.0, 1.0, 1.0]);
     }
 
     #[test]
