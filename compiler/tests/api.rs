@@ -188,3 +188,32 @@ fn checking_time_grows_linearly() {
     // allowance); a quadratic pass would take about 100 times as long.
     assert!(b < a * 30, "2k lines {a:?}, 20k lines {b:?}");
 }
+
+/// RECAP's `alpha` takes the paper's ablation ends 0 and 1, and a `static` weight on a `grpo`
+/// objective warns that it cancels in group normalisation while one on an `sft` objective does
+/// not.
+#[test]
+fn recap_alpha_ends_and_static_weights_that_cancel() {
+    for alpha in ["0.0", "1.0"] {
+        let src = GSM.replace("alpha = 0.5", &format!("alpha = {alpha}"));
+        let out = check("g.recap", &src, &CheckOptions::default(), &AssumeFilesExist);
+        assert!(!out.has_errors(), "alpha = {alpha}: {:?}", out.diagnostics);
+    }
+    let static_src = |w: &str| {
+        GSM.replace(
+            "reweight recap(window = 10, temperature = 5.0, alpha = 0.5)",
+            &format!("reweight static({w} = 2.0)"),
+        )
+    };
+    let codes = |src: &str| -> Vec<String> {
+        check("g.recap", src, &CheckOptions::default(), &AssumeFilesExist)
+            .diagnostics
+            .iter()
+            .map(|d| d.code.to_string())
+            .collect()
+    };
+    assert!(
+        codes(&static_src("reasoning")).contains(&"recap::validate::static_cancels".to_string())
+    );
+    assert!(!codes(&static_src("recall")).contains(&"recap::validate::static_cancels".to_string()));
+}

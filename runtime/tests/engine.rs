@@ -361,7 +361,142 @@ mod engine {
         let nll = m["sft_nll"].as_f64().unwrap();
         let loss = m["loss"].as_f64().unwrap();
         assert!((loss - 0.5 * nll).abs() < 1e-4, "loss {loss} nll {nll}");
-        assert_eq!(m["keys"]["copy"]["lambda_used"].as_f64(), Some(0.5));
+        assert_eq!(m["keys"]["copy"]["lambda"].as_f64(), Some(0.5));
         assert!(!dir.path().join("checkpoints").exists());
+    }
+
+    /// RECAP's lambdas for keys with these histories (RECAP.md's formulas, loss keys): c is
+    /// sum(new) / sum(old), i the population std over the mean, and lambda
+    /// `K * (alpha * softmax(c / T) + (1 - alpha) * softmax(i / T))`.
+    fn recap_sft_lambdas(histories: &[Vec<f64>], temperature: f64, alpha: f64) -> Vec<f64> {
+        let eps = 1e-15;
+        let ci: Vec<(f64, f64)> = histories
+            .iter()
+            .map(|h| {
+                let m = h.len() / 2;
+                if m == 0 {
+                    return (1.0, 0.0);
+                }
+                let used = &h[h.len() - 2 * m..];
+                let (old, new) = used.split_at(m);
+                let c = new.iter().sum::<f64>() / (old.iter().sum::<f64>() + eps);
+                let mean = used.iter().sum::<f64>() / used.len() as f64;
+                let var = used.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / used.len() as f64;
+                (c, var.sqrt() / (mean + eps))
+            })
+            .collect();
+        let softmax = |x: Vec<f64>| {
+            let e: Vec<f64> = x.iter().map(|v| (v / temperature).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.into_iter().map(|v| v / s).collect::<Vec<_>>()
+        };
+        let sc = softmax(ci.iter().map(|p| p.0).collect());
+        let si = softmax(ci.iter().map(|p| p.1).collect());
+        let k = histories.len() as f64;
+        sc.iter()
+            .zip(&si)
+            .map(|(a, b)| k * (alpha * a + (1.0 - alpha) * b))
+            .collect()
+    }
+
+    /// The lambda a step applies is the one computed from histories that include that step's
+    /// scalars: two SFT keys drawn together, and each step's loss is the sum of the lambdas
+    /// computed by hand from the NLLs so far times this step's NLLs.
+    #[test]
+    fn engine_recap_applies_the_lambda_of_the_current_step() {
+        let mut plan = base_plan(tiny_model("policy", 32, 1, 64, 3));
+        plan.sources = vec![copying("a", 16, 2, 1), copying("b", 16, 4, 2)];
+        let (temperature, alpha) = (0.05, 0.5);
+        plan.stages = vec![Stage {
+            name: "main".into(),
+            rollouts: vec![],
+            objectives: vec![sft("ra", "a", 8), sft("rb", "b", 8)],
+            reweight: Reweight::Recap {
+                window: 10,
+                temperature,
+                alpha,
+                combine: RecapCombine::Mixture,
+                direction: RecapDirection::Regress,
+                warmup: false,
+            },
+            mix: Mix::All,
+            train: train(4, 4, 3e-2, 1, "unused"),
+            evals: vec![],
+        }];
+        let dir = tempfile::tempdir().unwrap();
+        let s = run(&seal(plan), &opts(dir.path())).unwrap();
+        let mut histories = vec![Vec::new(), Vec::new()];
+        for m in &s.metrics {
+            let keys = &m["keys"];
+            for (h, k) in histories.iter_mut().zip(["a", "b"]) {
+                h.push(keys[k]["signal"].as_f64().unwrap());
+            }
+            let expected = recap_sft_lambdas(&histories, temperature, alpha);
+            let mut loss = 0.0;
+            for ((k, lambda), h) in ["a", "b"].iter().zip(&expected).zip(&histories) {
+                let logged = keys[k]["lambda"].as_f64().unwrap();
+                assert!(
+                    (logged - lambda).abs() < 1e-9,
+                    "step {}: {logged} vs {lambda}",
+                    m["step"]
+                );
+                loss += lambda * h.last().unwrap();
+            }
+            let got = m["loss"].as_f64().unwrap();
+            assert!(
+                (got - loss).abs() < 1e-4 * (1.0 + loss.abs()),
+                "step {}: loss {got}, lambda-weighted NLLs {loss}",
+                m["step"]
+            );
+        }
+        // The weights must move for the test to pin anything.
+        let last = &s.metrics.last().unwrap()["keys"];
+        assert!((last["a"]["lambda"].as_f64().unwrap() - 1.0).abs() > 1e-3);
+    }
+
+    /// `drop_equal_groups` under `token_mean`: the dropped groups' tokens leave the
+    /// normaliser, so on the first step (same rollouts either way) a batch with some but not
+    /// all groups of equal rewards gets a larger gradient with it on than off.
+    #[test]
+    fn engine_drop_equal_groups_leaves_the_token_normaliser() {
+        let first_step = |seed: u64, drop: bool| {
+            let mut plan = format_plan(1, seed);
+            for o in &mut plan.stages[0].objectives {
+                if let ObjectiveSpec::Grpo {
+                    drop_equal_groups,
+                    loss,
+                    ..
+                } = &mut o.spec
+                {
+                    *drop_equal_groups = drop;
+                    *loss = LossAggregation::TokenMean;
+                }
+            }
+            let dir = tempfile::tempdir().unwrap();
+            run(&seal(plan), &opts(dir.path())).unwrap().metrics[0].clone()
+        };
+        let mut checked = false;
+        for seed in 1..40 {
+            let off = first_step(seed, false);
+            let zero = off["zero_variance_groups"].as_u64().unwrap();
+            if zero == 0 || zero == 4 {
+                continue;
+            }
+            let on = first_step(seed, true);
+            let (g_off, g_on) = (
+                off["grad_norm"].as_f64().unwrap(),
+                on["grad_norm"].as_f64().unwrap(),
+            );
+            assert!(
+                g_on > g_off * (1.0 + 1e-4),
+                "seed {seed}: {g_on} vs {g_off}"
+            );
+            checked = true;
+            break;
+        }
+        assert!(
+            checked,
+            "no seed gave a batch with some equal-reward groups"
+        );
     }
 }

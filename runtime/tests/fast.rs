@@ -210,6 +210,44 @@ fn fast_pass_matches_autograd_on_edge_rows() {
     check_batch(&model, &pack(&prompts[1..2], &comps[1..2]), &mut rng);
 }
 
+/// Completions sampled at a temperature are scored at it: the logits are divided by it before
+/// the log-softmax on both paths (log-probs and gradients agree), and a huge temperature gives
+/// the uniform distribution's log-prob, `-ln(vocab)`.
+#[test]
+fn logprobs_divide_the_logits_by_the_sampling_temperature() {
+    let model = Model::tiny(
+        &tiny_config(Family::Qwen2, true),
+        5,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let vocab = model.config().vocab_size;
+    let mut rng = Lcg(33);
+    let plain = batch(&mut rng, vocab, 4);
+    let hot = batch(&mut Lcg(33), vocab, 4).with_temperature(0.7).unwrap();
+    check_batch(&model, &hot, &mut rng);
+    let (a, b) = (
+        flat(&token_logprobs(&model, &plain).unwrap()),
+        flat(&token_logprobs(&model, &hot).unwrap()),
+    );
+    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-3));
+    let flat_batch = batch(&mut Lcg(33), vocab, 4).with_temperature(1e6).unwrap();
+    let uniform = -(vocab as f32).ln();
+    let mask = flat(&flat_batch.completion_mask);
+    for lp in [
+        flat(&token_logprobs(&model, &flat_batch).unwrap()),
+        fast::logprobs(&model, &flat_batch).unwrap(),
+    ] {
+        for (x, m) in lp.iter().zip(&mask) {
+            if *m > 0.0 {
+                assert!((x - uniform).abs() < 1e-3, "{x} vs {uniform}");
+            }
+        }
+    }
+    assert!(batch(&mut Lcg(1), vocab, 2).with_temperature(0.0).is_err());
+}
+
 /// The reference pass runs on frozen copies (plain tensors, no `Var`s).
 #[test]
 fn fast_logprobs_of_a_frozen_copy_match() {

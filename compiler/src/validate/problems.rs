@@ -34,6 +34,7 @@ problem_codes! {
         BadRegex = "recap::validate::bad_regex" => "The `pattern` of a `regex` verifier is not a regular expression the runtime can compile: a syntax error (an unclosed group, a stray quantifier) or a pattern that compiles to more than 4 MiB. The syntax is that of Rust's `regex` crate (no look-around, no back-references). Escape literal `(`, `[`, `{`, `.`, `*` with a backslash, and write patterns as raw strings so backslashes stay as written.\n\nExample:\n    verifier fmt = regex(\"<answer>(.*</answer>\")\nFix:\n    verifier fmt = regex(r\"<answer>(.*)</answer>\")",
         BadOptions = "recap::validate::bad_options" => "The `options` of a `choice` verifier must be the option letters, upper-case ASCII (`\"ABCD\"`): the verifier looks for one of them in the completion.",
         PenaltyTarget = "recap::validate::penalty_target" => "Warning: a `length_penalty` gives 1.0 up to `target` generated tokens and falls linearly to 0.0 at `max_tokens`; with `target` at or above `max_tokens` there is no slope, and the reward drops from 1.0 to 0.0 right after `target` tokens.",
+        StaticCancels = "recap::validate::static_cancels" => "Warning: a `static` weight on a `grpo` objective multiplies every reward term of that objective by the same factor, and group normalisation (`scale = group` or `batch`) divides it out again, so the weight changes nothing. Weigh the balance between the objective's terms instead, or weigh the other (SFT) objectives.",
         UnknownWeightKey = "recap::validate::unknown_weight_key" => "`static(...)` weighs objectives and `weights(...)` weighs sources by name; a name given is not an objective (or source) of the stage. The help line suggests the closest name.",
     }
 }
@@ -142,6 +143,8 @@ pub enum ValidateProblem<'a> {
     NoReplay,
     /// A `coreset` whose base does not draw at random.
     CoresetBase { base: &'a str },
+    /// `static` weighs a `grpo` objective whose advantages are normalised, so it cancels.
+    StaticCancels { objective: &'a str },
     /// `static` or `weights` weighs a name that is no objective (or source) of the stage.
     UnknownWeightKey {
         function: &'a str,
@@ -189,6 +192,7 @@ impl Problem for ValidateProblem<'_> {
             P::WindowTooLong { .. } => C::WindowTooLong,
             P::NoReplay => C::NoReplay,
             P::CoresetBase { .. } => C::CoresetBase,
+            P::StaticCancels { .. } => C::StaticCancels,
             P::UnknownWeightKey { .. } => C::UnknownWeightKey,
         }
     }
@@ -207,7 +211,8 @@ impl Problem for ValidateProblem<'_> {
             | P::ProbeNeverRuns { .. }
             | P::CheckpointNeverRuns { .. }
             | P::WindowTooLong { .. }
-            | P::NoReplay => Severity::Warning,
+            | P::NoReplay
+            | P::StaticCancels { .. } => Severity::Warning,
             _ => Severity::Error,
         }
     }
@@ -332,6 +337,9 @@ impl Problem for ValidateProblem<'_> {
             P::CoresetBase { base } => format!(
                 "`coreset` cannot cap `{base}`: its base must draw sources at random"
             ),
+            P::StaticCancels { objective } => format!(
+                "the weight on `{objective}` scales all its reward terms alike, which cancels in group normalisation"
+            ),
             P::UnknownWeightKey {
                 function,
                 key,
@@ -400,6 +408,7 @@ impl Problem for ValidateProblem<'_> {
             P::WindowTooLong { .. } => "use a window of at most half the stage's steps".to_string(),
             P::NoReplay => "add an `sft` objective or use another mixer".to_string(),
             P::CoresetBase { .. } => "use `uniform`, `proportional` or `weights(...)` as the base".to_string(),
+            P::StaticCancels { .. } => "weigh the other objectives instead, or use `scale = none` on this one".to_string(),
             P::UnknownWeightKey {
                 key, what, names, ..
             } => match did_you_mean(key, names.iter().copied()) {

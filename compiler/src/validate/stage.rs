@@ -31,6 +31,9 @@ struct Facts<'t> {
 struct Weighed<'r> {
     keys: usize,
     objectives: Vec<&'r str>,
+    /// The `grpo` objectives whose advantages are normalised (any `scale` but `none`): a
+    /// `static` weight on one scales all its reward terms alike and cancels.
+    normalised: Vec<&'r str>,
     sources: Vec<&'r str>,
     has_sft: bool,
 }
@@ -389,7 +392,12 @@ impl<'r, 't> V<'r, '_, 't, '_> {
                 w.sources.push(self.res.name(*sid));
             }
             match c.name() {
-                "grpo" => w.keys += rewards(c).len(),
+                "grpo" => {
+                    w.keys += rewards(c).len();
+                    if c.enum_("scale") != Some("none") {
+                        w.normalised.push(self.res.name(o));
+                    }
+                }
                 "sft" => {
                     w.keys += 1;
                     w.has_sft = true;
@@ -417,6 +425,13 @@ impl<'r, 't> V<'r, '_, 't, '_> {
         }
         if rw.name() == "static" {
             self.weight_keys(rw, &weighed.objectives, "objective");
+            for (key, span, _) in &rw.extra {
+                if weighed.normalised.iter().any(|n| n == key) {
+                    let problem = ValidateProblem::StaticCancels { objective: key };
+                    self.diags
+                        .push(problem.at(*span, "cancels in group normalisation"));
+                }
+            }
         }
         if let (Some(window), Some(steps)) = (rw.int("window"), facts.steps) {
             if window.saturating_mul(2) > steps {

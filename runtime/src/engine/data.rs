@@ -283,7 +283,8 @@ pub struct DataCursor {
 #[derive(Debug, Clone)]
 pub struct Reader {
     seed: u64,
-    len: usize,
+    /// The rows in use: every row of the source, or a coreset's subset.
+    rows: Vec<usize>,
     shuffle: bool,
     order: Vec<usize>,
     pub cursor: DataCursor,
@@ -291,9 +292,14 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(len: usize, shuffle: bool, seed: u64) -> Reader {
+        Reader::over((0..len).collect(), shuffle, seed)
+    }
+
+    /// A reader of the given rows only (a coreset's subset), in their order or shuffled.
+    pub fn over(rows: Vec<usize>, shuffle: bool, seed: u64) -> Reader {
         let mut r = Reader {
             seed,
-            len,
+            rows,
             shuffle,
             order: Vec::new(),
             cursor: DataCursor { epoch: 0, pos: 0 },
@@ -303,7 +309,7 @@ impl Reader {
     }
 
     fn reorder(&mut self) {
-        self.order = (0..self.len).collect();
+        self.order = self.rows.clone();
         if self.shuffle {
             let mut rng = ChaCha8Rng::seed_from_u64(
                 self.seed ^ self.cursor.epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15),
@@ -321,7 +327,7 @@ impl Reader {
     pub fn next_batch(&mut self, n: usize) -> Vec<usize> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
-            if self.cursor.pos as usize >= self.len {
+            if self.cursor.pos as usize >= self.rows.len() {
                 self.cursor.epoch += 1;
                 self.cursor.pos = 0;
                 self.reorder();

@@ -4,12 +4,13 @@
 //!
 //! Stages run in order, each starting from the weights the previous one left. One step of a
 //! stage: the mixer draws the source(s); for each objective on a drawn source, GRPO samples G
-//! completions per prompt, scores them with the verifiers, combines the reward terms with the
-//! reweighter's current lambdas, normalises per group and builds the clipped-ratio loss (k3 KL
-//! against the frozen reference only when a KL term is declared), or SFT builds `lambda * nll`;
-//! then backward, gradient clipping, the optimiser step with the schedule's learning rate, the
-//! reweighter update with the tracked scalars (batch-mean reward per (source, term) key, SFT
-//! NLL), probes, samples, checkpoints and one metrics line.
+//! completions per prompt and scores them with the verifiers, or SFT runs its forward and
+//! backward pass; the reweighter takes the step's tracked scalars (batch-mean reward per
+//! (source, term) key, SFT NLL) and gives this step's lambdas; GRPO combines the reward terms
+//! with them, normalises per group and builds the clipped-ratio loss (k3 KL against the frozen
+//! reference only when a KL term is declared), SFT scales its gradients to `lambda * nll`; then
+//! gradient clipping, the optimiser step with the schedule's learning rate, probes, samples,
+//! checkpoints and one metrics line.
 
 pub mod checkpoint;
 pub mod data;
@@ -32,7 +33,7 @@ use serde_json::{json, Value};
 use crate::model::{load_hf_dir_with, Family, LoadOptions, Model, ModelConfig};
 
 use crate::tokenizer::TextTokenizer;
-use crate::train::mix::{Mixer, SourceInfo, SourceRole};
+use crate::train::mix::{coreset_rows, Mixer, SourceInfo, SourceRole};
 use crate::train::reweight::{KeyKind, ObjectiveKey, Reweighter};
 use crate::train::rng::HostRng;
 use data::{resolve_path, Dataset, Reader};
@@ -366,7 +367,7 @@ pub(crate) struct StageRt {
     pub mixer: Mixer,
     pub reweighter: Reweighter,
     pub keys: Vec<ObjectiveKey>,
-    /// The weights used on the next step, in key order.
+    /// The weights the last step applied, in key order.
     pub lambdas: Vec<f64>,
     pub optim: Optim,
     /// Steps of this stage completed.
@@ -406,18 +407,7 @@ fn build_stage(
     let seed = stage.train.seed;
     let mixer =
         Mixer::new(&stage.mix, infos, seed).with_context(|| format!("stage `{}`", stage.name))?;
-    let readers = sources
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let ds = &datasets[s];
-            Reader::new(
-                ds.rows.len(),
-                ds.shuffle,
-                seed.wrapping_add(1000 * i as u64 + 1),
-            )
-        })
-        .collect();
+    let readers = readers(&sources, datasets, &mixer, seed);
     let keys = stage_keys(stage)?;
     let reweighter = Reweighter::new(&stage.reweight, keys.clone())
         .with_context(|| format!("stage `{}`", stage.name))?;
@@ -434,6 +424,30 @@ fn build_stage(
         optim,
         step: 0,
     })
+}
+
+/// One reader per source (in mixer order); under `coreset` a replay source's reader keeps to
+/// the source's coreset, a fixed subset of rows seeded by the stage's seed.
+fn readers(
+    sources: &[String],
+    datasets: &BTreeMap<String, Dataset>,
+    mixer: &Mixer,
+    seed: u64,
+) -> Vec<Reader> {
+    sources
+        .iter()
+        .zip(mixer.coreset_budget())
+        .enumerate()
+        .map(|(i, (s, budget))| {
+            let ds = &datasets[s];
+            let seed = seed.wrapping_add(1000 * i as u64 + 1);
+            let n = ds.rows.len();
+            match budget {
+                Some(b) => Reader::over(coreset_rows(n, b, seed), ds.shuffle, seed),
+                None => Reader::new(n, ds.shuffle, seed),
+            }
+        })
+        .collect()
 }
 
 /// The policy's variables with their HF names, sorted by name.
@@ -667,6 +681,66 @@ mod tests {
             .contains("cycle"));
         assert!(parse_device("tpu").is_err());
         assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
+    }
+
+    /// Under `coreset` a replay source's reader only ever hands out the rows of its fixed,
+    /// seeded subset (replay capped at `cap` times the RL volume); RL sources and other mixers
+    /// read every row.
+    #[test]
+    fn coreset_replay_reads_only_its_subset() {
+        let dataset = |name: &str, n: usize| Dataset {
+            name: name.into(),
+            rows: (0..n)
+                .map(|i| data::Row {
+                    id: format!("{name}:{i}"),
+                    prompt: String::new(),
+                    fields: Default::default(),
+                })
+                .collect(),
+            shuffle: true,
+        };
+        let datasets: BTreeMap<String, Dataset> = [
+            ("math".to_string(), dataset("math", 40)),
+            ("general".to_string(), dataset("general", 100)),
+        ]
+        .into();
+        let infos = vec![
+            SourceInfo {
+                name: "math".into(),
+                size: 40,
+                role: SourceRole::Rl,
+            },
+            SourceInfo {
+                name: "general".into(),
+                size: 100,
+                role: SourceRole::Replay,
+            },
+        ];
+        let sources = vec!["math".to_string(), "general".to_string()];
+        let coreset = recap_plan::Mix::Coreset {
+            cap: 0.5,
+            base: Box::new(recap_plan::Mix::Uniform { seed: 1 }),
+        };
+        let mixer = Mixer::new(&coreset, infos.clone(), 7).unwrap();
+        let mut rs = readers(&sources, &datasets, &mixer, 7);
+        let seen = |r: &mut Reader| {
+            let mut s: Vec<usize> = r.next_batch(1000);
+            s.sort_unstable();
+            s.dedup();
+            s
+        };
+        // Half the reasoning volume: 20 of the 100 replay rows, the same 20 every epoch.
+        let replay = seen(&mut rs[1]);
+        assert_eq!(replay.len(), 20);
+        assert_eq!(replay, coreset_rows(100, 20, 7 + 1001));
+        assert_eq!(seen(&mut rs[0]).len(), 40);
+        let again = readers(&sources, &datasets, &mixer, 7);
+        assert_eq!(seen(&mut again[1].clone()), replay, "the subset is seeded");
+        let uniform = Mixer::new(&recap_plan::Mix::Uniform { seed: 1 }, infos, 7).unwrap();
+        assert_eq!(
+            seen(&mut readers(&sources, &datasets, &uniform, 7)[1]).len(),
+            100
+        );
     }
 
     #[test]

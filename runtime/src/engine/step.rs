@@ -23,8 +23,8 @@ use crate::model::fast;
 use crate::model::logprob::{reference_logprobs, token_logprobs, SequenceBatch};
 use crate::model::Model;
 use crate::train::grpo::{
-    combine_rewards, group_advantages, grpo_loss, sft_loss, Advantages, CombinedRewards, GrpoBatch,
-    GrpoConfig,
+    combine_rewards, group_advantages_of, grpo_loss, sft_loss, Advantages, CombinedRewards,
+    GrpoBatch, GrpoConfig,
 };
 use crate::train::parallel::{map_chunks, row_chunks, split_pays};
 use crate::train::reweight::WeightSnapshot;
@@ -105,13 +105,42 @@ impl StepState {
     }
 }
 
-/// A GRPO batch after scoring: each term's mean reward, the combined rewards, the advantages
-/// and how many verifier calls failed.
+/// A GRPO batch after judging: every completion's outcome per reward term and how many
+/// verifier calls failed.
+struct Judgement {
+    table: Vec<Vec<crate::train::verifiers::Outcome>>,
+    failures: usize,
+}
+
+/// A GRPO batch after scoring: the combined rewards, the advantages and how many verifier
+/// calls failed.
 struct Scored {
-    means: Vec<Option<f64>>,
     combined: CombinedRewards,
     adv: Advantages,
     failures: usize,
+}
+
+/// An SFT objective's NLL (over the whole batch) and its gradients, before its lambda scales
+/// them.
+struct SftOut {
+    loss: f64,
+    grads: GradStore,
+}
+
+/// An objective whose scalars the step has, waiting for the step's lambdas.
+enum Pending<'p> {
+    Grpo {
+        o: &'p Objective,
+        ro: &'p PlanRollout,
+        src: String,
+        rows: Vec<Row>,
+        roll: Rollout,
+        judged: Judgement,
+    },
+    Sft {
+        src: String,
+        sft: SftOut,
+    },
 }
 
 /// What one chunk of a GRPO batch gives back: its loss (already scaled to its share of the
@@ -178,6 +207,17 @@ fn backward(
         Some(ff) => ff.loss_backward(loss, logp)?,
         None => loss.backward()?,
     })
+}
+
+/// `grads` times `factor` (a key's lambda, a constant for autograd).
+fn scale_grads(mut grads: GradStore, factor: f64, vars: &[candle_core::Var]) -> Result<GradStore> {
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            let scaled = (g * factor)?;
+            grads.insert(v.as_tensor(), scaled);
+        }
+    }
+    Ok(grads)
 }
 
 /// Adds one backward pass's gradients to the running sum.
@@ -273,6 +313,11 @@ impl Ctx<'_> {
             && (self.global_step + 1).is_multiple_of(self.opts.samples_every);
         let mut st = StepState::new(models, write_samples);
 
+        // The tracked scalars of every key the step feeds come first (the rollouts' rewards,
+        // the SFT forward passes); the reweighter then computes this step's lambdas from
+        // histories that include them, and those lambdas weight this same batch (RECAP.md,
+        // "Where the weights act").
+        let mut pending = Vec::new();
         for &si in &drawn {
             let src = rt.sources[si].clone();
             let n_prompts = self
@@ -302,30 +347,58 @@ impl Ctx<'_> {
                                     )
                                 })?;
                         let roll = self.rollout(ro, &rows, models, &mut st)?;
-                        let scored = self.score(rt, &src, &o.spec, ro, &rows, &roll, &mut st)?;
-                        self.grpo_loss(stage, o, ro, &roll, &scored, models, &mut st)?;
-                        self.record_grpo(stage, &src, &o.spec, ro, &rows, &roll, scored, &mut st);
+                        let judged = self.judge(&src, &o.spec, ro, &rows, &roll, &mut st)?;
+                        pending.push(Pending::Grpo {
+                            o,
+                            ro,
+                            src: src.clone(),
+                            rows: rows.clone(),
+                            roll,
+                            judged,
+                        });
                     }
                     ObjectiveSpec::Sft { max_tokens, .. } => {
-                        self.sft_loss(rt, stage, o, &src, &rows, *max_tokens, models, &mut st)?;
+                        let sft =
+                            self.sft_loss(stage, o, &src, &rows, *max_tokens, models, &mut st)?;
+                        pending.push(Pending::Sft {
+                            src: src.clone(),
+                            sft,
+                        });
                     }
                 }
             }
         }
 
-        let (info, snap, used) = self.update(rt, stage, lr, &drawn_names, &mut st)?;
-        self.record(
-            rt,
-            stage,
-            models,
-            t0,
-            lr,
-            &drawn_names,
-            &info,
-            &snap,
-            used,
-            st,
-        )
+        let snap = self.reweight(rt, stage, &drawn_names, &st)?;
+        for p in pending {
+            match p {
+                Pending::Grpo {
+                    o,
+                    ro,
+                    src,
+                    rows,
+                    roll,
+                    judged,
+                } => {
+                    let scored = self.score(rt, &src, &o.spec, ro, judged)?;
+                    self.grpo_loss(stage, o, ro, &roll, &scored, models, &mut st)?;
+                    self.record_grpo(stage, &src, ro, &rows, &roll, scored, &mut st);
+                }
+                Pending::Sft { src, sft } => {
+                    let lambda = key_lambda(rt, &src);
+                    st.loss_sum += lambda * sft.loss;
+                    let grads = if lambda == 1.0 {
+                        sft.grads
+                    } else {
+                        scale_grads(sft.grads, lambda, &st.vars)?
+                    };
+                    accumulate(&mut st.grads, grads, &st.vars)?;
+                }
+            }
+        }
+
+        let info = self.update(rt, stage, lr, &mut st)?;
+        self.record(rt, stage, models, t0, lr, &drawn_names, &info, &snap, st)
     }
 
     /// Rollout: samples the rollout's group of completions for each prompt of `rows`.
@@ -355,26 +428,18 @@ impl Ctx<'_> {
         Ok(roll)
     }
 
-    /// Score: the verifiers' outcomes of every completion, the reward terms combined with the
-    /// keys' current lambdas, and the group advantages.
-    #[allow(clippy::too_many_arguments)]
-    fn score(
+    /// Judge: the verifiers' outcomes of every completion and each term's mean, which is the
+    /// tracked scalar of the (source, term) key.
+    fn judge(
         &self,
-        rt: &StageRt,
         src: &str,
         spec: &ObjectiveSpec,
         ro: &PlanRollout,
         rows: &[Row],
         roll: &Rollout,
         st: &mut StepState,
-    ) -> Result<Scored> {
-        let ObjectiveSpec::Grpo {
-            rewards: terms,
-            scale,
-            drop_equal_groups,
-            ..
-        } = spec
-        else {
+    ) -> Result<Judgement> {
+        let ObjectiveSpec::Grpo { rewards: terms, .. } = spec else {
             bail!("only a GRPO objective is scored");
         };
         let group = ro.group as usize;
@@ -386,19 +451,55 @@ impl Ctx<'_> {
         for f in &failures {
             self.warn(&f.to_string());
         }
+        let means = term_means(&table, terms.len());
+        for (term, m) in terms.iter().zip(&means) {
+            let key = format!("{src}.{}", term.name);
+            st.rewards.insert(key.clone(), m.map_or(Value::Null, num));
+            if let Some(m) = m {
+                st.scalars.push((key, *m));
+            }
+        }
+        st.tm.verify += t.elapsed().as_secs_f64();
+        Ok(Judgement {
+            table,
+            failures: failures.len(),
+        })
+    }
+
+    /// Score: the reward terms combined with this step's lambdas, and the group advantages.
+    fn score(
+        &self,
+        rt: &StageRt,
+        src: &str,
+        spec: &ObjectiveSpec,
+        ro: &PlanRollout,
+        judgement: Judgement,
+    ) -> Result<Scored> {
+        let ObjectiveSpec::Grpo {
+            rewards: terms,
+            scale,
+            drop_equal_groups,
+            ..
+        } = spec
+        else {
+            bail!("only a GRPO objective is scored");
+        };
         let weights: Vec<f64> = terms
             .iter()
             .map(|t| key_lambda(rt, &format!("{src}.{}", t.name)))
             .collect();
-        let combined = combine_rewards(&table, &weights)?;
-        let adv = group_advantages(&combined.total, group, *scale, *drop_equal_groups)?;
-        let means = term_means(&table, terms.len());
-        st.tm.verify += t.elapsed().as_secs_f64();
+        let combined = combine_rewards(&judgement.table, &weights)?;
+        let adv = group_advantages_of(
+            &combined.total,
+            &combined.applies,
+            ro.group as usize,
+            *scale,
+            *drop_equal_groups,
+        )?;
         Ok(Scored {
-            means,
             combined,
             adv,
-            failures: failures.len(),
+            failures: judgement.failures,
         })
     }
 
@@ -442,7 +543,15 @@ impl Ctx<'_> {
         };
         let n = roll.completion_ids.len();
         let micro = stage.train.micro_batch.map(|m| m as usize);
-        let total_tokens: usize = roll.num_tokens();
+        // The token-mean normaliser counts the tokens of the rows in the loss: a dropped
+        // group's tokens are out of it, as they are out of the sum.
+        let total_tokens: usize = roll
+            .completion_ids
+            .iter()
+            .zip(&adv.keep)
+            .filter(|(_, &k)| k)
+            .map(|(c, _)| c.len())
+            .sum();
         let kept_rows = adv.keep.iter().filter(|&&k| k).count().max(1);
         let policy = &models.policy;
         let reference = models.reference.as_ref();
@@ -466,7 +575,8 @@ impl Ctx<'_> {
                 .iter()
                 .map(Vec::as_slice)
                 .collect();
-            let batch = SequenceBatch::new(&prompts_c, &comps_c, pad_id, device)?;
+            let batch = SequenceBatch::new(&prompts_c, &comps_c, pad_id, device)?
+                .with_temperature(ro.temperature)?;
             let sub = Advantages {
                 values: adv.values[range.clone()].to_vec(),
                 keep: adv.keep[range].to_vec(),
@@ -546,14 +656,13 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// The record's part of a GRPO objective: its terms' mean rewards (also the reweighter's
-    /// scalars), the reward and advantage statistics, and sample completions when due.
+    /// The record's part of a GRPO objective: the reward and advantage statistics, and sample
+    /// completions when due.
     #[allow(clippy::too_many_arguments)]
     fn record_grpo(
         &self,
         stage: &Stage,
         src: &str,
-        spec: &ObjectiveSpec,
         ro: &PlanRollout,
         rows: &[Row],
         roll: &Rollout,
@@ -561,21 +670,10 @@ impl Ctx<'_> {
         st: &mut StepState,
     ) {
         let Scored {
-            means,
             combined,
             adv,
             failures,
         } = scored;
-        if let ObjectiveSpec::Grpo { rewards: terms, .. } = spec {
-            for (t, term) in terms.iter().enumerate() {
-                let key = format!("{src}.{}", term.name);
-                st.rewards
-                    .insert(key.clone(), means[t].map_or(Value::Null, num));
-                if let Some(m) = means[t] {
-                    st.scalars.push((key, m));
-                }
-            }
-        }
         let rec = &mut st.rec;
         rec.insert("reward_mean".into(), num(adv.stats.reward_mean));
         rec.insert("reward_std".into(), num(adv.stats.reward_std));
@@ -602,12 +700,12 @@ impl Ctx<'_> {
         }
     }
 
-    /// Loss of an SFT objective: `lambda * nll` of the rows' targets, chunk by chunk, forward
-    /// and backward, the gradients added to the step's; the NLL is the key's scalar.
+    /// Loss of an SFT objective: the NLL of the rows' targets, chunk by chunk, forward and
+    /// backward, with the gradients kept apart: the NLL is the key's scalar, so the lambda that
+    /// scales them (`lambda * nll`) is known only once every key of the step has its scalar.
     #[allow(clippy::too_many_arguments)]
     fn sft_loss(
         &self,
-        rt: &StageRt,
         stage: &Stage,
         o: &Objective,
         src: &str,
@@ -615,7 +713,7 @@ impl Ctx<'_> {
         max_tokens: u64,
         models: &Models,
         st: &mut StepState,
-    ) -> Result<()> {
+    ) -> Result<SftOut> {
         let t = Instant::now();
         let mut prompts = Vec::with_capacity(rows.len());
         let mut targets = Vec::with_capacity(rows.len());
@@ -629,7 +727,6 @@ impl Ctx<'_> {
             ids.truncate(max_tokens as usize);
             targets.push(ids);
         }
-        let lambda = key_lambda(rt, src);
         // The NLL is a mean over all target tokens of the batch: each chunk's mean is weighted
         // by its share of those tokens, so the chunks' losses and gradients add up to the whole
         // batch's.
@@ -639,7 +736,7 @@ impl Ctx<'_> {
         }
         let (policy, pad_id, device) = (&models.policy, models.tok.pad_id, &self.device);
         let policy_host = fast_weights(policy, self.opts.autograd)?;
-        let chunk = |range: std::ops::Range<usize>| -> Result<Option<(f64, f64, GradStore)>> {
+        let chunk = |range: std::ops::Range<usize>| -> Result<Option<(f64, GradStore)>> {
             let tokens: usize = targets[range.clone()].iter().map(Vec::len).sum();
             if tokens == 0 {
                 return Ok(None);
@@ -648,42 +745,61 @@ impl Ctx<'_> {
             let c: Vec<&[u32]> = targets[range].iter().map(Vec::as_slice).collect();
             let batch = SequenceBatch::new(&p, &c, pad_id, device)?;
             let (fast_fwd, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch)?;
-            let out = sft_loss(&logp, &batch.completion_mask, lambda)?;
+            let out = sft_loss(&logp, &batch.completion_mask, 1.0)?;
             let share = tokens as f64 / total as f64;
             let l = (out.loss * share)?;
             let g = backward(&l, fast_fwd.as_ref(), &logp)?;
-            Ok(Some((l.to_scalar::<f32>()? as f64, out.nll * share, g)))
+            Ok(Some((l.to_scalar::<f32>()? as f64, g)))
         };
         let micro = stage.train.micro_batch.map(|m| m as usize);
         let tokens: usize = prompts.iter().map(Vec::len).sum::<usize>() + total;
         let split = split_pays(tokens, st.hidden, st.layers, st.params);
         let chunks = row_chunks(rows.len(), micro, &self.device, split);
-        let mut nll = 0.0;
-        for (loss, part_nll, g) in map_chunks(&chunks, &self.device, chunk)?
+        let (mut nll, mut grads) = (0.0, None);
+        for (part, g) in map_chunks(&chunks, &self.device, chunk)?
             .into_iter()
             .flatten()
         {
-            st.loss_sum += loss;
-            nll += part_nll;
-            accumulate(&mut st.grads, g, &st.vars)?;
+            nll += part;
+            accumulate(&mut grads, g, &st.vars)?;
         }
+        let grads =
+            grads.ok_or_else(|| anyhow!("objective `{}`: no chunk had a target", o.name))?;
         st.tm.tensor += t.elapsed().as_secs_f64();
         st.scalars.push((src.to_string(), nll));
         st.rec.insert("sft_nll".into(), num(nll));
-        Ok(())
+        Ok(SftOut { loss: nll, grads })
     }
 
-    /// Update: the optimiser step at learning rate `lr` with the step's summed gradients, then
-    /// the reweighter's update with the step's scalars. Gives the optimiser's report, the new
-    /// weights and the lambdas the step used.
+    /// Reweight: the reweighter's update with the step's scalars, which gives the lambdas this
+    /// same step applies.
+    fn reweight(
+        &self,
+        rt: &mut StageRt,
+        stage: &Stage,
+        drawn_names: &[String],
+        st: &StepState,
+    ) -> Result<WeightSnapshot> {
+        let drawn_refs: Vec<&str> = drawn_names.iter().map(String::as_str).collect();
+        let scalar_refs: Vec<(&str, f64)> =
+            st.scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let snap = rt
+            .reweighter
+            .update(&drawn_refs, &scalar_refs)
+            .with_context(|| format!("stage `{}`", stage.name))?;
+        rt.lambdas = snap.keys.iter().map(|k| k.lambda).collect();
+        Ok(snap)
+    }
+
+    /// Update: the optimiser step at learning rate `lr` with the step's summed gradients. Gives
+    /// the optimiser's report.
     fn update(
         &mut self,
         rt: &mut StageRt,
         stage: &Stage,
         lr: f64,
-        drawn_names: &[String],
         st: &mut StepState,
-    ) -> Result<(StepInfo, WeightSnapshot, Vec<f64>)> {
+    ) -> Result<StepInfo> {
         let grads = st.grads.take().ok_or_else(|| {
             anyhow!(
                 "step {}: no objective produced a loss",
@@ -694,21 +810,9 @@ impl Ctx<'_> {
         let info = rt.optim.step(&grads, lr, stage.train.grad_clip)?;
         drop(grads);
         st.tm.optim += t.elapsed().as_secs_f64();
-
-        let drawn_refs: Vec<&str> = drawn_names.iter().map(String::as_str).collect();
-        let scalar_refs: Vec<(&str, f64)> =
-            st.scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        let snap = rt
-            .reweighter
-            .update(&drawn_refs, &scalar_refs)
-            .with_context(|| format!("stage `{}`", stage.name))?;
-        let used = std::mem::replace(
-            &mut rt.lambdas,
-            snap.keys.iter().map(|k| k.lambda).collect(),
-        );
         rt.step += 1;
         self.global_step += 1;
-        Ok((info, snap, used))
+        Ok(info)
     }
 
     /// Record: the stage's probes when due, then the step's metrics record, written with the
@@ -724,7 +828,6 @@ impl Ctx<'_> {
         drawn_names: &[String],
         info: &StepInfo,
         snap: &WeightSnapshot,
-        used: Vec<f64>,
         st: StepState,
     ) -> Result<Value> {
         let StepState {
@@ -746,7 +849,7 @@ impl Ctx<'_> {
         }
 
         let mut keys = Map::new();
-        for (k, used) in snap.keys.iter().zip(used) {
+        for k in &snap.keys {
             keys.insert(
                 k.key.clone(),
                 json!({
@@ -754,7 +857,6 @@ impl Ctx<'_> {
                     "c": num(k.c),
                     "i": num(k.i),
                     "lambda": num(k.lambda),
-                    "lambda_used": num(used),
                 }),
             );
         }

@@ -295,9 +295,12 @@ pub struct FastForward<'a> {
     sel_x: Vec<f32>,
     sel_r: Vec<f32>,
     sel_h: Vec<f32>,
-    /// Softmax of the logits of the selected rows (n * L, vocab).
+    /// Softmax of the logits of the selected rows (n * L, vocab), divided by the batch's
+    /// sampling temperature.
     probs: Vec<f32>,
     logp: Vec<f32>,
+    /// 1 / the batch's sampling temperature, which the backward carries through the division.
+    inv_temperature: f32,
 }
 
 /// True when `model` can take the fast path: on the CPU with f32 master weights computed in f32.
@@ -948,6 +951,12 @@ fn run<'a>(
     let mut sel_h = vec![0f32; ns * hs];
     rms_forward(&sel_x, &weights.norm, d.eps, &mut sel_r, &mut sel_h);
     let mut probs = linear(&sel_h, ns, hs, weights.head(), d.vocab, None);
+    let inv_temperature = (1.0 / batch.temperature) as f32;
+    if batch.temperature != 1.0 {
+        for v in probs.iter_mut() {
+            *v *= inv_temperature;
+        }
+    }
     let mut logp = vec![0f32; ns];
     for ((row, lp), &tgt) in probs.chunks_exact_mut(d.vocab).zip(&mut logp).zip(&targets) {
         let lse = kernels::log_sum_exp(row);
@@ -980,6 +989,7 @@ fn run<'a>(
         sel_h,
         probs,
         logp,
+        inv_temperature,
     })
 }
 
@@ -1058,7 +1068,7 @@ impl FastForward<'_> {
             bail!("fast path: backward of a forward that kept no activations (use `forward`)");
         }
         let hs = d.hidden;
-        // d logp / d logits = onehot(target) - softmax.
+        // d logp / d logits = (onehot(target) - softmax) / temperature.
         let mut dlogits = vec![0f32; ns * d.vocab];
         for (((dl, p), &g), &tgt) in dlogits
             .chunks_exact_mut(d.vocab)
@@ -1066,6 +1076,7 @@ impl FastForward<'_> {
             .zip(dlogp)
             .zip(&self.targets)
         {
+            let g = g * self.inv_temperature;
             for (dl, &p) in dl.iter_mut().zip(p) {
                 *dl = -g * p;
             }

@@ -27,6 +27,10 @@ pub struct SequenceBatch {
     pub prompt_width: usize,
     /// L: the padded completion width.
     pub completion_width: usize,
+    /// The sampling temperature the completions were drawn at: the logits are divided by it
+    /// before the log-softmax, as TRL does when it scores completions, so the log-probs are
+    /// those of the distribution that sampled them. 1 for targets that were not sampled (SFT).
+    pub temperature: f64,
 }
 
 impl SequenceBatch {
@@ -85,7 +89,19 @@ impl SequenceBatch {
             completion_mask: Tensor::from_vec(cmask, (n, l_w), device)?,
             prompt_width: p_w,
             completion_width: l_w,
+            temperature: 1.0,
         })
+    }
+
+    /// The batch scored at sampling temperature `temperature` (> 0).
+    pub fn with_temperature(mut self, temperature: f64) -> Result<SequenceBatch> {
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(ModelError::Invalid(format!(
+                "log-probs need a sampling temperature > 0, got {temperature}"
+            )));
+        }
+        self.temperature = temperature;
+        Ok(self)
     }
 }
 
@@ -96,7 +112,10 @@ pub fn token_logprobs(model: &Model, batch: &SequenceBatch) -> candle_core::Resu
     let hidden = model.forward_hidden(&batch.input_ids, Some(&batch.attention_mask))?;
     // Only the L positions that predict completion tokens are projected onto the vocabulary.
     let hidden = hidden.narrow(1, batch.prompt_width - 1, batch.completion_width)?;
-    let logits = model.logits(&hidden)?;
+    let mut logits = model.logits(&hidden)?;
+    if batch.temperature != 1.0 {
+        logits = logits.affine(1.0 / batch.temperature, 0.0)?;
+    }
     ops::log_softmax_gather(&logits, &batch.completion_ids)
 }
 

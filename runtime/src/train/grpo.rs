@@ -5,7 +5,9 @@
 //!
 //! Semantics follow TRL 1.x's `GRPOTrainer` so results compare with the peer:
 //! - Rewards: `R_i = sum_f w_f * r_f`. A term that is not applicable to a sample contributes
-//!   nothing (TRL's `nansum` over `None` rewards); the count is reported, never hidden.
+//!   nothing (TRL's `nansum` over `None` rewards); the count is reported, never hidden. A
+//!   completion no term applies to has no reward at all: it is left out of its group's mean and
+//!   std and gets advantage 0 ([`group_advantages_of`]).
 //! - Advantages: `A_i = (R_i - mean_group(R)) / (std(R) + 1e-4)`. The mean is always the group
 //!   mean; `scale = group` divides by the group's std, `batch` by the std of all rewards of the
 //!   batch, `none` does not divide. The std is torch's default, the unbiased one (ddof 1), as
@@ -90,6 +92,8 @@ pub struct CombinedRewards {
     pub not_applicable: Vec<usize>,
     /// Completions no term applied to (their `R` is 0).
     pub all_not_applicable: usize,
+    /// Per completion, whether any term applied to it.
+    pub applies: Vec<bool>,
 }
 
 /// `R_i = sum_f weights[f] * r_f(i)` over `outcomes[i][f]`.
@@ -102,6 +106,7 @@ pub fn combine_rewards(outcomes: &[Vec<Outcome>], weights: &[f64]) -> Result<Com
     let mut counts = vec![0usize; terms];
     let mut total = Vec::with_capacity(outcomes.len());
     let mut all_na = 0;
+    let mut applies = Vec::with_capacity(outcomes.len());
     for (i, row) in outcomes.iter().enumerate() {
         if row.len() != terms {
             bail!(
@@ -125,6 +130,7 @@ pub fn combine_rewards(outcomes: &[Vec<Outcome>], weights: &[f64]) -> Result<Com
         if !any && terms > 0 {
             all_na += 1;
         }
+        applies.push(any || terms == 0);
         total.push(r);
     }
     Ok(CombinedRewards {
@@ -136,6 +142,7 @@ pub fn combine_rewards(outcomes: &[Vec<Outcome>], weights: &[f64]) -> Result<Com
             .collect(),
         not_applicable: counts.iter().map(|c| outcomes.len() - c).collect(),
         all_not_applicable: all_na,
+        applies,
     })
 }
 
@@ -184,6 +191,27 @@ pub fn group_advantages(
     scale: AdvantageScale,
     drop_zero_variance: bool,
 ) -> Result<Advantages> {
+    let applies = vec![true; rewards.len()];
+    group_advantages_of(rewards, &applies, group, scale, drop_zero_variance)
+}
+
+/// [`group_advantages`] where only the completions with `applies[i]` have a reward: the others
+/// are left out of the group's (and the batch's) mean and std and get advantage 0, as TRL does
+/// with completions every reward function returned `None` for.
+pub fn group_advantages_of(
+    rewards: &[f64],
+    applies: &[bool],
+    group: usize,
+    scale: AdvantageScale,
+    drop_zero_variance: bool,
+) -> Result<Advantages> {
+    if applies.len() != rewards.len() {
+        bail!(
+            "advantages: {} applicability flags for {} rewards",
+            applies.len(),
+            rewards.len()
+        );
+    }
     if group < 2 {
         bail!("advantages: group must be >= 2, got {group}");
     }
@@ -196,13 +224,22 @@ pub fn group_advantages(
     if let Some(r) = rewards.iter().find(|r| !r.is_finite()) {
         bail!("advantages: reward {r} is not finite");
     }
-    let batch_std = std_unbiased(rewards);
+    let scored = |xs: &[f64], on: &[bool]| -> Vec<f64> {
+        xs.iter()
+            .zip(on)
+            .filter(|(_, &a)| a)
+            .map(|(r, _)| *r)
+            .collect()
+    };
+    let all = scored(rewards, applies);
+    let batch_std = std_unbiased(&all);
     let mut values = Vec::with_capacity(rewards.len());
     let mut keep = Vec::with_capacity(rewards.len());
     let (mut group_stds, mut zero, mut dropped) = (Vec::new(), 0, 0);
-    for g in rewards.chunks(group) {
-        let m = mean(g);
-        let s = std_unbiased(g);
+    for (g, on) in rewards.chunks(group).zip(applies.chunks(group)) {
+        let rewarded = scored(g, on);
+        let m = mean(&rewarded);
+        let s = std_unbiased(&rewarded);
         group_stds.push(s);
         // torch.isclose(std, 0) in TRL: absolute tolerance 1e-8.
         let zero_var = s <= 1e-8;
@@ -214,8 +251,8 @@ pub fn group_advantages(
             AdvantageScale::Batch => batch_std + ADVANTAGE_EPS,
             AdvantageScale::None => 1.0,
         };
-        for &r in g {
-            values.push((r - m) / denom);
+        for (&r, &a) in g.iter().zip(on) {
+            values.push(if a { (r - m) / denom } else { 0.0 });
             keep.push(!drop);
         }
     }
@@ -227,7 +264,7 @@ pub fn group_advantages(
         .collect();
     Ok(Advantages {
         stats: AdvantageStats {
-            reward_mean: mean(rewards),
+            reward_mean: mean(&all),
             reward_std: mean(&group_stds),
             advantage_std: std_unbiased(&kept),
             zero_variance_groups: zero,
@@ -455,6 +492,35 @@ mod tests {
 
     fn close(a: f64, b: f64, tol: f64) {
         assert!((a - b).abs() <= tol, "{a} vs {b}");
+    }
+
+    /// A completion no term applies to is left out of its group's mean and std and gets
+    /// advantage 0; counted as a 0 reward it would shift the baseline and get an advantage.
+    #[test]
+    fn completions_without_any_reward_get_advantage_zero() {
+        let s = |v: f64| Outcome::Score(v);
+        let na = Outcome::NotApplicable("no answer".into());
+        let outcomes = vec![vec![s(1.0)], vec![s(0.0)], vec![na], vec![s(2.0)]];
+        let c = combine_rewards(&outcomes, &[1.0]).unwrap();
+        assert_eq!(c.applies, vec![true, true, false, true]);
+        let a = group_advantages_of(&c.total, &c.applies, 4, AdvantageScale::Group, false).unwrap();
+        // Mean of [1, 0, 2] is 1 and its unbiased std is 1.
+        let d = 1.0 + ADVANTAGE_EPS;
+        let want = [0.0, -1.0 / d, 0.0, 1.0 / d];
+        for (x, w) in a.values.iter().zip(want) {
+            close(*x, w, 1e-12);
+        }
+        close(a.stats.reward_mean, 1.0, 1e-12);
+        let plain = group_advantages(&c.total, 4, AdvantageScale::Group, false).unwrap();
+        assert_ne!(plain.values, a.values);
+        // A group with a single rewarded completion has nothing to compare it with.
+        let lone = group_advantages_of(&[3.0, 0.0], &[true, false], 2, AdvantageScale::Group, true)
+            .unwrap();
+        assert_eq!(lone.values, vec![0.0, 0.0]);
+        assert_eq!(lone.stats.dropped_groups, 1);
+        assert!(
+            group_advantages_of(&[1.0, 2.0], &[true], 2, AdvantageScale::Group, false).is_err()
+        );
     }
 
     #[test]

@@ -217,7 +217,9 @@ impl Mixer {
         self.sources
             .iter()
             .map(|s| {
-                (s.role == SourceRole::Replay).then(|| (s.size as f64 * scale).floor() as usize)
+                // At least one row, so a capped replay source can still be drawn.
+                (s.role == SourceRole::Replay)
+                    .then(|| ((s.size as f64 * scale).floor() as usize).clamp(1, s.size.max(1)))
             })
             .collect()
     }
@@ -285,6 +287,18 @@ fn permutation(n: usize, seed: u64) -> Vec<usize> {
     order
 }
 
+/// The coreset of a source of `size` rows under `budget`: a fixed subset of `budget` rows
+/// drawn with `seed` (all rows when the budget is not smaller), in ascending order.
+pub fn coreset_rows(size: usize, budget: usize, seed: u64) -> Vec<usize> {
+    if budget >= size {
+        return (0..size).collect();
+    }
+    let mut subset = permutation(size, derive_seed(seed, SUBSET_STREAM));
+    subset.truncate(budget);
+    subset.sort_unstable();
+    subset
+}
+
 /// The resumable position of a [`RowSampler`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RowCursor {
@@ -317,13 +331,8 @@ impl RowSampler {
         }
         let rows = match budget {
             Some(0) => return Err(MixError("row sampler: a budget of 0 rows".into())),
-            Some(b) if b < size => {
-                let mut subset = permutation(size, derive_seed(seed, SUBSET_STREAM));
-                subset.truncate(b);
-                subset.sort_unstable();
-                subset
-            }
-            _ => (0..size).collect(),
+            Some(b) => coreset_rows(size, b, seed),
+            None => (0..size).collect(),
         };
         let mut sampler = RowSampler {
             seed,

@@ -155,7 +155,7 @@ fn window(config: &Reweight) -> usize {
 
 impl Reweighter {
     /// A reweighter of `keys` under the plan's policy. `static` weights name objectives (the
-    /// weight applies to every key on the objective's source) or keys.
+    /// weight applies to every key of that objective) or keys.
     pub fn new(config: &Reweight, keys: Vec<ObjectiveKey>) -> Result<Self, ReweightError> {
         if keys.is_empty() {
             return err("needs at least one objective key");
@@ -191,21 +191,19 @@ impl Reweighter {
             Reweight::Static { weights } => {
                 fixed = vec![1.0; keys.len()];
                 for (name, w) in weights {
-                    // An objective's weight applies to each key on its source; a name that is
-                    // not an objective's is taken as a key's.
-                    let sources: Vec<&str> = keys
-                        .iter()
-                        .filter(|k| k.objective == name.as_str())
-                        .map(|k| k.source.as_str())
-                        .collect();
+                    // An objective's weight applies to that objective's keys only (its reward
+                    // terms, or its SFT key), never to another objective on the same source; a
+                    // name that is not an objective's is taken as a key's (`source.term`), which
+                    // weighs one reward term before group normalisation.
+                    let is_objective = keys.iter().any(|k| k.objective == name.as_str());
                     let named = |k: &ObjectiveKey| {
-                        if sources.is_empty() {
-                            k.name == name.as_str()
+                        if is_objective {
+                            k.objective == name.as_str()
                         } else {
-                            sources.contains(&k.source.as_str())
+                            k.name == name.as_str()
                         }
                     };
-                    if sources.is_empty() && !keys.iter().any(named) {
+                    if !keys.iter().any(named) {
                         let known: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
                         return err(format!(
                             "static: unknown objective key `{name}` (keys: {})",
@@ -323,9 +321,10 @@ impl Reweighter {
                 warmup,
                 ..
             } => {
-                // The paper's Algorithm 1 holds every lambda at 1 for the first 2W updates.
-                let warmup_updates = if *warmup { 2 * *window } else { 0 };
-                if self.updates > warmup_updates && !seen.is_empty() {
+                // The paper's Algorithm 2 holds every lambda at 1 before step 2W and computes
+                // the weights from step 2W on, when a key drawn every step has a full ring.
+                let first = if *warmup { 2 * *window } else { 0 };
+                if self.updates >= first && !seen.is_empty() {
                     let t = *temperature;
                     match combine {
                         RecapCombine::Mixture => {
@@ -611,17 +610,23 @@ mod tests {
         // general [2, 3]: loss rose, c = 1.5, i = 0.5 / 2.5.
         close(s.keys[2].c, 3.0 / (2.0 + SIGNAL_EPS));
         close(s.keys[2].i, 0.5 / (2.5 + SIGNAL_EPS));
-        // Warm-up: lambda = 1 during the first 2W updates, the ordinary weights after: with
-        // W = 1 the 4th update has them, with W = 2 it is the last of the warm-up.
-        let warm1 = feed(&mut recap(1, true, Mixture, Regress));
-        let plain1 = feed(&mut recap(1, false, Mixture, Regress));
-        assert_eq!(lambdas(&warm1), lambdas(&plain1));
+        // Warm-up: lambda = 1 before update 2W, the ordinary weights from update 2W on: with
+        // W = 2 the 4th update has them, with W = 3 it is still in the warm-up.
         let warm2 = feed(&mut recap(2, true, Mixture, Regress));
         let plain2 = feed(&mut recap(2, false, Mixture, Regress));
-        assert_eq!(lambdas(&warm2), vec![1.0; 3]);
-        assert_ne!(lambdas(&plain2), vec![1.0; 3]);
+        assert_eq!(lambdas(&warm2), lambdas(&plain2));
+        let mut w3 = recap(3, true, Mixture, Regress);
+        feed(&mut w3);
+        let last_warm = w3.update(&["general"], &[("general", 4.0)]).unwrap();
+        assert_eq!(lambdas(&last_warm), vec![1.0; 3], "update 5 < 2W = 6");
+        let first_on = w3.update(&["general"], &[("general", 5.0)]).unwrap();
+        assert_ne!(lambdas(&first_on), vec![1.0; 3], "update 6 = 2W");
+        let warm3 = feed(&mut recap(3, true, Mixture, Regress));
+        let plain3 = feed(&mut recap(3, false, Mixture, Regress));
+        assert_eq!(lambdas(&warm3), vec![1.0; 3]);
+        assert_ne!(lambdas(&plain3), vec![1.0; 3]);
         assert_eq!(
-            warm2.keys[2].c, plain2.keys[2].c,
+            warm3.keys[2].c, plain3.keys[2].c,
             "signals are still logged in warm-up"
         );
         // A huge temperature flattens the weights.
@@ -697,7 +702,8 @@ mod tests {
             .update(&["math"], &[("math.acc", 1.0), ("math.fmt", 1.0)])
             .unwrap();
         assert_eq!(lambdas(&s), vec![1.0, 0.1, 1.0]);
-        // An objective's weight applies to each key on its source; a key's name is taken as is.
+        // An objective's weight applies to each of its keys; a key's name is taken as is. An
+        // SFT objective on the RL source weighs only its own key.
         let by_objective = Reweighter::new(
             &Reweight::Static {
                 weights: BTreeMap::from([("reasoning".into(), 2.0), ("general".into(), 0.5)]),
@@ -706,6 +712,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(by_objective.initial_lambdas(), vec![2.0, 2.0, 0.5]);
+        let mut shared = keys();
+        shared.push(ObjectiveKey {
+            name: "math".into(),
+            source: "math".into(),
+            kind: KeyKind::Sft,
+            objective: "imitate".into(),
+        });
+        let one_objective = |name: &str| {
+            Reweighter::new(
+                &Reweight::Static {
+                    weights: BTreeMap::from([(name.into(), 3.0)]),
+                },
+                shared.clone(),
+            )
+            .unwrap()
+            .initial_lambdas()
+        };
+        assert_eq!(one_objective("imitate"), vec![1.0, 1.0, 1.0, 3.0]);
+        assert_eq!(one_objective("reasoning"), vec![3.0, 3.0, 1.0, 1.0]);
     }
 
     #[test]
