@@ -31,7 +31,7 @@ pub struct Run {
     pub label: String,
     /// Mean reward of each term (`source.term`).
     pub rewards: Series,
-    /// The weight each key applied at the step (`lambda_used`, else `lambda`).
+    /// The weight each key applied at the step (`lambda`).
     pub lambda: Series,
     /// The convergence signal c of each key.
     pub convergence: Series,
@@ -126,8 +126,7 @@ fn add_record(run: &mut Run, record: &Value) -> Result<(), String> {
         push(&mut run.rewards, term, v.as_f64());
     }
     for (key, k) in objects(record.get("keys")) {
-        let lambda = number(k.get("lambda_used")).or(number(k.get("lambda")));
-        push(&mut run.lambda, key, lambda);
+        push(&mut run.lambda, key, number(k.get("lambda")));
         push(&mut run.convergence, key, number(k.get("c")));
         push(&mut run.instability, key, number(k.get("i")));
     }
