@@ -12,7 +12,8 @@ variant (reasoning-only, lwf, uniform, proportional, coreset, recap, recap-sum) 
 warm-up's final weights. Run directories follow the layout `recapc compare` groups by:
 
   DIR/<variant>/seed-<N>/     one RL run (plan.json, metrics.jsonl, final/)
-  DIR/warmup/<N>/             the warm-up of seed N (outside the `*/seed-*` pattern)
+  DIR/warmup/seed-<N>/        the warm-up of seed N; in the table, its one probe is the
+                              skills every variant of that seed starts RL from
   DIR/results.md              the table of `recapc compare`, baseline reasoning-only
 
 Modes:
@@ -150,14 +151,14 @@ echo "out: $out"
 
 # The warm-ups first: every variant of a seed starts from its seed's warm-up.
 for seed in "${seeds[@]}"; do
-  launch warmup "$out/warmup/$seed" --set "seed=$seed" "${warmup_sets[@]}"
+  launch warmup "$out/warmup/seed-$seed" --set "seed=$seed" "${warmup_sets[@]}"
 done
 wait_all
 
 for seed in "${seeds[@]}"; do
   for variant in "${variants[@]}"; do
     launch "$variant" "$out/$variant/seed-$seed" --set "seed=$seed" \
-      --set "init=$out/warmup/$seed/final" "${sets[@]}"
+      --set "init=$out/warmup/seed-$seed/final" "${sets[@]}"
   done
 done
 wait_all

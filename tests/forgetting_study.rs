@@ -51,7 +51,7 @@ fn ci_study_runs_warmup_then_variants_from_its_weights() {
     );
     assert!(stdout.contains("wall time"), "{stdout}");
 
-    let warmup = out.join("warmup/1");
+    let warmup = out.join("warmup/seed-1");
     assert!(warmup.join("final/model.safetensors").is_file());
     assert_eq!(probes(&warmup).len(), 1, "one probe, at the warm-up's end");
     for variant in ["reasoning-only", "recap"] {
@@ -69,6 +69,12 @@ fn ci_study_runs_warmup_then_variants_from_its_weights() {
     let mut keys: Vec<&String> = last["keys"].as_object().unwrap().keys().collect();
     keys.sort();
     assert_eq!(keys, ["copies", "sums.correct", "sums.format"]);
+
+    // The table holds the warm-up as the skills before RL, beside both variants.
+    let table = std::fs::read_to_string(out.join("results.md")).unwrap();
+    for variant in ["warmup", "reasoning-only", "recap"] {
+        assert!(table.contains(&format!("| {variant} | copy_probe.copied |")), "{table}");
+    }
 }
 
 #[test]
