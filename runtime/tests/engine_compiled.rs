@@ -1,6 +1,8 @@
 //! The engine runs plans the compiler produces: a quickstart-shaped pipeline (an SFT warm-up,
 //! then GRPO on addition with KL and SFT replay of copying under RECAP) compiled from source.
 
+mod common;
+
 mod engine_compiled {
     use recap_compiler::{check, AssumeFilesExist, CheckOptions};
     use recap_runtime::engine::{run, ProgressMode, RunOptions};
@@ -105,27 +107,12 @@ objective sharpen = grpo(sums) {{ rewards = {rewards}, group = 4, max_tokens = 8
 train {{ steps = 1, prompts_per_step = 2, seed = 42, out = "runs/t" }}
 "#
         );
-        let out = check(
-            "t.recap",
-            &text,
-            &CheckOptions::default(),
-            &AssumeFilesExist,
-        );
-        let plan = match out.plan {
-            Some(p) => p,
-            None => panic!("the pipeline does not compile: {:#?}", out.diagnostics),
+        let opts = RunOptions {
+            progress: ProgressMode::Quiet,
+            samples_every: 1,
+            ..RunOptions::default()
         };
-        let dir = tempfile::tempdir().unwrap();
-        run(
-            &plan,
-            &RunOptions {
-                base_dir: dir.path().to_path_buf(),
-                progress: ProgressMode::Quiet,
-                samples_every: 1,
-                ..RunOptions::default()
-            },
-        )
-        .unwrap();
+        let dir = super::common::run_compiled("t.recap", &text, opts);
         let lines = std::fs::read_to_string(dir.path().join("runs/t/samples.jsonl")).unwrap();
         lines
             .lines()
