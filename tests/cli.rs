@@ -180,6 +180,39 @@ fn set_overrides_are_checked() {
 }
 
 #[test]
+fn a_path_param_set_to_an_existing_file_is_not_missing() {
+    // The default names a file that is not there; `--set` points at one that is, and only the
+    // value in effect is checked.
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "new.jsonl", "{\"q\": \"a\", \"a\": \"b\"}\n");
+    write(
+        dir.path(),
+        "p.recap",
+        "param data: path = \"old.jsonl\"
+model policy = tiny(layers = 2, hidden = 64, heads = 4, seed = 7)
+source chat = jsonl(data) { prompt = \"{q}\", target = field(\"a\") }
+objective learn = sft(chat)
+train { steps = 1, prompts_per_step = 1, out = \"runs/p\" }
+",
+    );
+    let o = recapc(&["check", "p.recap", "--format", "short"], dir.path());
+    assert!(stdout(&o).contains("old.jsonl"), "{}", stdout(&o));
+    let o = recapc(
+        &[
+            "check",
+            "p.recap",
+            "--set",
+            "data=new.jsonl",
+            "--format",
+            "short",
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("missing_file"), "{}", stdout(&o));
+}
+
+#[test]
 fn plan_prints_json_with_file_hashes() {
     let o = recapc(&["plan", "pipelines/quickstart.recap"], &repo());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

@@ -298,7 +298,7 @@ fn rule_words(rule: Rule) -> Option<&'static str> {
         | Rule::list
         | Rule::paren
         | Rule::neg => "an expression",
-        Rule::ident | Rule::path => "a name",
+        Rule::ident | Rule::path | Rule::arg_key => "a name",
         Rule::call_args => "`(`",
         Rule::member => "`.`",
         Rule::add | Rule::sub | Rule::mul | Rule::div => "an operator",

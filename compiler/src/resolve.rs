@@ -671,6 +671,9 @@ impl<'a> Resolver<'a, '_> {
                 } else if !self.std.fns.contains_key(func.name.as_str()) {
                     self.unknown(func, stage, true);
                 }
+                if func.name == "static" {
+                    self.weight_sources(args, stage);
+                }
                 self.walk_args(args, stage, refs);
             }
             ExprKind::Method {
@@ -703,6 +706,33 @@ impl<'a> Resolver<'a, '_> {
         }
         for a in &args.named {
             self.walk(&a.value, stage, refs);
+        }
+    }
+
+    /// Each `source.term` key of a `static(...)` call names a declared source before its dot;
+    /// the term after it is checked by validate, which knows the objectives' reward terms.
+    fn weight_sources(&mut self, args: &Args, stage: Option<usize>) {
+        for a in &args.named {
+            let Some((source, _)) = a.name.name.split_once('.') else {
+                continue;
+            };
+            let is_source = |id: EntityId| {
+                self.entities.get(id).map(|e| e.kind) == Some(EntityKind::Decl(DeclKind::Source))
+            };
+            if self.lookup(source, stage).is_some_and(is_source) {
+                continue;
+            }
+            let sources = self
+                .entities
+                .iter()
+                .filter(|e| e.kind == EntityKind::Decl(DeclKind::Source))
+                .map(|e| e.name.name.as_str());
+            let problem = ResolveProblem::UnknownWeightSource {
+                key: &a.name.name,
+                source,
+                guess: did_you_mean(source, sources),
+            };
+            self.diags.push(problem.at(a.name.span, "no such source"));
         }
     }
 

@@ -112,6 +112,43 @@ fn missing_files_are_warnings_for_check_and_errors_for_run() {
 }
 
 #[test]
+fn a_path_param_checks_only_the_value_in_effect() {
+    // The default names a file that does not exist; `--set` replaces it with one that does.
+    struct OnlyNew;
+    impl recap_compiler::Host for OnlyNew {
+        fn file_exists(&self, path: &str) -> bool {
+            path != "data/old.jsonl"
+        }
+    }
+    let text = r#"param data: path = "data/old.jsonl"
+model policy = tiny()
+source chat = jsonl(data) { prompt = "{q}", target = field("a") }
+objective learn = sft(chat)
+train { steps = 1 }
+"#;
+    let missing = |opts: &CheckOptions| -> Vec<String> {
+        let out = check("p.recap", text, opts, &OnlyNew);
+        out.diagnostics
+            .iter()
+            .filter(|d| d.code == "recap::validate::missing_file")
+            .map(|d| d.message.clone())
+            .collect()
+    };
+    let default = missing(&CheckOptions::default());
+    assert!(!default.is_empty());
+    assert!(default
+        .iter()
+        .all(|m| m == "the file `data/old.jsonl` does not exist"));
+    let set = CheckOptions {
+        overrides: vec![("data".into(), "data/new.jsonl".into())],
+        missing_files_are_errors: true,
+    };
+    assert_eq!(missing(&set), Vec::<String>::new());
+    let out = check("p.recap", text, &set, &OnlyNew);
+    assert!(!out.has_errors(), "{:?}", out.diagnostics);
+}
+
+#[test]
 fn checking_is_deterministic() {
     let a = check("g.recap", GSM, &CheckOptions::default(), &AssumeFilesExist);
     let b = check("g.recap", GSM, &CheckOptions::default(), &AssumeFilesExist);

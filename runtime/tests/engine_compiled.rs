@@ -1,6 +1,8 @@
 //! The engine runs plans the compiler produces: a quickstart-shaped pipeline (an SFT warm-up,
 //! then GRPO on addition with KL and SFT replay of copying under RECAP) compiled from source.
 
+mod common;
+
 mod engine_compiled {
     use recap_compiler::{check, AssumeFilesExist, CheckOptions};
     use recap_runtime::engine::{run, ProgressMode, RunOptions};
@@ -89,5 +91,57 @@ train {
                 .count(),
             1
         );
+    }
+
+    /// One step of a GRPO objective on `sums` with the given rewards and reweight line; the
+    /// first sample completions with their advantages.
+    fn first_step_samples(rewards: &str, reweight: &str) -> Vec<(String, f64)> {
+        let text = format!(
+            r#"
+model policy = tiny(layers = 2, hidden = 64, heads = 4, seed = 7)
+source sums = arithmetic(ops = "+", digits = 1, count = 50, seed = 1)
+verifier terse = length_penalty(max_tokens = 8, target = 2)
+verifier digit = regex("[0-9]")
+objective sharpen = grpo(sums) {{ rewards = {rewards}, group = 4, max_tokens = 8 }}
+{reweight}
+train {{ steps = 1, prompts_per_step = 2, seed = 42, out = "runs/t" }}
+"#
+        );
+        let opts = RunOptions {
+            progress: ProgressMode::Quiet,
+            samples_every: 1,
+            ..RunOptions::default()
+        };
+        let dir = super::common::run_compiled("t.recap", &text, opts);
+        let lines = std::fs::read_to_string(dir.path().join("runs/t/samples.jsonl")).unwrap();
+        lines
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let completion = v["completion"].as_str().unwrap().to_string();
+                (completion, v["advantage"].as_f64().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_static_term_weight_of_zero_leaves_the_other_term_alone() {
+        // `sums.digit = 0` weighs the `digit` term before group normalisation, so the
+        // advantages are those of `terse` alone; a weight on the whole objective would cancel.
+        let weighted = first_step_samples("[terse, digit]", "reweight static(sums.digit = 0)");
+        let alone = first_step_samples("[terse]", "");
+        let both = first_step_samples("[terse, digit]", "");
+        assert!(!weighted.is_empty());
+        assert_eq!(weighted.len(), alone.len());
+        for ((wc, wa), (ac, aa)) in weighted.iter().zip(&alone) {
+            assert_eq!(wc, ac, "the rollouts differ");
+            assert!((wa - aa).abs() < 1e-9, "{weighted:?} vs {alone:?}");
+        }
+        // The digit term changes the advantages when it is not weighed away.
+        let differs = both
+            .iter()
+            .zip(&weighted)
+            .any(|((_, b), (_, w))| (b - w).abs() > 1e-6);
+        assert!(differs, "{both:?} vs {weighted:?}");
     }
 }

@@ -4,8 +4,9 @@
 //! frozen reference and SFT replay, compiled from source. Every step's loss, gradient norm, KL
 //! and rewards must agree.
 
-use recap_compiler::{check, AssumeFilesExist, CheckOptions};
-use recap_runtime::engine::{run, ProgressMode, RunOptions};
+mod common;
+
+use recap_runtime::engine::{ProgressMode, RunOptions};
 use serde_json::Value;
 
 const PIPELINE: &str = r#"
@@ -47,27 +48,12 @@ train {
 
 /// Runs the pipeline, through candle's autograd when `autograd`, and gives its metrics records.
 fn metrics(autograd: bool) -> Vec<Value> {
-    let out = check(
-        "fast.recap",
-        PIPELINE,
-        &CheckOptions::default(),
-        &AssumeFilesExist,
-    );
-    let plan = match out.plan {
-        Some(p) => p,
-        None => panic!("the pipeline does not compile: {:#?}", out.diagnostics),
+    let opts = RunOptions {
+        progress: ProgressMode::Quiet,
+        autograd,
+        ..RunOptions::default()
     };
-    let dir = tempfile::tempdir().unwrap();
-    run(
-        &plan,
-        &RunOptions {
-            base_dir: dir.path().to_path_buf(),
-            progress: ProgressMode::Quiet,
-            autograd,
-            ..RunOptions::default()
-        },
-    )
-    .unwrap();
+    let dir = common::run_compiled("fast.recap", PIPELINE, opts);
     let lines = std::fs::read_to_string(dir.path().join("runs/fast/metrics.jsonl")).unwrap();
     lines
         .lines()

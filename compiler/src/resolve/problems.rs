@@ -18,6 +18,7 @@ problem_codes! {
         Unused = "recap::resolve::unused" => "Warning: a param, let, source or verifier is declared but nothing uses it. Remove it, or start its name with `_` to keep it deliberately.",
         UnknownParam = "recap::resolve::unknown_param" => "`--set NAME=VALUE` names no `param` of the file. Only params can be overridden; declare one with `param steps: int = 500` and use `steps` where the value is needed.",
         BadOverride = "recap::resolve::bad_override" => "The text of a `--set NAME=VALUE` override is not a value of the param's declared type: an int for `int`, a number for `float`, `true`/`false` for `bool`, a percentage such as `10%` for `percent`.",
+        UnknownWeightSource = "recap::resolve::unknown_weight_source" => "A `static(source.term = w)` key names a source that is not declared. The part before the dot must be a declared `source` (visible where the `static` is written); the help line suggests the closest source name.",
     }
 }
 
@@ -82,6 +83,13 @@ pub enum ResolveProblem<'a> {
         text: &'a str,
         ty: Ty,
     },
+    /// A `static(source.term = w)` key whose source part names no declared source; the
+    /// closest source name.
+    UnknownWeightSource {
+        key: &'a str,
+        source: &'a str,
+        guess: Option<&'a str>,
+    },
 }
 
 impl Problem for ResolveProblem<'_> {
@@ -101,6 +109,7 @@ impl Problem for ResolveProblem<'_> {
             P::Unused { .. } => C::Unused,
             P::UnknownParam { .. } => C::UnknownParam,
             P::BadOverride { .. } => C::BadOverride,
+            P::UnknownWeightSource { .. } => C::UnknownWeightSource,
         }
     }
 
@@ -137,6 +146,9 @@ impl Problem for ResolveProblem<'_> {
             }
             P::BadOverride { name, text, ty } => {
                 format!("`--set {name}={text}`: `{text}` is not a valid {ty}")
+            }
+            P::UnknownWeightSource { key, source, .. } => {
+                format!("`{key}` weighs a term of `{source}`, which is no declared source")
             }
         }
     }
@@ -175,6 +187,10 @@ impl Problem for ResolveProblem<'_> {
                 Ty::Bool => "write true or false".to_string(),
                 _ => format!("write a {ty}"),
             },
+            P::UnknownWeightSource { guess: Some(g), .. } => format!("did you mean `{g}`?"),
+            P::UnknownWeightSource { .. } => {
+                "the part before the dot must name a declared `source`".to_string()
+            }
         }
     }
 }

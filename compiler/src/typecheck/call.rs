@@ -178,7 +178,14 @@ impl Checker<'_, '_, '_> {
         for na in named {
             let key = na.name.name.as_str();
             let param = sig.param_slot(key).filter(|(_, p)| p.name != "self");
-            if let Some((slot, p)) = param {
+            if key.contains('.') && sig.name != "static" {
+                let problem = TypecheckProblem::DottedArgument {
+                    callee: &sig.name,
+                    key,
+                };
+                self.err(problem.at(na.name.span, "not a parameter name"));
+                ok = false;
+            } else if let Some((slot, p)) = param {
                 if let Some(prev) = given(&name_spans, key) {
                     self.err(duplicate_argument(key, &sig.name, na.name.span, prev));
                     ok = false;

@@ -173,6 +173,10 @@ impl Checker<'_, '_, '_> {
                 return None;
             }
         };
+        // The paths the default names are dropped again when `--set` replaces the default, so
+        // that only the value in effect is checked for existence; paths of other declarations
+        // the default refers to stay.
+        let default_paths = self.paths.len();
         let value = self.eval(e.value, Some(&ty_v))?;
         let mut value = self.accept(value, &ty_v, &|| format!("param `{}`", e.name.name))?;
         self.check_range(&value, range.as_ref(), &e.name.name);
@@ -217,6 +221,11 @@ impl Checker<'_, '_, '_> {
                         }
                     }
                     if ty_v == Ty::Path {
+                        let default_span = e.value.span;
+                        let tail = self.paths.split_off(default_paths);
+                        self.paths.extend(tail.into_iter().filter(|(_, s)| {
+                            s.start() < default_span.start() || s.end() > default_span.end()
+                        }));
                         self.paths.push((text.as_str().into(), span));
                     }
                 }

@@ -28,6 +28,7 @@ problem_codes! {
         BlockNotAllowed = "recap::typecheck::block_not_allowed" => "A block `{ ... }` follows something that is not a stdlib call (`verifier v = other { ... }`), or `train` is given a value instead of a block. A block holds the named arguments of the call before it.",
         MissingValue = "recap::typecheck::missing_value" => "`reweight` or `mix` is written without a policy. Write e.g. `reweight recap` or `mix uniform`.",
         BadParamType = "recap::typecheck::bad_param_type" => "A `param` has a type that cannot come from the command line. Params are int, float, bool, string, percent or path.",
+        DottedArgument = "recap::typecheck::dotted_argument" => "A named argument is written `source.term = value` where the function takes plain names. Only `static(...)` takes such keys: they weigh one reward term of a source, e.g. `reweight static(sums.correct = 2.0)`. Every other function's arguments are named by a parameter.",
     }
 }
 
@@ -68,6 +69,8 @@ pub enum TypecheckProblem<'a> {
     },
     /// A param of a type no command line can give (the type as written).
     BadParamType { ty: String },
+    /// A `source.term` key given to a function other than `static`.
+    DottedArgument { callee: &'a str, key: &'a str },
     /// A `--set` value outside the param's range (the range, described).
     OverrideOutOfRange {
         name: &'a str,
@@ -155,6 +158,7 @@ impl Problem for TypecheckProblem<'_> {
         match self {
             P::DeclWrongKind { .. } => C::WrongKind,
             P::BadParamType { .. } => C::BadParamType,
+            P::DottedArgument { .. } => C::DottedArgument,
             P::OverrideOutOfRange { .. } | P::PercentOutOfRange { .. } | P::OutOfRange { .. } => {
                 C::OutOfRange
             }
@@ -195,6 +199,9 @@ impl Problem for TypecheckProblem<'_> {
                 kind.article()
             ),
             P::BadParamType { ty } => format!("a param cannot have the type `{ty}`"),
+            P::DottedArgument { callee, key } => {
+                format!("`{callee}` takes no `source.term` key such as `{key}`")
+            }
             P::OverrideOutOfRange { name, text, range } => {
                 format!("`--set {name}={text}` is out of range: `{name}` must be in {range}")
             }
@@ -260,6 +267,7 @@ impl Problem for TypecheckProblem<'_> {
                 }
             }
             P::BadParamType { .. } => "params are int, float, bool, string, percent or path".to_string(),
+            P::DottedArgument { .. } => "only `static(...)` weighs a reward term by `source.term`; name a parameter here".to_string(),
             P::OverrideOutOfRange { range, .. } => format!("pass a value in {range}"),
             P::PercentOutOfRange { .. } => "write a percentage between 0% and 100%".to_string(),
             P::OutOfRange { range, .. } => format!("use a value in {range}"),

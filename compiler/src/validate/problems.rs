@@ -36,6 +36,7 @@ problem_codes! {
         PenaltyTarget = "recap::validate::penalty_target" => "Warning: a `length_penalty` gives 1.0 up to `target` generated tokens and falls linearly to 0.0 at `max_tokens`; with `target` at or above `max_tokens` there is no slope, and the reward drops from 1.0 to 0.0 right after `target` tokens.",
         StaticCancels = "recap::validate::static_cancels" => "Warning: a `static` weight on a `grpo` objective multiplies every reward term of that objective by the same factor, and group normalisation (`scale = group` or `batch`) divides it out again, so the weight changes nothing. Weigh the balance between the objective's terms instead, or weigh the other (SFT) objectives.",
         UnknownWeightKey = "recap::validate::unknown_weight_key" => "`static(...)` weighs objectives and `weights(...)` weighs sources by name; a name given is not an objective (or source) of the stage. The help line suggests the closest name.",
+        UnknownRewardTerm = "recap::validate::unknown_reward_term" => "A `static(source.term = w)` key names no reward term of a `grpo` objective of the stage that reads that source. A term is named as the plan names it: the `let` or verifier it was written as (`rewards = [correct, 0.1 * format]` with `let correct = ...`). The help line suggests the closest term, or lists the source's terms.",
     }
 }
 
@@ -154,6 +155,13 @@ pub enum ValidateProblem<'a> {
         /// The names it could weigh.
         names: &'a [&'a str],
     },
+    /// `static` weighs a `source.term` key that is no reward term of the stage; the terms
+    /// (`source.term`) of that source.
+    UnknownRewardTerm {
+        key: &'a str,
+        source: &'a str,
+        terms: &'a [&'a str],
+    },
 }
 
 impl Problem for ValidateProblem<'_> {
@@ -194,6 +202,7 @@ impl Problem for ValidateProblem<'_> {
             P::CoresetBase { .. } => C::CoresetBase,
             P::StaticCancels { .. } => C::StaticCancels,
             P::UnknownWeightKey { .. } => C::UnknownWeightKey,
+            P::UnknownRewardTerm { .. } => C::UnknownRewardTerm,
         }
     }
 
@@ -346,6 +355,9 @@ impl Problem for ValidateProblem<'_> {
                 what,
                 ..
             } => format!("`{function}` weighs `{key}`, which is no {what} of this stage"),
+            P::UnknownRewardTerm { key, source, .. } => format!(
+                "`static` weighs `{key}`, which is no reward term of a `grpo` objective on `{source}` in this stage"
+            ),
         }
     }
 
@@ -415,6 +427,15 @@ impl Problem for ValidateProblem<'_> {
                 Some(g) => format!("did you mean `{g}`?"),
                 None => format!("the {what}s of this stage are: {}", names.join(", ")),
             },
+            P::UnknownRewardTerm { key, source, terms } => {
+                match did_you_mean(key, terms.iter().copied()) {
+                    Some(g) => format!("did you mean `{g}`?"),
+                    None if terms.is_empty() => format!(
+                        "no `grpo` objective of this stage reads `{source}`; weigh an objective by name instead"
+                    ),
+                    None => format!("the reward terms of `{source}` are: {}", terms.join(", ")),
+                }
+            }
         }
     }
 }

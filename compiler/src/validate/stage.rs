@@ -8,9 +8,10 @@ use super::problems::ValidateProblem;
 use super::{deref, setting_call, Ref, V};
 use crate::ast::{DeclKind, SettingKind};
 use crate::diagnostic::{Problem, Span};
-use crate::resolve::{EntityId, EntityKind, StageScope};
+use crate::resolve::{EntityId, EntityKind, Resolved, StageScope};
 use crate::typecheck::{fields_of, has_field, CallVal, StageValues, Val, Value};
 use crate::types::Kind;
+use std::borrow::Cow;
 
 const NEEDS_EXPECTED: &[&str] = &["exact", "numeric", "math_equal", "choice", "iou"];
 
@@ -35,6 +36,9 @@ struct Weighed<'r> {
     /// `static` weight on one scales all its reward terms alike and cancels.
     normalised: Vec<&'r str>,
     sources: Vec<&'r str>,
+    /// The `source.term` keys of the `grpo` objectives' reward terms, spelled as the plan
+    /// names them.
+    terms: Vec<String>,
     has_sft: bool,
 }
 
@@ -387,12 +391,21 @@ impl<'r, 't> V<'r, '_, 't, '_> {
             let Some(c) = self.typed.call(o) else {
                 continue;
             };
-            w.objectives.push(self.res.name(o));
-            if let Some(Value::Decl(sid, _)) = c.get("source").map(|s| &s.v) {
-                w.sources.push(self.res.name(*sid));
-            }
+            let objective = self.res.name(o);
+            w.objectives.push(objective);
+            let source = match c.get("source").map(|s| &s.v) {
+                Some(Value::Decl(sid, _)) => Some(self.res.name(*sid)),
+                _ => None,
+            };
+            w.sources.extend(source);
             match c.name() {
                 "grpo" => {
+                    if let Some(source) = source {
+                        for (i, r) in rewards(c).into_iter().enumerate() {
+                            let term = term_name(self.res, r, objective, i);
+                            w.terms.push(format!("{source}.{term}"));
+                        }
+                    }
                     w.keys += rewards(c).len();
                     if c.enum_("scale") != Some("none") {
                         w.normalised.push(self.res.name(o));
@@ -425,6 +438,7 @@ impl<'r, 't> V<'r, '_, 't, '_> {
         }
         if rw.name() == "static" {
             self.weight_keys(rw, &weighed.objectives, "objective");
+            self.term_keys(rw, &weighed.terms);
             for (key, span, _) in &rw.extra {
                 if weighed.normalised.iter().any(|n| n == key) {
                     let problem = ValidateProblem::StaticCancels { objective: key };
@@ -472,7 +486,8 @@ impl<'r, 't> V<'r, '_, 't, '_> {
     /// Every key a `static` or `weights` call weighs names one of `names`.
     fn weight_keys(&mut self, c: &CallVal, names: &[&str], what: &str) {
         for (key, span, _) in &c.extra {
-            if !names.iter().any(|n| n == key) {
+            // `source.term` keys weigh reward terms, which `term_keys` checks.
+            if !key.contains('.') && !names.iter().any(|n| n == key) {
                 let problem = ValidateProblem::UnknownWeightKey {
                     function: c.name(),
                     key,
@@ -483,5 +498,50 @@ impl<'r, 't> V<'r, '_, 't, '_> {
                     .push(problem.at(*span, format!("not {what} of this stage")));
             }
         }
+    }
+
+    /// Every `source.term` key a `static` call weighs names a reward term of a `grpo`
+    /// objective of this stage that reads that source.
+    fn term_keys(&mut self, c: &CallVal, terms: &[String]) {
+        for (key, span, _) in &c.extra {
+            let Some((source, _)) = key.split_once('.') else {
+                continue;
+            };
+            // A key whose source is not declared is resolve's `unknown_weight_source`.
+            let declared = self
+                .res
+                .entities
+                .iter()
+                .any(|e| e.kind == EntityKind::Decl(DeclKind::Source) && e.name.name == source);
+            if !declared || terms.iter().any(|t| t == key) {
+                continue;
+            }
+            let of_source: Vec<&str> = terms
+                .iter()
+                .map(String::as_str)
+                .filter(|t| t.split_once('.').is_some_and(|(s, _)| s == source))
+                .collect();
+            let problem = ValidateProblem::UnknownRewardTerm {
+                key,
+                source,
+                terms: &of_source,
+            };
+            self.diags
+                .push(problem.at(*span, "no reward term of this stage"));
+        }
+    }
+}
+
+/// The name the plan gives reward term `i` of objective `owner`: the name of the `let` or
+/// verifier it was written as, `{owner}.reward{i}` for a verifier written inline, or
+/// `reward{i}` for an inline sum (as lower names them).
+fn term_name<'r>(res: &'r Resolved, r: &Val, owner: &str, i: usize) -> Cow<'r, str> {
+    if let Some(n) = r.origin_name(res) {
+        return Cow::Borrowed(n);
+    }
+    match &r.v {
+        Value::Decl(id, _) => Cow::Borrowed(res.name(*id)),
+        Value::Call(_) => Cow::Owned(format!("{owner}.reward{i}")),
+        _ => Cow::Owned(format!("reward{i}")),
     }
 }

@@ -1,5 +1,5 @@
-//! What several test binaries share: the path of the benchmark fixture and the largest
-//! difference between two tensors. Each binary uses a part of it, hence `allow(dead_code)`.
+//! What several test binaries share: the path of the benchmark fixture, the largest
+//! difference between two tensors, and running a pipeline compiled from `.recap` text. Each binary uses a part of it, hence `allow(dead_code)`.
 
 #![allow(dead_code)]
 
@@ -43,4 +43,27 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// Compiles `text` (every file taken to exist) and runs its plan with `opts` in a new
+/// temporary directory, which it returns so the caller can read the run's files. Panics with
+/// the diagnostics when the text does not compile.
+pub fn run_compiled(
+    name: &str,
+    text: &str,
+    opts: recap_runtime::engine::RunOptions,
+) -> tempfile::TempDir {
+    use recap_compiler::{check, AssumeFilesExist, CheckOptions};
+    let out = check(name, text, &CheckOptions::default(), &AssumeFilesExist);
+    let plan = match out.plan {
+        Some(p) => p,
+        None => panic!("the pipeline does not compile: {:#?}", out.diagnostics),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let opts = recap_runtime::engine::RunOptions {
+        base_dir: dir.path().to_path_buf(),
+        ..opts
+    };
+    recap_runtime::engine::run(&plan, &opts).unwrap();
+    dir
 }
