@@ -73,7 +73,10 @@ fn ci_study_runs_warmup_then_variants_from_its_weights() {
     // The table holds the warm-up as the skills before RL, beside both variants.
     let table = std::fs::read_to_string(out.join("results.md")).unwrap();
     for variant in ["warmup", "reasoning-only", "recap"] {
-        assert!(table.contains(&format!("| {variant} | copy_probe.copied |")), "{table}");
+        assert!(
+            table.contains(&format!("| {variant} | copy_probe.copied |")),
+            "{table}"
+        );
     }
 }
 
