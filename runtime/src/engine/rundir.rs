@@ -1,0 +1,168 @@
+//! The run directory: takes the directory a run writes to and whether it starts afresh (with or
+//! without leave to overwrite) or resumes; gives the directory prepared for this run, or a
+//! [`RunDirError`] saying why it cannot be used. A run directory is recognised by its marker
+//! `run.json`, which names the run; checkpoints carry the same name, so a run only ever reads
+//! or prunes its own. A fresh run takes only a missing or empty directory; with `overwrite` it
+//! first removes the files an earlier run wrote there, by their names, and nothing else.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The marker naming the run a directory holds.
+pub const MARKER: &str = "run.json";
+
+/// The files a run writes at the top of its directory, besides the marker.
+const OWN_FILES: &[&str] = &["plan.json", "metrics.jsonl", "samples.jsonl"];
+
+/// A run directory that cannot be used as asked: the command line reports it as a usage error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunDirError(pub String);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    format: u32,
+    run_id: String,
+}
+
+const MARKER_FORMAT: u32 = 1;
+
+/// A run directory prepared for this run.
+pub struct RunDir {
+    pub path: PathBuf,
+    /// The name of this run, written into each of its checkpoints.
+    pub run_id: String,
+}
+
+/// How a run uses its directory.
+#[derive(Debug, Clone, Copy)]
+pub enum Start {
+    Fresh { overwrite: bool },
+    Resume,
+}
+
+fn refuse<T>(msg: String) -> Result<T> {
+    Err(RunDirError(msg).into())
+}
+
+fn read_marker(dir: &Path) -> Result<Option<Marker>> {
+    let path = dir.join(MARKER);
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let m: Marker = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a run marker", path.display()))?;
+    Ok(Some(m))
+}
+
+/// A name unlikely to repeat: the time in nanoseconds and the process id.
+fn new_run_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos:x}-{:x}", std::process::id())
+}
+
+/// Whether `dir` holds anything at all.
+fn is_empty(dir: &Path) -> Result<bool> {
+    let mut entries =
+        std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    Ok(entries.next().is_none())
+}
+
+/// Removes what an earlier run wrote in `dir`, by name: its top-level files, `final/`, and the
+/// `step-NNNNNN` checkpoints (and their temporaries) under `checkpoints/`. A symbolic link with
+/// one of these names is removed as a link; what it points to is left alone.
+fn remove_earlier_run(dir: &Path) -> Result<()> {
+    let remove = |p: &Path| -> Result<()> {
+        let Ok(meta) = std::fs::symlink_metadata(p) else {
+            return Ok(());
+        };
+        if meta.is_dir() {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_file(p)
+        }
+        .with_context(|| format!("removing {}", p.display()))
+    };
+    for name in OWN_FILES.iter().chain(&[MARKER]) {
+        remove(&dir.join(name))?;
+    }
+    remove(&dir.join("final"))?;
+    remove(&dir.join(".tmp-final"))?;
+    let root = dir.join("checkpoints");
+    if std::fs::symlink_metadata(&root).is_ok_and(|m| m.is_dir()) {
+        for e in std::fs::read_dir(&root).with_context(|| format!("reading {}", root.display()))? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix(".tmp-").unwrap_or(&name);
+            if step
+                .strip_prefix("step-")
+                .is_some_and(|n| n.parse::<u64>().is_ok())
+            {
+                remove(&e.path())?;
+            }
+        }
+        // The directory goes only if nothing of anyone else's is left in it.
+        if is_empty(&root)? {
+            std::fs::remove_dir(&root).with_context(|| format!("removing {}", root.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Prepares `path` for a run started as `start`.
+pub fn open(path: &Path, start: Start) -> Result<RunDir> {
+    let shown = path.display();
+    match start {
+        Start::Resume => {
+            let Some(m) = read_marker(path)? else {
+                return refuse(format!(
+                    "{shown} is not a recap run directory (it has no {MARKER}); nothing to resume"
+                ));
+            };
+            Ok(RunDir {
+                path: path.to_path_buf(),
+                run_id: m.run_id,
+            })
+        }
+        Start::Fresh { overwrite } => {
+            std::fs::create_dir_all(path)
+                .with_context(|| format!("cannot create run directory {shown}"))?;
+            if !is_empty(path)? {
+                if !overwrite {
+                    return match read_marker(path) {
+                        Ok(Some(_)) => refuse(format!(
+                            "{shown} holds an earlier run: continue it with `--resume {shown}`, \
+                             or start afresh with `--overwrite` (which removes that run's files)"
+                        )),
+                        _ => refuse(format!(
+                            "{shown} is not empty and holds no recap run: choose an empty \
+                             directory, or pass `--overwrite` (recap then replaces only the \
+                             files it writes itself)"
+                        )),
+                    };
+                }
+                remove_earlier_run(path)?;
+            }
+            let run_id = new_run_id();
+            let marker = Marker {
+                format: MARKER_FORMAT,
+                run_id: run_id.clone(),
+            };
+            let text = serde_json::to_string_pretty(&marker)? + "\n";
+            std::fs::write(path.join(MARKER), text)
+                .with_context(|| format!("cannot write {}", path.join(MARKER).display()))?;
+            Ok(RunDir {
+                path: path.to_path_buf(),
+                run_id,
+            })
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Run directories lose nothing: a new run refuses a directory holding another run or a
+//! user's files unless told to overwrite, and then replaces only recap's own files; two runs
+//! cannot share a directory; resume replaces `metrics.jsonl` rather than rewriting it in place;
+//! no file of the run directory is written through a symbolic link.
+
+mod rundir {
+    use std::path::Path;
+
+    use recap_plan::*;
+    use recap_runtime::engine::presets::{self, seal};
+    use recap_runtime::engine::{run, ProgressMode, RunOptions};
+
+    fn opts(dir: &Path) -> RunOptions {
+        RunOptions {
+            out: Some(dir.to_path_buf()),
+            progress: ProgressMode::Quiet,
+            base_dir: dir.to_path_buf(),
+            samples_every: 1,
+            ..RunOptions::default()
+        }
+    }
+
+    /// Two stages of `warmup` and `rl` steps, a checkpoint every 2 steps, the newest 2 kept.
+    fn plan(warmup: u64, rl: u64) -> Plan {
+        let mut plan = presets::quickstart("unused", warmup, rl);
+        for st in &mut plan.stages {
+            st.train.checkpoint = Some(Checkpoint {
+                every: 2,
+                keep: Some(2),
+            });
+            st.train.prompts_per_step = 2;
+            st.evals.clear();
+        }
+        seal(plan)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_new_run_refuses_a_directory_holding_another_run() {
+        let dir = tempfile::tempdir().unwrap();
+        run(&plan(3, 5), &opts(dir.path())).unwrap();
+        let before = names(&dir.path().join("checkpoints"));
+        let metrics = std::fs::read(dir.path().join("metrics.jsonl")).unwrap();
+        let err = run(&plan(1, 2), &opts(dir.path())).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&dir.path().display().to_string())
+                && msg.contains("--resume")
+                && msg.contains("--overwrite"),
+            "{msg}"
+        );
+        assert_eq!(names(&dir.path().join("checkpoints")), before);
+        assert_eq!(
+            std::fs::read(dir.path().join("metrics.jsonl")).unwrap(),
+            metrics
+        );
+    }
+
+    #[test]
+    fn a_new_run_refuses_a_user_directory_and_touches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("final")).unwrap();
+        std::fs::write(dir.path().join("final/mine.txt"), "mine").unwrap();
+        std::fs::write(dir.path().join("metrics.jsonl"), "my notes\n").unwrap();
+        let err = run(&plan(1, 1), &opts(dir.path())).unwrap_err();
+        assert!(format!("{err:#}").contains("--overwrite"), "{err:#}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("final/mine.txt")).unwrap(),
+            "mine"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap(),
+            "my notes\n"
+        );
+    }
+
+    #[test]
+    fn overwrite_replaces_only_the_earlier_runs_files_and_its_checkpoints_are_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        run(&plan(3, 5), &opts(dir.path())).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        std::fs::write(dir.path().join("checkpoints/README"), "mine").unwrap();
+        let saved = tempfile::tempdir().unwrap();
+        let foreign = saved.path().join("step-000007");
+        std::fs::rename(dir.path().join("checkpoints/step-000007"), &foreign).unwrap();
+        // The shorter run B, killed after its step 3, with the newest checkpoint at step 2.
+        let b = plan(2, 3);
+        run(
+            &b,
+            &RunOptions {
+                overwrite: true,
+                stop_after: Some(3),
+                ..opts(dir.path())
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            names(dir.path()),
+            [
+                "checkpoints",
+                "metrics.jsonl",
+                "notes.txt",
+                "plan.json",
+                "run.json",
+                "samples.jsonl"
+            ]
+        );
+        assert_eq!(
+            names(&dir.path().join("checkpoints")),
+            ["README", "step-000002"]
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .count(),
+            3
+        );
+        // A newer checkpoint of the other run put back beside B's is neither resumed from nor
+        // pruned by B.
+        std::fs::rename(&foreign, dir.path().join("checkpoints/step-000007")).unwrap();
+        resume(&b, dir.path());
+        assert_eq!(
+            names(&dir.path().join("checkpoints")),
+            ["README", "step-000002", "step-000004", "step-000007"]
+        );
+        assert!(dir.path().join("final/model.safetensors").exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
+            "mine"
+        );
+    }
+
+    fn resume(p: &Plan, dir: &Path) {
+        let s = run(
+            p,
+            &RunOptions {
+                resume: Some(dir.to_path_buf()),
+                ..opts(dir)
+            },
+        )
+        .unwrap();
+        assert_eq!(s.steps, 5);
+    }
+}
