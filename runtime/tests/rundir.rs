@@ -105,6 +105,7 @@ mod rundir {
         assert_eq!(
             names(dir.path()),
             [
+                ".recap-lock",
                 "checkpoints",
                 "metrics.jsonl",
                 "notes.txt",
@@ -137,6 +138,21 @@ mod rundir {
             std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
             "mine"
         );
+    }
+
+    #[test]
+    fn a_second_run_into_a_locked_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // The lock a running run holds, taken here by hand.
+        let lock = std::fs::File::create(dir.path().join(".recap-lock")).unwrap();
+        lock.try_lock().unwrap();
+        let err = run(&plan(1, 1), &opts(dir.path())).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&dir.path().display().to_string()) && msg.contains("another run"),
+            "{msg}"
+        );
+        assert!(!dir.path().join("metrics.jsonl").exists());
     }
 
     fn resume(p: &Plan, dir: &Path) {

@@ -1,5 +1,5 @@
 //! Run output: takes step records (JSON objects) and warnings; gives `metrics.jsonl` and
-//! `samples.jsonl` in the run directory (one JSON object per line, flushed per line so a killed
+//! `samples.jsonl` in the run directory (one JSON object per line, each line one write, so a killed
 //! run keeps every finished step) and the progress display: an indicatif bar on a terminal,
 //! plain lines otherwise.
 
@@ -56,6 +56,14 @@ fn reset(path: &Path, until: Option<u64>) -> Result<File> {
         .with_context(|| format!("cannot open {}", path.display()))
 }
 
+/// Appends `v` and a newline with one write: formatting straight into the file would issue a
+/// write per token of the JSON, and a line cut between them is unparseable after a kill.
+fn write_line(file: &mut File, v: &Value) -> std::io::Result<()> {
+    let mut line = v.to_string();
+    line.push('\n');
+    file.write_all(line.as_bytes())
+}
+
 impl RunFiles {
     pub fn open(dir: &Path, keep_until: Option<u64>) -> Result<RunFiles> {
         Ok(RunFiles {
@@ -66,11 +74,11 @@ impl RunFiles {
     }
 
     pub fn metric(&mut self, v: &Value) -> Result<()> {
-        writeln!(self.metrics, "{v}").context("writing metrics.jsonl")
+        write_line(&mut self.metrics, v).context("writing metrics.jsonl")
     }
 
     pub fn sample(&mut self, v: &Value) -> Result<()> {
-        writeln!(self.samples, "{v}").context("writing samples.jsonl")
+        write_line(&mut self.samples, v).context("writing samples.jsonl")
     }
 }
 

@@ -3,8 +3,11 @@
 //! [`RunDirError`] saying why it cannot be used. A run directory is recognised by its marker
 //! `run.json`, which names the run; checkpoints carry the same name, so a run only ever reads
 //! or prunes its own. A fresh run takes only a missing or empty directory; with `overwrite` it
-//! first removes the files an earlier run wrote there, by their names, and nothing else.
+//! first removes the files an earlier run wrote there, by their names, and nothing else. The run
+//! holds an exclusive lock on `.recap-lock` for as long as it lives, so a second run into the
+//! same directory is refused rather than interleaving its output with the first.
 
+use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,6 +16,9 @@ use serde::{Deserialize, Serialize};
 
 /// The marker naming the run a directory holds.
 pub const MARKER: &str = "run.json";
+
+/// The lock file; it stays when the run ends, since removing it would race with a run taking it.
+pub const LOCK: &str = ".recap-lock";
 
 /// The files a run writes at the top of its directory, besides the marker.
 const OWN_FILES: &[&str] = &["plan.json", "metrics.jsonl", "samples.jsonl"];
@@ -35,6 +41,8 @@ pub struct RunDir {
     pub path: PathBuf,
     /// The name of this run, written into each of its checkpoints.
     pub run_id: String,
+    /// Holds the directory's lock until the run ends.
+    _lock: File,
 }
 
 /// How a run uses its directory.
@@ -69,11 +77,43 @@ fn new_run_id() -> String {
     format!("{nanos:x}-{:x}", std::process::id())
 }
 
-/// Whether `dir` holds anything at all.
+/// Whether `dir` holds anything besides the lock file.
 fn is_empty(dir: &Path) -> Result<bool> {
-    let mut entries =
-        std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
-    Ok(entries.next().is_none())
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        if e?.file_name() != LOCK {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Takes the exclusive lock of run directory `dir`, or says which directory another run holds.
+fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK);
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+        return refuse(format!(
+            "{} is not a regular file; recap will not lock through it",
+            path.display()
+        ));
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => refuse(format!(
+            "{} is in use by another run (it holds {}); wait for it to end or choose another \
+             directory",
+            dir.display(),
+            path.display()
+        )),
+        Err(TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// Removes what an earlier run wrote in `dir`, by name: its top-level files, `final/`, and the
@@ -122,6 +162,10 @@ pub fn open(path: &Path, start: Start) -> Result<RunDir> {
     let shown = path.display();
     match start {
         Start::Resume => {
+            if !path.is_dir() {
+                return refuse(format!("{shown} is not a directory; nothing to resume"));
+            }
+            let lock = lock(path)?;
             let Some(m) = read_marker(path)? else {
                 return refuse(format!(
                     "{shown} is not a recap run directory (it has no {MARKER}); nothing to resume"
@@ -130,11 +174,13 @@ pub fn open(path: &Path, start: Start) -> Result<RunDir> {
             Ok(RunDir {
                 path: path.to_path_buf(),
                 run_id: m.run_id,
+                _lock: lock,
             })
         }
         Start::Fresh { overwrite } => {
             std::fs::create_dir_all(path)
                 .with_context(|| format!("cannot create run directory {shown}"))?;
+            let lock = lock(path)?;
             if !is_empty(path)? {
                 if !overwrite {
                     return match read_marker(path) {
@@ -162,6 +208,7 @@ pub fn open(path: &Path, start: Start) -> Result<RunDir> {
             Ok(RunDir {
                 path: path.to_path_buf(),
                 run_id,
+                _lock: lock,
             })
         }
     }
