@@ -155,6 +155,21 @@ mod rundir {
         assert!(!dir.path().join("metrics.jsonl").exists());
     }
 
+    /// Kills a run after step 3 (its newest checkpoint is at step 2) so that it can be resumed.
+    fn cut_run(dir: &Path) -> Plan {
+        let p = plan(2, 3);
+        let s = run(
+            &p,
+            &RunOptions {
+                stop_after: Some(3),
+                ..opts(dir)
+            },
+        )
+        .unwrap();
+        assert_eq!(s.steps, 3);
+        p
+    }
+
     fn resume(p: &Plan, dir: &Path) {
         let s = run(
             p,
@@ -165,5 +180,72 @@ mod rundir {
         )
         .unwrap();
         assert_eq!(s.steps, 5);
+    }
+
+    #[test]
+    fn resume_replaces_metrics_rather_than_rewriting_them_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = cut_run(dir.path());
+        // A second name for the old history: rewriting the file in place would cut it too.
+        let keep = tempfile::tempdir().unwrap();
+        let copy = keep.path().join("metrics-backup.jsonl");
+        std::fs::hard_link(dir.path().join("metrics.jsonl"), &copy).unwrap();
+        let old = std::fs::read_to_string(&copy).unwrap();
+        assert_eq!(old.lines().count(), 3);
+        resume(&p, dir.path());
+        assert_eq!(std::fs::read_to_string(&copy).unwrap(), old);
+        let new = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(new.lines().count(), 5);
+        assert!(new.starts_with(old.lines().next().unwrap()));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_of_the_run_directory_are_never_written_through_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = cut_run(dir.path());
+        let elsewhere = tempfile::tempdir().unwrap();
+        for name in ["metrics.jsonl", "samples.jsonl", "plan.json"] {
+            let target = elsewhere.path().join(name);
+            std::fs::write(&target, "precious\n").unwrap();
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+            std::os::unix::fs::symlink(&target, dir.path().join(name)).unwrap();
+        }
+        resume(&p, dir.path());
+        for name in ["metrics.jsonl", "samples.jsonl", "plan.json"] {
+            assert_eq!(
+                std::fs::read_to_string(elsewhere.path().join(name)).unwrap(),
+                "precious\n",
+                "{name}"
+            );
+            let meta = std::fs::symlink_metadata(dir.path().join(name)).unwrap();
+            assert!(meta.file_type().is_file(), "{name} is a regular file again");
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("plan.json")).unwrap(),
+            p.to_json() + "\n"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_run_directory_whose_checkpoints_are_a_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = cut_run(dir.path());
+        let elsewhere = tempfile::tempdir().unwrap();
+        let moved = elsewhere.path().join("checkpoints");
+        std::fs::rename(dir.path().join("checkpoints"), &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, dir.path().join("checkpoints")).unwrap();
+        let before = names(&moved);
+        let err = run(
+            &p,
+            &RunOptions {
+                resume: Some(dir.path().to_path_buf()),
+                ..opts(dir.path())
+            },
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
+        assert_eq!(names(&moved), before);
     }
 }

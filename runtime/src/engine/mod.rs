@@ -619,9 +619,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
     }
 
     let run_id = dir.as_ref().map(|d| d.run_id.as_str()).unwrap_or_default();
-    let plan_path = run_dir.join("plan.json");
-    std::fs::write(&plan_path, plan.to_json() + "\n")
-        .with_context(|| format!("cannot write {}", plan_path.display()))?;
+    rundir::replace_file(&run_dir, "plan.json", (plan.to_json() + "\n").as_bytes())?;
     let keep_until = resume.as_ref().map(|c| c.state.global_step);
     ctx.out = Some(progress::RunFiles::open(&run_dir, keep_until)?);
     ctx.progress = Some(progress::Progress::new(opts.progress, ctx.total_steps));

@@ -5,9 +5,11 @@
 //! or prunes its own. A fresh run takes only a missing or empty directory; with `overwrite` it
 //! first removes the files an earlier run wrote there, by their names, and nothing else. The run
 //! holds an exclusive lock on `.recap-lock` for as long as it lives, so a second run into the
-//! same directory is refused rather than interleaving its output with the first.
+//! same directory is refused rather than interleaving its output with the first. Files are
+//! written here by [`replace_file`], never through a symbolic link.
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -137,7 +139,9 @@ fn remove_earlier_run(dir: &Path) -> Result<()> {
     remove(&dir.join("final"))?;
     remove(&dir.join(".tmp-final"))?;
     let root = dir.join("checkpoints");
-    if std::fs::symlink_metadata(&root).is_ok_and(|m| m.is_dir()) {
+    if std::fs::symlink_metadata(&root).is_ok_and(|m| m.file_type().is_symlink()) {
+        remove(&root)?;
+    } else if std::fs::symlink_metadata(&root).is_ok_and(|m| m.is_dir()) {
         for e in std::fs::read_dir(&root).with_context(|| format!("reading {}", root.display()))? {
             let e = e?;
             let name = e.file_name().to_string_lossy().to_string();
@@ -157,6 +161,59 @@ fn remove_earlier_run(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Makes a rename in `dir` durable. Only Unix can open a directory to sync it; elsewhere the
+/// rename is left to the file system.
+fn sync_dir(dir: &Path) -> Result<()> {
+    if cfg!(unix) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes `dir/name` afresh with `bytes` and gives it open for appending. The bytes go to a
+/// temporary file created new (so never opened through a link), synced, and renamed over `name`:
+/// a kill leaves the old file or the new one, never a cut one, and a link at `name` is replaced
+/// rather than written through. The directory is synced after the rename.
+pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<File> {
+    let tmp = dir.join(format!(".tmp-{name}"));
+    let dst = dir.join(name);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", tmp.display()))
+        }
+        _ => {}
+    }
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &dst)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Refuses a run directory whose `checkpoints` or `final` is a symbolic link: the run would
+/// write its checkpoints or weights wherever the link points.
+fn refuse_linked_dirs(dir: &Path) -> Result<()> {
+    for name in ["checkpoints", "final"] {
+        let path = dir.join(name);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return refuse(format!(
+                "{} is a symbolic link; recap writes a run's files only inside its directory",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Prepares `path` for a run started as `start`.
 pub fn open(path: &Path, start: Start) -> Result<RunDir> {
     let shown = path.display();
@@ -166,6 +223,7 @@ pub fn open(path: &Path, start: Start) -> Result<RunDir> {
                 return refuse(format!("{shown} is not a directory; nothing to resume"));
             }
             let lock = lock(path)?;
+            refuse_linked_dirs(path)?;
             let Some(m) = read_marker(path)? else {
                 return refuse(format!(
                     "{shown} is not a recap run directory (it has no {MARKER}); nothing to resume"
@@ -203,8 +261,7 @@ pub fn open(path: &Path, start: Start) -> Result<RunDir> {
                 run_id: run_id.clone(),
             };
             let text = serde_json::to_string_pretty(&marker)? + "\n";
-            std::fs::write(path.join(MARKER), text)
-                .with_context(|| format!("cannot write {}", path.join(MARKER).display()))?;
+            replace_file(path, MARKER, text.as_bytes())?;
             Ok(RunDir {
                 path: path.to_path_buf(),
                 run_id,
