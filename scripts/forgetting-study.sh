@@ -99,12 +99,14 @@ mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 
 # One `recapc run`, its output in DIR/run.log; prints the log and fails when the run fails.
-# Called in the background: a TERM to this subshell stops its recapc as well.
+# Called in the background: a TERM to this subshell stops its recapc as well. `--overwrite`
+# lets the run start beside its own log (and replace a run of an earlier study there); it
+# removes only recap's own files, so the log stays.
 run_one() {
   local pipeline="$1" dir="$2"
   shift 2
   mkdir -p "$dir"
-  "$recapc" run "$pipelines/$pipeline.recap" --out "$dir" --progress plain "$@" \
+  "$recapc" run "$pipelines/$pipeline.recap" --out "$dir" --overwrite --progress plain "$@" \
     >"$dir/run.log" 2>&1 &
   child=$!
   trap 'kill "$child" 2>/dev/null; exit 143' TERM INT

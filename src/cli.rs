@@ -158,6 +158,10 @@ pub struct RunArgs {
     /// Continue the run in DIR from its newest complete checkpoint.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// Start afresh in a run directory that is not empty: the files an earlier run wrote there
+    /// (plan, metrics, samples, checkpoints, final weights) are removed; nothing else is.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Build every node, load data and models, run one step on two prompts, print the
     /// per-step cost estimate; write nothing.
     #[arg(long)]

@@ -288,6 +288,49 @@ fn run_dry_run_prints_the_cost_and_failures_have_their_codes() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
+/// A run never takes over a directory that is not its own: a user's directory is refused with
+/// exit code 2 and left as it was; `--overwrite` starts there anyway and keeps the user's files.
+#[test]
+fn run_refuses_a_directory_that_is_not_its_own_unless_told_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = repo().join("pipelines/quickstart.recap");
+    let pipeline = pipeline.display().to_string();
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    write(&dir.path().join("out"), "metrics.jsonl", "my notes\n");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "run",
+            pipeline.as_str(),
+            "--set",
+            "warmup_steps=1",
+            "--set",
+            "rl_steps=1",
+            "--out",
+            "out",
+            "--progress",
+            "quiet",
+        ];
+        a.extend_from_slice(extra);
+        recapc(&a, dir.path())
+    };
+    let o = args(&[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--overwrite"), "{}", stderr(&o));
+    let notes = std::fs::read_to_string(dir.path().join("out/metrics.jsonl")).unwrap();
+    assert_eq!(notes, "my notes\n");
+    write(&dir.path().join("out"), "keep.txt", "mine");
+    let o = args(&["--overwrite"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let metrics = std::fs::read_to_string(dir.path().join("out/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2, "{metrics}");
+    let kept = std::fs::read_to_string(dir.path().join("out/keep.txt")).unwrap();
+    assert_eq!(kept, "mine");
+    // The finished run is this directory's now: a new run is refused, naming the way to resume.
+    let o = args(&[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+}
+
 #[test]
 fn templates_and_new() {
     let dir = tempfile::tempdir().unwrap();

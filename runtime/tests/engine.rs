@@ -197,7 +197,12 @@ mod engine {
             },
             fields: [("answer".into(), field("answer"))].into_iter().collect(),
         }];
-        let err = run(&seal(plan.clone()), &opts(dir.path())).unwrap_err();
+        // The data lives in the directory; each run writes beside it, in a directory of its own.
+        let opts = |d: &Path, out: &str| RunOptions {
+            out: Some(d.join(out)),
+            ..opts(d)
+        };
+        let err = run(&seal(plan.clone()), &opts(dir.path(), "a")).unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains(&format!("{}:3", data.display())), "{msg}");
 
@@ -207,7 +212,10 @@ mod engine {
             "{\"q\": \"1+1=\", \"answer\": \"2\"}\n{\"question\": \"2+2=\", \"answer\": \"4\"}\n",
         )
         .unwrap();
-        let msg = format!("{:#}", run(&seal(plan), &opts(dir.path())).unwrap_err());
+        let msg = format!(
+            "{:#}",
+            run(&seal(plan), &opts(dir.path(), "b")).unwrap_err()
+        );
         assert!(
             msg.contains(&format!("{}:2", data.display())) && msg.contains("`q`"),
             "{msg}"
@@ -234,6 +242,8 @@ mod engine {
             .is_some());
         let mut plan = format_plan(1, 1);
         plan.stages[0].reweight = Reweight::Dwa { temperature: 0.0 };
+        // The failed run above holds its directory; this one starts in another.
+        let dir = tempfile::tempdir().unwrap();
         let err = run(&seal(plan), &opts(dir.path())).unwrap_err();
         assert!(err
             .root_cause()

@@ -3,7 +3,8 @@
 //! compiler), and executes it with the candle runtime: gives a run directory with the plan,
 //! metrics, samples and checkpoints, or a dry run's cost estimate. Exit code 3 means the job
 //! failed while running (a model that does not load, a device that cannot be opened), as
-//! opposed to 1 (the pipeline is wrong) and 2 (usage or IO).
+//! opposed to 1 (the pipeline is wrong) and 2 (usage or IO, including a run directory that is
+//! not empty and not this run's without `--overwrite`, or that another run holds).
 
 use std::path::{Path, PathBuf};
 
@@ -46,6 +47,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         device: args.device.clone(),
         out: args.out.clone(),
         resume: args.resume.clone(),
+        overwrite: args.overwrite,
         dry_run: args.dry_run,
         progress: match args.progress {
             ProgressArg::Auto => ProgressMode::Auto,
@@ -72,6 +74,11 @@ pub fn run(args: &RunArgs) -> ExitCode {
                 print_summary(dir);
             }
             ExitCode::Success
+        }
+        // A run directory the run may not use is a usage problem, not a failed run.
+        Err(e) if e.downcast_ref::<engine::RunDirError>().is_some() => {
+            error_line(&format!("{e:#}"));
+            ExitCode::Usage
         }
         Err(e) => {
             error_line(&format!("the run failed: {e:#}"));

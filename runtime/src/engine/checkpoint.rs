@@ -3,7 +3,9 @@
 //! `checkpoints/step-NNNNNN/` directories in Hugging Face layout plus `trainer_state.json`,
 //! `optimizer.safetensors` and, when a reference is loaded, `reference.safetensors`. Each is
 //! written into a temporary directory and renamed into place, so a directory with the final
-//! name is always complete; older ones are pruned to `keep`. Resume reads the newest.
+//! name is always complete; older ones are pruned to `keep`. Resume reads the newest. Each
+//! checkpoint names the run that wrote it, and only that run's checkpoints are ever listed, read
+//! or pruned.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,9 @@ use crate::train::rng::{HostRng, RngState};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainerState {
     pub format: u32,
+    /// The run that wrote the checkpoint (its run directory's marker).
+    #[serde(default)]
+    pub run_id: String,
     pub plan_hash: String,
     pub global_step: u64,
     pub stage_index: usize,
@@ -77,6 +82,7 @@ pub(crate) fn save(
     ctx: &Ctx,
     rt: &StageRt,
     models: &Models,
+    run_id: &str,
     keep: Option<u64>,
 ) -> Result<()> {
     let root = run_dir.join("checkpoints");
@@ -84,6 +90,7 @@ pub(crate) fn save(
     let stage = &ctx.plan.stages[rt.index];
     let state = TrainerState {
         format: STATE_FORMAT,
+        run_id: run_id.to_string(),
         plan_hash: ctx.plan.content_hash.clone(),
         global_step: ctx.global_step,
         stage_index: rt.index,
@@ -113,42 +120,18 @@ pub(crate) fn save(
         Ok(())
     })?;
     if let Some(keep) = keep {
-        let mut all = list(&root)?;
+        let mut all = list(&root, run_id)?;
         while all.len() > keep.max(1) as usize {
             let (_, old) = all.remove(0);
-            std::fs::remove_dir_all(&old).with_context(|| format!("pruning {}", old.display()))?;
+            std::fs::remove_dir_all(&old.dir)
+                .with_context(|| format!("pruning {}", old.dir.display()))?;
         }
     }
     Ok(())
 }
 
-/// Complete checkpoint directories under `root`, oldest first.
-fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    if !root.exists() {
-        return Ok(out);
-    }
-    for e in std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().to_string();
-        if let Some(n) = name
-            .strip_prefix("step-")
-            .and_then(|s| s.parse::<u64>().ok())
-        {
-            if e.path().join("trainer_state.json").exists() {
-                out.push((n, e.path()));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// The newest complete checkpoint of a run directory.
-pub fn newest(run_dir: &Path) -> Result<Option<Found>> {
-    let Some((_, dir)) = list(&run_dir.join("checkpoints"))?.pop() else {
-        return Ok(None);
-    };
+/// Reads a checkpoint's trainer state.
+fn read_state(dir: &Path) -> Result<TrainerState> {
     let path = dir.join("trainer_state.json");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -161,7 +144,42 @@ pub fn newest(run_dir: &Path) -> Result<Option<Found>> {
             state.format
         );
     }
-    Ok(Some(Found { dir, state }))
+    Ok(state)
+}
+
+/// The complete checkpoints of run `run_id` under `root`, oldest first. Checkpoints of any other
+/// run are never listed, so never pruned nor resumed from.
+fn list(root: &Path, run_id: &str) -> Result<Vec<(u64, Found)>> {
+    let mut out = Vec::new();
+    if !root.exists() {
+        return Ok(out);
+    }
+    for e in std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(n) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            let dir = e.path();
+            if !dir.join("trainer_state.json").exists() {
+                continue;
+            }
+            let state = read_state(&dir)?;
+            if state.run_id == run_id {
+                out.push((n, Found { dir, state }));
+            }
+        }
+    }
+    out.sort_by_key(|(n, _)| *n);
+    Ok(out)
+}
+
+/// The newest complete checkpoint of run `run_id` in a run directory.
+pub fn newest(run_dir: &Path, run_id: &str) -> Result<Option<Found>> {
+    Ok(list(&run_dir.join("checkpoints"), run_id)?
+        .pop()
+        .map(|(_, f)| f))
 }
 
 /// Restores the stage's state from a checkpoint (the policy weights were loaded from it already).

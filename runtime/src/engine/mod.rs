@@ -18,6 +18,7 @@ pub mod optim;
 pub mod presets;
 pub mod progress;
 pub mod rewards;
+pub mod rundir;
 mod step;
 
 use std::collections::BTreeMap;
@@ -39,6 +40,7 @@ use crate::train::rng::HostRng;
 use data::{resolve_path, Dataset, Reader};
 use optim::Optim;
 pub use progress::ProgressMode;
+pub use rundir::RunDirError;
 
 /// How to run a plan.
 #[derive(Debug, Clone)]
@@ -49,6 +51,9 @@ pub struct RunOptions {
     pub out: Option<PathBuf>,
     /// A run directory to continue from its newest complete checkpoint.
     pub resume: Option<PathBuf>,
+    /// Let a fresh run use a directory that is not empty: the files an earlier run wrote there
+    /// are removed first, and nothing else is touched. Without it such a directory is refused.
+    pub overwrite: bool,
     /// Build every node, load data and models, run one step on two prompts per stage, print
     /// the per-step cost estimate; write nothing.
     pub dry_run: bool,
@@ -78,6 +83,7 @@ impl Default for RunOptions {
             device: "cpu".into(),
             out: None,
             resume: None,
+            overwrite: false,
             dry_run: false,
             progress: ProgressMode::Auto,
             base_dir: PathBuf::from("."),
@@ -524,13 +530,26 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
         (None, Some(o)) => o.clone(),
         (None, None) => resolve_path(base, &plan.stages[0].train.out),
     };
-    let resume =
-        match &opts.resume {
-            Some(dir) => Some(checkpoint::newest(dir)?.ok_or_else(|| {
-                anyhow!("{}: no complete checkpoint to resume from", dir.display())
-            })?),
-            None => None,
-        };
+    // The directory is checked before anything is loaded, so that a refusal comes at once;
+    // a dry run writes nothing and so needs none.
+    let dir = match (opts.dry_run, &opts.resume) {
+        (true, _) => None,
+        (false, Some(_)) => Some(rundir::open(&run_dir, rundir::Start::Resume)?),
+        (false, None) => Some(rundir::open(
+            &run_dir,
+            rundir::Start::Fresh {
+                overwrite: opts.overwrite,
+            },
+        )?),
+    };
+    let resume = match (&opts.resume, &dir) {
+        (Some(path), Some(d)) => {
+            Some(checkpoint::newest(path, &d.run_id)?.ok_or_else(|| {
+                anyhow!("{}: no complete checkpoint to resume from", path.display())
+            })?)
+        }
+        _ => None,
+    };
 
     let mut datasets = BTreeMap::new();
     for s in &plan.sources {
@@ -599,11 +618,8 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
         return Ok(summary);
     }
 
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
-    let plan_path = run_dir.join("plan.json");
-    std::fs::write(&plan_path, plan.to_json() + "\n")
-        .with_context(|| format!("cannot write {}", plan_path.display()))?;
+    let run_id = dir.as_ref().map(|d| d.run_id.as_str()).unwrap_or_default();
+    rundir::replace_file(&run_dir, "plan.json", (plan.to_json() + "\n").as_bytes())?;
     let keep_until = resume.as_ref().map(|c| c.state.global_step);
     ctx.out = Some(progress::RunFiles::open(&run_dir, keep_until)?);
     ctx.progress = Some(progress::Progress::new(opts.progress, ctx.total_steps));
@@ -634,7 +650,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
             summary.metrics.push(record);
             if let Some(ck) = &stage.train.checkpoint {
                 if ck.every > 0 && rt.step.is_multiple_of(ck.every) {
-                    checkpoint::save(&run_dir, &ctx, &rt, &models, ck.keep)?;
+                    checkpoint::save(&run_dir, &ctx, &rt, &models, run_id, ck.keep)?;
                 }
             }
         }

@@ -1,9 +1,9 @@
 //! Run output: takes step records (JSON objects) and warnings; gives `metrics.jsonl` and
-//! `samples.jsonl` in the run directory (one JSON object per line, flushed per line so a killed
-//! run keeps every finished step) and the progress display: an indicatif bar on a terminal,
-//! plain lines otherwise.
+//! `samples.jsonl` in the run directory (one JSON object per line, each line one write, so a
+//! killed run keeps every finished step) and the progress display: an indicatif bar on a
+//! terminal, plain lines otherwise.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -31,11 +31,15 @@ pub struct RunFiles {
 }
 
 /// Keeps the lines of a JSON Lines file whose `step` is at most `until` (a resumed run drops
-/// what the interrupted run logged after its checkpoint), or empties it for a fresh run.
-fn reset(path: &Path, until: Option<u64>) -> Result<File> {
+/// what the interrupted run logged after its checkpoint), or empties it for a fresh run. The
+/// kept lines go to a new file that replaces the old one, so a kill while this runs loses no
+/// history, and a link in the file's place is neither read nor written through.
+fn reset(dir: &Path, name: &str, until: Option<u64>) -> Result<File> {
+    let path = dir.join(name);
+    let regular = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
     let kept = match until {
-        Some(s) if path.exists() => {
-            let text = std::fs::read_to_string(path)
+        Some(s) if regular => {
+            let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
             text.lines()
                 .filter(|l| {
@@ -49,28 +53,32 @@ fn reset(path: &Path, until: Option<u64>) -> Result<File> {
         }
         _ => String::new(),
     };
-    std::fs::write(path, kept).with_context(|| format!("cannot write {}", path.display()))?;
-    OpenOptions::new()
-        .append(true)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))
+    super::rundir::replace_file(dir, name, kept.as_bytes())
+}
+
+/// Appends `v` and a newline with one write: formatting straight into the file would issue a
+/// write per token of the JSON, and a line cut between them is unparseable after a kill.
+fn write_line(file: &mut File, v: &Value) -> std::io::Result<()> {
+    let mut line = v.to_string();
+    line.push('\n');
+    file.write_all(line.as_bytes())
 }
 
 impl RunFiles {
     pub fn open(dir: &Path, keep_until: Option<u64>) -> Result<RunFiles> {
         Ok(RunFiles {
-            metrics: reset(&dir.join("metrics.jsonl"), keep_until)?,
-            samples: reset(&dir.join("samples.jsonl"), keep_until)?,
+            metrics: reset(dir, "metrics.jsonl", keep_until)?,
+            samples: reset(dir, "samples.jsonl", keep_until)?,
             dir: dir.to_path_buf(),
         })
     }
 
     pub fn metric(&mut self, v: &Value) -> Result<()> {
-        writeln!(self.metrics, "{v}").context("writing metrics.jsonl")
+        write_line(&mut self.metrics, v).context("writing metrics.jsonl")
     }
 
     pub fn sample(&mut self, v: &Value) -> Result<()> {
-        writeln!(self.samples, "{v}").context("writing samples.jsonl")
+        write_line(&mut self.samples, v).context("writing samples.jsonl")
     }
 }
 
