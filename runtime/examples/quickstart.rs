@@ -27,6 +27,9 @@ fn main() -> Result<()> {
         &plan,
         &RunOptions {
             out: Some(out.clone()),
+            // An example is rerun into the same directory while measuring; overwrite removes
+            // only the files of the earlier run.
+            overwrite: true,
             progress: ProgressMode::Plain,
             autograd: recap_runtime::engine::autograd_from_env(),
             ..RunOptions::default()

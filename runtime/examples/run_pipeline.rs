@@ -49,6 +49,9 @@ fn main() -> Result<()> {
         &plan,
         &RunOptions {
             progress: ProgressMode::Plain,
+            // An example is rerun into the same directory while measuring; overwrite removes
+            // only the files of the earlier run.
+            overwrite: true,
             autograd: recap_runtime::engine::autograd_from_env(),
             ..RunOptions::default()
         },
