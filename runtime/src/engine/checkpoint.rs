@@ -49,7 +49,9 @@ pub struct Found {
 
 const STATE_FORMAT: u32 = 1;
 
-/// Writes `dir/name` through `dir/.tmp-name` and a rename, replacing an old `dir/name`.
+/// Writes `dir/name` through `dir/.tmp-name` and a rename, replacing an old `dir/name`. The
+/// temporary directory is synced whole before the rename and `dir` after it, so a crash or a
+/// power cut leaves either the old directory or the complete new one.
 pub fn write_atomic(dir: &Path, name: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = dir.join(format!(".tmp-{name}"));
     let dst = dir.join(name);
@@ -58,12 +60,13 @@ pub fn write_atomic(dir: &Path, name: &str, fill: impl FnOnce(&Path) -> Result<(
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     fill(&tmp)?;
+    super::rundir::sync_tree(&tmp)?;
     if dst.exists() {
         std::fs::remove_dir_all(&dst).with_context(|| format!("removing {}", dst.display()))?;
     }
     std::fs::rename(&tmp, &dst)
         .with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
-    Ok(())
+    super::rundir::sync_dir(dir)
 }
 
 fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {

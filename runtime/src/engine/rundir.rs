@@ -163,13 +163,32 @@ fn remove_earlier_run(dir: &Path) -> Result<()> {
 
 /// Makes a rename in `dir` durable. Only Unix can open a directory to sync it; elsewhere the
 /// rename is left to the file system.
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     if cfg!(unix) {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .with_context(|| format!("cannot sync {}", dir.display()))?;
     }
     Ok(())
+}
+
+/// Syncs every regular file under `dir`, then `dir` and its subdirectories, so a directory
+/// built in a temporary place is on disk whole before a rename publishes it.
+pub(crate) fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        let kind = entry
+            .file_type()
+            .with_context(|| format!("cannot inspect {}", entry.path().display()))?;
+        if kind.is_dir() {
+            sync_tree(&entry.path())?;
+        } else if kind.is_file() {
+            File::open(entry.path())
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("cannot sync {}", entry.path().display()))?;
+        }
+    }
+    sync_dir(dir)
 }
 
 /// Writes `dir/name` afresh with `bytes` and gives it open for appending. The bytes go to a
