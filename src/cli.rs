@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(name = "recapc", version, about, long_about = None)]
 #[command(
     after_help = "Exit codes: 0 success (warnings allowed), 1 errors in a pipeline, \
-2 bad usage or a file that cannot be read or written, 3 a run failed while running."
+2 bad usage or a file that cannot be read or written, 3 a run failed while running, \
+4 a run stopped by SIGINT or SIGTERM after writing a checkpoint."
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -14,6 +14,9 @@ pub enum ExitCode {
     /// The pipeline compiled, but the job failed while running (a model that does not load, a
     /// device that cannot be opened, a malformed data line).
     RunFailed = 3,
+    /// `run` was stopped by SIGINT or SIGTERM: the step under way finished and a checkpoint
+    /// was written, so `--resume` continues the run.
+    Interrupted = 4,
 }
 
 impl ExitCode {

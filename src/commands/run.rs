@@ -4,9 +4,16 @@
 //! metrics, samples and checkpoints, or a dry run's cost estimate. Exit code 3 means the job
 //! failed while running (a model that does not load, a device that cannot be opened), as
 //! opposed to 1 (the pipeline is wrong) and 2 (usage or IO, including a run directory that is
-//! not empty and not this run's without `--overwrite`, or that another run holds).
+//! not empty and not this run's without `--overwrite`, or that another run holds). SIGINT or
+//! SIGTERM asks the run to stop: the step under way finishes, a checkpoint is written, and the
+//! run exits with code 4 and a line saying how to resume; a second signal ends the process at
+//! once (130 after SIGINT, 143 after SIGTERM, as a shell reports a death by those signals).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use recap_runtime::engine::{self, ProgressMode, RunOptions};
 
@@ -60,7 +67,33 @@ pub fn run(args: &RunArgs) -> ExitCode {
         autograd: engine::autograd_from_env(),
         ..RunOptions::default()
     };
+    let options = if args.dry_run {
+        options
+    } else {
+        match stop_on_signals() {
+            Ok(stop) => RunOptions {
+                stop: Some(stop),
+                ..options
+            },
+            Err(e) => {
+                error_line(&format!("cannot handle SIGINT and SIGTERM: {e}"));
+                return ExitCode::RunFailed;
+            }
+        }
+    };
     match engine::run(&plan, &options) {
+        Ok(summary) if summary.interrupted.is_some() => {
+            let checkpoint = summary.interrupted.as_deref().unwrap_or(Path::new("?"));
+            let dir = summary.run_dir.as_deref().unwrap_or(Path::new("?"));
+            eprintln!(
+                "interrupted after step {}: checkpoint {}; continue with `recapc run {} --resume {}`",
+                summary.steps,
+                checkpoint.display(),
+                args.file.display(),
+                dir.display()
+            );
+            ExitCode::Interrupted
+        }
         Ok(summary) => {
             if args.dry_run {
                 print_costs(&summary.costs);
@@ -85,6 +118,20 @@ pub fn run(args: &RunArgs) -> ExitCode {
             ExitCode::RunFailed
         }
     }
+}
+
+/// Installs the run's SIGINT and SIGTERM handlers: the first signal sets the flag the engine
+/// reads after each step; a second one, with the flag already set, exits at once with 128 plus
+/// the signal's number.
+fn stop_on_signals() -> std::io::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        // The conditional exit is registered first, so that it sees the flag as it was before
+        // this signal: unset on the first signal, set on the second.
+        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&stop))?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    Ok(stop)
 }
 
 /// Prints the run's summary (the numbers `recapc report` puts in summary.md), read back from

@@ -79,7 +79,8 @@ fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
         .with_context(|| format!("reading {}", path.display()))
 }
 
-/// Saves a checkpoint after the step just taken and prunes old ones to `keep`.
+/// Saves a checkpoint after the step just taken and prunes old ones to `keep`; gives its
+/// directory.
 pub(crate) fn save(
     run_dir: &Path,
     ctx: &Ctx,
@@ -87,7 +88,7 @@ pub(crate) fn save(
     models: &Models,
     run_id: &str,
     keep: Option<u64>,
-) -> Result<()> {
+) -> Result<PathBuf> {
     let root = run_dir.join("checkpoints");
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let stage = &ctx.plan.stages[rt.index];
@@ -130,7 +131,7 @@ pub(crate) fn save(
                 .with_context(|| format!("pruning {}", old.dir.display()))?;
         }
     }
-    Ok(())
+    Ok(root.join(name))
 }
 
 /// Reads a checkpoint's trainer state.

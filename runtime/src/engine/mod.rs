@@ -23,6 +23,8 @@ mod step;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -68,6 +70,10 @@ pub struct RunOptions {
     /// Train through candle's autograd even where the hand-written CPU pass (`model::fast`)
     /// applies, so that both paths can be compared on the same run.
     pub autograd: bool,
+    /// Set from outside (the command line's SIGINT and SIGTERM handler) to ask the run to stop:
+    /// the step under way finishes, a checkpoint is written, and the run returns with
+    /// [`RunSummary::interrupted`] naming it.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// Whether the environment asks for candle's autograd (`RECAP_AUTOGRAD=1`): read by the
@@ -90,6 +96,7 @@ impl Default for RunOptions {
             samples_every: 10,
             stop_after: None,
             autograd: false,
+            stop: None,
         }
     }
 }
@@ -127,6 +134,8 @@ pub struct RunSummary {
     /// The topological order of the plan's graph the executor checked.
     pub graph_order: Vec<String>,
     pub seconds: f64,
+    /// The checkpoint written when [`RunOptions::stop`] stopped the run before its end.
+    pub interrupted: Option<PathBuf>,
 }
 
 /// Parses `cpu` or `cuda:N`.
@@ -648,9 +657,23 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
             }
             let record = ctx.step(&mut rt, &mut models)?;
             summary.metrics.push(record);
-            if let Some(ck) = &stage.train.checkpoint {
-                if ck.every > 0 && rt.step.is_multiple_of(ck.every) {
-                    checkpoint::save(&run_dir, &ctx, &rt, &models, run_id, ck.keep)?;
+            let stopping = opts.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+            let ck = stage.train.checkpoint.as_ref();
+            // A checkpoint every `every` steps and at the end of the stage, as the stdlib's
+            // `every` promises, and whenever the run is asked to stop, with or without a
+            // checkpoint setting, so that a stopped run can always be resumed.
+            let due = ck.is_some_and(|c| {
+                (c.every > 0 && rt.step.is_multiple_of(c.every)) || rt.step == stage.train.steps
+            });
+            if due || stopping {
+                let keep = ck.and_then(|c| c.keep);
+                let saved = checkpoint::save(&run_dir, &ctx, &rt, &models, run_id, keep)?;
+                if stopping {
+                    ctx.finish();
+                    summary.steps = ctx.global_step;
+                    summary.seconds = started.elapsed().as_secs_f64();
+                    summary.interrupted = Some(saved);
+                    return Ok(summary);
                 }
             }
         }

@@ -1,0 +1,179 @@
+//! Runs that survive: real `recapc run` processes stopped by SIGINT, SIGTERM and SIGKILL, then
+//! resumed, must end with the same weights and metrics as a run that was never stopped.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A job of many quick steps on the tiny model (GRPO and SFT on one source), so that a signal
+/// sent once a few steps are written lands in the middle of the run.
+const JOB: &str = "\
+model policy = tiny(layers = 1, hidden = 32, heads = 2, seed = 7)
+source sums = arithmetic(ops = \"+\", digits = 1, count = 64, seed = 1)
+verifier correct = numeric(extract = first_number)
+objective rl = grpo(sums) { rewards = [correct], group = 4, max_tokens = 3 }
+objective learn = sft(sums)
+train {
+  steps = 610
+  prompts_per_step = 4
+  optimizer = adamw(lr = 1e-3)
+  seed = 3
+  checkpoint = every(50, keep = 2)
+  out = \"runs/job\"
+}
+";
+
+fn job_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("job.recap"), JOB).unwrap();
+    dir
+}
+
+fn args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["run", "job.recap", "--progress", "quiet"];
+    a.extend_from_slice(extra);
+    if !extra.contains(&"--resume") {
+        a.extend_from_slice(&["--out", out]);
+    }
+    a
+}
+
+fn spawn(dir: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_recapc"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the recapc binary starts")
+}
+
+fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill -{name} failed");
+}
+
+/// Lines of `metrics.jsonl` in `run`, 0 while it does not exist.
+fn lines_written(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count())
+}
+
+/// Waits until the run has written `n` metrics lines; panics if it ends first.
+fn wait_for_steps(child: &mut Child, run: &Path, n: usize) {
+    let start = Instant::now();
+    while lines_written(run) < n {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before step {n}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn finish(child: Child) -> (ExitStatus, String) {
+    let o = child.wait_with_output().unwrap();
+    (o.status, String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn run_to_end(dir: &Path, args: &[&str]) -> String {
+    let (status, err) = finish(spawn(dir, args));
+    assert_eq!(status.code(), Some(0), "{err}");
+    err
+}
+
+/// The metrics of a run without the fields that measure time.
+fn metrics(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            let m = v.as_object_mut().unwrap();
+            for k in ["seconds", "tokens_per_s", "time"] {
+                m.remove(k);
+            }
+            v
+        })
+        .collect()
+}
+
+fn weights(run: &Path) -> Vec<u8> {
+    std::fs::read(run.join("final/model.safetensors")).unwrap()
+}
+
+/// The checkpoint directories of a run, by name.
+fn checkpoints(run: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The run directory an uninterrupted run of [`JOB`] gives, under `dir`.
+fn reference(dir: &Path) -> PathBuf {
+    run_to_end(dir, &args("full", &[]));
+    dir.join("full")
+}
+
+/// SIGINT and SIGTERM each stop the run after its step with a checkpoint of that step, a line
+/// saying how to resume and exit code 4; the resumed run ends as the uninterrupted one did. The
+/// run also checkpoints at its end, as `every` promises, beside `final/`.
+#[test]
+fn sigint_and_sigterm_stop_at_a_checkpoint_that_resumes_to_the_same_end() {
+    let dir = job_dir();
+    let full = reference(dir.path());
+    assert_eq!(
+        checkpoints(&full),
+        ["step-000600", "step-000610"],
+        "a checkpoint at the end of the run"
+    );
+    for (name, out) in [("INT", "int"), ("TERM", "term")] {
+        let run = dir.path().join(out);
+        let mut child = spawn(dir.path(), &args(out, &[]));
+        wait_for_steps(&mut child, &run, 5);
+        signal(&child, name);
+        let (status, err) = finish(child);
+        assert_eq!(status.code(), Some(4), "SIG{name}: {err}");
+        assert!(err.contains("interrupted after step"), "{err}");
+        assert!(err.contains("--resume"), "{err}");
+        let step = lines_written(&run);
+        assert!(step < 610, "SIG{name} came too late to test anything");
+        assert!(
+            checkpoints(&run).contains(&format!("step-{step:06}")),
+            "SIG{name}: no checkpoint of step {step}: {:?}",
+            checkpoints(&run)
+        );
+        assert!(!run.join("final").exists());
+        let run_arg = run.display().to_string();
+        run_to_end(dir.path(), &args(out, &["--resume", &run_arg]));
+        assert_eq!(metrics(&run), metrics(&full), "SIG{name}: metrics differ");
+        assert!(weights(&run) == weights(&full), "SIG{name}: weights differ");
+    }
+}
+
+/// A second SIGINT does not wait for the step: the process ends at once with 130.
+#[test]
+fn a_second_sigint_ends_the_run_at_once() {
+    let dir = job_dir();
+    let run = dir.path().join("out");
+    let mut child = spawn(dir.path(), &args("out", &[]));
+    wait_for_steps(&mut child, &run, 2);
+    signal(&child, "INT");
+    signal(&child, "INT");
+    let (status, err) = finish(child);
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(!run.join("final").exists());
+}
