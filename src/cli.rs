@@ -163,6 +163,10 @@ pub struct RunArgs {
     /// (plan, metrics, samples, checkpoints, final weights) are removed; nothing else is.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// Run even though a data or model file changed since the saved plan was made (`run
+    /// PLAN.json`) or since the resumed run started; without it such a run is refused.
+    #[arg(long)]
+    pub allow_changed_inputs: bool,
     /// Build every node, load data and models, run one step on two prompts, print the
     /// per-step cost estimate; write nothing.
     #[arg(long)]

@@ -177,3 +177,95 @@ fn a_second_sigint_ends_the_run_at_once() {
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(!run.join("final").exists());
 }
+
+/// A job that reads a data file, for the input-hash checks.
+const DATA_JOB: &str = "\
+model policy = tiny(layers = 1, hidden = 32, heads = 2, seed = 1)
+source rows = jsonl(\"rows.jsonl\") { prompt = \"{q}\", target = field(\"t\") }
+objective o = sft(rows)
+train { steps = 4, prompts_per_step = 2, checkpoint = every(2), out = \"runs/data\" }
+";
+
+fn data_job() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("job.recap"), DATA_JOB).unwrap();
+    std::fs::write(
+        dir.path().join("rows.jsonl"),
+        "{\"q\":\"1+1=\",\"t\":\"2\"}\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// `run PLAN.json` holds the files against the hashes `recapc plan` recorded: a data file
+/// changed since is refused, naming it, unless `--allow-changed-inputs`.
+#[test]
+fn a_saved_plan_whose_data_changed_is_refused_naming_the_file() {
+    let dir = data_job();
+    let o = common::recapc(&["plan", "job.recap"], dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+    std::fs::write(dir.path().join("plan.json"), common::stdout(&o)).unwrap();
+    std::fs::write(
+        dir.path().join("rows.jsonl"),
+        "{\"q\":\"1+2=\",\"t\":\"3\"}\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut a = vec!["run", "plan.json", "--progress", "quiet", "--out", "out"];
+        a.extend_from_slice(extra);
+        common::recapc(&a, dir.path())
+    };
+    let o = run(&[]);
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("`rows.jsonl` (its contents) changed since the plan"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-changed-inputs"), "{err}");
+    assert!(
+        !dir.path().join("out").exists(),
+        "refused before the run starts"
+    );
+    let o = run(&["--allow-changed-inputs"]);
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning: `rows.jsonl` (its contents) changed"),
+        "{err}"
+    );
+}
+
+/// `--resume` holds the files against the hashes the run recorded in its `plan.json` when it
+/// started: a data file changed or removed since is refused, naming it.
+#[test]
+fn a_resume_whose_data_changed_is_refused_naming_the_file() {
+    let dir = data_job();
+    let o = common::recapc(
+        &["run", "job.recap", "--progress", "quiet", "--out", "out"],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+    let plan: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out/plan.json")).unwrap()).unwrap();
+    assert_eq!(plan["file_hashes"][0]["path"], "rows.jsonl");
+    std::fs::write(
+        dir.path().join("rows.jsonl"),
+        "{\"q\":\"1+2=\",\"t\":\"3\"}\n",
+    )
+    .unwrap();
+    let resume = |extra: &[&str]| {
+        let mut a = vec!["run", "job.recap", "--progress", "quiet", "--resume", "out"];
+        a.extend_from_slice(extra);
+        common::recapc(&a, dir.path())
+    };
+    let o = resume(&[]);
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("`rows.jsonl` (its contents) changed since the run in `out` started"),
+        "{err}"
+    );
+    let o = resume(&["--allow-changed-inputs"]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+}

@@ -13,18 +13,21 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use serde_json::Value;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use recap_runtime::engine::{self, ProgressMode, RunOptions};
 
+use super::plan::{hash_files, named_files};
 use super::{compile_for_plan, error_line};
 use crate::cli::{ProgressArg, RunArgs};
 use crate::exit::ExitCode;
+use crate::host::FsHost;
 use crate::report;
 
 pub fn run(args: &RunArgs) -> ExitCode {
     let is_plan_json = args.file.extension().is_some_and(|e| e == "json");
-    let plan = if is_plan_json {
+    let (plan, recorded) = if is_plan_json {
         match read_plan(&args.file) {
             Ok(plan) => plan,
             Err(message) => {
@@ -34,7 +37,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         }
     } else {
         match compile_for_plan(&args.file, args.set.pairs(), true) {
-            Ok((_compiled, plan)) => plan,
+            Ok((_compiled, plan)) => (plan, None),
             Err(code) => return code,
         }
     };
@@ -50,6 +53,17 @@ pub fn run(args: &RunArgs) -> ExitCode {
         .filter(|p| !p.as_os_str().is_empty())
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
+    let hashes = if args.dry_run {
+        None
+    } else {
+        match check_inputs(args, &plan, recorded.as_ref()) {
+            Ok(h) => Some(h),
+            Err(message) => {
+                error_line(&message);
+                return ExitCode::Usage;
+            }
+        }
+    };
     let options = RunOptions {
         device: args.device.clone(),
         out: args.out.clone(),
@@ -65,6 +79,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         base_dir,
         samples_every: args.samples_every,
         autograd: engine::autograd_from_env(),
+        file_hashes: hashes,
         ..RunOptions::default()
     };
     let options = if args.dry_run {
@@ -147,11 +162,98 @@ fn print_summary(dir: &Path) {
     }
 }
 
-fn read_plan(path: &Path) -> Result<recap_plan::Plan, String> {
+/// Reads a saved plan and the file hashes `recapc plan` recorded in it, if any.
+fn read_plan(path: &Path) -> Result<(recap_plan::Plan, Option<Value>), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read plan `{}`: {e}", path.display()))?;
-    recap_plan::Plan::from_json(&text)
-        .map_err(|e| format!("`{}` is not a usable plan: {e}", path.display()))
+    let plan = recap_plan::Plan::from_json(&text)
+        .map_err(|e| format!("`{}` is not a usable plan: {e}", path.display()))?;
+    Ok((plan, recorded_hashes(&text)))
+}
+
+/// The `file_hashes` field of a plan document.
+fn recorded_hashes(text: &str) -> Option<Value> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    value.get("file_hashes").cloned()
+}
+
+/// Hashes the files the plan reads and holds them against the hashes recorded when the saved
+/// plan was made (`recorded`) and when the resumed run started (its `plan.json`): a file that
+/// changed, appeared or went since is refused, naming it, unless `--allow-changed-inputs`, which
+/// turns the refusal into a warning. Gives the hashes of now, for the run directory.
+fn check_inputs(
+    args: &RunArgs,
+    plan: &recap_plan::Plan,
+    recorded: Option<&Value>,
+) -> Result<Value, String> {
+    let now = hash_files(&FsHost::for_pipeline(&args.file), &named_files(plan))?;
+    let now = serde_json::to_value(&now).map_err(|e| format!("cannot record file hashes: {e}"))?;
+    let mut checks = Vec::new();
+    if let Some(r) = recorded {
+        checks.push((
+            r.clone(),
+            format!("the plan `{}` was made", args.file.display()),
+        ));
+    }
+    if let Some(dir) = &args.resume {
+        // Read as a plain file only: a link there is refused when the run opens its directory.
+        let path = dir.join("plan.json");
+        let is_file = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+        if let Some(r) = is_file
+            .then(|| std::fs::read_to_string(&path).ok())
+            .flatten()
+            .and_then(|t| recorded_hashes(&t))
+        {
+            checks.push((r, format!("the run in `{}` started", dir.display())));
+        }
+    }
+    for (then, when) in checks {
+        let changed = changed_files(&then, &now);
+        if changed.is_empty() {
+            continue;
+        }
+        let message = format!(
+            "{} changed since {when}; the run would train on other inputs than planned",
+            changed.join(", ")
+        );
+        if !args.allow_changed_inputs {
+            return Err(format!(
+                "{message}. Make the plan again, or pass `--allow-changed-inputs` to run anyway"
+            ));
+        }
+        eprintln!("warning: {message} (allowed by --allow-changed-inputs)");
+    }
+    Ok(now)
+}
+
+/// The paths whose size or sha256 differ between two `file_hashes` lists, or that are in only
+/// one of them, each with what became of it.
+fn changed_files(then: &Value, now: &Value) -> Vec<String> {
+    let table = |v: &Value| -> std::collections::BTreeMap<String, (Value, Value)> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| {
+                let path = f.get("path")?.as_str()?.to_string();
+                Some((path, (f["bytes"].clone(), f["sha256"].clone())))
+            })
+            .collect()
+    };
+    let (then, now) = (table(then), table(now));
+    let mut out = Vec::new();
+    for (path, old) in &then {
+        match now.get(path) {
+            None => out.push(format!("`{path}` (gone)")),
+            Some(new) if new != old => out.push(format!("`{path}` (its contents)")),
+            Some(_) => {}
+        }
+    }
+    out.extend(
+        now.keys()
+            .filter(|p| !then.contains_key(*p))
+            .map(|p| format!("`{p}` (new)")),
+    );
+    out
 }
 
 fn print_costs(costs: &[engine::CostEstimate]) {

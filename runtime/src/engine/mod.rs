@@ -74,6 +74,9 @@ pub struct RunOptions {
     /// the step under way finishes, a checkpoint is written, and the run returns with
     /// [`RunSummary::interrupted`] naming it.
     pub stop: Option<Arc<AtomicBool>>,
+    /// The hashes of the files the plan reads, kept in the run directory's `plan.json` as its
+    /// `file_hashes` field, so that a resume can tell whether they changed since.
+    pub file_hashes: Option<Value>,
 }
 
 /// Whether the environment asks for candle's autograd (`RECAP_AUTOGRAD=1`): read by the
@@ -97,6 +100,7 @@ impl Default for RunOptions {
             stop_after: None,
             autograd: false,
             stop: None,
+            file_hashes: None,
         }
     }
 }
@@ -628,7 +632,18 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
     }
 
     let run_id = dir.as_ref().map(|d| d.run_id.as_str()).unwrap_or_default();
-    rundir::replace_file(&run_dir, "plan.json", (plan.to_json() + "\n").as_bytes())?;
+    let plan_text = match &opts.file_hashes {
+        None => plan.to_json(),
+        Some(hashes) => {
+            // An extra top-level field, as `recapc plan` writes it: the plan crate ignores it.
+            let mut value = serde_json::to_value(plan)?;
+            if let Value::Object(map) = &mut value {
+                map.insert("file_hashes".into(), hashes.clone());
+            }
+            serde_json::to_string_pretty(&value)?
+        }
+    };
+    rundir::replace_file(&run_dir, "plan.json", (plan_text + "\n").as_bytes())?;
     let keep_until = resume.as_ref().map(|c| c.state.global_step);
     ctx.out = Some(progress::RunFiles::open(&run_dir, keep_until)?);
     ctx.progress = Some(progress::Progress::new(opts.progress, ctx.total_steps));
