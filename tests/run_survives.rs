@@ -164,18 +164,28 @@ fn sigint_and_sigterm_stop_at_a_checkpoint_that_resumes_to_the_same_end() {
     }
 }
 
-/// A second SIGINT does not wait for the step: the process ends at once with 130.
+/// A second SIGINT does not wait for the step: the process ends at once with 130. Its steps
+/// are long (a wider model, more prompts), so the second signal lands within the step the first
+/// one let finish.
 #[test]
 fn a_second_sigint_ends_the_run_at_once() {
-    let dir = job_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let job = "\
+model policy = tiny(layers = 4, hidden = 256, heads = 4, seed = 7)
+source sums = arithmetic(ops = \"+\", digits = 1, count = 64, seed = 1)
+objective learn = sft(sums)
+train { steps = 1000, prompts_per_step = 64, out = \"out\" }
+";
+    std::fs::write(dir.path().join("job.recap"), job).unwrap();
     let run = dir.path().join("out");
     let mut child = spawn(dir.path(), &args("out", &[]));
-    wait_for_steps(&mut child, &run, 2);
+    wait_for_steps(&mut child, &run, 1);
     signal(&child, "INT");
+    std::thread::sleep(Duration::from_millis(30));
     signal(&child, "INT");
     let (status, err) = finish(child);
     assert_eq!(status.code(), Some(130), "{err}");
-    assert!(!run.join("final").exists());
+    assert!(!run.join("checkpoints").exists() && !run.join("final").exists());
 }
 
 /// A job that reads a data file, for the input-hash checks.
