@@ -279,3 +279,38 @@ fn a_resume_whose_data_changed_is_refused_naming_the_file() {
     let o = resume(&["--allow-changed-inputs"]);
     assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
 }
+
+/// At lr = 1e3 the tiny model collapses (its gradient is exactly zero from the third step, the
+/// loss stuck at ln(vocab)); the run used to go on to exit 0. It now stops after `bad_steps`
+/// bad steps with exit 3 and a line saying so, its newest checkpoint the last good one.
+#[test]
+fn a_collapsed_run_stops_keeping_its_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    // The warm-up gives step 1 a zero learning rate, so step 1 is good and checkpointed.
+    let job = "\
+model policy = tiny(layers = 1, hidden = 32, heads = 2, seed = 7)
+source sums = arithmetic(ops = \"+\", digits = 1, count = 64, seed = 1)
+objective learn = sft(sums)
+train {
+  steps = 20
+  prompts_per_step = 4
+  optimizer = adamw(lr = 1e3)
+  schedule = constant(warmup = 2)
+  bad_steps = 4
+  checkpoint = every(1)
+  out = \"out\"
+}
+";
+    std::fs::write(dir.path().join("c.recap"), job).unwrap();
+    let o = common::recapc(&["run", "c.recap", "--progress", "plain"], dir.path());
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("the run collapsed: 4 bad steps in a row, the last at step 5"),
+        "{err}"
+    );
+    assert!(err.contains("step-000001, predates them"), "{err}");
+    assert!(err.contains("warning: step 2 is bad"), "{err}");
+    assert_eq!(checkpoints(&dir.path().join("out")), ["step-000001"]);
+    assert!(!dir.path().join("out/final").exists());
+}

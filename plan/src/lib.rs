@@ -427,6 +427,10 @@ pub struct Train {
     pub schedule: Schedule,
     /// Gradient-norm clipping; 0 turns it off.
     pub grad_clip: f64,
+    /// Consecutive bad steps (non-finite, or collapsed) after which the run stops; plans
+    /// written before the setting existed have none and stop at the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad_steps: Option<u64>,
     pub seed: u64,
     pub checkpoint: Option<Checkpoint>,
     pub out: String,
@@ -619,6 +623,7 @@ mod tests {
                 final_fraction: 0.0,
             },
             grad_clip: 1.0,
+            bad_steps: Some(3),
             seed: 42,
             checkpoint: Some(Checkpoint {
                 every: 5,

@@ -142,6 +142,7 @@ impl L<'_, '_> {
             optimizer,
             schedule,
             grad_clip: self.f(c, "grad_clip")?,
+            bad_steps: self.ou(c, "bad_steps"),
             seed: self.u(c, "seed")?,
             checkpoint,
             out: c

@@ -663,6 +663,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
             }
             ctx.global_step = plan.stages[..i].iter().map(|s| s.train.steps).sum();
         }
+        let mut health = Health::new(&models.policy, stage.train.bad_steps)?;
         while rt.step < stage.train.steps {
             if opts.stop_after.is_some_and(|s| ctx.global_step >= s) {
                 ctx.finish();
@@ -671,6 +672,30 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
                 return Ok(summary);
             }
             let record = ctx.step(&mut rt, &mut models)?;
+            let bad = health.check(&record, &models.policy)?;
+            if let Some(why) = &bad {
+                ctx.warn(&format!(
+                    "step {} is bad: {why} ({} of {} in a row)",
+                    ctx.global_step, health.bad, health.limit
+                ));
+                if health.bad >= health.limit {
+                    ctx.finish();
+                    let newest = checkpoint::newest(&run_dir, run_id)?;
+                    bail!(
+                        "the run collapsed: {} bad steps in a row, the last at step {} ({why}); {}. \
+                         Lower the learning rate, or raise `bad_steps` in `train {{ ... }}`",
+                        health.bad,
+                        ctx.global_step,
+                        match newest {
+                            Some(c) => format!(
+                                "its newest checkpoint, {}, predates them",
+                                c.dir.display()
+                            ),
+                            None => "no checkpoint was written before them".to_string(),
+                        }
+                    );
+                }
+            }
             summary.metrics.push(record);
             let stopping = opts.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
             let ck = stage.train.checkpoint.as_ref();
@@ -680,7 +705,9 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
             let due = ck.is_some_and(|c| {
                 (c.every > 0 && rt.step.is_multiple_of(c.every)) || rt.step == stage.train.steps
             });
-            if due || stopping {
+            // A bad step writes no checkpoint, so the newest one stays good; a stop asked for
+            // writes one all the same, since it is the only way to resume where the run was.
+            if (due && bad.is_none()) || stopping {
                 let keep = ck.and_then(|c| c.keep);
                 let saved = checkpoint::save(&run_dir, &ctx, &rt, &models, run_id, keep)?;
                 if stopping {
@@ -703,6 +730,66 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
     summary.steps = ctx.global_step;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// How many times its norm at the stage's start the weights may grow before a step counts as
+/// bad: two orders of magnitude, far beyond what a learning rate that trains gives.
+const WEIGHT_GROWTH_LIMIT: f64 = 100.0;
+
+/// Watches the steps of a stage for a run gone wrong: a loss or gradient that is not finite
+/// (the optimiser skipped its update), a zero gradient under a non-zero loss (the model has
+/// collapsed to where nothing flows back), or weights grown by orders of magnitude.
+struct Health {
+    /// The weights' norm when the stage began or was resumed.
+    start_norm: f64,
+    /// Bad steps in a row so far.
+    bad: u64,
+    /// Bad steps in a row that stop the run (`train { bad_steps }`; plans written before the
+    /// setting stop at the first, as they did when a non-finite gradient was an error).
+    limit: u64,
+}
+
+impl Health {
+    fn new(policy: &Model, limit: Option<u64>) -> Result<Health> {
+        Ok(Health {
+            start_norm: weight_norm(policy)?,
+            bad: 0,
+            limit: limit.unwrap_or(1).max(1),
+        })
+    }
+
+    /// Why the step of `record` is bad, if it is; counts it.
+    fn check(&mut self, record: &Value, policy: &Model) -> Result<Option<String>> {
+        let why = match (record["loss"].as_f64(), record["grad_norm"].as_f64()) {
+            (None, _) | (_, None) => {
+                Some("its loss or gradient is not finite; its update was skipped".to_string())
+            }
+            (Some(loss), Some(grad)) if grad == 0.0 && loss != 0.0 => {
+                Some(format!("its gradient is zero while its loss is {loss}"))
+            }
+            _ => {
+                let norm = weight_norm(policy)?;
+                (!(norm <= WEIGHT_GROWTH_LIMIT * self.start_norm)).then(|| {
+                    format!(
+                        "the weights' norm grew from {:.4} to {norm:.4}",
+                        self.start_norm
+                    )
+                })
+            }
+        };
+        self.bad = if why.is_some() { self.bad + 1 } else { 0 };
+        Ok(why)
+    }
+}
+
+/// The L2 norm of all the policy's trainable weights.
+fn weight_norm(policy: &Model) -> Result<f64> {
+    let mut sum = 0.0f64;
+    for v in policy.trainable_vars() {
+        let squares = v.as_tensor().to_dtype(DType::F32)?.sqr()?.sum_all()?;
+        sum += squares.to_scalar::<f32>()? as f64;
+    }
+    Ok(sum.sqrt())
 }
 
 /// A JSON number, or null for a non-finite value (JSON has no NaN).
@@ -795,6 +882,38 @@ mod tests {
             seen(&mut readers(&sources, &datasets, &uniform, 7)[1]).len(),
             100
         );
+    }
+
+    /// A step whose loss or gradient is not finite, or whose gradient is zero under a non-zero
+    /// loss, is bad; a good step ends the count; weights grown a hundredfold make a step bad.
+    #[test]
+    fn health_counts_bad_steps_in_a_row() {
+        let cfg = ModelConfig::new(Family::Qwen2, 16, 8, 16, 1, 2, 2, true);
+        let model = Model::tiny(&cfg, 1, DType::F32, &Device::Cpu).unwrap();
+        let mut h = Health::new(&model, Some(3)).unwrap();
+        let rec = |loss: Value, grad: Value| json!({ "loss": loss, "grad_norm": grad });
+        let nan = rec(json!(1.0), Value::Null);
+        assert!(h
+            .check(&nan, &model)
+            .unwrap()
+            .unwrap()
+            .contains("not finite"));
+        let zero = rec(json!(2.5), json!(0.0));
+        assert!(h
+            .check(&zero, &model)
+            .unwrap()
+            .unwrap()
+            .contains("gradient is zero"));
+        assert_eq!(h.bad, 2);
+        assert_eq!(h.check(&rec(json!(0.0), json!(0.0)), &model).unwrap(), None);
+        assert_eq!(h.bad, 0);
+        for v in model.trainable_vars() {
+            v.set(&(v.as_tensor() * 1000.0).unwrap()).unwrap();
+        }
+        let grown = h.check(&rec(json!(1.0), json!(0.5)), &model).unwrap();
+        assert!(grown.unwrap().contains("norm grew"));
+        assert_eq!(h.limit, 3);
+        assert_eq!(Health::new(&model, None).unwrap().limit, 1);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{backprop::GradStore, Var};
 use recap_plan::{Optimizer, Schedule, ScheduleKind};
 
@@ -71,6 +71,8 @@ impl Optim {
 
     /// Clips the gradients to `clip` (0: no clipping) by global norm and applies one update at
     /// learning rate `lr`. Variables without a gradient are left alone (torch skips them too).
+    /// A gradient whose norm is not finite is not applied at all, so the weights and moments
+    /// stay as they were; the engine counts such a step as bad.
     pub fn step(&mut self, grads: &GradStore, lr: f64, clip: f64) -> Result<StepInfo> {
         let mut g = self.inner.grads(grads)?;
         let norm = if clip > 0.0 {
@@ -79,7 +81,7 @@ impl Optim {
             g.global_norm()?
         };
         if !norm.is_finite() {
-            bail!("the gradient norm is {norm}; the loss diverged (lower the learning rate?)");
+            return Ok(StepInfo { grad_norm: norm });
         }
         self.inner.step(&g, lr)?;
         Ok(StepInfo { grad_norm: norm })

@@ -101,6 +101,7 @@ pub fn train(steps: u64, prompts: u64, lr: f64, seed: u64, out: &str) -> Train {
         optimizer: adamw(lr),
         schedule: constant(),
         grad_clip: 1.0,
+        bad_steps: None,
         seed,
         checkpoint: None,
         out: out.into(),

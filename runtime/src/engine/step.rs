@@ -283,7 +283,7 @@ fn target_of(row: &Row) -> Result<String> {
 }
 
 impl Ctx<'_> {
-    fn warn(&self, msg: &str) {
+    pub(crate) fn warn(&self, msg: &str) {
         match &self.progress {
             Some(p) => p.warn(msg),
             None => eprintln!("warning: {msg}"),
