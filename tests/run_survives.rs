@@ -314,3 +314,106 @@ train {
     assert_eq!(checkpoints(&dir.path().join("out")), ["step-000001"]);
     assert!(!dir.path().join("out/final").exists());
 }
+
+/// A job for the kill test: checkpoints every 4 steps, so that many kills land while a
+/// checkpoint (or the metrics line beside it) is being written.
+const KILL_JOB: &str = "\
+model policy = tiny(layers = 1, hidden = 32, heads = 2, seed = 5)
+source sums = arithmetic(ops = \"+\", digits = 1, count = 64, seed = 2)
+verifier correct = numeric(extract = first_number)
+objective rl = grpo(sums) { rewards = [correct], group = 4, max_tokens = 3 }
+objective learn = sft(sums)
+train {
+  steps = 90
+  prompts_per_step = 4
+  optimizer = adamw(lr = 1e-3)
+  seed = 9
+  checkpoint = every(4, keep = 2)
+  out = \"runs/kill\"
+}
+";
+
+/// A small seeded generator (xorshift64*), so the moments of the kills repeat from run to run.
+struct Moments(u64);
+
+impl Moments {
+    fn next_below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// Twenty SIGKILLs at seeded random moments of a CPU run, each life resumed from the newest
+/// complete checkpoint: the run ends with the metrics and final weights of an uninterrupted one.
+/// The moments spread over each life, so kills fall in start-up, in steps, and in checkpoint
+/// and metrics writes; what each kill left half written is counted and printed.
+#[test]
+fn twenty_sigkills_at_random_moments_lose_nothing() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("job.recap"), KILL_JOB).unwrap();
+    let t = Instant::now();
+    run_to_end(dir.path(), &args("full", &[]));
+    let full_ms = t.elapsed().as_millis() as u64;
+    let full = dir.path().join("full");
+
+    let run = dir.path().join("cut");
+    let run_arg = run.display().to_string();
+    // The first life runs until its first checkpoint, so that every later life has one to
+    // resume from.
+    let mut child = spawn(dir.path(), &args("cut", &[]));
+    let first = Instant::now();
+    while checkpoints(&run).iter().all(|c| c.starts_with('.')) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ended before a checkpoint"
+        );
+        assert!(first.elapsed() < Duration::from_secs(120), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut moments = Moments(0x5eed_0f_c0ffee);
+    let (mut kills, mut half_written, mut before_the_end) = (0, 0, 0);
+    while kills < 20 {
+        std::thread::sleep(Duration::from_millis(
+            5 + moments.next_below(full_ms / 4 + 1),
+        ));
+        if child.try_wait().unwrap().is_none() {
+            let unfinished = !run.join("final").exists();
+            child.kill().unwrap();
+            kills += 1;
+            before_the_end += usize::from(unfinished);
+        }
+        let (status, err) = finish(child);
+        assert!(
+            status.code().is_none() || status.success(),
+            "life ended with {status}: {err}"
+        );
+        let temporaries = checkpoints(&run).iter().any(|c| c.starts_with(".tmp-"))
+            || std::fs::read_dir(&run).unwrap().any(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".tmp-")
+            });
+        half_written += usize::from(temporaries);
+        child = spawn(dir.path(), &args("cut", &["--resume", &run_arg]));
+    }
+    let (status, err) = finish(child);
+    assert_eq!(status.code(), Some(0), "the last life: {err}");
+    assert_eq!(
+        metrics(&run),
+        metrics(&full),
+        "metrics differ after 20 kills"
+    );
+    assert!(
+        weights(&run) == weights(&full),
+        "weights differ after 20 kills"
+    );
+    eprintln!(
+        "20 kills, {before_the_end} before the run's end, {half_written} leaving a file half \
+         written; uninterrupted run {full_ms} ms, test {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
