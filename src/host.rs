@@ -60,7 +60,7 @@ impl Host for FsHost {
         if path.is_empty() {
             return None;
         }
-        let file = std::fs::File::open(self.resolve(path)).ok()?;
+        let file = recap_runtime::engine::data::open_data_file(&self.resolve(path)).ok()?;
         let mut rows = Vec::new();
         for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
             let Ok(line) = line else { break };

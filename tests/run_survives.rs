@@ -417,3 +417,39 @@ fn twenty_sigkills_at_random_moments_lose_nothing() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// Sizes without bounds are clear errors, never an allocation that aborts the process: a tiny
+/// model a billion wide and a trillion generated rows at compile time, a data source at
+/// `/dev/zero` when the run would read it.
+#[test]
+fn sizes_without_bounds_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = |model: &str, source: &str| {
+        format!(
+            "model policy = {model}\nsource sums = {source}\nobjective learn = sft(sums)\n\
+             train {{ steps = 1, out = \"out\" }}\n"
+        )
+    };
+    let tiny = "tiny(layers = 1, hidden = 32, heads = 2)";
+    let sums = "arithmetic(count = 10)";
+    for (name, text, code, says) in [
+        ("wide", job("tiny(hidden = 1e9)", sums), 1, "hidden"),
+        ("rows", job(tiny, "arithmetic(count = 1e12)"), 1, "count"),
+        (
+            "zero",
+            job(
+                tiny,
+                "jsonl(\"/dev/zero\") { prompt = \"{q}\", target = field(\"t\") }",
+            ),
+            3,
+            "/dev/zero is not a regular file",
+        ),
+    ] {
+        std::fs::write(dir.path().join(format!("{name}.recap")), text).unwrap();
+        let file = format!("{name}.recap");
+        let o = common::recapc(&["run", &file, "--progress", "quiet"], dir.path());
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{name}: {err}");
+        assert!(err.contains(says), "{name}: {err}");
+    }
+}

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use rand::{seq::SliceRandom, Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use recap_plan::{Source, SourceSpec, Template};
@@ -102,14 +102,52 @@ impl Dataset {
     }
 }
 
+/// The largest data file a source reads: far beyond any row count a run can train on, and a
+/// clear error rather than the process aborting for want of memory.
+pub const MAX_DATA_FILE_BYTES: u64 = 64 << 30;
+
+/// Opens a data file for reading: a regular file (a device such as `/dev/zero`, a pipe or a
+/// directory would never end or is not data) of at most [`MAX_DATA_FILE_BYTES`], read no
+/// further than that even if it grows meanwhile. The checker reads the first rows through it
+/// too, so `check` and `run` stop at the same files.
+pub fn open_data_file(path: &Path) -> std::result::Result<std::io::Take<std::fs::File>, String> {
+    use std::io::Read;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{} is not a regular file; a data source reads only files",
+            path.display()
+        ));
+    }
+    if meta.len() > MAX_DATA_FILE_BYTES {
+        return Err(format!(
+            "{} holds {} bytes, more than the {} a data file may hold",
+            path.display(),
+            meta.len(),
+            MAX_DATA_FILE_BYTES
+        ));
+    }
+    Ok(file.take(MAX_DATA_FILE_BYTES))
+}
+
 fn load_jsonl(
     source: &Source,
     path: &Path,
     prompt: &Template,
     limit: Option<u64>,
 ) -> Result<Vec<Row>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("source `{}`: cannot read {}", source.name, path.display()))?;
+    use std::io::Read;
+    let mut text = String::new();
+    open_data_file(path)
+        .and_then(|mut f| {
+            f.read_to_string(&mut text)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        })
+        .map_err(|m| anyhow::anyhow!("source `{}`: {m}", source.name))?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let lineno = i + 1;
