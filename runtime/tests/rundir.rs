@@ -126,12 +126,12 @@ mod rundir {
             3
         );
         // A newer checkpoint of the other run put back beside B's is neither resumed from nor
-        // pruned by B.
+        // pruned by B, which ends holding its checkpoints of steps 4 and 5 (its end).
         std::fs::rename(&foreign, dir.path().join("checkpoints/step-000007")).unwrap();
         resume(&b, dir.path());
         assert_eq!(
             names(&dir.path().join("checkpoints")),
-            ["README", "step-000002", "step-000004", "step-000007"]
+            ["README", "step-000004", "step-000005", "step-000007"]
         );
         assert!(dir.path().join("final/model.safetensors").exists());
         assert_eq!(
@@ -247,5 +247,59 @@ mod rundir {
         .unwrap_err();
         assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
         assert_eq!(names(&moved), before);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_run_marker_that_is_a_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = cut_run(dir.path());
+        let elsewhere = tempfile::tempdir().unwrap();
+        let moved = elsewhere.path().join("run.json");
+        std::fs::rename(dir.path().join("run.json"), &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, dir.path().join("run.json")).unwrap();
+        let err = run(
+            &p,
+            &RunOptions {
+                resume: Some(dir.path().to_path_buf()),
+                ..opts(dir.path())
+            },
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("not a regular file"), "{err:#}");
+    }
+
+    /// A damaged newest checkpoint (its weights cut short, as a full disk or a torn copy leaves
+    /// them) is passed over: the run resumes from the one before and ends as an uninterrupted
+    /// run does.
+    #[test]
+    fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
+        let p = plan(2, 3);
+        let full = tempfile::tempdir().unwrap();
+        run(&p, &opts(full.path())).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        run(
+            &p,
+            &RunOptions {
+                stop_after: Some(4),
+                ..opts(dir.path())
+            },
+        )
+        .unwrap();
+        let weights = dir.path().join("checkpoints/step-000004/model.safetensors");
+        let bytes = std::fs::read(&weights).unwrap();
+        std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+        let s = run(
+            &p,
+            &RunOptions {
+                resume: Some(dir.path().to_path_buf()),
+                ..opts(dir.path())
+            },
+        )
+        .unwrap();
+        assert_eq!(s.metrics.len(), 3, "resumed from step 2");
+        let a = std::fs::read(full.path().join("final/model.safetensors")).unwrap();
+        let b = std::fs::read(dir.path().join("final/model.safetensors")).unwrap();
+        assert!(a == b, "final weights differ after the fallback");
     }
 }

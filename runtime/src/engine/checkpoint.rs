@@ -152,7 +152,8 @@ fn read_state(dir: &Path) -> Result<TrainerState> {
 }
 
 /// The complete checkpoints of run `run_id` under `root`, oldest first. Checkpoints of any other
-/// run are never listed, so never pruned nor resumed from.
+/// run, and those whose trainer state cannot be read, are never listed, so never pruned nor
+/// resumed from.
 fn list(root: &Path, run_id: &str) -> Result<Vec<(u64, Found)>> {
     let mut out = Vec::new();
     if !root.exists() {
@@ -169,9 +170,10 @@ fn list(root: &Path, run_id: &str) -> Result<Vec<(u64, Found)>> {
             if !dir.join("trainer_state.json").exists() {
                 continue;
             }
-            let state = read_state(&dir)?;
-            if state.run_id == run_id {
-                out.push((n, Found { dir, state }));
+            match read_state(&dir) {
+                Ok(state) if state.run_id == run_id => out.push((n, Found { dir, state })),
+                Ok(_) => {}
+                Err(e) => eprintln!("warning: skipping checkpoint {}: {e:#}", dir.display()),
             }
         }
     }
@@ -179,11 +181,64 @@ fn list(root: &Path, run_id: &str) -> Result<Vec<(u64, Found)>> {
     Ok(out)
 }
 
-/// The newest complete checkpoint of run `run_id` in a run directory.
+/// The newest complete checkpoint of run `run_id` in a run directory whose tensor files are
+/// whole; a damaged newer one is passed over with a warning, so a resume falls back to the
+/// previous checkpoint rather than failing.
 pub fn newest(run_dir: &Path, run_id: &str) -> Result<Option<Found>> {
-    Ok(list(&run_dir.join("checkpoints"), run_id)?
-        .pop()
-        .map(|(_, f)| f))
+    let mut all = list(&run_dir.join("checkpoints"), run_id)?;
+    while let Some((_, found)) = all.pop() {
+        match whole(&found) {
+            Ok(()) => return Ok(Some(found)),
+            Err(why) => eprintln!(
+                "warning: checkpoint {} is damaged ({why}); trying the one before it",
+                found.dir.display()
+            ),
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a checkpoint's tensor files are all there and whole.
+fn whole(found: &Found) -> std::result::Result<(), String> {
+    let mut files = vec!["model.safetensors", "optimizer.safetensors"];
+    if found.state.has_reference {
+        files.push("reference.safetensors");
+    }
+    for name in files {
+        safetensors_whole(&found.dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Checks a safetensors file without reading its tensors: the header parses and the file is
+/// exactly as long as the header says its data is.
+fn safetensors_whole(path: &Path) -> std::result::Result<(), String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).map_err(|e| e.to_string())?;
+    let n = u64::from_le_bytes(n);
+    if n > len.saturating_sub(8) {
+        return Err(format!("cut short: its header claims {n} bytes"));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(|e| e.to_string())?;
+    let header: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| format!("not a safetensors header: {e}"))?;
+    let end = header
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .filter_map(|(_, v)| v["data_offsets"][1].as_u64())
+        .max()
+        .unwrap_or(0);
+    if 8 + n + end != len {
+        return Err(format!(
+            "{len} bytes where its header describes {}",
+            8 + n + end
+        ));
+    }
+    Ok(())
 }
 
 /// Restores the stage's state from a checkpoint (the policy weights were loaded from it already).

@@ -60,8 +60,16 @@ fn refuse<T>(msg: String) -> Result<T> {
 
 fn read_marker(dir: &Path) -> Result<Option<Marker>> {
     let path = dir.join(MARKER);
-    if std::fs::symlink_metadata(&path).is_err() {
+    let Ok(meta) = std::fs::symlink_metadata(&path) else {
         return Ok(None);
+    };
+    // The marker names the run whose checkpoints may be resumed and pruned: one read through a
+    // link would let another directory's marker decide that.
+    if !meta.is_file() {
+        return refuse(format!(
+            "{} is not a regular file; recap reads a run's marker only from its directory",
+            path.display()
+        ));
     }
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
