@@ -153,8 +153,9 @@ pub struct RunArgs {
     /// Where tensors live: `cpu`, or `cuda:N` in a build with `--features cuda`.
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: String,
-    /// Run directory (overrides the pipeline's `train { out = ... }`).
-    #[arg(long, value_name = "DIR")]
+    /// Run directory (overrides the pipeline's `train { out = ... }`). A resumed run stays in
+    /// its own directory, so `--out` cannot go with `--resume`.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
     pub out: Option<PathBuf>,
     /// Continue the run in DIR from its newest complete checkpoint.
     #[arg(long, value_name = "DIR")]

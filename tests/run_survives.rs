@@ -453,3 +453,20 @@ fn sizes_without_bounds_are_clear_errors() {
         assert!(err.contains(says), "{name}: {err}");
     }
 }
+
+/// `--out` beside `--resume` is refused rather than ignored: a resumed run stays in its own
+/// directory.
+#[test]
+fn out_beside_resume_is_refused() {
+    let dir = data_job();
+    let o = common::recapc(
+        &["run", "job.recap", "--resume", "a", "--out", "b"],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).contains("--out"),
+        "{}",
+        common::stderr(&o)
+    );
+}
