@@ -37,17 +37,38 @@ pub struct Dataset {
     pub shuffle: bool,
 }
 
-/// Renders a `{field}` template against a row's fields.
+/// Renders a `{field}` template against a row's fields, in one pass over the template: a
+/// field's value goes in as it is, so a `{...}` inside it is text, never a placeholder.
 fn render(template: &Template, fields: &Map<String, Value>) -> std::result::Result<String, String> {
-    let mut out = template.text.clone();
+    let mut values = std::collections::HashMap::new();
     for name in &template.placeholders {
         let Some(v) = fields.get(name.as_str()).and_then(value_text) else {
             return Err(format!(
                 "the prompt template needs field `{name}`, which the row lacks"
             ));
         };
-        out = out.replace(&format!("{{{name}}}"), &v);
+        values.insert(name.as_str(), v);
     }
+    let mut out = String::with_capacity(template.text.len());
+    let mut rest = template.text.as_str();
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after
+            .find('}')
+            .and_then(|close| Some((values.get(&after[..close])?, close)))
+        {
+            Some((value, close)) => {
+                out.push_str(value);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
     Ok(out)
 }
 
@@ -388,6 +409,22 @@ mod tests {
             spec,
             fields: Fields::new(),
         }
+    }
+
+    /// A `{...}` inside a field's value stays as written: only the template's own placeholders
+    /// are filled, once.
+    #[test]
+    fn templates_do_not_expand_placeholders_inside_values() {
+        let template = Template {
+            text: "Q: {q} A: {a} {other}".into(),
+            placeholders: vec!["q".into(), "a".into()],
+        };
+        let fields: Map<String, Value> =
+            serde_json::from_str(r#"{"q": "what is {a}?", "a": "x{q}y"}"#).unwrap();
+        assert_eq!(
+            render(&template, &fields).unwrap(),
+            "Q: what is {a}? A: x{q}y {other}"
+        );
     }
 
     #[test]
