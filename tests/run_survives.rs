@@ -470,3 +470,35 @@ fn out_beside_resume_is_refused() {
         common::stderr(&o)
     );
 }
+
+/// Two real runs into one directory: while the first runs, a second one, fresh or resuming, is
+/// refused by the lock (exit 2, naming the directory), and the first run's metrics stay whole.
+#[test]
+fn a_second_process_into_a_running_runs_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = "\
+model policy = tiny(layers = 4, hidden = 256, heads = 4, seed = 7)
+source sums = arithmetic(ops = \"+\", digits = 1, count = 64, seed = 1)
+objective learn = sft(sums)
+train { steps = 1000, prompts_per_step = 64, checkpoint = every(1), out = \"out\" }
+";
+    std::fs::write(dir.path().join("job.recap"), job).unwrap();
+    let run = dir.path().join("out");
+    let mut first = spawn(dir.path(), &args("out", &[]));
+    wait_for_steps(&mut first, &run, 1);
+    for extra in [vec!["--out", "out"], vec!["--resume", "out"]] {
+        let mut a = vec!["run", "job.recap", "--progress", "quiet"];
+        a.extend_from_slice(&extra);
+        let o = common::recapc(&a, dir.path());
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains("in use by another run"), "{extra:?}: {err}");
+    }
+    assert!(first.try_wait().unwrap().is_none(), "the first run goes on");
+    signal(&first, "TERM");
+    let (status, err) = finish(first);
+    assert_eq!(status.code(), Some(4), "{err}");
+    let lines = metrics(&run);
+    let steps: Vec<u64> = lines.iter().map(|m| m["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=steps.len() as u64).collect::<Vec<_>>());
+}
