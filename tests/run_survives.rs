@@ -373,7 +373,7 @@ fn twenty_sigkills_at_random_moments_lose_nothing() {
         assert!(first.elapsed() < Duration::from_secs(120), "no checkpoint");
         std::thread::sleep(Duration::from_millis(1));
     }
-    let mut moments = Moments(0x5eed_0f_c0ffee);
+    let mut moments = Moments(0x5eed_0fc0_ffee);
     let (mut kills, mut half_written, mut before_the_end) = (0, 0, 0);
     while kills < 20 {
         std::thread::sleep(Duration::from_millis(

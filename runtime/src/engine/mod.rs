@@ -769,7 +769,9 @@ impl Health {
             }
             _ => {
                 let norm = weight_norm(policy)?;
-                (!(norm <= WEIGHT_GROWTH_LIMIT * self.start_norm)).then(|| {
+                // A norm that is not finite has grown past any bound too.
+                let grown = !norm.is_finite() || norm > WEIGHT_GROWTH_LIMIT * self.start_norm;
+                grown.then(|| {
                     format!(
                         "the weights' norm grew from {:.4} to {norm:.4}",
                         self.start_norm
