@@ -107,9 +107,32 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Hashes each named path that exists: a file itself, or every file directly inside a
-/// directory (a Hugging Face model directory), in name order. Missing paths are skipped: the
-/// checker has already warned about them.
+/// Whether a file directly inside a model directory is one a Hugging Face model directory
+/// holds (weights, configuration, tokenizer). Only those are hashed, so `hf("/etc")` neither
+/// reads nor prints anything else there, and `hf("/proc")` never opens a file that blocks.
+fn is_model_file(name: &str) -> bool {
+    const NAMED: &[&str] = &[
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.model",
+        "chat_template.jinja",
+        "chat_template.json",
+    ];
+    NAMED.contains(&name)
+        || name.ends_with(".safetensors")
+        || name.ends_with(".safetensors.index.json")
+}
+
+/// Hashes each named path that exists: a regular file itself, or the model files directly
+/// inside a directory (a Hugging Face model directory, see `is_model_file`), in name order.
+/// Missing paths and anything else (devices, pipes) are skipped: the checker has already
+/// warned about missing ones.
 pub fn hash_files(host: &FsHost, named: &[String]) -> Result<Vec<FileHash>, String> {
     let mut out = Vec::new();
     for name in named {
@@ -120,7 +143,11 @@ pub fn hash_files(host: &FsHost, named: &[String]) -> Result<Vec<FileHash>, Stri
             let mut entries: Vec<PathBuf> = std::fs::read_dir(&path)
                 .map_err(|e| format!("cannot list `{}`: {e}", path.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file())
+                .filter(|p| {
+                    p.is_file()
+                        && p.file_name()
+                            .is_some_and(|n| is_model_file(&n.to_string_lossy()))
+                })
                 .collect();
             entries.sort();
             for entry in entries {
@@ -135,9 +162,12 @@ pub fn hash_files(host: &FsHost, named: &[String]) -> Result<Vec<FileHash>, Stri
 
 fn hash_one(shown: String, path: &Path) -> Result<FileHash, String> {
     let fail = |e: io::Error| format!("cannot read `{}` to hash it: {e}", path.display());
-    let mut file = std::fs::File::open(path).map_err(fail)?;
+    let file = std::fs::File::open(path).map_err(fail)?;
+    // No further than the size the file had when opened, so a file that grows without end
+    // (a log, a device behind a regular name) is hashed as it was rather than for ever.
+    let size = file.metadata().map_err(fail)?.len();
     let mut hasher = Sha256::new();
-    let bytes = io::copy(&mut file, &mut hasher).map_err(fail)?;
+    let bytes = io::copy(&mut io::Read::take(file, size), &mut hasher).map_err(fail)?;
     let sha256 = hex(&hasher.finalize());
     Ok(FileHash {
         path: shown,
@@ -156,6 +186,8 @@ mod tests {
         std::fs::write(dir.path().join("a.jsonl"), "abc").unwrap();
         std::fs::create_dir(dir.path().join("m")).unwrap();
         std::fs::write(dir.path().join("m/config.json"), "").unwrap();
+        // Not a model file: never read, never named in the output.
+        std::fs::write(dir.path().join("m/shadow"), "secret").unwrap();
         let host = FsHost::for_pipeline(&dir.path().join("p.recap"));
         let named = vec!["a.jsonl".to_string(), "m".to_string(), "gone".to_string()];
         let hashes = hash_files(&host, &named).unwrap();
