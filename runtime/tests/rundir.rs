@@ -8,7 +8,7 @@ mod rundir {
 
     use recap_plan::*;
     use recap_runtime::engine::presets::{self, seal};
-    use recap_runtime::engine::{run, ProgressMode, RunOptions};
+    use recap_runtime::engine::{run, ProgressMode, RunOptions, RunSummary};
 
     fn opts(dir: &Path) -> RunOptions {
         RunOptions {
@@ -170,16 +170,28 @@ mod rundir {
         p
     }
 
-    fn resume(p: &Plan, dir: &Path) {
-        let s = run(
-            p,
-            &RunOptions {
-                resume: Some(dir.to_path_buf()),
-                ..opts(dir)
-            },
-        )
-        .unwrap();
+    fn resume(p: &Plan, dir: &Path) -> RunSummary {
+        let s = run(p, &resume_opts(dir)).unwrap();
         assert_eq!(s.steps, 5);
+        s
+    }
+
+    fn resume_opts(dir: &Path) -> RunOptions {
+        RunOptions {
+            resume: Some(dir.to_path_buf()),
+            ..opts(dir)
+        }
+    }
+
+    /// Moves `dir/name` to a new directory and links it back; gives that directory (which
+    /// must live as long as the link is used) and the moved path.
+    #[cfg(unix)]
+    fn link_away(dir: &Path, name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let elsewhere = tempfile::tempdir().unwrap();
+        let moved = elsewhere.path().join(name);
+        std::fs::rename(dir.join(name), &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, dir.join(name)).unwrap();
+        (elsewhere, moved)
     }
 
     #[test]
@@ -232,19 +244,9 @@ mod rundir {
     fn a_run_directory_whose_checkpoints_are_a_link_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = cut_run(dir.path());
-        let elsewhere = tempfile::tempdir().unwrap();
-        let moved = elsewhere.path().join("checkpoints");
-        std::fs::rename(dir.path().join("checkpoints"), &moved).unwrap();
-        std::os::unix::fs::symlink(&moved, dir.path().join("checkpoints")).unwrap();
+        let (_elsewhere, moved) = link_away(dir.path(), "checkpoints");
         let before = names(&moved);
-        let err = run(
-            &p,
-            &RunOptions {
-                resume: Some(dir.path().to_path_buf()),
-                ..opts(dir.path())
-            },
-        )
-        .unwrap_err();
+        let err = run(&p, &resume_opts(dir.path())).unwrap_err();
         assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
         assert_eq!(names(&moved), before);
     }
@@ -254,18 +256,8 @@ mod rundir {
     fn a_run_marker_that_is_a_link_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = cut_run(dir.path());
-        let elsewhere = tempfile::tempdir().unwrap();
-        let moved = elsewhere.path().join("run.json");
-        std::fs::rename(dir.path().join("run.json"), &moved).unwrap();
-        std::os::unix::fs::symlink(&moved, dir.path().join("run.json")).unwrap();
-        let err = run(
-            &p,
-            &RunOptions {
-                resume: Some(dir.path().to_path_buf()),
-                ..opts(dir.path())
-            },
-        )
-        .unwrap_err();
+        let _elsewhere = link_away(dir.path(), "run.json");
+        let err = run(&p, &resume_opts(dir.path())).unwrap_err();
         assert!(format!("{err:#}").contains("not a regular file"), "{err:#}");
     }
 
@@ -289,14 +281,7 @@ mod rundir {
         let weights = dir.path().join("checkpoints/step-000004/model.safetensors");
         let bytes = std::fs::read(&weights).unwrap();
         std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
-        let s = run(
-            &p,
-            &RunOptions {
-                resume: Some(dir.path().to_path_buf()),
-                ..opts(dir.path())
-            },
-        )
-        .unwrap();
+        let s = resume(&p, dir.path());
         assert_eq!(s.metrics.len(), 3, "resumed from step 2");
         let a = std::fs::read(full.path().join("final/model.safetensors")).unwrap();
         let b = std::fs::read(dir.path().join("final/model.safetensors")).unwrap();
