@@ -9,27 +9,32 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A job of many quick steps on the tiny model (GRPO and SFT on one source), so that a signal
-/// sent once a few steps are written lands in the middle of the run.
-const JOB: &str = "\
+/// A job of quick steps on the tiny model (GRPO and SFT on one source) that checkpoints every
+/// `every` steps, keeping two.
+fn grpo_sft_job(steps: u64, every: u64) -> String {
+    format!(
+        "\
 model policy = tiny(layers = 1, hidden = 32, heads = 2, seed = 7)
 source sums = arithmetic(ops = \"+\", digits = 1, count = 64, seed = 1)
 verifier correct = numeric(extract = first_number)
-objective rl = grpo(sums) { rewards = [correct], group = 4, max_tokens = 3 }
+objective rl = grpo(sums) {{ rewards = [correct], group = 4, max_tokens = 3 }}
 objective learn = sft(sums)
-train {
-  steps = 610
+train {{
+  steps = {steps}
   prompts_per_step = 4
   optimizer = adamw(lr = 1e-3)
   seed = 3
-  checkpoint = every(50, keep = 2)
+  checkpoint = every({every}, keep = 2)
   out = \"runs/job\"
+}}
+"
+    )
 }
-";
 
 fn job_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("job.recap"), JOB).unwrap();
+    // Many steps, so that a signal sent once a few are written lands in the middle of the run.
+    std::fs::write(dir.path().join("job.recap"), grpo_sft_job(610, 50)).unwrap();
     dir
 }
 
@@ -122,7 +127,7 @@ fn checkpoints(run: &Path) -> Vec<String> {
     names
 }
 
-/// The run directory an uninterrupted run of [`JOB`] gives, under `dir`.
+/// The run directory an uninterrupted run of the 610-step job gives, under `dir`.
 fn reference(dir: &Path) -> PathBuf {
     run_to_end(dir, &args("full", &[]));
     dir.join("full")
@@ -196,6 +201,17 @@ objective o = sft(rows)
 train { steps = 4, prompts_per_step = 2, checkpoint = every(2), out = \"runs/data\" }
 ";
 
+/// Gives the data file of [`DATA_JOB`] other contents.
+fn change_data(dir: &Path) {
+    std::fs::write(dir.join("rows.jsonl"), "{\"q\":\"1+2=\",\"t\":\"3\"}\n").unwrap();
+}
+
+/// Runs `recapc` with `base` and then `extra` arguments.
+fn recapc_with(dir: &Path, base: &[&str], extra: &[&str]) -> std::process::Output {
+    let all: Vec<&str> = base.iter().chain(extra).copied().collect();
+    common::recapc(&all, dir)
+}
+
 fn data_job() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("job.recap"), DATA_JOB).unwrap();
@@ -215,16 +231,9 @@ fn a_saved_plan_whose_data_changed_is_refused_naming_the_file() {
     let o = common::recapc(&["plan", "job.recap"], dir.path());
     assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
     std::fs::write(dir.path().join("plan.json"), common::stdout(&o)).unwrap();
-    std::fs::write(
-        dir.path().join("rows.jsonl"),
-        "{\"q\":\"1+2=\",\"t\":\"3\"}\n",
-    )
-    .unwrap();
-    let run = |extra: &[&str]| {
-        let mut a = vec!["run", "plan.json", "--progress", "quiet", "--out", "out"];
-        a.extend_from_slice(extra);
-        common::recapc(&a, dir.path())
-    };
+    change_data(dir.path());
+    let base = ["run", "plan.json", "--progress", "quiet", "--out", "out"];
+    let run = |extra: &[&str]| recapc_with(dir.path(), &base, extra);
     let o = run(&[]);
     let err = common::stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
@@ -259,16 +268,9 @@ fn a_resume_whose_data_changed_is_refused_naming_the_file() {
     let plan: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("out/plan.json")).unwrap()).unwrap();
     assert_eq!(plan["file_hashes"][0]["path"], "rows.jsonl");
-    std::fs::write(
-        dir.path().join("rows.jsonl"),
-        "{\"q\":\"1+2=\",\"t\":\"3\"}\n",
-    )
-    .unwrap();
-    let resume = |extra: &[&str]| {
-        let mut a = vec!["run", "job.recap", "--progress", "quiet", "--resume", "out"];
-        a.extend_from_slice(extra);
-        common::recapc(&a, dir.path())
-    };
+    change_data(dir.path());
+    let base = ["run", "job.recap", "--progress", "quiet", "--resume", "out"];
+    let resume = |extra: &[&str]| recapc_with(dir.path(), &base, extra);
     let o = resume(&[]);
     let err = common::stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
@@ -315,23 +317,14 @@ train {
     assert!(!dir.path().join("out/final").exists());
 }
 
-/// A job for the kill test: checkpoints every 4 steps, so that many kills land while a
-/// checkpoint (or the metrics line beside it) is being written.
-const KILL_JOB: &str = "\
-model policy = tiny(layers = 1, hidden = 32, heads = 2, seed = 5)
-source sums = arithmetic(ops = \"+\", digits = 1, count = 64, seed = 2)
-verifier correct = numeric(extract = first_number)
-objective rl = grpo(sums) { rewards = [correct], group = 4, max_tokens = 3 }
-objective learn = sft(sums)
-train {
-  steps = 90
-  prompts_per_step = 4
-  optimizer = adamw(lr = 1e-3)
-  seed = 9
-  checkpoint = every(4, keep = 2)
-  out = \"runs/kill\"
+/// The step of a run's newest complete checkpoint.
+fn newest_step(run: &Path) -> u64 {
+    checkpoints(run)
+        .iter()
+        .filter_map(|c| c.strip_prefix("step-")?.parse().ok())
+        .max()
+        .unwrap_or(0)
 }
-";
 
 /// A small seeded generator (xorshift64*), so the moments of the kills repeat from run to run.
 struct Moments(u64);
@@ -347,13 +340,14 @@ impl Moments {
 
 /// Twenty SIGKILLs at seeded random moments of a CPU run, each life resumed from the newest
 /// complete checkpoint: the run ends with the metrics and final weights of an uninterrupted one.
-/// The moments spread over each life, so kills fall in start-up, in steps, and in checkpoint
-/// and metrics writes; what each kill left half written is counted and printed.
+/// What each kill left half written is counted and printed.
 #[test]
 fn twenty_sigkills_at_random_moments_lose_nothing() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("job.recap"), KILL_JOB).unwrap();
+    // A checkpoint every 4 steps, so that many kills land while a checkpoint (or the metrics
+    // line beside it) is being written.
+    std::fs::write(dir.path().join("job.recap"), grpo_sft_job(240, 4)).unwrap();
     let t = Instant::now();
     run_to_end(dir.path(), &args("full", &[]));
     let full_ms = t.elapsed().as_millis() as u64;
@@ -376,9 +370,18 @@ fn twenty_sigkills_at_random_moments_lose_nothing() {
     let mut moments = Moments(0x5eed_0fc0_ffee);
     let (mut kills, mut half_written, mut before_the_end) = (0, 0, 0);
     while kills < 20 {
-        std::thread::sleep(Duration::from_millis(
-            5 + moments.next_below(full_ms / 4 + 1),
-        ));
+        // Each life is killed a few milliseconds after it has written a seeded number of steps
+        // (1 to 8) past its checkpoint: so twenty lives end well before the run's, however
+        // fast the machine, and the kills fall in steps, metrics lines and checkpoint writes
+        // (and in start-up, while the old metrics still hold that many lines).
+        let from = newest_step(&run);
+        let steps = (from + 1 + moments.next_below(8)) as usize;
+        let started = Instant::now();
+        while lines_written(&run) < steps && child.try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(Duration::from_millis(moments.next_below(5)));
         if child.try_wait().unwrap().is_none() {
             let unfinished = !run.join("final").exists();
             child.kill().unwrap();
@@ -400,6 +403,7 @@ fn twenty_sigkills_at_random_moments_lose_nothing() {
         half_written += usize::from(temporaries);
         child = spawn(dir.path(), &args("cut", &["--resume", &run_arg]));
     }
+    assert_eq!(before_the_end, 20, "some kills came after the run's end");
     let (status, err) = finish(child);
     assert_eq!(status.code(), Some(0), "the last life: {err}");
     assert_eq!(
@@ -486,10 +490,12 @@ train { steps = 1000, prompts_per_step = 64, checkpoint = every(1), out = \"out\
     let run = dir.path().join("out");
     let mut first = spawn(dir.path(), &args("out", &[]));
     wait_for_steps(&mut first, &run, 1);
-    for extra in [vec!["--out", "out"], vec!["--resume", "out"]] {
-        let mut a = vec!["run", "job.recap", "--progress", "quiet"];
-        a.extend_from_slice(&extra);
-        let o = common::recapc(&a, dir.path());
+    for extra in [["--out", "out"], ["--resume", "out"]] {
+        let o = recapc_with(
+            dir.path(),
+            &["run", "job.recap", "--progress", "quiet"],
+            &extra,
+        );
         let err = common::stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
         assert!(err.contains("in use by another run"), "{extra:?}: {err}");
