@@ -287,4 +287,23 @@ mod rundir {
         let b = std::fs::read(dir.path().join("final/model.safetensors")).unwrap();
         assert!(a == b, "final weights differ after the fallback");
     }
+
+    /// Two identical runs write identical checkpoints, the optimiser's state and its metadata
+    /// included, so checkpoints can be compared (and deduplicated) byte for byte.
+    #[test]
+    fn identical_runs_write_identical_optimizer_states() {
+        let p = plan(2, 1);
+        let states: Vec<Vec<u8>> = (0..2)
+            .map(|_| {
+                let dir = tempfile::tempdir().unwrap();
+                run(&p, &opts(dir.path())).unwrap();
+                std::fs::read(
+                    dir.path()
+                        .join("checkpoints/step-000003/optimizer.safetensors"),
+                )
+                .unwrap()
+            })
+            .collect();
+        assert!(states[0] == states[1], "the optimiser states differ");
+    }
 }

@@ -87,11 +87,12 @@ impl Optim {
         Ok(StepInfo { grad_norm: norm })
     }
 
-    /// Writes moments and step counts to `path` (safetensors).
+    /// Writes moments and step counts to `path` (safetensors), its header in key order so that
+    /// identical states give identical files.
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.inner
-            .save(path)
-            .with_context(|| format!("saving optimizer state to {}", path.display()))
+        let context = || format!("saving optimizer state to {}", path.display());
+        self.inner.save(path).with_context(context)?;
+        sort_header(path).with_context(context)
     }
 
     /// Reads a state written by [`Optim::save`].
@@ -100,6 +101,44 @@ impl Optim {
             .load(path)
             .with_context(|| format!("loading optimizer state from {}", path.display()))
     }
+}
+
+/// Rewrites the JSON header of the safetensors file at `path` in place with its keys, the
+/// metadata's and those of the metadata's `steps` table in order. The safetensors crate writes
+/// the metadata map, and the optimiser its step table, in hash order, which differs from one
+/// process to the next. The header keeps its length (the same keys and values, padded with
+/// spaces as safetensors pads it), so the tensors' offsets stay as they are.
+fn sort_header(path: &Path) -> anyhow::Result<()> {
+    use serde_json::Value;
+    use std::collections::BTreeMap;
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n)?;
+    let n = usize::try_from(u64::from_le_bytes(n))?;
+    let mut header = vec![0u8; n];
+    file.read_exact(&mut header)?;
+    let mut map: BTreeMap<String, Value> = serde_json::from_slice(&header)?;
+    if let Some(Value::Object(meta)) = map.remove("__metadata__") {
+        let mut meta: BTreeMap<String, Value> = meta.into_iter().collect();
+        if let Some(Value::String(steps)) = meta.get_mut("steps") {
+            let table: BTreeMap<String, Value> = serde_json::from_str(steps)?;
+            *steps = serde_json::to_string(&table)?;
+        }
+        map.insert("__metadata__".into(), serde_json::to_value(meta)?);
+    }
+    let mut text = serde_json::to_string(&map)?.into_bytes();
+    anyhow::ensure!(
+        text.len() <= n,
+        "the sorted header is longer than the one written"
+    );
+    text.resize(n, b' ');
+    file.seek(SeekFrom::Start(8))?;
+    file.write_all(&text)?;
+    Ok(())
 }
 
 #[cfg(test)]
