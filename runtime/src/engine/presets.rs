@@ -116,6 +116,7 @@ pub fn rollout(source: &str, group: u64, max_tokens: u64) -> Rollout {
         temperature: 1.0,
         top_p: 1.0,
         top_k: None,
+        ignore_eos: false,
     }
 }
 

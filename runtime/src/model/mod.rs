@@ -12,6 +12,7 @@
 mod config;
 mod error;
 pub mod fast;
+pub mod init;
 mod load;
 pub mod logprob;
 
