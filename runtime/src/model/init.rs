@@ -7,13 +7,13 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
-use super::{weight_shapes, Model};
+use super::{normal, weight_shapes, Model};
 
 /// The largest model a config may describe: far above what one accelerator trains, so a
 /// config over it is a typing mistake (`hidden_size = 1e9`), refused before anything is
@@ -162,13 +162,6 @@ pub fn init_weights(c: &ModelConfig, seed: u64) -> Result<HashMap<String, Tensor
         out.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
     }
     Ok(out)
-}
-
-/// A standard normal draw (Box-Muller) from two uniform draws.
-fn normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-    let u2: f64 = rng.random::<f64>();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
 impl Model {
