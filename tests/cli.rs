@@ -222,6 +222,26 @@ fn plan_prints_json_with_file_hashes() {
 }
 
 #[test]
+fn plan_hashes_the_config_of_an_init_model() {
+    use sha2::{Digest, Sha256};
+    let o = recapc(&["plan", "pipelines/bench/gpu-qwen2.5-0.5b.recap"], &repo());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("plan JSON");
+    let bytes = std::fs::read(repo().join("configs/qwen2.5-0.5b.json")).unwrap();
+    let sha: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let hashes = v["file_hashes"].as_array().unwrap();
+    let config = hashes
+        .iter()
+        .find(|h| h["path"] == "../../configs/qwen2.5-0.5b.json")
+        .unwrap_or_else(|| panic!("the config is not hashed: {hashes:?}"));
+    assert_eq!(config["sha256"], sha.as_str());
+    assert_eq!(config["bytes"], bytes.len());
+}
+
+#[test]
 fn plan_of_a_bad_file_exits_1_with_nothing_on_stdout() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "bad.recap", BAD);

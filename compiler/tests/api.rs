@@ -8,6 +8,70 @@ use recap_compiler::{
 
 const GSM: &str = include_str!("fixtures/valid/gsm8k_recap.recap");
 
+/// `init` models, the `leading_integer` extractor and `ignore_eos` reach the plan as written,
+/// with the stdlib's defaults where left out.
+#[test]
+fn init_leading_integer_and_ignore_eos_lower_into_the_plan() {
+    use recap_plan::{Dtype, ExtractStep, ModelSpec, VerifierSpec};
+    let src = r#"
+model policy = init("configs/c.json", seed = 3, dtype = bf16, tokenizer = "t.json")
+model base = frozen(policy)
+source s = jsonl("rows.jsonl") { prompt = "{q}", answer = field("a") }
+verifier lead = numeric(extract = leading_integer)
+objective rl = grpo(s) { rewards = [lead], ignore_eos = true, kl = kl(base) }
+objective plain = grpo(s) { rewards = [lead], max_tokens = 8 }
+train { steps = 1 }
+"#;
+    let out = check("p.recap", src, &CheckOptions::default(), &AssumeFilesExist);
+    let plan = out.plan.unwrap_or_else(|| panic!("{:?}", out.diagnostics));
+    let spec = |name: &str| &plan.models.iter().find(|m| m.name == name).unwrap().spec;
+    assert_eq!(
+        spec("policy"),
+        &ModelSpec::Init {
+            config: "configs/c.json".into(),
+            seed: 3,
+            dtype: Dtype::Bf16,
+            tokenizer: Some("t.json".into()),
+        }
+    );
+    let defaults = src.replace(
+        r#"init("configs/c.json", seed = 3, dtype = bf16, tokenizer = "t.json")"#,
+        r#"init("configs/d.json")"#,
+    );
+    let out = check(
+        "p.recap",
+        &defaults,
+        &CheckOptions::default(),
+        &AssumeFilesExist,
+    );
+    let plan2 = out.plan.unwrap_or_else(|| panic!("{:?}", out.diagnostics));
+    assert_eq!(
+        &plan2
+            .models
+            .iter()
+            .find(|m| m.name == "policy")
+            .unwrap()
+            .spec,
+        &ModelSpec::Init {
+            config: "configs/d.json".into(),
+            seed: 0,
+            dtype: Dtype::F32,
+            tokenizer: None,
+        }
+    );
+    let VerifierSpec::Numeric { extract, .. } = &plan.verifiers[0].spec else {
+        panic!("numeric");
+    };
+    assert_eq!(extract.steps, vec![ExtractStep::LeadingInteger]);
+    let mut flags: Vec<bool> = plan.stages[0]
+        .rollouts
+        .iter()
+        .map(|r| r.ignore_eos)
+        .collect();
+    flags.sort();
+    assert_eq!(flags, vec![false, true]);
+}
+
 #[test]
 fn the_stdlib_reads_cleanly_and_documents_every_entry() {
     let std = recap_compiler::stdlib::stdlib();
@@ -17,6 +81,7 @@ fn the_stdlib_reads_cleanly_and_documents_every_entry() {
         "hf",
         "gguf",
         "tiny",
+        "init",
         "frozen",
         "jsonl",
         "arithmetic",
@@ -30,6 +95,7 @@ fn the_stdlib_reads_cleanly_and_documents_every_entry() {
         "tag",
         "after",
         "last_number",
+        "leading_integer",
         "grpo",
         "sft",
         "kl",

@@ -87,6 +87,14 @@ pub enum ModelSpec {
         seed: u64,
         tokenizer: Option<Name>,
     },
+    /// A model of the shape a Hugging Face `config.json` gives, with seeded random weights
+    /// (the runtime reads the config when it loads the model).
+    Init {
+        config: Name,
+        seed: u64,
+        dtype: Dtype,
+        tokenizer: Option<Name>,
+    },
     /// A frozen copy of another model's initial weights.
     Frozen { of: Name },
 }
@@ -113,6 +121,8 @@ pub enum ExtractStep {
     LastNumber,
     /// The first number in the text.
     FirstNumber,
+    /// The integer the text starts with, after leading whitespace (`^\s*-?[0-9]+`).
+    LeadingInteger,
     /// Leading and trailing whitespace removed.
     Trim,
 }
@@ -290,6 +300,10 @@ pub struct Rollout {
     pub temperature: f64,
     pub top_p: f64,
     pub top_k: Option<u64>,
+    /// Sample exactly `max_tokens` tokens per completion, past any EOS. Absent in plans
+    /// written before the setting existed, and left out when false, so their hashes stay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! The peer benchmark of DESIGN.md §8: takes an HF directory holding `train.jsonl`
-//! (`../shared/bench/fixture-tiny`), runs TRL's GRPO workload on it for 20 steps through the
-//! engine and prints median seconds per step after 2 warm-up steps, rollout seconds, generated
+//! (`../shared/bench/fixture-tiny`), compiles `pipelines/bench/trl-parity.recap` (the one
+//! definition of TRL's GRPO workload; recap-compiler is a dev-dependency, so the runtime never
+//! links it) with that directory, runs it for 20 steps through the engine and prints median seconds per step after 2 warm-up steps, rollout seconds, generated
 //! tokens per second, peak RSS and the share of a step spent outside tensor work, verifiers and
 //! sampling (the executor's overhead).
 //!
@@ -8,8 +9,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use recap_runtime::engine::{presets, run, ProgressMode, RunOptions};
+use anyhow::{anyhow, bail, Context, Result};
+use recap_compiler::{check, CheckOptions, Host};
+use recap_runtime::engine::{run, ProgressMode, RunOptions};
 use serde_json::Value;
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -33,6 +35,15 @@ fn status_mb(key: &str) -> Option<f64> {
     Some(kb / 1000.0)
 }
 
+/// Paths as the compiler sees them: relative to the pipeline's directory.
+struct Fs(PathBuf);
+
+impl Host for Fs {
+    fn file_exists(&self, path: &str) -> bool {
+        self.0.join(path).exists()
+    }
+}
+
 fn main() -> Result<()> {
     recap_runtime::alloc::tune_allocator();
     recap_runtime::alloc::tune_threads();
@@ -45,18 +56,39 @@ fn main() -> Result<()> {
         None => 20,
     };
     let device = args.next().unwrap_or_else(|| "cpu".into());
-    let dir = PathBuf::from(dir);
+    let dir = std::fs::canonicalize(&dir).with_context(|| format!("fixture {dir}"))?;
     let data = dir.join("train.jsonl");
     let out = std::env::temp_dir().join(format!("recap-trl-parity-{}", std::process::id()));
-    let plan = presets::trl_parity(
-        &dir.display().to_string(),
-        &data.display().to_string(),
-        steps,
-        &out.display().to_string(),
+    let file =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../pipelines/bench/trl-parity.recap");
+    let base = file
+        .parent()
+        .context("the pipeline has a directory")?
+        .to_path_buf();
+    let source = std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
+    let compiled = check(
+        &file.display().to_string(),
+        &source,
+        &CheckOptions {
+            overrides: vec![
+                ("fixture".into(), dir.display().to_string()),
+                ("data".into(), data.display().to_string()),
+                ("steps".into(), steps.to_string()),
+            ],
+            missing_files_are_errors: true,
+        },
+        &Fs(base.clone()),
     );
+    for d in &compiled.diagnostics {
+        eprintln!("{:?}: {} ({})", d.severity, d.message, d.code);
+    }
+    let plan = compiled
+        .plan
+        .ok_or_else(|| anyhow!("{} does not compile", file.display()))?;
     let summary = run(
         &plan,
         &RunOptions {
+            base_dir: base,
             device,
             out: Some(out.clone()),
             progress: ProgressMode::Quiet,

@@ -531,6 +531,60 @@ fn tolerant_config_parsing() {
 }
 
 #[test]
+fn implausible_hf_config_sizes_are_errors_not_aborts() {
+    // Issue 16 item 4: each of these aborted the process while allocating.
+    for (key, value) in [
+        ("num_hidden_layers", 1_000_000_000u64),
+        ("max_position_embeddings", 1_000_000_000_000),
+        ("hidden_size", 1_000_000_000),
+    ] {
+        let d = copy_fixture();
+        edit_config(d.path(), |m| {
+            m.insert(key.into(), value.into());
+            if key == "hidden_size" {
+                m.insert("head_dim".into(), 32.into());
+            }
+        });
+        let e = load_err(d.path());
+        assert!(
+            e.contains("load bound") && e.contains("config.json"),
+            "{key}: {e}"
+        );
+    }
+}
+
+#[test]
+fn ignore_eos_samples_the_full_budget() {
+    let dir = fixture();
+    let model = load_hf_dir(&dir, &Device::Cpu).unwrap();
+    let tok = TextTokenizer::from_dir(&dir).unwrap();
+    let ps = prompts(&tok, &["59+63=", "5+3="]);
+    // Every id ends a row, so without `ignore_eos` each row stops after one token.
+    let every_id_ends = SamplingConfig {
+        max_new_tokens: 6,
+        eos_token_ids: (0..model.config().vocab_size as u32).collect(),
+        seed: 5,
+        ..SamplingConfig::default()
+    };
+    let stopped = generate(&model, Some(&tok), &ps, 2, &every_id_ends).unwrap();
+    assert!(stopped.completion_ids.iter().all(|c| c.len() == 1));
+    assert!(stopped.finish.iter().all(|f| *f == FinishReason::Eos));
+    let full = generate(
+        &model,
+        Some(&tok),
+        &ps,
+        2,
+        &SamplingConfig {
+            ignore_eos: true,
+            ..every_id_ends.clone()
+        },
+    )
+    .unwrap();
+    assert!(full.completion_ids.iter().all(|c| c.len() == 6));
+    assert!(full.finish.iter().all(|f| *f == FinishReason::Length));
+}
+
+#[test]
 fn missing_config_key_is_named() {
     let d = copy_fixture();
     edit_config(d.path(), |m| {

@@ -79,6 +79,12 @@ pub fn named_files(plan: &Plan) -> Vec<String> {
             ModelSpec::Tiny { tokenizer, .. } => {
                 out.extend(tokenizer.as_ref().map(|t| t.to_string()))
             }
+            ModelSpec::Init {
+                config, tokenizer, ..
+            } => {
+                out.push(config.to_string());
+                out.extend(tokenizer.as_ref().map(|t| t.to_string()));
+            }
             ModelSpec::Frozen { .. } => {}
         }
     }

@@ -39,6 +39,12 @@ impl L<'_, '_> {
                 seed: self.u(c, "seed")?,
                 tokenizer: c.str("tokenizer").map(CompactString::from),
             },
+            "init" => p::ModelSpec::Init {
+                config: self.s(c, "config")?,
+                seed: self.u(c, "seed")?,
+                dtype: self.dtype(c)?,
+                tokenizer: c.str("tokenizer").map(CompactString::from),
+            },
             "frozen" => {
                 let of = match c.get("model") {
                     Some(Val {
@@ -89,6 +95,7 @@ impl L<'_, '_> {
                 },
                 "last_number" => p::ExtractStep::LastNumber,
                 "first_number" => p::ExtractStep::FirstNumber,
+                "leading_integer" => p::ExtractStep::LeadingInteger,
                 "trim" => p::ExtractStep::Trim,
                 other => return Err(self.bug(&format!("unknown extractor {other}"), c.span)),
             };

@@ -83,6 +83,7 @@ impl L<'_, '_> {
                         temperature: self.f(c, "temperature")?,
                         top_p: self.f(c, "top_p")?,
                         top_k: self.ou(c, "top_k"),
+                        ignore_eos: self.b(c, "ignore_eos")?,
                     };
                     let key = RolloutKey::of(&rollout);
                     let rid = match rollout_ids.get(&key) {
@@ -177,7 +178,7 @@ impl L<'_, '_> {
 
 /// A rollout's sampling configuration, hashable (floats by their bits).
 #[derive(PartialEq, Eq, Hash)]
-struct RolloutKey(p::Name, u64, u64, u64, u64, Option<u64>);
+struct RolloutKey(p::Name, u64, u64, u64, u64, Option<u64>, bool);
 
 impl RolloutKey {
     fn of(r: &p::Rollout) -> Self {
@@ -188,6 +189,7 @@ impl RolloutKey {
             r.temperature.to_bits(),
             r.top_p.to_bits(),
             r.top_k,
+            r.ignore_eos,
         )
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod checkpoint;
 pub mod data;
+mod init;
 pub mod optim;
 pub mod presets;
 pub mod progress;
@@ -314,6 +315,28 @@ fn build_policy(
             };
             (model, tok)
         }
+        ModelSpec::Init {
+            config,
+            seed,
+            dtype,
+            tokenizer,
+        } => match weights_dir {
+            Some(d) => {
+                let tok = match tokenizer {
+                    Some(p) => init::tokenizer(&plan.policy, &resolve_path(base, p))?,
+                    None => TextTokenizer::arithmetic()?,
+                };
+                (load(d, dtype_of(*dtype))?, tok)
+            }
+            None => init::build(
+                &plan.policy,
+                &resolve_path(base, config),
+                tokenizer.as_ref().map(|p| resolve_path(base, p)).as_deref(),
+                *seed,
+                dtype_of(*dtype),
+                device,
+            )?,
+        },
         ModelSpec::Frozen { of } => bail!(
             "the policy `{}` is frozen(`{of}`); a frozen model cannot be trained",
             plan.policy

@@ -1,8 +1,8 @@
 //! Ready-made plans, built in code: takes a few knobs, gives a sealed `recap_plan::Plan`. They
-//! are what the engine's tests, the quickstart example and the TRL-parity benchmark run, and
-//! they mirror `pipelines/quickstart.recap` and DESIGN.md §8's peer workload, so the runtime can
-//! be exercised without the compiler. Their graphs come from the plan crate's graph builder, the
-//! compiler's.
+//! are what the engine's tests and the quickstart example run, and they mirror
+//! `pipelines/quickstart.recap`, so the runtime can be exercised without the compiler. (The
+//! TRL-parity benchmark compiles `pipelines/bench/trl-parity.recap` instead, so that workload
+//! has one definition.) Their graphs come from the plan crate's graph builder, the compiler's.
 
 use std::collections::BTreeMap;
 
@@ -117,6 +117,7 @@ pub fn rollout(source: &str, group: u64, max_tokens: u64) -> Rollout {
         temperature: 1.0,
         top_p: 1.0,
         top_k: None,
+        ignore_eos: false,
     }
 }
 
@@ -305,74 +306,5 @@ pub fn quickstart(out: &str, warmup_steps: u64, rl_steps: u64) -> Plan {
             evals: probes,
         },
     ];
-    seal(plan)
-}
-
-/// DESIGN.md §8's peer workload on an HF directory (`fixture-tiny`): GRPO, 8 prompts x 8
-/// completions, 16 new tokens, temperature 1, beta 0.04 k3, token-mean, eps 0.2, AdamW 1e-4
-/// constant, grad clip 1.0, accuracy (leading number) + 0.1 format reward.
-pub fn trl_parity(model_dir: &str, data: &str, steps: u64, out: &str) -> Plan {
-    let mut plan = base_plan(Model {
-        name: "policy".into(),
-        spec: ModelSpec::Hf {
-            dir: model_dir.into(),
-            dtype: Dtype::F32,
-        },
-    });
-    plan.models.push(Model {
-        name: "base".into(),
-        spec: ModelSpec::Frozen {
-            of: "policy".into(),
-        },
-    });
-    plan.sources = vec![Source {
-        name: "math".into(),
-        spec: SourceSpec::Jsonl {
-            file: data.into(),
-            prompt: Template {
-                text: "{prompt}".into(),
-                placeholders: vec!["prompt".into()],
-            },
-            limit: None,
-            shuffle: true,
-        },
-        fields: [("answer".into(), field("answer"))].into_iter().collect(),
-    }];
-    plan.verifiers = vec![
-        first_number_verifier("accuracy"),
-        regex_verifier("format", r"^\s*-?[0-9]+"),
-    ];
-    let mut tr = train(steps, 8, 1e-4, 0, out);
-    tr.grad_clip = 1.0;
-    plan.stages = vec![Stage {
-        name: "main".into(),
-        rollouts: vec![rollout("math", 8, 16)],
-        objectives: vec![grpo(
-            "reasoning",
-            "math",
-            vec![RewardTerm {
-                name: "reward".into(),
-                parts: vec![
-                    WeightedVerifier {
-                        weight: 1.0,
-                        verifier: "accuracy".into(),
-                    },
-                    WeightedVerifier {
-                        weight: 0.1,
-                        verifier: "format".into(),
-                    },
-                ],
-            }],
-            Some(Kl {
-                reference: "base".into(),
-                coef: 0.04,
-                estimator: KlEstimator::K3,
-            }),
-        )],
-        reweight: Reweight::Uniform,
-        mix: Mix::RoundRobin,
-        train: tr,
-        evals: vec![],
-    }];
     seal(plan)
 }

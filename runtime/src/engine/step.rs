@@ -252,6 +252,7 @@ fn sampling(r: &PlanRollout, seed: u64) -> SamplingConfig {
         greedy: false,
         stop_strings: Vec::new(),
         eos_token_ids: Vec::new(),
+        ignore_eos: r.ignore_eos,
         seed,
     }
 }

@@ -38,6 +38,9 @@ pub struct SamplingConfig {
     pub stop_strings: Vec<String>,
     /// Token ids that end a row; empty means the tokenizer's EOS ids and the model config's.
     pub eos_token_ids: Vec<u32>,
+    /// Sample `max_new_tokens` tokens in every row, an EOS token being one more token (equal
+    /// work per row, as benchmarks want).
+    pub ignore_eos: bool,
     /// Seed of the host sampler.
     pub seed: u64,
 }
@@ -52,6 +55,7 @@ impl Default for SamplingConfig {
             greedy: false,
             stop_strings: Vec::new(),
             eos_token_ids: Vec::new(),
+            ignore_eos: false,
             seed: 0,
         }
     }
@@ -309,7 +313,7 @@ pub fn generate_on(
         )));
     }
     let mut eos: Vec<u32> = cfg.eos_token_ids.clone();
-    if eos.is_empty() {
+    if eos.is_empty() && !cfg.ignore_eos {
         eos.extend(c.eos_token_ids.iter().copied());
         if let Some(t) = tokenizer {
             eos.extend(t.eos_ids.iter().copied());
@@ -420,7 +424,7 @@ pub fn generate_on(
             next[r] = tok;
             rollout.completion_ids[r].push(tok);
             rollout.logprobs[r].push(lp);
-            if eos.contains(&tok) {
+            if !cfg.ignore_eos && eos.contains(&tok) {
                 done[r] = true;
                 rollout.finish[r] = FinishReason::Eos;
             } else if let (false, Some(t)) = (cfg.stop_strings.is_empty(), tokenizer) {

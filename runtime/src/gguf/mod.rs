@@ -221,34 +221,70 @@ pub fn import(gguf_path: impl AsRef<Path>, out_dir: impl AsRef<Path>) -> Result<
     })
 }
 
+/// What the start of a GGUF file says: its metadata and tensor table, the model family and
+/// the hyperparameters; the tensor data is left unread.
+struct Header {
+    reader: BufReader<File>,
+    content: Content,
+    architecture: Architecture,
+    hp: config::Hyperparams,
+}
+
+impl Header {
+    fn read(path: &Path) -> Result<Header> {
+        let file = File::open(path).map_err(|source| GgufError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut reader = BufReader::new(file);
+        let content = Content::read(&mut reader).map_err(|e| header_error(path, e))?;
+        let meta = Meta::new(path, &content.metadata);
+        let arch_name = meta.string("general.architecture")?;
+        let architecture = match arch_name.as_str() {
+            "llama" => Architecture::Llama,
+            "qwen2" => Architecture::Qwen2,
+            other => {
+                return Err(GgufError::UnsupportedArchitecture {
+                    path: path.to_path_buf(),
+                    architecture: other.to_string(),
+                })
+            }
+        };
+        let embedding_rows = content
+            .tensor_infos
+            .get("token_embd.weight")
+            .and_then(|info| info.shape.dims().first().copied());
+        let hp = config::Hyperparams::read(&meta, architecture, embedding_rows)?;
+        Ok(Header {
+            reader,
+            content,
+            architecture,
+            hp,
+        })
+    }
+}
+
+/// The `tokenizer.json` and `tokenizer_config.json` a GGUF file's metadata holds, read without
+/// its tensors (for `init(..., tokenizer = "x.gguf")`).
+pub fn read_tokenizer(path: impl AsRef<Path>) -> Result<(serde_json::Value, serde_json::Value)> {
+    let path = path.as_ref();
+    let header = Header::read(path)?;
+    let meta = Meta::new(path, &header.content.metadata);
+    let tok = tokenizer::build(&meta, header.hp.context_length)?;
+    Ok((tok.tokenizer, tok.tokenizer_config))
+}
+
 /// Reads the GGUF file at `path` and converts it in memory: f32 tensors with HF names, and the
 /// HF config, generation config and tokenizer built from its metadata.
 pub fn convert(path: impl AsRef<Path>) -> Result<Converted> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|source| GgufError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut reader = BufReader::new(file);
-    let content = Content::read(&mut reader).map_err(|e| header_error(path, e))?;
+    let Header {
+        mut reader,
+        content,
+        architecture,
+        hp,
+    } = Header::read(path)?;
     let meta = Meta::new(path, &content.metadata);
-
-    let arch_name = meta.string("general.architecture")?;
-    let architecture = match arch_name.as_str() {
-        "llama" => Architecture::Llama,
-        "qwen2" => Architecture::Qwen2,
-        other => {
-            return Err(GgufError::UnsupportedArchitecture {
-                path: path.to_path_buf(),
-                architecture: other.to_string(),
-            })
-        }
-    };
-    let embedding_rows = content
-        .tensor_infos
-        .get("token_embd.weight")
-        .and_then(|info| info.shape.dims().first().copied());
-    let hp = config::Hyperparams::read(&meta, architecture, embedding_rows)?;
 
     // Tensors are read in file order, which keeps the reads sequential on disk.
     let mut infos: Vec<_> = content.tensor_infos.iter().collect();

@@ -294,7 +294,9 @@ impl ModelConfig {
         {
             return Err("rope_theta must be positive and rms_norm_eps non-negative".into());
         }
-        Ok(())
+        // Last, so that a message about a zero or a ratio comes first; before any weight is
+        // allocated, so that an implausible size is an error rather than an abort.
+        super::init::check_size(self, super::init::host_memory_bytes())
     }
 
     /// A config for a model built in code (`tiny`); HF defaults elsewhere.

@@ -12,6 +12,7 @@
 mod config;
 mod error;
 pub mod fast;
+pub mod init;
 mod load;
 pub mod logprob;
 
@@ -551,7 +552,7 @@ impl Model {
 }
 
 /// A standard normal draw by Box-Muller from the host RNG.
-pub(crate) fn normal(rng: &mut StdRng) -> f64 {
+pub(crate) fn normal<R: Rng + ?Sized>(rng: &mut R) -> f64 {
     let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
     let u2: f64 = rng.random::<f64>();
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()

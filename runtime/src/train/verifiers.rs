@@ -84,6 +84,11 @@ pub fn apply_extractor(
             }
             ExtractStep::LastNumber => find_numbers(&current).last()?.text.clone(),
             ExtractStep::FirstNumber => find_numbers(&current).first()?.text.clone(),
+            ExtractStep::LeadingInteger => leading_integer_regex()
+                .find(&current)?
+                .as_str()
+                .trim_start()
+                .to_string(),
             ExtractStep::Trim => current.trim().to_string(),
         };
     }
@@ -412,6 +417,13 @@ impl FoundNumber {
             vec![self.value]
         }
     }
+}
+
+/// The integer a text starts with, after whitespace: the pattern TRL's arithmetic accuracy
+/// reward matches, so `leading_integer` reads what the peer reads.
+fn leading_integer_regex() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"^\s*-?[0-9]+").expect("leading integer pattern is valid"))
 }
 
 fn number_regex() -> &'static Regex {
@@ -834,6 +846,12 @@ mod tests {
             Some("1234")
         );
         assert_eq!(on(vec![ExtractStep::LastNumber], "none"), None);
+        // The peer's pattern: digits at the start only, a minus sign kept, a decimal cut.
+        let lead = |text: &str| on(vec![ExtractStep::LeadingInteger], text);
+        assert_eq!(lead("  -12.5 and 3").as_deref(), Some("-12"));
+        assert_eq!(lead("122").as_deref(), Some("122"));
+        assert_eq!(lead("x 122"), None);
+        assert_eq!(lead("+5"), None);
         let chain = || vec![tag(), ExtractStep::LastNumber];
         assert_eq!(
             on(chain(), "<answer>The total is $1,250.</answer>").as_deref(),
