@@ -120,13 +120,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .sum();
         let split = split_pays(seq_tokens, c.hidden_size, c.num_hidden_layers, params);
         let chunks = row_chunks(n, None, &device, split);
-        // As the engine does, the fast path copies each model's weights once for all chunks.
+        // As the engine does, the fast path reads each model's weights in place for all chunks.
         let hosts = if fast_path {
-            let (p, r) = rayon::join(
-                || fast::HostWeights::new(&policy),
-                || fast::HostWeights::new(&reference),
-            );
-            Some((p?, r?))
+            Some((
+                fast::HostWeights::new(&policy)?,
+                fast::HostWeights::new(&reference)?,
+            ))
         } else {
             None
         };

@@ -160,7 +160,7 @@ struct ChunkOut {
 /// path with the whole model's graph.
 fn policy_logprobs<'m>(
     policy: &'m Model,
-    host: Option<&'m fast::HostWeights>,
+    host: Option<&'m fast::HostWeights<'m>>,
     batch: &SequenceBatch,
 ) -> Result<(Option<fast::FastForward<'m>>, Tensor)> {
     if let Some(w) = host {
@@ -172,10 +172,10 @@ fn policy_logprobs<'m>(
     }
 }
 
-/// The host copy of `model`'s weights when the fast path applies to it (CPU, f32) and the run
+/// `model`'s weights read in place when the fast path applies to it (CPU, f32) and the run
 /// options do not ask for candle's `autograd`, made once per objective and step for all its
 /// chunks.
-fn fast_weights(model: &Model, autograd: bool) -> Result<Option<fast::HostWeights>> {
+fn fast_weights(model: &Model, autograd: bool) -> Result<Option<fast::HostWeights<'_>>> {
     Ok(if !autograd && fast::supported(model) {
         Some(fast::HostWeights::new(model)?)
     } else {
@@ -186,7 +186,7 @@ fn fast_weights(model: &Model, autograd: bool) -> Result<Option<fast::HostWeight
 /// The reference model's log-probabilities, by the fast no-save pass where it applies.
 fn ref_logprobs(
     reference: &Model,
-    host: Option<&fast::HostWeights>,
+    host: Option<&fast::HostWeights<'_>>,
     batch: &SequenceBatch,
 ) -> Result<Tensor> {
     if let Some(w) = host {
@@ -557,17 +557,13 @@ impl Ctx<'_> {
         let policy = &models.policy;
         let reference = models.reference.as_ref();
         let (pad_id, device) = (models.tok.pad_id, &self.device);
-        // The fast path's host copies of the weights, made once for all chunks (the two
-        // models' copies side by side).
+        // The fast path's views of the weights, read in place by all chunks.
         let autograd = self.opts.autograd;
-        let (policy_host, reference_host) = rayon::join(
-            || fast_weights(policy, autograd),
-            || match (reference, beta > 0.0) {
-                (Some(r), true) => fast_weights(r, autograd),
-                _ => Ok(None),
-            },
-        );
-        let (policy_host, reference_host) = (policy_host?, reference_host?);
+        let policy_host = fast_weights(policy, autograd)?;
+        let reference_host = match (reference, beta > 0.0) {
+            (Some(r), true) => fast_weights(r, autograd)?,
+            _ => None,
+        };
         // Each chunk's forward and backward pass: the chunks run side by side on the CPU
         // (train::parallel), each giving its loss, gradients and stats.
         let chunk = |range: std::ops::Range<usize>| -> Result<ChunkOut> {

@@ -16,6 +16,10 @@ use rayon::prelude::*;
 use crate::model::Model;
 use crate::ops::kernels::{self, mm_with};
 
+/// The weight size above which a decode step reads its weights from memory rather than from
+/// the cache: the last-level cache of the server CPUs recap is tuned on (32 MiB).
+const CACHED_WEIGHT_BYTES: usize = 32 << 20;
+
 /// One block's weights on the host, transposed to (in, out) row-major (see [`matmul`]); q/k/v and
 /// gate/up are concatenated along the output so each is a single matrix multiply.
 struct HostLayer {
@@ -255,9 +259,17 @@ impl HostDecoder {
         let params = fixed.layers.len() * (d.qkv() + d.heads * d.head_dim + 3 * d.inter) * d.hidden
             + d.vocab * d.hidden;
         let threads = rayon::current_num_threads().max(1);
-        let parts = threads
-            .min(sel.len())
-            .min((2 * params * sel.len() / 2_000_000).max(1));
+        // A step reads every weight once per part. When the weights outgrow the last-level
+        // cache, a step is bound by reading them from memory, so one part whose multiplies
+        // split the weights' rows between the threads beats one part per thread that each
+        // stream all of them.
+        let parts = if params * std::mem::size_of::<f32>() > CACHED_WEIGHT_BYTES {
+            1
+        } else {
+            threads
+                .min(sel.len())
+                .min((2 * params * sel.len() / 2_000_000).max(1))
+        };
         let per_part: Vec<Vec<f32>> = if parts > 1 {
             let size = sel.len().div_ceil(parts);
             sel.par_chunks_mut(size)

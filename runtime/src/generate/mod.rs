@@ -274,6 +274,7 @@ pub fn generate_on(
     path: DecodePath,
 ) -> Result<Rollout> {
     let c = model.config().clone();
+    crate::alloc::release_freed(model.weight_bytes());
     if prompts.is_empty() || group == 0 {
         return Err(ModelError::Invalid(
             "generate needs at least one prompt and group >= 1".into(),

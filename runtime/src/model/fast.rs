@@ -23,9 +23,7 @@
 //! its run options ask for candle's autograd (`RECAP_AUTOGRAD=1` on the command line), which is
 //! kept so that both paths can be compared on the same run.
 
-use std::borrow::Cow;
-
-use candle_core::{bail, DType, Result, Tensor};
+use candle_core::{bail, CpuStorage, DType, Result, Storage, StorageRef, Tensor};
 
 use super::logprob::SequenceBatch;
 use super::Model;
@@ -166,85 +164,147 @@ impl Packing {
     }
 }
 
-/// One value per weight of a block, in `LayerWeights` order: the weights copied to the host
+/// One value per weight of a block, in `LayerWeights` order: the weights read on the host
 /// ([`HostLayer`]) and their gradients ([`LayerGrads`]) have the same shape.
 #[derive(Clone)]
-struct LayerVecs {
-    q_w: Vec<f32>,
-    q_b: Option<Vec<f32>>,
-    k_w: Vec<f32>,
-    k_b: Option<Vec<f32>>,
-    v_w: Vec<f32>,
-    v_b: Option<Vec<f32>>,
-    o_w: Vec<f32>,
-    gate_w: Vec<f32>,
-    up_w: Vec<f32>,
-    down_w: Vec<f32>,
-    input_norm: Vec<f32>,
-    post_norm: Vec<f32>,
+struct LayerVecs<V> {
+    q_w: V,
+    q_b: Option<V>,
+    k_w: V,
+    k_b: Option<V>,
+    v_w: V,
+    v_b: Option<V>,
+    o_w: V,
+    gate_w: V,
+    up_w: V,
+    down_w: V,
+    input_norm: V,
+    post_norm: V,
 }
 
-/// The weights of one block copied to the host.
-type HostLayer = LayerVecs;
+/// The weights of one block, read in place.
+type HostLayer<'a> = LayerVecs<HostSlice<'a>>;
 
-/// All weights of a model copied to the host; `lm_head` is `None` when tied to the embedding.
-/// A training step copies them once per model ([`HostWeights::new`]) and shares them between
-/// its chunks ([`forward_with`], [`logprobs_tensor_with`]), since the weights only change at the
-/// optimiser step.
-#[derive(Clone)]
-pub struct HostWeights {
-    embed: Vec<f32>,
-    layers: Vec<HostLayer>,
-    norm: Vec<f32>,
-    lm_head: Option<Vec<f32>>,
+/// A contiguous f32 weight on the CPU, read in place from the tensor's storage. The storage's
+/// read lock is held while this lives, so the optimiser (which writes the weights through the
+/// same lock) cannot change a weight under a pass that reads it.
+pub struct HostSlice<'a> {
+    storage: StorageRef<'a>,
+    start: usize,
+    end: usize,
 }
 
-impl HostWeights {
+impl<'a> HostSlice<'a> {
+    fn new(t: &'a Tensor) -> Result<Self> {
+        let (storage, layout) = t.storage_and_layout();
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!(
+                "fast path: weight of shape {:?} is not contiguous",
+                t.dims()
+            );
+        };
+        if !matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))) {
+            bail!(
+                "fast path: weight of shape {:?} must be f32 on the CPU, is {:?} on {:?}",
+                t.dims(),
+                t.dtype(),
+                t.device()
+            );
+        }
+        Ok(HostSlice {
+            storage,
+            start,
+            end,
+        })
+    }
+}
+
+impl std::ops::Deref for HostSlice<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[self.start..self.end],
+            // `HostSlice::new` admits f32 CPU storage only, and a read lock keeps it so.
+            _ => &[],
+        }
+    }
+}
+
+/// All weights of a model, read in place (see [`HostSlice`]); `lm_head` is `None` when tied to
+/// the embedding. A training step makes one per model ([`HostWeights::new`]) and shares it
+/// between its chunks ([`forward_with`], [`logprobs_tensor_with`]); the weights only change at
+/// the optimiser step, after it is dropped.
+pub struct HostWeights<'a> {
+    embed: HostSlice<'a>,
+    layers: Vec<HostLayer<'a>>,
+    norm: HostSlice<'a>,
+    lm_head: Option<HostSlice<'a>>,
+}
+
+impl HostWeights<'_> {
     fn head(&self) -> &[f32] {
         self.lm_head.as_deref().unwrap_or(&self.embed)
     }
 }
 
-/// A weight tensor's values as a host vector (f32 is checked by `to_vec1`).
+/// A tensor's values as a host vector (f32 is checked by `to_vec1`).
 fn host(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 
-fn host_opt(t: &Option<Tensor>) -> Result<Option<Vec<f32>>> {
-    t.as_ref().map(host).transpose()
+fn slice_opt(t: &Option<Tensor>) -> Result<Option<HostSlice<'_>>> {
+    t.as_ref().map(HostSlice::new).transpose()
 }
 
-impl HostWeights {
-    /// Copies the weights of `model` as they are now; use them with this model only, and only
-    /// until its next optimiser step.
-    pub fn new(model: &Model) -> Result<Self> {
+impl<'a> HostWeights<'a> {
+    /// Reads the weights of `model` in place, without copying them. Holds their read locks:
+    /// drop it before the optimiser step.
+    pub fn new(model: &'a Model) -> Result<Self> {
         let w = &model.weights;
         let layers = w
             .layers
             .iter()
-            .map(|l| -> Result<HostLayer> {
+            .map(|l| -> Result<HostLayer<'a>> {
                 Ok(HostLayer {
-                    q_w: host(&l.q_w)?,
-                    q_b: host_opt(&l.q_b)?,
-                    k_w: host(&l.k_w)?,
-                    k_b: host_opt(&l.k_b)?,
-                    v_w: host(&l.v_w)?,
-                    v_b: host_opt(&l.v_b)?,
-                    o_w: host(&l.o_w)?,
-                    gate_w: host(&l.gate_w)?,
-                    up_w: host(&l.up_w)?,
-                    down_w: host(&l.down_w)?,
-                    input_norm: host(&l.input_norm)?,
-                    post_norm: host(&l.post_norm)?,
+                    q_w: HostSlice::new(&l.q_w)?,
+                    q_b: slice_opt(&l.q_b)?,
+                    k_w: HostSlice::new(&l.k_w)?,
+                    k_b: slice_opt(&l.k_b)?,
+                    v_w: HostSlice::new(&l.v_w)?,
+                    v_b: slice_opt(&l.v_b)?,
+                    o_w: HostSlice::new(&l.o_w)?,
+                    gate_w: HostSlice::new(&l.gate_w)?,
+                    up_w: HostSlice::new(&l.up_w)?,
+                    down_w: HostSlice::new(&l.down_w)?,
+                    input_norm: HostSlice::new(&l.input_norm)?,
+                    post_norm: HostSlice::new(&l.post_norm)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(HostWeights {
-            embed: host(&w.embed)?,
+            embed: HostSlice::new(&w.embed)?,
             layers,
-            norm: host(&w.norm)?,
-            lm_head: host_opt(&w.lm_head)?,
+            norm: HostSlice::new(&w.norm)?,
+            lm_head: slice_opt(&w.lm_head)?,
         })
+    }
+}
+
+/// The weights a pass reads: made for it, or shared with the other chunks of a step.
+enum Held<'a> {
+    Own(HostWeights<'a>),
+    Shared(&'a HostWeights<'a>),
+}
+
+impl<'a> std::ops::Deref for Held<'a> {
+    type Target = HostWeights<'a>;
+
+    fn deref(&self) -> &HostWeights<'a> {
+        match self {
+            Held::Own(w) => w,
+            Held::Shared(w) => w,
+        }
     }
 }
 
@@ -280,7 +340,7 @@ struct Saved {
 pub struct FastForward<'a> {
     model: &'a Model,
     dims: Dims,
-    weights: Cow<'a, HostWeights>,
+    weights: Held<'a>,
     packing: Packing,
     /// The query rows of every block but the last, and of the last.
     qs_all: Queries,
@@ -708,7 +768,7 @@ fn block_forward(
 }
 
 /// The gradients of one block's weights.
-type LayerGrads = LayerVecs;
+type LayerGrads = LayerVecs<Vec<f32>>;
 
 /// One block's backward: `dy` is the gradient of its output (on the query rows of `qs`); gives
 /// the gradient of its input (all rows) and of its weights.
@@ -830,7 +890,7 @@ fn block_backward(
     rope(&mut dq, qd, &pos_q, hd, cos, sin, true);
     rope(&mut dk, kvd, &pk.pos, hd, cos, sin, true);
     let bias =
-        |dy: &[f32], width: usize, b: &Option<Vec<f32>>| b.as_ref().map(|_| col_sums(dy, width));
+        |dy: &[f32], width: usize, b: &Option<HostSlice>| b.as_ref().map(|_| col_sums(dy, width));
     let q_b = bias(&dq, qd, &w.q_b);
     let k_b = bias(&dk, kvd, &w.k_b);
     let v_b = bias(&dv, kvd, &w.v_b);
@@ -891,7 +951,7 @@ fn block_backward(
 /// The shared forward: with `save`, keeps every activation the backward needs.
 fn run<'a>(
     model: &'a Model,
-    weights: Cow<'a, HostWeights>,
+    weights: Held<'a>,
     batch: &SequenceBatch,
     save: bool,
 ) -> Result<FastForward<'a>> {
@@ -907,6 +967,7 @@ fn run<'a>(
     if rope_cos.len() != d.t * half || rope_sin.len() != d.t * half {
         bail!("fast path: RoPE tables do not have head_dim / 2 = {half} columns");
     }
+    crate::alloc::release_freed(model.weight_bytes());
     let pk = Packing::new(&d, &ids, &mask);
     drop((ids, mask));
     let n_layers = weights.layers.len();
@@ -996,21 +1057,21 @@ fn run<'a>(
 /// The training forward: the log-probabilities of the completion tokens and every activation
 /// [`FastForward::backward`] needs.
 pub fn forward<'a>(model: &'a Model, batch: &SequenceBatch) -> Result<FastForward<'a>> {
-    run(model, Cow::Owned(HostWeights::new(model)?), batch, true)
+    run(model, Held::Own(HostWeights::new(model)?), batch, true)
 }
 
 /// [`forward`] with the model's weights already copied (see [`HostWeights`]).
 pub fn forward_with<'a>(
     model: &'a Model,
-    weights: &'a HostWeights,
+    weights: &'a HostWeights<'a>,
     batch: &SequenceBatch,
 ) -> Result<FastForward<'a>> {
-    run(model, Cow::Borrowed(weights), batch, true)
+    run(model, Held::Shared(weights), batch, true)
 }
 
 /// The log-probabilities (n * L, row-major) alone, keeping no activations: the reference pass.
 pub fn logprobs(model: &Model, batch: &SequenceBatch) -> Result<Vec<f32>> {
-    Ok(run(model, Cow::Owned(HostWeights::new(model)?), batch, false)?.logp)
+    Ok(run(model, Held::Own(HostWeights::new(model)?), batch, false)?.logp)
 }
 
 /// [`logprobs`] as an (n, L) tensor on the model's device, like
@@ -1022,10 +1083,10 @@ pub fn logprobs_tensor(model: &Model, batch: &SequenceBatch) -> Result<Tensor> {
 /// [`logprobs_tensor`] with the model's weights already copied (see [`HostWeights`]).
 pub fn logprobs_tensor_with(
     model: &Model,
-    weights: &HostWeights,
+    weights: &HostWeights<'_>,
     batch: &SequenceBatch,
 ) -> Result<Tensor> {
-    let lp = run(model, Cow::Borrowed(weights), batch, false)?.logp;
+    let lp = run(model, Held::Shared(weights), batch, false)?.logp;
     Tensor::from_vec(
         lp,
         (batch.completion_ids.dims2()?.0, batch.completion_width),
