@@ -15,6 +15,7 @@ pub mod diagnostic;
 pub mod internal;
 pub mod lower;
 pub mod parse;
+pub mod query;
 pub mod resolve;
 pub mod stdlib;
 pub mod typecheck;
