@@ -43,6 +43,8 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
+    /// Run the language server on standard input and output (for editors).
+    Lsp(LspArgs),
 }
 
 /// How `recapc check` prints diagnostics.
@@ -285,4 +287,14 @@ pub struct CompletionsArgs {
     /// The shell to generate completions for.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LspArgs {
+    /// Accepted for editors that pass it; standard input and output is the only transport.
+    #[arg(long)]
+    pub stdio: bool,
+    /// Time every kind of request on FILE and print the latencies, instead of serving.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub bench: Option<PathBuf>,
 }

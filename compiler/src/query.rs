@@ -577,12 +577,10 @@ pub fn completion_context(source: &str, offset: usize) -> CompletionContext {
                     }
                     stack.push(frame);
                 }
-                b')' | b']' | b'}' => {
-                    if stack.len() > 1 {
-                        let f = stack.pop().expect("checked above");
-                        if b == b')' {
-                            last_closed = f.callee;
-                        }
+                b')' | b']' | b'}' if stack.len() > 1 => {
+                    let f = stack.pop().expect("checked by the guard");
+                    if b == b')' {
+                        last_closed = f.callee;
                     }
                 }
                 b',' => {

@@ -39,6 +39,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Templates => list_templates::run(),
         Command::Explain(args) => explain::run(&args),
         Command::Completions(args) => completions::run(&args),
+        Command::Lsp(args) => crate::lsp::run(&args),
     }
 }
 
