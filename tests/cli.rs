@@ -136,6 +136,17 @@ fn check_json_schema() {
         label["start"]["column"],
         start - BAD[..start].rfind('\n').unwrap()
     );
+    // The did-you-mean fix replaces the label's text with the guess.
+    let fix = &d["fixes"][0];
+    assert_eq!(fix["message"], "replace `corect` with `correct`");
+    assert_eq!(fix["edits"][0]["span"], label["span"]);
+    assert_eq!(fix["edits"][0]["start"], label["start"]);
+    assert_eq!(fix["edits"][0]["replacement"], "correct");
+    // A diagnostic without a fix has no `fixes` field, as version 1 documents had none.
+    assert!(diagnostics
+        .iter()
+        .filter(|d| d["code"] != "recap::resolve::unknown_name")
+        .all(|d| d.get("fixes").is_none()));
 }
 
 #[test]

@@ -24,7 +24,7 @@ pub mod validate;
 
 pub use parse::parse;
 
-pub use diagnostic::{line_col, Diagnostic, Label, LineEnds, LineIndex, Severity, Span};
+pub use diagnostic::{line_col, Diagnostic, Edit, Fix, Label, LineEnds, LineIndex, Severity, Span};
 
 /// What the compiler may ask of the outside world. The CLI implements it with the file system;
 /// tests and the language server may answer from memory.

@@ -617,14 +617,18 @@ impl<'a> Resolver<'a, '_> {
             }
         }
         candidates.extend(self.std.fns.keys().map(|k| k.as_str()));
+        let guess = did_you_mean(&id.name, candidates.iter().copied());
         let problem = ResolveProblem::UnknownName {
             name: &id.name,
             function: functions_only,
-            guess: did_you_mean(&id.name, candidates.iter().copied()),
+            guess,
         };
         let what = if functions_only { "function" } else { "name" };
-        self.diags
-            .push(problem.at(id.span, format!("not a declared {what}")));
+        self.diags.push(
+            problem
+                .at(id.span, format!("not a declared {what}"))
+                .fix_name(id.span, &id.name, guess),
+        );
     }
 
     fn walk(&mut self, e: &'a Expr, stage: Option<usize>, refs: &mut Vec<(EntityId, Span)>) {
@@ -727,12 +731,22 @@ impl<'a> Resolver<'a, '_> {
                 .iter()
                 .filter(|e| e.kind == EntityKind::Decl(DeclKind::Source))
                 .map(|e| e.name.name.as_str());
+            let guess = did_you_mean(source, sources);
             let problem = ResolveProblem::UnknownWeightSource {
                 key: &a.name.name,
                 source,
-                guess: did_you_mean(source, sources),
+                guess,
             };
-            self.diags.push(problem.at(a.name.span, "no such source"));
+            // The key starts with the source's name, so the name's span is the key's first
+            // bytes.
+            let at = a.name.span.start();
+            let source_span = Span::new(at, at + source.len());
+            self.diags
+                .push(problem.at(a.name.span, "no such source").fix_name(
+                    source_span,
+                    source,
+                    guess,
+                ));
         }
     }
 
