@@ -89,7 +89,12 @@ pub fn bench(file: &Path) -> ExitCode {
     ] {
         let mut times = Vec::new();
         for pos in &positions {
-            let mut params = json!({"textDocument": {"uri": uri}, "position": pos});
+            // `range` is for code actions; the other requests ignore it.
+            let mut params = json!({
+                "textDocument": {"uri": uri},
+                "position": pos,
+                "range": {"start": pos, "end": pos},
+            });
             if let (Some(p), Some(e)) = (params.as_object_mut(), extra.as_object()) {
                 p.extend(e.clone());
             }

@@ -2,8 +2,9 @@
 //! Takes the client's requests and notifications; gives diagnostics on open, change and save
 //! (from the same pure `check` as `recapc check`), hover, go to definition, references, rename,
 //! completion, document symbols and code actions. One module per concern: `text` (positions),
-//! `document` (what an edit rebuilds), `navigate`, `complete`, `bench`.
+//! `document` (what an edit rebuilds), `navigate`, `complete`, `actions`, `bench`.
 
+mod actions;
 mod bench;
 mod complete;
 mod document;
@@ -17,9 +18,9 @@ use lsp_types::notification::Notification as _;
 use lsp_types::request::Request as _;
 use lsp_types::{notification as n, request as r};
 use lsp_types::{
-    CompletionOptions, HoverProviderCapability, OneOf, PublishDiagnosticsParams,
-    ServerCapabilities, TextDocumentSyncCapability, TextDocumentSyncKind, TextDocumentSyncOptions,
-    TextDocumentSyncSaveOptions, Uri,
+    CodeActionProviderCapability, CompletionOptions, HoverProviderCapability, OneOf,
+    PublishDiagnosticsParams, ServerCapabilities, TextDocumentSyncCapability, TextDocumentSyncKind,
+    TextDocumentSyncOptions, TextDocumentSyncSaveOptions, Uri,
 };
 use serde_json::Value;
 
@@ -66,6 +67,7 @@ pub fn capabilities() -> ServerCapabilities {
             trigger_characters: Some(vec![".".into(), "(".into(), " ".into()]),
             ..Default::default()
         }),
+        code_action_provider: Some(CodeActionProviderCapability::Simple(true)),
         ..Default::default()
     }
 }
@@ -191,6 +193,13 @@ impl Server {
             r::DocumentSymbolRequest::METHOD => {
                 let p: lsp_types::DocumentSymbolParams = parse(params)?;
                 to_value(navigate::document_symbols(self.doc(&p.text_document.uri)?))
+            }
+            r::CodeActionRequest::METHOD => {
+                let p: lsp_types::CodeActionParams = parse(params)?;
+                to_value(actions::code_actions(
+                    self.doc(&p.text_document.uri)?,
+                    p.range,
+                ))
             }
             _ => Err(ResponseError {
                 code: ErrorCode::MethodNotFound as i32,
