@@ -86,6 +86,11 @@ pub fn bench(file: &Path) -> ExitCode {
             r::DocumentSymbolRequest::METHOD,
             json!({}),
         ),
+        (
+            "codeAction",
+            r::CodeActionRequest::METHOD,
+            json!({"context": {"diagnostics": []}}),
+        ),
     ] {
         let mut times = Vec::new();
         for pos in &positions {
