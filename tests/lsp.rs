@@ -56,6 +56,11 @@ impl Client {
         }
     }
 
+    fn rename(&mut self, mut params: Value, new_name: &str) -> Value {
+        params["newName"] = json!(new_name);
+        self.request("textDocument/rename", params)
+    }
+
     fn notify(&self, method: &str, params: Value) {
         let note = Notification::new(method.to_string(), params);
         self.conn.sender.send(Message::Notification(note)).unwrap();
@@ -189,9 +194,7 @@ fn a_scripted_session_gets_exact_answers() {
         "{refs:#}"
     );
 
-    let mut params = at(2, 8);
-    params["newName"] = json!("math");
-    let rename = c.request("textDocument/rename", params);
+    let rename = c.rename(at(2, 8), "math");
     assert_eq!(
         rename,
         json!({"changes": {URI: [
@@ -200,9 +203,7 @@ fn a_scripted_session_gets_exact_answers() {
         ]}}),
         "{rename:#}"
     );
-    let mut params = at(4, 19);
-    params["newName"] = json!("ppo");
-    let refused = c.request("textDocument/rename", params);
+    let refused = c.rename(at(4, 19), "ppo");
     assert_eq!(
         refused,
         json!({"error": "only a declared name can be renamed here"})

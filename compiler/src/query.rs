@@ -146,9 +146,10 @@ impl Builder {
 
     fn add(&mut self, item: &Item, name: &Ident, kind: SymbolKind, stage: Option<usize>) -> usize {
         let (callee, ty) = match &item.kind {
-            ItemKind::Decl { kind, value, .. } => {
-                (callee_of(value), Some(Ty::Kind(kind_of(*kind))))
-            }
+            ItemKind::Decl { kind, value, .. } => (
+                callee_of(value),
+                Some(Ty::Kind(crate::typecheck::decl_kind(*kind))),
+            ),
             ItemKind::Param { ty, .. } => {
                 let std = stdlib();
                 (None, Ty::from_ast(ty, &|n| std.enums.contains_key(n)).ok())
@@ -361,17 +362,6 @@ fn callee_of(e: &Expr) -> Option<String> {
         .then(|| name.to_string())
 }
 
-/// The kind of value a declaration keyword declares.
-pub fn kind_of(k: DeclKind) -> Kind {
-    match k {
-        DeclKind::Model => Kind::Model,
-        DeclKind::Source => Kind::Source,
-        DeclKind::Verifier => Kind::Verifier,
-        DeclKind::Objective => Kind::Objective,
-        DeclKind::Eval => Kind::Eval,
-    }
-}
-
 /// Whether a value of type `have` may stand where `want` is expected, as far as an editor
 /// can tell: an entry of a list, a kind that fits (a verifier is a reward), the same scalar,
 /// or an int where a float goes.
@@ -435,21 +425,19 @@ pub struct CompletionContext {
     pub slot: Slot,
 }
 
-/// The item keywords of the language, for completion at the start of an item.
-pub const ITEM_KEYWORDS: &[&str] = &[
-    "use",
-    "param",
-    "let",
-    "model",
-    "source",
-    "verifier",
-    "objective",
-    "eval",
-    "reweight",
-    "mix",
-    "train",
-    "stage",
-];
+/// The keywords that start an item of a pipeline (the parser's list less `fn` and `enum`,
+/// which only the stdlib declares), for completion at the start of an item.
+pub fn item_keywords() -> impl Iterator<Item = &'static str> {
+    crate::parse::ITEM_KEYWORDS
+        .iter()
+        .copied()
+        .filter(|k| !matches!(*k, "fn" | "enum"))
+}
+
+/// Whether `word` is a keyword that starts an item (stdlib items included), so not a name.
+pub fn is_item_keyword(word: &str) -> bool {
+    crate::parse::ITEM_KEYWORDS.contains(&word)
+}
 
 /// One open bracket while scanning toward the cursor.
 #[derive(Debug, Default)]
@@ -521,9 +509,9 @@ pub fn completion_context(source: &str, offset: usize) -> CompletionContext {
             let word = &source[start..i];
             let top = stack.last_mut().expect("the stack keeps its base frame");
             if matches!(top.open, b'^' | b's') {
-                if let Some(k) = ITEM_KEYWORDS.iter().find(|k| **k == word) {
+                if let Some(k) = item_keywords().find(|k| *k == word) {
                     top.item = Some(k);
-                    top.in_value = matches!(*k, "mix" | "reweight");
+                    top.in_value = matches!(k, "mix" | "reweight");
                     top.key = None;
                 }
             }

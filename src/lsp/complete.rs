@@ -8,7 +8,7 @@ use lsp_types::{
     CompletionItem, CompletionItemKind, CompletionList, CompletionTextEdit, Documentation,
     MarkupContent, MarkupKind, Position, TextEdit,
 };
-use recap_compiler::query::{self, Slot, ITEM_KEYWORDS};
+use recap_compiler::query::{self, Slot};
 use recap_compiler::stdlib::stdlib;
 use recap_compiler::types::{Kind, Ty};
 
@@ -20,7 +20,7 @@ pub fn completion(doc: &Document, pos: Position) -> CompletionList {
     let mut items = Vec::new();
     match &ctx.slot {
         Slot::Item => {
-            for k in ITEM_KEYWORDS {
+            for k in query::item_keywords() {
                 items.push(item(k, CompletionItemKind::KEYWORD, None, None));
             }
         }

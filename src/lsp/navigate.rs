@@ -8,7 +8,7 @@ use lsp_types::{
     DocumentSymbol, Hover, HoverContents, Location, MarkupContent, MarkupKind, Position,
     SymbolKind as LspSymbolKind, TextEdit, WorkspaceEdit,
 };
-use recap_compiler::query::{SymbolKind, Target, ITEM_KEYWORDS};
+use recap_compiler::query::{is_item_keyword, SymbolKind, Target};
 use recap_compiler::stdlib::stdlib;
 
 use super::document::Document;
@@ -108,7 +108,7 @@ pub fn rename(doc: &Document, pos: Position, new_name: &str) -> Result<Workspace
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid || ITEM_KEYWORDS.contains(&new_name) {
+    if !valid || is_item_keyword(new_name) {
         return Err(format!("`{new_name}` is not a name recap accepts"));
     }
     let edits = doc

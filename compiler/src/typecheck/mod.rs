@@ -84,7 +84,8 @@ struct Checker<'r, 'a, 'd> {
 /// arguments that fit.
 type What<'w> = &'w dyn Fn() -> String;
 
-fn decl_kind(k: DeclKind) -> Kind {
+/// The kind of value a declaration keyword declares.
+pub fn decl_kind(k: DeclKind) -> Kind {
     match k {
         DeclKind::Model => Kind::Model,
         DeclKind::Source => Kind::Source,
