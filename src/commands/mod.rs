@@ -6,6 +6,7 @@ mod check;
 mod compare;
 mod completions;
 mod explain;
+mod fmt;
 mod graph;
 mod import;
 mod list_templates;
@@ -37,6 +38,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::New(args) => new::run(&args),
         Command::Import(cmd) => import::run(&cmd),
         Command::Templates => list_templates::run(),
+        Command::Fmt(args) => fmt::run(&args),
         Command::Explain(args) => explain::run(&args),
         Command::Completions(args) => completions::run(&args),
     }

@@ -1,0 +1,108 @@
+//! `recapc fmt`: in place, from standard input, `--check` with a diff, refusal of a file with a
+//! syntax error; `check -`.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::{recapc, stderr, stdout};
+
+const MESSY: &str = "model   policy=tiny(layers=2,hidden=64,heads=4)   # the policy\n\n\n\nsource sums=arithmetic(count=10){answer=field(\"a\")}\n";
+const TIDY: &str = "model policy = tiny(layers = 2, hidden = 64, heads = 4) # the policy\n\nsource sums = arithmetic(count = 10) { answer = field(\"a\") }\n";
+
+#[test]
+fn fmt_rewrites_in_place_and_check_prints_a_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.recap"), MESSY).unwrap();
+    let o = recapc(&["fmt", "--check", "p.recap"], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let diff = stdout(&o);
+    assert!(
+        diff.starts_with("--- p.recap\n+++ p.recap (formatted)\n"),
+        "{diff}"
+    );
+    assert!(diff.contains("\n-model   policy=tiny"), "{diff}");
+    assert!(diff.contains("\n+model policy = tiny("), "{diff}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("p.recap")).unwrap(),
+        MESSY,
+        "--check changes nothing"
+    );
+    let o = recapc(&["fmt", "p.recap"], dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("p.recap")).unwrap(),
+        TIDY
+    );
+    let o = recapc(&["fmt", "--check", "p.recap"], dir.path());
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).is_empty());
+}
+
+#[test]
+fn fmt_reads_standard_input_and_writes_standard_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recapc"))
+        .args(["fmt", "-"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(MESSY.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), TIDY);
+}
+
+#[test]
+fn fmt_refuses_a_file_with_a_syntax_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = "model policy = tiny(layers = 2\nsource s = arithmetic()\n";
+    std::fs::write(dir.path().join("b.recap"), broken).unwrap();
+    let o = recapc(&["fmt", "b.recap"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("recap::parse::"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("so it was not formatted"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("b.recap")).unwrap(),
+        broken
+    );
+}
+
+#[test]
+fn check_reads_standard_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recapc"))
+        .args(["check", "-", "--format", "short"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"let x = nope\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("<stdin>:1:9: error[recap::resolve::unknown_name]"),
+        "{}",
+        stdout(&o)
+    );
+}
