@@ -504,3 +504,29 @@ train { steps = 10 }
         stderr(&human)
     );
 }
+
+/// A command that needs a plan says "has 1 error; fix it" for one error, "fix them" for more.
+#[test]
+fn the_error_count_line_agrees_in_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = "model policy = tiny(layers = 2, hidden = 64, heads = 4)
+source sums = arithmetic(count = 10)
+verifier correct = numeric(expected = sums.answer)
+objective rl = grpo(sums) { rewards = [corect] }
+train { steps = 10 }
+";
+    std::fs::write(dir.path().join("one.recap"), one).unwrap();
+    std::fs::write(dir.path().join("two.recap"), "let x = nope\n").unwrap();
+    let o = recapc(&["plan", "one.recap"], dir.path());
+    assert!(
+        stderr(&o).contains("`one.recap` has 1 error; fix it and try again"),
+        "{}",
+        stderr(&o)
+    );
+    let o = recapc(&["plan", "two.recap"], dir.path());
+    assert!(
+        stderr(&o).contains("has 3 errors; fix them and try again"),
+        "{}",
+        stderr(&o)
+    );
+}

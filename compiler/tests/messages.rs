@@ -267,3 +267,22 @@ fn declared_kinds_get_no_call_advice() {
         "or another (docs/language.md lists them all)",
     );
 }
+
+/// The help of a bad `--set` for an `int` param says "an int", not "a int".
+#[test]
+fn a_bad_override_names_the_type_with_the_right_article() {
+    let source = "param steps: int = 10 in [1, inf)\nparam lr: float = 0.1\n";
+    for (key, help) in [("steps", "write an int"), ("lr", "write a float")] {
+        let options = CheckOptions {
+            overrides: vec![(key.into(), "x".into())],
+            ..CheckOptions::default()
+        };
+        let out = check("m.recap", source, &options, &AssumeFilesExist);
+        let d = out
+            .diagnostics
+            .iter()
+            .find(|d| d.code == "recap::resolve::bad_override")
+            .expect("a bad override");
+        assert_eq!(d.help.as_deref(), Some(help));
+    }
+}

@@ -100,9 +100,13 @@ pub(crate) fn compile_for_plan(
             .iter()
             .filter(|d| d.severity == recap_compiler::Severity::Error)
             .count();
-        let noun = if errors == 1 { "error" } else { "errors" };
+        let (noun, them) = if errors == 1 {
+            ("error", "it")
+        } else {
+            ("errors", "them")
+        };
         error_line(&format!(
-            "`{}` has {errors} {noun}; fix them and try again",
+            "`{}` has {errors} {noun}; fix {them} and try again",
             compiled.source.name()
         ));
         return Err(ExitCode::Errors);
