@@ -403,7 +403,21 @@ fn explain_codes() {
     typo.insert(typo.len() - 1, 'z');
     let o = recapc(&["explain", &typo], dir.path());
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("did you mean"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("did you mean `{}`?", codes[0])),
+        "{}",
+        stderr(&o)
+    );
+    // The suggestion is not buried under the list of every code.
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    let o = recapc(&["explain", "zzzzzzzzzzzz"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("`recapc explain` lists every code"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
 }
 
 #[test]
