@@ -286,3 +286,27 @@ fn a_bad_override_names_the_type_with_the_right_article() {
         assert_eq!(d.help.as_deref(), Some(help));
     }
 }
+
+/// A misspelt source is guessed as the declared source, not as the stdlib enum member that is
+/// as near (`sum`, an aggregation).
+#[test]
+fn a_misspelt_name_is_guessed_among_declarations_first() {
+    let source = "model policy = hf(\"m\")
+source sums = jsonl(\"m.jsonl\") { prompt = \"{q}\", answer = field(\"a\") }
+verifier acc = numeric()
+objective rl = grpo(sumz) { rewards = [acc] }
+train { steps = 10 }
+";
+    let out = check(
+        "m.recap",
+        source,
+        &CheckOptions::default(),
+        &AssumeFilesExist,
+    );
+    let d = out
+        .diagnostics
+        .iter()
+        .find(|d| d.code == "recap::resolve::unknown_name")
+        .expect("an unknown name");
+    assert_eq!(d.help.as_deref(), Some("did you mean `sums`?"));
+}
