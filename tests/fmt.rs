@@ -1,15 +1,58 @@
 //! `recapc fmt`: in place, from standard input, `--check` with a diff, refusal of a file with a
-//! syntax error; `check -`.
+//! syntax error; `check -`; and the CI check that every repository `.recap` file is formatted.
 
 mod common;
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::{recapc, stderr, stdout};
 
 const MESSY: &str = "model   policy=tiny(layers=2,hidden=64,heads=4)   # the policy\n\n\n\nsource sums=arithmetic(count=10){answer=field(\"a\")}\n";
 const TIDY: &str = "model policy = tiny(layers = 2, hidden = 64, heads = 4) # the policy\n\nsource sums = arithmetic(count = 10) { answer = field(\"a\") }\n";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every `.recap` file of the repository that CI holds to the canonical layout: all but the
+/// compiler's fixtures, whose `# ^^^` annotations mark columns of the line above and so are
+/// laid out by hand (the compiler's tests still format them, to check the formatter).
+fn formatted_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if path.is_dir() {
+            if name != "target"
+                && !name.starts_with('.')
+                && !path.ends_with("compiler/tests/fixtures")
+            {
+                formatted_files(&path, out);
+            }
+        } else if name.ends_with(".recap") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_repository_recap_file_is_formatted() {
+    let mut files = Vec::new();
+    formatted_files(&repo(), &mut files);
+    assert!(files.len() > 20, "found only {} files", files.len());
+    let mut args = vec!["fmt", "--check"];
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    args.extend(names.iter().map(String::as_str));
+    let o = recapc(&args, &repo());
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "run `recapc fmt` on these files:\n{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+}
 
 #[test]
 fn fmt_rewrites_in_place_and_check_prints_a_diff() {
