@@ -5,12 +5,27 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use common::{recapc, stderr, stdout};
 
 const MESSY: &str = "model   policy=tiny(layers=2,hidden=64,heads=4)   # the policy\n\n\n\nsource sums=arithmetic(count=10){answer=field(\"a\")}\n";
 const TIDY: &str = "model policy = tiny(layers = 2, hidden = 64, heads = 4) # the policy\n\nsource sums = arithmetic(count = 10) { answer = field(\"a\") }\n";
+
+/// Runs `recapc ARGS` in `dir` with `input` on its standard input.
+fn with_stdin(args: &[&str], dir: &Path, input: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recapc"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -86,21 +101,7 @@ fn fmt_rewrites_in_place_and_check_prints_a_diff() {
 #[test]
 fn fmt_reads_standard_input_and_writes_standard_output() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_recapc"))
-        .args(["fmt", "-"])
-        .current_dir(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(MESSY.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = with_stdin(&["fmt", "-"], dir.path(), MESSY.as_bytes());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), TIDY);
 }
@@ -127,21 +128,11 @@ fn fmt_refuses_a_file_with_a_syntax_error() {
 #[test]
 fn check_reads_standard_input() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_recapc"))
-        .args(["check", "-", "--format", "short"])
-        .current_dir(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"let x = nope\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = with_stdin(
+        &["check", "-", "--format", "short"],
+        dir.path(),
+        b"let x = nope\n",
+    );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
         stdout(&o).contains("<stdin>:1:9: error[recap::resolve::unknown_name]"),
