@@ -39,6 +39,8 @@ pub enum Command {
     Import(ImportCommand),
     /// List the templates that `recapc new` can use.
     Templates,
+    /// Format pipeline files in the one canonical layout (comments kept).
+    Fmt(FmtArgs),
     /// Explain a diagnostic code (without CODE: list every code).
     Explain(ExplainArgs),
     /// Print a shell completion script.
@@ -112,8 +114,20 @@ impl SetArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct FmtArgs {
+    /// Pipeline files to format in place; `-` reads standard input and writes the result to
+    /// standard output.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Change nothing: print a unified diff of each file that is not formatted, and exit 1 if
+    /// any is not.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct CheckArgs {
-    /// Pipeline files to check.
+    /// Pipeline files to check (`-`: standard input).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Output format.

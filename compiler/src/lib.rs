@@ -12,6 +12,7 @@ pub mod ast;
 pub mod codes;
 pub mod dag;
 pub mod diagnostic;
+pub mod format;
 pub mod internal;
 pub mod lower;
 pub mod parse;

@@ -605,19 +605,25 @@ impl<'a> Resolver<'a, '_> {
     }
 
     fn unknown(&mut self, id: &Ident, stage: Option<usize>, functions_only: bool) {
-        let mut candidates: Vec<&str> = Vec::new();
+        // The file's own declarations are guessed before the stdlib's enum members and
+        // functions: a misspelt name used as a value is far more often one of them, and an
+        // enum member as near (`sum` for `sumz`, meant `sums`) would be the wrong kind of thing.
+        let mut declared: Vec<&str> = Vec::new();
+        let mut members: Vec<&str> = Vec::new();
         if !functions_only {
             for e in &self.entities {
                 if e.stage.is_none() || e.stage == stage {
-                    candidates.push(e.name.name.as_str());
+                    declared.push(e.name.name.as_str());
                 }
             }
             for en in self.std.enums.values() {
-                candidates.extend(en.members.iter().map(|m| m.as_str()));
+                members.extend(en.members.iter().map(|m| m.as_str()));
             }
         }
-        candidates.extend(self.std.fns.keys().map(|k| k.as_str()));
-        let guess = did_you_mean(&id.name, candidates.iter().copied());
+        let functions = self.std.fns.keys().map(|k| k.as_str());
+        let guess = did_you_mean(&id.name, declared.iter().copied())
+            .or_else(|| did_you_mean(&id.name, members.iter().copied()))
+            .or_else(|| did_you_mean(&id.name, functions));
         let problem = ResolveProblem::UnknownName {
             name: &id.name,
             function: functions_only,
