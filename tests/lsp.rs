@@ -95,6 +95,7 @@ fn a_scripted_session_gets_exact_answers() {
     assert_eq!(caps["renameProvider"], json!(true));
     assert_eq!(caps["documentSymbolProvider"], json!(true));
     assert_eq!(caps["codeActionProvider"], json!(true));
+    assert_eq!(caps["documentFormattingProvider"], json!(true));
     assert_eq!(
         caps["completionProvider"]["triggerCharacters"],
         json!([".", "(", " "])
@@ -236,6 +237,25 @@ fn a_scripted_session_gets_exact_answers() {
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["policy", "sums", "correct", "learn"]);
+
+    // Formatting gives the layout of `recapc fmt` as one edit of the whole document.
+    let messy = "model   policy = tiny( seed=1 )\n";
+    c.notify(
+        "textDocument/didChange",
+        json!({"textDocument": {"uri": URI, "version": 3}, "contentChanges": [{"text": messy}]}),
+    );
+    c.diagnostics();
+    let formatting = c.request(
+        "textDocument/formatting",
+        json!({"textDocument": {"uri": URI}, "options": {"tabSize": 2, "insertSpaces": true}}),
+    );
+    let formatted = recap_compiler::format::format(messy).unwrap();
+    assert_ne!(formatted, messy);
+    assert_eq!(
+        formatting,
+        json!([{"range": range(0, 0, 1, 0), "newText": formatted}]),
+        "{formatting:#}"
+    );
 
     let shutdown = c.request("shutdown", Value::Null);
     assert_eq!(shutdown, Value::Null);

@@ -1,6 +1,7 @@
-//! Code actions: takes an open document and a range; gives one quick fix per machine-applicable
-//! fix of each diagnostic on that range (did-you-mean, a missing `train`, a missing field
-//! mapping), with the edits the compiler attached to the diagnostic.
+//! Code actions and formatting: takes an open document (and a range); gives one quick fix per
+//! machine-applicable fix of each diagnostic on that range (did-you-mean, a missing `train`, a
+//! missing field mapping), with the edits the compiler attached to the diagnostic, or the edit
+//! that gives the document the canonical layout of `recapc fmt`.
 
 use std::collections::HashMap;
 
@@ -36,4 +37,18 @@ pub fn code_actions(doc: &Document, range: Range) -> Vec<CodeActionOrCommand> {
         }
     }
     out
+}
+
+/// The edit that formats the whole document as `recapc fmt` would; none when it already is,
+/// or why not (a file with syntax errors is not formatted).
+pub fn formatting(doc: &Document) -> Result<Vec<TextEdit>, String> {
+    let formatted = recap_compiler::format::format(&doc.text).map_err(|diags| {
+        let first = diags.first().map_or("", |d| d.message.as_str());
+        format!("not formatted: the file has syntax errors ({first})")
+    })?;
+    if formatted == doc.text {
+        return Ok(Vec::new());
+    }
+    let whole = recap_compiler::Span::new(0, doc.text.len());
+    Ok(vec![TextEdit::new(doc.range(whole), formatted)])
 }

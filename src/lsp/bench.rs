@@ -87,6 +87,11 @@ pub fn bench(file: &Path) -> ExitCode {
             json!({}),
         ),
         (
+            "formatting",
+            r::Formatting::METHOD,
+            json!({"options": {"tabSize": 2, "insertSpaces": true}}),
+        ),
+        (
             "codeAction",
             r::CodeActionRequest::METHOD,
             json!({"context": {"diagnostics": []}}),

@@ -1,7 +1,7 @@
 //! `recapc lsp`: a language server over standard input and output (lsp-server, synchronous).
 //! Takes the client's requests and notifications; gives diagnostics on open, change and save
 //! (from the same pure `check` as `recapc check`), hover, go to definition, references, rename,
-//! completion, document symbols and code actions. One module per concern: `text` (positions),
+//! completion, document symbols, code actions and formatting. One module per concern: `text` (positions),
 //! `document` (what an edit rebuilds), `navigate`, `complete`, `actions`, `bench`.
 
 mod actions;
@@ -68,6 +68,7 @@ pub fn capabilities() -> ServerCapabilities {
             ..Default::default()
         }),
         code_action_provider: Some(CodeActionProviderCapability::Simple(true)),
+        document_formatting_provider: Some(OneOf::Left(true)),
         ..Default::default()
     }
 }
@@ -200,6 +201,16 @@ impl Server {
                     self.doc(&p.text_document.uri)?,
                     p.range,
                 ))
+            }
+            r::Formatting::METHOD => {
+                let p: lsp_types::DocumentFormattingParams = parse(params)?;
+                let doc = self.doc(&p.text_document.uri)?;
+                let edits = actions::formatting(doc).map_err(|message| ResponseError {
+                    code: ErrorCode::RequestFailed as i32,
+                    message,
+                    data: None,
+                })?;
+                to_value(edits)
             }
             _ => Err(ResponseError {
                 code: ErrorCode::MethodNotFound as i32,
