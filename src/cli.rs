@@ -40,10 +40,14 @@ pub enum Command {
     Import(ImportCommand),
     /// List the templates that `recapc new` can use.
     Templates,
+    /// Format pipeline files in the one canonical layout (comments kept).
+    Fmt(FmtArgs),
     /// Explain a diagnostic code (without CODE: list every code).
     Explain(ExplainArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
+    /// Run the language server on standard input and output (for editors).
+    Lsp(LspArgs),
 }
 
 /// How `recapc check` prints diagnostics.
@@ -111,8 +115,20 @@ impl SetArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct FmtArgs {
+    /// Pipeline files to format in place; `-` reads standard input and writes the result to
+    /// standard output.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Change nothing: print a unified diff of each file that is not formatted, and exit 1 if
+    /// any is not.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct CheckArgs {
-    /// Pipeline files to check.
+    /// Pipeline files to check (`-`: standard input).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Output format.
@@ -291,4 +307,14 @@ pub struct CompletionsArgs {
     /// The shell to generate completions for.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LspArgs {
+    /// Accepted for editors that pass it; standard input and output is the only transport.
+    #[arg(long)]
+    pub stdio: bool,
+    /// Time every kind of request on FILE and print the latencies, instead of serving.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub bench: Option<PathBuf>,
 }

@@ -37,16 +37,31 @@ impl fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
-/// Reads a pipeline file as UTF-8 text.
+/// Whether a path on the command line means standard input (`-`).
+pub fn is_stdin(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// Reads a pipeline file as UTF-8 text; the path `-` reads standard input (to its end), which
+/// diagnostics then name `<stdin>`, and whose relative paths are taken from the current
+/// directory.
 pub fn read_source(path: &Path) -> Result<SourceFile, InputError> {
     let fail = |reason: String| InputError {
         path: path.to_path_buf(),
         reason,
     };
-    if path.is_dir() {
+    let stdin = is_stdin(path);
+    if !stdin && path.is_dir() {
         return Err(fail("it is a directory, not a pipeline file".into()));
     }
-    let bytes = std::fs::read(path).map_err(|e| fail(describe_io_error(&e)))?;
+    let bytes = if stdin {
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut io::stdin().lock(), &mut bytes)
+            .map_err(|e| fail(describe_io_error(&e)))?;
+        bytes
+    } else {
+        std::fs::read(path).map_err(|e| fail(describe_io_error(&e)))?
+    };
     let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         fail(format!(
@@ -54,7 +69,11 @@ pub fn read_source(path: &Path) -> Result<SourceFile, InputError> {
         ))
     })?;
     Ok(SourceFile {
-        path: path.to_path_buf(),
+        path: if stdin {
+            PathBuf::from("<stdin>")
+        } else {
+            path.to_path_buf()
+        },
         text,
     })
 }

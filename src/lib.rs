@@ -8,6 +8,7 @@ pub mod commands;
 pub mod exit;
 pub mod host;
 pub mod input;
+pub mod lsp;
 pub mod render;
 pub mod report;
 pub mod templates;

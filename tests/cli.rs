@@ -136,6 +136,17 @@ fn check_json_schema() {
         label["start"]["column"],
         start - BAD[..start].rfind('\n').unwrap()
     );
+    // The did-you-mean fix replaces the label's text with the guess.
+    let fix = &d["fixes"][0];
+    assert_eq!(fix["message"], "replace `corect` with `correct`");
+    assert_eq!(fix["edits"][0]["span"], label["span"]);
+    assert_eq!(fix["edits"][0]["start"], label["start"]);
+    assert_eq!(fix["edits"][0]["replacement"], "correct");
+    // A diagnostic without a fix has no `fixes` field, as version 1 documents had none.
+    assert!(diagnostics
+        .iter()
+        .filter(|d| d["code"] != "recap::resolve::unknown_name")
+        .all(|d| d.get("fixes").is_none()));
 }
 
 #[test]
@@ -412,7 +423,21 @@ fn explain_codes() {
     typo.insert(typo.len() - 1, 'z');
     let o = recapc(&["explain", &typo], dir.path());
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("did you mean"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("did you mean `{}`?", codes[0])),
+        "{}",
+        stderr(&o)
+    );
+    // The suggestion is not buried under the list of every code.
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    let o = recapc(&["explain", "zzzzzzzzzzzz"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("`recapc explain` lists every code"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
 }
 
 #[test]
@@ -511,5 +536,31 @@ train { steps = 10 }
         stderr(&human).contains("did you mean `question`?"),
         "{}",
         stderr(&human)
+    );
+}
+
+/// A command that needs a plan says "has 1 error; fix it" for one error, "fix them" for more.
+#[test]
+fn the_error_count_line_agrees_in_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = "model policy = tiny(layers = 2, hidden = 64, heads = 4)
+source sums = arithmetic(count = 10)
+verifier correct = numeric(expected = sums.answer)
+objective rl = grpo(sums) { rewards = [corect] }
+train { steps = 10 }
+";
+    std::fs::write(dir.path().join("one.recap"), one).unwrap();
+    std::fs::write(dir.path().join("two.recap"), "let x = nope\n").unwrap();
+    let o = recapc(&["plan", "one.recap"], dir.path());
+    assert!(
+        stderr(&o).contains("`one.recap` has 1 error; fix it and try again"),
+        "{}",
+        stderr(&o)
+    );
+    let o = recapc(&["plan", "two.recap"], dir.path());
+    assert!(
+        stderr(&o).contains("has 3 errors; fix them and try again"),
+        "{}",
+        stderr(&o)
     );
 }

@@ -32,6 +32,7 @@ fn unknown_name() -> Diagnostic {
             message: "not declared in this file".into(),
         }],
         help: Some("did you mean `correct`?".into()),
+        fixes: Vec::new(),
     }
 }
 
@@ -51,6 +52,7 @@ fn out_of_range() -> Diagnostic {
             },
         ],
         help: Some("set `group = 8` (the TRL default)".into()),
+        fixes: Vec::new(),
     }
 }
 
@@ -64,6 +66,7 @@ fn unused() -> Diagnostic {
             message: String::new(),
         }],
         help: None,
+        fixes: Vec::new(),
     }
 }
 
@@ -74,6 +77,7 @@ fn whole_file() -> Diagnostic {
         message: "the pipeline declares no objective".into(),
         labels: vec![],
         help: Some("add e.g. `objective o = sft(data)`".into()),
+        fixes: Vec::new(),
     }
 }
 
@@ -187,6 +191,7 @@ fn json_columns_count_characters_not_bytes() {
             message: String::new(),
         }],
         help: None,
+        fixes: Vec::new(),
     };
     let j = json::to_json("u.recap", text, &d);
     assert_eq!(j.labels[0].start.line, 2);

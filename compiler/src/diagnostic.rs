@@ -62,6 +62,66 @@ pub struct Diagnostic {
     pub labels: Vec<Label>,
     /// One line telling the user what to do about it.
     pub help: Option<String>,
+    /// Machine-applicable fixes, for an editor's code actions and for tools: each one a set of
+    /// text edits that together make the change the help line describes. Empty when no fix
+    /// can be written without a person's judgement.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fixes: Vec<Fix>,
+}
+
+/// One machine-applicable fix of a diagnostic: a title and the edits that make it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fix {
+    /// What applying the fix does, e.g. "replace `sumz` with `sums`".
+    pub message: String,
+    /// The edits, in source order; their spans do not overlap.
+    pub edits: Vec<Edit>,
+}
+
+/// Replace the text of `span` with `replacement` (an empty span inserts; an empty replacement
+/// deletes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Edit {
+    pub span: Span,
+    pub replacement: String,
+}
+
+impl Fix {
+    /// The fix that replaces one span's text.
+    pub fn replace(message: impl Into<String>, span: Span, replacement: impl Into<String>) -> Self {
+        Fix {
+            message: message.into(),
+            edits: vec![Edit {
+                span,
+                replacement: replacement.into(),
+            }],
+        }
+    }
+
+    /// The fix that inserts text at a byte offset.
+    pub fn insert(message: impl Into<String>, at: usize, text: impl Into<String>) -> Self {
+        Fix::replace(message, Span::new(at, at), text)
+    }
+
+    /// The text with the fix's edits applied, or `None` when an edit's span is out of the
+    /// text, not on character boundaries, or overlaps another.
+    pub fn apply(&self, text: &str) -> Option<String> {
+        let mut edits: Vec<&Edit> = self.edits.iter().collect();
+        edits.sort_by_key(|e| (e.span.start(), e.span.end()));
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for e in edits {
+            if e.span.start() < at || e.span.end() < e.span.start() {
+                return None;
+            }
+            out.push_str(text.get(at..e.span.start())?);
+            text.get(e.span.start()..e.span.end())?;
+            out.push_str(&e.replacement);
+            at = e.span.end();
+        }
+        out.push_str(text.get(at..)?);
+        Some(out)
+    }
 }
 
 /// 1-based line and column (in characters) of a byte offset, for `file:line:col` output.
@@ -160,6 +220,25 @@ impl Diagnostic {
         self
     }
 
+    /// Adds a machine-applicable fix.
+    pub fn fix(mut self, fix: Fix) -> Self {
+        self.fixes.push(fix);
+        self
+    }
+
+    /// Adds the fix that replaces a misspelt name at `span` with `guess`, when there is a
+    /// guess.
+    pub fn fix_name(self, span: Span, name: &str, guess: Option<&str>) -> Self {
+        match guess {
+            Some(g) => self.fix(Fix::replace(
+                format!("replace `{name}` with `{g}`"),
+                span,
+                g,
+            )),
+            None => self,
+        }
+    }
+
     /// The primary span, or an empty span at 0 for whole-file diagnostics.
     pub fn primary_span(&self) -> Span {
         self.labels.first().map(|l| l.span).unwrap_or_default()
@@ -209,6 +288,7 @@ impl<P: Problem> From<&P> for Diagnostic {
             message: problem.message(),
             labels: Vec::new(),
             help: Some(problem.help()),
+            fixes: Vec::new(),
         }
     }
 }

@@ -12,9 +12,11 @@ pub mod ast;
 pub mod codes;
 pub mod dag;
 pub mod diagnostic;
+pub mod format;
 pub mod internal;
 pub mod lower;
 pub mod parse;
+pub mod query;
 pub mod resolve;
 pub mod stdlib;
 pub mod typecheck;
@@ -23,7 +25,7 @@ pub mod validate;
 
 pub use parse::parse;
 
-pub use diagnostic::{line_col, Diagnostic, Label, LineEnds, LineIndex, Severity, Span};
+pub use diagnostic::{line_col, Diagnostic, Edit, Fix, Label, LineEnds, LineIndex, Severity, Span};
 
 /// What the compiler may ask of the outside world. The CLI implements it with the file system;
 /// tests and the language server may answer from memory.

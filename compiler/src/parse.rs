@@ -224,7 +224,7 @@ fn too_deep(source: &str) -> Option<Diagnostic> {
 
 /// The keywords that start an item (the grammar's `item_start`): where reading resumes after a
 /// syntax error.
-const ITEM_KEYWORDS: &[&str] = &[
+pub(crate) const ITEM_KEYWORDS: &[&str] = &[
     "use",
     "param",
     "let",

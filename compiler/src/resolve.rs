@@ -605,26 +605,36 @@ impl<'a> Resolver<'a, '_> {
     }
 
     fn unknown(&mut self, id: &Ident, stage: Option<usize>, functions_only: bool) {
-        let mut candidates: Vec<&str> = Vec::new();
+        // The file's own declarations are guessed before the stdlib's enum members and
+        // functions: a misspelt name used as a value is far more often one of them, and an
+        // enum member as near (`sum` for `sumz`, meant `sums`) would be the wrong kind of thing.
+        let mut declared: Vec<&str> = Vec::new();
+        let mut members: Vec<&str> = Vec::new();
         if !functions_only {
             for e in &self.entities {
                 if e.stage.is_none() || e.stage == stage {
-                    candidates.push(e.name.name.as_str());
+                    declared.push(e.name.name.as_str());
                 }
             }
             for en in self.std.enums.values() {
-                candidates.extend(en.members.iter().map(|m| m.as_str()));
+                members.extend(en.members.iter().map(|m| m.as_str()));
             }
         }
-        candidates.extend(self.std.fns.keys().map(|k| k.as_str()));
+        let functions = self.std.fns.keys().map(|k| k.as_str());
+        let guess = did_you_mean(&id.name, declared.iter().copied())
+            .or_else(|| did_you_mean(&id.name, members.iter().copied()))
+            .or_else(|| did_you_mean(&id.name, functions));
         let problem = ResolveProblem::UnknownName {
             name: &id.name,
             function: functions_only,
-            guess: did_you_mean(&id.name, candidates.iter().copied()),
+            guess,
         };
         let what = if functions_only { "function" } else { "name" };
-        self.diags
-            .push(problem.at(id.span, format!("not a declared {what}")));
+        self.diags.push(
+            problem
+                .at(id.span, format!("not a declared {what}"))
+                .fix_name(id.span, &id.name, guess),
+        );
     }
 
     fn walk(&mut self, e: &'a Expr, stage: Option<usize>, refs: &mut Vec<(EntityId, Span)>) {
@@ -727,12 +737,22 @@ impl<'a> Resolver<'a, '_> {
                 .iter()
                 .filter(|e| e.kind == EntityKind::Decl(DeclKind::Source))
                 .map(|e| e.name.name.as_str());
+            let guess = did_you_mean(source, sources);
             let problem = ResolveProblem::UnknownWeightSource {
                 key: &a.name.name,
                 source,
-                guess: did_you_mean(source, sources),
+                guess,
             };
-            self.diags.push(problem.at(a.name.span, "no such source"));
+            // The key starts with the source's name, so the name's span is the key's first
+            // bytes.
+            let at = a.name.span.start();
+            let source_span = Span::new(at, at + source.len());
+            self.diags
+                .push(problem.at(a.name.span, "no such source").fix_name(
+                    source_span,
+                    source,
+                    guess,
+                ));
         }
     }
 

@@ -267,3 +267,46 @@ fn declared_kinds_get_no_call_advice() {
         "or another (docs/language.md lists them all)",
     );
 }
+
+/// The help of a bad `--set` for an `int` param says "an int", not "a int".
+#[test]
+fn a_bad_override_names_the_type_with_the_right_article() {
+    let source = "param steps: int = 10 in [1, inf)\nparam lr: float = 0.1\n";
+    for (key, help) in [("steps", "write an int"), ("lr", "write a float")] {
+        let options = CheckOptions {
+            overrides: vec![(key.into(), "x".into())],
+            ..CheckOptions::default()
+        };
+        let out = check("m.recap", source, &options, &AssumeFilesExist);
+        let d = out
+            .diagnostics
+            .iter()
+            .find(|d| d.code == "recap::resolve::bad_override")
+            .expect("a bad override");
+        assert_eq!(d.help.as_deref(), Some(help));
+    }
+}
+
+/// A misspelt source is guessed as the declared source, not as the stdlib enum member that is
+/// as near (`sum`, an aggregation).
+#[test]
+fn a_misspelt_name_is_guessed_among_declarations_first() {
+    let source = "model policy = hf(\"m\")
+source sums = jsonl(\"m.jsonl\") { prompt = \"{q}\", answer = field(\"a\") }
+verifier acc = numeric()
+objective rl = grpo(sumz) { rewards = [acc] }
+train { steps = 10 }
+";
+    let out = check(
+        "m.recap",
+        source,
+        &CheckOptions::default(),
+        &AssumeFilesExist,
+    );
+    let d = out
+        .diagnostics
+        .iter()
+        .find(|d| d.code == "recap::resolve::unknown_name")
+        .expect("an unknown name");
+    assert_eq!(d.help.as_deref(), Some("did you mean `sums`?"));
+}

@@ -2,7 +2,10 @@
 //! token soup, arbitrary strings) go through `parse` and `check`, the latter with a host that
 //! says every file exists and with one whose answers about files, data rows and model
 //! contexts are odd (`OddHost`). Every diagnostic's spans must lie inside the text on character
-//! boundaries, and every plan must survive a JSON round trip.
+//! boundaries, and every plan must survive a JSON round trip. Every input the formatter accepts
+//! must keep its promises (`format_invariants`).
+
+mod format_invariants;
 
 use proptest::prelude::*;
 use recap_compiler::{check, parse, AssumeFilesExist, CheckOptions, DataRow, Host};
@@ -128,6 +131,7 @@ fn assert_sane(src: &str) {
         ast.is_some() || !diags.is_empty(),
         "no AST and no diagnostic"
     );
+    format_invariants::check_format(src);
     for opts in [
         CheckOptions::default(),
         CheckOptions {

@@ -1,6 +1,7 @@
 //! `recapc explain [CODE]`: takes a diagnostic code (in full, `recap::resolve::unknown_name`, or
 //! just its last part, `unknown_name`), gives the compiler's long explanation of it. Without a
-//! code, or with an unknown one, it lists the codes (with a "did you mean" for a near miss).
+//! code, it lists the codes; an unknown code gets a "did you mean" for a near miss, or a
+//! pointer to the list, rather than the whole list.
 
 use super::{error_line, write_stdout};
 use crate::cli::ExplainArgs;
@@ -26,12 +27,12 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
             }
         },
         None => {
-            let mut message = format!("unknown diagnostic code `{asked}`");
-            if let Some(near) = did_you_mean(asked, &codes) {
-                message.push_str(&format!("; did you mean `{near}`?"));
-            }
-            error_line(&message);
-            eprint!("{}", list(&codes));
+            // A near miss gets one suggestion rather than the whole list, which hides it.
+            let hint = match did_you_mean(asked, &codes) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => "`recapc explain` lists every code".to_string(),
+            };
+            error_line(&format!("unknown diagnostic code `{asked}`; {hint}"));
             ExitCode::Usage
         }
     }

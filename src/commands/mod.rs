@@ -6,6 +6,7 @@ mod check;
 mod compare;
 mod completions;
 mod explain;
+mod fmt;
 mod graph;
 mod import;
 mod list_templates;
@@ -37,8 +38,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::New(args) => new::run(&args),
         Command::Import(cmd) => import::run(&cmd),
         Command::Templates => list_templates::run(),
+        Command::Fmt(args) => fmt::run(&args),
         Command::Explain(args) => explain::run(&args),
         Command::Completions(args) => completions::run(&args),
+        Command::Lsp(args) => crate::lsp::run(&args),
     }
 }
 
@@ -98,9 +101,13 @@ pub(crate) fn compile_for_plan(
             .iter()
             .filter(|d| d.severity == recap_compiler::Severity::Error)
             .count();
-        let noun = if errors == 1 { "error" } else { "errors" };
+        let (noun, them) = if errors == 1 {
+            ("error", "it")
+        } else {
+            ("errors", "them")
+        };
         error_line(&format!(
-            "`{}` has {errors} {noun}; fix them and try again",
+            "`{}` has {errors} {noun}; fix {them} and try again",
             compiled.source.name()
         ));
         return Err(ExitCode::Errors);

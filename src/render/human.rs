@@ -197,8 +197,14 @@ impl fmt::Display for Adapter<'_> {
 impl std::error::Error for Adapter<'_> {}
 
 impl miette::Diagnostic for Adapter<'_> {
+    /// The header line, `error[recap::...]` or `warning[recap::...]`, as rustc writes it: the
+    /// `×` miette draws for either says nothing to someone reading without colour.
     fn code<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
-        Some(Box::new(&self.diagnostic.code))
+        let word = match self.diagnostic.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        Some(Box::new(format!("{word}[{}]", self.diagnostic.code)))
     }
 
     fn severity(&self) -> Option<miette::Severity> {

@@ -56,6 +56,29 @@ pub struct JsonDiagnostic {
     pub help: Option<String>,
     /// Primary label first. Empty only for diagnostics about the whole file.
     pub labels: Vec<JsonLabel>,
+    /// Machine-applicable fixes; the field is left out when there are none, so a tool that
+    /// reads version 1 without it reads the same document as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fixes: Vec<JsonFix>,
+}
+
+/// One fix: what it does and the text edits that do it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonFix {
+    pub message: String,
+    pub edits: Vec<JsonEdit>,
+}
+
+/// Replace the text of `span` (empty to insert) with `replacement`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonEdit {
+    /// Byte offsets into the file, half-open.
+    pub span: JsonSpan,
+    /// Position of `span.start`.
+    pub start: Position,
+    /// Position of `span.end`.
+    pub end: Position,
+    pub replacement: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +194,29 @@ fn to_json_in(
                     start: position(span.start()),
                     end: position(span.end()),
                 }
+            })
+            .collect(),
+        fixes: diagnostic
+            .fixes
+            .iter()
+            .map(|fix| JsonFix {
+                message: fix.message.clone(),
+                edits: fix
+                    .edits
+                    .iter()
+                    .map(|edit| {
+                        let span = clamp_span(text, edit.span);
+                        JsonEdit {
+                            span: JsonSpan {
+                                start: span.start(),
+                                end: span.end(),
+                            },
+                            start: position(span.start()),
+                            end: position(span.end()),
+                            replacement: edit.replacement.clone(),
+                        }
+                    })
+                    .collect(),
             })
             .collect(),
     }

@@ -185,7 +185,16 @@ impl Problem for ResolveProblem<'_> {
             P::BadOverride { ty, .. } => match ty {
                 Ty::Percent => "write a percentage such as 10%".to_string(),
                 Ty::Bool => "write true or false".to_string(),
-                _ => format!("write a {ty}"),
+                _ => {
+                    let ty = ty.to_string();
+                    // "an int", "a float": the article goes by the type name's first sound.
+                    let article = if ty.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                        "an"
+                    } else {
+                        "a"
+                    };
+                    format!("write {article} {ty}")
+                }
             },
             P::UnknownWeightSource { guess: Some(g), .. } => format!("did you mean `{g}`?"),
             P::UnknownWeightSource { .. } => {

@@ -214,14 +214,19 @@ impl Checker<'_, '_, '_> {
                     .filter(|p| p.name != "self")
                     .map(|p| p.name.as_str())
                     .collect();
+                let guess = did_you_mean(key, names.iter().copied());
                 let problem = TypecheckProblem::UnknownArgument {
                     callee: &sig.name,
                     key,
-                    guess: did_you_mean(key, names.iter().copied()),
+                    guess,
                     owner: nested_owner(self.std, sig, key),
                     names,
                 };
-                self.err(problem.at(na.name.span, "unknown parameter"));
+                self.err(problem.at(na.name.span, "unknown parameter").fix_name(
+                    na.name.span,
+                    key,
+                    guess,
+                ));
                 ok = false;
             }
         }

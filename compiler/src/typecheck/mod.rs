@@ -84,7 +84,8 @@ struct Checker<'r, 'a, 'd> {
 /// arguments that fit.
 type What<'w> = &'w dyn Fn() -> String;
 
-fn decl_kind(k: DeclKind) -> Kind {
+/// The kind of value a declaration keyword declares.
+pub fn decl_kind(k: DeclKind) -> Kind {
     match k {
         DeclKind::Model => Kind::Model,
         DeclKind::Source => Kind::Source,
@@ -598,13 +599,18 @@ impl Checker<'_, '_, '_> {
             .get(src)
             .map(|e| e.name.name.clone())
             .unwrap_or_default();
+        let guess = did_you_mean(&name.name, fields.iter().map(|s| s.as_str()));
         let problem = TypecheckProblem::UnknownField {
             source: &sname,
             field: &name.name,
-            guess: did_you_mean(&name.name, fields.iter().map(|s| s.as_str())),
+            guess,
             fields: &fields,
         };
-        self.err(problem.at(name.span, "no such field"));
+        self.err(
+            problem
+                .at(name.span, "no such field")
+                .fix_name(name.span, &name.name, guess),
+        );
         None
     }
 

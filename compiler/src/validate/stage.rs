@@ -7,7 +7,7 @@
 use super::problems::ValidateProblem;
 use super::{deref, setting_call, Ref, V};
 use crate::ast::{DeclKind, SettingKind};
-use crate::diagnostic::{Problem, Span};
+use crate::diagnostic::{did_you_mean, Fix, Problem, Span};
 use crate::resolve::{EntityId, EntityKind, Resolved, StageScope};
 use crate::typecheck::{fields_of, has_field, CallVal, StageValues, Val, Value};
 use crate::types::Kind;
@@ -51,6 +51,9 @@ struct VerifierUse<'u, 't> {
     source: &'u Ref<'t>,
     source_at: Span,
 }
+
+/// The `train` setting the fix of `missing_train` adds, the one its help line names.
+const MINIMAL_TRAIN: &str = "train { steps = 100 }";
 
 /// The rewards an objective or probe lists.
 fn rewards(c: &CallVal) -> Vec<&Val> {
@@ -149,10 +152,25 @@ impl<'r, 't> V<'r, '_, 't, '_> {
             return;
         }
         let mut d = crate::diagnostic::Diagnostic::from(&ValidateProblem::MissingTrain);
-        if let Some(n) = st.name {
-            d = d.label(n.span, "no `train { ... }` for this stage");
-        }
-        self.diags.push(d);
+        // The fix writes the block the help line names: at the end of a file without stages,
+        // or before the closing brace of the stage, laid out as `recapc fmt` lays it out.
+        let fix = match st.name {
+            Some(n) => {
+                d = d.label(n.span, "no `train { ... }` for this stage");
+                let brace = st.span.end().saturating_sub(1);
+                Fix::insert(
+                    "add `train { steps = 100 }` to the stage",
+                    brace,
+                    format!("  {MINIMAL_TRAIN}\n"),
+                )
+            }
+            None => Fix::insert(
+                "add `train { steps = 100 }`",
+                st.span.end(),
+                format!("\n{MINIMAL_TRAIN}\n"),
+            ),
+        };
+        self.diags.push(d.fix(fix));
     }
 
     /// An RL objective, or a probe when `probe` is true, lists at least one reward.
@@ -248,11 +266,17 @@ impl<'r, 't> V<'r, '_, 't, '_> {
         let problem = ValidateProblem::MissingAnswer {
             verifier: used.name,
         };
-        self.diags.push(
-            problem
-                .at(used.at, "needs `answer`")
-                .label(used.source_at, format!("provides {}", fields.join(", "))),
-        );
+        let mut d = problem
+            .at(used.at, "needs `answer`")
+            .label(used.source_at, format!("provides {}", fields.join(", ")));
+        if let Some(fix) = used
+            .source
+            .entity()
+            .and_then(|id| self.map_field(id, "answer", "answer"))
+        {
+            d = d.fix(fix);
+        }
+        self.diags.push(d);
     }
 
     /// An `sft` objective's source provides the `target` it trains on.
@@ -264,10 +288,44 @@ impl<'r, 't> V<'r, '_, 't, '_> {
             return;
         }
         let fields = fields_of(src.call());
-        self.diags.push(
-            ValidateProblem::MissingTarget
-                .at(source_span(c), format!("provides {}", fields.join(", "))),
-        );
+        let mut d = ValidateProblem::MissingTarget
+            .at(source_span(c), format!("provides {}", fields.join(", ")));
+        if let Some(fix) = src
+            .entity()
+            .and_then(|id| self.map_field(id, "target", "output"))
+        {
+            d = d.fix(fix);
+        }
+        self.diags.push(d);
+    }
+
+    /// The fix that maps `field` to the data's `column` in the block of the declared source
+    /// `id` (the mapping the help line suggests), adding the block when the source has none.
+    /// Laid out one field a line, indented as `recapc fmt` indents the declaration's block.
+    fn map_field(&self, id: EntityId, field: &str, column: &str) -> Option<Fix> {
+        let e = self.res.entities.get(id)?;
+        let outer = if e.stage.is_some() { "  " } else { "" };
+        let mapping = format!("{field} = field(\"{column}\")");
+        let message = format!("map `{field}` to the data's `{column}`");
+        Some(match e.block {
+            Some(b) => match b.fields.last() {
+                Some(last) => Fix::insert(
+                    message,
+                    last.value.span.end(),
+                    format!("\n{outer}  {mapping}"),
+                ),
+                None => Fix::replace(
+                    message,
+                    b.span,
+                    format!("{{\n{outer}  {mapping}\n{outer}}}"),
+                ),
+            },
+            None => Fix::insert(
+                message,
+                e.value.span.end(),
+                format!(" {{\n{outer}  {mapping}\n{outer}}}"),
+            ),
+        })
     }
 
     /// A KL term's reference is frozen, or there is exactly one frozen copy to default to.
@@ -494,8 +552,12 @@ impl<'r, 't> V<'r, '_, 't, '_> {
                     what,
                     names,
                 };
-                self.diags
-                    .push(problem.at(*span, format!("not {what} of this stage")));
+                let guess = did_you_mean(key, names.iter().copied());
+                self.diags.push(
+                    problem
+                        .at(*span, format!("not {what} of this stage"))
+                        .fix_name(*span, key, guess),
+                );
             }
         }
     }
