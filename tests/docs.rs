@@ -275,3 +275,46 @@ fn ci_runs_the_readme_test_command() {
         commands[1]
     );
 }
+
+/// Each summary in docs/diagnostics.md's code table is whole sentences, never cut after "e.g."
+/// or inside a code span; and the stages the page names are the stages the codes name.
+#[test]
+fn diagnostics_summaries_are_whole_sentences_and_stages_match() {
+    let text = std::fs::read_to_string(repo().join("docs/diagnostics.md")).unwrap();
+    let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    for code in recap_compiler::all_codes() {
+        let row = format!("| `{code}` | ");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&row))
+            .unwrap_or_else(|| panic!("no row for {code}"));
+        let summary = line
+            .strip_prefix(&row)
+            .and_then(|s| s.strip_suffix(" |"))
+            .unwrap_or_default()
+            .replace("\\|", "|");
+        let summary = squash(&summary);
+        assert!(
+            summary.ends_with('.') && !summary.ends_with("e.g."),
+            "{code}: {summary:?}"
+        );
+        assert_eq!(summary.matches('`').count() % 2, 0, "{code}: {summary:?}");
+    }
+    let forms = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Codes have the form"))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    for code in recap_compiler::all_codes() {
+        let stage = code.split("::").nth(1).unwrap();
+        assert!(
+            forms.contains(&format!("`{stage}`")),
+            "{stage} not in {forms:?}"
+        );
+    }
+    assert!(
+        !forms.contains("`type`") && !forms.contains("`dag`"),
+        "{forms}"
+    );
+}
