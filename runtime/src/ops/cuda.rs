@@ -115,6 +115,86 @@ fn int(v: usize, what: &str) -> Result<i32> {
     }
 }
 
+/// Implements candle's `CustomOp2` (`op2`) or `CustomOp3` (`op3`) for a CUDA-only op: its
+/// `cpu_fwd` refuses, its `cuda_fwd` runs the given body with the op, the device of the first
+/// input and the inputs' storages and layouts bound to the given names, and the items after
+/// `;` (a `bwd`) complete the impl.
+macro_rules! cuda_op {
+    (op2 $op:ty, $name:literal,
+     |$this:pat, $dev:ident, $s1:ident, $l1:ident, $s2:ident, $l2:ident| $fwd:block
+     $(; $($rest:tt)*)?) => {
+        impl CustomOp2 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                _: &CpuStorage,
+                _: &Layout,
+                _: &CpuStorage,
+                _: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                no_cpu(self.name())
+            }
+
+            fn cuda_fwd(
+                &self,
+                $s1: &CudaStorage,
+                $l1: &Layout,
+                $s2: &CudaStorage,
+                $l2: &Layout,
+            ) -> Result<(CudaStorage, Shape)> {
+                let $this = self;
+                let $dev = $s1.device();
+                $fwd
+            }
+
+            $($($rest)*)?
+        }
+    };
+    (op3 $op:ty, $name:literal,
+     |$this:pat, $dev:ident, $s1:ident, $l1:ident, $s2:ident, $l2:ident, $s3:ident,
+      $l3:ident| $fwd:block
+     $(; $($rest:tt)*)?) => {
+        impl CustomOp3 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                _: &CpuStorage,
+                _: &Layout,
+                _: &CpuStorage,
+                _: &Layout,
+                _: &CpuStorage,
+                _: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                no_cpu(self.name())
+            }
+
+            // The three storages and layouts are candle's signature for a three-input op.
+            #[allow(clippy::too_many_arguments)]
+            fn cuda_fwd(
+                &self,
+                $s1: &CudaStorage,
+                $l1: &Layout,
+                $s2: &CudaStorage,
+                $l2: &Layout,
+                $s3: &CudaStorage,
+                $l3: &Layout,
+            ) -> Result<(CudaStorage, Shape)> {
+                let $this = self;
+                let $dev = $s1.device();
+                $fwd
+            }
+
+            $($($rest)*)?
+        }
+    };
+}
+
 /// Every op here runs on CUDA only; the dispatch in [`super`] never sends it CPU tensors.
 fn no_cpu<R>(name: &str) -> Result<R> {
     bail!("{name}: the CUDA kernel was called on CPU tensors")
@@ -175,35 +255,10 @@ fn rms_norm_fwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-impl CustomOp2 for RmsNorm {
-    fn name(&self) -> &'static str {
-        "recap-cuda-rms-norm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let dev = s1.device().clone();
-        let out = typed!(s1, "rms_norm", |x| rms_norm_fwd(
-            x, l1, s2, l2, self.eps, &dev
-        )?);
-        Ok((out, l1.shape().clone()))
-    }
-
+cuda_op!(op2 RmsNorm, "recap-cuda-rms-norm", |op, dev, s1, l1, s2, l2| {
+    let out = typed!(s1, "rms_norm", |x| rms_norm_fwd(x, l1, s2, l2, op.eps, dev)?);
+    Ok((out, l1.shape().clone()))
+};
     fn bwd(
         &self,
         x: &Tensor,
@@ -226,7 +281,7 @@ impl CustomOp2 for RmsNorm {
         };
         Ok((Some(dx), dw))
     }
-}
+);
 
 // The backward takes every input and both flags of the op.
 #[allow(clippy::too_many_arguments)]
@@ -315,40 +370,13 @@ fn rms_norm_bwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-impl CustomOp3 for RmsNormBwd {
-    fn name(&self) -> &'static str {
-        "recap-cuda-rms-norm-bwd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        s3: &CudaStorage,
-        l3: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let dev = s1.device().clone();
-        let (rows, n) = rows_of(l1, "rms_norm backward")?;
-        let out = typed!(s1, "rms_norm backward", |x| rms_norm_bwd(
-            x, l1, s2, l2, s3, l3, self, &dev
-        )?);
-        Ok((out, Shape::from((rows + usize::from(self.want_dw), n))))
-    }
-}
+cuda_op!(op3 RmsNormBwd, "recap-cuda-rms-norm-bwd", |op, dev, s1, l1, s2, l2, s3, l3| {
+    let (rows, n) = rows_of(l1, "rms_norm backward")?;
+    let out = typed!(s1, "rms_norm backward", |x| rms_norm_bwd(
+        x, l1, s2, l2, s3, l3, op, dev
+    )?);
+    Ok((out, Shape::from((rows + usize::from(op.want_dw), n))))
+});
 
 // ---------------------------------------------------------------------------------------------
 // RoPE.
@@ -419,44 +447,17 @@ fn rope_fwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-impl CustomOp3 for Rope {
-    fn name(&self) -> &'static str {
-        "recap-cuda-rope"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        s3: &CudaStorage,
-        l3: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let dev = s1.device().clone();
-        let out = typed!(s1, "rope", |x| rope_fwd(
-            x,
-            l1,
-            (s2, l2),
-            (s3, l3),
-            self.inverse,
-            &dev
-        )?);
-        Ok((out, l1.shape().clone()))
-    }
-
+cuda_op!(op3 Rope, "recap-cuda-rope", |op, dev, s1, l1, s2, l2, s3, l3| {
+    let out = typed!(s1, "rope", |x| rope_fwd(
+        x,
+        l1,
+        (s2, l2),
+        (s3, l3),
+        op.inverse,
+        dev
+    )?);
+    Ok((out, l1.shape().clone()))
+};
     fn bwd(
         &self,
         _x: &Tensor,
@@ -471,7 +472,7 @@ impl CustomOp3 for Rope {
         let dx = grad.contiguous()?.apply_op3_no_bwd(cos, sin, &inv)?;
         Ok((Some(dx), None, None))
     }
-}
+);
 
 // ---------------------------------------------------------------------------------------------
 // SwiGLU.
@@ -514,33 +515,10 @@ fn swiglu_fwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-impl CustomOp2 for Swiglu {
-    fn name(&self) -> &'static str {
-        "recap-cuda-swiglu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let dev = s1.device().clone();
-        let out = typed!(s1, "swiglu", |g| swiglu_fwd(g, l1, s2, l2, &dev)?);
-        Ok((out, l1.shape().clone()))
-    }
-
+cuda_op!(op2 Swiglu, "recap-cuda-swiglu", |_, dev, s1, l1, s2, l2| {
+    let out = typed!(s1, "swiglu", |g| swiglu_fwd(g, l1, s2, l2, dev)?);
+    Ok((out, l1.shape().clone()))
+};
     fn bwd(
         &self,
         gate: &Tensor,
@@ -553,7 +531,7 @@ impl CustomOp2 for Swiglu {
         let du = both.get(1)?.reshape(up.shape())?;
         Ok((Some(dg), Some(du)))
     }
-}
+);
 
 fn swiglu_bwd<T: CudaDType + WithDType + DeviceRepr>(
     g: &CudaSlice<T>,
@@ -581,45 +559,18 @@ fn swiglu_bwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-impl CustomOp3 for SwigluBwd {
-    fn name(&self) -> &'static str {
-        "recap-cuda-swiglu-bwd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        s3: &CudaStorage,
-        l3: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let dev = s1.device().clone();
-        let out = typed!(s1, "swiglu backward", |g| swiglu_bwd(
-            g,
-            l1,
-            (s2, l2),
-            (s3, l3),
-            &dev
-        )?);
-        let mut dims = vec![2];
-        dims.extend_from_slice(l1.dims());
-        Ok((out, Shape::from(dims)))
-    }
-}
+cuda_op!(op3 SwigluBwd, "recap-cuda-swiglu-bwd", |_, dev, s1, l1, s2, l2, s3, l3| {
+    let out = typed!(s1, "swiglu backward", |g| swiglu_bwd(
+        g,
+        l1,
+        (s2, l2),
+        (s3, l3),
+        dev
+    )?);
+    let mut dims = vec![2];
+    dims.extend_from_slice(l1.dims());
+    Ok((out, Shape::from(dims)))
+});
 
 // ---------------------------------------------------------------------------------------------
 // Softmax, plain and as attention's `softmax(scale * scores + mask)`.
@@ -700,35 +651,12 @@ fn softmax_fwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-impl CustomOp2 for MaskedSoftmax {
-    fn name(&self) -> &'static str {
-        "recap-cuda-masked-softmax"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let dev = s1.device().clone();
-        let out = typed!(s1, "masked softmax", |x| softmax_fwd(
-            x, l1, s2, l2, self.scale, &dev
-        )?);
-        Ok((out, l1.shape().clone()))
-    }
-
+cuda_op!(op2 MaskedSoftmax, "recap-cuda-masked-softmax", |op, dev, s1, l1, s2, l2| {
+    let out = typed!(s1, "masked softmax", |x| softmax_fwd(
+        x, l1, s2, l2, op.scale, dev
+    )?);
+    Ok((out, l1.shape().clone()))
+};
     fn bwd(
         &self,
         _scores: &Tensor,
@@ -740,7 +668,7 @@ impl CustomOp2 for MaskedSoftmax {
         let dx = res.apply_op2_no_bwd(&grad.contiguous()?, &op)?;
         Ok((Some(dx), None))
     }
-}
+);
 
 fn softmax_bwd<T: CudaDType + WithDType + DeviceRepr>(
     y: &CudaSlice<T>,
@@ -767,35 +695,12 @@ fn softmax_bwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-impl CustomOp2 for MaskedSoftmaxBwd {
-    fn name(&self) -> &'static str {
-        "recap-cuda-masked-softmax-bwd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let dev = s1.device().clone();
-        let out = typed!(s1, "softmax backward", |y| softmax_bwd(
-            y, l1, s2, l2, self.scale, &dev
-        )?);
-        Ok((out, l1.shape().clone()))
-    }
-}
+cuda_op!(op2 MaskedSoftmaxBwd, "recap-cuda-masked-softmax-bwd", |op, dev, s1, l1, s2, l2| {
+    let out = typed!(s1, "softmax backward", |y| softmax_bwd(
+        y, l1, s2, l2, op.scale, dev
+    )?);
+    Ok((out, l1.shape().clone()))
+});
 
 /// Attention as in [`super::attention`]: the query heads that share a kv head are stacked along
 /// the row axis so one cuBLAS batched matmul per product serves the group, and the scaling, the
@@ -880,43 +785,17 @@ fn lsg_fwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-impl CustomOp2 for LogSoftmaxGather {
-    fn name(&self) -> &'static str {
-        "recap-cuda-log-softmax-gather"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let dev = s1.device();
-        let out = match &s1.slice {
-            CudaStorageSlice::F32(x) => lsg_fwd(x, l1, s2, l2, dev)?,
-            CudaStorageSlice::BF16(x) => lsg_fwd(x, l1, s2, l2, dev)?,
-            _ => bail!(
-                "log_softmax_gather: the CUDA kernels take f32 or bf16, got {:?}",
-                s1.dtype()
-            ),
-        };
-        Ok((
-            CudaStorage::wrap_cuda_slice(out, dev.clone()),
-            l2.shape().clone(),
-        ))
-    }
-
+cuda_op!(op2 LogSoftmaxGather, "recap-cuda-log-softmax-gather", |_, dev, s1, l1, s2, l2| {
+    let out = match &s1.slice {
+        CudaStorageSlice::F32(x) => lsg_fwd(x, l1, s2, l2, dev)?,
+        CudaStorageSlice::BF16(x) => lsg_fwd(x, l1, s2, l2, dev)?,
+        _ => bail!(
+            "log_softmax_gather: the CUDA kernels take f32 or bf16, got {:?}",
+            s1.dtype()
+        ),
+    };
+    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), l2.shape().clone()))
+};
     fn bwd(
         &self,
         logits: &Tensor,
@@ -927,7 +806,7 @@ impl CustomOp2 for LogSoftmaxGather {
         let dx = logits.apply_op3_no_bwd(targets, &grad.contiguous()?, &LogSoftmaxGatherBwd)?;
         Ok((Some(dx), None))
     }
-}
+);
 
 fn lsg_bwd<T: CudaDType + WithDType + DeviceRepr>(
     x: &CudaSlice<T>,
@@ -955,40 +834,14 @@ fn lsg_bwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-impl CustomOp3 for LogSoftmaxGatherBwd {
-    fn name(&self) -> &'static str {
-        "recap-cuda-log-softmax-gather-bwd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        s3: &CudaStorage,
-        l3: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let dev = s1.device().clone();
-        let out = typed!(s1, "log_softmax_gather backward", |x| lsg_bwd(
-            x,
-            l1,
-            (s2, l2),
-            (s3, l3),
-            &dev
-        )?);
-        Ok((out, l1.shape().clone()))
-    }
-}
+cuda_op!(op3 LogSoftmaxGatherBwd, "recap-cuda-log-softmax-gather-bwd",
+    |_, dev, s1, l1, s2, l2, s3, l3| {
+    let out = typed!(s1, "log_softmax_gather backward", |x| lsg_bwd(
+        x,
+        l1,
+        (s2, l2),
+        (s3, l3),
+        dev
+    )?);
+    Ok((out, l1.shape().clone()))
+});
