@@ -2,7 +2,9 @@
 # Packs the CUDA test binary, the TRL-parity example, the benchmark fixture and a check script
 # into .cache/gpu (git-ignored), small enough to carry to a lent GPU machine that has no Rust
 # toolchain: debug info stripped, binaries gzipped. On that machine, `bash .cache/gpu/check.sh`
-# runs the CUDA tests and the TRL-parity workload on cuda:0.
+# runs the CUDA tests (the model on CUDA and every CUDA kernel of runtime/kernels/ against its
+# reference composition; the kernels' PTX is embedded in the test binary) and the TRL-parity
+# workload on cuda:0.
 #
 # Usage (after building with the toolkit of scripts/cuda-toolkit.sh):
 #   CARGO_TARGET_DIR=DIR cargo build -p recap-runtime --features cuda --test cuda --example trl_parity
@@ -30,14 +32,15 @@ gzip -f "$out/cuda_test" "$out/trl_parity"
 cp -r "$fixture" "$out/fixture-tiny"
 cat > "$out/check.sh" <<'CHECK'
 #!/bin/bash
-# GPU check: CUDA model tests and the TRL-parity workload on cuda:0.
+# GPU check: CUDA model and kernel tests, then the TRL-parity workload on cuda:0.
 cd "$(dirname "$0")"
 gunzip -f cuda_test.gz trl_parity.gz; chmod +x cuda_test trl_parity
 export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,memory.used --format=csv
 ldd ./cuda_test | grep -E 'not found|cublas|cudart|curand|nvrtc|libcuda'
 echo "== cuda tests"
-RECAP_FIXTURE_TINY=$PWD/fixture-tiny timeout 200 ./cuda_test --test-threads 1 --nocapture 2>&1 | tail -25
+# Every kernel check prints its relative differences; the whole log is short enough to keep.
+RECAP_FIXTURE_TINY=$PWD/fixture-tiny timeout 240 ./cuda_test --test-threads 1 --nocapture 2>&1 | tail -150
 echo "== trl_parity cuda:0 (dev profile, 20 steps)"
 timeout 150 ./trl_parity fixture-tiny 20 cuda:0 2>&1 | tail -15
 CHECK

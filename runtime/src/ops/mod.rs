@@ -4,12 +4,16 @@
 //! candle's fused ops (softmax_last_dim, rms_norm, rope) silently drop gradients, so every model
 //! and loss goes through these functions instead. On the CPU with f32 or f64 tensors each
 //! function runs a fused kernel (a candle `CustomOp` with its own backward, parallel over rows);
-//! on other devices and dtypes it runs the plain composition of differentiable candle ops kept
-//! here as `reference`, against which the fused kernels are tested. The backward passes of the
-//! fused kernels are not themselves differentiable (no second-order gradients).
+//! with the `cuda` feature, on a CUDA device with f32 or bf16 tensors it runs the CUDA kernels of
+//! `cuda` (`runtime/kernels/`, also with their own backward); on other devices and dtypes it
+//! runs the plain composition of differentiable candle ops kept here as `reference`, against
+//! which the fused kernels are tested. The backward passes of the fused kernels are not
+//! themselves differentiable (no second-order gradients).
 
 mod attention;
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub(crate) mod kernels;
 mod log_softmax;
 mod rms_norm;
@@ -34,6 +38,10 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         let weight = weight.contiguous()?;
         return x.apply_op2(&weight, rms_norm::RmsNorm { eps });
     }
+    #[cfg(feature = "cuda")]
+    if cuda::eligible(&[x, weight]) {
+        return cuda::rms_norm(x, weight, eps);
+    }
     reference::rms_norm(x, weight, eps)
 }
 
@@ -41,6 +49,10 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if fused(&[x]) {
         return cpu::dense_last(x)?.apply_op1(softmax::Softmax);
+    }
+    #[cfg(feature = "cuda")]
+    if cuda::eligible(&[x]) {
+        return cuda::softmax_last_dim(x);
     }
     reference::softmax_last_dim(x)
 }
@@ -53,6 +65,10 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let (cos, sin) = (cpu::dense_last(cos)?, cpu::dense_last(sin)?);
         return x.apply_op3(&cos, &sin, rope::Rope { inverse: false });
     }
+    #[cfg(feature = "cuda")]
+    if cuda::eligible(&[x, cos, sin]) {
+        return cuda::rope(x, cos, sin);
+    }
     reference::rope(x, cos, sin)
 }
 
@@ -61,6 +77,10 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if fused(&[gate, up]) && gate.dtype() == up.dtype() {
         let (gate, up) = (cpu::dense_last(gate)?, cpu::dense_last(up)?);
         return gate.apply_op2(&up, swiglu::Swiglu);
+    }
+    #[cfg(feature = "cuda")]
+    if cuda::eligible(&[gate, up]) {
+        return cuda::swiglu(gate, up);
     }
     reference::swiglu(gate, up)
 }
@@ -72,6 +92,10 @@ pub fn log_softmax_gather(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let logits = cpu::dense_last(logits)?;
         let targets = targets.contiguous()?;
         return logits.apply_op2(&targets, log_softmax::LogSoftmaxGather);
+    }
+    #[cfg(feature = "cuda")]
+    if cuda::eligible(&[logits]) && targets.device().same_device(logits.device()) {
+        return cuda::log_softmax_gather(logits, targets);
     }
     reference::log_softmax_gather(logits, targets)
 }
@@ -109,6 +133,10 @@ pub fn attention(
             cpu::dense_last(v)?,
         );
         return q.apply_op3(&k, &v, attention::Attention { scale, mask });
+    }
+    #[cfg(feature = "cuda")]
+    if cuda::eligible(&[q, k, v]) && mask.is_none_or(|m| m.device().same_device(q.device())) {
+        return cuda::attention(q, k, v, mask, scale);
     }
     reference::attention(q, k, v, mask, scale)
 }
