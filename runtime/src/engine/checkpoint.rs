@@ -39,6 +39,9 @@ pub struct TrainerState {
     pub mixer: MixCursor,
     pub data: Vec<DataCursor>,
     pub has_reference: bool,
+    /// Steps in a row with every group's rewards equal, so a resumed run warns on time.
+    #[serde(default)]
+    pub flat_steps: u64,
 }
 
 /// A complete checkpoint found on disk.
@@ -136,6 +139,7 @@ pub(crate) fn save(
         mixer: rt.mixer.cursor(),
         data: rt.readers.iter().map(|r| r.cursor.clone()).collect(),
         has_reference: models.reference.is_some(),
+        flat_steps: ctx.flat_steps,
     };
     let name = format!("step-{:06}", ctx.global_step);
     write_atomic(&root, &name, |dir| {
@@ -311,6 +315,7 @@ pub(crate) fn restore(
     }
     ctx.run_rng = HostRng::from_state(&s.run_rng).map_err(err)?;
     ctx.global_step = s.global_step;
+    ctx.flat_steps = s.flat_steps;
     if s.has_reference {
         let tensors = load_tensors(&c.dir.join("reference.safetensors"))?;
         let mut r = crate::model::Model::from_tensors(
