@@ -29,19 +29,24 @@ fn run_text(text: &str) -> (RunSummary, Vec<serde_json::Value>) {
     (summary, records)
 }
 
+/// A GRPO job of `steps` steps on a `tiny()` policy rewarded by `regex(pattern)` alone.
+fn regex_job(pattern: &str, steps: u64) -> String {
+    format!(
+        r#"
+model policy = tiny(layers = 1, hidden = 16, heads = 2, seed = 7)
+source sums = arithmetic(ops = "+", digits = 1, count = 50, seed = 1)
+verifier tagged = regex("{pattern}")
+objective sharpen = grpo(sums) {{ rewards = [tagged], group = 2, max_tokens = 2 }}
+train {{ steps = {steps}, prompts_per_step = 2, seed = 1, out = "runs/w" }}
+"#
+    )
+}
+
 /// `tiny()`'s tokenizer has no `<`, so `<answer>` never appears: the run says so at load, and
 /// every group's rewards stay equal (all 0), which the step records say after ten steps.
 #[test]
 fn an_unreachable_format_and_flat_groups_are_warned_of() {
-    let (summary, records) = run_text(
-        r#"
-model policy = tiny(layers = 1, hidden = 16, heads = 2, seed = 7)
-source sums = arithmetic(ops = "+", digits = 1, count = 50, seed = 1)
-verifier tagged = regex("<answer>[0-9]+</answer>")
-objective sharpen = grpo(sums) { rewards = [tagged], group = 2, max_tokens = 2 }
-train { steps = 10, prompts_per_step = 2, seed = 1, out = "runs/w" }
-"#,
-    );
+    let (summary, records) = run_text(&regex_job("<answer>[0-9]+</answer>", 10));
     let w = &summary.warnings;
     assert!(
         w[0].starts_with("verifier `tagged`: no completion can ever match `<answer>[0-9]+</answer>`: it needs \"<>\", which the policy's tokenizer cannot produce"),
@@ -60,15 +65,7 @@ train { steps = 10, prompts_per_step = 2, seed = 1, out = "runs/w" }
 /// warning at load.
 #[test]
 fn a_reachable_format_is_not_warned_of() {
-    let (summary, _) = run_text(
-        r#"
-model policy = tiny(layers = 1, hidden = 16, heads = 2, seed = 7)
-source sums = arithmetic(ops = "+", digits = 1, count = 50, seed = 1)
-verifier digits = regex("([0-9]+|x?<b>)")
-objective sharpen = grpo(sums) { rewards = [digits], group = 2, max_tokens = 2 }
-train { steps = 1, prompts_per_step = 2, seed = 1, out = "runs/w" }
-"#,
-    );
+    let (summary, _) = run_text(&regex_job("([0-9]+|x?<b>)", 1));
     assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
 }
 
