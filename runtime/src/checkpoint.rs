@@ -69,13 +69,43 @@ pub fn save_hf_dir(
         Some(metadata),
         &path,
     )
-    .map_err(|e| ModelError::Safetensors {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
+    .map_err(|e| write_error(&path, e))?;
 
     if let Some(t) = tokenizer {
         t.save(dir)?;
     }
     Ok(())
+}
+
+/// The error of a failed safetensors write of `path`. A failed write (a full disk, say) is an IO
+/// error of this file, which keeps its kind for the caller: the file is not "corrupt".
+fn write_error(path: &Path, e: safetensors::SafeTensorError) -> ModelError {
+    match e {
+        safetensors::SafeTensorError::IoError(io) => ModelError::io(path, io),
+        e => ModelError::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write the disk had no room for stays an IO error of kind `StorageFull`, which the
+    /// engine reports as a full disk; it never reads as a corrupt file.
+    #[test]
+    fn a_failed_write_keeps_its_io_kind() {
+        let io = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let e = write_error(
+            Path::new("m.safetensors"),
+            safetensors::SafeTensorError::IoError(io),
+        );
+        let source = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .map(|io| io.kind());
+        assert_eq!(source, Some(std::io::ErrorKind::StorageFull), "{e}");
+        assert!(!e.to_string().contains("corrupt"), "{e}");
+    }
 }

@@ -39,6 +39,9 @@ pub struct TrainerState {
     pub mixer: MixCursor,
     pub data: Vec<DataCursor>,
     pub has_reference: bool,
+    /// Steps in a row with every group's rewards equal, so a resumed run warns on time.
+    #[serde(default)]
+    pub flat_steps: u64,
 }
 
 /// A complete checkpoint found on disk.
@@ -59,8 +62,9 @@ pub fn write_atomic(dir: &Path, name: &str, fill: impl FnOnce(&Path) -> Result<(
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    fill(&tmp)?;
-    super::rundir::sync_tree(&tmp)?;
+    if let Err(e) = fill(&tmp).and_then(|()| super::rundir::sync_tree(&tmp)) {
+        return Err(explain_write_failure(e, &tmp, &dst));
+    }
     if dst.exists() {
         std::fs::remove_dir_all(&dst).with_context(|| format!("removing {}", dst.display()))?;
     }
@@ -69,9 +73,38 @@ pub fn write_atomic(dir: &Path, name: &str, fill: impl FnOnce(&Path) -> Result<(
     super::rundir::sync_dir(dir)
 }
 
+/// Whether `e` comes from a write the disk had no room for (ENOSPC), anywhere in its chain.
+fn is_disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+    })
+}
+
+/// The error of a failed write of `dst` through `tmp`. A full disk is said in those words, the
+/// partial copy is removed to give its space back, and the message says what is kept: a safetensors
+/// writer's own wording would call the half-written file corrupt, which sends the user looking
+/// for damage that is not there.
+fn explain_write_failure(e: anyhow::Error, tmp: &Path, dst: &Path) -> anyhow::Error {
+    if !is_disk_full(&e) {
+        return e;
+    }
+    let removed = std::fs::remove_dir_all(tmp).is_ok();
+    anyhow!(
+        "no space left on device while writing {}; {}, and everything written before it, earlier \
+         checkpoints included, is kept as it was. Free some space, then resume the run",
+        dst.display(),
+        if removed {
+            "its partial copy was removed"
+        } else {
+            "its partial copy could not be removed"
+        }
+    )
+}
+
 fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), None, path)
-        .map_err(|e| anyhow!("writing {}: {e}", path.display()))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
@@ -106,6 +139,7 @@ pub(crate) fn save(
         mixer: rt.mixer.cursor(),
         data: rt.readers.iter().map(|r| r.cursor.clone()).collect(),
         has_reference: models.reference.is_some(),
+        flat_steps: ctx.flat_steps,
     };
     let name = format!("step-{:06}", ctx.global_step);
     write_atomic(&root, &name, |dir| {
@@ -281,6 +315,7 @@ pub(crate) fn restore(
     }
     ctx.run_rng = HostRng::from_state(&s.run_rng).map_err(err)?;
     ctx.global_step = s.global_step;
+    ctx.flat_steps = s.flat_steps;
     if s.has_reference {
         let tensors = load_tensors(&c.dir.join("reference.safetensors"))?;
         let mut r = crate::model::Model::from_tensors(
@@ -294,4 +329,45 @@ pub(crate) fn restore(
         models.reference = Some(r);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Family, Model, ModelConfig};
+
+    /// A checkpoint whose first file meets a full disk (`/dev/full` answers every write with
+    /// ENOSPC) is reported as such, not as a corrupt safetensors file; its partial copy is
+    /// removed and the checkpoint before it is untouched.
+    #[test]
+    fn a_full_disk_is_named_and_what_was_written_before_is_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let earlier = root.path().join("step-000001");
+        std::fs::create_dir(&earlier).unwrap();
+        std::fs::write(earlier.join("trainer_state.json"), "kept").unwrap();
+        let cfg = ModelConfig::new(Family::Qwen2, 16, 8, 16, 1, 2, 2, true);
+        let model = Model::tiny(&cfg, 1, DType::F32, &Device::Cpu).unwrap();
+        let err = write_atomic(root.path(), "step-000002", |dir| {
+            std::os::unix::fs::symlink("/dev/full", dir.join("config.json"))?;
+            crate::checkpoint::save_hf_dir(&model, None, dir)?;
+            Ok(())
+        })
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        let dst = root.path().join("step-000002");
+        assert!(
+            msg.starts_with(&format!(
+                "no space left on device while writing {}; its partial copy was removed",
+                dst.display()
+            )),
+            "{msg}"
+        );
+        assert!(!msg.contains("corrupt"), "{msg}");
+        assert!(!root.path().join(".tmp-step-000002").exists());
+        assert!(!dst.exists());
+        assert_eq!(
+            std::fs::read_to_string(earlier.join("trainer_state.json")).unwrap(),
+            "kept"
+        );
+    }
 }

@@ -21,6 +21,7 @@ pub mod progress;
 pub mod rewards;
 pub mod rundir;
 mod step;
+mod warnings;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -141,6 +142,9 @@ pub struct RunSummary {
     pub seconds: f64,
     /// The checkpoint written when [`RunOptions::stop`] stopped the run before its end.
     pub interrupted: Option<PathBuf>,
+    /// The warnings this call gave (also printed): those of the plan as loaded, then those the
+    /// steps' records carry under `warnings`.
+    pub warnings: Vec<String>,
 }
 
 /// Parses `cpu` or `cuda:N`.
@@ -627,13 +631,18 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
         total_steps: plan.stages.iter().map(|s| s.train.steps).sum(),
         dry_prompts: opts.dry_run.then_some(2),
         progress: None,
+        flat_steps: 0,
     };
 
     let mut summary = RunSummary {
         run_dir: (!opts.dry_run).then(|| run_dir.clone()),
         graph_order,
+        warnings: warnings::at_load(plan, &device, &models.tok),
         ..RunSummary::default()
     };
+    for w in &summary.warnings {
+        ctx.warn(w);
+    }
 
     if opts.dry_run {
         for i in 0..plan.stages.len() {
@@ -718,6 +727,11 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
                         }
                     );
                 }
+            }
+            if let Some(ws) = record.get("warnings").and_then(Value::as_array) {
+                summary
+                    .warnings
+                    .extend(ws.iter().filter_map(Value::as_str).map(str::to_string));
             }
             summary.metrics.push(record);
             let stopping = opts.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));

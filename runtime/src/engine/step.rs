@@ -46,6 +46,8 @@ pub(crate) struct Ctx<'a> {
     /// Dry runs: prompts per step.
     pub dry_prompts: Option<usize>,
     pub progress: Option<Progress>,
+    /// Steps in a row whose GRPO groups all had equal rewards (see [`super::warnings`]).
+    pub flat_steps: u64,
 }
 
 /// Seconds spent per kind of work in one step.
@@ -80,6 +82,9 @@ struct StepState {
     /// Sample completions to write, when this step writes samples.
     samples: Vec<Value>,
     write_samples: bool,
+    /// GRPO groups this step, and those whose rewards were all equal.
+    groups: usize,
+    flat_groups: usize,
 }
 
 impl StepState {
@@ -101,6 +106,8 @@ impl StepState {
             gen_tokens: 0,
             samples: Vec::new(),
             write_samples,
+            groups: 0,
+            flat_groups: 0,
         }
     }
 }
@@ -680,6 +687,8 @@ impl Ctx<'_> {
             json!(adv.stats.zero_variance_groups),
         );
         rec.insert("verifier_failures".into(), json!(failures));
+        st.groups += rows.len();
+        st.flat_groups += adv.stats.zero_variance_groups;
         if st.write_samples {
             let group = ro.group as usize;
             for r in 0..roll.completion_ids.len().min(2 * group) {
@@ -834,6 +843,8 @@ impl Ctx<'_> {
             loss_sum,
             gen_tokens,
             samples,
+            groups,
+            flat_groups,
             ..
         } = st;
         let mut evals = Map::new();
@@ -891,6 +902,10 @@ impl Ctx<'_> {
         );
         if !evals.is_empty() {
             rec.insert("eval".into(), Value::Object(evals));
+        }
+        if let Some(w) = super::warnings::no_signal(&mut self.flat_steps, groups, flat_groups) {
+            self.warn(&w);
+            rec.insert("warnings".into(), json!([w]));
         }
         let rec = Value::Object(rec);
         if let Some(out) = &mut self.out {
