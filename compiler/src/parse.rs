@@ -408,7 +408,71 @@ fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diag
         .and_then(|r| r.chars().next())
         .map(|c| at + c.len_utf8())
         .unwrap_or(at);
-    ParseProblem::Unexpected { expected, found }.at(Span::new(at, end), "unexpected here")
+    let at_end = at >= source.len();
+    let d = ParseProblem::Unexpected { expected, found }.at(Span::new(at, end), "unexpected here");
+    // At the end of the file the error is far from its cause, a bracket or string left open
+    // somewhere in the item; pointing back at it saves a search through the whole item.
+    match source.get(base..).filter(|_| at_end).and_then(unclosed) {
+        Some((open, c)) => d.label(
+            Span::new(base + open, base + open + 1),
+            format!("this `{c}` is never closed"),
+        ),
+        None => d,
+    }
+}
+
+/// The innermost bracket or string of `text` that is still open at its end: its offset and
+/// character. Comments and the insides of strings are skipped, as the grammar skips them.
+fn unclosed(text: &str) -> Option<(usize, char)> {
+    let bytes = text.as_bytes();
+    let mut open: Vec<(usize, u8)> = Vec::new();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let after_name = i > 0
+            && bytes
+                .get(i - 1)
+                .is_some_and(|p| p.is_ascii_alphanumeric() || *p == b'_');
+        match b {
+            b'(' | b'[' | b'{' => open.push((i, b)),
+            b')' | b']' | b'}' => {
+                open.pop();
+            }
+            b'#' => match text.get(i..).and_then(|r| r.find('\n')) {
+                Some(nl) => i += nl,
+                None => break,
+            },
+            b'"' => {
+                // A plain string: a backslash escapes the next byte.
+                let mut j = i + 1;
+                loop {
+                    match bytes.get(j) {
+                        None => return Some((i, '"')),
+                        Some(b'\\') => j += 2,
+                        Some(b'"') => break,
+                        Some(_) => j += 1,
+                    }
+                }
+                i = j;
+            }
+            b'r' if !after_name && matches!(bytes.get(i + 1), Some(b'"' | b'#')) => {
+                let hashed = bytes.get(i + 1) == Some(&b'#');
+                let (quote, close) = if hashed {
+                    (i + 2, "\"#")
+                } else {
+                    (i + 1, "\"")
+                };
+                if bytes.get(quote) == Some(&b'"') {
+                    match text.get(quote + 1..).and_then(|r| r.find(close)) {
+                        Some(k) => i = quote + k + close.len(),
+                        None => return Some((quote, '"')),
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    open.pop().map(|(at, b)| (at, char::from(b)))
 }
 
 /// A `recap::parse::syntax` error worded for a number with a second decimal point (`1.5.0`),

@@ -310,3 +310,51 @@ train { steps = 10 }
         .expect("an unknown name");
     assert_eq!(d.help.as_deref(), Some("did you mean `sums`?"));
 }
+
+/// The labels of the one syntax error of `source`: (text under the label, its message).
+fn syntax_labels(source: &str) -> Vec<(String, String)> {
+    let out = check(
+        "m.recap",
+        source,
+        &CheckOptions::default(),
+        &AssumeFilesExist,
+    );
+    let d = out
+        .diagnostics
+        .iter()
+        .find(|d| d.code == "recap::parse::syntax")
+        .unwrap_or_else(|| panic!("no syntax error in {source}"));
+    d.labels
+        .iter()
+        .map(|l| {
+            let text = &source[l.span.start()..l.span.end()];
+            (text.to_string(), l.message.clone())
+        })
+        .collect()
+}
+
+/// A bracket left open at the end of the file is pointed back at, past the brackets and the
+/// braces inside strings and comments that are closed.
+#[test]
+fn an_unclosed_bracket_at_the_end_is_pointed_back_at() {
+    let labels = syntax_labels(&format!(
+        "{HEAD}objective rl = grpo(math) {{ rewards = [acc] }}\ntrain {{ steps = 10\n"
+    ));
+    assert_eq!(labels.len(), 2, "{labels:?}");
+    assert_eq!(labels[1], ("{".into(), "this `{` is never closed".into()));
+    let labels = syntax_labels(&format!(
+        "{HEAD}objective rl = grpo(math, rewards = [acc], # ( }} \n max_tokens = 2\n"
+    ));
+    assert_eq!(labels[1], ("(".into(), "this `(` is never closed".into()));
+    let source = format!("{HEAD}objective rl = grpo(math) {{ rewards = [acc, fmt");
+    let labels = syntax_labels(&source);
+    assert_eq!(labels[1], ("[".into(), "this `[` is never closed".into()));
+    let at = source.rfind('[').expect("a bracket");
+    let out = check(
+        "m.recap",
+        &source,
+        &CheckOptions::default(),
+        &AssumeFilesExist,
+    );
+    assert_eq!(out.diagnostics[0].labels[1].span.start(), at);
+}
