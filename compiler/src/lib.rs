@@ -109,8 +109,20 @@ pub fn check(
     let parse_failed = parse_diags.iter().any(|d| d.severity == Severity::Error);
     diagnostics.extend(parse_diags);
     // The items that did parse are still resolved and checked, so one run reports as much as
-    // it can; unknown-name errors caused by items lost to a syntax error are the price.
+    // it can. A name that an item lost to a syntax error declares is not reported as unknown:
+    // the syntax error is the one problem there.
+    let before = diagnostics.len();
     let resolved = resolve::resolve(&file, &options.overrides, !parse_failed, &mut diagnostics);
+    if parse_failed {
+        let lost = parse::declared_names(source);
+        let unknown = diagnostic::ProblemCode::code(resolve::ResolveCode::UnknownName);
+        let mut index = 0;
+        diagnostics.retain(|d| {
+            index += 1;
+            let name = source.get(d.primary_span().start()..d.primary_span().end());
+            index <= before || d.code != unknown || !name.is_some_and(|n| lost.contains(n))
+        });
+    }
     let typed = typecheck::typecheck(&resolved, &mut diagnostics);
     let has_errors = |d: &[Diagnostic]| d.iter().any(|x| x.severity == Severity::Error);
     let mut plan = None;

@@ -241,6 +241,33 @@ pub(crate) const ITEM_KEYWORDS: &[&str] = &[
     "enum",
 ];
 
+/// The names that lines of `source` declare, read from the text alone: a line that starts
+/// (after indentation) with a declaring keyword and a name. When a syntax error loses an item,
+/// its name is still here, so a use of it elsewhere is not reported as unknown; declarations
+/// may come in any order, and such an error would send the reader to declare what is declared.
+pub fn declared_names(source: &str) -> std::collections::HashSet<&str> {
+    const DECLARING: [&str; 7] = [
+        "param",
+        "let",
+        "model",
+        "source",
+        "verifier",
+        "objective",
+        "eval",
+    ];
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    source
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim_start();
+            let rest = DECLARING.iter().find_map(|kw| line.strip_prefix(kw))?;
+            let rest = rest.strip_prefix([' ', '\t'])?.trim_start();
+            let name = &rest[..rest.find(|c| !is_name(c)).unwrap_or(rest.len())];
+            (!name.is_empty()).then_some(name)
+        })
+        .collect()
+}
+
 /// The start of the first line after `from`'s line that begins (at column 0) with an item
 /// keyword: where reading resumes after a syntax error.
 fn resync(source: &str, from: usize) -> Option<usize> {

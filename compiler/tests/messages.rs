@@ -358,3 +358,40 @@ fn an_unclosed_bracket_at_the_end_is_pointed_back_at() {
     );
     assert_eq!(out.diagnostics[0].labels[1].span.start(), at);
 }
+
+/// An unclosed `(` loses its item to the syntax error; a use of the name that item declares is
+/// not reported as unknown (declarations come in any order), while a misspelt name still is.
+#[test]
+fn a_name_lost_to_a_syntax_error_is_not_unknown() {
+    let source = "model policy = hf(\"m\")
+source math = jsonl(\"m.jsonl\" { prompt = \"{q}\", answer = field(\"a\") }
+verifier acc = numeric(
+objective rl = grpo(math) { rewards = [acc, fmt] }
+train { steps = 10 }
+";
+    let out = check(
+        "m.recap",
+        source,
+        &CheckOptions::default(),
+        &AssumeFilesExist,
+    );
+    let errors: Vec<(&str, &str)> = out
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| (d.code.as_str(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        errors.iter().map(|e| e.0).collect::<Vec<_>>(),
+        [
+            "recap::parse::syntax",
+            "recap::parse::syntax",
+            "recap::resolve::unknown_name"
+        ],
+        "{errors:?}"
+    );
+    assert_eq!(errors[2].1, "unknown name `fmt`");
+    // The help of an unknown name does not ask for a declaration before the use.
+    let (_, help) = first_error("objective rl = grpo(math) { rewards = [zzz] }");
+    assert!(help.contains("in any order"), "{help}");
+}

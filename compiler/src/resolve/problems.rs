@@ -160,7 +160,7 @@ impl Problem for ResolveProblem<'_> {
                 guess: Some(g), ..
             } => format!("did you mean `{g}`?"),
             P::UnknownName { function: true, .. } => "see `recapc explain recap::resolve::unknown_name` and docs/language.md for the stdlib functions".to_string(),
-            P::UnknownName { .. } => "declare it before use (model, source, verifier, let, param ...), or check the spelling".to_string(),
+            P::UnknownName { .. } => "declare it (model, source, verifier, let, param ...; declarations may come in any order), or check the spelling".to_string(),
             P::DuplicateName { .. } => "names are unique in the whole file; rename one of them".to_string(),
             P::DuplicateStage { .. } => "give every stage its own name".to_string(),
             P::UnknownModule { module, .. } => {
