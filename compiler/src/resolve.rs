@@ -13,6 +13,7 @@ pub use problems::{Placement, ResolveCode, ResolveProblem};
 use crate::ast::*;
 use crate::diagnostic::{did_you_mean, Diagnostic, Problem, Span};
 use crate::stdlib::Stdlib;
+use crate::types::Ty;
 use compact_str::CompactString;
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::{HashMap, VecDeque};
@@ -176,6 +177,34 @@ struct Resolver<'a, 'd> {
     /// typecheck evaluates once per stage and so looks up afresh.
     record: bool,
     recorded: HashMap<usize, Option<EntityId>>,
+    /// The parameter the argument being walked is passed to, so that did-you-mean guesses a
+    /// name of a kind that fits there. Its type is looked up only for an unknown name.
+    expect: Option<ParamSlot<'a>>,
+}
+
+/// A parameter of a stdlib function: by name, or else by position (as `query::param_type`
+/// takes it).
+#[derive(Debug, Clone, Copy)]
+struct ParamSlot<'a> {
+    function: &'a str,
+    name: Option<&'a str>,
+    index: usize,
+}
+
+impl ParamSlot<'_> {
+    fn ty(self) -> Option<Ty> {
+        crate::query::param_type(self.function, self.name, self.index)
+    }
+}
+
+/// The function whose parameters a value's block sets (`grpo(math) { ... }`, `uniform`).
+fn callee_of(e: &Expr) -> Option<&str> {
+    match &e.kind {
+        ExprKind::Call { func, .. } => Some(&func.name),
+        ExprKind::Method { name, .. } => Some(&name.name),
+        ExprKind::Name(id) => Some(&id.name),
+        _ => None,
+    }
 }
 
 /// The key of a syntax node in `Resolved::recorded`: its address.
@@ -215,6 +244,7 @@ pub fn resolve<'a>(
         staged,
         record: true,
         recorded: HashMap::new(),
+        expect: None,
     };
     if !staged {
         r.stages.push(StageScope {
@@ -470,9 +500,7 @@ impl<'a> Resolver<'a, '_> {
             refs.clear();
             self.walk(value, stage, &mut refs);
             if let Some(b) = block {
-                for f in &b.fields {
-                    self.walk(&f.value, stage, &mut refs);
-                }
+                self.walk_fields(b, callee_of(value), stage, &mut refs);
             }
             for &(dep, span) in &refs {
                 if let (Some(&a), Some(&b)) = (nodes.get(id), nodes.get(dep)) {
@@ -505,9 +533,13 @@ impl<'a> Resolver<'a, '_> {
                 self.walk(v, scope, &mut refs);
             }
             if let Some(b) = s.block {
-                for f in &b.fields {
-                    self.walk(&f.value, scope, &mut refs);
-                }
+                // `train { ... }` sets the arguments of the stdlib's `train`; any other
+                // setting's block belongs to the function its value names.
+                let callee = match s.kind {
+                    SettingKind::Train => Some("train"),
+                    _ => s.value.and_then(callee_of),
+                };
+                self.walk_fields(b, callee, scope, &mut refs);
             }
             for (dep, _) in refs {
                 if let Some(u) = uses.get_mut(dep) {
@@ -608,16 +640,29 @@ impl<'a> Resolver<'a, '_> {
         // The file's own declarations are guessed before the stdlib's enum members and
         // functions: a misspelt name used as a value is far more often one of them, and an
         // enum member as near (`sum` for `sumz`, meant `sums`) would be the wrong kind of thing.
+        // Where the callee's signature says what the argument is, only names of a kind that
+        // fits there are guessed (params and lets, whose type resolve does not know, always).
+        let want = self.expect.take().and_then(ParamSlot::ty);
+        let fits = |have: Ty| {
+            want.as_ref()
+                .is_none_or(|w| crate::query::accepts(w, &have))
+        };
         let mut declared: Vec<&str> = Vec::new();
         let mut members: Vec<&str> = Vec::new();
         if !functions_only {
             for e in &self.entities {
-                if e.stage.is_none() || e.stage == stage {
+                let kind_fits = match e.kind {
+                    EntityKind::Decl(k) => fits(Ty::Kind(crate::typecheck::decl_kind(k))),
+                    _ => true,
+                };
+                if (e.stage.is_none() || e.stage == stage) && kind_fits {
                     declared.push(e.name.name.as_str());
                 }
             }
             for en in self.std.enums.values() {
-                members.extend(en.members.iter().map(|m| m.as_str()));
+                if fits(Ty::Enum(en.name.clone())) {
+                    members.extend(en.members.iter().map(|m| m.as_str()));
+                }
             }
         }
         let functions = self.std.fns.keys().map(|k| k.as_str());
@@ -638,6 +683,9 @@ impl<'a> Resolver<'a, '_> {
     }
 
     fn walk(&mut self, e: &'a Expr, stage: Option<usize>, refs: &mut Vec<(EntityId, Span)>) {
+        // The expected type holds for this expression (and a list's entries) only; the parts
+        // of a member access, a call's callee or an operator expect nothing known here.
+        let expect = self.expect.take();
         match &e.kind {
             ExprKind::Int(_)
             | ExprKind::Float(_)
@@ -646,6 +694,7 @@ impl<'a> Resolver<'a, '_> {
             | ExprKind::Bool(_) => {}
             ExprKind::List(items) => {
                 for i in items {
+                    self.expect = expect;
                     self.walk(i, stage, refs);
                 }
             }
@@ -659,6 +708,7 @@ impl<'a> Resolver<'a, '_> {
                 } else if !self.std.fns.contains_key(id.name.as_str())
                     && !self.std.is_enum_member(&id.name)
                 {
+                    self.expect = expect;
                     self.unknown(id, stage, false);
                 }
             }
@@ -684,7 +734,7 @@ impl<'a> Resolver<'a, '_> {
                 if func.name == "static" {
                     self.weight_sources(args, stage);
                 }
-                self.walk_args(args, stage, refs);
+                self.walk_args(&func.name, args, stage, refs);
             }
             ExprKind::Method {
                 receiver,
@@ -695,7 +745,7 @@ impl<'a> Resolver<'a, '_> {
                 if !self.std.fns.contains_key(name.name.as_str()) {
                     self.unknown(name, stage, true);
                 }
-                self.walk_args(args, stage, refs);
+                self.walk_args(&name.name, args, stage, refs);
             }
             ExprKind::Neg(inner) => self.walk(inner, stage, refs),
             ExprKind::Binary { lhs, rhs, .. } => {
@@ -705,16 +755,45 @@ impl<'a> Resolver<'a, '_> {
         }
     }
 
+    /// Walks the fields of a block, each expected to be the callee's parameter of its name.
+    fn walk_fields(
+        &mut self,
+        block: &'a Block,
+        callee: Option<&'a str>,
+        stage: Option<usize>,
+        refs: &mut Vec<(EntityId, Span)>,
+    ) {
+        for f in &block.fields {
+            self.expect = callee.map(|function| ParamSlot {
+                function,
+                name: Some(&f.name.name),
+                index: 0,
+            });
+            self.walk(&f.value, stage, refs);
+        }
+    }
+
     fn walk_args(
         &mut self,
+        function: &'a str,
         args: &'a Args,
         stage: Option<usize>,
         refs: &mut Vec<(EntityId, Span)>,
     ) {
-        for a in &args.positional {
+        for (i, a) in args.positional.iter().enumerate() {
+            self.expect = Some(ParamSlot {
+                function,
+                name: None,
+                index: i,
+            });
             self.walk(a, stage, refs);
         }
         for a in &args.named {
+            self.expect = Some(ParamSlot {
+                function,
+                name: Some(&a.name.name),
+                index: 0,
+            });
             self.walk(&a.value, stage, refs);
         }
     }

@@ -395,3 +395,49 @@ train { steps = 10 }
     let (_, help) = first_error("objective rl = grpo(math) { rewards = [zzz] }");
     assert!(help.contains("in any order"), "{help}");
 }
+
+/// Where the callee's signature says what kind an argument is, did-you-mean guesses only names
+/// of that kind: `grpo`'s first argument is a source, so `primez` is guessed as the source
+/// `primes`, not as the verifier `prime` that sorts first at the same distance.
+#[test]
+fn a_misspelt_argument_is_guessed_among_names_of_its_kind() {
+    let source = "model policy = hf(\"m\")
+source primes = jsonl(\"m.jsonl\") { prompt = \"{q}\", answer = field(\"a\") }
+verifier prime = numeric()
+objective rl = grpo(primez) { rewards = [prime] }
+train { steps = 10 }
+";
+    let out = check(
+        "m.recap",
+        source,
+        &CheckOptions::default(),
+        &AssumeFilesExist,
+    );
+    let d = out
+        .diagnostics
+        .iter()
+        .find(|d| d.code == "recap::resolve::unknown_name")
+        .expect("an unknown name");
+    assert_eq!(d.help.as_deref(), Some("did you mean `primes`?"));
+    // A block's field is the callee's parameter of its name: `rewards` takes rewards, so
+    // `primez` there is guessed as the verifier `primes`, not as the source `prime`.
+    let source = source
+        .replace("source primes", "source prime")
+        .replace("verifier prime ", "verifier primes ")
+        .replace(
+            "grpo(primez) { rewards = [prime] }",
+            "grpo(prime) { rewards = [primez] }",
+        );
+    let out = check(
+        "m.recap",
+        &source,
+        &CheckOptions::default(),
+        &AssumeFilesExist,
+    );
+    let d = out
+        .diagnostics
+        .iter()
+        .find(|d| d.code == "recap::resolve::unknown_name")
+        .expect("an unknown name");
+    assert_eq!(d.help.as_deref(), Some("did you mean `primes`?"));
+}
