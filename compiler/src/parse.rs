@@ -223,7 +223,7 @@ fn too_deep(source: &str) -> Option<Diagnostic> {
 }
 
 /// The keywords that start an item (the grammar's `item_start`): where reading resumes after a
-/// syntax error.
+/// syntax error. The seven after `use` declare a name, as `declared_names` takes them.
 pub(crate) const ITEM_KEYWORDS: &[&str] = &[
     "use",
     "param",
@@ -246,21 +246,13 @@ pub(crate) const ITEM_KEYWORDS: &[&str] = &[
 /// its name is still here, so a use of it elsewhere is not reported as unknown; declarations
 /// may come in any order, and such an error would send the reader to declare what is declared.
 pub fn declared_names(source: &str) -> std::collections::HashSet<&str> {
-    const DECLARING: [&str; 7] = [
-        "param",
-        "let",
-        "model",
-        "source",
-        "verifier",
-        "objective",
-        "eval",
-    ];
+    let declaring = ITEM_KEYWORDS.get(1..8).unwrap_or_default();
     let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
     source
         .lines()
         .filter_map(|line| {
             let line = line.trim_start();
-            let rest = DECLARING.iter().find_map(|kw| line.strip_prefix(kw))?;
+            let rest = declaring.iter().find_map(|kw| line.strip_prefix(kw))?;
             let rest = rest.strip_prefix([' ', '\t'])?.trim_start();
             let name = &rest[..rest.find(|c| !is_name(c)).unwrap_or(rest.len())];
             (!name.is_empty()).then_some(name)

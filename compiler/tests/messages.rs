@@ -287,43 +287,50 @@ fn a_bad_override_names_the_type_with_the_right_article() {
     }
 }
 
+/// The first diagnostic of `source` with `code`.
+fn first_with_code(source: &str, code: &str) -> recap_compiler::Diagnostic {
+    check(
+        "m.recap",
+        source,
+        &CheckOptions::default(),
+        &AssumeFilesExist,
+    )
+    .diagnostics
+    .into_iter()
+    .find(|d| d.code == code)
+    .unwrap_or_else(|| panic!("no {code} in {source}"))
+}
+
+/// The help line of the first unknown name of `source`.
+fn unknown_name_help(source: &str) -> Option<String> {
+    first_with_code(source, "recap::resolve::unknown_name").help
+}
+
+/// The did-you-mean of a file with one source, one verifier and the objective `objective`.
+fn guess(source: &str, verifier: &str, objective: &str) -> Option<String> {
+    unknown_name_help(&format!(
+        "model policy = hf(\"m\")
+source {source} = jsonl(\"m.jsonl\") {{ prompt = \"{{q}}\", answer = field(\"a\") }}
+verifier {verifier} = numeric()
+objective rl = {objective}
+train {{ steps = 10 }}
+"
+    ))
+}
+
 /// A misspelt source is guessed as the declared source, not as the stdlib enum member that is
 /// as near (`sum`, an aggregation).
 #[test]
 fn a_misspelt_name_is_guessed_among_declarations_first() {
-    let source = "model policy = hf(\"m\")
-source sums = jsonl(\"m.jsonl\") { prompt = \"{q}\", answer = field(\"a\") }
-verifier acc = numeric()
-objective rl = grpo(sumz) { rewards = [acc] }
-train { steps = 10 }
-";
-    let out = check(
-        "m.recap",
-        source,
-        &CheckOptions::default(),
-        &AssumeFilesExist,
+    assert_eq!(
+        guess("sums", "acc", "grpo(sumz) { rewards = [acc] }").as_deref(),
+        Some("did you mean `sums`?")
     );
-    let d = out
-        .diagnostics
-        .iter()
-        .find(|d| d.code == "recap::resolve::unknown_name")
-        .expect("an unknown name");
-    assert_eq!(d.help.as_deref(), Some("did you mean `sums`?"));
 }
 
 /// The labels of the one syntax error of `source`: (text under the label, its message).
 fn syntax_labels(source: &str) -> Vec<(String, String)> {
-    let out = check(
-        "m.recap",
-        source,
-        &CheckOptions::default(),
-        &AssumeFilesExist,
-    );
-    let d = out
-        .diagnostics
-        .iter()
-        .find(|d| d.code == "recap::parse::syntax")
-        .unwrap_or_else(|| panic!("no syntax error in {source}"));
+    let d = first_with_code(source, "recap::parse::syntax");
     d.labels
         .iter()
         .map(|l| {
@@ -401,43 +408,14 @@ train { steps = 10 }
 /// `primes`, not as the verifier `prime` that sorts first at the same distance.
 #[test]
 fn a_misspelt_argument_is_guessed_among_names_of_its_kind() {
-    let source = "model policy = hf(\"m\")
-source primes = jsonl(\"m.jsonl\") { prompt = \"{q}\", answer = field(\"a\") }
-verifier prime = numeric()
-objective rl = grpo(primez) { rewards = [prime] }
-train { steps = 10 }
-";
-    let out = check(
-        "m.recap",
-        source,
-        &CheckOptions::default(),
-        &AssumeFilesExist,
+    assert_eq!(
+        guess("primes", "prime", "grpo(primez) { rewards = [prime] }").as_deref(),
+        Some("did you mean `primes`?")
     );
-    let d = out
-        .diagnostics
-        .iter()
-        .find(|d| d.code == "recap::resolve::unknown_name")
-        .expect("an unknown name");
-    assert_eq!(d.help.as_deref(), Some("did you mean `primes`?"));
     // A block's field is the callee's parameter of its name: `rewards` takes rewards, so
     // `primez` there is guessed as the verifier `primes`, not as the source `prime`.
-    let source = source
-        .replace("source primes", "source prime")
-        .replace("verifier prime ", "verifier primes ")
-        .replace(
-            "grpo(primez) { rewards = [prime] }",
-            "grpo(prime) { rewards = [primez] }",
-        );
-    let out = check(
-        "m.recap",
-        &source,
-        &CheckOptions::default(),
-        &AssumeFilesExist,
+    assert_eq!(
+        guess("prime", "primes", "grpo(prime) { rewards = [primez] }").as_deref(),
+        Some("did you mean `primes`?")
     );
-    let d = out
-        .diagnostics
-        .iter()
-        .find(|d| d.code == "recap::resolve::unknown_name")
-        .expect("an unknown name");
-    assert_eq!(d.help.as_deref(), Some("did you mean `primes`?"));
 }
