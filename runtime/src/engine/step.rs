@@ -1011,8 +1011,9 @@ pub(crate) fn estimate(
         let total: usize = rows.iter().map(f).sum::<Result<usize>>()?;
         Ok(total.div_ceil(rows.len().max(1)))
     };
-    // (generated, forward/backward, reference, longest sequence, rollout rows) per source.
-    let mut per_source: BTreeMap<String, [usize; 5]> = BTreeMap::new();
+    // (generated, forward/backward, reference, longest sequence, rollout rows, training rows)
+    // per source.
+    let mut per_source: BTreeMap<String, [usize; 6]> = BTreeMap::new();
     for o in &stage.objectives {
         let src = objective_source(&o.spec).to_string();
         let plen = mean_len(&src, &|r| Ok(models.tok.encode_prompt(&r.prompt)?.len()))?;
@@ -1033,6 +1034,7 @@ pub(crate) fn estimate(
                 }
                 e[3] = e[3].max(seq);
                 e[4] += rows;
+                e[5] += rows;
             }
             ObjectiveSpec::Sft { max_tokens, .. } => {
                 let tlen = mean_len(&src, &|r| {
@@ -1041,19 +1043,15 @@ pub(crate) fn estimate(
                 let seq = plen + tlen.min(*max_tokens as usize);
                 e[1] += p * seq;
                 e[3] = e[3].max(seq);
+                e[5] += p;
             }
         }
     }
     // One source per step unless `mix all`: the estimate is the most expensive source.
-    let [gen, fb, reft, seq, gen_rows] = if matches!(stage.mix, recap_plan::Mix::All) {
-        per_source.values().fold([0; 5], |a, b| {
-            [
-                a[0] + b[0],
-                a[1] + b[1],
-                a[2] + b[2],
-                a[3].max(b[3]),
-                a[4] + b[4],
-            ]
+    let [gen, fb, reft, seq, gen_rows, train_rows] = if matches!(stage.mix, recap_plan::Mix::All) {
+        // Every part adds up over the sources except the longest sequence, their maximum.
+        per_source.values().fold([0; 6], |a, b| {
+            std::array::from_fn(|i| if i == 3 { a[i].max(b[i]) } else { a[i] + b[i] })
         })
     } else {
         per_source
@@ -1068,6 +1066,14 @@ pub(crate) fn estimate(
         .iter()
         .map(|v| v.elem_count())
         .sum();
+    // A micro-batch bounds the rows whose activations are alive at once: one chunk per worker
+    // thread on the CPU (which runs chunks side by side), one chunk elsewhere.
+    let in_flight = match stage.train.micro_batch {
+        Some(m) if models.policy.device().is_cpu() => m as usize * rayon::current_num_threads(),
+        Some(m) => m as usize,
+        None => train_rows,
+    };
+    let live_tokens = fb * in_flight.min(train_rows) / train_rows.max(1);
     let mem = memory(&MemoryShape {
         params,
         optimizer_bytes: rt.optim.state_bytes(),
@@ -1080,7 +1086,7 @@ pub(crate) fn estimate(
         head_dim: c.head_dim,
         vocab: c.vocab_size,
         dtype_bytes: models.policy.compute_dtype().size_in_bytes(),
-        train_tokens: fb,
+        train_tokens: live_tokens,
         gen_rows,
         seq,
     });
@@ -1118,7 +1124,8 @@ pub(crate) struct MemoryShape {
     pub vocab: usize,
     /// Bytes per element of the compute dtype (activations, logits, KV cache).
     pub dtype_bytes: usize,
-    /// Tokens through the training pass (all rows, prompt and completion).
+    /// Tokens of the training pass whose activations are alive at once (prompt and
+    /// completion; all rows unless a micro-batch bounds them).
     pub train_tokens: usize,
     /// Rows the rollout generates at once (prompts x group).
     pub gen_rows: usize,
