@@ -58,8 +58,8 @@ pub struct RunOptions {
     /// Let a fresh run use a directory that is not empty: the files an earlier run wrote there
     /// are removed first, and nothing else is touched. Without it such a directory is refused.
     pub overwrite: bool,
-    /// Build every node, load data and models, run one step on two prompts per stage, print
-    /// the per-step cost estimate; write nothing.
+    /// Build every node, load data and models, print the per-step cost estimate, and run one
+    /// step on two prompts per stage where its estimated memory fits; write nothing.
     pub dry_run: bool,
     pub progress: ProgressMode,
     /// Relative paths of the plan (data files, model directories, `out`) are resolved here,
