@@ -295,6 +295,10 @@ fn run_dry_run_prints_the_cost_and_failures_have_their_codes() {
     let out = stdout(&o);
     assert!(out.contains("dry run"), "{out}");
     assert!(out.contains("generated tokens per step"), "{out}");
+    assert!(out.contains("estimated peak"), "{out}");
+    // The quickstart's model is tiny: its two-prompt step fits and is timed.
+    assert!(out.contains("measured dry step  "), "{out}");
+    assert!(!out.contains("skipped"), "{out}");
     // A device this build cannot open is a run-time failure (3), named in the message.
     let o = recapc(
         &[

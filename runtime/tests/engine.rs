@@ -274,6 +274,30 @@ mod engine {
         assert!(rl.reference_tokens > 0 && rl.reference_bytes == rl.weight_bytes);
         assert_eq!(rl.optimizer_bytes, 2 * rl.weight_bytes);
         assert_eq!(s.costs[0].generated_tokens, 0);
+        assert_eq!(rl.gradient_bytes, rl.weight_bytes);
+        assert!(rl.kv_cache_bytes > 0 && rl.logits_bytes > 0);
+        assert!(rl.peak_bytes() > rl.weight_bytes + rl.optimizer_bytes + rl.reference_bytes);
+        // A model this small fits: the dry step ran and was timed, on every stage.
+        assert!(s
+            .costs
+            .iter()
+            .all(|c| c.dry_step_seconds.is_some() && c.dry_step_skipped.is_none()));
+        assert_eq!(s.metrics.len(), 2);
+        // A micro-batch of one row bounds the activations and logits alive at once.
+        let mut micro = plan.clone();
+        micro.stages[1].train.micro_batch = Some(1);
+        let m = run(
+            &seal(micro),
+            &RunOptions {
+                dry_run: true,
+                ..opts(dir.path())
+            },
+        )
+        .unwrap();
+        let mrl = &m.costs[1];
+        assert!(mrl.activation_bytes < rl.activation_bytes, "{mrl:?}");
+        assert!(mrl.logits_bytes < rl.logits_bytes, "{mrl:?}");
+        assert_eq!(mrl.weight_bytes, rl.weight_bytes);
         // The dry step ran on two prompts: 2 x 8 completions.
         assert!(s.metrics[1]["generated_tokens"].as_u64().unwrap() <= 2 * 8 * 4);
         assert!(!s.graph_order.is_empty());

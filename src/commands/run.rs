@@ -259,41 +259,39 @@ fn changed_files(then: &Value, now: &Value) -> Vec<String> {
 fn print_costs(costs: &[engine::CostEstimate]) {
     const MB: f64 = 1024.0 * 1024.0;
     println!(
-        "dry run: every node built, data and models loaded, one step on two prompts per stage"
+        "dry run: every node built, data and models loaded, memory estimated from the shapes, \
+         one step on two prompts per stage where it fits"
     );
     for c in costs {
-        println!("stage {}:", c.stage);
-        println!(
-            "  generated tokens per step (at most) {:>12}",
-            c.generated_tokens
-        );
-        println!(
-            "  forward+backward tokens per step    {:>12}",
-            c.forward_backward_tokens
-        );
-        println!(
-            "  reference forward tokens per step   {:>12}",
-            c.reference_tokens
-        );
-        println!(
-            "  weights                             {:>9.1} MB",
-            c.weight_bytes as f64 / MB
-        );
-        println!(
-            "  optimiser state                     {:>9.1} MB",
-            c.optimizer_bytes as f64 / MB
-        );
-        println!(
-            "  reference model                     {:>9.1} MB",
-            c.reference_bytes as f64 / MB
-        );
-        println!(
-            "  activations (bound)                 {:>9.1} MB",
-            c.activation_bytes as f64 / MB
-        );
-        println!(
-            "  measured dry step                   {:>9.3} s",
-            c.dry_step_seconds
-        );
+        println!("stage {} ({} prompts per step):", c.stage, c.prompts);
+        let tokens = [
+            ("generated tokens per step (at most)", c.generated_tokens),
+            (
+                "forward+backward tokens per step",
+                c.forward_backward_tokens,
+            ),
+            ("reference forward tokens per step", c.reference_tokens),
+        ];
+        for (what, n) in tokens {
+            println!("  {what:<36}{n:>12}");
+        }
+        let memory = [
+            ("weights", c.weight_bytes),
+            ("gradients", c.gradient_bytes),
+            ("optimiser state", c.optimizer_bytes),
+            ("reference model", c.reference_bytes),
+            ("KV cache of the rollout", c.kv_cache_bytes),
+            ("activations (bound)", c.activation_bytes),
+            ("logits (bound)", c.logits_bytes),
+            ("estimated peak", c.peak_bytes()),
+        ];
+        for (what, b) in memory {
+            println!("  {what:<36}{:>9.1} MB", b as f64 / MB);
+        }
+        match (c.dry_step_seconds, &c.dry_step_skipped) {
+            (Some(s), _) => println!("  {:<36}{s:>9.3} s", "measured dry step"),
+            (None, Some(why)) => println!("  measured dry step skipped: {why}"),
+            (None, None) => println!("  measured dry step not run"),
+        }
     }
 }

@@ -58,8 +58,8 @@ pub struct RunOptions {
     /// Let a fresh run use a directory that is not empty: the files an earlier run wrote there
     /// are removed first, and nothing else is touched. Without it such a directory is refused.
     pub overwrite: bool,
-    /// Build every node, load data and models, run one step on two prompts per stage, print
-    /// the per-step cost estimate; write nothing.
+    /// Build every node, load data and models, print the per-step cost estimate, and run one
+    /// step on two prompts per stage where its estimated memory fits; write nothing.
     pub dry_run: bool,
     pub progress: ProgressMode,
     /// Relative paths of the plan (data files, model directories, `out`) are resolved here,
@@ -107,23 +107,50 @@ impl Default for RunOptions {
     }
 }
 
-/// The per-step cost of one stage, estimated from the plan's shapes.
+/// The per-step cost of one stage, estimated from the plan's shapes and the model's
+/// configuration before any step runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct CostEstimate {
     pub stage: String,
+    /// Prompts per step the estimate is for (the stage's `prompts_per_step`).
+    pub prompts: usize,
     /// Upper bound: every row runs to `max_tokens`.
     pub generated_tokens: usize,
     /// Tokens through the policy's forward and backward pass.
     pub forward_backward_tokens: usize,
     /// Tokens through the frozen reference's forward pass.
     pub reference_tokens: usize,
+    /// The policy's f32 master weights.
     pub weight_bytes: usize,
+    /// The f32 gradients of the trainable weights.
+    pub gradient_bytes: usize,
     pub optimizer_bytes: usize,
     pub reference_bytes: usize,
-    /// A rough bound on the activations the backward pass keeps.
+    /// The rollout's KV cache at the longest sequence, in the compute dtype.
+    pub kv_cache_bytes: usize,
+    /// A rough bound on the per-layer activations the backward pass keeps.
     pub activation_bytes: usize,
-    /// Measured seconds of the dry-run step (on two prompts).
-    pub dry_step_seconds: f64,
+    /// The logits and their log-softmax over the vocabulary for every training token.
+    pub logits_bytes: usize,
+    /// Measured seconds of the dry-run step (on two prompts), when it ran.
+    pub dry_step_seconds: Option<f64>,
+    /// Why the dry-run step did not run, when it did not.
+    pub dry_step_skipped: Option<String>,
+}
+
+impl CostEstimate {
+    /// The step's peak: the resident weights, gradients, moments and reference, plus the
+    /// larger of the rollout's KV cache and the training pass's activations and logits, since
+    /// the rollout ends before the training pass begins.
+    pub fn peak_bytes(&self) -> usize {
+        self.weight_bytes
+            + self.gradient_bytes
+            + self.optimizer_bytes
+            + self.reference_bytes
+            + self
+                .kv_cache_bytes
+                .max(self.activation_bytes + self.logits_bytes)
+    }
 }
 
 /// What a run gives back.
@@ -645,17 +672,40 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
     }
 
     if opts.dry_run {
+        const GIB: f64 = (1u64 << 30) as f64;
+        let dry_prompts = ctx.dry_prompts.unwrap_or(2);
         for i in 0..plan.stages.len() {
-            if stage_needs_reference(&plan.stages[i]) && models.reference.is_none() {
-                models.reference = Some(models.policy.frozen_copy()?);
-            }
             let mut rt = build_stage(plan, i, &ctx.datasets, &models.policy)?;
-            let t = Instant::now();
-            let record = ctx.step(&mut rt, &mut models)?;
-            let secs = t.elapsed().as_secs_f64();
-            let cost = step::estimate(plan, i, &ctx.datasets, &models, &rt, secs)?;
+            let prompts = plan.stages[i].train.prompts_per_step as usize;
+            let mut cost = step::estimate(plan, i, &ctx.datasets, &models, &rt, prompts)?;
+            // The measured step is skipped where its own analytical peak exceeds what the
+            // machine can give, so that the estimate of a model too big for this host still
+            // prints. Only the host's memory is known here; on CUDA the step always runs.
+            let dry = step::estimate(plan, i, &ctx.datasets, &models, &rt, dry_prompts)?;
+            let available = if device.is_cpu() {
+                step::mem_available()
+            } else {
+                None
+            };
+            match available.filter(|&a| dry.peak_bytes() > a) {
+                Some(a) => {
+                    cost.dry_step_skipped = Some(format!(
+                        "its estimated peak on {dry_prompts} prompts, {:.1} GiB, exceeds the {:.1} GiB of memory available",
+                        dry.peak_bytes() as f64 / GIB,
+                        a as f64 / GIB
+                    ));
+                }
+                None => {
+                    if stage_needs_reference(&plan.stages[i]) && models.reference.is_none() {
+                        models.reference = Some(models.policy.frozen_copy()?);
+                    }
+                    let t = Instant::now();
+                    let record = ctx.step(&mut rt, &mut models)?;
+                    cost.dry_step_seconds = Some(t.elapsed().as_secs_f64());
+                    summary.metrics.push(record);
+                }
+            }
             println!("{}", step::describe_cost(&cost));
-            summary.metrics.push(record);
             summary.costs.push(cost);
         }
         println!("graph order: {}", summary.graph_order.join(" -> "));

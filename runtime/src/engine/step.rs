@@ -991,26 +991,29 @@ fn key_lambda(rt: &StageRt, name: &str) -> f64 {
         .map_or(1.0, |i| rt.lambdas[i])
 }
 
-/// The per-step cost of stage `index` at its full batch size.
+/// The per-step cost of stage `index` with `prompts` prompts per step, from the plan's shapes
+/// and the model's configuration alone: nothing runs, so a dry run can print it for a model
+/// whose step would not fit in memory.
 pub(crate) fn estimate(
     plan: &Plan,
     index: usize,
     datasets: &BTreeMap<String, Dataset>,
     models: &Models,
     rt: &StageRt,
-    dry_step_seconds: f64,
+    prompts: usize,
 ) -> Result<CostEstimate> {
     let stage = &plan.stages[index];
     let c = models.policy.config();
-    let p = stage.train.prompts_per_step as usize;
+    let p = prompts;
     let mean_len = |src: &str, f: &dyn Fn(&Row) -> Result<usize>| -> Result<usize> {
         let ds = &datasets[src];
         let rows = &ds.rows[..ds.rows.len().min(64)];
         let total: usize = rows.iter().map(f).sum::<Result<usize>>()?;
         Ok(total.div_ceil(rows.len().max(1)))
     };
-    // (generated, forward/backward, reference, longest sequence) per source.
-    let mut per_source: BTreeMap<String, (usize, usize, usize, usize)> = BTreeMap::new();
+    // (generated, forward/backward, reference, longest sequence, rollout rows, training rows)
+    // per source.
+    let mut per_source: BTreeMap<String, [usize; 6]> = BTreeMap::new();
     for o in &stage.objectives {
         let src = objective_source(&o.spec).to_string();
         let plen = mean_len(&src, &|r| Ok(models.tok.encode_prompt(&r.prompt)?.len()))?;
@@ -1024,33 +1027,37 @@ pub(crate) fn estimate(
                     .ok_or_else(|| anyhow!("unknown rollout `{rollout}`"))?;
                 let rows = p * ro.group as usize;
                 let seq = plen + ro.max_tokens as usize;
-                e.0 += rows * ro.max_tokens as usize;
-                e.1 += rows * seq;
+                e[0] += rows * ro.max_tokens as usize;
+                e[1] += rows * seq;
                 if kl.as_ref().is_some_and(|k| k.coef > 0.0) {
-                    e.2 += rows * seq;
+                    e[2] += rows * seq;
                 }
-                e.3 = e.3.max(seq);
+                e[3] = e[3].max(seq);
+                e[4] += rows;
+                e[5] += rows;
             }
             ObjectiveSpec::Sft { max_tokens, .. } => {
                 let tlen = mean_len(&src, &|r| {
                     Ok(models.tok.encode(&target_of(r)?, false)?.len() + 1)
                 })?;
                 let seq = plen + tlen.min(*max_tokens as usize);
-                e.1 += p * seq;
-                e.3 = e.3.max(seq);
+                e[1] += p * seq;
+                e[3] = e[3].max(seq);
+                e[5] += p;
             }
         }
     }
     // One source per step unless `mix all`: the estimate is the most expensive source.
-    let (gen, fb, reft, seq) = if matches!(stage.mix, recap_plan::Mix::All) {
-        per_source.values().fold((0, 0, 0, 0), |a, b| {
-            (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3.max(b.3))
+    let [gen, fb, reft, seq, gen_rows, train_rows] = if matches!(stage.mix, recap_plan::Mix::All) {
+        // Every part adds up over the sources except the longest sequence, their maximum.
+        per_source.values().fold([0; 6], |a, b| {
+            std::array::from_fn(|i| if i == 3 { a[i].max(b[i]) } else { a[i] + b[i] })
         })
     } else {
         per_source
             .values()
             .copied()
-            .max_by_key(|v| v.1)
+            .max_by_key(|v| v[1])
             .unwrap_or_default()
     };
     let params: usize = models
@@ -1059,26 +1066,116 @@ pub(crate) fn estimate(
         .iter()
         .map(|v| v.elem_count())
         .sum();
-    // Saved activations per token and layer: norms, q/k/v/o, the MLP's three projections and
-    // the SwiGLU product, attention probabilities; plus the logits of the final projection.
-    let per_token = c.num_hidden_layers
-        * (8 * c.hidden_size + 4 * c.intermediate_size + 2 * c.num_attention_heads * seq)
-        + 2 * c.vocab_size;
+    // A micro-batch bounds the rows whose activations are alive at once: one chunk per worker
+    // thread on the CPU (which runs chunks side by side), one chunk elsewhere.
+    let in_flight = match stage.train.micro_batch {
+        Some(m) if models.policy.device().is_cpu() => m as usize * rayon::current_num_threads(),
+        Some(m) => m as usize,
+        None => train_rows,
+    };
+    let live_tokens = fb * in_flight.min(train_rows) / train_rows.max(1);
+    let mem = memory(&MemoryShape {
+        params,
+        optimizer_bytes: rt.optim.state_bytes(),
+        reference: reft > 0,
+        layers: c.num_hidden_layers,
+        hidden: c.hidden_size,
+        intermediate: c.intermediate_size,
+        heads: c.num_attention_heads,
+        kv_heads: c.num_key_value_heads,
+        head_dim: c.head_dim,
+        vocab: c.vocab_size,
+        dtype_bytes: models.policy.compute_dtype().size_in_bytes(),
+        train_tokens: live_tokens,
+        gen_rows,
+        seq,
+    });
     Ok(CostEstimate {
         stage: stage.name.to_string(),
+        prompts,
         generated_tokens: gen,
         forward_backward_tokens: fb,
         reference_tokens: reft,
-        weight_bytes: params * 4,
-        optimizer_bytes: rt.optim.state_bytes(),
-        reference_bytes: if models.reference.is_some() && reft > 0 {
-            params * 4
-        } else {
-            0
-        },
-        activation_bytes: fb * per_token * 4,
-        dry_step_seconds,
+        weight_bytes: mem.weights,
+        gradient_bytes: mem.gradients,
+        optimizer_bytes: mem.optimizer,
+        reference_bytes: mem.reference,
+        kv_cache_bytes: mem.kv_cache,
+        activation_bytes: mem.activations,
+        logits_bytes: mem.logits,
+        dry_step_seconds: None,
+        dry_step_skipped: None,
     })
+}
+
+/// What the memory estimate needs to know of a stage's step and its model.
+pub(crate) struct MemoryShape {
+    /// Trainable parameters (f32 master weights).
+    pub params: usize,
+    pub optimizer_bytes: usize,
+    /// Whether the step runs a frozen reference (an f32 copy of the policy).
+    pub reference: bool,
+    pub layers: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    /// Bytes per element of the compute dtype (activations, logits, KV cache).
+    pub dtype_bytes: usize,
+    /// Tokens of the training pass whose activations are alive at once (prompt and
+    /// completion; all rows unless a micro-batch bounds them).
+    pub train_tokens: usize,
+    /// Rows the rollout generates at once (prompts x group).
+    pub gen_rows: usize,
+    /// The longest sequence, prompt plus new tokens.
+    pub seq: usize,
+}
+
+/// The bytes of one step, by part, all resident at the step's peak except the KV cache, which
+/// the rollout frees before the training pass begins.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Memory {
+    pub weights: usize,
+    pub gradients: usize,
+    pub optimizer: usize,
+    pub reference: usize,
+    pub kv_cache: usize,
+    pub activations: usize,
+    pub logits: usize,
+}
+
+/// The analytical memory of one step: f32 weights and gradients, the optimizer's moments, the
+/// reference's f32 copy, the rollout's KV cache (keys and values of every layer for every row
+/// at the longest sequence) and the training pass's saved activations. Per token and layer the
+/// backward pass keeps the norms, q/k/v/o and the MLP's three projections and SwiGLU product,
+/// and the attention probabilities of every head over the sequence; the final projection
+/// keeps the logits and their log-softmax over the whole vocabulary, both in the compute dtype.
+pub(crate) fn memory(s: &MemoryShape) -> Memory {
+    let per_token_layer = 8 * s.hidden + 4 * s.intermediate + 2 * s.heads * s.seq;
+    Memory {
+        weights: s.params * 4,
+        gradients: s.params * 4,
+        optimizer: s.optimizer_bytes,
+        reference: if s.reference { s.params * 4 } else { 0 },
+        kv_cache: s.gen_rows * s.layers * 2 * s.kv_heads * s.head_dim * s.seq * s.dtype_bytes,
+        activations: s.train_tokens * s.layers * per_token_layer * s.dtype_bytes,
+        logits: s.train_tokens * 2 * s.vocab * s.dtype_bytes,
+    }
+}
+
+/// Bytes the operating system can still give this process (`MemAvailable` of
+/// `/proc/meminfo`), or `None` where that file is missing or unreadable.
+pub(crate) fn mem_available() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    mem_available_of(&text)
+}
+
+fn mem_available_of(meminfo: &str) -> Option<usize> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn mib(b: usize) -> String {
@@ -1087,19 +1184,25 @@ fn mib(b: usize) -> String {
 
 /// The cost estimate as the lines `--dry-run` prints.
 pub(crate) fn describe_cost(c: &CostEstimate) -> String {
-    let total = c.weight_bytes + c.optimizer_bytes + c.reference_bytes + c.activation_bytes;
+    let step = match (&c.dry_step_seconds, &c.dry_step_skipped) {
+        (Some(s), _) => format!("dry-run step on 2 prompts: {s:.3} s"),
+        (None, Some(why)) => format!("dry-run step skipped: {why}"),
+        (None, None) => "dry-run step not run".to_string(),
+    };
     format!(
-        "stage {}: per step at most {} generated tokens, {} forward/backward tokens, {} reference tokens\n  memory: weights {}, optimizer {}, reference {}, activations ~{} (total ~{})\n  dry-run step on 2 prompts: {:.3} s",
+        "stage {}: per step at most {} generated tokens, {} forward/backward tokens, {} reference tokens\n  memory: weights {}, gradients {}, optimizer {}, reference {}, KV cache {}, activations ~{}, logits ~{} (peak ~{})\n  {step}",
         c.stage,
         c.generated_tokens,
         c.forward_backward_tokens,
         c.reference_tokens,
         mib(c.weight_bytes),
+        mib(c.gradient_bytes),
         mib(c.optimizer_bytes),
         mib(c.reference_bytes),
+        mib(c.kv_cache_bytes),
         mib(c.activation_bytes),
-        mib(total),
-        c.dry_step_seconds
+        mib(c.logits_bytes),
+        mib(c.peak_bytes()),
     )
 }
 
@@ -1111,5 +1214,78 @@ fn judged<'a>(row: &'a Row, roll: &'a Rollout, r: usize) -> Judged<'a> {
         completion: &roll.texts[r],
         fields: &row.fields,
         tokens: roll.completion_ids[r].len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The estimate of a small known shape, part by part, against the arithmetic done by hand.
+    #[test]
+    fn memory_matches_hand_arithmetic() {
+        let shape = MemoryShape {
+            params: 1000,
+            optimizer_bytes: 8000,
+            reference: true,
+            layers: 2,
+            hidden: 4,
+            intermediate: 8,
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 2,
+            vocab: 10,
+            dtype_bytes: 2,
+            train_tokens: 6,
+            gen_rows: 2,
+            seq: 3,
+        };
+        let m = memory(&shape);
+        assert_eq!(
+            m,
+            Memory {
+                weights: 4000,
+                gradients: 4000,
+                optimizer: 8000,
+                reference: 4000,
+                // 2 rows x 2 layers x (keys, values) x 1 head x 2 dims x 3 positions x 2 bytes.
+                kv_cache: 96,
+                // 6 tokens x 2 layers x (8*4 + 4*8 + 2*2*3 = 76) elements x 2 bytes.
+                activations: 1824,
+                // 6 tokens x (logits, log-softmax) x 10 entries x 2 bytes.
+                logits: 240,
+            }
+        );
+        let no_ref = memory(&MemoryShape {
+            reference: false,
+            ..shape
+        });
+        assert_eq!(no_ref.reference, 0);
+        let cost = CostEstimate {
+            stage: "s".into(),
+            prompts: 1,
+            generated_tokens: 0,
+            forward_backward_tokens: 6,
+            reference_tokens: 6,
+            weight_bytes: m.weights,
+            gradient_bytes: m.gradients,
+            optimizer_bytes: m.optimizer,
+            reference_bytes: m.reference,
+            kv_cache_bytes: m.kv_cache,
+            activation_bytes: m.activations,
+            logits_bytes: m.logits,
+            dry_step_seconds: None,
+            dry_step_skipped: Some("too big".into()),
+        };
+        // The KV cache is gone by the training pass: the peak holds the larger of the two.
+        assert_eq!(cost.peak_bytes(), 4000 + 4000 + 8000 + 4000 + 1824 + 240);
+        assert!(describe_cost(&cost).contains("dry-run step skipped: too big"));
+    }
+
+    #[test]
+    fn mem_available_reads_meminfo() {
+        let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2048 kB\n";
+        assert_eq!(mem_available_of(text), Some(2048 * 1024));
+        assert_eq!(mem_available_of("MemTotal: 5 kB\n"), None);
     }
 }
