@@ -65,7 +65,7 @@ fn main() {
     let typed = typecheck::typecheck(&res, &mut diags);
     report("typecheck");
     let options = CheckOptions::default();
-    let v = validate::validate(&res, &typed, &options, &AssumeFilesExist, &mut diags);
+    let v = validate::validate(&res, &typed, &options, &AssumeFilesExist, true, &mut diags);
     report("validate");
     let plan = lower::lower("x", &res, &typed, &v).expect("lowers");
     report("lower");

@@ -126,13 +126,18 @@ pub fn check(
     let typed = typecheck::typecheck(&resolved, &mut diagnostics);
     let has_errors = |d: &[Diagnostic]| d.iter().any(|x| x.severity == Severity::Error);
     let mut plan = None;
-    if !parse_failed {
-        let validated = validate::validate(&resolved, &typed, options, host, &mut diagnostics);
-        if !has_errors(&diagnostics) {
-            match lower::lower(file_name, &resolved, &typed, &validated) {
-                Ok(p) => plan = Some(p),
-                Err(d) => diagnostics.push(d),
-            }
+    let validated = validate::validate(
+        &resolved,
+        &typed,
+        options,
+        host,
+        !parse_failed,
+        &mut diagnostics,
+    );
+    if !has_errors(&diagnostics) {
+        match lower::lower(file_name, &resolved, &typed, &validated) {
+            Ok(p) => plan = Some(p),
+            Err(d) => diagnostics.push(d),
         }
     }
     finish(&mut diagnostics);

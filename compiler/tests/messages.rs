@@ -150,7 +150,7 @@ fn single_quotes_are_named() {
 #[test]
 fn a_quoted_number_is_shown_without_quotes() {
     assert_says(
-        "objective rl = grpo(math) { rewards = [acc] }\nmix uniform\nreweight recap(window = \"10\")",
+        "objective rl = grpo(math) { rewards = [acc, fmt] }\nmix uniform\nreweight recap(window = \"10\")",
         "expects int, found a string",
         "write it without quotes: `10`",
     );

@@ -131,9 +131,16 @@ fn measure_stages(source: &str, runs: usize) -> Option<[(&'static str, Duration)
     let typecheck_t = median_of(runs, || typecheck::typecheck(&res, &mut Vec::new()));
     let typed = typecheck::typecheck(&res, &mut diags);
     let validate_t = median_of(runs, || {
-        validate::validate(&res, &typed, &options, &AssumeFilesExist, &mut Vec::new())
+        validate::validate(
+            &res,
+            &typed,
+            &options,
+            &AssumeFilesExist,
+            true,
+            &mut Vec::new(),
+        )
     });
-    let validated = validate::validate(&res, &typed, &options, &AssumeFilesExist, &mut diags);
+    let validated = validate::validate(&res, &typed, &options, &AssumeFilesExist, true, &mut diags);
     if !clean(&diags) {
         return None;
     }

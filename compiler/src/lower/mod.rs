@@ -224,7 +224,8 @@ train { steps = 10 }
         let res = resolve::resolve(&file, &[], true, &mut diags);
         let mut typed = typecheck::typecheck(&res, &mut diags);
         let options = CheckOptions::default();
-        let validated = validate::validate(&res, &typed, &options, &AssumeFilesExist, &mut diags);
+        let validated =
+            validate::validate(&res, &typed, &options, &AssumeFilesExist, true, &mut diags);
         assert!(diags.is_empty(), "{diags:?}");
         change(&res, &mut typed);
         lower("p.recap", &res, &typed, &validated)

@@ -73,6 +73,13 @@ fn declared_by_name(kind: Kind) -> bool {
     matches!(kind, Kind::Source | Kind::Model)
 }
 
+/// The value of an argument, or `Broken` at `span` when it did not check: the call is kept,
+/// so validate still checks what does not depend on this argument (the error is reported
+/// already; the rules say nothing about a broken value).
+fn broken_or(v: Option<Val>, span: Span) -> Val {
+    v.unwrap_or_else(|| Val::new(Value::Broken, span))
+}
+
 /// Binds `v` to the argument slot `slot` of a call being checked (see `ArgMap`).
 fn bind(vals: &mut [Option<Val>], slot: usize, v: Val) {
     if let Some(s) = vals.get_mut(slot) {
@@ -146,6 +153,8 @@ impl Checker<'_, '_, '_> {
             spans.iter().find(|(k, _)| *k == key).map(|(_, s)| *s)
         };
         let mut extra: Vec<(String, Span, Val)> = Vec::new();
+        // A call written wrongly (an argument too many, unknown, given twice or missing) gives
+        // no value; an argument whose own value has an error is kept as `Broken`.
         let mut ok = true;
         let positional = || {
             sig.params
@@ -169,10 +178,8 @@ impl Checker<'_, '_, '_> {
                 continue;
             };
             name_spans.push((p.name.as_str(), e.span));
-            match self.arg(sig, p, e) {
-                Some(v) => bind(&mut vals, slot, v),
-                None => ok = false,
-            }
+            let v = self.arg(sig, p, e);
+            bind(&mut vals, slot, broken_or(v, e.span));
         }
         let named = args.named.iter().chain(block.iter().copied());
         for na in named {
@@ -192,10 +199,8 @@ impl Checker<'_, '_, '_> {
                     continue;
                 }
                 name_spans.push((key, na.name.span));
-                match self.arg(sig, p, &na.value) {
-                    Some(v) => bind(&mut vals, slot, v),
-                    None => ok = false,
-                }
+                let v = self.arg(sig, p, &na.value);
+                bind(&mut vals, slot, broken_or(v, na.value.span));
             } else if let Some(vp) = sig.variadic() {
                 if let Some((_, prev, _)) = extra.iter().find(|(n, _, _)| n == key) {
                     let prev = *prev;
@@ -203,10 +208,8 @@ impl Checker<'_, '_, '_> {
                     ok = false;
                     continue;
                 }
-                match self.arg(sig, vp, &na.value) {
-                    Some(v) => extra.push((key.to_string(), na.name.span, v)),
-                    None => ok = false,
-                }
+                let v = self.arg(sig, vp, &na.value);
+                extra.push((key.to_string(), na.name.span, broken_or(v, na.value.span)));
             } else {
                 let names: Vec<&str> = sig
                     .params
@@ -232,11 +235,9 @@ impl Checker<'_, '_, '_> {
         }
         match (receiver, sig.param_slot("self")) {
             (Some(r), Some((slot, p))) => {
-                let ty = p.ty.clone();
-                match self.accept(r, &ty, &|| format!("the receiver of `{}`", sig.name)) {
-                    Some(v) => bind(&mut vals, slot, v),
-                    None => ok = false,
-                }
+                let at = r.span;
+                let v = self.accept(r, &p.ty, &|| format!("the receiver of `{}`", sig.name));
+                bind(&mut vals, slot, broken_or(v, at));
             }
             (Some(r), None) => {
                 let problem = TypecheckProblem::NotAMethod { name: &sig.name };

@@ -36,6 +36,10 @@ pub enum Value {
     Call(Box<CallVal>),
     /// An optional parameter left out.
     Absent,
+    /// An argument whose value did not check (the error is reported already). The call keeps
+    /// its other arguments, so that validate still checks what does not depend on this one;
+    /// the rules read a broken argument as unknown and say nothing about it.
+    Broken,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +118,11 @@ impl CallVal {
     pub fn args(&self) -> impl Iterator<Item = (&'static str, &Val)> {
         let sig: &'static Signature = self.sig;
         sig.params.iter().map(|p| p.name.as_str()).zip(&self.args.0)
+    }
+    /// Whether the argument `name` was given but its value has an error (see `Value::Broken`):
+    /// a rule that would read it knows nothing about it and says nothing.
+    pub fn broken(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|v| v.v == Value::Broken)
     }
     pub fn int(&self, name: &str) -> Option<i64> {
         match self.get(name)?.v {
@@ -210,6 +219,7 @@ pub(super) fn describe(v: &Value, res: &Resolved) -> String {
         Value::Reward(_) => "a reward combination".into(),
         Value::Call(c) => format!("{} (`{}(...)`)", c.sig.ret.article(), c.sig.name),
         Value::Absent => "nothing".into(),
+        Value::Broken => "a value with an error".into(),
     }
 }
 

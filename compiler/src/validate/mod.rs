@@ -33,17 +33,23 @@ pub struct Validated {
     pub frozen: Vec<EntityId>,
 }
 
+/// Runs every rule over what checked. `complete` is false when a syntax error lost items of
+/// the file: the rules about what is missing or how many there are (no objective, no `train`,
+/// no policy, which frozen copy, the keys a reweighter or mixer weighs) then say nothing, as
+/// the lost items may hold what they look for.
 pub fn validate(
     res: &Resolved,
     typed: &Typed,
     options: &CheckOptions,
     host: &dyn Host,
+    complete: bool,
     diags: &mut Vec<Diagnostic>,
 ) -> Validated {
     let mut v = V {
         res,
         typed,
         diags,
+        complete,
         frozen: Vec::new(),
         calls: inspected_calls(res, typed),
     };
@@ -74,6 +80,8 @@ struct V<'r, 'a, 't, 'd> {
     res: &'r Resolved<'a>,
     typed: &'t Typed,
     diags: &'d mut Vec<Diagnostic>,
+    /// Whether every item of the file parsed (see `validate`).
+    complete: bool,
     /// Frozen copies of the policy, computed once (each KL term asks).
     frozen: Vec<EntityId>,
     /// The calls the rules inspect, wherever they appear (see `inspected_calls`); each rule

@@ -25,6 +25,10 @@ impl V<'_, '_, '_, '_> {
             let Some((t, _)) = setting_call(&sv.train) else {
                 continue;
             };
+            // A `policy` with an error names no model that this rule could hold to account.
+            if t.broken("policy") {
+                continue;
+            }
             let explicit = t.get("policy").and_then(|p| match &p.v {
                 Value::Decl(id, _) => Some((*id, p.span)),
                 _ => None,
@@ -69,8 +73,8 @@ impl V<'_, '_, '_, '_> {
     }
 
     /// The policy of a `train` setting (at `train_span`) that names none: the only trainable
-    /// model. No model is reported once, at the first stage, and only when every declaration
-    /// has a value (a model lost to an earlier error is no news).
+    /// model. No model is reported once, at the first stage, and only when every item
+    /// parsed and every declaration has a value (a model lost to an earlier error is no news).
     fn implied_policy(
         &mut self,
         trainable: &[EntityId],
@@ -80,7 +84,7 @@ impl V<'_, '_, '_, '_> {
         match trainable {
             [one] => Some((*one, train_span)),
             [] => {
-                if first_stage && self.typed.call_errors_free(self.res) {
+                if first_stage && self.complete && self.typed.call_errors_free(self.res) {
                     let problem = ValidateProblem::NoPolicy;
                     self.diags.push(problem.at(train_span, "trains nothing"));
                 }

@@ -40,6 +40,9 @@ struct Weighed<'r> {
     /// names them.
     terms: Vec<String>,
     has_sft: bool,
+    /// Whether an objective, its source or its rewards has an error, so that the keys above
+    /// are not all known and the rules that count or look them up say nothing.
+    incomplete: bool,
 }
 
 /// A verifier used in a reward of an objective or probe: its name (or its function's, when
@@ -133,7 +136,7 @@ impl<'r, 't> V<'r, '_, 't, '_> {
 
     /// A stage trains at least one objective.
     fn has_objective(&mut self, st: &StageScope, facts: &Facts) {
-        if !facts.objectives.is_empty() {
+        if !facts.objectives.is_empty() || !self.complete {
             return;
         }
         let problem = ValidateProblem::NoObjective {
@@ -148,7 +151,7 @@ impl<'r, 't> V<'r, '_, 't, '_> {
 
     /// A `train` setting applies to the stage, its own or the top level's.
     fn has_train(&mut self, i: usize, st: &StageScope) {
-        if self.res.setting(i, SettingKind::Train).is_some() {
+        if self.res.setting(i, SettingKind::Train).is_some() || !self.complete {
             return;
         }
         let mut d = crate::diagnostic::Diagnostic::from(&ValidateProblem::MissingTrain);
@@ -175,7 +178,7 @@ impl<'r, 't> V<'r, '_, 't, '_> {
 
     /// An RL objective, or a probe when `probe` is true, lists at least one reward.
     fn has_reward(&mut self, id: EntityId, c: &CallVal, probe: bool) {
-        if !rewards(c).is_empty() {
+        if !rewards(c).is_empty() || c.broken("rewards") {
             return;
         }
         let name = self.res.name(id);
@@ -346,7 +349,7 @@ impl<'r, 't> V<'r, '_, 't, '_> {
                 }
             }
             None => {
-                if self.frozen.len() != 1 {
+                if self.frozen.len() != 1 && self.complete {
                     let problem = ValidateProblem::KlWithoutReference {
                         frozen: self.frozen.len(),
                     };
@@ -444,11 +447,16 @@ impl<'r, 't> V<'r, '_, 't, '_> {
 
     /// What the stage's reweighter and mixer weigh.
     fn weighed(&self, objectives: &[EntityId]) -> Weighed<'r> {
-        let mut w = Weighed::default();
+        let mut w = Weighed {
+            incomplete: !self.complete,
+            ..Weighed::default()
+        };
         for &o in objectives {
             let Some(c) = self.typed.call(o) else {
+                w.incomplete = true;
                 continue;
             };
+            w.incomplete |= c.broken("source") || c.broken("rewards");
             let objective = self.res.name(o);
             w.objectives.push(objective);
             let source = match c.get("source").map(|s| &s.v) {
@@ -486,7 +494,8 @@ impl<'r, 't> V<'r, '_, 't, '_> {
             return;
         };
         let keys = weighed.keys;
-        if rw.name() != "uniform" && keys < 2 && !facts.objectives.is_empty() {
+        let known = !weighed.incomplete;
+        if rw.name() != "uniform" && keys < 2 && !facts.objectives.is_empty() && known {
             let problem = ValidateProblem::ReweightNeedsTwo {
                 reweighter: rw.name(),
                 keys,
@@ -494,7 +503,7 @@ impl<'r, 't> V<'r, '_, 't, '_> {
             self.diags
                 .push(problem.at(span, "nothing to weigh against"));
         }
-        if rw.name() == "static" {
+        if rw.name() == "static" && known {
             self.weight_keys(rw, &weighed.objectives, "objective");
             self.term_keys(rw, &weighed.terms);
             for (key, span, _) in &rw.extra {
@@ -521,7 +530,7 @@ impl<'r, 't> V<'r, '_, 't, '_> {
             return;
         };
         if m.name() == "coreset" {
-            if !weighed.has_sft && !facts.objectives.is_empty() {
+            if !weighed.has_sft && !facts.objectives.is_empty() && !weighed.incomplete {
                 self.diags
                     .push(ValidateProblem::NoReplay.at(span, "caps nothing"));
             }
@@ -536,7 +545,7 @@ impl<'r, 't> V<'r, '_, 't, '_> {
                 m = base;
             }
         }
-        if m.name() == "weights" {
+        if m.name() == "weights" && !weighed.incomplete {
             self.weight_keys(m, &weighed.sources, "source");
         }
     }
