@@ -347,15 +347,24 @@ pub fn did_you_mean<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
-    let limit = (name.chars().count() / 3).max(1);
+    let len = name.chars().count();
+    let limit = (len / 3).max(1);
     let mut best: Option<(usize, &'a str)> = None;
     for c in candidates {
         if c == name {
             continue;
         }
+        // The distance is at least the difference of the lengths, so most candidates are
+        // ruled out without computing it: a file full of unknown names asks this of every
+        // declared name once per error, and on every keystroke in an editor.
+        let c_len = c.chars().count();
+        let bound = best.map_or(limit, |(bd, _)| bd);
+        if len.abs_diff(c_len) > bound || bag_distance(name, c) > bound {
+            continue;
+        }
         let d = strsim::damerau_levenshtein(name, c);
         // Replacing every character of one of the two names is no correction.
-        let shortest = name.chars().count().min(c.chars().count());
+        let shortest = len.min(c_len);
         if d <= limit && d < shortest && best.is_none_or(|(bd, bc)| (d, c) < (bd, bc)) {
             best = Some((d, c));
         }
@@ -363,9 +372,68 @@ pub fn did_you_mean<'a>(
     best.map(|(_, c)| c)
 }
 
+/// A lower bound of the edit distance of two names that needs no allocation. Count the
+/// characters `a` has more of than `b` and those it has fewer of: an insertion or a deletion
+/// adds one to one count, a substitution one to each, a transposition nothing, so the larger
+/// count is at most the number of edits. Characters outside ASCII are counted together, which
+/// only lowers the counts.
+fn bag_distance(a: &str, b: &str) -> usize {
+    let mut counts = [0i32; 129];
+    let slot = |c: char| usize::try_from(u32::from(c)).map_or(128, |i| i.min(128));
+    for c in a.chars() {
+        if let Some(n) = counts.get_mut(slot(c)) {
+            *n += 1;
+        }
+    }
+    for c in b.chars() {
+        if let Some(n) = counts.get_mut(slot(c)) {
+            *n -= 1;
+        }
+    }
+    let (more, fewer) = counts.iter().fold((0, 0), |(m, f), &n| {
+        (m + n.max(0) as usize, f + (-n).max(0) as usize)
+    });
+    more.max(fewer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cheap bound that spares did-you-mean most distance computations never exceeds the
+    /// distance, so it never rules out a guess.
+    #[test]
+    fn bag_distance_bounds_the_edit_distance() {
+        let names = [
+            "",
+            "a",
+            "ab",
+            "ba",
+            "sums",
+            "sumz",
+            "sum",
+            "task_1",
+            "tsk_1",
+            "format_12",
+            "é",
+            "éa",
+            "ü",
+            "accuracy",
+            "acuracy",
+            "ccuracya",
+            "policy",
+            "polciy",
+        ];
+        for a in names {
+            for b in names {
+                assert!(
+                    bag_distance(a, b) <= strsim::damerau_levenshtein(a, b),
+                    "{a:?} {b:?}"
+                );
+            }
+        }
+        assert_eq!(bag_distance("task_1", "format_12"), 5);
+    }
 
     /// The index must place every offset exactly where `line_col`'s scan from the top does.
     #[test]

@@ -100,29 +100,47 @@ pub fn check(
     options: &CheckOptions,
     host: &dyn Host,
 ) -> CheckOutput {
+    check_with_syntax(file_name, source, options, host).0
+}
+
+/// Checks one pipeline file as `check` does, and gives back the syntax tree of the items that
+/// parsed too, so that a caller who needs both (the language server's index) parses once.
+pub fn check_with_syntax(
+    file_name: &str,
+    source: &str,
+    options: &CheckOptions,
+    host: &dyn Host,
+) -> (CheckOutput, ast::File) {
+    let (file, parse_diags) = parse::parse_partial(source);
+    let out = check_parsed(file_name, source, &file, parse_diags, options, host);
+    (out, file)
+}
+
+/// The stages after the parse, on the items that parsed and the parse's diagnostics.
+fn check_parsed(
+    file_name: &str,
+    source: &str,
+    file: &ast::File,
+    parse_diags: Vec<Diagnostic>,
+    options: &CheckOptions,
+    host: &dyn Host,
+) -> CheckOutput {
     let mut diagnostics = Vec::new();
     let std = stdlib::stdlib();
     for e in &std.errors {
         diagnostics.push(Diagnostic::from(&internal::InternalProblem::Stdlib(e)));
     }
-    let (file, parse_diags) = parse::parse_partial(source);
     let parse_failed = parse_diags.iter().any(|d| d.severity == Severity::Error);
     diagnostics.extend(parse_diags);
     // The items that did parse are still resolved and checked, so one run reports as much as
     // it can. A name that an item lost to a syntax error declares is not reported as unknown:
     // the syntax error is the one problem there.
-    let before = diagnostics.len();
-    let resolved = resolve::resolve(&file, &options.overrides, !parse_failed, &mut diagnostics);
-    if parse_failed {
+    let resolved = if parse_failed {
         let lost = parse::declared_names(source);
-        let unknown = diagnostic::ProblemCode::code(resolve::ResolveCode::UnknownName);
-        let mut index = 0;
-        diagnostics.retain(|d| {
-            index += 1;
-            let name = source.get(d.primary_span().start()..d.primary_span().end());
-            index <= before || d.code != unknown || !name.is_some_and(|n| lost.contains(n))
-        });
-    }
+        resolve::resolve_partial(file, &options.overrides, &lost, &mut diagnostics)
+    } else {
+        resolve::resolve(file, &options.overrides, true, &mut diagnostics)
+    };
     let typed = typecheck::typecheck(&resolved, &mut diagnostics);
     let has_errors = |d: &[Diagnostic]| d.iter().any(|x| x.severity == Severity::Error);
     let mut plan = None;

@@ -98,18 +98,32 @@ fn pest_items(source: &str) -> (File, Vec<Diagnostic>) {
 
 fn parse_items(source: &str, items: &mut Vec<Item>, diags: &mut Vec<Diagnostic>) {
     let mut pos = 0usize;
-    loop {
+    'items: loop {
         pos = skip_blank(source, pos);
         if pos >= source.len() {
             break;
         }
-        let bound = resync(source, pos).unwrap_or(source.len());
-        let (Some(slice), Some(rest)) = (source.get(pos..bound), source.get(pos..)) else {
-            break;
-        };
-        let parsed = match RecapParser::parse(Rule::next_item, slice) {
-            Err(_) if bound < source.len() => RecapParser::parse(Rule::next_item, rest),
-            other => other,
+        // An item is read up to the next line that starts with an item keyword. When the
+        // parse runs into the end of that slice, the bound may have cut the item (a stage whose
+        // items are not indented), so it is read again with the bound moved past twice as many
+        // such lines each time (linear in all); an error before the end is the item's own.
+        // Reading the whole rest of the file again instead cost time in its length for every
+        // broken item, which made a file with an error in each item quadratic.
+        let mut bound = resync(source, pos).unwrap_or(source.len());
+        let mut step = 1;
+        let parsed = loop {
+            let Some(slice) = source.get(pos..bound) else {
+                break 'items;
+            };
+            match RecapParser::parse(Rule::next_item, slice) {
+                Err(e) if bound < source.len() && error_offset(&e) >= slice.trim_end().len() => {
+                    for _ in 0..step {
+                        bound = resync(source, bound).unwrap_or(source.len());
+                    }
+                    step *= 2;
+                }
+                other => break other,
+            }
         };
         match parsed {
             Ok(mut pairs) => {
@@ -354,11 +368,16 @@ fn found_at(source: &str, at: usize) -> String {
     }
 }
 
-fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diagnostic {
-    let mut rel = match e.location {
+/// Where in its input a pest parse failed.
+fn error_offset(e: &pest::error::Error<Rule>) -> usize {
+    match e.location {
         pest::error::InputLocation::Pos(p) => p,
         pest::error::InputLocation::Span((s, _)) => s,
-    };
+    }
+}
+
+fn syntax_error(e: &pest::error::Error<Rule>, base: usize, source: &str) -> Diagnostic {
+    let mut rel = error_offset(e);
     let mut expected: Vec<String> = Vec::new();
     let mut push = |w: String| {
         if !expected.contains(&w) {

@@ -16,7 +16,7 @@ use crate::stdlib::Stdlib;
 use crate::types::Ty;
 use compact_str::CompactString;
 use petgraph::graph::{DiGraph, NodeIndex};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// The name table: every declared name, with what a lookup of it finds.
 #[derive(Debug)]
@@ -180,6 +180,8 @@ struct Resolver<'a, 'd> {
     /// The parameter the argument being walked is passed to, so that did-you-mean guesses a
     /// name of a kind that fits there. Its type is looked up only for an unknown name.
     expect: Option<ParamSlot<'a>>,
+    /// Names declared by items lost to syntax errors (see `resolve_partial`).
+    lost: &'d HashSet<&'d str>,
 }
 
 /// A parameter of a stdlib function: by name, or else by position (as `query::param_type`
@@ -219,6 +221,28 @@ pub fn resolve<'a>(
     report_unused: bool,
     diags: &mut Vec<Diagnostic>,
 ) -> Resolved<'a> {
+    resolve_names(file, overrides, report_unused, &HashSet::new(), diags)
+}
+
+/// `resolve` for a file some of whose items were lost to syntax errors, declaring the names
+/// `lost`: a use of one of them is not reported as unknown (the syntax error is the one problem
+/// there, and declarations may come in any order), and no declaration is reported unused.
+pub fn resolve_partial<'a>(
+    file: &'a File,
+    overrides: &[(String, String)],
+    lost: &HashSet<&str>,
+    diags: &mut Vec<Diagnostic>,
+) -> Resolved<'a> {
+    resolve_names(file, overrides, false, lost, diags)
+}
+
+fn resolve_names<'a>(
+    file: &'a File,
+    overrides: &[(String, String)],
+    report_unused: bool,
+    lost: &HashSet<&str>,
+    diags: &mut Vec<Diagnostic>,
+) -> Resolved<'a> {
     let staged = file
         .items
         .iter()
@@ -245,6 +269,7 @@ pub fn resolve<'a>(
         record: true,
         recorded: HashMap::new(),
         expect: None,
+        lost,
     };
     if !staged {
         r.stages.push(StageScope {
@@ -637,6 +662,12 @@ impl<'a> Resolver<'a, '_> {
     }
 
     fn unknown(&mut self, id: &Ident, stage: Option<usize>, functions_only: bool) {
+        // A name an item lost to a syntax error declares is no news, and its did-you-mean,
+        // which reads every declared name, would be computed for nothing.
+        if self.lost.contains(id.name.as_str()) {
+            self.expect = None;
+            return;
+        }
         // The file's own declarations are guessed before the stdlib's enum members and
         // functions: a misspelt name used as a value is far more often one of them, and an
         // enum member as near (`sum` for `sumz`, meant `sums`) would be the wrong kind of thing.
@@ -647,27 +678,27 @@ impl<'a> Resolver<'a, '_> {
             want.as_ref()
                 .is_none_or(|w| crate::query::accepts(w, &have))
         };
-        let mut declared: Vec<&str> = Vec::new();
-        let mut members: Vec<&str> = Vec::new();
-        if !functions_only {
-            for e in &self.entities {
-                let kind_fits = match e.kind {
-                    EntityKind::Decl(k) => fits(Ty::Kind(crate::typecheck::decl_kind(k))),
-                    _ => true,
-                };
-                if (e.stage.is_none() || e.stage == stage) && kind_fits {
-                    declared.push(e.name.name.as_str());
-                }
-            }
-            for en in self.std.enums.values() {
-                if fits(Ty::Enum(en.name.clone())) {
-                    members.extend(en.members.iter().map(|m| m.as_str()));
-                }
-            }
-        }
+        // The candidates are read in place rather than collected: a file full of unknown
+        // names asks this once per error, and a list of every declared name each time cost
+        // memory in the product of the two.
+        let declared = self
+            .entities
+            .iter()
+            .filter(|e| !functions_only && (e.stage.is_none() || e.stage == stage))
+            .filter(|e| match e.kind {
+                EntityKind::Decl(k) => fits(Ty::Kind(crate::typecheck::decl_kind(k))),
+                _ => true,
+            })
+            .map(|e| e.name.name.as_str());
+        let members = self
+            .std
+            .enums
+            .values()
+            .filter(|en| !functions_only && fits(Ty::Enum(en.name.clone())))
+            .flat_map(|en| en.members.iter().map(|m| m.as_str()));
         let functions = self.std.fns.keys().map(|k| k.as_str());
-        let guess = did_you_mean(&id.name, declared.iter().copied())
-            .or_else(|| did_you_mean(&id.name, members.iter().copied()))
+        let guess = did_you_mean(&id.name, declared)
+            .or_else(|| did_you_mean(&id.name, members))
             .or_else(|| did_you_mean(&id.name, functions));
         let problem = ResolveProblem::UnknownName {
             name: &id.name,

@@ -85,3 +85,45 @@ fn check_allocates_in_proportion_to_the_pipeline() {
         "allocations x{calls:.2} and bytes x{bytes:.2} for an input x{size:.2}"
     );
 }
+
+/// Allocations and bytes of one check of `source`, which has errors.
+fn cost_with_errors(source: &str) -> (u64, u64) {
+    let (calls, bytes) = (CALLS.with(Cell::get), BYTES.with(Cell::get));
+    let out = recap_compiler::check(
+        "linear.recap",
+        source,
+        &CheckOptions::default(),
+        &AssumeFilesExist,
+    );
+    assert!(out.has_errors());
+    drop(out);
+    (CALLS.with(Cell::get) - calls, BYTES.with(Cell::get) - bytes)
+}
+
+/// A file full of errors, as an editor checks it on every keystroke, costs in proportion too:
+/// an unknown name in every domain (did-you-mean reads every declared name for each), and a
+/// syntax error in every domain (each broken item is read again after its error, and the name
+/// it declares is unknown where it is used).
+#[test]
+fn a_file_full_of_errors_allocates_in_proportion() {
+    let unknown = |s: String| s.replace("expected = task_", "expected = tsk_");
+    let no_eq = |s: String| s.replace(" = regex(", " regex(");
+    for (what, spoil) in [
+        ("unknown names", &unknown as &dyn Fn(String) -> String),
+        ("syntax errors", &no_eq),
+    ] {
+        let small = spoil(generate::generate(2_000));
+        let large = spoil(generate::generate(20_000));
+        cost_with_errors(&small);
+        let (small_calls, small_bytes) = cost_with_errors(&small);
+        let (large_calls, large_bytes) = cost_with_errors(&large);
+        let size = large.len() as f64 / small.len() as f64;
+        let calls = large_calls as f64 / small_calls as f64;
+        let bytes = large_bytes as f64 / small_bytes as f64;
+        eprintln!("{what}: input x{size:.2}: allocations x{calls:.2}, bytes x{bytes:.2}");
+        assert!(
+            calls < size * 1.3 && bytes < size * 1.3,
+            "{what}: allocations x{calls:.2} and bytes x{bytes:.2} for an input x{size:.2}"
+        );
+    }
+}

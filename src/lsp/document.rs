@@ -29,11 +29,13 @@ impl Document {
         // Files named in the pipeline resolve against the document's directory, as on the
         // command line; a document that is not a file cannot name any, so all are taken as
         // present rather than reported missing.
-        let out = match &path {
-            Some(p) => recap_compiler::check(&name, &text, &options, &FsHost::for_pipeline(p)),
-            None => recap_compiler::check(&name, &text, &options, &AssumeFilesExist),
+        let (out, file) = match &path {
+            Some(p) => {
+                let host = FsHost::for_pipeline(p);
+                recap_compiler::check_with_syntax(&name, &text, &options, &host)
+            }
+            None => recap_compiler::check_with_syntax(&name, &text, &options, &AssumeFilesExist),
         };
-        let (file, _) = recap_compiler::parse::parse_partial(&text);
         let index = query::index(&file);
         Document {
             uri,
