@@ -421,6 +421,18 @@ fn explain_codes() {
     let o = recapc(&["explain", codes[0]], dir.path());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).len() > codes[0].len() + 20, "a long text");
+    // It shows its example: the wrong snippet and the right one, indented as code.
+    let Some(recap_compiler::codes::Example::Pair { wrong, right }) =
+        recap_compiler::explain_example(codes[0])
+    else {
+        panic!("{} has an example", codes[0]);
+    };
+    let wrong_at = stdout(&o).find(&format!("Wrong (gets {}):", codes[0]));
+    let right_at = stdout(&o).find("Right:");
+    assert!(wrong_at.is_some() && wrong_at < right_at, "{}", stdout(&o));
+    for line in wrong.text.lines().chain(right.text.lines()) {
+        assert!(stdout(&o).contains(&format!("    {line}")), "{line}");
+    }
 
     // A typo of a real code gets a suggestion.
     let mut typo = codes[0].to_string();

@@ -277,7 +277,8 @@ fn ci_runs_the_readme_test_command() {
 }
 
 /// Each summary in docs/diagnostics.md's code table is whole sentences, never cut after "e.g."
-/// or inside a code span; and the stages the page names are the stages the codes name.
+/// or inside a code span, and opens `recapc explain CODE` word for word; and the stages the
+/// page names are the stages the codes name.
 #[test]
 fn diagnostics_summaries_are_whole_sentences_and_stages_match() {
     let text = std::fs::read_to_string(repo().join("docs/diagnostics.md")).unwrap();
@@ -297,6 +298,17 @@ fn diagnostics_summaries_are_whole_sentences_and_stages_match() {
         assert!(
             summary.ends_with('.') && !summary.ends_with("e.g."),
             "{code}: {summary:?}"
+        );
+        // The summary is the explanation's opening, word for word, so the two cannot drift.
+        let explanation = squash(recap_compiler::explain(code).unwrap_or_default());
+        assert!(
+            explanation.starts_with(&summary),
+            "{code}: the summary {summary:?} is not how `recapc explain` opens: {explanation:?}"
+        );
+        // `recapc explain` shows an example of every code, or says why it cannot.
+        assert!(
+            recap_compiler::explain_example(code).is_some(),
+            "{code} has no example in compiler/src/codes/examples.txt"
         );
         assert_eq!(summary.matches('`').count() % 2, 0, "{code}: {summary:?}");
     }

@@ -194,6 +194,11 @@ pub fn explain(code: &str) -> Option<&'static str> {
         .map(|(_, text)| text)
 }
 
+/// The wrong and right snippets of a diagnostic code, for `recapc explain CODE`.
+pub fn explain_example(code: &str) -> Option<codes::Example> {
+    codes::example(code)
+}
+
 /// Every diagnostic code the compiler can emit, for docs and tests.
 pub fn all_codes() -> Vec<&'static str> {
     codes::codes().map(|(c, _)| c).collect()

@@ -419,3 +419,58 @@ fn every_code_has_an_explanation_and_every_emitted_code_is_listed() {
         }
     }
 }
+
+/// Every code has an example for `recapc explain` (compiler/src/codes/examples.txt): its wrong
+/// snippet gets the code and its right snippet does not, each checked with what it takes as
+/// given (the fixtures' headers); or the example says why no snippet can show the code.
+#[test]
+fn explain_examples_get_their_code_and_their_fixes_do_not() {
+    use recap_compiler::codes::{Example, Snippet};
+    let codes_of = |s: &Snippet| {
+        let headers: String = s
+            .given
+            .lines()
+            .filter_map(|l| l.strip_prefix("given: "))
+            .map(|g| format!("# {g}\n"))
+            .collect();
+        let fx = read_fixture(&headers);
+        let out = check("example.recap", s.text, &fx.options, &fx.host);
+        out.diagnostics
+            .iter()
+            .map(|d| d.code.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    let mut problems = Vec::new();
+    let mut none = Vec::new();
+    for code in recap_compiler::all_codes() {
+        match recap_compiler::explain_example(code) {
+            Some(Example::Pair { wrong, right }) => {
+                let got = codes_of(&wrong);
+                if !got.contains(code) {
+                    problems.push(format!("{code}: the wrong snippet gets only {got:?}"));
+                }
+                let got = codes_of(&right);
+                if got.contains(code) {
+                    problems.push(format!("{code}: the right snippet gets it too: {got:?}"));
+                }
+                if wrong.text.is_empty() || right.text.is_empty() || wrong == right {
+                    problems.push(format!("{code}: the snippets are empty or the same"));
+                }
+            }
+            Some(Example::None(why)) => {
+                assert!(!why.is_empty(), "{code}: no reason given");
+                none.push(code);
+            }
+            None => problems.push(format!("{code}: no example")),
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // Only codes that no snippet can reach go without one: a file over 4 GiB, a bound the
+    // grammar does not let through, and the compiler's own faults.
+    assert!(
+        none.iter().all(|c| c.starts_with("recap::internal::")
+            || c.ends_with("too_large")
+            || c.ends_with("bad_number")),
+        "{none:?}"
+    );
+}

@@ -15,8 +15,8 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
     match resolve(asked, &codes) {
         Some(code) => match recap_compiler::explain(code) {
             Some(text) => {
-                let mut out = format!("{code}\n\n{}", text.trim_end());
-                out.push('\n');
+                let mut out = format!("{code}\n\n{}\n", text.trim_end());
+                out.push_str(&example(code));
                 write_stdout(&out)
             }
             None => {
@@ -35,6 +35,35 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
             error_line(&format!("unknown diagnostic code `{asked}`; {hint}"));
             ExitCode::Usage
         }
+    }
+}
+
+/// The wrong and right snippets of `code`, indented as code under a heading each, or why no
+/// snippet can show it.
+pub fn example(code: &str) -> String {
+    use recap_compiler::codes::{given_in_words, Example, Snippet};
+    let shown = |heading: &str, s: &Snippet| {
+        let mut out = format!("\n{heading}\n\n");
+        for sentence in given_in_words(s.given) {
+            out.push_str(&format!("  {sentence}\n"));
+        }
+        if !s.given.is_empty() {
+            out.push('\n');
+        }
+        for line in s.text.lines() {
+            out.push_str(format!("    {line}").trim_end());
+            out.push('\n');
+        }
+        out
+    };
+    match recap_compiler::explain_example(code) {
+        Some(Example::Pair { wrong, right }) => format!(
+            "{}{}",
+            shown(&format!("Wrong (gets {code}):"), &wrong),
+            shown("Right:", &right)
+        ),
+        Some(Example::None(why)) => format!("\nNo example. {why}\n"),
+        None => String::new(),
     }
 }
 
