@@ -1,7 +1,8 @@
 //! CUDA checks, built only with `--features cuda` and run on a machine with a GPU: the model on
-//! CUDA gives the CPU's logits, every trainable tensor gets a gradient on the GPU (the fused CPU
-//! kernels fall back to the differentiable reference ops there), bf16 compute stays close to
-//! f32, and greedy batched generation picks the same tokens as on the CPU.
+//! CUDA gives the CPU's logits, every trainable tensor gets a gradient on the GPU (through the
+//! `cuda_fwd` of the same fused ops the CPU runs), bf16 compute stays close to f32, greedy
+//! batched generation (sampling on the device) picks the same tokens as on the CPU, and every
+//! kernel matches its reference composition, values and gradients.
 //!
 //! Run: `cargo test -p recap-runtime --features cuda --test cuda` (needs a CUDA device 0).
 #![cfg(feature = "cuda")]

@@ -299,13 +299,18 @@ fn check_batched_greedy(model: &Model, tok: &TextTokenizer, texts: &[&str]) {
     // The tensor decode path (used off CPU) agrees with the host kernel.
     let tensor_path = generate_on(model, Some(tok), &ps, 3, &cfg, DecodePath::Tensor).unwrap();
     assert_eq!(tensor_path.completion_ids, batched.completion_ids);
-    for (a, b) in tensor_path
-        .logprobs
-        .iter()
-        .flatten()
-        .zip(batched.logprobs.iter().flatten())
-    {
-        assert!((a - b).abs() < 1e-4, "decode paths disagree: {a} vs {b}");
+    // So does sampling on the device (what CUDA runs), which only sends the ids to the host.
+    let device_path = generate_on(model, Some(tok), &ps, 3, &cfg, DecodePath::Device).unwrap();
+    assert_eq!(device_path.completion_ids, batched.completion_ids);
+    for path in [&tensor_path, &device_path] {
+        for (a, b) in path
+            .logprobs
+            .iter()
+            .flatten()
+            .zip(batched.logprobs.iter().flatten())
+        {
+            assert!((a - b).abs() < 1e-4, "decode paths disagree: {a} vs {b}");
+        }
     }
     for (i, p) in ps.iter().enumerate() {
         let alone = generate(model, Some(tok), std::slice::from_ref(p), 1, &cfg).unwrap();
@@ -322,6 +327,28 @@ fn check_batched_greedy(model: &Model, tok: &TextTokenizer, texts: &[&str]) {
             );
         }
     }
+}
+
+#[test]
+fn sampling_on_the_device_draws_the_host_samplers_tokens() {
+    // Without top-k and top-p the device draw is the host's inverse-CDF draw in id order from
+    // the same seeded uniforms, so a sampled rollout repeats token for token.
+    let dir = fixture();
+    let model = load_hf_dir(&dir, &Device::Cpu).unwrap();
+    let tok = TextTokenizer::from_dir(&dir).unwrap();
+    let ps = prompts(&tok, &["12+5=", "7+80=", "3+4="]);
+    let cfg = SamplingConfig {
+        max_new_tokens: 10,
+        temperature: 1.3,
+        seed: 7,
+        ..SamplingConfig::default()
+    };
+    let host = generate(&model, Some(&tok), &ps, 4, &cfg).unwrap();
+    let device = generate_on(&model, Some(&tok), &ps, 4, &cfg, DecodePath::Device).unwrap();
+    assert_eq!(device.completion_ids, host.completion_ids);
+    assert_eq!(device.finish, host.finish);
+    let distinct: std::collections::HashSet<_> = host.completion_ids.iter().collect();
+    assert!(distinct.len() > 2, "the test needs rows that differ");
 }
 
 #[test]

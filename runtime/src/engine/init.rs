@@ -47,7 +47,7 @@ pub(super) fn build(
     let mut model = Model::from_config_seeded(&cfg, seed, DType::F32, device)
         .with_context(|| format!("model `{name}`: building {}", config.display()))?;
     if dtype != DType::F32 && device.is_cuda() {
-        model.set_compute_dtype(dtype)?;
+        model.train_in(dtype)?;
     }
     Ok((model, tok))
 }

@@ -251,9 +251,10 @@ fn build_policy(
             },
         )
         .with_context(|| format!("loading model {}", dir.display()))?;
-        // Master weights stay f32; a half dtype is a compute dtype, and only pays on CUDA.
+        // A half dtype only pays on CUDA; there the policy trains in it, with f32 master
+        // weights in the optimiser.
         if dtype != DType::F32 && device.is_cuda() {
-            m.set_compute_dtype(dtype)?;
+            m.train_in(dtype)?;
         }
         Ok(m)
     };
@@ -299,7 +300,7 @@ fn build_policy(
                     let mut m = Model::from_tensors(config, tensors, DType::F32, true, device)
                         .with_context(|| format!("model `{}`: weights", plan.policy))?;
                     if dtype_of(*dtype) != DType::F32 && device.is_cuda() {
-                        m.set_compute_dtype(dtype_of(*dtype))?;
+                        m.train_in(dtype_of(*dtype))?;
                     }
                     m
                 }

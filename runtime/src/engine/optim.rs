@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use candle_core::{backprop::GradStore, Var};
+use candle_core::{backprop::GradStore, DType, Var};
 use recap_plan::{Optimizer, Schedule, ScheduleKind};
 
 use crate::train::optim::Optimizer as TrainOptimizer;
@@ -37,6 +37,8 @@ pub fn lr_factor(s: &Schedule, step: u64, total: u64) -> f64 {
 pub struct Optim {
     inner: TrainOptimizer,
     elems: usize,
+    /// Elements of the variables stored in a half dtype, which get f32 master copies.
+    master_elems: usize,
 }
 
 /// What one optimiser step did.
@@ -48,9 +50,15 @@ pub struct StepInfo {
 impl Optim {
     pub fn new(spec: &Optimizer, vars: Vec<(String, Var)>) -> Result<Optim> {
         let elems = vars.iter().map(|(_, v)| v.elem_count()).sum();
+        let master_elems = vars
+            .iter()
+            .filter(|(_, v)| v.dtype() != DType::F32)
+            .map(|(_, v)| v.elem_count())
+            .sum();
         Ok(Optim {
             inner: TrainOptimizer::new(spec, vars)?,
             elems,
+            master_elems,
         })
     }
 
@@ -60,13 +68,14 @@ impl Optim {
         }
     }
 
-    /// Bytes the optimiser state holds once every moment exists (f32 master weights).
+    /// Bytes the optimiser state holds once every moment exists: f32 moments, and f32 master
+    /// copies of the variables stored in a half dtype (a bf16 policy on CUDA).
     pub fn state_bytes(&self) -> usize {
         let per = match self.inner.config() {
             Optimizer::Adamw { .. } => 2,
             Optimizer::Sgd { momentum, .. } => usize::from(*momentum > 0.0),
         };
-        per * self.elems * 4
+        (per * self.elems + self.master_elems) * 4
     }
 
     /// Clips the gradients to `clip` (0: no clipping) by global norm and applies one update at

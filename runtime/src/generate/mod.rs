@@ -5,8 +5,11 @@
 //! One batch does the whole job: prompts are left-padded with an explicit additive mask, each
 //! prompt is prefilled once and its KV cache repeated G times along the batch, then all B * G
 //! rows decode together on a no-grad path (detached weights, q/k/v and gate/up projections fused
-//! into one matmul each, a preallocated KV cache written in place). Sampling happens on the host
-//! from a `StdRng` seeded with `SamplingConfig::seed`, so a run repeats exactly.
+//! into one matmul each, a preallocated KV cache written in place). On the CPU sampling happens
+//! on the host from a `StdRng` seeded with `SamplingConfig::seed`, so a run repeats exactly; on
+//! other devices (CUDA) it happens on the device (`device`), with the uniforms drawn from the
+//! same seeded `StdRng`, so that only the sampled ids and their log-probabilities cross to the
+//! host each step.
 //!
 //! The log-probabilities returned are the policy's raw log-probabilities of the chosen tokens:
 //! `log_softmax(logits)` at temperature 1, before temperature, top-k or top-p are applied.
@@ -19,6 +22,7 @@ use crate::model::{linear, padded_causal_mask, Model, ModelError, Result};
 use crate::ops;
 use crate::tokenizer::TextTokenizer;
 
+mod device;
 mod host;
 
 /// How completions are sampled.
@@ -232,13 +236,18 @@ fn decode_layers(model: &Model) -> candle_core::Result<Vec<DecodeLayer>> {
         .collect()
 }
 
-/// Which implementation runs the attention of the decode steps.
+/// Which implementation runs the attention of the decode steps, and where tokens are sampled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodePath {
-    /// The host kernel on CPU with f32 compute, the tensor path elsewhere.
+    /// The host kernel on CPU with f32 compute, the tensor path elsewhere; sampling on the host
+    /// on the CPU and on the device elsewhere.
     Auto,
-    /// Always the tensor path (candle ops through the `ops` facade, cache as tensors).
+    /// Always the tensor path (candle ops through the `ops` facade, cache as tensors), sampling
+    /// on the host.
     Tensor,
+    /// The tensor path with sampling on the device, as `Auto` runs on CUDA (so that the CPU
+    /// tests exercise it).
+    Device,
 }
 
 /// The KV cache of a rollout: the host decoder's buffers on the CPU, or tensors written in place.
@@ -359,7 +368,22 @@ pub fn generate_on(
         .narrow(1, p - 1, 1)?
         .squeeze(1)?;
     let last = ops::rms_norm(&last, &view.cw(&view.weights.norm)?, c.rms_norm_eps)?;
-    let prefill_logits: Vec<Vec<f32>> = view.logits(&last)?.to_vec2()?;
+    let on_device = match path {
+        DecodePath::Auto => !dev.is_cpu(),
+        DecodePath::Tensor => false,
+        DecodePath::Device => true,
+    };
+    // Sampling on the device keeps the logits there: the prompts' rows repeated G times.
+    let (prefill_logits, mut device_logits): (Vec<Vec<f32>>, Option<Tensor>) = if on_device {
+        let rows: Vec<u32> = (0..n as u32).map(|r| r / group as u32).collect();
+        let rows = Tensor::from_vec(rows, n, &dev)?;
+        (
+            Vec::new(),
+            Some(view.logits(&last)?.index_select(&rows, 0)?),
+        )
+    } else {
+        (view.logits(&last)?.to_vec2()?, None)
+    };
 
     // Additive key mask of each row: prompt padding is -inf for the whole rollout.
     let mut key_bias = vec![0f32; n * cap];
@@ -371,6 +395,7 @@ pub fn generate_on(
         }
     }
     let host = path == DecodePath::Auto && dev.is_cpu() && dt == DType::F32;
+    debug_assert!(!(host && on_device), "the host decoder samples on the host");
     let mut kv_store = if host {
         KvStore::Host(Box::new(host::HostDecoder::new(
             &view,
@@ -412,16 +437,22 @@ pub fn generate_on(
     let mut next = vec![0u32; n];
     let mut step_logits: Vec<Vec<f32>> = Vec::new();
     for step in 0..cfg.max_new_tokens {
+        let picks = match &device_logits {
+            Some(logits) => {
+                let active: Vec<bool> = done.iter().map(|&d| !d).collect();
+                Some(device::sample_rows(logits, &active, cfg, &mut sampler)?)
+            }
+            None => None,
+        };
         for r in 0..n {
             if done[r] {
                 continue;
             }
-            let row = if step == 0 {
-                &prefill_logits[r / group]
-            } else {
-                &step_logits[r]
+            let (tok, lp) = match &picks {
+                Some((tokens, lps)) => (tokens[r], lps[r]),
+                None if step == 0 => sampler.sample(&prefill_logits[r / group], cfg),
+                None => sampler.sample(&step_logits[r], cfg),
             };
-            let (tok, lp) = sampler.sample(row, cfg);
             next[r] = tok;
             rollout.completion_ids[r].push(tok);
             rollout.logprobs[r].push(lp);
@@ -477,7 +508,11 @@ pub fn generate_on(
             x = (x + linear(&act, &w.down_w, None)?)?;
         }
         let h = ops::rms_norm(&x, &norm, c.rms_norm_eps)?;
-        step_logits = linear(&h, &head, None)?.to_dtype(DType::F32)?.to_vec2()?;
+        let logits = linear(&h, &head, None)?.to_dtype(DType::F32)?;
+        match on_device {
+            true => device_logits = Some(logits),
+            false => step_logits = logits.to_vec2()?,
+        }
     }
     if let Some(t) = tokenizer {
         for r in 0..n {

@@ -368,6 +368,26 @@ impl Model {
         Ok(())
     }
 
+    /// Trains in `dtype`: computes in it and, for a trainable model, stores its variables in it
+    /// too, so the forward, the backward and the rollouts read bf16 weights with no conversion
+    /// per step. The f32 master copies and the f32 AdamW moments then live in the optimiser
+    /// ([`crate::train::optim::Optimizer`] keeps a master for every variable stored in a half
+    /// dtype, updates it in f32 and writes the rounded copy back), so an update smaller than a
+    /// bf16 step is not lost. A frozen model only changes its compute dtype. The engine calls
+    /// this for a bf16 policy on CUDA only (the CPU ignores bf16); tests call it on the CPU,
+    /// whose candle backend also computes in bf16.
+    pub fn train_in(&mut self, dtype: DType) -> candle_core::Result<()> {
+        if self.varmap.is_some() && self.dtype() != dtype {
+            let tensors = self
+                .named_weights()
+                .into_iter()
+                .map(|(name, t)| (name, t.detach()))
+                .collect();
+            *self = Model::from_tensors(self.config.clone(), tensors, dtype, true, &self.device)?;
+        }
+        self.set_compute_dtype(dtype)
+    }
+
     /// The variables an optimiser trains (empty for a frozen model).
     pub fn trainable_vars(&self) -> Vec<Var> {
         match &self.varmap {

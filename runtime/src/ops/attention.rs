@@ -26,19 +26,19 @@ struct AttentionBwd {
     grad: Tensor,
 }
 
-/// The sizes of one attention call, checked once.
+/// The sizes of one attention call, checked once (the CUDA forward checks them here too).
 #[derive(Clone, Copy)]
-struct Dims {
-    b: usize,
-    h: usize,
-    kvh: usize,
-    tq: usize,
-    tk: usize,
-    d: usize,
+pub(crate) struct Dims {
+    pub b: usize,
+    pub h: usize,
+    pub kvh: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub d: usize,
 }
 
 impl Dims {
-    fn new(ql: &Layout, kl: &Layout, vl: &Layout) -> Result<Self> {
+    pub fn new(ql: &Layout, kl: &Layout, vl: &Layout) -> Result<Self> {
         let (b, h, tq, d) = match ql.dims() {
             &[b, h, tq, d] => (b, h, tq, d),
             dims => bail!("attention: q must be (batch, heads, tq, head_dim), got {dims:?}"),
@@ -71,7 +71,7 @@ impl Dims {
         })
     }
 
-    fn rep(&self) -> usize {
+    pub fn rep(&self) -> usize {
         self.h / self.kvh
     }
 }
@@ -370,6 +370,14 @@ impl CustomOp3 for Attention {
         Ok((out, l1.shape().clone()))
     }
 
+    cuda_fwd!(|op, s1, l1, s2, l2, s3, l3| super::cuda::attention(
+        (s1, l1),
+        (s2, l2),
+        (s3, l3),
+        op.scale,
+        &op.mask
+    ));
+
     fn bwd(
         &self,
         q: &Tensor,
@@ -422,4 +430,9 @@ impl CustomOp3 for AttentionBwd {
         let n = l1.shape().elem_count() + 2 * l2.shape().elem_count();
         Ok((out, Shape::from(n)))
     }
+
+    cuda_fwd!(|op, s1, l1, s2, l2, s3, l3| {
+        let extra = (&op.grad, op.scale, &op.mask);
+        super::cuda::attention_backward((s1, l1), (s2, l2), (s3, l3), extra)
+    });
 }

@@ -183,8 +183,12 @@ pub(crate) fn for_rows2<T: Send>(
 }
 
 /// `t` itself when its last dimension is dense (what [`Rows`] needs), else a contiguous copy;
-/// gradients that come from a broadcast (e.g. of a summed loss) take the copy.
+/// gradients that come from a broadcast (e.g. of a summed loss) take the copy. Off the CPU the
+/// copy is made whenever `t` is not contiguous: the CUDA kernels index plain row-major buffers.
 pub(crate) fn dense_last(t: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+    if !t.device().is_cpu() {
+        return t.contiguous();
+    }
     let dims = t.dims();
     if dims.is_empty() || dims[dims.len() - 1] <= 1 || t.stride()[dims.len() - 1] == 1 {
         Ok(t.clone())

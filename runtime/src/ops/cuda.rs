@@ -1,22 +1,24 @@
-//! The fused ops on CUDA: candle custom ops that launch the kernels of `runtime/kernels/recap.cu`
-//! (compiled to PTX by the build script) on candle's CUDA device, for f32 and bf16 tensors, each
-//! with a backward that is itself a kernel. Takes the same arguments as the functions of
-//! [`super`] and gives the same values as their `reference` compositions, up to rounding; like
-//! the CPU kernels, a softmax row that is entirely `-inf` gives zeros and the backward passes
-//! are not themselves differentiable.
+//! The CUDA forwards of the fused ops: launchers of the kernels of `runtime/kernels/recap.cu`
+//! (compiled to PTX by the build script) on candle's CUDA device, for f32 and bf16 storages. The
+//! candle custom ops of the sibling modules (`rms_norm`, `rope`, ...) call them from their
+//! `cuda_fwd`, so an op and its backward wiring are written once for both devices. Each
+//! launcher takes the storages and layouts candle hands a `cuda_fwd` and gives the output in
+//! the shape the CPU kernel gives (the backward ops pack several gradients into one tensor the
+//! same way), with the same values up to rounding; like the CPU kernels, a softmax row that is
+//! entirely `-inf` gives zeros.
 //!
-//! Every input is made contiguous before a launch, so each kernel indexes plain row-major
-//! buffers (RoPE of a transposed view copies it once). Attention is two cuBLAS batched matmuls
-//! (candle's) around one fused kernel for `softmax(scale * scores + mask)`.
+//! Every input must be contiguous (the dispatch in [`super`] and [`super::cpu::dense_last`]
+//! make it so on CUDA), so each kernel indexes plain row-major buffers. Attention is cuBLAS
+//! batched matmuls (candle's) around one fused kernel for `softmax(scale * scores + mask)`; its
+//! backward recomputes the probabilities rather than keeping them from the forward.
 
-use candle_core::backend::BackendStorage;
+use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{kernel_name, CudaDType, CudaStorageSlice, WrapErr};
 use candle_core::{
-    bail, CpuStorage, CudaDevice, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape,
-    Tensor, WithDType,
+    bail, CudaDevice, CudaStorage, Layout, Result, Shape, Storage, Tensor, WithDType,
 };
 
 /// The PTX of `kernels/recap.cu`, loaded once per device under the module name [`MODULE`].
@@ -25,15 +27,6 @@ const MODULE: &str = "recap";
 
 /// Threads per block of the element-wise kernels.
 const ELEMENTWISE_BLOCK: u32 = 256;
-
-/// True when every tensor lives on a CUDA device in one dtype the kernels compute in.
-pub(crate) fn eligible(ts: &[&Tensor]) -> bool {
-    let dtype = ts[0].dtype();
-    matches!(dtype, DType::F32 | DType::BF16)
-        && ts
-            .iter()
-            .all(|t| t.device().is_cuda() && t.dtype() == dtype)
-}
 
 /// Calls `$f` with the typed device slice of `$s` (f32 or bf16) as `$x`, and wraps the slice
 /// it gives back as a storage of the same dtype.
@@ -115,109 +108,8 @@ fn int(v: usize, what: &str) -> Result<i32> {
     }
 }
 
-/// Implements candle's `CustomOp2` (`op2`) or `CustomOp3` (`op3`) for a CUDA-only op: its
-/// `cpu_fwd` refuses, its `cuda_fwd` runs the given body with the op, the device of the first
-/// input and the inputs' storages and layouts bound to the given names, and the items after
-/// `;` (a `bwd`) complete the impl.
-macro_rules! cuda_op {
-    (op2 $op:ty, $name:literal,
-     |$this:pat, $dev:ident, $s1:ident, $l1:ident, $s2:ident, $l2:ident| $fwd:block
-     $(; $($rest:tt)*)?) => {
-        impl CustomOp2 for $op {
-            fn name(&self) -> &'static str {
-                $name
-            }
-
-            fn cpu_fwd(
-                &self,
-                _: &CpuStorage,
-                _: &Layout,
-                _: &CpuStorage,
-                _: &Layout,
-            ) -> Result<(CpuStorage, Shape)> {
-                no_cpu(self.name())
-            }
-
-            fn cuda_fwd(
-                &self,
-                $s1: &CudaStorage,
-                $l1: &Layout,
-                $s2: &CudaStorage,
-                $l2: &Layout,
-            ) -> Result<(CudaStorage, Shape)> {
-                let $this = self;
-                let $dev = $s1.device();
-                $fwd
-            }
-
-            $($($rest)*)?
-        }
-    };
-    (op3 $op:ty, $name:literal,
-     |$this:pat, $dev:ident, $s1:ident, $l1:ident, $s2:ident, $l2:ident, $s3:ident,
-      $l3:ident| $fwd:block
-     $(; $($rest:tt)*)?) => {
-        impl CustomOp3 for $op {
-            fn name(&self) -> &'static str {
-                $name
-            }
-
-            fn cpu_fwd(
-                &self,
-                _: &CpuStorage,
-                _: &Layout,
-                _: &CpuStorage,
-                _: &Layout,
-                _: &CpuStorage,
-                _: &Layout,
-            ) -> Result<(CpuStorage, Shape)> {
-                no_cpu(self.name())
-            }
-
-            // The three storages and layouts are candle's signature for a three-input op.
-            #[allow(clippy::too_many_arguments)]
-            fn cuda_fwd(
-                &self,
-                $s1: &CudaStorage,
-                $l1: &Layout,
-                $s2: &CudaStorage,
-                $l2: &Layout,
-                $s3: &CudaStorage,
-                $l3: &Layout,
-            ) -> Result<(CudaStorage, Shape)> {
-                let $this = self;
-                let $dev = $s1.device();
-                $fwd
-            }
-
-            $($($rest)*)?
-        }
-    };
-}
-
-/// Every op here runs on CUDA only; the dispatch in [`super`] never sends it CPU tensors.
-fn no_cpu<R>(name: &str) -> Result<R> {
-    bail!("{name}: the CUDA kernel was called on CPU tensors")
-}
-
 // ---------------------------------------------------------------------------------------------
 // RMSNorm.
-
-pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op2(&weight.contiguous()?, RmsNorm { eps })
-}
-
-struct RmsNorm {
-    eps: f64,
-}
-
-/// Gives the gradient of `x` in its first rows and, when `want_dw`, that of the weight in one
-/// more row (the CPU op's layout).
-struct RmsNormBwd {
-    eps: f64,
-    want_dw: bool,
-}
 
 fn check_weight(l: &Layout, wl: &Layout, n: usize) -> Result<()> {
     if wl.dims() != [n] {
@@ -255,33 +147,18 @@ fn rms_norm_fwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-cuda_op!(op2 RmsNorm, "recap-cuda-rms-norm", |op, dev, s1, l1, s2, l2| {
-    let out = typed!(s1, "rms_norm", |x| rms_norm_fwd(x, l1, s2, l2, op.eps, dev)?);
+/// `x / sqrt(mean(x^2) + eps) * weight` over the last dimension of `x`.
+pub(crate) fn rms_norm(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    eps: f64,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = s1.device();
+    let out = typed!(s1, "rms_norm", |x| rms_norm_fwd(x, l1, s2, l2, eps, dev)?);
     Ok((out, l1.shape().clone()))
-};
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let want_dw = w.track_op();
-        let n = w.dim(0)?;
-        let rows = x.elem_count() / n.max(1);
-        let op = RmsNormBwd {
-            eps: self.eps,
-            want_dw,
-        };
-        let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
-        let dx = both.narrow(0, 0, rows)?.reshape(x.shape())?;
-        let dw = match want_dw {
-            true => Some(both.narrow(0, rows, 1)?.reshape(n)?),
-            false => None,
-        };
-        Ok((Some(dx), dw))
-    }
-);
+}
 
 // The backward takes every input and both flags of the op.
 #[allow(clippy::too_many_arguments)]
@@ -292,7 +169,7 @@ fn rms_norm_bwd<T: CudaDType + WithDType + DeviceRepr>(
     wl: &Layout,
     g: &CudaStorage,
     gl: &Layout,
-    op: &RmsNormBwd,
+    (eps, want_dw): (f64, bool),
     dev: &CudaDevice,
 ) -> Result<CudaSlice<T>> {
     let (rows, n) = rows_of(l, "rms_norm backward")?;
@@ -307,13 +184,13 @@ fn rms_norm_bwd<T: CudaDType + WithDType + DeviceRepr>(
     let x = own(x, l, "rms_norm backward")?;
     let w = view::<T>(w, wl, "rms_norm weight")?;
     let g = view::<T>(g, gl, "rms_norm output gradient")?;
-    let out_rows = rows + usize::from(op.want_dw);
+    let out_rows = rows + usize::from(want_dw);
     // SAFETY: the kernels write every element (the weight row only when it exists).
     let mut out = unsafe { dev.alloc::<T>(out_rows * n)? };
     if n == 0 {
         return Ok(out);
     }
-    let (n32, rows32, eps) = (int(n, "rms_norm")?, int(rows, "rms_norm")?, op.eps as f32);
+    let (n32, rows32, eps) = (int(n, "rms_norm")?, int(rows, "rms_norm")?, eps as f32);
     // SAFETY: written by the first kernel, one value per row, before the second reads it.
     let rs = unsafe { dev.alloc::<f32>(rows.max(1))? };
     if rows > 0 {
@@ -331,7 +208,7 @@ fn rms_norm_bwd<T: CudaDType + WithDType + DeviceRepr>(
         // elements, `rs` one per row.
         unsafe { b.launch(per_row(rows, n)) }.w()?;
     }
-    if op.want_dw {
+    if want_dw {
         let acc = dev.alloc_zeros::<f32>(n)?;
         if rows > 0 {
             // Each thread sums `chunk` rows of one column; grid.y (at most 65535) covers the
@@ -370,30 +247,33 @@ fn rms_norm_bwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-cuda_op!(op3 RmsNormBwd, "recap-cuda-rms-norm-bwd", |op, dev, s1, l1, s2, l2, s3, l3| {
+/// The backward of [`rms_norm`] from `x`, the weight and the output gradient: the gradient of
+/// `x` in the first rows of a (rows, n) matrix and, when `want_dw`, that of the weight in one
+/// more row (the CPU op's layout).
+pub(crate) fn rms_norm_backward(
+    (s1, l1): (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
+    (s3, l3): (&CudaStorage, &Layout),
+    eps: f64,
+    want_dw: bool,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = s1.device();
     let (rows, n) = rows_of(l1, "rms_norm backward")?;
     let out = typed!(s1, "rms_norm backward", |x| rms_norm_bwd(
-        x, l1, s2, l2, s3, l3, op, dev
+        x,
+        l1,
+        s2,
+        l2,
+        s3,
+        l3,
+        (eps, want_dw),
+        dev
     )?);
-    Ok((out, Shape::from((rows + usize::from(op.want_dw), n))))
-});
+    Ok((out, Shape::from((rows + usize::from(want_dw), n))))
+}
 
 // ---------------------------------------------------------------------------------------------
 // RoPE.
-
-pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(
-        &cos.contiguous()?,
-        &sin.contiguous()?,
-        Rope { inverse: false },
-    )
-}
-
-/// Rotates `x` (batch, heads, seq, head_dim) by the angles of `cos`, `sin` (>= seq,
-/// head_dim / 2); `inverse` rotates backwards, which is the backward of the rotation.
-struct Rope {
-    inverse: bool,
-}
 
 fn rope_fwd<T: CudaDType + WithDType + DeviceRepr>(
     x: &CudaSlice<T>,
@@ -447,44 +327,22 @@ fn rope_fwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-cuda_op!(op3 Rope, "recap-cuda-rope", |op, dev, s1, l1, s2, l2, s3, l3| {
-    let out = typed!(s1, "rope", |x| rope_fwd(
-        x,
-        l1,
-        (s2, l2),
-        (s3, l3),
-        op.inverse,
-        dev
-    )?);
+/// Rotates `x` (batch, heads, seq, head_dim) by the angles of `cos`, `sin` (>= seq,
+/// head_dim / 2); `inverse` rotates backwards, which is the backward of the rotation.
+pub(crate) fn rope(
+    x: (&CudaStorage, &Layout),
+    cos: (&CudaStorage, &Layout),
+    sin: (&CudaStorage, &Layout),
+    inverse: bool,
+) -> Result<(CudaStorage, Shape)> {
+    let (s1, l1) = x;
+    let dev = s1.device();
+    let out = typed!(s1, "rope", |x| rope_fwd(x, l1, cos, sin, inverse, dev)?);
     Ok((out, l1.shape().clone()))
-};
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let inv = Rope {
-            inverse: !self.inverse,
-        };
-        let dx = grad.contiguous()?.apply_op3_no_bwd(cos, sin, &inv)?;
-        Ok((Some(dx), None, None))
-    }
-);
+}
 
 // ---------------------------------------------------------------------------------------------
 // SwiGLU.
-
-pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    gate.contiguous()?.apply_op2(&up.contiguous()?, Swiglu)
-}
-
-struct Swiglu;
-
-/// Gives (2, ...): the gradient of `gate`, then that of `up`.
-struct SwigluBwd;
 
 fn same_shape(a: &Layout, b: &Layout, what: &str) -> Result<()> {
     if a.dims() != b.dims() {
@@ -515,23 +373,17 @@ fn swiglu_fwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-cuda_op!(op2 Swiglu, "recap-cuda-swiglu", |_, dev, s1, l1, s2, l2| {
+/// `silu(gate) * up`.
+pub(crate) fn swiglu(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = s1.device();
     let out = typed!(s1, "swiglu", |g| swiglu_fwd(g, l1, s2, l2, dev)?);
     Ok((out, l1.shape().clone()))
-};
-    fn bwd(
-        &self,
-        gate: &Tensor,
-        up: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let both = gate.apply_op3_no_bwd(up, &grad.contiguous()?, &SwigluBwd)?;
-        let dg = both.get(0)?.reshape(gate.shape())?;
-        let du = both.get(1)?.reshape(up.shape())?;
-        Ok((Some(dg), Some(du)))
-    }
-);
+}
 
 fn swiglu_bwd<T: CudaDType + WithDType + DeviceRepr>(
     g: &CudaSlice<T>,
@@ -559,76 +411,66 @@ fn swiglu_bwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-cuda_op!(op3 SwigluBwd, "recap-cuda-swiglu-bwd", |_, dev, s1, l1, s2, l2, s3, l3| {
-    let out = typed!(s1, "swiglu backward", |g| swiglu_bwd(
-        g,
-        l1,
-        (s2, l2),
-        (s3, l3),
-        dev
-    )?);
-    let mut dims = vec![2];
-    dims.extend_from_slice(l1.dims());
-    Ok((out, Shape::from(dims)))
-});
+/// The backward of [`swiglu`] from `gate`, `up` and the output gradient: a (2, n) matrix
+/// holding the gradient of `gate` (flattened), then that of `up` (the CPU op's layout).
+pub(crate) fn swiglu_backward(
+    gate: (&CudaStorage, &Layout),
+    up: (&CudaStorage, &Layout),
+    grad: (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let (s1, l1) = gate;
+    let dev = s1.device();
+    let out = typed!(s1, "swiglu backward", |g| swiglu_bwd(g, l1, up, grad, dev)?);
+    Ok((out, Shape::from((2, l1.shape().elem_count()))))
+}
 
 // ---------------------------------------------------------------------------------------------
 // Softmax, plain and as attention's `softmax(scale * scores + mask)`.
 
-pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let n = x.dim(candle_core::D::Minus1)?;
-    let rows = x.elem_count() / n.max(1);
-    let shape = (1, 1, rows, n);
-    // A single zero read through all-zero strides stands for "no mask".
-    let zero = Tensor::zeros(1, x.dtype(), x.device())?.reshape((1, 1, 1, 1))?;
-    let mask = zero.broadcast_as(shape)?;
-    let y = x
-        .contiguous()?
-        .reshape(shape)?
-        .apply_op2(&mask, MaskedSoftmax { scale: 1.0 })?;
-    y.reshape(x.shape())
-}
+/// The additive mask of a masked softmax: a storage read at the scores' shape (batch, heads,
+/// tq, tk) through the strides of its layout (zero strides for broadcast dimensions).
+type Mask<'a> = Option<(&'a CudaStorage, &'a Layout)>;
 
-/// `softmax(scale * scores + mask)` over the last dimension of `scores` (batch, heads, tq, tk),
-/// with `mask` read at that shape through its (possibly zero) strides. The mask gets no
-/// gradient.
-struct MaskedSoftmax {
-    scale: f64,
-}
-
-/// Backward: the output `y` and its gradient in, the gradient of `scores` out.
-struct MaskedSoftmaxBwd {
-    scale: f64,
-}
-
-fn softmax_fwd<T: CudaDType + WithDType + DeviceRepr>(
+/// `softmax(scale * x + mask)` over the last dimension of `x`, whose rows are grouped as
+/// (batch, heads, tq) for the mask's addressing. Without a mask, one zero read through all-zero
+/// strides stands for it.
+fn softmax_fwd<T: CudaDType + WithDType + DeviceRepr + ValidAsZeroBits>(
     x: &CudaSlice<T>,
     l: &Layout,
-    ms: &CudaStorage,
-    ml: &Layout,
+    mask: Mask<'_>,
+    (heads, tq): (usize, usize),
     scale: f64,
     dev: &CudaDevice,
 ) -> Result<CudaSlice<T>> {
-    let (b, h, tq, tk) = match l.dims() {
-        &[b, h, tq, tk] => (b, h, tq, tk),
-        dims => bail!("masked softmax: scores must be (batch, heads, tq, tk), got {dims:?}"),
+    let (rows, n) = rows_of(l, "softmax")?;
+    let x = own(x, l, "softmax")?;
+    let zero;
+    let (mask, strides) = match mask {
+        Some((ms, ml)) => {
+            let want = [rows / (heads * tq).max(1), heads, tq, n];
+            if ml.dims() != want {
+                bail!(
+                    "masked softmax: mask {:?} must be broadcast to the scores' shape {want:?}",
+                    ml.dims()
+                );
+            }
+            let st: Vec<i64> = ml.stride().iter().map(|&s| s as i64).collect();
+            let m = ms.as_cuda_slice::<T>()?.slice(ml.start_offset()..);
+            (m, [st[0], st[1], st[2], st[3]])
+        }
+        None => {
+            zero = dev.alloc_zeros::<T>(1)?;
+            (zero.slice(0..1), [0; 4])
+        }
     };
-    if ml.dims() != l.dims() {
-        bail!(
-            "masked softmax: mask {:?} must be broadcast to the scores' shape {:?}",
-            ml.dims(),
-            l.dims()
-        );
-    }
-    let x = own(x, l, "masked softmax")?;
-    let mask = ms.as_cuda_slice::<T>()?.slice(ml.start_offset()..);
-    let rows = b * h * tq;
     // SAFETY: the kernel writes every element.
-    let out = unsafe { dev.alloc::<T>(rows * tk)? };
-    if rows * tk > 0 {
-        let st = ml.stride();
-        let strides: Vec<i64> = st.iter().map(|&s| s as i64).collect();
-        let (n32, h32, tq32) = (int(tk, "softmax")?, int(h, "softmax")?, int(tq, "softmax")?);
+    let out = unsafe { dev.alloc::<T>(rows * n)? };
+    if rows * n > 0 {
+        let (n32, h32, tq32) = (
+            int(n, "softmax")?,
+            int(heads, "softmax")?,
+            int(tq, "softmax")?,
+        );
         let scale = scale as f32;
         let f = kernel!(dev, T, "softmax_fwd");
         let mut bl = f.builder();
@@ -644,31 +486,19 @@ fn softmax_fwd<T: CudaDType + WithDType + DeviceRepr>(
             .arg(&strides[2])
             .arg(&strides[3]);
         // SAFETY: the arguments match the kernel's signature; the mask's strides and start
-        // offset come from its layout at the scores' shape, so every element read lies inside
-        // its storage.
-        unsafe { bl.launch(per_row(rows, tk)) }.w()?;
+        // offset come from its layout at the scores' shape (or are all zero for the single
+        // zero), so every element read lies inside its storage.
+        unsafe { bl.launch(per_row(rows, n)) }.w()?;
     }
     Ok(out)
 }
 
-cuda_op!(op2 MaskedSoftmax, "recap-cuda-masked-softmax", |op, dev, s1, l1, s2, l2| {
-    let out = typed!(s1, "masked softmax", |x| softmax_fwd(
-        x, l1, s2, l2, op.scale, dev
-    )?);
-    Ok((out, l1.shape().clone()))
-};
-    fn bwd(
-        &self,
-        _scores: &Tensor,
-        _mask: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let op = MaskedSoftmaxBwd { scale: self.scale };
-        let dx = res.apply_op2_no_bwd(&grad.contiguous()?, &op)?;
-        Ok((Some(dx), None))
-    }
-);
+/// Softmax over the last dimension.
+pub(crate) fn softmax(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = s.device();
+    let out = typed!(s, "softmax", |x| softmax_fwd(x, l, None, (1, 1), 1.0, dev)?);
+    Ok((out, l.shape().clone()))
+}
 
 fn softmax_bwd<T: CudaDType + WithDType + DeviceRepr>(
     y: &CudaSlice<T>,
@@ -695,59 +525,171 @@ fn softmax_bwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-cuda_op!(op2 MaskedSoftmaxBwd, "recap-cuda-masked-softmax-bwd", |op, dev, s1, l1, s2, l2| {
-    let out = typed!(s1, "softmax backward", |y| softmax_bwd(
-        y, l1, s2, l2, op.scale, dev
-    )?);
-    Ok((out, l1.shape().clone()))
-});
-
-/// Attention as in [`super::attention`]: the query heads that share a kv head are stacked along
-/// the row axis so one cuBLAS batched matmul per product serves the group, and the scaling, the
-/// mask and the softmax run in one kernel.
-pub(crate) fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
+/// The backward of a softmax from its output `y` and the output gradient, times `scale`:
+/// `scale * y * (dy - sum(dy * y))`.
+fn softmax_backward_scaled(
+    (s1, l1): (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
     scale: f64,
-) -> Result<Tensor> {
-    let (b, h, tq, d) = q.dims4()?;
-    let (_, kvh, tk, _) = k.dims4()?;
-    if kvh == 0 || h % kvh != 0 {
-        bail!("attention: {h} query heads are not a multiple of {kvh} kv heads");
+) -> Result<CudaStorage> {
+    let dev = s1.device();
+    Ok(typed!(s1, "softmax backward", |y| softmax_bwd(
+        y, l1, s2, l2, scale, dev
+    )?))
+}
+
+/// The backward of [`softmax`] from its output and the output gradient.
+pub(crate) fn softmax_backward(
+    y: (&CudaStorage, &Layout),
+    grad: (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    Ok((softmax_backward_scaled(y, grad, 1.0)?, y.1.shape().clone()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention: the query heads that share a kv head are stacked along the row axis, so one cuBLAS
+// batched matmul per product serves the group (GQA without copying keys and values), and the
+// scaling, the mask and the softmax run in one kernel.
+
+/// The sizes of one attention call: (batch * kv_heads) groups of `rows` = heads / kv_heads *
+/// tq query rows against `tk` keys of width `d`.
+#[derive(Clone, Copy)]
+struct Groups {
+    n: usize,
+    rows: usize,
+    tk: usize,
+    d: usize,
+    heads: usize,
+    tq: usize,
+}
+
+impl Groups {
+    fn new(ql: &Layout, kl: &Layout, vl: &Layout) -> Result<Self> {
+        let dm = super::attention::Dims::new(ql, kl, vl)?;
+        for (name, l) in [("q", ql), ("k", kl), ("v", vl)] {
+            if !l.is_contiguous() {
+                bail!("attention: the CUDA kernel needs a contiguous {name}");
+            }
+        }
+        Ok(Self {
+            n: dm.b * dm.kvh,
+            rows: dm.rep() * dm.tq,
+            tk: dm.tk,
+            d: dm.d,
+            heads: dm.h,
+            tq: dm.tq,
+        })
     }
-    let rep = h / kvh;
-    let shape = (b, h, tq, tk);
-    let q = q.contiguous()?.reshape((b, kvh, rep * tq, d))?;
-    let scores = q.matmul(&k.t()?)?.reshape(shape)?;
-    let mask = match mask {
-        Some(m) => m.to_dtype(scores.dtype())?.broadcast_as(shape)?,
-        None => Tensor::zeros(1, scores.dtype(), scores.device())?
-            .reshape((1, 1, 1, 1))?
-            .broadcast_as(shape)?,
+
+    /// A contiguous (groups, rows, cols) matrix starting at `offset`.
+    fn mat(&self, rows: usize, cols: usize, offset: usize) -> Layout {
+        Layout::contiguous_with_offset((self.n, rows, cols), offset)
+    }
+}
+
+/// `lhs @ rhs` over the groups, both given with their (groups, m, k) and (groups, k, n)
+/// layouts (either may be a transposed view); gives a contiguous (groups, m, n) storage.
+fn bmm((a, al): (&CudaStorage, &Layout), (b, bl): (&CudaStorage, &Layout)) -> Result<CudaStorage> {
+    let (n, m, k) = al.shape().dims3()?;
+    let cols = bl.dims()[2];
+    a.matmul(b, (n, m, cols, k), al, bl)
+}
+
+/// The transpose of a (groups, rows, cols) layout.
+fn t(l: &Layout) -> Result<Layout> {
+    l.transpose(1, 2)
+}
+
+/// The probabilities `softmax(scale * q k^T + mask)` of every group, (groups, rows, tk).
+fn probabilities(
+    g: Groups,
+    (q, ql): (&CudaStorage, &Layout),
+    (k, kl): (&CudaStorage, &Layout),
+    scale: f64,
+    mask: &Option<Tensor>,
+) -> Result<CudaStorage> {
+    let dev = q.device();
+    let kt = t(&g.mat(g.tk, g.d, kl.start_offset()))?;
+    let scores = bmm((q, &g.mat(g.rows, g.d, ql.start_offset())), (k, &kt))?;
+    let sl = g.mat(g.rows, g.tk, 0);
+    let held = mask.as_ref().map(Tensor::storage_and_layout);
+    let mask = match &held {
+        Some((s, l)) => match &**s {
+            Storage::Cuda(s) if s.dtype() == q.dtype() => Some((s, *l)),
+            _ => bail!("attention: the mask must be on the CUDA device in q's dtype"),
+        },
+        None => None,
     };
-    let p = scores.apply_op2(&mask, MaskedSoftmax { scale })?;
-    p.reshape((b, kvh, rep * tq, tk))?
-        .matmul(v)?
-        .reshape((b, h, tq, d))
+    let hq = (g.heads, g.tq);
+    Ok(typed!(&scores, "attention softmax", |x| softmax_fwd(
+        x, &sl, mask, hq, scale, dev
+    )?))
+}
+
+/// `softmax(scale * q k^T + mask) v` (batch, heads, tq, head_dim).
+pub(crate) fn attention(
+    q: (&CudaStorage, &Layout),
+    k: (&CudaStorage, &Layout),
+    v: (&CudaStorage, &Layout),
+    scale: f64,
+    mask: &Option<Tensor>,
+) -> Result<(CudaStorage, Shape)> {
+    let g = Groups::new(q.1, k.1, v.1)?;
+    let p = probabilities(g, q, k, scale, mask)?;
+    let vl = g.mat(g.tk, g.d, v.1.start_offset());
+    let out = bmm((&p, &g.mat(g.rows, g.tk, 0)), (v.0, &vl))?;
+    Ok((out, q.1.shape().clone()))
+}
+
+/// The backward of [`attention`] from `q`, `k`, `v` and the output gradient: one flat tensor
+/// holding the gradients of `q`, `k` and `v` one after the other (the CPU op's layout). The
+/// probabilities are recomputed, then `dv = p^T dO`, `dp = dO v^T`, `ds = scale * p * (dp -
+/// sum(dp * p))`, `dq = ds k` and `dk = ds^T q`.
+pub(crate) fn attention_backward(
+    q: (&CudaStorage, &Layout),
+    k: (&CudaStorage, &Layout),
+    v: (&CudaStorage, &Layout),
+    (grad, scale, mask): (&Tensor, f64, &Option<Tensor>),
+) -> Result<(CudaStorage, Shape)> {
+    let g = Groups::new(q.1, k.1, v.1)?;
+    if grad.dims() != q.1.dims() || !grad.is_contiguous() {
+        bail!(
+            "attention backward: the gradient {:?} must be contiguous with the shape of q {:?}",
+            grad.dims(),
+            q.1.dims()
+        );
+    }
+    let (gs, gl) = grad.storage_and_layout();
+    let Storage::Cuda(gs) = &*gs else {
+        bail!("attention backward: the gradient must be on the CUDA device like q")
+    };
+    let p = probabilities(g, q, k, scale, mask)?;
+    let pl = g.mat(g.rows, g.tk, 0);
+    let dol = g.mat(g.rows, g.d, gl.start_offset());
+    let (ql, kl) = (
+        g.mat(g.rows, g.d, q.1.start_offset()),
+        g.mat(g.tk, g.d, k.1.start_offset()),
+    );
+    let vl = g.mat(g.tk, g.d, v.1.start_offset());
+    let dv = bmm((&p, &t(&pl)?), (gs, &dol))?;
+    let dp = bmm((gs, &dol), (v.0, &t(&vl)?))?;
+    let ds = softmax_backward_scaled((&p, &pl), (&dp, &pl), scale)?;
+    drop((p, dp));
+    let dq = bmm((&ds, &pl), (k.0, &kl))?;
+    let dk = bmm((&ds, &t(&pl)?), (q.0, &ql))?;
+    let (nq, nk) = (q.1.shape().elem_count(), k.1.shape().elem_count());
+    let n = nq + 2 * nk;
+    let dev = q.0.device();
+    // SAFETY: the three copies below write every element.
+    let mut out = unsafe { dev.alloc_uninit(&Shape::from(n), q.0.dtype())? };
+    for (part, offset, len) in [(&dq, 0, nq), (&dk, nq, nk), (&dv, nq + nk, nk)] {
+        part.copy_strided_src(&mut out, offset, &Layout::contiguous(len))?;
+    }
+    Ok((out, Shape::from(n)))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Log-softmax gathered at the targets.
-
-/// Gives f32 log-probabilities whatever the logits' dtype: bf16 ones would be too coarse for the
-/// importance ratios built from them.
-pub(crate) fn log_softmax_gather(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let targets = targets.to_dtype(DType::U32)?.contiguous()?;
-    logits.contiguous()?.apply_op2(&targets, LogSoftmaxGather)
-}
-
-struct LogSoftmaxGather;
-
-/// Backward: `logits`, `targets` and the (f32) output gradient in, the gradient of `logits` out
-/// in their dtype.
-struct LogSoftmaxGatherBwd;
 
 fn check_targets(l: &Layout, tl: &Layout) -> Result<(usize, usize)> {
     let (rows, n) = rows_of(l, "log_softmax_gather logits")?;
@@ -785,7 +727,16 @@ fn lsg_fwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-cuda_op!(op2 LogSoftmaxGather, "recap-cuda-log-softmax-gather", |_, dev, s1, l1, s2, l2| {
+/// `log_softmax(logits)[.., target]` from the logits and u32 targets. Gives f32
+/// log-probabilities whatever the logits' dtype: bf16 ones would be too coarse for the
+/// importance ratios built from them.
+pub(crate) fn log_softmax_gather(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = s1.device();
     let out = match &s1.slice {
         CudaStorageSlice::F32(x) => lsg_fwd(x, l1, s2, l2, dev)?,
         CudaStorageSlice::BF16(x) => lsg_fwd(x, l1, s2, l2, dev)?,
@@ -794,19 +745,11 @@ cuda_op!(op2 LogSoftmaxGather, "recap-cuda-log-softmax-gather", |_, dev, s1, l1,
             s1.dtype()
         ),
     };
-    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), l2.shape().clone()))
-};
-    fn bwd(
-        &self,
-        logits: &Tensor,
-        targets: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = logits.apply_op3_no_bwd(targets, &grad.contiguous()?, &LogSoftmaxGatherBwd)?;
-        Ok((Some(dx), None))
-    }
-);
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        l2.shape().clone(),
+    ))
+}
 
 fn lsg_bwd<T: CudaDType + WithDType + DeviceRepr>(
     x: &CudaSlice<T>,
@@ -834,14 +777,16 @@ fn lsg_bwd<T: CudaDType + WithDType + DeviceRepr>(
     Ok(out)
 }
 
-cuda_op!(op3 LogSoftmaxGatherBwd, "recap-cuda-log-softmax-gather-bwd",
-    |_, dev, s1, l1, s2, l2, s3, l3| {
+/// The backward of [`log_softmax_gather`] from the logits, the targets and the (f32) output
+/// gradient: the gradient of the logits in their dtype.
+pub(crate) fn log_softmax_gather_backward(
+    (s1, l1): (&CudaStorage, &Layout),
+    targets: (&CudaStorage, &Layout),
+    grad: (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = s1.device();
     let out = typed!(s1, "log_softmax_gather backward", |x| lsg_bwd(
-        x,
-        l1,
-        (s2, l2),
-        (s3, l3),
-        dev
+        x, l1, targets, grad, dev
     )?);
     Ok((out, l1.shape().clone()))
-});
+}

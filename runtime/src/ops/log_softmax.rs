@@ -86,6 +86,8 @@ impl CustomOp2 for LogSoftmaxGather {
         Ok((out, l2.shape().clone()))
     }
 
+    cuda_fwd!(|_, s1, l1, s2, l2| super::cuda::log_softmax_gather(s1, l1, s2, l2));
+
     fn bwd(
         &self,
         logits: &Tensor,
@@ -150,4 +152,12 @@ impl CustomOp3 for LogSoftmaxGatherBwd {
         )?);
         Ok((out, l1.shape().clone()))
     }
+
+    cuda_fwd!(
+        |_, s1, l1, s2, l2, s3, l3| super::cuda::log_softmax_gather_backward(
+            (s1, l1),
+            (s2, l2),
+            (s3, l3)
+        )
+    );
 }

@@ -2,13 +2,31 @@
 //! always with a working backward pass.
 //!
 //! candle's fused ops (softmax_last_dim, rms_norm, rope) silently drop gradients, so every model
-//! and loss goes through these functions instead. On the CPU with f32 or f64 tensors each
-//! function runs a fused kernel (a candle `CustomOp` with its own backward, parallel over rows);
-//! with the `cuda` feature, on a CUDA device with f32 or bf16 tensors it runs the CUDA kernels of
-//! `cuda` (`runtime/kernels/`, also with their own backward); on other devices and dtypes it
-//! runs the plain composition of differentiable candle ops kept here as `reference`, against
-//! which the fused kernels are tested. The backward passes of the fused kernels are not
-//! themselves differentiable (no second-order gradients).
+//! and loss goes through these functions instead. Each function runs a fused kernel, a candle
+//! `CustomOp` with its own backward (itself a `CustomOp`): on the CPU with f32 or f64 tensors
+//! its `cpu_fwd` runs the slice kernels of `kernels`, parallel over rows; with the `cuda`
+//! feature, on a CUDA device with f32 or bf16 tensors its `cuda_fwd` launches the CUDA kernels
+//! of `cuda` (`runtime/kernels/`). One op type per kernel serves both devices, so the backward
+//! wiring is written once. On other devices and dtypes each function runs the plain composition
+//! of differentiable candle ops kept here as `reference`, against which the fused kernels are
+//! tested. The backward passes of the fused kernels are not themselves differentiable (no
+//! second-order gradients).
+
+/// The `cuda_fwd` of a fused op (inside its `CustomOp1`, `CustomOp2` or `CustomOp3` impl): the
+/// body gets the op as `$this` and the inputs' CUDA storages and layouts as `$s`, `$l`, and
+/// gives the output storage and shape. Compiled only with the `cuda` feature.
+macro_rules! cuda_fwd {
+    (|$this:pat, $($s:ident, $l:ident),+| $body:expr) => {
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &self,
+            $($s: &candle_core::CudaStorage, $l: &candle_core::Layout),+
+        ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+            let $this = self;
+            $body
+        }
+    };
+}
 
 mod attention;
 pub(crate) mod cpu;
@@ -25,22 +43,28 @@ mod tests;
 
 use candle_core::{DType, Result, Tensor, D};
 
-/// True when every tensor lives on the CPU in a dtype the fused kernels compute in.
+/// True when the fused kernels take these tensors: all in one dtype on one device, the CPU in
+/// f32 or f64 or (with the `cuda` feature) a CUDA device in f32 or bf16.
 fn fused(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64))
+    let (dtype, dev) = (ts[0].dtype(), ts[0].device());
+    let kernel = match dtype {
+        DType::F32 => dev.is_cpu() || (cfg!(feature = "cuda") && dev.is_cuda()),
+        DType::F64 => dev.is_cpu(),
+        DType::BF16 => cfg!(feature = "cuda") && dev.is_cuda(),
+        _ => false,
+    };
+    kernel
+        && ts
+            .iter()
+            .all(|t| t.dtype() == dtype && t.device().same_device(dev))
 }
+
+use cpu::dense_last as dense;
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused(&[x, weight]) && x.dtype() == weight.dtype() {
-        let x = cpu::dense_last(x)?;
-        let weight = weight.contiguous()?;
-        return x.apply_op2(&weight, rms_norm::RmsNorm { eps });
-    }
-    #[cfg(feature = "cuda")]
-    if cuda::eligible(&[x, weight]) {
-        return cuda::rms_norm(x, weight, eps);
+    if fused(&[x, weight]) {
+        return dense(x)?.apply_op2(&weight.contiguous()?, rms_norm::RmsNorm { eps });
     }
     reference::rms_norm(x, weight, eps)
 }
@@ -48,11 +72,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 /// Softmax over the last dimension. A row that is entirely `-inf` gives zeros on the fused path.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if fused(&[x]) {
-        return cpu::dense_last(x)?.apply_op1(softmax::Softmax);
-    }
-    #[cfg(feature = "cuda")]
-    if cuda::eligible(&[x]) {
-        return cuda::softmax_last_dim(x);
+        return dense(x)?.apply_op1(softmax::Softmax);
     }
     reference::softmax_last_dim(x)
 }
@@ -60,42 +80,32 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// Rotary position embedding, non-interleaved (HF "rotate_half" layout).
 /// `x`: (batch, heads, seq, head_dim); `cos`, `sin`: (seq, head_dim / 2).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    if fused(&[x, cos, sin]) && x.dtype() == cos.dtype() && x.dtype() == sin.dtype() {
-        let x = cpu::dense_last(x)?;
-        let (cos, sin) = (cpu::dense_last(cos)?, cpu::dense_last(sin)?);
-        return x.apply_op3(&cos, &sin, rope::Rope { inverse: false });
-    }
-    #[cfg(feature = "cuda")]
-    if cuda::eligible(&[x, cos, sin]) {
-        return cuda::rope(x, cos, sin);
+    if fused(&[x, cos, sin]) {
+        let (cos, sin) = (dense(cos)?, dense(sin)?);
+        return dense(x)?.apply_op3(&cos, &sin, rope::Rope { inverse: false });
     }
     reference::rope(x, cos, sin)
 }
 
 /// SwiGLU activation of the MLP: `silu(gate) * up`.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if fused(&[gate, up]) && gate.dtype() == up.dtype() {
-        let (gate, up) = (cpu::dense_last(gate)?, cpu::dense_last(up)?);
-        return gate.apply_op2(&up, swiglu::Swiglu);
-    }
-    #[cfg(feature = "cuda")]
-    if cuda::eligible(&[gate, up]) {
-        return cuda::swiglu(gate, up);
+    if fused(&[gate, up]) {
+        return dense(gate)?.apply_op2(&dense(up)?, swiglu::Swiglu);
     }
     reference::swiglu(gate, up)
 }
 
 /// Log-probability of each target token: `log_softmax(logits)[.., target]`.
-/// `logits`: (batch, seq, vocab); `targets`: (batch, seq) u32. Gives (batch, seq) f32.
+/// `logits`: (batch, seq, vocab); `targets`: (batch, seq) u32. Gives (batch, seq), in f32 on
+/// CUDA whatever the logits' dtype.
 pub fn log_softmax_gather(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    if fused(&[logits]) && targets.device().is_cpu() {
-        let logits = cpu::dense_last(logits)?;
-        let targets = targets.contiguous()?;
-        return logits.apply_op2(&targets, log_softmax::LogSoftmaxGather);
-    }
-    #[cfg(feature = "cuda")]
-    if cuda::eligible(&[logits]) && targets.device().same_device(logits.device()) {
-        return cuda::log_softmax_gather(logits, targets);
+    if fused(&[logits]) && targets.device().same_device(logits.device()) {
+        // The CUDA kernels read u32 targets; the CPU ones also take i64 and u8 and check each.
+        let targets = match logits.device().is_cpu() {
+            true => targets.contiguous()?,
+            false => targets.to_dtype(DType::U32)?.contiguous()?,
+        };
+        return dense(logits)?.apply_op2(&targets, log_softmax::LogSoftmaxGather);
     }
     reference::log_softmax_gather(logits, targets)
 }
@@ -113,30 +123,24 @@ pub fn attention(
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
-    let same = q.dtype() == k.dtype() && q.dtype() == v.dtype();
-    let mask_ok = mask.is_none_or(|m| m.device().is_cpu());
-    if fused(&[q, k, v]) && same && mask_ok {
+    if fused(&[q, k, v]) && mask.is_none_or(|m| m.device().same_device(q.device())) {
         let (b, h, tq, _) = q.dims4()?;
         let (_, _, tk, _) = k.dims4()?;
-        // The kernel reads the mask at the full (batch, heads, tq, tk) shape through zero
-        // strides, so broadcasting costs nothing; only a mask whose last dimension is itself
-        // broadcast is copied.
+        // The kernels read the mask at the full (batch, heads, tq, tk) shape through zero
+        // strides, so broadcasting costs nothing; on the CPU only a mask whose last dimension
+        // is itself broadcast is copied, on CUDA none is.
         let mask = match mask {
-            Some(m) => Some(cpu::dense_last(
-                &m.to_dtype(q.dtype())?.broadcast_as((b, h, tq, tk))?,
-            )?),
+            Some(m) => {
+                let m = m.to_dtype(q.dtype())?.broadcast_as((b, h, tq, tk))?;
+                Some(match q.device().is_cpu() {
+                    true => dense(&m)?,
+                    false => m,
+                })
+            }
             None => None,
         };
-        let (q, k, v) = (
-            cpu::dense_last(q)?,
-            cpu::dense_last(k)?,
-            cpu::dense_last(v)?,
-        );
+        let (q, k, v) = (dense(q)?, dense(k)?, dense(v)?);
         return q.apply_op3(&k, &v, attention::Attention { scale, mask });
-    }
-    #[cfg(feature = "cuda")]
-    if cuda::eligible(&[q, k, v]) && mask.is_none_or(|m| m.device().same_device(q.device())) {
-        return cuda::attention(q, k, v, mask, scale);
     }
     reference::attention(q, k, v, mask, scale)
 }

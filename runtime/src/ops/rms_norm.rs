@@ -66,6 +66,8 @@ impl CustomOp2 for RmsNorm {
         Ok((out, l1.shape().clone()))
     }
 
+    cuda_fwd!(|op, s1, l1, s2, l2| super::cuda::rms_norm(s1, l1, s2, l2, op.eps));
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -178,4 +180,9 @@ impl CustomOp3 for RmsNormBwd {
         });
         Ok((out, Shape::from((n, h))))
     }
+
+    cuda_fwd!(|op, s1, l1, s2, l2, s3, l3| {
+        let (x, w, g) = ((s1, l1), (s2, l2), (s3, l3));
+        super::cuda::rms_norm_backward(x, w, g, op.eps, op.want_dw)
+    });
 }

@@ -77,6 +77,13 @@ impl CustomOp3 for Rope {
         Ok((out, l1.shape().clone()))
     }
 
+    cuda_fwd!(|op, s1, l1, s2, l2, s3, l3| super::cuda::rope(
+        (s1, l1),
+        (s2, l2),
+        (s3, l3),
+        op.inverse
+    ));
+
     fn bwd(
         &self,
         _x: &Tensor,

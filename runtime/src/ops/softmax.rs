@@ -32,6 +32,8 @@ impl CustomOp1 for Softmax {
         Ok((out, l.shape().clone()))
     }
 
+    cuda_fwd!(|_, s, l| super::cuda::softmax(s, l));
+
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(y.apply_op2_no_bwd(&dense_last(grad)?, &SoftmaxBwd)?))
     }
@@ -75,4 +77,6 @@ impl CustomOp2 for SoftmaxBwd {
         )?);
         Ok((out, l1.shape().clone()))
     }
+
+    cuda_fwd!(|_, s1, l1, s2, l2| super::cuda::softmax_backward((s1, l1), (s2, l2)));
 }

@@ -50,6 +50,8 @@ impl CustomOp2 for Swiglu {
         Ok((out, l1.shape().clone()))
     }
 
+    cuda_fwd!(|_, s1, l1, s2, l2| super::cuda::swiglu(s1, l1, s2, l2));
+
     fn bwd(
         &self,
         gate: &Tensor,
@@ -114,4 +116,10 @@ impl CustomOp3 for SwigluBwd {
         )?);
         Ok((out, Shape::from((2, n))))
     }
+
+    cuda_fwd!(|_, s1, l1, s2, l2, s3, l3| super::cuda::swiglu_backward(
+        (s1, l1),
+        (s2, l2),
+        (s3, l3)
+    ));
 }

@@ -859,6 +859,120 @@ mod tests {
         assert_eq!(w.dtype(), DType::BF16);
     }
 
+    /// How a model trains in [`bf16_training_keeps_f32_masters_tracking_the_f32_run`].
+    #[derive(Clone, Copy, PartialEq)]
+    enum Precision {
+        /// f32 weights, f32 compute.
+        F32,
+        /// bf16 variables and compute, f32 masters and moments in the optimiser.
+        Bf16Masters,
+        /// bf16 compute and weights rounded to bf16 after every update: what training bf16
+        /// weights without master copies does.
+        PureBf16,
+    }
+
+    /// The f32 weights of each named variable (the masters where the optimiser keeps them)
+    /// after `steps` AdamW steps on a tiny model, all runs starting from the same bf16-rounded
+    /// weights and minimising the same completion log-likelihood.
+    fn train_tiny(precision: Precision, steps: usize) -> Vec<(String, Vec<f32>)> {
+        use crate::model::logprob::{token_logprobs, SequenceBatch};
+        use crate::model::{Family, Model, ModelConfig};
+        let dev = Device::Cpu;
+        let mut cfg = ModelConfig::new(Family::Qwen2, 56, 32, 64, 2, 4, 2, true);
+        cfg.max_position_embeddings = 64;
+        let mut model = Model::tiny(&cfg, 3, DType::F32, &dev).unwrap();
+        let named = |m: &Model| -> Vec<(String, Var)> {
+            let data = m.varmap().unwrap().data().lock().unwrap();
+            let mut v: Vec<_> = data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let round = |vars: &[(String, Var)]| {
+            for (_, v) in vars {
+                let r = v.as_tensor().to_dtype(DType::BF16).unwrap();
+                v.set(&r.to_dtype(DType::F32).unwrap()).unwrap();
+            }
+        };
+        round(&named(&model));
+        match precision {
+            Precision::F32 => {}
+            Precision::Bf16Masters => model.train_in(DType::BF16).unwrap(),
+            Precision::PureBf16 => model.set_compute_dtype(DType::BF16).unwrap(),
+        }
+        let vars = named(&model);
+        let mut opt = Optimizer::new(&adamw(2e-4, 0.0), vars.clone()).unwrap();
+        let prompts: [&[u32]; 2] = [&[5, 9, 12, 3], &[7, 1]];
+        let completions: [&[u32]; 2] = [&[11, 4, 20], &[30, 2, 8, 9]];
+        let batch = SequenceBatch::new(&prompts, &completions, 0, &dev).unwrap();
+        for _ in 0..steps {
+            let lp = token_logprobs(&model, &batch).unwrap();
+            let loss = (lp * &batch.completion_mask)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .neg()
+                .unwrap();
+            let g = opt.grads(&loss.backward().unwrap()).unwrap();
+            opt.step(&g, 2e-4).unwrap();
+            if precision == Precision::PureBf16 {
+                round(&vars);
+            }
+        }
+        opt.params
+            .iter()
+            .map(|p| {
+                if precision == Precision::Bf16Masters {
+                    // The variable holds the master rounded to bf16.
+                    let master = p.master.as_ref().expect("a bf16 variable has a master");
+                    assert_eq!(p.var.dtype(), DType::BF16);
+                    // bf16 values are exact in f32, so the comparison is exact.
+                    let as_f32 = |t: &Tensor| -> Vec<f32> {
+                        let t = t.to_dtype(DType::F32).unwrap();
+                        t.flatten_all().unwrap().to_vec1().unwrap()
+                    };
+                    let rounded = master.to_dtype(DType::BF16).unwrap();
+                    assert_eq!(as_f32(p.var.as_tensor()), as_f32(&rounded));
+                }
+                let w = p.weights().unwrap().flatten_all().unwrap();
+                (p.name.clone(), w.to_vec1().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bf16_training_keeps_f32_masters_tracking_the_f32_run() {
+        let steps = 6;
+        let start = train_tiny(Precision::F32, 0);
+        let runs = [Precision::F32, Precision::Bf16Masters, Precision::PureBf16]
+            .map(|p| train_tiny(p, steps));
+        // Distances between the runs' updates (weights minus the common start), all variables.
+        let dist = |a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]| -> f64 {
+            let mut sum = 0.0f64;
+            for ((na, wa), (nb, wb)) in a.iter().zip(b) {
+                assert_eq!(na, nb);
+                for (x, y) in wa.iter().zip(wb) {
+                    sum += ((x - y) as f64).powi(2);
+                }
+            }
+            sum.sqrt()
+        };
+        let [f32_run, masters, pure] = &runs;
+        let moved = dist(f32_run, &start);
+        let tracking = dist(masters, f32_run) / moved;
+        let lost = dist(pure, f32_run) / moved;
+        println!("update {moved:e}; masters off by {tracking:.3}, pure bf16 off by {lost:.3}");
+        assert!(moved > 0.0);
+        assert!(
+            tracking < 0.2,
+            "the masters stray from the f32 run by {tracking}"
+        );
+        assert!(
+            lost > 0.5,
+            "pure bf16 updates should lose most steps, off by {lost}"
+        );
+        assert!(dist(masters, pure) / moved > 0.5);
+    }
+
     #[test]
     fn clipping_by_global_norm() {
         let a = var(&[0.0, 0.0]);
