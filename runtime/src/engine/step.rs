@@ -20,13 +20,13 @@ use super::rewards::{score_terms, Judged};
 use super::{num, objective_source, CostEstimate, Models, RunOptions, StageRt};
 use crate::generate::{generate, Rollout, SamplingConfig};
 use crate::model::fast;
-use crate::model::logprob::{reference_logprobs, token_logprobs, SequenceBatch};
+use crate::model::logprob::{reference_logprobs, GraphPass, PassOptions, SequenceBatch};
 use crate::model::Model;
 use crate::train::grpo::{
     combine_rewards, group_advantages_of, grpo_loss, sft_loss, Advantages, CombinedRewards,
     GrpoBatch, GrpoConfig,
 };
-use crate::train::parallel::{map_chunks, row_chunks, split_pays};
+use crate::train::parallel::{fold_chunks, row_chunks, split_pays};
 use crate::train::reweight::WeightSnapshot;
 use crate::train::rng::HostRng;
 use crate::train::verifiers::Verifier;
@@ -160,23 +160,36 @@ struct ChunkOut {
     clip_fraction: f64,
 }
 
-/// The policy's log-probabilities of a batch for the loss. With `host` weights (the fast path,
-/// see [`fast_weights`]) the hand-written pass computes them and keeps its activations;
-/// the log-probs are then a leaf `Var` of a small candle graph (the loss) whose gradient
-/// [`backward`] hands to the hand-written backward. Otherwise they come from candle's autograd
-/// path with the whole model's graph.
+/// The policy's pass over a batch, kept for the backward of the loss.
+enum PolicyPass<'m> {
+    /// The hand-written CPU f32 pass (`model::fast`).
+    Fast(Box<fast::FastForward<'m>>),
+    /// Candle's autograd, with chunked logits (`model::logprob::GraphPass`).
+    Graph(GraphPass<'m>),
+}
+
+/// The policy's log-probabilities of a batch for the loss, with `opts` bounding the pass's
+/// memory. With `host` weights (the fast path, see [`fast_weights`]) the hand-written pass
+/// computes them; otherwise candle's autograd path does. Either way the log-probs are a leaf
+/// `Var` of a small candle graph (the loss) whose gradient [`backward`] hands to the pass's own
+/// backward.
 fn policy_logprobs<'m>(
     policy: &'m Model,
     host: Option<&'m fast::HostWeights<'m>>,
     batch: &SequenceBatch,
-) -> Result<(Option<fast::FastForward<'m>>, Tensor)> {
-    if let Some(w) = host {
-        let ff = fast::forward_with(policy, w, batch)?;
-        let var = candle_core::Var::from_tensor(&ff.logp_tensor()?)?;
-        Ok((Some(ff), var.as_tensor().clone()))
+    opts: PassOptions,
+) -> Result<(PolicyPass<'m>, Tensor)> {
+    let (pass, values) = if let Some(w) = host {
+        let ff = fast::forward_with(policy, w, batch, opts)?;
+        let values = ff.logp_tensor()?;
+        (PolicyPass::Fast(Box::new(ff)), values)
     } else {
-        Ok((None, token_logprobs(policy, batch)?))
-    }
+        let gp = GraphPass::forward(policy, batch, opts)?;
+        let values = gp.logp().clone();
+        (PolicyPass::Graph(gp), values)
+    };
+    let var = candle_core::Var::from_tensor(&values)?;
+    Ok((pass, var.as_tensor().clone()))
 }
 
 /// `model`'s weights read in place when the fast path applies to it (CPU, f32) and the run
@@ -203,16 +216,11 @@ fn ref_logprobs(
     }
 }
 
-/// The gradients of `loss`: by candle's backward alone on the autograd path, or through the
-/// fast pass's backward when the log-probs came from it.
-fn backward(
-    loss: &Tensor,
-    fast_fwd: Option<&fast::FastForward<'_>>,
-    logp: &Tensor,
-) -> Result<GradStore> {
-    Ok(match fast_fwd {
-        Some(ff) => ff.loss_backward(loss, logp)?,
-        None => loss.backward()?,
+/// The gradients of `loss` through the policy's pass that gave the log-probs `logp`.
+fn backward(loss: &Tensor, pass: &PolicyPass<'_>, logp: &Tensor) -> Result<GradStore> {
+    Ok(match pass {
+        PolicyPass::Fast(ff) => ff.loss_backward(loss, logp)?,
+        PolicyPass::Graph(gp) => gp.loss_backward(loss, logp)?,
     })
 }
 
@@ -567,6 +575,7 @@ impl Ctx<'_> {
         // The fast path's views of the weights, read in place by all chunks.
         let autograd = self.opts.autograd;
         let policy_host = fast_weights(policy, autograd)?;
+        let opts = PassOptions::of(policy).with_checkpointing(stage.train.checkpointing);
         let reference_host = match (reference, beta > 0.0) {
             (Some(r), true) => fast_weights(r, autograd)?,
             _ => None,
@@ -589,7 +598,7 @@ impl Ctx<'_> {
             // On the CPU in f32 the hand-written pass (model::fast) replaces candle's autograd
             // for the model; the loss stays candle code built on its log-probs held in a Var
             // (see `policy_logprobs`).
-            let (fast_fwd, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch)?;
+            let (pass, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch, opts)?;
             let ref_lp = match (reference, beta > 0.0) {
                 (Some(r), true) => Some(ref_logprobs(r, reference_host.as_ref(), &batch)?),
                 (None, true) => bail!(
@@ -625,7 +634,7 @@ impl Ctx<'_> {
             };
             Ok(ChunkOut {
                 loss: l.to_scalar::<f32>()? as f64,
-                grads: backward(&l, fast_fwd.as_ref(), &logp)?,
+                grads: backward(&l, &pass, &logp)?,
                 kl: out.stats.kl,
                 tokens: out.stats.tokens,
                 clip_fraction: out.stats.clip_fraction,
@@ -637,7 +646,7 @@ impl Ctx<'_> {
         let split = split_pays(tokens, st.hidden, st.layers, st.params);
         let chunks = row_chunks(n, micro, &self.device, split);
         let (mut kl_sum, mut kl_tok, mut clip_sum) = (0.0, 0usize, 0.0);
-        for c in map_chunks(&chunks, &self.device, chunk)? {
+        fold_chunks(&chunks, &self.device, chunk, |c| {
             st.loss_sum += c.loss;
             accumulate(&mut st.grads, c.grads, &st.vars)?;
             if let Some(k) = c.kl {
@@ -645,7 +654,8 @@ impl Ctx<'_> {
             }
             kl_tok += c.tokens;
             clip_sum += c.clip_fraction * c.tokens as f64;
-        }
+            Ok(())
+        })?;
         st.tm.tensor += t.elapsed().as_secs_f64();
         st.rec.insert(
             "kl".into(),
@@ -742,6 +752,7 @@ impl Ctx<'_> {
         }
         let (policy, pad_id, device) = (&models.policy, models.tok.pad_id, &self.device);
         let policy_host = fast_weights(policy, self.opts.autograd)?;
+        let opts = PassOptions::of(policy).with_checkpointing(stage.train.checkpointing);
         let chunk = |range: std::ops::Range<usize>| -> Result<Option<(f64, GradStore)>> {
             let tokens: usize = targets[range.clone()].iter().map(Vec::len).sum();
             if tokens == 0 {
@@ -750,11 +761,11 @@ impl Ctx<'_> {
             let p: Vec<&[u32]> = prompts[range.clone()].iter().map(Vec::as_slice).collect();
             let c: Vec<&[u32]> = targets[range].iter().map(Vec::as_slice).collect();
             let batch = SequenceBatch::new(&p, &c, pad_id, device)?;
-            let (fast_fwd, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch)?;
+            let (pass, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch, opts)?;
             let out = sft_loss(&logp, &batch.completion_mask, 1.0)?;
             let share = tokens as f64 / total as f64;
             let l = (out.loss * share)?;
-            let g = backward(&l, fast_fwd.as_ref(), &logp)?;
+            let g = backward(&l, &pass, &logp)?;
             Ok(Some((l.to_scalar::<f32>()? as f64, g)))
         };
         let micro = stage.train.micro_batch.map(|m| m as usize);
@@ -762,13 +773,13 @@ impl Ctx<'_> {
         let split = split_pays(tokens, st.hidden, st.layers, st.params);
         let chunks = row_chunks(rows.len(), micro, &self.device, split);
         let (mut nll, mut grads) = (0.0, None);
-        for (part, g) in map_chunks(&chunks, &self.device, chunk)?
-            .into_iter()
-            .flatten()
-        {
-            nll += part;
-            accumulate(&mut grads, g, &st.vars)?;
-        }
+        fold_chunks(&chunks, &self.device, chunk, |out| {
+            if let Some((part, g)) = out {
+                nll += part;
+                accumulate(&mut grads, g, &st.vars)?;
+            }
+            Ok(())
+        })?;
         let grads =
             grads.ok_or_else(|| anyhow!("objective `{}`: no chunk had a target", o.name))?;
         st.tm.tensor += t.elapsed().as_secs_f64();
