@@ -1391,6 +1391,56 @@ mod tests {
         assert!(describe_cost(&cost).contains("dry-run step skipped: too big"));
     }
 
+    /// The GPU benchmark pipelines (pipelines/bench/gpu-qwen2.5-*.recap: 128 rows of 129 + 256
+    /// tokens, bf16 compute on f32 master weights, AdamW, a reference, candle's pass with one
+    /// chunk in flight) fit one 80 GB card at their `micro_batch`, and would not without it.
+    #[test]
+    fn gpu_benchmarks_fit_one_card() {
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        // (params, layers, hidden, intermediate, heads, kv heads, micro_batch) of Qwen2.5-0.5B
+        // and -1.5B (configs/qwen2.5-*.json; head_dim 64 and 128, vocabulary 151,936).
+        for (params, layers, hidden, inter, heads, kv, micro, want) in [
+            (494_032_768, 24, 896, 4864, 14, 2, 16, 22.0),
+            (1_543_714_304, 28, 1536, 8960, 12, 2, 8, 46.2),
+        ] {
+            let (rows, seq, new) = (128, 385, 256);
+            let shape = |micro: usize| MemoryShape {
+                params,
+                optimizer_bytes: params * 8,
+                reference: true,
+                layers,
+                hidden,
+                intermediate: inter,
+                heads,
+                kv_heads: kv,
+                head_dim: hidden / heads,
+                vocab: 151_936,
+                dtype_bytes: 2,
+                compute_copies: true,
+                chunk_tokens: micro * seq,
+                chunk_positions: micro * new,
+                chunks: rows / micro,
+                in_flight: 1,
+                logit_rows: PassOptions::for_vocab(151_936).logit_rows,
+                checkpointing: false,
+                fast: false,
+                gen_rows: rows,
+                seq,
+            };
+            let peak = |m: Memory| {
+                m.weights
+                    + m.gradients
+                    + m.optimizer
+                    + m.reference
+                    + m.kv_cache.max(m.activations + m.logits)
+            };
+            let at_micro = gib(peak(memory(&shape(micro))));
+            assert!((at_micro - want).abs() < 0.1, "{params}: {at_micro:.1} GiB");
+            assert!(at_micro < 74.0, "{params}: {at_micro:.1} GiB");
+            assert!(gib(peak(memory(&shape(rows)))) > 80.0);
+        }
+    }
+
     #[test]
     fn mem_available_reads_meminfo() {
         let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2048 kB\n";
