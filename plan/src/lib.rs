@@ -437,6 +437,11 @@ pub struct Train {
     pub prompts_per_step: u64,
     /// Completions per forward/backward chunk; `None` means the whole batch at once.
     pub micro_batch: Option<u64>,
+    /// Per-block activation recompute: the training pass keeps each block's input only and makes
+    /// the block's activations again in the backward. Plans written before the setting existed
+    /// have none (off), and plans with it off are written without it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checkpointing: bool,
     pub optimizer: Optimizer,
     pub schedule: Schedule,
     /// Gradient-norm clipping; 0 turns it off.
@@ -624,6 +629,7 @@ mod tests {
             steps: 10,
             prompts_per_step: 2,
             micro_batch: Some(4),
+            checkpointing: false,
             optimizer: Optimizer::Adamw {
                 lr: 1e-6,
                 beta1: 0.9,

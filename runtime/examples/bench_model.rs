@@ -11,10 +11,12 @@ use std::time::Instant;
 
 use candle_core::{Device, Var};
 use recap_runtime::generate::{generate, SamplingConfig};
-use recap_runtime::model::logprob::{reference_logprobs, token_logprobs, SequenceBatch};
+use recap_runtime::model::logprob::{
+    reference_logprobs, token_logprobs, PassOptions, SequenceBatch,
+};
 use recap_runtime::model::{fast, load_hf_dir};
 use recap_runtime::tokenizer::TextTokenizer;
-use recap_runtime::train::parallel::{map_chunks, row_chunks, split_pays};
+use recap_runtime::train::parallel::{fold_chunks, row_chunks, split_pays};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -129,7 +131,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             None
         };
-        let outs = map_chunks(&chunks, &device, |range| -> candle_core::Result<_> {
+        let mut outs = Vec::new();
+        let each = |range: std::ops::Range<usize>| -> candle_core::Result<_> {
             let p: Vec<&[u32]> = range.clone().map(|r| rollout.prompt_of(r)).collect();
             let c: Vec<&[u32]> = range
                 .map(|r| rollout.completion_ids[r].as_slice())
@@ -139,7 +142,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if let Some((policy_w, reference_w)) = &hosts {
                 // The engine's default on the CPU in f32: the hand-written pass (model::fast),
                 // the loss built by candle on its log-probs held in a Var.
-                let ff = fast::forward_with(&policy, policy_w, &batch)?;
+                let ff = fast::forward_with(&policy, policy_w, &batch, PassOptions::of(&policy))?;
                 let lp = Var::from_tensor(&ff.logp_tensor()?)?;
                 let loss =
                     ((lp.as_tensor() * &batch.completion_mask)?.sum_all()? / total)?.neg()?;
@@ -153,6 +156,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let ref_lp = reference_logprobs(&reference, &batch)?;
                 Ok((grads, ref_lp))
             }
+        };
+        fold_chunks(&chunks, &device, each, |o| {
+            outs.push(o);
+            Ok(())
         })?;
         let mut grads = Vec::new();
         for var in policy.trainable_vars() {

@@ -1,14 +1,16 @@
 //! The hand-written CPU f32 training pass (`model::fast`) against candle's autograd path: the
 //! log-probabilities must equal `token_logprobs`, and the gradient of a random linear loss of
 //! them must equal what `loss.backward()` gives for every trainable variable, on tiny Qwen2
-//! (with attention biases) and Llama models and on the fixture, with left-padded batches.
+//! (with attention biases) and Llama models and on the fixture, with left-padded batches. The
+//! same checks hold for candle's autograd pass with chunked logits (`GraphPass`), and for both
+//! passes at every chunk size of the logits and with checkpointing.
 
 mod common;
 use common::fixture;
 
 use candle_core::{DType, Device, Tensor};
 use recap_runtime::model::fast;
-use recap_runtime::model::logprob::{token_logprobs, SequenceBatch};
+use recap_runtime::model::logprob::{token_logprobs, GraphPass, PassOptions, SequenceBatch};
 use recap_runtime::model::{load_hf_dir, Family, Model, ModelConfig};
 
 fn tiny_config(family: Family, tied: bool) -> ModelConfig {
@@ -79,28 +81,78 @@ fn check(model: &Model, seed: u64, rows: usize) {
     check_batch(model, &b, &mut rng);
 }
 
-/// The checks of [`check`] on a given batch; prints the largest errors seen.
+/// The checks of [`check`] on a given batch with the default options.
 fn check_batch(model: &Model, b: &SequenceBatch, rng: &mut Lcg) {
+    check_batch_with(model, b, rng, PassOptions::of(model));
+}
+
+/// The largest difference of `got` from `want`, checked against `tol` times the largest
+/// magnitude of `want` (`relative`) or `tol` itself.
+fn max_diff(what: &str, got: &[f32], want: &[f32], tol: f32, relative: bool) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = if relative {
+        want.iter().fold(0f32, |m, v| m.max(v.abs()))
+    } else {
+        1.0
+    };
+    assert!(scale > 0.0, "{what}: the reference is zero");
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        err <= tol * scale,
+        "{what}: max difference {err} against max magnitude {scale}"
+    );
+    err / scale
+}
+
+/// Checks that `got` holds exactly one gradient per trainable variable, each within 1e-4 of the
+/// largest magnitude of candle's; gives the largest relative difference.
+fn check_grads(
+    what: &str,
+    model: &Model,
+    got: &[(Tensor, Tensor)],
+    want: &candle_core::backprop::GradStore,
+) -> f32 {
+    let vars = model.trainable_vars();
+    assert_eq!(got.len(), vars.len(), "{what}: one gradient per variable");
+    let mut worst = 0f32;
+    for var in &vars {
+        let Some((_, g)) = got.iter().find(|(w, _)| w.id() == var.as_tensor().id()) else {
+            panic!(
+                "{what}: variable of shape {:?} got no gradient",
+                var.shape()
+            );
+        };
+        assert_eq!(g.dims(), var.dims());
+        let w = flat(want.get(var.as_tensor()).expect("candle gradient"));
+        let label = format!("{what}: gradient of {:?}", var.shape());
+        worst = worst.max(max_diff(&label, &flat(g), &w, 1e-4, true));
+    }
+    worst
+}
+
+/// The checks of [`check`] on a given batch, both passes run with `opts`; prints the largest
+/// errors seen.
+fn check_batch_with(model: &Model, b: &SequenceBatch, rng: &mut Lcg, opts: PassOptions) {
     let (n, l) = b.completion_ids.dims2().unwrap();
 
     // (a) Log-probabilities, all positions (padding ones included).
     let reference = token_logprobs(model, b).unwrap();
-    let ff = fast::forward(model, b).unwrap();
+    let ff = fast::forward_opts(model, b, opts).unwrap();
+    let gp = GraphPass::forward(model, b, opts).unwrap();
     let want = flat(&reference);
-    assert_eq!(ff.logp().len(), want.len());
-    let mut worst_logp = 0f32;
-    for (i, (a, w)) in ff.logp().iter().zip(&want).enumerate() {
-        assert!((a - w).abs() <= 1e-5, "logp {i}: fast {a} vs candle {w}");
-        worst_logp = worst_logp.max((a - w).abs());
-    }
+    let worst_logp = max_diff("fast logp", ff.logp(), &want, 1e-5, false);
+    let worst_graph = max_diff("graph logp", &flat(gp.logp()), &want, 1e-5, false);
     let no_save = fast::logprobs(model, b).unwrap();
-    assert_eq!(
-        no_save,
-        ff.logp(),
-        "the no-save forward must give the same values"
-    );
+    let same = no_save
+        .iter()
+        .zip(ff.logp())
+        .all(|(a, b)| (a - b).abs() <= 1e-6);
+    assert!(same, "the no-save forward must give the same values");
 
-    // (b) Gradients of L = sum(logp * c * mask).
+    // (b) Gradients of L = sum(logp * c * mask), (c) one per trainable variable.
     let coefs: Vec<f32> = (0..n * l).map(|_| rng.coef()).collect();
     let c = Tensor::from_vec(coefs.clone(), (n, l), &Device::Cpu).unwrap();
     let weights = (c * &b.completion_mask).unwrap();
@@ -108,38 +160,14 @@ fn check_batch(model: &Model, b: &SequenceBatch, rng: &mut Lcg) {
     let grads = loss.backward().unwrap();
     let dlogp = flat(&weights);
     let fast_grads = ff.backward(&dlogp).unwrap();
-
-    // (c) Every trainable variable has exactly one gradient from the fast path.
-    let vars = model.trainable_vars();
-    assert_eq!(fast_grads.len(), vars.len(), "one gradient per variable");
-    let mut worst_grad = 0f32;
-    for var in &vars {
-        let Some((_, g)) = fast_grads
-            .iter()
-            .find(|(w, _)| w.id() == var.as_tensor().id())
-        else {
-            panic!("variable of shape {:?} got no fast gradient", var.shape());
-        };
-        assert_eq!(g.dims(), var.dims());
-        let want = flat(grads.get(var.as_tensor()).expect("candle gradient"));
-        let got = flat(g);
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert!(scale > 0.0, "candle gradient of {:?} is zero", var.shape());
-        let err = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        worst_grad = worst_grad.max(err / scale);
-        assert!(
-            err <= 1e-4 * scale,
-            "gradient of {:?}: max difference {err} against max magnitude {scale}",
-            var.shape()
-        );
-    }
+    let worst_grad = check_grads("fast", model, &fast_grads, &grads);
+    let graph_grads = gp.backward(&weights).unwrap();
+    let worst_graph_grad = check_grads("graph", model, &graph_grads, &grads);
 
     eprintln!(
-        "{n} rows x {l}: largest logp difference {worst_logp:e}, largest gradient difference \
-         {worst_grad:e} of the gradient's largest magnitude"
+        "{n} rows x {l}, {opts:?}: largest logp difference fast {worst_logp:e}, graph \
+         {worst_graph:e}; largest gradient difference fast {worst_grad:e}, graph \
+         {worst_graph_grad:e} of the gradient's largest magnitude"
     );
 
     // The GradStore route the engine takes gives the same gradients.
@@ -151,6 +179,83 @@ fn check_batch(model: &Model, b: &SequenceBatch, rng: &mut Lcg) {
     for (w, g) in &fast_grads {
         let s = store.get(w).expect("weight in the store");
         assert_eq!(flat(s), flat(g));
+    }
+    let var = candle_core::Var::from_tensor(gp.logp()).unwrap();
+    let loss3 = (var.as_tensor() * &weights).unwrap().sum_all().unwrap();
+    let store = gp.loss_backward(&loss3, var.as_tensor()).unwrap();
+    for (w, g) in &graph_grads {
+        let s = store.get(w).expect("weight in the store");
+        assert_eq!(flat(s), flat(g));
+    }
+}
+
+/// The logits made a few positions at a time (one, three, all) give the log-probabilities and
+/// gradients of the whole composition on both passes, tied and untied heads, at a sampling
+/// temperature, with and without checkpointing.
+#[test]
+fn chunked_logits_match_the_whole_composition() {
+    for (i, (family, tied)) in [(Family::Qwen2, true), (Family::Llama, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let model = Model::tiny(
+            &tiny_config(family, tied),
+            40 + i as u64,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let vocab = model.config().vocab_size;
+        for (rows, checkpointing) in [(1, false), (3, false), (1000, false), (3, true)] {
+            let mut rng = Lcg(70 + rows as u64);
+            let b = batch(&mut rng, vocab, 5).with_temperature(0.7).unwrap();
+            let opts = PassOptions {
+                logit_rows: rows,
+                checkpointing,
+            };
+            check_batch_with(&model, &b, &mut rng, opts);
+        }
+    }
+    // The default chunk covers a fixed number of logits whatever the vocabulary.
+    let opts = PassOptions::for_vocab(151_936);
+    assert_eq!(opts.logit_rows, (1 << 22) / 151_936);
+    assert_eq!(PassOptions::for_vocab(1 << 30).logit_rows, 1);
+}
+
+/// Checkpointing changes no gradient: the fast pass makes each block again with the same
+/// arithmetic (equal to the bit), candle's pass within float tolerance; on the fixture, whose
+/// packing has lone rows and a cut last block.
+#[test]
+fn checkpointing_gives_the_gradients_of_the_whole_pass() {
+    let model = load_hf_dir(fixture(), &Device::Cpu).unwrap();
+    let mut rng = Lcg(5);
+    let b = batch(&mut rng, model.config().vocab_size, 6);
+    let (n, l) = b.completion_ids.dims2().unwrap();
+    let dlogp: Vec<f32> = (0..n * l).map(|_| rng.coef()).collect();
+    let plain = PassOptions::of(&model);
+    let ckpt = plain.with_checkpointing(true);
+    let whole = fast::forward_opts(&model, &b, plain).unwrap();
+    let remade = fast::forward_opts(&model, &b, ckpt).unwrap();
+    assert_eq!(whole.logp(), remade.logp());
+    let (g0, g1) = (
+        whole.backward(&dlogp).unwrap(),
+        remade.backward(&dlogp).unwrap(),
+    );
+    for ((w0, a), (w1, b)) in g0.iter().zip(&g1) {
+        assert_eq!(w0.id(), w1.id());
+        assert_eq!(flat(a), flat(b), "fast gradient of {:?}", w0.dims());
+    }
+    let dl = Tensor::from_vec(dlogp, (n, l), &Device::Cpu).unwrap();
+    let whole = GraphPass::forward(&model, &b, plain).unwrap();
+    let remade = GraphPass::forward(&model, &b, ckpt).unwrap();
+    assert_eq!(flat(whole.logp()), flat(remade.logp()));
+    let (g0, g1) = (whole.backward(&dl).unwrap(), remade.backward(&dl).unwrap());
+    assert_eq!(g0.len(), model.trainable_vars().len());
+    assert_eq!(g0.len(), g1.len());
+    for ((w0, a), (w1, b)) in g0.iter().zip(&g1) {
+        assert_eq!(w0.id(), w1.id());
+        let label = format!("graph gradient of {:?}", w0.dims());
+        max_diff(&label, &flat(b), &flat(a), 1e-5, true);
     }
 }
 

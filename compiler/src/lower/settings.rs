@@ -139,6 +139,7 @@ impl L<'_, '_> {
             steps,
             prompts_per_step: self.u(c, "prompts_per_step")?,
             micro_batch: self.ou(c, "micro_batch"),
+            checkpointing: self.b(c, "checkpointing")?,
             optimizer,
             schedule,
             grad_clip: self.f(c, "grad_clip")?,

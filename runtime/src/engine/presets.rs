@@ -98,6 +98,7 @@ pub fn train(steps: u64, prompts: u64, lr: f64, seed: u64, out: &str) -> Train {
         steps,
         prompts_per_step: prompts,
         micro_batch: None,
+        checkpointing: false,
         optimizer: adamw(lr),
         schedule: constant(),
         grad_clip: 1.0,

@@ -20,13 +20,13 @@ use super::rewards::{score_terms, Judged};
 use super::{num, objective_source, CostEstimate, Models, RunOptions, StageRt};
 use crate::generate::{generate, Rollout, SamplingConfig};
 use crate::model::fast;
-use crate::model::logprob::{reference_logprobs, token_logprobs, SequenceBatch};
+use crate::model::logprob::{reference_logprobs, GraphPass, PassOptions, SequenceBatch};
 use crate::model::Model;
 use crate::train::grpo::{
     combine_rewards, group_advantages_of, grpo_loss, sft_loss, Advantages, CombinedRewards,
     GrpoBatch, GrpoConfig,
 };
-use crate::train::parallel::{map_chunks, row_chunks, split_pays};
+use crate::train::parallel::{chunks_in_flight, fold_chunks, row_chunks, split_pays};
 use crate::train::reweight::WeightSnapshot;
 use crate::train::rng::HostRng;
 use crate::train::verifiers::Verifier;
@@ -160,23 +160,36 @@ struct ChunkOut {
     clip_fraction: f64,
 }
 
-/// The policy's log-probabilities of a batch for the loss. With `host` weights (the fast path,
-/// see [`fast_weights`]) the hand-written pass computes them and keeps its activations;
-/// the log-probs are then a leaf `Var` of a small candle graph (the loss) whose gradient
-/// [`backward`] hands to the hand-written backward. Otherwise they come from candle's autograd
-/// path with the whole model's graph.
+/// The policy's pass over a batch, kept for the backward of the loss.
+enum PolicyPass<'m> {
+    /// The hand-written CPU f32 pass (`model::fast`).
+    Fast(Box<fast::FastForward<'m>>),
+    /// Candle's autograd, with chunked logits (`model::logprob::GraphPass`).
+    Graph(GraphPass<'m>),
+}
+
+/// The policy's log-probabilities of a batch for the loss, with `opts` bounding the pass's
+/// memory. With `host` weights (the fast path, see [`fast_weights`]) the hand-written pass
+/// computes them; otherwise candle's autograd path does. Either way the log-probs are a leaf
+/// `Var` of a small candle graph (the loss) whose gradient [`backward`] hands to the pass's own
+/// backward.
 fn policy_logprobs<'m>(
     policy: &'m Model,
     host: Option<&'m fast::HostWeights<'m>>,
     batch: &SequenceBatch,
-) -> Result<(Option<fast::FastForward<'m>>, Tensor)> {
-    if let Some(w) = host {
-        let ff = fast::forward_with(policy, w, batch)?;
-        let var = candle_core::Var::from_tensor(&ff.logp_tensor()?)?;
-        Ok((Some(ff), var.as_tensor().clone()))
+    opts: PassOptions,
+) -> Result<(PolicyPass<'m>, Tensor)> {
+    let (pass, values) = if let Some(w) = host {
+        let ff = fast::forward_with(policy, w, batch, opts)?;
+        let values = ff.logp_tensor()?;
+        (PolicyPass::Fast(Box::new(ff)), values)
     } else {
-        Ok((None, token_logprobs(policy, batch)?))
-    }
+        let gp = GraphPass::forward(policy, batch, opts)?;
+        let values = gp.logp().clone();
+        (PolicyPass::Graph(gp), values)
+    };
+    let var = candle_core::Var::from_tensor(&values)?;
+    Ok((pass, var.as_tensor().clone()))
 }
 
 /// `model`'s weights read in place when the fast path applies to it (CPU, f32) and the run
@@ -203,16 +216,11 @@ fn ref_logprobs(
     }
 }
 
-/// The gradients of `loss`: by candle's backward alone on the autograd path, or through the
-/// fast pass's backward when the log-probs came from it.
-fn backward(
-    loss: &Tensor,
-    fast_fwd: Option<&fast::FastForward<'_>>,
-    logp: &Tensor,
-) -> Result<GradStore> {
-    Ok(match fast_fwd {
-        Some(ff) => ff.loss_backward(loss, logp)?,
-        None => loss.backward()?,
+/// The gradients of `loss` through the policy's pass that gave the log-probs `logp`.
+fn backward(loss: &Tensor, pass: &PolicyPass<'_>, logp: &Tensor) -> Result<GradStore> {
+    Ok(match pass {
+        PolicyPass::Fast(ff) => ff.loss_backward(loss, logp)?,
+        PolicyPass::Graph(gp) => gp.loss_backward(loss, logp)?,
     })
 }
 
@@ -567,6 +575,7 @@ impl Ctx<'_> {
         // The fast path's views of the weights, read in place by all chunks.
         let autograd = self.opts.autograd;
         let policy_host = fast_weights(policy, autograd)?;
+        let opts = PassOptions::of(policy).with_checkpointing(stage.train.checkpointing);
         let reference_host = match (reference, beta > 0.0) {
             (Some(r), true) => fast_weights(r, autograd)?,
             _ => None,
@@ -589,7 +598,7 @@ impl Ctx<'_> {
             // On the CPU in f32 the hand-written pass (model::fast) replaces candle's autograd
             // for the model; the loss stays candle code built on its log-probs held in a Var
             // (see `policy_logprobs`).
-            let (fast_fwd, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch)?;
+            let (pass, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch, opts)?;
             let ref_lp = match (reference, beta > 0.0) {
                 (Some(r), true) => Some(ref_logprobs(r, reference_host.as_ref(), &batch)?),
                 (None, true) => bail!(
@@ -625,7 +634,7 @@ impl Ctx<'_> {
             };
             Ok(ChunkOut {
                 loss: l.to_scalar::<f32>()? as f64,
-                grads: backward(&l, fast_fwd.as_ref(), &logp)?,
+                grads: backward(&l, &pass, &logp)?,
                 kl: out.stats.kl,
                 tokens: out.stats.tokens,
                 clip_fraction: out.stats.clip_fraction,
@@ -637,7 +646,7 @@ impl Ctx<'_> {
         let split = split_pays(tokens, st.hidden, st.layers, st.params);
         let chunks = row_chunks(n, micro, &self.device, split);
         let (mut kl_sum, mut kl_tok, mut clip_sum) = (0.0, 0usize, 0.0);
-        for c in map_chunks(&chunks, &self.device, chunk)? {
+        fold_chunks(&chunks, &self.device, chunk, |c| {
             st.loss_sum += c.loss;
             accumulate(&mut st.grads, c.grads, &st.vars)?;
             if let Some(k) = c.kl {
@@ -645,7 +654,8 @@ impl Ctx<'_> {
             }
             kl_tok += c.tokens;
             clip_sum += c.clip_fraction * c.tokens as f64;
-        }
+            Ok(())
+        })?;
         st.tm.tensor += t.elapsed().as_secs_f64();
         st.rec.insert(
             "kl".into(),
@@ -742,6 +752,7 @@ impl Ctx<'_> {
         }
         let (policy, pad_id, device) = (&models.policy, models.tok.pad_id, &self.device);
         let policy_host = fast_weights(policy, self.opts.autograd)?;
+        let opts = PassOptions::of(policy).with_checkpointing(stage.train.checkpointing);
         let chunk = |range: std::ops::Range<usize>| -> Result<Option<(f64, GradStore)>> {
             let tokens: usize = targets[range.clone()].iter().map(Vec::len).sum();
             if tokens == 0 {
@@ -750,11 +761,11 @@ impl Ctx<'_> {
             let p: Vec<&[u32]> = prompts[range.clone()].iter().map(Vec::as_slice).collect();
             let c: Vec<&[u32]> = targets[range].iter().map(Vec::as_slice).collect();
             let batch = SequenceBatch::new(&p, &c, pad_id, device)?;
-            let (fast_fwd, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch)?;
+            let (pass, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch, opts)?;
             let out = sft_loss(&logp, &batch.completion_mask, 1.0)?;
             let share = tokens as f64 / total as f64;
             let l = (out.loss * share)?;
-            let g = backward(&l, fast_fwd.as_ref(), &logp)?;
+            let g = backward(&l, &pass, &logp)?;
             Ok(Some((l.to_scalar::<f32>()? as f64, g)))
         };
         let micro = stage.train.micro_batch.map(|m| m as usize);
@@ -762,13 +773,13 @@ impl Ctx<'_> {
         let split = split_pays(tokens, st.hidden, st.layers, st.params);
         let chunks = row_chunks(rows.len(), micro, &self.device, split);
         let (mut nll, mut grads) = (0.0, None);
-        for (part, g) in map_chunks(&chunks, &self.device, chunk)?
-            .into_iter()
-            .flatten()
-        {
-            nll += part;
-            accumulate(&mut grads, g, &st.vars)?;
-        }
+        fold_chunks(&chunks, &self.device, chunk, |out| {
+            if let Some((part, g)) = out {
+                nll += part;
+                accumulate(&mut grads, g, &st.vars)?;
+            }
+            Ok(())
+        })?;
         let grads =
             grads.ok_or_else(|| anyhow!("objective `{}`: no chunk had a target", o.name))?;
         st.tm.tensor += t.elapsed().as_secs_f64();
@@ -1011,9 +1022,9 @@ pub(crate) fn estimate(
         let total: usize = rows.iter().map(f).sum::<Result<usize>>()?;
         Ok(total.div_ceil(rows.len().max(1)))
     };
-    // (generated, forward/backward, reference, longest sequence, rollout rows, training rows)
-    // per source.
-    let mut per_source: BTreeMap<String, [usize; 6]> = BTreeMap::new();
+    // (generated, forward/backward, reference, longest sequence, rollout rows, training rows,
+    // completion positions scored) per source.
+    let mut per_source: BTreeMap<String, [usize; 7]> = BTreeMap::new();
     for o in &stage.objectives {
         let src = objective_source(&o.spec).to_string();
         let plen = mean_len(&src, &|r| Ok(models.tok.encode_prompt(&r.prompt)?.len()))?;
@@ -1035,6 +1046,7 @@ pub(crate) fn estimate(
                 e[3] = e[3].max(seq);
                 e[4] += rows;
                 e[5] += rows;
+                e[6] += rows * ro.max_tokens as usize;
             }
             ObjectiveSpec::Sft { max_tokens, .. } => {
                 let tlen = mean_len(&src, &|r| {
@@ -1044,36 +1056,40 @@ pub(crate) fn estimate(
                 e[1] += p * seq;
                 e[3] = e[3].max(seq);
                 e[5] += p;
+                e[6] += p * tlen.min(*max_tokens as usize);
             }
         }
     }
     // One source per step unless `mix all`: the estimate is the most expensive source.
-    let [gen, fb, reft, seq, gen_rows, train_rows] = if matches!(stage.mix, recap_plan::Mix::All) {
-        // Every part adds up over the sources except the longest sequence, their maximum.
-        per_source.values().fold([0; 6], |a, b| {
-            std::array::from_fn(|i| if i == 3 { a[i].max(b[i]) } else { a[i] + b[i] })
-        })
-    } else {
-        per_source
-            .values()
-            .copied()
-            .max_by_key(|v| v[1])
-            .unwrap_or_default()
-    };
+    let [gen, fb, reft, seq, gen_rows, train_rows, positions] =
+        if matches!(stage.mix, recap_plan::Mix::All) {
+            // Every part adds up over the sources except the longest sequence, their maximum.
+            per_source.values().fold([0; 7], |a, b| {
+                std::array::from_fn(|i| if i == 3 { a[i].max(b[i]) } else { a[i] + b[i] })
+            })
+        } else {
+            per_source
+                .values()
+                .copied()
+                .max_by_key(|v| v[1])
+                .unwrap_or_default()
+        };
     let params: usize = models
         .policy
         .trainable_vars()
         .iter()
         .map(|v| v.elem_count())
         .sum();
-    // A micro-batch bounds the rows whose activations are alive at once: one chunk per worker
-    // thread on the CPU (which runs chunks side by side), one chunk elsewhere.
-    let in_flight = match stage.train.micro_batch {
-        Some(m) if models.policy.device().is_cpu() => m as usize * rayon::current_num_threads(),
-        Some(m) => m as usize,
-        None => train_rows,
-    };
-    let live_tokens = fb * in_flight.min(train_rows) / train_rows.max(1);
+    // The chunks the training pass runs, as the step splits them (`row_chunks`): the rows of
+    // one chunk are alive at once, and `chunks_in_flight` chunks run side by side.
+    let device = models.policy.device();
+    let micro = stage.train.micro_batch.map(|m| m as usize);
+    let split = split_pays(fb, c.hidden_size, c.num_hidden_layers, params);
+    let chunks = row_chunks(train_rows, micro, device, split);
+    let chunk_rows = chunks.iter().map(|r| r.len()).max().unwrap_or(0);
+    let in_flight = chunks_in_flight(device).min(chunks.len().max(1));
+    let share = |total: usize| total * chunk_rows / train_rows.max(1);
+    let policy = &models.policy;
     let mem = memory(&MemoryShape {
         params,
         optimizer_bytes: rt.optim.state_bytes(),
@@ -1085,8 +1101,15 @@ pub(crate) fn estimate(
         kv_heads: c.num_key_value_heads,
         head_dim: c.head_dim,
         vocab: c.vocab_size,
-        dtype_bytes: models.policy.compute_dtype().size_in_bytes(),
-        train_tokens: live_tokens,
+        dtype_bytes: policy.compute_dtype().size_in_bytes(),
+        compute_copies: policy.compute_dtype() != policy.dtype(),
+        chunk_tokens: share(fb),
+        chunk_positions: share(positions),
+        chunks: chunks.len(),
+        in_flight,
+        logit_rows: PassOptions::of(policy).logit_rows,
+        checkpointing: stage.train.checkpointing,
+        fast: fast::supported(policy),
         gen_rows,
         seq,
     });
@@ -1122,11 +1145,24 @@ pub(crate) struct MemoryShape {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub vocab: usize,
-    /// Bytes per element of the compute dtype (activations, logits, KV cache).
+    /// Bytes per element of the compute dtype (activations, KV cache).
     pub dtype_bytes: usize,
-    /// Tokens of the training pass whose activations are alive at once (prompt and
-    /// completion; all rows unless a micro-batch bounds them).
-    pub train_tokens: usize,
+    /// Whether the compute dtype differs from the master weights' (the autograd pass then holds
+    /// a copy of every weight it reads in the compute dtype).
+    pub compute_copies: bool,
+    /// Tokens (prompt and completion) of the largest chunk of the training pass.
+    pub chunk_tokens: usize,
+    /// Completion positions of that chunk: the positions projected onto the vocabulary.
+    pub chunk_positions: usize,
+    /// Chunks of the training pass, and how many of them run at once.
+    pub chunks: usize,
+    pub in_flight: usize,
+    /// Positions whose logits are made at once (`PassOptions::logit_rows`).
+    pub logit_rows: usize,
+    /// `train { checkpointing }`.
+    pub checkpointing: bool,
+    /// Whether the hand-written CPU pass (`model::fast`) runs, rather than candle's autograd.
+    pub fast: bool,
     /// Rows the rollout generates at once (prompts x group).
     pub gen_rows: usize,
     /// The longest sequence, prompt plus new tokens.
@@ -1146,22 +1182,60 @@ pub(crate) struct Memory {
     pub logits: usize,
 }
 
-/// The analytical memory of one step: f32 weights and gradients, the optimizer's moments, the
-/// reference's f32 copy, the rollout's KV cache (keys and values of every layer for every row
-/// at the longest sequence) and the training pass's saved activations. Per token and layer the
-/// backward pass keeps the norms, q/k/v/o and the MLP's three projections and SwiGLU product,
-/// and the attention probabilities of every head over the sequence; the final projection
-/// keeps the logits and their log-softmax over the whole vocabulary, both in the compute dtype.
+/// The analytical memory of one step, at the end of the training pass's backward, where the
+/// step peaks: f32 weights, the optimizer's moments, the reference's f32 copy, and per chunk
+/// in flight its saved activations, its logits chunk and its full set of f32 weight gradients
+/// (plus the running sum when the chunks do not all run at once). The rollout's KV cache (keys
+/// and values of every layer for every row at the longest sequence) is gone by then.
+///
+/// Saved activations per token and layer, as the passes keep them: the hand-written CPU pass
+/// keeps the block input, both norms' outputs and the residual after attention (4 x hidden),
+/// the rotated queries and the attention output (2 x q width), keys and values (2 x kv width),
+/// gate, up and their SwiGLU product (3 x intermediate), and the attention probabilities of
+/// every head over the sequence. Candle's graph holds about twice the projections (each
+/// reshape to heads and back, and each rotation, is a new tensor: 6 x hidden, 4 x q and kv
+/// width) and, in the reference attention composition, scores and probabilities. One more
+/// block's worth is counted for the backward's temporaries. With checkpointing a block keeps
+/// only its input (hidden), and one block is made again at a time.
 pub(crate) fn memory(s: &MemoryShape) -> Memory {
-    let per_token_layer = 8 * s.hidden + 4 * s.intermediate + 2 * s.heads * s.seq;
+    let (h, qd, kvd, i) = (
+        s.hidden,
+        s.heads * s.head_dim,
+        s.kv_heads * s.head_dim,
+        s.intermediate,
+    );
+    let per_layer = if s.fast {
+        4 * h + 2 * qd + 2 * kvd + 3 * i + s.heads * s.seq
+    } else {
+        6 * h + 4 * qd + 4 * kvd + 3 * i + 2 * s.heads * s.seq
+    };
+    let kept_layers = if s.checkpointing {
+        s.layers * h + 2 * per_layer
+    } else {
+        (s.layers + 1) * per_layer
+    };
+    let layer_params = s.params / s.layers.max(1);
+    // Weights converted to the compute dtype live in the graph as long as it does.
+    let copies = match (s.compute_copies, s.checkpointing) {
+        (false, _) => 0,
+        (true, false) => s.params * s.dtype_bytes,
+        (true, true) => (layer_params + s.vocab * h) * s.dtype_bytes,
+    };
+    let per_chunk = s.chunk_tokens * kept_layers * s.dtype_bytes + copies;
+    // The logits of one chunk of positions (f32): the fast pass's buffer; on candle's path also
+    // the log-softmax's gradient and the temperature's scaled copy.
+    let logit_buffers = if s.fast { 1 } else { 3 };
+    let logits = s.logit_rows.min(s.chunk_positions) * s.vocab * 4 * logit_buffers;
+    // Each chunk's full gradients, and the running sum once a later group of chunks runs.
+    let sets = s.in_flight + usize::from(s.chunks > s.in_flight);
     Memory {
         weights: s.params * 4,
-        gradients: s.params * 4,
+        gradients: s.params * 4 * sets.max(1),
         optimizer: s.optimizer_bytes,
         reference: if s.reference { s.params * 4 } else { 0 },
-        kv_cache: s.gen_rows * s.layers * 2 * s.kv_heads * s.head_dim * s.seq * s.dtype_bytes,
-        activations: s.train_tokens * s.layers * per_token_layer * s.dtype_bytes,
-        logits: s.train_tokens * 2 * s.vocab * s.dtype_bytes,
+        kv_cache: s.gen_rows * s.layers * 2 * kvd * s.seq * s.dtype_bytes,
+        activations: per_chunk * s.in_flight,
+        logits: logits * s.in_flight,
     }
 }
 
@@ -1236,7 +1310,14 @@ mod tests {
             head_dim: 2,
             vocab: 10,
             dtype_bytes: 2,
-            train_tokens: 6,
+            compute_copies: false,
+            chunk_tokens: 6,
+            chunk_positions: 3,
+            chunks: 1,
+            in_flight: 1,
+            logit_rows: 2,
+            checkpointing: false,
+            fast: true,
             gen_rows: 2,
             seq: 3,
         };
@@ -1250,11 +1331,39 @@ mod tests {
                 reference: 4000,
                 // 2 rows x 2 layers x (keys, values) x 1 head x 2 dims x 3 positions x 2 bytes.
                 kv_cache: 96,
-                // 6 tokens x 2 layers x (8*4 + 4*8 + 2*2*3 = 76) elements x 2 bytes.
-                activations: 1824,
-                // 6 tokens x (logits, log-softmax) x 10 entries x 2 bytes.
-                logits: 240,
+                // 6 tokens x (2 layers + 1) x (4*4 + 2*4 + 2*2 + 3*8 + 2*3 = 58) x 2 bytes.
+                activations: 2088,
+                // One chunk of 2 positions x 10 entries x 4 bytes.
+                logits: 80,
             }
+        );
+        // Checkpointing: 6 tokens x (2 layers x 4 + 2 x 58) x 2 bytes.
+        let ckpt = memory(&MemoryShape {
+            checkpointing: true,
+            ..shape
+        });
+        assert_eq!(ckpt.activations, 1488);
+        // Candle's graph in a half-precision compute dtype, 4 chunks run one at a time: per
+        // layer 6*4 + 4*4 + 4*2 + 3*8 + 2*2*3 = 84, a copy of the weights in the compute dtype,
+        // three logits buffers, and the running sum beside the chunk's gradients.
+        let graph = memory(&MemoryShape {
+            fast: false,
+            compute_copies: true,
+            chunks: 4,
+            ..shape
+        });
+        assert_eq!(graph.activations, 6 * 3 * 84 * 2 + 1000 * 2);
+        assert_eq!(graph.logits, 240);
+        assert_eq!(graph.gradients, 8000);
+        // Two chunks side by side on the CPU: two of everything a chunk holds.
+        let two = memory(&MemoryShape {
+            chunks: 2,
+            in_flight: 2,
+            ..shape
+        });
+        assert_eq!(
+            (two.activations, two.logits, two.gradients),
+            (4176, 160, 8000)
         );
         let no_ref = memory(&MemoryShape {
             reference: false,
@@ -1278,8 +1387,58 @@ mod tests {
             dry_step_skipped: Some("too big".into()),
         };
         // The KV cache is gone by the training pass: the peak holds the larger of the two.
-        assert_eq!(cost.peak_bytes(), 4000 + 4000 + 8000 + 4000 + 1824 + 240);
+        assert_eq!(cost.peak_bytes(), 4000 + 4000 + 8000 + 4000 + 2088 + 80);
         assert!(describe_cost(&cost).contains("dry-run step skipped: too big"));
+    }
+
+    /// The GPU benchmark pipelines (pipelines/bench/gpu-qwen2.5-*.recap: 128 rows of 129 + 256
+    /// tokens, bf16 compute on f32 master weights, AdamW, a reference, candle's pass with one
+    /// chunk in flight) fit one 80 GB card at their `micro_batch`, and would not without it.
+    #[test]
+    fn gpu_benchmarks_fit_one_card() {
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        // (params, layers, hidden, intermediate, heads, kv heads, micro_batch) of Qwen2.5-0.5B
+        // and -1.5B (configs/qwen2.5-*.json; head_dim 64 and 128, vocabulary 151,936).
+        for (params, layers, hidden, inter, heads, kv, micro, want) in [
+            (494_032_768, 24, 896, 4864, 14, 2, 16, 22.0),
+            (1_543_714_304, 28, 1536, 8960, 12, 2, 8, 46.2),
+        ] {
+            let (rows, seq, new) = (128, 385, 256);
+            let shape = |micro: usize| MemoryShape {
+                params,
+                optimizer_bytes: params * 8,
+                reference: true,
+                layers,
+                hidden,
+                intermediate: inter,
+                heads,
+                kv_heads: kv,
+                head_dim: hidden / heads,
+                vocab: 151_936,
+                dtype_bytes: 2,
+                compute_copies: true,
+                chunk_tokens: micro * seq,
+                chunk_positions: micro * new,
+                chunks: rows / micro,
+                in_flight: 1,
+                logit_rows: PassOptions::for_vocab(151_936).logit_rows,
+                checkpointing: false,
+                fast: false,
+                gen_rows: rows,
+                seq,
+            };
+            let peak = |m: Memory| {
+                m.weights
+                    + m.gradients
+                    + m.optimizer
+                    + m.reference
+                    + m.kv_cache.max(m.activations + m.logits)
+            };
+            let at_micro = gib(peak(memory(&shape(micro))));
+            assert!((at_micro - want).abs() < 0.1, "{params}: {at_micro:.1} GiB");
+            assert!(at_micro < 74.0, "{params}: {at_micro:.1} GiB");
+            assert!(gib(peak(memory(&shape(rows)))) > 80.0);
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@
 
 use candle_core::{bail, CpuStorage, DType, Result, Storage, StorageRef, Tensor};
 
-use super::logprob::SequenceBatch;
+use super::logprob::{PassOptions, SequenceBatch};
 use super::Model;
 use crate::ops::kernels::{self, mm, Real};
 
@@ -336,6 +336,13 @@ struct Saved {
     act: Vec<f32>,
 }
 
+/// What the forward keeps of one block: all its backward reads, or with checkpointing only its
+/// input, from which the backward makes the rest again.
+enum Kept {
+    Full(Box<Saved>),
+    Input(Vec<f32>),
+}
+
 /// The result of [`forward`]: the log-probabilities and what [`FastForward::backward`] needs.
 pub struct FastForward<'a> {
     model: &'a Model,
@@ -350,15 +357,14 @@ pub struct FastForward<'a> {
     targets: Vec<u32>,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
-    layers: Vec<Saved>,
+    layers: Vec<Kept>,
     /// The selected rows of the last block's output, their inverse RMS and their final norm.
     sel_x: Vec<f32>,
     sel_r: Vec<f32>,
     sel_h: Vec<f32>,
-    /// Softmax of the logits of the selected rows (n * L, vocab), divided by the batch's
-    /// sampling temperature.
-    probs: Vec<f32>,
     logp: Vec<f32>,
+    /// How the pass bounds its memory: the backward recomputes the logits chunk by chunk.
+    opts: PassOptions,
     /// 1 / the batch's sampling temperature, which the backward carries through the division.
     inv_temperature: f32,
 }
@@ -395,6 +401,24 @@ fn linear(
         1.0,
     );
     y
+}
+
+/// The logits of the selected positions `first .. first + buf.len() / vocab` (final-normed rows
+/// of `sel_h`) projected by `head` (vocab, hidden) and multiplied by `scale` (1 / the sampling
+/// temperature), into `buf`.
+fn head_logits(d: &Dims, sel_h: &[f32], head: &[f32], first: usize, scale: f32, buf: &mut [f32]) {
+    let (rows, hs) = (buf.len() / d.vocab, d.hidden);
+    mm(
+        (rows, d.vocab, hs),
+        buf,
+        (d.vocab, 1),
+        false,
+        &sel_h[first * hs..(first + rows) * hs],
+        (hs, 1),
+        head,
+        (1, hs),
+        scale,
+    );
 }
 
 /// `dx (rows, in) [+]= dy (rows, out) . w (out, in)`.
@@ -954,6 +978,7 @@ fn run<'a>(
     weights: Held<'a>,
     batch: &SequenceBatch,
     save: bool,
+    opts: PassOptions,
 ) -> Result<FastForward<'a>> {
     let Inputs {
         dims: d,
@@ -997,7 +1022,11 @@ fn run<'a>(
         layers_seen += 1;
         let (saved, out) = block_forward(&d, w, &pk, qs, (&rope_cos, &rope_sin), x);
         if save {
-            layers.push(saved);
+            layers.push(if opts.checkpointing {
+                Kept::Input(saved.x)
+            } else {
+                Kept::Full(Box::new(saved))
+            });
         }
         x = out;
     }
@@ -1011,25 +1040,26 @@ fn run<'a>(
     let mut sel_r = vec![0f32; ns];
     let mut sel_h = vec![0f32; ns * hs];
     rms_forward(&sel_x, &weights.norm, d.eps, &mut sel_r, &mut sel_h);
-    let mut probs = linear(&sel_h, ns, hs, weights.head(), d.vocab, None);
     let inv_temperature = (1.0 / batch.temperature) as f32;
-    if batch.temperature != 1.0 {
-        for v in probs.iter_mut() {
-            *v *= inv_temperature;
-        }
-    }
+    // The logits are made `opts.logit_rows` positions at a time and only each position's
+    // log-probability is kept, so the (n * L, vocab) logits never exist at once.
     let mut logp = vec![0f32; ns];
-    for ((row, lp), &tgt) in probs.chunks_exact_mut(d.vocab).zip(&mut logp).zip(&targets) {
-        let lse = kernels::log_sum_exp(row);
-        *lp = row[tgt as usize] - lse;
-        if save {
-            for v in row.iter_mut() {
-                *v = (*v - lse).fexp();
-            }
+    let chunk = opts.logit_rows.max(1);
+    let mut logits = vec![0f32; chunk.min(ns) * d.vocab];
+    for (c, (lp, tg)) in logp
+        .chunks_mut(chunk)
+        .zip(targets.chunks(chunk))
+        .enumerate()
+    {
+        let first = c * chunk;
+        let buf = &mut logits[..lp.len() * d.vocab];
+        head_logits(&d, &sel_h, weights.head(), first, inv_temperature, buf);
+        for ((row, lp), &tgt) in buf.chunks_exact(d.vocab).zip(lp).zip(tg) {
+            *lp = row[tgt as usize] - kernels::log_sum_exp(row);
         }
     }
+    drop(logits);
     if !save {
-        probs = Vec::new();
         sel_x = Vec::new();
         sel_h = Vec::new();
     }
@@ -1048,30 +1078,47 @@ fn run<'a>(
         sel_x,
         sel_r,
         sel_h,
-        probs,
         logp,
         inv_temperature,
+        opts,
     })
 }
 
 /// The training forward: the log-probabilities of the completion tokens and every activation
-/// [`FastForward::backward`] needs.
+/// [`FastForward::backward`] needs, with the default [`PassOptions`] of the model.
 pub fn forward<'a>(model: &'a Model, batch: &SequenceBatch) -> Result<FastForward<'a>> {
-    run(model, Held::Own(HostWeights::new(model)?), batch, true)
+    forward_opts(model, batch, PassOptions::of(model))
 }
 
-/// [`forward`] with the model's weights already copied (see [`HostWeights`]).
+/// [`forward`] with the given options (chunk size of the logits, checkpointing).
+pub fn forward_opts<'a>(
+    model: &'a Model,
+    batch: &SequenceBatch,
+    opts: PassOptions,
+) -> Result<FastForward<'a>> {
+    run(
+        model,
+        Held::Own(HostWeights::new(model)?),
+        batch,
+        true,
+        opts,
+    )
+}
+
+/// [`forward_opts`] with the model's weights already read (see [`HostWeights`]).
 pub fn forward_with<'a>(
     model: &'a Model,
     weights: &'a HostWeights<'a>,
     batch: &SequenceBatch,
+    opts: PassOptions,
 ) -> Result<FastForward<'a>> {
-    run(model, Held::Shared(weights), batch, true)
+    run(model, Held::Shared(weights), batch, true, opts)
 }
 
 /// The log-probabilities (n * L, row-major) alone, keeping no activations: the reference pass.
 pub fn logprobs(model: &Model, batch: &SequenceBatch) -> Result<Vec<f32>> {
-    Ok(run(model, Held::Own(HostWeights::new(model)?), batch, false)?.logp)
+    let w = Held::Own(HostWeights::new(model)?);
+    Ok(run(model, w, batch, false, PassOptions::of(model))?.logp)
 }
 
 /// [`logprobs`] as an (n, L) tensor on the model's device, like
@@ -1080,13 +1127,20 @@ pub fn logprobs_tensor(model: &Model, batch: &SequenceBatch) -> Result<Tensor> {
     logprobs_tensor_with(model, &HostWeights::new(model)?, batch)
 }
 
-/// [`logprobs_tensor`] with the model's weights already copied (see [`HostWeights`]).
+/// [`logprobs_tensor`] with the model's weights already read (see [`HostWeights`]).
 pub fn logprobs_tensor_with(
     model: &Model,
     weights: &HostWeights<'_>,
     batch: &SequenceBatch,
 ) -> Result<Tensor> {
-    let lp = run(model, Held::Shared(weights), batch, false)?.logp;
+    let lp = run(
+        model,
+        Held::Shared(weights),
+        batch,
+        false,
+        PassOptions::of(model),
+    )?
+    .logp;
     Tensor::from_vec(
         lp,
         (batch.completion_ids.dims2()?.0, batch.completion_width),
@@ -1125,28 +1179,49 @@ impl FastForward<'_> {
                 d.lw
             );
         }
-        if self.layers.len() != self.weights.layers.len() || self.probs.len() != ns * d.vocab {
+        if self.layers.len() != self.weights.layers.len() || self.sel_h.len() != ns * d.hidden {
             bail!("fast path: backward of a forward that kept no activations (use `forward`)");
         }
         let hs = d.hidden;
-        // d logp / d logits = (onehot(target) - softmax) / temperature.
-        let mut dlogits = vec![0f32; ns * d.vocab];
-        for (((dl, p), &g), &tgt) in dlogits
-            .chunks_exact_mut(d.vocab)
-            .zip(self.probs.chunks_exact(d.vocab))
-            .zip(dlogp)
-            .zip(&self.targets)
-        {
-            let g = g * self.inv_temperature;
-            for (dl, &p) in dl.iter_mut().zip(p) {
-                *dl = -g * p;
-            }
-            dl[tgt as usize] += g;
-        }
+        // d logp / d logits = (onehot(target) - softmax) / temperature, chunk by chunk of
+        // positions with the chunk's logits made again (the forward kept none of them).
         let head = self.weights.head();
-        let mut dhead = linear_dw(&dlogits, ns, d.vocab, &self.sel_h, hs);
+        let mut dhead = vec![0f32; d.vocab * hs];
         let mut dsel_h = vec![0f32; ns * hs];
-        linear_dx(&dlogits, ns, d.vocab, head, hs, &mut dsel_h, false);
+        let chunk = self.opts.logit_rows.max(1);
+        let mut dlogits = vec![0f32; chunk.min(ns) * d.vocab];
+        for (c, (g, tg)) in dlogp
+            .chunks(chunk)
+            .zip(self.targets.chunks(chunk))
+            .enumerate()
+        {
+            let (first, rows) = (c * chunk, g.len());
+            let buf = &mut dlogits[..rows * d.vocab];
+            head_logits(d, &self.sel_h, head, first, self.inv_temperature, buf);
+            for ((row, &g), &tgt) in buf.chunks_exact_mut(d.vocab).zip(g).zip(tg) {
+                let lse = kernels::log_sum_exp(row);
+                let g = g * self.inv_temperature;
+                for v in row.iter_mut() {
+                    *v = -g * (*v - lse).fexp();
+                }
+                row[tgt as usize] += g;
+            }
+            let sel_h = &self.sel_h[first * hs..(first + rows) * hs];
+            // dhead (vocab, hidden) += dlogits^T . sel_h, summed over the chunks.
+            mm(
+                (d.vocab, hs, rows),
+                &mut dhead,
+                (hs, 1),
+                c > 0,
+                buf,
+                (1, d.vocab),
+                sel_h,
+                (hs, 1),
+                1.0,
+            );
+            let dh = &mut dsel_h[first * hs..(first + rows) * hs];
+            linear_dx(buf, rows, d.vocab, head, hs, dh, false);
+        }
         drop(dlogits);
         let mut dsel_x = vec![0f32; ns * hs];
         let mut dnorm = vec![0f32; hs];
@@ -1187,6 +1262,14 @@ impl FastForward<'_> {
                 &self.qs_all
             };
             let rope = (&self.rope_cos[..], &self.rope_sin[..]);
+            let remade;
+            let s = match s {
+                Kept::Full(s) => s,
+                Kept::Input(x) => {
+                    remade = block_forward(d, w, pk, qs, rope, x.clone()).0;
+                    &remade
+                }
+            };
             let (dxi, g) = block_backward(d, w, s, pk, qs, rope, dx);
             dx = dxi;
             layer_grads.push(g);

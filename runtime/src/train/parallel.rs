@@ -56,20 +56,49 @@ pub fn row_chunks(
         .collect()
 }
 
-/// Runs `f` on every chunk: side by side on rayon's pool on the CPU (at most one chunk per
-/// worker at a time, so a micro-batch bound costs at most that many chunks of activations),
-/// one after the other elsewhere. Gives the results in chunk order, or the first chunk's error.
-pub fn map_chunks<T, E, F>(chunks: &[Range<usize>], device: &Device, f: F) -> Result<Vec<T>, E>
+/// Chunks that run at once on `device`: one per worker thread on the CPU, one elsewhere.
+pub fn chunks_in_flight(device: &Device) -> usize {
+    if device.is_cpu() {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    }
+}
+
+/// Runs `f` on every chunk and hands each result to `consume` in chunk order: side by side on
+/// rayon's pool on the CPU, [`chunks_in_flight`] chunks at a time, one after the other
+/// elsewhere. A chunk's result (a full set of weight gradients) is consumed before the next
+/// group of chunks starts, so a micro-batch bound keeps at most that many results alive
+/// whatever the number of chunks. Stops at the first error, of `f` or of `consume`.
+pub fn fold_chunks<T, E, F, C>(
+    chunks: &[Range<usize>],
+    device: &Device,
+    f: F,
+    mut consume: C,
+) -> Result<(), E>
 where
     T: Send,
     E: Send,
     F: Fn(Range<usize>) -> Result<T, E> + Sync + Send,
+    C: FnMut(T) -> Result<(), E>,
 {
-    if device.is_cpu() && chunks.len() > 1 {
-        chunks.par_iter().map(|r| f(r.clone())).collect()
-    } else {
-        chunks.iter().map(|r| f(r.clone())).collect()
+    for group in chunks.chunks(chunks_in_flight(device)) {
+        let outs: Vec<T> = if group.len() > 1 {
+            group
+                .par_iter()
+                .map(|r| f(r.clone()))
+                .collect::<Result<_, E>>()?
+        } else {
+            group
+                .iter()
+                .map(|r| f(r.clone()))
+                .collect::<Result<_, E>>()?
+        };
+        for out in outs {
+            consume(out)?;
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -124,16 +153,36 @@ mod tests {
     #[test]
     fn results_come_back_in_chunk_order_and_errors_surface() {
         let chunks = row_chunks(10, Some(3), &Device::Cpu, true);
-        let starts: Vec<usize> =
-            map_chunks(&chunks, &Device::Cpu, |r| Ok::<_, String>(r.start)).unwrap();
+        let mut starts = Vec::new();
+        fold_chunks(
+            &chunks,
+            &Device::Cpu,
+            |r| Ok::<_, String>(r.start),
+            |s| {
+                starts.push(s);
+                Ok(())
+            },
+        )
+        .unwrap();
         assert_eq!(starts, vec![0, 3, 6, 9]);
-        let err = map_chunks(&chunks, &Device::Cpu, |r| {
-            if r.start == 6 {
-                Err(format!("chunk at {}", r.start))
-            } else {
-                Ok(r.start)
-            }
-        });
+        let mut seen = 0;
+        let err = fold_chunks(
+            &chunks,
+            &Device::Cpu,
+            |r| {
+                if r.start == 6 {
+                    Err(format!("chunk at {}", r.start))
+                } else {
+                    Ok(r.start)
+                }
+            },
+            |_| {
+                seen += 1;
+                Ok(())
+            },
+        );
         assert_eq!(err, Err("chunk at 6".to_string()));
+        // The groups before the failing one were consumed, and nothing after it.
+        assert!(seen <= 6 / chunks_in_flight(&Device::Cpu) * chunks_in_flight(&Device::Cpu));
     }
 }
