@@ -15,6 +15,7 @@
 pub mod checkpoint;
 pub mod data;
 mod init;
+pub mod metrics_log;
 pub mod optim;
 pub mod presets;
 pub mod progress;
@@ -727,7 +728,15 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
     };
     rundir::replace_file(&run_dir, "plan.json", (plan_text + "\n").as_bytes())?;
     let keep_until = resume.as_ref().map(|c| c.state.global_step);
-    ctx.out = Some(progress::RunFiles::open(&run_dir, keep_until)?);
+    // The run's files serve every stage, so they are written in each format any stage asks for.
+    let mut logs: Vec<recap_plan::LogFormat> = plan
+        .stages
+        .iter()
+        .flat_map(|s| s.train.log.iter().copied())
+        .collect();
+    logs.sort();
+    logs.dedup();
+    ctx.out = Some(progress::RunFiles::open(&run_dir, keep_until, &logs)?);
     ctx.progress = Some(progress::Progress::new(opts.progress, ctx.total_steps));
 
     let (first_stage, mut restored) = match &resume {

@@ -1,0 +1,172 @@
+//! Watching and trying runs through the command line: the TensorBoard and CSV logs that
+//! `train { log }` asks for, read back beside `metrics.jsonl`, and `recapc generate` and
+//! `recapc eval` on the checkpoints of a run of the tiny model.
+
+mod common;
+#[path = "common/tfevents.rs"]
+mod tfevents;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{recapc, stderr, stdout};
+use serde_json::Value;
+
+/// A job of six quick steps on the tiny model with a probe every two steps (so the probe's
+/// columns first appear at step 2), logging to TensorBoard and CSV.
+const JOB: &str = "\
+model policy = tiny(layers = 1, hidden = 32, heads = 2, seed = 7)
+source sums = arithmetic(ops = \"+\", digits = 1, count = 64, seed = 1)
+verifier correct = numeric(extract = first_number)
+objective rl = grpo(sums) { rewards = [correct], group = 4, max_tokens = 3 }
+objective learn = sft(sums)
+eval held = probe(sums, rewards = [correct], every = 2, limit = 4, max_tokens = 4)
+train {
+  steps = 6
+  prompts_per_step = 4
+  optimizer = adamw(lr = 1e-3)
+  seed = 3
+  checkpoint = every(3)
+  out = \"runs/job\"
+  log = [tensorboard, csv]
+}
+";
+
+fn run_job() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("job.recap"), JOB).unwrap();
+    let o = recapc(&["run", "job.recap", "--progress", "quiet"], dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    dir
+}
+
+fn records(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The leaves of a record under `/`-joined names.
+fn leaves(v: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}/{k}")
+                };
+                leaves(x, &name, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.clone())),
+    }
+}
+
+/// Every number of every step of `metrics.jsonl` is a TensorBoard scalar of that step (as a
+/// 32-bit float) and a cell of `metrics.csv`; every other leaf is a CSV cell too, and the probe's
+/// columns, first seen at step 2, head their column in every row.
+#[test]
+fn tensorboard_and_csv_hold_every_metric_of_every_step() {
+    let dir = run_job();
+    let run = dir.path().join("runs/job");
+    let recs = records(&run);
+    assert_eq!(recs.len(), 6);
+
+    let events = tfevents::read(&std::fs::read(tfevents::file(&run)).unwrap());
+    assert_eq!(events[0].file_version.as_deref(), Some("brain.Event:2"));
+    let steps: Vec<i64> = events[1..].iter().map(|e| e.step).collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+
+    let mut csv = csv::Reader::from_path(run.join("metrics.csv")).unwrap();
+    let header: Vec<String> = csv.headers().unwrap().iter().map(str::to_string).collect();
+    assert_eq!(header[0], "step");
+    assert!(
+        header.contains(&"eval/held/correct".to_string()),
+        "{header:?}"
+    );
+    let rows: Vec<csv::StringRecord> = csv.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 6);
+
+    let mut numbers = 0;
+    for ((rec, event), row) in recs.iter().zip(&events[1..]).zip(&rows) {
+        let mut ls = Vec::new();
+        leaves(rec, "", &mut ls);
+        for (name, v) in ls {
+            let col = header.iter().position(|h| *h == name).expect(&name);
+            let cell = &row[col];
+            match &v {
+                Value::Null => assert_eq!(cell, "", "{name}"),
+                Value::String(s) => assert_eq!(cell, s, "{name}"),
+                other => assert_eq!(cell, other.to_string(), "{name}"),
+            }
+            if let (Some(x), true) = (v.as_f64(), name != "step") {
+                let got = event.scalars.iter().find(|(t, _)| *t == name);
+                assert_eq!(got.map(|g| g.1), Some(x as f32), "{name} at {}", event.step);
+                numbers += 1;
+            }
+        }
+        // No scalar that the record does not hold.
+        for (tag, _) in &event.scalars {
+            let mut ls = Vec::new();
+            leaves(rec, "", &mut ls);
+            assert!(ls.iter().any(|(n, _)| n == tag), "{tag}");
+        }
+    }
+    assert!(numbers > 6 * 10, "{numbers} numbers");
+    let probe_col = header
+        .iter()
+        .position(|h| h == "eval/held/correct")
+        .unwrap();
+    let probed: Vec<bool> = rows.iter().map(|r| !r[probe_col].is_empty()).collect();
+    assert_eq!(probed, [false, true, false, true, false, true]);
+
+    // TensorBoard's own reader, where it is installed, reads the same scalars.
+    let python = Command::new("python3")
+        .args(["-c", "import tensorboard"])
+        .output();
+    if !python.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: TensorBoard's reader (python3 cannot import tensorboard)");
+        return;
+    }
+    let script = "\
+import json, sys
+from tensorboard.backend.event_processing import event_accumulator as ea
+acc = ea.EventAccumulator(sys.argv[1], size_guidance={ea.SCALARS: 0})
+acc.Reload()
+print(json.dumps({t: [[s.step, s.value] for s in acc.Scalars(t)] for t in acc.Tags()['scalars']}))
+";
+    let o = Command::new("python3")
+        .args(["-c", script, &run.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let seen: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let loss: Vec<(i64, f32)> = seen["loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap() as f32))
+        .collect();
+    let expected: Vec<(i64, f32)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["step"].as_i64().unwrap(),
+                r["loss"].as_f64().unwrap() as f32,
+            )
+        })
+        .collect();
+    assert_eq!(loss, expected);
+    assert_eq!(
+        seen["eval/held/correct"].as_array().unwrap().len(),
+        3,
+        "{seen}"
+    );
+    eprintln!(
+        "TensorBoard's reader saw {} scalar tags",
+        seen.as_object().unwrap().len()
+    );
+}
