@@ -170,3 +170,130 @@ print(json.dumps({t: [[s.step, s.value] for s in acc.Scalars(t)] for t in acc.Ta
         seen.as_object().unwrap().len()
     );
 }
+
+/// The metrics of a run without the fields that measure time.
+fn untimed(run: &Path) -> Vec<Value> {
+    records(run)
+        .into_iter()
+        .map(|mut v| {
+            for k in ["seconds", "tokens_per_s", "time"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        })
+        .collect()
+}
+
+/// A finished run resumed with more steps (and a probe more) goes on from its last checkpoint,
+/// showing what changed, and ends where a run of that many steps from the start ends.
+#[test]
+fn a_finished_run_resumed_with_more_steps_goes_on() {
+    let dir = run_job();
+    let longer = JOB.replace("steps = 6", "steps = 9").replace(
+        "train {",
+        "eval more = probe(sums, rewards = [correct], every = 3, limit = 2, max_tokens = 4)\ntrain {",
+    );
+    std::fs::write(dir.path().join("job.recap"), &longer).unwrap();
+    let o = recapc(
+        &[
+            "run",
+            "job.recap",
+            "--progress",
+            "quiet",
+            "--resume",
+            "runs/job",
+        ],
+        dir.path(),
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("resuming from step 6 with a changed pipeline"),
+        "{err}"
+    );
+    assert!(err.contains("stage `main`: train.steps 6 -> 9"), "{err}");
+    assert!(err.contains("stage `main`: evals"), "{err}");
+    let run = dir.path().join("runs/job");
+    let steps: Vec<u64> = records(&run)
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=9).collect::<Vec<_>>());
+    let events = tfevents::read(&std::fs::read(tfevents::file(&run)).unwrap());
+    let event_steps: Vec<i64> = events[1..].iter().map(|e| e.step).collect();
+    assert_eq!(event_steps, (1..=9).collect::<Vec<_>>());
+
+    // The same nine steps from the start give the same metrics and weights; only the new
+    // probe's results before the extension (at steps 3 and 6) are not in the extended run's.
+    std::fs::write(dir.path().join("job.recap"), &longer).unwrap();
+    let o = recapc(
+        &[
+            "run",
+            "job.recap",
+            "--progress",
+            "quiet",
+            "--out",
+            "runs/whole",
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let whole = dir.path().join("runs/whole");
+    let unprobed = |r: &Path| -> Vec<Value> {
+        untimed(r)
+            .into_iter()
+            .map(|mut v| {
+                v.as_object_mut().unwrap().remove("eval");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(unprobed(&run), unprobed(&whole));
+    assert_eq!(records(&run)[8]["eval"], records(&whole)[8]["eval"]);
+    assert!(
+        std::fs::read(run.join("final/model.safetensors")).unwrap()
+            == std::fs::read(whole.join("final/model.safetensors")).unwrap()
+    );
+}
+
+/// A resume whose pipeline changes what the finished steps were trained with (a seed, the
+/// data, the model) is refused with exit code 2, naming each change, and leaves the run as it
+/// was.
+#[test]
+fn a_resume_that_would_alter_the_past_is_refused() {
+    let dir = run_job();
+    let run = dir.path().join("runs/job");
+    let before = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    let changed = JOB
+        .replace("steps = 6", "steps = 9")
+        .replace("seed = 3", "seed = 4")
+        .replace("count = 64", "count = 65")
+        .replace("hidden = 32", "hidden = 16");
+    std::fs::write(dir.path().join("job.recap"), changed).unwrap();
+    let o = recapc(
+        &[
+            "run",
+            "job.recap",
+            "--progress",
+            "quiet",
+            "--resume",
+            "runs/job",
+        ],
+        dir.path(),
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("the pipeline changed what the run's 6 finished steps were trained with"),
+        "{err}"
+    );
+    assert!(err.contains("stage `main`: train.seed 3 -> 4"), "{err}");
+    assert!(err.contains("sources"), "{err}");
+    assert!(err.contains("models"), "{err}");
+    assert!(err.contains("start a new run with `--out DIR`"), "{err}");
+    assert!(
+        !err.contains("train.steps"),
+        "an allowed change is no reason: {err}"
+    );
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), before);
+}

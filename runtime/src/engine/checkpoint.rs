@@ -155,6 +155,9 @@ pub(crate) fn save(
         }
         let text = serde_json::to_string_pretty(&state)?;
         std::fs::write(dir.join("trainer_state.json"), text)?;
+        // The plan the checkpoint was written under, so that a resume with a changed pipeline
+        // can tell what changed even after the run directory's plan.json was replaced.
+        std::fs::write(dir.join("plan.json"), ctx.plan.to_json())?;
         Ok(())
     })?;
     if let Some(keep) = keep {
@@ -282,15 +285,8 @@ pub(crate) fn restore(
     rt: &mut StageRt,
     models: &mut Models,
 ) -> Result<()> {
+    // A plan other than the checkpoint's was held against it before anything was loaded.
     let s = &c.state;
-    if s.plan_hash != ctx.plan.content_hash {
-        bail!(
-            "{}: the checkpoint was written by a different plan (hash {} vs {}); resume needs the same plan",
-            c.dir.display(),
-            s.plan_hash,
-            ctx.plan.content_hash
-        );
-    }
     let err = |e: String| anyhow!("{}: {e}", c.dir.display());
     rt.step = s.stage_step;
     rt.optim.restore(&c.dir.join("optimizer.safetensors"))?;
