@@ -297,3 +297,103 @@ fn a_resume_that_would_alter_the_past_is_refused() {
     );
     assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), before);
 }
+
+/// `recapc generate` completes a prompt with a run's final weights (named by the run, its
+/// `final/`, or a checkpoint), the same text each time when greedy.
+#[test]
+fn generate_completes_a_prompt_with_a_checkpoint() {
+    let dir = run_job();
+    let gen = |ckpt: &str, extra: &[&str]| {
+        let mut args = vec!["generate", ckpt, "--prompt", "1+2=", "--max-tokens", "4"];
+        args.extend_from_slice(extra);
+        let o = recapc(&args, dir.path());
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(stderr(&o).starts_with("finished: "), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let text = gen("runs/job/final", &[]);
+    assert!(text.ends_with('\n') && text.len() > 1, "{text:?}");
+    assert_eq!(
+        gen("runs/job", &[]),
+        text,
+        "a run directory stands for its final/"
+    );
+    assert_eq!(gen("runs/job/final", &[]), text, "greedy decoding repeats");
+    // The step-6 checkpoint holds the same weights as final/.
+    assert_eq!(gen("runs/job/checkpoints/step-000006", &[]), text);
+    let sampled = gen("runs/job/final", &["--temperature", "1.5", "--seed", "9"]);
+    assert_eq!(
+        gen("runs/job/final", &["--temperature", "1.5", "--seed", "9"]),
+        sampled,
+        "a seed repeats its samples"
+    );
+}
+
+/// What is not a checkpoint, and a checkpoint without its tokenizer, are usage errors that say
+/// so.
+#[test]
+fn generate_and_eval_name_what_is_wrong_with_a_checkpoint() {
+    let dir = run_job();
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    let o = recapc(&["generate", "empty", "--prompt", "1+1="], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("empty is not a checkpoint: it has no config.json"),
+        "{}",
+        stderr(&o)
+    );
+    let copy = dir.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(dir.path().join("runs/job/final")).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "tokenizer.json" {
+            std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+        }
+    }
+    let o = recapc(&["generate", "copy", "--prompt", "1+1="], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("copy has no tokenizer.json"),
+        "{}",
+        stderr(&o)
+    );
+    let o = recapc(&["eval", "empty", "job.recap"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("is not a checkpoint"), "{}", stderr(&o));
+    let o = recapc(
+        &["generate", "runs/job", "--prompt", "1", "--temperature=-1"],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--temperature -1 is not a temperature"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `recapc eval` runs the pipeline's probe on the final weights and scores it as the run's
+/// last probe did on the same weights; `--out` writes the results as JSON.
+#[test]
+fn eval_runs_the_pipelines_probes_on_a_checkpoint() {
+    let dir = run_job();
+    let o = recapc(
+        &["eval", "runs/job/final", "job.recap", "--out", "eval.json"],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("[main] held on sums (4 rows): correct="),
+        "{out}"
+    );
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("eval.json")).unwrap())
+            .unwrap();
+    assert_eq!(doc["schema"], "recap-eval");
+    let probe = &doc["probes"][0];
+    assert_eq!(probe["probe"], "held");
+    assert_eq!(probe["rows"], 4);
+    let last = records(&dir.path().join("runs/job")).pop().unwrap();
+    assert_eq!(probe["scores"]["correct"], last["eval"]["held"]["correct"]);
+}

@@ -5,8 +5,10 @@
 mod check;
 mod compare;
 mod completions;
+mod eval;
 mod explain;
 mod fmt;
+mod generate;
 mod graph;
 mod import;
 mod list_templates;
@@ -33,6 +35,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Plan(args) => plan::run(&args),
         Command::Graph(args) => graph::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Generate(args) => generate::run(&args),
+        Command::Eval(args) => eval::run(&args),
         Command::Report(args) => report::run(&args),
         Command::Compare(args) => compare::run(&args),
         Command::New(args) => new::run(&args),

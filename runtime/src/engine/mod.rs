@@ -23,6 +23,7 @@ pub mod progress;
 pub mod rewards;
 pub mod rundir;
 mod step;
+pub mod trial;
 mod warnings;
 
 use std::collections::BTreeMap;
