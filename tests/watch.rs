@@ -397,3 +397,46 @@ fn eval_runs_the_pipelines_probes_on_a_checkpoint() {
     let last = records(&dir.path().join("runs/job")).pop().unwrap();
     assert_eq!(probe["scores"]["correct"], last["eval"]["held"]["correct"]);
 }
+
+/// Unmounts its directory when dropped, so that a failing test leaves no mount behind.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A run whose disk fills up stops with "no space left on device" naming the file it was
+/// writing, whichever file of the run directory that is. It needs a small tmpfs, which only a
+/// privileged user can mount; elsewhere it is skipped (the writers' unit tests inject ENOSPC
+/// through `/dev/full`).
+#[test]
+fn a_full_disk_stops_the_run_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&small)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a tmpfs here");
+        return;
+    }
+    let _unmount = Unmount(small.clone());
+    let job = JOB
+        .replace("steps = 6", "steps = 5000")
+        .replace("  checkpoint = every(3)\n", "")
+        .replace("out = \"runs/job\"", "out = \"small/run\"");
+    std::fs::write(dir.path().join("job.recap"), job).unwrap();
+    let o = recapc(&["run", "job.recap", "--progress", "quiet"], dir.path());
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("no space left on device while writing ./small/run/"),
+        "{err}"
+    );
+    assert!(!err.contains("corrupt"), "{err}");
+}
