@@ -16,7 +16,7 @@ pub struct Event {
 
 fn masked(bytes: &[u8]) -> u32 {
     let crc = crc32c::crc32c(bytes);
-    ((crc >> 15) | (crc << 17)).wrapping_add(0xa282_ead8)
+    crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
 fn varint(b: &[u8], i: &mut usize) -> u64 {
