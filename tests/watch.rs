@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{recapc, stderr, stdout};
+use recap_runtime::engine::metrics_log::flatten;
 use serde_json::Value;
 
 /// A job of six quick steps on the tiny model with a probe every two steps (so the probe's
@@ -48,23 +49,6 @@ fn records(run: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// The leaves of a record under `/`-joined names.
-fn leaves(v: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                let name = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}/{k}")
-                };
-                leaves(x, &name, out);
-            }
-        }
-        other => out.push((prefix.to_string(), other.clone())),
-    }
-}
-
 /// Every number of every step of `metrics.jsonl` is a TensorBoard scalar of that step (as a
 /// 32-bit float) and a cell of `metrics.csv`; every other leaf is a CSV cell too, and the probe's
 /// columns, first seen at step 2, head their column in every row.
@@ -83,35 +67,38 @@ fn tensorboard_and_csv_hold_every_metric_of_every_step() {
     let mut csv = csv::Reader::from_path(run.join("metrics.csv")).unwrap();
     let header: Vec<String> = csv.headers().unwrap().iter().map(str::to_string).collect();
     assert_eq!(header[0], "step");
-    assert!(
-        header.contains(&"eval/held/correct".to_string()),
-        "{header:?}"
-    );
+    // The names are the record's paths joined with `/`.
+    for name in [
+        "eval/held/correct",
+        "keys/sums.correct/lambda",
+        "rewards/sums.correct",
+        "time/rollout",
+        "loss",
+    ] {
+        assert!(header.iter().any(|h| h == name), "{name}: {header:?}");
+    }
     let rows: Vec<csv::StringRecord> = csv.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 6);
 
     let mut numbers = 0;
     for ((rec, event), row) in recs.iter().zip(&events[1..]).zip(&rows) {
-        let mut ls = Vec::new();
-        leaves(rec, "", &mut ls);
-        for (name, v) in ls {
-            let col = header.iter().position(|h| *h == name).expect(&name);
+        let ls = flatten(rec);
+        for (name, v) in &ls {
+            let col = header.iter().position(|h| h == name).expect(name);
             let cell = &row[col];
-            match &v {
+            match v {
                 Value::Null => assert_eq!(cell, "", "{name}"),
                 Value::String(s) => assert_eq!(cell, s, "{name}"),
                 other => assert_eq!(cell, other.to_string(), "{name}"),
             }
             if let (Some(x), true) = (v.as_f64(), name != "step") {
-                let got = event.scalars.iter().find(|(t, _)| *t == name);
+                let got = event.scalars.iter().find(|(t, _)| t == name);
                 assert_eq!(got.map(|g| g.1), Some(x as f32), "{name} at {}", event.step);
                 numbers += 1;
             }
         }
         // No scalar that the record does not hold.
         for (tag, _) in &event.scalars {
-            let mut ls = Vec::new();
-            leaves(rec, "", &mut ls);
             assert!(ls.iter().any(|(n, _)| n == tag), "{tag}");
         }
     }
@@ -184,6 +171,22 @@ fn untimed(run: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Resumes the run of `job.recap` in `dir`; gives the exit code and stderr.
+fn resume(dir: &Path) -> (Option<i32>, String) {
+    let o = recapc(
+        &[
+            "run",
+            "job.recap",
+            "--progress",
+            "quiet",
+            "--resume",
+            "runs/job",
+        ],
+        dir,
+    );
+    (o.status.code(), stderr(&o))
+}
+
 /// A finished run resumed with more steps (and a probe more) goes on from its last checkpoint,
 /// showing what changed, and ends where a run of that many steps from the start ends.
 #[test]
@@ -194,19 +197,8 @@ fn a_finished_run_resumed_with_more_steps_goes_on() {
         "eval more = probe(sums, rewards = [correct], every = 3, limit = 2, max_tokens = 4)\ntrain {",
     );
     std::fs::write(dir.path().join("job.recap"), &longer).unwrap();
-    let o = recapc(
-        &[
-            "run",
-            "job.recap",
-            "--progress",
-            "quiet",
-            "--resume",
-            "runs/job",
-        ],
-        dir.path(),
-    );
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(0), "{err}");
+    let (code, err) = resume(dir.path());
+    assert_eq!(code, Some(0), "{err}");
     assert!(
         err.contains("resuming from step 6 with a changed pipeline"),
         "{err}"
@@ -270,19 +262,8 @@ fn a_resume_that_would_alter_the_past_is_refused() {
         .replace("count = 64", "count = 65")
         .replace("hidden = 32", "hidden = 16");
     std::fs::write(dir.path().join("job.recap"), changed).unwrap();
-    let o = recapc(
-        &[
-            "run",
-            "job.recap",
-            "--progress",
-            "quiet",
-            "--resume",
-            "runs/job",
-        ],
-        dir.path(),
-    );
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (code, err) = resume(dir.path());
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("the pipeline changed what the run's 6 finished steps were trained with"),
         "{err}"

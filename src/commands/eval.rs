@@ -3,8 +3,6 @@
 //! `--out`, writes the results as JSON (schema `recap-eval` version 1). Exit codes as for
 //! `generate`, and 1 when the pipeline has errors.
 
-use std::path::{Path, PathBuf};
-
 use recap_runtime::engine::{trial, RunOptions};
 use serde_json::{json, Value};
 
@@ -17,15 +15,9 @@ pub fn run(args: &EvalArgs) -> ExitCode {
         Ok((_, plan)) => plan,
         Err(code) => return code,
     };
-    let base_dir = args
-        .file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
     let options = RunOptions {
         device: args.device.clone(),
-        base_dir,
+        base_dir: super::pipeline_dir(&args.file),
         ..RunOptions::default()
     };
     let results = match trial::evaluate(&plan, &args.checkpoint, &options) {

@@ -148,6 +148,15 @@ pub(crate) fn print_human(source: &SourceFile, diagnostics: &[recap_compiler::Di
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
+/// The directory of a pipeline file, which its relative paths (data, model directories,
+/// `out`) start from, as the checker resolved them.
+pub(crate) fn pipeline_dir(file: &Path) -> std::path::PathBuf {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| std::path::PathBuf::from("."))
+}
+
 /// Prints `error: message` on stderr.
 pub(crate) fn error_line(message: &str) {
     let _ = writeln!(std::io::stderr().lock(), "error: {message}");
