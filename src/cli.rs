@@ -29,6 +29,10 @@ pub enum Command {
     Graph(GraphArgs),
     /// Compile a pipeline and run it as a training job.
     Run(RunArgs),
+    /// Complete a prompt with a trained checkpoint (a checkpoint directory or a run's final/).
+    Generate(GenerateArgs),
+    /// Run a pipeline's probes on a checkpoint and print the scores (JSON with --out).
+    Eval(EvalArgs),
     /// Chart finished runs and summarise them (charts and summary.md).
     Report(ReportArgs),
     /// Compare variants of a pipeline over seeds: one Markdown (or JSON) table.
@@ -194,6 +198,56 @@ pub struct RunArgs {
     /// Write sample completions to samples.jsonl every N steps (0: never).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub samples_every: u64,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "CKPT is a checkpoint directory (`runs/job/checkpoints/step-000100`), a run's \
+`final/`, or a run directory (which stands for its `final/`). The prompt is wrapped in the \
+tokenizer's chat template, as training prompts are."
+)]
+pub struct GenerateArgs {
+    /// The checkpoint.
+    #[arg(value_name = "CKPT")]
+    pub checkpoint: PathBuf,
+    /// The prompt to complete.
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: String,
+    /// The most tokens to generate (the end-of-sequence token included).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 takes the most likely token at each step.
+    #[arg(long, default_value_t = 0.0, value_name = "T")]
+    pub temperature: f64,
+    /// Seed of the sampler (used when the temperature is above 0).
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub seed: u64,
+    /// Where tensors live: `cpu`, or `cuda:N` in a build with `--features cuda`.
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: String,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Each `eval NAME = probe(...)` of the pipeline runs on the checkpoint's weights \
+with the pipeline's data and verifiers, as it would during training. CKPT is a checkpoint \
+directory, a run's `final/`, or a run directory (its `final/`)."
+)]
+pub struct EvalArgs {
+    /// The checkpoint.
+    #[arg(value_name = "CKPT")]
+    pub checkpoint: PathBuf,
+    /// The pipeline whose probes to run.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub set: SetArgs,
+    /// Also write the results to FILE as JSON (schema `recap-eval` version 1).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Where tensors live: `cpu`, or `cuda:N` in a build with `--features cuda`.
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: String,
 }
 
 /// How `recapc run` shows progress.

@@ -2,6 +2,8 @@
 //! resumed, must end with the same weights and metrics as a run that was never stopped.
 
 mod common;
+#[path = "common/tfevents.rs"]
+mod tfevents;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// A job of quick steps on the tiny model (GRPO and SFT on one source) that checkpoints every
-/// `every` steps, keeping two.
+/// `every` steps, keeping two, and logs to TensorBoard and CSV besides `metrics.jsonl`.
 fn grpo_sft_job(steps: u64, every: u64) -> String {
     format!(
         "\
@@ -26,6 +28,7 @@ train {{
   seed = 3
   checkpoint = every({every}, keep = 2)
   out = \"runs/job\"
+  log = [tensorboard, csv]
 }}
 "
     )
@@ -107,6 +110,46 @@ fn metrics(run: &Path) -> Vec<Value> {
                 m.remove(k);
             }
             v
+        })
+        .collect()
+}
+
+/// Whether a metric measures time (and so differs between two runs of one job).
+fn timed(name: &str) -> bool {
+    ["seconds", "tokens_per_s"].contains(&name) || name.starts_with("time/")
+}
+
+/// The rows of `metrics.csv` without the columns that measure time, the header first.
+fn csv_rows(run: &Path) -> Vec<Vec<String>> {
+    let mut r = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_path(run.join("metrics.csv"))
+        .unwrap();
+    let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+    let keep: Vec<bool> = rows[0].iter().map(|c| !timed(c)).collect();
+    rows.iter()
+        .map(|row| {
+            row.iter()
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .map(|(c, _)| c.to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// The scalar events of the run's TensorBoard file as (step, tag, value), without wall times
+/// and the scalars that measure time.
+fn scalar_events(run: &Path) -> Vec<(i64, String, f32)> {
+    let events = tfevents::read(&std::fs::read(tfevents::file(run)).unwrap());
+    assert_eq!(events[0].file_version.as_deref(), Some("brain.Event:2"));
+    events[1..]
+        .iter()
+        .flat_map(|e| {
+            e.scalars
+                .iter()
+                .filter(|(t, _)| !timed(t))
+                .map(|(t, x)| (e.step, t.clone(), *x))
         })
         .collect()
 }
@@ -415,6 +458,12 @@ fn twenty_sigkills_at_random_moments_lose_nothing() {
         weights(&run) == weights(&full),
         "weights differ after 20 kills"
     );
+    // The logs besides metrics.jsonl hold each step once, as the uninterrupted run's do.
+    assert_eq!(csv_rows(&run), csv_rows(&full), "metrics.csv differs");
+    assert_eq!(csv_rows(&full).len(), 241);
+    let events = scalar_events(&full);
+    assert_eq!(scalar_events(&run), events, "the TensorBoard events differ");
+    assert_eq!(events.last().map(|e| e.0), Some(240));
     eprintln!(
         "20 kills, {before_the_end} before the run's end, {half_written} leaving a file half \
          written; uninterrupted run {full_ms} ms, test {:.1} s",

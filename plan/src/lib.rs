@@ -453,6 +453,20 @@ pub struct Train {
     pub seed: u64,
     pub checkpoint: Option<Checkpoint>,
     pub out: String,
+    /// Formats the run's metrics are written in besides `metrics.jsonl`; plans written before
+    /// the setting existed have none, and omit it so they hash as they did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<LogFormat>,
+}
+
+/// A format of the run's metrics besides `metrics.jsonl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// TensorBoard event files (`events.out.tfevents.*`).
+    Tensorboard,
+    /// `metrics.csv`.
+    Csv,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -650,6 +664,7 @@ mod tests {
                 keep: None,
             }),
             out: "runs/x".into(),
+            log: Vec::new(),
         };
         Plan {
             version: PLAN_VERSION,

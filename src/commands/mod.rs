@@ -5,8 +5,10 @@
 mod check;
 mod compare;
 mod completions;
+mod eval;
 mod explain;
 mod fmt;
+mod generate;
 mod graph;
 mod import;
 mod list_templates;
@@ -33,6 +35,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Plan(args) => plan::run(&args),
         Command::Graph(args) => graph::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Generate(args) => generate::run(&args),
+        Command::Eval(args) => eval::run(&args),
         Command::Report(args) => report::run(&args),
         Command::Compare(args) => compare::run(&args),
         Command::New(args) => new::run(&args),
@@ -142,6 +146,15 @@ pub(crate) fn print_human(source: &SourceFile, diagnostics: &[recap_compiler::Di
         text.push('\n');
     }
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// The directory of a pipeline file, which its relative paths (data, model directories,
+/// `out`) start from, as the checker resolved them.
+pub(crate) fn pipeline_dir(file: &Path) -> std::path::PathBuf {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| std::path::PathBuf::from("."))
 }
 
 /// Prints `error: message` on stderr.

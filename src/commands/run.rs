@@ -9,7 +9,7 @@
 //! run exits with code 4 and a line saying how to resume; a second signal ends the process at
 //! once (130 after SIGINT, 143 after SIGTERM, as a shell reports a death by those signals).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -45,14 +45,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         error_line("--set applies to pipelines, not to a saved plan: its params are already fixed");
         return ExitCode::Usage;
     }
-    // Relative paths in the plan (data, model directories, `out`) are relative to the pipeline
-    // file, as the checker resolved them.
-    let base_dir = args
-        .file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let base_dir = super::pipeline_dir(&args.file);
     let hashes = if args.dry_run {
         None
     } else {

@@ -150,6 +150,27 @@ impl L<'_, '_> {
                 .str("out")
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| default_out.to_string()),
+            log: self.log_formats(c)?,
         })
+    }
+
+    /// The formats `train { log }` names, each once, in the order given. The stdlib types the
+    /// list and gives its default, so anything but a list of its enum's members is a bug.
+    fn log_formats(&self, c: &CallVal) -> Result<Vec<p::LogFormat>, Diagnostic> {
+        let Some(Value::List(items)) = c.get("log").map(|v| &v.v) else {
+            return Err(self.bug("train without a log list", c.span));
+        };
+        let mut formats = Vec::new();
+        for item in items {
+            let format = match item.v {
+                Value::Enum("tensorboard") => p::LogFormat::Tensorboard,
+                Value::Enum("csv") => p::LogFormat::Csv,
+                _ => return Err(self.bug("a log format the plan does not know", item.span)),
+            };
+            if !formats.contains(&format) {
+                formats.push(format);
+            }
+        }
+        Ok(formats)
     }
 }

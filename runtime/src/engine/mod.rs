@@ -14,13 +14,16 @@
 
 pub mod checkpoint;
 pub mod data;
+mod extend;
 mod init;
+pub mod metrics_log;
 pub mod optim;
 pub mod presets;
 pub mod progress;
 pub mod rewards;
 pub mod rundir;
 mod step;
+pub mod trial;
 mod warnings;
 
 use std::collections::BTreeMap;
@@ -618,6 +621,9 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
         }
         _ => None,
     };
+    if let Some(c) = &resume {
+        accept_changes(plan, c, &run_dir)?;
+    }
 
     let mut datasets = BTreeMap::new();
     for s in &plan.sources {
@@ -728,7 +734,15 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
     };
     rundir::replace_file(&run_dir, "plan.json", (plan_text + "\n").as_bytes())?;
     let keep_until = resume.as_ref().map(|c| c.state.global_step);
-    ctx.out = Some(progress::RunFiles::open(&run_dir, keep_until)?);
+    // The run's files serve every stage, so they are written in each format any stage asks for.
+    let mut logs: Vec<recap_plan::LogFormat> = plan
+        .stages
+        .iter()
+        .flat_map(|s| s.train.log.iter().copied())
+        .collect();
+    logs.sort();
+    logs.dedup();
+    ctx.out = Some(progress::RunFiles::open(&run_dir, keep_until, &logs)?);
     ctx.progress = Some(progress::Progress::new(opts.progress, ctx.total_steps));
 
     let (first_stage, mut restored) = match &resume {
@@ -818,6 +832,49 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
     summary.steps = ctx.global_step;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Holds the plan a resume is given against the plan checkpoint `c` was written under: the
+/// same plan passes; a changed one passes, its differences shown, only when it alters none of
+/// the steps taken (see [`extend`]). The checkpoint's own copy of its plan is read, or, for a
+/// checkpoint written before checkpoints held one, the run directory's `plan.json` when it is
+/// that plan.
+fn accept_changes(plan: &Plan, c: &checkpoint::Found, run_dir: &Path) -> Result<()> {
+    if c.state.plan_hash == plan.content_hash {
+        return Ok(());
+    }
+    let read = |path: &Path| -> Option<Plan> {
+        let regular = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
+        let text = regular.then(|| std::fs::read_to_string(path).ok())??;
+        Plan::from_json(&text)
+            .ok()
+            .filter(|p| p.content_hash == c.state.plan_hash)
+    };
+    let Some(old) = read(&c.dir.join("plan.json")).or_else(|| read(&run_dir.join("plan.json")))
+    else {
+        return Err(RunDirError(format!(
+            "{}: the checkpoint was written by a different plan (hash {} vs {}) that the run no              longer holds, so what changed cannot be checked; resume with the pipeline the run              started with",
+            c.dir.display(),
+            c.state.plan_hash,
+            plan.content_hash
+        ))
+        .into());
+    };
+    let position = extend::Position {
+        global_step: c.state.global_step,
+        stage_index: c.state.stage_index,
+        stage_step: c.state.stage_step,
+    };
+    let changes = extend::check(&old, plan, position)
+        .with_context(|| format!("cannot resume the run in {}", run_dir.display()))?;
+    eprintln!(
+        "resuming from step {} with a changed pipeline (it alters none of the steps taken):",
+        c.state.global_step
+    );
+    for line in changes {
+        eprintln!("{line}");
+    }
+    Ok(())
 }
 
 /// How many times its norm at the stage's start the weights may grow before a step counts as

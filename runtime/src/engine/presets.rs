@@ -106,6 +106,7 @@ pub fn train(steps: u64, prompts: u64, lr: f64, seed: u64, out: &str) -> Train {
         seed,
         checkpoint: None,
         out: out.into(),
+        log: Vec::new(),
     }
 }
 

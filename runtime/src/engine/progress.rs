@@ -4,11 +4,12 @@
 //! terminal, plain lines otherwise.
 
 use std::fs::File;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use recap_plan::LogFormat;
 use serde_json::Value;
 
 /// How progress is shown.
@@ -23,62 +24,77 @@ pub enum ProgressMode {
     Quiet,
 }
 
-/// The JSON Lines files of a run.
+/// The JSON Lines files of a run, and the other formats of its metrics that it asks for.
 pub struct RunFiles {
     metrics: File,
     samples: File,
+    logs: super::metrics_log::MetricLogs,
     pub dir: PathBuf,
 }
 
 /// Keeps the lines of a JSON Lines file whose `step` is at most `until` (a resumed run drops
 /// what the interrupted run logged after its checkpoint), or empties it for a fresh run. The
 /// kept lines go to a new file that replaces the old one, so a kill while this runs loses no
-/// history, and a link in the file's place is neither read nor written through.
-fn reset(dir: &Path, name: &str, until: Option<u64>) -> Result<File> {
+/// history, and a link in the file's place is neither read nor written through. Gives the file
+/// open for appending and the records it kept.
+fn reset(dir: &Path, name: &str, until: Option<u64>) -> Result<(File, Vec<Value>)> {
     let path = dir.join(name);
     let regular = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
-    let kept = match until {
-        Some(s) if regular => {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            text.lines()
-                .filter(|l| {
-                    serde_json::from_str::<Value>(l)
-                        .ok()
-                        .and_then(|v| v.get("step").and_then(Value::as_u64))
-                        .is_some_and(|step| step <= s)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect::<String>()
+    let mut kept = String::new();
+    let mut records = Vec::new();
+    if let (Some(s), true) = (until, regular) {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if v.get("step")
+                .and_then(Value::as_u64)
+                .is_some_and(|step| step <= s)
+            {
+                kept.push_str(line);
+                kept.push('\n');
+                records.push(v);
+            }
         }
-        _ => String::new(),
-    };
-    super::rundir::replace_file(dir, name, kept.as_bytes())
+    }
+    let file = super::rundir::replace_file(dir, name, kept.as_bytes())?;
+    Ok((file, records))
 }
 
-/// Appends `v` and a newline with one write: formatting straight into the file would issue a
-/// write per token of the JSON, and a line cut between them is unparseable after a kill.
-fn write_line(file: &mut File, v: &Value) -> std::io::Result<()> {
+/// Appends `v` and a newline to `dir/name` with one write: formatting straight into the file
+/// would issue a write per token of the JSON, and a line cut between them is unparseable after
+/// a kill.
+fn write_line(file: &mut File, v: &Value, dir: &Path, name: &str) -> Result<()> {
     let mut line = v.to_string();
     line.push('\n');
-    file.write_all(line.as_bytes())
+    super::rundir::append(file, line.as_bytes(), &dir.join(name))
 }
 
 impl RunFiles {
-    pub fn open(dir: &Path, keep_until: Option<u64>) -> Result<RunFiles> {
+    /// Opens the run's files in `dir`, keeping the steps up to `keep_until` (a resume) or none,
+    /// with the other formats of the metrics in `logs` rebuilt from the steps kept.
+    pub fn open(dir: &Path, keep_until: Option<u64>, logs: &[LogFormat]) -> Result<RunFiles> {
+        let (metrics, kept) = reset(dir, "metrics.jsonl", keep_until)?;
+        let (samples, _) = reset(dir, "samples.jsonl", keep_until)?;
         Ok(RunFiles {
-            metrics: reset(dir, "metrics.jsonl", keep_until)?,
-            samples: reset(dir, "samples.jsonl", keep_until)?,
+            metrics,
+            samples,
+            logs: super::metrics_log::MetricLogs::open(dir, logs, &kept, keep_until.is_some())?,
             dir: dir.to_path_buf(),
         })
     }
 
+    /// Writes a step's record to `metrics.jsonl` first, then to the other logs, which are
+    /// rebuilt from it when a run resumes.
     pub fn metric(&mut self, v: &Value) -> Result<()> {
-        write_line(&mut self.metrics, v).context("writing metrics.jsonl")
+        write_line(&mut self.metrics, v, &self.dir, "metrics.jsonl")?;
+        self.logs.record(v)
     }
 
     pub fn sample(&mut self, v: &Value) -> Result<()> {
-        write_line(&mut self.samples, v).context("writing samples.jsonl")
+        write_line(&mut self.samples, v, &self.dir, "samples.jsonl")
     }
 }
 
@@ -217,6 +233,29 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A metrics line the disk has no room for (`/dev/full` answers every write with ENOSPC)
+    /// says so, naming the file, rather than giving the bare OS error.
+    #[test]
+    fn a_full_disk_under_the_metrics_is_named() {
+        let mut full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let dir = Path::new("/runs/job");
+        let err = write_line(
+            &mut full,
+            &serde_json::json!({ "step": 1 }),
+            dir,
+            "metrics.jsonl",
+        )
+        .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "no space left on device while writing /runs/job/metrics.jsonl; what was written \
+             before is kept. Free some space, then resume the run"
+        );
+    }
 
     fn record(weights: &[(&str, f64)]) -> Value {
         let keys: serde_json::Map<String, Value> = weights

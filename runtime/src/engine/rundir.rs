@@ -23,7 +23,7 @@ pub const MARKER: &str = "run.json";
 pub const LOCK: &str = ".recap-lock";
 
 /// The files a run writes at the top of its directory, besides the marker.
-const OWN_FILES: &[&str] = &["plan.json", "metrics.jsonl", "samples.jsonl"];
+const OWN_FILES: &[&str] = &["plan.json", "metrics.jsonl", "samples.jsonl", "metrics.csv"];
 
 /// A run directory that cannot be used as asked: the command line reports it as a usage error.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +144,15 @@ fn remove_earlier_run(dir: &Path) -> Result<()> {
     for name in OWN_FILES.iter().chain(&[MARKER]) {
         remove(&dir.join(name))?;
     }
+    // TensorBoard's event files, named by the time and host that wrote them.
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        let name = name.strip_prefix(".tmp-").unwrap_or(&name);
+        if name.starts_with(super::metrics_log::EVENTS_PREFIX) {
+            remove(&e.path())?;
+        }
+    }
     remove(&dir.join("final"))?;
     remove(&dir.join(".tmp-final"))?;
     let root = dir.join("checkpoints");
@@ -199,6 +208,26 @@ pub(crate) fn sync_tree(dir: &Path) -> Result<()> {
     sync_dir(dir)
 }
 
+/// The error of a failed write of `path`: a full disk (ENOSPC) is said in those words with the
+/// path, since the bare OS message names neither the file nor what to do; any other failure
+/// keeps its own message under the path.
+pub(crate) fn write_error(e: std::io::Error, path: &Path) -> anyhow::Error {
+    if e.kind() == ErrorKind::StorageFull {
+        anyhow::anyhow!(
+            "no space left on device while writing {}; what was written before is kept. Free \
+             some space, then resume the run",
+            path.display()
+        )
+    } else {
+        anyhow::Error::new(e).context(format!("cannot write {}", path.display()))
+    }
+}
+
+/// Appends `bytes` to `file` (the run directory's `path`) with one write.
+pub(crate) fn append(file: &mut File, bytes: &[u8], path: &Path) -> Result<()> {
+    file.write_all(bytes).map_err(|e| write_error(e, path))
+}
+
 /// Writes `dir/name` afresh with `bytes` and gives it open for appending. The bytes go to a
 /// temporary file created new (so never opened through a link), synced, and renamed over `name`:
 /// a kill leaves the old file or the new one, never a cut one, and a link at `name` is replaced
@@ -217,9 +246,11 @@ pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<File> {
         .create_new(true)
         .open(&tmp)
         .with_context(|| format!("cannot create {}", tmp.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    if let Err(e) = file.write_all(bytes).and_then(|()| file.sync_all()) {
+        // The partial copy gives its space back; the file it was to replace is untouched.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(write_error(e, &dst));
+    }
     std::fs::rename(&tmp, &dst)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))?;
     sync_dir(dir)?;

@@ -932,7 +932,7 @@ impl Ctx<'_> {
     }
 
     /// Greedy accuracy of a probe's reward terms on the first rows of its source.
-    fn probe(&self, e: &Eval, models: &Models) -> Result<Map<String, Value>> {
+    pub(crate) fn probe(&self, e: &Eval, models: &Models) -> Result<Map<String, Value>> {
         let ds = self
             .datasets
             .get(e.source.as_str())

@@ -617,7 +617,11 @@ impl Optimizer {
             Some(meta),
             &tmp,
         )
-        .map_err(|e| candle_core::Error::Msg(format!("writing {}: {e}", tmp.display())))?;
+        .map_err(|e| match e {
+            // An IO error keeps its kind, so that a full disk can be told from a bad file.
+            safetensors::SafeTensorError::IoError(io) => candle_core::Error::Io(io),
+            e => candle_core::Error::Msg(format!("writing {}: {e}", tmp.display())),
+        })?;
         std::fs::rename(&tmp, path)
             .map_err(|e| candle_core::Error::Msg(format!("renaming to {}: {e}", path.display())))?;
         Ok(())
