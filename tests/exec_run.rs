@@ -43,6 +43,16 @@ fn job(grader: &str) -> tempfile::TempDir {
     dir
 }
 
+/// Runs the job with `--allow-exec`, which must succeed; its two metrics records.
+fn run_allowed(dir: &Path) -> Vec<Value> {
+    let args = ["run", "job.recap", "--progress", "quiet", "--allow-exec"];
+    let run = common::recapc(&args, dir);
+    assert!(run.status.success(), "{}", common::stderr(&run));
+    let m = metrics(dir);
+    assert_eq!(m.len(), 2);
+    m
+}
+
 fn metrics(dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(dir.join("runs/job/metrics.jsonl"))
         .unwrap()
@@ -74,11 +84,7 @@ fn a_run_trains_on_an_exec_grader() {
         return;
     }
     let dir = job(GRADER);
-    let args = ["run", "job.recap", "--progress", "quiet", "--allow-exec"];
-    let run = common::recapc(&args, dir.path());
-    assert!(run.status.success(), "{}", common::stderr(&run));
-    let m = metrics(dir.path());
-    assert_eq!(m.len(), 2);
+    let m = run_allowed(dir.path());
     for rec in &m {
         assert!(rec.get("verifier_errors").is_none(), "{rec}");
         let r = rec["rewards"]["sums.graded"].as_f64().unwrap();
@@ -92,11 +98,7 @@ fn a_crashing_grader_costs_rewards_not_the_run() {
         return;
     }
     let dir = job("import sys\nsys.stderr.write('grader bug\\n')\nsys.exit(3)\n");
-    let args = ["run", "job.recap", "--progress", "quiet", "--allow-exec"];
-    let run = common::recapc(&args, dir.path());
-    assert!(run.status.success(), "{}", common::stderr(&run));
-    let m = metrics(dir.path());
-    assert_eq!(m.len(), 2);
+    let m = run_allowed(dir.path());
     for rec in &m {
         assert_eq!(rec["rewards"]["sums.graded"].as_f64(), Some(0.0), "{rec}");
         let errors = rec["verifier_errors"].as_array().unwrap();
