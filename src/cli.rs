@@ -188,6 +188,11 @@ pub struct RunArgs {
     /// PLAN.json`) or since the resumed run started; without it such a run is refused.
     #[arg(long)]
     pub allow_changed_inputs: bool,
+    /// Let the pipeline's `exec(...)` verifiers run their programs (each in a fresh, confined
+    /// working directory with a clean environment, a memory limit and a timeout); without it
+    /// a pipeline with one is refused.
+    #[arg(long)]
+    pub allow_exec: bool,
     /// Build every node, load data and models, run one step on two prompts, print the
     /// per-step cost estimate; write nothing.
     #[arg(long)]

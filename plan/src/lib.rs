@@ -240,6 +240,39 @@ pub enum VerifierSpec {
         max_tokens: u64,
         target: Option<u64>,
     },
+    /// An external program scores each batch of completions: JSON lines in on its stdin, JSON
+    /// lines out on its stdout (docs/rewards.md). `command[0]` is the program; arguments that
+    /// name files are relative to the pipeline's directory.
+    Exec {
+        command: Vec<Name>,
+        /// Seconds one batch may take before the program's process group is killed.
+        timeout: f64,
+        /// The program's address-space limit (`RLIMIT_AS`), in MiB.
+        memory_mb: u64,
+        /// Completions per call of the program.
+        batch: u64,
+        extract: Extractor,
+    },
+    /// A reward-model or judge endpoint: each batch of completions is POSTed as JSON and the
+    /// answer gives one reward per completion (docs/rewards.md).
+    Http {
+        url: Name,
+        /// Seconds one request may take.
+        timeout: f64,
+        /// Completions per request.
+        batch: u64,
+        /// Further tries of a failed request, with doubling waits between them.
+        retries: u64,
+        extract: Extractor,
+    },
+}
+
+impl VerifierSpec {
+    /// Whether the verifier runs code outside recap (an `exec` grader), which a run must be
+    /// allowed to do explicitly.
+    pub fn runs_programs(&self) -> bool {
+        matches!(self, VerifierSpec::Exec { .. })
+    }
 }
 
 /// One reward term of an RL objective (one RECAP key): a linear combination of verifiers.

@@ -54,7 +54,7 @@ fn peer_reward(completion: &str, answer: &str) -> f64 {
 #[test]
 fn the_pipeline_rewards_exactly_what_the_peer_rewards() {
     let plan = plan();
-    let verifiers = build_verifiers(&plan).unwrap();
+    let (verifiers, _) = build_verifiers(&plan, std::path::Path::new("."), false).unwrap();
     let stage = &plan.stages[0];
     let ObjectiveSpec::Grpo { rewards, .. } = &stage.objectives[0].spec else {
         panic!("the parity objective is GRPO");

@@ -46,6 +46,16 @@ pub fn run(args: &RunArgs) -> ExitCode {
         return ExitCode::Usage;
     }
     let base_dir = super::pipeline_dir(&args.file);
+    // Refused before the run directory is made, so a refusal leaves nothing behind.
+    if let Some(v) = plan.verifiers.iter().find(|v| v.spec.runs_programs()) {
+        if !args.allow_exec {
+            error_line(&format!(
+                "verifier `{}` runs a program, and programs run only when allowed: pass `--allow-exec` to `recapc run` (docs/rewards.md)",
+                v.name
+            ));
+            return ExitCode::Usage;
+        }
+    }
     let hashes = if args.dry_run {
         None
     } else {
@@ -73,6 +83,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         samples_every: args.samples_every,
         autograd: engine::autograd_from_env(),
         file_hashes: hashes,
+        allow_exec: args.allow_exec,
         ..RunOptions::default()
     };
     let options = if args.dry_run {

@@ -206,6 +206,29 @@ impl L<'_, '_> {
                 max_tokens: self.u(c, "max_tokens")?,
                 target: self.ou(c, "target"),
             },
+            "exec" => p::VerifierSpec::Exec {
+                command: match c.get("command").map(|v| &v.v) {
+                    Some(Value::List(items)) => items
+                        .iter()
+                        .map(|i| match &i.v {
+                            Value::Str { text, .. } => Ok(CompactString::from(text.as_str())),
+                            _ => Err(self.bug("an `exec` command item that is no string", c.span)),
+                        })
+                        .collect::<Result<_, _>>()?,
+                    _ => return Err(self.bug("`exec` without a command list", c.span)),
+                },
+                timeout: self.f(c, "timeout")?,
+                memory_mb: self.u(c, "memory_mb")?,
+                batch: self.u(c, "batch")?,
+                extract,
+            },
+            "http" => p::VerifierSpec::Http {
+                url: self.s(c, "url")?,
+                timeout: self.f(c, "timeout")?,
+                batch: self.u(c, "batch")?,
+                retries: self.u(c, "retries")?,
+                extract,
+            },
             other => return Err(self.bug(&format!("unknown verifier function {other}"), c.span)),
         };
         Ok(p::Verifier {

@@ -5,7 +5,7 @@ use super::problems::ValidateProblem;
 use super::{arg_span, V};
 use crate::ast::DeclKind;
 use crate::diagnostic::Problem;
-use crate::typecheck::CallVal;
+use crate::typecheck::{CallVal, Value};
 
 impl V<'_, '_, '_, '_> {
     /// A `tiny` model's `hidden` must divide by its `heads`, and its `heads` by its `kv_heads`.
@@ -55,6 +55,47 @@ impl V<'_, '_, '_, '_> {
         }
         for c in std::mem::take(&mut self.calls.length_penalty) {
             self.penalty_target(c);
+        }
+        for c in std::mem::take(&mut self.calls.exec) {
+            self.exec_command(c);
+        }
+        for c in std::mem::take(&mut self.calls.http) {
+            self.http_url(c);
+        }
+    }
+
+    /// An `exec` verifier's command must name a program; the runtime could start nothing.
+    fn exec_command(&mut self, c: &CallVal) {
+        let Some(Value::List(items)) = c.get("command").map(|v| &v.v) else {
+            return;
+        };
+        let program = items.first().map(|i| match &i.v {
+            Value::Str { text, .. } => text.trim().is_empty(),
+            _ => false,
+        });
+        if program.unwrap_or(true) {
+            let at = items.first().map_or(arg_span(c, "command"), |i| i.span);
+            self.diags
+                .push(ValidateProblem::EmptyCommand.at(at, "no program to run"));
+        }
+    }
+
+    /// An `http` verifier's url must be one the runtime's plain-HTTP client can reach.
+    fn http_url(&mut self, c: &CallVal) {
+        let Some(url) = c.str("url") else {
+            return;
+        };
+        let why = match url.split_once("://") {
+            Some(("http", rest)) if rest.is_empty() || rest.starts_with('/') => {
+                Some("names no host")
+            }
+            Some(("http", _)) => None,
+            Some(("https", _)) => Some("uses https, and the client speaks plain HTTP only"),
+            _ => Some("does not start with `http://`"),
+        };
+        if let Some(why) = why {
+            let problem = ValidateProblem::BadUrl { url, why };
+            self.diags.push(problem.at(arg_span(c, "url"), why));
         }
     }
 

@@ -166,12 +166,22 @@ struct Inspected<'t> {
     regex: Vec<&'t CallVal>,
     choice: Vec<&'t CallVal>,
     length_penalty: Vec<&'t CallVal>,
+    exec: Vec<&'t CallVal>,
+    http: Vec<&'t CallVal>,
 }
 
 impl<'t> Inspected<'t> {
     /// The functions, as the stdlib names them.
     #[cfg(test)]
-    const FUNCTIONS: [&'static str; 5] = ["hf", "jsonl", "regex", "choice", "length_penalty"];
+    const FUNCTIONS: [&'static str; 7] = [
+        "hf",
+        "jsonl",
+        "regex",
+        "choice",
+        "length_penalty",
+        "exec",
+        "http",
+    ];
 
     /// The list for calls of `function`, when a rule inspects them.
     fn list(&mut self, function: &str) -> Option<&mut Vec<&'t CallVal>> {
@@ -181,6 +191,8 @@ impl<'t> Inspected<'t> {
             "regex" => Some(&mut self.regex),
             "choice" => Some(&mut self.choice),
             "length_penalty" => Some(&mut self.length_penalty),
+            "exec" => Some(&mut self.exec),
+            "http" => Some(&mut self.http),
             _ => None,
         }
     }

@@ -33,6 +33,8 @@ problem_codes! {
         BadDataLine = "recap::validate::bad_data_line" => "A line among the first 20 rows of a `jsonl` source's data file is not a JSON object (not valid JSON, or an array, string or number). Every line of a JSON Lines file is one JSON object; blank lines are skipped. The run would stop at that line after loading the models.",
         BadRegex = "recap::validate::bad_regex" => "The `pattern` of a `regex` verifier is not a regular expression the runtime can compile: a syntax error (an unclosed group, a stray quantifier) or a pattern that compiles to more than 4 MiB. The syntax is that of Rust's `regex` crate (no look-around, no back-references). Escape literal `(`, `[`, `{`, `.`, `*` with a backslash, and write patterns as raw strings so backslashes stay as written.\n\nExample:\n    verifier fmt = regex(\"<answer>(.*</answer>\")\nFix:\n    verifier fmt = regex(r\"<answer>(.*)</answer>\")",
         BadOptions = "recap::validate::bad_options" => "The `options` of a `choice` verifier must be the option letters, upper-case ASCII (`\"ABCD\"`): the verifier looks for one of them in the completion.",
+        EmptyCommand = "recap::validate::empty_command" => "The `command` of an `exec` verifier is empty, or its program (the first item) is an empty string. The first item is the program to run (`\"python3\"`, or a file relative to the pipeline's directory), the others its arguments.\n\nExample:\n    verifier tests = exec(command = [])\nFix:\n    verifier tests = exec(command = [\"python3\", \"graders/code.py\"])",
+        BadUrl = "recap::validate::bad_url" => "The `url` of an `http` verifier is not a plain `http://host[:port]/path` address. The client speaks plain HTTP only (no TLS): reach a remote `https://` endpoint through a local proxy or tunnel.\n\nExample:\n    verifier judge = http(url = \"localhost:8000\")\nFix:\n    verifier judge = http(url = \"http://localhost:8000/score\")",
         PenaltyTarget = "recap::validate::penalty_target" => "Warning: a `length_penalty` gives 1.0 up to `target` generated tokens and falls linearly to 0.0 at `max_tokens`; with `target` at or above `max_tokens` there is no slope, and the reward drops from 1.0 to 0.0 right after `target` tokens.",
         StaticCancels = "recap::validate::static_cancels" => "Warning: a `static` weight on a `grpo` objective multiplies every reward term of that objective by the same factor, and group normalisation (`scale = group` or `batch`) divides it out again, so the weight changes nothing. Weigh the balance between the objective's terms instead, or weigh the other (SFT) objectives.",
         UnknownWeightKey = "recap::validate::unknown_weight_key" => "`static(...)` weighs objectives and `weights(...)` weighs sources by name; a name given is not an objective (or source) of the stage. The help line suggests the closest name.",
@@ -81,6 +83,10 @@ pub enum ValidateProblem<'a> {
     BadRegex { why: &'a str },
     /// The `options` of a `choice` are not upper-case letters.
     BadOptions { options: &'a str },
+    /// An `exec` command without a program.
+    EmptyCommand,
+    /// An `http` url that is not `http://...`, and why.
+    BadUrl { url: &'a str, why: &'a str },
     /// A `length_penalty` whose target is not below its limit.
     PenaltyTarget { target: i64, max_tokens: i64 },
     /// `train { policy = ... }` names a frozen model.
@@ -179,6 +185,8 @@ impl Problem for ValidateProblem<'_> {
             P::ContextTooShort { .. } => C::ContextTooShort,
             P::BadRegex { .. } => C::BadRegex,
             P::BadOptions { .. } => C::BadOptions,
+            P::EmptyCommand => C::EmptyCommand,
+            P::BadUrl { .. } => C::BadUrl,
             P::PenaltyTarget { .. } => C::PenaltyTarget,
             P::PolicyIsFrozen { .. } => C::PolicyIsFrozen,
             P::NoPolicy => C::NoPolicy,
@@ -269,6 +277,8 @@ impl Problem for ValidateProblem<'_> {
             P::BadOptions { options } => {
                 format!("the `options` of `choice` must be upper-case letters, found `{options}`")
             }
+            P::EmptyCommand => "the `command` of `exec` names no program".to_string(),
+            P::BadUrl { url, why } => format!("the `url` of `http` is not usable: `{url}` {why}"),
             P::PenaltyTarget { target, max_tokens } => format!(
                 "the `target` of `length_penalty` ({target}) is not below its `max_tokens` ({max_tokens}): the reward stays 1.0 up to {target} tokens and drops to 0.0 right after"
             ),
@@ -375,6 +385,8 @@ impl Problem for ValidateProblem<'_> {
             ),
             P::BadRegex { .. } => "the syntax is that of Rust's `regex` crate; escape a literal `(`, `[`, `{`, `.` or `*` with `\\`, or write the pattern as a raw string, `r\"...\"`".to_string(),
             P::BadOptions { .. } => "list the option letters, e.g. `options = \"ABCD\"`".to_string(),
+            P::EmptyCommand => "give the program and its arguments, e.g. `command = [\"python3\", \"graders/code.py\"]`".to_string(),
+            P::BadUrl { .. } => "write a plain HTTP address, e.g. `url = \"http://localhost:8000/score\"`".to_string(),
             P::PenaltyTarget { .. } => "the reward is 1.0 up to `target` tokens and falls to 0.0 at `max_tokens`; choose a smaller target or a larger limit".to_string(),
             P::PolicyIsFrozen { .. } => "train the model the frozen copy was made from".to_string(),
             P::NoPolicy => "declare one, e.g. `model policy = hf(\"models/qwen\")`".to_string(),

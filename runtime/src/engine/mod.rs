@@ -15,6 +15,7 @@
 pub mod checkpoint;
 pub mod data;
 mod extend;
+pub mod graders;
 mod init;
 pub mod metrics_log;
 pub mod optim;
@@ -82,6 +83,8 @@ pub struct RunOptions {
     /// The hashes of the files the plan reads, kept in the run directory's `plan.json` as its
     /// `file_hashes` field, so that a resume can tell whether they changed since.
     pub file_hashes: Option<Value>,
+    /// Let `exec(...)` verifiers run their programs; without it a plan that has one is refused.
+    pub allow_exec: bool,
 }
 
 /// Whether the environment asks for candle's autograd (`RECAP_AUTOGRAD=1`): read by the
@@ -106,6 +109,7 @@ impl Default for RunOptions {
             autograd: false,
             stop: None,
             file_hashes: None,
+            allow_exec: false,
         }
     }
 }
@@ -629,7 +633,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
     for s in &plan.sources {
         datasets.insert(s.name.to_string(), Dataset::load(s, base)?);
     }
-    let verifiers = rewards::build_verifiers(plan)?;
+    let (verifiers, grader_warnings) = rewards::build_verifiers(plan, base, opts.allow_exec)?;
     let mut models = build_policy(
         plan,
         base,
@@ -671,7 +675,11 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
     let mut summary = RunSummary {
         run_dir: (!opts.dry_run).then(|| run_dir.clone()),
         graph_order,
-        warnings: warnings::at_load(plan, &device, &models.tok),
+        warnings: [
+            grader_warnings,
+            warnings::at_load(plan, &device, &models.tok),
+        ]
+        .concat(),
         ..RunSummary::default()
     };
     for w in &summary.warnings {

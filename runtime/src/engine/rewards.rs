@@ -1,25 +1,53 @@
 //! Verifiers and reward terms of a plan: takes `recap_plan::Verifier`s and `RewardTerm`s, gives
 //! built verifiers (`train::verifiers::Verifier`, which runs the plan's extractor chain on the
-//! completion, then its judgement) and per-completion term outcomes.
+//! completion, then its judgement, or an external grader of `graders`, which scores a batch at
+//! once) and per-completion term outcomes.
 //!
 //! A reward term is a weighted sum of verifiers; it is not applicable to a completion only when
 //! none of its verifiers applies. A verifier that panics is reported (with the sample) and
-//! counts as not applicable, so one bad call does not end the run.
+//! counts as not applicable, and an external grader that fails is reported once per batch and
+//! scores 0, so one bad call does not end the run.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use recap_plan::RewardTerm;
 use serde_json::{Map, Value};
 
-use crate::train::verifiers::{verify_caught, Outcome, Sample, Verifier, VerifierFailure};
+use super::graders::{landlock_available, External};
+use crate::train::verifiers::{verify_caught, Outcome, Sample, Verifier};
 
-/// All verifiers of a plan by name.
-pub fn build_verifiers(plan: &recap_plan::Plan) -> Result<BTreeMap<String, Verifier>> {
-    plan.verifiers
-        .iter()
-        .map(|v| Ok((v.name.to_string(), Verifier::new(v)?)))
-        .collect()
+/// A built verifier: one that judges a completion at a time, or an external grader.
+#[derive(Debug)]
+pub enum Built {
+    Inline(Verifier),
+    External(External),
+}
+
+/// All verifiers of a plan by name, and the warnings building them gave. `base` is the
+/// pipeline's directory; `allow_exec` lets `exec` graders run (they are refused otherwise).
+pub fn build_verifiers(
+    plan: &recap_plan::Plan,
+    base: &Path,
+    allow_exec: bool,
+) -> Result<(BTreeMap<String, Built>, Vec<String>)> {
+    let mut built = BTreeMap::new();
+    for v in &plan.verifiers {
+        let b = match External::new(v, base, allow_exec)? {
+            Some(e) => Built::External(e),
+            None => Built::Inline(Verifier::new(v)?),
+        };
+        built.insert(v.name.to_string(), b);
+    }
+    let mut warnings = Vec::new();
+    if plan.verifiers.iter().any(|v| v.spec.runs_programs()) && !landlock_available() {
+        warnings.push(
+            "this kernel has no Landlock, so `exec` graders are not confined to their working directory: they run with a clean environment, a memory limit and a timeout, but can read and write whatever this user can (docs/rewards.md)"
+                .to_string(),
+        );
+    }
+    Ok((built, warnings))
 }
 
 /// A completion as the reward terms see it.
@@ -31,15 +59,35 @@ pub struct Judged<'a> {
     pub tokens: usize,
 }
 
-/// Outcomes `[completion][term]` of the reward terms, and the verifier calls that panicked.
+/// Outcomes `[completion][term]` of the reward terms, and what went wrong on the way: a
+/// verifier call that panicked, an external grader's batch that failed.
 pub fn score_terms(
-    verifiers: &BTreeMap<String, Verifier>,
+    verifiers: &BTreeMap<String, Built>,
     terms: &[RewardTerm],
     items: &[Judged],
-) -> Result<(Vec<Vec<Outcome>>, Vec<VerifierFailure>)> {
+) -> Result<(Vec<Vec<Outcome>>, Vec<String>)> {
     let mut failures = Vec::new();
+    let get = |name: &str, term: &str| {
+        verifiers
+            .get(name)
+            .ok_or_else(|| anyhow!("reward term `{term}` names unknown verifier `{name}`"))
+    };
+    // External graders score the whole batch first, once each however many terms use them.
+    let mut batched: BTreeMap<&str, Vec<Outcome>> = BTreeMap::new();
+    for term in terms {
+        for part in &term.parts {
+            let name = part.verifier.as_str();
+            if let (Built::External(e), false) =
+                (get(name, &term.name)?, batched.contains_key(name))
+            {
+                let (outcomes, failed) = e.score(items);
+                failures.extend(failed);
+                batched.insert(name, outcomes);
+            }
+        }
+    }
     let mut table = Vec::with_capacity(items.len());
-    for it in items {
+    for (i, it) in items.iter().enumerate() {
         let sample = Sample {
             id: it.id,
             prompt: it.prompt,
@@ -51,20 +99,16 @@ pub fn score_terms(
         for term in terms {
             let (mut sum, mut applied, mut reasons) = (0.0, false, Vec::new());
             for part in &term.parts {
-                let v = verifiers.get(part.verifier.as_str()).ok_or_else(|| {
-                    anyhow!(
-                        "reward term `{}` names unknown verifier `{}`",
-                        term.name,
-                        part.verifier
-                    )
-                })?;
-                let outcome = match verify_caught(v, &sample) {
-                    Ok(o) => o,
-                    Err(f) => {
-                        let reason = f.to_string();
-                        failures.push(f);
-                        Outcome::NotApplicable(reason)
-                    }
+                let outcome = match get(part.verifier.as_str(), &term.name)? {
+                    Built::External(_) => batched[part.verifier.as_str()][i].clone(),
+                    Built::Inline(v) => match verify_caught(v, &sample) {
+                        Ok(o) => o,
+                        Err(f) => {
+                            let reason = f.to_string();
+                            failures.push(reason.clone());
+                            Outcome::NotApplicable(reason)
+                        }
+                    },
                 };
                 match outcome {
                     Outcome::Score(s) => {
@@ -90,7 +134,7 @@ mod tests {
     use super::*;
     use recap_plan::{Expected, ExtractStep, Extractor, VerifierSpec, WeightedVerifier};
 
-    fn verifiers() -> BTreeMap<String, Verifier> {
+    fn verifiers() -> BTreeMap<String, Built> {
         let vs = [
             recap_plan::Verifier {
                 name: "acc".into(),
@@ -120,7 +164,7 @@ mod tests {
             },
         ];
         vs.iter()
-            .map(|v| (v.name.to_string(), Verifier::new(v).unwrap()))
+            .map(|v| (v.name.to_string(), Built::Inline(Verifier::new(v).unwrap())))
             .collect()
     }
 

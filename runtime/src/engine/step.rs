@@ -29,7 +29,6 @@ use crate::train::grpo::{
 use crate::train::parallel::{chunks_in_flight, fold_chunks, row_chunks, split_pays};
 use crate::train::reweight::WeightSnapshot;
 use crate::train::rng::HostRng;
-use crate::train::verifiers::Verifier;
 
 /// The engine's state shared by all stages.
 pub(crate) struct Ctx<'a> {
@@ -37,7 +36,7 @@ pub(crate) struct Ctx<'a> {
     pub opts: &'a RunOptions,
     pub device: Device,
     pub datasets: BTreeMap<String, Dataset>,
-    pub verifiers: BTreeMap<String, Verifier>,
+    pub verifiers: BTreeMap<String, super::rewards::Built>,
     /// Seeds of the rollouts, drawn one per rollout.
     pub run_rng: HostRng,
     pub out: Option<RunFiles>,
@@ -465,7 +464,14 @@ impl Ctx<'_> {
             .collect();
         let (table, failures) = score_terms(&self.verifiers, terms, &items)?;
         for f in &failures {
-            self.warn(&f.to_string());
+            self.warn(f);
+        }
+        // The reasons go to the step's record as well, where they outlast the terminal.
+        if !failures.is_empty() {
+            let errors = st.rec.entry("verifier_errors").or_insert_with(|| json!([]));
+            if let Value::Array(list) = errors {
+                list.extend(failures.iter().map(|f| json!(f)));
+            }
         }
         let means = term_means(&table, terms.len());
         for (term, m) in terms.iter().zip(&means) {
@@ -966,7 +972,7 @@ impl Ctx<'_> {
                 .collect();
             let (table, failures) = score_terms(&self.verifiers, &e.rewards, &items)?;
             for f in &failures {
-                self.warn(&f.to_string());
+                self.warn(f);
             }
             for row in &table {
                 for (t, o) in row.iter().enumerate() {

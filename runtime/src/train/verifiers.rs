@@ -175,6 +175,10 @@ impl Verifier {
             | VerifierSpec::Exact { .. }
             | VerifierSpec::MathEqual { .. }
             | VerifierSpec::LengthPenalty { .. } => {}
+            // External graders score whole batches (`engine::graders`), never one sample.
+            VerifierSpec::Exec { .. } | VerifierSpec::Http { .. } => {
+                return Err(err("an external grader is built by engine::graders".into()));
+            }
         }
         Ok(Verifier {
             plan: plan.clone(),
@@ -196,7 +200,9 @@ impl Verifier {
             | VerifierSpec::Numeric { extract, .. }
             | VerifierSpec::MathEqual { extract, .. }
             | VerifierSpec::Choice { extract, .. }
-            | VerifierSpec::Iou { extract, .. } => extract,
+            | VerifierSpec::Iou { extract, .. }
+            | VerifierSpec::Exec { extract, .. }
+            | VerifierSpec::Http { extract, .. } => extract,
             VerifierSpec::LengthPenalty { .. } => return Some(sample.completion.to_string()),
         };
         if extract.steps.is_empty() {
@@ -345,6 +351,9 @@ impl Verifier {
                 let limit = (*max_tokens as usize).max(target + 1);
                 Outcome::Score(1.0 + overlong_penalty(len, target, limit))
             }
+            VerifierSpec::Exec { .. } | VerifierSpec::Http { .. } => Outcome::NotApplicable(
+                "an external grader scores batches, not one completion".to_string(),
+            ),
         }
     }
 }
