@@ -83,8 +83,11 @@ fn zstd() -> Compression {
     Compression::ZSTD(ZstdLevel::default())
 }
 
+/// Writes one fixture at the path it is given.
+type Writer = Box<dyn Fn(&Path)>;
+
 /// Every fixture: its path under `tests/data/parquet/` and how it is written.
-fn fixtures() -> Vec<(&'static str, Box<dyn Fn(&Path)>)> {
+fn fixtures() -> Vec<(&'static str, Writer)> {
     vec![
         (
             "arith.parquet",
