@@ -168,11 +168,29 @@ fn fields_from_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Fields, D::
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceSpec {
+    /// Rows of a JSON Lines file.
     Jsonl {
         file: Name,
-        prompt: Template,
+        /// The prompt template; `None` when each row's `messages` list is the prompt.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prompt: Option<Template>,
         limit: Option<u64>,
         shuffle: bool,
+        /// A system prompt put before each row's turns when the row has none of its own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        system: Option<Name>,
+    },
+    /// Rows of a Parquet file, or of the Parquet shards under a directory (a Hugging Face
+    /// dataset snapshot), those of one split when `split` is given.
+    Parquet {
+        path: Name,
+        split: Option<Name>,
+        /// The prompt template; `None` when each row's `messages` list is the prompt.
+        prompt: Option<Template>,
+        limit: Option<u64>,
+        shuffle: bool,
+        /// A system prompt put before each row's turns when the row has none of its own.
+        system: Option<Name>,
     },
     /// Generated arithmetic problems; fields `prompt` and `answer`.
     Arithmetic {

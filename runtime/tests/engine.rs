@@ -188,12 +188,13 @@ mod engine {
             name: "math".into(),
             spec: SourceSpec::Jsonl {
                 file: "data.jsonl".into(),
-                prompt: Template {
+                prompt: Some(Template {
                     text: "{q}".into(),
                     placeholders: vec!["q".into()],
-                },
+                }),
                 limit: None,
                 shuffle: false,
+                system: None,
             },
             fields: [("answer".into(), field("answer"))].into_iter().collect(),
         }];

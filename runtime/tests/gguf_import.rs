@@ -711,12 +711,13 @@ fn gguf_policy_trains_in_the_engine() {
         name: "pairs".into(),
         spec: SourceSpec::Jsonl {
             file: data.display().to_string().into(),
-            prompt: Template {
+            prompt: Some(Template {
                 text: "{prompt}".into(),
                 placeholders: vec!["prompt".into()],
-            },
+            }),
             limit: None,
             shuffle: false,
+            system: None,
         },
         fields: [("answer".into(), presets::field("answer"))]
             .into_iter()

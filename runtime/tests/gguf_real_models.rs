@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use recap_runtime::generate::{generate, SamplingConfig};
 use recap_runtime::gguf;
 use recap_runtime::model::load_hf_dir;
-use recap_runtime::tokenizer::{ChatTemplate, TextTokenizer};
+use recap_runtime::tokenizer::TextTokenizer;
 use serde::Deserialize;
 
 fn cached(file: &str) -> Option<PathBuf> {
@@ -38,14 +38,19 @@ fn cached(file: &str) -> Option<PathBuf> {
 }
 
 /// Imports `file`, loads the HF directory and greedily answers `question` with the chat
-/// template the imported tokenizer_config.json describes; gives the answer text.
-fn answer(file: &std::path::Path, question: &str, expected_template: ChatTemplate) -> String {
+/// template the imported tokenizer_config.json describes, whose rendering of the question must
+/// start with the model's default system turn `system`; gives the answer text.
+fn answer(file: &std::path::Path, question: &str, system: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("hf");
     let summary = gguf::import(file, &out).unwrap();
     println!("imported {summary:?}");
     let tok = TextTokenizer::from_dir(&out).unwrap();
-    assert_eq!(tok.template, expected_template);
+    let rendered = tok.template.apply(question).unwrap();
+    assert!(
+        rendered.starts_with(&format!("<|im_start|>system\n{system}<|im_end|>\n")),
+        "{rendered:?}"
+    );
     let model = load_hf_dir(&out, &Device::Cpu).unwrap();
     let prompt = tok.encode_prompt(question).unwrap();
     let cfg = SamplingConfig {
@@ -68,7 +73,7 @@ fn gguf_smollm2_answers_paris() {
     let text = answer(
         &file,
         "What is the capital of France?",
-        ChatTemplate::smollm2(),
+        "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
     );
     assert!(text.contains("Paris"), "answer: {text:?}");
 }
@@ -81,7 +86,7 @@ fn gguf_qwen25_coder_adds_numbers() {
     let text = answer(
         &file,
         "What is 12 + 30? Answer with just the number.",
-        ChatTemplate::qwen(),
+        "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
     );
     assert_eq!(text.trim(), "42", "answer: {text:?}");
 }

@@ -491,19 +491,15 @@ fn top_k_one_is_greedy_and_stop_strings_end_rows() {
 
 #[test]
 fn chat_templates() {
-    let t = ChatTemplate::qwen().apply("Hi?");
+    // A tokenizer_config.json's `chat_template` is rendered (see the tokenizer's unit tests for
+    // Qwen2.5 and Llama 3 templates); without one a prompt goes in as it is.
+    let cfg = serde_json::json!({"chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"});
     assert_eq!(
-        t,
-        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
-    );
-    assert_eq!(
-        ChatTemplate::ChatMl { system: None }.apply("x"),
+        ChatTemplate::from_config(Some(&cfg)).apply("x").unwrap(),
         "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n"
     );
-    assert_eq!(ChatTemplate::Raw.apply("59+63="), "59+63=");
-    let cfg = serde_json::json!({"chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face{% endfor %}"});
-    assert_eq!(ChatTemplate::detect(Some(&cfg)), ChatTemplate::smollm2());
-    assert_eq!(ChatTemplate::detect(None), ChatTemplate::Raw);
+    assert_eq!(ChatTemplate::Raw.apply("59+63=").unwrap(), "59+63=");
+    assert_eq!(ChatTemplate::from_config(None), ChatTemplate::Raw);
     let tok = TextTokenizer::char_level("ab").unwrap();
     assert_eq!(tok.vocab_size(), 6);
     let ids = tok.encode_prompt("abba").unwrap();

@@ -89,8 +89,10 @@ pub fn named_files(plan: &Plan) -> Vec<String> {
         }
     }
     for source in &plan.sources {
-        if let SourceSpec::Jsonl { file, .. } = &source.spec {
-            out.push(file.to_string());
+        match &source.spec {
+            SourceSpec::Jsonl { file, .. } => out.push(file.to_string()),
+            SourceSpec::Parquet { path, .. } => out.push(path.to_string()),
+            _ => {}
         }
     }
     out.sort();

@@ -122,20 +122,21 @@ impl L<'_, '_> {
             fields.insert(k.as_str().into(), self.extractor(Some(v))?);
         }
         let spec = match c.name() {
-            "jsonl" => {
-                let (text, placeholders) = match c.get("prompt").map(|v| &v.v) {
-                    Some(Value::Str { text, placeholders }) => {
-                        (text.to_string(), placeholders.to_vec())
-                    }
-                    _ => return Err(self.bug("jsonl without prompt", c.span)),
-                };
-                p::SourceSpec::Jsonl {
-                    file: self.s(c, "file")?,
-                    prompt: p::Template { text, placeholders },
-                    limit: self.ou(c, "limit"),
-                    shuffle: self.b(c, "shuffle")?,
-                }
-            }
+            "jsonl" => p::SourceSpec::Jsonl {
+                file: self.s(c, "file")?,
+                prompt: prompt_template(c),
+                limit: self.ou(c, "limit"),
+                shuffle: self.b(c, "shuffle")?,
+                system: c.str("system").map(Into::into),
+            },
+            "parquet" => p::SourceSpec::Parquet {
+                path: self.s(c, "path")?,
+                split: c.str("split").map(Into::into),
+                prompt: prompt_template(c),
+                limit: self.ou(c, "limit"),
+                shuffle: self.b(c, "shuffle")?,
+                system: c.str("system").map(Into::into),
+            },
             "arithmetic" => p::SourceSpec::Arithmetic {
                 count: self.u(c, "count")?,
                 digits: self.u(c, "digits")?,
@@ -377,5 +378,17 @@ fn generated_column<'a>(func: &str, field: &'a str) -> &'a str {
     match (func, field) {
         ("arithmetic" | "sorting", "target") => "answer",
         _ => field,
+    }
+}
+
+/// The `prompt` template of a source that reads a data file; `None` when it is left out and
+/// each row's `messages` are the prompt.
+fn prompt_template(c: &CallVal) -> Option<p::Template> {
+    match c.get("prompt").map(|v| &v.v) {
+        Some(Value::Str { text, placeholders }) => Some(p::Template {
+            text: text.to_string(),
+            placeholders: placeholders.to_vec(),
+        }),
+        _ => None,
     }
 }

@@ -1,32 +1,102 @@
-//! Data sources of a plan: takes a `recap_plan::Source` (a JSON Lines file with a prompt
-//! template and field extractors, or one of the seeded offline generators) and gives rows with
-//! a rendered prompt and a map of named fields, plus a resumable cursor that hands out batches
-//! of rows in a seeded order, epoch after epoch.
+//! Data sources of a plan: takes a `recap_plan::Source` (a JSON Lines or Parquet file, or a
+//! directory of Parquet shards, with a prompt template or chat `messages` and field extractors,
+//! or one of the seeded offline generators) and gives rows with a prompt, the chat turns before
+//! it and a map of named fields, plus a resumable cursor that hands out batches of rows in a
+//! seeded order, epoch after epoch.
 //!
-//! A JSON Lines line that is not a JSON object, or that lacks a field the template or an
-//! extractor needs, is an error naming the file and the 1-based line number: a silent skip would
-//! change what the run trains on without anyone noticing.
+//! A row that is not a JSON object, or that lacks a field the template, an extractor or the
+//! chat form needs, is an error naming the file and the row (the 1-based line of a JSON Lines
+//! file): a silent skip would change what the run trains on without anyone noticing. Each
+//! error carries a [`DataProblem`], whose code `recapc check` reports before anything runs.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use rand::{seq::SliceRandom, Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use recap_plan::{Source, SourceSpec, Template};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::tokenizer::ChatMessage;
 use crate::train::verifiers::{apply_extractor, value_text};
 
-/// One example: the prompt text (template applied, chat template not yet applied) and the
+/// One example: the prompt text (the user's turn: the template applied, or the last user turn
+/// of the row's `messages`; the chat template not yet applied), the turns before it, and the
 /// fields verifiers and objectives read (the raw row's fields overlaid with the mapped ones).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Row {
-    /// `source:line` for JSON Lines rows, `source:index` for generated ones.
+    /// `source:line` for JSON Lines rows, `source:index` (1-based) for Parquet and generated
+    /// ones.
     pub id: String,
     pub prompt: String,
+    /// The turns before the prompt's: the system prompt and, for chat rows, earlier turns.
+    /// Empty for most rows, whose prompt is the whole conversation.
+    pub context: Vec<ChatMessage>,
     pub fields: Map<String, Value>,
 }
+
+/// What is wrong with a source's data, one kind per diagnostic code of `recapc check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataProblem {
+    /// The file or directory cannot be read as the source's format.
+    Unreadable,
+    /// A row is not a JSON object.
+    BadRow,
+    /// A row lacks a field the prompt, an extractor or the chat form reads.
+    MissingField,
+    /// A field holds a value of a type that cannot be used where it is read.
+    WrongType,
+    /// A field is present but an extractor finds nothing in it.
+    Unextractable,
+    /// A row's `messages` is not a conversation that ends with a user turn.
+    BadMessages,
+    /// The source holds no rows.
+    Empty,
+}
+
+impl DataProblem {
+    /// Every kind, for listing their codes.
+    pub const ALL: [DataProblem; 7] = [
+        DataProblem::Unreadable,
+        DataProblem::BadRow,
+        DataProblem::MissingField,
+        DataProblem::WrongType,
+        DataProblem::Unextractable,
+        DataProblem::BadMessages,
+        DataProblem::Empty,
+    ];
+
+    /// The stable diagnostic code.
+    pub fn code(self) -> &'static str {
+        match self {
+            DataProblem::Unreadable => "recap::data::unreadable",
+            DataProblem::BadRow => "recap::data::bad_row",
+            DataProblem::MissingField => "recap::data::missing_field",
+            DataProblem::WrongType => "recap::data::wrong_type",
+            DataProblem::Unextractable => "recap::data::unextractable",
+            DataProblem::BadMessages => "recap::data::bad_messages",
+            DataProblem::Empty => "recap::data::empty",
+        }
+    }
+}
+
+/// A data error: its kind and the message naming the file and row.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DataError {
+    pub problem: DataProblem,
+    pub message: String,
+}
+
+fn problem(kind: DataProblem, message: impl Into<String>) -> DataError {
+    DataError {
+        problem: kind,
+        message: message.into(),
+    }
+}
+
+type DataResult<T> = std::result::Result<T, DataError>;
 
 /// A loaded source.
 #[derive(Debug, Clone)]
@@ -39,13 +109,26 @@ pub struct Dataset {
 
 /// Renders a `{field}` template against a row's fields, in one pass over the template: a
 /// field's value goes in as it is, so a `{...}` inside it is text, never a placeholder.
-fn render(template: &Template, fields: &Map<String, Value>) -> std::result::Result<String, String> {
+fn render(template: &Template, fields: &Map<String, Value>) -> DataResult<String> {
     let mut values = std::collections::HashMap::new();
     for name in &template.placeholders {
-        let Some(v) = fields.get(name.as_str()).and_then(value_text) else {
-            return Err(format!(
-                "the prompt template needs field `{name}`, which the row lacks"
-            ));
+        let v = match fields.get(name.as_str()) {
+            None | Some(Value::Null) => {
+                return Err(problem(
+                    DataProblem::MissingField,
+                    format!("the prompt template needs field `{name}`, which the row lacks"),
+                ))
+            }
+            Some(v) => value_text(v).ok_or_else(|| {
+                problem(
+                    DataProblem::WrongType,
+                    format!(
+                        "the prompt template writes field `{name}`, which is {}; a prompt \
+                         takes text, a number or a boolean",
+                        kind_of(v)
+                    ),
+                )
+            })?,
         };
         values.insert(name.as_str(), v);
     }
@@ -85,35 +168,86 @@ pub fn resolve_path(base: &Path, p: &str) -> PathBuf {
 impl Dataset {
     /// Loads or generates a source; relative file names are resolved against `base`.
     pub fn load(source: &Source, base: &Path) -> Result<Dataset> {
+        Ok(Dataset::read(source, base, None)?)
+    }
+
+    /// Loads at most `rows` rows of a source, as [`Dataset::load`] reads them: what `recapc
+    /// check` holds against the pipeline before anything runs.
+    pub fn load_head(source: &Source, base: &Path, rows: usize) -> DataResult<Dataset> {
+        Dataset::read(source, base, Some(rows))
+    }
+
+    fn read(source: &Source, base: &Path, head: Option<usize>) -> DataResult<Dataset> {
+        let cap = |limit: &Option<u64>| {
+            let limit = limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+            match (limit, head) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        };
+        let generated = |count: u64| head.map_or(count, |h| count.min(h as u64));
         let (rows, shuffle) = match &source.spec {
             SourceSpec::Jsonl {
                 file,
                 prompt,
                 limit,
                 shuffle,
+                system,
             } => {
                 let path = resolve_path(base, file);
-                (load_jsonl(source, &path, prompt, *limit)?, *shuffle)
+                let shape = Shape {
+                    prompt: prompt.as_ref(),
+                    system: system.as_deref(),
+                };
+                (load_jsonl(source, &path, &shape, cap(limit))?, *shuffle)
+            }
+            SourceSpec::Parquet {
+                path,
+                split,
+                prompt,
+                limit,
+                shuffle,
+                system,
+            } => {
+                let root = resolve_path(base, path);
+                let shape = Shape {
+                    prompt: prompt.as_ref(),
+                    system: system.as_deref(),
+                };
+                let files = parquet_files(&root, split.as_deref())?;
+                (load_parquet(source, &files, &shape, cap(limit))?, *shuffle)
             }
             SourceSpec::Arithmetic {
                 count,
                 digits,
                 ops,
                 seed,
-            } => (gen_arithmetic(source, *count, *digits, ops, *seed)?, false),
+            } => (
+                gen_arithmetic(source, generated(*count), *digits, ops, *seed)?,
+                false,
+            ),
             SourceSpec::Sorting {
                 count,
                 length,
                 seed,
-            } => (gen_sorting(source, *count, *length, *seed)?, false),
+            } => (
+                gen_sorting(source, generated(*count), *length, *seed)?,
+                false,
+            ),
             SourceSpec::Copying {
                 count,
                 length,
                 seed,
-            } => (gen_copying(source, *count, *length, *seed)?, false),
+            } => (
+                gen_copying(source, generated(*count), *length, *seed)?,
+                false,
+            ),
         };
         if rows.is_empty() {
-            bail!("source `{}` has no rows", source.name);
+            return Err(problem(
+                DataProblem::Empty,
+                format!("source `{}` has no rows", source.name),
+            ));
         }
         Ok(Dataset {
             name: source.name.to_string(),
@@ -121,6 +255,18 @@ impl Dataset {
             shuffle,
         })
     }
+
+    /// Whether any row has chat turns before its prompt (a system prompt, earlier turns), which
+    /// only a chat template can write.
+    pub fn has_chat_turns(&self) -> bool {
+        self.rows.iter().any(|r| !r.context.is_empty())
+    }
+}
+
+/// How a file source's rows become prompts: through the template, or from `messages`.
+struct Shape<'a> {
+    prompt: Option<&'a Template>,
+    system: Option<&'a str>,
 }
 
 /// The largest data file a source reads: far beyond any row count a run can train on, and a
@@ -158,37 +304,259 @@ pub fn open_data_file(path: &Path) -> std::result::Result<std::io::Take<std::fs:
 fn load_jsonl(
     source: &Source,
     path: &Path,
-    prompt: &Template,
-    limit: Option<u64>,
-) -> Result<Vec<Row>> {
-    use std::io::Read;
-    let mut text = String::new();
-    open_data_file(path)
-        .and_then(|mut f| {
-            f.read_to_string(&mut text)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))
-        })
-        .map_err(|m| anyhow::anyhow!("source `{}`: {m}", source.name))?;
+    shape: &Shape,
+    limit: Option<usize>,
+) -> DataResult<Vec<Row>> {
+    use std::io::BufRead;
+    let unreadable = |m: String| {
+        problem(
+            DataProblem::Unreadable,
+            format!("source `{}`: {m}", source.name),
+        )
+    };
+    let file = open_data_file(path).map_err(unreadable)?;
     let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let lineno = i + 1;
+        let line =
+            line.map_err(|e| unreadable(format!("{}:{lineno}: cannot read: {e}", path.display())))?;
         if line.trim().is_empty() {
             continue;
         }
-        if limit.is_some_and(|l| rows.len() as u64 >= l) {
+        if limit.is_some_and(|l| rows.len() >= l) {
             break;
         }
-        let at = || format!("{}:{lineno}", path.display());
-        let raw = row_object(line).map_err(|m| anyhow::anyhow!("{}: {m}", at()))?;
-        let fields = map_fields(source, &raw).map_err(|m| anyhow::anyhow!("{}: {m}", at()))?;
-        let prompt = render(prompt, &fields).map_err(|m| anyhow::anyhow!("{}: {m}", at()))?;
-        rows.push(Row {
-            id: format!("{}:{lineno}", source.name),
-            prompt,
-            fields,
-        });
+        let at = |e: DataError| {
+            problem(
+                e.problem,
+                format!("{}:{lineno}: {}", path.display(), e.message),
+            )
+        };
+        let raw = row_object(&line).map_err(|m| at(problem(DataProblem::BadRow, m)))?;
+        rows.push(make_row(source, format!("{}:{lineno}", source.name), raw, shape).map_err(at)?);
     }
     Ok(rows)
+}
+
+/// The most directory levels searched for Parquet shards below a source's directory: enough
+/// for a Hugging Face snapshot (`<config>/<split>/*.parquet`), and an end to a link cycle.
+const PARQUET_DEPTH: usize = 4;
+
+/// The split names Hugging Face gives shard files (`train-00000-of-00002.parquet`).
+const SPLITS: [&str; 5] = ["train", "test", "validation", "valid", "dev"];
+
+/// The Parquet files of a source: the file itself, or every `.parquet` file under the
+/// directory (links followed, hidden folders skipped) in path order, those of `split` only
+/// when it is given.
+pub fn parquet_files(root: &Path, split: Option<&str>) -> DataResult<Vec<PathBuf>> {
+    let unreadable = |m: String| problem(DataProblem::Unreadable, m);
+    let meta = std::fs::metadata(root)
+        .map_err(|e| unreadable(format!("cannot read {}: {e}", root.display())))?;
+    if meta.is_file() {
+        if let Some(split) = split {
+            return Err(unreadable(format!(
+                "{} is one file; `split = \"{split}\"` picks among the files of a directory",
+                root.display()
+            )));
+        }
+        return Ok(vec![root.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    let mut dirs = vec![(root.to_path_buf(), 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| unreadable(format!("cannot read {}: {e}", dir.display())))?;
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| unreadable(format!("cannot read {}: {e}", dir.display())))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() && !name.starts_with('.') && depth < PARQUET_DEPTH {
+                dirs.push((path, depth + 1));
+            } else if meta.is_file() && name.ends_with(".parquet") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    // The split a shard belongs to: a folder named after one, or its name's first word.
+    let split_of = |f: &Path| -> Option<String> {
+        let rel = f.strip_prefix(root).unwrap_or(f);
+        let mut words: Vec<String> = rel
+            .parent()
+            .into_iter()
+            .flat_map(|p| p.components())
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let stem = f.file_stem()?.to_string_lossy().into_owned();
+        words.push(stem.split(['-', '.', '_']).next().unwrap_or("").to_string());
+        words
+            .into_iter()
+            .find(|w| SPLITS.contains(&w.as_str()) || Some(w.as_str()) == split)
+    };
+    let mut splits: Vec<String> = files.iter().filter_map(|f| split_of(f)).collect();
+    splits.sort();
+    splits.dedup();
+    match split {
+        Some(want) => files.retain(|f| split_of(f).as_deref() == Some(want)),
+        None if splits.len() > 1 => {
+            return Err(unreadable(format!(
+                "{} holds the splits {}; name one with `split = \"...\"`",
+                root.display(),
+                splits.join(", ")
+            )))
+        }
+        None => {}
+    }
+    if files.is_empty() {
+        let what = match split {
+            Some(s) if !splits.is_empty() => format!(
+                "no `.parquet` file of split `{s}` (it holds {})",
+                splits.join(", ")
+            ),
+            Some(s) => format!("no `.parquet` file of split `{s}`"),
+            None => "no `.parquet` file".to_string(),
+        };
+        return Err(unreadable(format!("{} holds {what}", root.display())));
+    }
+    Ok(files)
+}
+
+fn load_parquet(
+    source: &Source,
+    files: &[PathBuf],
+    shape: &Shape,
+    limit: Option<usize>,
+) -> DataResult<Vec<Row>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut rows = Vec::new();
+    for path in files {
+        let unreadable = |m: String| {
+            problem(
+                DataProblem::Unreadable,
+                format!("source `{}`: {m}", source.name),
+            )
+        };
+        let file = open_data_file(path).map_err(unreadable)?.into_inner();
+        let not_parquet = |e: parquet::errors::ParquetError| {
+            unreadable(format!(
+                "{} is not a Parquet file this reader reads: {e}",
+                path.display()
+            ))
+        };
+        let reader = SerializedFileReader::new(file).map_err(not_parquet)?;
+        for (i, row) in reader.get_row_iter(None).map_err(not_parquet)?.enumerate() {
+            if limit.is_some_and(|l| rows.len() >= l) {
+                return Ok(rows);
+            }
+            let at = |e: DataError| {
+                problem(
+                    e.problem,
+                    format!("{} row {}: {}", path.display(), i + 1, e.message),
+                )
+            };
+            let row = row.map_err(|e| at(problem(DataProblem::Unreadable, e.to_string())))?;
+            let raw = match row.to_json_value() {
+                Value::Object(raw) => raw,
+                other => {
+                    return Err(at(problem(
+                        DataProblem::BadRow,
+                        format!("expected a record, found {}", kind_of(&other)),
+                    )))
+                }
+            };
+            let id = format!("{}:{}", source.name, rows.len() + 1);
+            rows.push(make_row(source, id, raw, shape).map_err(at)?);
+        }
+    }
+    Ok(rows)
+}
+
+/// A row of a file source: the mapped fields, and the prompt from the template or from the
+/// row's `messages`, with the source's system prompt before it when the row has none.
+fn make_row(
+    source: &Source,
+    id: String,
+    raw: Map<String, Value>,
+    shape: &Shape,
+) -> DataResult<Row> {
+    let fields = map_fields(source, raw)?;
+    let (mut context, prompt) = match shape.prompt {
+        Some(template) => (Vec::new(), render(template, &fields)?),
+        None => chat_turns(&fields)?,
+    };
+    if let Some(system) = shape.system {
+        if context.first().is_none_or(|m| m.role != "system") {
+            context.insert(0, ChatMessage::new("system", system));
+        }
+    }
+    Ok(Row {
+        id,
+        prompt,
+        context,
+        fields,
+    })
+}
+
+/// The turns of a chat row's `messages` up to its last user turn, and that turn's text. A last
+/// `assistant` turn is dropped: it is the turn the policy writes.
+fn chat_turns(fields: &Map<String, Value>) -> DataResult<(Vec<ChatMessage>, String)> {
+    let bad = |m: String| problem(DataProblem::BadMessages, m);
+    let list = match fields.get("messages") {
+        None | Some(Value::Null) => {
+            return Err(problem(
+                DataProblem::MissingField,
+                "the row has no field `messages`, which a source without `prompt` reads \
+                 (a list of `{\"role\": ..., \"content\": ...}` turns)",
+            ))
+        }
+        Some(Value::Array(list)) => list,
+        Some(other) => {
+            return Err(bad(format!(
+                "`messages` is {}, not a list of `{{\"role\": ..., \"content\": ...}}` turns",
+                kind_of(other)
+            )))
+        }
+    };
+    let mut turns = Vec::with_capacity(list.len());
+    for (i, turn) in list.iter().enumerate() {
+        let text = |key: &str| match turn.get(key) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(bad(format!(
+                "turn {} of `messages` has a `{key}` that is {}, not a string",
+                i + 1,
+                kind_of(other)
+            ))),
+            None => Err(bad(format!(
+                "turn {} of `messages` has no `{key}`{}",
+                i + 1,
+                if turn.is_object() {
+                    ""
+                } else {
+                    " (it is not an object)"
+                }
+            ))),
+        };
+        turns.push(ChatMessage {
+            role: text("role")?,
+            content: text("content")?,
+        });
+    }
+    if turns.last().is_some_and(|m| m.role == "assistant") {
+        turns.pop();
+    }
+    match turns.pop() {
+        Some(last) if last.role == "user" => Ok((turns, last.content)),
+        Some(last) => Err(bad(format!(
+            "`messages` ends with a `{}` turn; the conversation must end with a `user` turn \
+             (or a user turn and the assistant's answer, which is dropped)",
+            last.role
+        ))),
+        None => Err(bad("`messages` holds no user turn".to_string())),
+    }
 }
 
 /// One line of a JSON Lines file as the object it must be, or why it is not one. `recapc
@@ -213,37 +581,51 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 /// The raw fields overlaid with the source's mapped fields.
-fn map_fields(
-    source: &Source,
-    raw: &Map<String, Value>,
-) -> std::result::Result<Map<String, Value>, String> {
-    let mut fields = raw.clone();
+fn map_fields(source: &Source, raw: Map<String, Value>) -> DataResult<Map<String, Value>> {
+    let mut mapped = Vec::with_capacity(source.fields.len());
     for (name, ex) in &source.fields {
-        match apply_extractor(ex, Some(raw), "") {
-            Some(v) => {
-                fields.insert(name.to_string(), Value::String(v));
-            }
+        match apply_extractor(ex, Some(&raw), "") {
+            Some(v) => mapped.push((name.to_string(), Value::String(v))),
             None => {
-                return Err(format!(
-                    "field `{name}` of source `{}` cannot be extracted from this row",
-                    source.name
-                ))
+                let read = ex.steps.first().and_then(|s| match s {
+                    recap_plan::ExtractStep::Field { name } => Some(name.as_str()),
+                    _ => None,
+                });
+                let (kind, why) = match read.map(|key| (key, raw.get(key))) {
+                    Some((key, None | Some(Value::Null))) => (
+                        DataProblem::MissingField,
+                        format!("the row has no field `{key}`"),
+                    ),
+                    Some((key, Some(v))) if value_text(v).is_none() => (
+                        DataProblem::WrongType,
+                        format!("field `{key}` is {}, not text", kind_of(v)),
+                    ),
+                    _ => (
+                        DataProblem::Unextractable,
+                        "the extractor finds nothing in it".to_string(),
+                    ),
+                };
+                return Err(problem(
+                    kind,
+                    format!(
+                        "field `{name}` of source `{}` cannot be extracted from this row: {why}",
+                        source.name
+                    ),
+                ));
             }
         }
     }
+    let mut fields = raw;
+    fields.extend(mapped);
     Ok(fields)
 }
 
-fn generated(
-    source: &Source,
-    i: usize,
-    pairs: &[(&str, String)],
-) -> std::result::Result<Row, String> {
+fn generated(source: &Source, i: usize, pairs: &[(&str, String)]) -> DataResult<Row> {
     let mut raw = Map::new();
     for (k, v) in pairs {
         raw.insert(k.to_string(), Value::String(v.clone()));
     }
-    let fields = map_fields(source, &raw)?;
+    let fields = map_fields(source, raw)?;
     let prompt = fields
         .get("prompt")
         .and_then(value_text)
@@ -251,6 +633,7 @@ fn generated(
     Ok(Row {
         id: format!("{}:{i}", source.name),
         prompt,
+        context: Vec::new(),
         fields,
     })
 }
@@ -259,9 +642,9 @@ fn gen_rows(
     source: &Source,
     count: u64,
     mut make: impl FnMut(usize) -> Vec<(&'static str, String)>,
-) -> Result<Vec<Row>> {
+) -> DataResult<Vec<Row>> {
     (0..count as usize)
-        .map(|i| generated(source, i, &make(i)).map_err(|m| anyhow::anyhow!("{m}")))
+        .map(|i| generated(source, i, &make(i)))
         .collect()
 }
 
@@ -272,13 +655,16 @@ fn gen_arithmetic(
     digits: u64,
     ops: &str,
     seed: u64,
-) -> Result<Vec<Row>> {
+) -> DataResult<Vec<Row>> {
     let ops: Vec<char> = ops.chars().filter(|c| "+-*".contains(*c)).collect();
     if ops.is_empty() || !(1..=9).contains(&digits) {
-        bail!(
-            "source `{}`: arithmetic needs ops from \"+-*\" and digits in 1..=9",
-            source.name
-        );
+        return Err(problem(
+            DataProblem::Unreadable,
+            format!(
+                "source `{}`: arithmetic needs ops from \"+-*\" and digits in 1..=9",
+                source.name
+            ),
+        ));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let hi = 10i64.pow(digits as u32);
@@ -299,7 +685,7 @@ fn gen_arithmetic(
 }
 
 /// `sort: 5 3 9=` problems over single digits, the answer the digits in ascending order.
-fn gen_sorting(source: &Source, count: u64, length: u64, seed: u64) -> Result<Vec<Row>> {
+fn gen_sorting(source: &Source, count: u64, length: u64, seed: u64) -> DataResult<Vec<Row>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     gen_rows(source, count, |_| {
         let mut xs: Vec<u32> = (0..length).map(|_| rng.random_range(0..10)).collect();
@@ -316,7 +702,7 @@ fn gen_sorting(source: &Source, count: u64, length: u64, seed: u64) -> Result<Ve
 }
 
 /// `copy: abcd=` tasks over lowercase letters; `target` and `answer` are the letters.
-fn gen_copying(source: &Source, count: u64, length: u64, seed: u64) -> Result<Vec<Row>> {
+fn gen_copying(source: &Source, count: u64, length: u64, seed: u64) -> DataResult<Vec<Row>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     gen_rows(source, count, |_| {
         let s: String = (0..length)
@@ -550,6 +936,214 @@ mod tests {
             ),
             Some("12".into())
         );
+    }
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/parquet")
+    }
+
+    fn template(text: &str, names: &[&str]) -> Option<Template> {
+        Some(Template {
+            text: text.into(),
+            placeholders: names.iter().map(|&n| n.into()).collect(),
+        })
+    }
+
+    fn parquet(path: &str, split: Option<&str>, prompt: Option<Template>) -> Source {
+        src(SourceSpec::Parquet {
+            path: path.into(),
+            split: split.map(Into::into),
+            prompt,
+            limit: None,
+            shuffle: false,
+            system: None,
+        })
+    }
+
+    fn jsonl(prompt: Option<Template>, system: Option<&str>) -> Source {
+        src(SourceSpec::Jsonl {
+            file: "d.jsonl".into(),
+            prompt,
+            limit: None,
+            shuffle: false,
+            system: system.map(Into::into),
+        })
+    }
+
+    fn prompts(d: &Dataset) -> Vec<&str> {
+        d.rows.iter().map(|r| r.prompt.as_str()).collect()
+    }
+
+    #[test]
+    fn reads_parquet_files_directories_and_hub_splits() {
+        let base = fixtures();
+        let q = || template("Q: {question}", &["question"]);
+        let file = Dataset::load(&parquet("arith.parquet", None, q()), &base).unwrap();
+        assert_eq!(prompts(&file), ["Q: 1+1=", "Q: 2+3=", "Q: 4+4=", "Q: 9-2="]);
+        assert_eq!(file.rows[3].fields["answer"], Value::String("7".into()));
+        assert_eq!(file.rows[0].id, "s:1");
+        // The shards of the train split in name order, across Zstandard and Snappy files.
+        let train = Dataset::load(&parquet("hub", Some("train"), q()), &base).unwrap();
+        assert_eq!(prompts(&train), ["Q: 1+2=", "Q: 2+2=", "Q: 3+4="]);
+        let test = Dataset::load(&parquet("hub", Some("test"), q()), &base).unwrap();
+        assert_eq!(prompts(&test), ["Q: 5+5="]);
+        let head = Dataset::load_head(&parquet("hub", Some("train"), q()), &base, 2).unwrap();
+        assert_eq!(head.rows.len(), 2);
+        // A directory of several splits needs one named; a split it lacks is named too.
+        let err = Dataset::load_head(&parquet("hub", None, q()), &base, 5).unwrap_err();
+        assert_eq!(err.problem, DataProblem::Unreadable);
+        assert!(
+            err.message.contains("splits test, train"),
+            "{}",
+            err.message
+        );
+        let err = Dataset::load_head(&parquet("hub", Some("dev"), q()), &base, 5).unwrap_err();
+        assert!(
+            err.message.contains("no `.parquet` file of split `dev`"),
+            "{}",
+            err.message
+        );
+        let err = Dataset::load_head(&parquet("arith.parquet", Some("train"), q()), &base, 5)
+            .unwrap_err();
+        assert!(err.message.contains("is one file"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_file_that_is_not_parquet_is_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("x.parquet"), "{\"question\": 1}\n").unwrap();
+        let err = Dataset::load_head(&parquet("x.parquet", None, None), dir.path(), 5).unwrap_err();
+        assert_eq!(err.problem, DataProblem::Unreadable);
+        assert!(
+            err.message.contains("is not a Parquet file"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn chat_rows_take_their_last_user_turn_as_the_prompt() {
+        let chat = Dataset::load(&parquet("chat.parquet", None, None), &fixtures()).unwrap();
+        assert_eq!(prompts(&chat), ["1+1=", "2+2="]);
+        assert_eq!(
+            chat.rows[0].context,
+            [ChatMessage::new("system", "Answer with a number.")]
+        );
+        // The assistant's answer that ends the second conversation is dropped.
+        assert!(chat.rows[1].context.is_empty());
+        assert!(chat.has_chat_turns());
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("d.jsonl"),
+            concat!(
+                r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "2+2="}]}"#,
+                "\n",
+                r#"{"messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "3+3="}]}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let d = Dataset::load(&jsonl(None, Some("Be brief.")), dir.path()).unwrap();
+        assert_eq!(prompts(&d), ["2+2=", "3+3="]);
+        assert_eq!(
+            d.rows[0].context,
+            [
+                ChatMessage::new("system", "Be brief."),
+                ChatMessage::new("user", "hi"),
+                ChatMessage::new("assistant", "yo")
+            ]
+        );
+        // A row's own system turn is kept rather than the source's.
+        assert_eq!(d.rows[1].context, [ChatMessage::new("system", "own")]);
+        // A template prompt with a system prompt: the system turn alone is the context.
+        std::fs::write(dir.path().join("d.jsonl"), "{\"q\": \"x\"}\n").unwrap();
+        let d = Dataset::load(&jsonl(template("{q}", &["q"]), Some("S")), dir.path()).unwrap();
+        assert_eq!(d.rows[0].context, [ChatMessage::new("system", "S")]);
+        let plain = Dataset::load(&jsonl(template("{q}", &["q"]), None), dir.path()).unwrap();
+        assert!(!plain.has_chat_turns());
+    }
+
+    /// Each data-shape problem has its own kind (its diagnostic code) and names the row.
+    #[test]
+    fn data_shape_problems_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |line: &str, source: &Source| {
+            std::fs::write(dir.path().join("d.jsonl"), format!("{line}\n")).unwrap();
+            let err = Dataset::load_head(source, dir.path(), 20).unwrap_err();
+            assert!(err.message.contains("d.jsonl:1: "), "{}", err.message);
+            (err.problem, err.message)
+        };
+        let chat = jsonl(None, None);
+        let q = jsonl(template("{q}", &["q"]), None);
+        let cases: Vec<(&str, &Source, DataProblem, &str)> = vec![
+            ("[1]", &q, DataProblem::BadRow, "expected a JSON object"),
+            (
+                r#"{"x": 1}"#,
+                &q,
+                DataProblem::MissingField,
+                "needs field `q`",
+            ),
+            (r#"{"q": [1]}"#, &q, DataProblem::WrongType, "is an array"),
+            (
+                r#"{"q": "x"}"#,
+                &chat,
+                DataProblem::MissingField,
+                "no field `messages`",
+            ),
+            (
+                r#"{"messages": "hi"}"#,
+                &chat,
+                DataProblem::BadMessages,
+                "is a string",
+            ),
+            (
+                r#"{"messages": [{"role": "user"}]}"#,
+                &chat,
+                DataProblem::BadMessages,
+                "has no `content`",
+            ),
+            (
+                r#"{"messages": [{"role": "user", "content": 3}]}"#,
+                &chat,
+                DataProblem::BadMessages,
+                "is a number, not a string",
+            ),
+            (
+                r#"{"messages": [{"role": "system", "content": "s"}]}"#,
+                &chat,
+                DataProblem::BadMessages,
+                "ends with a `system` turn",
+            ),
+            (
+                r#"{"messages": []}"#,
+                &chat,
+                DataProblem::BadMessages,
+                "no user turn",
+            ),
+        ];
+        for (line, source, kind, words) in cases {
+            let (problem, message) = check(line, source);
+            assert_eq!(problem, kind, "{line}: {message}");
+            assert!(message.contains(words), "{line}: {message}");
+        }
+        let mut mapped = jsonl(template("{q}", &["q"]), None);
+        let ex = |steps| recap_plan::Extractor { steps };
+        mapped.fields.insert(
+            "answer".into(),
+            ex(vec![
+                ExtractStep::Field { name: "a".into() },
+                ExtractStep::After {
+                    marker: "####".into(),
+                },
+            ]),
+        );
+        let (problem, _) = check(r#"{"q": "x", "a": "no marker"}"#, &mapped);
+        assert_eq!(problem, DataProblem::Unextractable);
+        let (problem, _) = check(r#"{"q": "x", "a": {"k": 1}}"#, &mapped);
+        assert_eq!(problem, DataProblem::WrongType);
+        let (problem, message) = check(r#"{"q": "x"}"#, &mapped);
+        assert_eq!(problem, DataProblem::MissingField, "{message}");
     }
 
     #[test]

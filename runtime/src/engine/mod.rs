@@ -990,7 +990,7 @@ mod tests {
                 .map(|i| data::Row {
                     id: format!("{name}:{i}"),
                     prompt: String::new(),
-                    fields: Default::default(),
+                    ..Default::default()
                 })
                 .collect(),
             shuffle: true,

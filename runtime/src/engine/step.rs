@@ -426,7 +426,7 @@ impl Ctx<'_> {
     ) -> Result<Rollout> {
         let prompts: Vec<Vec<u32>> = rows
             .iter()
-            .map(|r| models.tok.encode_prompt(&r.prompt))
+            .map(|r| models.tok.encode_chat(&r.context, &r.prompt))
             .collect::<std::result::Result<_, _>>()?;
         let t = Instant::now();
         let seed = self.run_rng.next_u64();
@@ -740,7 +740,7 @@ impl Ctx<'_> {
         let mut prompts = Vec::with_capacity(rows.len());
         let mut targets = Vec::with_capacity(rows.len());
         for r in rows {
-            prompts.push(models.tok.encode_prompt(&r.prompt)?);
+            prompts.push(models.tok.encode_chat(&r.context, &r.prompt)?);
             let mut ids = models.tok.encode(&target_of(r)?, false)?;
             // The target ends with EOS so the model learns where to stop.
             if let Some(&e) = models.tok.eos_ids.first() {
@@ -962,7 +962,7 @@ impl Ctx<'_> {
         for chunk in rows.chunks(64) {
             let prompts: Vec<Vec<u32>> = chunk
                 .iter()
-                .map(|r| models.tok.encode_prompt(&r.prompt))
+                .map(|r| models.tok.encode_chat(&r.context, &r.prompt))
                 .collect::<std::result::Result<_, _>>()?;
             let roll = generate(&models.policy, Some(&models.tok), &prompts, 1, &cfg)?;
             let items: Vec<Judged> = chunk
@@ -1033,7 +1033,9 @@ pub(crate) fn estimate(
     let mut per_source: BTreeMap<String, [usize; 7]> = BTreeMap::new();
     for o in &stage.objectives {
         let src = objective_source(&o.spec).to_string();
-        let plen = mean_len(&src, &|r| Ok(models.tok.encode_prompt(&r.prompt)?.len()))?;
+        let plen = mean_len(&src, &|r| {
+            Ok(models.tok.encode_chat(&r.context, &r.prompt)?.len())
+        })?;
         let e = per_source.entry(src.clone()).or_default();
         match &o.spec {
             ObjectiveSpec::Grpo { rollout, kl, .. } => {
