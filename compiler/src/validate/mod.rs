@@ -13,6 +13,7 @@
 
 mod calls;
 mod host;
+mod lora;
 mod policy;
 pub mod problems;
 mod stage;
@@ -52,6 +53,7 @@ pub fn validate(
     v.data_fields(host);
     v.model_shapes();
     v.verifier_settings();
+    v.lora_settings();
     let policy = v.policy();
     v.frozen = policy::frozen_copies(res, typed, policy);
     v.generation_budget(policy, host);
@@ -158,12 +160,14 @@ struct Inspected<'t> {
     regex: Vec<&'t CallVal>,
     choice: Vec<&'t CallVal>,
     length_penalty: Vec<&'t CallVal>,
+    lora: Vec<&'t CallVal>,
 }
 
 impl<'t> Inspected<'t> {
     /// The functions, as the stdlib names them.
     #[cfg(test)]
-    const FUNCTIONS: [&'static str; 5] = ["hf", "jsonl", "regex", "choice", "length_penalty"];
+    const FUNCTIONS: [&'static str; 6] =
+        ["hf", "jsonl", "regex", "choice", "length_penalty", "lora"];
 
     /// The list for calls of `function`, when a rule inspects them.
     fn list(&mut self, function: &str) -> Option<&mut Vec<&'t CallVal>> {
@@ -173,6 +177,7 @@ impl<'t> Inspected<'t> {
             "regex" => Some(&mut self.regex),
             "choice" => Some(&mut self.choice),
             "length_penalty" => Some(&mut self.length_penalty),
+            "lora" => Some(&mut self.lora),
             _ => None,
         }
     }
