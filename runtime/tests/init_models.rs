@@ -36,6 +36,36 @@ fn shipped_configs_have_the_upstream_parameter_counts() {
     }
 }
 
+/// Qwen2.5-7B's config: read where this machine can hold its f32 weights, refused by the load
+/// bound (and counted from its sizes) where it cannot.
+#[test]
+fn the_7b_config_has_the_upstream_parameter_count() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/qwen2.5-7b.json");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let n = |k: &str| v[k].as_u64().unwrap() as usize;
+    assert_eq!(v["tie_word_embeddings"], false);
+    let c = ModelConfig::new(
+        Family::Qwen2,
+        n("vocab_size"),
+        n("hidden_size"),
+        n("intermediate_size"),
+        n("num_hidden_layers"),
+        n("num_attention_heads"),
+        n("num_key_value_heads"),
+        false,
+    );
+    assert_eq!(parameter_count(&c), 7_615_616_512);
+    match ModelConfig::from_file(&path) {
+        Ok(read) => {
+            assert_eq!(parameter_count(&read), 7_615_616_512);
+            assert_eq!((read.rope_theta, read.rms_norm_eps), (1e6, 1e-6));
+            assert_eq!(read.max_position_embeddings, 32768);
+        }
+        Err(e) => assert!(e.to_string().contains("machine's"), "{e}"),
+    }
+}
+
 #[test]
 fn a_built_smollm2_holds_the_upstream_parameter_count() {
     let c = config("smollm2-135m.json");

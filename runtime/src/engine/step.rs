@@ -1074,8 +1074,17 @@ pub(crate) fn estimate(
         None => train_rows,
     };
     let live_tokens = fb * in_flight.min(train_rows) / train_rows.max(1);
+    // A LoRA policy's trainable variables are its adapters; its base is frozen.
+    let frozen_params = match models.policy.lora_spec() {
+        Some(_) => crate::model::weight_shapes(c)
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum(),
+        None => 0,
+    };
     let mem = memory(&MemoryShape {
         params,
+        frozen_params,
         optimizer_bytes: rt.optim.state_bytes(),
         reference: reft > 0,
         layers: c.num_hidden_layers,
@@ -1112,6 +1121,9 @@ pub(crate) fn estimate(
 pub(crate) struct MemoryShape {
     /// Trainable parameters (f32 master weights).
     pub params: usize,
+    /// The frozen weights of a LoRA policy's base (0 without LoRA), held in the compute
+    /// dtype with no gradient or moments; its reference shares them.
+    pub frozen_params: usize,
     pub optimizer_bytes: usize,
     /// Whether the step runs a frozen reference (an f32 copy of the policy).
     pub reference: bool,
@@ -1146,8 +1158,8 @@ pub(crate) struct Memory {
     pub logits: usize,
 }
 
-/// The analytical memory of one step: f32 weights and gradients, the optimizer's moments, the
-/// reference's f32 copy, the rollout's KV cache (keys and values of every layer for every row
+/// The analytical memory of one step: f32 weights and gradients, the optimizer's moments, a
+/// LoRA base's frozen weights in the compute dtype, the reference's f32 copy (none for LoRA), the rollout's KV cache (keys and values of every layer for every row
 /// at the longest sequence) and the training pass's saved activations. Per token and layer the
 /// backward pass keeps the norms, q/k/v/o and the MLP's three projections and SwiGLU product,
 /// and the attention probabilities of every head over the sequence; the final projection
@@ -1155,10 +1167,14 @@ pub(crate) struct Memory {
 pub(crate) fn memory(s: &MemoryShape) -> Memory {
     let per_token_layer = 8 * s.hidden + 4 * s.intermediate + 2 * s.heads * s.seq;
     Memory {
-        weights: s.params * 4,
+        weights: s.params * 4 + s.frozen_params * s.dtype_bytes,
         gradients: s.params * 4,
         optimizer: s.optimizer_bytes,
-        reference: if s.reference { s.params * 4 } else { 0 },
+        reference: if s.reference && s.frozen_params == 0 {
+            s.params * 4
+        } else {
+            0
+        },
         kv_cache: s.gen_rows * s.layers * 2 * s.kv_heads * s.head_dim * s.seq * s.dtype_bytes,
         activations: s.train_tokens * s.layers * per_token_layer * s.dtype_bytes,
         logits: s.train_tokens * 2 * s.vocab * s.dtype_bytes,
@@ -1226,6 +1242,7 @@ mod tests {
     fn memory_matches_hand_arithmetic() {
         let shape = MemoryShape {
             params: 1000,
+            frozen_params: 0,
             optimizer_bytes: 8000,
             reference: true,
             layers: 2,
@@ -1261,6 +1278,16 @@ mod tests {
             ..shape
         });
         assert_eq!(no_ref.reference, 0);
+        // LoRA: 1000 adapter parameters on a frozen base of 50000 held in 2-byte elements,
+        // whose reference shares the base.
+        let lora = memory(&MemoryShape {
+            frozen_params: 50_000,
+            ..shape
+        });
+        assert_eq!(
+            (lora.weights, lora.gradients, lora.reference),
+            (4000 + 100_000, 4000, 0)
+        );
         let cost = CostEstimate {
             stage: "s".into(),
             prompts: 1,
@@ -1280,6 +1307,77 @@ mod tests {
         // The KV cache is gone by the training pass: the peak holds the larger of the two.
         assert_eq!(cost.peak_bytes(), 4000 + 4000 + 8000 + 4000 + 1824 + 240);
         assert!(describe_cost(&cost).contains("dry-run step skipped: too big"));
+    }
+
+    /// The estimate of `pipelines/bench/gpu-qwen2.5-7b-lora.recap` (rank-16 adapters on every
+    /// linear of Qwen2.5-7B, bf16, 16 x 8 rows of 128 + 256 tokens, `micro_batch = 4` on one
+    /// GPU) fits an 80 GB card. The dry run itself cannot load 7B's f32 weights on a small host
+    /// (the load bound refuses), so the shape is taken from the config's sizes here.
+    #[test]
+    fn the_7b_lora_benchmark_fits_80_gb() {
+        use crate::model::{adapter_parameters, weight_shapes, Family, LoraSpec, LoraTarget};
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/qwen2.5-7b.json");
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let n = |k: &str| v[k].as_u64().unwrap() as usize;
+        let c = crate::model::ModelConfig::new(
+            Family::Qwen2,
+            n("vocab_size"),
+            n("hidden_size"),
+            n("intermediate_size"),
+            n("num_hidden_layers"),
+            n("num_attention_heads"),
+            n("num_key_value_heads"),
+            false,
+        );
+        let spec = LoraSpec {
+            rank: 16,
+            alpha: 32.0,
+            targets: LoraTarget::ALL.to_vec(),
+            seed: 1,
+        };
+        let params = adapter_parameters(&c, &spec);
+        assert_eq!(params, 40_370_176);
+        let frozen_params = weight_shapes(&c)
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        let (rows, seq, micro) = (16 * 8, 128 + 256, 4);
+        let m = memory(&MemoryShape {
+            params,
+            frozen_params,
+            optimizer_bytes: params * 8,
+            reference: true,
+            layers: c.num_hidden_layers,
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            vocab: c.vocab_size,
+            dtype_bytes: 2,
+            train_tokens: micro * seq,
+            gen_rows: rows,
+            seq,
+        });
+        let cost = CostEstimate {
+            stage: "main".into(),
+            prompts: 16,
+            generated_tokens: rows * 256,
+            forward_backward_tokens: rows * seq,
+            reference_tokens: rows * seq,
+            weight_bytes: m.weights,
+            gradient_bytes: m.gradients,
+            optimizer_bytes: m.optimizer,
+            reference_bytes: m.reference,
+            kv_cache_bytes: m.kv_cache,
+            activation_bytes: m.activations,
+            logits_bytes: m.logits,
+            dry_step_seconds: None,
+            dry_step_skipped: None,
+        };
+        eprintln!("{}", describe_cost(&cost));
+        assert_eq!(m.reference, 0, "the reference shares the base");
+        assert!(cost.peak_bytes() < 80_000_000_000, "{}", cost.peak_bytes());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use recap_plan::LoraTarget;
 use serde_json::json;
 
 use super::fast::{linear_dw, linear_dx, HostSlice};
-use super::{linear, Model, ModelError, Result};
+use super::{linear, Model, ModelConfig, ModelError, Result};
 use crate::ops::kernels::mm;
 
 /// The name of the adapter file beside a saved model, as PEFT names it.
@@ -38,6 +38,20 @@ pub struct LoraSpec {
     pub alpha: f64,
     pub targets: Vec<LoraTarget>,
     pub seed: u64,
+}
+
+/// The number of adapter parameters `spec` puts on a model of config `c`: `rank (in + out)`
+/// per target and block.
+pub fn adapter_parameters(c: &ModelConfig, spec: &LoraSpec) -> usize {
+    let per_block: usize = LoraTarget::ALL
+        .into_iter()
+        .filter(|t| spec.targets.contains(t))
+        .map(|t| {
+            let (out, inp) = target_shape(c, t);
+            spec.rank * (out + inp)
+        })
+        .sum();
+    per_block * c.num_hidden_layers
 }
 
 /// One adapter pair: `a` (rank, in), `b` (out, rank), each the tensor of a `Var`.
@@ -110,9 +124,8 @@ impl Lora {
     }
 }
 
-/// The (out, in) shape of target `t` in a block of `model`.
-fn target_shape(model: &Model, t: LoraTarget) -> (usize, usize) {
-    let c = &model.config;
+/// The (out, in) shape of target `t` in a block of a model of config `c`.
+fn target_shape(c: &ModelConfig, t: LoraTarget) -> (usize, usize) {
     let (h, i) = (c.hidden_size, c.intermediate_size);
     let (q, kv) = (
         c.num_attention_heads * c.head_dim,
@@ -156,6 +169,11 @@ impl Model {
         let mut base = self.detached_view();
         // The adapters' master dtype is the weights' (f32 in every run; f64 in the tests).
         let dtype = base.dtype();
+        // Frozen weights need no f32 master copy: where the model computes in a half dtype
+        // (bf16 on CUDA) they are kept in it, which halves the base's memory.
+        if base.compute_dtype != dtype {
+            base.weights = base.weights.to_dtype(base.compute_dtype)?;
+        }
         let varmap = VarMap::new();
         let mut rng = StdRng::seed_from_u64(spec.seed);
         let mut layers = Vec::with_capacity(base.config.num_hidden_layers);
@@ -165,7 +183,7 @@ impl Model {
                 if !spec.targets.contains(&t) {
                     continue;
                 }
-                let (out, inp) = target_shape(&base, t);
+                let (out, inp) = target_shape(&base.config, t);
                 let bound = 1.0 / (inp as f64).sqrt();
                 let a: Vec<f32> = (0..spec.rank * inp)
                     .map(|_| rng.random_range(-bound..bound) as f32)
@@ -471,6 +489,8 @@ mod tests {
             .unwrap();
         // 2 layers x 2 targets x (A, B).
         assert_eq!(m.trainable_vars().len(), 8);
+        let n: usize = m.trainable_vars().iter().map(|v| v.elem_count()).sum();
+        assert_eq!(n, adapter_parameters(&config(), m.lora_spec().unwrap()));
         let names: Vec<String> = m.adapter_tensors().into_iter().map(|(n, _)| n).collect();
         assert!(
             names.contains(&"base_model.model.model.layers.1.mlp.down_proj.lora_A.weight".into())
@@ -480,6 +500,24 @@ mod tests {
         // A is uniform in +-1/sqrt(in) and not all zero; B is zero, so the output is the base's.
         let av: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
         assert!(av.iter().all(|v| v.abs() <= 0.25) && av.iter().any(|v| *v != 0.0));
+        let got = token_logprobs(&m, &batch()).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    /// A model that computes in bf16 keeps its frozen base in bf16 (no f32 master copy) and
+    /// its adapters in f32, and still starts from the base's output.
+    #[test]
+    fn a_half_precision_base_is_held_in_its_compute_dtype() {
+        let mut base = Model::tiny(&config(), 1, DType::F32, &Device::Cpu).unwrap();
+        base.set_compute_dtype(DType::BF16).unwrap();
+        let want = token_logprobs(&base, &batch()).unwrap();
+        let m = base.with_lora(spec(&[LoraTarget::VProj])).unwrap();
+        assert!(m
+            .named_weights()
+            .iter()
+            .all(|(_, t)| t.dtype() == DType::BF16));
+        assert!(m.trainable_vars().iter().all(|v| v.dtype() == DType::F32));
         let got = token_logprobs(&m, &batch()).unwrap();
         let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);

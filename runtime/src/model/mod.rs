@@ -26,7 +26,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 pub use config::{Family, ModelConfig};
 pub use error::{ModelError, Result};
 pub use load::{load_hf_dir, load_hf_dir_with, read_safetensors, LoadOptions};
-pub use lora::{LoraSpec, ADAPTER_FILE};
+pub use lora::{adapter_parameters, LoraSpec, ADAPTER_FILE};
 pub use recap_plan::LoraTarget;
 
 use crate::ops;
@@ -136,6 +136,44 @@ impl Weights {
                 Some(get("lm_head.weight")?)
             },
         })
+    }
+
+    /// Every weight mapped through `f`, biases and head as present.
+    fn map<E>(
+        &self,
+        f: impl Fn(&Tensor) -> std::result::Result<Tensor, E>,
+    ) -> std::result::Result<Self, E> {
+        let o = |t: &Option<Tensor>| t.as_ref().map(&f).transpose();
+        Ok(Weights {
+            embed: f(&self.embed)?,
+            layers: self
+                .layers
+                .iter()
+                .map(|w| {
+                    Ok(LayerWeights {
+                        q_w: f(&w.q_w)?,
+                        q_b: o(&w.q_b)?,
+                        k_w: f(&w.k_w)?,
+                        k_b: o(&w.k_b)?,
+                        v_w: f(&w.v_w)?,
+                        v_b: o(&w.v_b)?,
+                        o_w: f(&w.o_w)?,
+                        gate_w: f(&w.gate_w)?,
+                        up_w: f(&w.up_w)?,
+                        down_w: f(&w.down_w)?,
+                        input_norm: f(&w.input_norm)?,
+                        post_norm: f(&w.post_norm)?,
+                    })
+                })
+                .collect::<std::result::Result<_, E>>()?,
+            norm: f(&self.norm)?,
+            lm_head: o(&self.lm_head)?,
+        })
+    }
+
+    /// Every weight converted to `dtype` (new tensors where the dtype differs).
+    pub(crate) fn to_dtype(&self, dtype: DType) -> candle_core::Result<Self> {
+        self.map(|t| t.to_dtype(dtype))
     }
 
     /// The weights with their HF names, in `weight_shapes` order.
@@ -420,30 +458,12 @@ impl Model {
     /// A view of the same weight storage with no `Var`s: its forward builds no graph, and it sees
     /// optimiser updates of `self` (no copy is made). Used by the decode and reference paths.
     pub fn detached_view(&self) -> Model {
-        let d = |t: &Tensor| t.detach();
-        let weights = Weights {
-            embed: d(&self.weights.embed),
-            layers: self
-                .weights
-                .layers
-                .iter()
-                .map(|w| LayerWeights {
-                    q_w: d(&w.q_w),
-                    q_b: w.q_b.as_ref().map(d),
-                    k_w: d(&w.k_w),
-                    k_b: w.k_b.as_ref().map(d),
-                    v_w: d(&w.v_w),
-                    v_b: w.v_b.as_ref().map(d),
-                    o_w: d(&w.o_w),
-                    gate_w: d(&w.gate_w),
-                    up_w: d(&w.up_w),
-                    down_w: d(&w.down_w),
-                    input_norm: d(&w.input_norm),
-                    post_norm: d(&w.post_norm),
-                })
-                .collect(),
-            norm: d(&self.weights.norm),
-            lm_head: self.weights.lm_head.as_ref().map(d),
+        let weights = match self
+            .weights
+            .map(|t| Ok::<_, std::convert::Infallible>(t.detach()))
+        {
+            Ok(w) => w,
+            Err(never) => match never {},
         };
         Model {
             config: self.config.clone(),
