@@ -1237,6 +1237,27 @@ fn judged<'a>(row: &'a Row, roll: &'a Rollout, r: usize) -> Judged<'a> {
 mod tests {
     use super::*;
 
+    /// The estimate of `prompts` with memory `m` and (generated, forward/backward, reference)
+    /// tokens.
+    fn cost_of(m: &Memory, prompts: usize, [gen, fb, reft]: [usize; 3]) -> CostEstimate {
+        CostEstimate {
+            stage: "s".into(),
+            prompts,
+            generated_tokens: gen,
+            forward_backward_tokens: fb,
+            reference_tokens: reft,
+            weight_bytes: m.weights,
+            gradient_bytes: m.gradients,
+            optimizer_bytes: m.optimizer,
+            reference_bytes: m.reference,
+            kv_cache_bytes: m.kv_cache,
+            activation_bytes: m.activations,
+            logits_bytes: m.logits,
+            dry_step_seconds: None,
+            dry_step_skipped: None,
+        }
+    }
+
     /// The estimate of a small known shape, part by part, against the arithmetic done by hand.
     #[test]
     fn memory_matches_hand_arithmetic() {
@@ -1289,20 +1310,8 @@ mod tests {
             (4000 + 100_000, 4000, 0)
         );
         let cost = CostEstimate {
-            stage: "s".into(),
-            prompts: 1,
-            generated_tokens: 0,
-            forward_backward_tokens: 6,
-            reference_tokens: 6,
-            weight_bytes: m.weights,
-            gradient_bytes: m.gradients,
-            optimizer_bytes: m.optimizer,
-            reference_bytes: m.reference,
-            kv_cache_bytes: m.kv_cache,
-            activation_bytes: m.activations,
-            logits_bytes: m.logits,
-            dry_step_seconds: None,
             dry_step_skipped: Some("too big".into()),
+            ..cost_of(&m, 1, [0, 6, 6])
         };
         // The KV cache is gone by the training pass: the peak holds the larger of the two.
         assert_eq!(cost.peak_bytes(), 4000 + 4000 + 8000 + 4000 + 1824 + 240);
@@ -1315,20 +1324,9 @@ mod tests {
     /// (the load bound refuses), so the shape is taken from the config's sizes here.
     #[test]
     fn the_7b_lora_benchmark_fits_80_gb() {
-        use crate::model::{adapter_parameters, weight_shapes, Family, LoraSpec, LoraTarget};
+        use crate::model::{adapter_parameters, weight_shapes, LoraSpec, LoraTarget};
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/qwen2.5-7b.json");
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let n = |k: &str| v[k].as_u64().unwrap() as usize;
-        let c = crate::model::ModelConfig::new(
-            Family::Qwen2,
-            n("vocab_size"),
-            n("hidden_size"),
-            n("intermediate_size"),
-            n("num_hidden_layers"),
-            n("num_attention_heads"),
-            n("num_key_value_heads"),
-            false,
-        );
+        let c = crate::model::ModelConfig::sizes_from_file(std::path::Path::new(path)).unwrap();
         let spec = LoraSpec {
             rank: 16,
             alpha: 32.0,
@@ -1359,22 +1357,7 @@ mod tests {
             gen_rows: rows,
             seq,
         });
-        let cost = CostEstimate {
-            stage: "main".into(),
-            prompts: 16,
-            generated_tokens: rows * 256,
-            forward_backward_tokens: rows * seq,
-            reference_tokens: rows * seq,
-            weight_bytes: m.weights,
-            gradient_bytes: m.gradients,
-            optimizer_bytes: m.optimizer,
-            reference_bytes: m.reference,
-            kv_cache_bytes: m.kv_cache,
-            activation_bytes: m.activations,
-            logits_bytes: m.logits,
-            dry_step_seconds: None,
-            dry_step_skipped: None,
-        };
+        let cost = cost_of(&m, 16, [rows * 256, rows * seq, rows * seq]);
         eprintln!("{}", describe_cost(&cost));
         assert_eq!(m.reference, 0, "the reference shares the base");
         assert!(cost.peak_bytes() < 80_000_000_000, "{}", cost.peak_bytes());
