@@ -97,6 +97,55 @@ pub enum ModelSpec {
     },
     /// A frozen copy of another model's initial weights.
     Frozen { of: Name },
+    /// Low-rank adapters on the targeted linears of every block of the model `of`, whose own
+    /// weights stay frozen: `W x + (alpha / rank) B A x`, `A` (rank, in) Kaiming-uniform from
+    /// `seed`, `B` (out, rank) zero.
+    Lora {
+        of: Name,
+        rank: u64,
+        alpha: f64,
+        targets: Vec<LoraTarget>,
+        seed: u64,
+    },
+}
+
+/// A linear layer of a transformer block that LoRA adapts, by its Hugging Face name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraTarget {
+    QProj,
+    KProj,
+    VProj,
+    OProj,
+    GateProj,
+    UpProj,
+    DownProj,
+}
+
+impl LoraTarget {
+    /// Every target, in block order.
+    pub const ALL: [LoraTarget; 7] = [
+        LoraTarget::QProj,
+        LoraTarget::KProj,
+        LoraTarget::VProj,
+        LoraTarget::OProj,
+        LoraTarget::GateProj,
+        LoraTarget::UpProj,
+        LoraTarget::DownProj,
+    ];
+
+    /// The Hugging Face module name (`q_proj`), as the stdlib's `LoraTarget` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoraTarget::QProj => "q_proj",
+            LoraTarget::KProj => "k_proj",
+            LoraTarget::VProj => "v_proj",
+            LoraTarget::OProj => "o_proj",
+            LoraTarget::GateProj => "gate_proj",
+            LoraTarget::UpProj => "up_proj",
+            LoraTarget::DownProj => "down_proj",
+        }
+    }
 }
 
 /// A value taken from a data row (sources) or from a completion (verifiers): the steps apply

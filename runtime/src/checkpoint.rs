@@ -52,9 +52,27 @@ pub fn save_hf_dir(
     }
     write_json("generation_config.json", &Value::Object(generation))?;
 
+    // A LoRA model is written with its adapters merged in, so that the directory is a plain
+    // HF model, and beside it the adapters alone in PEFT's layout.
+    if let Some(config) = model.adapter_config() {
+        write_json("adapter_config.json", &config)?;
+        let path = dir.join(crate::model::ADAPTER_FILE);
+        let adapters = model
+            .adapter_tensors()
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.detach().to_device(&candle_core::Device::Cpu)?)))
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize_to_file(
+            adapters.iter().map(|(n, t)| (n.as_str(), t)),
+            Some([("format".to_string(), "pt".to_string())].into()),
+            &path,
+        )
+        .map_err(|e| write_error(&path, e))?;
+    }
+    let merged = model.merged()?;
     let path = dir.join("model.safetensors");
     let mut tensors = Vec::new();
-    for (name, t) in model.named_weights() {
+    for (name, t) in merged.named_weights() {
         let t = t
             .detach()
             .to_device(&candle_core::Device::Cpu)?

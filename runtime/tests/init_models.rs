@@ -36,6 +36,23 @@ fn shipped_configs_have_the_upstream_parameter_counts() {
     }
 }
 
+/// Qwen2.5-7B's config: read where this machine can hold its f32 weights, refused by the load
+/// bound where it cannot; its sizes are read either way.
+#[test]
+fn the_7b_config_has_the_upstream_parameter_count() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/qwen2.5-7b.json");
+    let c = ModelConfig::sizes_from_file(&path).unwrap();
+    assert_eq!((c.family, c.tie_word_embeddings), (Family::Qwen2, false));
+    assert_eq!((c.rope_theta, c.rms_norm_eps), (1e6, 1e-6));
+    assert_eq!(c.max_position_embeddings, 32768);
+    assert!(c.validate().is_ok() || c.validate().unwrap_err().contains("machine's"));
+    assert_eq!(parameter_count(&c), 7_615_616_512);
+    match ModelConfig::from_file(&path) {
+        Ok(read) => assert_eq!(parameter_count(&read), 7_615_616_512),
+        Err(e) => assert!(e.to_string().contains("machine's"), "{e}"),
+    }
+}
+
 #[test]
 fn a_built_smollm2_holds_the_upstream_parameter_count() {
     let c = config("smollm2-135m.json");

@@ -85,7 +85,7 @@ pub fn named_files(plan: &Plan) -> Vec<String> {
                 out.push(config.to_string());
                 out.extend(tokenizer.as_ref().map(|t| t.to_string()));
             }
-            ModelSpec::Frozen { .. } => {}
+            ModelSpec::Frozen { .. } | ModelSpec::Lora { .. } => {}
         }
     }
     for source in &plan.sources {

@@ -45,31 +45,63 @@ impl L<'_, '_> {
                 dtype: self.dtype(c)?,
                 tokenizer: c.str("tokenizer").map(CompactString::from),
             },
-            "frozen" => {
-                let of = match c.get("model") {
-                    Some(Val {
-                        v: Value::Decl(id, _),
-                        ..
-                    }) => entity_name(self.res, *id),
-                    Some(Val {
-                        v: Value::Call(inner),
-                        ..
-                    }) => {
-                        let n = format_compact!("{name}.model");
-                        let m = self.model(&n, inner)?;
-                        self.models.push(m);
-                        n
-                    }
-                    _ => return Err(self.bug("frozen without model", c.span)),
-                };
-                p::ModelSpec::Frozen { of }
-            }
+            "frozen" => p::ModelSpec::Frozen {
+                of: self.model_arg(name, c)?,
+            },
+            "lora" => p::ModelSpec::Lora {
+                of: self.model_arg(name, c)?,
+                rank: self.u(c, "rank")?,
+                alpha: self.f(c, "alpha")?,
+                targets: self.lora_targets(c)?,
+                seed: self.u(c, "seed")?,
+            },
             other => return Err(self.bug(&format!("unknown model function {other}"), c.span)),
         };
         Ok(p::Model {
             name: name.into(),
             spec,
         })
+    }
+
+    /// The name of the model that `frozen` or `lora` (declared as `name`) wraps: a declared
+    /// model's name, or `{name}.model` for an inline call, lowered here as a model of its own.
+    fn model_arg(&mut self, name: &str, c: &CallVal) -> Result<p::Name, Diagnostic> {
+        match c.get("model") {
+            Some(Val {
+                v: Value::Decl(id, _),
+                ..
+            }) => Ok(entity_name(self.res, *id)),
+            Some(Val {
+                v: Value::Call(inner),
+                ..
+            }) => {
+                let n = format_compact!("{name}.model");
+                let m = self.model(&n, inner)?;
+                self.models.push(m);
+                Ok(n)
+            }
+            _ => Err(self.bug(&format!("{} without model", c.name()), c.span)),
+        }
+    }
+
+    /// The targets of a `lora` call, in the order written.
+    fn lora_targets(&self, c: &CallVal) -> Result<Vec<p::LoraTarget>, Diagnostic> {
+        let Some(Val {
+            v: Value::List(items),
+            ..
+        }) = c.get("targets")
+        else {
+            return Err(self.bug("lora without targets", c.span));
+        };
+        items
+            .iter()
+            .map(|item| {
+                p::LoraTarget::ALL
+                    .into_iter()
+                    .find(|t| matches!(item.v, Value::Enum(m) if m == t.name()))
+                    .ok_or_else(|| self.bug("a lora target the plan does not know", item.span))
+            })
+            .collect()
     }
 
     fn extractor(&self, v: Option<&Val>) -> Result<p::Extractor, Diagnostic> {

@@ -13,6 +13,7 @@
 
 mod calls;
 mod host;
+mod lora;
 mod policy;
 pub mod problems;
 mod stage;
@@ -58,6 +59,7 @@ pub fn validate(
     v.data_fields(host);
     v.model_shapes();
     v.verifier_settings();
+    v.lora_settings();
     let policy = v.policy();
     v.frozen = policy::frozen_copies(res, typed, policy);
     v.generation_budget(policy, host);
@@ -168,12 +170,13 @@ struct Inspected<'t> {
     length_penalty: Vec<&'t CallVal>,
     exec: Vec<&'t CallVal>,
     http: Vec<&'t CallVal>,
+    lora: Vec<&'t CallVal>,
 }
 
 impl<'t> Inspected<'t> {
     /// The functions, as the stdlib names them.
     #[cfg(test)]
-    const FUNCTIONS: [&'static str; 7] = [
+    const FUNCTIONS: [&'static str; 8] = [
         "hf",
         "jsonl",
         "regex",
@@ -181,6 +184,7 @@ impl<'t> Inspected<'t> {
         "length_penalty",
         "exec",
         "http",
+        "lora",
     ];
 
     /// The list for calls of `function`, when a rule inspects them.
@@ -193,6 +197,7 @@ impl<'t> Inspected<'t> {
             "length_penalty" => Some(&mut self.length_penalty),
             "exec" => Some(&mut self.exec),
             "http" => Some(&mut self.http),
+            "lora" => Some(&mut self.lora),
             _ => None,
         }
     }

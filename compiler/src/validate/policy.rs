@@ -14,11 +14,14 @@ impl V<'_, '_, '_, '_> {
     }
 
     /// The model every stage trains: the one `train { policy = ... }` names, or else the only
-    /// model that is not frozen.
+    /// model that is neither frozen nor the base of a `lora` (whose weights stay frozen).
     pub(super) fn policy(&mut self) -> Option<EntityId> {
+        let bases = self.lora_bases();
         let trainable: Vec<EntityId> = self
             .decls(DeclKind::Model)
-            .filter(|&id| self.typed.call(id).is_some() && !self.is_frozen(id))
+            .filter(|&id| {
+                self.typed.call(id).is_some() && !self.is_frozen(id) && !bases.contains(&id)
+            })
             .collect();
         let mut chosen: Option<(EntityId, Span)> = None;
         for (i, sv) in self.typed.stages.iter().enumerate() {

@@ -39,6 +39,9 @@ problem_codes! {
         StaticCancels = "recap::validate::static_cancels" => "Warning: a `static` weight on a `grpo` objective multiplies every reward term of that objective by the same factor, and group normalisation (`scale = group` or `batch`) divides it out again, so the weight changes nothing. Weigh the balance between the objective's terms instead, or weigh the other (SFT) objectives.",
         UnknownWeightKey = "recap::validate::unknown_weight_key" => "`static(...)` weighs objectives and `weights(...)` weighs sources by name; a name given is not an objective (or source) of the stage. The help line suggests the closest name.",
         UnknownRewardTerm = "recap::validate::unknown_reward_term" => "A `static(source.term = w)` key names no reward term of a `grpo` objective of the stage that reads that source. A term is named as the plan names it: the `let` or verifier it was written as (`rewards = [correct, 0.1 * format]` with `let correct = ...`). The help line suggests the closest term, or lists the source's terms.",
+        LoraOfFrozen = "recap::validate::lora_of_frozen" => "`lora(model)` adapts a frozen model. Adapters train on top of a base whose weights stay fixed anyway, and `frozen(...)` is a KL reference, never trained. Adapt the model itself and take the reference from the adapted one.\n\nExample:\n    model base = frozen(init(\"configs/qwen2.5-0.5b.json\"))\n    model policy = lora(base)\nFix:\n    model policy = lora(init(\"configs/qwen2.5-0.5b.json\"))\n    model base = frozen(policy)",
+        LoraNested = "recap::validate::lora_nested" => "`lora(lora(...))` puts adapters on an adapted model. One `lora` call adapts every target it lists; list all the layers in its `targets` instead.",
+        LoraDuplicateTarget = "recap::validate::lora_duplicate_target" => "A `lora` call lists a target layer twice. Each targeted layer gets one pair of adapters; remove the repeat.\n\nExample:\n    model policy = lora(base, targets = [q_proj, v_proj, q_proj])\nFix:\n    model policy = lora(base, targets = [q_proj, v_proj])",
     }
 }
 
@@ -168,6 +171,12 @@ pub enum ValidateProblem<'a> {
         source: &'a str,
         terms: &'a [&'a str],
     },
+    /// `lora` of a frozen model (`frozen(...)` inline or a declared frozen copy).
+    LoraOfFrozen,
+    /// `lora` of a model that is itself a `lora`.
+    LoraNested,
+    /// A `lora` target listed more than once.
+    LoraDuplicateTarget { target: &'a str },
 }
 
 impl Problem for ValidateProblem<'_> {
@@ -211,6 +220,9 @@ impl Problem for ValidateProblem<'_> {
             P::StaticCancels { .. } => C::StaticCancels,
             P::UnknownWeightKey { .. } => C::UnknownWeightKey,
             P::UnknownRewardTerm { .. } => C::UnknownRewardTerm,
+            P::LoraOfFrozen => C::LoraOfFrozen,
+            P::LoraNested => C::LoraNested,
+            P::LoraDuplicateTarget { .. } => C::LoraDuplicateTarget,
         }
     }
 
@@ -368,6 +380,11 @@ impl Problem for ValidateProblem<'_> {
             P::UnknownRewardTerm { key, source, .. } => format!(
                 "`static` weighs `{key}`, which is no reward term of a `grpo` objective on `{source}` in this stage"
             ),
+            P::LoraOfFrozen => "`lora` adapts a frozen model".to_string(),
+            P::LoraNested => "`lora` adapts a model that already has adapters".to_string(),
+            P::LoraDuplicateTarget { target } => {
+                format!("`lora` lists the target `{target}` twice")
+            }
         }
     }
 
@@ -448,6 +465,9 @@ impl Problem for ValidateProblem<'_> {
                     None => format!("the reward terms of `{source}` are: {}", terms.join(", ")),
                 }
             }
+            P::LoraOfFrozen => "adapt the trainable model, and declare the reference as `frozen(policy)`".to_string(),
+            P::LoraNested => "use one `lora` and list every layer in its `targets`".to_string(),
+            P::LoraDuplicateTarget { .. } => "remove the repeated target".to_string(),
         }
     }
 }

@@ -115,6 +115,15 @@ fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
         .with_context(|| format!("reading {}", path.display()))
 }
 
+/// The reference a checkpoint holds: none for a LoRA policy, whose reference is its own frozen
+/// base, rebuilt with it on resume.
+fn saved_reference(models: &Models) -> Option<&crate::model::Model> {
+    models
+        .reference
+        .as_ref()
+        .filter(|_| models.policy.lora_spec().is_none())
+}
+
 /// Saves a checkpoint after the step just taken and prunes old ones to `keep`; gives its
 /// directory.
 pub(crate) fn save(
@@ -141,14 +150,14 @@ pub(crate) fn save(
         lambdas: rt.lambdas.clone(),
         mixer: rt.mixer.cursor(),
         data: rt.readers.iter().map(|r| r.cursor.clone()).collect(),
-        has_reference: models.reference.is_some(),
+        has_reference: saved_reference(models).is_some(),
         flat_steps: ctx.flat_steps,
     };
     let name = format!("step-{:06}", ctx.global_step);
     write_atomic(&root, &name, |dir| {
         crate::checkpoint::save_hf_dir(&models.policy, Some(&models.tok), dir)?;
         rt.optim.save(&dir.join("optimizer.safetensors"))?;
-        if let Some(r) = &models.reference {
+        if let Some(r) = saved_reference(models) {
             let ts: Vec<(String, Tensor)> = r
                 .named_weights()
                 .into_iter()

@@ -39,7 +39,7 @@ use recap_plan::{Dtype, ModelSpec, ObjectiveSpec, Plan, Stage};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::model::{load_hf_dir_with, Family, LoadOptions, Model, ModelConfig};
+use crate::model::{load_hf_dir_with, Family, LoadOptions, LoraSpec, Model, ModelConfig};
 
 use crate::tokenizer::TextTokenizer;
 use crate::train::mix::{coreset_rows, Mixer, SourceInfo, SourceRole};
@@ -230,24 +230,69 @@ fn load_tokenizer(path: &Path) -> Result<TextTokenizer> {
     Ok(tok)
 }
 
-/// Builds the policy named by the plan (weights from `weights_dir` when resuming).
+/// The spec of the plan's model `name`.
+fn model_spec<'p>(plan: &'p Plan, name: &str) -> Result<&'p ModelSpec> {
+    plan.models
+        .iter()
+        .find(|m| m.name == name)
+        .map(|m| &m.spec)
+        .ok_or_else(|| anyhow!("the plan's model `{name}` is not among its models"))
+}
+
+/// The model a LoRA policy adapts, when the policy is `lora(...)`.
+fn lora_base(plan: &Plan) -> Option<&str> {
+    match model_spec(plan, &plan.policy) {
+        Ok(ModelSpec::Lora { of, .. }) => Some(of),
+        _ => None,
+    }
+}
+
+/// Builds the policy named by the plan (weights from `weights_dir` when resuming). A LoRA
+/// policy's base is built from its own spec every time; a checkpoint holds its adapters.
 fn build_policy(
     plan: &Plan,
     base: &Path,
     device: &Device,
     weights_dir: Option<&Path>,
 ) -> Result<Models> {
-    let spec = &plan
-        .models
-        .iter()
-        .find(|m| m.name == plan.policy)
-        .ok_or_else(|| {
-            anyhow!(
-                "the plan's policy `{}` is not among its models",
-                plan.policy
-            )
-        })?
-        .spec;
+    let spec = model_spec(plan, &plan.policy)?;
+    let ModelSpec::Lora {
+        of,
+        rank,
+        alpha,
+        targets,
+        seed,
+    } = spec
+    else {
+        return build_model(plan, spec, base, device, weights_dir);
+    };
+    let models = build_model(plan, model_spec(plan, of)?, base, device, None)?;
+    let lora = LoraSpec {
+        rank: *rank as usize,
+        alpha: *alpha,
+        targets: targets.clone(),
+        seed: *seed,
+    };
+    let policy = models
+        .policy
+        .with_lora(lora)
+        .with_context(|| format!("model `{}`: adding LoRA adapters", plan.policy))?;
+    if let Some(d) = weights_dir {
+        policy
+            .load_adapter_file(d)
+            .with_context(|| format!("model `{}`: reading its adapters", plan.policy))?;
+    }
+    Ok(Models { policy, ..models })
+}
+
+/// Builds the model of `spec` as the policy (weights from `weights_dir` when resuming).
+fn build_model(
+    plan: &Plan,
+    spec: &ModelSpec,
+    base: &Path,
+    device: &Device,
+    weights_dir: Option<&Path>,
+) -> Result<Models> {
     let load = |dir: &Path, dtype: DType| -> Result<Model> {
         let mut m = load_hf_dir_with(
             dir,
@@ -378,6 +423,10 @@ fn build_policy(
         },
         ModelSpec::Frozen { of } => bail!(
             "the policy `{}` is frozen(`{of}`); a frozen model cannot be trained",
+            plan.policy
+        ),
+        ModelSpec::Lora { of, .. } => bail!(
+            "the policy `{}` adapts lora(`{of}`), which has adapters already; use one `lora`",
             plan.policy
         ),
     };
@@ -643,9 +692,11 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
     for stage in &plan.stages {
         for o in &stage.objectives {
             if let ObjectiveSpec::Grpo { kl: Some(k), .. } = &o.spec {
+                // A LoRA policy's base with the adapters off is its frozen copy, so a
+                // reference may name either.
+                let of_policy = |of: &str| of == plan.policy || Some(of) == lora_base(plan);
                 match plan.models.iter().find(|m| m.name == k.reference) {
-                    Some(m) if matches!(&m.spec, ModelSpec::Frozen { of } if *of == plan.policy) => {
-                    }
+                    Some(m) if matches!(&m.spec, ModelSpec::Frozen { of } if of_policy(of)) => {}
                     _ => bail!(
                         "objective `{}`: the KL reference `{}` must be frozen({})",
                         o.name,
@@ -762,6 +813,10 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
         let mut rt = build_stage(plan, i, &ctx.datasets, &models.policy)?;
         if let Some(c) = restored.take() {
             checkpoint::restore(c, &mut ctx, &mut rt, &mut models)?;
+            // A LoRA policy's reference is its base, shared rather than saved (see `save`).
+            if models.policy.lora_spec().is_some() && stage_needs_reference(stage) {
+                models.reference = Some(models.policy.frozen_copy()?);
+            }
         } else {
             if stage_needs_reference(stage) && models.reference.is_none() {
                 models.reference = Some(models.policy.frozen_copy()?);

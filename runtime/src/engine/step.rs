@@ -1098,8 +1098,17 @@ pub(crate) fn estimate(
     let in_flight = chunks_in_flight(device).min(chunks.len().max(1));
     let share = |total: usize| total * chunk_rows / train_rows.max(1);
     let policy = &models.policy;
+    // A LoRA policy's trainable variables are its adapters; its base is frozen.
+    let frozen_params = match models.policy.lora_spec() {
+        Some(_) => crate::model::weight_shapes(c)
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum(),
+        None => 0,
+    };
     let mem = memory(&MemoryShape {
         params,
+        frozen_params,
         optimizer_bytes: rt.optim.state_bytes(),
         reference: reft > 0,
         layers: c.num_hidden_layers,
@@ -1143,6 +1152,9 @@ pub(crate) fn estimate(
 pub(crate) struct MemoryShape {
     /// Trainable parameters (f32 master weights).
     pub params: usize,
+    /// The frozen weights of a LoRA policy's base (0 without LoRA), held in the compute
+    /// dtype with no gradient or moments; its reference shares them.
+    pub frozen_params: usize,
     pub optimizer_bytes: usize,
     /// Whether the step runs a frozen reference (an f32 copy of the policy).
     pub reference: bool,
@@ -1205,6 +1217,8 @@ pub(crate) struct Memory {
 /// width) and, in the reference attention composition, scores and probabilities. One more
 /// block's worth is counted for the backward's temporaries. With checkpointing a block keeps
 /// only its input (hidden), and one block is made again at a time.
+/// A LoRA policy trains its adapters only: its frozen base is held in the compute dtype with
+/// no gradient or moments, and its reference is the base with the adapters off (no copy).
 pub(crate) fn memory(s: &MemoryShape) -> Memory {
     let (h, qd, kvd, i) = (
         s.hidden,
@@ -1237,10 +1251,14 @@ pub(crate) fn memory(s: &MemoryShape) -> Memory {
     // Each chunk's full gradients, and the running sum once a later group of chunks runs.
     let sets = s.in_flight + usize::from(s.chunks > s.in_flight);
     Memory {
-        weights: s.params * 4,
+        weights: s.params * 4 + s.frozen_params * s.dtype_bytes,
         gradients: s.params * 4 * sets.max(1),
         optimizer: s.optimizer_bytes,
-        reference: if s.reference { s.params * 4 } else { 0 },
+        reference: if s.reference && s.frozen_params == 0 {
+            s.params * 4
+        } else {
+            0
+        },
         kv_cache: s.gen_rows * s.layers * 2 * kvd * s.seq * s.dtype_bytes,
         activations: per_chunk * s.in_flight,
         logits: logits * s.in_flight,
@@ -1303,11 +1321,33 @@ fn judged<'a>(row: &'a Row, roll: &'a Rollout, r: usize) -> Judged<'a> {
 mod tests {
     use super::*;
 
+    /// The estimate of `prompts` with memory `m` and (generated, forward/backward, reference)
+    /// tokens.
+    fn cost_of(m: &Memory, prompts: usize, [gen, fb, reft]: [usize; 3]) -> CostEstimate {
+        CostEstimate {
+            stage: "s".into(),
+            prompts,
+            generated_tokens: gen,
+            forward_backward_tokens: fb,
+            reference_tokens: reft,
+            weight_bytes: m.weights,
+            gradient_bytes: m.gradients,
+            optimizer_bytes: m.optimizer,
+            reference_bytes: m.reference,
+            kv_cache_bytes: m.kv_cache,
+            activation_bytes: m.activations,
+            logits_bytes: m.logits,
+            dry_step_seconds: None,
+            dry_step_skipped: None,
+        }
+    }
+
     /// The estimate of a small known shape, part by part, against the arithmetic done by hand.
     #[test]
     fn memory_matches_hand_arithmetic() {
         let shape = MemoryShape {
             params: 1000,
+            frozen_params: 0,
             optimizer_bytes: 8000,
             reference: true,
             layers: 2,
@@ -1378,21 +1418,19 @@ mod tests {
             ..shape
         });
         assert_eq!(no_ref.reference, 0);
+        // LoRA: 1000 adapter parameters on a frozen base of 50000 held in 2-byte elements,
+        // whose reference shares the base.
+        let lora = memory(&MemoryShape {
+            frozen_params: 50_000,
+            ..shape
+        });
+        assert_eq!(
+            (lora.weights, lora.gradients, lora.reference),
+            (4000 + 100_000, 4000, 0)
+        );
         let cost = CostEstimate {
-            stage: "s".into(),
-            prompts: 1,
-            generated_tokens: 0,
-            forward_backward_tokens: 6,
-            reference_tokens: 6,
-            weight_bytes: m.weights,
-            gradient_bytes: m.gradients,
-            optimizer_bytes: m.optimizer,
-            reference_bytes: m.reference,
-            kv_cache_bytes: m.kv_cache,
-            activation_bytes: m.activations,
-            logits_bytes: m.logits,
-            dry_step_seconds: None,
             dry_step_skipped: Some("too big".into()),
+            ..cost_of(&m, 1, [0, 6, 6])
         };
         // The KV cache is gone by the training pass: the peak holds the larger of the two.
         assert_eq!(cost.peak_bytes(), 4000 + 4000 + 8000 + 4000 + 2088 + 80);
@@ -1414,6 +1452,7 @@ mod tests {
             let (rows, seq, new) = (128, 385, 256);
             let shape = |micro: usize| MemoryShape {
                 params,
+                frozen_params: 0,
                 optimizer_bytes: params * 8,
                 reference: true,
                 layers,
@@ -1447,6 +1486,58 @@ mod tests {
             assert!(at_micro < 74.0, "{params}: {at_micro:.1} GiB");
             assert!(gib(peak(memory(&shape(rows)))) > 80.0);
         }
+    }
+
+    /// The estimate of `pipelines/bench/gpu-qwen2.5-7b-lora.recap` (rank-16 adapters on every
+    /// linear of Qwen2.5-7B, bf16, 16 x 8 rows of 128 + 256 tokens, `micro_batch = 4` on one
+    /// GPU) fits an 80 GB card. The dry run itself cannot load 7B's f32 weights on a small host
+    /// (the load bound refuses), so the shape is taken from the config's sizes here.
+    #[test]
+    fn the_7b_lora_benchmark_fits_80_gb() {
+        use crate::model::{adapter_parameters, weight_shapes, LoraSpec, LoraTarget};
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/qwen2.5-7b.json");
+        let c = crate::model::ModelConfig::sizes_from_file(std::path::Path::new(path)).unwrap();
+        let spec = LoraSpec {
+            rank: 16,
+            alpha: 32.0,
+            targets: LoraTarget::ALL.to_vec(),
+            seed: 1,
+        };
+        let params = adapter_parameters(&c, &spec);
+        assert_eq!(params, 40_370_176);
+        let frozen_params = weight_shapes(&c)
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        let (rows, seq, micro) = (16 * 8, 128 + 256, 4);
+        let m = memory(&MemoryShape {
+            params,
+            frozen_params,
+            optimizer_bytes: params * 8,
+            reference: true,
+            layers: c.num_hidden_layers,
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            vocab: c.vocab_size,
+            dtype_bytes: 2,
+            compute_copies: true,
+            chunk_tokens: micro * seq,
+            chunk_positions: micro * 256,
+            chunks: rows / micro,
+            in_flight: 1,
+            logit_rows: PassOptions::for_vocab(c.vocab_size).logit_rows,
+            checkpointing: false,
+            fast: false,
+            gen_rows: rows,
+            seq,
+        });
+        let cost = cost_of(&m, 16, [rows * 256, rows * seq, rows * seq]);
+        eprintln!("{}", describe_cost(&cost));
+        assert_eq!(m.reference, 0, "the reference shares the base");
+        assert!(cost.peak_bytes() < 80_000_000_000, "{}", cost.peak_bytes());
     }
 
     #[test]

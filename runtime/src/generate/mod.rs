@@ -282,6 +282,15 @@ pub fn generate_on(
     cfg: &SamplingConfig,
     path: DecodePath,
 ) -> Result<Rollout> {
+    // The decoder copies its weights into its own layout anyway; a LoRA model decodes with its
+    // adapters merged into those copies, so the decode kernels need not know about adapters.
+    let merged;
+    let model = if model.lora_spec().is_some() {
+        merged = model.merged()?;
+        &merged
+    } else {
+        model
+    };
     let c = model.config().clone();
     crate::alloc::release_freed(model.weight_bytes());
     if prompts.is_empty() || group == 0 {

@@ -146,6 +146,21 @@ impl ModelConfig {
 
     /// Resolves a config from JSON text; `path` only names the source in errors.
     pub fn from_json_str(text: &str, path: &Path) -> Result<ModelConfig> {
+        let config = ModelConfig::unchecked(text, path)?;
+        config.validate().map_err(|m| ModelError::config(path, m))?;
+        Ok(config)
+    }
+
+    /// Reads `config.json` for its sizes alone, without [`ModelConfig::validate`] (so without
+    /// the load bound of this machine's memory): for counting and estimating a model that this
+    /// host could not load. Never build a model from it.
+    pub fn sizes_from_file(path: &Path) -> Result<ModelConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        ModelConfig::unchecked(&text, path)
+    }
+
+    /// The config JSON text gives, resolved but not validated.
+    fn unchecked(text: &str, path: &Path) -> Result<ModelConfig> {
         let value: Value = serde_json::from_str(text).map_err(|source| ModelError::Json {
             path: path.to_path_buf(),
             source,
@@ -250,7 +265,6 @@ impl ModelConfig {
             pad_token_id: raw.pad_token_id.and_then(|t| t.into_vec().first().copied()),
             extra,
         };
-        config.validate().map_err(|m| ModelError::config(path, m))?;
         Ok(config)
     }
 

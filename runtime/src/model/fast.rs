@@ -26,7 +26,8 @@
 use candle_core::{bail, CpuStorage, DType, Result, Storage, StorageRef, Tensor};
 
 use super::logprob::{PassOptions, SequenceBatch};
-use super::Model;
+use super::lora::{host_adapters, AdapterGrads, HostAdapters};
+use super::{LoraTarget, Model};
 use crate::ops::kernels::{self, mm, Real};
 
 /// The sizes of one pass, checked once.
@@ -195,7 +196,7 @@ pub struct HostSlice<'a> {
 }
 
 impl<'a> HostSlice<'a> {
-    fn new(t: &'a Tensor) -> Result<Self> {
+    pub(super) fn new(t: &'a Tensor) -> Result<Self> {
         let (storage, layout) = t.storage_and_layout();
         let Some((start, end)) = layout.contiguous_offsets() else {
             bail!(
@@ -240,6 +241,8 @@ pub struct HostWeights<'a> {
     layers: Vec<HostLayer<'a>>,
     norm: HostSlice<'a>,
     lm_head: Option<HostSlice<'a>>,
+    /// LoRA adapters per block (empty without LoRA); the other weights are then frozen.
+    adapters: Vec<HostAdapters<'a>>,
 }
 
 impl HostWeights<'_> {
@@ -287,6 +290,7 @@ impl<'a> HostWeights<'a> {
             layers,
             norm: HostSlice::new(&w.norm)?,
             lm_head: slice_opt(&w.lm_head)?,
+            adapters: host_adapters(model)?,
         })
     }
 }
@@ -375,7 +379,7 @@ pub fn supported(model: &Model) -> bool {
 }
 
 /// `y (rows, out) = x (rows, in) . w^T (+ b)` with `w` stored (out, in).
-fn linear(
+pub(super) fn linear(
     x: &[f32],
     rows: usize,
     inp: usize,
@@ -422,7 +426,7 @@ fn head_logits(d: &Dims, sel_h: &[f32], head: &[f32], first: usize, scale: f32, 
 }
 
 /// `dx (rows, in) [+]= dy (rows, out) . w (out, in)`.
-fn linear_dx(
+pub(super) fn linear_dx(
     dy: &[f32],
     rows: usize,
     out: usize,
@@ -445,7 +449,7 @@ fn linear_dx(
 }
 
 /// `dw (out, in) = dy^T (out, rows) . x (rows, in)`.
-fn linear_dw(dy: &[f32], rows: usize, out: usize, x: &[f32], inp: usize) -> Vec<f32> {
+pub(super) fn linear_dw(dy: &[f32], rows: usize, out: usize, x: &[f32], inp: usize) -> Vec<f32> {
     let mut dw = vec![0f32; out * inp];
     mm(
         (out, inp, rows),
@@ -681,6 +685,7 @@ impl Queries {
 fn block_forward(
     d: &Dims,
     w: &HostLayer,
+    ad: Option<&HostAdapters>,
     pk: &Packing,
     qs: &Queries,
     (cos, sin): (&[f32], &[f32]),
@@ -691,10 +696,19 @@ fn block_forward(
     let mut h1 = vec![0f32; nt * hs];
     rms_forward(&x, &w.input_norm, d.eps, &mut r1, &mut h1);
     let h1q = qs.gather(&h1, hs);
+    // The LoRA term of target `t` on input `x` (rows, inp), added into `y` (rows, out).
+    let lora = |t: LoraTarget, x: &[f32], rows, inp, out, y: &mut [f32]| {
+        if let Some(a) = ad.and_then(|ad| ad[super::lora::slot(t)].as_ref()) {
+            a.forward(x, rows, inp, out, y);
+        }
+    };
     let mut q = linear(&h1q, nq, hs, &w.q_w, qd, w.q_b.as_deref());
+    lora(LoraTarget::QProj, &h1q, nq, hs, qd, &mut q);
     drop(h1q);
     let mut k = linear(&h1, nt, hs, &w.k_w, kvd, w.k_b.as_deref());
-    let v = linear(&h1, nt, hs, &w.v_w, kvd, w.v_b.as_deref());
+    lora(LoraTarget::KProj, &h1, nt, hs, kvd, &mut k);
+    let mut v = linear(&h1, nt, hs, &w.v_w, kvd, w.v_b.as_deref());
+    lora(LoraTarget::VProj, &h1, nt, hs, kvd, &mut v);
     let pos_q = qs.gather_pos(&pk.pos);
     rope(&mut q, qd, &pos_q, hd, cos, sin, false);
     rope(&mut k, kvd, &pk.pos, hd, cos, sin, false);
@@ -753,11 +767,14 @@ fn block_forward(
         (1, qd),
         1.0,
     );
+    lora(LoraTarget::OProj, &attn, nq, qd, hs, &mut x_mid);
     let mut r2 = vec![0f32; nq];
     let mut h2 = vec![0f32; nq * hs];
     rms_forward(&x_mid, &w.post_norm, d.eps, &mut r2, &mut h2);
-    let gate = linear(&h2, nq, hs, &w.gate_w, d.inter, None);
-    let up = linear(&h2, nq, hs, &w.up_w, d.inter, None);
+    let mut gate = linear(&h2, nq, hs, &w.gate_w, d.inter, None);
+    lora(LoraTarget::GateProj, &h2, nq, hs, d.inter, &mut gate);
+    let mut up = linear(&h2, nq, hs, &w.up_w, d.inter, None);
+    lora(LoraTarget::UpProj, &h2, nq, hs, d.inter, &mut up);
     let mut act = vec![0f32; gate.len()];
     kernels::swiglu(&gate, &up, &mut act);
     let mut out = x_mid.clone();
@@ -772,6 +789,7 @@ fn block_forward(
         (1, d.inter),
         1.0,
     );
+    lora(LoraTarget::DownProj, &act, nq, d.inter, hs, &mut out);
     let saved = Saved {
         x,
         r1,
@@ -794,17 +812,23 @@ fn block_forward(
 /// The gradients of one block's weights.
 type LayerGrads = LayerVecs<Vec<f32>>;
 
+/// The gradients of one block's LoRA adapters, one slot per target.
+type BlockAdapterGrads = [Option<AdapterGrads>; 7];
+
 /// One block's backward: `dy` is the gradient of its output (on the query rows of `qs`); gives
-/// the gradient of its input (all rows) and of its weights.
+/// the gradient of its input (all rows) and of its weights. With LoRA adapters (`ad`) the
+/// block's own weights are frozen: their gradients are left empty and the adapters' given.
+#[allow(clippy::too_many_arguments)]
 fn block_backward(
     d: &Dims,
     w: &HostLayer,
+    ad: Option<&HostAdapters>,
     s: &Saved,
     pk: &Packing,
     qs: &Queries,
     (cos, sin): (&[f32], &[f32]),
     dy: Vec<f32>,
-) -> (Vec<f32>, LayerGrads) {
+) -> (Vec<f32>, LayerGrads, BlockAdapterGrads) {
     let (nt, nq, hs, qd, kvd, hd, it) = (
         pk.rows(),
         qs.len,
@@ -814,19 +838,39 @@ fn block_backward(
         d.head_dim,
         d.inter,
     );
+    let frozen = ad.is_some();
+    let dw = |dy: &[f32], rows, out, x: &[f32], inp| {
+        if frozen {
+            Vec::new()
+        } else {
+            linear_dw(dy, rows, out, x, inp)
+        }
+    };
+    let mut agrads: BlockAdapterGrads = Default::default();
+    // The LoRA backward of target `t` (input `x` (rows, inp), output gradient `dy`), adding
+    // into `dx`.
+    let mut lora = |t: LoraTarget, x: &[f32], rows, inp, out, dy: &[f32], dx: &mut [f32]| {
+        let i = super::lora::slot(t);
+        if let Some(a) = ad.and_then(|ad| ad[i].as_ref()) {
+            agrads[i] = Some(a.backward(x, rows, inp, out, dy, dx));
+        }
+    };
     // MLP: out = x_mid + act . down^T.
     let mut dact = vec![0f32; nq * it];
     linear_dx(&dy, nq, hs, &w.down_w, it, &mut dact, false);
-    let down_w = linear_dw(&dy, nq, hs, &s.act, it);
+    lora(LoraTarget::DownProj, &s.act, nq, it, hs, &dy, &mut dact);
+    let down_w = dw(&dy, nq, hs, &s.act, it);
     let mut dgate = vec![0f32; nq * it];
     let mut dup = vec![0f32; nq * it];
     kernels::swiglu_backward(&dact, &s.gate, &s.up, &mut dgate, &mut dup);
     drop(dact);
-    let gate_w = linear_dw(&dgate, nq, it, &s.h2, hs);
-    let up_w = linear_dw(&dup, nq, it, &s.h2, hs);
+    let gate_w = dw(&dgate, nq, it, &s.h2, hs);
+    let up_w = dw(&dup, nq, it, &s.h2, hs);
     let mut dh2 = vec![0f32; nq * hs];
     linear_dx(&dgate, nq, it, &w.gate_w, hs, &mut dh2, false);
     linear_dx(&dup, nq, it, &w.up_w, hs, &mut dh2, true);
+    lora(LoraTarget::GateProj, &s.h2, nq, hs, it, &dgate, &mut dh2);
+    lora(LoraTarget::UpProj, &s.h2, nq, hs, it, &dup, &mut dh2);
     drop((dgate, dup));
     // The residual passes `dy` through; the norm's gradient adds to it.
     let mut dx_mid = dy;
@@ -843,7 +887,8 @@ fn block_backward(
     // Attention output projection: x_mid = x + attn . o^T.
     let mut dattn = vec![0f32; nq * qd];
     linear_dx(&dx_mid, nq, hs, &w.o_w, qd, &mut dattn, false);
-    let o_w = linear_dw(&dx_mid, nq, hs, &s.attn, qd);
+    lora(LoraTarget::OProj, &s.attn, nq, qd, hs, &dx_mid, &mut dattn);
+    let o_w = dw(&dx_mid, nq, hs, &s.attn, qd);
     // Attention: per (segment, head), dP = dO v^T, dv += P^T dO, dS = P * (dP - sum(dP * P)),
     // dq = scale * dS k, dk += scale * dS^T q.
     let mut dq = vec![0f32; nq * qd];
@@ -913,28 +958,32 @@ fn block_backward(
     let pos_q = qs.gather_pos(&pk.pos);
     rope(&mut dq, qd, &pos_q, hd, cos, sin, true);
     rope(&mut dk, kvd, &pk.pos, hd, cos, sin, true);
-    let bias =
-        |dy: &[f32], width: usize, b: &Option<HostSlice>| b.as_ref().map(|_| col_sums(dy, width));
+    let bias = |dy: &[f32], width: usize, b: &Option<HostSlice>| {
+        b.as_ref().filter(|_| !frozen).map(|_| col_sums(dy, width))
+    };
     let q_b = bias(&dq, qd, &w.q_b);
     let k_b = bias(&dk, kvd, &w.k_b);
     let v_b = bias(&dv, kvd, &w.v_b);
     let h1q = qs.gather(&s.h1, hs);
-    let q_w = linear_dw(&dq, nq, qd, &h1q, hs);
-    drop(h1q);
-    let k_w = linear_dw(&dk, nt, kvd, &s.h1, hs);
-    let v_w = linear_dw(&dv, nt, kvd, &s.h1, hs);
+    let q_w = dw(&dq, nq, qd, &h1q, hs);
+    let k_w = dw(&dk, nt, kvd, &s.h1, hs);
+    let v_w = dw(&dv, nt, kvd, &s.h1, hs);
     let mut dh1 = vec![0f32; nt * hs];
     linear_dx(&dk, nt, kvd, &w.k_w, hs, &mut dh1, false);
     linear_dx(&dv, nt, kvd, &w.v_w, hs, &mut dh1, true);
+    lora(LoraTarget::KProj, &s.h1, nt, hs, kvd, &dk, &mut dh1);
+    lora(LoraTarget::VProj, &s.h1, nt, hs, kvd, &dv, &mut dh1);
     // The query rows' parts: the q projection's input gradient and the residual.
     let mut dx = match &qs.rows {
         None => {
             linear_dx(&dq, nt, qd, &w.q_w, hs, &mut dh1, true);
+            lora(LoraTarget::QProj, &h1q, nq, hs, qd, &dq, &mut dh1);
             dx_mid
         }
         Some(rows) => {
             let mut dh1q = vec![0f32; nq * hs];
             linear_dx(&dq, nq, qd, &w.q_w, hs, &mut dh1q, false);
+            lora(LoraTarget::QProj, &h1q, nq, hs, qd, &dq, &mut dh1q);
             let mut dx = vec![0f32; nt * hs];
             for ((&r, a), b) in rows
                 .iter()
@@ -969,7 +1018,7 @@ fn block_backward(
         input_norm,
         post_norm,
     };
-    (dx, grads)
+    (dx, grads, agrads)
 }
 
 /// The shared forward: with `save`, keeps every activation the backward needs.
@@ -1013,14 +1062,15 @@ fn run<'a>(
         row.copy_from_slice(&weights.embed[id * hs..(id + 1) * hs]);
     }
     let mut layers = Vec::with_capacity(if save { weights.layers.len() } else { 0 });
-    for w in &weights.layers {
+    for (l, w) in weights.layers.iter().enumerate() {
         let qs = if layers_seen + 1 == n_layers {
             &qs_last
         } else {
             &qs_all
         };
         layers_seen += 1;
-        let (saved, out) = block_forward(&d, w, &pk, qs, (&rope_cos, &rope_sin), x);
+        let ad = weights.adapters.get(l);
+        let (saved, out) = block_forward(&d, w, ad, &pk, qs, (&rope_cos, &rope_sin), x);
         if save {
             layers.push(if opts.checkpointing {
                 Kept::Input(saved.x)
@@ -1186,7 +1236,13 @@ impl FastForward<'_> {
         // d logp / d logits = (onehot(target) - softmax) / temperature, chunk by chunk of
         // positions with the chunk's logits made again (the forward kept none of them).
         let head = self.weights.head();
-        let mut dhead = vec![0f32; d.vocab * hs];
+        // With LoRA the head and the embedding are frozen: no gradient is computed for them.
+        let frozen = !self.weights.adapters.is_empty();
+        let mut dhead = if frozen {
+            Vec::new()
+        } else {
+            vec![0f32; d.vocab * hs]
+        };
         let mut dsel_h = vec![0f32; ns * hs];
         let chunk = self.opts.logit_rows.max(1);
         let mut dlogits = vec![0f32; chunk.min(ns) * d.vocab];
@@ -1208,17 +1264,19 @@ impl FastForward<'_> {
             }
             let sel_h = &self.sel_h[first * hs..(first + rows) * hs];
             // dhead (vocab, hidden) += dlogits^T . sel_h, summed over the chunks.
-            mm(
-                (d.vocab, hs, rows),
-                &mut dhead,
-                (hs, 1),
-                c > 0,
-                buf,
-                (1, d.vocab),
-                sel_h,
-                (hs, 1),
-                1.0,
-            );
+            if !frozen {
+                mm(
+                    (d.vocab, hs, rows),
+                    &mut dhead,
+                    (hs, 1),
+                    c > 0,
+                    buf,
+                    (1, d.vocab),
+                    sel_h,
+                    (hs, 1),
+                    1.0,
+                );
+            }
             let dh = &mut dsel_h[first * hs..(first + rows) * hs];
             linear_dx(buf, rows, d.vocab, head, hs, dh, false);
         }
@@ -1248,6 +1306,7 @@ impl FastForward<'_> {
             }
         }
         let mut layer_grads = Vec::with_capacity(self.layers.len());
+        let mut adapter_grads = Vec::with_capacity(self.weights.adapters.len());
         for (l, (w, s)) in self
             .weights
             .layers
@@ -1262,19 +1321,25 @@ impl FastForward<'_> {
                 &self.qs_all
             };
             let rope = (&self.rope_cos[..], &self.rope_sin[..]);
+            let ad = self.weights.adapters.get(l);
             let remade;
             let s = match s {
                 Kept::Full(s) => s,
                 Kept::Input(x) => {
-                    remade = block_forward(d, w, pk, qs, rope, x.clone()).0;
+                    remade = block_forward(d, w, ad, pk, qs, rope, x.clone()).0;
                     &remade
                 }
             };
-            let (dxi, g) = block_backward(d, w, s, pk, qs, rope, dx);
+            let (dxi, g, ag) = block_backward(d, w, ad, s, pk, qs, rope, dx);
             dx = dxi;
             layer_grads.push(g);
+            adapter_grads.push(ag);
         }
         layer_grads.reverse();
+        adapter_grads.reverse();
+        if let (true, Some(lora)) = (frozen, &self.model.lora) {
+            return super::lora::grad_pairs(lora, adapter_grads);
+        }
         // The embedding: the tied head's part plus the scatter-add of the input rows.
         let tied = self.weights.lm_head.is_none();
         let mut dembed = if tied {

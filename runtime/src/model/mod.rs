@@ -15,6 +15,7 @@ pub mod fast;
 pub mod init;
 mod load;
 pub mod logprob;
+mod lora;
 
 use std::collections::HashMap;
 
@@ -25,6 +26,8 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 pub use config::{Family, ModelConfig};
 pub use error::{ModelError, Result};
 pub use load::{load_hf_dir, load_hf_dir_with, read_safetensors, LoadOptions};
+pub use lora::{adapter_parameters, LoraSpec, ADAPTER_FILE};
+pub use recap_plan::LoraTarget;
 
 use crate::ops;
 
@@ -135,6 +138,44 @@ impl Weights {
         })
     }
 
+    /// Every weight mapped through `f`, biases and head as present.
+    fn map<E>(
+        &self,
+        f: impl Fn(&Tensor) -> std::result::Result<Tensor, E>,
+    ) -> std::result::Result<Self, E> {
+        let o = |t: &Option<Tensor>| t.as_ref().map(&f).transpose();
+        Ok(Weights {
+            embed: f(&self.embed)?,
+            layers: self
+                .layers
+                .iter()
+                .map(|w| {
+                    Ok(LayerWeights {
+                        q_w: f(&w.q_w)?,
+                        q_b: o(&w.q_b)?,
+                        k_w: f(&w.k_w)?,
+                        k_b: o(&w.k_b)?,
+                        v_w: f(&w.v_w)?,
+                        v_b: o(&w.v_b)?,
+                        o_w: f(&w.o_w)?,
+                        gate_w: f(&w.gate_w)?,
+                        up_w: f(&w.up_w)?,
+                        down_w: f(&w.down_w)?,
+                        input_norm: f(&w.input_norm)?,
+                        post_norm: f(&w.post_norm)?,
+                    })
+                })
+                .collect::<std::result::Result<_, E>>()?,
+            norm: f(&self.norm)?,
+            lm_head: o(&self.lm_head)?,
+        })
+    }
+
+    /// Every weight converted to `dtype` (new tensors where the dtype differs).
+    pub(crate) fn to_dtype(&self, dtype: DType) -> candle_core::Result<Self> {
+        self.map(|t| t.to_dtype(dtype))
+    }
+
     /// The weights with their HF names, in `weight_shapes` order.
     fn named(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
@@ -205,6 +246,8 @@ pub struct Model {
     pub(crate) rope: RopeTables,
     pub(crate) compute_dtype: DType,
     device: Device,
+    /// LoRA adapters on frozen weights (see [`lora`]): then they are the only `Var`s.
+    pub(crate) lora: Option<lora::Lora>,
 }
 
 /// `x @ w^T + b` on a 2-D `x` (rows, in); `w` is (out, in) as stored by HF.
@@ -299,6 +342,7 @@ impl Model {
             rope,
             compute_dtype: dtype,
             device: device.clone(),
+            lora: None,
         })
     }
 
@@ -412,8 +456,15 @@ impl Model {
     }
 
     /// A deep, frozen copy (the reference model for KL): plain tensors with their own storage,
-    /// so optimiser steps on `self` do not change it and its forward never builds a graph.
+    /// so optimiser steps on `self` do not change it and its forward never builds a graph. A
+    /// LoRA model's weights are frozen already and its adapters start at zero, so its copy is
+    /// its base with the adapters off, sharing the weights' storage rather than copying them.
     pub fn frozen_copy(&self) -> candle_core::Result<Model> {
+        if self.lora.is_some() {
+            let mut base = self.detached_view();
+            base.lora = None;
+            return Ok(base);
+        }
         let mut map = HashMap::new();
         for (name, t) in self.weights.named() {
             map.insert(name, t.detach().copy()?.detach());
@@ -427,30 +478,12 @@ impl Model {
     /// A view of the same weight storage with no `Var`s: its forward builds no graph, and it sees
     /// optimiser updates of `self` (no copy is made). Used by the decode and reference paths.
     pub fn detached_view(&self) -> Model {
-        let d = |t: &Tensor| t.detach();
-        let weights = Weights {
-            embed: d(&self.weights.embed),
-            layers: self
-                .weights
-                .layers
-                .iter()
-                .map(|w| LayerWeights {
-                    q_w: d(&w.q_w),
-                    q_b: w.q_b.as_ref().map(d),
-                    k_w: d(&w.k_w),
-                    k_b: w.k_b.as_ref().map(d),
-                    v_w: d(&w.v_w),
-                    v_b: w.v_b.as_ref().map(d),
-                    o_w: d(&w.o_w),
-                    gate_w: d(&w.gate_w),
-                    up_w: d(&w.up_w),
-                    down_w: d(&w.down_w),
-                    input_norm: d(&w.input_norm),
-                    post_norm: d(&w.post_norm),
-                })
-                .collect(),
-            norm: d(&self.weights.norm),
-            lm_head: self.weights.lm_head.as_ref().map(d),
+        let weights = match self
+            .weights
+            .map(|t| Ok::<_, std::convert::Infallible>(t.detach()))
+        {
+            Ok(w) => w,
+            Err(never) => match never {},
         };
         Model {
             config: self.config.clone(),
@@ -459,6 +492,7 @@ impl Model {
             rope: self.rope.clone(),
             compute_dtype: self.compute_dtype,
             device: self.device.clone(),
+            lora: lora::detached(&self.lora),
         }
     }
 
@@ -558,9 +592,12 @@ impl Model {
         let cw = |t: &Tensor| self.cw(t);
         let cwo = |t: &Option<Tensor>| t.as_ref().map(|t| self.cw(t)).transpose();
         let h = ops::rms_norm(x, &cw(&w.input_norm)?, c.rms_norm_eps)?;
-        let q = linear(&h, &cw(&w.q_w)?, cwo(&w.q_b)?.as_ref())?;
-        let k = linear(&h, &cw(&w.k_w)?, cwo(&w.k_b)?.as_ref())?;
-        let v = linear(&h, &cw(&w.v_w)?, cwo(&w.v_b)?.as_ref())?;
+        let proj = |t: LoraTarget, x: &Tensor, w: &Tensor, b: &Option<Tensor>| {
+            self.proj(l, t, x, &cw(w)?, cwo(b)?.as_ref())
+        };
+        let q = proj(LoraTarget::QProj, &h, &w.q_w, &w.q_b)?;
+        let k = proj(LoraTarget::KProj, &h, &w.k_w, &w.k_b)?;
+        let v = proj(LoraTarget::VProj, &h, &w.v_w, &w.v_b)?;
         let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?;
         let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
         let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
@@ -571,11 +608,16 @@ impl Model {
             out.push((k.detach(), v.detach()));
         }
         let y = y.transpose(1, 2)?.reshape((b * t, nh * hd))?;
-        let x = (x + linear(&y, &cw(&w.o_w)?, None)?)?;
+        let x = (x + proj(LoraTarget::OProj, &y, &w.o_w, &None)?)?;
         let h = ops::rms_norm(&x, &cw(&w.post_norm)?, c.rms_norm_eps)?;
-        let gate = linear(&h, &cw(&w.gate_w)?, None)?;
-        let up = linear(&h, &cw(&w.up_w)?, None)?;
-        let m = linear(&ops::swiglu(&gate, &up)?, &cw(&w.down_w)?, None)?;
+        let gate = proj(LoraTarget::GateProj, &h, &w.gate_w, &None)?;
+        let up = proj(LoraTarget::UpProj, &h, &w.up_w, &None)?;
+        let m = proj(
+            LoraTarget::DownProj,
+            &ops::swiglu(&gate, &up)?,
+            &w.down_w,
+            &None,
+        )?;
         x + m
     }
 }
