@@ -162,6 +162,12 @@ pub fn evaluate(plan: &Plan, path: &Path, opts: &RunOptions) -> Result<Vec<Probe
     {
         datasets.insert(s.name.to_string(), Dataset::load(s, base)?);
     }
+    // A grader's warnings (no Landlock on this kernel) go to the terminal: an evaluation writes
+    // no run summary to hold them.
+    let (verifiers, grader_warnings) = rewards::build_verifiers(plan, base, opts.allow_exec)?;
+    for w in grader_warnings {
+        eprintln!("warning: {w}");
+    }
     let models = build_policy(plan, base, &device, Some(&dir))
         .with_context(|| format!("loading the checkpoint {}", dir.display()))?;
     let ctx = step::Ctx {
@@ -169,7 +175,7 @@ pub fn evaluate(plan: &Plan, path: &Path, opts: &RunOptions) -> Result<Vec<Probe
         opts,
         device,
         datasets,
-        verifiers: rewards::build_verifiers(plan)?,
+        verifiers,
         run_rng: HostRng::new(0),
         out: None,
         global_step: 0,
