@@ -276,7 +276,10 @@ mod engine {
         assert_eq!(rl.optimizer_bytes, 2 * rl.weight_bytes);
         assert_eq!(s.costs[0].generated_tokens, 0);
         // One f32 gradient set per chunk in flight (the CPU runs one per core side by side).
-        assert!(rl.gradient_bytes >= rl.weight_bytes && rl.gradient_bytes % rl.weight_bytes == 0);
+        assert!(
+            rl.gradient_bytes >= rl.weight_bytes
+                && rl.gradient_bytes.is_multiple_of(rl.weight_bytes)
+        );
         assert!(rl.kv_cache_bytes > 0 && rl.logits_bytes > 0);
         assert!(rl.peak_bytes() > rl.weight_bytes + rl.optimizer_bytes + rl.reference_bytes);
         // A model this small fits: the dry step ran and was timed, on every stage.
