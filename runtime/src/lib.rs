@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod checkpoint;
+pub mod dist;
 pub mod engine;
 pub mod generate;
 pub mod gguf;
