@@ -639,6 +639,22 @@ pub fn graph_order(plan: &Plan) -> Result<Vec<String>> {
     Ok(order)
 }
 
+/// Runs a plan as one rank of a data-parallel job whose collectives go through `comm`. A world
+/// of one is the same as [`run`].
+pub fn run_with(
+    plan: &Plan,
+    opts: &RunOptions,
+    comm: &mut dyn crate::dist::Collective,
+) -> Result<RunSummary> {
+    if comm.world() > 1 {
+        bail!(
+            "this build runs one rank only; a job of {} ranks needs data-parallel training",
+            comm.world()
+        );
+    }
+    run(plan, opts)
+}
+
 /// Runs a plan. See the module documentation for what one step does.
 pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
