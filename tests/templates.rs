@@ -72,11 +72,19 @@ fn python() -> bool {
     ok
 }
 
-/// `recapc templates` lists each template with its description.
+/// `recapc templates` lists each template with its description, and so does `recapc new --list`.
 #[test]
 fn templates_lists_the_jobs() {
     let o = common::recapc(&["templates"], Path::new("."));
     let out = common::stdout(&o);
+    let list = common::recapc(&["new", "--list"], Path::new("."));
+    assert!(list.status.success(), "{}", common::stderr(&list));
+    assert_eq!(common::stdout(&list), out);
+    // A name is needed unless listing.
+    assert_eq!(
+        common::recapc(&["new"], Path::new(".")).status.code(),
+        Some(2)
+    );
     for line in [
         "gsm8k        GSM8K-style maths: GRPO on word problems",
         "code-exec    Code with the exec grader",

@@ -1,4 +1,4 @@
-//! `recapc new NAME [--template T] [--dir]`: takes a name and a template, gives a new pipeline
+//! `recapc new NAME [--template T] [--dir]` (or `recapc new --list`, the templates): takes a name and a template, gives a new pipeline
 //! file `NAME.recap` (or a project directory `NAME/` with `main.recap`, a `data/` folder and a
 //! `.gitignore` for run outputs), and beside it the files the template reads (its data, its
 //! grader), so the new pipeline runs as is. Never overwrites: an existing pipeline or project
@@ -17,6 +17,10 @@ use crate::input::describe_io_error;
 use crate::templates::{self, File, Template, TEMPLATES};
 
 pub fn run(args: &NewArgs) -> ExitCode {
+    let Some(name) = &args.name else {
+        // Only `--list` leaves the name out (clap requires it otherwise).
+        return super::list_templates::run();
+    };
     let Some(template) = templates::find(&args.template) else {
         let names: Vec<&str> = TEMPLATES.iter().map(|t| t.name).collect();
         error_line(&format!(
@@ -26,23 +30,23 @@ pub fn run(args: &NewArgs) -> ExitCode {
         ));
         return ExitCode::Usage;
     };
-    let name = args.name.trim_end_matches('/');
-    let stem = Path::new(name)
+    let trimmed = name.trim_end_matches('/');
+    let stem = Path::new(trimmed)
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     if stem.is_empty() || stem.starts_with('.') {
-        error_line(&format!("`{}` is not a usable pipeline name", args.name));
+        error_line(&format!("`{name}` is not a usable pipeline name"));
         return ExitCode::Usage;
     }
     let text = template.instantiate(&stem);
     let result = if args.dir {
-        create_project(Path::new(name), &text, template.files)
+        create_project(Path::new(trimmed), &text, template.files)
     } else {
-        let file = if name.ends_with(".recap") {
-            PathBuf::from(name)
+        let file = if trimmed.ends_with(".recap") {
+            PathBuf::from(trimmed)
         } else {
-            PathBuf::from(format!("{name}.recap"))
+            PathBuf::from(format!("{trimmed}.recap"))
         };
         create_beside(&file, &text, template.files).map(|written| (file, written))
     };
