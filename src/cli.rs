@@ -344,8 +344,11 @@ pub struct ImportGgufArgs {
 #[derive(Debug, clap::Args)]
 pub struct NewArgs {
     /// Name of the new pipeline: writes NAME.recap (or NAME/main.recap with --dir).
-    #[arg(value_name = "NAME")]
-    pub name: String,
+    #[arg(value_name = "NAME", required_unless_present = "list")]
+    pub name: Option<String>,
+    /// List the templates instead, as `recapc templates` does.
+    #[arg(long, conflicts_with_all = ["name", "dir"])]
+    pub list: bool,
     /// Template to start from (see `recapc templates`).
     #[arg(long, short, default_value = "quickstart", value_name = "T")]
     pub template: String,

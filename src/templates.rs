@@ -1,8 +1,9 @@
-//! The templates behind `recapc new`: the pipelines at the top of `pipelines/`, embedded in the
-//! binary with `include_str!` so `recapc new` works anywhere. Takes a template name, gives its
-//! text and a one-line description (the file's first comment line). The benchmark pipelines in
-//! `pipelines/bench/` name files beside the repository and so are not templates; a test checks
-//! that every other file in `pipelines/` is listed here.
+//! The templates behind `recapc new`: the pipelines at the top of `pipelines/` and the files they
+//! read (data under `pipelines/data/`, the grader under `pipelines/graders/`), embedded in the
+//! binary with `include_str!` so `recapc new` works anywhere and the new pipeline runs as is.
+//! Takes a template name, gives its text, its files and a one-line description (the file's first
+//! comment line). The benchmark pipelines in `pipelines/bench/` name files beside the repository
+//! and so are not templates; a test checks that every other file in `pipelines/` is listed here.
 
 /// One embedded template.
 #[derive(Debug, Clone, Copy)]
@@ -13,20 +14,60 @@ pub struct Template {
     pub path: &'static str,
     /// The file's text.
     pub text: &'static str,
+    /// The files the pipeline reads, as (path relative to the pipeline, contents): `recapc new`
+    /// writes them beside the new pipeline, at the same relative paths.
+    pub files: &'static [File],
+    /// Whether the pipeline has an `exec(...)` verifier, so `recapc run` needs `--allow-exec`.
+    pub allow_exec: bool,
+}
+
+/// A file a template ships: its path relative to the pipeline and its contents.
+pub type File = (&'static str, &'static str);
+
+/// A file under `pipelines/`, shipped at the same path relative to the pipeline, so what runs
+/// in the repository's `pipelines/` is what a new pipeline gets.
+macro_rules! shipped {
+    ($path:literal) => {
+        ($path, include_str!(concat!("../pipelines/", $path)))
+    };
+}
+
+const GSM8K_TRAIN: File = shipped!("data/gsm8k-train.jsonl");
+const GSM8K_TEST: File = shipped!("data/gsm8k-test.jsonl");
+const GENERAL: File = shipped!("data/general.jsonl");
+const CODE_TRAIN: File = shipped!("data/code-train.jsonl");
+const CODE_TEST: File = shipped!("data/code-test.jsonl");
+/// `pipelines/graders/code_exec.py` is a link to `examples/graders/code_exec.py`, so the
+/// repository's copy of the template runs in place and there is one grader to maintain.
+const CODE_GRADER: File = shipped!("graders/code_exec.py");
+
+/// The template `pipelines/NAME.recap` with the files it ships.
+macro_rules! template {
+    ($name:literal, $files:expr, allow_exec = $allow_exec:literal) => {
+        Template {
+            name: $name,
+            path: concat!("pipelines/", $name, ".recap"),
+            text: include_str!(concat!("../pipelines/", $name, ".recap")),
+            files: $files,
+            allow_exec: $allow_exec,
+        }
+    };
 }
 
 /// Every template, the default (`quickstart`) first.
 pub const TEMPLATES: &[Template] = &[
-    Template {
-        name: "quickstart",
-        path: "pipelines/quickstart.recap",
-        text: include_str!("../pipelines/quickstart.recap"),
-    },
-    Template {
-        name: "gsm8k-recap",
-        path: "pipelines/gsm8k-recap.recap",
-        text: include_str!("../pipelines/gsm8k-recap.recap"),
-    },
+    template!("quickstart", &[], allow_exec = false),
+    template!("gsm8k", &[GSM8K_TRAIN, GSM8K_TEST], allow_exec = false),
+    template!(
+        "code-exec",
+        &[CODE_TRAIN, CODE_TEST, CODE_GRADER],
+        allow_exec = true
+    ),
+    template!(
+        "gsm8k-recap",
+        &[GSM8K_TRAIN, GSM8K_TEST, GENERAL],
+        allow_exec = false
+    ),
 ];
 
 impl Template {
@@ -77,6 +118,50 @@ mod tests {
         for t in TEMPLATES {
             assert_eq!(t.path, format!("pipelines/{}.recap", t.name));
             assert!(!t.description().is_empty(), "{} has no description", t.name);
+            assert_eq!(t.allow_exec, t.text.contains("exec("), "{}", t.name);
+        }
+    }
+
+    /// Each shipped file is one its template names, and the grader is the example grader.
+    #[test]
+    fn shipped_files_are_named_by_their_template() {
+        for t in TEMPLATES {
+            for (path, _) in t.files {
+                assert!(
+                    t.text.contains(&format!("\"{path}\"")),
+                    "{} never names {path}",
+                    t.name
+                );
+            }
+        }
+        assert_eq!(
+            CODE_GRADER.1,
+            include_str!("../examples/graders/code_exec.py")
+        );
+    }
+
+    /// The shipped rows are written in the characters of the `tiny` model's tokenizer, which
+    /// the templates train: a character outside it would reach the model as `<unk>`.
+    #[test]
+    fn shipped_data_fits_the_tiny_tokenizer() {
+        let tok = recap_runtime::tokenizer::TextTokenizer::arithmetic().unwrap();
+        let unk = tok.token_to_id("<unk>").unwrap();
+        for t in TEMPLATES {
+            for (path, text) in t.files.iter().filter(|(p, _)| p.ends_with(".jsonl")) {
+                for line in text.lines() {
+                    let row: serde_json::Value = serde_json::from_str(line).unwrap();
+                    for key in ["question", "answer", "solution", "input", "target"] {
+                        let Some(value) = row.get(key).and_then(|v| v.as_str()) else {
+                            continue;
+                        };
+                        let ids = tok.encode(value, false).unwrap();
+                        assert!(
+                            !ids.contains(&unk),
+                            "{path}: `{value}` has a character the tokenizer lacks"
+                        );
+                    }
+                }
+            }
         }
     }
 

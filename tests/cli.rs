@@ -155,13 +155,19 @@ fn clean_pipelines_exit_0_and_warnings_do_not_fail() {
         &[
             "check",
             "pipelines/quickstart.recap",
+            "pipelines/gsm8k.recap",
+            "pipelines/code-exec.recap",
             "pipelines/gsm8k-recap.recap",
         ],
         &repo(),
     );
-    // gsm8k-recap names data that is not committed: warnings, yet exit 0.
+    // The templates' data and grader lie beside them in the repository: no problems at all.
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stderr(&o).contains("checked 2 files"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("checked 4 files: no problems"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -398,7 +404,7 @@ fn templates_and_new() {
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(dir.path().join("proj/main.recap").is_file());
-    assert!(dir.path().join("proj/data").is_dir());
+    assert!(dir.path().join("proj/data/general.jsonl").is_file());
     let o = recapc(&["new", "proj", "--dir"], dir.path());
     assert_eq!(o.status.code(), Some(2));
 

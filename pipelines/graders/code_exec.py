@@ -1,0 +1,1 @@
+../../examples/graders/code_exec.py
