@@ -327,3 +327,54 @@ fn plan_and_run_report_the_problem_before_loading() {
     );
     assert!(!dir.path().join("runs").exists(), "run made its directory");
 }
+
+/// Each Parquet shard a source reads from a directory is in the plan's `file_hashes`, so that
+/// `run plan.json` refuses a shard changed since, as it refuses a changed JSON Lines file. The
+/// plan hashed no shard before, and the run went on.
+#[test]
+fn a_parquet_shard_changed_since_the_plan_is_refused() {
+    let recap = pipeline(
+        TINY,
+        "parquet(\"hub\", split = \"train\", prompt = \"{question}\") { answer = field(\"answer\") }",
+    );
+    let dir = setup(&recap, &[]);
+    let from = repo().join("runtime/tests/data/parquet/hub/data");
+    std::fs::create_dir_all(dir.path().join("hub/data")).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            dir.path().join("hub/data").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    let o = recapc(&["plan", "p.recap"], dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let plan: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let hashed: Vec<&str> = plan["file_hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["path"].as_str().unwrap())
+        .collect();
+    let shard = "hub/data/train-00001-of-00002.parquet";
+    assert_eq!(hashed, ["hub/data/train-00000-of-00002.parquet", shard]);
+    std::fs::write(dir.path().join("plan.json"), &o.stdout).unwrap();
+    // Another valid shard in its place, so that only the hashes can tell.
+    std::fs::copy(
+        from.join("test-00000-of-00001.parquet"),
+        dir.path().join(shard),
+    )
+    .unwrap();
+    let o = recapc(
+        &["run", "plan.json", "--progress", "quiet", "--out", "out"],
+        dir.path(),
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("`{shard}` (its contents) changed since the plan")),
+        "{err}"
+    );
+    assert!(!dir.path().join("out").exists());
+}

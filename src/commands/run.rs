@@ -208,7 +208,8 @@ fn check_inputs(
     plan: &recap_plan::Plan,
     recorded: Option<&Value>,
 ) -> Result<Value, String> {
-    let now = hash_files(&FsHost::for_pipeline(&args.file), &named_files(plan))?;
+    let host = FsHost::for_pipeline(&args.file);
+    let now = hash_files(&host, &named_files(plan, &host))?;
     let now = serde_json::to_value(&now).map_err(|e| format!("cannot record file hashes: {e}"))?;
     let mut checks = Vec::new();
     if let Some(r) = recorded {
