@@ -378,3 +378,29 @@ fn a_parquet_shard_changed_since_the_plan_is_refused() {
     );
     assert!(!dir.path().join("out").exists());
 }
+
+/// Each data code has a row in docs/diagnostics.md whose summary opens `recapc explain CODE`
+/// word for word, as the compiler's codes do.
+#[test]
+fn every_data_code_is_documented_and_explained() {
+    use recap_runtime::engine::data::DataProblem;
+    let text = std::fs::read_to_string(repo().join("docs/diagnostics.md")).unwrap();
+    let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    for problem in DataProblem::ALL {
+        let code = problem.code();
+        let row = format!("| `{code}` | ");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&row))
+            .unwrap_or_else(|| panic!("docs/diagnostics.md has no row for {code}"));
+        let summary = squash(line.strip_prefix(&row).unwrap().strip_suffix(" |").unwrap());
+        assert!(summary.ends_with('.'), "{code}: {summary}");
+        let o = recapc(&["explain", code], &repo());
+        assert_eq!(o.status.code(), Some(0), "{code}: {}", stderr(&o));
+        let explained = squash(&stdout(&o));
+        assert!(
+            explained.starts_with(&squash(&format!("{code} {summary}"))),
+            "{code}: the summary {summary:?} is not how `recapc explain` opens: {explained:?}"
+        );
+    }
+}

@@ -1,19 +1,23 @@
 //! `recapc explain [CODE]`: takes a diagnostic code (in full, `recap::resolve::unknown_name`, or
-//! just its last part, `unknown_name`), gives the compiler's long explanation of it. Without a
+//! just its last part, `unknown_name`), gives the long explanation of it: the compiler's, or
+//! for a `recap::data::*` code of the pre-run data check, the runtime's. Without a
 //! code, it lists the codes; an unknown code gets a "did you mean" for a near miss, or a
 //! pointer to the list, rather than the whole list.
+
+use recap_runtime::engine::data::DataProblem;
 
 use super::{error_line, write_stdout};
 use crate::cli::ExplainArgs;
 use crate::exit::ExitCode;
 
 pub fn run(args: &ExplainArgs) -> ExitCode {
-    let codes = recap_compiler::all_codes();
+    let mut codes = recap_compiler::all_codes();
+    codes.extend(DataProblem::ALL.map(DataProblem::code));
     let Some(asked) = args.code.as_deref().map(str::trim) else {
         return write_stdout(&list(&codes));
     };
     match resolve(asked, &codes) {
-        Some(code) => match recap_compiler::explain(code) {
+        Some(code) => match explanation(code) {
             Some(text) => {
                 let mut out = format!("{code}\n\n{}\n", text.trim_end());
                 out.push_str(&example(code));
@@ -36,6 +40,16 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
             ExitCode::Usage
         }
     }
+}
+
+/// The long explanation of a compiler code, or of a data code of the pre-run data check.
+fn explanation(code: &str) -> Option<&'static str> {
+    recap_compiler::explain(code).or_else(|| {
+        DataProblem::ALL
+            .into_iter()
+            .find(|p| p.code() == code)
+            .map(DataProblem::explanation)
+    })
 }
 
 /// The wrong and right snippets of `code`, indented as code under a heading each, or why no
@@ -63,6 +77,10 @@ pub fn example(code: &str) -> String {
             shown("Right:", &right)
         ),
         Some(Example::None(why)) => format!("\nNo example. {why}\n"),
+        None if code.starts_with("recap::data::") => "\nNo example. A data code comes from the \
+            rows of a source's data (or the policy's chat template) read before a run, not from \
+            the pipeline's text alone.\n"
+            .to_string(),
         None => String::new(),
     }
 }
