@@ -344,7 +344,62 @@ pub fn open_data_file(path: &Path) -> std::result::Result<std::io::Take<std::fs:
 /// out rather than reported.
 pub const HEAD_BYTES: u64 = 64 << 20;
 
-/// The rows of a JSON Lines file, and whether a head read stopped at [`HEAD_BYTES`] inside a
+/// The lines of a JSON Lines file, read as the run and the checker both read them: blank
+/// lines skipped, each line with its 1-based number, the line end cut off, and no more than
+/// the first `max_bytes` taken in, a line cut off by that cap left out (see [`Self::cut`]).
+pub struct JsonLines {
+    reader: std::io::BufReader<std::io::Take<std::io::Take<std::fs::File>>>,
+    text: String,
+    lineno: usize,
+    cut: bool,
+}
+
+impl JsonLines {
+    /// The lines of the data file at `path` (opened by [`open_data_file`]).
+    pub fn open(path: &Path, max_bytes: Option<u64>) -> std::result::Result<JsonLines, String> {
+        use std::io::Read;
+        let file = open_data_file(path)?;
+        Ok(JsonLines {
+            reader: std::io::BufReader::new(file.take(max_bytes.unwrap_or(u64::MAX))),
+            text: String::new(),
+            lineno: 0,
+            cut: false,
+        })
+    }
+
+    /// Whether reading stopped at the byte cap inside a line.
+    pub fn cut(&self) -> bool {
+        self.cut
+    }
+}
+
+impl Iterator for JsonLines {
+    /// A line's number and text, or the number of a line that cannot be read and why.
+    type Item = std::result::Result<(usize, String), (usize, std::io::Error)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::io::BufRead;
+        loop {
+            self.text.clear();
+            self.lineno += 1;
+            match self.reader.read_line(&mut self.text) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err((self.lineno, e))),
+            }
+            if !self.text.ends_with('\n') && self.reader.get_ref().limit() == 0 {
+                self.cut = true;
+                return None;
+            }
+            let line = self.text.trim_end_matches(['\n', '\r']);
+            if !line.trim().is_empty() {
+                return Some(Ok((self.lineno, line.to_string())));
+            }
+        }
+    }
+}
+
+/// The rows of a JSON Lines file, and whether a head read stopped at its byte cap inside a
 /// row (then too few rows is no sign of an empty file).
 fn load_jsonl(
     source: &Source,
@@ -353,38 +408,18 @@ fn load_jsonl(
     limit: Option<usize>,
     head_bytes: Option<u64>,
 ) -> DataResult<(Vec<Row>, bool)> {
-    use std::io::{BufRead, Read};
     let unreadable = |m: String| {
         problem(
             DataProblem::Unreadable,
             format!("source `{}`: {m}", source.name),
         )
     };
-    let file = open_data_file(path).map_err(unreadable)?;
-    let mut reader = std::io::BufReader::new(file.take(head_bytes.unwrap_or(u64::MAX)));
+    let mut lines = JsonLines::open(path, head_bytes).map_err(unreadable)?;
     let mut rows = Vec::new();
-    let mut text = String::new();
-    let mut lineno = 0;
-    loop {
-        text.clear();
-        let read = reader.read_line(&mut text).map_err(|e| {
-            unreadable(format!(
-                "{}:{}: cannot read: {e}",
-                path.display(),
-                lineno + 1
-            ))
+    for line in lines.by_ref() {
+        let (lineno, line) = line.map_err(|(lineno, e)| {
+            unreadable(format!("{}:{lineno}: cannot read: {e}", path.display()))
         })?;
-        if read == 0 {
-            break;
-        }
-        lineno += 1;
-        if !text.ends_with('\n') && reader.get_ref().limit() == 0 {
-            return Ok((rows, true));
-        }
-        let line = text.trim_end_matches(['\n', '\r']);
-        if line.trim().is_empty() {
-            continue;
-        }
         if limit.is_some_and(|l| rows.len() >= l) {
             break;
         }
@@ -394,10 +429,10 @@ fn load_jsonl(
                 format!("{}:{lineno}: {}", path.display(), e.message),
             )
         };
-        let raw = row_object(line).map_err(|m| at(problem(DataProblem::BadRow, m)))?;
+        let raw = row_object(&line).map_err(|m| at(problem(DataProblem::BadRow, m)))?;
         rows.push(make_row(source, format!("{}:{lineno}", source.name), raw, shape).map_err(at)?);
     }
-    Ok((rows, false))
+    Ok((rows, lines.cut()))
 }
 
 /// The most directory levels searched for Parquet shards below a source's directory: enough
