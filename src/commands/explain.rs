@@ -30,6 +30,15 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
                 ExitCode::Usage
             }
         },
+        None if by_suffix(asked, &codes).count() > 1 => {
+            // `missing_field` is a compiler code and a data code: name both, pick neither.
+            let named: Vec<String> = by_suffix(asked, &codes).map(|c| format!("`{c}`")).collect();
+            error_line(&format!(
+                "`{asked}` is the end of several codes, {}; give the one you mean in full",
+                named.join(" and ")
+            ));
+            ExitCode::Usage
+        }
         None => {
             // A near miss gets one suggestion rather than the whole list, which hides it.
             let hint = match did_you_mean(asked, &codes) {
@@ -90,13 +99,19 @@ pub fn resolve<'a>(asked: &str, codes: &[&'a str]) -> Option<&'a str> {
     if let Some(code) = codes.iter().find(|c| **c == asked) {
         return Some(code);
     }
-    let mut by_suffix = codes
-        .iter()
-        .filter(|c| c.rsplit("::").next() == Some(asked) || c.ends_with(&format!("::{asked}")));
-    match (by_suffix.next(), by_suffix.next()) {
+    let mut found = by_suffix(asked, codes);
+    match (found.next(), found.next()) {
         (Some(code), None) => Some(code),
         _ => None,
     }
+}
+
+/// The codes whose last parts are `asked`.
+fn by_suffix<'a, 'c>(asked: &'c str, codes: &'c [&'a str]) -> impl Iterator<Item = &'a str> + 'c {
+    codes
+        .iter()
+        .copied()
+        .filter(move |c| c.rsplit("::").next() == Some(asked) || c.ends_with(&format!("::{asked}")))
 }
 
 /// The closest known code, when it is close enough to be a plausible typo.
@@ -152,6 +167,17 @@ mod tests {
             Some("recap::validate::out_of_range")
         );
         assert_eq!(resolve("nope", CODES), None);
+        // A last part that ends two codes names neither.
+        let both = [
+            "recap::validate::missing_field",
+            "recap::data::missing_field",
+        ];
+        assert_eq!(resolve("missing_field", &both), None);
+        assert_eq!(by_suffix("missing_field", &both).count(), 2);
+        assert_eq!(
+            resolve("data::missing_field", &both),
+            Some("recap::data::missing_field")
+        );
     }
 
     #[test]
