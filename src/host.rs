@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use recap_compiler::{DataRow, Host};
+use recap_runtime::engine::data;
 
 /// Answers the compiler's file questions from the file system.
 #[derive(Debug, Clone)]
@@ -56,30 +57,28 @@ impl Host for FsHost {
     }
 
     fn jsonl_rows(&self, path: &str) -> Option<Vec<DataRow>> {
-        use std::io::BufRead;
+        // An empty path never names a file; `resolve("")` would give the directory itself.
         if path.is_empty() {
             return None;
         }
-        let file = recap_runtime::engine::data::open_data_file(&self.resolve(path)).ok()?;
-        let mut rows = Vec::new();
-        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-            let Ok(line) = line else { break };
-            if line.trim().is_empty() {
-                continue;
-            }
-            // The runtime's data loader's own test, so check and run say the same.
-            let fields = recap_runtime::engine::data::row_object(&line)
-                .map(|map| map.keys().cloned().collect());
-            rows.push(DataRow {
-                line: i + 1,
-                fields,
-            });
-            if rows.len() >= ROWS_CHECKED {
-                break;
-            }
-        }
-        Some(rows)
+        jsonl_head(&self.resolve(path), data::HEAD_BYTES)
     }
+}
+
+/// The first rows of a JSON Lines file, read as the run's head read reads them: no more than
+/// `max_bytes`, so a file of one endless line is checked as quickly as any other.
+fn jsonl_head(path: &Path, max_bytes: u64) -> Option<Vec<DataRow>> {
+    let mut rows = Vec::new();
+    for line in data::JsonLines::open(path, Some(max_bytes)).ok()? {
+        let Ok((line, text)) = line else { break };
+        // The runtime's data loader's own test, so check and run say the same.
+        let fields = data::row_object(&text).map(|map| map.keys().cloned().collect());
+        rows.push(DataRow { line, fields });
+        if rows.len() >= ROWS_CHECKED {
+            break;
+        }
+    }
+    Some(rows)
 }
 
 #[cfg(test)]
@@ -142,6 +141,23 @@ mod tests {
         assert_eq!(host.model_context("half"), None);
         assert_eq!(host.model_context("none"), None);
         assert_eq!(host.model_context(""), None);
+    }
+
+    /// The rows are read no further than the byte cap: a line it cuts is left out, and the
+    /// rest of a file of one endless line is never read.
+    #[test]
+    fn data_rows_are_read_no_further_than_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        std::fs::write(
+            &path,
+            format!("{{\"q\": 1}}\n{{\"q\": \"{}\"}}\n", "x".repeat(64)),
+        )
+        .unwrap();
+        let rows = jsonl_head(&path, 30).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].fields, Ok(vec!["q".to_string()]));
+        assert_eq!(jsonl_head(&path, 1000).unwrap().len(), 2);
     }
 
     #[test]

@@ -269,6 +269,34 @@ impl ChatTemplate {
         self.render(&[ChatMessage::new("user", user)], true)
     }
 
+    /// The model input text of a prompt: the turns of `context` (a system prompt, earlier
+    /// turns), then the user's `prompt`, up to where the assistant's answer begins. Training
+    /// renders every prompt this way, and `recapc check` renders the first rows of each source
+    /// this way before a run, so the two fail alike.
+    pub fn render_prompt(
+        &self,
+        context: &[ChatMessage],
+        prompt: &str,
+    ) -> std::result::Result<String, String> {
+        let user = ChatMessage::new("user", prompt);
+        if context.is_empty() {
+            self.render(std::slice::from_ref(&user), true)
+        } else {
+            let mut turns = context.to_vec();
+            turns.push(user);
+            self.render(&turns, true)
+        }
+    }
+
+    /// The chat template of a Hugging Face model or tokenizer directory, read from its
+    /// `tokenizer_config.json` (or the `chat_template.jinja` beside it) without the tokenizer
+    /// itself, as [`TextTokenizer::from_dir`] reads it: what `recapc check` renders the first
+    /// rows of each source with, without loading the model.
+    pub fn from_dir(dir: &Path) -> Result<ChatTemplate> {
+        let config = with_template_file(dir, read_tokenizer_config(dir)?)?;
+        Ok(ChatTemplate::from_config(config.as_ref()))
+    }
+
     /// Whether the tokenizer's own special tokens are added when encoding templated text
     /// (transformers adds them for raw prompts, not for rendered chat templates).
     pub fn add_special_tokens(&self) -> bool {
@@ -404,6 +432,20 @@ fn with_template_file(dir: &Path, config: Option<Value>) -> Result<Option<Value>
     Ok(Some(Value::Object(map)))
 }
 
+/// The `tokenizer_config.json` of a directory, when it has one.
+fn read_tokenizer_config(dir: &Path) -> Result<Option<Value>> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+    let config = serde_json::from_str(&text).map_err(|source| ModelError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Some(config))
+}
+
 impl TextTokenizer {
     /// Wraps a tokenizer; EOS and pad come from `config` (tokenizer_config.json) when given,
     /// else from common special-token names.
@@ -443,19 +485,7 @@ impl TextTokenizer {
         let bytes = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
         let inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| tok_err(&path.display().to_string(), e))?;
-        let cfg_path = dir.join("tokenizer_config.json");
-        let config = if cfg_path.exists() {
-            let text =
-                std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
-            Some(
-                serde_json::from_str(&text).map_err(|source| ModelError::Json {
-                    path: cfg_path.clone(),
-                    source,
-                })?,
-            )
-        } else {
-            None
-        };
+        let config = read_tokenizer_config(dir)?;
         Ok(TextTokenizer::new(inner, with_template_file(dir, config)?))
     }
 
@@ -561,15 +591,10 @@ impl TextTokenizer {
     /// and then the user's `prompt`, rendered with this tokenizer's chat template up to where
     /// the assistant's answer begins.
     pub fn encode_chat(&self, context: &[ChatMessage], prompt: &str) -> Result<Vec<u32>> {
-        let user = ChatMessage::new("user", prompt);
-        let text = if context.is_empty() {
-            self.template.render(std::slice::from_ref(&user), true)
-        } else {
-            let mut turns = context.to_vec();
-            turns.push(user);
-            self.template.render(&turns, true)
-        }
-        .map_err(ModelError::Tokenizer)?;
+        let text = self
+            .template
+            .render_prompt(context, prompt)
+            .map_err(ModelError::Tokenizer)?;
         self.encode(&text, self.template.add_special_tokens())
     }
 
@@ -710,6 +735,42 @@ mod tests {
             "2000-02-29 01:02:03 February %"
         );
         assert!(strftime(0, "%Q").is_err());
+    }
+
+    /// A directory's template is read without its tokenizer: from `tokenizer_config.json`,
+    /// else from `chat_template.jinja`, else there is none; and it renders prompts as training
+    /// encodes them.
+    #[test]
+    fn a_directory_template_is_read_without_the_tokenizer() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            ChatTemplate::from_dir(dir.path()).unwrap(),
+            ChatTemplate::Raw
+        );
+        std::fs::write(
+            dir.path().join("chat_template.jinja"),
+            "[{{ messages[-1].content }}]",
+        )
+        .unwrap();
+        let jinja = ChatTemplate::from_dir(dir.path()).unwrap();
+        assert_eq!(jinja.render_prompt(&[], "x").unwrap(), "[x]");
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            include_str!("../tests/data/chat/qwen2.5/tokenizer_config.json"),
+        )
+        .unwrap();
+        let qwen_dir = ChatTemplate::from_dir(dir.path()).unwrap();
+        assert_eq!(qwen_dir, qwen());
+        let context = [ChatMessage::new("system", "Be brief.")];
+        assert_eq!(
+            qwen_dir.render_prompt(&context, "Hi?").unwrap(),
+            qwen()
+                .render(&[context[0].clone(), ChatMessage::new("user", "Hi?")], true)
+                .unwrap()
+        );
+        assert!(ChatTemplate::Raw.render_prompt(&context, "Hi?").is_err());
+        std::fs::write(dir.path().join("tokenizer_config.json"), "{").unwrap();
+        assert!(ChatTemplate::from_dir(dir.path()).is_err());
     }
 
     #[test]

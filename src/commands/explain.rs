@@ -1,19 +1,23 @@
 //! `recapc explain [CODE]`: takes a diagnostic code (in full, `recap::resolve::unknown_name`, or
-//! just its last part, `unknown_name`), gives the compiler's long explanation of it. Without a
+//! just its last part, `unknown_name`), gives the long explanation of it: the compiler's, or
+//! for a `recap::data::*` code of the pre-run data check, the runtime's. Without a
 //! code, it lists the codes; an unknown code gets a "did you mean" for a near miss, or a
 //! pointer to the list, rather than the whole list.
+
+use recap_runtime::engine::data::DataProblem;
 
 use super::{error_line, write_stdout};
 use crate::cli::ExplainArgs;
 use crate::exit::ExitCode;
 
 pub fn run(args: &ExplainArgs) -> ExitCode {
-    let codes = recap_compiler::all_codes();
+    let mut codes = recap_compiler::all_codes();
+    codes.extend(DataProblem::ALL.map(DataProblem::code));
     let Some(asked) = args.code.as_deref().map(str::trim) else {
         return write_stdout(&list(&codes));
     };
     match resolve(asked, &codes) {
-        Some(code) => match recap_compiler::explain(code) {
+        Some(code) => match explanation(code) {
             Some(text) => {
                 let mut out = format!("{code}\n\n{}\n", text.trim_end());
                 out.push_str(&example(code));
@@ -26,6 +30,15 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
                 ExitCode::Usage
             }
         },
+        None if by_suffix(asked, &codes).count() > 1 => {
+            // `missing_field` is a compiler code and a data code: name both, pick neither.
+            let named: Vec<String> = by_suffix(asked, &codes).map(|c| format!("`{c}`")).collect();
+            error_line(&format!(
+                "`{asked}` is the end of several codes, {}; give the one you mean in full",
+                named.join(" and ")
+            ));
+            ExitCode::Usage
+        }
         None => {
             // A near miss gets one suggestion rather than the whole list, which hides it.
             let hint = match did_you_mean(asked, &codes) {
@@ -36,6 +49,16 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
             ExitCode::Usage
         }
     }
+}
+
+/// The long explanation of a compiler code, or of a data code of the pre-run data check.
+fn explanation(code: &str) -> Option<&'static str> {
+    recap_compiler::explain(code).or_else(|| {
+        DataProblem::ALL
+            .into_iter()
+            .find(|p| p.code() == code)
+            .map(DataProblem::explanation)
+    })
 }
 
 /// The wrong and right snippets of `code`, indented as code under a heading each, or why no
@@ -63,6 +86,10 @@ pub fn example(code: &str) -> String {
             shown("Right:", &right)
         ),
         Some(Example::None(why)) => format!("\nNo example. {why}\n"),
+        None if code.starts_with("recap::data::") => "\nNo example. A data code comes from the \
+            rows of a source's data (or the policy's chat template) read before a run, not from \
+            the pipeline's text alone.\n"
+            .to_string(),
         None => String::new(),
     }
 }
@@ -72,13 +99,19 @@ pub fn resolve<'a>(asked: &str, codes: &[&'a str]) -> Option<&'a str> {
     if let Some(code) = codes.iter().find(|c| **c == asked) {
         return Some(code);
     }
-    let mut by_suffix = codes
-        .iter()
-        .filter(|c| c.rsplit("::").next() == Some(asked) || c.ends_with(&format!("::{asked}")));
-    match (by_suffix.next(), by_suffix.next()) {
+    let mut found = by_suffix(asked, codes);
+    match (found.next(), found.next()) {
         (Some(code), None) => Some(code),
         _ => None,
     }
+}
+
+/// The codes whose last parts are `asked`.
+fn by_suffix<'a, 'c>(asked: &'c str, codes: &'c [&'a str]) -> impl Iterator<Item = &'a str> + 'c {
+    codes
+        .iter()
+        .copied()
+        .filter(move |c| c.rsplit("::").next() == Some(asked) || c.ends_with(&format!("::{asked}")))
 }
 
 /// The closest known code, when it is close enough to be a plausible typo.
@@ -134,6 +167,17 @@ mod tests {
             Some("recap::validate::out_of_range")
         );
         assert_eq!(resolve("nope", CODES), None);
+        // A last part that ends two codes names neither.
+        let both = [
+            "recap::validate::missing_field",
+            "recap::data::missing_field",
+        ];
+        assert_eq!(resolve("missing_field", &both), None);
+        assert_eq!(by_suffix("missing_field", &both).count(), 2);
+        assert_eq!(
+            resolve("data::missing_field", &both),
+            Some("recap::data::missing_field")
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod check;
 mod compare;
 mod completions;
+mod data_check;
 mod eval;
 mod explain;
 mod fmt;
@@ -70,7 +71,8 @@ pub(crate) fn compile(
     Ok(compile_source(source, overrides, missing_files_are_errors))
 }
 
-/// Checks a pipeline already read.
+/// Checks a pipeline already read, and then the head of its data against the plan (see
+/// `data_check`).
 pub(crate) fn compile_source(
     source: SourceFile,
     overrides: Vec<(String, String)>,
@@ -81,7 +83,13 @@ pub(crate) fn compile_source(
         overrides,
         missing_files_are_errors,
     };
-    let output = recap_compiler::check(&source.name(), &source.text, &options, &host);
+    let (mut output, file) =
+        recap_compiler::check_with_syntax(&source.name(), &source.text, &options, &host);
+    // The data is held against a plan the compiler accepted; a pipeline with errors has none.
+    if let Some(plan) = output.plan.as_ref().filter(|_| !output.has_errors()) {
+        let found = data_check::check(plan, &pipeline_dir(&source.path), Some(&file));
+        output.diagnostics.extend(found);
+    }
     Compiled {
         source,
         host,

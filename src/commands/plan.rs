@@ -2,7 +2,8 @@
 //! with the sha256 and size of every data and weight file the plan names that exists. The
 //! compiler is pure and never reads those files, so hashing them is the CLI's part. The output
 //! is the plan with two more top-level fields: `file_hashes` (path, bytes, sha256 of each file;
-//! a model directory contributes each file directly inside it) and `inputs_hash` (one sha256
+//! a model directory contributes each file directly inside it, and a Parquet source's directory
+//! each shard the source reads) and `inputs_hash` (one sha256
 //! over the plan's `content_hash` and every file hash), so two runs can be compared and a run
 //! reproduced.
 
@@ -22,8 +23,8 @@ use crate::host::FsHost;
 /// The hash of one file the plan depends on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FileHash {
-    /// The path as written in the pipeline (for a model directory: the directory joined with
-    /// the file name inside it).
+    /// The path as written in the pipeline (for a model directory or a directory of Parquet
+    /// shards: the directory joined with the file's path inside it).
     pub path: String,
     pub bytes: u64,
     pub sha256: String,
@@ -34,7 +35,7 @@ pub fn run(args: &PlanArgs) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let hashes = match hash_files(&compiled.host, &named_files(&plan)) {
+    let hashes = match hash_files(&compiled.host, &named_files(&plan, &compiled.host)) {
         Ok(h) => h,
         Err(message) => {
             error_line(&message);
@@ -64,8 +65,9 @@ pub fn run(args: &PlanArgs) -> ExitCode {
 }
 
 /// Every file or directory the plan reads, as written in the pipeline, sorted and without
-/// repeats: model directories and files, tokenizers, data files.
-pub fn named_files(plan: &Plan) -> Vec<String> {
+/// repeats: model directories and files, tokenizers, data files, and each Parquet shard a
+/// source reads from a directory (the directory joined with the shard's path inside it).
+pub fn named_files(plan: &Plan, host: &FsHost) -> Vec<String> {
     let mut out = Vec::new();
     for model in &plan.models {
         match &model.spec {
@@ -91,13 +93,38 @@ pub fn named_files(plan: &Plan) -> Vec<String> {
     for source in &plan.sources {
         match &source.spec {
             SourceSpec::Jsonl { file, .. } => out.push(file.to_string()),
-            SourceSpec::Parquet { path, .. } => out.push(path.to_string()),
+            SourceSpec::Parquet { path, split, .. } => {
+                out.extend(parquet_shards(host, path, split.as_deref()))
+            }
             _ => {}
         }
     }
     out.sort();
     out.dedup();
     out
+}
+
+/// The shards a `parquet(path, split)` source reads, found as the run finds them, each named
+/// as the directory joined with its path inside; the path itself when it is one file or names
+/// no shard the run could read (the checker and the run say why).
+fn parquet_shards(host: &FsHost, path: &str, split: Option<&str>) -> Vec<String> {
+    let root = host.resolve(path);
+    let Ok(files) = recap_runtime::engine::data::parquet_files(&root, split) else {
+        return vec![path.to_string()];
+    };
+    files
+        .iter()
+        .map(|f| match f.strip_prefix(&root) {
+            Ok(inside) if !inside.as_os_str().is_empty() => {
+                let inside: Vec<String> = inside
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                format!("{}/{}", path.trim_end_matches('/'), inside.join("/"))
+            }
+            _ => path.to_string(),
+        })
+        .collect()
 }
 
 /// One hash over the plan and the contents of every file it reads: equal inputs hashes mean
@@ -187,6 +214,42 @@ fn hash_one(shown: String, path: &Path) -> Result<FileHash, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every shard of the split a `parquet` source reads is hashed, and only those: a changed
+    /// shard changes the hashes as a changed JSON Lines file does.
+    #[test]
+    fn parquet_shards_are_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = dir.path().join("hub/data");
+        std::fs::create_dir_all(&hub).unwrap();
+        for name in [
+            "train-00000-of-00002",
+            "train-00001-of-00002",
+            "test-00000-of-00001",
+        ] {
+            std::fs::write(hub.join(format!("{name}.parquet")), name).unwrap();
+        }
+        std::fs::write(dir.path().join("one.parquet"), "x").unwrap();
+        let host = FsHost::for_pipeline(&dir.path().join("p.recap"));
+        let shards = parquet_shards(&host, "hub/", Some("train"));
+        assert_eq!(
+            shards,
+            [
+                "hub/data/train-00000-of-00002.parquet",
+                "hub/data/train-00001-of-00002.parquet"
+            ]
+        );
+        assert_eq!(parquet_shards(&host, "one.parquet", None), ["one.parquet"]);
+        // A directory of several splits and no split named: the run refuses it, and the
+        // plan names the directory as written.
+        assert_eq!(parquet_shards(&host, "hub", None), ["hub"]);
+        let before = hash_files(&host, &shards).unwrap();
+        assert_eq!(before.len(), 2);
+        std::fs::write(hub.join("train-00001-of-00002.parquet"), "changed").unwrap();
+        let after = hash_files(&host, &shards).unwrap();
+        assert_eq!(before[0], after[0]);
+        assert_ne!(before[1].sha256, after[1].sha256);
+    }
 
     #[test]
     fn hashes_files_and_directories_relative_to_the_pipeline() {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
+use recap_compiler::Severity;
 use recap_runtime::engine::{self, ProgressMode, RunOptions};
 
 use super::plan::{hash_files, named_files};
@@ -46,6 +47,23 @@ pub fn run(args: &RunArgs) -> ExitCode {
         return ExitCode::Usage;
     }
     let base_dir = super::pipeline_dir(&args.file);
+    // A pipeline's data was checked with it; a saved plan's is checked here, before the run
+    // directory is made or a model loaded.
+    if is_plan_json {
+        let found = super::data_check::check(&plan, &base_dir, None);
+        let plan_file = crate::input::SourceFile {
+            path: args.file.clone(),
+            text: String::new(),
+        };
+        super::print_human(&plan_file, &found);
+        if found.iter().any(|d| d.severity == Severity::Error) {
+            error_line(&format!(
+                "the data of `{}` does not fit its plan; fix it and try again",
+                args.file.display()
+            ));
+            return ExitCode::Errors;
+        }
+    }
     // Refused before the run directory is made, so a refusal leaves nothing behind.
     if let Some(v) = plan.verifiers.iter().find(|v| v.spec.runs_programs()) {
         if !args.allow_exec {
@@ -190,7 +208,8 @@ fn check_inputs(
     plan: &recap_plan::Plan,
     recorded: Option<&Value>,
 ) -> Result<Value, String> {
-    let now = hash_files(&FsHost::for_pipeline(&args.file), &named_files(plan))?;
+    let host = FsHost::for_pipeline(&args.file);
+    let now = hash_files(&host, &named_files(plan, &host))?;
     let now = serde_json::to_value(&now).map_err(|e| format!("cannot record file hashes: {e}"))?;
     let mut checks = Vec::new();
     if let Some(r) = recorded {

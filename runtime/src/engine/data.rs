@@ -53,11 +53,16 @@ pub enum DataProblem {
     BadMessages,
     /// The source holds no rows.
     Empty,
+    /// Prompts need a chat template (a system prompt, earlier turns, or `messages` rows) and
+    /// the policy's tokenizer has none.
+    NoChatTemplate,
+    /// The policy's chat template does not compile, or fails on a row's prompt.
+    BadChatTemplate,
 }
 
 impl DataProblem {
     /// Every kind, for listing their codes.
-    pub const ALL: [DataProblem; 7] = [
+    pub const ALL: [DataProblem; 9] = [
         DataProblem::Unreadable,
         DataProblem::BadRow,
         DataProblem::MissingField,
@@ -65,6 +70,8 @@ impl DataProblem {
         DataProblem::Unextractable,
         DataProblem::BadMessages,
         DataProblem::Empty,
+        DataProblem::NoChatTemplate,
+        DataProblem::BadChatTemplate,
     ];
 
     /// The stable diagnostic code.
@@ -77,6 +84,24 @@ impl DataProblem {
             DataProblem::Unextractable => "recap::data::unextractable",
             DataProblem::BadMessages => "recap::data::bad_messages",
             DataProblem::Empty => "recap::data::empty",
+            DataProblem::NoChatTemplate => "recap::data::no_chat_template",
+            DataProblem::BadChatTemplate => "recap::data::bad_chat_template",
+        }
+    }
+
+    /// The long explanation `recapc explain CODE` prints; its first sentence is the summary
+    /// docs/diagnostics.md gives.
+    pub fn explanation(self) -> &'static str {
+        match self {
+            DataProblem::Unreadable => "A source's file or directory cannot be read as its format: it does not exist, is not a regular file, is larger than 64 GiB, is not a Parquet file, or is a directory of Parquet shards with several splits and no `split` named. `recapc check` reads the head of every source before a run, so the run stops here before any model is loaded.",
+            DataProblem::BadRow => "A row of a source is not a record: a JSON Lines line that is not valid JSON or is an array, string or number rather than an object. Every line of a JSON Lines file is one JSON object; blank lines are skipped.",
+            DataProblem::MissingField => "A row of a source lacks a field that is read from it: a `{placeholder}` of the prompt template, the first `field(...)` of a mapped field such as `answer`, or `messages` for a source without `prompt`. Fix the name in the pipeline, map the data's own field (`question = field(\"problem\")`), or give a `prompt` template for rows that hold a question rather than a conversation.",
+            DataProblem::WrongType => "A field of a row holds a value of a type that cannot be used where it is read: a prompt placeholder or a mapped field takes text, a number or a boolean, not a list, an object or null.",
+            DataProblem::Unextractable => "A field of a row is present, but the extractor of a mapped field finds nothing in it: an `after(\"####\")` whose marker the text lacks, a `tag(...)` or `last_number()` with nothing to find. The verifier would have no expected answer for that row.",
+            DataProblem::BadMessages => "A row's `messages` is not a conversation recap can prompt with: it must be a list of `{\"role\": ..., \"content\": ...}` objects whose roles are `system`, `user`, `assistant` or `tool`, with string contents, ending with a `user` turn (or a user turn and the assistant's answer, which is dropped). Rows in the ShareGPT form (`{\"from\": \"human\", \"value\": ...}`) must be converted to roles and contents first.",
+            DataProblem::Empty => "A source holds no rows: an empty file, or a limit of rows that leaves none.",
+            DataProblem::NoChatTemplate => "A source's prompts are chat turns, but the policy's tokenizer has no chat template (`chat_template` in `tokenizer_config.json`, or a `chat_template.jinja` beside it). A system prompt (`system = ...`) or a conversation of several turns cannot be written without one, which is an error; `messages` rows of a lone user turn go in as the raw text of that turn, which is a warning. Use a model whose tokenizer has a chat template (an instruct model), or give the source a `prompt` template.",
+            DataProblem::BadChatTemplate => "The policy's chat template does not compile, or fails when it renders the prompt of one of a source's first rows: a Jinja syntax error, or the template's own `raise_exception` (many templates refuse a `system` turn, or turns that do not alternate between user and assistant). `recapc check` renders the first rows of each source with the model's template, with the source's `system` prompt, as training renders them.",
         }
     }
 }
@@ -171,13 +196,17 @@ impl Dataset {
         Ok(Dataset::read(source, base, None)?)
     }
 
-    /// Loads at most `rows` rows of a source, as [`Dataset::load`] reads them: what `recapc
-    /// check` holds against the pipeline before anything runs.
+    /// Loads at most `rows` rows of a source, as [`Dataset::load`] reads them, and no more
+    /// than the first [`HEAD_BYTES`] of a JSON Lines file: what `recapc check` holds against
+    /// the pipeline before anything runs.
     pub fn load_head(source: &Source, base: &Path, rows: usize) -> DataResult<Dataset> {
-        Dataset::read(source, base, Some(rows))
+        Dataset::read(source, base, Some((rows, HEAD_BYTES)))
     }
 
-    fn read(source: &Source, base: &Path, head: Option<usize>) -> DataResult<Dataset> {
+    /// Reads a source: all of it, or a head of at most so many rows and bytes.
+    fn read(source: &Source, base: &Path, head: Option<(usize, u64)>) -> DataResult<Dataset> {
+        let head_bytes = head.map(|(_, bytes)| bytes);
+        let head = head.map(|(rows, _)| rows);
         let cap = |limit: &Option<u64>| {
             let limit = limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
             match (limit, head) {
@@ -199,7 +228,16 @@ impl Dataset {
                     prompt: prompt.as_ref(),
                     system: system.as_deref(),
                 };
-                (load_jsonl(source, &path, &shape, cap(limit))?, *shuffle)
+                let (rows, cut) = load_jsonl(source, &path, &shape, cap(limit), head_bytes)?;
+                // A head read that stopped inside its first row has seen no row, not no data.
+                if cut && rows.is_empty() {
+                    return Ok(Dataset {
+                        name: source.name.to_string(),
+                        rows,
+                        shuffle: *shuffle,
+                    });
+                }
+                (rows, *shuffle)
             }
             SourceSpec::Parquet {
                 path,
@@ -301,28 +339,87 @@ pub fn open_data_file(path: &Path) -> std::result::Result<std::io::Take<std::fs:
     Ok(file.take(MAX_DATA_FILE_BYTES))
 }
 
+/// The most bytes of a JSON Lines file a head read (`recapc check`) takes in, so that a file
+/// of one endless line is checked as quickly as any other: a row cut off by this cap is left
+/// out rather than reported.
+pub const HEAD_BYTES: u64 = 64 << 20;
+
+/// The lines of a JSON Lines file, read as the run and the checker both read them: blank
+/// lines skipped, each line with its 1-based number, the line end cut off, and no more than
+/// the first `max_bytes` taken in, a line cut off by that cap left out (see [`Self::cut`]).
+pub struct JsonLines {
+    reader: std::io::BufReader<std::io::Take<std::io::Take<std::fs::File>>>,
+    text: String,
+    lineno: usize,
+    cut: bool,
+}
+
+impl JsonLines {
+    /// The lines of the data file at `path` (opened by [`open_data_file`]).
+    pub fn open(path: &Path, max_bytes: Option<u64>) -> std::result::Result<JsonLines, String> {
+        use std::io::Read;
+        let file = open_data_file(path)?;
+        Ok(JsonLines {
+            reader: std::io::BufReader::new(file.take(max_bytes.unwrap_or(u64::MAX))),
+            text: String::new(),
+            lineno: 0,
+            cut: false,
+        })
+    }
+
+    /// Whether reading stopped at the byte cap inside a line.
+    pub fn cut(&self) -> bool {
+        self.cut
+    }
+}
+
+impl Iterator for JsonLines {
+    /// A line's number and text, or the number of a line that cannot be read and why.
+    type Item = std::result::Result<(usize, String), (usize, std::io::Error)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::io::BufRead;
+        loop {
+            self.text.clear();
+            self.lineno += 1;
+            match self.reader.read_line(&mut self.text) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err((self.lineno, e))),
+            }
+            if !self.text.ends_with('\n') && self.reader.get_ref().limit() == 0 {
+                self.cut = true;
+                return None;
+            }
+            let line = self.text.trim_end_matches(['\n', '\r']);
+            if !line.trim().is_empty() {
+                return Some(Ok((self.lineno, line.to_string())));
+            }
+        }
+    }
+}
+
+/// The rows of a JSON Lines file, and whether a head read stopped at its byte cap inside a
+/// row (then too few rows is no sign of an empty file).
 fn load_jsonl(
     source: &Source,
     path: &Path,
     shape: &Shape,
     limit: Option<usize>,
-) -> DataResult<Vec<Row>> {
-    use std::io::BufRead;
+    head_bytes: Option<u64>,
+) -> DataResult<(Vec<Row>, bool)> {
     let unreadable = |m: String| {
         problem(
             DataProblem::Unreadable,
             format!("source `{}`: {m}", source.name),
         )
     };
-    let file = open_data_file(path).map_err(unreadable)?;
+    let mut lines = JsonLines::open(path, head_bytes).map_err(unreadable)?;
     let mut rows = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let lineno = i + 1;
-        let line =
-            line.map_err(|e| unreadable(format!("{}:{lineno}: cannot read: {e}", path.display())))?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for line in lines.by_ref() {
+        let (lineno, line) = line.map_err(|(lineno, e)| {
+            unreadable(format!("{}:{lineno}: cannot read: {e}", path.display()))
+        })?;
         if limit.is_some_and(|l| rows.len() >= l) {
             break;
         }
@@ -335,7 +432,7 @@ fn load_jsonl(
         let raw = row_object(&line).map_err(|m| at(problem(DataProblem::BadRow, m)))?;
         rows.push(make_row(source, format!("{}:{lineno}", source.name), raw, shape).map_err(at)?);
     }
-    Ok(rows)
+    Ok((rows, lines.cut()))
 }
 
 /// The most directory levels searched for Parquet shards below a source's directory: enough
@@ -501,6 +598,11 @@ fn make_row(
     })
 }
 
+/// The roles a turn of `messages` may have: those chat templates are written for. Another
+/// role (`human`, `gpt`) would go into the template as it is and make a prompt the model was
+/// never trained on, so it is refused.
+const CHAT_ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+
 /// The turns of a chat row's `messages` up to its last user turn, and that turn's text. A last
 /// `assistant` turn is dropped: it is the turn the policy writes.
 fn chat_turns(fields: &Map<String, Value>) -> DataResult<(Vec<ChatMessage>, String)> {
@@ -533,15 +635,25 @@ fn chat_turns(fields: &Map<String, Value>) -> DataResult<(Vec<ChatMessage>, Stri
             None => Err(bad(format!(
                 "turn {} of `messages` has no `{key}`{}",
                 i + 1,
-                if turn.is_object() {
-                    ""
-                } else {
+                if !turn.is_object() {
                     " (it is not an object)"
+                } else if turn.get("from").is_some() {
+                    " (it is a ShareGPT-style `from`/`value` turn; write `role` and `content`)"
+                } else {
+                    ""
                 }
             ))),
         };
+        let role = text("role")?;
+        if !CHAT_ROLES.contains(&role.as_str()) {
+            return Err(bad(format!(
+                "turn {} of `messages` has the role `{role}`; the roles are {}",
+                i + 1,
+                CHAT_ROLES.map(|r| format!("`{r}`")).join(", ")
+            )));
+        }
         turns.push(ChatMessage {
-            role: text("role")?,
+            role,
             content: text("content")?,
         });
     }
@@ -1121,6 +1233,18 @@ mod tests {
                 DataProblem::BadMessages,
                 "no user turn",
             ),
+            (
+                r#"{"messages": [{"role": "human", "content": "hi"}, {"role": "user", "content": "x"}]}"#,
+                &chat,
+                DataProblem::BadMessages,
+                "has the role `human`",
+            ),
+            (
+                r#"{"messages": [{"from": "human", "value": "hi"}]}"#,
+                &chat,
+                DataProblem::BadMessages,
+                "ShareGPT-style",
+            ),
         ];
         for (line, source, kind, words) in cases {
             let (problem, message) = check(line, source);
@@ -1144,6 +1268,28 @@ mod tests {
         assert_eq!(problem, DataProblem::WrongType);
         let (problem, message) = check(r#"{"q": "x"}"#, &mapped);
         assert_eq!(problem, DataProblem::MissingField, "{message}");
+    }
+
+    /// A head read takes in no more than its bytes: a row cut off by the cap is left out, and
+    /// a first row longer than the cap leaves no rows rather than an "empty source".
+    #[test]
+    fn a_head_read_stops_at_its_byte_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = format!("{{\"q\": \"{}\"}}", "x".repeat(100));
+        std::fs::write(
+            dir.path().join("d.jsonl"),
+            format!("{{\"q\": \"a\"}}\n{long}\n[1]\n"),
+        )
+        .unwrap();
+        let q = jsonl(template("{q}", &["q"]), None);
+        let head = Dataset::read(&q, dir.path(), Some((20, 50))).unwrap();
+        assert_eq!(prompts(&head), ["a"]);
+        // With room for the whole file, its third line is read, and is not a row.
+        let err = Dataset::read(&q, dir.path(), Some((20, 1000))).unwrap_err();
+        assert_eq!(err.problem, DataProblem::BadRow);
+        std::fs::write(dir.path().join("d.jsonl"), format!("{long}\n")).unwrap();
+        let head = Dataset::read(&q, dir.path(), Some((20, 50))).unwrap();
+        assert!(head.rows.is_empty());
     }
 
     #[test]
