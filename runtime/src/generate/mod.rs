@@ -24,6 +24,7 @@ use crate::tokenizer::TextTokenizer;
 
 mod device;
 mod host;
+mod stop;
 
 /// How completions are sampled.
 #[derive(Debug, Clone)]
@@ -453,6 +454,7 @@ pub fn generate_on(
     // the tensor path drops finished rows from it (see `compact`). Rows are sampled in row order
     // either way, so the sampler's random draws go to the same rows.
     let mut live: Vec<usize> = (0..n).collect();
+    let stops = stop::StopStrings::new(&cfg.stop_strings);
     let mut step_logits: Vec<Vec<f32>> = Vec::new();
     for step in 0..cfg.max_new_tokens {
         let picks = match &device_logits {
@@ -478,8 +480,7 @@ pub fn generate_on(
                 done[r] = true;
                 rollout.finish[r] = FinishReason::Eos;
             } else if let (false, Some(t)) = (cfg.stop_strings.is_empty(), tokenizer) {
-                let text = t.decode(&rollout.completion_ids[r], true)?;
-                if cfg.stop_strings.iter().any(|s| text.contains(s.as_str())) {
+                if stops.completed_by_last(t, &rollout.completion_ids[r])? {
                     done[r] = true;
                     rollout.finish[r] = FinishReason::Stop;
                 }
