@@ -2,8 +2,12 @@
 //! task, a resumed run equals an uninterrupted one bit for bit, a bad JSON Lines line is
 //! reported with file and line number, dry runs estimate costs and write nothing.
 
+mod common;
+
 mod engine {
     use std::path::Path;
+
+    use super::common::{metrics_without_timing, resume_equals_uninterrupted};
 
     use recap_plan::*;
     use recap_runtime::engine::presets::{self, *};
@@ -91,22 +95,6 @@ mod engine {
         assert_eq!(samples.lines().count(), 6 * 16);
     }
 
-    fn strip_timing(mut v: Value) -> Value {
-        let o = v.as_object_mut().unwrap();
-        for k in ["seconds", "tokens_per_s", "time"] {
-            o.remove(k);
-        }
-        v
-    }
-
-    fn metrics_of(dir: &Path) -> Vec<Value> {
-        std::fs::read_to_string(dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| strip_timing(serde_json::from_str(l).unwrap()))
-            .collect()
-    }
-
     /// Two stages (SFT then GRPO with KL and replay under RECAP), checkpoints every 2 steps.
     fn resume_plan() -> Plan {
         let mut plan = presets::quickstart("unused", 3, 5);
@@ -126,47 +114,19 @@ mod engine {
 
     #[test]
     fn engine_resume_equals_uninterrupted_run() {
-        let plan = resume_plan();
-        let full = tempfile::tempdir().unwrap();
-        run(&plan, &opts(full.path())).unwrap();
-
-        let cut = tempfile::tempdir().unwrap();
         // Checkpoints fall on global steps 2 (warm-up step 2), 5 and 7 (RL steps 2 and 4).
         // Killed after global step 6, the run resumes from step 5 and redoes step 6.
-        let s = run(
-            &plan,
-            &RunOptions {
-                stop_after: Some(6),
-                ..opts(cut.path())
-            },
-        )
-        .unwrap();
-        assert_eq!(s.steps, 6);
-        assert!(!cut.path().join("final").exists());
-        let resumed = run(
-            &plan,
-            &RunOptions {
-                resume: Some(cut.path().to_path_buf()),
-                ..opts(cut.path())
-            },
-        )
-        .unwrap();
-        assert_eq!(resumed.steps, 8);
+        let runs = resume_equals_uninterrupted(&resume_plan(), opts, 6, 8, &["model.safetensors"]);
+        let (full, cut) = (&runs.full, &runs.cut);
         assert_eq!(
-            resumed.metrics.len(),
+            runs.resumed.metrics.len(),
             3,
             "the resumed run continues from step 5"
         );
-
-        let full_metrics = metrics_of(full.path());
-        assert_eq!(full_metrics.len(), 8);
         // The RL stage declares a KL term against the frozen copy taken when it started.
+        let full_metrics = metrics_without_timing(full.path());
         let kl = full_metrics.iter().filter(|m| m["kl"].is_number()).count();
         assert!(kl > 0);
-        assert_eq!(full_metrics, metrics_of(cut.path()));
-        let a = std::fs::read(full.path().join("final/model.safetensors")).unwrap();
-        let b = std::fs::read(cut.path().join("final/model.safetensors")).unwrap();
-        assert!(a == b, "final weights differ after resume");
         // Pruned to keep = 2.
         let n = std::fs::read_dir(cut.path().join("checkpoints"))
             .unwrap()

@@ -4,6 +4,7 @@
 mod common;
 
 mod engine_compiled {
+    use super::common::{metrics_without_timing, resume_equals_uninterrupted};
     use recap_compiler::{check, AssumeFilesExist, CheckOptions};
     use recap_runtime::engine::{run, ProgressMode, RunOptions};
 
@@ -166,20 +167,6 @@ train {
 }
 "#;
 
-    fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                for k in ["seconds", "tokens_per_s", "time"] {
-                    v.as_object_mut().unwrap().remove(k);
-                }
-                v
-            })
-            .collect()
-    }
-
     fn tensors(path: &std::path::Path) -> std::collections::HashMap<String, Vec<f32>> {
         candle_core::safetensors::load(path, &candle_core::Device::Cpu)
             .unwrap()
@@ -206,35 +193,11 @@ train {
             progress: ProgressMode::Quiet,
             ..RunOptions::default()
         };
-        let full = tempfile::tempdir().unwrap();
-        run(&plan, &opts(full.path())).unwrap();
-        let cut = tempfile::tempdir().unwrap();
-        let s = run(
-            &plan,
-            &RunOptions {
-                stop_after: Some(3),
-                ..opts(cut.path())
-            },
-        )
-        .unwrap();
-        assert_eq!(s.steps, 3);
-        let resumed = run(
-            &plan,
-            &RunOptions {
-                resume: Some(cut.path().to_path_buf()),
-                ..opts(cut.path())
-            },
-        )
-        .unwrap();
-        assert_eq!(resumed.steps, 4);
-        let m = metrics(full.path());
+        let finals = ["model.safetensors", "adapter_model.safetensors"];
+        let runs = resume_equals_uninterrupted(&plan, opts, 3, 4, &finals);
+        let full = &runs.full;
+        let m = metrics_without_timing(full.path());
         assert!(m.iter().all(|r| r["kl"].is_number()), "{m:?}");
-        assert_eq!(m, metrics(cut.path()));
-        for f in ["model.safetensors", "adapter_model.safetensors"] {
-            let a = std::fs::read(full.path().join("final").join(f)).unwrap();
-            let b = std::fs::read(cut.path().join("final").join(f)).unwrap();
-            assert!(a == b, "final/{f} differs after resume");
-        }
         let ck = full.path().join("checkpoints/step-000002");
         let moments = tensors(&ck.join("optimizer.safetensors"));
         assert!(!moments.is_empty());

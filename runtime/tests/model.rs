@@ -352,6 +352,59 @@ fn sampling_on_the_device_draws_the_host_samplers_tokens() {
 }
 
 #[test]
+fn finished_rows_leave_the_decode_without_changing_the_samples() {
+    // Rows that finish early (EOS) must stop costing forwards on every decode path, and the
+    // sampler's draws must still go to the same rows: all paths give the host path's tokens.
+    let dir = fixture();
+    let model = load_hf_dir(&dir, &Device::Cpu).unwrap();
+    let tok = TextTokenizer::from_dir(&dir).unwrap();
+    let ps = prompts(&tok, &["12+5=", "7+80=", "3+4=", "100*20="]);
+    let cfg = SamplingConfig {
+        max_new_tokens: 24,
+        temperature: 1.0,
+        seed: 3,
+        ..SamplingConfig::default()
+    };
+    let host = generate(&model, Some(&tok), &ps, 8, &cfg).unwrap();
+    let lens: Vec<usize> = host.completion_ids.iter().map(Vec::len).collect();
+    let longest = *lens.iter().max().unwrap();
+    let n = lens.len();
+    let eos = host
+        .finish
+        .iter()
+        .filter(|&&f| f == FinishReason::Eos)
+        .count();
+    assert!(
+        eos >= n / 4 && lens.iter().any(|&l| l + 4 < longest),
+        "the test needs rows that finish well before the longest: {lens:?}"
+    );
+    // The host decoder feeds a row at every step after a token that did not end it.
+    let fed: usize = lens.iter().map(|l| l - 1).sum();
+    assert_eq!(host.decode_rows, fed);
+    for path in [DecodePath::Tensor, DecodePath::Device] {
+        let r = generate_on(&model, Some(&tok), &ps, 8, &cfg, path).unwrap();
+        assert_eq!(r.completion_ids, host.completion_ids, "{path:?}");
+        assert_eq!(r.finish, host.finish, "{path:?}");
+        for (a, b) in r
+            .logprobs
+            .iter()
+            .flatten()
+            .zip(host.logprobs.iter().flatten())
+        {
+            assert!((a - b).abs() < 1e-4, "{path:?}: log-probs {a} vs {b}");
+        }
+        // The tensor path drops finished rows in batches (a quarter of the batch at a time),
+        // so it feeds at least the host's rows and fewer than every row at every step.
+        assert!(
+            r.decode_rows >= fed && r.decode_rows < n * (longest - 1),
+            "{path:?}: fed {} row-steps, host {fed}, all rows {}",
+            r.decode_rows,
+            n * (longest - 1)
+        );
+    }
+}
+
+#[test]
 fn batched_left_padded_greedy_matches_alone_and_no_cache() {
     let dir = fixture();
     let model = load_hf_dir(&dir, &Device::Cpu).unwrap();

@@ -1111,13 +1111,6 @@ pub(crate) fn estimate(
         frozen_params,
         optimizer_bytes: rt.optim.state_bytes(),
         reference: reft > 0,
-        layers: c.num_hidden_layers,
-        hidden: c.hidden_size,
-        intermediate: c.intermediate_size,
-        heads: c.num_attention_heads,
-        kv_heads: c.num_key_value_heads,
-        head_dim: c.head_dim,
-        vocab: c.vocab_size,
         dtype_bytes: policy.compute_dtype().size_in_bytes(),
         compute_copies: policy.compute_dtype() != policy.dtype(),
         chunk_tokens: share(fb),
@@ -1129,6 +1122,7 @@ pub(crate) fn estimate(
         fast: fast::supported(policy),
         gen_rows,
         seq,
+        ..MemoryShape::of_model(c)
     });
     Ok(CostEstimate {
         stage: stage.name.to_string(),
@@ -1187,6 +1181,37 @@ pub(crate) struct MemoryShape {
     pub gen_rows: usize,
     /// The longest sequence, prompt plus new tokens.
     pub seq: usize,
+}
+
+impl MemoryShape {
+    /// The dimensions of `c`'s model, with no step: no parameters, rows or chunks, and every
+    /// option off. The estimate's callers fill in the step over it.
+    pub(crate) fn of_model(c: &crate::model::ModelConfig) -> MemoryShape {
+        MemoryShape {
+            params: 0,
+            frozen_params: 0,
+            optimizer_bytes: 0,
+            reference: false,
+            layers: c.num_hidden_layers,
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            vocab: c.vocab_size,
+            dtype_bytes: 0,
+            compute_copies: false,
+            chunk_tokens: 0,
+            chunk_positions: 0,
+            chunks: 0,
+            in_flight: 0,
+            logit_rows: 0,
+            checkpointing: false,
+            fast: false,
+            gen_rows: 0,
+            seq: 0,
+        }
+    }
 }
 
 /// The bytes of one step, by part, all resident at the step's peak except the KV cache, which
@@ -1515,13 +1540,6 @@ mod tests {
             frozen_params,
             optimizer_bytes: params * 8,
             reference: true,
-            layers: c.num_hidden_layers,
-            hidden: c.hidden_size,
-            intermediate: c.intermediate_size,
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-            vocab: c.vocab_size,
             dtype_bytes: 2,
             compute_copies: true,
             chunk_tokens: micro * seq,
@@ -1529,10 +1547,9 @@ mod tests {
             chunks: rows / micro,
             in_flight: 1,
             logit_rows: PassOptions::for_vocab(c.vocab_size).logit_rows,
-            checkpointing: false,
-            fast: false,
             gen_rows: rows,
             seq,
+            ..MemoryShape::of_model(&c)
         });
         let cost = cost_of(&m, 16, [rows * 256, rows * seq, rows * seq]);
         eprintln!("{}", describe_cost(&cost));

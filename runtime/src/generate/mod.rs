@@ -5,11 +5,11 @@
 //! One batch does the whole job: prompts are left-padded with an explicit additive mask, each
 //! prompt is prefilled once and its KV cache repeated G times along the batch, then all B * G
 //! rows decode together on a no-grad path (detached weights, q/k/v and gate/up projections fused
-//! into one matmul each, a preallocated KV cache written in place). On the CPU sampling happens
-//! on the host from a `StdRng` seeded with `SamplingConfig::seed`, so a run repeats exactly; on
-//! other devices (CUDA) it happens on the device (`device`), with the uniforms drawn from the
-//! same seeded `StdRng`, so that only the sampled ids and their log-probabilities cross to the
-//! host each step.
+//! into one matmul each, a preallocated KV cache written in place), finished rows leaving the
+//! batch as they accumulate. On the CPU sampling happens on the host from a `StdRng` seeded with
+//! `SamplingConfig::seed`, so a run repeats exactly; on other devices (CUDA) it happens on the
+//! device (`device`), with the uniforms drawn from the same seeded `StdRng`, so that only the
+//! sampled ids and their log-probabilities cross to the host each step.
 //!
 //! The log-probabilities returned are the policy's raw log-probabilities of the chosen tokens:
 //! `log_softmax(logits)` at temperature 1, before temperature, top-k or top-p are applied.
@@ -24,6 +24,7 @@ use crate::tokenizer::TextTokenizer;
 
 mod device;
 mod host;
+mod stop;
 
 /// How completions are sampled.
 #[derive(Debug, Clone)]
@@ -89,6 +90,9 @@ pub struct Rollout {
     /// Raw policy log-probability (temperature 1, no top-k/top-p) of each completion token.
     pub logprobs: Vec<Vec<f32>>,
     pub finish: Vec<FinishReason>,
+    /// Rows fed through the model over all decode steps (the prefill not counted): the work the
+    /// decode did, which falls as rows finish and leave the batch.
+    pub decode_rows: usize,
 }
 
 impl Rollout {
@@ -347,6 +351,7 @@ pub fn generate_on(
         texts: vec![String::new(); n],
         logprobs: vec![Vec::new(); n],
         finish: vec![FinishReason::Length; n],
+        decode_rows: 0,
     };
     if cfg.max_new_tokens == 0 {
         return Ok(rollout);
@@ -444,23 +449,29 @@ pub fn generate_on(
 
     let mut done = vec![false; n];
     let mut next = vec![0u32; n];
+    // The rows the last forward fed, in row order: the rows of `step_logits` (and of
+    // `device_logits`). The host decoder gives logits for every row and keeps this at 0..n;
+    // the tensor path drops finished rows from it (see `compact`). Rows are sampled in row order
+    // either way, so the sampler's random draws go to the same rows.
+    let mut live: Vec<usize> = (0..n).collect();
+    let stops = stop::StopStrings::new(&cfg.stop_strings);
     let mut step_logits: Vec<Vec<f32>> = Vec::new();
     for step in 0..cfg.max_new_tokens {
         let picks = match &device_logits {
             Some(logits) => {
-                let active: Vec<bool> = done.iter().map(|&d| !d).collect();
+                let active: Vec<bool> = live.iter().map(|&r| !done[r]).collect();
                 Some(device::sample_rows(logits, &active, cfg, &mut sampler)?)
             }
             None => None,
         };
-        for r in 0..n {
+        for (i, &r) in live.iter().enumerate() {
             if done[r] {
                 continue;
             }
             let (tok, lp) = match &picks {
-                Some((tokens, lps)) => (tokens[r], lps[r]),
+                Some((tokens, lps)) => (tokens[i], lps[i]),
                 None if step == 0 => sampler.sample(&prefill_logits[r / group], cfg),
-                None => sampler.sample(&step_logits[r], cfg),
+                None => sampler.sample(&step_logits[i], cfg),
             };
             next[r] = tok;
             rollout.completion_ids[r].push(tok);
@@ -469,8 +480,7 @@ pub fn generate_on(
                 done[r] = true;
                 rollout.finish[r] = FinishReason::Eos;
             } else if let (false, Some(t)) = (cfg.stop_strings.is_empty(), tokenizer) {
-                let text = t.decode(&rollout.completion_ids[r], true)?;
-                if cfg.stop_strings.iter().any(|s| text.contains(s.as_str())) {
+                if stops.completed_by_last(t, &rollout.completion_ids[r])? {
                     done[r] = true;
                     rollout.finish[r] = FinishReason::Stop;
                 }
@@ -483,14 +493,20 @@ pub fn generate_on(
         let (caches, mask) = match &mut kv_store {
             // The host decoder feeds only the unfinished rows.
             KvStore::Host(dec) => {
+                rollout.decode_rows += done.iter().filter(|&&d| !d).count();
                 step_logits.resize_with(n, Vec::new);
                 dec.step(&next, &done, pos, &mut step_logits)?;
                 continue;
             }
             KvStore::Tensor { caches, mask } => (caches, mask),
         };
-        // Feed the sampled tokens (finished rows feed theirs too; their outputs are ignored).
-        let ids = Tensor::from_vec(next.clone(), n, &dev)?;
+        compact(&mut live, &done, caches, mask)?;
+        let m = live.len();
+        rollout.decode_rows += m;
+        // Feed the sampled tokens (finished rows not yet compacted away feed theirs too; their
+        // outputs are ignored).
+        let ids: Vec<u32> = live.iter().map(|&r| next[r]).collect();
+        let ids = Tensor::from_vec(ids, m, &dev)?;
         let mut x = embed.index_select(&ids, 0)?;
         for (l, w) in layers.iter().enumerate() {
             let h = ops::rms_norm(&x, &w.input_norm, c.rms_norm_eps)?;
@@ -499,9 +515,9 @@ pub fn generate_on(
             let cos = view.rope.cos.narrow(0, pos, 1)?;
             let sin = view.rope.sin.narrow(0, pos, 1)?;
             let mask = mask.narrow(3, 0, pos + 1)?;
-            let q = qkv.narrow(1, 0, qd)?.reshape((n, nh, 1, hd))?;
-            let k = qkv.narrow(1, qd, kvd)?.reshape((n, nkv, 1, hd))?;
-            let v = qkv.narrow(1, qd + kvd, kvd)?.reshape((n, nkv, 1, hd))?;
+            let q = qkv.narrow(1, 0, qd)?.reshape((m, nh, 1, hd))?;
+            let k = qkv.narrow(1, qd, kvd)?.reshape((m, nkv, 1, hd))?;
+            let v = qkv.narrow(1, qd + kvd, kvd)?.reshape((m, nkv, 1, hd))?;
             let q = ops::rope(&q, &cos, &sin)?;
             let k = ops::rope(&k, &cos, &sin)?.contiguous()?;
             ck.slice_set(&k, 2, pos)?;
@@ -509,7 +525,7 @@ pub fn generate_on(
             let keys = ck.narrow(2, 0, pos + 1)?;
             let vals = cv.narrow(2, 0, pos + 1)?;
             let y = ops::attention(&q, &keys, &vals, Some(&mask), scale)?;
-            let y = y.reshape((n, qd))?;
+            let y = y.reshape((m, qd))?;
             x = (x + linear(&y, &w.o_w, None)?)?;
             let h = ops::rms_norm(&x, &w.post_norm, c.rms_norm_eps)?;
             let gu = linear(&h, &w.gate_up_w, None)?;
@@ -529,4 +545,33 @@ pub fn generate_on(
         }
     }
     Ok(rollout)
+}
+
+/// Drops the finished rows from the tensor path's batch (`live`, the caches and the key mask)
+/// once they are at least a quarter of it. Each compaction copies the live rows' caches, which
+/// costs about what two decode steps spend reading them; waiting for a quarter of the rows to
+/// finish makes that copy pay for itself within a few steps and bounds the number of copies by
+/// the logarithm of the batch size, where compacting at every finished row would copy the
+/// caches once per row.
+fn compact(
+    live: &mut Vec<usize>,
+    done: &[bool],
+    caches: &mut [(Tensor, Tensor)],
+    mask: &mut Tensor,
+) -> candle_core::Result<()> {
+    let finished = live.iter().filter(|&&r| done[r]).count();
+    if finished == 0 || 4 * finished < live.len() {
+        return Ok(());
+    }
+    let keep: Vec<u32> = (0..live.len() as u32)
+        .filter(|&i| !done[live[i as usize]])
+        .collect();
+    let index = Tensor::from_vec(keep.clone(), keep.len(), mask.device())?;
+    for (k, v) in caches.iter_mut() {
+        *k = k.index_select(&index, 0)?;
+        *v = v.index_select(&index, 0)?;
+    }
+    *mask = mask.index_select(&index, 0)?;
+    *live = keep.iter().map(|&i| live[i as usize]).collect();
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! What several test binaries share: the path of the benchmark fixture, the largest
-//! difference between two tensors, and running a pipeline compiled from `.recap` text. Each binary uses a part of it, hence `allow(dead_code)`.
+//! difference between two tensors, running a pipeline compiled from `.recap` text, and checking
+//! that a resumed run equals an uninterrupted one. Each binary uses a part of it, hence `allow(dead_code)`.
 
 #![allow(dead_code)]
 
@@ -66,4 +67,82 @@ pub fn run_compiled(
     };
     recap_runtime::engine::run(&plan, &opts).unwrap();
     dir
+}
+
+/// The metrics of a run directory, one JSON object per line of `metrics.jsonl`, without the
+/// wall-clock fields, which differ between two runs of the same plan.
+pub fn metrics_without_timing(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for k in ["seconds", "tokens_per_s", "time"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        })
+        .collect()
+}
+
+/// The two runs of [`resume_equals_uninterrupted`], for the checks particular to a plan.
+pub struct ResumedRuns {
+    /// The uninterrupted run's directory.
+    pub full: tempfile::TempDir,
+    /// The directory of the run stopped and then resumed.
+    pub cut: tempfile::TempDir,
+    /// What the stopped run and the resumed run reported.
+    pub stopped: recap_runtime::engine::RunSummary,
+    pub resumed: recap_runtime::engine::RunSummary,
+}
+
+/// Runs `plan` uninterrupted in one new temporary directory, and in another stopped after
+/// `stop_after` global steps and then resumed (`opts` gives each run's options from its
+/// directory). Checks that the stopped run left no final model, that the resumed run reaches
+/// `steps`, and that both runs wrote the same metrics (timing aside) and the same bytes in each
+/// of `finals` under `final/`.
+pub fn resume_equals_uninterrupted(
+    plan: &recap_plan::Plan,
+    opts: impl Fn(&Path) -> recap_runtime::engine::RunOptions,
+    stop_after: u64,
+    steps: u64,
+    finals: &[&str],
+) -> ResumedRuns {
+    use recap_runtime::engine::{run, RunOptions};
+    let full = tempfile::tempdir().unwrap();
+    run(plan, &opts(full.path())).unwrap();
+    let cut = tempfile::tempdir().unwrap();
+    let stopped = run(
+        plan,
+        &RunOptions {
+            stop_after: Some(stop_after),
+            ..opts(cut.path())
+        },
+    )
+    .unwrap();
+    assert_eq!(stopped.steps, stop_after);
+    assert!(!cut.path().join("final").exists());
+    let resumed = run(
+        plan,
+        &RunOptions {
+            resume: Some(cut.path().to_path_buf()),
+            ..opts(cut.path())
+        },
+    )
+    .unwrap();
+    assert_eq!(resumed.steps, steps);
+    let metrics = metrics_without_timing(full.path());
+    assert_eq!(metrics.len() as u64, steps);
+    assert_eq!(metrics, metrics_without_timing(cut.path()));
+    for f in finals {
+        let a = std::fs::read(full.path().join("final").join(f)).unwrap();
+        let b = std::fs::read(cut.path().join("final").join(f)).unwrap();
+        assert!(a == b, "final/{f} differs after resume");
+    }
+    ResumedRuns {
+        full,
+        cut,
+        stopped,
+        resumed,
+    }
 }
