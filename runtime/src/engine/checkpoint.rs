@@ -125,17 +125,42 @@ fn saved_reference(models: &Models) -> Option<&crate::model::Model> {
 }
 
 /// Saves a checkpoint after the step just taken and prunes old ones to `keep`; gives its
-/// directory.
+/// directory. Every rank of a data-parallel job calls it: the optimiser's shards (ZeRO-1) are
+/// gathered to the leader, which alone writes (the weights are the same on every rank); the
+/// other ranks touch nothing. What is written does not depend on the world size.
 pub(crate) fn save(
     run_dir: &Path,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     rt: &StageRt,
     models: &Models,
     run_id: &str,
     keep: Option<u64>,
 ) -> Result<PathBuf> {
+    let gathered = rt.optim.gather(&mut *ctx.comm)?;
+    let name = format!("step-{:06}", ctx.global_step);
     let root = run_dir.join("checkpoints");
-    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let written = match gathered {
+        Some(state) => write(&root, &name, ctx, rt, models, run_id, keep, &state),
+        None => Ok(()),
+    };
+    super::agree(&mut *ctx.comm, "to write a checkpoint", written)?;
+    Ok(root.join(name))
+}
+
+/// The leader's part of [`save`]: writes checkpoint `name` under `root` with the optimiser's
+/// gathered `optim_state`, then prunes old checkpoints to `keep`.
+#[allow(clippy::too_many_arguments)]
+fn write(
+    root: &Path,
+    name: &str,
+    ctx: &Ctx,
+    rt: &StageRt,
+    models: &Models,
+    run_id: &str,
+    keep: Option<u64>,
+    optim_state: &[crate::train::optim::SavedParam],
+) -> Result<()> {
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let stage = &ctx.plan.stages[rt.index];
     let state = TrainerState {
         format: STATE_FORMAT,
@@ -153,10 +178,10 @@ pub(crate) fn save(
         has_reference: saved_reference(models).is_some(),
         flat_steps: ctx.flat_steps,
     };
-    let name = format!("step-{:06}", ctx.global_step);
-    write_atomic(&root, &name, |dir| {
+    write_atomic(root, name, |dir| {
         crate::checkpoint::save_hf_dir(&models.policy, Some(&models.tok), dir)?;
-        rt.optim.save(&dir.join("optimizer.safetensors"))?;
+        rt.optim
+            .write(optim_state, &dir.join("optimizer.safetensors"))?;
         if let Some(r) = saved_reference(models) {
             let ts: Vec<(String, Tensor)> = r
                 .named_weights()
@@ -173,14 +198,14 @@ pub(crate) fn save(
         Ok(())
     })?;
     if let Some(keep) = keep {
-        let mut all = list(&root, run_id)?;
+        let mut all = list(root, run_id)?;
         while all.len() > keep.max(1) as usize {
             let (_, old) = all.remove(0);
             std::fs::remove_dir_all(&old.dir)
                 .with_context(|| format!("pruning {}", old.dir.display()))?;
         }
     }
-    Ok(root.join(name))
+    Ok(())
 }
 
 /// Reads a checkpoint's trainer state.

@@ -14,6 +14,7 @@
 
 pub mod checkpoint;
 pub mod data;
+mod dp;
 mod extend;
 pub mod graders;
 mod init;
@@ -85,6 +86,15 @@ pub struct RunOptions {
     pub file_hashes: Option<Value>,
     /// Let `exec(...)` verifiers run their programs; without it a plan that has one is refused.
     pub allow_exec: bool,
+    /// Shards each step's batch is cut into (see `docs/scaling.md`); by default one per rank
+    /// of the job. A shard has its own rollout seed and gradient sum, so a run with the same
+    /// shard count takes the same steps bit for bit on any number of ranks that divides it:
+    /// give a single process a job's rank count to reproduce that job on one device.
+    pub shards: Option<usize>,
+    /// The world size a dry run's per-rank memory estimate is for, when the dry run itself
+    /// runs as one process (`recapc run --dry-run` under `WORLD_SIZE`, or `--gpus N`); by
+    /// default the job's world size.
+    pub estimate_ranks: Option<usize>,
 }
 
 /// Whether the environment asks for candle's autograd (`RECAP_AUTOGRAD=1`): read by the
@@ -110,6 +120,8 @@ impl Default for RunOptions {
             stop: None,
             file_hashes: None,
             allow_exec: false,
+            shards: None,
+            estimate_ranks: None,
         }
     }
 }
@@ -143,6 +155,9 @@ pub struct CostEstimate {
     pub dry_step_seconds: Option<f64>,
     /// Why the dry-run step did not run, when it did not.
     pub dry_step_skipped: Option<String>,
+    /// The data-parallel ranks the estimate is for: `prompts` and the memory are one rank's,
+    /// its optimiser state the largest rank's shard (ZeRO-1).
+    pub ranks: usize,
 }
 
 impl CostEstimate {
@@ -504,11 +519,14 @@ pub(crate) struct StageRt {
     pub step: u64,
 }
 
+/// The run-time state of stage `index`, its optimiser's state sharded for rank `rank` of
+/// `world` (ZeRO-1).
 fn build_stage(
     plan: &Plan,
     index: usize,
     datasets: &BTreeMap<String, Dataset>,
     policy: &Model,
+    (rank, world): (usize, usize),
 ) -> Result<StageRt> {
     let stage = &plan.stages[index];
     let mut sources: Vec<String> = Vec::new();
@@ -542,7 +560,8 @@ fn build_stage(
     let reweighter = Reweighter::new(&stage.reweight, keys.clone())
         .with_context(|| format!("stage `{}`", stage.name))?;
     let lambdas = reweighter.initial_lambdas();
-    let optim = Optim::new(&stage.train.optimizer, named_vars(policy)?)?;
+    let mut optim = Optim::new(&stage.train.optimizer, named_vars(policy)?)?;
+    optim.shard(rank, world);
     Ok(StageRt {
         index,
         sources,
@@ -639,24 +658,38 @@ pub fn graph_order(plan: &Plan) -> Result<Vec<String>> {
     Ok(order)
 }
 
-/// Runs a plan as one rank of a data-parallel job whose collectives go through `comm`. A world
-/// of one is the same as [`run`].
+/// Runs a plan. See the module documentation for what one step does.
+pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
+    run_with(plan, opts, &mut crate::dist::Single)
+}
+
+/// The outcome of `r` agreed by every rank: `r` where every rank succeeded, an error on every
+/// rank where any failed (its own where it failed, else one naming the failure elsewhere). It
+/// keeps a rank that failed alone (a run directory the leader refused) from leaving the others
+/// waiting in their next collective.
+fn agree<T>(comm: &mut dyn crate::dist::Collective, what: &str, r: Result<T>) -> Result<T> {
+    if comm.world() == 1 {
+        return r;
+    }
+    let mut failed = [f64::from(u8::from(r.is_err()))];
+    comm.all_reduce_f64(&mut failed)?;
+    match r {
+        Err(e) => Err(e),
+        Ok(_) if failed[0] > 0.0 => bail!("another rank failed {what}; its error says why"),
+        Ok(v) => Ok(v),
+    }
+}
+
+/// Runs a plan as one rank of a data-parallel job whose collectives go through `comm` (see
+/// `docs/scaling.md`): every rank draws the same global batch and keeps its shards of it, the
+/// sums that span the batch (gradients, advantage moments, the reweighter's signals, metrics)
+/// go through `comm`, the optimiser's state is sharded (ZeRO-1), and the leader alone writes
+/// the run directory. A world of one ([`crate::dist::Single`]) is [`run`].
 pub fn run_with(
     plan: &Plan,
     opts: &RunOptions,
     comm: &mut dyn crate::dist::Collective,
 ) -> Result<RunSummary> {
-    if comm.world() > 1 {
-        bail!(
-            "this build runs one rank only; a job of {} ranks needs data-parallel training",
-            comm.world()
-        );
-    }
-    run(plan, opts)
-}
-
-/// Runs a plan. See the module documentation for what one step does.
-pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
     if plan.stages.is_empty() {
         bail!("the plan has no stages");
@@ -670,28 +703,59 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
         (None, Some(o)) => o.clone(),
         (None, None) => resolve_path(base, &plan.stages[0].train.out),
     };
+    let (rank, world) = (comm.rank(), comm.world());
+    let shards = opts.shards.unwrap_or(world);
+    let dry_prompts = 2usize.max(shards);
+    let batches: Vec<(String, usize)> = plan
+        .stages
+        .iter()
+        .map(|s| {
+            let prompts = if opts.dry_run {
+                dry_prompts
+            } else {
+                s.train.prompts_per_step as usize
+            };
+            (s.name.to_string(), prompts)
+        })
+        .collect();
+    dp::check_shards(shards, world, &batches)?;
     // The directory is checked before anything is loaded, so that a refusal comes at once;
-    // a dry run writes nothing and so needs none.
-    let dir = match (opts.dry_run, &opts.resume) {
-        (true, _) => None,
-        (false, Some(_)) => Some(rundir::open(&run_dir, rundir::Start::Resume)?),
-        (false, None) => Some(rundir::open(
+    // a dry run writes nothing and so needs none. The leader alone takes its lock and writes
+    // in it; the other ranks read its run id (to find the checkpoint to resume) once the
+    // leader has checked it.
+    let leader = comm.is_leader();
+    let dir = match (opts.dry_run, &opts.resume, leader) {
+        (true, _, _) | (false, _, false) => Ok(None),
+        (false, Some(_), true) => rundir::open(&run_dir, rundir::Start::Resume).map(Some),
+        (false, None, true) => rundir::open(
             &run_dir,
             rundir::Start::Fresh {
                 overwrite: opts.overwrite,
             },
-        )?),
+        )
+        .map(Some),
     };
-    let resume = match (&opts.resume, &dir) {
-        (Some(path), Some(d)) => {
-            Some(checkpoint::newest(path, &d.run_id)?.ok_or_else(|| {
+    let dir = agree(comm, "to open the run directory", dir)?;
+    let run_id = match (&dir, opts.dry_run || opts.resume.is_none()) {
+        (Some(d), _) => Some(d.run_id.clone()),
+        (None, false) => Some(rundir::run_id(&run_dir)?),
+        (None, true) => None,
+    };
+    let resume =
+        match (&opts.resume, &run_id) {
+            (Some(path), Some(id)) => Some(checkpoint::newest(path, id)?.ok_or_else(|| {
                 anyhow!("{}: no complete checkpoint to resume from", path.display())
-            })?)
-        }
-        _ => None,
-    };
+            })?),
+            _ => None,
+        };
     if let Some(c) = &resume {
-        accept_changes(plan, c, &run_dir)?;
+        // Every rank reads the same checkpoint; the leader alone says what changed.
+        let checked = if leader {
+            accept_changes(plan, c, &run_dir)
+        } else {
+            Ok(())
+        };
+        agree(comm, "to accept the checkpoint's plan", checked)?;
     }
 
     let mut datasets = BTreeMap::new();
@@ -734,9 +798,11 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
         out: None,
         global_step: 0,
         total_steps: plan.stages.iter().map(|s| s.train.steps).sum(),
-        dry_prompts: opts.dry_run.then_some(2),
+        dry_prompts: opts.dry_run.then_some(dry_prompts),
         progress: None,
         flat_steps: 0,
+        comm,
+        shards,
     };
 
     let mut summary = RunSummary {
@@ -755,15 +821,35 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
 
     if opts.dry_run {
         const GIB: f64 = (1u64 << 30) as f64;
-        let dry_prompts = ctx.dry_prompts.unwrap_or(2);
+        let ranks = opts.estimate_ranks.unwrap_or(world).max(1);
         for i in 0..plan.stages.len() {
-            let mut rt = build_stage(plan, i, &ctx.datasets, &models.policy)?;
+            let mut rt = build_stage(plan, i, &ctx.datasets, &models.policy, (rank, world))?;
+            // One rank's share of the batch: the largest shard times the shards it holds.
+            let per_rank =
+                |prompts: usize, shards: usize| prompts.div_ceil(shards) * (shards / ranks).max(1);
             let prompts = plan.stages[i].train.prompts_per_step as usize;
-            let mut cost = step::estimate(plan, i, &ctx.datasets, &models, &rt, prompts)?;
+            let est_shards = opts.shards.unwrap_or(ranks).max(ranks);
+            let mut cost = step::estimate(
+                plan,
+                i,
+                &ctx.datasets,
+                &models,
+                &rt,
+                per_rank(prompts, est_shards),
+                ranks,
+            )?;
             // The measured step is skipped where its own analytical peak exceeds what the
             // machine can give, so that the estimate of a model too big for this host still
             // prints. Only the host's memory is known here; on CUDA the step always runs.
-            let dry = step::estimate(plan, i, &ctx.datasets, &models, &rt, dry_prompts)?;
+            let dry = step::estimate(
+                plan,
+                i,
+                &ctx.datasets,
+                &models,
+                &rt,
+                dry_prompts.div_ceil(world),
+                world,
+            )?;
             let available = if device.is_cpu() {
                 step::mem_available()
             } else {
@@ -787,15 +873,19 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
                     summary.metrics.push(record);
                 }
             }
-            println!("{}", step::describe_cost(&cost));
+            if leader {
+                println!("{}", step::describe_cost(&cost));
+            }
             summary.costs.push(cost);
         }
-        println!("graph order: {}", summary.graph_order.join(" -> "));
+        if leader {
+            println!("graph order: {}", summary.graph_order.join(" -> "));
+        }
         summary.seconds = started.elapsed().as_secs_f64();
         return Ok(summary);
     }
 
-    let run_id = dir.as_ref().map(|d| d.run_id.as_str()).unwrap_or_default();
+    let run_id = run_id.as_deref().unwrap_or_default();
     let plan_text = match &opts.file_hashes {
         None => plan.to_json(),
         Some(hashes) => {
@@ -807,7 +897,6 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
             serde_json::to_string_pretty(&value)?
         }
     };
-    rundir::replace_file(&run_dir, "plan.json", (plan_text + "\n").as_bytes())?;
     let keep_until = resume.as_ref().map(|c| c.state.global_step);
     // The run's files serve every stage, so they are written in each format any stage asks for.
     let mut logs: Vec<recap_plan::LogFormat> = plan
@@ -817,8 +906,18 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
         .collect();
     logs.sort();
     logs.dedup();
-    ctx.out = Some(progress::RunFiles::open(&run_dir, keep_until, &logs)?);
-    ctx.progress = Some(progress::Progress::new(opts.progress, ctx.total_steps));
+    // The leader alone writes the run's files and shows its progress.
+    let opened = if leader {
+        rundir::replace_file(&run_dir, "plan.json", (plan_text + "\n").as_bytes())
+            .and_then(|_| progress::RunFiles::open(&run_dir, keep_until, &logs))
+            .map(Some)
+    } else {
+        Ok(None)
+    };
+    ctx.out = agree(&mut *ctx.comm, "to write the run's files", opened)?;
+    if leader {
+        ctx.progress = Some(progress::Progress::new(opts.progress, ctx.total_steps));
+    }
 
     let (first_stage, mut restored) = match &resume {
         Some(c) => (c.state.stage_index, Some(c)),
@@ -826,7 +925,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
     };
     for i in first_stage..plan.stages.len() {
         let stage = &plan.stages[i];
-        let mut rt = build_stage(plan, i, &ctx.datasets, &models.policy)?;
+        let mut rt = build_stage(plan, i, &ctx.datasets, &models.policy, (rank, world))?;
         if let Some(c) = restored.take() {
             checkpoint::restore(c, &mut ctx, &mut rt, &mut models)?;
             // A LoRA policy's reference is its base, shared rather than saved (see `save`).
@@ -878,7 +977,13 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
                     .extend(ws.iter().filter_map(Value::as_str).map(str::to_string));
             }
             summary.metrics.push(record);
-            let stopping = opts.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+            // A stop asked of any rank (each has its own SIGINT handler, and a launcher's signal
+            // reaches them at different moments) stops every rank after the same step.
+            let mut stop = [f64::from(u8::from(
+                opts.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)),
+            ))];
+            ctx.comm.all_reduce_f64(&mut stop)?;
+            let stopping = stop[0] > 0.0;
             let ck = stage.train.checkpoint.as_ref();
             // A checkpoint every `every` steps and at the end of the stage, as the stdlib's
             // `every` promises, and whenever the run is asked to stop, with or without a
@@ -890,7 +995,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
             // writes one all the same, since it is the only way to resume where the run was.
             if (due && bad.is_none()) || stopping {
                 let keep = ck.and_then(|c| c.keep);
-                let saved = checkpoint::save(&run_dir, &ctx, &rt, &models, run_id, keep)?;
+                let saved = checkpoint::save(&run_dir, &mut ctx, &rt, &models, run_id, keep)?;
                 if stopping {
                     ctx.finish();
                     summary.steps = ctx.global_step;
@@ -902,11 +1007,17 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
         }
     }
     let final_dir = run_dir.join("final");
-    checkpoint::write_atomic(&run_dir, "final", |dir| {
-        crate::checkpoint::save_hf_dir(&models.policy, Some(&models.tok), dir)?;
+    let written = if leader {
+        checkpoint::write_atomic(&run_dir, "final", |dir| {
+            crate::checkpoint::save_hf_dir(&models.policy, Some(&models.tok), dir)?;
+            Ok(())
+        })
+        .with_context(|| format!("writing {}", final_dir.display()))
+    } else {
         Ok(())
-    })
-    .with_context(|| format!("writing {}", final_dir.display()))?;
+    };
+    // Every rank returns once the final weights are written.
+    agree(&mut *ctx.comm, "to write the final weights", written)?;
     ctx.finish();
     summary.steps = ctx.global_step;
     summary.seconds = started.elapsed().as_secs_f64();

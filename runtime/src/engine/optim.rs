@@ -9,10 +9,11 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use candle_core::{backprop::GradStore, DType, Var};
+use candle_core::{backprop::GradStore, Var};
 use recap_plan::{Optimizer, Schedule, ScheduleKind};
 
-use crate::train::optim::Optimizer as TrainOptimizer;
+use crate::dist::Collective;
+use crate::train::optim::{write_state, Optimizer as TrainOptimizer, SavedParam};
 
 /// The learning-rate multiplier of 0-based `step` out of `total` (warm-up from 0 as in
 /// transformers' schedules, then constant, linear or cosine decay to `final_fraction`).
@@ -36,9 +37,6 @@ pub fn lr_factor(s: &Schedule, step: u64, total: u64) -> f64 {
 /// [`crate::train::optim::Optimizer`] (fused in-place AdamW/SGD, torch semantics).
 pub struct Optim {
     inner: TrainOptimizer,
-    elems: usize,
-    /// Elements of the variables stored in a half dtype, which get f32 master copies.
-    master_elems: usize,
 }
 
 /// What one optimiser step did.
@@ -49,17 +47,15 @@ pub struct StepInfo {
 
 impl Optim {
     pub fn new(spec: &Optimizer, vars: Vec<(String, Var)>) -> Result<Optim> {
-        let elems = vars.iter().map(|(_, v)| v.elem_count()).sum();
-        let master_elems = vars
-            .iter()
-            .filter(|(_, v)| v.dtype() != DType::F32)
-            .map(|(_, v)| v.elem_count())
-            .sum();
         Ok(Optim {
             inner: TrainOptimizer::new(spec, vars)?,
-            elems,
-            master_elems,
         })
+    }
+
+    /// Shards the state across the ranks of a data-parallel job (ZeRO-1, see
+    /// [`TrainOptimizer::shard`]); a world of one keeps it whole.
+    pub fn shard(&mut self, rank: usize, world: usize) {
+        self.inner.shard(rank, world);
     }
 
     pub fn base_lr(&self) -> f64 {
@@ -68,22 +64,34 @@ impl Optim {
         }
     }
 
-    /// Bytes the optimiser state holds once every moment exists: f32 moments, and f32 master
-    /// copies of the variables stored in a half dtype (a bf16 policy on CUDA).
-    pub fn state_bytes(&self) -> usize {
+    /// Bytes the optimiser state of one rank holds once every moment exists, were the state
+    /// sharded over `ranks` ranks (ZeRO-1, [`Optim::shard`]; the largest rank's shard): f32
+    /// moments, and f32 master copies of the variables stored in a half dtype (a bf16 policy
+    /// on CUDA).
+    pub fn state_bytes(&self, ranks: usize) -> usize {
         let per = match self.inner.config() {
             Optimizer::Adamw { .. } => 2,
             Optimizer::Sgd { momentum, .. } => usize::from(*momentum > 0.0),
         };
-        (per * self.elems + self.master_elems) * 4
+        let (elems, master_elems) = self.inner.largest_shard(ranks);
+        (per * elems + master_elems) * 4
     }
 
-    /// Clips the gradients to `clip` (0: no clipping) by global norm and applies one update at
-    /// learning rate `lr`. Variables without a gradient are left alone (torch skips them too).
-    /// A gradient whose norm is not finite is not applied at all, so the weights and moments
-    /// stay as they were; the engine counts such a step as bad.
-    pub fn step(&mut self, grads: &GradStore, lr: f64, clip: f64) -> Result<StepInfo> {
+    /// Sums the gradients across the job's ranks (`comm`), clips them to `clip` (0: no
+    /// clipping) by global norm and applies one update at learning rate `lr`; under ZeRO-1 each
+    /// rank updates its shard and the ranks then exchange the new weights. Variables without a
+    /// gradient are left alone (torch skips them too). A gradient whose norm is not finite is
+    /// not applied at all, so the weights and moments stay as they were; the engine counts such
+    /// a step as bad.
+    pub fn step(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        clip: f64,
+        comm: &mut dyn Collective,
+    ) -> Result<StepInfo> {
         let mut g = self.inner.grads(grads)?;
+        self.inner.all_reduce_grads(&mut g, comm)?;
         let norm = if clip > 0.0 {
             g.clip_global_norm(clip)?
         } else {
@@ -93,6 +101,7 @@ impl Optim {
             return Ok(StepInfo { grad_norm: norm });
         }
         self.inner.step(&g, lr)?;
+        self.inner.gather_params(comm)?;
         Ok(StepInfo { grad_norm: norm })
     }
 
@@ -104,7 +113,21 @@ impl Optim {
         sort_header(path).with_context(context)
     }
 
-    /// Reads a state written by [`Optim::save`].
+    /// The whole state, gathered from every rank's shard (ZeRO-1), on the leader; `None` on
+    /// the other ranks. Every rank calls it. The state is the one an unsharded optimiser
+    /// holds, so a checkpoint resumes on any world size.
+    pub fn gather(&self, comm: &mut dyn Collective) -> Result<Option<Vec<SavedParam>>> {
+        self.inner.gather_state(comm)
+    }
+
+    /// Writes a state [`Optim::gather`] gave as [`Optim::save`] writes its own.
+    pub fn write(&self, state: &[SavedParam], path: &Path) -> Result<()> {
+        let context = || format!("saving optimizer state to {}", path.display());
+        write_state(self.inner.config(), state, path).with_context(context)?;
+        sort_header(path).with_context(context)
+    }
+
+    /// Reads a state written by [`Optim::save`]. A sharded optimiser keeps its shard of it.
     pub fn restore(&mut self, path: &Path) -> Result<()> {
         self.inner
             .load(path)
@@ -153,6 +176,7 @@ fn sort_header(path: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::Single;
     use candle_core::{Device, Tensor};
 
     fn sched(kind: ScheduleKind, warmup: u64, f: f64) -> Schedule {
@@ -197,7 +221,7 @@ mod tests {
             .unwrap()
             .backward()
             .unwrap();
-        let info = opt.step(&grads, 0.1, 1.0).unwrap();
+        let info = opt.step(&grads, 0.1, 1.0, &mut Single).unwrap();
         let norm = (0.25f64 + 9.0).sqrt();
         assert!((info.grad_norm - norm).abs() < 1e-5);
         // After bias correction the first Adam step is lr * sign(g) (up to eps); decay first.
@@ -220,7 +244,7 @@ mod tests {
                 .unwrap()
                 .backward()
                 .unwrap();
-            o.step(&g, 0.1, 1.0).unwrap();
+            o.step(&g, 0.1, 1.0, &mut Single).unwrap();
         }
         assert_eq!(
             w.as_tensor().to_vec1::<f32>().unwrap(),
@@ -244,7 +268,7 @@ mod tests {
                 .unwrap()
                 .backward()
                 .unwrap();
-            opt.step(&grads, 0.5, 0.0).unwrap();
+            opt.step(&grads, 0.5, 0.0, &mut Single).unwrap();
         }
         // Step 1: g = 2, m = 2, w = 0. Step 2: g = 2, m = 0.9 * 2 + 2 = 3.8, w = -1.9.
         let got = w.as_tensor().to_vec1::<f32>().unwrap()[0];

@@ -272,6 +272,18 @@ fn refuse_linked_dirs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The id of the run in run directory `path`, read without taking its lock: the other ranks of
+/// a data-parallel job read it after the leader has taken the lock and checked the directory.
+pub fn run_id(path: &Path) -> Result<String> {
+    match read_marker(path)? {
+        Some(m) => Ok(m.run_id),
+        None => refuse(format!(
+            "{} is not a recap run directory (it has no {MARKER})",
+            path.display()
+        )),
+    }
+}
+
 /// Prepares `path` for a run started as `start`.
 pub fn open(path: &Path, start: Start) -> Result<RunDir> {
     let shown = path.display();

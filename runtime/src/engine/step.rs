@@ -18,12 +18,13 @@ use super::optim::StepInfo;
 use super::progress::{Progress, RunFiles};
 use super::rewards::{score_terms, Judged};
 use super::{num, objective_source, CostEstimate, Models, RunOptions, StageRt};
+use crate::dist::Collective;
 use crate::generate::{generate, Rollout, SamplingConfig};
 use crate::model::fast;
 use crate::model::logprob::{reference_logprobs, GraphPass, PassOptions, SequenceBatch};
 use crate::model::Model;
 use crate::train::grpo::{
-    combine_rewards, group_advantages_of, grpo_loss, sft_loss, Advantages, CombinedRewards,
+    combine_rewards, group_advantages_sharded, grpo_loss, sft_loss, Advantages, CombinedRewards,
     GrpoBatch, GrpoConfig,
 };
 use crate::train::parallel::{chunks_in_flight, fold_chunks, row_chunks, split_pays};
@@ -47,6 +48,10 @@ pub(crate) struct Ctx<'a> {
     pub progress: Option<Progress>,
     /// Steps in a row whose GRPO groups all had equal rewards (see [`super::warnings`]).
     pub flat_steps: u64,
+    /// This rank's collectives: every sum that spans the global batch goes through them.
+    pub comm: &'a mut dyn Collective,
+    /// Shards of every step's batch (see [`super::dp`]); a multiple of the world size.
+    pub shards: usize,
 }
 
 /// Seconds spent per kind of work in one step.
@@ -67,8 +72,11 @@ struct StepState {
     params: usize,
     hidden: usize,
     layers: usize,
-    /// The sum of the losses' gradients.
-    grads: Option<GradStore>,
+    /// The sum of the losses' gradients, one per shard this rank holds, summed shard by shard
+    /// only at the update so that the order of the additions does not depend on the ranks.
+    grads: Vec<Option<GradStore>>,
+    /// The shards of the step's batch this rank holds.
+    local: std::ops::Range<usize>,
     tm: Timing,
     /// The record's per-objective fields.
     rec: Map<String, Value>,
@@ -76,7 +84,8 @@ struct StepState {
     scalars: Vec<(String, f64)>,
     /// Mean reward per (source, term) key.
     rewards: Map<String, Value>,
-    loss_sum: f64,
+    /// The loss of each shard this rank holds.
+    loss: Vec<f64>,
     gen_tokens: usize,
     /// Sample completions to write, when this step writes samples.
     samples: Vec<Value>,
@@ -87,7 +96,7 @@ struct StepState {
 }
 
 impl StepState {
-    fn new(models: &Models, write_samples: bool) -> StepState {
+    fn new(models: &Models, write_samples: bool, local: std::ops::Range<usize>) -> StepState {
         let vars = models.policy.trainable_vars();
         let params = vars.iter().map(|v| v.elem_count()).sum();
         let c = models.policy.config();
@@ -96,12 +105,13 @@ impl StepState {
             params,
             hidden: c.hidden_size,
             layers: c.num_hidden_layers,
-            grads: None,
+            grads: local.clone().map(|_| None).collect(),
+            loss: vec![0.0; local.len()],
+            local,
             tm: Timing::default(),
             rec: Map::new(),
             scalars: Vec::new(),
             rewards: Map::new(),
-            loss_sum: 0.0,
             gen_tokens: 0,
             samples: Vec::new(),
             write_samples,
@@ -111,26 +121,26 @@ impl StepState {
     }
 }
 
-/// A GRPO batch after judging: every completion's outcome per reward term and how many
-/// verifier calls failed.
+/// A GRPO batch after judging: every completion's outcome per reward term (one table per
+/// shard this rank holds) and how many verifier calls failed across the job.
 struct Judgement {
-    table: Vec<Vec<crate::train::verifiers::Outcome>>,
+    tables: Vec<Vec<Vec<crate::train::verifiers::Outcome>>>,
     failures: usize,
 }
 
-/// A GRPO batch after scoring: the combined rewards, the advantages and how many verifier
-/// calls failed.
+/// A GRPO batch after scoring: the combined rewards and the advantages of each shard this rank
+/// holds, and how many verifier calls failed.
 struct Scored {
-    combined: CombinedRewards,
-    adv: Advantages,
+    combined: Vec<CombinedRewards>,
+    adv: Vec<Advantages>,
     failures: usize,
 }
 
-/// An SFT objective's NLL (over the whole batch) and its gradients, before its lambda scales
-/// them.
+/// An SFT objective's NLL share and gradients of each shard this rank holds, before its
+/// lambda scales them (the shares add up to the whole batch's NLL).
 struct SftOut {
-    loss: f64,
-    grads: GradStore,
+    loss: Vec<f64>,
+    grads: Vec<Option<GradStore>>,
 }
 
 /// An objective whose scalars the step has, waiting for the step's lambdas.
@@ -139,8 +149,8 @@ enum Pending<'p> {
         o: &'p Objective,
         ro: &'p PlanRollout,
         src: String,
-        rows: Vec<Row>,
-        roll: Rollout,
+        rows: Vec<Vec<Row>>,
+        rolls: Vec<Rollout>,
         judged: Judgement,
     },
     Sft {
@@ -271,12 +281,12 @@ fn sampling(r: &PlanRollout, seed: u64) -> SamplingConfig {
     }
 }
 
-/// Mean of the applicable outcomes of each term.
-fn term_means(table: &[Vec<crate::train::verifiers::Outcome>], terms: usize) -> Vec<Option<f64>> {
+/// The sum and the count of the applicable outcomes of each term, interleaved.
+fn term_sums(table: &[Vec<crate::train::verifiers::Outcome>], terms: usize) -> Vec<f64> {
     (0..terms)
-        .map(|t| {
+        .flat_map(|t| {
             let xs: Vec<f64> = table.iter().filter_map(|r| r[t].score()).collect();
-            (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+            [xs.iter().sum::<f64>(), xs.len() as f64]
         })
         .collect()
 }
@@ -299,6 +309,10 @@ fn target_of(row: &Row) -> Result<String> {
 
 impl Ctx<'_> {
     pub(crate) fn warn(&self, msg: &str) {
+        // Every rank meets the same warnings; the leader alone shows them.
+        if !self.comm.is_leader() {
+            return;
+        }
         match &self.progress {
             Some(p) => p.warn(msg),
             None => eprintln!("warning: {msg}"),
@@ -326,7 +340,12 @@ impl Ctx<'_> {
         let write_samples = self.out.is_some()
             && self.opts.samples_every > 0
             && (self.global_step + 1).is_multiple_of(self.opts.samples_every);
-        let mut st = StepState::new(models, write_samples);
+        let (rank, world) = (self.comm.rank(), self.comm.world());
+        let mut st = StepState::new(
+            models,
+            write_samples,
+            super::dp::local_shards(rank, world, self.shards),
+        );
 
         // The tracked scalars of every key the step feeds come first (the rollouts' rewards,
         // the SFT forward passes); the reweighter then computes this step's lambdas from
@@ -338,10 +357,17 @@ impl Ctx<'_> {
             let n_prompts = self
                 .dry_prompts
                 .unwrap_or(stage.train.prompts_per_step as usize);
+            // Every rank draws the whole batch and keeps its shards of it.
             let idx = rt.readers[si].next_batch(n_prompts);
-            let rows: Vec<Row> = idx
-                .iter()
-                .map(|&i| self.datasets[&src].rows[i].clone())
+            let rows: Vec<Vec<Row>> = st
+                .local
+                .clone()
+                .map(|s| {
+                    idx[super::dp::shard_range(idx.len(), self.shards, s)]
+                        .iter()
+                        .map(|&i| self.datasets[&src].rows[i].clone())
+                        .collect()
+                })
                 .collect();
             for o in stage
                 .objectives
@@ -361,14 +387,14 @@ impl Ctx<'_> {
                                         o.name
                                     )
                                 })?;
-                        let roll = self.rollout(ro, &rows, models, &mut st)?;
-                        let judged = self.judge(&src, &o.spec, ro, &rows, &roll, &mut st)?;
+                        let rolls = self.rollout(ro, &rows, models, &mut st)?;
+                        let judged = self.judge(&src, &o.spec, ro, &rows, &rolls, &mut st)?;
                         pending.push(Pending::Grpo {
                             o,
                             ro,
                             src: src.clone(),
                             rows: rows.clone(),
-                            roll,
+                            rolls,
                             judged,
                         });
                     }
@@ -392,22 +418,25 @@ impl Ctx<'_> {
                     ro,
                     src,
                     rows,
-                    roll,
+                    rolls,
                     judged,
                 } => {
                     let scored = self.score(rt, &src, &o.spec, ro, judged)?;
-                    self.grpo_loss(stage, o, ro, &roll, &scored, models, &mut st)?;
-                    self.record_grpo(stage, &src, ro, &rows, &roll, scored, &mut st);
+                    self.grpo_loss(stage, o, ro, &rolls, &scored, models, &mut st)?;
+                    self.record_grpo(stage, &src, ro, &rows, &rolls, scored, &mut st);
                 }
                 Pending::Sft { src, sft } => {
                     let lambda = key_lambda(rt, &src);
-                    st.loss_sum += lambda * sft.loss;
-                    let grads = if lambda == 1.0 {
-                        sft.grads
-                    } else {
-                        scale_grads(sft.grads, lambda, &st.vars)?
-                    };
-                    accumulate(&mut st.grads, grads, &st.vars)?;
+                    for (k, (loss, grads)) in sft.loss.into_iter().zip(sft.grads).enumerate() {
+                        st.loss[k] += lambda * loss;
+                        let Some(grads) = grads else { continue };
+                        let grads = if lambda == 1.0 {
+                            grads
+                        } else {
+                            scale_grads(grads, lambda, &st.vars)?
+                        };
+                        accumulate(&mut st.grads[k], grads, &st.vars)?;
+                    }
                 }
             }
         }
@@ -416,42 +445,48 @@ impl Ctx<'_> {
         self.record(rt, stage, models, t0, lr, &drawn_names, &info, &snap, st)
     }
 
-    /// Rollout: samples the rollout's group of completions for each prompt of `rows`.
+    /// Rollout: samples the rollout's group of completions for each prompt of `rows`, one
+    /// generation per shard this rank holds, each with its shard's seed.
     fn rollout(
         &mut self,
         ro: &PlanRollout,
-        rows: &[Row],
+        rows: &[Vec<Row>],
         models: &Models,
         st: &mut StepState,
-    ) -> Result<Rollout> {
-        let prompts: Vec<Vec<u32>> = rows
-            .iter()
-            .map(|r| models.tok.encode_chat(&r.context, &r.prompt))
-            .collect::<std::result::Result<_, _>>()?;
-        let t = Instant::now();
+    ) -> Result<Vec<Rollout>> {
+        // Every rank draws the step's seed, so the generators stay in step.
         let seed = self.run_rng.next_u64();
-        let roll = generate(
-            &models.policy,
-            Some(&models.tok),
-            &prompts,
-            ro.group as usize,
-            &sampling(ro, seed),
-        )
-        .with_context(|| format!("rollout `{}`", ro.id))?;
-        st.tm.rollout += t.elapsed().as_secs_f64();
-        st.gen_tokens += roll.num_tokens();
-        Ok(roll)
+        let mut rolls = Vec::with_capacity(rows.len());
+        for (s, rows) in st.local.clone().zip(rows) {
+            let prompts: Vec<Vec<u32>> = rows
+                .iter()
+                .map(|r| models.tok.encode_chat(&r.context, &r.prompt))
+                .collect::<std::result::Result<_, _>>()?;
+            let t = Instant::now();
+            let roll = generate(
+                &models.policy,
+                Some(&models.tok),
+                &prompts,
+                ro.group as usize,
+                &sampling(ro, super::dp::shard_seed(seed, s)),
+            )
+            .with_context(|| format!("rollout `{}`", ro.id))?;
+            st.tm.rollout += t.elapsed().as_secs_f64();
+            st.gen_tokens += roll.num_tokens();
+            rolls.push(roll);
+        }
+        Ok(rolls)
     }
 
     /// Judge: the verifiers' outcomes of every completion and each term's mean, which is the
     /// tracked scalar of the (source, term) key.
     fn judge(
-        &self,
+        &mut self,
         src: &str,
         spec: &ObjectiveSpec,
         ro: &PlanRollout,
-        rows: &[Row],
-        roll: &Rollout,
+        rows: &[Vec<Row>],
+        rolls: &[Rollout],
         st: &mut StepState,
     ) -> Result<Judgement> {
         let ObjectiveSpec::Grpo { rewards: terms, .. } = spec else {
@@ -459,12 +494,28 @@ impl Ctx<'_> {
         };
         let group = ro.group as usize;
         let t = Instant::now();
-        let items: Vec<Judged> = (0..roll.texts.len())
-            .map(|r| judged(&rows[r / group], roll, r))
-            .collect();
-        let (table, failures) = score_terms(&self.verifiers, terms, &items)?;
+        let mut tables = Vec::with_capacity(rolls.len());
+        let mut failures = Vec::new();
+        // Per shard: each term's sum and count of applicable outcomes, then its failures.
+        let mut parts = Vec::with_capacity(rolls.len());
+        for (rows, roll) in rows.iter().zip(rolls) {
+            let items: Vec<Judged> = (0..roll.texts.len())
+                .map(|r| judged(&rows[r / group], roll, r))
+                .collect();
+            let (table, f) = score_terms(&self.verifiers, terms, &items)?;
+            let mut part = term_sums(&table, terms.len());
+            part.push(f.len() as f64);
+            parts.push(part);
+            tables.push(table);
+            failures.extend(f);
+        }
+        // Each rank shows and records the failures of its own completions.
         for f in &failures {
-            self.warn(f);
+            if let Some(p) = &self.progress {
+                p.warn(f);
+            } else {
+                eprintln!("warning: {f}");
+            }
         }
         // The reasons go to the step's record as well, where they outlast the terminal.
         if !failures.is_empty() {
@@ -473,7 +524,11 @@ impl Ctx<'_> {
                 list.extend(failures.iter().map(|f| json!(f)));
             }
         }
-        let means = term_means(&table, terms.len());
+        // Each term's mean over the applicable outcomes of the whole batch.
+        let sums = super::dp::sum_shards(&mut *self.comm, &parts, 2 * terms.len() + 1)?;
+        let means: Vec<Option<f64>> = (0..terms.len())
+            .map(|t| (sums[2 * t + 1] > 0.0).then(|| sums[2 * t] / sums[2 * t + 1]))
+            .collect();
         for (term, m) in terms.iter().zip(&means) {
             let key = format!("{src}.{}", term.name);
             st.rewards.insert(key.clone(), m.map_or(Value::Null, num));
@@ -483,14 +538,14 @@ impl Ctx<'_> {
         }
         st.tm.verify += t.elapsed().as_secs_f64();
         Ok(Judgement {
-            table,
-            failures: failures.len(),
+            tables,
+            failures: sums[2 * terms.len()] as usize,
         })
     }
 
     /// Score: the reward terms combined with this step's lambdas, and the group advantages.
     fn score(
-        &self,
+        &mut self,
         rt: &StageRt,
         src: &str,
         spec: &ObjectiveSpec,
@@ -510,13 +565,27 @@ impl Ctx<'_> {
             .iter()
             .map(|t| key_lambda(rt, &format!("{src}.{}", t.name)))
             .collect();
-        let combined = combine_rewards(&judgement.table, &weights)?;
-        let adv = group_advantages_of(
-            &combined.total,
-            &combined.applies,
+        let combined = judgement
+            .tables
+            .iter()
+            .map(|table| combine_rewards(table, &weights))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let shards: Vec<(&[f64], &[bool])> = combined
+            .iter()
+            .map(|c| (c.total.as_slice(), c.applies.as_slice()))
+            .collect();
+        // Group advantages are the shard's own; what spans the batch (a batch std, the
+        // statistics) is summed across the ranks.
+        let comm = &mut *self.comm;
+        let adv = group_advantages_sharded(
+            &shards,
             ro.group as usize,
             *scale,
             *drop_equal_groups,
+            &mut |v| {
+                comm.all_reduce_f64(v)
+                    .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
+            },
         )?;
         Ok(Scored {
             combined,
@@ -529,11 +598,11 @@ impl Ctx<'_> {
     /// batch, forward and backward, the gradients added to the step's.
     #[allow(clippy::too_many_arguments)]
     fn grpo_loss(
-        &self,
+        &mut self,
         stage: &Stage,
         o: &Objective,
         ro: &PlanRollout,
-        roll: &Rollout,
+        rolls: &[Rollout],
         scored: &Scored,
         models: &Models,
         st: &mut StepState,
@@ -550,7 +619,6 @@ impl Ctx<'_> {
         else {
             bail!("objective `{}` is not a GRPO objective", o.name);
         };
-        let adv = &scored.adv;
         let t = Instant::now();
         let beta = kl.as_ref().map_or(0.0, |k| k.coef);
         let cfg = GrpoConfig {
@@ -563,18 +631,27 @@ impl Ctx<'_> {
             aggregation: *loss,
             drop_zero_variance: *drop_equal_groups,
         };
-        let n = roll.completion_ids.len();
         let micro = stage.train.micro_batch.map(|m| m as usize);
         // The token-mean normaliser counts the tokens of the rows in the loss: a dropped
-        // group's tokens are out of it, as they are out of the sum.
-        let total_tokens: usize = roll
-            .completion_ids
+        // group's tokens are out of it, as they are out of the sum. Both normalisers are the
+        // global batch's, so that the ranks' gradients add up to the single-process gradient.
+        let counts: Vec<Vec<f64>> = rolls
             .iter()
-            .zip(&adv.keep)
-            .filter(|(_, &k)| k)
-            .map(|(c, _)| c.len())
-            .sum();
-        let kept_rows = adv.keep.iter().filter(|&&k| k).count().max(1);
+            .zip(&scored.adv)
+            .map(|(roll, adv)| {
+                let kept = roll
+                    .completion_ids
+                    .iter()
+                    .zip(&adv.keep)
+                    .filter(|(_, &k)| k);
+                vec![
+                    kept.clone().map(|(c, _)| c.len()).sum::<usize>() as f64,
+                    kept.count() as f64,
+                ]
+            })
+            .collect();
+        let totals = super::dp::sum_shards(&mut *self.comm, &counts, 2)?;
+        let (total_tokens, kept_rows) = (totals[0] as usize, (totals[1] as usize).max(1));
         let policy = &models.policy;
         let reference = models.reference.as_ref();
         let (pad_id, device) = (models.tok.pad_id, &self.device);
@@ -588,91 +665,98 @@ impl Ctx<'_> {
         };
         // Each chunk's forward and backward pass: the chunks run side by side on the CPU
         // (train::parallel), each giving its loss, gradients and stats.
-        let chunk = |range: std::ops::Range<usize>| -> Result<ChunkOut> {
-            let prompts_c: Vec<&[u32]> = range.clone().map(|r| roll.prompt_of(r)).collect();
-            let comps_c: Vec<&[u32]> = roll.completion_ids[range.clone()]
-                .iter()
-                .map(Vec::as_slice)
-                .collect();
-            let batch = SequenceBatch::new(&prompts_c, &comps_c, pad_id, device)?
-                .with_temperature(ro.temperature)?;
-            let sub = Advantages {
-                values: adv.values[range.clone()].to_vec(),
-                keep: adv.keep[range].to_vec(),
-                stats: adv.stats.clone(),
+        let mut stats = Vec::with_capacity(rolls.len());
+        for (k, (roll, adv)) in rolls.iter().zip(&scored.adv).enumerate() {
+            let n = roll.completion_ids.len();
+            let chunk = |range: std::ops::Range<usize>| -> Result<ChunkOut> {
+                let prompts_c: Vec<&[u32]> = range.clone().map(|r| roll.prompt_of(r)).collect();
+                let comps_c: Vec<&[u32]> = roll.completion_ids[range.clone()]
+                    .iter()
+                    .map(Vec::as_slice)
+                    .collect();
+                let batch = SequenceBatch::new(&prompts_c, &comps_c, pad_id, device)?
+                    .with_temperature(ro.temperature)?;
+                let sub = Advantages {
+                    values: adv.values[range.clone()].to_vec(),
+                    keep: adv.keep[range].to_vec(),
+                    stats: adv.stats.clone(),
+                };
+                // On the CPU in f32 the hand-written pass (model::fast) replaces candle's autograd
+                // for the model; the loss stays candle code built on its log-probs held in a Var
+                // (see `policy_logprobs`).
+                let (pass, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch, opts)?;
+                let ref_lp = match (reference, beta > 0.0) {
+                    (Some(r), true) => Some(ref_logprobs(r, reference_host.as_ref(), &batch)?),
+                    (None, true) => bail!(
+                        "objective `{}` has a KL term but no reference model was loaded",
+                        o.name
+                    ),
+                    _ => None,
+                };
+                let out = grpo_loss(
+                    &cfg,
+                    &GrpoBatch {
+                        logp: &logp,
+                        old_logp: None,
+                        ref_logp: ref_lp.as_ref(),
+                        mask: &batch.completion_mask,
+                        advantages: &sub,
+                        token_normaliser: Some(total_tokens.max(1) as f64),
+                    },
+                )?;
+                // Sequence-mean losses are means over the chunk's rows: weight each chunk by its
+                // share of the batch so the sum is the batch's loss.
+                let share = match cfg.aggregation {
+                    LossAggregation::TokenMean => 1.0,
+                    _ => {
+                        let k = sub.keep.iter().filter(|&&k| k).count();
+                        k as f64 / kept_rows as f64
+                    }
+                };
+                let l = if share == 1.0 {
+                    out.loss
+                } else {
+                    (out.loss * share)?
+                };
+                Ok(ChunkOut {
+                    loss: l.to_scalar::<f32>()? as f64,
+                    grads: backward(&l, &pass, &logp)?,
+                    kl: out.stats.kl,
+                    tokens: out.stats.tokens,
+                    clip_fraction: out.stats.clip_fraction,
+                })
             };
-            // On the CPU in f32 the hand-written pass (model::fast) replaces candle's autograd
-            // for the model; the loss stays candle code built on its log-probs held in a Var
-            // (see `policy_logprobs`).
-            let (pass, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch, opts)?;
-            let ref_lp = match (reference, beta > 0.0) {
-                (Some(r), true) => Some(ref_logprobs(r, reference_host.as_ref(), &batch)?),
-                (None, true) => bail!(
-                    "objective `{}` has a KL term but no reference model was loaded",
-                    o.name
-                ),
-                _ => None,
-            };
-            let out = grpo_loss(
-                &cfg,
-                &GrpoBatch {
-                    logp: &logp,
-                    old_logp: None,
-                    ref_logp: ref_lp.as_ref(),
-                    mask: &batch.completion_mask,
-                    advantages: &sub,
-                    token_normaliser: Some(total_tokens.max(1) as f64),
-                },
-            )?;
-            // Sequence-mean losses are means over the chunk's rows: weight each chunk by its
-            // share of the batch so the sum is the batch's loss.
-            let share = match cfg.aggregation {
-                LossAggregation::TokenMean => 1.0,
-                _ => {
-                    let k = sub.keep.iter().filter(|&&k| k).count();
-                    k as f64 / kept_rows as f64
+            let tokens: usize = (0..n)
+                .map(|r| roll.prompt_of(r).len() + roll.completion_ids[r].len())
+                .sum();
+            let split = split_pays(tokens, st.hidden, st.layers, st.params);
+            let chunks = row_chunks(n, micro, &self.device, split);
+            let (mut kl_sum, mut kl_tok, mut clip_sum) = (0.0, 0usize, 0.0);
+            fold_chunks(&chunks, &self.device, chunk, |c| {
+                st.loss[k] += c.loss;
+                accumulate(&mut st.grads[k], c.grads, &st.vars)?;
+                if let Some(kl) = c.kl {
+                    kl_sum += kl * c.tokens as f64;
                 }
-            };
-            let l = if share == 1.0 {
-                out.loss
-            } else {
-                (out.loss * share)?
-            };
-            Ok(ChunkOut {
-                loss: l.to_scalar::<f32>()? as f64,
-                grads: backward(&l, &pass, &logp)?,
-                kl: out.stats.kl,
-                tokens: out.stats.tokens,
-                clip_fraction: out.stats.clip_fraction,
-            })
-        };
-        let tokens: usize = (0..n)
-            .map(|r| roll.prompt_of(r).len() + roll.completion_ids[r].len())
-            .sum();
-        let split = split_pays(tokens, st.hidden, st.layers, st.params);
-        let chunks = row_chunks(n, micro, &self.device, split);
-        let (mut kl_sum, mut kl_tok, mut clip_sum) = (0.0, 0usize, 0.0);
-        fold_chunks(&chunks, &self.device, chunk, |c| {
-            st.loss_sum += c.loss;
-            accumulate(&mut st.grads, c.grads, &st.vars)?;
-            if let Some(k) = c.kl {
-                kl_sum += k * c.tokens as f64;
-            }
-            kl_tok += c.tokens;
-            clip_sum += c.clip_fraction * c.tokens as f64;
-            Ok(())
-        })?;
+                kl_tok += c.tokens;
+                clip_sum += c.clip_fraction * c.tokens as f64;
+                Ok(())
+            })?;
+            stats.push(vec![kl_sum, kl_tok as f64, clip_sum]);
+        }
+        let sums = super::dp::sum_shards(&mut *self.comm, &stats, 3)?;
+        let (kl_sum, kl_tok, clip_sum) = (sums[0], sums[1].max(1.0), sums[2]);
         st.tm.tensor += t.elapsed().as_secs_f64();
         st.rec.insert(
             "kl".into(),
             if beta > 0.0 {
-                num(kl_sum / kl_tok.max(1) as f64)
+                num(kl_sum / kl_tok)
             } else {
                 Value::Null
             },
         );
         st.rec
-            .insert("clip_fraction".into(), num(clip_sum / kl_tok.max(1) as f64));
+            .insert("clip_fraction".into(), num(clip_sum / kl_tok));
         Ok(())
     }
 
@@ -684,8 +768,8 @@ impl Ctx<'_> {
         stage: &Stage,
         src: &str,
         ro: &PlanRollout,
-        rows: &[Row],
-        roll: &Rollout,
+        rows: &[Vec<Row>],
+        rolls: &[Rollout],
         scored: Scored,
         st: &mut StepState,
     ) {
@@ -694,18 +778,26 @@ impl Ctx<'_> {
             adv,
             failures,
         } = scored;
+        let Some(stats) = adv.first().map(|a| a.stats.clone()) else {
+            return;
+        };
         let rec = &mut st.rec;
-        rec.insert("reward_mean".into(), num(adv.stats.reward_mean));
-        rec.insert("reward_std".into(), num(adv.stats.reward_std));
-        rec.insert("advantage_std".into(), num(adv.stats.advantage_std));
+        rec.insert("reward_mean".into(), num(stats.reward_mean));
+        rec.insert("reward_std".into(), num(stats.reward_std));
+        rec.insert("advantage_std".into(), num(stats.advantage_std));
         rec.insert(
             "zero_variance_groups".into(),
-            json!(adv.stats.zero_variance_groups),
+            json!(stats.zero_variance_groups),
         );
         rec.insert("verifier_failures".into(), json!(failures));
-        st.groups += rows.len();
-        st.flat_groups += adv.stats.zero_variance_groups;
-        if st.write_samples {
+        // The whole batch's groups, one per prompt.
+        st.groups += self
+            .dry_prompts
+            .unwrap_or(stage.train.prompts_per_step as usize);
+        st.flat_groups += stats.zero_variance_groups;
+        // The samples are the batch's first completions, those of shard 0 (the leader's).
+        if st.write_samples && st.local.start == 0 {
+            let (rows, roll, combined, adv) = (&rows[0], &rolls[0], &combined[0], &adv[0]);
             let group = ro.group as usize;
             for r in 0..roll.completion_ids.len().min(2 * group) {
                 st.samples.push(json!({
@@ -727,71 +819,87 @@ impl Ctx<'_> {
     /// scales them (`lambda * nll`) is known only once every key of the step has its scalar.
     #[allow(clippy::too_many_arguments)]
     fn sft_loss(
-        &self,
+        &mut self,
         stage: &Stage,
         o: &Objective,
         src: &str,
-        rows: &[Row],
+        rows: &[Vec<Row>],
         max_tokens: u64,
         models: &Models,
         st: &mut StepState,
     ) -> Result<SftOut> {
         let t = Instant::now();
-        let mut prompts = Vec::with_capacity(rows.len());
-        let mut targets = Vec::with_capacity(rows.len());
-        for r in rows {
-            prompts.push(models.tok.encode_chat(&r.context, &r.prompt)?);
-            let mut ids = models.tok.encode(&target_of(r)?, false)?;
-            // The target ends with EOS so the model learns where to stop.
-            if let Some(&e) = models.tok.eos_ids.first() {
-                ids.push(e);
+        let mut shards = Vec::with_capacity(rows.len());
+        for rows in rows {
+            let mut prompts = Vec::with_capacity(rows.len());
+            let mut targets = Vec::with_capacity(rows.len());
+            for r in rows {
+                prompts.push(models.tok.encode_chat(&r.context, &r.prompt)?);
+                let mut ids = models.tok.encode(&target_of(r)?, false)?;
+                // The target ends with EOS so the model learns where to stop.
+                if let Some(&e) = models.tok.eos_ids.first() {
+                    ids.push(e);
+                }
+                ids.truncate(max_tokens as usize);
+                targets.push(ids);
             }
-            ids.truncate(max_tokens as usize);
-            targets.push(ids);
+            shards.push((prompts, targets));
         }
-        // The NLL is a mean over all target tokens of the batch: each chunk's mean is weighted
-        // by its share of those tokens, so the chunks' losses and gradients add up to the whole
-        // batch's.
-        let total: usize = targets.iter().map(Vec::len).sum();
+        // The NLL is a mean over all target tokens of the global batch: each chunk's mean is
+        // weighted by its share of those tokens, so the chunks' losses and gradients add up to
+        // the whole batch's, across shards and ranks.
+        let counts: Vec<Vec<f64>> = shards
+            .iter()
+            .map(|(_, targets)| vec![targets.iter().map(Vec::len).sum::<usize>() as f64])
+            .collect();
+        let total = super::dp::sum_shards(&mut *self.comm, &counts, 1)?[0] as usize;
         if total == 0 {
             bail!("objective `{}`: the batch has no target tokens", o.name);
         }
         let (policy, pad_id, device) = (&models.policy, models.tok.pad_id, &self.device);
         let policy_host = fast_weights(policy, self.opts.autograd)?;
         let opts = PassOptions::of(policy).with_checkpointing(stage.train.checkpointing);
-        let chunk = |range: std::ops::Range<usize>| -> Result<Option<(f64, GradStore)>> {
-            let tokens: usize = targets[range.clone()].iter().map(Vec::len).sum();
-            if tokens == 0 {
-                return Ok(None);
-            }
-            let p: Vec<&[u32]> = prompts[range.clone()].iter().map(Vec::as_slice).collect();
-            let c: Vec<&[u32]> = targets[range].iter().map(Vec::as_slice).collect();
-            let batch = SequenceBatch::new(&p, &c, pad_id, device)?;
-            let (pass, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch, opts)?;
-            let out = sft_loss(&logp, &batch.completion_mask, 1.0)?;
-            let share = tokens as f64 / total as f64;
-            let l = (out.loss * share)?;
-            let g = backward(&l, &pass, &logp)?;
-            Ok(Some((l.to_scalar::<f32>()? as f64, g)))
-        };
         let micro = stage.train.micro_batch.map(|m| m as usize);
-        let tokens: usize = prompts.iter().map(Vec::len).sum::<usize>() + total;
-        let split = split_pays(tokens, st.hidden, st.layers, st.params);
-        let chunks = row_chunks(rows.len(), micro, &self.device, split);
-        let (mut nll, mut grads) = (0.0, None);
-        fold_chunks(&chunks, &self.device, chunk, |out| {
-            if let Some((part, g)) = out {
-                nll += part;
-                accumulate(&mut grads, g, &st.vars)?;
-            }
-            Ok(())
-        })?;
-        let grads =
-            grads.ok_or_else(|| anyhow!("objective `{}`: no chunk had a target", o.name))?;
+        let (mut losses, mut all_grads) = (Vec::new(), Vec::new());
+        for (prompts, targets) in &shards {
+            let chunk = |range: std::ops::Range<usize>| -> Result<Option<(f64, GradStore)>> {
+                let tokens: usize = targets[range.clone()].iter().map(Vec::len).sum();
+                if tokens == 0 {
+                    return Ok(None);
+                }
+                let p: Vec<&[u32]> = prompts[range.clone()].iter().map(Vec::as_slice).collect();
+                let c: Vec<&[u32]> = targets[range].iter().map(Vec::as_slice).collect();
+                let batch = SequenceBatch::new(&p, &c, pad_id, device)?;
+                let (pass, logp) = policy_logprobs(policy, policy_host.as_ref(), &batch, opts)?;
+                let out = sft_loss(&logp, &batch.completion_mask, 1.0)?;
+                let share = tokens as f64 / total as f64;
+                let l = (out.loss * share)?;
+                let g = backward(&l, &pass, &logp)?;
+                Ok(Some((l.to_scalar::<f32>()? as f64, g)))
+            };
+            let mine: usize = targets.iter().map(Vec::len).sum();
+            let tokens: usize = prompts.iter().map(Vec::len).sum::<usize>() + mine;
+            let split = split_pays(tokens, st.hidden, st.layers, st.params);
+            let chunks = row_chunks(prompts.len(), micro, &self.device, split);
+            let (mut nll, mut grads) = (0.0, None);
+            fold_chunks(&chunks, &self.device, chunk, |out| {
+                if let Some((part, g)) = out {
+                    nll += part;
+                    accumulate(&mut grads, g, &st.vars)?;
+                }
+                Ok(())
+            })?;
+            losses.push(vec![nll]);
+            all_grads.push(grads);
+        }
+        let nll = super::dp::sum_shards(&mut *self.comm, &losses, 1)?[0];
         st.tm.tensor += t.elapsed().as_secs_f64();
         st.scalars.push((src.to_string(), nll));
         st.rec.insert("sft_nll".into(), num(nll));
-        Ok(SftOut { loss: nll, grads })
+        Ok(SftOut {
+            loss: losses.into_iter().map(|l| l[0]).collect(),
+            grads: all_grads,
+        })
     }
 
     /// Reweight: the reweighter's update with the step's scalars, which gives the lambdas this
@@ -823,14 +931,21 @@ impl Ctx<'_> {
         lr: f64,
         st: &mut StepState,
     ) -> Result<StepInfo> {
-        let grads = st.grads.take().ok_or_else(|| {
+        // This rank's shards' gradients, added in shard order; the optimiser adds the ranks'.
+        let mut grads = None;
+        for g in std::mem::take(&mut st.grads).into_iter().flatten() {
+            accumulate(&mut grads, g, &st.vars)?;
+        }
+        let grads = grads.ok_or_else(|| {
             anyhow!(
                 "step {}: no objective produced a loss",
                 self.global_step + 1
             )
         })?;
         let t = Instant::now();
-        let info = rt.optim.step(&grads, lr, stage.train.grad_clip)?;
+        let info = rt
+            .optim
+            .step(&grads, lr, stage.train.grad_clip, &mut *self.comm)?;
         drop(grads);
         st.tm.optim += t.elapsed().as_secs_f64();
         rt.step += 1;
@@ -857,7 +972,7 @@ impl Ctx<'_> {
             mut tm,
             mut rec,
             rewards,
-            loss_sum,
+            loss,
             gen_tokens,
             samples,
             groups,
@@ -868,10 +983,18 @@ impl Ctx<'_> {
         for e in &stage.evals {
             if self.dry_prompts.is_some() || (e.every > 0 && rt.step.is_multiple_of(e.every)) {
                 let t = Instant::now();
-                evals.insert(e.name.to_string(), Value::Object(self.probe(e, models)?));
+                evals.insert(
+                    e.name.to_string(),
+                    Value::Object(self.shared_probe(e, models)?),
+                );
                 tm.probe += t.elapsed().as_secs_f64();
             }
         }
+        let loss_parts: Vec<Vec<f64>> = loss.iter().map(|&l| vec![l]).collect();
+        let loss_sum = super::dp::sum_shards(&mut *self.comm, &loss_parts, 1)?[0];
+        let mut generated = [gen_tokens as f64];
+        self.comm.all_reduce_f64(&mut generated)?;
+        let gen_tokens = generated[0] as usize;
 
         let mut keys = Map::new();
         for k in &snap.keys {
@@ -935,6 +1058,39 @@ impl Ctx<'_> {
             p.step(self.global_step, &rec);
         }
         Ok(rec)
+    }
+
+    /// [`Ctx::probe`] in a data-parallel job: the leader runs the probe and every rank gets its
+    /// scores through one sum (the others add zeros), so every rank's record is the same while
+    /// the probe's greedy decoding runs once, as in a single process.
+    fn shared_probe(&mut self, e: &Eval, models: &Models) -> Result<Map<String, Value>> {
+        if self.comm.world() == 1 {
+            return self.probe(e, models);
+        }
+        // Per reward term: its score and whether it has one.
+        let mut values = vec![0.0; 2 * e.rewards.len()];
+        if self.comm.is_leader() {
+            let scores = self.probe(e, models)?;
+            for (i, t) in e.rewards.iter().enumerate() {
+                if let Some(x) = scores.get(t.name.as_str()).and_then(Value::as_f64) {
+                    values[2 * i] = x;
+                    values[2 * i + 1] = 1.0;
+                }
+            }
+        }
+        self.comm.all_reduce_f64(&mut values)?;
+        Ok(e.rewards
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let v = if values[2 * i + 1] > 0.0 {
+                    num(values[2 * i])
+                } else {
+                    Value::Null
+                };
+                (t.name.to_string(), v)
+            })
+            .collect())
     }
 
     /// Greedy accuracy of a probe's reward terms on the first rows of its source.
@@ -1018,6 +1174,7 @@ pub(crate) fn estimate(
     models: &Models,
     rt: &StageRt,
     prompts: usize,
+    ranks: usize,
 ) -> Result<CostEstimate> {
     let stage = &plan.stages[index];
     let c = models.policy.config();
@@ -1109,7 +1266,7 @@ pub(crate) fn estimate(
     let mem = memory(&MemoryShape {
         params,
         frozen_params,
-        optimizer_bytes: rt.optim.state_bytes(),
+        optimizer_bytes: rt.optim.state_bytes(ranks),
         reference: reft > 0,
         dtype_bytes: policy.compute_dtype().size_in_bytes(),
         compute_copies: policy.compute_dtype() != policy.dtype(),
@@ -1139,6 +1296,7 @@ pub(crate) fn estimate(
         logits_bytes: mem.logits,
         dry_step_seconds: None,
         dry_step_skipped: None,
+        ranks,
     })
 }
 
@@ -1314,8 +1472,14 @@ pub(crate) fn describe_cost(c: &CostEstimate) -> String {
         (None, Some(why)) => format!("dry-run step skipped: {why}"),
         (None, None) => "dry-run step not run".to_string(),
     };
+    // A job of several ranks: the figures are one rank's, its optimiser state a ZeRO-1 shard.
+    let who = if c.ranks > 1 {
+        format!(" per rank of {} (ZeRO-1 optimizer shard)", c.ranks)
+    } else {
+        String::new()
+    };
     format!(
-        "stage {}: per step at most {} generated tokens, {} forward/backward tokens, {} reference tokens\n  memory: weights {}, gradients {}, optimizer {}, reference {}, KV cache {}, activations ~{}, logits ~{} (peak ~{})\n  {step}",
+        "stage {}: per step at most {} generated tokens, {} forward/backward tokens, {} reference tokens\n  memory{who}: weights {}, gradients {}, optimizer {}, reference {}, KV cache {}, activations ~{}, logits ~{} (peak ~{})\n  {step}",
         c.stage,
         c.generated_tokens,
         c.forward_backward_tokens,
@@ -1364,6 +1528,7 @@ mod tests {
             logits_bytes: m.logits,
             dry_step_seconds: None,
             dry_step_skipped: None,
+            ranks: 1,
         }
     }
 

@@ -183,6 +183,8 @@ pub fn evaluate(plan: &Plan, path: &Path, opts: &RunOptions) -> Result<Vec<Probe
         dry_prompts: None,
         progress: None,
         flat_steps: 0,
+        comm: &mut crate::dist::Single,
+        shards: 1,
     };
     let mut results = Vec::new();
     for stage in &plan.stages {

@@ -205,24 +205,88 @@ pub fn group_advantages_of(
     scale: AdvantageScale,
     drop_zero_variance: bool,
 ) -> Result<Advantages> {
-    if applies.len() != rewards.len() {
-        bail!(
-            "advantages: {} applicability flags for {} rewards",
-            applies.len(),
-            rewards.len()
-        );
+    let mut out = group_advantages_sharded(
+        &[(rewards, applies)],
+        group,
+        scale,
+        drop_zero_variance,
+        &mut |_| Ok(()),
+    )?;
+    Ok(out.remove(0))
+}
+
+/// Sums `f` of each shard into one vector, shard by shard in order, then hands it to `reduce`
+/// (the sum across data-parallel ranks). The order is fixed so that a process holding shards
+/// `0..S` and `S` ranks holding one shard each add the same numbers in the same order.
+fn shard_sums<T>(
+    shards: &[T],
+    width: usize,
+    reduce: &mut dyn FnMut(&mut [f64]) -> Result<()>,
+    f: impl Fn(&T) -> Vec<f64>,
+) -> Result<Vec<f64>> {
+    let mut total = vec![0.0; width];
+    for s in shards {
+        for (t, x) in total.iter_mut().zip(f(s)) {
+            *t += x;
+        }
     }
+    reduce(&mut total)?;
+    Ok(total)
+}
+
+/// The unbiased std of the values `xs` of every shard (and of every rank through `reduce`),
+/// two-pass as [`std_unbiased`]: the mean first, then the squared deviations from it, so that
+/// one shard gives exactly what `std_unbiased` gives.
+fn sharded_std(
+    shards: &[Vec<f64>],
+    reduce: &mut dyn FnMut(&mut [f64]) -> Result<()>,
+) -> Result<f64> {
+    let n = shard_sums(shards, 2, reduce, |xs| {
+        vec![xs.iter().sum::<f64>(), xs.len() as f64]
+    })?;
+    if n[1] < 2.0 {
+        return Ok(0.0);
+    }
+    let m = n[0] / n[1];
+    let sq = shard_sums(shards, 1, reduce, |xs| {
+        vec![xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>()]
+    })?;
+    Ok((sq[0] / (n[1] - 1.0)).sqrt())
+}
+
+/// [`group_advantages_of`] over a batch cut into shards of whole groups (a data-parallel rank's
+/// share of the step's prompts, or several such shares in one process). Group means and stds
+/// need nothing from other shards; what spans the batch (the batch std of `scale = batch`, the
+/// statistics) is summed over the shards and then through `reduce`, which sums a vector across
+/// ranks (the identity in one process). Gives each shard's advantages; every shard's `stats`
+/// are the whole batch's.
+pub fn group_advantages_sharded(
+    shards: &[(&[f64], &[bool])],
+    group: usize,
+    scale: AdvantageScale,
+    drop_zero_variance: bool,
+    reduce: &mut dyn FnMut(&mut [f64]) -> Result<()>,
+) -> Result<Vec<Advantages>> {
     if group < 2 {
         bail!("advantages: group must be >= 2, got {group}");
     }
-    if rewards.is_empty() || !rewards.chunks_exact(group).remainder().is_empty() {
-        bail!(
-            "advantages: {} rewards do not split into groups of {group}",
-            rewards.len()
-        );
-    }
-    if let Some(r) = rewards.iter().find(|r| !r.is_finite()) {
-        bail!("advantages: reward {r} is not finite");
+    for (rewards, applies) in shards {
+        if applies.len() != rewards.len() {
+            bail!(
+                "advantages: {} applicability flags for {} rewards",
+                applies.len(),
+                rewards.len()
+            );
+        }
+        if !rewards.chunks_exact(group).remainder().is_empty() {
+            bail!(
+                "advantages: {} rewards do not split into groups of {group}",
+                rewards.len()
+            );
+        }
+        if let Some(r) = rewards.iter().find(|r| !r.is_finite()) {
+            bail!("advantages: reward {r} is not finite");
+        }
     }
     let scored = |xs: &[f64], on: &[bool]| -> Vec<f64> {
         xs.iter()
@@ -231,48 +295,80 @@ pub fn group_advantages_of(
             .map(|(r, _)| *r)
             .collect()
     };
-    let all = scored(rewards, applies);
-    let batch_std = std_unbiased(&all);
-    let mut values = Vec::with_capacity(rewards.len());
-    let mut keep = Vec::with_capacity(rewards.len());
-    let (mut group_stds, mut zero, mut dropped) = (Vec::new(), 0, 0);
-    for (g, on) in rewards.chunks(group).zip(applies.chunks(group)) {
-        let rewarded = scored(g, on);
-        let m = mean(&rewarded);
-        let s = std_unbiased(&rewarded);
-        group_stds.push(s);
-        // torch.isclose(std, 0) in TRL: absolute tolerance 1e-8.
-        let zero_var = s <= 1e-8;
-        zero += zero_var as usize;
-        let drop = zero_var && drop_zero_variance;
-        dropped += drop as usize;
-        let denom = match scale {
-            AdvantageScale::Group => s + ADVANTAGE_EPS,
-            AdvantageScale::Batch => batch_std + ADVANTAGE_EPS,
-            AdvantageScale::None => 1.0,
-        };
-        for (&r, &a) in g.iter().zip(on) {
-            values.push(if a { (r - m) / denom } else { 0.0 });
-            keep.push(!drop);
-        }
+    let all: Vec<Vec<f64>> = shards.iter().map(|(r, a)| scored(r, a)).collect();
+    let rewards_total = shard_sums(shards, 1, reduce, |(r, _)| vec![r.len() as f64])?;
+    if rewards_total[0] == 0.0 {
+        bail!("advantages: 0 rewards do not split into groups of {group}");
     }
-    let kept: Vec<f64> = values
+    let batch_std = match scale {
+        AdvantageScale::Batch => sharded_std(&all, reduce)?,
+        _ => 0.0,
+    };
+    let mut out = Vec::with_capacity(shards.len());
+    // Per shard: the sum of its groups' stds, and its groups, zero-variance and dropped groups.
+    let mut counts = Vec::with_capacity(shards.len());
+    for (rewards, applies) in shards {
+        let mut values = Vec::with_capacity(rewards.len());
+        let mut keep = Vec::with_capacity(rewards.len());
+        let (mut std_sum, mut groups, mut zero, mut dropped) = (0.0, 0usize, 0usize, 0usize);
+        for (g, on) in rewards.chunks(group).zip(applies.chunks(group)) {
+            let rewarded = scored(g, on);
+            let m = mean(&rewarded);
+            let s = std_unbiased(&rewarded);
+            std_sum += s;
+            groups += 1;
+            // torch.isclose(std, 0) in TRL: absolute tolerance 1e-8.
+            let zero_var = s <= 1e-8;
+            zero += zero_var as usize;
+            let drop = zero_var && drop_zero_variance;
+            dropped += drop as usize;
+            let denom = match scale {
+                AdvantageScale::Group => s + ADVANTAGE_EPS,
+                AdvantageScale::Batch => batch_std + ADVANTAGE_EPS,
+                AdvantageScale::None => 1.0,
+            };
+            for (&r, &a) in g.iter().zip(on) {
+                values.push(if a { (r - m) / denom } else { 0.0 });
+                keep.push(!drop);
+            }
+        }
+        counts.push([std_sum, groups as f64, zero as f64, dropped as f64]);
+        out.push((values, keep));
+    }
+    let c = shard_sums(&counts, 4, reduce, |c| c.to_vec())?;
+    let reward_sums = shard_sums(&all, 2, reduce, |xs| {
+        vec![xs.iter().sum::<f64>(), xs.len() as f64]
+    })?;
+    let kept: Vec<Vec<f64>> = out
         .iter()
-        .zip(&keep)
-        .filter(|(_, &k)| k)
-        .map(|(v, _)| *v)
+        .map(|(values, keep)| {
+            values
+                .iter()
+                .zip(keep)
+                .filter(|(_, &k)| k)
+                .map(|(v, _)| *v)
+                .collect()
+        })
         .collect();
-    Ok(Advantages {
-        stats: AdvantageStats {
-            reward_mean: mean(&all),
-            reward_std: mean(&group_stds),
-            advantage_std: std_unbiased(&kept),
-            zero_variance_groups: zero,
-            dropped_groups: dropped,
+    let stats = AdvantageStats {
+        reward_mean: if reward_sums[1] > 0.0 {
+            reward_sums[0] / reward_sums[1]
+        } else {
+            0.0
         },
-        values,
-        keep,
-    })
+        reward_std: if c[1] > 0.0 { c[0] / c[1] } else { 0.0 },
+        advantage_std: sharded_std(&kept, reduce)?,
+        zero_variance_groups: c[2] as usize,
+        dropped_groups: c[3] as usize,
+    };
+    Ok(out
+        .into_iter()
+        .map(|(values, keep)| Advantages {
+            values,
+            keep,
+            stats: stats.clone(),
+        })
+        .collect())
 }
 
 /// The tensors of one GRPO update. All `(batch, tokens)`; log-probabilities are of the
@@ -760,6 +856,64 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A batch cut into shards of whole groups gives each shard the advantages the whole
+    /// batch gives its rows, batch std and statistics included; two ranks holding one shard
+    /// each (threads summing through `ThreadGroup`) give bit for bit what one process holding
+    /// both shards gives.
+    #[test]
+    fn sharded_advantages_equal_the_whole_batch() {
+        use crate::dist::{Collective, ThreadGroup};
+        let rewards = [1.0, 0.0, 3.0, 3.0, 2.0, 0.5, 0.3, 0.9];
+        let applies = [true, true, true, true, true, false, true, true];
+        let cut = |k: usize| -> Vec<(&[f64], &[bool])> {
+            vec![
+                (&rewards[..k], &applies[..k]),
+                (&rewards[k..], &applies[k..]),
+            ]
+        };
+        for scale in [AdvantageScale::Batch, AdvantageScale::Group] {
+            let whole = group_advantages_of(&rewards, &applies, 2, scale, true).unwrap();
+            let parts = group_advantages_sharded(&cut(2), 2, scale, true, &mut |_| Ok(())).unwrap();
+            let values: Vec<f64> = parts.iter().flat_map(|a| a.values.clone()).collect();
+            let keep: Vec<bool> = parts.iter().flat_map(|a| a.keep.clone()).collect();
+            assert_eq!(keep, whole.keep);
+            for (a, b) in values.iter().zip(&whole.values) {
+                assert!((a - b).abs() < 1e-12, "{values:?} vs {:?}", whole.values);
+            }
+            let (p, w) = (&parts[1].stats, &whole.stats);
+            assert_eq!(p.zero_variance_groups, w.zero_variance_groups);
+            assert_eq!(p.dropped_groups, w.dropped_groups);
+            assert!((p.advantage_std - w.advantage_std).abs() < 1e-12);
+            assert!((p.reward_mean - w.reward_mean).abs() < 1e-12);
+            assert!((p.reward_std - w.reward_std).abs() < 1e-12);
+            let ranks: Vec<Advantages> = std::thread::scope(|scope| {
+                let handles: Vec<_> = ThreadGroup::new(2)
+                    .into_iter()
+                    .map(|mut g| {
+                        let shard = cut(2)[g.rank()];
+                        scope.spawn(move || {
+                            let mut reduce = |v: &mut [f64]| {
+                                g.all_reduce_f64(v)
+                                    .map_err(|e| candle_core::Error::Msg(e.to_string()))
+                            };
+                            group_advantages_sharded(&[shard], 2, scale, true, &mut reduce)
+                                .unwrap()
+                                .remove(0)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(ranks, parts, "{scale:?}");
+        }
+        assert!(
+            group_advantages_sharded(&cut(3), 2, AdvantageScale::Group, false, &mut |_| {
+                Ok(())
+            })
+            .is_err()
+        );
     }
 
     #[test]

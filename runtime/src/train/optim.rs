@@ -13,10 +13,12 @@ use std::path::Path;
 
 use candle_core::backprop::GradStore;
 use candle_core::{
-    bail, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Storage, Tensor, Var,
+    bail, CpuStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Result, Storage, Tensor, Var,
 };
 use rayon::prelude::*;
 use recap_plan::Optimizer as PlanOptimizer;
+
+use crate::dist::Collective;
 
 /// The name an optimiser's state file records, so that a state is only loaded into the same
 /// kind of optimiser.
@@ -349,6 +351,9 @@ struct ParamState {
     v: Option<Tensor>,
     /// Updates this parameter has received (PyTorch counts per parameter).
     steps: u64,
+    /// The data-parallel rank that updates this parameter and holds its state (ZeRO-1; see
+    /// [`Optimizer::shard`]); 0 in a job of one rank.
+    owner: usize,
 }
 
 impl ParamState {
@@ -375,6 +380,9 @@ impl ParamState {
 pub struct Optimizer {
     config: PlanOptimizer,
     params: Vec<ParamState>,
+    /// This process's data-parallel rank and the job's world size (see [`Optimizer::shard`]).
+    rank: usize,
+    world: usize,
     /// Use the fused in-place CPU update where it applies (tests turn it off to check it
     /// against the tensor-op path).
     fused: bool,
@@ -407,11 +415,14 @@ impl Optimizer {
                 m: None,
                 v: None,
                 steps: 0,
+                owner: 0,
             });
         }
         Ok(Optimizer {
             config: config.clone(),
             params: states,
+            rank: 0,
+            world: 1,
             fused: true,
         })
     }
@@ -464,8 +475,13 @@ impl Optimizer {
         }
         let config = self.config.clone();
         let factor = grads.factor;
+        let rank = self.rank;
         for (p, g) in self.params.iter_mut().zip(&grads.grads) {
             let Some(g) = g else { continue };
+            // Another rank updates this parameter; `gather_params` brings its new value here.
+            if p.owner != rank {
+                continue;
+            }
             if g.dims() != p.var.dims() {
                 bail!(
                     "optimizer: gradient of `{}` has shape {:?}, parameter {:?}",
@@ -592,39 +608,24 @@ impl Optimizer {
     }
 
     /// Saves moments, master weights and step counts to one safetensors file (written to a
-    /// temporary name, then renamed, so a crash never leaves half a file).
+    /// temporary name, then renamed, so a crash never leaves half a file). Under ZeRO-1 this
+    /// rank holds only its shard: save what [`Optimizer::gather_state`] gives instead.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        let mut steps = HashMap::new();
-        for p in &self.params {
-            steps.insert(p.name.clone(), p.steps);
-            for (suffix, t) in [("m", &p.m), ("v", &p.v), ("master", &p.master)] {
-                if let Some(t) = t {
-                    tensors.push((format!("{}#{suffix}", p.name), t.clone()));
-                }
-            }
-        }
-        let mut meta = HashMap::new();
-        meta.insert("format".to_string(), META_FORMAT.to_string());
-        meta.insert("kind".to_string(), kind_name(&self.config).to_string());
-        meta.insert(
-            "steps".to_string(),
-            serde_json::to_string(&steps).map_err(|e| candle_core::Error::Msg(e.to_string()))?,
-        );
-        let tmp = path.with_extension("safetensors.tmp");
-        safetensors::serialize_to_file(
-            tensors.iter().map(|(n, t)| (n.as_str(), t)),
-            Some(meta),
-            &tmp,
-        )
-        .map_err(|e| match e {
-            // An IO error keeps its kind, so that a full disk can be told from a bad file.
-            safetensors::SafeTensorError::IoError(io) => candle_core::Error::Io(io),
-            e => candle_core::Error::Msg(format!("writing {}: {e}", tmp.display())),
-        })?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| candle_core::Error::Msg(format!("renaming to {}: {e}", path.display())))?;
-        Ok(())
+        write_state(&self.config, &self.saved(), path)
+    }
+
+    /// This rank's state as a checkpoint holds it (its tensors shared, not copied).
+    pub fn saved(&self) -> Vec<SavedParam> {
+        self.params
+            .iter()
+            .map(|p| SavedParam {
+                name: p.name.clone(),
+                steps: p.steps,
+                m: p.m.clone(),
+                v: p.v.clone(),
+                master: p.master.clone(),
+            })
+            .collect()
     }
 
     /// Loads a state saved by [`Optimizer::save`] for the same parameters and optimiser kind,
@@ -651,6 +652,7 @@ impl Optimizer {
             .map_err(|e| candle_core::Error::Msg(format!("{}: bad step counts: {e}", at())))?;
         let device = self.params.first().map(|p| p.var.device().clone());
         let Some(device) = device else { return Ok(()) };
+        let rank = self.rank;
         let mut tensors = candle_core::safetensors::load_buffer(&bytes, &device)?;
         for p in &mut self.params {
             let Some(&s) = steps.get(&p.name) else {
@@ -674,19 +676,23 @@ impl Optimizer {
                 take("v", DType::F32)?,
                 take("master", DType::F32)?,
             );
-            if master.is_some() != p.master.is_some() {
+            if master.is_some() != (p.var.dtype() != DType::F32) {
                 bail!(
                     "{}: parameter `{}` changed dtype since the checkpoint",
                     at(),
                     p.name
                 );
             }
-            p.steps = s;
-            p.m = m;
-            p.v = v;
-            if let Some(master) = master {
+            // Every rank writes the saved master into its variable, so all ranks start from
+            // the same weights; only the owner keeps the state (ZeRO-1).
+            if let Some(master) = &master {
                 p.var.set(&master.to_dtype(p.var.dtype())?)?;
-                p.master = Some(master);
+            }
+            if p.owner == rank {
+                p.steps = s;
+                p.m = m;
+                p.v = v;
+                p.master = master;
             }
         }
         if let Some(extra) = tensors.keys().next() {
@@ -696,6 +702,318 @@ impl Optimizer {
             );
         }
         Ok(())
+    }
+}
+
+/// One parameter's optimiser state as a checkpoint holds it, whatever the world size.
+#[derive(Debug, Clone)]
+pub struct SavedParam {
+    pub name: String,
+    pub steps: u64,
+    pub m: Option<Tensor>,
+    pub v: Option<Tensor>,
+    pub master: Option<Tensor>,
+}
+
+/// Writes `state` as [`Optimizer::save`] does.
+pub fn write_state(config: &PlanOptimizer, state: &[SavedParam], path: &Path) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let mut steps = HashMap::new();
+    for p in state {
+        steps.insert(p.name.clone(), p.steps);
+        for (suffix, t) in [("m", &p.m), ("v", &p.v), ("master", &p.master)] {
+            if let Some(t) = t {
+                tensors.push((format!("{}#{suffix}", p.name), t.clone()));
+            }
+        }
+    }
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), META_FORMAT.to_string());
+    meta.insert("kind".to_string(), kind_name(config).to_string());
+    meta.insert(
+        "steps".to_string(),
+        serde_json::to_string(&steps).map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+    );
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(meta),
+        &tmp,
+    )
+    .map_err(|e| match e {
+        // An IO error keeps its kind, so that a full disk can be told from a bad file.
+        safetensors::SafeTensorError::IoError(io) => candle_core::Error::Io(io),
+        e => candle_core::Error::Msg(format!("writing {}: {e}", tmp.display())),
+    })?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| candle_core::Error::Msg(format!("renaming to {}: {e}", path.display())))?;
+    Ok(())
+}
+
+/// Elements per collective call when parameters or their state move between ranks: large
+/// enough that a call's latency is small beside its transfer, small enough that the flat
+/// buffer it needs is a small part of a card's memory (128 MiB of f32).
+pub const BUCKET_ELEMS: usize = 32 << 20;
+
+/// Consecutive runs of `lens` of at most [`BUCKET_ELEMS`] elements together (an item larger
+/// than that is a bucket of its own), as index ranges.
+pub fn buckets(lens: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, &n) in lens.iter().enumerate() {
+        if i > start && size + n > BUCKET_ELEMS {
+            out.push(start..i);
+            (start, size) = (i, 0);
+        }
+        size += n;
+    }
+    if start < lens.len() {
+        out.push(start..lens.len());
+    }
+    out
+}
+
+/// Items `0..owners.len()` of `lens` f32 elements each, every one held by the rank
+/// `owners[i]` (non-decreasing, so a bucket's shards arrive in item order): gives every item,
+/// flat, on every rank, moved in buckets by `all_gather`. `local(i)` is called for the items
+/// this rank owns.
+fn gather_owned(
+    comm: &mut dyn Collective,
+    owners: &[usize],
+    lens: &[usize],
+    device: &Device,
+    local: impl Fn(usize) -> Result<Tensor>,
+) -> anyhow::Result<Vec<Tensor>> {
+    let rank = comm.rank();
+    let mut out = Vec::with_capacity(owners.len());
+    for b in buckets(lens) {
+        let mine: Vec<Tensor> = b
+            .clone()
+            .filter(|&i| owners[i] == rank)
+            .map(|i| local(i)?.flatten_all()?.to_dtype(DType::F32))
+            .collect::<Result<_>>()?;
+        let shard = if mine.is_empty() {
+            Tensor::zeros(0, DType::F32, device)?
+        } else {
+            Tensor::cat(&mine, 0)?
+        };
+        let all = comm.all_gather(&shard)?;
+        let mut at = 0;
+        for i in b {
+            out.push(all.narrow(0, at, lens[i])?);
+            at += lens[i];
+        }
+        anyhow::ensure!(
+            at == all.dim(0)?,
+            "ranks gathered {} of {at} elements",
+            all.dim(0)?
+        );
+    }
+    Ok(out)
+}
+
+impl Optimizer {
+    /// Shards the optimiser's state across the `world` ranks of a data-parallel job (ZeRO
+    /// stage 1): the parameters, in order, are cut into `world` contiguous runs of about equal
+    /// size; this rank (`rank`) keeps moments and f32 masters for its run only and updates only
+    /// those parameters, and [`Optimizer::gather_params`] gives every rank the others' new
+    /// values. Call before the first step.
+    pub fn shard(&mut self, rank: usize, world: usize) {
+        let owners = self.owners(world);
+        for (p, owner) in self.params.iter_mut().zip(owners) {
+            p.owner = owner;
+            if p.owner != rank {
+                p.master = None;
+                p.m = None;
+                p.v = None;
+            }
+        }
+        (self.rank, self.world) = (rank, world);
+    }
+
+    /// Sums the gradients across the ranks of a data-parallel job, so that every rank holds
+    /// the gradient of the whole global batch (each rank's losses are already scaled by the
+    /// global batch's normalisers, so the sum is the single-process gradient). The gradients
+    /// are flattened into buckets of at most [`BUCKET_ELEMS`] elements, one `all_reduce_sum`
+    /// each, rather than one call per parameter. A parameter that got a gradient on some rank
+    /// only gets zeros from the others.
+    pub fn all_reduce_grads(
+        &self,
+        grads: &mut Grads,
+        comm: &mut dyn Collective,
+    ) -> anyhow::Result<()> {
+        if comm.world() == 1 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            grads.grads.len() == self.params.len(),
+            "{} gradients for {} parameters",
+            grads.grads.len(),
+            self.params.len()
+        );
+        grads.materialise()?;
+        let mut present: Vec<f64> = grads
+            .grads
+            .iter()
+            .map(|g| f64::from(u8::from(g.is_some())))
+            .collect();
+        comm.all_reduce_f64(&mut present)?;
+        let on: Vec<usize> = (0..grads.grads.len())
+            .filter(|&i| present[i] > 0.0)
+            .collect();
+        let device = self.device();
+        let shapes: Vec<candle_core::Shape> = on
+            .iter()
+            .map(|&i| self.params[i].var.shape().clone())
+            .collect();
+        let lens: Vec<usize> = shapes.iter().map(|s| s.elem_count()).collect();
+        for b in buckets(&lens) {
+            let flat: Vec<Tensor> = b
+                .clone()
+                .map(|j| match &grads.grads[on[j]] {
+                    Some(g) => g.flatten_all(),
+                    None => Tensor::zeros(lens[j], DType::F32, &device),
+                })
+                .collect::<Result<_>>()?;
+            let sum = comm.all_reduce_sum(&Tensor::cat(&flat, 0)?)?;
+            let mut at = 0;
+            for j in b {
+                grads.grads[on[j]] = Some(sum.narrow(0, at, lens[j])?.reshape(&shapes[j])?);
+                at += lens[j];
+            }
+        }
+        Ok(())
+    }
+
+    /// Elements of the parameters this rank updates (all of them in a job of one rank).
+    pub fn owned_elems(&self) -> usize {
+        self.params
+            .iter()
+            .filter(|p| p.owner == self.rank)
+            .map(|p| p.var.elem_count())
+            .sum()
+    }
+
+    /// The rank of `world` that updates each parameter: the parameters, in order, cut into
+    /// contiguous runs of about equal size (a parameter goes to the rank whose equal share
+    /// holds its middle element).
+    fn owners(&self, world: usize) -> Vec<usize> {
+        let total: usize = self.params.iter().map(|p| p.var.elem_count()).sum();
+        let mut start = 0usize;
+        self.params
+            .iter()
+            .map(|p| {
+                let n = p.var.elem_count();
+                let owner = ((start + n / 2) * world / total.max(1)).min(world.saturating_sub(1));
+                start += n;
+                owner
+            })
+            .collect()
+    }
+
+    /// The shard of the rank that would update the most elements were the state sharded over
+    /// `world` ranks (its optimiser state is the largest of the job's): its elements, and
+    /// those of them stored in a half dtype (which get f32 masters).
+    pub fn largest_shard(&self, world: usize) -> (usize, usize) {
+        let mut per = vec![(0usize, 0usize); world.max(1)];
+        for (p, owner) in self.params.iter().zip(self.owners(world.max(1))) {
+            let n = p.var.elem_count();
+            per[owner].0 += n;
+            if p.var.dtype() != DType::F32 {
+                per[owner].1 += n;
+            }
+        }
+        per.into_iter().max().unwrap_or_default()
+    }
+
+    fn device(&self) -> Device {
+        self.params
+            .first()
+            .map_or(Device::Cpu, |p| p.var.device().clone())
+    }
+
+    /// After a sharded [`Optimizer::step`]: every parameter's new value from the rank that
+    /// updated it, written into this rank's variables. The owner sends its f32 master (or the
+    /// variable itself), so every rank rounds the same f32 value into its variable.
+    pub fn gather_params(&mut self, comm: &mut dyn Collective) -> anyhow::Result<()> {
+        if comm.world() == 1 {
+            return Ok(());
+        }
+        let owners: Vec<usize> = self.params.iter().map(|p| p.owner).collect();
+        let lens: Vec<usize> = self.params.iter().map(|p| p.var.elem_count()).collect();
+        let device = self.device();
+        let params = &self.params;
+        let all = gather_owned(comm, &owners, &lens, &device, |i| params[i].weights())?;
+        for (p, t) in self.params.iter_mut().zip(all) {
+            if p.owner != self.rank {
+                p.var
+                    .set(&t.reshape(p.var.shape())?.to_dtype(p.var.dtype())?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole optimiser state, gathered from every rank's shard, on the leader (rank 0);
+    /// `None` on the other ranks. Every rank must call it. The state is the one an unsharded
+    /// optimiser holds, so a checkpoint does not depend on the world size that wrote it.
+    pub fn gather_state(
+        &self,
+        comm: &mut dyn Collective,
+    ) -> anyhow::Result<Option<Vec<SavedParam>>> {
+        if comm.world() == 1 {
+            return Ok(Some(self.saved()));
+        }
+        let mine = |p: &ParamState| p.owner == self.rank;
+        // Per parameter: its step count and which of its tensors exist, from its owner.
+        let mut flags: Vec<f64> = self
+            .params
+            .iter()
+            .flat_map(|p| {
+                let on = |t: &Option<Tensor>| f64::from(u8::from(mine(p) && t.is_some()));
+                let steps = if mine(p) { p.steps as f64 } else { 0.0 };
+                [steps, on(&p.m), on(&p.v), on(&p.master)]
+            })
+            .collect();
+        comm.all_reduce_f64(&mut flags)?;
+        let device = self.device();
+        let mut kinds: Vec<Vec<Option<Tensor>>> = Vec::with_capacity(3);
+        for k in 0..3 {
+            let present: Vec<usize> = (0..self.params.len())
+                .filter(|&i| flags[4 * i + 1 + k] > 0.0)
+                .collect();
+            let owners: Vec<usize> = present.iter().map(|&i| self.params[i].owner).collect();
+            let lens: Vec<usize> = present
+                .iter()
+                .map(|&i| self.params[i].var.elem_count())
+                .collect();
+            let got = gather_owned(comm, &owners, &lens, &device, |j| {
+                let p = &self.params[present[j]];
+                let t = [&p.m, &p.v, &p.master][k];
+                t.clone()
+                    .ok_or_else(|| candle_core::Error::Msg(format!("`{}` lost its state", p.name)))
+            })?;
+            let mut column = vec![None; self.params.len()];
+            for (&i, t) in present.iter().zip(got) {
+                column[i] = Some(t.reshape(self.params[i].var.shape())?);
+            }
+            kinds.push(column);
+        }
+        if !comm.is_leader() {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.params
+                .iter()
+                .enumerate()
+                .map(|(i, p)| SavedParam {
+                    name: p.name.clone(),
+                    steps: flags[4 * i] as u64,
+                    m: kinds[0][i].clone(),
+                    v: kinds[1][i].clone(),
+                    master: kinds[2][i].clone(),
+                })
+                .collect(),
+        ))
     }
 }
 
@@ -1106,6 +1424,110 @@ mod tests {
         )
         .unwrap();
         assert!(reshaped.load(&path).is_err());
+    }
+
+    /// ZeRO-1: three ranks (threads), each with its own gradients, sum them, update their
+    /// shards of the parameters and gather the rest; every rank ends with the weights an
+    /// unsharded optimiser reaches on the summed gradients, bit for bit, and the state gathered
+    /// to rank 0 is the unsharded state. One variable is bf16, so its f32 master is sharded too.
+    #[test]
+    fn zero1_shards_equal_unsharded_adamw() {
+        use crate::dist::ThreadGroup;
+        let init: [&[f32]; 3] = [&[1.0, -2.0, 0.5, 3.0, 0.25], &[0.5, -1.0, 2.0], &[4.0; 4]];
+        let make = || {
+            let vars: Vec<Var> = init
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let t = Tensor::from_slice(v, v.len(), &Device::Cpu).unwrap();
+                    let t = if i == 1 {
+                        t.to_dtype(DType::BF16).unwrap()
+                    } else {
+                        t
+                    };
+                    Var::from_tensor(&t).unwrap()
+                })
+                .collect();
+            let named = ["a", "b", "c"]
+                .iter()
+                .zip(&vars)
+                .map(|(n, v)| (n.to_string(), v.clone()))
+                .collect();
+            (Optimizer::new(&adamw(0.05, 0.1), named).unwrap(), vars)
+        };
+        // Rank r's coefficient for element j at step s: multiples of 1/8, so every sum is exact
+        // in bf16 as in f32 and the unsharded run can take the sum as its own gradient.
+        let coef = |r: usize, s: usize, j: usize| ((r * 7 + s * 3 + j * 5) % 9) as f32 / 8.0 - 0.5;
+        let coefs = |ranks: std::ops::Range<usize>, s: usize| -> Vec<Vec<f32>> {
+            init.iter()
+                .map(|v| {
+                    (0..v.len())
+                        .map(|j| ranks.clone().map(|r| coef(r, s, j)).sum())
+                        .collect()
+                })
+                .collect()
+        };
+        let steps = 3;
+        let (mut whole, wv) = make();
+        for s in 0..steps {
+            let c = coefs(0..3, s);
+            let refs: Vec<&[f32]> = c.iter().map(Vec::as_slice).collect();
+            let g = grads_for(&whole, &wv.iter().collect::<Vec<_>>(), &refs);
+            whole.step(&g, 0.05).unwrap();
+        }
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ThreadGroup::new(3)
+                .into_iter()
+                .map(|mut g| {
+                    scope.spawn(move || {
+                        let (mut opt, vars) = make();
+                        let rank = g.rank();
+                        opt.shard(rank, 3);
+                        for s in 0..steps {
+                            let c = coefs(rank..rank + 1, s);
+                            let refs: Vec<&[f32]> = c.iter().map(Vec::as_slice).collect();
+                            let mut grads =
+                                grads_for(&opt, &vars.iter().collect::<Vec<_>>(), &refs);
+                            opt.all_reduce_grads(&mut grads, &mut g).unwrap();
+                            opt.step(&grads, 0.05).unwrap();
+                            opt.gather_params(&mut g).unwrap();
+                        }
+                        let state = opt.gather_state(&mut g).unwrap();
+                        (
+                            rank,
+                            opt.owned_elems(),
+                            vars.iter().map(values).collect::<Vec<_>>(),
+                            state,
+                        )
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let want: Vec<Vec<f32>> = wv.iter().map(values).collect();
+        let mut owned = 0;
+        for (rank, elems, got, state) in results {
+            assert_eq!(got, want, "rank {rank}'s weights");
+            assert!(elems < 12, "rank {rank} holds every parameter's state");
+            owned += elems;
+            match state {
+                Some(state) => {
+                    assert_eq!(rank, 0);
+                    for (p, w) in state.iter().zip(whole.saved()) {
+                        assert_eq!(p.steps, w.steps);
+                        for (a, b) in [(&p.m, &w.m), (&p.v, &w.v), (&p.master, &w.master)] {
+                            let flat = |t: &Option<Tensor>| {
+                                t.as_ref()
+                                    .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                            };
+                            assert_eq!(flat(a), flat(b), "state of `{}`", p.name);
+                        }
+                    }
+                }
+                None => assert_ne!(rank, 0),
+            }
+        }
+        assert_eq!(owned, 12, "every parameter is some rank's");
     }
 
     #[test]
