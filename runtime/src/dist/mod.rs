@@ -10,6 +10,10 @@
 
 use std::sync::{Arc, Barrier, Mutex};
 
+pub mod env;
+
+pub use env::{Launcher, Topology};
+
 use anyhow::{anyhow, Result};
 use candle_core::Tensor;
 
