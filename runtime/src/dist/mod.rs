@@ -11,8 +11,11 @@
 use std::sync::{Arc, Barrier, Mutex};
 
 pub mod env;
+pub mod store;
+pub mod tcp;
 
 pub use env::{Launcher, Topology};
+pub use tcp::{TcpGroup, Timeouts};
 
 use anyhow::{anyhow, Result};
 use candle_core::Tensor;
