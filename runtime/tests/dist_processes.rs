@@ -203,11 +203,10 @@ fn collect_results(c: &mut dyn Collective) -> BTreeMap<String, Vec<u64>> {
     out
 }
 
-#[test]
-#[ignore = "a rank of tcp_collective_equals_the_thread_group; started by it"]
-fn child_tcp_collective() {
+/// A child's place from the launcher variables, and its TCP group.
+fn join_from_env() -> (Topology, TcpGroup) {
     let topo = Topology::from_env().unwrap();
-    let mut group = TcpGroup::connect(
+    let group = TcpGroup::connect(
         topo.rank,
         topo.world,
         &topo.master_addr,
@@ -215,6 +214,13 @@ fn child_tcp_collective() {
         timeouts(30.0),
     )
     .unwrap();
+    (topo, group)
+}
+
+#[test]
+#[ignore = "a rank of tcp_collective_equals_the_thread_group; started by it"]
+fn child_tcp_collective() {
+    let (topo, mut group) = join_from_env();
     let results = collect_results(&mut group);
     let out = Path::new(&std::env::var(OUT).unwrap()).join(format!("rank-{}.json", topo.rank));
     std::fs::write(out, serde_json::to_string(&results).unwrap()).unwrap();
@@ -255,15 +261,7 @@ fn tcp_collective_equals_the_thread_group() {
 #[test]
 #[ignore = "a rank of a_dead_rank_is_named; started by it"]
 fn child_dies_or_sums() {
-    let topo = Topology::from_env().unwrap();
-    let mut group = TcpGroup::connect(
-        topo.rank,
-        topo.world,
-        &topo.master_addr,
-        topo.master_port,
-        timeouts(30.0),
-    )
-    .unwrap();
+    let (topo, mut group) = join_from_env();
     if topo.rank == 2 {
         // Dies between collectives, as a rank that failed would.
         std::process::exit(17);
