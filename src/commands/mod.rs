@@ -11,6 +11,7 @@ mod fmt;
 mod generate;
 mod graph;
 mod import;
+mod launch;
 mod list_templates;
 mod new;
 mod plan;
