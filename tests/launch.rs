@@ -123,3 +123,37 @@ fn a_broken_launcher_environment_is_a_usage_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_rank_whose_launcher_is_killed_stops_at_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("job.recap"),
+        JOB.replace("steps = 2", "steps = 100000"),
+    )
+    .unwrap();
+    let mut launcher = Command::new(env!("CARGO_BIN_EXE_recapc"))
+        .args(["run", "job.recap", "--ranks", "1", "--progress", "quiet"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = dir.path().join("runs/job/metrics.jsonl");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.lines().count() > 2) {
+        assert!(started.elapsed().as_secs() < 120, "the rank never ran");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SIGKILL: the launcher cannot forward anything; the kernel tells the rank.
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    let checkpoints = dir.path().join("runs/job/checkpoints");
+    while !std::fs::read_dir(&checkpoints).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the orphaned rank wrote no checkpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

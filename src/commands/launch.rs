@@ -117,6 +117,16 @@ pub fn run_ranks(ranks: usize, device: &str) -> ExitCode {
         if let Some(n) = threads {
             cmd.env("RAYON_NUM_THREADS", n.to_string());
         }
+        // A rank whose launcher dies (killed outright, so it could not forward a signal) gets
+        // SIGTERM and stops at a checkpoint, rather than training on with no one reading it.
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl(2) is async-signal-safe, as code between fork and exec must be.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         match cmd.spawn() {
             Ok(mut child) => {
                 let prefix = format!("[rank {rank}] ");
