@@ -203,6 +203,12 @@ pub struct RunArgs {
     /// Write sample completions to samples.jsonl every N steps (0: never).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub samples_every: u64,
+    /// Start N ranks of this run on this machine, as torchrun would (data-parallel training):
+    /// with `--device cuda` rank i uses cuda:i; with `--device cpu` the ranks share the CPU
+    /// (for testing). Without it, the ranks come from the launcher's environment (torchrun,
+    /// srun, mpirun; docs/scaling.md).
+    #[arg(long, visible_alias = "gpus", value_name = "N")]
+    pub ranks: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -12,6 +12,7 @@ mod fmt;
 mod generate;
 mod graph;
 mod import;
+mod launch;
 mod list_templates;
 mod new;
 mod plan;

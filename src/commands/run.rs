@@ -85,8 +85,16 @@ pub fn run(args: &RunArgs) -> ExitCode {
             }
         }
     };
+    // The checks above ran once; each rank the launcher starts runs them again for itself.
+    if let Some(ranks) = args.ranks {
+        return super::launch::run_ranks(ranks, &args.device);
+    }
+    let (device, mut comm) = match super::launch::join_job(&args.device) {
+        Ok(joined) => joined,
+        Err(code) => return code,
+    };
     let options = RunOptions {
-        device: args.device.clone(),
+        device,
         out: args.out.clone(),
         resume: args.resume.clone(),
         overwrite: args.overwrite,
@@ -118,7 +126,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
             }
         }
     };
-    match engine::run(&plan, &options) {
+    match engine::run_with(&plan, &options, comm.as_mut()) {
         Ok(summary) if summary.interrupted.is_some() => {
             let checkpoint = summary.interrupted.as_deref().unwrap_or(Path::new("?"));
             let dir = summary.run_dir.as_deref().unwrap_or(Path::new("?"));

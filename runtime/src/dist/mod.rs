@@ -10,6 +10,17 @@
 
 use std::sync::{Arc, Barrier, Mutex};
 
+mod connect;
+pub mod env;
+#[cfg(feature = "nccl")]
+pub mod nccl;
+pub mod store;
+pub mod tcp;
+
+pub use connect::{connect, from_env, DEFAULT_COLLECTIVE_SECS, DEFAULT_RENDEZVOUS_SECS};
+pub use env::{Launcher, Topology};
+pub use tcp::{TcpGroup, Timeouts};
+
 use anyhow::{anyhow, Result};
 use candle_core::Tensor;
 

@@ -1,0 +1,378 @@
+//! The ranks of `recapc run`: takes the launcher's environment, gives this process its device
+//! and collective ([`join_job`]); and `recapc run --ranks N` (alias `--gpus N`), which starts N
+//! ranks of itself on this machine with the variables torchrun would set, so a local job goes
+//! through the same code path as one started by torchrun, srun or mpirun.
+//!
+//! The local launcher forwards every rank's output: rank 0's standard output unchanged (so
+//! `recapc run --ranks N > out` holds what a single process would print), everything else with
+//! a `[rank i] ` prefix. When a rank fails the others get a short grace to fail on their own
+//! (they usually do, since their collectives lose a peer) and are then killed. SIGINT and
+//! SIGTERM are forwarded to every rank, which each finish their step and checkpoint as a single
+//! run does; the ranks sit in their own process group so a terminal's Ctrl-C reaches them once,
+//! through the launcher, not twice.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use recap_runtime::dist::{self, Collective, Single, Topology};
+use recap_runtime::engine;
+
+use super::error_line;
+use crate::exit::ExitCode;
+
+/// How long the other ranks may take to end on their own once one rank has failed.
+const GRACE: Duration = Duration::from_secs(3);
+
+/// This process's device and collective: the device named on the command line, with `cuda`
+/// meaning `cuda:LOCAL_RANK` in a job of several ranks, and the collective the launcher's
+/// variables call for ([`Single`] when none is set). Errors are printed here.
+pub fn join_job(device: &str) -> Result<(String, Box<dyn Collective>), ExitCode> {
+    let topo = Topology::from_env().map_err(|e| {
+        error_line(&format!("the launcher's environment is not usable: {e:#}"));
+        ExitCode::Usage
+    })?;
+    let device = topo.device_name(device);
+    if topo.world == 1 {
+        return Ok((device, Box::new(Single)));
+    }
+    let comm = dist::Timeouts::from_env()
+        .and_then(|t| Ok((t, engine::parse_device(&device)?)))
+        .and_then(|(t, d)| dist::connect(&topo, &d, t))
+        .map_err(|e| {
+            error_line(&format!("{e:#}"));
+            ExitCode::RunFailed
+        })?;
+    Ok((device, comm))
+}
+
+/// `recapc run --ranks N`: runs this command line again as N ranks on this machine and waits
+/// for them; the exit code is the first failing rank's, or theirs when they all end alike.
+pub fn run_ranks(ranks: usize, device: &str) -> ExitCode {
+    if ranks == 0 {
+        error_line("--ranks needs at least one rank");
+        return ExitCode::Usage;
+    }
+    match Topology::from_env() {
+        Ok(t) if t.world > 1 => {
+            error_line(&format!(
+                "--ranks starts its own ranks, but this process is already rank {} of {} under {}: start recapc without --ranks",
+                t.rank, t.world, t.launcher
+            ));
+            return ExitCode::Usage;
+        }
+        _ => {}
+    }
+    if ranks > 1 && device != "cpu" && device != "cuda" {
+        error_line(&format!(
+            "with --ranks, pass `--device cuda` (rank i uses cuda:i) or `--device cpu`; `{device}` would put every rank on one device"
+        ));
+        return ExitCode::Usage;
+    }
+    let port = match TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()) {
+        Ok(a) => a.port(),
+        Err(e) => {
+            error_line(&format!("cannot find a free port on 127.0.0.1: {e}"));
+            return ExitCode::RunFailed;
+        }
+    };
+    let mut signals = match Signals::register() {
+        Ok(s) => s,
+        Err(e) => {
+            error_line(&format!("cannot handle SIGINT and SIGTERM: {e}"));
+            return ExitCode::RunFailed;
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            error_line(&format!(
+                "cannot find the recapc executable to start ranks: {e}"
+            ));
+            return ExitCode::RunFailed;
+        }
+    };
+    let args = child_args(std::env::args_os().skip(1));
+    let threads = cpu_threads_per_rank(ranks, device);
+    let mut children = Vec::with_capacity(ranks);
+    let mut forwarders = Vec::new();
+    for rank in 0..ranks {
+        let mut cmd = Command::new(&exe);
+        cmd.args(&args)
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", ranks.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("LOCAL_WORLD_SIZE", ranks.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some(n) = threads {
+            cmd.env("RAYON_NUM_THREADS", n.to_string());
+        }
+        // A rank whose launcher dies (killed outright, so it could not forward a signal) gets
+        // SIGTERM and stops at a checkpoint, rather than training on with no one reading it.
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl(2) is async-signal-safe, as code between fork and exec must be.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(mut child) => {
+                let prefix = format!("[rank {rank}] ");
+                if let Some(out) = child.stdout.take() {
+                    let p = if rank == 0 {
+                        String::new()
+                    } else {
+                        prefix.clone()
+                    };
+                    forwarders.push(forward(out, p, false));
+                }
+                if let Some(err) = child.stderr.take() {
+                    forwarders.push(forward(err, prefix, true));
+                }
+                children.push(child);
+            }
+            Err(e) => {
+                error_line(&format!("cannot start rank {rank}: {e}"));
+                kill_all(&mut children);
+                return ExitCode::RunFailed;
+            }
+        }
+    }
+    let code = supervise(&mut children, &mut signals);
+    for f in forwarders {
+        let _ = f.join();
+    }
+    code
+}
+
+/// The command line of a rank: the launcher's own, less `--ranks N` (or `--gpus N`).
+fn child_args(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for a in args {
+        if skip_value {
+            skip_value = false;
+            continue;
+        }
+        let s = a.to_string_lossy();
+        if s == "--ranks" || s == "--gpus" {
+            skip_value = true;
+        } else if !(s.starts_with("--ranks=") || s.starts_with("--gpus=")) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// On the CPU the ranks share this machine's cores; each gets its share unless the user chose
+/// a thread count.
+fn cpu_threads_per_rank(ranks: usize, device: &str) -> Option<usize> {
+    if device != "cpu" || std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return None;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Some((cores / ranks).max(1))
+}
+
+/// Copies a rank's output line by line to ours, each line with `prefix`.
+fn forward(
+    from: impl Read + Send + 'static,
+    prefix: String,
+    to_stderr: bool,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(from);
+        let mut line = Vec::new();
+        while matches!(r.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+            if !line.ends_with(b"\n") {
+                line.push(b'\n');
+            }
+            let mut text = prefix.as_bytes().to_vec();
+            text.extend_from_slice(&line);
+            // A closed terminal or pipe of ours is no reason to stop the rank; its output
+            // is then lost, as it would be without the launcher.
+            let _ = if to_stderr {
+                std::io::stderr().lock().write_all(&text)
+            } else {
+                std::io::stdout().lock().write_all(&text)
+            };
+            line.clear();
+        }
+    })
+}
+
+/// Signals the launcher received, to forward to the ranks.
+struct Signals {
+    received: Arc<AtomicUsize>,
+    forwarded: usize,
+    last: Arc<AtomicUsize>,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        let received = Arc::new(AtomicUsize::new(0));
+        let last = Arc::new(AtomicUsize::new(0));
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            let (received, last) = (received.clone(), last.clone());
+            // SAFETY: the handler only stores to atomics, which is async-signal-safe.
+            unsafe {
+                signal_hook::low_level::register(sig, move || {
+                    last.store(sig as usize, Ordering::SeqCst);
+                    received.fetch_add(1, Ordering::SeqCst);
+                })?;
+            }
+        }
+        Ok(Signals {
+            received,
+            forwarded: 0,
+            last,
+        })
+    }
+
+    /// Sends each signal received since the last call on to every rank still running.
+    fn forward(&mut self, pids: &[u32]) {
+        let received = self.received.load(Ordering::SeqCst);
+        while self.forwarded < received {
+            let sig = self.last.load(Ordering::SeqCst) as libc::c_int;
+            for pid in pids {
+                // SAFETY: kill(2) on the id of a child this process started and has not yet
+                // reaped, so the id cannot belong to another process.
+                unsafe {
+                    libc::kill(*pid as libc::pid_t, sig);
+                }
+            }
+            self.forwarded += 1;
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.forwarded > 0
+    }
+}
+
+/// Waits for the ranks. The first to fail ends the job: the others get [`GRACE`] to end on
+/// their own and are then killed.
+fn supervise(children: &mut [Child], signals: &mut Signals) -> ExitCode {
+    let mut codes: Vec<Option<i32>> = vec![None; children.len()];
+    let mut done = vec![false; children.len()];
+    let mut failed: Option<(usize, Instant)> = None;
+    loop {
+        let running: Vec<u32> = children
+            .iter()
+            .zip(&done)
+            .filter(|(_, d)| !**d)
+            .map(|(c, _)| c.id())
+            .collect();
+        signals.forward(&running);
+        for (rank, child) in children.iter_mut().enumerate() {
+            if done[rank] {
+                continue;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                done[rank] = true;
+                codes[rank] = status.code();
+                if !status.success() && failed.is_none() && !signals.any() {
+                    failed = Some((rank, Instant::now()));
+                }
+            }
+        }
+        if done.iter().all(|d| *d) {
+            break;
+        }
+        if let Some((rank, at)) = failed {
+            if at.elapsed() >= GRACE {
+                error_line(&format!(
+                    "rank {rank} failed ({}); stopping the other ranks",
+                    describe(codes[rank])
+                ));
+                for (r, child) in children.iter_mut().enumerate() {
+                    if !done[r] {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        done[r] = true;
+                    }
+                }
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let code = match failed {
+        Some((rank, _)) => codes[rank],
+        // Without a failure every rank ended alike, or a signal ended them: the most serious.
+        None => codes.iter().map(|c| c.unwrap_or(1)).max(),
+    };
+    from_code(code)
+}
+
+fn describe(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("exit code {c}"),
+        None => "killed by a signal".into(),
+    }
+}
+
+/// A rank's exit status as ours: the documented codes pass through; anything else (a rank
+/// killed by a signal, or ended at once by a second one) is a failed run.
+fn from_code(code: Option<i32>) -> ExitCode {
+    match code {
+        Some(0) => ExitCode::Success,
+        Some(1) => ExitCode::Errors,
+        Some(2) => ExitCode::Usage,
+        Some(4) => ExitCode::Interrupted,
+        _ => ExitCode::RunFailed,
+    }
+}
+
+fn kill_all(children: &mut [Child]) {
+    for c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rank_runs_the_command_line_without_the_ranks_option() {
+        let args = [
+            "run",
+            "job.recap",
+            "--ranks",
+            "2",
+            "--device",
+            "cpu",
+            "--gpus=3",
+            "--out",
+            "x",
+        ]
+        .map(OsString::from);
+        let got = child_args(args.into_iter());
+        assert_eq!(
+            got,
+            ["run", "job.recap", "--device", "cpu", "--out", "x"].map(OsString::from)
+        );
+    }
+
+    #[test]
+    fn exit_codes_pass_through() {
+        assert_eq!(from_code(Some(4)), ExitCode::Interrupted);
+        assert_eq!(from_code(Some(3)), ExitCode::RunFailed);
+        assert_eq!(from_code(None), ExitCode::RunFailed);
+        assert_eq!(from_code(Some(130)), ExitCode::RunFailed);
+    }
+}

@@ -1,0 +1,159 @@
+//! `recapc run --ranks N`: the local launcher starts N ranks of `recapc run` with torchrun's
+//! variables; they meet over loopback and run the job through `engine::run_with`.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{recapc, stderr, stdout};
+
+/// A few quick steps on the tiny model.
+const JOB: &str = "\
+model policy = tiny(layers = 1, hidden = 32, heads = 2, seed = 7)
+source sums = arithmetic(ops = \"+\", digits = 1, count = 16, seed = 1)
+verifier correct = numeric(extract = first_number)
+objective rl = grpo(sums) { rewards = [correct], group = 2, max_tokens = 3 }
+train {
+  steps = 2
+  prompts_per_step = 4
+  optimizer = adamw(lr = 1e-3)
+  seed = 3
+  out = \"runs/job\"
+}
+";
+
+/// A fresh directory holding the job as `job.recap`.
+fn job_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("job.recap"), JOB).unwrap();
+    dir
+}
+
+/// Runs `recapc ARGS` in a fresh job directory.
+fn run_job(args: &[&str]) -> (tempfile::TempDir, Output) {
+    let dir = job_dir();
+    let out = recapc(args, dir.path());
+    (dir, out)
+}
+
+fn run_ranks(ranks: &str) -> (tempfile::TempDir, Output) {
+    let args = [
+        "run",
+        "job.recap",
+        "--device",
+        "cpu",
+        "--progress",
+        "quiet",
+        "--ranks",
+        ranks,
+    ];
+    run_job(&args)
+}
+
+/// What a job of two ranks gives today: both ranks meet over loopback, then the engine, which
+/// has no data-parallel step yet, refuses the world of two, and the launcher fails with it.
+/// When the data-parallel step lands, this becomes a comparison with a single-process run.
+fn assert_outcome_of_two_ranks(out: &Output) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(
+            "[rank 0] error: the run failed: this build runs one rank only; a job of 2 ranks needs data-parallel training"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn two_local_ranks_meet_and_reach_the_engine() {
+    let (_dir, out) = run_ranks("2");
+    assert_outcome_of_two_ranks(&out);
+}
+
+#[test]
+fn one_local_rank_is_a_plain_run() {
+    let (dir, out) = run_ranks("1");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.path().join("runs/job/metrics.jsonl").is_file());
+    // Rank 0's messages come through with its prefix.
+    assert!(
+        stderr(&out).contains("[rank 0] finished 2 steps"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn rank_zeros_standard_output_comes_through_unprefixed() {
+    let (_dir, out) = run_job(&["run", "job.recap", "--ranks", "1", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The dry run's cost table, as a single process prints it.
+    let text = stdout(&out);
+    assert!(!text.is_empty() && !text.contains("[rank"), "{text}");
+}
+
+#[test]
+fn ranks_refuse_one_device_for_all() {
+    let (_dir, out) = run_job(&["run", "job.recap", "--gpus", "2", "--device", "cuda:1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out)
+            .contains("with --ranks, pass `--device cuda` (rank i uses cuda:i) or `--device cpu`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_broken_launcher_environment_is_a_usage_error() {
+    let dir = job_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_recapc"))
+        .args(["run", "job.recap", "--progress", "quiet"])
+        .current_dir(dir.path())
+        .env("RANK", "1")
+        .env("WORLD_SIZE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(
+            "the launcher's environment is not usable: the torchrun variables give rank 1 in a world of 1 ranks"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_rank_whose_launcher_is_killed_stops_at_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("job.recap"),
+        JOB.replace("steps = 2", "steps = 100000"),
+    )
+    .unwrap();
+    let mut launcher = Command::new(env!("CARGO_BIN_EXE_recapc"))
+        .args(["run", "job.recap", "--ranks", "1", "--progress", "quiet"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = dir.path().join("runs/job/metrics.jsonl");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.lines().count() > 2) {
+        assert!(started.elapsed().as_secs() < 120, "the rank never ran");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SIGKILL: the launcher cannot forward anything; the kernel tells the rank.
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    let checkpoints = dir.path().join("runs/job/checkpoints");
+    while !std::fs::read_dir(&checkpoints).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the orphaned rank wrote no checkpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
