@@ -207,8 +207,14 @@ pub struct RunArgs {
     /// with `--device cuda` rank i uses cuda:i; with `--device cpu` the ranks share the CPU
     /// (for testing). Without it, the ranks come from the launcher's environment (torchrun,
     /// srun, mpirun; docs/scaling.md).
+    /// With `--dry-run`, no ranks start: one process estimates memory per rank of N.
     #[arg(long, visible_alias = "gpus", value_name = "N")]
     pub ranks: Option<usize>,
+    /// Cut each step's batch into N shards, as a job of N ranks does (by default one per rank):
+    /// one process given a job's rank count takes that job's steps bit for bit on the CPU
+    /// (docs/scaling.md). With `--dry-run`, the memory estimate is per rank of N.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub shards: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]

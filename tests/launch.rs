@@ -7,12 +7,14 @@ use std::process::{Command, Output};
 
 use common::{recapc, stderr, stdout};
 
-/// A few quick steps on the tiny model.
+/// A few quick steps on the tiny model. The random model earns no reward, so GRPO alone
+/// would leave the weights as they were; the SFT replay gives every step a gradient.
 const JOB: &str = "\
 model policy = tiny(layers = 1, hidden = 32, heads = 2, seed = 7)
 source sums = arithmetic(ops = \"+\", digits = 1, count = 16, seed = 1)
 verifier correct = numeric(extract = first_number)
 objective rl = grpo(sums) { rewards = [correct], group = 2, max_tokens = 3 }
+objective replay = sft(sums)
 train {
   steps = 2
   prompts_per_step = 4
@@ -50,24 +52,39 @@ fn run_ranks(ranks: &str) -> (tempfile::TempDir, Output) {
     run_job(&args)
 }
 
-/// What a job of two ranks gives today: both ranks meet over loopback, then the engine, which
-/// has no data-parallel step yet, refuses the world of two, and the launcher fails with it.
-/// When the data-parallel step lands, this becomes a comparison with a single-process run.
-fn assert_outcome_of_two_ranks(out: &Output) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(
-        err.contains(
-            "[rank 0] error: the run failed: this build runs one rank only; a job of 2 ranks needs data-parallel training"
-        ),
-        "{err}"
-    );
-}
-
+/// Two local ranks meet over loopback and train the job data-parallel; their steps equal, bit
+/// for bit, those of one process that cuts each batch into the same two shards (the TCP
+/// collective sums in rank order, as one process sums its shards): the same metrics and the
+/// same final weights. Only rank 0 writes the run directory.
 #[test]
-fn two_local_ranks_meet_and_reach_the_engine() {
-    let (_dir, out) = run_ranks("2");
-    assert_outcome_of_two_ranks(&out);
+fn two_local_ranks_train_as_one_process_of_two_shards() {
+    let (ranked, out) = run_ranks("2");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (single, out) = run_job(&[
+        "run",
+        "job.recap",
+        "--device",
+        "cpu",
+        "--progress",
+        "quiet",
+        "--shards",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (a, b) = (
+        ranked.path().join("runs/job"),
+        single.path().join("runs/job"),
+    );
+    let metrics = common::metrics_without_timing(&a);
+    assert_eq!(metrics.len(), 2);
+    assert_eq!(metrics, common::metrics_without_timing(&b));
+    let weights =
+        |run: &std::path::Path| std::fs::read(run.join("final/model.safetensors")).unwrap();
+    assert!(weights(&a) == weights(&b), "the final weights differ");
+    // A different shard count samples other completions, so the comparison can fail.
+    let (other, out) = run_job(&["run", "job.recap", "--device", "cpu", "--progress", "quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(weights(&other.path().join("runs/job")) != weights(&a));
 }
 
 #[test]
@@ -156,4 +173,25 @@ fn a_rank_whose_launcher_is_killed_stops_at_a_checkpoint() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// A dry run with `--ranks N` starts no ranks: one process estimates memory per rank of N.
+#[test]
+fn a_dry_run_for_several_ranks_runs_once_and_estimates_per_rank() {
+    let (dir, out) = run_job(&[
+        "run",
+        "job.recap",
+        "--device",
+        "cpu",
+        "--progress",
+        "quiet",
+        "--dry-run",
+        "--ranks",
+        "4",
+    ]);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("per rank of 4"), "{all}");
+    assert!(!all.contains("[rank "), "{all}");
+    assert!(!dir.path().join("runs").exists());
 }

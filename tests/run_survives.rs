@@ -100,18 +100,7 @@ fn run_to_end(dir: &Path, args: &[&str]) -> String {
 
 /// The metrics of a run without the fields that measure time.
 fn metrics(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: Value = serde_json::from_str(l).unwrap();
-            let m = v.as_object_mut().unwrap();
-            for k in ["seconds", "tokens_per_s", "time"] {
-                m.remove(k);
-            }
-            v
-        })
-        .collect()
+    common::metrics_without_timing(run)
 }
 
 /// Whether a metric measures time (and so differs between two runs of one job).
