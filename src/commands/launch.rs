@@ -29,6 +29,10 @@ use crate::exit::ExitCode;
 /// How long the other ranks may take to end on their own once one rank has failed.
 const GRACE: Duration = Duration::from_secs(3);
 
+/// Set in the environment of the ranks `recapc run --ranks` starts: they handle SIGHUP, the
+/// signal their launcher's death sends them.
+pub const LAUNCHED: &str = "RECAP_LAUNCHED_BY_RECAPC";
+
 /// This process's device and collective: the device named on the command line, with `cuda`
 /// meaning `cuda:LOCAL_RANK` in a job of several ranks, and the collective the launcher's
 /// variables call for ([`Single`] when none is set). Errors are printed here.
@@ -118,12 +122,14 @@ pub fn run_ranks(ranks: usize, device: &str) -> ExitCode {
             cmd.env("RAYON_NUM_THREADS", n.to_string());
         }
         // A rank whose launcher dies (killed outright, so it could not forward a signal) gets
-        // SIGTERM and stops at a checkpoint, rather than training on with no one reading it.
+        // SIGHUP and stops at a checkpoint, rather than training on with no one reading it;
+        // `run::on_launcher_death` also sends its output, whose pipes are gone, to /dev/null.
+        cmd.env(LAUNCHED, "1");
         #[cfg(target_os = "linux")]
         // SAFETY: prctl(2) is async-signal-safe, as code between fork and exec must be.
         unsafe {
             cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGHUP);
                 Ok(())
             });
         }

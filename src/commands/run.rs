@@ -182,7 +182,34 @@ fn stop_on_signals() -> std::io::Result<Arc<AtomicBool>> {
         signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&stop))?;
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
+    if std::env::var_os(super::launch::LAUNCHED).is_some() {
+        on_launcher_death(&stop)?;
+    }
     Ok(stop)
+}
+
+/// A rank started by `recapc run --ranks` writes to pipes its launcher reads, and gets SIGHUP
+/// when the launcher dies (`launch::run_ranks`). With the pipes gone its next message would
+/// fail and end it without a checkpoint, so on SIGHUP its output goes to /dev/null and it stops
+/// after the step under way, as on SIGTERM.
+fn on_launcher_death(stop: &Arc<AtomicBool>) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    // Opened now: a signal handler may call dup2(2) but should not open files.
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")?
+        .into_raw_fd();
+    let stop = Arc::clone(stop);
+    // SAFETY: the handler calls only dup2(2), which is async-signal-safe, and stores to an
+    // atomic; it allocates nothing and takes no lock.
+    unsafe {
+        signal_hook::low_level::register(signal_hook::consts::SIGHUP, move || {
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        })?;
+    }
+    Ok(())
 }
 
 /// Prints the run's summary (the numbers `recapc report` puts in summary.md), read back from
