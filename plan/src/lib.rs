@@ -241,6 +241,19 @@ pub enum SourceSpec {
         /// A system prompt put before each row's turns when the row has none of its own.
         system: Option<Name>,
     },
+    /// Rows of a Hugging Face dataset saved with `save_to_disk`: a Dataset directory
+    /// (`state.json` naming its Arrow IPC stream shards) or a DatasetDict directory
+    /// (`dataset_dict.json` and one Dataset directory per split), that of `split` when given.
+    HfDataset {
+        path: Name,
+        split: Option<Name>,
+        /// The prompt template; `None` when each row's `messages` list is the prompt.
+        prompt: Option<Template>,
+        limit: Option<u64>,
+        shuffle: bool,
+        /// A system prompt put before each row's turns when the row has none of its own.
+        system: Option<Name>,
+    },
     /// Generated arithmetic problems; fields `prompt` and `answer`.
     Arithmetic {
         count: u64,

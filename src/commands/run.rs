@@ -18,7 +18,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use recap_runtime::engine::{self, ProgressMode, RunOptions};
 
-use super::plan::{hash_files, named_files};
+use super::plan::{dataset_files, hash_files, named_files};
 use super::{compile_for_plan, error_line};
 use crate::cli::{ProgressArg, RunArgs};
 use crate::exit::ExitCode;
@@ -190,7 +190,9 @@ fn check_inputs(
     plan: &recap_plan::Plan,
     recorded: Option<&Value>,
 ) -> Result<Value, String> {
-    let now = hash_files(&FsHost::for_pipeline(&args.file), &named_files(plan))?;
+    let host = FsHost::for_pipeline(&args.file);
+    let named = [named_files(plan), dataset_files(&host, plan)].concat();
+    let now = hash_files(&host, &named)?;
     let now = serde_json::to_value(&now).map_err(|e| format!("cannot record file hashes: {e}"))?;
     let mut checks = Vec::new();
     if let Some(r) = recorded {
