@@ -343,6 +343,11 @@ pub enum VerifierSpec {
         batch: u64,
         /// Further tries of a failed request, with doubling waits between them.
         retries: u64,
+        /// A PEM file of the certificates an `https` url is verified against instead of the
+        /// Mozilla roots; left out of the plan when not given, so plans without it keep their
+        /// content hash.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca: Option<Name>,
         extract: Extractor,
     },
 }

@@ -268,6 +268,7 @@ impl L<'_, '_> {
                 timeout: self.f(c, "timeout")?,
                 batch: self.u(c, "batch")?,
                 retries: self.u(c, "retries")?,
+                ca: c.str("ca").map(Into::into),
                 extract,
             },
             other => return Err(self.bug(&format!("unknown verifier function {other}"), c.span)),
