@@ -241,6 +241,19 @@ pub enum SourceSpec {
         /// A system prompt put before each row's turns when the row has none of its own.
         system: Option<Name>,
     },
+    /// Rows of a Hugging Face dataset saved with `save_to_disk`: a Dataset directory
+    /// (`state.json` naming its Arrow IPC stream shards) or a DatasetDict directory
+    /// (`dataset_dict.json` and one Dataset directory per split), that of `split` when given.
+    HfDataset {
+        path: Name,
+        split: Option<Name>,
+        /// The prompt template; `None` when each row's `messages` list is the prompt.
+        prompt: Option<Template>,
+        limit: Option<u64>,
+        shuffle: bool,
+        /// A system prompt put before each row's turns when the row has none of its own.
+        system: Option<Name>,
+    },
     /// Generated arithmetic problems; fields `prompt` and `answer`.
     Arithmetic {
         count: u64,
@@ -330,6 +343,11 @@ pub enum VerifierSpec {
         batch: u64,
         /// Further tries of a failed request, with doubling waits between them.
         retries: u64,
+        /// A PEM file of the certificates an `https` url is verified against instead of the
+        /// Mozilla roots; left out of the plan when not given, so plans without it keep their
+        /// content hash.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca: Option<Name>,
         extract: Extractor,
     },
 }

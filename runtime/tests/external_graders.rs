@@ -366,6 +366,7 @@ fn http_spec(url: &str, timeout: f64, retries: u64, batch: u64) -> External {
             timeout,
             batch,
             retries,
+            ca: None,
             extract: Extractor { steps: vec![] },
         },
     };

@@ -100,7 +100,7 @@ fn arg<'a>(args: &'a Args, name: &str) -> Option<&'a Expr> {
         .or_else(|| args.positional.first())
 }
 
-/// The span of a source call's data path (`jsonl(file)`, `parquet(path)`).
+/// The span of a source call's data path (`jsonl(file)`, `parquet(path)`, `hf_dataset(path)`).
 fn data_arg(source: &Expr) -> Option<Span> {
     let args = call_args(source)?;
     let ExprKind::Call { func, .. } = &source.kind else {
@@ -108,7 +108,7 @@ fn data_arg(source: &Expr) -> Option<Span> {
     };
     let key = match func.name.as_str() {
         "jsonl" => "file",
-        "parquet" => "path",
+        "parquet" | "hf_dataset" => "path",
         _ => return None,
     };
     arg(args, key).map(|e| e.span)
@@ -123,7 +123,7 @@ fn source_arg(args: &Args) -> Option<&Expr> {
 fn data_path(source: &Source) -> Option<&str> {
     match &source.spec {
         SourceSpec::Jsonl { file, .. } => Some(file),
-        SourceSpec::Parquet { path, .. } => Some(path),
+        SourceSpec::Parquet { path, .. } | SourceSpec::HfDataset { path, .. } => Some(path),
         _ => None,
     }
 }
@@ -132,7 +132,9 @@ fn data_path(source: &Source) -> Option<&str> {
 fn is_chat(source: &Source) -> bool {
     matches!(
         &source.spec,
-        SourceSpec::Jsonl { prompt: None, .. } | SourceSpec::Parquet { prompt: None, .. }
+        SourceSpec::Jsonl { prompt: None, .. }
+            | SourceSpec::Parquet { prompt: None, .. }
+            | SourceSpec::HfDataset { prompt: None, .. }
     )
 }
 

@@ -2,15 +2,16 @@
 //! with the sha256 and size of every data and weight file the plan names that exists. The
 //! compiler is pure and never reads those files, so hashing them is the CLI's part. The output
 //! is the plan with two more top-level fields: `file_hashes` (path, bytes, sha256 of each file;
-//! a model directory contributes each file directly inside it, and a Parquet source's directory
-//! each shard the source reads) and `inputs_hash` (one sha256
-//! over the plan's `content_hash` and every file hash), so two runs can be compared and a run
-//! reproduced.
+//! a model directory contributes each file directly inside it, a Parquet source's directory
+//! each shard the source reads, and a saved dataset its layout files and the shards of the
+//! split read) and `inputs_hash` (one sha256 over the plan's `content_hash` and every file
+//! hash), so two runs can be compared and a run reproduced.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use recap_plan::{ModelSpec, Plan, SourceSpec};
+use recap_runtime::engine::data::hf_dataset_files;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -35,7 +36,12 @@ pub fn run(args: &PlanArgs) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let hashes = match hash_files(&compiled.host, &named_files(&plan, &compiled.host)) {
+    let named = [
+        named_files(&plan, &compiled.host),
+        dataset_files(&compiled.host, &plan),
+    ]
+    .concat();
+    let hashes = match hash_files(&compiled.host, &named) {
         Ok(h) => h,
         Err(message) => {
             error_line(&message);
@@ -125,6 +131,30 @@ fn parquet_shards(host: &FsHost, path: &str, split: Option<&str>) -> Vec<String>
             _ => path.to_string(),
         })
         .collect()
+}
+
+/// The files each `hf_dataset(...)` source reads, as paths under its directory as written in
+/// the pipeline: the layout's JSON files and the Arrow shards of the split it reads, so a
+/// shard changed since the plan was made is caught like any other data file. A layout that
+/// cannot be read adds nothing; loading the source reports what is wrong with it.
+pub fn dataset_files(host: &FsHost, plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    for source in &plan.sources {
+        let SourceSpec::HfDataset { path, split, .. } = &source.spec else {
+            continue;
+        };
+        let root = host.resolve(path);
+        let Ok(files) = hf_dataset_files(&root, split.as_deref()) else {
+            continue;
+        };
+        for file in files.metadata.iter().chain(&files.shards) {
+            if let Ok(rel) = file.strip_prefix(&root) {
+                let dir = path.trim_end_matches('/');
+                out.push(format!("{dir}/{}", rel.to_string_lossy()));
+            }
+        }
+    }
+    out
 }
 
 /// One hash over the plan and the contents of every file it reads: equal inputs hashes mean

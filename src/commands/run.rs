@@ -19,7 +19,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use recap_compiler::Severity;
 use recap_runtime::engine::{self, ProgressMode, RunOptions};
 
-use super::plan::{hash_files, named_files};
+use super::plan::{dataset_files, hash_files, named_files};
 use super::{compile_for_plan, error_line};
 use crate::cli::{ProgressArg, RunArgs};
 use crate::exit::ExitCode;
@@ -250,7 +250,8 @@ fn check_inputs(
     recorded: Option<&Value>,
 ) -> Result<Value, String> {
     let host = FsHost::for_pipeline(&args.file);
-    let now = hash_files(&host, &named_files(plan, &host))?;
+    let named = [named_files(plan, &host), dataset_files(&host, plan)].concat();
+    let now = hash_files(&host, &named)?;
     let now = serde_json::to_value(&now).map_err(|e| format!("cannot record file hashes: {e}"))?;
     let mut checks = Vec::new();
     if let Some(r) = recorded {

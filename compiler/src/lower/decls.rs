@@ -169,6 +169,14 @@ impl L<'_, '_> {
                 shuffle: self.b(c, "shuffle")?,
                 system: c.str("system").map(Into::into),
             },
+            "hf_dataset" => p::SourceSpec::HfDataset {
+                path: self.s(c, "path")?,
+                split: c.str("split").map(Into::into),
+                prompt: prompt_template(c),
+                limit: self.ou(c, "limit"),
+                shuffle: self.b(c, "shuffle")?,
+                system: c.str("system").map(Into::into),
+            },
             "arithmetic" => p::SourceSpec::Arithmetic {
                 count: self.u(c, "count")?,
                 digits: self.u(c, "digits")?,
@@ -260,6 +268,7 @@ impl L<'_, '_> {
                 timeout: self.f(c, "timeout")?,
                 batch: self.u(c, "batch")?,
                 retries: self.u(c, "retries")?,
+                ca: c.str("ca").map(Into::into),
                 extract,
             },
             other => return Err(self.bug(&format!("unknown verifier function {other}"), c.span)),

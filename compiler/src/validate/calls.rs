@@ -80,18 +80,17 @@ impl V<'_, '_, '_, '_> {
         }
     }
 
-    /// An `http` verifier's url must be one the runtime's plain-HTTP client can reach.
+    /// An `http` verifier's url must be one the runtime's HTTP client can reach.
     fn http_url(&mut self, c: &CallVal) {
         let Some(url) = c.str("url") else {
             return;
         };
         let why = match url.split_once("://") {
-            Some(("http", rest)) if rest.is_empty() || rest.starts_with('/') => {
+            Some(("http" | "https", rest)) if rest.is_empty() || rest.starts_with('/') => {
                 Some("names no host")
             }
-            Some(("http", _)) => None,
-            Some(("https", _)) => Some("uses https, and the client speaks plain HTTP only"),
-            _ => Some("does not start with `http://`"),
+            Some(("http" | "https", _)) => None,
+            _ => Some("does not start with `http://` or `https://`"),
         };
         if let Some(why) = why {
             let problem = ValidateProblem::BadUrl { url, why };

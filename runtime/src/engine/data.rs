@@ -1,8 +1,8 @@
-//! Data sources of a plan: takes a `recap_plan::Source` (a JSON Lines or Parquet file, or a
-//! directory of Parquet shards, with a prompt template or chat `messages` and field extractors,
-//! or one of the seeded offline generators) and gives rows with a prompt, the chat turns before
-//! it and a map of named fields, plus a resumable cursor that hands out batches of rows in a
-//! seeded order, epoch after epoch.
+//! Data sources of a plan: takes a `recap_plan::Source` (a JSON Lines or Parquet file, a
+//! directory of Parquet shards or a Hugging Face `save_to_disk` dataset, with a prompt template
+//! or chat `messages` and field extractors, or one of the seeded offline generators) and gives
+//! rows with a prompt, the chat turns before it and a map of named fields, plus a resumable
+//! cursor that hands out batches of rows in a seeded order, epoch after epoch.
 //!
 //! A row that is not a JSON object, or that lacks a field the template, an extractor or the
 //! chat form needs, is an error naming the file and the row (the 1-based line of a JSON Lines
@@ -20,6 +20,9 @@ use serde_json::{Map, Value};
 
 use crate::tokenizer::ChatMessage;
 use crate::train::verifiers::{apply_extractor, value_text};
+
+mod hf_dataset;
+pub use hf_dataset::hf_dataset_files;
 
 /// One example: the prompt text (the user's turn: the template applied, or the last user turn
 /// of the row's `messages`; the chat template not yet applied), the turns before it, and the
@@ -246,14 +249,28 @@ impl Dataset {
                 limit,
                 shuffle,
                 system,
+            }
+            | SourceSpec::HfDataset {
+                path,
+                split,
+                prompt,
+                limit,
+                shuffle,
+                system,
             } => {
                 let root = resolve_path(base, path);
                 let shape = Shape {
                     prompt: prompt.as_ref(),
                     system: system.as_deref(),
                 };
-                let files = parquet_files(&root, split.as_deref())?;
-                (load_parquet(source, &files, &shape, cap(limit))?, *shuffle)
+                let rows = if let SourceSpec::HfDataset { .. } = source.spec {
+                    let files = hf_dataset_files(&root, split.as_deref())?;
+                    hf_dataset::load(source, &files.shards, &shape, cap(limit))?
+                } else {
+                    let files = parquet_files(&root, split.as_deref())?;
+                    load_parquet(source, &files, &shape, cap(limit))?
+                };
+                (rows, *shuffle)
             }
             SourceSpec::Arithmetic {
                 count,
@@ -556,20 +573,25 @@ fn load_parquet(
                 )
             };
             let row = row.map_err(|e| at(problem(DataProblem::Unreadable, e.to_string())))?;
-            let raw = match row.to_json_value() {
-                Value::Object(raw) => raw,
-                other => {
-                    return Err(at(problem(
-                        DataProblem::BadRow,
-                        format!("expected a record, found {}", kind_of(&other)),
-                    )))
-                }
-            };
-            let id = format!("{}:{}", source.name, rows.len() + 1);
-            rows.push(make_row(source, id, raw, shape).map_err(at)?);
+            let row = record_row(source, row.to_json_value(), rows.len() + 1, shape);
+            rows.push(row.map_err(at)?);
         }
     }
     Ok(rows)
+}
+
+/// A record of a columnar file (Parquet, Arrow) as the source's `number`th row (1-based).
+fn record_row(source: &Source, record: Value, number: usize, shape: &Shape) -> DataResult<Row> {
+    let raw = match record {
+        Value::Object(raw) => raw,
+        other => {
+            return Err(problem(
+                DataProblem::BadRow,
+                format!("expected a record, found {}", kind_of(&other)),
+            ))
+        }
+    };
+    make_row(source, format!("{}:{number}", source.name), raw, shape)
 }
 
 /// A row of a file source: the mapped fields, and the prompt from the template or from the

@@ -106,6 +106,43 @@ struct Http {
     agent: ureq::Agent,
 }
 
+/// The largest CA file an `http` verifier's `ca` may name: a bundle of every public root is
+/// a few hundred kilobytes.
+const MAX_CA_FILE: u64 = 16 << 20;
+
+/// The certificates of a PEM file, which an `http` verifier trusts instead of the Mozilla
+/// roots (a private CA, or a judge's self-signed certificate).
+fn ca_roots(name: &str, path: &Path) -> Result<ureq::tls::RootCerts> {
+    let fail = |why: String| anyhow!("verifier `{name}`: the `ca` file {}: {why}", path.display());
+    let mut pem = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CA_FILE).read_to_end(&mut pem))
+        .map_err(|e| fail(format!("cannot be read: {e}")))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item.map_err(|e| fail(format!("is not PEM: {e}")))? {
+            ureq::tls::PemItem::Certificate(cert) => certs.push(cert),
+            _ => continue,
+        }
+    }
+    if certs.is_empty() {
+        return Err(fail("holds no `BEGIN CERTIFICATE` block".into()));
+    }
+    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
+}
+
+/// The TLS error of a request refused because the server's certificate is not trusted (an
+/// unknown issuer, expired, for another name). rustls reports it during the handshake, which
+/// ureq passes on as an I/O error wrapping it, or as its own.
+fn untrusted_certificate(e: &ureq::Error) -> Option<&rustls::Error> {
+    let tls = match e {
+        ureq::Error::Rustls(tls) => Some(tls),
+        ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        _ => None,
+    }?;
+    matches!(tls, rustls::Error::InvalidCertificate(_)).then_some(tls)
+}
+
 /// Whether this kernel enforces Landlock, so that an `exec` grader can be confined to its
 /// working directory.
 pub fn landlock_available() -> bool {
@@ -176,15 +213,21 @@ impl External {
                 timeout,
                 batch,
                 retries,
+                ca,
                 extract,
             } => {
                 if !(timeout.is_finite() && *timeout > 0.0) {
                     bail!("verifier `{name}`: the timeout must be above 0 s, got {timeout}");
                 }
                 let timeout = Duration::from_secs_f64(*timeout);
+                let roots = match ca {
+                    Some(file) => ca_roots(&name, &base.join(file.as_str()))?,
+                    None => ureq::tls::RootCerts::WebPki,
+                };
                 let config = ureq::Agent::config_builder()
                     .timeout_global(Some(timeout))
                     .http_status_as_error(false)
+                    .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
                     .build();
                 let http = Http {
                     url: url.to_string(),
@@ -585,16 +628,28 @@ impl Http {
             .post(&self.url)
             .header("content-type", "application/json")
             .send(body)
-            .map_err(|e| match e {
-                ureq::Error::Timeout(_) => (
-                    format!(
-                        "{} did not answer within {:.1} s",
-                        self.url,
-                        self.timeout.as_secs_f64()
+            .map_err(|e| {
+                // A certificate the client does not trust will not become trusted by trying
+                // again; the message says what to give.
+                if let Some(why) = untrusted_certificate(&e) {
+                    let why = format!(
+                        "{}: the server's TLS certificate is not trusted ({why}); for a private \
+                         CA or a self-signed certificate, name its PEM file with `ca = \"...\"`",
+                        self.url
+                    );
+                    return (why, false);
+                }
+                match e {
+                    ureq::Error::Timeout(_) => (
+                        format!(
+                            "{} did not answer within {:.1} s",
+                            self.url,
+                            self.timeout.as_secs_f64()
+                        ),
+                        true,
                     ),
-                    true,
-                ),
-                other => (format!("{}: {other}", self.url), true),
+                    other => (format!("{}: {other}", self.url), true),
+                }
             })?;
         let status = resp.status().as_u16();
         let text = resp
