@@ -139,9 +139,10 @@ pub struct CostEstimate {
     pub forward_backward_tokens: usize,
     /// Tokens through the frozen reference's forward pass.
     pub reference_tokens: usize,
-    /// The policy's f32 master weights.
+    /// The policy's weights as stored (f32, or bf16 for a policy that trains in bf16, whose
+    /// f32 masters are in `optimizer_bytes`).
     pub weight_bytes: usize,
-    /// The f32 gradients of the trainable weights.
+    /// The gradients of the trainable weights, in the weights' dtype.
     pub gradient_bytes: usize,
     pub optimizer_bytes: usize,
     pub reference_bytes: usize,
@@ -151,6 +152,9 @@ pub struct CostEstimate {
     pub activation_bytes: usize,
     /// The logits and their log-softmax over the vocabulary for every training token.
     pub logits_bytes: usize,
+    /// The update's f32 copy of every gradient, for weights stored in a half dtype; it lives
+    /// after the training pass has freed its activations.
+    pub update_bytes: usize,
     /// Measured seconds of the dry-run step (on two prompts), when it ran.
     pub dry_step_seconds: Option<f64>,
     /// Why the dry-run step did not run, when it did not.
@@ -162,8 +166,8 @@ pub struct CostEstimate {
 
 impl CostEstimate {
     /// The step's peak: the resident weights, gradients, moments and reference, plus the
-    /// larger of the rollout's KV cache and the training pass's activations and logits, since
-    /// the rollout ends before the training pass begins.
+    /// largest of the rollout's KV cache, the training pass's activations and logits, and the
+    /// update's f32 gradients, since each phase frees its own before the next begins.
     pub fn peak_bytes(&self) -> usize {
         self.weight_bytes
             + self.gradient_bytes
@@ -172,6 +176,7 @@ impl CostEstimate {
             + self
                 .kv_cache_bytes
                 .max(self.activation_bytes + self.logits_bytes)
+                .max(self.update_bytes)
     }
 }
 
