@@ -214,6 +214,21 @@ fn fields_from_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Fields, D::
         .collect())
 }
 
+/// A source of rows stored as columns on disk, with splits: what `parquet(...)` and
+/// `hf_dataset(...)` share; only the file format differs, which the `SourceSpec` variant names.
+/// Its fields serialise beside the variant's `kind`, as a struct variant's would.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableSource {
+    pub path: Name,
+    pub split: Option<Name>,
+    /// The prompt template; `None` when each row's `messages` list is the prompt.
+    pub prompt: Option<Template>,
+    pub limit: Option<u64>,
+    pub shuffle: bool,
+    /// A system prompt put before each row's turns when the row has none of its own.
+    pub system: Option<Name>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceSpec {
@@ -231,29 +246,11 @@ pub enum SourceSpec {
     },
     /// Rows of a Parquet file, or of the Parquet shards under a directory (a Hugging Face
     /// dataset snapshot), those of one split when `split` is given.
-    Parquet {
-        path: Name,
-        split: Option<Name>,
-        /// The prompt template; `None` when each row's `messages` list is the prompt.
-        prompt: Option<Template>,
-        limit: Option<u64>,
-        shuffle: bool,
-        /// A system prompt put before each row's turns when the row has none of its own.
-        system: Option<Name>,
-    },
+    Parquet(TableSource),
     /// Rows of a Hugging Face dataset saved with `save_to_disk`: a Dataset directory
     /// (`state.json` naming its Arrow IPC stream shards) or a DatasetDict directory
     /// (`dataset_dict.json` and one Dataset directory per split), that of `split` when given.
-    HfDataset {
-        path: Name,
-        split: Option<Name>,
-        /// The prompt template; `None` when each row's `messages` list is the prompt.
-        prompt: Option<Template>,
-        limit: Option<u64>,
-        shuffle: bool,
-        /// A system prompt put before each row's turns when the row has none of its own.
-        system: Option<Name>,
-    },
+    HfDataset(TableSource),
     /// Generated arithmetic problems; fields `prompt` and `answer`.
     Arithmetic {
         count: u64,

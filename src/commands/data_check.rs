@@ -11,7 +11,7 @@ use std::path::Path;
 
 use recap_compiler::ast::{Args, DeclKind, Expr, ExprKind, File, Item, ItemKind};
 use recap_compiler::{Diagnostic, Label, Severity, Span};
-use recap_plan::{ModelSpec, Plan, Source, SourceSpec};
+use recap_plan::{ModelSpec, Plan, Source, SourceSpec, TableSource};
 use recap_runtime::engine::data::{resolve_path, DataProblem, Dataset, Row};
 use recap_runtime::tokenizer::ChatTemplate;
 
@@ -123,7 +123,7 @@ fn source_arg(args: &Args) -> Option<&Expr> {
 fn data_path(source: &Source) -> Option<&str> {
     match &source.spec {
         SourceSpec::Jsonl { file, .. } => Some(file),
-        SourceSpec::Parquet { path, .. } | SourceSpec::HfDataset { path, .. } => Some(path),
+        SourceSpec::Parquet(t) | SourceSpec::HfDataset(t) => Some(&t.path),
         _ => None,
     }
 }
@@ -133,8 +133,8 @@ fn is_chat(source: &Source) -> bool {
     matches!(
         &source.spec,
         SourceSpec::Jsonl { prompt: None, .. }
-            | SourceSpec::Parquet { prompt: None, .. }
-            | SourceSpec::HfDataset { prompt: None, .. }
+            | SourceSpec::Parquet(TableSource { prompt: None, .. })
+            | SourceSpec::HfDataset(TableSource { prompt: None, .. })
     )
 }
 

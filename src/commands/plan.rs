@@ -10,7 +10,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use recap_plan::{ModelSpec, Plan, SourceSpec};
+use recap_plan::{ModelSpec, Plan, SourceSpec, TableSource};
 use recap_runtime::engine::data::hf_dataset_files;
 use serde::Serialize;
 use serde_json::Value;
@@ -99,9 +99,7 @@ pub fn named_files(plan: &Plan, host: &FsHost) -> Vec<String> {
     for source in &plan.sources {
         match &source.spec {
             SourceSpec::Jsonl { file, .. } => out.push(file.to_string()),
-            SourceSpec::Parquet { path, split, .. } => {
-                out.extend(parquet_shards(host, path, split.as_deref()))
-            }
+            SourceSpec::Parquet(t) => out.extend(parquet_shards(host, &t.path, t.split.as_deref())),
             _ => {}
         }
     }
@@ -140,7 +138,7 @@ fn parquet_shards(host: &FsHost, path: &str, split: Option<&str>) -> Vec<String>
 pub fn dataset_files(host: &FsHost, plan: &Plan) -> Vec<String> {
     let mut out = Vec::new();
     for source in &plan.sources {
-        let SourceSpec::HfDataset { path, split, .. } = &source.spec else {
+        let SourceSpec::HfDataset(TableSource { path, split, .. }) = &source.spec else {
             continue;
         };
         let root = host.resolve(path);

@@ -161,22 +161,8 @@ impl L<'_, '_> {
                 shuffle: self.b(c, "shuffle")?,
                 system: c.str("system").map(Into::into),
             },
-            "parquet" => p::SourceSpec::Parquet {
-                path: self.s(c, "path")?,
-                split: c.str("split").map(Into::into),
-                prompt: prompt_template(c),
-                limit: self.ou(c, "limit"),
-                shuffle: self.b(c, "shuffle")?,
-                system: c.str("system").map(Into::into),
-            },
-            "hf_dataset" => p::SourceSpec::HfDataset {
-                path: self.s(c, "path")?,
-                split: c.str("split").map(Into::into),
-                prompt: prompt_template(c),
-                limit: self.ou(c, "limit"),
-                shuffle: self.b(c, "shuffle")?,
-                system: c.str("system").map(Into::into),
-            },
+            "parquet" => p::SourceSpec::Parquet(self.table(c)?),
+            "hf_dataset" => p::SourceSpec::HfDataset(self.table(c)?),
             "arithmetic" => p::SourceSpec::Arithmetic {
                 count: self.u(c, "count")?,
                 digits: self.u(c, "digits")?,
@@ -419,6 +405,20 @@ fn generated_column<'a>(func: &str, field: &'a str) -> &'a str {
     match (func, field) {
         ("arithmetic" | "sorting", "target") => "answer",
         _ => field,
+    }
+}
+
+impl L<'_, '_> {
+    /// The arguments `parquet(...)` and `hf_dataset(...)` share.
+    fn table(&self, c: &CallVal) -> Result<p::TableSource, Diagnostic> {
+        Ok(p::TableSource {
+            path: self.s(c, "path")?,
+            split: c.str("split").map(Into::into),
+            prompt: prompt_template(c),
+            limit: self.ou(c, "limit"),
+            shuffle: self.b(c, "shuffle")?,
+            system: c.str("system").map(Into::into),
+        })
     }
 }
 

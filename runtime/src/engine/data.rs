@@ -242,35 +242,20 @@ impl Dataset {
                 }
                 (rows, *shuffle)
             }
-            SourceSpec::Parquet {
-                path,
-                split,
-                prompt,
-                limit,
-                shuffle,
-                system,
-            }
-            | SourceSpec::HfDataset {
-                path,
-                split,
-                prompt,
-                limit,
-                shuffle,
-                system,
-            } => {
-                let root = resolve_path(base, path);
+            SourceSpec::Parquet(t) | SourceSpec::HfDataset(t) => {
+                let root = resolve_path(base, &t.path);
                 let shape = Shape {
-                    prompt: prompt.as_ref(),
-                    system: system.as_deref(),
+                    prompt: t.prompt.as_ref(),
+                    system: t.system.as_deref(),
                 };
-                let rows = if let SourceSpec::HfDataset { .. } = source.spec {
-                    let files = hf_dataset_files(&root, split.as_deref())?;
-                    hf_dataset::load(source, &files.shards, &shape, cap(limit))?
+                let (split, limit) = (t.split.as_deref(), cap(&t.limit));
+                let rows = if let SourceSpec::HfDataset(_) = source.spec {
+                    let files = hf_dataset_files(&root, split)?;
+                    hf_dataset::load(source, &files.shards, &shape, limit)?
                 } else {
-                    let files = parquet_files(&root, split.as_deref())?;
-                    load_parquet(source, &files, &shape, cap(limit))?
+                    load_parquet(source, &parquet_files(&root, split)?, &shape, limit)?
                 };
-                (rows, *shuffle)
+                (rows, t.shuffle)
             }
             SourceSpec::Arithmetic {
                 count,
@@ -921,7 +906,7 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use recap_plan::{ExtractStep, Extractor, Fields};
+    use recap_plan::{ExtractStep, Extractor, Fields, TableSource};
 
     fn src(spec: SourceSpec) -> Source {
         Source {
@@ -1084,14 +1069,14 @@ mod tests {
     }
 
     fn parquet(path: &str, split: Option<&str>, prompt: Option<Template>) -> Source {
-        src(SourceSpec::Parquet {
+        src(SourceSpec::Parquet(TableSource {
             path: path.into(),
             split: split.map(Into::into),
             prompt,
             limit: None,
             shuffle: false,
             system: None,
-        })
+        }))
     }
 
     fn jsonl(prompt: Option<Template>, system: Option<&str>) -> Source {

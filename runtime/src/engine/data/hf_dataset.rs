@@ -248,7 +248,7 @@ mod tests {
     use super::super::{DataProblem, Dataset};
     use super::*;
     use crate::tokenizer::ChatMessage;
-    use recap_plan::{Fields, SourceSpec, Template};
+    use recap_plan::{Fields, SourceSpec, TableSource, Template};
 
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hf_dataset")
@@ -257,7 +257,7 @@ mod tests {
     fn source(path: &str, split: Option<&str>, prompt: Option<&str>) -> Source {
         Source {
             name: "s".into(),
-            spec: SourceSpec::HfDataset {
+            spec: SourceSpec::HfDataset(TableSource {
                 path: path.into(),
                 split: split.map(Into::into),
                 prompt: prompt.map(|text| Template {
@@ -271,7 +271,7 @@ mod tests {
                 limit: None,
                 shuffle: false,
                 system: None,
-            },
+            }),
             fields: Fields::new(),
         }
     }
