@@ -207,7 +207,6 @@ pub struct RunArgs {
     /// with `--device cuda` rank i uses cuda:i; with `--device cpu` the ranks share the CPU
     /// (for testing). Without it, the ranks come from the launcher's environment (torchrun,
     /// srun, mpirun; docs/scaling.md).
-    /// With `--dry-run`, no ranks start: one process estimates memory per rank of N.
     #[arg(long, visible_alias = "gpus", value_name = "N")]
     pub ranks: Option<usize>,
     /// Cut each step's batch into N shards, as a job of N ranks does (by default one per rank):

@@ -38,18 +38,14 @@ fn run_job(args: &[&str]) -> (tempfile::TempDir, Output) {
     (dir, out)
 }
 
+/// Runs the job on the CPU, quietly, with `extra` arguments.
+fn run_cpu(extra: &[&str]) -> (tempfile::TempDir, Output) {
+    let args = ["run", "job.recap", "--device", "cpu", "--progress", "quiet"];
+    run_job(&[&args[..], extra].concat())
+}
+
 fn run_ranks(ranks: &str) -> (tempfile::TempDir, Output) {
-    let args = [
-        "run",
-        "job.recap",
-        "--device",
-        "cpu",
-        "--progress",
-        "quiet",
-        "--ranks",
-        ranks,
-    ];
-    run_job(&args)
+    run_cpu(&["--ranks", ranks])
 }
 
 /// Two local ranks meet over loopback and train the job data-parallel; their steps equal, bit
@@ -60,16 +56,7 @@ fn run_ranks(ranks: &str) -> (tempfile::TempDir, Output) {
 fn two_local_ranks_train_as_one_process_of_two_shards() {
     let (ranked, out) = run_ranks("2");
     assert!(out.status.success(), "{}", stderr(&out));
-    let (single, out) = run_job(&[
-        "run",
-        "job.recap",
-        "--device",
-        "cpu",
-        "--progress",
-        "quiet",
-        "--shards",
-        "2",
-    ]);
+    let (single, out) = run_cpu(&["--shards", "2"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let (a, b) = (
         ranked.path().join("runs/job"),
@@ -82,7 +69,7 @@ fn two_local_ranks_train_as_one_process_of_two_shards() {
         |run: &std::path::Path| std::fs::read(run.join("final/model.safetensors")).unwrap();
     assert!(weights(&a) == weights(&b), "the final weights differ");
     // A different shard count samples other completions, so the comparison can fail.
-    let (other, out) = run_job(&["run", "job.recap", "--device", "cpu", "--progress", "quiet"]);
+    let (other, out) = run_cpu(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(weights(&other.path().join("runs/job")) != weights(&a));
 }
@@ -175,20 +162,10 @@ fn a_rank_whose_launcher_is_killed_stops_at_a_checkpoint() {
     }
 }
 
-/// A dry run with `--ranks N` starts no ranks: one process estimates memory per rank of N.
+/// A dry run with `--shards N` runs in one process and estimates memory per rank of N.
 #[test]
-fn a_dry_run_for_several_ranks_runs_once_and_estimates_per_rank() {
-    let (dir, out) = run_job(&[
-        "run",
-        "job.recap",
-        "--device",
-        "cpu",
-        "--progress",
-        "quiet",
-        "--dry-run",
-        "--ranks",
-        "4",
-    ]);
+fn a_dry_run_of_n_shards_estimates_per_rank_in_one_process() {
+    let (dir, out) = run_cpu(&["--dry-run", "--shards", "4"]);
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(out.status.success(), "{all}");
     assert!(all.contains("per rank of 4"), "{all}");

@@ -86,8 +86,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         }
     };
     // The checks above ran once; each rank the launcher starts runs them again for itself.
-    // A dry run writes nothing and needs no peers: one process estimates for N ranks.
-    if let (Some(ranks), false) = (args.ranks, args.dry_run) {
+    if let Some(ranks) = args.ranks {
         return super::launch::run_ranks(ranks, &args.device);
     }
     let (device, mut comm) = match super::launch::join_job(&args.device) {
@@ -112,10 +111,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         file_hashes: hashes,
         allow_exec: args.allow_exec,
         shards: args.shards.map(|n| n as usize),
-        estimate_ranks: args
-            .ranks
-            .filter(|_| args.dry_run)
-            .or(args.shards.map(|n| n as usize)),
+        estimate_ranks: args.shards.map(|n| n as usize),
         ..RunOptions::default()
     };
     let options = if args.dry_run {
