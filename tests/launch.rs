@@ -3,7 +3,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{recapc, stderr, stdout};
 
@@ -171,4 +173,171 @@ fn a_dry_run_of_n_shards_estimates_per_rank_in_one_process() {
     assert!(all.contains("per rank of 4"), "{all}");
     assert!(!all.contains("[rank "), "{all}");
     assert!(!dir.path().join("runs").exists());
+}
+
+/// A fresh directory holding the job as `job.recap`, run for `steps` steps.
+fn job_of_steps(steps: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let job = JOB.replace("steps = 2", &format!("steps = {steps}"));
+    std::fs::write(dir.path().join("job.recap"), job).unwrap();
+    dir
+}
+
+/// Starts `recapc run job.recap --ranks 2` on the CPU in `dir` with `extra` arguments and
+/// `env`, its standard error piped. The collectives' timeout is far longer than any bound these
+/// tests allow, so a job that ends in time was ended by the launcher or by the ranks' own
+/// errors, never by a rank giving up on its peer.
+fn spawn_ranks(dir: &Path, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_recapc"))
+        .args(["run", "job.recap", "--device", "cpu", "--progress", "quiet"])
+        .args(["--ranks", "2"])
+        .args(extra)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env("RECAP_COLLECTIVE_TIMEOUT", "600")
+        .env("RECAP_RENDEZVOUS_TIMEOUT", "600")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the recapc binary starts")
+}
+
+/// Lines of `metrics.jsonl` in `run`, 0 while it does not exist.
+fn lines_written(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count())
+}
+
+/// Waits until the run has written `n` metrics lines; panics if the launcher ends first.
+fn wait_for_steps(launcher: &mut Child, run: &Path, n: usize) {
+    let start = Instant::now();
+    while lines_written(run) < n {
+        if let Some(status) = launcher.try_wait().unwrap() {
+            panic!("the job ended ({status}) before step {n}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The process id of rank `rank` of `launcher`: its child whose environment holds that RANK
+/// (a child between fork and exec still has the launcher's environment, without RANK).
+fn rank_pid(launcher: &Child, rank: usize) -> u32 {
+    let want = format!("RANK={rank}");
+    let start = Instant::now();
+    loop {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            let parent = status
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            if parent != Some(launcher.id()) {
+                continue;
+            }
+            let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            if env.split(|b| *b == 0).any(|v| v == want.as_bytes()) {
+                return pid;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no rank {rank}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether process `pid` still exists (as more than a zombie waiting for its parent).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        !s.lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+    })
+}
+
+fn send(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) has no memory effects; `pid` is a process this test started (a rank or
+    // its launcher), still running, since its parent has not yet reaped it.
+    let r = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {signal}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Waits for the launcher to end, at most `limit`; gives its status, its standard error and
+/// how long it took.
+fn wait_at_most(mut launcher: Child, limit: Duration) -> (ExitStatus, String, Duration) {
+    let start = Instant::now();
+    while launcher.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = launcher.kill();
+            let out = launcher.wait_with_output().unwrap();
+            panic!(
+                "the launcher did not end within {limit:?}: {}",
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = start.elapsed();
+    let out = launcher.wait_with_output().unwrap();
+    (out.status, stderr(&out), took)
+}
+
+/// Kills the processes it holds when dropped, so that a failing test leaves no rank behind.
+struct Reap(Vec<u32>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            if alive(*pid) {
+                // SAFETY: as in `send`; the rank is this test's grandchild.
+                unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Rank 1 killed outright in the middle of the job while rank 0 waits for it in a collective:
+/// rank 0 ends (its collective loses its peer), the launcher exits promptly with code 3 (a run
+/// that failed: a rank killed by a signal has no code of its own) and names rank 1.
+#[test]
+fn a_rank_killed_mid_run_ends_the_job_naming_it() {
+    let dir = job_of_steps(100_000);
+    let mut launcher = spawn_ranks(dir.path(), &[]);
+    wait_for_steps(&mut launcher, &dir.path().join("runs/job"), 3);
+    let (rank0, rank1) = (rank_pid(&launcher, 0), rank_pid(&launcher, 1));
+    let _reap = Reap(vec![rank0, rank1]);
+    send(rank1, libc::SIGKILL);
+    let (status, err, took) = wait_at_most(launcher, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(err.contains("rank 1 failed (killed by signal 9)"), "{err}");
+    assert!(took < Duration::from_secs(30), "took {took:?}: {err}");
+    assert!(!alive(rank0), "rank 0 outlived its launcher");
+}
+
+/// A rank that cannot end on its own when another fails (here stopped by SIGSTOP, as a rank
+/// would hang waiting for a peer that died before the rendezvous, or in a collective that does
+/// not notice a lost peer) is killed once the grace of three seconds is over.
+#[test]
+fn a_rank_that_does_not_end_after_a_failure_is_killed_after_the_grace() {
+    let dir = job_of_steps(100_000);
+    let mut launcher = spawn_ranks(dir.path(), &[]);
+    wait_for_steps(&mut launcher, &dir.path().join("runs/job"), 3);
+    let (rank0, rank1) = (rank_pid(&launcher, 0), rank_pid(&launcher, 1));
+    let _reap = Reap(vec![rank0, rank1]);
+    send(rank0, libc::SIGSTOP);
+    send(rank1, libc::SIGKILL);
+    let (status, err, took) = wait_at_most(launcher, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(err.contains("rank 1 failed (killed by signal 9)"), "{err}");
+    assert!(
+        err.contains("rank 0 did not end within 3 s: killed"),
+        "{err}"
+    );
+    assert!(took >= Duration::from_millis(2900), "no grace: {took:?}");
+    assert!(!alive(rank0), "rank 0 outlived its launcher");
 }

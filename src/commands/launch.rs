@@ -12,10 +12,10 @@
 //! through the launcher, not twice.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,7 +56,8 @@ pub fn join_job(device: &str) -> Result<(String, Box<dyn Collective>), ExitCode>
 }
 
 /// `recapc run --ranks N`: runs this command line again as N ranks on this machine and waits
-/// for them; the exit code is the first failing rank's, or theirs when they all end alike.
+/// for them. The exit code is the first failing rank's (3 for a rank killed by a signal), or
+/// theirs when they all end alike.
 pub fn run_ranks(ranks: usize, device: &str) -> ExitCode {
     if ranks == 0 {
         error_line("--ranks needs at least one rank");
@@ -271,8 +272,9 @@ impl Signals {
 /// Waits for the ranks. The first to fail ends the job: the others get [`GRACE`] to end on
 /// their own and are then killed.
 fn supervise(children: &mut [Child], signals: &mut Signals) -> ExitCode {
-    let mut codes: Vec<Option<i32>> = vec![None; children.len()];
+    let ended = ends_in_order(children);
     let mut done = vec![false; children.len()];
+    let mut statuses: Vec<Option<ExitStatus>> = vec![None; children.len()];
     let mut failed: Option<(usize, Instant)> = None;
     loop {
         let running: Vec<u32> = children
@@ -282,51 +284,88 @@ fn supervise(children: &mut [Child], signals: &mut Signals) -> ExitCode {
             .map(|(c, _)| c.id())
             .collect();
         signals.forward(&running);
-        for (rank, child) in children.iter_mut().enumerate() {
-            if done[rank] {
-                continue;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                done[rank] = true;
-                codes[rank] = status.code();
-                if !status.success() && failed.is_none() && !signals.any() {
-                    failed = Some((rank, Instant::now()));
-                }
+        let first = ended.recv_timeout(Duration::from_millis(20)).ok();
+        for rank in first.into_iter().chain(ended.try_iter()) {
+            // The rank has ended, so this reaps it without waiting.
+            let status = children[rank].wait().ok();
+            (done[rank], statuses[rank]) = (true, status);
+            let Some(status) = status else { continue };
+            if !status.success() && failed.is_none() && !signals.any() {
+                // Said at once, so that the failed rank is named even when the others end on
+                // their own with errors of their own.
+                error_line(&format!(
+                    "rank {rank} failed ({}); the other ranks get {} s to end before they are killed",
+                    describe(status),
+                    GRACE.as_secs()
+                ));
+                failed = Some((rank, Instant::now()));
             }
         }
         if done.iter().all(|d| *d) {
             break;
         }
-        if let Some((rank, at)) = failed {
-            if at.elapsed() >= GRACE {
-                error_line(&format!(
-                    "rank {rank} failed ({}); stopping the other ranks",
-                    describe(codes[rank])
-                ));
-                for (r, child) in children.iter_mut().enumerate() {
-                    if !done[r] {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        done[r] = true;
-                    }
+        if failed.is_some_and(|(_, at)| at.elapsed() >= GRACE) {
+            for (rank, child) in children.iter_mut().enumerate() {
+                if !done[rank] {
+                    error_line(&format!(
+                        "rank {rank} did not end within {} s: killed",
+                        GRACE.as_secs()
+                    ));
+                    let _ = child.kill();
+                    statuses[rank] = child.wait().ok();
                 }
-                break;
             }
+            break;
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    let code = match failed {
-        Some((rank, _)) => codes[rank],
-        // Without a failure every rank ended alike, or a signal ended them: the most serious.
-        None => codes.iter().map(|c| c.unwrap_or(1)).max(),
-    };
-    from_code(code)
+    if let Some((rank, _)) = failed {
+        return from_code(statuses[rank].and_then(|s| s.code()));
+    }
+    // Without a failure every rank ended alike, or a signal ended them: the most serious.
+    let worst = statuses
+        .iter()
+        .map(|s| s.and_then(|s| s.code()).unwrap_or(3));
+    from_code(worst.max())
 }
 
-fn describe(code: Option<i32>) -> String {
-    match code {
-        Some(c) => format!("exit code {c}"),
-        None => "killed by a signal".into(),
+/// The ranks' indices in the order they end. One thread per rank blocks until its rank has
+/// ended, without reaping it (so that its id stays the rank's until [`supervise`] reaps it):
+/// polling would see two ranks that end within one interval in rank order, and when a rank
+/// dies, its peers fail a moment later (their collectives lose it), so the rank named as the
+/// failed one would often be a peer rather than the cause.
+fn ends_in_order(children: &[Child]) -> std::sync::mpsc::Receiver<usize> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (rank, child) in children.iter().enumerate() {
+        let (pid, tx) = (child.id(), tx.clone());
+        std::thread::spawn(move || {
+            loop {
+                // SAFETY: an all-zero siginfo_t is a valid value of this plain C struct.
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: waitid(2) with WNOWAIT only reads the child's state and writes
+                // `info`, which outlives the call.
+                let r = unsafe {
+                    libc::waitid(
+                        libc::P_PID,
+                        pid as libc::id_t,
+                        &mut info,
+                        libc::WEXITED | libc::WNOWAIT,
+                    )
+                };
+                if r == 0 || std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
+                    break;
+                }
+            }
+            let _ = tx.send(rank);
+        });
+    }
+    rx
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        (None, None) => status.to_string(),
     }
 }
 
