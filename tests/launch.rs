@@ -341,3 +341,52 @@ fn a_rank_that_does_not_end_after_a_failure_is_killed_after_the_grace() {
     assert!(took >= Duration::from_millis(2900), "no grace: {took:?}");
     assert!(!alive(rank0), "rank 0 outlived its launcher");
 }
+
+/// SIGINT and SIGTERM sent to the launcher reach both ranks, which stop after the same step at
+/// one checkpoint (exit code 4, each rank saying how to resume); resumed with two ranks, the run
+/// ends with the metrics and weights of an uninterrupted one.
+#[test]
+fn sigint_and_sigterm_stop_every_rank_at_one_checkpoint_that_resumes_to_the_same_end() {
+    let dir = job_of_steps(500);
+    let weights = |run: &Path| std::fs::read(run.join("final/model.safetensors")).unwrap();
+    let (status, err, _) = wait_at_most(
+        spawn_ranks(dir.path(), &["--out", "full"]),
+        Duration::from_secs(120),
+    );
+    assert_eq!(status.code(), Some(0), "{err}");
+    let full = dir.path().join("full");
+    for (signal, out) in [(libc::SIGINT, "int"), (libc::SIGTERM, "term")] {
+        let run = dir.path().join(out);
+        let mut launcher = spawn_ranks(dir.path(), &["--out", out]);
+        wait_for_steps(&mut launcher, &run, 5);
+        send(launcher.id(), signal);
+        let (status, err, _) = wait_at_most(launcher, Duration::from_secs(120));
+        assert_eq!(status.code(), Some(4), "signal {signal}: {err}");
+        let step = lines_written(&run);
+        assert!(step < 500, "signal {signal} came too late to test anything");
+        for rank in 0..2 {
+            let said = format!("[rank {rank}] interrupted after step {step}: checkpoint");
+            assert!(err.contains(&said), "signal {signal}: {err}");
+        }
+        assert!(
+            run.join(format!("checkpoints/step-{step:06}")).is_dir(),
+            "signal {signal}: no checkpoint of step {step}"
+        );
+        assert!(!run.join("final").exists());
+        let run_arg = run.display().to_string();
+        let (status, err, _) = wait_at_most(
+            spawn_ranks(dir.path(), &["--resume", &run_arg]),
+            Duration::from_secs(120),
+        );
+        assert_eq!(status.code(), Some(0), "signal {signal}, resumed: {err}");
+        assert_eq!(
+            common::metrics_without_timing(&run),
+            common::metrics_without_timing(&full),
+            "signal {signal}: metrics differ"
+        );
+        assert!(
+            weights(&run) == weights(&full),
+            "signal {signal}: weights differ"
+        );
+    }
+}
