@@ -390,3 +390,94 @@ fn sigint_and_sigterm_stop_every_rank_at_one_checkpoint_that_resumes_to_the_same
         );
     }
 }
+
+/// A job of long steps (a wider model, more prompts) started on two ranks in a fresh directory,
+/// returned early in its third step, just after the ranks have agreed to go on past the second:
+/// so a signal sent now lands within a step, with most of the step still to run. Gives the
+/// directory, the launcher and the ranks' ids.
+fn early_in_a_long_step() -> (tempfile::TempDir, Child, Vec<u32>) {
+    let dir = tempfile::tempdir().unwrap();
+    let job = "\
+model policy = tiny(layers = 4, hidden = 256, heads = 4, seed = 7)
+source sums = arithmetic(ops = \"+\", digits = 1, count = 64, seed = 1)
+objective learn = sft(sums)
+train { steps = 1000, prompts_per_step = 128, out = \"runs/job\" }
+";
+    std::fs::write(dir.path().join("job.recap"), job).unwrap();
+    let run = dir.path().join("runs/job");
+    let mut launcher = spawn_ranks(dir.path(), &[]);
+    wait_for_steps(&mut launcher, &run, 1);
+    let ranks = vec![rank_pid(&launcher, 0), rank_pid(&launcher, 1)];
+    wait_for_steps(&mut launcher, &run, 2);
+    std::thread::sleep(Duration::from_millis(50));
+    (dir, launcher, ranks)
+}
+
+/// Sends SIGINT to the launcher of [`early_in_a_long_step`] until it ends, after stopping rank 0
+/// with SIGSTOP if `stop_rank_0`: the second signal lands within the step the first one let
+/// finish, and two signals sent close together can arrive as one, hence the repeats. Gives the
+/// launcher's status and standard error; checks that no rank outlived it and that no
+/// checkpoint was made.
+fn interrupt_twice(stop_rank_0: bool) -> (ExitStatus, String) {
+    let (dir, mut launcher, ranks) = early_in_a_long_step();
+    let _reap = Reap(ranks.clone());
+    if stop_rank_0 {
+        send(ranks[0], libc::SIGSTOP);
+    }
+    send(launcher.id(), libc::SIGINT);
+    let start = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(30));
+        if launcher.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "SIGINT did not end the job"
+        );
+        send(launcher.id(), libc::SIGINT);
+    }
+    let (status, err, _) = wait_at_most(launcher, Duration::from_secs(1));
+    let run = dir.path().join("runs/job");
+    assert!(!run.join("checkpoints").exists() && !run.join("final").exists());
+    assert!(
+        !ranks.iter().any(|p| alive(*p)),
+        "a rank outlived its launcher: {err}"
+    );
+    (status, err)
+}
+
+/// A rank that fails while the ranks finish their step after a SIGINT is a failure like any
+/// other: named, and the job ends with code 3 rather than waiting for the rank's peers.
+#[test]
+fn a_rank_that_fails_after_a_sigint_is_named() {
+    let (_dir, launcher, ranks) = early_in_a_long_step();
+    let _reap = Reap(ranks.clone());
+    send(launcher.id(), libc::SIGINT);
+    send(ranks[1], libc::SIGKILL);
+    let (status, err, _) = wait_at_most(launcher, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(err.contains("rank 1 failed (killed by signal 9)"), "{err}");
+    assert!(!alive(ranks[0]), "rank 0 outlived its launcher");
+}
+
+/// A second SIGINT to the launcher ends every rank at once, without a checkpoint, and the
+/// launcher exits with 130 as a single run does.
+#[test]
+fn a_second_sigint_ends_every_rank_at_once() {
+    let (status, err) = interrupt_twice(false);
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(!err.contains("killed"), "{err}");
+}
+
+/// A rank that does not end at the second signal (here stopped by SIGSTOP) is killed once the
+/// grace is over, and the launcher still exits with 130.
+#[test]
+fn a_rank_that_ignores_the_second_sigint_is_killed_after_the_grace() {
+    let (status, err) = interrupt_twice(true);
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("rank 0 did not end within 3 s: killed"),
+        "{err}"
+    );
+}
