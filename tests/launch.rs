@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{recapc, stderr, stdout};
+use common::{recapc, stderr, stdout, wait_for_steps};
 
 /// A few quick steps on the tiny model. The random model earns no reward, so GRPO alone
 /// would leave the weights as they were; the SFT replay gives every step a gradient.
@@ -202,23 +202,6 @@ fn spawn_ranks(dir: &Path, extra: &[&str]) -> Child {
         .expect("the recapc binary starts")
 }
 
-/// Lines of `metrics.jsonl` in `run`, 0 while it does not exist.
-fn lines_written(run: &Path) -> usize {
-    std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count())
-}
-
-/// Waits until the run has written `n` metrics lines; panics if the launcher ends first.
-fn wait_for_steps(launcher: &mut Child, run: &Path, n: usize) {
-    let start = Instant::now();
-    while lines_written(run) < n {
-        if let Some(status) = launcher.try_wait().unwrap() {
-            panic!("the job ended ({status}) before step {n}");
-        }
-        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// The process id of rank `rank` of `launcher`: its child whose environment holds that RANK
 /// (a child between fork and exec still has the launcher's environment, without RANK).
 fn rank_pid(launcher: &Child, rank: usize) -> u32 {
@@ -301,15 +284,22 @@ impl Drop for Reap {
     }
 }
 
+/// A long job on two ranks, once it has written three steps: its directory, its launcher and
+/// the ranks' ids.
+fn mid_run() -> (tempfile::TempDir, Child, [u32; 2]) {
+    let dir = job_of_steps(100_000);
+    let mut launcher = spawn_ranks(dir.path(), &[]);
+    wait_for_steps(&mut launcher, &dir.path().join("runs/job"), 3);
+    let ranks = [rank_pid(&launcher, 0), rank_pid(&launcher, 1)];
+    (dir, launcher, ranks)
+}
+
 /// Rank 1 killed outright in the middle of the job while rank 0 waits for it in a collective:
 /// rank 0 ends (its collective loses its peer), the launcher exits promptly with code 3 (a run
 /// that failed: a rank killed by a signal has no code of its own) and names rank 1.
 #[test]
 fn a_rank_killed_mid_run_ends_the_job_naming_it() {
-    let dir = job_of_steps(100_000);
-    let mut launcher = spawn_ranks(dir.path(), &[]);
-    wait_for_steps(&mut launcher, &dir.path().join("runs/job"), 3);
-    let (rank0, rank1) = (rank_pid(&launcher, 0), rank_pid(&launcher, 1));
+    let (_dir, launcher, [rank0, rank1]) = mid_run();
     let _reap = Reap(vec![rank0, rank1]);
     send(rank1, libc::SIGKILL);
     let (status, err, took) = wait_at_most(launcher, Duration::from_secs(60));
@@ -324,10 +314,7 @@ fn a_rank_killed_mid_run_ends_the_job_naming_it() {
 /// not notice a lost peer) is killed once the grace of three seconds is over.
 #[test]
 fn a_rank_that_does_not_end_after_a_failure_is_killed_after_the_grace() {
-    let dir = job_of_steps(100_000);
-    let mut launcher = spawn_ranks(dir.path(), &[]);
-    wait_for_steps(&mut launcher, &dir.path().join("runs/job"), 3);
-    let (rank0, rank1) = (rank_pid(&launcher, 0), rank_pid(&launcher, 1));
+    let (_dir, launcher, [rank0, rank1]) = mid_run();
     let _reap = Reap(vec![rank0, rank1]);
     send(rank0, libc::SIGSTOP);
     send(rank1, libc::SIGKILL);
@@ -362,7 +349,7 @@ fn sigint_and_sigterm_stop_every_rank_at_one_checkpoint_that_resumes_to_the_same
         send(launcher.id(), signal);
         let (status, err, _) = wait_at_most(launcher, Duration::from_secs(120));
         assert_eq!(status.code(), Some(4), "signal {signal}: {err}");
-        let step = lines_written(&run);
+        let step = common::lines_written(&run);
         assert!(step < 500, "signal {signal} came too late to test anything");
         for rank in 0..2 {
             let said = format!("[rank {rank}] interrupted after step {step}: checkpoint");
@@ -387,6 +374,24 @@ fn sigint_and_sigterm_stop_every_rank_at_one_checkpoint_that_resumes_to_the_same
         assert!(
             weights(&run) == weights(&full),
             "signal {signal}: weights differ"
+        );
+    }
+}
+
+/// Sends `signal` to `child` every 30 ms until it ends, at most a minute. The kernel merges a
+/// signal into one still pending, so on a loaded machine two signals sent close together can
+/// arrive as one: a test of what a second signal does repeats it.
+fn signal_until_it_ends(child: &mut Child, signal: libc::c_int) {
+    let start = Instant::now();
+    loop {
+        send(child.id(), signal);
+        std::thread::sleep(Duration::from_millis(30));
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "signal {signal} did not end the process"
         );
     }
 }
@@ -424,19 +429,7 @@ fn interrupt_twice(stop_rank_0: bool) -> (ExitStatus, String) {
     if stop_rank_0 {
         send(ranks[0], libc::SIGSTOP);
     }
-    send(launcher.id(), libc::SIGINT);
-    let start = Instant::now();
-    loop {
-        std::thread::sleep(Duration::from_millis(30));
-        if launcher.try_wait().unwrap().is_some() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "SIGINT did not end the job"
-        );
-        send(launcher.id(), libc::SIGINT);
-    }
+    signal_until_it_ends(&mut launcher, libc::SIGINT);
     let (status, err, _) = wait_at_most(launcher, Duration::from_secs(1));
     let run = dir.path().join("runs/job");
     assert!(!run.join("checkpoints").exists() && !run.join("final").exists());
