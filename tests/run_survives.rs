@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use common::{lines_written, wait_for_steps};
+
 /// A job of quick steps on the tiny model (GRPO and SFT on one source) that checkpoints every
 /// `every` steps, keeping two, and logs to TensorBoard and CSV besides `metrics.jsonl`.
 fn grpo_sft_job(steps: u64, every: u64) -> String {
@@ -68,23 +70,6 @@ fn signal(child: &Child, name: &str) {
         .expect("kill runs")
         .success();
     assert!(ok, "kill -{name} failed");
-}
-
-/// Lines of `metrics.jsonl` in `run`, 0 while it does not exist.
-fn lines_written(run: &Path) -> usize {
-    std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count())
-}
-
-/// Waits until the run has written `n` metrics lines; panics if it ends first.
-fn wait_for_steps(child: &mut Child, run: &Path, n: usize) {
-    let start = Instant::now();
-    while lines_written(run) < n {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended ({status}) before step {n}");
-        }
-        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 fn finish(child: Child) -> (ExitStatus, String) {

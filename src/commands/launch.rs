@@ -8,14 +8,14 @@
 //! a `[rank i] ` prefix. When a rank fails the others get a short grace to fail on their own
 //! (they usually do, since their collectives lose a peer) and are then killed. SIGINT and
 //! SIGTERM are forwarded to every rank, which each finish their step and checkpoint as a single
-//! run does; the ranks sit in their own process group so a terminal's Ctrl-C reaches them once,
-//! through the launcher, not twice.
+//! run does, and a second signal ends them at once; the ranks sit in their own process group so
+//! a terminal's Ctrl-C reaches them once, through the launcher, not twice.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,8 +26,12 @@ use recap_runtime::engine;
 use super::error_line;
 use crate::exit::ExitCode;
 
-/// How long the other ranks may take to end on their own once one rank has failed.
+/// How long the other ranks may take to end on their own once one rank has failed, or to end
+/// at all after a second signal.
 const GRACE: Duration = Duration::from_secs(3);
+
+/// How often a second signal is sent again to the ranks still running.
+const RESEND: Duration = Duration::from_millis(200);
 
 /// Set in the environment of the ranks `recapc run --ranks` starts: they handle SIGHUP, the
 /// signal their launcher's death sends them.
@@ -56,7 +60,9 @@ pub fn join_job(device: &str) -> Result<(String, Box<dyn Collective>), ExitCode>
 }
 
 /// `recapc run --ranks N`: runs this command line again as N ranks on this machine and waits
-/// for them; the exit code is the first failing rank's, or theirs when they all end alike.
+/// for them. The exit code is the first failing rank's (3 for a rank killed by a signal), or
+/// theirs when they all end alike; after a second SIGINT or SIGTERM, which ends the ranks at
+/// once, it is 128 plus the signal's number, as for a single run.
 pub fn run_ranks(ranks: usize, device: &str) -> ExitCode {
     if ranks == 0 {
         error_line("--ranks needs at least one rank");
@@ -156,11 +162,16 @@ pub fn run_ranks(ranks: usize, device: &str) -> ExitCode {
             }
         }
     }
-    let code = supervise(&mut children, &mut signals);
+    let ended = supervise(&mut children, &mut signals);
     for f in forwarders {
         let _ = f.join();
     }
-    code
+    match ended {
+        Ended::Code(code) => code,
+        // The documented status of a run ended by a second signal is outside `ExitCode`, as it
+        // is for a single run, whose signal handler exits the same way.
+        Ended::AtOnce(sig) => std::process::exit(128 + sig),
+    }
 }
 
 /// The command line of a rank: the launcher's own, less `--ranks N` (or `--gpus N`).
@@ -224,6 +235,10 @@ struct Signals {
     received: Arc<AtomicUsize>,
     forwarded: usize,
     last: Arc<AtomicUsize>,
+    /// When the second signal was forwarded, after which the ranks must end at once.
+    second: Option<Instant>,
+    /// When the last signal was sent to the ranks.
+    sent: Instant,
 }
 
 impl Signals {
@@ -244,35 +259,66 @@ impl Signals {
             received,
             forwarded: 0,
             last,
+            second: None,
+            sent: Instant::now(),
         })
     }
 
-    /// Sends each signal received since the last call on to every rank still running.
+    /// Sends each signal received since the last call on to every rank still running. After
+    /// the second, the signal is sent again every [`RESEND`] until the ranks end: the kernel
+    /// merges a signal into one still pending, so two sent close together can reach a rank as
+    /// one, which would then finish its step as after a first signal; any later one finds the
+    /// rank's stop flag set and ends it at once.
     fn forward(&mut self, pids: &[u32]) {
         let received = self.received.load(Ordering::SeqCst);
+        let repeat =
+            self.forwarded == received && self.second.is_some() && self.sent.elapsed() >= RESEND;
         while self.forwarded < received {
-            let sig = self.last.load(Ordering::SeqCst) as libc::c_int;
-            for pid in pids {
-                // SAFETY: kill(2) on the id of a child this process started and has not yet
-                // reaped, so the id cannot belong to another process.
-                unsafe {
-                    libc::kill(*pid as libc::pid_t, sig);
-                }
-            }
             self.forwarded += 1;
+            if self.forwarded == 2 {
+                self.second = Some(Instant::now());
+            }
+            self.send(pids);
+        }
+        if repeat {
+            self.send(pids);
         }
     }
 
-    fn any(&self) -> bool {
-        self.forwarded > 0
+    fn send(&mut self, pids: &[u32]) {
+        let sig = self.signal();
+        for pid in pids {
+            // SAFETY: kill(2) on the id of a child this process started and has not yet
+            // reaped, so the id cannot belong to another process.
+            unsafe {
+                libc::kill(*pid as libc::pid_t, sig);
+            }
+        }
+        self.sent = Instant::now();
+    }
+
+    fn signal(&self) -> libc::c_int {
+        self.last.load(Ordering::SeqCst) as libc::c_int
     }
 }
 
+/// How the ranks ended.
+enum Ended {
+    /// The launcher exits with this code.
+    Code(ExitCode),
+    /// A second signal ended them at once: the launcher exits as a single run would, with 128
+    /// plus this signal's number.
+    AtOnce(libc::c_int),
+}
+
 /// Waits for the ranks. The first to fail ends the job: the others get [`GRACE`] to end on
-/// their own and are then killed.
-fn supervise(children: &mut [Child], signals: &mut Signals) -> ExitCode {
-    let mut codes: Vec<Option<i32>> = vec![None; children.len()];
+/// their own and are then killed. A rank interrupted by a signal (exit code 4) has not failed;
+/// after a second signal, which ends the ranks at once, any rank still running after the grace
+/// is killed.
+fn supervise(children: &mut [Child], signals: &mut Signals) -> Ended {
+    let ended = ends_in_order(children);
     let mut done = vec![false; children.len()];
+    let mut statuses: Vec<Option<ExitStatus>> = vec![None; children.len()];
     let mut failed: Option<(usize, Instant)> = None;
     loop {
         let running: Vec<u32> = children
@@ -282,56 +328,98 @@ fn supervise(children: &mut [Child], signals: &mut Signals) -> ExitCode {
             .map(|(c, _)| c.id())
             .collect();
         signals.forward(&running);
-        for (rank, child) in children.iter_mut().enumerate() {
-            if done[rank] {
-                continue;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                done[rank] = true;
-                codes[rank] = status.code();
-                if !status.success() && failed.is_none() && !signals.any() {
-                    failed = Some((rank, Instant::now()));
-                }
+        let first = ended.recv_timeout(Duration::from_millis(20)).ok();
+        for rank in first.into_iter().chain(ended.try_iter()) {
+            // The rank has ended, so this reaps it without waiting.
+            let status = children[rank].wait().ok();
+            (done[rank], statuses[rank]) = (true, status);
+            let Some(status) = status else { continue };
+            let interrupted = status.code() == Some(ExitCode::Interrupted.as_i32());
+            if !status.success() && !interrupted && failed.is_none() && signals.second.is_none() {
+                // Said at once, so that the failed rank is named even when the others end on
+                // their own with errors of their own.
+                error_line(&format!(
+                    "rank {rank} failed ({}); the other ranks get {} s to end before they are killed",
+                    describe(status),
+                    GRACE.as_secs()
+                ));
+                failed = Some((rank, Instant::now()));
             }
         }
         if done.iter().all(|d| *d) {
             break;
         }
-        if let Some((rank, at)) = failed {
-            if at.elapsed() >= GRACE {
-                error_line(&format!(
-                    "rank {rank} failed ({}); stopping the other ranks",
-                    describe(codes[rank])
-                ));
-                for (r, child) in children.iter_mut().enumerate() {
-                    if !done[r] {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        done[r] = true;
-                    }
+        let since = failed.map(|(_, at)| at).or(signals.second);
+        if since.is_some_and(|at| at.elapsed() >= GRACE) {
+            for (rank, child) in children.iter_mut().enumerate() {
+                if !done[rank] {
+                    error_line(&format!(
+                        "rank {rank} did not end within {} s: killed",
+                        GRACE.as_secs()
+                    ));
+                    let _ = child.kill();
+                    statuses[rank] = child.wait().ok();
                 }
-                break;
             }
+            break;
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    let code = match failed {
-        Some((rank, _)) => codes[rank],
-        // Without a failure every rank ended alike, or a signal ended them: the most serious.
-        None => codes.iter().map(|c| c.unwrap_or(1)).max(),
-    };
-    from_code(code)
+    if let Some((rank, _)) = failed {
+        return Ended::Code(from_code(statuses[rank].and_then(|s| s.code())));
+    }
+    if signals.second.is_some() {
+        return Ended::AtOnce(signals.signal());
+    }
+    // Without a failure every rank ended alike, or a signal stopped them: the most serious.
+    let worst = statuses
+        .iter()
+        .map(|s| s.and_then(|s| s.code()).unwrap_or(3));
+    Ended::Code(from_code(worst.max()))
 }
 
-fn describe(code: Option<i32>) -> String {
-    match code {
-        Some(c) => format!("exit code {c}"),
-        None => "killed by a signal".into(),
+/// The ranks' indices in the order they end. One thread per rank blocks until its rank has
+/// ended, without reaping it (so that its id stays the rank's until [`supervise`] reaps it):
+/// polling would see two ranks that end within one interval in rank order, and when a rank
+/// dies, its peers fail a moment later (their collectives lose it), so the rank named as the
+/// failed one would often be a peer rather than the cause.
+fn ends_in_order(children: &[Child]) -> std::sync::mpsc::Receiver<usize> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (rank, child) in children.iter().enumerate() {
+        let (pid, tx) = (child.id(), tx.clone());
+        std::thread::spawn(move || {
+            loop {
+                // SAFETY: an all-zero siginfo_t is a valid value of this plain C struct.
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: waitid(2) with WNOWAIT only reads the child's state and writes
+                // `info`, which outlives the call.
+                let r = unsafe {
+                    libc::waitid(
+                        libc::P_PID,
+                        pid as libc::id_t,
+                        &mut info,
+                        libc::WEXITED | libc::WNOWAIT,
+                    )
+                };
+                if r == 0 || std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
+                    break;
+                }
+            }
+            let _ = tx.send(rank);
+        });
+    }
+    rx
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        (None, None) => status.to_string(),
     }
 }
 
 /// A rank's exit status as ours: the documented codes pass through; anything else (a rank
-/// killed by a signal, or ended at once by a second one) is a failed run.
+/// killed by a signal) is a failed run.
 fn from_code(code: Option<i32>) -> ExitCode {
     match code {
         Some(0) => ExitCode::Success,

@@ -1,7 +1,8 @@
 //! What the CLI test files share: running the built `recapc` binary and reading its streams.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 /// Runs `recapc ARGS` in `dir`, without colour.
 pub fn recapc(args: &[&str], dir: &Path) -> Output {
@@ -37,4 +38,24 @@ pub fn metrics_without_timing(run: &Path) -> Vec<serde_json::Value> {
             v
         })
         .collect()
+}
+
+/// Lines of `metrics.jsonl` in `run`, 0 while it does not exist.
+#[allow(dead_code)] // Used by the files that stop runs midway, not by every file including this.
+pub fn lines_written(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count())
+}
+
+/// Waits until the run `child` writes (alone or as the launcher of its ranks) has written `n`
+/// metrics lines; panics if it ends first.
+#[allow(dead_code)] // Used by the files that stop runs midway, not by every file including this.
+pub fn wait_for_steps(child: &mut Child, run: &Path, n: usize) {
+    let start = Instant::now();
+    while lines_written(run) < n {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before step {n}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
