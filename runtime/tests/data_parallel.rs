@@ -235,9 +235,9 @@ fn every_rank_needs_a_prompt() {
     assert!(e.to_string().contains("takes 2 prompts per step"), "{e}");
 }
 
-/// The dry run of a job of several ranks estimates one rank: a share of the batch and a ZeRO-1
-/// shard of the optimiser state, whether it runs on those ranks or as one process told their
-/// number.
+/// The dry run of a job of several ranks estimates one rank: a share of the batch, a ZeRO-1
+/// shard of the optimiser state and the update's ZeRO-2 shard of the summed gradient, whether
+/// it runs on those ranks or as one process told their number.
 #[test]
 fn dry_run_estimates_one_rank() {
     let plan = plan();
@@ -260,6 +260,11 @@ fn dry_run_estimates_one_rank() {
             a.weight_bytes, b.weight_bytes,
             "weights are whole on every rank"
         );
+        // One process of f32 variables updates in place; a rank of four holds its summed shard
+        // in f32 and a bucket's temporaries (this model is smaller than one bucket).
+        assert_eq!(a.update_bytes, 0);
+        assert!(b.update_bytes > a.gradient_bytes / 4, "{b:?}");
+        assert!(b.update_bytes < a.gradient_bytes * 4, "{b:?}");
     }
     for rank in &two {
         assert_eq!(rank.costs[1].ranks, 2);

@@ -184,15 +184,29 @@ fn bits(t: &Tensor) -> Vec<u64> {
         .collect()
 }
 
-/// What one rank computes with its collective: each dtype's sum, a gather of uneven shards
-/// (rank r gives r + 1 rows), and a sum of f64 values.
+/// What one rank computes with its collective: each dtype's sum, its segment of each dtype's
+/// reduce-scatter (uneven segments, rank 1's empty), a gather of uneven shards (rank r gives
+/// r + 1 rows), and a sum of f64 values.
 fn collect_results(c: &mut dyn Collective) -> BTreeMap<String, Vec<u64>> {
     let mut out = BTreeMap::new();
-    let rank = c.rank();
+    let (rank, world) = (c.rank(), c.world());
+    let n = operands(rank)[0].elem_count();
+    let mut counts = vec![n / world; world];
+    if world > 2 {
+        counts[1] = 0;
+    }
+    counts[world - 1] = n - counts[..world - 1].iter().sum::<usize>();
+    let start: usize = counts[..rank].iter().sum();
     for t in operands(rank) {
         let sum = c.all_reduce_sum(&t).unwrap();
         assert_eq!((sum.dtype(), sum.dims()), (t.dtype(), t.dims()));
         out.insert(format!("sum {:?}", t.dtype()), bits(&sum));
+        let flat = t.flatten_all().unwrap();
+        let part = c.reduce_scatter_sum(&flat, &counts).unwrap();
+        // The segment is the sum's, bit for bit.
+        let want = sum.flatten_all().unwrap().narrow(0, start, counts[rank]);
+        assert_eq!(bits(&part), bits(&want.unwrap()), "{:?}", t.dtype());
+        out.insert(format!("scatter {:?}", t.dtype()), bits(&part));
     }
     let rows = operands(rank)[0].narrow(0, 0, rank + 1).unwrap();
     out.insert("gather".into(), bits(&c.all_gather(&rows).unwrap()));
@@ -255,7 +269,15 @@ fn tcp_collective_equals_the_thread_group() {
     let ops: Vec<Tensor> = (0..world).map(|r| operands(r)[0].clone()).collect();
     let in_order = ((&ops[0] + &ops[1]).unwrap() + &ops[2]).unwrap();
     assert_eq!(expected[0]["sum F32"], bits(&in_order));
-    assert!(expected.iter().all(|e| e == &expected[0]));
+    let shared = |e: &BTreeMap<String, Vec<u64>>| {
+        e.iter()
+            .filter(|(k, _)| !k.starts_with("scatter"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert!(expected.iter().all(|e| shared(e) == shared(&expected[0])));
+    // Each rank got its own segment: rank 1's is empty, the others' are not.
+    assert!(expected[1]["scatter F32"].is_empty() && !expected[2]["scatter F32"].is_empty());
 }
 
 #[test]

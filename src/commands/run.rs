@@ -344,7 +344,7 @@ fn print_costs(costs: &[engine::CostEstimate]) {
             ("KV cache of the rollout", c.kv_cache_bytes),
             ("activations (bound)", c.activation_bytes),
             ("logits (bound)", c.logits_bytes),
-            ("f32 gradients of the update", c.update_bytes),
+            ("update (f32 gradients, buckets)", c.update_bytes),
             ("estimated peak", c.peak_bytes()),
         ];
         for (what, b) in memory {

@@ -106,6 +106,47 @@ impl NcclGroup {
         Ok(from_cuda(out, t.shape().clone()))
     }
 
+    /// This rank's segment of the sum across ranks of a one-dimensional CUDA buffer of `T` cut
+    /// into segments of `counts[r]` elements. NCCL scatters equal segments only, so every
+    /// segment is padded to the longest before the call and this rank's padding is cut off
+    /// after it.
+    fn scatter_slice<T: NcclType + CudaDType + DeviceRepr + ValidAsZeroBits>(
+        &self,
+        t: &Tensor,
+        counts: &[usize],
+    ) -> Result<Tensor> {
+        let most = counts.iter().copied().max().unwrap_or(0);
+        let mine = counts[self.comm.rank()];
+        if most == 0 {
+            return Ok(Tensor::zeros(0, t.dtype(), t.device())?);
+        }
+        let mut parts = Vec::with_capacity(2 * counts.len());
+        let mut at = 0;
+        for &n in counts {
+            parts.push(t.narrow(0, at, n)?);
+            if n < most {
+                parts.push(Tensor::zeros(most - n, t.dtype(), t.device())?);
+            }
+            at += n;
+        }
+        let padded = Tensor::cat(&parts, 0)?;
+        let (storage, layout) = padded.storage_and_layout();
+        let Storage::Cuda(cs) = &*storage else {
+            bail!("NCCL sums CUDA tensors; this one is on {:?}", t.device());
+        };
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| anyhow!("a contiguous tensor without contiguous offsets"))?;
+        let src = cs.as_cuda_slice::<T>()?.slice(start..end);
+        let mut dst: CudaSlice<T> = self.comm.stream().alloc_zeros(most)?;
+        self.comm
+            .reduce_scatter(&src, &mut dst, &ReduceOp::Sum)
+            .map_err(|e| anyhow!("NCCL reduce_scatter failed: {e:?}"))?;
+        drop(storage);
+        let out = CudaStorage::wrap_cuda_slice(dst, self.device.clone());
+        Ok(from_cuda(out, most).narrow(0, 0, mine)?)
+    }
+
     /// Every rank's contiguous CUDA buffer of `T`, of `rows[r]` rows each, concatenated in rank
     /// order. NCCL gathers equal lengths only, so shorter shards are padded to the longest and
     /// the padding is cut out afterwards.
@@ -169,6 +210,17 @@ impl Collective for NcclGroup {
             DType::F64 => self.sum_slice::<f64>(t),
             DType::BF16 => self.sum_slice::<bf16>(t),
             DType::F16 => self.sum_slice::<f16>(t),
+            d => bail!("NCCL sums f32, f64, bf16 and f16 tensors, not {d:?}"),
+        }
+    }
+
+    fn reduce_scatter_sum(&mut self, t: &Tensor, counts: &[usize]) -> Result<Tensor> {
+        super::segment_start(t, counts, self.rank(), self.world())?;
+        match t.dtype() {
+            DType::F32 => self.scatter_slice::<f32>(t, counts),
+            DType::F64 => self.scatter_slice::<f64>(t, counts),
+            DType::BF16 => self.scatter_slice::<bf16>(t, counts),
+            DType::F16 => self.scatter_slice::<f16>(t, counts),
             d => bail!("NCCL sums f32, f64, bf16 and f16 tensors, not {d:?}"),
         }
     }

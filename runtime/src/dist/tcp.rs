@@ -27,6 +27,7 @@ const OP_SUM: u8 = 1;
 const OP_SUM_F64: u8 = 2;
 const OP_GATHER: u8 = 3;
 const OP_BARRIER: u8 = 4;
+const OP_SCATTER: u8 = 5;
 const OP_ERROR: u8 = 255;
 
 /// The store key under which rank 0 publishes the port of its collective listener.
@@ -38,6 +39,7 @@ fn op_name(op: u8) -> &'static str {
         OP_SUM_F64 => "all_reduce_f64",
         OP_GATHER => "all_gather",
         OP_BARRIER => "barrier",
+        OP_SCATTER => "reduce_scatter_sum",
         _ => "an unknown operation",
     }
 }
@@ -182,13 +184,13 @@ impl TcpGroup {
         };
         for r in 1..self.world {
             let peer = self.peers[r].as_mut().expect("rank 0 holds every peer");
-            if let Err(e) = combined.write(&mut peer.w) {
+            if let Err(e) = combined.part(r).and_then(|f| f.write(&mut peer.w)) {
                 let message = lost(r, op, &e);
                 self.broadcast_error(&message);
                 bail!(message);
             }
         }
-        Ok(combined)
+        Ok(combined.part(0)?.into_owned())
     }
 
     /// Every other rank: sends its frame to rank 0 and reads the result.
@@ -298,7 +300,9 @@ fn lost(rank: usize, op: u8, e: &anyhow::Error) -> String {
     }
 }
 
-/// One rank's operand or a result on the wire.
+/// One rank's operand or a result on the wire. A reduce-scatter's frame carries the segments'
+/// lengths after the operand's length in `dims` (`[n, counts...]`), so that rank 0 checks the
+/// ranks agree on them and cuts the sum by them.
 #[derive(Debug, Clone, PartialEq)]
 struct Frame {
     op: u8,
@@ -349,8 +353,41 @@ impl Frame {
     }
 
     fn tensor(&self) -> Result<Tensor> {
-        let dims: Vec<usize> = self.dims.iter().map(|d| *d as usize).collect();
+        let dims: Vec<usize> = match self.op {
+            OP_SCATTER => self.dims.first().map(|n| *n as usize).into_iter().collect(),
+            _ => self.dims.iter().map(|d| *d as usize).collect(),
+        };
         tensor_from_bytes(&self.data, code_dtype(self.dtype)?, &dims)
+    }
+
+    /// What rank `r` receives of a combined frame: a reduce-scatter's segment `r`, or else the
+    /// whole frame.
+    fn part(&self, r: usize) -> Result<std::borrow::Cow<'_, Frame>> {
+        if self.op != OP_SCATTER {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        }
+        let size = code_dtype(self.dtype)?.size_in_bytes();
+        let counts = self.dims.get(1..).unwrap_or_default();
+        let (Some(&len), Some(start)) = (
+            counts.get(r),
+            counts.get(..r).map(|c| c.iter().sum::<u64>()),
+        ) else {
+            bail!(
+                "a reduce-scatter of {} segments has none for rank {r}",
+                counts.len()
+            );
+        };
+        let bytes = (start as usize * size)..((start + len) as usize * size);
+        Ok(std::borrow::Cow::Owned(Frame {
+            op: OP_SCATTER,
+            dtype: self.dtype,
+            dims: vec![len],
+            data: self
+                .data
+                .get(bytes)
+                .ok_or_else(|| anyhow!("a reduce-scatter's segments overrun its sum"))?
+                .to_vec(),
+        }))
     }
 
     fn shape_text(&self) -> String {
@@ -387,13 +424,15 @@ fn combine(frames: &[Frame]) -> Result<Frame> {
         }
     }
     match first.op {
-        OP_SUM => {
+        OP_SUM | OP_SCATTER => {
             // The same additions in the same order as ThreadGroup: bit-identical results.
             let mut sum = first.tensor()?;
             for f in &frames[1..] {
                 sum = (sum + f.tensor()?)?;
             }
-            Frame::of_tensor(OP_SUM, &sum)
+            let mut out = Frame::of_tensor(first.op, &sum)?;
+            out.dims.clone_from(&first.dims);
+            Ok(out)
         }
         OP_SUM_F64 => {
             let mut sum = vec![0.0f64; first.data.len() / 8];
@@ -517,6 +556,14 @@ impl Collective for TcpGroup {
 
     fn all_reduce_sum(&mut self, t: &Tensor) -> Result<Tensor> {
         let out = self.exchange(Frame::of_tensor(OP_SUM, t)?)?;
+        Ok(out.tensor()?.to_device(t.device())?)
+    }
+
+    fn reduce_scatter_sum(&mut self, t: &Tensor, counts: &[usize]) -> Result<Tensor> {
+        super::segment_start(t, counts, self.rank, self.world)?;
+        let mut frame = Frame::of_tensor(OP_SCATTER, t)?;
+        frame.dims.extend(counts.iter().map(|c| *c as u64));
+        let out = self.exchange(frame)?;
         Ok(out.tensor()?.to_device(t.device())?)
     }
 

@@ -77,30 +77,39 @@ impl Optim {
         (per * elems + master_elems) * 4
     }
 
+    /// Bytes the update of one rank holds for a moment beyond the gradients and the state,
+    /// were the state sharded over `ranks` ranks ([`crate::train::optim::update_bytes`]).
+    pub fn update_bytes(&self, ranks: usize) -> usize {
+        self.inner.update_bytes(ranks)
+    }
+
     /// Sums the gradients across the job's ranks (`comm`), clips them to `clip` (0: no
-    /// clipping) by global norm and applies one update at learning rate `lr`; under ZeRO-1 each
-    /// rank updates its shard and the ranks then exchange the new weights. Variables without a
-    /// gradient are left alone (torch skips them too). A gradient whose norm is not finite is
-    /// not applied at all, so the weights and moments stay as they were; the engine counts such
-    /// a step as bad.
+    /// clipping) by global norm and applies one update at learning rate `lr`. In a job of
+    /// several ranks each rank receives the summed gradient of its own shard only (ZeRO-2),
+    /// updates that shard (ZeRO-1) and the ranks then exchange the new weights. Variables
+    /// without a gradient are left alone (torch skips them too). A gradient whose norm is not
+    /// finite is not applied at all, so the weights and moments stay as they were; the engine
+    /// counts such a step as bad. The store is consumed: its gradients are let go as they are
+    /// summed.
     pub fn step(
         &mut self,
-        grads: &GradStore,
+        grads: GradStore,
         lr: f64,
         clip: f64,
         comm: &mut dyn Collective,
     ) -> Result<StepInfo> {
-        let mut g = self.inner.grads(grads)?;
-        self.inner.all_reduce_grads(&mut g, comm)?;
-        let norm = if clip > 0.0 {
-            g.clip_global_norm(clip)?
-        } else {
-            g.global_norm()?
-        };
+        let mut g = self.inner.grads(&grads)?;
+        drop(grads);
+        self.inner.reduce_grads(&mut g, comm)?;
+        let norm = self.inner.global_norm(&g, comm)?;
         if !norm.is_finite() {
             return Ok(StepInfo { grad_norm: norm });
         }
+        if clip > 0.0 {
+            g.clip_to(norm, clip)?;
+        }
         self.inner.step(&g, lr)?;
+        drop(g);
         self.inner.gather_params(comm)?;
         Ok(StepInfo { grad_norm: norm })
     }
@@ -221,7 +230,7 @@ mod tests {
             .unwrap()
             .backward()
             .unwrap();
-        let info = opt.step(&grads, 0.1, 1.0, &mut Single).unwrap();
+        let info = opt.step(grads, 0.1, 1.0, &mut Single).unwrap();
         let norm = (0.25f64 + 9.0).sqrt();
         assert!((info.grad_norm - norm).abs() < 1e-5);
         // After bias correction the first Adam step is lr * sign(g) (up to eps); decay first.
@@ -244,7 +253,7 @@ mod tests {
                 .unwrap()
                 .backward()
                 .unwrap();
-            o.step(&g, 0.1, 1.0, &mut Single).unwrap();
+            o.step(g, 0.1, 1.0, &mut Single).unwrap();
         }
         assert_eq!(
             w.as_tensor().to_vec1::<f32>().unwrap(),
@@ -268,7 +277,7 @@ mod tests {
                 .unwrap()
                 .backward()
                 .unwrap();
-            opt.step(&grads, 0.5, 0.0, &mut Single).unwrap();
+            opt.step(grads, 0.5, 0.0, &mut Single).unwrap();
         }
         // Step 1: g = 2, m = 2, w = 0. Step 2: g = 2, m = 0.9 * 2 + 2 = 3.8, w = -1.9.
         let got = w.as_tensor().to_vec1::<f32>().unwrap()[0];

@@ -945,8 +945,7 @@ impl Ctx<'_> {
         let t = Instant::now();
         let info = rt
             .optim
-            .step(&grads, lr, stage.train.grad_clip, &mut *self.comm)?;
-        drop(grads);
+            .step(grads, lr, stage.train.grad_clip, &mut *self.comm)?;
         st.tm.optim += t.elapsed().as_secs_f64();
         rt.step += 1;
         self.global_step += 1;
@@ -1273,6 +1272,7 @@ pub(crate) fn estimate(
         var_bytes,
         frozen_params,
         optimizer_bytes: rt.optim.state_bytes(ranks),
+        update_bytes: rt.optim.update_bytes(ranks),
         reference: reft > 0,
         dtype_bytes: policy.compute_dtype().size_in_bytes(),
         compute_copies: policy.compute_dtype() != policy.dtype(),
@@ -1319,6 +1319,9 @@ pub(crate) struct MemoryShape {
     /// dtype with no gradient or moments; its reference shares them.
     pub frozen_params: usize,
     pub optimizer_bytes: usize,
+    /// What the update holds for a moment beyond the gradients and the optimizer's state
+    /// (`Optim::update_bytes`).
+    pub update_bytes: usize,
     /// Whether the step runs a frozen reference (an f32 copy of the policy).
     pub reference: bool,
     pub layers: usize,
@@ -1361,6 +1364,7 @@ impl MemoryShape {
             var_bytes: 4,
             frozen_params: 0,
             optimizer_bytes: 0,
+            update_bytes: 0,
             reference: false,
             layers: c.num_hidden_layers,
             hidden: c.hidden_size,
@@ -1395,8 +1399,9 @@ pub(crate) struct Memory {
     pub kv_cache: usize,
     pub activations: usize,
     pub logits: usize,
-    /// The f32 copy of every gradient the update makes when the variables are stored in a
-    /// half dtype (`Optimizer::grads`), after the training pass has freed its activations.
+    /// What the update holds for a moment beyond the gradients and the optimizer's state
+    /// (f32 copies of gradients, the all-reduce's buckets), after the training pass has freed
+    /// its activations.
     pub update: usize,
 }
 
@@ -1461,7 +1466,7 @@ pub(crate) fn memory(s: &MemoryShape) -> Memory {
         kv_cache: s.gen_rows * s.layers * 2 * kvd * s.seq * s.dtype_bytes,
         activations: per_chunk * s.in_flight,
         logits: logits * s.in_flight,
-        update: if s.var_bytes == 4 { 0 } else { s.params * 4 },
+        update: s.update_bytes,
     }
 }
 
@@ -1489,9 +1494,13 @@ pub(crate) fn describe_cost(c: &CostEstimate) -> String {
         (None, Some(why)) => format!("dry-run step skipped: {why}"),
         (None, None) => "dry-run step not run".to_string(),
     };
-    // A job of several ranks: the figures are one rank's, its optimiser state a ZeRO-1 shard.
+    // A job of several ranks: the figures are one rank's, its gradient sum and optimiser state
+    // ZeRO-2 shards.
     let who = if c.ranks > 1 {
-        format!(" per rank of {} (ZeRO-1 optimizer shard)", c.ranks)
+        format!(
+            " per rank of {} (ZeRO-2 gradient and optimizer shards)",
+            c.ranks
+        )
     } else {
         String::new()
     };
@@ -1559,6 +1568,7 @@ mod tests {
             var_bytes: 4,
             frozen_params: 0,
             optimizer_bytes: 8000,
+            update_bytes: 0,
             reference: true,
             layers: 2,
             hidden: 4,
@@ -1596,15 +1606,16 @@ mod tests {
                 update: 0,
             }
         );
-        // Variables stored in bf16: weights, gradients and the reference at 2 bytes, and the
-        // update's f32 copy of the gradients.
+        // Variables stored in bf16: weights, gradients and the reference at 2 bytes; the
+        // update's temporaries are the optimizer's to say.
         let half = memory(&MemoryShape {
             var_bytes: 2,
+            update_bytes: 600,
             ..shape
         });
         assert_eq!(
             (half.weights, half.gradients, half.reference, half.update),
-            (2000, 2000, 2000, 4000)
+            (2000, 2000, 2000, 600)
         );
         // Checkpointing: 6 tokens x (2 layers x 4 + 2 x 58) x 2 bytes.
         let ckpt = memory(&MemoryShape {
@@ -1677,6 +1688,8 @@ mod tests {
                 frozen_params: 0,
                 var_bytes: 2,
                 optimizer_bytes: params * 12,
+                // The largest parameter is the (tied) embedding.
+                update_bytes: crate::train::optim::update_bytes(&[151_936 * hidden], 2, 1),
                 reference: true,
                 layers,
                 hidden,
@@ -1732,6 +1745,78 @@ mod tests {
     /// linear of Qwen2.5-7B, bf16, 16 x 8 rows of 128 + 256 tokens, `micro_batch = 4` on one
     /// GPU) fits an 80 GB card. The dry run itself cannot load 7B's f32 weights on a small host
     /// (the load bound refuses), so the shape is taken from the config's sizes here.
+    /// A full fine-tune of Qwen2.5-7B in bf16 with a KL reference on eight 80 GB cards
+    /// (`pipelines/bench/gpu-qwen2.5-7b-full.recap`): each rank holds whole bf16 weights,
+    /// gradients and reference, a ZeRO shard of the optimizer state (AdamW's moments and the
+    /// f32 masters) and of the summed f32 gradient, and runs its 16 of the batch's 128 rows
+    /// with checkpointing. Without ZeRO-2 the update held an f32 copy of the whole gradient.
+    #[test]
+    fn the_7b_full_finetune_fits_eight_80_gb_cards() {
+        use crate::model::weight_shapes;
+        use crate::train::optim::{owners_of, update_bytes};
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/qwen2.5-7b.json");
+        let c = crate::model::ModelConfig::sizes_from_file(std::path::Path::new(path)).unwrap();
+        let lens: Vec<usize> = weight_shapes(&c)
+            .iter()
+            .map(|(_, s)| s.iter().product())
+            .collect();
+        let params: usize = lens.iter().sum();
+        assert_eq!(params, 7_615_616_512);
+        let ranks = 8;
+        let mut shards = vec![0usize; ranks];
+        for (n, r) in lens.iter().zip(owners_of(&lens, ranks)) {
+            shards[r] += n;
+        }
+        let shard = *shards.iter().max().unwrap();
+        // Rows per rank, the longest sequence, completion tokens.
+        let (rows, seq, new) = (16 * 8 / ranks, 128 + 256, 256);
+        let shape = MemoryShape {
+            params,
+            var_bytes: 2,
+            // AdamW's two moments and the f32 masters of the rank's shard.
+            optimizer_bytes: shard * 12,
+            update_bytes: update_bytes(&lens, 2, ranks),
+            reference: true,
+            dtype_bytes: 2,
+            chunk_tokens: rows * seq,
+            chunk_positions: rows * new,
+            chunks: 1,
+            in_flight: 1,
+            logit_rows: PassOptions::for_vocab(c.vocab_size).logit_rows,
+            checkpointing: true,
+            gen_rows: rows,
+            seq,
+            ..MemoryShape::of_model(&c)
+        };
+        let m = memory(&shape);
+        let cost = cost_of(&m, 16 / ranks, [rows * new, rows * seq, rows * seq]);
+        eprintln!("{}", describe_cost(&cost));
+        eprintln!(
+            "weights {:.1}, gradients {:.1}, optimizer {:.1}, reference {:.1}, activations {:.1}, logits {:.1}, update {:.1}, peak {:.1} GiB",
+            gib(m.weights),
+            gib(m.gradients),
+            gib(m.optimizer),
+            gib(m.reference),
+            gib(m.activations),
+            gib(m.logits),
+            gib(m.update),
+            gib(cost.peak_bytes())
+        );
+        assert!(cost.peak_bytes() < 80_000_000_000, "{}", cost.peak_bytes());
+        // ZeRO-1 alone: the update converted the whole gradient to f32.
+        let zero1 = memory(&MemoryShape {
+            update_bytes: params * 4,
+            ..shape
+        });
+        let zero1 = cost_of(&zero1, 16 / ranks, [rows * new, rows * seq, rows * seq]);
+        assert!(
+            zero1.peak_bytes() > 80_000_000_000,
+            "{}",
+            zero1.peak_bytes()
+        );
+    }
+
     #[test]
     fn the_7b_lora_benchmark_fits_80_gb() {
         use crate::model::{adapter_parameters, weight_shapes, LoraSpec, LoraTarget};

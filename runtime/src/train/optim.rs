@@ -66,7 +66,9 @@ fn validate(spec: &PlanOptimizer) -> Result<()> {
     Ok(())
 }
 
-/// Gradients aligned with an optimiser's parameters (f32; `None` where a parameter got none).
+/// Gradients aligned with an optimiser's parameters (`None` where a parameter got none, or, in
+/// a data-parallel job after [`Optimizer::reduce_grads`], where another rank updates it), in
+/// the dtype the backward gave them or, once summed across ranks, in f32.
 #[derive(Debug, Clone)]
 pub struct Grads {
     names: Vec<String>,
@@ -99,17 +101,12 @@ impl Grads {
     /// The L2 norm over every gradient together; an error naming the first tensor whose
     /// gradient is not finite.
     pub fn global_norm(&self) -> Result<f64> {
-        let mut total = 0.0f64;
-        for (name, g) in self.names.iter().zip(&self.grads) {
-            if let Some(g) = g {
-                let sq = sum_squares(g)?;
-                if !sq.is_finite() {
-                    bail!("gradient of `{name}` is not finite");
-                }
-                total += sq;
-            }
-        }
-        Ok(total.sqrt() * self.factor.abs())
+        let squares = self
+            .grads
+            .iter()
+            .map(|g| g.as_ref().map_or(Ok(0.0), sum_squares))
+            .collect::<Result<Vec<f64>>>()?;
+        Ok(sum_norm(&self.names, &squares)? * self.factor.abs())
     }
 
     /// Multiplies every gradient by `factor` (recorded, applied by the optimiser).
@@ -135,15 +132,22 @@ impl Grads {
     /// PyTorch's `clip_grad_norm_`: scales by `max_norm / (norm + 1e-6)` when that is below 1.
     /// Returns the norm before clipping.
     pub fn clip_global_norm(&mut self, max_norm: f64) -> Result<f64> {
+        let norm = self.global_norm()?;
+        self.clip_to(norm, max_norm)?;
+        Ok(norm)
+    }
+
+    /// Clips as [`Grads::clip_global_norm`] does, given the gradients' global `norm` (taken
+    /// across the ranks of a job by [`Optimizer::global_norm`]).
+    pub fn clip_to(&mut self, norm: f64, max_norm: f64) -> Result<()> {
         if max_norm.is_nan() || max_norm <= 0.0 {
             bail!("gradient clipping: max_norm must be > 0, got {max_norm}");
         }
-        let norm = self.global_norm()?;
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
             self.scale(coef)?;
         }
-        Ok(norm)
+        Ok(())
     }
 }
 
@@ -324,7 +328,20 @@ fn fusable(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
 }
 
-/// The sum of squares of a tensor, without a temporary on the CPU.
+/// The square root of the sum of `squares` (one per parameter, in order), or an error naming
+/// the first parameter whose square is not finite.
+fn sum_norm(names: &[String], squares: &[f64]) -> Result<f64> {
+    let mut total = 0.0f64;
+    for (name, sq) in names.iter().zip(squares) {
+        if !sq.is_finite() {
+            bail!("gradient of `{name}` is not finite");
+        }
+        total += sq;
+    }
+    Ok(total.sqrt())
+}
+
+/// The sum of squares of a tensor, in f32 whatever its dtype, without a temporary on the CPU.
 fn sum_squares(t: &Tensor) -> Result<f64> {
     if fusable(t) {
         let (storage, layout) = t.storage_and_layout();
@@ -336,7 +353,11 @@ fn sum_squares(t: &Tensor) -> Result<f64> {
                 .sum());
         }
     }
-    t.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
+    t.to_dtype(DType::F32)?
+        .sqr()?
+        .sum_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()
 }
 
 #[derive(Debug)]
@@ -441,18 +462,15 @@ impl Optimizer {
         self.fused = fused;
     }
 
-    /// The gradients of this optimiser's parameters from a backward pass, in f32.
+    /// The gradients of this optimiser's parameters from a backward pass, in the dtype the
+    /// backward gave them: the update reads each in f32 one parameter at a time, so a policy
+    /// stored in bf16 never holds an f32 copy of its whole gradient.
     pub fn grads(&self, store: &GradStore) -> Result<Grads> {
         let grads = self
             .params
             .iter()
-            .map(|p| {
-                store
-                    .get(p.var.as_tensor())
-                    .map(|g| g.to_dtype(DType::F32))
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .map(|p| store.get(p.var.as_tensor()).cloned())
+            .collect();
         Ok(Grads {
             names: self.params.iter().map(|p| p.name.clone()).collect(),
             grads,
@@ -482,6 +500,8 @@ impl Optimizer {
             if p.owner != rank {
                 continue;
             }
+            // One parameter's gradient in f32 at a time (no copy when it already is).
+            let g = &g.to_dtype(DType::F32)?;
             if g.dims() != p.var.dims() {
                 bail!(
                     "optimizer: gradient of `{}` has shape {:?}, parameter {:?}",
@@ -758,10 +778,15 @@ pub const BUCKET_ELEMS: usize = 32 << 20;
 /// Consecutive runs of `lens` of at most [`BUCKET_ELEMS`] elements together (an item larger
 /// than that is a bucket of its own), as index ranges.
 pub fn buckets(lens: &[usize]) -> Vec<std::ops::Range<usize>> {
+    buckets_of(lens, BUCKET_ELEMS)
+}
+
+/// [`buckets`] of at most `bucket` elements.
+fn buckets_of(lens: &[usize], bucket: usize) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut size) = (0, 0);
     for (i, &n) in lens.iter().enumerate() {
-        if i > start && size + n > BUCKET_ELEMS {
+        if i > start && size + n > bucket {
             out.push(start..i);
             (start, size) = (i, 0);
         }
@@ -771,6 +796,44 @@ pub fn buckets(lens: &[usize]) -> Vec<std::ops::Range<usize>> {
         out.push(start..lens.len());
     }
     out
+}
+
+/// The rank of `world` that updates each parameter of `lens` elements: the parameters, in
+/// order, cut into contiguous runs of about equal size (a parameter goes to the rank whose
+/// equal share holds its middle element).
+pub fn owners_of(lens: &[usize], world: usize) -> Vec<usize> {
+    let total: usize = lens.iter().sum();
+    let mut start = 0usize;
+    lens.iter()
+        .map(|&n| {
+            let owner = ((start + n / 2) * world / total.max(1)).min(world.saturating_sub(1));
+            start += n;
+            owner
+        })
+        .collect()
+}
+
+/// Bytes one rank's update holds for a moment beyond the gradients the backward gave and the
+/// optimiser's state, for parameters of `lens` elements stored with `var_bytes` bytes each and
+/// the state sharded over `world` ranks, after the training pass has freed its activations:
+/// - one rank: a half-dtype parameter's gradient read in f32 and its update rounded back, one
+///   parameter at a time (the largest counts); nothing for f32 parameters;
+/// - several ranks ([`Optimizer::reduce_grads`]): the rank's summed shard in f32 (the largest
+///   rank's), and one bucket's f32 operand, its sum and the collective's staging copy (three
+///   buckets' worth), besides the rounded write-back of a half-dtype parameter.
+pub fn update_bytes(lens: &[usize], var_bytes: usize, world: usize) -> usize {
+    let largest = lens.iter().copied().max().unwrap_or(0);
+    let half = var_bytes < 4;
+    if world <= 1 {
+        return if half { largest * (4 + var_bytes) } else { 0 };
+    }
+    let mut shards = vec![0usize; world];
+    for (n, owner) in lens.iter().zip(owners_of(lens, world)) {
+        shards[owner] += n;
+    }
+    let shard = shards.into_iter().max().unwrap_or(0);
+    let bucket = BUCKET_ELEMS.min(lens.iter().sum());
+    shard * 4 + 3 * bucket * 4 + if half { largest * var_bytes } else { 0 }
 }
 
 /// Items `0..owners.len()` of `lens` f32 elements each, every one held by the rank
@@ -831,16 +894,26 @@ impl Optimizer {
         (self.rank, self.world) = (rank, world);
     }
 
-    /// Sums the gradients across the ranks of a data-parallel job, so that every rank holds
-    /// the gradient of the whole global batch (each rank's losses are already scaled by the
-    /// global batch's normalisers, so the sum is the single-process gradient). The gradients
-    /// are flattened into buckets of at most [`BUCKET_ELEMS`] elements, one `all_reduce_sum`
-    /// each, rather than one call per parameter. A parameter that got a gradient on some rank
-    /// only gets zeros from the others.
-    pub fn all_reduce_grads(
+    /// Sums the gradients across the ranks of a data-parallel job and keeps, on each rank, the
+    /// summed gradient (in f32) of the parameters it updates and no other (ZeRO stage 2: each
+    /// rank's losses are already scaled by the global batch's normalisers, so the sum is the
+    /// single-process gradient). Gradients move in buckets of at most [`BUCKET_ELEMS`]
+    /// elements, a parameter larger than that in several pieces, one `reduce_scatter_sum` per
+    /// bucket, in parameter order. A parameter's own gradient is let go once its last piece is
+    /// in a bucket, so besides the gradients not yet sent a rank holds its shard and one
+    /// bucket's temporaries, never a second whole set. A parameter that got a gradient on some
+    /// rank only gets zeros from the others. With one rank nothing moves and every gradient
+    /// stays as the backward gave it.
+    pub fn reduce_grads(&self, grads: &mut Grads, comm: &mut dyn Collective) -> anyhow::Result<()> {
+        self.reduce_grads_in(grads, comm, BUCKET_ELEMS)
+    }
+
+    /// [`Optimizer::reduce_grads`] with buckets of at most `bucket` elements.
+    fn reduce_grads_in(
         &self,
         grads: &mut Grads,
         comm: &mut dyn Collective,
+        bucket: usize,
     ) -> anyhow::Result<()> {
         if comm.world() == 1 {
             return Ok(());
@@ -850,6 +923,14 @@ impl Optimizer {
             "{} gradients for {} parameters",
             grads.grads.len(),
             self.params.len()
+        );
+        anyhow::ensure!(
+            (self.rank, self.world) == (comm.rank(), comm.world()),
+            "the optimizer is sharded for rank {} of {}, the job is rank {} of {}",
+            self.rank,
+            self.world,
+            comm.rank(),
+            comm.world()
         );
         grads.materialise()?;
         let mut present: Vec<f64> = grads
@@ -861,28 +942,87 @@ impl Optimizer {
         let on: Vec<usize> = (0..grads.grads.len())
             .filter(|&i| present[i] > 0.0)
             .collect();
-        let device = self.device();
-        let shapes: Vec<candle_core::Shape> = on
-            .iter()
-            .map(|&i| self.params[i].var.shape().clone())
-            .collect();
-        let lens: Vec<usize> = shapes.iter().map(|s| s.elem_count()).collect();
-        for b in buckets(&lens) {
-            let flat: Vec<Tensor> = b
-                .clone()
-                .map(|j| match &grads.grads[on[j]] {
-                    Some(g) => g.flatten_all(),
-                    None => Tensor::zeros(lens[j], DType::F32, &device),
-                })
-                .collect::<Result<_>>()?;
-            let sum = comm.all_reduce_sum(&Tensor::cat(&flat, 0)?)?;
-            let mut at = 0;
-            for j in b {
-                grads.grads[on[j]] = Some(sum.narrow(0, at, lens[j])?.reshape(&shapes[j])?);
-                at += lens[j];
+        let elems = |j: usize| self.params[on[j]].var.elem_count();
+        // The pieces (parameter of `on`, offset, length) every bucket is made of.
+        let mut pieces = Vec::new();
+        for j in 0..on.len() {
+            let mut off = 0;
+            loop {
+                let len = (elems(j) - off).min(bucket.max(1));
+                pieces.push((j, off, len));
+                off += len;
+                if off == elems(j) {
+                    break;
+                }
             }
         }
+        let mut sources: Vec<Option<Tensor>> = on
+            .iter()
+            .map(|&i| grads.grads[i].take().map(|g| g.flatten_all()).transpose())
+            .collect::<Result<_>>()?;
+        let device = self.device();
+        let lens: Vec<usize> = pieces.iter().map(|p| p.2).collect();
+        let mut mine: Vec<Vec<Tensor>> = vec![Vec::new(); on.len()];
+        for b in buckets_of(&lens, bucket) {
+            let mut counts = vec![0usize; comm.world()];
+            let mut flat = Vec::with_capacity(b.len());
+            for &(j, off, len) in &pieces[b.clone()] {
+                counts[self.params[on[j]].owner] += len;
+                flat.push(match &sources[j] {
+                    Some(g) => g.narrow(0, off, len)?.to_dtype(DType::F32)?,
+                    None => Tensor::zeros(len, DType::F32, &device)?,
+                });
+                if off + len == elems(j) {
+                    sources[j] = None;
+                }
+            }
+            let flat = Tensor::cat(&flat, 0)?;
+            let seg = comm.reduce_scatter_sum(&flat, &counts)?;
+            drop(flat);
+            let mut at = 0;
+            for &(j, off, len) in &pieces[b] {
+                let p = &self.params[on[j]];
+                if p.owner != self.rank {
+                    continue;
+                }
+                mine[j].push(seg.narrow(0, at, len)?);
+                at += len;
+                if off + len == elems(j) {
+                    let parts = std::mem::take(&mut mine[j]);
+                    let g = match parts.as_slice() {
+                        [one] => one.clone(),
+                        _ => Tensor::cat(&parts, 0)?,
+                    };
+                    grads.grads[on[j]] = Some(g.reshape(p.var.shape())?);
+                }
+            }
+            anyhow::ensure!(
+                at == seg.dim(0)?,
+                "rank {} received {} summed elements for {at} of its own",
+                self.rank,
+                seg.dim(0)?
+            );
+        }
         Ok(())
+    }
+
+    /// The L2 norm of the whole job's summed gradient, the same on every rank, once
+    /// [`Optimizer::reduce_grads`] has left each rank its shard: each rank's squares per
+    /// parameter, summed across the ranks parameter by parameter (every parameter's square
+    /// comes from one rank, the others add zeros), then added in parameter order, so the norm
+    /// is bit for bit the norm one process takes of the whole gradient. An error, on every
+    /// rank alike, names the first parameter whose gradient is not finite.
+    pub fn global_norm(&self, grads: &Grads, comm: &mut dyn Collective) -> anyhow::Result<f64> {
+        if comm.world() == 1 {
+            return Ok(grads.global_norm()?);
+        }
+        let mut squares: Vec<f64> = grads
+            .grads
+            .iter()
+            .map(|g| g.as_ref().map_or(Ok(0.0), sum_squares))
+            .collect::<Result<_>>()?;
+        comm.all_reduce_f64(&mut squares)?;
+        Ok(sum_norm(&grads.names, &squares)? * grads.factor.abs())
     }
 
     /// Elements of the parameters this rank updates (all of them in a job of one rank).
@@ -898,17 +1038,24 @@ impl Optimizer {
     /// contiguous runs of about equal size (a parameter goes to the rank whose equal share
     /// holds its middle element).
     fn owners(&self, world: usize) -> Vec<usize> {
-        let total: usize = self.params.iter().map(|p| p.var.elem_count()).sum();
-        let mut start = 0usize;
-        self.params
+        owners_of(&self.lens(), world)
+    }
+
+    /// Each parameter's element count, in order.
+    fn lens(&self) -> Vec<usize> {
+        self.params.iter().map(|p| p.var.elem_count()).collect()
+    }
+
+    /// Bytes one rank's update holds for a moment beyond the gradients and the optimiser's
+    /// state were the state sharded over `world` ranks ([`update_bytes`] of these parameters).
+    pub fn update_bytes(&self, world: usize) -> usize {
+        let var_bytes = self
+            .params
             .iter()
-            .map(|p| {
-                let n = p.var.elem_count();
-                let owner = ((start + n / 2) * world / total.max(1)).min(world.saturating_sub(1));
-                start += n;
-                owner
-            })
-            .collect()
+            .map(|p| p.var.dtype().size_in_bytes())
+            .min()
+            .unwrap_or(4);
+        update_bytes(&self.lens(), var_bytes, world)
     }
 
     /// The shard of the rank that would update the most elements were the state sharded over
@@ -1426,12 +1573,13 @@ mod tests {
         assert!(reshaped.load(&path).is_err());
     }
 
-    /// ZeRO-1: three ranks (threads), each with its own gradients, sum them, update their
-    /// shards of the parameters and gather the rest; every rank ends with the weights an
+    /// ZeRO-1 and 2: three ranks (threads), each with its own gradients, reduce-scatter them
+    /// (each keeping only its shard's sum), clip by the job's global norm, update their shards
+    /// of the parameters and gather the rest; every rank ends with the norms and the weights an
     /// unsharded optimiser reaches on the summed gradients, bit for bit, and the state gathered
     /// to rank 0 is the unsharded state. One variable is bf16, so its f32 master is sharded too.
     #[test]
-    fn zero1_shards_equal_unsharded_adamw() {
+    fn zero2_shards_equal_unsharded_adamw() {
         use crate::dist::ThreadGroup;
         let init: [&[f32]; 3] = [&[1.0, -2.0, 0.5, 3.0, 0.25], &[0.5, -1.0, 2.0], &[4.0; 4]];
         let make = || {
@@ -1468,13 +1616,18 @@ mod tests {
                 .collect()
         };
         let steps = 3;
+        // Clipping at a norm the gradients exceed, so the norm's value matters.
+        let clip = 0.75;
         let (mut whole, wv) = make();
+        let mut norms = Vec::new();
         for s in 0..steps {
             let c = coefs(0..3, s);
             let refs: Vec<&[f32]> = c.iter().map(Vec::as_slice).collect();
-            let g = grads_for(&whole, &wv.iter().collect::<Vec<_>>(), &refs);
+            let mut g = grads_for(&whole, &wv.iter().collect::<Vec<_>>(), &refs);
+            norms.push(g.clip_global_norm(clip).unwrap());
             whole.step(&g, 0.05).unwrap();
         }
+        assert!(norms.iter().all(|n| *n > clip), "{norms:?}");
         let results: Vec<_> = std::thread::scope(|scope| {
             let handles: Vec<_> = ThreadGroup::new(3)
                 .into_iter()
@@ -1483,12 +1636,21 @@ mod tests {
                         let (mut opt, vars) = make();
                         let rank = g.rank();
                         opt.shard(rank, 3);
+                        let mut norms = Vec::new();
                         for s in 0..steps {
                             let c = coefs(rank..rank + 1, s);
                             let refs: Vec<&[f32]> = c.iter().map(Vec::as_slice).collect();
                             let mut grads =
                                 grads_for(&opt, &vars.iter().collect::<Vec<_>>(), &refs);
-                            opt.all_reduce_grads(&mut grads, &mut g).unwrap();
+                            // Buckets of two elements: parameters span several buckets, and
+                            // buckets hold several ranks' segments.
+                            opt.reduce_grads_in(&mut grads, &mut g, 2).unwrap();
+                            for (p, gr) in opt.params.iter().zip(&grads.grads) {
+                                assert_eq!(gr.is_some(), p.owner == rank, "`{}`", p.name);
+                            }
+                            let norm = opt.global_norm(&grads, &mut g).unwrap();
+                            grads.clip_to(norm, clip).unwrap();
+                            norms.push(norm);
                             opt.step(&grads, 0.05).unwrap();
                             opt.gather_params(&mut g).unwrap();
                         }
@@ -1498,6 +1660,7 @@ mod tests {
                             opt.owned_elems(),
                             vars.iter().map(values).collect::<Vec<_>>(),
                             state,
+                            norms,
                         )
                     })
                 })
@@ -1506,8 +1669,9 @@ mod tests {
         });
         let want: Vec<Vec<f32>> = wv.iter().map(values).collect();
         let mut owned = 0;
-        for (rank, elems, got, state) in results {
+        for (rank, elems, got, state, rank_norms) in results {
             assert_eq!(got, want, "rank {rank}'s weights");
+            assert_eq!(rank_norms, norms, "rank {rank}'s gradient norms");
             assert!(elems < 12, "rank {rank} holds every parameter's state");
             owned += elems;
             match state {
@@ -1528,6 +1692,21 @@ mod tests {
             }
         }
         assert_eq!(owned, 12, "every parameter is some rank's");
+    }
+
+    /// The update's temporaries by hand: one rank reads one half-dtype gradient in f32 at a
+    /// time; a rank of several holds its f32 shard and three buckets' worth.
+    #[test]
+    fn update_bytes_by_hand() {
+        let lens = [10, 30, 20];
+        assert_eq!(update_bytes(&lens, 4, 1), 0);
+        // The largest parameter (30) in f32 and rounded back to 2 bytes.
+        assert_eq!(update_bytes(&lens, 2, 1), 30 * 6);
+        // Two ranks: the middle parameter's midpoint (25) is in rank 0's half, so rank 0 holds
+        // 40 elements; the model (60 elements) is smaller than one bucket.
+        assert_eq!(owners_of(&lens, 2), vec![0, 0, 1]);
+        assert_eq!(update_bytes(&lens, 4, 2), 40 * 4 + 3 * 60 * 4);
+        assert_eq!(update_bytes(&lens, 2, 2), 40 * 4 + 3 * 60 * 4 + 30 * 2);
     }
 
     #[test]
