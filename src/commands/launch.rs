@@ -320,6 +320,9 @@ fn supervise(children: &mut [Child], signals: &mut Signals) -> Ended {
     let mut done = vec![false; children.len()];
     let mut statuses: Vec<Option<ExitStatus>> = vec![None; children.len()];
     let mut failed: Option<(usize, Instant)> = None;
+    // Failures seen but not yet named, in the order the ranks ended, and when the first came.
+    let mut failures: Vec<(usize, ExitStatus)> = Vec::new();
+    let mut first_failure: Option<Instant> = None;
     loop {
         let running: Vec<u32> = children
             .iter()
@@ -336,17 +339,25 @@ fn supervise(children: &mut [Child], signals: &mut Signals) -> Ended {
             let Some(status) = status else { continue };
             let interrupted = status.code() == Some(ExitCode::Interrupted.as_i32());
             if !status.success() && !interrupted && failed.is_none() && signals.second.is_none() {
-                // Said at once, so that the failed rank is named even when the others end on
-                // their own with errors of their own.
+                failures.push((rank, status));
+                first_failure.get_or_insert_with(Instant::now);
+            }
+        }
+        // The failed rank is named once the ranks that end with it have been seen, and before
+        // the others end on their own with errors of their own.
+        let settled = first_failure.is_some_and(|at| at.elapsed() >= SETTLE);
+        let all_done = done.iter().all(|d| *d);
+        if let (None, Some(at), Some((rank, status))) = (failed, first_failure, cause(&failures)) {
+            if settled || all_done {
                 error_line(&format!(
                     "rank {rank} failed ({}); the other ranks get {} s to end before they are killed",
                     describe(status),
                     GRACE.as_secs()
                 ));
-                failed = Some((rank, Instant::now()));
+                failed = Some((rank, at));
             }
         }
-        if done.iter().all(|d| *d) {
+        if all_done {
             break;
         }
         let since = failed.map(|(_, at)| at).or(signals.second);
@@ -375,6 +386,21 @@ fn supervise(children: &mut [Child], signals: &mut Signals) -> Ended {
         .iter()
         .map(|s| s.and_then(|s| s.code()).unwrap_or(3));
     Ended::Code(from_code(worst.max()))
+}
+
+/// How long after a rank fails the launcher waits for others that end with it before it names
+/// the cause: when a rank dies, its peers fail a moment later (their collectives lose it), and
+/// on a busy machine the threads of [`ends_in_order`] can report them in either order.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// The failure that caused the others among `failures` (in the order the ranks ended): a rank killed by a signal, which no peer's failure can bring about, before one that
+/// exited with an error, which may be its reaction to a peer that left; otherwise the first.
+fn cause(failures: &[(usize, ExitStatus)]) -> Option<(usize, ExitStatus)> {
+    failures
+        .iter()
+        .find(|(_, s)| s.signal().is_some())
+        .or(failures.first())
+        .copied()
 }
 
 /// The ranks' indices in the order they end. One thread per rank blocks until its rank has
@@ -460,6 +486,19 @@ mod tests {
             got,
             ["run", "job.recap", "--device", "cpu", "--out", "x"].map(OsString::from)
         );
+    }
+
+    /// A rank killed by a signal is the cause, not a peer that exited with an error after it.
+    #[test]
+    fn a_signal_kill_is_the_cause_of_the_failures_around_it() {
+        let exited = |code: i32| ExitStatus::from_raw(code << 8);
+        let killed = ExitStatus::from_raw(libc::SIGKILL);
+        assert_eq!(cause(&[(0, exited(3)), (1, killed)]).map(|c| c.0), Some(1));
+        assert_eq!(
+            cause(&[(1, exited(2)), (0, exited(3))]).map(|c| c.0),
+            Some(1)
+        );
+        assert_eq!(cause(&[]).map(|c| c.0), None);
     }
 
     #[test]
