@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits,
+    CudaSlice, CudaStream, CudaView, DeviceRepr, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::cudarc::nccl::{Comm, Id, NcclType, ReduceOp};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
@@ -87,23 +87,13 @@ impl NcclGroup {
         t: &Tensor,
     ) -> Result<Tensor> {
         let t = t.contiguous()?;
-        let (storage, layout) = t.storage_and_layout();
-        let Storage::Cuda(cs) = &*storage else {
-            bail!("NCCL sums CUDA tensors; this one is on {:?}", t.device());
-        };
-        let src = cs.as_cuda_slice::<T>()?;
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| anyhow!("a contiguous tensor without contiguous offsets"))?;
-        let src = src.slice(start..end);
-        let stream = self.comm.stream();
-        let mut dst: CudaSlice<T> = stream.alloc_zeros(end - start)?;
-        self.comm
-            .all_reduce(&src, &mut dst, &ReduceOp::Sum)
-            .map_err(|e| anyhow!("NCCL all_reduce failed: {e:?}"))?;
-        drop(storage);
-        let out = CudaStorage::wrap_cuda_slice(dst, self.device.clone());
-        Ok(from_cuda(out, t.shape().clone()))
+        self.call::<T, _, _>(
+            &t,
+            t.elem_count(),
+            t.shape().clone(),
+            "all_reduce",
+            |c, s, d| c.all_reduce(s, d, &ReduceOp::Sum),
+        )
     }
 
     /// This rank's segment of the sum across ranks of a one-dimensional CUDA buffer of `T` cut
@@ -130,21 +120,10 @@ impl NcclGroup {
             at += n;
         }
         let padded = Tensor::cat(&parts, 0)?;
-        let (storage, layout) = padded.storage_and_layout();
-        let Storage::Cuda(cs) = &*storage else {
-            bail!("NCCL sums CUDA tensors; this one is on {:?}", t.device());
-        };
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| anyhow!("a contiguous tensor without contiguous offsets"))?;
-        let src = cs.as_cuda_slice::<T>()?.slice(start..end);
-        let mut dst: CudaSlice<T> = self.comm.stream().alloc_zeros(most)?;
-        self.comm
-            .reduce_scatter(&src, &mut dst, &ReduceOp::Sum)
-            .map_err(|e| anyhow!("NCCL reduce_scatter failed: {e:?}"))?;
-        drop(storage);
-        let out = CudaStorage::wrap_cuda_slice(dst, self.device.clone());
-        Ok(from_cuda(out, most).narrow(0, 0, mine)?)
+        let sum = self.call::<T, _, _>(&padded, most, most, "reduce_scatter", |c, s, d| {
+            c.reduce_scatter(s, d, &ReduceOp::Sum)
+        })?;
+        Ok(sum.narrow(0, 0, mine)?)
     }
 
     /// Every rank's contiguous CUDA buffer of `T`, of `rows[r]` rows each, concatenated in rank
@@ -163,30 +142,50 @@ impl NcclGroup {
         } else {
             t.contiguous()?
         };
-        let (storage, layout) = padded.storage_and_layout();
-        let Storage::Cuda(cs) = &*storage else {
-            bail!("NCCL gathers CUDA tensors; this one is on {:?}", t.device());
-        };
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| anyhow!("a contiguous tensor without contiguous offsets"))?;
-        let src = cs.as_cuda_slice::<T>()?.slice(start..end);
         let world = rows.len();
-        let mut dst: CudaSlice<T> = self.comm.stream().alloc_zeros((end - start) * world)?;
-        self.comm
-            .all_gather(&src, &mut dst)
-            .map_err(|e| anyhow!("NCCL all_gather failed: {e:?}"))?;
-        drop(storage);
         let mut shape = t.dims().to_vec();
         shape[0] = most * world;
-        let out = CudaStorage::wrap_cuda_slice(dst, self.device.clone());
-        let all = from_cuda(out, shape);
+        let all = self.call::<T, _, _>(
+            &padded,
+            padded.elem_count() * world,
+            shape,
+            "all_gather",
+            |c, s, d| c.all_gather(s, d),
+        )?;
         let parts = rows
             .iter()
             .enumerate()
             .map(|(r, n)| all.narrow(0, r * most, *n))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Tensor::cat(&parts, 0)?)
+    }
+}
+
+impl NcclGroup {
+    /// Runs one NCCL call `op` from the CUDA buffer of `T` that the contiguous `t` holds into
+    /// a new buffer of `len` elements, given back as a tensor of `shape`; `what` names the call
+    /// in errors.
+    fn call<T: CudaDType + DeviceRepr + ValidAsZeroBits, S, E: std::fmt::Debug>(
+        &self,
+        t: &Tensor,
+        len: usize,
+        shape: impl Into<Shape>,
+        what: &str,
+        op: impl FnOnce(&Comm, &CudaView<'_, T>, &mut CudaSlice<T>) -> std::result::Result<S, E>,
+    ) -> Result<Tensor> {
+        let (storage, layout) = t.storage_and_layout();
+        let Storage::Cuda(cs) = &*storage else {
+            bail!("NCCL takes CUDA tensors; this one is on {:?}", t.device());
+        };
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| anyhow!("a contiguous tensor without contiguous offsets"))?;
+        let src = cs.as_cuda_slice::<T>()?.slice(start..end);
+        let mut dst: CudaSlice<T> = self.comm.stream().alloc_zeros(len)?;
+        op(&self.comm, &src, &mut dst).map_err(|e| anyhow!("NCCL {what} failed: {e:?}"))?;
+        drop(storage);
+        let out = CudaStorage::wrap_cuda_slice(dst, self.device.clone());
+        Ok(from_cuda(out, shape))
     }
 }
 

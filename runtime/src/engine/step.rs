@@ -1560,6 +1560,21 @@ mod tests {
         }
     }
 
+    /// The parts of an estimate in GiB, for the tests' reports.
+    fn parts_gib(m: &Memory) -> String {
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        format!(
+            "weights {:.2}, gradients {:.2}, optimizer {:.2}, reference {:.2}, activations {:.2}, logits {:.2}, update {:.2} GiB",
+            gib(m.weights),
+            gib(m.gradients),
+            gib(m.optimizer),
+            gib(m.reference),
+            gib(m.activations),
+            gib(m.logits),
+            gib(m.update),
+        )
+    }
+
     /// The estimate of a small known shape, part by part, against the arithmetic done by hand.
     #[test]
     fn memory_matches_hand_arithmetic() {
@@ -1724,14 +1739,8 @@ mod tests {
                 ..shape(micro)
             });
             eprintln!(
-                "{params}: {at_micro:.1} GiB at micro_batch {micro} (weights {:.2}, gradients {:.2}, optimizer {:.2}, reference {:.2}, activations {:.2}, logits {:.2}, update {:.2}); whole batch {:.1}; checkpointing {:.1}",
-                gib(m.weights),
-                gib(m.gradients),
-                gib(m.optimizer),
-                gib(m.reference),
-                gib(m.activations),
-                gib(m.logits),
-                gib(m.update),
+                "{params}: {at_micro:.1} GiB at micro_batch {micro} ({}); whole batch {:.1}; checkpointing {:.1}",
+                parts_gib(&m),
                 gib(peak(memory(&shape(rows)))),
                 gib(peak(ckpt)),
             );
@@ -1792,17 +1801,7 @@ mod tests {
         let m = memory(&shape);
         let cost = cost_of(&m, 16 / ranks, [rows * new, rows * seq, rows * seq]);
         eprintln!("{}", describe_cost(&cost));
-        eprintln!(
-            "weights {:.1}, gradients {:.1}, optimizer {:.1}, reference {:.1}, activations {:.1}, logits {:.1}, update {:.1}, peak {:.1} GiB",
-            gib(m.weights),
-            gib(m.gradients),
-            gib(m.optimizer),
-            gib(m.reference),
-            gib(m.activations),
-            gib(m.logits),
-            gib(m.update),
-            gib(cost.peak_bytes())
-        );
+        eprintln!("{}; peak {:.1} GiB", parts_gib(&m), gib(cost.peak_bytes()));
         assert!(cost.peak_bytes() < 80_000_000_000, "{}", cost.peak_bytes());
         // ZeRO-1 alone: the update converted the whole gradient to f32.
         let zero1 = memory(&MemoryShape {
