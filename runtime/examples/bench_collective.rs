@@ -121,6 +121,22 @@ fn time_calls(
     Ok((median(slowest), fastest))
 }
 
+/// As [`time_calls`], for an operation that gives a tensor: also gives the last call's
+/// result, for checking.
+fn time_tensor_calls(
+    comm: &mut dyn Collective,
+    reps: usize,
+    mut op: impl FnMut(&mut dyn Collective) -> Result<Tensor>,
+) -> Result<((f64, f64), Vec<f32>)> {
+    let mut out = None;
+    let times = time_calls(comm, reps, |c| {
+        out = Some(op(c)?);
+        Ok(())
+    })?;
+    let out = out.context("no call was timed")?.to_vec1::<f32>()?;
+    Ok((times, out))
+}
+
 /// One row of the table; `bytes` and `bus` (the bus bandwidth factor) are absent for the
 /// latency rows.
 fn row(op: &str, bytes: Option<usize>, bus: f64, reps: usize, (med, min): (f64, f64)) {
@@ -189,12 +205,7 @@ fn rank_main(opts: &Options) -> Result<()> {
         // Rank r passes r + 1 everywhere, so the sum is n (n + 1) / 2 in every element.
         let elems = bytes / 4;
         let t = Tensor::full(rank as f32 + 1.0, elems, &Device::Cpu)?;
-        let mut out = None;
-        let times = time_calls(comm, reps, |c| {
-            out = Some(c.all_reduce_sum(&t)?);
-            Ok(())
-        })?;
-        let sum = out.expect("timed at least once").to_vec1::<f32>()?;
+        let (times, sum) = time_tensor_calls(comm, reps, |c| c.all_reduce_sum(&t))?;
         let want = (n * (n + 1) / 2) as f32;
         ensure!(
             sum.len() == elems && sum[0] == want && sum[elems - 1] == want,
@@ -214,12 +225,7 @@ fn rank_main(opts: &Options) -> Result<()> {
         // row's size (rounded down to whole f32 elements per rank).
         let share = elems / n;
         let part = Tensor::full(rank as f32, share, &Device::Cpu)?;
-        let mut out = None;
-        let times = time_calls(comm, reps, |c| {
-            out = Some(c.all_gather(&part)?);
-            Ok(())
-        })?;
-        let gathered = out.expect("timed at least once").to_vec1::<f32>()?;
+        let (times, gathered) = time_tensor_calls(comm, reps, |c| c.all_gather(&part))?;
         ensure!(
             gathered.len() == share * n && (0..n).all(|r| gathered[r * share] == r as f32),
             "all_gather of {bytes} bytes gave a wrong result"
