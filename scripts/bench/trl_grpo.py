@@ -5,17 +5,27 @@ Runs GRPO with the same recipe as the recap pipelines under pipelines/bench/ (k3
 frozen reference, token-mean loss, eps 0.2, AdamW, constant learning rate, gradient clipping at
 1.0, temperature 1.0, top_p 1) and prints one JSON line: median seconds per step after the
 warm-up steps, generated tokens per second (over the time spent in `generate`), the mean number
-of generated tokens per step, and peak RSS (CPU) or peak GPU memory (CUDA).
+of generated tokens per step, and peak RSS (CPU) or peak GPU memory (CUDA). Each finished step
+also prints a JSON line to stderr, so a run cut short by a time limit still leaves its steps.
+
+With `--micro-batch M` the step's completions go through the training pass M at a time
+(gradient accumulation over completions / M micro-batches, one `generate` call of every
+completion per step), as recap's `micro_batch` does; without it all at once.
 
 The model is either a Hugging Face directory (`--model DIR`, e.g. the one `recapc import gguf`
 writes from a GGUF, which transformers loads bit-exactly) or a `config.json` with seeded random
-weights (`--config FILE --tokenizer DIR`). Prompts come from a JSONL file with `prompt` and
-`answer` fields (`--data`), or are made of `--prompt-tokens` tokens each when no data is given.
+weights (`--config FILE --tokenizer DIR`; the weights are saved to a temporary directory, from
+which TRL loads its reference model as it would a downloaded one). Prompts come from a JSONL
+file with `prompt` and `answer` fields (`--data`), or are made of `--prompt-tokens` tokens each
+when no data is given.
 
 Examples:
   trl_grpo.py --model DIR --data train.jsonl --prompts 2 --completions 4 --new-tokens 32
   trl_grpo.py --config qwen2.5-0.5b.json --tokenizer DIR --device cuda --dtype bf16 \
       --prompts 16 --completions 8 --prompt-tokens 128 --new-tokens 256 --ignore-eos
+  trl_grpo.py --config configs/qwen2.5-0.5b.json --tokenizer fixture-tiny --device cuda \
+      --dtype bf16 --data pipelines/bench/data/prompts-128.jsonl --prompts 16 --completions 8 \
+      --micro-batch 16 --new-tokens 256 --ignore-eos --steps 3
 """
 
 import argparse
@@ -41,6 +51,8 @@ def parse_args():
     p.add_argument("--data", help="JSONL file with `prompt` and `answer` fields")
     p.add_argument("--prompts", type=int, default=2, help="prompts per step")
     p.add_argument("--completions", type=int, default=4, help="completions per prompt")
+    p.add_argument("--micro-batch", type=int, default=0,
+                   help="completions per training micro-batch (0: the whole step at once)")
     p.add_argument("--prompt-tokens", type=int, default=128,
                    help="length of the made-up prompts when --data is not given")
     p.add_argument("--new-tokens", type=int, default=32, help="max new tokens per completion")
@@ -96,7 +108,14 @@ def main():
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
     else:
         config = AutoConfig.from_pretrained(args.config)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        # Initialised on the GPU when there is one: seconds rather than a minute for 1.5B.
+        with torch.device(args.device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        # TRL builds its reference model from `config._name_or_path` with `from_pretrained`,
+        # which a model made from a config does not have: save the weights and point there.
+        weights = tempfile.mkdtemp(prefix="trl-grpo-init-")
+        model.save_pretrained(weights)
+        model.config._name_or_path = weights
 
     rows = make_prompts(args, tok)
     dataset = Dataset.from_list(rows)
@@ -109,11 +128,14 @@ def main():
 
     generation_kwargs = {"min_new_tokens": args.new_tokens} if args.ignore_eos else None
     n = args.prompts * args.completions
+    micro = args.micro_batch or n
+    if n % micro:
+        sys.exit(f"--micro-batch {micro} does not divide the {n} completions of a step")
     out = tempfile.mkdtemp(prefix="trl-grpo-")
     config = GRPOConfig(
         output_dir=out,
-        per_device_train_batch_size=n,
-        gradient_accumulation_steps=1,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=n // micro,
         num_generations=args.completions,
         max_completion_length=args.new_tokens,
         temperature=1.0,
@@ -147,11 +169,18 @@ def main():
             if args.device == "cuda":
                 torch.cuda.synchronize()
             self.t = time.perf_counter()
+            self.gen_before, self.tokens_before = sum(gen_times), sum(gen_tokens)
 
         def on_step_end(self, *_, **__):
             if args.device == "cuda":
                 torch.cuda.synchronize()
             step_times.append(time.perf_counter() - self.t)
+            line = {"step": len(step_times), "s": round(step_times[-1], 4),
+                    "generate_s": round(sum(gen_times) - self.gen_before, 4),
+                    "gen_tokens": sum(gen_tokens) - self.tokens_before}
+            if args.device == "cuda":
+                line["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 1e6, 1)
+            print(json.dumps(line), file=sys.stderr, flush=True)
 
     trainer = GRPOTrainer(
         model=model,
@@ -193,6 +222,7 @@ def main():
         "device": args.device,
         "dtype": args.dtype,
         "steps": len(step_times),
+        "micro_batch": micro,
         "median_step_s": statistics.median(step_times[kept]),
         "step_s": [round(s, 4) for s in step_times],
         "gen_tokens_per_step": statistics.mean(gen_tokens[kept]),
@@ -205,6 +235,7 @@ def main():
     }
     if args.device == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 1e6
+        result["peak_gpu_reserved_mb"] = torch.cuda.max_memory_reserved() / 1e6
         result["gpu"] = torch.cuda.get_device_name()
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1000.0
     print(json.dumps(result), flush=True)
