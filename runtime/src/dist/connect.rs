@@ -1,6 +1,7 @@
 //! The collective a process runs with: takes the launcher's environment ([`Topology`]) and the
 //! device the rank trains on, gives [`Single`] for a world of one, the TCP group for ranks on
-//! CPUs, and NCCL for ranks on GPUs (in a build with the `nccl` feature).
+//! CPUs, and NCCL for ranks on GPUs (in a build with the `nccl` feature; there also for a
+//! launcher's world of one, so one GPU runs the same collective).
 
 use std::time::Duration;
 
@@ -56,7 +57,13 @@ pub fn connect(
     device: &Device,
     timeouts: Timeouts,
 ) -> Result<Box<dyn Collective>> {
-    if topo.world == 1 {
+    // A launcher's job of one rank on a GPU still goes through NCCL in a build that has it, so
+    // that a single-GPU run exercises the collective a job of several ranks uses; anywhere else
+    // a world of one needs no collective at all.
+    let nccl_of_one = cfg!(feature = "nccl")
+        && topo.launcher != super::Launcher::None
+        && matches!(device, Device::Cuda(_));
+    if topo.world == 1 && !nccl_of_one {
         return Ok(Box::new(Single));
     }
     let what = || {
@@ -109,6 +116,23 @@ mod tests {
             Timeouts {
                 connect: Duration::ZERO,
                 op: Duration::ZERO,
+            },
+        )
+        .unwrap();
+        assert_eq!((c.rank(), c.world()), (0, 1));
+        // A launcher's world of one on the CPU needs no network either.
+        let launched = Topology {
+            launcher: crate::dist::Launcher::Torchrun,
+            master_port: 1,
+            ..Topology::single()
+        };
+        let zero = Duration::ZERO;
+        let c = connect(
+            &launched,
+            &Device::Cpu,
+            Timeouts {
+                connect: zero,
+                op: zero,
             },
         )
         .unwrap();

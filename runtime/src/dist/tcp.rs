@@ -499,13 +499,13 @@ fn dtype_name(c: u8) -> &'static str {
 fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
     let flat = t.flatten_all()?.to_device(&Device::Cpu)?;
     Ok(match t.dtype() {
-        DType::F32 => le(flat.to_vec1::<f32>()?, f32::to_le_bytes),
-        DType::F64 => le(flat.to_vec1::<f64>()?, f64::to_le_bytes),
+        DType::F32 => le_pod(flat.to_vec1::<f32>()?, f32::to_le_bytes),
+        DType::F64 => le_pod(flat.to_vec1::<f64>()?, f64::to_le_bytes),
         DType::BF16 => le(flat.to_vec1::<bf16>()?, |x| x.to_bits().to_le_bytes()),
         DType::F16 => le(flat.to_vec1::<f16>()?, |x| x.to_bits().to_le_bytes()),
         DType::U8 => flat.to_vec1::<u8>()?,
-        DType::U32 => le(flat.to_vec1::<u32>()?, u32::to_le_bytes),
-        DType::I64 => le(flat.to_vec1::<i64>()?, i64::to_le_bytes),
+        DType::U32 => le_pod(flat.to_vec1::<u32>()?, u32::to_le_bytes),
+        DType::I64 => le_pod(flat.to_vec1::<i64>()?, i64::to_le_bytes),
         d => bail!("the TCP collective does not carry {d:?} tensors"),
     })
 }
@@ -514,13 +514,34 @@ fn le<T, const N: usize>(v: Vec<T>, f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
     v.into_iter().flat_map(f).collect()
 }
 
+/// [`le`] for plain numbers: on a little-endian machine their memory is already the wire's
+/// bytes, copied at once rather than element by element (gradient buckets are 128 MiB).
+fn le_pod<T: bytemuck::Pod, const N: usize>(v: Vec<T>, f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice(&v).to_vec()
+    } else {
+        le(v, f)
+    }
+}
+
+/// Elements of `N` little-endian bytes each, decoded by `f`.
+fn de<T, const N: usize>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+    b.chunks_exact(N)
+        .map(|c| f(c.try_into().expect("chunks_exact gives N bytes")))
+        .collect()
+}
+
+/// [`de`] for plain numbers, copied at once on a little-endian machine.
+fn de_pod<T: bytemuck::Pod, const N: usize>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+    if cfg!(target_endian = "little") {
+        bytemuck::pod_collect_to_vec(b)
+    } else {
+        de(b, f)
+    }
+}
+
 /// The inverse of [`tensor_bytes`], on the CPU.
 fn tensor_from_bytes(b: &[u8], dtype: DType, dims: &[usize]) -> Result<Tensor> {
-    fn de<T, const N: usize>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
-        b.chunks_exact(N)
-            .map(|c| f(c.try_into().expect("chunks_exact gives N bytes")))
-            .collect()
-    }
     let elements: usize = dims.iter().product();
     if b.len() != elements * dtype.size_in_bytes() {
         bail!(
@@ -530,8 +551,8 @@ fn tensor_from_bytes(b: &[u8], dtype: DType, dims: &[usize]) -> Result<Tensor> {
     }
     let cpu = &Device::Cpu;
     Ok(match dtype {
-        DType::F32 => Tensor::from_vec(de(b, f32::from_le_bytes), dims, cpu)?,
-        DType::F64 => Tensor::from_vec(de(b, f64::from_le_bytes), dims, cpu)?,
+        DType::F32 => Tensor::from_vec(de_pod(b, f32::from_le_bytes), dims, cpu)?,
+        DType::F64 => Tensor::from_vec(de_pod(b, f64::from_le_bytes), dims, cpu)?,
         DType::BF16 => {
             Tensor::from_vec(de(b, |x| bf16::from_bits(u16::from_le_bytes(x))), dims, cpu)?
         }
@@ -539,8 +560,8 @@ fn tensor_from_bytes(b: &[u8], dtype: DType, dims: &[usize]) -> Result<Tensor> {
             Tensor::from_vec(de(b, |x| f16::from_bits(u16::from_le_bytes(x))), dims, cpu)?
         }
         DType::U8 => Tensor::from_vec(b.to_vec(), dims, cpu)?,
-        DType::U32 => Tensor::from_vec(de(b, u32::from_le_bytes), dims, cpu)?,
-        DType::I64 => Tensor::from_vec(de(b, i64::from_le_bytes), dims, cpu)?,
+        DType::U32 => Tensor::from_vec(de_pod(b, u32::from_le_bytes), dims, cpu)?,
+        DType::I64 => Tensor::from_vec(de_pod(b, i64::from_le_bytes), dims, cpu)?,
         d => bail!("the TCP collective does not carry {d:?} tensors"),
     })
 }
