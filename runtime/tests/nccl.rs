@@ -1,12 +1,12 @@
 //! The NCCL collective on one GPU, built only with `--features nccl` and run on a machine with
 //! a CUDA device 0 and NCCL's library (`libnccl.so.2`) on the loader's path.
 //!
-//! `dist::connect` gives a world of one the `Single` collective, so a `recapc run` with
-//! `WORLD_SIZE=1` never calls NCCL; these tests open `NcclGroup` directly in a world of one (NCCL
-//! accepts a communicator of one rank, and one card cannot hold two ranks), through the same
-//! store and rendezvous as a real job, and check every operation the engine uses: in a world of
-//! one a sum and a gather give back the rank's own values, so any slip in the buffer offsets,
-//! the dtypes or the shapes shows as a difference.
+//! One card cannot hold two ranks, but NCCL accepts a communicator of one rank: these tests
+//! open `NcclGroup` in a world of one (as `dist::connect` does for a launcher's `WORLD_SIZE=1`
+//! on a GPU), through the same store and rendezvous as a real job, and check every operation
+//! the engine uses: in a world of one a sum, a reduce-scatter and a gather give back the
+//! rank's own values, so any slip in the buffer offsets, the dtypes or the shapes shows as a
+//! difference.
 //!
 //! Run: `cargo test -p recap-runtime --features nccl --test nccl` (needs a CUDA device 0).
 #![cfg(feature = "nccl")]
@@ -76,6 +76,29 @@ fn a_world_of_one_sums_and_gathers_its_own_values() {
             assert_eq!(values(&sum), values(t), "all_reduce_sum in {dtype:?}");
         }
     }
+
+    // ZeRO-2's gradient buckets: one-dimensional f32, the whole tensor this rank's segment.
+    for dtype in [DType::F32, DType::BF16] {
+        let flat = counting(dtype, &dev)
+            .flatten_all()
+            .unwrap()
+            .narrow(0, 5, 50)
+            .unwrap();
+        let part = g.reduce_scatter_sum(&flat, &[50]).unwrap();
+        assert_eq!(
+            (part.dims(), part.dtype()),
+            (flat.dims(), dtype),
+            "{dtype:?}"
+        );
+        assert_eq!(
+            values(&part),
+            values(&flat),
+            "reduce_scatter_sum in {dtype:?}"
+        );
+    }
+    assert!(g
+        .reduce_scatter_sum(&counting(DType::F32, &dev), &[60])
+        .is_err());
 
     let mut moments = [1.5, -2.25, 1e300, 0.0];
     g.all_reduce_f64(&mut moments).unwrap();
