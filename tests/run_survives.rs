@@ -222,8 +222,13 @@ train { steps = 1000, prompts_per_step = 64, out = \"out\" }
         signal(&child, "INT");
     }
     let (status, err) = finish(child);
+    // 130, not 4: the repeated signal ended the run without waiting for a step. On a loaded
+    // machine the repeat can come only after the step the first signal let finish, while its
+    // checkpoint is being written (atomically, so never half of one: see
+    // `twenty_sigkills_at_random_moments_lose_nothing`), so a checkpoint may exist; the run
+    // never reaches its end.
     assert_eq!(status.code(), Some(130), "{err}");
-    assert!(!run.join("checkpoints").exists() && !run.join("final").exists());
+    assert!(!run.join("final").exists());
 }
 
 /// A job that reads a data file, for the input-hash checks.

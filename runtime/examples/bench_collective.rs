@@ -1,8 +1,9 @@
 //! Benchmark of the process collective a data-parallel job on CPUs runs with (`dist::TcpGroup`,
 //! rank 0 as the hub, over loopback): takes the world sizes and the largest tensor to move;
-//! prints, for each world size, the median time per call of `all_reduce_sum` and `all_gather`
-//! on f32 tensors from 4 KiB to the engine's gradient bucket (`BUCKET_ELEMS` f32), of
-//! `all_reduce_f64` on a few values, and of `barrier`, with the effective bandwidth.
+//! prints, for each world size, the median time per call of `all_reduce_sum`,
+//! `reduce_scatter_sum` and `all_gather` on f32 tensors from 4 KiB to the engine's gradient
+//! bucket (`BUCKET_ELEMS` f32), of `all_reduce_f64` on a few values, and of `barrier`, with the
+//! effective bandwidth.
 //!
 //! Run: `cargo build --release -p recap-runtime --example bench_collective &&
 //! target/release/examples/bench_collective [--worlds 2,3] [--max-mib 128] [--min-reps 5]`.
@@ -16,9 +17,10 @@
 //! What is counted: each call is timed on every rank after a barrier, and a call takes as long
 //! as its slowest rank; the median over the repetitions is printed, after two warm-up calls.
 //! Bandwidths follow nccl-tests' definitions: the algorithm bandwidth is the operation's size
-//! over the time, where the size of an all-reduce is the tensor each rank passes and the size
-//! of an all-gather is the gathered tensor; the bus bandwidth multiplies it by `2 (n - 1) / n`
-//! (all-reduce) or `(n - 1) / n` (all-gather), the share a ring algorithm sends over each link.
+//! over the time, where the size of an all-reduce or a reduce-scatter is the tensor each rank
+//! passes and the size of an all-gather is the gathered tensor; the bus bandwidth multiplies it
+//! by `2 (n - 1) / n` (all-reduce) or `(n - 1) / n` (reduce-scatter, all-gather), the share a
+//! ring algorithm sends over each link.
 //! The hub moves more than that: rank 0 receives `n - 1` operands and sends `n - 1` results.
 
 use std::net::TcpListener;
@@ -216,6 +218,25 @@ fn rank_main(opts: &Options) -> Result<()> {
                 "all_reduce_sum",
                 Some(bytes),
                 2.0 * (nf - 1.0) / nf,
+                reps,
+                times,
+            );
+        }
+
+        // ZeRO-2's reduce-scatter of the same tensor: every rank passes all of it and receives
+        // the sum of its own segment (the last rank's takes the remainder).
+        let mut counts = vec![elems / n; n];
+        counts[n - 1] = elems - (n - 1) * (elems / n);
+        let (times, part) = time_tensor_calls(comm, reps, |c| c.reduce_scatter_sum(&t, &counts))?;
+        ensure!(
+            part.len() == counts[rank] && part.iter().all(|x| *x == want),
+            "reduce_scatter_sum of {bytes} bytes gave a wrong segment"
+        );
+        if leader {
+            row(
+                "reduce_scatter_sum",
+                Some(bytes),
+                (nf - 1.0) / nf,
                 reps,
                 times,
             );
