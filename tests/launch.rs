@@ -421,8 +421,9 @@ train { steps = 1000, prompts_per_step = 128, out = \"runs/job\" }
 /// Sends SIGINT to the launcher of [`early_in_a_long_step`] until it ends, after stopping rank 0
 /// with SIGSTOP if `stop_rank_0`: the second signal lands within the step the first one let
 /// finish, and two signals sent close together can arrive as one, hence the repeats. Gives the
-/// launcher's status and standard error; checks that no rank outlived it and that no
-/// checkpoint was made.
+/// launcher's status and standard error; checks that no rank outlived it and that the run did
+/// not reach its end. (On a loaded machine the repeat can come only once the step is over and
+/// its checkpoint is being written, atomically, so a checkpoint may exist.)
 fn interrupt_twice(stop_rank_0: bool) -> (ExitStatus, String) {
     let (dir, mut launcher, ranks) = early_in_a_long_step();
     let _reap = Reap(ranks.clone());
@@ -432,7 +433,7 @@ fn interrupt_twice(stop_rank_0: bool) -> (ExitStatus, String) {
     signal_until_it_ends(&mut launcher, libc::SIGINT);
     let (status, err, _) = wait_at_most(launcher, Duration::from_secs(1));
     let run = dir.path().join("runs/job");
-    assert!(!run.join("checkpoints").exists() && !run.join("final").exists());
+    assert!(!run.join("final").exists());
     assert!(
         !ranks.iter().any(|p| alive(*p)),
         "a rank outlived its launcher: {err}"
@@ -454,8 +455,8 @@ fn a_rank_that_fails_after_a_sigint_is_named() {
     assert!(!alive(ranks[0]), "rank 0 outlived its launcher");
 }
 
-/// A second SIGINT to the launcher ends every rank at once, without a checkpoint, and the
-/// launcher exits with 130 as a single run does.
+/// A second SIGINT to the launcher ends every rank at once, and the launcher exits with 130 as
+/// a single run does.
 #[test]
 fn a_second_sigint_ends_every_rank_at_once() {
     let (status, err) = interrupt_twice(false);
