@@ -158,7 +158,7 @@ fn row(op: &str, bytes: Option<usize>, bus: f64, reps: usize, (med, min): (f64, 
         ),
     };
     println!(
-        "{op:<16} {size} {reps:>5} {:>11.3} {:>11.3} {alg} {busbw}",
+        "{op:<18} {size} {reps:>5} {:>11.3} {:>11.3} {alg} {busbw}",
         med * 1e3,
         min * 1e3
     );
@@ -178,7 +178,7 @@ fn rank_main(opts: &Options) -> Result<()> {
             load_average()
         );
         println!(
-            "{:<16} {:>11} {:>5} {:>11} {:>11} {:>10} {:>10}",
+            "{:<18} {:>11} {:>5} {:>11} {:>11} {:>10} {:>10}",
             "op", "bytes", "reps", "median ms", "min ms", "algbw GB/s", "busbw GB/s"
         );
     }
