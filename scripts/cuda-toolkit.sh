@@ -9,7 +9,8 @@
 # pinned below give nvcc, the headers (with CCCL), cuBLAS, cuRAND, NVRTC and the runtime for
 # CUDA 13.0, matching drivers of the 580 series. The driver library libcuda.so is not among
 # them, so the link uses an empty stub with the right soname and leaves the driver symbols
-# unresolved; the real libcuda.so.1 of the GPU machine provides them at load time.
+# unresolved. The linker drops that stub (--as-needed), so on the GPU machine the binaries run
+# with the real driver preloaded (LD_PRELOAD=libcuda.so.1; docs/cuda.md).
 #
 # The toolkit goes to $RECAP_CUDA (default: .cache/cuda13 in the repository root, git-ignored).
 # Binaries built this way run on a machine with a CUDA 13 driver and libraries on its
