@@ -73,6 +73,19 @@ pub trait Collective: Send {
     }
 }
 
+/// Copies of one reduce-scatter bucket that a rank of a job of `world` ranks on `device` holds
+/// at once while the bucket is summed, the operand it builds included: NCCL's padded operand
+/// and its segment beside the operand (3); on CPUs, rank 0 of the TCP group, the hub, holds
+/// every rank's operand as it arrives, its decoded copy, the running sum and the encoded sum
+/// beside its own (`world + 4`), the most of any rank.
+pub fn staging_buckets(device: &candle_core::Device, world: usize) -> usize {
+    if device.is_cpu() {
+        world + 4
+    } else {
+        3
+    }
+}
+
 /// Checks the operand of [`Collective::reduce_scatter_sum`] (one dimension, one count per rank,
 /// the counts adding up to its length); gives where `rank`'s segment starts.
 pub(crate) fn segment_start(

@@ -1704,7 +1704,7 @@ mod tests {
                 var_bytes: 2,
                 optimizer_bytes: params * 12,
                 // The largest parameter is the (tied) embedding.
-                update_bytes: crate::train::optim::update_bytes(&[151_936 * hidden], 2, 1),
+                update_bytes: crate::train::optim::update_bytes(&[151_936 * hidden], 2, 1, 3),
                 reference: true,
                 layers,
                 hidden,
@@ -1785,7 +1785,8 @@ mod tests {
             var_bytes: 2,
             // AdamW's two moments and the f32 masters of the rank's shard.
             optimizer_bytes: shard * 12,
-            update_bytes: update_bytes(&lens, 2, ranks),
+            // NCCL's copies of a bucket (`dist::staging_buckets` on a GPU).
+            update_bytes: update_bytes(&lens, 2, ranks, 3),
             reference: true,
             dtype_bytes: 2,
             chunk_tokens: rows * seq,

@@ -819,9 +819,10 @@ pub fn owners_of(lens: &[usize], world: usize) -> Vec<usize> {
 /// - one rank: a half-dtype parameter's gradient read in f32 and its update rounded back, one
 ///   parameter at a time (the largest counts); nothing for f32 parameters;
 /// - several ranks ([`Optimizer::reduce_grads`]): the rank's summed shard in f32 (the largest
-///   rank's), and one bucket's f32 operand, its sum and the collective's staging copy (three
-///   buckets' worth), besides the rounded write-back of a half-dtype parameter.
-pub fn update_bytes(lens: &[usize], var_bytes: usize, world: usize) -> usize {
+///   rank's), and `staging` f32 copies of one bucket while it is summed (the collective's own,
+///   [`crate::dist::staging_buckets`]), besides the rounded write-back of a half-dtype
+///   parameter.
+pub fn update_bytes(lens: &[usize], var_bytes: usize, world: usize, staging: usize) -> usize {
     let largest = lens.iter().copied().max().unwrap_or(0);
     let half = var_bytes < 4;
     if world <= 1 {
@@ -833,7 +834,7 @@ pub fn update_bytes(lens: &[usize], var_bytes: usize, world: usize) -> usize {
     }
     let shard = shards.into_iter().max().unwrap_or(0);
     let bucket = BUCKET_ELEMS.min(lens.iter().sum());
-    shard * 4 + 3 * bucket * 4 + if half { largest * var_bytes } else { 0 }
+    shard * 4 + staging * bucket * 4 + if half { largest * var_bytes } else { 0 }
 }
 
 /// Items `0..owners.len()` of `lens` f32 elements each, every one held by the rank
@@ -1047,7 +1048,8 @@ impl Optimizer {
     }
 
     /// Bytes one rank's update holds for a moment beyond the gradients and the optimiser's
-    /// state were the state sharded over `world` ranks ([`update_bytes`] of these parameters).
+    /// state were the state sharded over `world` ranks on this optimiser's device
+    /// ([`update_bytes`] of these parameters).
     pub fn update_bytes(&self, world: usize) -> usize {
         let var_bytes = self
             .params
@@ -1055,7 +1057,8 @@ impl Optimizer {
             .map(|p| p.var.dtype().size_in_bytes())
             .min()
             .unwrap_or(4);
-        update_bytes(&self.lens(), var_bytes, world)
+        let staging = crate::dist::staging_buckets(&self.device(), world);
+        update_bytes(&self.lens(), var_bytes, world, staging)
     }
 
     /// The shard of the rank that would update the most elements were the state sharded over
@@ -1695,18 +1698,21 @@ mod tests {
     }
 
     /// The update's temporaries by hand: one rank reads one half-dtype gradient in f32 at a
-    /// time; a rank of several holds its f32 shard and three buckets' worth.
+    /// time; a rank of several holds its f32 shard and the collective's copies of a bucket.
     #[test]
     fn update_bytes_by_hand() {
         let lens = [10, 30, 20];
-        assert_eq!(update_bytes(&lens, 4, 1), 0);
+        assert_eq!(update_bytes(&lens, 4, 1, 3), 0);
         // The largest parameter (30) in f32 and rounded back to 2 bytes.
-        assert_eq!(update_bytes(&lens, 2, 1), 30 * 6);
+        assert_eq!(update_bytes(&lens, 2, 1, 3), 30 * 6);
         // Two ranks: the middle parameter's midpoint (25) is in rank 0's half, so rank 0 holds
         // 40 elements; the model (60 elements) is smaller than one bucket.
         assert_eq!(owners_of(&lens, 2), vec![0, 0, 1]);
-        assert_eq!(update_bytes(&lens, 4, 2), 40 * 4 + 3 * 60 * 4);
-        assert_eq!(update_bytes(&lens, 2, 2), 40 * 4 + 3 * 60 * 4 + 30 * 2);
+        assert_eq!(update_bytes(&lens, 4, 2, 3), 40 * 4 + 3 * 60 * 4);
+        assert_eq!(update_bytes(&lens, 2, 2, 3), 40 * 4 + 3 * 60 * 4 + 30 * 2);
+        // On CPUs the TCP hub holds every rank's copy of a bucket.
+        let cpu = crate::dist::staging_buckets(&Device::Cpu, 2);
+        assert_eq!(update_bytes(&lens, 4, 2, cpu), 40 * 4 + 6 * 60 * 4);
     }
 
     #[test]
