@@ -15,8 +15,8 @@
 #   scripts/gpu-bundle.sh "$CARGO_TARGET_DIR" [FIXTURE]   # FIXTURE: ../shared/bench/fixture-tiny
 #
 # Downloads, each pinned by version and sha256, go to caches outside the bundle: NCCL's wheel
-# to $RECAP_NCCL (default .cache/nccl; 196 MB, only to link, never carried: the GPU machine
-# has its own libnccl.so.2 in PyTorch's nvidia-nccl-cu13) and TRL's wheels to $RECAP_GPU_WHEELS
+# to $RECAP_NCCL (default .cache/nccl; only to link, never carried, as it is too large: the GPU
+# machine has its own libnccl.so.2 in PyTorch's nvidia-nccl-cu13) and TRL's wheels to $RECAP_GPU_WHEELS
 # (default .cache/gpu-wheels).
 set -euo pipefail
 
@@ -98,8 +98,8 @@ cp "$nccl_test" "$out/bin/nccl_test"
 cp "$recapc" "$out/bin/recapc"
 cp "$example" "$out/bin/trl_parity"
 strip --strip-debug "$out"/bin/*
-# xz, not gzip: the four binaries are 76 MB gzipped, over the 64 MiB a call carries, and about
-# 41 MB with xz (most of them is PTX text and code, which xz packs much better).
+# xz, not gzip: gzipped, the four binaries are over the 64 MiB a call carries; xz packs their PTX
+# text and code much better (the sizes are in docs/cuda.md).
 xz -T0 -6 "$out"/bin/*
 cp -r "$fixture" "$out/fixture-tiny"
 chmod -R u+w "$out/fixture-tiny"
