@@ -3,7 +3,7 @@
 //! `python3` (they print SKIPPED without it); the `http` tests serve canned answers from a
 //! thread, or run `examples/graders/judge_server.py`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,6 +16,8 @@ use recap_runtime::engine::graders::{landlock_available, External};
 use recap_runtime::engine::rewards::Judged;
 use recap_runtime::train::verifiers::Outcome;
 use serde_json::{json, Map, Value};
+
+mod common;
 
 fn python() -> bool {
     let ok = Path::new("/usr/bin/python3").is_file() || Path::new("/bin/python3").is_file();
@@ -386,20 +388,9 @@ fn stub(
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_err() {
+            let Some(body) = common::http_request_body(&mut reader) else {
                 continue;
-            }
+            };
             let n = served.fetch_add(1, Ordering::SeqCst);
             let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             let (status, text, delay) = answer(n, &request);

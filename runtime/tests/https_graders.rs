@@ -3,7 +3,7 @@
 //! clear message by default, since no public root signed it, and scores through it when the
 //! verifier names the CA's PEM file with `ca`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +15,8 @@ use recap_runtime::engine::rewards::Judged;
 use recap_runtime::train::verifiers::Outcome;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Map, Value};
+
+mod common;
 
 /// A CA, and a server certificate for 127.0.0.1 signed by it: the CA's PEM, and the server's
 /// TLS configuration.
@@ -50,20 +52,10 @@ fn judge(config: Arc<rustls::ServerConfig>) -> String {
             let Ok(tcp) = tcp else { continue };
             let conn = rustls::ServerConnection::new(config.clone()).unwrap();
             let mut reader = BufReader::new(rustls::StreamOwned::new(conn, tcp));
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; length];
-            if length == 0 || reader.read_exact(&mut body).is_err() {
+            let Some(body) = common::http_request_body(&mut reader).filter(|b| !b.is_empty())
+            else {
                 continue;
-            }
+            };
             let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             let n = request["items"].as_array().map_or(0, Vec::len);
             let text = json!({"rewards": vec![1.0; n]}).to_string();

@@ -1,6 +1,6 @@
 //! What several test binaries share: the path of the benchmark fixture, the largest
-//! difference between two tensors, running a pipeline compiled from `.recap` text, and checking
-//! that a resumed run equals an uninterrupted one. Each binary uses a part of it, hence `allow(dead_code)`.
+//! difference between two tensors, running a pipeline compiled from `.recap` text, checking
+//! that a resumed run equals an uninterrupted one, and reading the request of a stub HTTP judge. Each binary uses a part of it, hence `allow(dead_code)`.
 
 #![allow(dead_code)]
 
@@ -145,4 +145,22 @@ pub fn resume_equals_uninterrupted(
         stopped,
         resumed,
     }
+}
+
+/// The body of one HTTP request read from `reader` by a stub judge: the headers up to the blank
+/// line, then `content-length` bytes. `None` when the request breaks off.
+pub fn http_request_body(reader: &mut impl std::io::BufRead) -> Option<Vec<u8>> {
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(body)
 }
