@@ -159,9 +159,7 @@ impl NcclGroup {
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Tensor::cat(&parts, 0)?)
     }
-}
 
-impl NcclGroup {
     /// Runs one NCCL call `op` from the CUDA buffer of `T` that the contiguous `t` holds into
     /// a new buffer of `len` elements, given back as a tensor of `shape`; `what` names the call
     /// in errors.

@@ -1762,7 +1762,7 @@ mod tests {
     #[test]
     fn the_7b_full_finetune_fits_eight_80_gb_cards() {
         use crate::model::weight_shapes;
-        use crate::train::optim::{owners_of, update_bytes};
+        use crate::train::optim::{largest_shard_of, update_bytes};
         let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/qwen2.5-7b.json");
         let c = crate::model::ModelConfig::sizes_from_file(std::path::Path::new(path)).unwrap();
@@ -1773,11 +1773,7 @@ mod tests {
         let params: usize = lens.iter().sum();
         assert_eq!(params, 7_615_616_512);
         let ranks = 8;
-        let mut shards = vec![0usize; ranks];
-        for (n, r) in lens.iter().zip(owners_of(&lens, ranks)) {
-            shards[r] += n;
-        }
-        let shard = *shards.iter().max().unwrap();
+        let shard = largest_shard_of(&lens, ranks);
         // Rows per rank, the longest sequence, completion tokens.
         let (rows, seq, new) = (16 * 8 / ranks, 128 + 256, 256);
         let shape = MemoryShape {

@@ -813,6 +813,16 @@ pub fn owners_of(lens: &[usize], world: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The elements of the largest rank's shard when parameters of `lens` elements are cut among
+/// `world` ranks as [`owners_of`] cuts them.
+pub fn largest_shard_of(lens: &[usize], world: usize) -> usize {
+    let mut shards = vec![0usize; world.max(1)];
+    for (n, owner) in lens.iter().zip(owners_of(lens, world.max(1))) {
+        shards[owner] += n;
+    }
+    shards.into_iter().max().unwrap_or(0)
+}
+
 /// Bytes one rank's update holds for a moment beyond the gradients the backward gave and the
 /// optimiser's state, for parameters of `lens` elements stored with `var_bytes` bytes each and
 /// the state sharded over `world` ranks, after the training pass has freed its activations:
@@ -828,11 +838,7 @@ pub fn update_bytes(lens: &[usize], var_bytes: usize, world: usize, staging: usi
     if world <= 1 {
         return if half { largest * (4 + var_bytes) } else { 0 };
     }
-    let mut shards = vec![0usize; world];
-    for (n, owner) in lens.iter().zip(owners_of(lens, world)) {
-        shards[owner] += n;
-    }
-    let shard = shards.into_iter().max().unwrap_or(0);
+    let shard = largest_shard_of(lens, world);
     let bucket = BUCKET_ELEMS.min(lens.iter().sum());
     shard * 4 + staging * bucket * 4 + if half { largest * var_bytes } else { 0 }
 }
