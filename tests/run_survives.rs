@@ -187,7 +187,7 @@ fn sigint_and_sigterm_stop_at_a_checkpoint_that_resumes_to_the_same_end() {
 }
 
 /// A second SIGINT does not wait for the step: the process ends at once with 130. Its steps
-/// are long (a wider model, more prompts), so the second signal lands within the step the first
+/// are long (a wider model, 256 prompts), so the second signal lands within the step the first
 /// one let finish. The kernel merges a signal into one still pending, so on a loaded machine
 /// two signals sent close together can arrive as one; the test therefore repeats the signal
 /// until the process ends, and each repeat after the first delivery must end it at once.
@@ -195,10 +195,10 @@ fn sigint_and_sigterm_stop_at_a_checkpoint_that_resumes_to_the_same_end() {
 fn a_second_sigint_ends_the_run_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let job = "\
-model policy = tiny(layers = 4, hidden = 256, heads = 4, seed = 7)
-source sums = arithmetic(ops = \"+\", digits = 1, count = 64, seed = 1)
+model policy = tiny(layers = 4, hidden = 512, heads = 8, seed = 7)
+source sums = arithmetic(ops = \"+\", digits = 1, count = 256, seed = 1)
 objective learn = sft(sums)
-train { steps = 1000, prompts_per_step = 64, out = \"out\" }
+train { steps = 1000, prompts_per_step = 256, out = \"out\" }
 ";
     std::fs::write(dir.path().join("job.recap"), job).unwrap();
     let run = dir.path().join("out");
@@ -206,12 +206,18 @@ train { steps = 1000, prompts_per_step = 64, out = \"out\" }
     wait_for_steps(&mut child, &run, 1);
     // A step has just ended: signalling a little later lands the first SIGINT early in the
     // next step, so the second arrives before that step's end, where the first alone would
-    // stop the run at a checkpoint (exit 4) instead.
+    // stop the run at a checkpoint (exit 4) instead. The signals go straight through kill(2)
+    // rather than a `kill` process, whose start a loaded machine can delay past the step.
     std::thread::sleep(Duration::from_millis(50));
-    signal(&child, "INT");
+    let pid = child.id() as libc::pid_t;
+    let interrupt = || {
+        // SAFETY: kill(2) only sends a signal to the child's process id.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+    };
+    interrupt();
     let start = Instant::now();
     loop {
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(20));
         if child.try_wait().unwrap().is_some() {
             break;
         }
@@ -219,7 +225,7 @@ train { steps = 1000, prompts_per_step = 64, out = \"out\" }
             start.elapsed() < Duration::from_secs(60),
             "SIGINT did not end the run"
         );
-        signal(&child, "INT");
+        interrupt();
     }
     let (status, err) = finish(child);
     // 130, not 4: the repeated signal ended the run without waiting for a step. On a loaded
