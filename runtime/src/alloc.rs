@@ -6,10 +6,15 @@
 //! the (dynamic) mmap threshold are mmap'ed and unmapped each time, so every training step pays
 //! page faults and page zeroing for all its activations and gradients (a third of the backward
 //! pass on the fixture benchmark). Raising the mmap and trim thresholds lets the heap recycle
-//! them. Call [`tune_allocator`] once at program start, before worker threads exist.
+//! them. glibc also gives threads their own arenas, and a buffer freed in one arena is not
+//! reused by another thread's next allocation, so the chunks of a training pass that run side
+//! by side each kept their own pool of freed activations, hundreds of megabytes on a 135M model
+//! above what the step holds (docs/performance.md); one arena shares them. Call
+//! [`tune_allocator`] once at program start, before worker threads exist.
 
-/// Raises glibc's mmap and trim thresholds; returns whether the settings were applied (false on
-/// other C libraries, where it does nothing).
+/// Raises glibc's mmap and trim thresholds and keeps one arena (unless `MALLOC_ARENA_MAX` is
+/// set, which glibc reads itself); returns whether the settings were applied (false on other C
+/// libraries, where it does nothing).
 pub fn tune_allocator() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -19,6 +24,7 @@ pub fn tune_allocator() -> bool {
         const M_TRIM_THRESHOLD: i32 = -1;
         const M_TOP_PAD: i32 = -2;
         const M_MMAP_THRESHOLD: i32 = -3;
+        const M_ARENA_MAX: i32 = -8;
         // 32 MiB is the largest mmap threshold glibc accepts on 64-bit targets; larger tensors
         // are still mmap'ed, which is fine since they are rare and the page cost amortises.
         // SAFETY: mallopt only changes allocator parameters; glibc documents it as safe to call
@@ -27,7 +33,8 @@ pub fn tune_allocator() -> bool {
             let a = mallopt(M_MMAP_THRESHOLD, 32 << 20);
             let b = mallopt(M_TRIM_THRESHOLD, 256 << 20);
             let c = mallopt(M_TOP_PAD, 16 << 20);
-            a == 1 && b == 1 && c == 1
+            let d = std::env::var_os("MALLOC_ARENA_MAX").is_some() || mallopt(M_ARENA_MAX, 1) == 1;
+            a == 1 && b == 1 && c == 1 && d
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
