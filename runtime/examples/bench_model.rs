@@ -2,7 +2,7 @@
 //! takes the directory (with `train.jsonl`), gives the median seconds of a rollout of 8 prompts
 //! x 8 completions x 16 new tokens at temperature 1, of one policy forward+backward of those 64
 //! sequences plus the reference forward, generated tokens per second and peak RSS. The training
-//! pass runs as the engine runs it: one chunk of rows per core (`train::parallel`), on the
+//! pass runs as the engine runs it: chunks of rows side by side (`train::parallel`), on the
 //! hand-written CPU pass (`model::fast`), or on candle's autograd with `RECAP_AUTOGRAD=1`.
 //!
 //! `cargo run --release -p recap-runtime --example bench_model -- /work/shared/bench/fixture-tiny [reps]`
@@ -16,7 +16,7 @@ use recap_runtime::model::logprob::{
 };
 use recap_runtime::model::{fast, load_hf_dir};
 use recap_runtime::tokenizer::TextTokenizer;
-use recap_runtime::train::parallel::{fold_chunks, row_chunks, split_pays};
+use recap_runtime::train::parallel::{fold_chunks, parts, row_chunks};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -111,7 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let rollout = generate(&policy, Some(&tok), &prompts, 8, &cfg)?;
         let t1 = Instant::now();
         let c1 = cpu_seconds();
-        // The engine's training pass: one chunk of rows per core (train::parallel), each
+        // The engine's training pass: chunks of rows side by side (train::parallel), each
         // chunk's policy forward+backward and reference forward, gradients summed in order.
         let n = rollout.completion_ids.len();
         let total = rollout.num_tokens().max(1) as f64;
@@ -120,8 +120,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let seq_tokens: usize = (0..n)
             .map(|r| rollout.prompt_of(r).len() + rollout.completion_ids[r].len())
             .sum();
-        let split = split_pays(seq_tokens, c.hidden_size, c.num_hidden_layers, params);
-        let chunks = row_chunks(n, None, &device, split);
+        let parts = parts(
+            &device,
+            seq_tokens,
+            c.hidden_size,
+            c.num_hidden_layers,
+            params,
+        );
+        let chunks = row_chunks(n, None, parts);
         // As the engine does, the fast path reads each model's weights in place for all chunks.
         let hosts = if fast_path {
             Some((
@@ -157,7 +163,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Ok((grads, ref_lp))
             }
         };
-        fold_chunks(&chunks, &device, each, |o| {
+        fold_chunks(&chunks, parts, each, |o| {
             outs.push(o);
             Ok(())
         })?;

@@ -27,7 +27,7 @@ use crate::train::grpo::{
     combine_rewards, group_advantages_sharded, grpo_loss, sft_loss, Advantages, CombinedRewards,
     GrpoBatch, GrpoConfig,
 };
-use crate::train::parallel::{chunks_in_flight, fold_chunks, row_chunks, split_pays};
+use crate::train::parallel::{fold_chunks, parts, row_chunks};
 use crate::train::reweight::WeightSnapshot;
 use crate::train::rng::HostRng;
 
@@ -729,10 +729,10 @@ impl Ctx<'_> {
             let tokens: usize = (0..n)
                 .map(|r| roll.prompt_of(r).len() + roll.completion_ids[r].len())
                 .sum();
-            let split = split_pays(tokens, st.hidden, st.layers, st.params);
-            let chunks = row_chunks(n, micro, &self.device, split);
+            let parts = parts(&self.device, tokens, st.hidden, st.layers, st.params);
+            let chunks = row_chunks(n, micro, parts);
             let (mut kl_sum, mut kl_tok, mut clip_sum) = (0.0, 0usize, 0.0);
-            fold_chunks(&chunks, &self.device, chunk, |c| {
+            fold_chunks(&chunks, parts, chunk, |c| {
                 st.loss[k] += c.loss;
                 accumulate(&mut st.grads[k], c.grads, &st.vars)?;
                 if let Some(kl) = c.kl {
@@ -879,10 +879,10 @@ impl Ctx<'_> {
             };
             let mine: usize = targets.iter().map(Vec::len).sum();
             let tokens: usize = prompts.iter().map(Vec::len).sum::<usize>() + mine;
-            let split = split_pays(tokens, st.hidden, st.layers, st.params);
-            let chunks = row_chunks(prompts.len(), micro, &self.device, split);
+            let parts = parts(&self.device, tokens, st.hidden, st.layers, st.params);
+            let chunks = row_chunks(prompts.len(), micro, parts);
             let (mut nll, mut grads) = (0.0, None);
-            fold_chunks(&chunks, &self.device, chunk, |out| {
+            fold_chunks(&chunks, parts, chunk, |out| {
                 if let Some((part, g)) = out {
                     nll += part;
                     accumulate(&mut grads, g, &st.vars)?;
@@ -1245,13 +1245,13 @@ pub(crate) fn estimate(
         .map(|v| v.elem_count())
         .sum();
     // The chunks the training pass runs, as the step splits them (`row_chunks`): the rows of
-    // one chunk are alive at once, and `chunks_in_flight` chunks run side by side.
+    // one chunk are alive at once, and `parts` chunks run side by side.
     let device = models.policy.device();
     let micro = stage.train.micro_batch.map(|m| m as usize);
-    let split = split_pays(fb, c.hidden_size, c.num_hidden_layers, params);
-    let chunks = row_chunks(train_rows, micro, device, split);
+    let parts = parts(device, fb, c.hidden_size, c.num_hidden_layers, params);
+    let chunks = row_chunks(train_rows, micro, parts);
     let chunk_rows = chunks.iter().map(|r| r.len()).max().unwrap_or(0);
-    let in_flight = chunks_in_flight(device).min(chunks.len().max(1));
+    let in_flight = parts.min(chunks.len().max(1));
     let share = |total: usize| total * chunk_rows / train_rows.max(1);
     let policy = &models.policy;
     // A LoRA policy's trainable variables are its adapters; its base is frozen.

@@ -8,8 +8,9 @@
 //! multiplies (every graph edge allocates a zero tensor and adds into it, every op allocates its
 //! output). Here the forward keeps only the activations the backward needs, in plain `Vec<f32>`,
 //! every matrix multiply is one `gemm::gemm` call with strides chosen so that nothing is
-//! transposed by copying, and the rest are loops over contiguous rows. Both passes are
-//! single-threaded: the engine already runs one chunk of rows per core (`train::parallel`).
+//! transposed by copying, and the rest are loops over contiguous rows. Only the matrix
+//! multiplies use several cores: the engine runs chunks of rows side by side, up to one per core,
+//! where the batch's work pays for it (`train::parallel`).
 //!
 //! The math mirrors the candle path op for op (RMSNorm, q/k/v projections with optional biases,
 //! half-split RoPE at the column position, grouped-query attention with the batch's additive mask

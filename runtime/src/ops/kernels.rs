@@ -366,8 +366,8 @@ pub(crate) fn has_avx2() -> bool {
 /// training pass (`model::fast`) and the decoder (`generate::host`). Panics if a slice is
 /// shorter than its shape and strides imply, which only an internal bug can cause.
 ///
-/// [`mm`] lets gemm choose: it may split a large product into jobs on rayon's pool. When the step's chunks already
-/// keep every core busy (one chunk per core), those jobs run on the calling thread, which costs
+/// [`mm`] lets gemm choose: it may split a large product into jobs on rayon's pool. When the
+/// step's chunks already keep every core busy (one chunk per core), those jobs run on the calling thread, which costs
 /// little; when a single chunk runs (a large model on a few rows, or a user's `micro_batch`),
 /// the idle cores take them, so one chunk still uses the whole machine.
 #[allow(clippy::too_many_arguments)]

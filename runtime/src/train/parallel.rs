@@ -1,54 +1,58 @@
 //! Data-parallel micro-batches for the CPU: takes a batch's row count, the stage's optional
-//! micro-batch size and the device; gives the row ranges a step's forward and backward passes
-//! run over, and runs a closure over those ranges (side by side on the CPU, in order elsewhere).
+//! micro-batch size and how many chunks run at once ([`parts`]); gives the row ranges a step's
+//! forward and backward passes run over, and runs a closure over those ranges (side by side on
+//! the CPU, in order elsewhere).
 //!
 //! Why: on the CPU, a single forward+backward over the whole batch keeps only the matrix
 //! multiplies parallel; every element-wise op, fused kernel sweep and gradient sum in between
-//! runs on one core. Splitting the rows into one chunk per core and running the chunks side by
-//! side keeps all cores busy for all of the step at the same CPU seconds (docs/performance.md
-//! has the figures). Each chunk's
-//! loss is already scaled to its share of the batch, so the gradients of the chunks add up to
-//! the gradient of the whole batch. Results come back in chunk order and are summed in that
-//! order, so a run stays deterministic whatever the threads' timing.
+//! runs on one core. Splitting the rows into chunks, up to one per core, and running the chunks
+//! side by side keeps all cores busy for all of the step at the same CPU seconds
+//! (docs/performance.md has the figures), at the price of one set of weight gradients per
+//! chunk. Each chunk's loss is already scaled to its share of the batch, so the gradients of
+//! the chunks add up to the gradient of the whole batch. Results come back in chunk order and
+//! are summed in that order, so a run stays deterministic whatever the threads' timing.
 
 use std::ops::Range;
 
 use candle_core::Device;
 use rayon::prelude::*;
 
-/// Whether splitting a batch across cores pays. Each extra chunk costs one more full set of
-/// weight gradients (allocated, filled and summed: a few passes over `params` floats), while the
-/// split runs the per-token work outside the matrix multiplies in parallel (activations and
-/// their gradients: some 16 passes over `tokens x hidden` floats per layer). So a small model
-/// with a large batch (the benchmark fixture) splits, and a 135M-weight model with a handful of
-/// short rows does not (it measured slower split).
-pub fn split_pays(tokens: usize, hidden: usize, layers: usize, params: usize) -> bool {
-    tokens
+/// The per-token work, in passes over `tokens x hidden` floats per layer, that one more chunk
+/// of a split batch must carry to pay for its own full set of weight gradients (`params`
+/// floats, allocated, filled and summed). The element-wise work outside the matrix multiplies
+/// (activations and their gradients) is some 16 such passes, but only the part of it that
+/// would otherwise run on one core is won back, and the extra set also costs memory, so a
+/// chunk is asked for a quarter of it: docs/performance.md has the measurements that placed
+/// the threshold.
+const WORK_PER_TOKEN: usize = 4;
+
+/// How many chunks of a batch run side by side on `device`: one on an accelerator, which is
+/// parallel on its own; on the CPU, one per worker thread at most, and only as many as the
+/// batch's per-token work pays for, each extra chunk costing a full set of weight gradients.
+/// So a small model with a large batch (the benchmark fixture) splits across the cores, and a
+/// 135M-weight model with a few short rows does not (it measured no faster split, with half a
+/// gigabyte more memory); on a many-core machine a large model is not split into as many sets
+/// of gradients as there are cores.
+pub fn parts(device: &Device, tokens: usize, hidden: usize, layers: usize, params: usize) -> usize {
+    if !device.is_cpu() {
+        return 1;
+    }
+    let work = tokens
         .saturating_mul(hidden)
         .saturating_mul(layers)
-        .saturating_mul(16)
-        >= params
+        .saturating_mul(WORK_PER_TOKEN);
+    (work / params.max(1)).clamp(1, rayon::current_num_threads().max(1))
 }
 
 /// The row ranges of a batch of `n` rows. With `micro` set, chunks of that many rows (the
-/// user's memory bound); otherwise, when `split` (see [`split_pays`]), one chunk per worker
-/// thread on the CPU, and a single chunk on an accelerator, which is parallel on its own.
-pub fn row_chunks(
-    n: usize,
-    micro: Option<usize>,
-    device: &Device,
-    split: bool,
-) -> Vec<Range<usize>> {
+/// user's memory bound); otherwise `parts` chunks of equal size (see [`parts`]).
+pub fn row_chunks(n: usize, micro: Option<usize>, parts: usize) -> Vec<Range<usize>> {
     if n == 0 {
         return Vec::new();
     }
     let size = match micro {
         Some(m) => m.max(1),
-        None if device.is_cpu() && split => {
-            let parts = rayon::current_num_threads().clamp(1, n);
-            n.div_ceil(parts)
-        }
-        None => n,
+        None => n.div_ceil(parts.clamp(1, n)),
     };
     (0..n)
         .step_by(size)
@@ -56,23 +60,14 @@ pub fn row_chunks(
         .collect()
 }
 
-/// Chunks that run at once on `device`: one per worker thread on the CPU, one elsewhere.
-pub fn chunks_in_flight(device: &Device) -> usize {
-    if device.is_cpu() {
-        rayon::current_num_threads().max(1)
-    } else {
-        1
-    }
-}
-
-/// Runs `f` on every chunk and hands each result to `consume` in chunk order: side by side on
-/// rayon's pool on the CPU, [`chunks_in_flight`] chunks at a time, one after the other
-/// elsewhere. A chunk's result (a full set of weight gradients) is consumed before the next
-/// group of chunks starts, so a micro-batch bound keeps at most that many results alive
+/// Runs `f` on every chunk and hands each result to `consume` in chunk order, `parts` chunks
+/// at a time side by side on rayon's pool (see [`parts`]; one at a time when it is one). A
+/// chunk's result (a full set of weight gradients) is consumed before the next group of chunks
+/// starts, so a micro-batch bound keeps at most that many results alive
 /// whatever the number of chunks. Stops at the first error, of `f` or of `consume`.
 pub fn fold_chunks<T, E, F, C>(
     chunks: &[Range<usize>],
-    device: &Device,
+    parts: usize,
     f: F,
     mut consume: C,
 ) -> Result<(), E>
@@ -82,7 +77,7 @@ where
     F: Fn(Range<usize>) -> Result<T, E> + Sync + Send,
     C: FnMut(T) -> Result<(), E>,
 {
-    for group in chunks.chunks(chunks_in_flight(device)) {
+    for group in chunks.chunks(parts.max(1)) {
         let outs: Vec<T> = if group.len() > 1 {
             group
                 .par_iter()
@@ -120,43 +115,45 @@ mod tests {
     fn chunks_cover_the_rows_in_order() {
         for n in [1, 2, 3, 7, 64, 65] {
             for micro in [None, Some(1), Some(5), Some(100)] {
-                let c = row_chunks(n, micro, &Device::Cpu, true);
-                assert!(covers(&c, n), "n={n} micro={micro:?}: {c:?}");
-                if let Some(m) = micro {
-                    assert!(c.iter().all(|r| r.len() <= m));
+                for parts in [1, 2, 3, 8] {
+                    let c = row_chunks(n, micro, parts);
+                    assert!(covers(&c, n), "n={n} micro={micro:?} parts={parts}: {c:?}");
+                    match micro {
+                        Some(m) => assert!(c.iter().all(|r| r.len() <= m)),
+                        None => assert_eq!(c.len(), parts.min(n)),
+                    }
                 }
             }
         }
-        assert!(row_chunks(0, None, &Device::Cpu, true).is_empty());
-    }
-
-    #[test]
-    fn without_micro_batch_the_cpu_gets_one_chunk_per_thread() {
-        let threads = rayon::current_num_threads();
-        let c = row_chunks(64, None, &Device::Cpu, true);
-        assert_eq!(c.len(), threads.min(64));
-        // When splitting does not pay, the batch stays whole unless a micro-batch asks.
-        assert_eq!(row_chunks(64, None, &Device::Cpu, false), vec![0..64]);
-        assert_eq!(row_chunks(64, Some(32), &Device::Cpu, false).len(), 2);
+        assert!(row_chunks(0, None, 2).is_empty());
+        assert_eq!(row_chunks(64, None, 1), vec![0..64]);
+        assert_eq!(row_chunks(64, Some(32), 1).len(), 2);
     }
 
     #[test]
     fn splitting_pays_for_large_batches_of_small_models_only() {
+        let threads = rayon::current_num_threads();
+        let cpu =
+            |tokens, hidden, layers, params| parts(&Device::Cpu, tokens, hidden, layers, params);
         // The fixture benchmark: 1M weights, hidden 128, 4 layers, 64 rows of 23 tokens.
-        assert!(split_pays(64 * 23, 128, 4, 992_384));
-        // SmolLM2-135M (hidden 576, 30 layers) on 4 rows of 30 tokens.
-        assert!(!split_pays(4 * 30, 576, 30, 134_515_008));
-        // The same model on 64 rows of 300 tokens.
-        assert!(split_pays(64 * 300, 576, 30, 134_515_008));
+        assert_eq!(cpu(64 * 23, 128, 4, 992_384), threads.min(3));
+        // SmolLM2-135M (hidden 576, 30 layers) on the CPU benchmark's 8 rows of 68 tokens, which
+        // measured no faster split.
+        assert_eq!(cpu(8 * 68, 576, 30, 134_515_008), 1);
+        // The same model on 64 rows of 300 tokens: as many chunks as threads, up to 9.
+        assert_eq!(cpu(64 * 300, 576, 30, 134_515_008), threads.min(9));
+        // Never more chunks than threads, and one chunk for an empty or weightless batch.
+        assert!(cpu(usize::MAX, 1, 1, 1) <= threads);
+        assert_eq!(cpu(0, 576, 30, 134_515_008), 1);
     }
 
     #[test]
     fn results_come_back_in_chunk_order_and_errors_surface() {
-        let chunks = row_chunks(10, Some(3), &Device::Cpu, true);
+        let chunks = row_chunks(10, Some(3), 1);
         let mut starts = Vec::new();
         fold_chunks(
             &chunks,
-            &Device::Cpu,
+            2,
             |r| Ok::<_, String>(r.start),
             |s| {
                 starts.push(s);
@@ -168,7 +165,7 @@ mod tests {
         let mut seen = 0;
         let err = fold_chunks(
             &chunks,
-            &Device::Cpu,
+            2,
             |r| {
                 if r.start == 6 {
                     Err(format!("chunk at {}", r.start))
@@ -182,7 +179,7 @@ mod tests {
             },
         );
         assert_eq!(err, Err("chunk at 6".to_string()));
-        // The groups before the failing one were consumed, and nothing after it.
-        assert!(seen <= 6 / chunks_in_flight(&Device::Cpu) * chunks_in_flight(&Device::Cpu));
+        // The groups before the failing one (chunks 0 and 3) were consumed, nothing after it.
+        assert_eq!(seen, 2);
     }
 }
