@@ -1185,8 +1185,8 @@ pub(crate) fn estimate(
         Ok(total.div_ceil(rows.len().max(1)))
     };
     // (generated, forward/backward, reference, longest sequence, rollout rows, training rows,
-    // completion positions scored) per source.
-    let mut per_source: BTreeMap<String, [usize; 7]> = BTreeMap::new();
+    // completion positions scored, SFT objectives, GRPO objectives) per source.
+    let mut per_source: BTreeMap<String, [usize; 9]> = BTreeMap::new();
     for o in &stage.objectives {
         let src = objective_source(&o.spec).to_string();
         let plen = mean_len(&src, &|r| {
@@ -1211,6 +1211,7 @@ pub(crate) fn estimate(
                 e[4] += rows;
                 e[5] += rows;
                 e[6] += rows * ro.max_tokens as usize;
+                e[8] += 1;
             }
             ObjectiveSpec::Sft { max_tokens, .. } => {
                 let tlen = mean_len(&src, &|r| {
@@ -1221,14 +1222,15 @@ pub(crate) fn estimate(
                 e[3] = e[3].max(seq);
                 e[5] += p;
                 e[6] += p * tlen.min(*max_tokens as usize);
+                e[7] += 1;
             }
         }
     }
     // One source per step unless `mix all`: the estimate is the most expensive source.
-    let [gen, fb, reft, seq, gen_rows, train_rows, positions] =
+    let [gen, fb, reft, seq, gen_rows, train_rows, positions, sft, grpo] =
         if matches!(stage.mix, recap_plan::Mix::All) {
             // Every part adds up over the sources except the longest sequence, their maximum.
-            per_source.values().fold([0; 7], |a, b| {
+            per_source.values().fold([0; 9], |a, b| {
                 std::array::from_fn(|i| if i == 3 { a[i].max(b[i]) } else { a[i] + b[i] })
             })
         } else {
@@ -1280,6 +1282,9 @@ pub(crate) fn estimate(
         chunk_positions: share(positions),
         chunks: chunks.len(),
         in_flight,
+        // An SFT objective's gradients wait for the step's lambdas while the passes after it run
+        // (every GRPO pass comes after all SFT passes).
+        held_sets: if grpo > 0 { sft } else { sft.saturating_sub(1) },
         logit_rows: PassOptions::of(policy).logit_rows,
         checkpointing: stage.train.checkpointing,
         fast: fast::supported(policy),
@@ -1343,6 +1348,9 @@ pub(crate) struct MemoryShape {
     /// Chunks of the training pass, and how many of them run at once.
     pub chunks: usize,
     pub in_flight: usize,
+    /// Full gradient sets held beside the running pass: those of the step's earlier SFT
+    /// objectives, which wait for the step's lambdas.
+    pub held_sets: usize,
     /// Positions whose logits are made at once (`PassOptions::logit_rows`).
     pub logit_rows: usize,
     /// `train { checkpointing }`.
@@ -1379,6 +1387,7 @@ impl MemoryShape {
             chunk_positions: 0,
             chunks: 0,
             in_flight: 0,
+            held_sets: 0,
             logit_rows: 0,
             checkpointing: false,
             fast: false,
@@ -1408,8 +1417,9 @@ pub(crate) struct Memory {
 /// The analytical memory of one step, at the end of the training pass's backward, where the
 /// step peaks: f32 weights, the optimizer's moments, the reference's f32 copy, and per chunk
 /// in flight its saved activations, its logits chunk and its full set of f32 weight gradients
-/// (plus the running sum when the chunks do not all run at once). The rollout's KV cache (keys
-/// and values of every layer for every row at the longest sequence) is gone by then.
+/// (plus the running sum when the chunks do not all run at once, and the gradients of the
+/// step's earlier SFT objectives, which wait for the step's lambdas). The rollout's KV cache
+/// (keys and values of every layer for every row at the longest sequence) is gone by then.
 ///
 /// Saved activations per token and layer, as the passes keep them: the hand-written CPU pass
 /// keeps the block input, both norms' outputs and the residual after attention (4 x hidden),
@@ -1451,11 +1461,12 @@ pub(crate) fn memory(s: &MemoryShape) -> Memory {
     // the log-softmax's gradient and the temperature's scaled copy.
     let logit_buffers = if s.fast { 1 } else { 3 };
     let logits = s.logit_rows.min(s.chunk_positions) * s.vocab * 4 * logit_buffers;
-    // Each chunk's full gradients, and the running sum once a later group of chunks runs.
-    let sets = s.in_flight + usize::from(s.chunks > s.in_flight);
+    // Each chunk's full gradients, the running sum once a later group of chunks runs, and the
+    // sets that wait for the step's lambdas.
+    let sets = (s.in_flight + usize::from(s.chunks > s.in_flight)).max(1) + s.held_sets;
     Memory {
         weights: s.params * s.var_bytes + s.frozen_params * s.dtype_bytes,
-        gradients: s.params * s.var_bytes * sets.max(1),
+        gradients: s.params * s.var_bytes * sets,
         optimizer: s.optimizer_bytes,
         // The reference is a frozen copy of the policy's variables, in their dtype.
         reference: if s.reference && s.frozen_params == 0 {
@@ -1598,6 +1609,7 @@ mod tests {
             chunk_positions: 3,
             chunks: 1,
             in_flight: 1,
+            held_sets: 0,
             logit_rows: 2,
             checkpointing: false,
             fast: true,
@@ -1719,6 +1731,7 @@ mod tests {
                 chunk_positions: micro * new,
                 chunks: rows / micro,
                 in_flight: 1,
+                held_sets: 0,
                 logit_rows: PassOptions::for_vocab(151_936).logit_rows,
                 checkpointing: false,
                 fast: false,
