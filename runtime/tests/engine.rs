@@ -248,40 +248,33 @@ mod engine {
             .iter()
             .all(|c| c.dry_step_seconds.is_some() && c.dry_step_skipped.is_none()));
         assert_eq!(s.metrics.len(), 2);
-        // A micro-batch of one row bounds the activations and logits alive at once.
-        let mut micro = plan.clone();
-        micro.stages[1].train.micro_batch = Some(1);
-        let m = run(
-            &seal(micro),
-            &RunOptions {
+        // The RL stage's estimate for a plan changed by `edit`.
+        let rl_cost = |edit: &dyn Fn(&mut Stage)| {
+            let mut p = plan.clone();
+            edit(&mut p.stages[1]);
+            let dry = RunOptions {
                 dry_run: true,
                 ..opts(dir.path())
-            },
-        )
-        .unwrap();
-        let mrl = &m.costs[1];
+            };
+            run(&seal(p), &dry).unwrap().costs.swap_remove(1)
+        };
+        // A micro-batch of one row bounds the activations and logits alive at once.
+        let mrl = &rl_cost(&|s| s.train.micro_batch = Some(1));
         assert!(mrl.activation_bytes < rl.activation_bytes, "{mrl:?}");
         assert!(mrl.logits_bytes < rl.logits_bytes, "{mrl:?}");
         assert_eq!(mrl.weight_bytes, rl.weight_bytes);
         // With every source in each step, the SFT objective's gradients wait for the step's
         // lambdas while the GRPO objective's pass runs: one more set than one source's step.
         // (One chunk of the whole batch, so that neither counts a set per core.)
-        let gradient_bytes = |mix: Mix| {
-            let mut p = plan.clone();
-            p.stages[1].mix = mix;
-            p.stages[1].train.micro_batch = Some(1000);
-            let r = run(
-                &seal(p),
-                &RunOptions {
-                    dry_run: true,
-                    ..opts(dir.path())
-                },
-            )
-            .unwrap();
-            r.costs[1].gradient_bytes
+        let gradient_bytes = |mix: &Mix| {
+            rl_cost(&|s| {
+                s.mix = mix.clone();
+                s.train.micro_batch = Some(1000);
+            })
+            .gradient_bytes
         };
-        assert_eq!(gradient_bytes(plan.stages[1].mix.clone()), rl.weight_bytes);
-        assert_eq!(gradient_bytes(Mix::All), 2 * rl.weight_bytes);
+        assert_eq!(gradient_bytes(&plan.stages[1].mix), rl.weight_bytes);
+        assert_eq!(gradient_bytes(&Mix::All), 2 * rl.weight_bytes);
         // The dry step ran on two prompts: 2 x 8 completions.
         assert!(s.metrics[1]["generated_tokens"].as_u64().unwrap() <= 2 * 8 * 4);
         assert!(!s.graph_order.is_empty());
