@@ -72,31 +72,3 @@ pub fn tune_threads() -> bool {
         }
     }
 }
-
-/// The weight size from which [`release_freed`] returns memory: models this large free
-/// buffers of hundreds of megabytes between the phases of a step, which the raised trim
-/// threshold of [`tune_allocator`] would otherwise keep resident; for smaller ones the page
-/// faults of reallocating would cost more than the memory is worth.
-const RELEASE_FROM_WEIGHT_BYTES: usize = 32 << 20;
-
-/// Hands the heap's free pages back to the kernel (glibc's `malloc_trim`) when the model in
-/// use holds at least [`RELEASE_FROM_WEIGHT_BYTES`] of weights; the phases of a step call it as
-/// they start, so that what the previous phase freed (a rollout's transposed weights, a
-/// pass's activations) does not add to the next phase's peak. Does nothing on other C
-/// libraries.
-pub fn release_freed(weight_bytes: usize) {
-    if weight_bytes < RELEASE_FROM_WEIGHT_BYTES {
-        return;
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
-        }
-        // SAFETY: malloc_trim only returns free memory of the allocator's arenas to the kernel;
-        // glibc documents it as safe to call at any time from any thread.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
-}

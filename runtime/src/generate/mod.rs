@@ -296,7 +296,6 @@ pub fn generate_on(
         model
     };
     let c = model.config().clone();
-    crate::alloc::release_freed(model.weight_bytes());
     if prompts.is_empty() || group == 0 {
         return Err(ModelError::Invalid(
             "generate needs at least one prompt and group >= 1".into(),

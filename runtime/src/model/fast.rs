@@ -1042,7 +1042,6 @@ fn run<'a>(
     if rope_cos.len() != d.t * half || rope_sin.len() != d.t * half {
         bail!("fast path: RoPE tables do not have head_dim / 2 = {half} columns");
     }
-    crate::alloc::release_freed(model.weight_bytes());
     let pk = Packing::new(&d, &ids, &mask);
     drop((ids, mask));
     let n_layers = weights.layers.len();

@@ -390,15 +390,6 @@ impl Model {
         self.weights.embed.dtype()
     }
 
-    /// Bytes of the stored weights.
-    pub fn weight_bytes(&self) -> usize {
-        let elems: usize = weight_shapes(&self.config)
-            .iter()
-            .map(|(_, shape)| shape.iter().product::<usize>())
-            .sum();
-        elems * self.dtype().size_in_bytes()
-    }
-
     /// The dtype the forward pass computes in; weights are converted on the fly when it differs
     /// from the master dtype (bf16 compute on CUDA keeps f32 master weights).
     pub fn compute_dtype(&self) -> DType {
