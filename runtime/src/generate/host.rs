@@ -20,6 +20,11 @@ use crate::ops::kernels::{self, mm_with};
 /// the cache: the last-level cache of the server CPUs recap is tuned on (32 MiB).
 const CACHED_WEIGHT_BYTES: usize = 32 << 20;
 
+/// The most rows a decode step of a model above [`CACHED_WEIGHT_BYTES`] multiplies by its
+/// weights in place (`kernels::rows_by_weight`, which streams each weight row once); with more
+/// rows gemm on a transposed copy is faster (docs/performance.md).
+const IN_PLACE_MAX_ROWS: usize = 8;
+
 /// One block's weights on the host, transposed to (in, out) row-major (see [`matmul`]); q/k/v and
 /// gate/up are concatenated along the output so each is a single matrix multiply.
 struct HostLayer {
@@ -104,26 +109,40 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R
     Ok(f(&data[start..end]))
 }
 
+/// How [`Weight::load`] keeps a weight.
+#[derive(Clone, Copy)]
+enum Layout {
+    Transposed,
+    Stored,
+    Streamed,
+}
+
 /// A weight matrix for the decoder: a transposed host copy, (in, out) row-major, the layout
 /// gemm multiplies fastest (see [`matmul`]); or the model's own (out, in) tensors, stacked along
 /// the output and borrowed at each multiply.
 enum Weight {
     Transposed(Vec<f32>),
     Stored(Vec<Tensor>),
+    /// The stored tensors of a model too large for the cache, multiplied by
+    /// `kernels::rows_by_weight`.
+    Streamed(Vec<Tensor>),
 }
 
 impl Weight {
-    /// The (out, in) matrices `ts` stacked along the output, transposed when `transpose`.
+    /// The (out, in) matrices `ts` stacked along the output, transposed for
+    /// `Layout::Transposed`.
     /// Transposing costs one pass over the weights per rollout; it pays when a rollout decodes
     /// several rows (32 rows: 1.5x to 4.6x faster multiplies), not for a few rows of a large
     /// model, which then read the weights in place.
-    fn load(ts: &[&Tensor], transpose: bool) -> candle_core::Result<Weight> {
+    fn load(ts: &[&Tensor], layout: Layout) -> candle_core::Result<Weight> {
         let ts: Vec<Tensor> = ts
             .iter()
             .map(|t| t.detach().to_dtype(DType::F32)?.contiguous())
             .collect::<candle_core::Result<_>>()?;
-        if !transpose {
-            return Ok(Weight::Stored(ts));
+        match layout {
+            Layout::Stored => return Ok(Weight::Stored(ts)),
+            Layout::Streamed => return Ok(Weight::Streamed(ts)),
+            Layout::Transposed => {}
         }
         let mut rows = Vec::new();
         let mut k = 0;
@@ -168,7 +187,18 @@ impl HostDecoder {
         let w = &model.weights;
         let b = prefill.first().map_or(0, |(k, _)| k.dims()[0]);
         let n = b * group;
-        let transpose = n >= 8;
+        // Weights larger than the cache are read from memory at every step: a few rows are
+        // multiplied by them in place, more rows by a transposed copy.
+        let bytes: usize = crate::model::weight_shapes(c)
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum::<usize>()
+            * std::mem::size_of::<f32>();
+        let layout = match (bytes > CACHED_WEIGHT_BYTES, n) {
+            (true, n) if n <= IN_PLACE_MAX_ROWS => Layout::Streamed,
+            (_, n) if n >= 8 => Layout::Transposed,
+            _ => Layout::Stored,
+        };
         let mut layers = Vec::with_capacity(w.layers.len());
         for lw in &w.layers {
             let qkv_b = match (&lw.q_b, &lw.k_b, &lw.v_b) {
@@ -176,11 +206,11 @@ impl HostDecoder {
                 _ => None,
             };
             layers.push(HostLayer {
-                qkv_w: Weight::load(&[&lw.q_w, &lw.k_w, &lw.v_w], transpose)?,
+                qkv_w: Weight::load(&[&lw.q_w, &lw.k_w, &lw.v_w], layout)?,
                 qkv_b,
-                o_w: Weight::load(&[&lw.o_w], transpose)?,
-                gate_up_w: Weight::load(&[&lw.gate_w, &lw.up_w], transpose)?,
-                down_w: Weight::load(&[&lw.down_w], transpose)?,
+                o_w: Weight::load(&[&lw.o_w], layout)?,
+                gate_up_w: Weight::load(&[&lw.gate_w, &lw.up_w], layout)?,
+                down_w: Weight::load(&[&lw.down_w], layout)?,
                 input_norm: host(&lw.input_norm)?,
                 post_norm: host(&lw.post_norm)?,
             });
@@ -219,7 +249,7 @@ impl HostDecoder {
         let fixed = Fixed {
             layers,
             norm: host(&w.norm)?,
-            head: Weight::load(&[w.lm_head.as_ref().unwrap_or(&w.embed)], transpose)?,
+            head: Weight::load(&[w.lm_head.as_ref().unwrap_or(&w.embed)], layout)?,
             embed: w.embed.detach().to_dtype(DType::F32)?.contiguous()?,
             cos: host(&model.rope.cos)?,
             sin: host(&model.rope.sin)?,
@@ -407,6 +437,8 @@ impl Shared<'_> {
 /// in the column-major layout its microkernel reads directly: nothing is packed per call. With
 /// (out, in) weights gemm repacks the rows of `x` and reads the weights with a stride, which
 /// measured 1.5x to 4.6x slower on decode shapes (32 rows) but is as fast for a single row.
+/// Streamed weights (a model larger than the cache, a few rows) go through
+/// `kernels::rows_by_weight`, which reads each weight row once per step.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     x: &[f32],
@@ -433,7 +465,8 @@ fn matmul(
             1.0,
             par,
         ),
-        Weight::Stored(parts) => {
+        Weight::Stored(parts) | Weight::Streamed(parts) => {
+            let streamed = matches!(w, Weight::Streamed(_));
             // Each stacked (rows, k) part writes its own columns of `out`: x (m, k) times the
             // part read transposed.
             let mut col = 0;
@@ -445,18 +478,33 @@ fn matmul(
                     );
                 }
                 with_f32(t, |wp| {
-                    mm_with(
-                        (m, rows, k),
-                        &mut out[col..],
-                        (n, 1),
-                        accumulate,
-                        x,
-                        (k, 1),
-                        wp,
-                        (1, k),
-                        1.0,
-                        par,
-                    )
+                    if streamed {
+                        let parallel = matches!(par, gemm::Parallelism::Rayon(_));
+                        kernels::rows_by_weight(
+                            x,
+                            m,
+                            k,
+                            wp,
+                            rows,
+                            &mut out[col..],
+                            n,
+                            accumulate,
+                            parallel,
+                        )
+                    } else {
+                        mm_with(
+                            (m, rows, k),
+                            &mut out[col..],
+                            (n, 1),
+                            accumulate,
+                            x,
+                            (k, 1),
+                            wp,
+                            (1, k),
+                            1.0,
+                            par,
+                        )
+                    }
                 })?;
                 col += rows;
             }

@@ -360,6 +360,130 @@ pub(crate) fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2")
 }
 
+/// Weight rows per task of [`rows_by_weight`]: 64 rows of a 576-wide model are 147 KB, a few
+/// dozen tasks per multiply of a 135M model.
+const WEIGHT_ROWS_PER_TASK: usize = 64;
+
+/// `out (m, n) = [out +] x (m, k) . w^T` for a few rows `x` and the row-major (n, k) weight `w`,
+/// with `out`'s rows `ldo` apart: the decode step of a model whose weights outgrow the cache.
+/// Every weight row is read once and dotted with each row of `x` (which stays in the
+/// first-level cache), so a step streams the weights instead of copying them transposed (what
+/// gemm needs to be fast) or having gemm repack them at every call; for up to eight rows this
+/// measured faster than gemm on a transposed copy (docs/performance.md). With `parallel` the
+/// weight rows are split between rayon's threads. Panics if a slice is shorter than its shape
+/// implies.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rows_by_weight(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    out: &mut [f32],
+    ldo: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
+    use rayon::prelude::*;
+    assert!(
+        x.len() >= m * k && w.len() >= n * k && (m == 0 || out.len() >= (m - 1) * ldo + n),
+        "rows_by_weight: an operand is shorter than its shape implies"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                out[r * ldo..r * ldo + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let x = &x[..m * k];
+    // Each task gives its weight rows' dot products, weight row by weight row.
+    let task = |wb: &[f32]| -> Vec<f32> {
+        let mut v = vec![0f32; wb.len() / k * m];
+        dots(x, m, k, wb, &mut v);
+        v
+    };
+    let w = &w[..n * k];
+    let span = WEIGHT_ROWS_PER_TASK * k;
+    let parts: Vec<Vec<f32>> = if parallel {
+        w.par_chunks(span).map(task).collect()
+    } else {
+        w.chunks(span).map(task).collect()
+    };
+    for (p, v) in parts.iter().enumerate() {
+        for (j, row) in v.chunks_exact(m).enumerate() {
+            let col = p * WEIGHT_ROWS_PER_TASK + j;
+            for (r, &d) in row.iter().enumerate() {
+                let o = &mut out[r * ldo + col];
+                *o = if accumulate { *o + d } else { d };
+            }
+        }
+    }
+}
+
+/// The dot products of every row of `wb` (rows of length `k`) with every row of `x` (m, k),
+/// into `out` weight row by weight row.
+fn dots(x: &[f32], m: usize, k: usize, wb: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features `dots_fma` is compiled for.
+        unsafe { dots_fma(x, m, k, wb, out) };
+        return;
+    }
+    for (wrow, o) in wb.chunks_exact(k).zip(out.chunks_exact_mut(m)) {
+        for (xrow, o) in x.chunks_exact(k).zip(o.iter_mut()) {
+            *o = dot(wrow, xrow);
+        }
+    }
+}
+
+/// [`dots`] with eight rows of `x` at a time, each with its own vector of partial sums, so that
+/// the fused multiply-adds of the eight rows overlap and each load of the weight row serves all
+/// of them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_fma(x: &[f32], m: usize, k: usize, wb: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const ROWS: usize = 8;
+    let full = k / 8 * 8;
+    assert!(x.len() >= m * k && wb.len().is_multiple_of(k) && out.len() >= wb.len() / k * m);
+    for (wrow, o) in wb.chunks_exact(k).zip(out.chunks_exact_mut(m)) {
+        let mut r = 0;
+        while r + ROWS <= m {
+            let mut acc = [_mm256_setzero_ps(); ROWS];
+            let mut i = 0;
+            while i < full {
+                // SAFETY: i + 8 <= full <= k, so the loads stay inside the weight row and inside
+                // rows r .. r + 8 of x, which holds m * k values (asserted above).
+                let wv = _mm256_loadu_ps(wrow.as_ptr().add(i));
+                for (q, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_loadu_ps(x.as_ptr().add((r + q) * k + i));
+                    *a = _mm256_fmadd_ps(wv, xv, *a);
+                }
+                i += 8;
+            }
+            for (q, a) in acc.iter().enumerate() {
+                let mut lanes = [0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
+                let xr = &x[(r + q) * k..(r + q + 1) * k];
+                let mut s = 0f32;
+                for i in full..k {
+                    s += wrow[i] * xr[i];
+                }
+                o[r + q] = s + sum(&lanes);
+            }
+            r += ROWS;
+        }
+        for (q, o) in o.iter_mut().enumerate().skip(r) {
+            *o = dot(wrow, &x[q * k..(q + 1) * k]);
+        }
+    }
+}
+
 /// `dst (m, n) = [dst +] beta * a (m, k) . b (k, n)` on f32 host buffers, every operand
 /// addressed by its (row stride, column stride) from the start of its slice: the one safe
 /// wrapper of the gemm crate (which candle's CPU matmul also uses) for the host paths, the
@@ -458,5 +582,55 @@ pub(crate) fn mm_with(
             false,
             par,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `rows_by_weight` against the product written out, for shapes off every block size (eight
+    /// rows with a tail of k, a remainder of rows, more weight rows than one task), with and
+    /// without accumulation, a row stride wider than the output, and both thread settings.
+    #[test]
+    fn rows_by_weight_is_the_product_with_the_transposed_weight() {
+        let val = |i: usize| ((i * 7919 % 1000) as f32 - 500.0) / 250.0;
+        for (m, k, n) in [
+            (1, 5, 3),
+            (3, 17, 70),
+            (11, 19, 66),
+            (8, 64, 130),
+            (2, 0, 4),
+        ] {
+            let x: Vec<f32> = (0..m * k).map(val).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| val(i + 13)).collect();
+            let ldo = n + 3;
+            for accumulate in [false, true] {
+                for parallel in [false, true] {
+                    let start: Vec<f32> = (0..m * ldo).map(|i| val(i + 7)).collect();
+                    let mut out = start.clone();
+                    rows_by_weight(&x, m, k, &w, n, &mut out, ldo, accumulate, parallel);
+                    for r in 0..m {
+                        for o in 0..ldo {
+                            let got = out[r * ldo + o];
+                            if o >= n {
+                                assert_eq!(got, start[r * ldo + o], "column {o} is outside");
+                                continue;
+                            }
+                            let mut want: f64 = (0..k)
+                                .map(|i| x[r * k + i] as f64 * w[o * k + i] as f64)
+                                .sum();
+                            if accumulate {
+                                want += start[r * ldo + o] as f64;
+                            }
+                            assert!(
+                                (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "m {m} k {k} n {n} acc {accumulate}: ({r}, {o}) {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
