@@ -20,6 +20,16 @@ use crate::ops::kernels::{self, mm_with};
 /// the cache: the last-level cache of the server CPUs recap is tuned on (32 MiB).
 const CACHED_WEIGHT_BYTES: usize = 32 << 20;
 
+/// Whether `params` f32 weights outgrow [`CACHED_WEIGHT_BYTES`], so that a decode step reads
+/// them from memory.
+fn outgrow_cache(params: usize) -> bool {
+    params * std::mem::size_of::<f32>() > CACHED_WEIGHT_BYTES
+}
+
+/// The rows from which a decode step of a model within the cache multiplies by a transposed
+/// copy of its weights (gemm reads it without packing).
+const TRANSPOSE_FROM_ROWS: usize = 8;
+
 /// The most rows a decode step of a model above [`CACHED_WEIGHT_BYTES`] multiplies by its
 /// weights in place (`kernels::rows_by_weight`, which streams each weight row once); with more
 /// rows gemm on a transposed copy is faster (docs/performance.md).
@@ -58,6 +68,13 @@ impl Dims {
         (self.heads + 2 * self.kv_heads) * self.head_dim
     }
 
+    /// Weights a decode step multiplies each row by, in a model of `layers` blocks: the blocks'
+    /// projections and the head.
+    fn step_weights(&self, layers: usize) -> usize {
+        layers * (self.qkv() + self.heads * self.head_dim + 3 * self.inter) * self.hidden
+            + self.vocab * self.hidden
+    }
+
     /// Floats of one layer's keys (or values) in one row's cache.
     fn layer_kv(&self) -> usize {
         self.kv_heads * self.cap * self.head_dim
@@ -90,6 +107,8 @@ struct Fixed {
     /// (rows, cap) additive key mask: prompt padding is -inf for the whole rollout.
     key_bias: Vec<f32>,
     dims: Dims,
+    /// The weights a step multiplies by ([`Dims::step_weights`]).
+    params: usize,
 }
 
 fn host(t: &Tensor) -> candle_core::Result<Vec<f32>> {
@@ -187,17 +206,30 @@ impl HostDecoder {
         let w = &model.weights;
         let b = prefill.first().map_or(0, |(k, _)| k.dims()[0]);
         let n = b * group;
+        let dims = Dims {
+            hidden: c.hidden_size,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            inter: c.intermediate_size,
+            vocab: c.vocab_size,
+            eps: c.rms_norm_eps as f32,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            cap,
+        };
+        let params = dims.step_weights(w.layers.len());
         // Weights larger than the cache are read from memory at every step: a few rows are
         // multiplied by them in place, more rows by a transposed copy.
-        let bytes: usize = crate::model::weight_shapes(c)
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum::<usize>()
-            * std::mem::size_of::<f32>();
-        let layout = match (bytes > CACHED_WEIGHT_BYTES, n) {
-            (true, n) if n <= IN_PLACE_MAX_ROWS => Layout::Streamed,
-            (_, n) if n >= 8 => Layout::Transposed,
-            _ => Layout::Stored,
+        let layout = if outgrow_cache(params) {
+            if n <= IN_PLACE_MAX_ROWS {
+                Layout::Streamed
+            } else {
+                Layout::Transposed
+            }
+        } else if n >= TRANSPOSE_FROM_ROWS {
+            Layout::Transposed
+        } else {
+            Layout::Stored
         };
         let mut layers = Vec::with_capacity(w.layers.len());
         for lw in &w.layers {
@@ -215,17 +247,6 @@ impl HostDecoder {
                 post_norm: host(&lw.post_norm)?,
             });
         }
-        let dims = Dims {
-            hidden: c.hidden_size,
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-            inter: c.intermediate_size,
-            vocab: c.vocab_size,
-            eps: c.rms_norm_eps as f32,
-            scale: 1.0 / (c.head_dim as f32).sqrt(),
-            cap,
-        };
         let per_layer = dims.layer_kv();
         let mut rows: Vec<RowCache> = (0..n)
             .map(|_| RowCache {
@@ -255,6 +276,7 @@ impl HostDecoder {
             sin: host(&model.rope.sin)?,
             key_bias,
             dims,
+            params,
         };
         Ok(HostDecoder { fixed, rows })
     }
@@ -286,14 +308,13 @@ impl HostDecoder {
             pos,
         };
         // About 2 flops per weight per row; a part below ~2 Mflop costs less than the fork.
-        let params = fixed.layers.len() * (d.qkv() + d.heads * d.head_dim + 3 * d.inter) * d.hidden
-            + d.vocab * d.hidden;
+        let params = fixed.params;
         let threads = rayon::current_num_threads().max(1);
         // A step reads every weight once per part. When the weights outgrow the last-level
         // cache, a step is bound by reading them from memory, so one part whose multiplies
         // split the weights' rows between the threads beats one part per thread that each
         // stream all of them.
-        let parts = if params * std::mem::size_of::<f32>() > CACHED_WEIGHT_BYTES {
+        let parts = if outgrow_cache(params) {
             1
         } else {
             threads
