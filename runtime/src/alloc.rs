@@ -8,8 +8,8 @@
 //! pass on the fixture benchmark). Raising the mmap and trim thresholds lets the heap recycle
 //! them. glibc also gives threads their own arenas, and a buffer freed in one arena is not
 //! reused by another thread's next allocation, so the chunks of a training pass that run side
-//! by side each kept their own pool of freed activations, hundreds of megabytes on a 135M model
-//! above what the step holds (docs/performance.md); one arena shares them. Call
+//! by side each kept their own pool of freed activations above what the step holds
+//! (docs/performance.md has the figures); one arena shares them. Call
 //! [`tune_allocator`] once at program start, before worker threads exist.
 
 /// Raises glibc's mmap and trim thresholds and keeps one arena (unless `MALLOC_ARENA_MAX` is

@@ -393,8 +393,9 @@ fn supervise(children: &mut [Child], signals: &mut Signals) -> Ended {
 /// on a busy machine the threads of [`ends_in_order`] can report them in either order.
 const SETTLE: Duration = Duration::from_millis(300);
 
-/// The failure that caused the others among `failures` (in the order the ranks ended): a rank killed by a signal, which no peer's failure can bring about, before one that
-/// exited with an error, which may be its reaction to a peer that left; otherwise the first.
+/// The failure that caused the others among `failures` (in the order the ranks ended): a rank
+/// killed by a signal, which no peer's failure can bring about, before one that exited with an
+/// error, which may be its reaction to a peer that left; otherwise the first.
 fn cause(failures: &[(usize, ExitStatus)]) -> Option<(usize, ExitStatus)> {
     failures
         .iter()

@@ -1096,7 +1096,7 @@ impl Optimizer {
             return Ok(());
         }
         let owners: Vec<usize> = self.params.iter().map(|p| p.owner).collect();
-        let lens: Vec<usize> = self.params.iter().map(|p| p.var.elem_count()).collect();
+        let lens = self.lens();
         let device = self.device();
         let params = &self.params;
         let all = gather_owned(comm, &owners, &lens, &device, |i| params[i].weights())?;

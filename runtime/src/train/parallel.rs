@@ -30,8 +30,8 @@ const WORK_PER_TOKEN: usize = 4;
 /// parallel on its own; on the CPU, one per worker thread at most, and only as many as the
 /// batch's per-token work pays for, each extra chunk costing a full set of weight gradients.
 /// So a small model with a large batch (the benchmark fixture) splits across the cores, and a
-/// 135M-weight model with a few short rows does not (it measured no faster split, with half a
-/// gigabyte more memory); on a many-core machine a large model is not split into as many sets
+/// 135M-weight model with a few short rows does not (split, it was no faster and held one more
+/// gradient set: docs/performance.md); on a many-core machine a large model is not split into as many sets
 /// of gradients as there are cores.
 pub fn parts(device: &Device, tokens: usize, hidden: usize, layers: usize, params: usize) -> usize {
     if !device.is_cpu() {
