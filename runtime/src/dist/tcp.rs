@@ -184,13 +184,13 @@ impl TcpGroup {
         };
         for r in 1..self.world {
             let peer = self.peers[r].as_mut().expect("rank 0 holds every peer");
-            if let Err(e) = combined.part(r).and_then(|f| f.write(&mut peer.w)) {
+            if let Err(e) = combined.write_part(r, &mut peer.w) {
                 let message = lost(r, op, &e);
                 self.broadcast_error(&message);
                 bail!(message);
             }
         }
-        Ok(combined.part(0)?.into_owned())
+        combined.into_part(0)
     }
 
     /// Every other rank: sends its frame to rank 0 and reads the result.
@@ -313,15 +313,7 @@ struct Frame {
 
 impl Frame {
     fn write(&self, w: &mut impl Write) -> Result<()> {
-        w.write_all(&[self.op, self.dtype])?;
-        w.write_all(&(self.dims.len() as u32).to_le_bytes())?;
-        for d in &self.dims {
-            w.write_all(&d.to_le_bytes())?;
-        }
-        w.write_all(&(self.data.len() as u64).to_le_bytes())?;
-        w.write_all(&self.data)?;
-        w.flush()?;
-        Ok(())
+        write_frame(w, self.op, self.dtype, &self.dims, &self.data)
     }
 
     fn read(r: &mut impl Read) -> Result<Frame> {
@@ -360,12 +352,31 @@ impl Frame {
         tensor_from_bytes(&self.data, code_dtype(self.dtype)?, &dims)
     }
 
-    /// What rank `r` receives of a combined frame: a reduce-scatter's segment `r`, or else the
-    /// whole frame.
-    fn part(&self, r: usize) -> Result<std::borrow::Cow<'_, Frame>> {
+    /// Sends rank `r` its part of a combined frame: a reduce-scatter's segment `r`, written
+    /// from the combined sum without copying it out, or else the whole frame.
+    fn write_part(&self, r: usize, w: &mut impl Write) -> Result<()> {
         if self.op != OP_SCATTER {
-            return Ok(std::borrow::Cow::Borrowed(self));
+            return self.write(w);
         }
+        let (len, bytes) = self.segment(r)?;
+        write_frame(w, OP_SCATTER, self.dtype, &[len], &self.data[bytes])
+    }
+
+    /// Rank 0's own part of a combined frame: its reduce-scatter segment, cut from the sum in
+    /// place, or else the whole frame.
+    fn into_part(mut self, r: usize) -> Result<Frame> {
+        if self.op != OP_SCATTER {
+            return Ok(self);
+        }
+        let (len, bytes) = self.segment(r)?;
+        self.data.truncate(bytes.end);
+        self.data.drain(..bytes.start);
+        self.dims = vec![len];
+        Ok(self)
+    }
+
+    /// The length of a reduce-scatter's segment `r` and its byte range in the combined sum.
+    fn segment(&self, r: usize) -> Result<(u64, std::ops::Range<usize>)> {
         let size = code_dtype(self.dtype)?.size_in_bytes();
         let counts = self.dims.get(1..).unwrap_or_default();
         let (Some(&len), Some(start)) = (
@@ -378,21 +389,28 @@ impl Frame {
             );
         };
         let bytes = (start as usize * size)..((start + len) as usize * size);
-        Ok(std::borrow::Cow::Owned(Frame {
-            op: OP_SCATTER,
-            dtype: self.dtype,
-            dims: vec![len],
-            data: self
-                .data
-                .get(bytes)
-                .ok_or_else(|| anyhow!("a reduce-scatter's segments overrun its sum"))?
-                .to_vec(),
-        }))
+        if bytes.end > self.data.len() {
+            bail!("a reduce-scatter's segments overrun its sum");
+        }
+        Ok((len, bytes))
     }
 
     fn shape_text(&self) -> String {
         format!("{:?} {}", self.dims, dtype_name(self.dtype))
     }
+}
+
+/// Writes one frame: its operation, dtype, dims and the length of its data, then the data.
+fn write_frame(w: &mut impl Write, op: u8, dtype: u8, dims: &[u64], data: &[u8]) -> Result<()> {
+    w.write_all(&[op, dtype])?;
+    w.write_all(&(dims.len() as u32).to_le_bytes())?;
+    for d in dims {
+        w.write_all(&d.to_le_bytes())?;
+    }
+    w.write_all(&(data.len() as u64).to_le_bytes())?;
+    w.write_all(data)?;
+    w.flush()?;
+    Ok(())
 }
 
 /// Rank 0's combination of the ranks' frames (in rank order) for their common operation.
