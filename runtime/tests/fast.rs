@@ -417,3 +417,62 @@ fn fast_pass_refuses_other_dtypes() {
     let b = batch(&mut rng, 56, 2);
     assert!(fast::forward(&model, &b).is_err());
 }
+
+/// The pass splits rows, segments and vocabulary rows across rayon's threads but no reduction,
+/// so one thread and four give the same bits: log-probabilities and every gradient, with and
+/// without checkpointing. The batch is large enough (24 rows of up to 48 tokens, hidden 64)
+/// that the row-wise loops are split into several tasks.
+#[test]
+fn the_pass_gives_the_same_bits_on_any_number_of_threads() {
+    let mut config = ModelConfig::new(Family::Qwen2, 56, 64, 128, 2, 4, 2, true);
+    config.max_position_embeddings = 64;
+    config.pad_token_id = Some(0);
+    let model = Model::tiny(&config, 5, DType::F32, &Device::Cpu).unwrap();
+    let mut rng = Lcg(17);
+    let (mut prompts, mut comps) = (Vec::new(), Vec::new());
+    for _ in 0..24 {
+        let (pl, cl) = (8 + rng.below(24), 1 + rng.below(16));
+        prompts.push(
+            (0..pl)
+                .map(|_| 1 + rng.below(55) as u32)
+                .collect::<Vec<_>>(),
+        );
+        comps.push(
+            (0..cl)
+                .map(|_| 1 + rng.below(55) as u32)
+                .collect::<Vec<_>>(),
+        );
+    }
+    let b = pack(&prompts, &comps);
+    let (n, l) = b.completion_ids.dims2().unwrap();
+    let dlogp: Vec<f32> = (0..n * l).map(|_| rng.coef()).collect();
+    for checkpointing in [false, true] {
+        let opts = PassOptions {
+            checkpointing,
+            ..PassOptions::of(&model)
+        };
+        let pass = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let ff = fast::forward_opts(&model, &b, opts).unwrap();
+                let grads: Vec<Vec<u32>> = ff
+                    .backward(&dlogp)
+                    .unwrap()
+                    .iter()
+                    .map(|(_, g)| flat(g).iter().map(|v| v.to_bits()).collect())
+                    .collect();
+                let logp: Vec<u32> = ff.logp().iter().map(|v| v.to_bits()).collect();
+                (logp, grads)
+            })
+        };
+        let (one, four) = (pass(1), pass(4));
+        assert_eq!(one.0, four.0, "log-probs, checkpointing {checkpointing}");
+        assert_eq!(one.1.len(), four.1.len());
+        for (i, (a, b)) in one.1.iter().zip(&four.1).enumerate() {
+            assert_eq!(a, b, "gradient {i}, checkpointing {checkpointing}");
+        }
+    }
+}

@@ -8,9 +8,13 @@
 //! multiplies (every graph edge allocates a zero tensor and adds into it, every op allocates its
 //! output). Here the forward keeps only the activations the backward needs, in plain `Vec<f32>`,
 //! every matrix multiply is one `gemm::gemm` call with strides chosen so that nothing is
-//! transposed by copying, and the rest are loops over contiguous rows. Only the matrix
-//! multiplies use several cores: the engine runs chunks of rows side by side, up to one per core,
-//! where the batch's work pays for it (`train::parallel`).
+//! transposed by copying, and the rest are loops over contiguous rows. The engine runs chunks of
+//! rows side by side, up to one per core, where the batch's work pays for it
+//! (`train::parallel`); within a chunk the matrix multiplies, the attention of separate
+//! segments and the row-wise loops (norms, rotation, SwiGLU, the vocabulary's log-softmax) are
+//! split across rayon's threads too, so that a single chunk keeps every core busy. Every split
+//! is of rows or segments that do not interact and no reduction is split, so a pass gives the
+//! same bits on any number of threads.
 //!
 //! The math mirrors the candle path op for op (RMSNorm, q/k/v projections with optional biases,
 //! half-split RoPE at the column position, grouped-query attention with the batch's additive mask
@@ -25,6 +29,7 @@
 //! kept so that both paths can be compared on the same run.
 
 use candle_core::{bail, CpuStorage, DType, Result, Storage, StorageRef, Tensor};
+use rayon::prelude::*;
 
 use super::logprob::{PassOptions, SequenceBatch};
 use super::lora::{host_adapters, AdapterGrads, HostAdapters};
@@ -466,6 +471,27 @@ pub(super) fn linear_dw(dy: &[f32], rows: usize, out: usize, x: &[f32], inp: usi
     dw
 }
 
+/// Splits `s` into consecutive parts of the given lengths; what is left after them is dropped.
+/// Panics if the lengths add up to more than `s` holds, which only an internal bug can cause.
+fn split_lens<T>(mut s: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
+    let mut parts = Vec::new();
+    for len in lens {
+        let (part, rest) = std::mem::take(&mut s).split_at_mut(len);
+        parts.push(part);
+        s = rest;
+    }
+    parts
+}
+
+/// Elements below which a task of the pass's row-wise loops is not worth handing to another
+/// thread.
+const ROW_TASK_ELEMENTS: usize = 1 << 14;
+
+/// The fewest rows of `width` elements per task of a row-wise loop run on rayon's threads.
+fn rows_per_task(width: usize) -> usize {
+    (ROW_TASK_ELEMENTS / width.max(1)).max(1)
+}
+
 /// Column sums of `dy` (rows, width): the gradient of a bias.
 fn col_sums(dy: &[f32], width: usize) -> Vec<f32> {
     let mut s = vec![0f32; width];
@@ -480,13 +506,11 @@ fn col_sums(dy: &[f32], width: usize) -> Vec<f32> {
 /// RMSNorm of each row of `x` into `out`, keeping each row's inverse RMS in `r`.
 fn rms_forward(x: &[f32], w: &[f32], eps: f32, r: &mut [f32], out: &mut [f32]) {
     let width = w.len();
-    for ((row, o), r) in x
-        .chunks_exact(width)
-        .zip(out.chunks_exact_mut(width))
-        .zip(r.iter_mut())
-    {
-        *r = kernels::rms_norm(row, w, eps, o);
-    }
+    x.par_chunks_exact(width)
+        .zip(out.par_chunks_exact_mut(width))
+        .zip(r.par_iter_mut())
+        .with_min_len(rows_per_task(width))
+        .for_each(|((row, o), r)| *r = kernels::rms_norm(row, w, eps, o));
 }
 
 /// Backward of [`rms_forward`]: adds the gradient of `x` into `dx` and of `w` into `dw`.
@@ -514,13 +538,16 @@ fn rope(
     inverse: bool,
 ) {
     let half = head_dim / 2;
-    for (tok, &pos) in x.chunks_exact_mut(width).zip(positions) {
-        let c = &cos[pos * half..(pos + 1) * half];
-        let s = &sin[pos * half..(pos + 1) * half];
-        for head in tok.chunks_exact_mut(head_dim) {
-            kernels::rope(head, c, s, inverse);
-        }
-    }
+    x.par_chunks_exact_mut(width)
+        .zip(positions.par_iter())
+        .with_min_len(rows_per_task(width))
+        .for_each(|(tok, &pos)| {
+            let c = &cos[pos * half..(pos + 1) * half];
+            let s = &sin[pos * half..(pos + 1) * half];
+            for head in tok.chunks_exact_mut(head_dim) {
+                kernels::rope(head, c, s, inverse);
+            }
+        });
 }
 
 /// A batch checked against the model, on the host: ids (n, t), the additive mask (n, t, t) and
@@ -647,6 +674,14 @@ impl Queries {
         }
     }
 
+    /// Per segment of `pk`: its query rows and its key rows.
+    fn segs_sizes<'s>(&'s self, pk: &'s Packing) -> impl Iterator<Item = (usize, usize)> + 's {
+        pk.segs
+            .iter()
+            .zip(&self.segs)
+            .map(|(seg, &(_, skip, _))| (seg.len - skip, seg.len))
+    }
+
     /// The query rows' part of `x` (rows, width): borrowed when every row is a query row.
     fn gather<'x, T: Clone>(&self, x: &'x [T], width: usize) -> std::borrow::Cow<'x, [T]> {
         match &self.rows {
@@ -715,46 +750,61 @@ fn block_forward(
     rope(&mut k, kvd, &pk.pos, hd, cos, sin, false);
     let mut probs = vec![0f32; qs.probs_len];
     let mut attn = vec![0f32; nq * qd];
-    for (seg, &(q0, skip, po)) in pk.segs.iter().zip(&qs.segs) {
-        let (r0, tk) = (seg.start, seg.len);
-        let tq = tk - skip;
-        for h in 0..d.heads {
-            let g = h / d.rep();
-            let pb = &mut probs[po + h * tq * tk..][..tq * tk];
-            // Scores `scale * q k^T`: the keys are read transposed through their strides.
-            mm(
-                (tq, tk, hd),
-                pb,
-                (tk, 1),
-                false,
-                &q[q0 * qd + h * hd..],
-                (qd, 1),
-                &k[r0 * kvd + g * hd..],
-                (1, kvd),
-                d.scale,
-            );
-            for (row, m) in pb
-                .chunks_exact_mut(tk)
-                .zip(seg.mask[skip * tk..].chunks_exact(tk))
-            {
-                for (s, &m) in row.iter_mut().zip(m) {
-                    *s += m;
+    // Segments attend independently; each writes its own query rows of `attn` and its own
+    // probabilities, so they run side by side.
+    let probs_parts = split_lens(
+        &mut probs,
+        qs.segs_sizes(pk).map(|(tq, tk)| d.heads * tq * tk),
+    );
+    let attn_parts = split_lens(&mut attn, qs.segs_sizes(pk).map(|(tq, _)| tq * qd));
+    let tasks: Vec<_> = pk
+        .segs
+        .iter()
+        .zip(&qs.segs)
+        .zip(probs_parts.into_iter().zip(attn_parts))
+        .collect();
+    tasks
+        .into_par_iter()
+        .for_each(|((seg, &(q0, skip, _)), (probs, attn))| {
+            let (r0, tk) = (seg.start, seg.len);
+            let tq = tk - skip;
+            for h in 0..d.heads {
+                let g = h / d.rep();
+                let pb = &mut probs[h * tq * tk..][..tq * tk];
+                // Scores `scale * q k^T`: the keys are read transposed through their strides.
+                mm(
+                    (tq, tk, hd),
+                    pb,
+                    (tk, 1),
+                    false,
+                    &q[q0 * qd + h * hd..],
+                    (qd, 1),
+                    &k[r0 * kvd + g * hd..],
+                    (1, kvd),
+                    d.scale,
+                );
+                for (row, m) in pb
+                    .chunks_exact_mut(tk)
+                    .zip(seg.mask[skip * tk..].chunks_exact(tk))
+                {
+                    for (s, &m) in row.iter_mut().zip(m) {
+                        *s += m;
+                    }
+                    kernels::softmax(row);
                 }
-                kernels::softmax(row);
+                mm(
+                    (tq, hd, tk),
+                    &mut attn[h * hd..],
+                    (qd, 1),
+                    false,
+                    pb,
+                    (tk, 1),
+                    &v[r0 * kvd + g * hd..],
+                    (kvd, 1),
+                    1.0,
+                );
             }
-            mm(
-                (tq, hd, tk),
-                &mut attn[q0 * qd + h * hd..],
-                (qd, 1),
-                false,
-                pb,
-                (tk, 1),
-                &v[r0 * kvd + g * hd..],
-                (kvd, 1),
-                1.0,
-            );
-        }
-    }
+        });
     // The residual is the destination gemm accumulates into.
     let mut x_mid = qs.gather(&x, hs).into_owned();
     mm(
@@ -777,7 +827,10 @@ fn block_forward(
     let mut up = linear(&h2, nq, hs, &w.up_w, d.inter, None);
     lora(LoraTarget::UpProj, &h2, nq, hs, d.inter, &mut up);
     let mut act = vec![0f32; gate.len()];
-    kernels::swiglu(&gate, &up, &mut act);
+    act.par_chunks_mut(ROW_TASK_ELEMENTS)
+        .zip(gate.par_chunks(ROW_TASK_ELEMENTS))
+        .zip(up.par_chunks(ROW_TASK_ELEMENTS))
+        .for_each(|((a, g), u)| kernels::swiglu(g, u, a));
     let mut out = x_mid.clone();
     mm(
         (nq, hs, d.inter),
@@ -863,7 +916,15 @@ fn block_backward(
     let down_w = dw(&dy, nq, hs, &s.act, it);
     let mut dgate = vec![0f32; nq * it];
     let mut dup = vec![0f32; nq * it];
-    kernels::swiglu_backward(&dact, &s.gate, &s.up, &mut dgate, &mut dup);
+    dact.par_chunks(ROW_TASK_ELEMENTS)
+        .zip(s.gate.par_chunks(ROW_TASK_ELEMENTS))
+        .zip(s.up.par_chunks(ROW_TASK_ELEMENTS))
+        .zip(
+            dgate
+                .par_chunks_mut(ROW_TASK_ELEMENTS)
+                .zip(dup.par_chunks_mut(ROW_TASK_ELEMENTS)),
+        )
+        .for_each(|(((da, g), u), (dg, du))| kernels::swiglu_backward(da, g, u, dg, du));
     drop(dact);
     let gate_w = dw(&dgate, nq, it, &s.h2, hs);
     let up_w = dw(&dup, nq, it, &s.h2, hs);
@@ -895,66 +956,77 @@ fn block_backward(
     let mut dq = vec![0f32; nq * qd];
     let mut dk = vec![0f32; nt * kvd];
     let mut dv = vec![0f32; nt * kvd];
-    let longest = pk.segs.iter().map(|g| g.len).max().unwrap_or(0);
-    let mut ds_buf = vec![0f32; longest * longest];
-    for (seg, &(q0, skip, po)) in pk.segs.iter().zip(&qs.segs) {
-        let (r0, tk) = (seg.start, seg.len);
-        let tq = tk - skip;
-        let ds = &mut ds_buf[..tq * tk];
-        for h in 0..d.heads {
-            let g = h / d.rep();
-            let pb = &s.probs[po + h * tq * tk..][..tq * tk];
-            let (qo, ko) = (q0 * qd + h * hd, r0 * kvd + g * hd);
-            mm(
-                (tq, tk, hd),
-                ds,
-                (tk, 1),
-                false,
-                &dattn[qo..],
-                (qd, 1),
-                &s.v[ko..],
-                (1, kvd),
-                1.0,
-            );
-            mm(
-                (tk, hd, tq),
-                &mut dv[ko..],
-                (kvd, 1),
-                true,
-                pb,
-                (1, tk),
-                &dattn[qo..],
-                (qd, 1),
-                1.0,
-            );
-            for (dr, pr) in ds.chunks_exact_mut(tk).zip(pb.chunks_exact(tk)) {
-                kernels::softmax_backward(dr, pr);
+    // Each segment writes the gradients of its own query, key and value rows, so segments run
+    // side by side.
+    let dq_parts = split_lens(&mut dq, qs.segs_sizes(pk).map(|(tq, _)| tq * qd));
+    let dk_parts = split_lens(&mut dk, pk.segs.iter().map(|g| g.len * kvd));
+    let dv_parts = split_lens(&mut dv, pk.segs.iter().map(|g| g.len * kvd));
+    let tasks: Vec<_> = pk
+        .segs
+        .iter()
+        .zip(&qs.segs)
+        .zip(dq_parts.into_iter().zip(dk_parts).zip(dv_parts))
+        .collect();
+    tasks
+        .into_par_iter()
+        .for_each(|((seg, &(q0, skip, po)), ((dq, dk), dv))| {
+            let (r0, tk) = (seg.start, seg.len);
+            let tq = tk - skip;
+            let mut ds = vec![0f32; tq * tk];
+            for h in 0..d.heads {
+                let g = h / d.rep();
+                let pb = &s.probs[po + h * tq * tk..][..tq * tk];
+                let (qo, ko) = (q0 * qd + h * hd, r0 * kvd + g * hd);
+                mm(
+                    (tq, tk, hd),
+                    &mut ds,
+                    (tk, 1),
+                    false,
+                    &dattn[qo..],
+                    (qd, 1),
+                    &s.v[ko..],
+                    (1, kvd),
+                    1.0,
+                );
+                mm(
+                    (tk, hd, tq),
+                    &mut dv[g * hd..],
+                    (kvd, 1),
+                    true,
+                    pb,
+                    (1, tk),
+                    &dattn[qo..],
+                    (qd, 1),
+                    1.0,
+                );
+                for (dr, pr) in ds.chunks_exact_mut(tk).zip(pb.chunks_exact(tk)) {
+                    kernels::softmax_backward(dr, pr);
+                }
+                mm(
+                    (tq, hd, tk),
+                    &mut dq[h * hd..],
+                    (qd, 1),
+                    false,
+                    &ds,
+                    (tk, 1),
+                    &s.k[ko..],
+                    (kvd, 1),
+                    d.scale,
+                );
+                mm(
+                    (tk, hd, tq),
+                    &mut dk[g * hd..],
+                    (kvd, 1),
+                    true,
+                    &ds,
+                    (1, tk),
+                    &s.q[qo..],
+                    (qd, 1),
+                    d.scale,
+                );
             }
-            mm(
-                (tq, hd, tk),
-                &mut dq[qo..],
-                (qd, 1),
-                false,
-                ds,
-                (tk, 1),
-                &s.k[ko..],
-                (kvd, 1),
-                d.scale,
-            );
-            mm(
-                (tk, hd, tq),
-                &mut dk[ko..],
-                (kvd, 1),
-                true,
-                ds,
-                (1, tk),
-                &s.q[qo..],
-                (qd, 1),
-                d.scale,
-            );
-        }
-    }
-    drop((dattn, ds_buf));
+        });
+    drop(dattn);
     // Back through the rotation to the projections' outputs.
     let pos_q = qs.gather_pos(&pk.pos);
     rope(&mut dq, qd, &pos_q, hd, cos, sin, true);
@@ -1104,9 +1176,10 @@ fn run<'a>(
         let first = c * chunk;
         let buf = &mut logits[..lp.len() * d.vocab];
         head_logits(&d, &sel_h, weights.head(), first, inv_temperature, buf);
-        for ((row, lp), &tgt) in buf.chunks_exact(d.vocab).zip(lp).zip(tg) {
-            *lp = row[tgt as usize] - kernels::log_sum_exp(row);
-        }
+        buf.par_chunks_exact(d.vocab)
+            .zip(lp.par_iter_mut())
+            .zip(tg.par_iter())
+            .for_each(|((row, lp), &tgt)| *lp = row[tgt as usize] - kernels::log_sum_exp(row));
     }
     drop(logits);
     if !save {
@@ -1254,14 +1327,18 @@ impl FastForward<'_> {
             let (first, rows) = (c * chunk, g.len());
             let buf = &mut dlogits[..rows * d.vocab];
             head_logits(d, &self.sel_h, head, first, self.inv_temperature, buf);
-            for ((row, &g), &tgt) in buf.chunks_exact_mut(d.vocab).zip(g).zip(tg) {
-                let lse = kernels::log_sum_exp(row);
-                let g = g * self.inv_temperature;
-                for v in row.iter_mut() {
-                    *v = -g * (*v - lse).fexp();
-                }
-                row[tgt as usize] += g;
-            }
+            let inv_temperature = self.inv_temperature;
+            buf.par_chunks_exact_mut(d.vocab)
+                .zip(g.par_iter())
+                .zip(tg.par_iter())
+                .for_each(|((row, &g), &tgt)| {
+                    let lse = kernels::log_sum_exp(row);
+                    let g = g * inv_temperature;
+                    for v in row.iter_mut() {
+                        *v = -g * (*v - lse).fexp();
+                    }
+                    row[tgt as usize] += g;
+                });
             let sel_h = &self.sel_h[first * hs..(first + rows) * hs];
             // dhead (vocab, hidden) += dlogits^T . sel_h, summed over the chunks.
             if !frozen {
