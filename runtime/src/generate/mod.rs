@@ -119,41 +119,63 @@ impl Rollout {
 /// A host-side sampler over logits rows; reproducible from its seed.
 pub struct Sampler {
     rng: StdRng,
+    /// `e^(logit - max)` of the row being sampled, kept between calls so that a rollout
+    /// allocates it once.
+    exps: Vec<f64>,
 }
 
 impl Sampler {
     pub fn new(seed: u64) -> Sampler {
         Sampler {
             rng: StdRng::seed_from_u64(seed),
+            exps: Vec::new(),
         }
     }
 
     /// Picks a token from one row of raw logits; gives (token, raw log-probability).
     pub fn sample(&mut self, logits: &[f32], cfg: &SamplingConfig) -> (u32, f32) {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let lse = (logits
-            .iter()
-            .map(|&l| ((l - max) as f64).exp())
-            .sum::<f64>())
-        .ln() as f32
-            + max;
+        // Each logit's exponential is computed once: the log-sum-exp sums them, and at
+        // temperature 1 they are also the weights of the draw (a row of a large vocabulary costs
+        // one exponential per entry instead of three).
+        let mut exps = std::mem::take(&mut self.exps);
+        exps.clear();
+        exps.extend(logits.iter().map(|&l| ((l - max) as f64).exp()));
+        let sum: f64 = exps.iter().sum();
+        let lse = sum.ln() as f32 + max;
         let token = if cfg.greedy || cfg.temperature <= 0.0 {
             argmax(logits)
         } else {
-            self.draw(logits, max, cfg)
+            self.draw(logits, max, cfg, (&exps, sum))
         };
+        self.exps = exps;
         (token as u32, logits[token] - lse)
     }
 
-    fn draw(&mut self, logits: &[f32], max: f32, cfg: &SamplingConfig) -> usize {
+    /// Draws a token at the temperature, top-k and top-p of `cfg`; `exps` holds `e^(logit -
+    /// max)` of every entry and their sum.
+    fn draw(
+        &mut self,
+        logits: &[f32],
+        max: f32,
+        cfg: &SamplingConfig,
+        (exps, sum): (&[f64], f64),
+    ) -> usize {
         let inv_t = 1.0 / cfg.temperature;
         let weight = |i: usize| (((logits[i] - max) as f64) * inv_t).exp();
         let filter = (cfg.top_k > 0 && cfg.top_k < logits.len()) || cfg.top_p < 1.0;
         if !filter {
-            let total: f64 = (0..logits.len()).map(weight).sum();
+            let scaled: Vec<f64>;
+            let (weights, total) = if inv_t == 1.0 {
+                (exps, sum)
+            } else {
+                scaled = (0..logits.len()).map(weight).collect();
+                let total = scaled.iter().sum();
+                (&scaled[..], total)
+            };
             let mut u = self.rng.random::<f64>() * total;
-            for i in 0..logits.len() {
-                u -= weight(i);
+            for (i, w) in weights.iter().enumerate() {
+                u -= w;
                 if u < 0.0 {
                     return i;
                 }
