@@ -381,15 +381,15 @@ impl Shared<'_> {
                     row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
                 }
             }
-            for (i, (r, cache)) in part.iter_mut().enumerate() {
-                self.attend(
-                    l,
-                    &qkv[i * d.qkv()..(i + 1) * d.qkv()],
-                    cache,
-                    &self.f.key_bias[*r * d.cap..(*r + 1) * d.cap],
-                    &mut y[i * qd..(i + 1) * qd],
-                );
-            }
+            // Rows attend to their own caches only, so they run side by side (when the step is
+            // one part, the other threads would otherwise wait for this loop).
+            part.par_iter_mut()
+                .zip(y.par_chunks_mut(qd))
+                .zip(qkv.par_chunks(d.qkv()))
+                .for_each(|(((r, cache), y), qkv)| {
+                    let bias = &self.f.key_bias[*r * d.cap..(*r + 1) * d.cap];
+                    self.attend(l, qkv, cache, bias, y);
+                });
             // The residual add rides on the multiply: x += y o_w^T.
             matmul(&y, m, qd, &w.o_w, h, &mut x, true, par)?;
             rms_norm(&x, &w.post_norm, d.eps, &mut hn);
