@@ -302,6 +302,19 @@ fn run_dry_run_prints_the_cost_and_failures_have_their_codes() {
     assert!(out.contains("dry run"), "{out}");
     assert!(out.contains("generated tokens per step"), "{out}");
     assert!(out.contains("estimated peak"), "{out}");
+    // The table gives each stage's peak in the unit of the stage's summary line (MiB).
+    let summaries: Vec<&str> = out
+        .split("(peak ~")
+        .skip(1)
+        .filter_map(|s| s.split(')').next())
+        .collect();
+    let rows: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("estimated peak"))
+        .map(|r| r.trim().to_string())
+        .collect();
+    assert!(!rows.is_empty(), "{out}");
+    assert_eq!(summaries, rows, "{out}");
     // The quickstart's model is tiny: its two-prompt step fits and is timed.
     assert!(out.contains("measured dry step  "), "{out}");
     assert!(!out.contains("skipped"), "{out}");

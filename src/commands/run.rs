@@ -318,7 +318,7 @@ fn changed_files(then: &Value, now: &Value) -> Vec<String> {
 }
 
 fn print_costs(costs: &[engine::CostEstimate]) {
-    const MB: f64 = 1024.0 * 1024.0;
+    const MIB: f64 = 1024.0 * 1024.0;
     println!(
         "dry run: every node built, data and models loaded, memory estimated from the shapes, \
          one step on two prompts per stage where it fits"
@@ -348,7 +348,7 @@ fn print_costs(costs: &[engine::CostEstimate]) {
             ("estimated peak", c.peak_bytes()),
         ];
         for (what, b) in memory {
-            println!("  {what:<36}{:>9.1} MB", b as f64 / MB);
+            println!("  {what:<36}{:>9.1} MiB", b as f64 / MIB);
         }
         match (c.dry_step_seconds, &c.dry_step_skipped) {
             (Some(s), _) => println!("  {:<36}{s:>9.3} s", "measured dry step"),
