@@ -167,7 +167,8 @@ impl Model {
             ));
         }
         let mut base = self.detached_view();
-        // The adapters' master dtype is the weights' (f32 in every run; f64 in the tests).
+        // The adapters take the weights' dtype: f32, or bf16 for a policy that trains in bf16
+        // (`train_in`, on CUDA), whose optimiser keeps f32 masters of them; f64 in the tests.
         let dtype = base.dtype();
         // Frozen weights need no f32 master copy: where the model computes in a half dtype
         // (bf16 on CUDA) they are kept in it, which halves the base's memory.

@@ -1353,6 +1353,16 @@ mod tests {
     /// after `steps` AdamW steps on a tiny model, all runs starting from the same bf16-rounded
     /// weights and minimising the same completion log-likelihood.
     fn train_tiny(precision: Precision, steps: usize) -> Vec<(String, Vec<f32>)> {
+        train_tiny_with(precision, steps, None)
+    }
+
+    /// [`train_tiny`], with LoRA adapters of `lora` added after the precision is set (as the
+    /// engine adds them to a policy built in its dtype): only the adapters train.
+    fn train_tiny_with(
+        precision: Precision,
+        steps: usize,
+        lora: Option<crate::model::LoraSpec>,
+    ) -> Vec<(String, Vec<f32>)> {
         use crate::model::logprob::{token_logprobs, SequenceBatch};
         use crate::model::{Family, Model, ModelConfig};
         let dev = Device::Cpu;
@@ -1376,6 +1386,16 @@ mod tests {
             Precision::F32 => {}
             Precision::Bf16Masters => model.train_in(DType::BF16).unwrap(),
             Precision::PureBf16 => model.set_compute_dtype(DType::BF16).unwrap(),
+        }
+        if let Some(spec) = lora {
+            let base_dtype = model.dtype();
+            model = model.with_lora(spec).unwrap();
+            // The frozen base keeps the dtype it was trained in (bf16 after `train_in`, which
+            // halves its memory); the adapters are the model's only variables, in that dtype.
+            assert_eq!(model.weights.layers[0].q_w.dtype(), base_dtype);
+            assert!(named(&model)
+                .iter()
+                .all(|(n, v)| n.contains("lora_") && v.dtype() == base_dtype));
         }
         let vars = named(&model);
         let mut opt = Optimizer::new(&adamw(2e-4, 0.0), vars.clone()).unwrap();
@@ -1449,6 +1469,57 @@ mod tests {
             "pure bf16 updates should lose most steps, off by {lost}"
         );
         assert!(dist(masters, pure) / moved > 0.5);
+    }
+
+    /// What CUDA runs for a bf16 LoRA policy (`train_in(BF16)`, then adapters), on the CPU:
+    /// the adapters are bf16 variables holding their f32 masters rounded, the base stays frozen
+    /// in bf16, and the masters track the adapters of the same run in f32.
+    #[test]
+    fn bf16_lora_adapters_keep_f32_masters_tracking_the_f32_run() {
+        use crate::model::{LoraSpec, LoraTarget};
+        let spec = || LoraSpec {
+            rank: 4,
+            alpha: 8.0,
+            targets: LoraTarget::ALL.to_vec(),
+            seed: 7,
+        };
+        let steps = 6;
+        // The bf16 run's adapters start from the f32 run's rounded to bf16, so the runs are
+        // compared by their updates (each run's adapters minus its own start).
+        let update = |precision: Precision| -> Vec<(String, Vec<f32>)> {
+            let start = train_tiny_with(precision, 0, Some(spec()));
+            let end = train_tiny_with(precision, steps, Some(spec()));
+            assert!(!start.is_empty() && start.iter().all(|(n, _)| n.contains("lora_")));
+            end.into_iter()
+                .zip(start)
+                .map(|((n, e), (_, s))| (n, e.iter().zip(&s).map(|(e, s)| e - s).collect()))
+                .collect()
+        };
+        let (f32_run, masters) = (update(Precision::F32), update(Precision::Bf16Masters));
+        let norm = |a: &[(String, Vec<f32>)]| -> f64 {
+            let sum: f64 = a
+                .iter()
+                .flat_map(|(_, w)| w)
+                .map(|&x| (x as f64).powi(2))
+                .sum();
+            sum.sqrt()
+        };
+        let apart: Vec<(String, Vec<f32>)> = f32_run
+            .iter()
+            .zip(&masters)
+            .map(|((na, a), (nb, b))| {
+                assert_eq!(na, nb);
+                (na.clone(), a.iter().zip(b).map(|(a, b)| a - b).collect())
+            })
+            .collect();
+        let moved = norm(&f32_run);
+        let tracking = norm(&apart) / moved;
+        println!("adapters moved {moved:e}; bf16 masters' update off by {tracking:.3}");
+        assert!(moved > 0.0);
+        assert!(
+            tracking < 0.2,
+            "the adapters' masters stray from the f32 run by {tracking}"
+        );
     }
 
     #[test]
