@@ -2,19 +2,23 @@
 //! glibc `malloc` keeps freed tensor buffers for reuse instead of returning them to the kernel
 //! ([`tune_allocator`]) and whose CPU work runs on one pool of threads ([`tune_threads`]).
 //!
-//! candle allocates a fresh buffer for every op's output. With glibc's defaults, buffers above
-//! the (dynamic) mmap threshold are mmap'ed and unmapped each time, so every training step pays
-//! page faults and page zeroing for all its activations and gradients (a third of the backward
-//! pass on the fixture benchmark). Raising the mmap and trim thresholds lets the heap recycle
-//! them. glibc also gives threads their own arenas, and a buffer freed in one arena is not
-//! reused by another thread's next allocation, so the chunks of a training pass that run side
-//! by side each kept their own pool of freed activations above what the step holds
-//! (docs/performance.md has the figures); one arena shares them. Call
-//! [`tune_allocator`] once at program start, before worker threads exist.
+//! candle allocates a fresh buffer for every op's output, and a training step frees and
+//! allocates again its activations and a whole set of gradients. With glibc's defaults, large
+//! buffers are mmap'ed and unmapped each time and the heap's free top is given back to the
+//! kernel, so every step pays page faults and page zeroing for all of them (a third of the
+//! backward pass on the fixture benchmark). So the heap never gives memory back during a run
+//! and every buffer comes from it (no mmap, which glibc caps at 32 MiB of threshold, less than
+//! one gradient of a real model's embedding): a step reuses the memory the step before freed,
+//! and the process's resident memory is its peak, which the dry run estimates. glibc also
+//! gives threads their own arenas, and a buffer freed in one arena is not reused by another
+//! thread's next allocation, so the chunks of a training pass that run side by side each kept
+//! their own pool of freed activations above what the step holds (docs/performance.md has the
+//! figures); one arena shares them. Call [`tune_allocator`] once at program start, before
+//! worker threads exist.
 
-/// Raises glibc's mmap and trim thresholds and keeps one arena (unless `MALLOC_ARENA_MAX` is
-/// set, which glibc reads itself); returns whether the settings were applied (false on other C
-/// libraries, where it does nothing).
+/// Keeps glibc's heap from giving memory back or mmap'ing buffers, and keeps one arena (unless
+/// `MALLOC_ARENA_MAX` is set, which glibc reads itself); returns whether the settings were
+/// applied (false on other C libraries, where it does nothing).
 pub fn tune_allocator() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -23,15 +27,15 @@ pub fn tune_allocator() -> bool {
         }
         const M_TRIM_THRESHOLD: i32 = -1;
         const M_TOP_PAD: i32 = -2;
-        const M_MMAP_THRESHOLD: i32 = -3;
+        const M_MMAP_MAX: i32 = -4;
         const M_ARENA_MAX: i32 = -8;
-        // 32 MiB is the largest mmap threshold glibc accepts on 64-bit targets; larger tensors
-        // are still mmap'ed, which is fine since they are rare and the page cost amortises.
         // SAFETY: mallopt only changes allocator parameters; glibc documents it as safe to call
-        // at any time, and these values are within its documented ranges.
+        // at any time, and these values are within its documented ranges (a trim threshold of
+        // -1 turns trimming off; an mmap maximum of 0 serves every request from the heap, and
+        // glibc still falls back to mmap when the heap cannot grow).
         unsafe {
-            let a = mallopt(M_MMAP_THRESHOLD, 32 << 20);
-            let b = mallopt(M_TRIM_THRESHOLD, 256 << 20);
+            let a = mallopt(M_TRIM_THRESHOLD, -1);
+            let b = mallopt(M_MMAP_MAX, 0);
             let c = mallopt(M_TOP_PAD, 16 << 20);
             let d = std::env::var_os("MALLOC_ARENA_MAX").is_some() || mallopt(M_ARENA_MAX, 1) == 1;
             a == 1 && b == 1 && c == 1 && d
