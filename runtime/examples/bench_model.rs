@@ -67,7 +67,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::path::PathBuf::from(dir);
     // RECAP_NO_ALLOC_TUNING=1 measures with glibc's default allocator settings.
     let tuned = std::env::var_os("RECAP_NO_ALLOC_TUNING").is_none()
-        && recap_runtime::alloc::tune_allocator();
+        && recap_runtime::alloc::tune_allocator()
+        && recap_runtime::alloc::keep_freed();
     // CANDLE_NUM_THREADS=2 measures with a worker in candle's element-wise pool.
     recap_runtime::alloc::tune_threads();
     let device = Device::Cpu;

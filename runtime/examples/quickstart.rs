@@ -11,6 +11,8 @@ use recap_runtime::engine::{presets, run, ProgressMode, RunOptions};
 
 fn main() -> Result<()> {
     recap_runtime::alloc::tune_allocator();
+    // The quickstart trains on the CPU.
+    recap_runtime::alloc::keep_freed();
     recap_runtime::alloc::tune_threads();
     let mut args = std::env::args().skip(1);
     let out = PathBuf::from(args.next().unwrap_or_else(|| "runs/quickstart".into()));

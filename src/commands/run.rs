@@ -93,6 +93,11 @@ pub fn run(args: &RunArgs) -> ExitCode {
         Ok(joined) => joined,
         Err(code) => return code,
     };
+    // Training on the CPU frees and allocates the same large buffers every step: the heap keeps
+    // them. On a GPU the host's large buffers are transient and go back to the kernel.
+    if device == "cpu" {
+        recap_runtime::alloc::keep_freed();
+    }
     let options = RunOptions {
         device,
         out: args.out.clone(),
