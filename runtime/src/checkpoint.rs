@@ -69,17 +69,23 @@ pub fn save_hf_dir(
         )
         .map_err(|e| write_error(&path, e))?;
     }
-    let merged = model.merged()?;
+    // Each weight is made (merged with its adapter, copied to the host, converted) only when
+    // the writer reaches it, so saving holds one weight beyond the model at a time: a LoRA
+    // model's merged copy of every adapted weight never exists at once, on the device or here.
     let path = dir.join("model.safetensors");
-    let mut tensors = Vec::new();
-    for (name, t) in merged.named_weights() {
-        let t = t
-            .detach()
-            .to_device(&candle_core::Device::Cpu)?
-            .to_dtype(model.dtype())?
-            .contiguous()?;
-        tensors.push((name, t));
-    }
+    let failed = std::cell::RefCell::new(None);
+    let tensors: Vec<(String, Lazy)> = model
+        .saved_weights()
+        .into_iter()
+        .map(|(name, weight)| {
+            let lazy = Lazy {
+                weight,
+                dtype: model.dtype(),
+                failed: &failed,
+            };
+            (name, lazy)
+        })
+        .collect();
     // transformers refuses safetensors files without `format: pt` metadata.
     let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     safetensors::serialize_to_file(
@@ -88,11 +94,56 @@ pub fn save_hf_dir(
         &path,
     )
     .map_err(|e| write_error(&path, e))?;
+    if let Some(e) = failed.into_inner() {
+        // The file holds zeros where the weight could not be made: it must not stay.
+        let _ = std::fs::remove_file(&path);
+        return Err(e.into());
+    }
 
     if let Some(t) = tokenizer {
         t.save(dir)?;
     }
     Ok(())
+}
+
+/// A weight handed to the safetensors writer, made when the writer asks for its bytes. The
+/// writer's `View` cannot fail, so a weight that cannot be made (a device error) records its
+/// error in `failed` and gives zeros of its length; `save_hf_dir` then removes the file and
+/// returns the error.
+struct Lazy<'a> {
+    weight: crate::model::SavedWeight,
+    dtype: candle_core::DType,
+    failed: &'a std::cell::RefCell<Option<candle_core::Error>>,
+}
+
+impl safetensors::View for &Lazy<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype.into()
+    }
+
+    fn shape(&self) -> &[usize] {
+        self.weight.dims()
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let made = self.weight.make().and_then(|t| {
+            t.detach()
+                .to_device(&candle_core::Device::Cpu)?
+                .to_dtype(self.dtype)?
+                .contiguous()
+        });
+        match made {
+            Ok(t) => std::borrow::Cow::Owned(safetensors::View::data(&t).into_owned()),
+            Err(e) => {
+                self.failed.borrow_mut().get_or_insert(e);
+                std::borrow::Cow::Owned(vec![0u8; self.data_len()])
+            }
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        self.weight.dims().iter().product::<usize>() * self.dtype.size_in_bytes()
+    }
 }
 
 /// The error of a failed safetensors write of `path`. A failed write (a full disk, say) is an IO

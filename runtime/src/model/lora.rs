@@ -141,6 +141,47 @@ fn target_shape(c: &ModelConfig, t: LoraTarget) -> (usize, usize) {
 }
 
 /// The base weight that target `t` of a block adapts.
+fn base_weight(w: &super::LayerWeights, t: LoraTarget) -> &Tensor {
+    match t {
+        LoraTarget::QProj => &w.q_w,
+        LoraTarget::KProj => &w.k_w,
+        LoraTarget::VProj => &w.v_w,
+        LoraTarget::OProj => &w.o_w,
+        LoraTarget::GateProj => &w.gate_w,
+        LoraTarget::UpProj => &w.up_w,
+        LoraTarget::DownProj => &w.down_w,
+    }
+}
+
+/// One weight of a model being saved: a base weight, merged with its adapter (`W + scale B A`,
+/// in f32, stored in the weight's dtype) when it has one.
+pub struct SavedWeight {
+    base: Tensor,
+    adapter: Option<(Tensor, Tensor, f64)>,
+}
+
+impl SavedWeight {
+    /// The weight as saved, on the model's device; an adapted weight is merged now.
+    pub fn make(&self) -> candle_core::Result<Tensor> {
+        match &self.adapter {
+            None => Ok(self.base.clone()),
+            Some((a, b, scale)) => {
+                let delta = (b.matmul(a)? * *scale)?;
+                (self.base.to_dtype(DType::F32)? + delta)?.to_dtype(self.base.dtype())
+            }
+        }
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        self.base.dims()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.base.dtype()
+    }
+}
+
+/// The base weight that target `t` of a block adapts, to replace it.
 fn base_weight_mut(w: &mut super::LayerWeights, t: LoraTarget) -> &mut Tensor {
     match t {
         LoraTarget::QProj => &mut w.q_w,
@@ -286,6 +327,32 @@ impl Model {
             }
         }
         Ok(m)
+    }
+
+    /// The weights of [`Model::merged`] with their HF names, each made only when it is read
+    /// ([`SavedWeight::make`]): a writer that takes them one at a time holds one merged weight
+    /// at a time, instead of a merged copy of every adapted weight beside the base.
+    pub fn saved_weights(&self) -> Vec<(String, SavedWeight)> {
+        let m = self.detached_view();
+        let mut adapted = HashMap::new();
+        if let Some(lora) = &m.lora {
+            let scale = lora.scale();
+            for (w, slots) in m.weights.layers.iter().zip(&lora.layers) {
+                for (t, ad) in LoraTarget::ALL.iter().zip(slots) {
+                    if let Some(ad) = ad {
+                        let base = base_weight(w, *t);
+                        adapted.insert(base.id(), (ad.a.clone(), ad.b.clone(), scale));
+                    }
+                }
+            }
+        }
+        m.named_weights()
+            .into_iter()
+            .map(|(name, base)| {
+                let adapter = adapted.remove(&base.id());
+                (name, SavedWeight { base, adapter })
+            })
+            .collect()
     }
 
     /// `x W^T + b` for target `t` of block `l`, plus `scale (x A^T) B^T` when it is adapted;

@@ -26,7 +26,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 pub use config::{Family, ModelConfig};
 pub use error::{ModelError, Result};
 pub use load::{load_hf_dir, load_hf_dir_with, read_safetensors, LoadOptions};
-pub use lora::{adapter_parameters, LoraSpec, ADAPTER_FILE};
+pub use lora::{adapter_parameters, LoraSpec, SavedWeight, ADAPTER_FILE};
 pub use recap_plan::LoraTarget;
 
 use crate::ops;
