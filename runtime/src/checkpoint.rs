@@ -68,6 +68,7 @@ pub fn save_hf_dir(
             &path,
         )
         .map_err(|e| write_error(&path, e))?;
+        give_default_mode(&path).map_err(|e| ModelError::io(&path, e))?;
     }
     // Each weight is made (merged with its adapter, copied to the host, converted) only when
     // the writer reaches it, so saving holds one weight beyond the model at a time: a LoRA
@@ -94,6 +95,7 @@ pub fn save_hf_dir(
         &path,
     )
     .map_err(|e| write_error(&path, e))?;
+    give_default_mode(&path).map_err(|e| ModelError::io(&path, e))?;
     if let Some(e) = failed.into_inner() {
         // The file holds zeros where the weight could not be made: it must not stay.
         let _ = std::fs::remove_file(&path);
@@ -103,6 +105,29 @@ pub fn save_hf_dir(
     if let Some(t) = tokenizer {
         t.save(dir)?;
     }
+    Ok(())
+}
+
+/// Gives the file at `path` the permissions a file created by this process gets (0666 less the
+/// umask, read from `/proc/self/status`). The safetensors writer writes through a temporary
+/// file, which is created private (0600), so without this the weights of a saved model could
+/// be read by their owner only, unlike the JSON files beside them. Where the umask cannot be
+/// read (other systems), the file is left as written.
+pub(crate) fn give_default_mode(path: &Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let status = std::fs::read_to_string("/proc/self/status")?;
+        let umask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok());
+        if let Some(umask) = umask {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666 & !umask))?;
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = path;
     Ok(())
 }
 
@@ -176,5 +201,24 @@ mod tests {
             .map(|io| io.kind());
         assert_eq!(source, Some(std::io::ErrorKind::StorageFull), "{e}");
         assert!(!e.to_string().contains("corrupt"), "{e}");
+    }
+
+    /// The weights get the permissions of the JSON files beside them (a file this process
+    /// creates), not the private mode of the writer's temporary file.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn saved_weights_are_as_readable_as_the_config() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut c =
+            crate::model::ModelConfig::new(crate::model::Family::Qwen2, 56, 32, 64, 2, 4, 2, true);
+        c.max_position_embeddings = 64;
+        let m = Model::tiny(&c, 1, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        save_hf_dir(&m, None, dir.path()).unwrap();
+        let mode = |name: &str| {
+            let meta = std::fs::metadata(dir.path().join(name)).unwrap();
+            meta.permissions().mode() & 0o777
+        };
+        assert_eq!(mode("model.safetensors"), mode("config.json"));
     }
 }

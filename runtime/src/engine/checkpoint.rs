@@ -107,6 +107,8 @@ fn explain_write_failure(e: anyhow::Error, tmp: &Path, dst: &Path) -> anyhow::Er
 
 fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), None, path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    crate::checkpoint::give_default_mode(path)
         .with_context(|| format!("writing {}", path.display()))
 }
 
