@@ -34,6 +34,7 @@ use rayon::prelude::*;
 use super::logprob::{PassOptions, SequenceBatch};
 use super::lora::{host_adapters, AdapterGrads, HostAdapters};
 use super::{LoraTarget, Model};
+use crate::ops::cpu::{for_rows, for_rows2, par_sized};
 use crate::ops::kernels::{self, mm, Real};
 
 /// The sizes of one pass, checked once.
@@ -483,15 +484,6 @@ fn split_lens<T>(mut s: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut
     parts
 }
 
-/// Elements below which a task of the pass's row-wise loops is not worth handing to another
-/// thread.
-const ROW_TASK_ELEMENTS: usize = 1 << 14;
-
-/// The fewest rows of `width` elements per task of a row-wise loop run on rayon's threads.
-fn rows_per_task(width: usize) -> usize {
-    (ROW_TASK_ELEMENTS / width.max(1)).max(1)
-}
-
 /// Column sums of `dy` (rows, width): the gradient of a bias.
 fn col_sums(dy: &[f32], width: usize) -> Vec<f32> {
     let mut s = vec![0f32; width];
@@ -506,11 +498,11 @@ fn col_sums(dy: &[f32], width: usize) -> Vec<f32> {
 /// RMSNorm of each row of `x` into `out`, keeping each row's inverse RMS in `r`.
 fn rms_forward(x: &[f32], w: &[f32], eps: f32, r: &mut [f32], out: &mut [f32]) {
     let width = w.len();
-    x.par_chunks_exact(width)
+    let rows = x
+        .par_chunks_exact(width)
         .zip(out.par_chunks_exact_mut(width))
-        .zip(r.par_iter_mut())
-        .with_min_len(rows_per_task(width))
-        .for_each(|((row, o), r)| *r = kernels::rms_norm(row, w, eps, o));
+        .zip(r.par_iter_mut());
+    par_sized(rows, x.len()).for_each(|((row, o), r)| *r = kernels::rms_norm(row, w, eps, o));
 }
 
 /// Backward of [`rms_forward`]: adds the gradient of `x` into `dx` and of `w` into `dw`.
@@ -538,16 +530,15 @@ fn rope(
     inverse: bool,
 ) {
     let half = head_dim / 2;
-    x.par_chunks_exact_mut(width)
-        .zip(positions.par_iter())
-        .with_min_len(rows_per_task(width))
-        .for_each(|(tok, &pos)| {
-            let c = &cos[pos * half..(pos + 1) * half];
-            let s = &sin[pos * half..(pos + 1) * half];
-            for head in tok.chunks_exact_mut(head_dim) {
-                kernels::rope(head, c, s, inverse);
-            }
-        });
+    let work = x.len();
+    let rows = x.par_chunks_exact_mut(width).zip(positions.par_iter());
+    par_sized(rows, work).for_each(|(tok, &pos)| {
+        let c = &cos[pos * half..(pos + 1) * half];
+        let s = &sin[pos * half..(pos + 1) * half];
+        for head in tok.chunks_exact_mut(head_dim) {
+            kernels::rope(head, c, s, inverse);
+        }
+    });
 }
 
 /// A batch checked against the model, on the host: ids (n, t), the additive mask (n, t, t) and
@@ -827,10 +818,10 @@ fn block_forward(
     let mut up = linear(&h2, nq, hs, &w.up_w, d.inter, None);
     lora(LoraTarget::UpProj, &h2, nq, hs, d.inter, &mut up);
     let mut act = vec![0f32; gate.len()];
-    act.par_chunks_mut(ROW_TASK_ELEMENTS)
-        .zip(gate.par_chunks(ROW_TASK_ELEMENTS))
-        .zip(up.par_chunks(ROW_TASK_ELEMENTS))
-        .for_each(|((a, g), u)| kernels::swiglu(g, u, a));
+    for_rows(&mut act, d.inter, |i, a| {
+        let row = i * d.inter..(i + 1) * d.inter;
+        kernels::swiglu(&gate[row.clone()], &up[row], a)
+    });
     let mut out = x_mid.clone();
     mm(
         (nq, hs, d.inter),
@@ -914,26 +905,22 @@ fn block_backward(
     linear_dx(&dy, nq, hs, &w.down_w, it, &mut dact, false);
     lora(LoraTarget::DownProj, &s.act, nq, it, hs, &dy, &mut dact);
     let down_w = dw(&dy, nq, hs, &s.act, it);
-    let mut dgate = vec![0f32; nq * it];
-    let mut dup = vec![0f32; nq * it];
-    dact.par_chunks(ROW_TASK_ELEMENTS)
-        .zip(s.gate.par_chunks(ROW_TASK_ELEMENTS))
-        .zip(s.up.par_chunks(ROW_TASK_ELEMENTS))
-        .zip(
-            dgate
-                .par_chunks_mut(ROW_TASK_ELEMENTS)
-                .zip(dup.par_chunks_mut(ROW_TASK_ELEMENTS)),
-        )
-        .for_each(|(((da, g), u), (dg, du))| kernels::swiglu_backward(da, g, u, dg, du));
+    // The gradients of gate and up, one buffer holding the first then the second.
+    let mut dgu = vec![0f32; 2 * nq * it];
+    for_rows2(&mut dgu, it, |i, dg, du| {
+        let row = i * it..(i + 1) * it;
+        kernels::swiglu_backward(&dact[row.clone()], &s.gate[row.clone()], &s.up[row], dg, du)
+    });
     drop(dact);
-    let gate_w = dw(&dgate, nq, it, &s.h2, hs);
-    let up_w = dw(&dup, nq, it, &s.h2, hs);
+    let (dgate, dup) = dgu.split_at(nq * it);
+    let gate_w = dw(dgate, nq, it, &s.h2, hs);
+    let up_w = dw(dup, nq, it, &s.h2, hs);
     let mut dh2 = vec![0f32; nq * hs];
-    linear_dx(&dgate, nq, it, &w.gate_w, hs, &mut dh2, false);
-    linear_dx(&dup, nq, it, &w.up_w, hs, &mut dh2, true);
-    lora(LoraTarget::GateProj, &s.h2, nq, hs, it, &dgate, &mut dh2);
-    lora(LoraTarget::UpProj, &s.h2, nq, hs, it, &dup, &mut dh2);
-    drop((dgate, dup));
+    linear_dx(dgate, nq, it, &w.gate_w, hs, &mut dh2, false);
+    linear_dx(dup, nq, it, &w.up_w, hs, &mut dh2, true);
+    lora(LoraTarget::GateProj, &s.h2, nq, hs, it, dgate, &mut dh2);
+    lora(LoraTarget::UpProj, &s.h2, nq, hs, it, dup, &mut dh2);
+    drop(dgu);
     // The residual passes `dy` through; the norm's gradient adds to it.
     let mut dx_mid = dy;
     let mut post_norm = vec![0f32; hs];
@@ -967,19 +954,20 @@ fn block_backward(
         .zip(&qs.segs)
         .zip(dq_parts.into_iter().zip(dk_parts).zip(dv_parts))
         .collect();
-    tasks
-        .into_par_iter()
-        .for_each(|((seg, &(q0, skip, po)), ((dq, dk), dv))| {
+    // One buffer of score gradients per thread, resized per segment (gemm overwrites it).
+    tasks.into_par_iter().for_each_init(
+        Vec::new,
+        |ds, ((seg, &(q0, skip, po)), ((dq, dk), dv))| {
             let (r0, tk) = (seg.start, seg.len);
             let tq = tk - skip;
-            let mut ds = vec![0f32; tq * tk];
+            ds.resize(tq * tk, 0.0);
             for h in 0..d.heads {
                 let g = h / d.rep();
                 let pb = &s.probs[po + h * tq * tk..][..tq * tk];
                 let (qo, ko) = (q0 * qd + h * hd, r0 * kvd + g * hd);
                 mm(
                     (tq, tk, hd),
-                    &mut ds,
+                    ds,
                     (tk, 1),
                     false,
                     &dattn[qo..],
@@ -1007,7 +995,7 @@ fn block_backward(
                     &mut dq[h * hd..],
                     (qd, 1),
                     false,
-                    &ds,
+                    ds,
                     (tk, 1),
                     &s.k[ko..],
                     (kvd, 1),
@@ -1018,14 +1006,15 @@ fn block_backward(
                     &mut dk[g * hd..],
                     (kvd, 1),
                     true,
-                    &ds,
+                    ds,
                     (1, tk),
                     &s.q[qo..],
                     (qd, 1),
                     d.scale,
                 );
             }
-        });
+        },
+    );
     drop(dattn);
     // Back through the rotation to the projections' outputs.
     let pos_q = qs.gather_pos(&pk.pos);
