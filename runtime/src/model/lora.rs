@@ -153,6 +153,12 @@ fn base_weight(w: &super::LayerWeights, t: LoraTarget) -> &Tensor {
     }
 }
 
+/// `base + scale b a`, computed in f32 and given in the base's dtype.
+fn merge(base: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+    let delta = (b.matmul(a)? * scale)?;
+    (base.to_dtype(DType::F32)? + delta)?.to_dtype(base.dtype())
+}
+
 /// One weight of a model being saved: a base weight, merged with its adapter (`W + scale B A`,
 /// in f32, stored in the weight's dtype) when it has one.
 pub struct SavedWeight {
@@ -165,10 +171,7 @@ impl SavedWeight {
     pub fn make(&self) -> candle_core::Result<Tensor> {
         match &self.adapter {
             None => Ok(self.base.clone()),
-            Some((a, b, scale)) => {
-                let delta = (b.matmul(a)? * *scale)?;
-                (self.base.to_dtype(DType::F32)? + delta)?.to_dtype(self.base.dtype())
-            }
+            Some((a, b, scale)) => merge(&self.base, a, b, *scale),
         }
     }
 
@@ -321,9 +324,7 @@ impl Model {
             for (t, ad) in LoraTarget::ALL.iter().zip(slots) {
                 let Some(ad) = ad else { continue };
                 let base = base_weight_mut(w, *t);
-                let delta = (ad.b.matmul(&ad.a)? * scale)?;
-                let merged = (base.to_dtype(DType::F32)? + delta)?.to_dtype(base.dtype())?;
-                *base = merged;
+                *base = merge(base, &ad.a, &ad.b, scale)?;
             }
         }
         Ok(m)
