@@ -12,6 +12,7 @@
 //! batched matmuls (candle's) around one fused kernel for `softmax(scale * scores + mask)`; its
 //! backward recomputes the probabilities rather than keeping them from the forward.
 
+use super::launch::{self, per_elem, per_row, Geometry};
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
@@ -24,9 +25,6 @@ use candle_core::{
 /// The PTX of `kernels/recap.cu`, loaded once per device under the module name [`MODULE`].
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/recap.ptx"));
 const MODULE: &str = "recap";
-
-/// Threads per block of the element-wise kernels.
-const ELEMENTWISE_BLOCK: u32 = 256;
 
 /// Calls `$f` with the typed device slice of `$s` (f32 or bf16) as `$x`, and wraps the slice
 /// it gives back as a storage of the same dtype.
@@ -73,21 +71,12 @@ fn rows_of(l: &Layout, what: &str) -> Result<(usize, usize)> {
     }
 }
 
-/// One block per row, its width the row length rounded up to whole warps, at most 256 threads
-/// (which leaves every kernel room for up to 255 registers a thread).
-fn per_row(rows: usize, n: usize) -> LaunchConfig {
+/// The driver's launch configuration of a [`Geometry`] (no dynamic shared memory: the
+/// kernels' shared arrays are static).
+fn config(g: Geometry) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: ((n.div_ceil(32) * 32).clamp(32, 256) as u32, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// One thread per element.
-fn per_elem(len: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (len.div_ceil(ELEMENTWISE_BLOCK as usize) as u32, 1, 1),
-        block_dim: (ELEMENTWISE_BLOCK, 1, 1),
+        grid_dim: g.grid,
+        block_dim: g.block,
         shared_mem_bytes: 0,
     }
 }
@@ -142,7 +131,7 @@ fn rms_norm_fwd<T: CudaDType + WithDType + DeviceRepr>(
         b.arg(&x).arg(&w).arg(&out).arg(&n32).arg(&eps);
         // SAFETY: the argument list matches the kernel's signature; each buffer holds rows * n
         // (or n, the weight) elements of T.
-        unsafe { b.launch(per_row(rows, n)) }.w()?;
+        unsafe { b.launch(config(per_row(rows, n))) }.w()?;
     }
     Ok(out)
 }
@@ -206,23 +195,13 @@ fn rms_norm_bwd<T: CudaDType + WithDType + DeviceRepr>(
             .arg(&eps);
         // SAFETY: the arguments match the kernel's signature; `dx` and `g` hold rows * n
         // elements, `rs` one per row.
-        unsafe { b.launch(per_row(rows, n)) }.w()?;
+        unsafe { b.launch(config(per_row(rows, n))) }.w()?;
     }
     if want_dw {
         let acc = dev.alloc_zeros::<f32>(n)?;
         if rows > 0 {
-            // Each thread sums `chunk` rows of one column; grid.y (at most 65535) covers the
-            // rows.
-            let chunk = rows.div_ceil(65_535).max(64);
-            let cfg = LaunchConfig {
-                grid_dim: (
-                    n.div_ceil(ELEMENTWISE_BLOCK as usize) as u32,
-                    rows.div_ceil(chunk) as u32,
-                    1,
-                ),
-                block_dim: (ELEMENTWISE_BLOCK, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            // Each thread sums `chunk` rows of one column.
+            let (geometry, chunk) = launch::rms_norm_dw(rows, n);
             let chunk32 = int(chunk, "rms_norm")?;
             let f = kernel!(dev, T, "rms_norm_dw");
             let mut b = f.builder();
@@ -234,7 +213,7 @@ fn rms_norm_bwd<T: CudaDType + WithDType + DeviceRepr>(
                 .arg(&n32)
                 .arg(&chunk32);
             // SAFETY: the arguments match the kernel's signature; `acc` holds n zeroed floats.
-            unsafe { b.launch(cfg) }.w()?;
+            unsafe { b.launch(config(geometry)) }.w()?;
         }
         // With no rows the weight gradient is the zeroed accumulator.
         let mut dw = out.slice_mut(rows * n..);
@@ -242,7 +221,7 @@ fn rms_norm_bwd<T: CudaDType + WithDType + DeviceRepr>(
         let mut b = f.builder();
         b.arg(&acc).arg(&mut dw).arg(&n32);
         // SAFETY: `acc` and `dw` both hold n elements.
-        unsafe { b.launch(per_elem(n)) }.w()?;
+        unsafe { b.launch(config(per_elem(n))) }.w()?;
     }
     Ok(out)
 }
@@ -322,7 +301,7 @@ fn rope_fwd<T: CudaDType + WithDType + DeviceRepr>(
             .arg(&sign);
         // SAFETY: the arguments match the kernel's signature; `cos` and `sin` hold at least
         // seq * half elements, `x` and `out` 2 * pairs.
-        unsafe { b.launch(per_elem(pairs)) }.w()?;
+        unsafe { b.launch(config(per_elem(pairs))) }.w()?;
     }
     Ok(out)
 }
@@ -368,7 +347,7 @@ fn swiglu_fwd<T: CudaDType + WithDType + DeviceRepr>(
         let mut b = f.builder();
         b.arg(&g).arg(&u).arg(&out).arg(&len);
         // SAFETY: the arguments match the kernel's signature; every buffer holds len elements.
-        unsafe { b.launch(per_elem(len)) }.w()?;
+        unsafe { b.launch(config(per_elem(len))) }.w()?;
     }
     Ok(out)
 }
@@ -406,7 +385,7 @@ fn swiglu_bwd<T: CudaDType + WithDType + DeviceRepr>(
         b.arg(&g).arg(&u).arg(&d).arg(&out).arg(&len);
         // SAFETY: the arguments match the kernel's signature; `out` holds 2 * len elements,
         // the others len.
-        unsafe { b.launch(per_elem(len)) }.w()?;
+        unsafe { b.launch(config(per_elem(len))) }.w()?;
     }
     Ok(out)
 }
@@ -488,7 +467,7 @@ fn softmax_fwd<T: CudaDType + WithDType + DeviceRepr + ValidAsZeroBits>(
         // SAFETY: the arguments match the kernel's signature; the mask's strides and start
         // offset come from its layout at the scores' shape (or are all zero for the single
         // zero), so every element read lies inside its storage.
-        unsafe { bl.launch(per_row(rows, n)) }.w()?;
+        unsafe { bl.launch(config(per_row(rows, n))) }.w()?;
     }
     Ok(out)
 }
@@ -520,7 +499,7 @@ fn softmax_bwd<T: CudaDType + WithDType + DeviceRepr>(
         let mut b = f.builder();
         b.arg(&y).arg(&g).arg(&out).arg(&n32).arg(&scale);
         // SAFETY: the arguments match the kernel's signature; every buffer holds rows * n.
-        unsafe { b.launch(per_row(rows, n)) }.w()?;
+        unsafe { b.launch(config(per_row(rows, n))) }.w()?;
     }
     Ok(out)
 }
@@ -722,7 +701,7 @@ fn lsg_fwd<T: CudaDType + WithDType + DeviceRepr>(
         b.arg(&x).arg(&t).arg(&out).arg(&n32);
         // SAFETY: the arguments match the kernel's signature; `x` holds rows * n elements,
         // `t` and `out` one per row.
-        unsafe { b.launch(per_row(rows, n)) }.w()?;
+        unsafe { b.launch(config(per_row(rows, n))) }.w()?;
     }
     Ok(out)
 }
@@ -772,7 +751,7 @@ fn lsg_bwd<T: CudaDType + WithDType + DeviceRepr>(
         b.arg(&x).arg(&t).arg(&g).arg(&out).arg(&n32);
         // SAFETY: the arguments match the kernel's signature; `x` and `out` hold rows * n
         // elements, `t` and `g` one per row.
-        unsafe { b.launch(per_row(rows, n)) }.w()?;
+        unsafe { b.launch(config(per_row(rows, n))) }.w()?;
     }
     Ok(out)
 }

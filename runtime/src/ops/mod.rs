@@ -33,6 +33,7 @@ pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub(crate) mod kernels;
+pub mod launch;
 mod log_softmax;
 mod rms_norm;
 mod rope;
