@@ -81,10 +81,14 @@ impl Dims {
     }
 }
 
-/// One row's rotated keys and values, (layers, kv_heads, cap, head_dim) each.
+/// One row's rotated keys and values, (layers, kv_heads, cap, head_dim) each, and the scratch
+/// its attention reuses at every layer and step: the rotated query of one head (head_dim) and
+/// its scores (cap).
 struct RowCache {
     k: Vec<f32>,
     v: Vec<f32>,
+    q: Vec<f32>,
+    scores: Vec<f32>,
 }
 
 /// The decoder of one rollout: what every row reads, and each row's cache.
@@ -252,6 +256,8 @@ impl HostDecoder {
             .map(|_| RowCache {
                 k: vec![0f32; per_layer * layers.len()],
                 v: vec![0f32; per_layer * layers.len()],
+                q: vec![0f32; dims.head_dim],
+                scores: vec![0f32; dims.cap],
             })
             .collect();
         for (l, (k, v)) in prefill.iter().enumerate() {
@@ -421,6 +427,8 @@ impl Shared<'_> {
         let base = l * d.layer_kv();
         let kc = &mut cache.k[base..base + d.layer_kv()];
         let vc = &mut cache.v[base..base + d.layer_kv()];
+        let q = &mut cache.q[..];
+        let scores = &mut cache.scores[..=pos];
         for g in 0..nkv {
             let at = (g * d.cap + pos) * hd;
             rope(&qkv[(nh + g) * hd..(nh + g + 1) * hd], &mut kc[at..at + hd]);
@@ -428,17 +436,15 @@ impl Shared<'_> {
         }
         let bias = &bias[..=pos];
         let rep = nh / nkv;
-        let mut q = vec![0f32; hd];
-        let mut scores = vec![0f32; pos + 1];
         out.fill(0.0);
         for h in 0..nh {
-            rope(&qkv[h * hd..(h + 1) * hd], &mut q);
+            rope(&qkv[h * hd..(h + 1) * hd], q);
             let g = h / rep;
             let keys = &kc[g * d.cap * hd..(g * d.cap + pos + 1) * hd];
             for (j, s) in scores.iter_mut().enumerate() {
-                *s = kernels::dot(&q, &keys[j * hd..(j + 1) * hd]) * d.scale + bias[j];
+                *s = kernels::dot(q, &keys[j * hd..(j + 1) * hd]) * d.scale + bias[j];
             }
-            kernels::softmax(&mut scores);
+            kernels::softmax(scores);
             let oh = &mut out[h * hd..(h + 1) * hd];
             let vals = &vc[g * d.cap * hd..(g * d.cap + pos + 1) * hd];
             for (j, &w) in scores.iter().enumerate() {
