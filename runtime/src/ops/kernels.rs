@@ -401,26 +401,24 @@ pub(crate) fn rows_by_weight(
         return;
     }
     let x = &x[..m * k];
-    // Each task gives its weight rows' dot products, weight row by weight row.
-    let task = |wb: &[f32]| -> Vec<f32> {
-        let mut v = vec![0f32; wb.len() / k * m];
-        dots(x, m, k, wb, &mut v);
-        v
-    };
     let w = &w[..n * k];
-    let span = WEIGHT_ROWS_PER_TASK * k;
-    let parts: Vec<Vec<f32>> = if parallel {
-        w.par_chunks(span).map(task).collect()
+    // The products weight row by weight row (out transposed), so each task writes one
+    // contiguous run of them; then scattered into `out`'s rows.
+    let mut products = vec![0f32; n * m];
+    let (span, run) = (WEIGHT_ROWS_PER_TASK * k, WEIGHT_ROWS_PER_TASK * m);
+    if parallel {
+        w.par_chunks(span)
+            .zip(products.par_chunks_mut(run))
+            .for_each(|(wb, p)| dots(x, m, k, wb, p));
     } else {
-        w.chunks(span).map(task).collect()
-    };
-    for (p, v) in parts.iter().enumerate() {
-        for (j, row) in v.chunks_exact(m).enumerate() {
-            let col = p * WEIGHT_ROWS_PER_TASK + j;
-            for (r, &d) in row.iter().enumerate() {
-                let o = &mut out[r * ldo + col];
-                *o = if accumulate { *o + d } else { d };
-            }
+        for (wb, p) in w.chunks(span).zip(products.chunks_mut(run)) {
+            dots(x, m, k, wb, p);
+        }
+    }
+    for (col, row) in products.chunks_exact(m).enumerate() {
+        for (r, &d) in row.iter().enumerate() {
+            let o = &mut out[r * ldo + col];
+            *o = if accumulate { *o + d } else { d };
         }
     }
 }
