@@ -1,11 +1,14 @@
 //! The CUDA kernels of `kernels/recap.cu`, run on the CPU by an emulator (`kernels/emu/emu.cpp`,
 //! compiled here with the host's C++ compiler: every CUDA thread a fiber, warp shuffles and
-//! barriers as rendezvous), against the reference compositions of `ops::reference`: values, and
-//! gradients through candle's autograd, in f32 and bf16, at the launch geometry `ops::launch`
-//! gives the CUDA path, on shapes that leave idle lanes, stride over long rows and split the
-//! RMSNorm weight gradient across blocks. No GPU and no `cuda` feature are needed. Not covered
-//! here (`tests/cuda.rs` covers them on a GPU): the driver, cuBLAS (attention's products) and the
-//! order and types in which the Rust launchers pass their arguments.
+//! barriers as rendezvous), at the launch geometry `ops::launch` gives the CUDA path, on shapes
+//! that use one warp or several, leave idle lanes, stride over long rows and split the RMSNorm
+//! weight gradient across blocks. The f32 kernels are checked against the reference
+//! compositions of `ops::reference` (values, and gradients through candle's autograd); the bf16
+//! kernels, which compute in f32 and round what they store, must give exactly the f32 kernels'
+//! outputs on the same (bf16-valued) inputs, rounded to bf16. No GPU and no `cuda` feature are
+//! needed. Not covered here (`tests/cuda.rs` covers them on a GPU): the driver, nvcc's code,
+//! cuBLAS (attention's products) and the Rust launchers' own argument lists (the tests pass the
+//! same ones, and the emulator checks their kinds against the kernels' parameter types).
 //!
 //! Every buffer a kernel sees has guards on both sides, longer than a block, so an out-of-bounds
 //! write shows as a changed guard and an out-of-bounds read as a huge value in the output.
@@ -24,6 +27,7 @@ type LaunchFn = unsafe extern "C" fn(
     *const u32,
     *const u32,
     *mut *mut c_void,
+    *const c_char,
     *mut c_char,
     usize,
 ) -> c_int;
@@ -108,6 +112,17 @@ fn launch(name: &str, g: Geometry, args: &[Arg]) -> Result<(), String> {
         .iter_mut()
         .map(|s| (s as *mut u64).cast::<c_void>())
         .collect();
+    let kinds: String = args
+        .iter()
+        .map(|a| match a {
+            Arg::Ptr(_) => 'p',
+            Arg::I32(_) => 'i',
+            Arg::F32(_) => 'f',
+            Arg::U64(_) => 'u',
+            Arg::I64(_) => 'l',
+        })
+        .collect();
+    let kinds = CString::new(kinds).unwrap();
     let name_c = CString::new(name).unwrap();
     let (grid, block) = (
         [g.grid.0, g.grid.1, g.grid.2],
@@ -122,6 +137,7 @@ fn launch(name: &str, g: Geometry, args: &[Arg]) -> Result<(), String> {
             grid.as_ptr(),
             block.as_ptr(),
             ptrs.as_mut_ptr(),
+            kinds.as_ptr(),
             err.as_mut_ptr(),
             err.len(),
         )
@@ -239,24 +255,19 @@ impl Buf {
     }
 }
 
-/// `xs` as the kernel sees them in `dt` (bf16-rounded), so the reference starts from the same
-/// inputs.
-fn seen(dt: Dt, xs: &[f32]) -> Vec<f32> {
-    match dt {
-        Dt::Bf16 => xs
-            .iter()
-            .map(|&x| half::bf16::from_f32(x).to_f32())
-            .collect(),
-        _ => xs.to_vec(),
-    }
+/// `xs` rounded to bf16: the tests' inputs, which f32 and bf16 kernels then see alike.
+fn bf16_valued(xs: &[f32]) -> Vec<f32> {
+    xs.iter()
+        .map(|&x| half::bf16::from_f32(x).to_f32())
+        .collect()
 }
 
-/// A small deterministic generator (64-bit LCG), uniform in [lo, hi).
+/// A small deterministic generator (64-bit LCG), uniform in [lo, hi), rounded to bf16.
 struct Lcg(u64);
 
 impl Lcg {
     fn uniform(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n)
+        let xs: Vec<f32> = (0..n)
             .map(|_| {
                 self.0 = self
                     .0
@@ -264,7 +275,8 @@ impl Lcg {
                     .wrapping_add(1442695040888963407);
                 lo + (hi - lo) * ((self.0 >> 40) as f32 / (1u64 << 24) as f32)
             })
-            .collect()
+            .collect();
+        bf16_valued(&xs)
     }
 }
 
@@ -276,26 +288,55 @@ fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1().unwrap()
 }
 
-/// `got` equals `want` to within the rounding of an output stored as `dt`: `got` is NaN where
-/// `want` is, and elsewhere within a relative and an absolute part, the latter scaled to the
-/// largest |want| (an element that is a difference of larger terms carries their rounding).
-fn assert_close(what: &str, dt: Dt, got: &[f32], want: &[f32]) {
+/// An f32 kernel's output equals the reference's to within f32 rounding: NaN where the
+/// reference is, and elsewhere within 1e-4 relative plus 1e-5 of the largest |want| (an element
+/// that is a difference of larger terms carries their rounding).
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     let scale = want
         .iter()
         .filter(|w| w.is_finite())
-        .fold(0f32, |m, w| m.max(w.abs()));
-    let (rel, abs) = match dt {
-        Dt::Bf16 => (8e-3, 8e-3 * scale),
-        _ => (1e-4, 1e-5 * scale.max(1e-3)),
-    };
+        .fold(1e-3f32, |m, w| m.max(w.abs()));
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let ok = if w.is_nan() {
             g.is_nan()
         } else {
-            (g - w).abs() <= abs + rel * w.abs()
+            (g - w).abs() <= 1e-5 * scale + 1e-4 * w.abs()
         };
-        assert!(ok, "{what} ({dt:?}) element {i}: got {g}, want {w}");
+        assert!(ok, "{what} element {i}: got {g}, want {w}");
+    }
+}
+
+/// A bf16 kernel's output, stored as `stored`, is the f32 kernel's output on the same inputs as
+/// the bf16 kernel would store it: bit for bit (NaN for NaN), since both compute in f32 alike.
+fn assert_rounded(what: &str, stored: Dt, bf16_out: &[f32], f32_out: &[f32]) {
+    let want = match stored {
+        Dt::Bf16 => bf16_valued(f32_out),
+        _ => f32_out.to_vec(),
+    };
+    assert_eq!(bf16_out.len(), want.len(), "{what}: lengths");
+    for (i, (&g, &w)) in bf16_out.iter().zip(&want).enumerate() {
+        assert!(
+            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+            "{what} (bf16 kernel) element {i}: got {g}, the f32 kernel's rounded {w}"
+        );
+    }
+}
+
+/// What a test's kernels give for one dtype: each output, the dtype it is stored in, and its
+/// elements.
+type Outputs = Vec<(&'static str, Dt, Vec<f32>)>;
+
+/// Runs `kernels` in f32 and in bf16: the f32 outputs against `reference` (in order), the bf16
+/// ones against the f32 ones.
+fn check_both(reference: &[Vec<f32>], kernels: impl Fn(Dt) -> Outputs) {
+    let f32_outs = kernels(Dt::F32);
+    assert_eq!(f32_outs.len(), reference.len());
+    for ((what, _, got), want) in f32_outs.iter().zip(reference) {
+        assert_close(what, got, want);
+    }
+    for ((what, stored, got), (_, _, f32_got)) in kernels(Dt::Bf16).iter().zip(&f32_outs) {
+        assert_rounded(what, *stored, got, f32_got);
     }
 }
 
@@ -314,32 +355,35 @@ fn run(name: &str, dt: Dt, g: Geometry, args: &[Arg]) {
     launch(&kernel, g, args).unwrap_or_else(|e| panic!("{kernel}: {e}"));
 }
 
-const DTS: [Dt; 2] = [Dt::F32, Dt::Bf16];
-
 #[test]
 fn rms_norm_and_its_gradients_match_the_reference() {
     let eps = 1e-6f32;
     let mut rng = Lcg(1);
-    // Rows longer than the block (300 over 256 threads), idle lanes (40 of 64), and rows split
-    // into three chunks for the weight gradient (150 rows). The widest block goes first: the
-    // emulator's shared arrays keep what an earlier launch on the thread left, as a GPU's hold
-    // garbage, so a reduction reading past its warps' partial sums reads stale values.
-    for (rows, n) in [(4, 300), (3, 40), (150, 40)] {
-        for dt in DTS {
-            let x = seen(dt, &rng.uniform(rows * n, -2.0, 2.0));
-            let w = seen(dt, &rng.uniform(n, 0.5, 1.5));
-            let dy = seen(dt, &rng.uniform(rows * n, -1.0, 1.0));
+    // Rows longer than the block (300 over 256 threads), one warp with idle lanes (7 of 32),
+    // idle lanes over two warps (40 of 64), and rows split into three chunks for the weight
+    // gradient (150 rows).
+    for (rows, n) in [(4, 300), (5, 7), (3, 40), (150, 40)] {
+        let x = rng.uniform(rows * n, -2.0, 2.0);
+        let w = rng.uniform(n, 0.5, 1.5);
+        let dy = rng.uniform(rows * n, -1.0, 1.0);
+        let xv = Var::from_tensor(&tensor(&x, &[rows, n])).unwrap();
+        let wv = Var::from_tensor(&tensor(&w, &[n])).unwrap();
+        let y = reference::rms_norm(xv.as_tensor(), wv.as_tensor(), eps.into()).unwrap();
+        let loss = (&y * tensor(&dy, &[rows, n])).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let gw = flat(grads.get(wv.as_tensor()).unwrap());
+        let reference = [
+            flat(&y),
+            flat(grads.get(xv.as_tensor()).unwrap()),
+            gw.clone(),
+            gw,
+        ];
+        check_both(&reference, |dt| {
             let (mut bx, mut bw, mut bdy) = (Buf::of(dt, &x), Buf::of(dt, &w), Buf::of(dt, &dy));
             let mut y = Buf::zeros(dt, rows * n);
             let n32 = n as i32;
             let args = [bx.ptr(), bw.ptr(), y.ptr(), Arg::I32(n32), Arg::F32(eps)];
             run("rms_norm_fwd", dt, per_row(rows, n), &args);
-
-            let xv = Var::from_tensor(&tensor(&x, &[rows, n])).unwrap();
-            let wv = Var::from_tensor(&tensor(&w, &[n])).unwrap();
-            let want = reference::rms_norm(xv.as_tensor(), wv.as_tensor(), eps.into()).unwrap();
-            assert_close("rms_norm", dt, &y.values(), &flat(&want));
-
             // The backward as the CUDA launcher runs it: dx and each row's r, the weight
             // gradient summed in f32 by chunks of rows, then cast to the weight's dtype.
             let (mut dx, mut rs) = (Buf::zeros(dt, rows * n), Buf::zeros(Dt::F32, rows));
@@ -367,33 +411,42 @@ fn rms_norm_and_its_gradients_match_the_reference() {
             run("rms_norm_dw", dt, geometry, &args);
             let args = [acc.ptr(), dw.ptr(), Arg::I32(n32)];
             run("cast_from_f32", dt, per_elem(n), &args);
-
-            let loss = (want * tensor(&dy, &[rows, n])).unwrap().sum_all().unwrap();
-            let grads = loss.backward().unwrap();
-            let gx = grads.get(xv.as_tensor()).unwrap();
-            let gw = grads.get(wv.as_tensor()).unwrap();
-            assert_close("rms_norm dx", dt, &dx.values(), &flat(gx));
-            assert_close("rms_norm dw", dt, &dw.values(), &flat(gw));
-            assert_close("rms_norm dw accumulator", Dt::F32, &acc.values(), &flat(gw));
-        }
+            vec![
+                ("rms_norm", dt, y.values()),
+                ("rms_norm dx", dt, dx.values()),
+                ("rms_norm dw", dt, dw.values()),
+                ("rms_norm dw accumulator", Dt::F32, acc.values()),
+            ]
+        });
     }
 }
 
 #[test]
 fn rope_and_its_inverse_match_the_reference_and_its_gradient() {
     let mut rng = Lcg(2);
-    // cos and sin have more positions (7) than the sequence (5), as the model's tables do.
-    let (b, h, seq, d, cap) = (2, 3, 5, 8, 7);
+    // cos and sin have more positions (7) than the sequence (5), as the model's tables do; 960
+    // pairs are four blocks.
+    let (b, h, seq, d, cap) = (2, 3, 5, 64, 7);
     let half = d / 2;
     let len = b * h * seq * d;
-    for dt in DTS {
-        let x = seen(dt, &rng.uniform(len, -2.0, 2.0));
-        let dy = seen(dt, &rng.uniform(len, -1.0, 1.0));
-        let angles: Vec<f32> = (0..cap * half)
-            .map(|k| (k / half) as f32 * 0.3f32.powi((k % half) as i32))
-            .collect();
-        let cos = seen(dt, &angles.iter().map(|a| a.cos()).collect::<Vec<_>>());
-        let sin = seen(dt, &angles.iter().map(|a| a.sin()).collect::<Vec<_>>());
+    let x = rng.uniform(len, -2.0, 2.0);
+    let dy = rng.uniform(len, -1.0, 1.0);
+    let angles: Vec<f32> = (0..cap * half)
+        .map(|k| (k / half) as f32 * 0.8f32.powi((k % half) as i32))
+        .collect();
+    let cos = bf16_valued(&angles.iter().map(|a| a.cos()).collect::<Vec<_>>());
+    let sin = bf16_valued(&angles.iter().map(|a| a.sin()).collect::<Vec<_>>());
+
+    let xv = Var::from_tensor(&tensor(&x, &[b, h, seq, d])).unwrap();
+    let (ct, st) = (tensor(&cos, &[cap, half]), tensor(&sin, &[cap, half]));
+    let y = reference::rope(xv.as_tensor(), &ct, &st).unwrap();
+    let loss = (&y * tensor(&dy, &[b, h, seq, d]))
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    let reference = [flat(&y), flat(grads.get(xv.as_tensor()).unwrap())];
+    check_both(&reference, |dt| {
         let (mut bc, mut bs) = (Buf::of(dt, &cos), Buf::of(dt, &sin));
         let mut rotate = |input: &[f32], sign: f32| {
             let (mut bi, mut out) = (Buf::of(dt, input), Buf::zeros(dt, len));
@@ -410,24 +463,11 @@ fn rope_and_its_inverse_match_the_reference_and_its_gradient() {
             run("rope", dt, per_elem(len / 2), &args);
             out.values()
         };
-        let (y, dx) = (rotate(&x, 1.0), rotate(&dy, -1.0));
-
-        let xv = Var::from_tensor(&tensor(&x, &[b, h, seq, d])).unwrap();
-        let (ct, st) = (tensor(&cos, &[cap, half]), tensor(&sin, &[cap, half]));
-        let want = reference::rope(xv.as_tensor(), &ct, &st).unwrap();
-        assert_close("rope", dt, &y, &flat(&want));
-        let loss = (want * tensor(&dy, &[b, h, seq, d]))
-            .unwrap()
-            .sum_all()
-            .unwrap();
-        let grads = loss.backward().unwrap();
-        assert_close(
-            "rope backward",
-            dt,
-            &dx,
-            &flat(grads.get(xv.as_tensor()).unwrap()),
-        );
-    }
+        vec![
+            ("rope", dt, rotate(&x, 1.0)),
+            ("rope backward", dt, rotate(&dy, -1.0)),
+        ]
+    });
 }
 
 #[test]
@@ -435,10 +475,20 @@ fn swiglu_and_its_gradients_match_the_reference() {
     let mut rng = Lcg(3);
     // 1000 elements: four blocks of 256, the last one partly idle.
     let len = 1000;
-    for dt in DTS {
-        let g = seen(dt, &rng.uniform(len, -4.0, 4.0));
-        let u = seen(dt, &rng.uniform(len, -2.0, 2.0));
-        let dy = seen(dt, &rng.uniform(len, -1.0, 1.0));
+    let g = rng.uniform(len, -4.0, 4.0);
+    let u = rng.uniform(len, -2.0, 2.0);
+    let dy = rng.uniform(len, -1.0, 1.0);
+    let gv = Var::from_tensor(&tensor(&g, &[len])).unwrap();
+    let uv = Var::from_tensor(&tensor(&u, &[len])).unwrap();
+    let y = reference::swiglu(gv.as_tensor(), uv.as_tensor()).unwrap();
+    let loss = (&y * tensor(&dy, &[len])).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let d = [
+        flat(grads.get(gv.as_tensor()).unwrap()),
+        flat(grads.get(uv.as_tensor()).unwrap()),
+    ]
+    .concat();
+    check_both(&[flat(&y), d], |dt| {
         let (mut bg, mut bu, mut bdy) = (Buf::of(dt, &g), Buf::of(dt, &u), Buf::of(dt, &dy));
         let mut y = Buf::zeros(dt, len);
         let args = [bg.ptr(), bu.ptr(), y.ptr(), Arg::U64(len as u64)];
@@ -446,92 +496,106 @@ fn swiglu_and_its_gradients_match_the_reference() {
         let mut d = Buf::zeros(dt, 2 * len);
         let args = [bg.ptr(), bu.ptr(), bdy.ptr(), d.ptr(), Arg::U64(len as u64)];
         run("swiglu_bwd", dt, per_elem(len), &args);
-
-        let gv = Var::from_tensor(&tensor(&g, &[len])).unwrap();
-        let uv = Var::from_tensor(&tensor(&u, &[len])).unwrap();
-        let want = reference::swiglu(gv.as_tensor(), uv.as_tensor()).unwrap();
-        assert_close("swiglu", dt, &y.values(), &flat(&want));
-        let loss = (want * tensor(&dy, &[len])).unwrap().sum_all().unwrap();
-        let grads = loss.backward().unwrap();
-        let want_d = [
-            flat(grads.get(gv.as_tensor()).unwrap()),
-            flat(grads.get(uv.as_tensor()).unwrap()),
+        vec![
+            ("swiglu", dt, y.values()),
+            ("swiglu backward", dt, d.values()),
         ]
-        .concat();
-        assert_close("swiglu backward", dt, &d.values(), &want_d);
-    }
+    });
 }
 
-/// Runs `softmax_fwd` on `x` (rows of `n`) with the mask `mask` read through `strides` as the
-/// rows' (batch, head, query, key), and `softmax_bwd` on its output and `dy`.
-#[allow(clippy::too_many_arguments)]
-fn softmax_kernels(
-    dt: Dt,
-    x: &[f32],
-    mask: &[f32],
+/// How `softmax_fwd` reads its mask: the mask's elements, the strides of the rows' (batch,
+/// head, query, key) into them, and the rows' heads and queries per head.
+struct Masking<'a> {
+    mask: &'a [f32],
     strides: [i64; 4],
-    (n, heads, tq): (usize, usize, usize),
-    scale: f32,
-    dy: &[f32],
-) -> (Vec<f32>, Vec<f32>) {
-    let rows = x.len() / n;
-    let (mut bx, mut bm, mut y) = (Buf::of(dt, x), Buf::of(dt, mask), Buf::zeros(dt, x.len()));
+    heads: usize,
+    tq: usize,
+}
+
+/// `softmax_fwd` in `dt` over rows of `n` of `x`.
+fn softmax_fwd(dt: Dt, x: &[f32], n: usize, m: &Masking<'_>, scale: f32) -> Vec<f32> {
+    let (mut bx, mut bm, mut y) = (Buf::of(dt, x), Buf::of(dt, m.mask), Buf::zeros(dt, x.len()));
     let mut args = vec![
         bx.ptr(),
         bm.ptr(),
         y.ptr(),
         Arg::I32(n as i32),
         Arg::F32(scale),
-        Arg::I32(heads as i32),
-        Arg::I32(tq as i32),
+        Arg::I32(m.heads as i32),
+        Arg::I32(m.tq as i32),
     ];
-    args.extend(strides.map(Arg::I64));
-    run("softmax_fwd", dt, per_row(rows, n), &args);
-    let (mut bdy, mut dx) = (Buf::of(dt, dy), Buf::zeros(dt, x.len()));
+    args.extend(m.strides.map(Arg::I64));
+    run("softmax_fwd", dt, per_row(x.len() / n, n), &args);
+    y.values()
+}
+
+/// `softmax_bwd` in `dt` from the output `y` and its gradient `dy`, rows of `n`.
+fn softmax_bwd(dt: Dt, y: &[f32], dy: &[f32], n: usize, scale: f32) -> Vec<f32> {
+    let (mut by, mut bdy, mut dx) = (Buf::of(dt, y), Buf::of(dt, dy), Buf::zeros(dt, y.len()));
     let args = [
-        y.ptr(),
+        by.ptr(),
         bdy.ptr(),
         dx.ptr(),
         Arg::I32(n as i32),
         Arg::F32(scale),
     ];
-    run("softmax_bwd", dt, per_row(rows, n), &args);
-    (y.values(), dx.values())
+    run("softmax_bwd", dt, per_row(y.len() / n, n), &args);
+    dx.values()
 }
 
-/// The reference softmax of `scale * x + mask` (mask broadcast to x's shape) and the gradient
-/// of `sum(softmax * dy)` with respect to x.
-fn softmax_reference(
-    x: &Tensor,
-    mask: Option<&Tensor>,
-    scale: f64,
-    dy: &Tensor,
-) -> (Vec<f32>, Vec<f32>) {
-    let xv = Var::from_tensor(x).unwrap();
-    let z = (xv.as_tensor() * scale).unwrap();
-    let z = match mask {
-        Some(m) => z.broadcast_add(m).unwrap(),
+/// Checks both softmax kernels on `x` (viewed as `shape`, rows of its last dimension) with the
+/// mask `mt` as the kernel reads it through `m`: in f32, against the reference softmax of
+/// `scale * x + mask` and its gradient (rows the mask hides entirely give zeros); in bf16,
+/// against the f32 kernels on the same inputs (the backward's `y` being the bf16 forward's
+/// output for both).
+fn check_softmax(
+    x: &[f32],
+    dy: &[f32],
+    shape: &[usize],
+    mt: Option<&Tensor>,
+    m: &Masking<'_>,
+    scale: f32,
+) {
+    let n = *shape.last().unwrap();
+    let xv = Var::from_tensor(&tensor(x, shape)).unwrap();
+    let z = (xv.as_tensor() * f64::from(scale)).unwrap();
+    let z = match mt {
+        Some(mt) => z.broadcast_add(mt).unwrap(),
         None => z,
     };
     let p = reference::softmax_last_dim(&z).unwrap();
-    let loss = (&p * dy).unwrap().sum_all().unwrap();
+    let loss = (&p * tensor(dy, shape)).unwrap().sum_all().unwrap();
     let grads = loss.backward().unwrap();
-    (flat(&p), flat(grads.get(xv.as_tensor()).unwrap()))
+    let (mut want_y, mut want_dx) = (flat(&p), flat(grads.get(xv.as_tensor()).unwrap()));
+    masked_rows_are_zero(&mut want_y, n);
+    masked_rows_are_zero(&mut want_dx, n);
+
+    let y32 = softmax_fwd(Dt::F32, x, n, m, scale);
+    assert_close("softmax", &y32, &want_y);
+    let dx32 = softmax_bwd(Dt::F32, &y32, dy, n, scale);
+    assert_close("softmax backward", &dx32, &want_dx);
+    let y16 = softmax_fwd(Dt::Bf16, x, n, m, scale);
+    assert_rounded("softmax", Dt::Bf16, &y16, &y32);
+    let dx16 = softmax_bwd(Dt::Bf16, &y16, dy, n, scale);
+    let dx32 = softmax_bwd(Dt::F32, &y16, dy, n, scale);
+    assert_rounded("softmax backward", Dt::Bf16, &dx16, &dx32);
 }
 
 #[test]
 fn softmax_and_its_gradient_match_the_reference() {
     let mut rng = Lcg(4);
-    let (rows, n) = (5, 300);
-    for dt in DTS {
-        let x = seen(dt, &rng.uniform(rows * n, -6.0, 6.0));
-        let dy = seen(dt, &rng.uniform(rows * n, -1.0, 1.0));
-        // A plain softmax reads one zero through all-zero strides, as the launcher passes it.
-        let (y, dx) = softmax_kernels(dt, &x, &[0.0], [0; 4], (n, 1, 1), 1.0, &dy);
-        let (want_y, want_dx) =
-            softmax_reference(&tensor(&x, &[rows, n]), None, 1.0, &tensor(&dy, &[rows, n]));
-        assert_close("softmax", dt, &y, &want_y);
-        assert_close("softmax backward", dt, &dx, &want_dx);
+    // Rows longer than the block, and rows of one warp with idle lanes. A plain softmax reads
+    // one zero through all-zero strides, as the launcher passes it.
+    for (rows, n) in [(5, 300), (6, 7)] {
+        let x = rng.uniform(rows * n, -6.0, 6.0);
+        let dy = rng.uniform(rows * n, -1.0, 1.0);
+        let plain = Masking {
+            mask: &[0.0],
+            strides: [0; 4],
+            heads: 1,
+            tq: 1,
+        };
+        check_softmax(&x, &dy, &[rows, n], None, &plain, 1.0);
     }
 }
 
@@ -553,26 +617,23 @@ fn attention_softmax_reads_a_broadcast_mask_through_its_strides() {
         }
     }
     let mt = tensor(&mask, &[b, 1, tq, tk]);
-    let broadcast = mt.broadcast_as((b, h, tq, tk)).unwrap();
-    let strides: Vec<i64> = broadcast.stride().iter().map(|&s| s as i64).collect();
-    assert_eq!(strides[1], 0, "the mask is read through a zero head stride");
+    // The same mask stored keys-major and read through a transposed view: a key stride of tq.
+    let stored_t = flat(&mt.transpose(2, 3).unwrap().contiguous().unwrap());
+    let transposed = tensor(&stored_t, &[b, 1, tk, tq]).transpose(2, 3).unwrap();
     let len = b * h * tq * tk;
-    for dt in DTS {
-        let x = seen(dt, &rng.uniform(len, -6.0, 6.0));
-        let dy = seen(dt, &rng.uniform(len, -1.0, 1.0));
-        let strides = [strides[0], strides[1], strides[2], strides[3]];
-        let (y, dx) = softmax_kernels(dt, &x, &mask, strides, (tk, h, tq), scale, &dy);
-        let (mut want_y, mut want_dx) = softmax_reference(
-            &tensor(&x, &[b, h, tq, tk]),
-            Some(&mt),
-            scale.into(),
-            &tensor(&dy, &[b, h, tq, tk]),
-        );
-        masked_rows_are_zero(&mut want_y, tk);
-        masked_rows_are_zero(&mut want_dx, tk);
-        assert!(want_y.iter().filter(|&&v| v == 0.0).count() >= h * tk);
-        assert_close("masked softmax", dt, &y, &want_y);
-        assert_close("masked softmax backward", dt, &dx, &want_dx);
+    let x = rng.uniform(len, -6.0, 6.0);
+    let dy = rng.uniform(len, -1.0, 1.0);
+    for (view, elems) in [(&mt, &mask), (&transposed, &stored_t)] {
+        let broadcast = view.broadcast_as((b, h, tq, tk)).unwrap();
+        let st: Vec<i64> = broadcast.stride().iter().map(|&s| s as i64).collect();
+        assert_eq!(st[1], 0, "the mask is read through a zero head stride");
+        let m = Masking {
+            mask: elems,
+            strides: [st[0], st[1], st[2], st[3]],
+            heads: h,
+            tq,
+        };
+        check_softmax(&x, &dy, &[b, h, tq, tk], Some(view), &m, scale);
     }
 }
 
@@ -587,9 +648,17 @@ fn log_softmax_gather_and_its_gradient_match_the_reference() {
         .collect();
     let mut fwd_targets = targets.clone();
     fwd_targets[3] = n as u32;
-    for dt in DTS {
-        let x = seen(dt, &rng.uniform(rows * n, -8.0, 8.0));
-        let g = rng.uniform(rows, -1.0, 1.0);
+    let x = rng.uniform(rows * n, -8.0, 8.0);
+    let g = rng.uniform(rows, -1.0, 1.0);
+    let xv = Var::from_tensor(&tensor(&x, &[rows, n])).unwrap();
+    let tt = Tensor::from_slice(&targets, rows, &Device::Cpu).unwrap();
+    let lp = reference::log_softmax_gather(xv.as_tensor(), &tt).unwrap();
+    let mut want = flat(&lp);
+    want[3] = f32::NAN;
+    let loss = (&lp * tensor(&g, &[rows])).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let reference = [want, flat(grads.get(xv.as_tensor()).unwrap())];
+    check_both(&reference, |dt| {
         let mut bx = Buf::of(dt, &x);
         let (mut bt, mut out) = (Buf::ids(&fwd_targets), Buf::zeros(Dt::F32, rows));
         let args = [bx.ptr(), bt.ptr(), out.ptr(), Arg::I32(n as i32)];
@@ -598,19 +667,12 @@ fn log_softmax_gather_and_its_gradient_match_the_reference() {
         let mut dx = Buf::zeros(dt, rows * n);
         let args = [bx.ptr(), bt.ptr(), bg.ptr(), dx.ptr(), Arg::I32(n as i32)];
         run("log_softmax_gather_bwd", dt, per_row(rows, n), &args);
-
-        let xv = Var::from_tensor(&tensor(&x, &[rows, n])).unwrap();
-        let tt = Tensor::from_slice(&targets, rows, &Device::Cpu).unwrap();
-        let want = reference::log_softmax_gather(xv.as_tensor(), &tt).unwrap();
-        let mut want_fwd = flat(&want);
-        want_fwd[3] = f32::NAN;
         // The log-probabilities are f32 whatever the logits' dtype.
-        assert_close("log_softmax_gather", Dt::F32, &out.values(), &want_fwd);
-        let loss = (want * tensor(&g, &[rows])).unwrap().sum_all().unwrap();
-        let grads = loss.backward().unwrap();
-        let want_dx = flat(grads.get(xv.as_tensor()).unwrap());
-        assert_close("log_softmax_gather backward", dt, &dx.values(), &want_dx);
-    }
+        vec![
+            ("log_softmax_gather", Dt::F32, out.values()),
+            ("log_softmax_gather backward", dt, dx.values()),
+        ]
+    });
 }
 
 /// The kernels the tests above run, without their dtype suffix.
@@ -644,6 +706,13 @@ fn every_kernel_of_recap_cu_is_emulated_and_tested() {
     assert_eq!(
         declared, tested,
         "kernels of recap.cu against those tested here"
+    );
+    // The emulator fills these two (block_sum's and block_max's partial results) with garbage
+    // before every launch; a new shared array must be added to its `poison_shared`.
+    assert_eq!(
+        source.matches("__shared__").count(),
+        2,
+        "recap.cu's shared arrays against those the emulator poisons"
     );
 
     let mut buf = vec![0 as c_char; 4096];
@@ -696,6 +765,25 @@ fn the_emulator_reports_what_a_gpu_would_not_run() {
     assert!(launch("softmax_fwd_f32", per_row(2, n), &args).is_ok());
     let err = launch("no_such_kernel_f32", per_row(2, n), &args).unwrap_err();
     assert!(err.contains("no kernel named"), "{err}");
+    // An argument of the wrong width: the heads as a 64-bit integer where the kernel takes int.
+    let mut wrong = args.clone();
+    wrong[5] = Arg::U64(1);
+    let err = launch("softmax_fwd_f32", per_row(2, n), &wrong).unwrap_err();
+    assert!(err.contains("\"pppifuillll\""), "{err}");
+    // Kernels of the emulator's own that break a rule each (emu.cpp, `broken`).
+    let mut out = Buf::zeros(Dt::F32, 64);
+    let block = Geometry {
+        grid: (1, 1, 1),
+        block: (64, 1, 1),
+    };
+    for (kernel, says) in [
+        ("broken_different_barriers", "different barriers"),
+        ("broken_barrier_after_exit", "after 32 others have exited"),
+        ("broken_different_shuffles", "different shuffles"),
+    ] {
+        let err = launch(kernel, block, &[out.ptr()]).unwrap_err();
+        assert!(err.contains(says), "{kernel}: {err}");
+    }
 
     // A kernel told of more elements than its output holds writes into the guard, and one
     // told of more than its input holds reads the guard's huge value.

@@ -123,12 +123,12 @@ fn rms_norm_fwd<T: CudaDType + WithDType + DeviceRepr>(
     check_weight(l, wl, n)?;
     let (x, w) = (own(x, l, "rms_norm")?, view::<T>(w, wl, "rms_norm weight")?);
     // SAFETY: the kernel writes every element.
-    let out = unsafe { dev.alloc::<T>(rows * n)? };
+    let mut out = unsafe { dev.alloc::<T>(rows * n)? };
     if rows * n > 0 {
         let (n32, eps) = (int(n, "rms_norm")?, eps as f32);
         let f = kernel!(dev, T, "rms_norm_fwd");
         let mut b = f.builder();
-        b.arg(&x).arg(&w).arg(&out).arg(&n32).arg(&eps);
+        b.arg(&x).arg(&w).arg(&mut out).arg(&n32).arg(&eps);
         // SAFETY: the argument list matches the kernel's signature; each buffer holds rows * n
         // (or n, the weight) elements of T.
         unsafe { b.launch(config(per_row(rows, n))) }.w()?;
@@ -181,7 +181,7 @@ fn rms_norm_bwd<T: CudaDType + WithDType + DeviceRepr>(
     }
     let (n32, rows32, eps) = (int(n, "rms_norm")?, int(rows, "rms_norm")?, eps as f32);
     // SAFETY: written by the first kernel, one value per row, before the second reads it.
-    let rs = unsafe { dev.alloc::<f32>(rows.max(1))? };
+    let mut rs = unsafe { dev.alloc::<f32>(rows.max(1))? };
     if rows > 0 {
         let mut dx = out.slice_mut(0..rows * n);
         let f = kernel!(dev, T, "rms_norm_bwd");
@@ -190,7 +190,7 @@ fn rms_norm_bwd<T: CudaDType + WithDType + DeviceRepr>(
             .arg(&w)
             .arg(&g)
             .arg(&mut dx)
-            .arg(&rs)
+            .arg(&mut rs)
             .arg(&n32)
             .arg(&eps);
         // SAFETY: the arguments match the kernel's signature; `dx` and `g` hold rows * n
@@ -198,7 +198,7 @@ fn rms_norm_bwd<T: CudaDType + WithDType + DeviceRepr>(
         unsafe { b.launch(config(per_row(rows, n))) }.w()?;
     }
     if want_dw {
-        let acc = dev.alloc_zeros::<f32>(n)?;
+        let mut acc = dev.alloc_zeros::<f32>(n)?;
         if rows > 0 {
             // Each thread sums `chunk` rows of one column.
             let (geometry, chunk) = launch::rms_norm_dw(rows, n);
@@ -208,7 +208,7 @@ fn rms_norm_bwd<T: CudaDType + WithDType + DeviceRepr>(
             b.arg(&x)
                 .arg(&g)
                 .arg(&rs)
-                .arg(&acc)
+                .arg(&mut acc)
                 .arg(&rows32)
                 .arg(&n32)
                 .arg(&chunk32);
@@ -284,7 +284,7 @@ fn rope_fwd<T: CudaDType + WithDType + DeviceRepr>(
     let sin = view::<T>(ss, sl, "rope sin")?;
     let len = l.shape().elem_count();
     // SAFETY: the kernel writes both elements of every pair, which is every element.
-    let out = unsafe { dev.alloc::<T>(len)? };
+    let mut out = unsafe { dev.alloc::<T>(len)? };
     if len > 0 {
         let pairs = len / 2;
         let (seq32, half32) = (int(seq, "rope")?, int(half, "rope")?);
@@ -294,7 +294,7 @@ fn rope_fwd<T: CudaDType + WithDType + DeviceRepr>(
         b.arg(&x)
             .arg(&cos)
             .arg(&sin)
-            .arg(&out)
+            .arg(&mut out)
             .arg(&pairs)
             .arg(&seq32)
             .arg(&half32)
@@ -341,11 +341,11 @@ fn swiglu_fwd<T: CudaDType + WithDType + DeviceRepr>(
     let (g, u) = (own(g, gl, "swiglu gate")?, view::<T>(u, ul, "swiglu up")?);
     let len = gl.shape().elem_count();
     // SAFETY: the kernel writes every element.
-    let out = unsafe { dev.alloc::<T>(len)? };
+    let mut out = unsafe { dev.alloc::<T>(len)? };
     if len > 0 {
         let f = kernel!(dev, T, "swiglu_fwd");
         let mut b = f.builder();
-        b.arg(&g).arg(&u).arg(&out).arg(&len);
+        b.arg(&g).arg(&u).arg(&mut out).arg(&len);
         // SAFETY: the arguments match the kernel's signature; every buffer holds len elements.
         unsafe { b.launch(config(per_elem(len))) }.w()?;
     }
@@ -378,11 +378,11 @@ fn swiglu_bwd<T: CudaDType + WithDType + DeviceRepr>(
     let d = view::<T>(ds, dl, "swiglu output gradient")?;
     let len = gl.shape().elem_count();
     // SAFETY: the kernel writes both halves of every element's pair.
-    let out = unsafe { dev.alloc::<T>(2 * len)? };
+    let mut out = unsafe { dev.alloc::<T>(2 * len)? };
     if len > 0 {
         let f = kernel!(dev, T, "swiglu_bwd");
         let mut b = f.builder();
-        b.arg(&g).arg(&u).arg(&d).arg(&out).arg(&len);
+        b.arg(&g).arg(&u).arg(&d).arg(&mut out).arg(&len);
         // SAFETY: the arguments match the kernel's signature; `out` holds 2 * len elements,
         // the others len.
         unsafe { b.launch(config(per_elem(len))) }.w()?;
@@ -443,7 +443,7 @@ fn softmax_fwd<T: CudaDType + WithDType + DeviceRepr + ValidAsZeroBits>(
         }
     };
     // SAFETY: the kernel writes every element.
-    let out = unsafe { dev.alloc::<T>(rows * n)? };
+    let mut out = unsafe { dev.alloc::<T>(rows * n)? };
     if rows * n > 0 {
         let (n32, h32, tq32) = (
             int(n, "softmax")?,
@@ -455,7 +455,7 @@ fn softmax_fwd<T: CudaDType + WithDType + DeviceRepr + ValidAsZeroBits>(
         let mut bl = f.builder();
         bl.arg(&x)
             .arg(&mask)
-            .arg(&out)
+            .arg(&mut out)
             .arg(&n32)
             .arg(&scale)
             .arg(&h32)
@@ -492,12 +492,12 @@ fn softmax_bwd<T: CudaDType + WithDType + DeviceRepr>(
     let y = own(y, yl, "softmax backward")?;
     let g = view::<T>(gs, gl, "softmax output gradient")?;
     // SAFETY: the kernel writes every element.
-    let out = unsafe { dev.alloc::<T>(rows * n)? };
+    let mut out = unsafe { dev.alloc::<T>(rows * n)? };
     if rows * n > 0 {
         let (n32, scale) = (int(n, "softmax")?, scale as f32);
         let f = kernel!(dev, T, "softmax_bwd");
         let mut b = f.builder();
-        b.arg(&y).arg(&g).arg(&out).arg(&n32).arg(&scale);
+        b.arg(&y).arg(&g).arg(&mut out).arg(&n32).arg(&scale);
         // SAFETY: the arguments match the kernel's signature; every buffer holds rows * n.
         unsafe { b.launch(config(per_row(rows, n))) }.w()?;
     }
@@ -693,12 +693,12 @@ fn lsg_fwd<T: CudaDType + WithDType + DeviceRepr>(
     let x = own(x, l, "log_softmax_gather logits")?;
     let t = view::<u32>(ts, tl, "log_softmax_gather targets")?;
     // SAFETY: the kernel writes one value per row.
-    let out = unsafe { dev.alloc::<f32>(rows)? };
+    let mut out = unsafe { dev.alloc::<f32>(rows)? };
     if rows > 0 {
         let n32 = int(n, "log_softmax_gather")?;
         let f = kernel!(dev, T, "log_softmax_gather_fwd");
         let mut b = f.builder();
-        b.arg(&x).arg(&t).arg(&out).arg(&n32);
+        b.arg(&x).arg(&t).arg(&mut out).arg(&n32);
         // SAFETY: the arguments match the kernel's signature; `x` holds rows * n elements,
         // `t` and `out` one per row.
         unsafe { b.launch(config(per_row(rows, n))) }.w()?;
@@ -743,12 +743,12 @@ fn lsg_bwd<T: CudaDType + WithDType + DeviceRepr>(
     let t = view::<u32>(ts, tl, "log_softmax_gather targets")?;
     let g = view::<f32>(gs, gl, "log_softmax_gather output gradient")?;
     // SAFETY: the kernel writes every element.
-    let out = unsafe { dev.alloc::<T>(rows * n)? };
+    let mut out = unsafe { dev.alloc::<T>(rows * n)? };
     if rows * n > 0 {
         let n32 = int(n, "log_softmax_gather")?;
         let f = kernel!(dev, T, "log_softmax_gather_bwd");
         let mut b = f.builder();
-        b.arg(&x).arg(&t).arg(&g).arg(&out).arg(&n32);
+        b.arg(&x).arg(&t).arg(&g).arg(&mut out).arg(&n32);
         // SAFETY: the arguments match the kernel's signature; `x` and `out` hold rows * n
         // elements, `t` and `g` one per row.
         unsafe { b.launch(config(per_row(rows, n))) }.w()?;
