@@ -341,7 +341,12 @@ fn print_costs(costs: &[engine::CostEstimate]) {
         for (what, n) in tokens {
             println!("  {what:<36}{n:>12}");
         }
-        let memory = [
+        // The process's own memory is measured on the CPU only: a GPU's holds none of it.
+        let mut memory = Vec::new();
+        if c.process_bytes > 0 {
+            memory.push(("process (runtime, sources)", c.process_bytes));
+        }
+        memory.extend([
             ("weights", c.weight_bytes),
             ("gradients", c.gradient_bytes),
             ("optimiser state", c.optimizer_bytes),
@@ -351,7 +356,7 @@ fn print_costs(costs: &[engine::CostEstimate]) {
             ("logits (bound)", c.logits_bytes),
             ("update (f32 gradients, buckets)", c.update_bytes),
             ("estimated peak", c.peak_bytes()),
-        ];
+        ]);
         for (what, b) in memory {
             println!("  {what:<36}{:>9.1} MiB", b as f64 / MIB);
         }

@@ -162,14 +162,19 @@ pub struct CostEstimate {
     /// The data-parallel ranks the estimate is for: `prompts` and the memory are one rank's,
     /// its optimiser state the largest rank's shard (ZeRO-1).
     pub ranks: usize,
+    /// What the process held before the model loaded (the runtime's code, the sources, the
+    /// verifiers), measured by a dry run on the CPU; 0 on a GPU, whose memory holds none of it.
+    pub process_bytes: usize,
 }
 
 impl CostEstimate {
-    /// The step's peak: the resident weights, gradients, moments and reference, plus the
-    /// largest of the rollout's KV cache, the training pass's activations and logits, and the
-    /// update's f32 gradients, since each phase frees its own before the next begins.
+    /// The step's peak: the process's own memory, the resident weights, gradients, moments and
+    /// reference, plus the largest of the rollout's KV cache, the training pass's activations
+    /// and logits, and the update's f32 gradients, since each phase frees its own before the
+    /// next begins.
     pub fn peak_bytes(&self) -> usize {
-        self.weight_bytes
+        self.process_bytes
+            + self.weight_bytes
             + self.gradient_bytes
             + self.optimizer_bytes
             + self.reference_bytes
@@ -768,6 +773,13 @@ pub fn run_with(
         datasets.insert(s.name.to_string(), Dataset::load(s, base)?);
     }
     let (verifiers, grader_warnings) = rewards::build_verifiers(plan, base, opts.allow_exec)?;
+    // What the process holds before the model loads (the runtime's code and data, the sources,
+    // the verifiers): the estimate's `process_bytes` on the CPU. Measured before the model, as
+    // loading leaves freed buffers in the heap that the step reuses.
+    let process_bytes = match opts.dry_run && device.is_cpu() {
+        true => step::resident_bytes().unwrap_or(0),
+        false => 0,
+    };
     let mut models = build_policy(
         plan,
         base,
@@ -843,6 +855,7 @@ pub fn run_with(
                 per_rank(prompts, est_shards),
                 ranks,
             )?;
+            cost.process_bytes = process_bytes;
             // The measured step is skipped where its own analytical peak exceeds what the
             // machine can give, so that the estimate of a model too big for this host still
             // prints. Only the host's memory is known here; on CUDA the step always runs.

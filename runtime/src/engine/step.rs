@@ -1357,6 +1357,7 @@ pub(crate) fn estimate(
         dry_step_seconds: None,
         dry_step_skipped: None,
         ranks,
+        process_bytes: 0,
     })
 }
 
@@ -1536,6 +1537,18 @@ pub(crate) fn mem_available() -> Option<usize> {
     mem_available_of(&text)
 }
 
+/// This process's resident memory (`VmRSS`), where the system reports it.
+pub(crate) fn resident_bytes() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    resident_of(&text)
+}
+
+fn resident_of(status: &str) -> Option<usize> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 fn mem_available_of(meminfo: &str) -> Option<usize> {
     let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -1563,8 +1576,13 @@ pub(crate) fn describe_cost(c: &CostEstimate) -> String {
     } else {
         String::new()
     };
+    // The process's own memory is measured on the CPU only.
+    let process = match c.process_bytes {
+        0 => String::new(),
+        b => format!("process {}, ", mib(b)),
+    };
     format!(
-        "stage {}: per step at most {} generated tokens, {} forward/backward tokens, {} reference tokens\n  memory{who}: weights {}, gradients {}, optimizer {}, reference {}, KV cache {}, activations ~{}, logits ~{}, update ~{} (peak ~{})\n  {step}",
+        "stage {}: per step at most {} generated tokens, {} forward/backward tokens, {} reference tokens\n  memory{who}: {process}weights {}, gradients {}, optimizer {}, reference {}, KV cache {}, activations ~{}, logits ~{}, update ~{} (peak ~{})\n  {step}",
         c.stage,
         c.generated_tokens,
         c.forward_backward_tokens,
@@ -1616,6 +1634,7 @@ mod tests {
             dry_step_seconds: None,
             dry_step_skipped: None,
             ranks: 1,
+            process_bytes: 0,
         }
     }
 
@@ -1912,6 +1931,14 @@ mod tests {
         eprintln!("{}", describe_cost(&cost));
         assert_eq!(m.reference, 0, "the reference shares the base");
         assert!(cost.peak_bytes() < 80_000_000_000, "{}", cost.peak_bytes());
+    }
+
+    #[test]
+    fn resident_bytes_reads_the_status() {
+        let text = "Name:\trecapc\nVmHWM:\t  9000 kB\nVmRSS:\t  4096 kB\nThreads:\t3\n";
+        assert_eq!(resident_of(text), Some(4096 * 1024));
+        assert_eq!(resident_of("Name:\trecapc\n"), None);
+        assert!(resident_bytes().is_some_and(|b| b > 0));
     }
 
     #[test]
