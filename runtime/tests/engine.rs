@@ -376,6 +376,24 @@ mod engine {
         assert!(!dir.path().join("checkpoints").exists());
     }
 
+    /// A run that does not keep its records in memory (`recapc run`'s setting) still writes
+    /// every one to `metrics.jsonl`, and they are the records a run that keeps them returns.
+    #[test]
+    fn records_left_out_of_the_summary_are_still_written() {
+        let (kept, dropped) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let full = run(&seal(format_plan(3, 7)), &opts(kept.path())).unwrap();
+        let lean = RunOptions {
+            keep_records: false,
+            ..opts(dropped.path())
+        };
+        let s = run(&seal(format_plan(3, 7)), &lean).unwrap();
+        assert_eq!((s.steps, s.metrics.len(), full.metrics.len()), (3, 0, 3));
+        assert_eq!(
+            metrics_without_timing(dropped.path()),
+            metrics_without_timing(kept.path())
+        );
+    }
+
     /// RECAP's lambdas for keys with these histories (RECAP.md's formulas, loss keys): c is
     /// sum(new) / sum(old), i the population std over the mean, and lambda
     /// `K * (alpha * softmax(c / T) + (1 - alpha) * softmax(i / T))`.

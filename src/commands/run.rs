@@ -117,6 +117,9 @@ pub fn run(args: &RunArgs) -> ExitCode {
         allow_exec: args.allow_exec,
         shards: args.shards.map(|n| n as usize),
         estimate_ranks: args.shards.map(|n| n as usize),
+        // The summary printed at the end is read from the run directory, so the records are
+        // not held in memory for the length of the run.
+        keep_records: false,
         ..RunOptions::default()
     };
     let options = if args.dry_run {

@@ -95,6 +95,11 @@ pub struct RunOptions {
     /// runs as one process (`recapc run --dry-run` under `WORLD_SIZE`, or `--gpus N`); by
     /// default the job's world size.
     pub estimate_ranks: Option<usize>,
+    /// Keep every step's metrics record in [`RunSummary::metrics`] (they are in the run
+    /// directory's `metrics.jsonl` either way). A record held in memory takes several KiB, so
+    /// a run of many thousands of steps that does not read them back should say `false`, as
+    /// `recapc run` does.
+    pub keep_records: bool,
 }
 
 /// Whether the environment asks for candle's autograd (`RECAP_AUTOGRAD=1`): read by the
@@ -118,6 +123,7 @@ impl Default for RunOptions {
             stop_after: None,
             autograd: false,
             stop: None,
+            keep_records: true,
             file_hashes: None,
             allow_exec: false,
             shards: None,
@@ -192,7 +198,8 @@ pub struct RunSummary {
     pub run_dir: Option<PathBuf>,
     /// Global steps completed, including those before a resume.
     pub steps: u64,
-    /// The metrics records of the steps this call ran.
+    /// The metrics records of the steps this call ran (none unless
+    /// [`RunOptions::keep_records`], but for a dry run's steps).
     pub metrics: Vec<Value>,
     /// Dry runs: one estimate per stage.
     pub costs: Vec<CostEstimate>,
@@ -994,7 +1001,9 @@ pub fn run_with(
                     .warnings
                     .extend(ws.iter().filter_map(Value::as_str).map(str::to_string));
             }
-            summary.metrics.push(record);
+            if opts.keep_records {
+                summary.metrics.push(record);
+            }
             // A stop asked of any rank (each has its own SIGINT handler, and a launcher's signal
             // reaches them at different moments) stops every rank after the same step.
             let mut stop = [f64::from(u8::from(
