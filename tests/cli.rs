@@ -302,6 +302,10 @@ fn run_dry_run_prints_the_cost_and_failures_have_their_codes() {
     assert!(out.contains("dry run"), "{out}");
     assert!(out.contains("generated tokens per step"), "{out}");
     assert!(out.contains("estimated peak"), "{out}");
+    // On the CPU under Linux the dry run measures the process's own memory and prints it.
+    if cfg!(target_os = "linux") {
+        assert!(out.contains("process (runtime, sources)"), "{out}");
+    }
     // The table gives each stage's peak in the unit of the stage's summary line (MiB).
     let summaries: Vec<&str> = out
         .split("(peak ~")

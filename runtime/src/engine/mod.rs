@@ -169,7 +169,8 @@ pub struct CostEstimate {
     /// its optimiser state the largest rank's shard (ZeRO-1).
     pub ranks: usize,
     /// What the process held before the model loaded (the runtime's code, the sources, the
-    /// verifiers), measured by a dry run on the CPU; 0 on a GPU, whose memory holds none of it.
+    /// verifiers), measured by a dry run on the CPU; 0 on a GPU, whose memory holds none of it,
+    /// and where the system does not report a process's resident memory.
     pub process_bytes: usize,
 }
 

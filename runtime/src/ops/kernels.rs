@@ -402,8 +402,9 @@ pub(crate) fn rows_by_weight(
     }
     let x = &x[..m * k];
     let w = &w[..n * k];
-    // The products weight row by weight row (out transposed), so each task writes one
-    // contiguous run of them; then scattered into `out`'s rows.
+    // The products are laid out weight row by weight row (out transposed) so that each task
+    // writes one contiguous run without a Vec of its own; one loop then scatters them into
+    // `out`'s rows.
     let mut products = vec![0f32; n * m];
     let (span, run) = (WEIGHT_ROWS_PER_TASK * k, WEIGHT_ROWS_PER_TASK * m);
     if parallel {
