@@ -12,6 +12,9 @@ use recap_runtime::engine::presets::{self, seal};
 use recap_runtime::engine::{run, run_with, ProgressMode, RunOptions, RunSummary};
 use serde_json::Value;
 
+mod common;
+use common::without_timing;
+
 fn opts(dir: &Path) -> RunOptions {
     RunOptions {
         out: Some(dir.to_path_buf()),
@@ -56,19 +59,11 @@ fn on_ranks(plan: &Plan, world: usize, opts: RunOptions) -> Vec<RunSummary> {
         .collect()
 }
 
-fn strip_timing(mut v: Value) -> Value {
-    let o = v.as_object_mut().unwrap();
-    for k in ["seconds", "tokens_per_s", "time"] {
-        o.remove(k);
-    }
-    v
-}
-
 fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
-        .map(|l| strip_timing(serde_json::from_str(l).unwrap()))
+        .map(|l| without_timing(serde_json::from_str(l).unwrap()))
         .collect()
 }
 
@@ -123,7 +118,7 @@ fn two_ranks_equal_one_process_with_their_shards() {
     assert_eq!(m1, m2, "the metrics differ");
     // Both ranks computed the same records (every sum went through the collective).
     let records =
-        |s: &RunSummary| -> Vec<Value> { s.metrics.iter().cloned().map(strip_timing).collect() };
+        |s: &RunSummary| -> Vec<Value> { s.metrics.iter().cloned().map(without_timing).collect() };
     assert_eq!(records(&ranks[0]), records(&ranks[1]));
     assert_eq!(records(&ranks[0]), records(&single));
     // The probes ran (step 2 of each stage) and the RL steps had real signal.

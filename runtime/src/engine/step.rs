@@ -1544,13 +1544,16 @@ pub(crate) fn resident_bytes() -> Option<usize> {
 }
 
 fn resident_of(status: &str) -> Option<usize> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    kib_field(status, "VmRSS:")
 }
 
 fn mem_available_of(meminfo: &str) -> Option<usize> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    kib_field(meminfo, "MemAvailable:")
+}
+
+/// The bytes of the `key` line of a /proc file whose values are in kB (`VmRSS:  4096 kB`).
+fn kib_field(text: &str, key: &str) -> Option<usize> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
     let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }

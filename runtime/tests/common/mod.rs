@@ -75,14 +75,16 @@ pub fn metrics_without_timing(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            for k in ["seconds", "tokens_per_s", "time"] {
-                v.as_object_mut().unwrap().remove(k);
-            }
-            v
-        })
+        .map(|l| without_timing(serde_json::from_str(l).unwrap()))
         .collect()
+}
+
+/// A metrics record without its wall-clock fields.
+pub fn without_timing(mut v: serde_json::Value) -> serde_json::Value {
+    for k in ["seconds", "tokens_per_s", "time"] {
+        v.as_object_mut().unwrap().remove(k);
+    }
+    v
 }
 
 /// The two runs of [`resume_equals_uninterrupted`], for the checks particular to a plan.
