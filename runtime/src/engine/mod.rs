@@ -784,9 +784,10 @@ pub fn run_with(
     // What the process holds before the model loads (the runtime's code and data, the sources,
     // the verifiers): the estimate's `process_bytes` on the CPU. Measured before the model, as
     // loading leaves freed buffers in the heap that the step reuses.
-    let process_bytes = match opts.dry_run && device.is_cpu() {
-        true => step::resident_bytes().unwrap_or(0),
-        false => 0,
+    let process_bytes = if opts.dry_run && device.is_cpu() {
+        step::resident_bytes().unwrap_or(0)
+    } else {
+        0
     };
     let mut models = build_policy(
         plan,
